@@ -1,0 +1,39 @@
+"""Input validation shared by every public entry point.
+
+Bad input must fail early with a message that names the problem and the
+expected shape, never deep inside torch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_batch(x: object, dim: int, name: str = "input", check_finite: bool = True) -> torch.Tensor:
+    """Validate a batch of vectors of shape ``(B, dim)`` and return it.
+
+    Raises ``TypeError`` for a non-tensor or non-floating dtype and
+    ``ValueError`` for a wrong rank, a wrong feature size or NaN/inf values.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (batch, {dim}), got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name} must have a floating dtype (float32 or float64), got {x.dtype}; "
+            f"convert it with .float() or .double()"
+        )
+    if x.dim() != 2:
+        raise ValueError(f"{name} must have shape (batch, {dim}), got rank {x.dim()} shape {tuple(x.shape)}")
+    if x.shape[1] != dim:
+        raise ValueError(f"{name} must have shape (batch, {dim}), got feature size {x.shape[1]} in {tuple(x.shape)}")
+    if check_finite and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} holds {bad} NaN or infinite value(s); shape {tuple(x.shape)}")
+    return x
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """Return ``value`` as an int, raising ``ValueError`` unless it is a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value

@@ -1,0 +1,269 @@
+"""The two invertible building blocks of LU-Net.
+
+Conventions: batches are row vectors of shape ``(B, n)``. Every module maps
+the data side to the latent side in ``forward`` and returns
+``(output, log|det J|)`` with the log-determinant per sample, shape ``(B,)``;
+``inverse`` maps back and returns the input alone.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from lunet.checks import check_batch, check_positive_int
+
+DIAG_MODES = ("raw", "exp")
+INIT_MODES = ("identity", "random")
+
+
+class LULinear(nn.Module):
+    """Invertible affine map ``y = L U x + b``.
+
+    ``L`` is unit lower triangular and ``U`` upper triangular; both are learned
+    separately. Their triangles are cut out of the stored matrices in every
+    forward pass, so no optimiser step can leak outside the triangle.
+
+    Args:
+        dim: width ``n``.
+        diag: ``"raw"`` stores ``U_ii`` directly (the paper's choice, invertible
+            while no entry is zero); ``"exp"`` stores ``U_ii = sign_i * exp(s_i)``,
+            which can never reach zero.
+        init: ``"identity"`` starts at ``A = I``; ``"random"`` perturbs the
+            identity by off-diagonal entries of standard deviation
+            ``init_scale / sqrt(n)``, which keeps ``A`` well conditioned.
+        init_scale: size of the random perturbation.
+
+    While the weights are frozen and gradients are off, ``A = L U`` and its
+    inverse are cached, so inference costs one dense product per call. The
+    cache notices any change of the weights (optimiser step,
+    ``load_state_dict``, device or dtype move).
+    """
+
+    def __init__(self, dim: int, diag: str = "exp", init: str = "random", init_scale: float = 0.1) -> None:
+        super().__init__()
+        self.dim = check_positive_int(dim, "dim")
+        if diag not in DIAG_MODES:
+            raise ValueError(f"diag must be one of {DIAG_MODES}, got {diag!r}")
+        if init not in INIT_MODES:
+            raise ValueError(f"init must be one of {INIT_MODES}, got {init!r}")
+        self.diag_mode = diag
+        self.lower = nn.Parameter(torch.zeros(dim, dim))
+        self.upper = nn.Parameter(torch.zeros(dim, dim))
+        # raw: the diagonal of U itself; exp: log|U_ii|, with the sign in a buffer.
+        self.diag = nn.Parameter(torch.ones(dim) if diag == "raw" else torch.zeros(dim))
+        self.register_buffer("diag_sign", torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        if init == "random":
+            std = init_scale / math.sqrt(dim)
+            with torch.no_grad():
+                self.lower.normal_(0.0, std)
+                self.upper.normal_(0.0, std)
+                # Random signs on diag(U): with all signs positive (and neither
+                # parametrisation lets a sign flip during training) every layer
+                # preserves orientation and a 1-D net can only be convex.
+                signs = torch.randint(0, 2, (dim,)).float() * 2 - 1
+                if diag == "raw":
+                    self.diag.mul_(signs)
+                else:
+                    self.diag_sign.copy_(signs)
+        self._cache: Optional[tuple] = None
+
+    # -- the factors -------------------------------------------------------
+    def diagonal_u(self) -> torch.Tensor:
+        """The diagonal of ``U``, shape ``(n,)``."""
+        if self.diag_mode == "raw":
+            return self.diag
+        return self.diag_sign * torch.exp(self.diag)
+
+    def matrix_l(self) -> torch.Tensor:
+        """``L`` as a dense ``(n, n)`` unit lower triangular matrix."""
+        eye = torch.eye(self.dim, dtype=self.lower.dtype, device=self.lower.device)
+        return torch.tril(self.lower, -1) + eye
+
+    def matrix_u(self) -> torch.Tensor:
+        """``U`` as a dense ``(n, n)`` upper triangular matrix."""
+        return torch.triu(self.upper, 1) + torch.diag(self.diagonal_u())
+
+    def weight(self) -> torch.Tensor:
+        """The dense weight ``A = L U``, shape ``(n, n)``."""
+        return self.matrix_l() @ self.matrix_u()
+
+    def log_abs_det(self) -> torch.Tensor:
+        """``log|det A| = sum_i log|U_ii|`` as a scalar tensor."""
+        if self.diag_mode == "raw":
+            return torch.log(torch.abs(self.diag)).sum()
+        return self.diag.sum()
+
+    def num_parameters(self, kind: str = "free") -> int:
+        """Trainable parameter count: ``"free"`` = n^2 + n (what is learned),
+        ``"stored"`` = 2 n^2 + n (dense L and U plus bias, as the paper counts)."""
+        n = self.dim
+        if kind == "free":
+            return n * n + n
+        if kind == "stored":
+            return 2 * n * n + n
+        raise ValueError(f"kind must be 'free' or 'stored', got {kind!r}")
+
+    # -- frozen-weight cache ----------------------------------------------
+    def _weights_key(self) -> tuple:
+        return tuple(
+            (t.data_ptr(), t._version, t.dtype, t.device)
+            for t in (self.lower, self.upper, self.diag, self.diag_sign)
+        )
+
+    def _frozen(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A^T, A^{-T})`` for the current weights, rebuilt when they changed."""
+        key = self._weights_key()
+        if self._cache is None or self._cache[0] != key:
+            self._check_invertible()
+            with torch.no_grad():
+                # Build in float64 so the cached inverse is as exact as the solves.
+                l64 = self.matrix_l().double()
+                u64 = self.matrix_u().double()
+                eye = torch.eye(self.dim, dtype=torch.float64, device=l64.device)
+                l_inv = torch.linalg.solve_triangular(l64, eye, upper=False, unitriangular=True)
+                inv = torch.linalg.solve_triangular(u64, l_inv, upper=True)
+                dtype = self.lower.dtype
+                a_t = (l64 @ u64).t().to(dtype).contiguous()
+                a_inv_t = inv.t().to(dtype).contiguous()
+            self._cache = (key, a_t, a_inv_t)
+        return self._cache[1], self._cache[2]
+
+    def _use_cache(self) -> bool:
+        return not (torch.is_grad_enabled() and self.lower.requires_grad)
+
+    def _check_invertible(self) -> None:
+        d = self.diagonal_u().detach()
+        bad = (d == 0) | ~torch.isfinite(d)
+        if bool(bad.any()):
+            idx = torch.nonzero(bad).flatten()[:5].tolist()
+            raise ValueError(
+                f"LULinear is not invertible: U has {int(bad.sum())} zero or non-finite "
+                f"diagonal entries (first at indices {idx})"
+            )
+
+    # -- the maps ----------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` (B, n) -> ``y = x A^T + b`` (B, n), log|det| (B,)."""
+        check_batch(x, self.dim)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logdet = self.log_abs_det().expand(x.shape[0])
+        if self._use_cache():
+            a_t, _ = self._frozen()
+            return torch.addmm(self.bias, x, a_t), logdet
+        self._cache = None
+        # Two products with the triangles cost 4Bn^2 flops against 2n^3 + 2Bn^2
+        # for forming L U first: cheaper for every batch B < n.
+        h = x @ self.matrix_u().t()
+        y = torch.addmm(h, h, torch.tril(self.lower, -1).t()) + self.bias
+        return y, logdet
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """``y`` (B, n) -> ``x = U^{-1} L^{-1} (y - b)`` (B, n)."""
+        check_batch(y, self.dim)
+        return self._inverse(y)
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        if self._use_cache():
+            _, a_inv_t = self._frozen()
+            return (y - self.bias) @ a_inv_t
+        self._check_invertible()
+        # Row-vector form: y - b = x U^T L^T, so solve from the right.
+        h = torch.linalg.solve_triangular(
+            self.matrix_l().t(), y - self.bias, upper=True, left=False, unitriangular=True
+        )
+        return torch.linalg.solve_triangular(self.matrix_u().t(), h, upper=False, left=False)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, diag={self.diag_mode!r}"
+
+
+def _softplus(x: torch.Tensor) -> torch.Tensor:
+    # log1p(exp(x)) is exact below the threshold; above it x itself is, to the
+    # last bit of the dtype (exp(-t) < eps * t).
+    threshold = 20.0 if x.dtype in (torch.float32, torch.float16, torch.bfloat16) else 40.0
+    return nn.functional.softplus(x, threshold=threshold)
+
+
+class LeakySoftplus(nn.Module):
+    """Elementwise ``f(x) = a x + (1 - a) softplus(x)``, ``0 < a < 1``.
+
+    ``f'(x) = a + (1 - a) sigmoid(x)`` lies in ``(a, 1)``, so ``f`` is strictly
+    increasing and convex; its inverse is found by Newton's method from a
+    start to the right of the root, which converges monotonically to float
+    precision.
+
+    Args:
+        alpha: the slope ``a`` for ``x -> -inf``.
+        learnable: learn ``a`` (parametrised as ``sigmoid(t)`` so it stays in (0, 1)).
+    """
+
+    max_newton_steps = 60
+
+    def __init__(self, alpha: float = 0.1, learnable: bool = False) -> None:
+        super().__init__()
+        if not (isinstance(alpha, (int, float)) and 0.0 < float(alpha) < 1.0):
+            raise ValueError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
+        self.fixed_alpha = float(alpha)
+        self.learnable = learnable
+        if learnable:
+            self.alpha_logit = nn.Parameter(torch.tensor(math.log(alpha / (1.0 - alpha))))
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        """The slope ``a`` as a scalar tensor."""
+        if self.learnable:
+            return torch.sigmoid(self.alpha_logit)
+        return torch.tensor(self.fixed_alpha)
+
+    def _slope(self, like: torch.Tensor) -> torch.Tensor | float:
+        # A fixed slope stays a Python float so it is exact in every dtype.
+        if self.learnable:
+            return torch.sigmoid(self.alpha_logit).to(like.dtype)
+        return self.fixed_alpha
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` (B, n) -> ``f(x)`` (B, n), ``sum_i log f'(x_i)`` (B,)."""
+        if x.dim() != 2:
+            raise ValueError(f"input must have shape (batch, features), got shape {tuple(x.shape)}")
+        check_batch(x, x.shape[1])
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self._slope(x)
+        y = a * x + (1 - a) * _softplus(x)
+        # log(a + (1-a) sigmoid(x)) = log1p(-(1-a) sigmoid(-x)): accurate near 1 and
+        # bounded below by log a, with no cancellation anywhere.
+        logdet = torch.log1p(-(1 - a) * torch.sigmoid(-x)).sum(dim=1)
+        return y, logdet
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """``y`` (B, n) -> ``f^{-1}(y)`` (B, n), exact to float precision."""
+        if y.dim() != 2:
+            raise ValueError(f"input must have shape (batch, features), got shape {tuple(y.shape)}")
+        check_batch(y, y.shape[1])
+        return self._inverse(y)
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        a = self._slope(y)
+        # f(x) > x and f(x) > a x, so min(y, y / a) lies right of the root; from
+        # there Newton on a convex increasing f decreases monotonically to it.
+        x = torch.minimum(y, y / a)
+        tol = torch.finfo(y.dtype).eps
+        for _ in range(self.max_newton_steps):
+            s = torch.sigmoid(x)
+            residual = a * x + (1 - a) * _softplus(x) - y
+            step = residual / (a + (1 - a) * s)
+            x = x - step
+            if not bool((step.abs() > 4 * tol * torch.clamp(x.abs(), min=1.0)).any()):
+                break
+        return x
+
+    def extra_repr(self) -> str:
+        return f"alpha={float(self.alpha):.4g}, learnable={self.learnable}"

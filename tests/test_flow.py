@@ -1,0 +1,201 @@
+"""LUNet as a whole: exact inverse, exact log-density, sampling, class-conditional wrapper."""
+
+import math
+
+import pytest
+import torch
+
+from lunet import ClassConditionalFlow, LUNet, standard_normal_log_prob
+from lunet.toy import GaussianMixture2D
+
+DTYPES = [torch.float32, torch.float64]
+
+
+def make_net(dim=6, blocks=4, dtype=torch.float64, seed=0, **kw):
+    torch.manual_seed(seed)
+    net = LUNet(dim, blocks, init_scale=1.0, **kw).to(dtype)
+    with torch.no_grad():
+        for block in net.blocks:
+            block.bias.normal_(0.0, 2.0)  # move the kinks into the data
+    return net
+
+
+def round_trip_errors(net, x, z):
+    """Worst relative errors of inverse(forward(x)) and forward(inverse(z))."""
+    zx, _ = net(x)
+    err_x = ((net.inverse(zx) - x).abs() / x.abs().clamp_min(1)).max().item()
+    err_z = ((net(net.inverse(z))[0] - z).abs() / z.abs().clamp_min(1)).max().item()
+    return err_x, err_z
+
+
+@pytest.mark.parametrize("diag", ["raw", "exp"])
+@pytest.mark.parametrize("grad_enabled", [True, False], ids=["solve", "cached"])
+def test_network_round_trips(diag, grad_enabled):
+    # Large inputs through a net whose map is deliberately ill-conditioned
+    # (slope 0.1 branches, cond(A) up to ~15): the inverse must be as exact as
+    # the map's conditioning allows, in float32 just as in float64.
+    net64 = make_net(dtype=torch.float64, diag=diag)
+    net64.standardize(torch.randn(500, 6, dtype=torch.float64) * 3 + 1)
+    net32 = make_net(dtype=torch.float32, diag=diag)
+    net32.load_state_dict(net64.state_dict())
+    x = torch.randn(200, 6, dtype=torch.float64) * 20
+    z = torch.randn(200, 6, dtype=torch.float64) * 5
+    with torch.set_grad_enabled(grad_enabled):
+        errs64 = round_trip_errors(net64, x, z)
+        errs32 = round_trip_errors(net32, x.float(), z.float())
+    eps32, eps64 = torch.finfo(torch.float32).eps, torch.finfo(torch.float64).eps
+    for e64, e32 in zip(errs64, errs32):
+        assert e64 < 1e-10
+        # the same amplification of rounding error in both precisions
+        assert e32 / eps32 < 30 * max(e64 / eps64, 1.0)
+
+
+def test_pre_activations_exercise_both_branches():
+    net = make_net()
+    x = torch.randn(200, 6, dtype=torch.float64) * 20
+    h = x
+    signs = []
+    for i, block in enumerate(net.blocks[:-1]):
+        h, _ = block(h)
+        signs.append(((h > 2).any().item(), (h < -2).any().item()))
+        h, _ = net.activations[i](h)
+    assert all(pos and neg for pos, neg in signs)
+
+
+@pytest.mark.parametrize("diag", ["raw", "exp"])
+def test_network_logdet_matches_autograd_jacobian(diag):
+    net = make_net(dim=4, blocks=3, diag=diag, seed=5)
+    net.standardize(torch.randn(100, 4, dtype=torch.float64) * 2)
+    xs = torch.randn(6, 4, dtype=torch.float64) * 4
+    for x in xs:
+        jac = torch.autograd.functional.jacobian(lambda v: net(v.unsqueeze(0))[0].squeeze(0), x)
+        _, expected = torch.linalg.slogdet(jac)
+        assert net(x.unsqueeze(0))[1].item() == pytest.approx(expected.item(), abs=1e-10)
+
+
+def test_log_prob_is_change_of_variables():
+    net = make_net(dim=3, blocks=2)
+    x = torch.randn(10, 3, dtype=torch.float64)
+    z, logdet = net(x)
+    expected = -0.5 * (z**2).sum(1) - 1.5 * math.log(2 * math.pi) + logdet
+    assert torch.allclose(net.log_prob(x), expected, atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def fitted_2d_net():
+    """A 6-block net briefly fitted to the 2-D mixture (a smooth, non-Gaussian density)."""
+    torch.manual_seed(0)
+    mix = GaussianMixture2D()
+    data = mix.sample(4000, seed=11)
+    net = LUNet(2, 6, init_scale=1.0)
+    net.standardize(data)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-2)
+    for _ in range(300):
+        loss = -net.log_prob(data[torch.randint(0, 4000, (1024,))]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.double(), mix
+
+
+def test_density_integrates_to_one_in_2d(fitted_2d_net):
+    net, mix = fitted_2d_net
+    lim, n = 8.0, 1200
+    xs = torch.linspace(-lim, lim, n + 1, dtype=torch.float64)
+    mid = (xs[1:] + xs[:-1]) / 2
+    cell = (xs[1] - xs[0]).item() ** 2
+    with torch.no_grad():
+        mass = net.log_prob(torch.cartesian_prod(mid, mid)).exp().sum().item() * cell
+        inside = (net.sample(100000).abs() < lim).all(1).double().mean().item()
+    # LU-Net densities have heavy tails (the inverse activation has slope 1/a),
+    # so the box does not hold all the mass: quadrature over the box must equal
+    # the share of exact samples that land in it (Monte-Carlo SE ~ 6e-4).
+    assert inside > 0.9
+    assert mass == pytest.approx(inside, abs=3e-3)
+    # and the density is not the standard normal the latent starts as
+    test = mix.sample(5000, seed=12).double()
+    assert (net.log_prob(test) - standard_normal_log_prob(test)).abs().mean().item() > 0.1
+
+
+def test_sample_shapes_dtype_and_temperature():
+    net = make_net(dim=5, blocks=3, dtype=torch.float32)
+    with torch.no_grad():
+        s = net.sample(64)
+        assert s.shape == (64, 5) and s.dtype == torch.float32
+        g1 = torch.Generator().manual_seed(7)
+        g2 = torch.Generator().manual_seed(7)
+        assert torch.equal(net.sample(8, generator=g1), net.sample(8, generator=g2))
+        # temperature scales the latent: z of a cold sample is the scaled z of a warm one
+        g1.manual_seed(1)
+        g2.manual_seed(1)
+        cold = net(net.sample(8, temperature=0.5, generator=g1))[0]
+        warm = net(net.sample(8, temperature=1.0, generator=g2))[0]
+        assert torch.allclose(cold, 0.5 * warm, atol=1e-4)
+    with pytest.raises(ValueError, match="temperature"):
+        net.sample(4, temperature=0.0)
+    with pytest.raises(ValueError, match="num_samples"):
+        net.sample(0)
+
+
+def test_standardize_keeps_likelihood_of_raw_data():
+    net = make_net(dim=3, blocks=2)
+    data = torch.randn(1000, 3, dtype=torch.float64) * torch.tensor([5.0, 0.1, 2.0], dtype=torch.float64) + 7
+    x = data[:5]
+    before_z, before_ld = net(x)
+    net.standardize(data)
+    # standardising is an extra affine map; its log|det| is -sum(log std)
+    after_z, after_ld = net(x * data.std(0) + data.mean(0))
+    assert torch.allclose(after_z, before_z, atol=1e-10)
+    assert torch.allclose(after_ld, before_ld - torch.log(data.std(0)).sum(), atol=1e-10)
+
+
+def test_network_bad_inputs():
+    net = LUNet(3, 2)
+    with pytest.raises(ValueError, match=r"\(batch, 3\)"):
+        net.log_prob(torch.randn(4, 2))
+    with pytest.raises(TypeError, match="floating"):
+        net(torch.zeros(4, 3, dtype=torch.int32))
+    with pytest.raises(ValueError, match="NaN"):
+        net.inverse(torch.full((2, 3), float("nan")))
+    with pytest.raises(ValueError, match="num_blocks"):
+        LUNet(3, 0)
+
+
+def test_parameter_counts_of_paper_model():
+    net = LUNet(784, 4)
+    assert net.num_parameters("stored") == 4_920_384  # the paper's 4.92M
+    assert net.num_parameters("free") == 4 * (784 * 784 + 784)
+    assert round(LUNet(784, 8).num_parameters("free") / 1e6, 2) == 4.92
+
+
+def test_class_conditional_flow_bayes_classifier():
+    # Two classes whose flows are pinned to two well separated Gaussians.
+    flows = []
+    for shift in (-3.0, 3.0):
+        f = LUNet(2, 1, init="identity").double()
+        with torch.no_grad():
+            f.blocks[0].bias.fill_(-shift)  # z = x - shift
+        flows.append(f)
+    model = ClassConditionalFlow(flows)
+    x = torch.tensor([[-3.0, -3.0], [3.0, 3.0], [-2.5, -3.5]], dtype=torch.float64)
+    assert model.classify(x).tolist() == [0, 1, 0]
+    lp = model.class_log_probs(x)
+    assert lp.shape == (3, 2)
+    assert torch.allclose(model.log_prob(x, torch.tensor([0, 1, 1])), lp[torch.arange(3), torch.tensor([0, 1, 1])])
+    assert torch.allclose(model.log_prob(x), torch.logsumexp(lp + math.log(0.5), 1))
+    with torch.no_grad():
+        s = model.sample(500, 1)
+    assert s.shape == (500, 2) and (s.mean(0) - 3).abs().max() < 0.2
+    with pytest.raises(ValueError, match="class"):
+        model.sample(3, 2)
+    with pytest.raises(ValueError, match="labels"):
+        model.log_prob(x, torch.tensor([0, 5, 1]))
+
+
+def test_mixture_density_and_entropy_are_consistent():
+    mix = GaussianMixture2D()
+    x = mix.sample(200000, seed=0).double()
+    mc_entropy = -mix.log_prob(x).mean().item()
+    assert mix.entropy() == pytest.approx(mc_entropy, abs=0.01)
+    # well separated blobs: entropy ~ log 4 + entropy of one blob
+    assert mix.entropy() == pytest.approx(math.log(4) + math.log(2 * math.pi * math.e * 0.04), abs=1e-3)

@@ -1,0 +1,190 @@
+"""Exactness of LULinear and LeakySoftplus: round trips, log-determinants, structure."""
+
+import math
+
+import pytest
+import torch
+
+from lunet import LeakySoftplus, LULinear
+
+DTYPES = [torch.float32, torch.float64]
+# Worst relative round-trip error we accept, in units of the dtype's epsilon.
+ULPS = 64
+
+
+def wide_inputs(dtype, n_cols=8):
+    """Both activation branches, the kink, and large magnitudes of both signs."""
+    base = torch.cat(
+        [
+            torch.linspace(-1e4, 1e4, 401, dtype=dtype),
+            torch.linspace(-60.0, 60.0, 2001, dtype=dtype),
+            torch.tensor([0.0, 1e-8, -1e-8, 36.0, -36.0, 1e6, -1e6], dtype=dtype),
+        ]
+    )
+    pad = (-base.numel()) % n_cols
+    return torch.cat([base, base[:pad]]).reshape(-1, n_cols)
+
+
+def rel_err(a, b):
+    return ((a - b).abs() / b.abs().clamp_min(1.0)).max().item()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("alpha", [0.1, 0.01, 0.5])
+def test_leaky_softplus_round_trips_to_float_precision(dtype, alpha):
+    act = LeakySoftplus(alpha).to(dtype)
+    x = wide_inputs(dtype)
+    y, _ = act(x)
+    eps = torch.finfo(dtype).eps
+    assert rel_err(act.inverse(y), x) <= ULPS * eps
+    # forward after inverse, starting from the output side
+    y2, _ = act(act.inverse(y))
+    assert rel_err(y2, y) <= ULPS * eps
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_leaky_softplus_matches_definition_and_is_stable(dtype):
+    act = LeakySoftplus(0.1).to(dtype)
+    x = wide_inputs(dtype)
+    y, logdet = act(x)
+    x64 = x.double()
+    ref = 0.1 * x64 + 0.9 * torch.nn.functional.softplus(x64, threshold=50)
+    ref_ld = torch.log(0.1 + 0.9 * torch.sigmoid(x64)).sum(1)
+    assert torch.isfinite(y).all() and torch.isfinite(logdet).all()
+    assert rel_err(y.double(), ref) <= 8 * torch.finfo(dtype).eps
+    assert torch.allclose(logdet.double(), ref_ld, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-5 if dtype == torch.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("point", [-5.0, -0.3, 0.0, 0.7, 6.0])
+def test_leaky_softplus_logdet_is_log_derivative(point):
+    act = LeakySoftplus(0.1).double()
+    x = torch.full((1, 3), point, dtype=torch.float64) + torch.tensor([[0.0, 0.01, -0.02]], dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda v: act(v.unsqueeze(0))[0].squeeze(0), x[0])
+    _, expected = torch.linalg.slogdet(jac)
+    assert act(x)[1].item() == pytest.approx(expected.item(), abs=1e-12)
+
+
+@pytest.mark.parametrize("diag", ["raw", "exp"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lu_linear_round_trips(diag, dtype):
+    torch.manual_seed(0)
+    layer = LULinear(16, diag=diag, init="random", init_scale=1.0).to(dtype)
+    with torch.no_grad():
+        layer.bias.normal_()
+    x = torch.randn(50, 16, dtype=dtype) * 100
+    eps = torch.finfo(dtype).eps
+    for grad_enabled in (True, False):  # solve path and cached-inverse path
+        with torch.set_grad_enabled(grad_enabled):
+            y, _ = layer(x)
+            assert rel_err(layer.inverse(y), x) <= 1e4 * eps
+            z = torch.randn(50, 16, dtype=dtype) * 100
+            assert rel_err(layer(layer.inverse(z))[0], z) <= 1e4 * eps
+
+
+@pytest.mark.parametrize("diag", ["raw", "exp"])
+def test_lu_linear_logdet_matches_autograd_jacobian(diag):
+    torch.manual_seed(1)
+    layer = LULinear(5, diag=diag, init="random", init_scale=1.0).double()
+    x = torch.randn(1, 5, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda v: layer(v.unsqueeze(0))[0].squeeze(0), x[0])
+    _, expected = torch.linalg.slogdet(jac)
+    y, logdet = layer(x)
+    assert logdet.shape == (1,)
+    assert logdet.item() == pytest.approx(expected.item(), abs=1e-12)
+    # and the dense weight is exactly what the map applies
+    assert torch.allclose(jac, layer.weight(), atol=1e-14)
+
+
+@pytest.mark.parametrize("diag", ["raw", "exp"])
+def test_triangles_stay_exact_after_optimiser_steps(diag):
+    torch.manual_seed(2)
+    layer = LULinear(6, diag=diag, init="random", init_scale=1.0)
+    opt = torch.optim.AdamW(layer.parameters(), lr=0.1, weight_decay=0.5)
+    for _ in range(5):
+        x = torch.randn(32, 6)
+        y, logdet = layer(x)
+        loss = (y**2).sum() - logdet.sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    lower, upper = layer.matrix_l(), layer.matrix_u()
+    assert torch.equal(torch.triu(lower, 1), torch.zeros_like(lower))
+    assert torch.equal(torch.diagonal(lower), torch.ones(6))
+    assert torch.equal(torch.tril(upper, -1), torch.zeros_like(upper))
+    # the parameters did move, so the structure is not exact by accident
+    assert torch.tril(layer.lower, -1).abs().sum() > 0
+    assert torch.allclose(layer.weight(), lower @ upper)
+
+
+def test_identity_init_is_identity_and_random_init_is_well_conditioned():
+    ident = LULinear(32, init="identity")
+    assert torch.equal(ident.weight(), torch.eye(32))
+    torch.manual_seed(3)
+    rand = LULinear(784, init="random")
+    cond = torch.linalg.cond(rand.weight().double()).item()
+    assert cond < 10.0
+    assert not torch.equal(rand.weight(), torch.eye(784))
+
+
+def test_parameter_counts():
+    layer = LULinear(784)
+    assert layer.num_parameters("free") == 784 * 784 + 784
+    assert layer.num_parameters("stored") == 2 * 784 * 784 + 784
+    with pytest.raises(ValueError, match="kind"):
+        layer.num_parameters("dense")
+
+
+def test_zero_diagonal_refuses_to_invert():
+    layer = LULinear(4, diag="raw", init="identity")
+    with torch.no_grad():
+        layer.diag[2] = 0.0
+    with pytest.raises(ValueError, match="not invertible.*indices \\[2\\]"):
+        layer.inverse(torch.randn(3, 4))
+    with torch.no_grad(), pytest.raises(ValueError, match="not invertible"):
+        layer.inverse(torch.randn(3, 4))
+
+
+@pytest.mark.parametrize(
+    "bad, exc, pattern",
+    [
+        (torch.randn(3, 5), ValueError, r"shape \(batch, 4\).*feature size 5"),
+        (torch.randn(4), ValueError, r"rank 1"),
+        (torch.randn(2, 3, 4), ValueError, r"rank 3"),
+        (torch.ones(3, 4, dtype=torch.int64), TypeError, r"floating dtype"),
+        (torch.tensor([[0.0, float("nan"), 1.0, 2.0]]), ValueError, r"NaN or infinite"),
+        (torch.tensor([[0.0, float("inf"), 1.0, 2.0]]), ValueError, r"NaN or infinite"),
+        ([[0.0, 1.0, 2.0, 3.0]], TypeError, r"torch.Tensor"),
+    ],
+)
+def test_bad_input_is_named(bad, exc, pattern):
+    layer = LULinear(4)
+    act = LeakySoftplus()
+    with pytest.raises(exc, match=pattern):
+        layer(bad)
+    with pytest.raises(exc, match=pattern):
+        layer.inverse(bad)
+    if isinstance(bad, torch.Tensor) and bad.dim() == 2 and bad.shape[1] == 4:
+        with pytest.raises(exc, match=pattern):
+            act(bad)
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="diag"):
+        LULinear(3, diag="log")
+    with pytest.raises(ValueError, match="init"):
+        LULinear(3, init="zeros")
+    with pytest.raises(ValueError, match="dim"):
+        LULinear(0)
+    with pytest.raises(ValueError, match="alpha"):
+        LeakySoftplus(1.0)
+    with pytest.raises(ValueError, match="alpha"):
+        LeakySoftplus(-0.1)
+
+
+def test_learnable_alpha_gets_gradient_and_stays_in_range():
+    act = LeakySoftplus(0.2, learnable=True)
+    x = torch.randn(10, 3)
+    y, logdet = act(x)
+    (y.sum() + logdet.sum()).backward()
+    assert act.alpha_logit.grad is not None and act.alpha_logit.grad.abs() > 0
+    assert math.isclose(act.alpha.item(), 0.2, rel_tol=1e-6)
