@@ -138,7 +138,10 @@ class Trainer:
         self.extra = extra or {}
         self.progress = progress
         self.steps_per_epoch = math.ceil(train_data.shape[0] / config.batch_size)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        # The fused kernel makes one pass over each parameter instead of ~10.
+        self.optimizer = torch.optim.Adam(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _lr_lambda(config, self.steps_per_epoch * config.epochs)
         )
