@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 from lunet.train import TrainConfig, TrainingDiverged
@@ -23,8 +24,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="seed for initialisation, shuffling and noise")
     g.add_argument("--device", help="cpu or cuda")
     g.add_argument("--dtype", choices=["float32", "float64"], help="training precision")
-    g.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints")
-    g.add_argument("--log-every", type=int, help="epochs between printed lines")
+    g.add_argument("--eval-every", type=int, help="epochs between validation, log line and checkpoint")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
 
@@ -38,14 +38,22 @@ def _train_config(args: argparse.Namespace, defaults: TrainConfig) -> TrainConfi
     return TrainConfig(**values)
 
 
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="folder with the IDX files (else $LUNET_DATA_DIR, the user cache, system folders)")
+    p.add_argument("--no-verify", action="store_true", help="skip the MD5 check of the data files")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.overwrite:
+        _clear_run(Path(args.out))
     if args.dataset == "gmm2d":
         from lunet import gmm2d
 
+        defaults = gmm2d.GMM2DSettings()
         settings = gmm2d.GMM2DSettings(
-            num_blocks=args.blocks or gmm2d.GMM2DSettings.num_blocks,
-            alpha=args.alpha if args.alpha is not None else gmm2d.GMM2DSettings.alpha,
-            diag=args.diag or gmm2d.GMM2DSettings.diag,
+            num_blocks=args.blocks or defaults.num_blocks,
+            alpha=args.alpha if args.alpha is not None else defaults.alpha,
+            diag=args.diag or defaults.diag,
         )
         config = _train_config(args, gmm2d.default_train_config())
         summary = gmm2d.run(args.out, settings, config, resume=args.resume, progress=not args.no_progress)
@@ -56,7 +64,140 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         print(f"wrote {args.out}/density.png, {args.out}/samples.png, {args.out}/summary.json")
         return 0
-    raise SystemExit(f"unknown dataset {args.dataset!r}")
+
+    from lunet import images
+
+    if args.model == "realnvp":
+        spec = {"name": "realnvp"}
+    else:
+        extra = {}
+        if args.alpha is not None:
+            extra["alpha"] = args.alpha
+        if args.diag:
+            extra["diag"] = args.diag
+        if args.learn_alpha:
+            extra["learn_alpha"] = True
+        spec = images.paper_lunet_spec(args.blocks or 4, **extra)
+    if args.per_class and args.class_label is not None:
+        raise ValueError("--per-class and --class exclude each other")
+    kind = "per_class" if args.per_class else ("class" if args.class_label is not None else "unconditional")
+    settings = images.ImageRunSettings(
+        dataset=args.dataset, kind=kind, class_label=args.class_label, model=spec,
+        lam=args.lam, standardize=args.model == "lunet",
+    )
+    config = _train_config(args, images.default_image_train_config())
+    results = images.train_image_run(
+        args.out, settings, config, data_dir=args.data_dir, verify=not args.no_verify,
+        resume=args.resume, progress=not args.no_progress, limit=args.limit,
+    )
+    for name, r in results.items():
+        label = "all classes" if name == "all" else f"class {name}"
+        print(
+            f"{args.dataset} {label}: best validation {r['val_bits_per_dim']:.4f} bits/dim "
+            f"after {r['epochs']} epochs ({r['train_seconds']:.0f}s training)"
+        )
+    print(f"run in {args.out}; next: lunet evaluate {args.out}")
+    return 0
+
+
+def _clear_run(out: Path) -> None:
+    for path in [out / "checkpoint.pt", out / "metrics.jsonl", out / "run.json", *out.glob("class-*/checkpoint.pt"), *out.glob("class-*/metrics.jsonl")]:
+        path.unlink(missing_ok=True)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from lunet.evaluate import evaluate_run
+
+    result = evaluate_run(args.run_dir, draws=args.draws, data_dir=args.data_dir, verify=not args.no_verify, limit=args.limit)
+    print(
+        f"{result['dataset']} ({result['kind']}): {result['bits_per_dim']:.4f} ± {result['bits_per_dim_std_over_draws']:.4f} "
+        f"bits/dim on {result['num_test_images']} test images ({args.draws} dequantisation draws, λ = {result['logit_lambda']:g})"
+    )
+    print(f"  paper convention (logit-space bits/dim − 0.5, not comparable to the above): {result['paper_bits_per_pixel']:.4f}")
+    for c, r in result.get("per_class", {}).items():
+        print(f"  class {c}: {r['bits_per_dim']:.4f} bits/dim, paper convention {r['paper_bits_per_pixel']:.4f}")
+    if "bayes_classifier_accuracy" in result:
+        print(f"  Bayes classifier argmax_c log p(x|c): {100 * result['bayes_classifier_accuracy']:.2f}% test accuracy")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from lunet.data import load_dataset
+    from lunet.images import class_subset, fitted_latent_gaussian, load_run_models, sample_images
+    from lunet.plots import save_image_grid
+    from lunet.preprocess import ImagePreprocessor
+
+    settings, models, _ = load_run_models(args.run_dir)
+    pre = ImagePreprocessor(settings.lam)
+    train_x = train_y = None
+    if args.prior == "fitted":
+        train_x, train_y = load_dataset(settings.dataset, "train", data_dir=args.data_dir, verify=not args.no_verify)
+    rows, labels = [], []
+    for c, model in zip(settings.classes, models):
+        prior = None
+        if args.prior == "fitted":
+            prior = fitted_latent_gaussian(model, class_subset(train_x[:55000], train_y[:55000], c)[0][:5000], pre)
+        gen = torch.Generator().manual_seed(args.seed + (c or 0))
+        n = args.per_row if len(models) > 1 else args.num
+        rows.append(sample_images(model, pre, n, args.temperature, prior, gen))
+        labels.append("all" if c is None else str(c))
+    imgs = torch.cat(rows).reshape(-1, 28, 28)
+    title = f"{settings.dataset} {settings.kind.replace('_', '-')} samples, prior {args.prior}, T = {args.temperature:g}"
+    save_image_grid(imgs, args.out, nrow=args.per_row, row_labels=labels if len(models) > 1 else None, title=title)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    import torch
+
+    from lunet.data import load_dataset
+    from lunet.images import load_run_models
+    from lunet.plots import save_image_grid
+    from lunet.preprocess import ImagePreprocessor
+
+    settings, models, _ = load_run_models(args.run_dir)
+    if len(models) != 1:
+        raise ValueError("interpolate needs an unconditional or single-class run")
+    model = models[0]
+    pre = ImagePreprocessor(settings.lam)
+    test_x, _ = load_dataset(settings.dataset, "test", data_dir=args.data_dir, verify=not args.no_verify)
+    pairs = [(int(a), int(b)) for a, b in (p.split(",") for p in args.pairs)]
+    gen = torch.Generator().manual_seed(0)
+    frames = []
+    with torch.no_grad():
+        for a, b in pairs:
+            logits, _ = pre.to_model_space(test_x[[a, b]], gen)
+            z = model(logits)[0]
+            w = torch.linspace(0, 1, args.steps).unsqueeze(1)
+            frames.append(pre.to_images(model.inverse((1 - w) * z[0] + w * z[1])))
+    save_image_grid(torch.cat(frames).reshape(-1, 28, 28), args.out, nrow=args.steps, title="latent interpolation between test images")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_agreement(args: argparse.Namespace) -> int:
+    from lunet.evaluate import class_agreement, train_classifier
+    from lunet.images import read_run_file
+
+    settings = read_run_file(args.run_dir)
+    clf, acc = train_classifier(settings.dataset, data_dir=args.data_dir, verify=not args.no_verify)
+    print(f"judge: MLP trained on the real {settings.dataset} training set, {100 * acc:.2f}% test accuracy")
+    result = class_agreement(args.run_dir, clf, temperatures=tuple(args.temperatures), num_samples=args.num,
+                             data_dir=args.data_dir, verify=not args.no_verify)
+    for key, r in result.items():
+        print(f"  {key}: {100 * r['mean']:.1f}% of samples assigned to their class "
+              + " ".join(f"{c}:{100 * v:.0f}" for c, v in r["per_class"].items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"judge_test_accuracy": acc, "agreement": result}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,14 +207,60 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a flow by maximum likelihood")
-    p.add_argument("--dataset", default="gmm2d", choices=["gmm2d"], help="data set (default: gmm2d, needs no files)")
+    p.add_argument("--dataset", default="gmm2d", choices=["gmm2d", "mnist", "fashion-mnist"],
+                   help="data set (default: gmm2d, needs no files)")
     p.add_argument("--out", required=True, help="run directory for checkpoint, logs and pictures")
+    p.add_argument("--overwrite", action="store_true", help="start afresh, replacing a run already in --out")
     m = p.add_argument_group("model")
+    m.add_argument("--model", default="lunet", choices=["lunet", "realnvp"], help="flow family (images only)")
     m.add_argument("--blocks", type=int, help="number of LU blocks")
     m.add_argument("--alpha", type=float, help="leaky-softplus slope a in (0, 1)")
+    m.add_argument("--learn-alpha", action="store_true", help="learn the slope a of every activation")
     m.add_argument("--diag", choices=["raw", "exp"], help="parametrisation of diag(U)")
+    c = p.add_argument_group("images")
+    c.add_argument("--class", dest="class_label", type=int, help="model one class only")
+    c.add_argument("--per-class", action="store_true", help="one model per class (the paper's setting)")
+    c.add_argument("--lam", type=float, default=1e-6, help="logit-transform λ (default 1e-6)")
+    c.add_argument("--limit", type=int, help=argparse.SUPPRESS)
+    _add_data_options(p)
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="test-set bits/dim of an image run")
+    p.add_argument("run_dir")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--draws", type=int, default=3, help="dequantisation draws (default 3)")
+    p.add_argument("--limit", type=int, help=argparse.SUPPRESS)
+    _add_data_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("sample", help="a PNG grid of samples (one row per class for per-class runs)")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--temperature", type=float, default=1.0, help="latent standard deviation scale")
+    p.add_argument("--prior", choices=["standard", "fitted"], default="standard",
+                   help="standard: N(0, T^2 I), the model's own prior; fitted: a Gaussian fitted to training latents")
+    p.add_argument("--num", type=int, default=100, help="samples for an unconditional run")
+    p.add_argument("--per-row", type=int, default=10, help="images per row (per class)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_data_options(p)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("interpolate", help="latent interpolation between test images")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--pairs", nargs="+", default=["0,1", "2,3", "4,5"], help="test-image index pairs A,B")
+    p.add_argument("--steps", type=int, default=10)
+    _add_data_options(p)
+    p.set_defaults(func=cmd_interpolate)
+
+    p = sub.add_parser("agreement", help="do samples show their class? (a classifier trained on real data judges)")
+    p.add_argument("run_dir")
+    p.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.7])
+    p.add_argument("--num", type=int, default=200, help="samples per class")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    _add_data_options(p)
+    p.set_defaults(func=cmd_agreement)
     return parser
 
 

@@ -79,14 +79,18 @@ class LUNet(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = (x - self.input_mean) / self.input_std
-        logdet = -torch.log(self.input_std).sum().expand(x.shape[0])
+        # The LU log-dets are the same for every sample: add them up as scalars.
+        const = -torch.log(self.input_std).sum()
+        logdet = None
         for i, block in enumerate(self.blocks):
-            h, ld = block._forward(h)
-            logdet = logdet + ld
+            h = block._affine(h)
+            const = const + block.log_abs_det()
             if i < len(self.activations):
                 h, ld = self.activations[i]._forward(h)
-                logdet = logdet + ld
-        return h, logdet
+                logdet = ld if logdet is None else logdet + ld
+        if logdet is None:
+            return h, const.expand(x.shape[0])
+        return h, logdet + const
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         """``z`` (B, dim) -> ``x`` (B, dim), the exact inverse of :meth:`forward`."""

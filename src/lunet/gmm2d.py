@@ -38,7 +38,7 @@ class GMM2DSettings:
 
 def default_train_config() -> TrainConfig:
     """Full-ish batches with a high, cosine-decayed learning rate (see docs/gmm2d.md)."""
-    return TrainConfig(epochs=1200, batch_size=2048, lr=2e-2, schedule="cosine", seed=0)
+    return TrainConfig(epochs=1000, batch_size=1024, lr=3e-2, schedule="cosine", seed=0, eval_every=50)
 
 
 def _log_prob_fn(model: torch.nn.Module, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -78,7 +78,12 @@ def run(out_dir: str | Path, settings: GMM2DSettings, config: TrainConfig, resum
     if resume:
         trainer.resume()
     start = time.perf_counter()
-    trainer.fit()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2-D batches are too small to gain from threads: 1 is ~20% faster
+    try:
+        trainer.fit()
+    finally:
+        torch.set_num_threads(threads)
     model.load_state_dict(trainer.best_state)
     model.eval()
     test_nll = -mean_log_prob(model, data["test"], _log_prob_fn, 10000, seed=0)

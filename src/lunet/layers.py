@@ -163,16 +163,18 @@ class LULinear(nn.Module):
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logdet = self.log_abs_det().expand(x.shape[0])
+        return self._affine(x), self.log_abs_det().expand(x.shape[0])
+
+    def _affine(self, x: torch.Tensor) -> torch.Tensor:
+        """``x A^T + b`` alone, (B, n) -> (B, n)."""
         if self._use_cache():
             a_t, _ = self._frozen()
-            return torch.addmm(self.bias, x, a_t), logdet
+            return torch.addmm(self.bias, x, a_t)
         self._cache = None
         # Two products with the triangles cost 4Bn^2 flops against 2n^3 + 2Bn^2
         # for forming L U first: cheaper for every batch B < n.
         h = torch.addcmul(x @ self._strict_u_t(), x, self.diagonal_u())
-        y = torch.addmm(h + self.bias, h, self._strict_l_t())
-        return y, logdet
+        return torch.addmm(h + self.bias, h, self._strict_l_t())
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """``y`` (B, n) -> ``x = U^{-1} L^{-1} (y - b)`` (B, n)."""
@@ -247,10 +249,15 @@ class LeakySoftplus(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a = self._slope(x)
-        y = a * x + (1 - a) * _softplus(x)
-        # log(a + (1-a) sigmoid(x)) = log1p(-(1-a) sigmoid(-x)): accurate near 1 and
-        # bounded below by log a, with no cancellation anywhere.
-        logdet = torch.log1p(-(1 - a) * torch.sigmoid(-x)).sum(dim=1)
+        sp = _softplus(x)
+        # log f'(x) = log(a + (1-a) sigmoid(x)): the argument lies in (a, 1), so
+        # the log has no cancellation and its absolute error is ~eps.
+        if isinstance(a, float):
+            y = torch.add(sp, x, alpha=a / (1 - a)).mul_(1 - a)
+            logdet = torch.log(torch.sigmoid(x).mul(1 - a).add_(a)).sum(dim=1)
+        else:
+            y = a * x + (1 - a) * sp
+            logdet = torch.log(a + (1 - a) * torch.sigmoid(x)).sum(dim=1)
         return y, logdet
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:

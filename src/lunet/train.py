@@ -47,15 +47,14 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
-    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
-    log_every: int = 1  # epochs between printed summary lines
+    eval_every: int = 1  # epochs between validation, log line and checkpoint (the last epoch always)
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
-        for name in ("epochs", "batch_size", "checkpoint_every", "log_every"):
+        for name in ("epochs", "batch_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -208,7 +207,7 @@ class Trainer:
             loss = -log_p.mean() / self.dim
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
-                    f"loss became {float(loss)} at epoch {self.epoch + 1}, step {step + 1}; the last good "
+                    f"loss became {loss.item()} at epoch {self.epoch + 1}, step {step + 1}; the last good "
                     f"checkpoint is kept in {self.checkpoint_path}. Lower --lr or add --grad-clip."
                 )
             self.optimizer.zero_grad(set_to_none=True)
@@ -217,7 +216,7 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
-            total += float(loss) * idx.numel()
+            total += loss.item() * idx.numel()
             count += idx.numel()
             bar.update(1)
             if step % 10 == 0:
@@ -247,22 +246,26 @@ class Trainer:
         )
         with bar:
             while self.epoch < cfg.epochs:
-                rows.append(self._run_epoch(bar))
+                row = self._run_epoch(bar)
+                if row is not None:
+                    rows.append(row)
         return rows
 
-    def _run_epoch(self, bar: tqdm) -> dict[str, Any]:
-        """One epoch of training, validation, logging and (maybe) a checkpoint."""
+    def _run_epoch(self, bar: tqdm) -> Optional[dict[str, Any]]:
+        """One epoch of training; every ``eval_every`` epochs also validation, a log row and a checkpoint."""
         cfg = self.config
         start = time.perf_counter()
         train_nll = self._train_epoch(bar)
         self.train_seconds += time.perf_counter() - start
+        self.epoch += 1
+        if self.epoch % cfg.eval_every and self.epoch != cfg.epochs:
+            return None
         val_lp = mean_log_prob(self.model, self.val_data, self.log_prob_fn, 1000, seed=cfg.seed + 1)
         if not math.isfinite(val_lp):
             raise TrainingDiverged(
-                f"validation log-likelihood is {val_lp} after epoch {self.epoch + 1}; "
+                f"validation log-likelihood is {val_lp} after epoch {self.epoch}; "
                 f"the last good checkpoint is kept in {self.checkpoint_path}"
             )
-        self.epoch += 1
         if self.best_val is None or val_lp > self.best_val:
             self.best_val = val_lp
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
@@ -275,9 +278,8 @@ class Trainer:
         }
         with open(self.out_dir / METRICS_NAME, "a") as f:
             f.write(json.dumps(row) + "\n")
-        if self.epoch % cfg.checkpoint_every == 0 or self.epoch == cfg.epochs:
-            save_atomic(self._state(), self.checkpoint_path)
-        if self.progress and (self.epoch % cfg.log_every == 0 or self.epoch == cfg.epochs):
+        save_atomic(self._state(), self.checkpoint_path)
+        if self.progress:
             tqdm.write(
                 f"epoch {self.epoch}/{cfg.epochs}  train {self.describe(train_nll)}  "
                 f"val {self.describe(-val_lp / self.dim)}  ({self.train_seconds:.1f}s)"

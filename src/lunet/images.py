@@ -1,0 +1,230 @@
+"""Image runs (MNIST, Fashion-MNIST): layout on disk, training, loading, sampling.
+
+A run directory holds ``run.json`` (data set, kind, λ, model spec) and one
+trainer directory per model: the run itself for an unconditional or
+single-class run, ``class-K/`` for each class of a per-class run (the paper's
+setting). Every trainer directory has its own atomic, resumable checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from lunet.checkpoint import build_model, load_model
+from lunet.data import DATASETS, load_dataset, train_val_split
+from lunet.flow import ClassConditionalFlow
+from lunet.preprocess import DEFAULT_LAM, LN2, ImagePreprocessor
+from lunet.train import TrainConfig, Trainer
+
+RUN_FILE = "run.json"
+NUM_CLASSES = 10
+KINDS = ("unconditional", "class", "per_class")
+
+
+@dataclass
+class ImageRunSettings:
+    """What a run models; stored in ``run.json``."""
+
+    dataset: str = "mnist"
+    kind: str = "unconditional"
+    class_label: Optional[int] = None
+    model: dict[str, Any] = field(default_factory=lambda: paper_lunet_spec())
+    lam: float = DEFAULT_LAM
+    standardize: bool = True
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind == "class" and not (isinstance(self.class_label, int) and 0 <= self.class_label < NUM_CLASSES):
+            raise ValueError(f"--class must be an integer in 0..{NUM_CLASSES - 1}, got {self.class_label!r}")
+
+    @property
+    def classes(self) -> list[Optional[int]]:
+        """The class of each model in the run (None = all classes)."""
+        if self.kind == "per_class":
+            return list(range(NUM_CLASSES))
+        return [self.class_label] if self.kind == "class" else [None]
+
+
+def paper_lunet_spec(num_blocks: int = 4, **kwargs: Any) -> dict[str, Any]:
+    """Model spec of the paper's MNIST LU-Net (4 blocks of width 784) or a variant."""
+    spec = {"name": "lunet", "dim": 784, "num_blocks": num_blocks, "alpha": 0.1, "diag": "exp", "init_scale": 0.1}
+    spec.update(kwargs)
+    return spec
+
+
+def default_image_train_config() -> TrainConfig:
+    """Adam, cosine schedule, batch 256 (see docs/results.md for how these were chosen)."""
+    return TrainConfig(epochs=30, batch_size=256, lr=1e-3, schedule="cosine", warmup_steps=200, grad_clip=100.0)
+
+
+def nats_to_bits_per_dim(nats_per_dim: float) -> float:
+    """Per-dimension NLL of the dequantised ``y`` in nats -> standard bits/dim."""
+    return nats_per_dim / LN2 + 8.0
+
+
+def model_dir(run_dir: Path, class_label: Optional[int], kind: str) -> Path:
+    return run_dir / f"class-{class_label}" if kind == "per_class" else run_dir
+
+
+def class_subset(
+    images: torch.Tensor, labels: torch.Tensor, class_label: Optional[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if class_label is None:
+        return images, labels
+    keep = labels == class_label
+    return images[keep], labels[keep]
+
+
+def make_log_prob_fn(pre: ImagePreprocessor):
+    """``(model, pixels, generator) -> log p(y)`` in nats per image, dequantised with ``generator``."""
+
+    def log_prob(model: nn.Module, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        ref = next(model.parameters())
+        logits, logdet = pre.to_model_space(pixels, generator, dtype=ref.dtype)
+        return model.log_prob(logits.to(ref.device)) + logdet.to(ref.device)
+
+    return log_prob
+
+
+def write_run_file(run_dir: Path, settings: ImageRunSettings) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / RUN_FILE
+    record = {
+        "dataset": settings.dataset,
+        "kind": settings.kind,
+        "class_label": settings.class_label,
+        "model": settings.model,
+        "lam": settings.lam,
+        "standardize": settings.standardize,
+    }
+    if path.exists():
+        existing = json.loads(path.read_text())
+        if existing != record:
+            raise ValueError(
+                f"{path} describes another run ({existing}); use another --out, or the same options to resume"
+            )
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def read_run_file(run_dir: str | Path) -> ImageRunSettings:
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {run_dir} is not an image run directory made by `lunet train`")
+    return ImageRunSettings(**json.loads(path.read_text()))
+
+
+def train_image_run(
+    run_dir: str | Path,
+    settings: ImageRunSettings,
+    config: TrainConfig,
+    data_dir: Optional[str] = None,
+    verify: bool = True,
+    resume: bool = False,
+    progress: bool = True,
+    limit: Optional[int] = None,
+) -> dict[str, Any]:
+    """Train every model of the run; returns ``{"epochs", "train_seconds", "val_bits_per_dim"}`` per model.
+
+    ``limit`` keeps only the first ``limit`` training images (for smoke tests).
+    """
+    run_dir = Path(run_dir)
+    images, labels = load_dataset(settings.dataset, "train", data_dir=data_dir, verify=verify)
+    (train_x, train_y), (val_x, val_y) = train_val_split(images, labels)
+    write_run_file(run_dir, settings)
+    pre = ImagePreprocessor(settings.lam, num_dims=images.shape[1])
+    log_prob_fn = make_log_prob_fn(pre)
+    results = {}
+    for c in settings.classes:
+        tx, _ = class_subset(train_x, train_y, c)
+        vx, _ = class_subset(val_x, val_y, c)
+        if limit is not None:
+            tx, vx = tx[:limit], vx[: max(1, limit // 10)]
+        out = model_dir(run_dir, c, settings.kind)
+        torch.manual_seed(config.seed)
+        model = build_model(settings.model)
+        if settings.standardize and hasattr(model, "standardize"):
+            gen = torch.Generator().manual_seed(config.seed)
+            model.standardize(pre.to_model_space(tx, gen)[0])
+        trainer = Trainer(
+            model, settings.model, config, tx, vx, log_prob_fn, dim=pre.num_dims, out_dir=out,
+            describe=lambda nats: f"{nats_to_bits_per_dim(nats):.4f} bits/dim", progress=progress,
+            extra={"class_label": c, "dataset": settings.dataset},
+        )
+        if resume and trainer.checkpoint_path.exists():
+            trainer.resume()
+        if progress and c is not None:
+            print(f"class {c}: {tx.shape[0]} training images")
+        start = time.perf_counter()
+        trainer.fit()
+        results["all" if c is None else str(c)] = {
+            "epochs": trainer.epoch,
+            "train_seconds": trainer.train_seconds,
+            "val_bits_per_dim": nats_to_bits_per_dim(-trainer.best_val / pre.num_dims),
+            "wall_seconds_this_call": time.perf_counter() - start,
+        }
+    return results
+
+
+def load_run_models(run_dir: str | Path, which: str = "best") -> tuple[ImageRunSettings, list[nn.Module], list[dict]]:
+    """Settings, one model per entry of ``settings.classes``, and their checkpoints."""
+    run_dir = Path(run_dir)
+    settings = read_run_file(run_dir)
+    models, ckpts = [], []
+    for c in settings.classes:
+        model, ckpt = load_model(model_dir(run_dir, c, settings.kind) / "checkpoint.pt", which=which)
+        model.eval()
+        models.append(model)
+        ckpts.append(ckpt)
+    return settings, models, ckpts
+
+
+def as_class_conditional(models: list[nn.Module]) -> ClassConditionalFlow:
+    """The per-class models of a run as one :class:`ClassConditionalFlow` (uniform class prior)."""
+    return ClassConditionalFlow(models)
+
+
+@torch.no_grad()
+def fitted_latent_gaussian(model: nn.Module, pixels: torch.Tensor, pre: ImagePreprocessor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (D,) and Cholesky factor (D, D) of the latents of ``pixels`` (the authors' sampling prior)."""
+    ref = next(model.parameters())
+    gen = torch.Generator().manual_seed(seed)
+    zs = []
+    for start in range(0, pixels.shape[0], 1000):
+        logits, _ = pre.to_model_space(pixels[start : start + 1000], gen, dtype=torch.float64)
+        zs.append(model(logits.to(device=ref.device, dtype=ref.dtype))[0].double().cpu())
+    z = torch.cat(zs)
+    mean = z.mean(0)
+    cov = torch.cov(z.T) + 1e-6 * torch.eye(z.shape[1], dtype=torch.float64)
+    return mean, torch.linalg.cholesky(cov)
+
+
+@torch.no_grad()
+def sample_images(
+    model: nn.Module,
+    pre: ImagePreprocessor,
+    num_samples: int,
+    temperature: float = 1.0,
+    prior: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """Images (num_samples, D) in [0, 1]: latents from N(0, T² I) or, given ``prior = (mean, chol)``,
+    from the fitted Gaussian with its spread scaled by ``temperature``."""
+    ref = next(model.parameters())
+    eps = torch.randn(num_samples, pre.num_dims, generator=generator, dtype=torch.float64)
+    if prior is None:
+        z = temperature * eps
+    else:
+        mean, chol = prior
+        z = mean + temperature * eps @ chol.T
+    logits = model.inverse(z.to(device=ref.device, dtype=ref.dtype))
+    return pre.to_images(logits.double().cpu())
