@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/lunet train --dataset gmm2d --out runs/gmm2d-demo
+	$(VENV)/bin/lunet train --dataset gmm2d --out runs/gmm2d-demo --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q

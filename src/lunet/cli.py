@@ -44,8 +44,8 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    if args.overwrite:
-        _clear_run(Path(args.out))
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be a positive number of images, got {args.limit}")
     if args.dataset == "gmm2d":
         from lunet import gmm2d
 
@@ -56,6 +56,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             diag=args.diag or defaults.diag,
         )
         config = _train_config(args, gmm2d.default_train_config())
+        if args.overwrite:
+            _clear_run(Path(args.out))
         summary = gmm2d.run(args.out, settings, config, resume=args.resume, progress=not args.no_progress)
         print(
             f"gmm2d: test NLL {summary['test_nll_nats']:.4f} nats, mixture entropy "
@@ -83,9 +85,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     kind = "per_class" if args.per_class else ("class" if args.class_label is not None else "unconditional")
     settings = images.ImageRunSettings(
         dataset=args.dataset, kind=kind, class_label=args.class_label, model=spec,
-        lam=args.lam, standardize=args.model == "lunet",
+        lam=args.lam, data_init=args.data_init if args.model == "lunet" else "none",
     )
     config = _train_config(args, images.default_image_train_config())
+    if args.overwrite:  # only once every option has been checked
+        _clear_run(Path(args.out))
     results = images.train_image_run(
         args.out, settings, config, data_dir=args.data_dir, verify=not args.no_verify,
         resume=args.resume, progress=not args.no_progress, limit=args.limit,
@@ -168,7 +172,13 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     model = models[0]
     pre = ImagePreprocessor(settings.lam)
     test_x, _ = load_dataset(settings.dataset, "test", data_dir=args.data_dir, verify=not args.no_verify)
-    pairs = [(int(a), int(b)) for a, b in (p.split(",") for p in args.pairs)]
+    try:
+        pairs = [(int(a), int(b)) for a, b in (p.split(",") for p in args.pairs)]
+    except ValueError:
+        raise ValueError(f"--pairs takes index pairs written A,B, got {args.pairs}") from None
+    bad = [i for pair in pairs for i in pair if not 0 <= i < test_x.shape[0]]
+    if bad:
+        raise ValueError(f"--pairs indices must lie in 0..{test_x.shape[0] - 1}, got {bad}")
     gen = torch.Generator().manual_seed(0)
     frames = []
     with torch.no_grad():
@@ -200,6 +210,26 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from lunet.bench import markdown_table, micro_table, run_bench, run_micro, save_json
+
+    if args.micro:
+        result = run_micro(device=args.device)
+        print(f"device: {result['device']} ({result['threads']} threads)")
+        print(micro_table(result))
+        if args.json:
+            save_json(result, args.json)
+            print(f"wrote {args.json}")
+        return 0
+    result = run_bench(device=args.device, quick=args.quick, models=tuple(args.models))
+    print(f"device: {result['device']}, torch {result['torch']}, {'quick' if args.quick else 'full'} mode")
+    print(markdown_table(result))
+    if args.json:
+        save_json(result, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lunet", description="LU-Net: invertible networks and normalizing flows from LU factorisation"
@@ -220,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = p.add_argument_group("images")
     c.add_argument("--class", dest="class_label", type=int, help="model one class only")
     c.add_argument("--per-class", action="store_true", help="one model per class (the paper's setting)")
+    c.add_argument("--data-init", choices=["gaussian", "standardize", "none"], default="gaussian",
+                   help="LU-Net start: the data's full-covariance Gaussian fit (default), per-pixel standardising, or none")
     c.add_argument("--lam", type=float, default=1e-6, help="logit-transform λ (default 1e-6)")
     c.add_argument("--limit", type=int, help=argparse.SUPPRESS)
     _add_data_options(p)
@@ -261,6 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the figures to this JSON file")
     _add_data_options(p)
     p.set_defaults(func=cmd_agreement)
+
+    p = sub.add_parser("bench", help="LU-Net and RealNVP side by side (the paper's Table 1)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--quick", action="store_true", help="project the epoch from the step time; small RealNVP batches on CPU")
+    p.add_argument("--micro", action="store_true", help="LU-Net against the dense-GEMM limit (speed targets)")
+    p.add_argument("--models", nargs="+", default=["lunet", "realnvp"], choices=["lunet", "realnvp"])
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

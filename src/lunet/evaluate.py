@@ -63,6 +63,8 @@ def evaluate_run(
         full_all, logit_all = [], []
         for c, model in zip(settings.classes, models):
             x, _ = class_subset(images, labels, c)
+            if x.shape[0] == 0:
+                raise ValueError(f"no test images of class {c} among the {images.shape[0]} evaluated; use a larger --limit")
             full, logit_space = image_log_probs(model, x, pre, seed=1000 + draw)
             full_all.append(full)
             logit_all.append(logit_space)
@@ -161,14 +163,17 @@ def class_agreement(
         raise ValueError("class agreement needs a per-class or single-class run (trained with --per-class or --class K)")
     pre = ImagePreprocessor(settings.lam)
     train_x, train_y = load_dataset(settings.dataset, "train", data_dir=data_dir, verify=verify)
+    train_x, train_y = train_x[:55000], train_y[:55000]  # the training split, not validation
     out: dict[str, Any] = {}
     for prior_name in priors:
+        # the fitted prior depends on the model alone: fit once per class
+        fitted = [
+            fitted_latent_gaussian(model, class_subset(train_x, train_y, c)[0][:5000], pre) if prior_name == "fitted" else None
+            for c, model in zip(settings.classes, models)
+        ]
         for t in temperatures:
             agree = {}
-            for c, model in zip(settings.classes, models):
-                prior = None
-                if prior_name == "fitted":
-                    prior = fitted_latent_gaussian(model, class_subset(train_x[:55000], train_y[:55000], c)[0][:5000], pre)
+            for c, model, prior in zip(settings.classes, models, fitted):
                 gen = torch.Generator().manual_seed(seed + c)
                 imgs = sample_images(model, pre, num_samples, temperature=t, prior=prior, generator=gen)
                 with torch.no_grad():

@@ -16,7 +16,7 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     """``log N(z; 0, I)`` per row, ``z`` of shape (B, D) -> (B,)."""
-    return -0.5 * (z.pow(2).sum(dim=1) + z.shape[1] * LOG_2PI)
+    return torch.linalg.vecdot(z, z).add_(z.shape[1] * LOG_2PI).mul_(-0.5)
 
 
 class LUNet(nn.Module):
@@ -72,13 +72,54 @@ class LUNet(nn.Module):
         self.input_std.copy_(data.std(dim=0).clamp_min(min_std))
         return self
 
+    @torch.no_grad()
+    def init_gaussian(self, data: torch.Tensor, shift: float = 5.0, ridge: float = 1e-3) -> "LUNet":
+        """Start as the best full-covariance Gaussian of ``data`` (N, dim).
+
+        Standardises the input, sets the first block to the whitening map
+        ``C^{-1}`` of the Cholesky factor ``C`` of the data's correlation (a
+        lower triangular matrix, so exactly an ``L U`` with diagonal ``U``),
+        the other blocks to the identity, and shifts the pre-activations by
+        ``+shift`` (undone by the last bias) so that every activation starts
+        in its nearly linear branch. Training then starts from the Gaussian fit
+        instead of from scratch.
+        """
+        self.standardize(data)
+        h = ((data - self.input_mean) / self.input_std).double()
+        cov = torch.cov(h.T) + ridge * torch.eye(self.dim, dtype=torch.float64)
+        chol = torch.linalg.cholesky(cov)
+        eye = torch.eye(self.dim, dtype=torch.float64)
+        white = torch.linalg.solve_triangular(chol, eye, upper=False)  # C^{-1}, lower triangular
+        d = torch.diagonal(white).clone()
+        unit_lower = white / d  # scale columns: C^{-1} = L diag(d)
+        for i, block in enumerate(self.blocks):
+            block.lu.zero_()
+            if block.diag_mode == "raw":
+                block.diag.fill_(1.0)
+            else:
+                block.diag.zero_()
+                block.diag_sign.fill_(1.0)
+            block.bias.fill_(0.0)
+        first = self.blocks[0]
+        first.lu.copy_(torch.tril(unit_lower, -1).to(first.lu.dtype))
+        if first.diag_mode == "raw":
+            first.diag.copy_(d)
+        else:
+            first.diag.copy_(torch.log(d.abs()))
+            first.diag_sign.copy_(torch.sign(d))
+        if len(self.blocks) > 1:
+            first.bias.fill_(shift)
+            self.blocks[-1].bias.fill_(-shift)
+        return self
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (B, dim) -> ``z`` (B, dim), ``log|det dz/dx|`` (B,)."""
         check_batch(x, self.dim)
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = (x - self.input_mean) / self.input_std
+        inv_std = 1.0 / self.input_std
+        h = torch.addcmul(-self.input_mean * inv_std, x, inv_std)  # (x - mean) / std in one pass
         # The LU log-dets are the same for every sample: add them up as scalars.
         const = -torch.log(self.input_std).sum()
         logdet = None
@@ -103,7 +144,7 @@ class LUNet(nn.Module):
             if i < len(self.activations):
                 h = self.activations[i]._inverse(h)
             h = self.blocks[i]._inverse(h)
-        return h * self.input_std + self.input_mean
+        return torch.addcmul(self.input_mean, h, self.input_std)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """``log p(x)`` in nats under the standard normal latent, (B, dim) -> (B,)."""

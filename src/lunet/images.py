@@ -26,6 +26,7 @@ from lunet.train import TrainConfig, Trainer
 RUN_FILE = "run.json"
 NUM_CLASSES = 10
 KINDS = ("unconditional", "class", "per_class")
+DATA_INITS = ("gaussian", "standardize", "none")
 
 
 @dataclass
@@ -37,13 +38,15 @@ class ImageRunSettings:
     class_label: Optional[int] = None
     model: dict[str, Any] = field(default_factory=lambda: paper_lunet_spec())
     lam: float = DEFAULT_LAM
-    standardize: bool = True
+    data_init: str = "gaussian"  # "gaussian" (start at the full-covariance Gaussian fit), "standardize" or "none"
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.data_init not in DATA_INITS:
+            raise ValueError(f"data_init must be one of {DATA_INITS}, got {self.data_init!r}")
         if self.kind == "class" and not (isinstance(self.class_label, int) and 0 <= self.class_label < NUM_CLASSES):
             raise ValueError(f"--class must be an integer in 0..{NUM_CLASSES - 1}, got {self.class_label!r}")
 
@@ -105,7 +108,7 @@ def write_run_file(run_dir: Path, settings: ImageRunSettings) -> None:
         "class_label": settings.class_label,
         "model": settings.model,
         "lam": settings.lam,
-        "standardize": settings.standardize,
+        "data_init": settings.data_init,
     }
     if path.exists():
         existing = json.loads(path.read_text())
@@ -152,9 +155,13 @@ def train_image_run(
         out = model_dir(run_dir, c, settings.kind)
         torch.manual_seed(config.seed)
         model = build_model(settings.model)
-        if settings.standardize and hasattr(model, "standardize"):
+        if settings.data_init != "none" and hasattr(model, "standardize"):
             gen = torch.Generator().manual_seed(config.seed)
-            model.standardize(pre.to_model_space(tx, gen)[0])
+            logits = pre.to_model_space(tx, gen)[0]
+            if settings.data_init == "gaussian":
+                model.init_gaussian(logits)
+            else:
+                model.standardize(logits)
         trainer = Trainer(
             model, settings.model, config, tx, vx, log_prob_fn, dim=pre.num_dims, out_dir=out,
             describe=lambda nats: f"{nats_to_bits_per_dim(nats):.4f} bits/dim", progress=progress,
@@ -219,6 +226,8 @@ def sample_images(
 ) -> torch.Tensor:
     """Images (num_samples, D) in [0, 1]: latents from N(0, T² I) or, given ``prior = (mean, chol)``,
     from the fitted Gaussian with its spread scaled by ``temperature``."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature!r}")
     ref = next(model.parameters())
     eps = torch.randn(num_samples, pre.num_dims, generator=generator, dtype=torch.float64)
     if prior is None:

@@ -17,6 +17,9 @@ from torch import nn
 from lunet.checks import check_batch, check_positive_int
 
 DIAG_MODES = ("raw", "exp")
+# The leaky-softplus inverse table covers x in [-TABLE_X, TABLE_X], i.e.
+# y in [-a TABLE_X, TABLE_X]; beyond, min(y, y/a) is within e^-16 of the root.
+TABLE_X, TABLE_SIZE = 16.0, 4096
 INIT_MODES = ("identity", "random")
 
 
@@ -123,10 +126,12 @@ class LULinear(nn.Module):
 
     # -- frozen-weight cache ----------------------------------------------
     def _weights_key(self) -> tuple:
-        return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in (self.lu, self.diag, self.diag_sign))
+        return tuple(
+            (t.data_ptr(), t._version, t.dtype, t.device) for t in (self.lu, self.diag, self.diag_sign, self.bias)
+        )
 
-    def _frozen(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(A^T, A^{-T})`` for the current weights, rebuilt when they changed."""
+    def _frozen(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(A^T, A^{-T}, -b A^{-T})`` for the current weights, rebuilt when they changed."""
         key = self._weights_key()
         if self._cache is None or self._cache[0] != key:
             self._check_invertible()
@@ -140,8 +145,10 @@ class LULinear(nn.Module):
                 dtype = self.lu.dtype
                 a_t = (l64 @ u64).t().to(dtype).contiguous()
                 a_inv_t = inv.t().to(dtype).contiguous()
-            self._cache = (key, a_t, a_inv_t)
-        return self._cache[1], self._cache[2]
+                # the inverse's bias term, so that x = y A^{-T} - b A^{-T} is one addmm
+                inv_shift = -(self.bias.detach().double() @ inv.t()).to(dtype)
+            self._cache = (key, a_t, a_inv_t, inv_shift)
+        return self._cache[1], self._cache[2], self._cache[3]
 
     def _use_cache(self) -> bool:
         return not (torch.is_grad_enabled() and self.lu.requires_grad)
@@ -168,7 +175,7 @@ class LULinear(nn.Module):
     def _affine(self, x: torch.Tensor) -> torch.Tensor:
         """``x A^T + b`` alone, (B, n) -> (B, n)."""
         if self._use_cache():
-            a_t, _ = self._frozen()
+            a_t, _, _ = self._frozen()
             return torch.addmm(self.bias, x, a_t)
         self._cache = None
         # Two products with the triangles cost 4Bn^2 flops against 2n^3 + 2Bn^2
@@ -183,8 +190,8 @@ class LULinear(nn.Module):
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         if self._use_cache():
-            _, a_inv_t = self._frozen()
-            return (y - self.bias) @ a_inv_t
+            _, a_inv_t, inv_shift = self._frozen()
+            return torch.addmm(inv_shift, y, a_inv_t)
         self._check_invertible()
         # Row-vector form: y - b = x U^T L^T, so solve from the right.
         h = torch.linalg.solve_triangular(
@@ -224,6 +231,7 @@ class LeakySoftplus(nn.Module):
             raise ValueError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
         self.fixed_alpha = float(alpha)
         self.learnable = learnable
+        self._tables: dict = {}
         if learnable:
             self.alpha_logit = nn.Parameter(torch.tensor(math.log(alpha / (1.0 - alpha))))
 
@@ -269,18 +277,55 @@ class LeakySoftplus(nn.Module):
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         a = self._slope(y)
-        # f(x) > x and f(x) > a x, so min(y, y / a) lies right of the root; from
-        # there Newton on a convex increasing f decreases monotonically to it.
-        x = torch.minimum(y, y / a)
-        tol = torch.finfo(y.dtype).eps
-        for _ in range(self.max_newton_steps):
-            s = torch.sigmoid(x)
-            residual = a * x + (1 - a) * _softplus(x) - y
-            step = residual / (a + (1 - a) * s)
+        x = self._initial_guess(y, a)
+        # Rounding in f(x) - y alone makes steps of a few eps * |x| where f' ~ a:
+        # a tighter tolerance would only spend an extra step on noise.
+        tol = 16 * torch.finfo(y.dtype).eps
+        # From the table's start (error < 1e-3) one Newton step reaches float32
+        # precision and two reach float64; the check only confirms it.
+        sure_steps = 1 if y.dtype in (torch.float32, torch.float16, torch.bfloat16) else 2
+        for step_count in range(self.max_newton_steps):
+            step = self._newton_step(x, y, a)
             x = x - step
-            if not bool((step.abs() > 4 * tol * torch.clamp(x.abs(), min=1.0)).any()):
+            # converged when |step| <= tol * max(1, |x|) everywhere; a max is far
+            # cheaper than an elementwise comparison followed by any()
+            if step_count + 1 >= sure_steps and float(torch.sub(step.detach().abs(), x.detach().abs(), alpha=tol).max()) <= tol:
                 break
         return x
+
+    @staticmethod
+    def _newton_step(x: torch.Tensor, y: torch.Tensor, a) -> torch.Tensor:
+        """``(f(x) - y) / f'(x)``."""
+        residual = torch.add(_softplus(x), x, alpha=a / (1 - a)).mul_(1 - a).sub_(y) if isinstance(a, float) else (
+            a * x + (1 - a) * _softplus(x) - y
+        )
+        return residual.div_(torch.sigmoid(x).mul_(1 - a).add_(a))
+
+    def _initial_guess(self, y: torch.Tensor, a) -> torch.Tensor:
+        """``f^{-1}(y)`` to ~1e-5 from a table with linear interpolation on
+        ``y in [-a TABLE_X, TABLE_X]``; beyond it the end segments extrapolate
+        with slopes 1/a and 1, the asymptotes, to within ~e^-TABLE_X."""
+        a_value = float(a.detach()) if torch.is_tensor(a) else a  # Newton's steps carry any gradient
+        table = self._table(a_value, y.dtype, y.device)
+        lo, hi = -a_value * TABLE_X, TABLE_X
+        n = table.numel() - 1
+        t = (y - lo).mul_(n / (hi - lo))
+        cell = t.floor().clamp_(0, n - 1)
+        frac = t.sub_(cell)  # outside [0, 1] beyond the table: linear extrapolation
+        cell = cell.long()
+        return torch.lerp(torch.take(table, cell), torch.take(table, cell + 1), frac)
+
+    def _table(self, a: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (a, dtype, device)
+        table = self._tables.get(key)
+        if table is None:
+            ys = torch.linspace(-a * TABLE_X, TABLE_X, TABLE_SIZE + 1, dtype=torch.float64)
+            xs = torch.minimum(ys, ys / a)  # right of the root: Newton decreases monotonically
+            for _ in range(100):
+                xs = xs - self._newton_step(xs, ys, a)
+            table = xs.to(dtype=dtype, device=device)
+            self._tables = {key: table}  # one alpha at a time: a learnable slope replaces it
+        return table
 
     def extra_repr(self) -> str:
         return f"alpha={float(self.alpha):.4g}, learnable={self.learnable}"

@@ -1,0 +1,303 @@
+"""The side-by-side benchmark of LU-Net and RealNVP (the paper's Table 1).
+
+Every figure is measured in one process run, on one device, with the batch
+sizes stated; times are medians over repeats after warm-up, with the device
+synchronised. Figures that are projected rather than measured say so in
+their ``note``. Definitions: ``docs/benchmark.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from lunet.checkpoint import build_model
+from lunet.images import paper_lunet_spec
+
+TRAIN_IMAGES = 60_000
+PAPER = {
+    "lunet": {"params": 4.92e6, "peak_memory_mib": 1127, "epochs": 40, "paper_bits_per_pixel": 3.2424, "epoch_s": 7.32,
+              "step_ms": 1.2, "density_ms_per_image": 37.10, "sampling_ms_per_image": 45.15},
+    "realnvp": {"params": 5.39e6, "peak_memory_mib": 3725, "epochs": 100, "paper_bits_per_pixel": 5.6819, "epoch_s": 99.88,
+                "step_ms": 56.0, "density_ms_per_image": 259.15, "sampling_ms_per_image": 1.03},
+}
+MODEL_SPECS = {"lunet": paper_lunet_spec(), "realnvp": {"name": "realnvp"}}
+
+
+@dataclass
+class Timing:
+    """Median and range of repeated wall times, in seconds."""
+
+    median: float
+    low: float
+    high: float
+    repeats: int
+
+    def scaled(self, factor: float) -> "Timing":
+        return Timing(self.median * factor, self.low * factor, self.high * factor, self.repeats)
+
+    def as_dict(self, unit: float = 1e3) -> dict[str, float]:
+        return {"median": self.median * unit, "min": self.low * unit, "max": self.high * unit, "repeats": self.repeats}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 1) -> Timing:
+    """Wall time of ``fn()`` with the device synchronised: median, min, max over ``repeats``."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return Timing(statistics.median(times), min(times), max(times), repeats)
+
+
+def _training_step(model: nn.Module, batch: torch.Tensor) -> Callable[..., None]:
+    """A closure doing one optimisation step (forward, loss, backward, Adam update) on ``batch`` or a given one."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+
+    def step(x: torch.Tensor = batch) -> None:
+        loss = -model.log_prob(x).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def peak_training_memory_mib(name: str, batch: int, device: str, steps: int = 2) -> float:
+    """Peak memory of ``steps`` training steps at ``batch``.
+
+    CUDA: ``max_memory_allocated``. CPU: peak resident set of a fresh child
+    process minus that of the same process before the model existed, so the
+    figure belongs to this model alone.
+    """
+    code = (
+        "import json,sys,resource,torch\n"
+        "from lunet.bench import _memory_probe\n"
+        f"print(json.dumps(_memory_probe({name!r}, {batch}, {device!r}, {steps})))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _memory_probe(name: str, batch: int, device: str, steps: int) -> float:
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    x = torch.randn(batch, 784)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    model = build_model(MODEL_SPECS[name]).to(dev)
+    x = x.to(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    step = _training_step(model, x)
+    for _ in range(steps):
+        step()
+    _sync(dev)
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev) / 2**20
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # ru_maxrss is KiB on Linux
+
+
+def bench_model(
+    name: str,
+    device: torch.device,
+    quick: bool,
+    step_batch: int = 256,
+    density_batch: int = 1000,
+    repeats: int = 5,
+    memory: bool = True,
+    measure_batch_override: Optional[dict[str, int]] = None,
+) -> dict[str, Any]:
+    """All Table-1 figures of one model; ``measure_batch_override`` measures the
+    batch-256 step and batch-1,000 density/sampling at smaller batches and
+    scales per image (labelled in ``notes``)."""
+    torch.manual_seed(0)
+    model = build_model(MODEL_SPECS[name]).to(device)
+    override = measure_batch_override or {}
+    notes = []
+    result: dict[str, Any] = {
+        "params": model.num_parameters("free"),
+        "params_stored": model.num_parameters("stored"),
+    }
+
+    sb = override.get("step", step_batch)
+    step = _training_step(model, torch.randn(sb, 784, device=device))
+    t_step = time_call(step, device, repeats=repeats if sb == step_batch else max(1, repeats // 2))
+    if sb != step_batch:
+        notes.append(f"step measured at batch {sb} and scaled by {step_batch}/{sb}")
+        t_step = t_step.scaled(step_batch / sb)
+    result["step_ms"] = t_step.median * 1e3
+    result["step_ms_range"] = [t_step.low * 1e3, t_step.high * 1e3]
+    steps_per_epoch = -(-TRAIN_IMAGES // step_batch)
+    if quick:
+        result["epoch_s"] = t_step.median * steps_per_epoch
+        notes.append(f"epoch projected from the step time x {steps_per_epoch} steps")
+    else:
+        data = torch.randn(TRAIN_IMAGES, 784)
+        full_step = _training_step(model, data[:step_batch].to(device))
+
+        def epoch() -> None:
+            for start in range(0, TRAIN_IMAGES, step_batch):
+                full_step(data[start : start + step_batch].to(device))
+
+        result["epoch_s"] = time_call(epoch, device, repeats=1, warmup=0).median
+    model.eval()
+    for label, batch in (("", override.get("density", density_batch)), ("_batch1", 1)):
+        x = torch.randn(batch, 784, device=device)
+        with torch.no_grad():
+            t_density = time_call(lambda: model.log_prob(x), device, repeats=repeats)
+            t_sample = time_call(lambda: model.sample(batch), device, repeats=repeats)
+        result[f"density_ms_per_image{label}"] = t_density.median / batch * 1e3
+        result[f"sampling_ms_per_image{label}"] = t_sample.median / batch * 1e3
+        if label == "" and batch != density_batch:
+            notes.append(f"density and sampling per image measured at batch {batch} instead of {density_batch}")
+    if memory:
+        mem_batch = override.get("memory", step_batch)
+        result["peak_memory_mib"] = peak_training_memory_mib(name, mem_batch, str(device))
+        if mem_batch != step_batch:
+            notes.append(f"peak memory measured at batch {mem_batch}")
+    result["notes"] = notes
+    return result
+
+
+def run_bench(device: str = "cpu", quick: bool = False, models: tuple[str, ...] = ("lunet", "realnvp")) -> dict[str, Any]:
+    """Both models, one process; returns ``{"device", "threads", "quick", "models": {...}, "ratios": {...}}``."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but CUDA is not available here; use --device cpu")
+    out: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "quick": quick,
+        "models": {},
+    }
+    for name in models:
+        override = None
+        if name == "realnvp" and quick and dev.type == "cpu":
+            # A RealNVP step at batch 256 takes tens of seconds on 2 CPU cores.
+            override = {"step": 16, "density": 50, "memory": 64}
+        out["models"][name] = bench_model(name, dev, quick, repeats=3 if quick else 5, measure_batch_override=override)
+    if {"lunet", "realnvp"} <= set(out["models"]):
+        lu, nvp = out["models"]["lunet"], out["models"]["realnvp"]
+        out["ratios"] = {
+            key: {"measured": lu[key] / nvp[key], "paper": PAPER["lunet"][key] / PAPER["realnvp"][key]}
+            for key in ("step_ms", "epoch_s", "density_ms_per_image", "sampling_ms_per_image", "peak_memory_mib")
+            if key in lu and key in nvp
+        }
+    return out
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The benchmark as a Markdown table, the paper's figures beside ours."""
+    names = list(result["models"])
+    rows = [
+        ("parameters (free / stored)", lambda m: f"{m['params'] / 1e6:.2f}M / {m['params_stored'] / 1e6:.2f}M", "params", "{:.2f}M", 1e-6),
+        ("peak training memory, MiB", lambda m: f"{m.get('peak_memory_mib', float('nan')):.0f}", "peak_memory_mib", "{:.0f}", 1),
+        ("step, batch 256, ms", lambda m: f"{m['step_ms']:.1f} ({m['step_ms_range'][0]:.1f}–{m['step_ms_range'][1]:.1f})", "step_ms", "{:.1f}", 1),
+        ("epoch of 60,000, s", lambda m: f"{m['epoch_s']:.1f}", "epoch_s", "{:.2f}", 1),
+        ("density / image, batch 1,000, ms", lambda m: f"{m['density_ms_per_image']:.3f}", "density_ms_per_image", "{:.2f}", 1),
+        ("density / image, batch 1, ms", lambda m: f"{m['density_ms_per_image_batch1']:.3f}", None, None, None),
+        ("sampling / image, batch 1,000, ms", lambda m: f"{m['sampling_ms_per_image']:.3f}", "sampling_ms_per_image", "{:.2f}", 1),
+        ("sampling / image, batch 1, ms", lambda m: f"{m['sampling_ms_per_image_batch1']:.3f}", None, None, None),
+    ]
+    head = "| figure | " + " | ".join(f"{n} (ours)" for n in names) + " | " + " | ".join(f"{n} (paper)" for n in names) + " |"
+    lines = [head, "|" + " --- |" * (1 + 2 * len(names))]
+    for label, ours, key, fmt, scale in rows:
+        paper = [fmt.format(PAPER[n][key] * scale) if key else "–" for n in names]
+        lines.append(f"| {label} | " + " | ".join(ours(result["models"][n]) for n in names) + " | " + " | ".join(paper) + " |")
+    text = "\n".join(lines)
+    if "ratios" in result:
+        text += "\n\n| LU-Net / RealNVP | measured | paper |\n| --- | --- | --- |\n"
+        text += "\n".join(f"| {k} | {v['measured']:.3g} | {v['paper']:.3g} |" for k, v in result["ratios"].items())
+    notes = [f"- {n}: {note}" for n in names for note in result["models"][n]["notes"]]
+    if notes:
+        text += "\n\nNotes:\n" + "\n".join(notes)
+    return text
+
+
+def save_json(result: dict[str, Any], path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+
+
+def run_micro(device: str = "cpu", dim: int = 784, num_blocks: int = 4, repeats: int = 20) -> dict[str, Any]:
+    """LU-Net against the dense-GEMM limit of the same shapes, measured side by side.
+
+    - training step at batch 256 vs the same dense GEMMs forward and backward
+      (2 products per block: ``2 * num_blocks`` weight matrices, input not
+      requiring grad), target ratio <= 1.15;
+    - density (``log_prob``, no grad) at batch 1,000 vs ``2 * num_blocks``
+      dense forward GEMMs, target <= 0.6;
+    - sampling at batch 1,000 vs density, target <= 1.5; sampling at batch 1
+      in ms per image, target < 1.
+    """
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    model = build_model({**MODEL_SPECS["lunet"], "dim": dim, "num_blocks": num_blocks}).to(dev)
+    weights = [torch.randn(dim, dim, device=dev, requires_grad=True) for _ in range(2 * num_blocks)]
+
+    def dense_chain(x: torch.Tensor, backward: bool) -> None:
+        h = x
+        for w in weights:
+            h = h @ w
+        if backward:
+            h.sum().backward()
+
+    x256 = torch.randn(256, dim, device=dev)
+    x1000 = torch.randn(1000, dim, device=dev)
+    step = _training_step(model, x256)
+    t_dense_train = time_call(lambda: dense_chain(x256, True), dev, repeats)
+    t_step = time_call(step, dev, repeats)
+    t_dense_train2 = time_call(lambda: dense_chain(x256, True), dev, repeats)  # bracket the step: drift check
+    model.eval()
+    with torch.no_grad():
+        t_dense_fwd = time_call(lambda: dense_chain(x1000, False), dev, repeats)
+        t_density = time_call(lambda: model.log_prob(x1000), dev, repeats)
+        t_sample = time_call(lambda: model.sample(1000), dev, repeats)
+        t_sample1 = time_call(lambda: model.sample(1), dev, repeats * 5)
+    dense_train = min(t_dense_train.median, t_dense_train2.median)
+    return {
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "dense_train_ms": dense_train * 1e3,
+        "dense_train_ms_before_after": [t_dense_train.median * 1e3, t_dense_train2.median * 1e3],
+        "step_ms": t_step.median * 1e3,
+        "step_vs_dense": t_step.median / dense_train,
+        "dense_forward_1000_ms": t_dense_fwd.median * 1e3,
+        "density_1000_ms": t_density.median * 1e3,
+        "density_vs_dense": t_density.median / t_dense_fwd.median,
+        "sampling_1000_ms": t_sample.median * 1e3,
+        "sampling_vs_density": t_sample.median / t_density.median,
+        "sampling_batch1_ms": t_sample1.median * 1e3,
+    }
+
+
+def micro_table(r: dict[str, Any]) -> str:
+    """The micro-benchmark as Markdown, each figure beside its target."""
+    rows = [
+        ("training step, batch 256", f"{r['step_ms']:.1f} ms", f"dense GEMMs fwd+bwd {r['dense_train_ms']:.1f} ms", r["step_vs_dense"], "<= 1.15"),
+        ("density, batch 1,000", f"{r['density_1000_ms']:.1f} ms", f"dense forward GEMMs {r['dense_forward_1000_ms']:.1f} ms", r["density_vs_dense"], "<= 0.6"),
+        ("sampling, batch 1,000", f"{r['sampling_1000_ms']:.1f} ms", f"density {r['density_1000_ms']:.1f} ms", r["sampling_vs_density"], "<= 1.5"),
+    ]
+    lines = ["| figure | LU-Net | reference | ratio | target |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | {d:.3f} | {e} |" for a, b, c, d, e in rows]
+    lines.append(f"| sampling, batch 1 | {r['sampling_batch1_ms']:.3f} ms / image | – | – | < 1 ms |")
+    return "\n".join(lines)
