@@ -9,7 +9,6 @@ their ``note``. Definitions: ``docs/benchmark.md``.
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -69,8 +68,10 @@ def time_call(fn: Callable[[], Any], device: torch.device, repeats: int, warmup:
 
 
 def _training_step(model: nn.Module, batch: torch.Tensor) -> Callable[..., None]:
-    """A closure doing one optimisation step (forward, loss, backward, Adam update) on ``batch`` or a given one."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    """A closure doing one optimisation step (forward, loss, backward, Adam update) on ``batch`` or a given one.
+
+    Uses the fused Adam kernel, as the trainer does."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5, fused=True)
 
     def step(x: torch.Tensor = batch) -> None:
         loss = -model.log_prob(x).mean()
@@ -84,12 +85,12 @@ def _training_step(model: nn.Module, batch: torch.Tensor) -> Callable[..., None]
 def peak_training_memory_mib(name: str, batch: int, device: str, steps: int = 2) -> float:
     """Peak memory of ``steps`` training steps at ``batch``.
 
-    CUDA: ``max_memory_allocated``. CPU: peak resident set of a fresh child
-    process minus that of the same process before the model existed, so the
-    figure belongs to this model alone.
+    CUDA: ``max_memory_allocated``. CPU: peak resident set (VmHWM) of a fresh
+    child process, reset after imports, minus its resident set before the model
+    existed, so the figure belongs to this model's training alone.
     """
     code = (
-        "import json,sys,resource,torch\n"
+        "import json\n"
         "from lunet.bench import _memory_probe\n"
         f"print(json.dumps(_memory_probe({name!r}, {batch}, {device!r}, {steps})))\n"
     )
@@ -97,11 +98,24 @@ def peak_training_memory_mib(name: str, batch: int, device: str, steps: int = 2)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
 def _memory_probe(name: str, batch: int, device: str, steps: int) -> float:
     dev = torch.device(device)
     torch.manual_seed(0)
     x = torch.randn(batch, 784)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if dev.type == "cpu":
+        # Reset the high-water mark (Linux: "5" > clear_refs), so that the peak
+        # counts from here and not from importing torch.
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _proc_status_kib("VmRSS")
     model = build_model(MODEL_SPECS[name]).to(dev)
     x = x.to(dev)
     if dev.type == "cuda":
@@ -112,7 +126,7 @@ def _memory_probe(name: str, batch: int, device: str, steps: int) -> float:
     _sync(dev)
     if dev.type == "cuda":
         return torch.cuda.max_memory_allocated(dev) / 2**20
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # ru_maxrss is KiB on Linux
+    return (_proc_status_kib("VmHWM") - before) / 1024
 
 
 def bench_model(
@@ -248,6 +262,9 @@ def run_micro(device: str = "cpu", dim: int = 784, num_blocks: int = 4, repeats:
       dense forward GEMMs, target <= 0.6;
     - sampling at batch 1,000 vs density, target <= 1.5; sampling at batch 1
       in ms per image, target < 1.
+
+    Each ratio is the median over ``repeats`` rounds that time both sides
+    back to back.
     """
     dev = torch.device(device)
     torch.manual_seed(0)
@@ -264,28 +281,37 @@ def run_micro(device: str = "cpu", dim: int = 784, num_blocks: int = 4, repeats:
     x256 = torch.randn(256, dim, device=dev)
     x1000 = torch.randn(1000, dim, device=dev)
     step = _training_step(model, x256)
-    t_dense_train = time_call(lambda: dense_chain(x256, True), dev, repeats)
-    t_step = time_call(step, dev, repeats)
-    t_dense_train2 = time_call(lambda: dense_chain(x256, True), dev, repeats)  # bracket the step: drift check
+
+    def paired(fn_a: Callable[[], Any], fn_b: Callable[[], Any]) -> tuple[float, float, float]:
+        """Medians of a and b timed alternately, and the median of the per-round ratios a/b:
+        alternating keeps slow drifts of a noisy machine out of the ratio."""
+        for _ in range(2):
+            fn_a(), fn_b()
+        ta, tb = [], []
+        for _ in range(repeats):
+            ta.append(time_call(fn_a, dev, 1, warmup=0).median)
+            tb.append(time_call(fn_b, dev, 1, warmup=0).median)
+        ratio = statistics.median(x / y for x, y in zip(ta, tb))
+        return statistics.median(ta), statistics.median(tb), ratio
+
+    t_step, t_dense_train, r_step = paired(step, lambda: dense_chain(x256, True))
     model.eval()
     with torch.no_grad():
-        t_dense_fwd = time_call(lambda: dense_chain(x1000, False), dev, repeats)
-        t_density = time_call(lambda: model.log_prob(x1000), dev, repeats)
-        t_sample = time_call(lambda: model.sample(1000), dev, repeats)
+        t_density, t_dense_fwd, r_density = paired(lambda: model.log_prob(x1000), lambda: dense_chain(x1000, False))
+        t_sample, _, r_sample = paired(lambda: model.sample(1000), lambda: model.log_prob(x1000))
         t_sample1 = time_call(lambda: model.sample(1), dev, repeats * 5)
-    dense_train = min(t_dense_train.median, t_dense_train2.median)
     return {
         "device": str(dev),
         "threads": torch.get_num_threads(),
-        "dense_train_ms": dense_train * 1e3,
-        "dense_train_ms_before_after": [t_dense_train.median * 1e3, t_dense_train2.median * 1e3],
-        "step_ms": t_step.median * 1e3,
-        "step_vs_dense": t_step.median / dense_train,
-        "dense_forward_1000_ms": t_dense_fwd.median * 1e3,
-        "density_1000_ms": t_density.median * 1e3,
-        "density_vs_dense": t_density.median / t_dense_fwd.median,
-        "sampling_1000_ms": t_sample.median * 1e3,
-        "sampling_vs_density": t_sample.median / t_density.median,
+        "rounds": repeats,
+        "dense_train_ms": t_dense_train * 1e3,
+        "step_ms": t_step * 1e3,
+        "step_vs_dense": r_step,
+        "dense_forward_1000_ms": t_dense_fwd * 1e3,
+        "density_1000_ms": t_density * 1e3,
+        "density_vs_dense": r_density,
+        "sampling_1000_ms": t_sample * 1e3,
+        "sampling_vs_density": r_sample,
         "sampling_batch1_ms": t_sample1.median * 1e3,
     }
 
