@@ -1,4 +1,4 @@
-"""The ``lunet`` command line: ``lunet train | evaluate | sample | bench``."""
+"""The ``lunet`` command line: ``lunet train | evaluate | sample | interpolate | agreement | bench``."""
 
 from __future__ import annotations
 

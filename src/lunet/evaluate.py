@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from lunet.data import load_dataset
+from lunet.flow import ClassConditionalFlow
 from lunet.images import (
     NUM_CLASSES,
-    as_class_conditional,
     class_subset,
     fitted_latent_gaussian,
     load_run_models,
@@ -103,7 +103,7 @@ def evaluate_run(
 @torch.no_grad()
 def bayes_accuracy(models: list[nn.Module], images: torch.Tensor, labels: torch.Tensor, pre: ImagePreprocessor) -> float:
     """Accuracy of ``argmax_c log p(x|c)`` over the given test images (one dequantisation draw)."""
-    flow = as_class_conditional(models)
+    flow = ClassConditionalFlow(models)
     scores = torch.stack([image_log_probs(m, images, pre, seed=7)[0] for m in flow.flows], dim=1)
     return float((scores.argmax(1) == labels).double().mean())
 

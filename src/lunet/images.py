@@ -19,7 +19,6 @@ from torch import nn
 
 from lunet.checkpoint import build_model, load_model
 from lunet.data import DATASETS, load_dataset, train_val_split
-from lunet.flow import ClassConditionalFlow
 from lunet.preprocess import DEFAULT_LAM, LN2, ImagePreprocessor
 from lunet.train import TrainConfig, Trainer
 
@@ -193,11 +192,6 @@ def load_run_models(run_dir: str | Path, which: str = "best") -> tuple[ImageRunS
         models.append(model)
         ckpts.append(ckpt)
     return settings, models, ckpts
-
-
-def as_class_conditional(models: list[nn.Module]) -> ClassConditionalFlow:
-    """The per-class models of a run as one :class:`ClassConditionalFlow` (uniform class prior)."""
-    return ClassConditionalFlow(models)
 
 
 @torch.no_grad()
