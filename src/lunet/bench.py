@@ -246,12 +246,6 @@ def markdown_table(result: dict[str, Any]) -> str:
     return text
 
 
-def save_json(result: dict[str, Any], path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-
-
 def run_micro(device: str = "cpu", dim: int = 784, num_blocks: int = 4, repeats: int = 20) -> dict[str, Any]:
     """LU-Net against the dense-GEMM limit of the same shapes, measured side by side.
 

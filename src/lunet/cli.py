@@ -122,10 +122,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"  class {c}: {r['bits_per_dim']:.4f} bits/dim, paper convention {r['paper_bits_per_pixel']:.4f}")
     if "bayes_classifier_accuracy" in result:
         print(f"  Bayes classifier argmax_c log p(x|c): {100 * result['bayes_classifier_accuracy']:.2f}% test accuracy")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    _write_json(args.json, result)
     return 0
 
 
@@ -204,30 +201,32 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     for key, r in result.items():
         print(f"  {key}: {100 * r['mean']:.1f}% of samples assigned to their class "
               + " ".join(f"{c}:{100 * v:.0f}" for c, v in r["per_class"].items()))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"judge_test_accuracy": acc, "agreement": result}, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    _write_json(args.json, {"judge_test_accuracy": acc, "agreement": result})
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from lunet.bench import markdown_table, micro_table, run_bench, run_micro, save_json
+    from lunet.bench import markdown_table, micro_table, run_bench, run_micro
 
     if args.micro:
         result = run_micro(device=args.device)
         print(f"device: {result['device']} ({result['threads']} threads)")
         print(micro_table(result))
-        if args.json:
-            save_json(result, args.json)
-            print(f"wrote {args.json}")
-        return 0
-    result = run_bench(device=args.device, quick=args.quick, models=tuple(args.models))
-    print(f"device: {result['device']}, torch {result['torch']}, {'quick' if args.quick else 'full'} mode")
-    print(markdown_table(result))
-    if args.json:
-        save_json(result, args.json)
-        print(f"wrote {args.json}")
+    else:
+        result = run_bench(device=args.device, quick=args.quick, models=tuple(args.models))
+        print(f"device: {result['device']}, torch {result['torch']}, {'quick' if args.quick else 'full'} mode")
+        print(markdown_table(result))
+    _write_json(args.json, result)
     return 0
+
+
+def _write_json(path: Optional[str], obj: dict) -> None:
+    """Write ``obj`` to ``path`` (when given) as indented JSON and say so."""
+    if not path:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(obj, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,41 @@
+"""The benchmark's measuring pieces (timings themselves are never asserted)."""
+
+import math
+
+import torch
+
+from lunet.bench import PAPER, Timing, bench_model, markdown_table, micro_table, run_micro, time_call
+
+
+def test_time_call_reports_median_and_range():
+    calls = []
+    t = time_call(lambda: calls.append(1), torch.device("cpu"), repeats=5, warmup=2)
+    assert len(calls) == 7
+    assert isinstance(t, Timing) and t.repeats == 5
+    assert 0 <= t.low <= t.median <= t.high
+    assert t.scaled(2.0).median == 2.0 * t.median
+
+
+def test_micro_benchmark_reports_every_figure_beside_its_target():
+    r = run_micro(dim=32, num_blocks=2, repeats=3)
+    for key in ("step_vs_dense", "density_vs_dense", "sampling_vs_density", "sampling_batch1_ms", "step_ms"):
+        assert math.isfinite(r[key]) and r[key] > 0, key
+    table = micro_table(r)
+    for target in ("<= 1.15", "<= 0.6", "<= 1.5", "< 1 ms"):
+        assert target in table
+
+
+def test_lunet_figures_and_table_against_the_paper():
+    lu = bench_model("lunet", torch.device("cpu"), quick=True, repeats=1, memory=False)
+    assert lu["params"] == 4 * (784 * 784 + 784) and lu["params_stored"] == 4_920_384
+    assert any("projected" in note for note in lu["notes"])
+    for key in ("step_ms", "epoch_s", "density_ms_per_image", "sampling_ms_per_image_batch1"):
+        assert lu[key] > 0
+    # the projected epoch is exactly the step time times the steps of one epoch
+    assert math.isclose(lu["epoch_s"], lu["step_ms"] / 1e3 * 235)
+    fake = dict(lu, peak_memory_mib=100.0)
+    result = {"models": {"lunet": fake, "realnvp": dict(fake, notes=["scaled"])},
+              "ratios": {"step_ms": {"measured": 1.0, "paper": PAPER["lunet"]["step_ms"] / PAPER["realnvp"]["step_ms"]}}}
+    table = markdown_table(result)
+    assert "| lunet (ours) | realnvp (ours) | lunet (paper) | realnvp (paper) |" in table
+    assert "3725" in table and "- realnvp: scaled" in table
