@@ -188,3 +188,20 @@ def test_learnable_alpha_gets_gradient_and_stays_in_range():
     (y.sum() + logdet.sum()).backward()
     assert act.alpha_logit.grad is not None and act.alpha_logit.grad.abs() > 0
     assert math.isclose(act.alpha.item(), 0.2, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("learnable", [False, True])
+def test_inverse_gradients_are_the_implicit_function_gradients(learnable):
+    act = LeakySoftplus(0.2, learnable=learnable).double()
+    y = (torch.randn(6, 4, dtype=torch.float64) * 5).requires_grad_()
+    x = act.inverse(y)
+    x.sum().backward()
+    fprime = act.alpha.detach() + (1 - act.alpha.detach()) * torch.sigmoid(x.detach())
+    assert torch.allclose(y.grad, 1 / fprime, atol=1e-12)  # dx/dy = 1 / f'(x)
+    assert torch.allclose(act(x.detach())[0], y.detach(), atol=1e-12)
+    if learnable:
+        # dx/da = -(df/da) / f'(x), df/da = x - softplus(x); chain through a = sigmoid(t)
+        a = act.alpha.detach()
+        dfda = x.detach() - torch.nn.functional.softplus(x.detach())
+        expected = (-(dfda / fprime)).sum() * a * (1 - a)
+        assert act.alpha_logit.grad.item() == pytest.approx(expected.item(), rel=1e-9)

@@ -214,9 +214,9 @@ class LeakySoftplus(nn.Module):
     """Elementwise ``f(x) = a x + (1 - a) softplus(x)``, ``0 < a < 1``.
 
     ``f'(x) = a + (1 - a) sigmoid(x)`` lies in ``(a, 1)``, so ``f`` is strictly
-    increasing and convex; its inverse is found by Newton's method from a
-    start to the right of the root, which converges monotonically to float
-    precision.
+    increasing and convex; its inverse is found by Newton's method started
+    from an interpolation table (one step reaches float32 precision, two
+    float64), with gradients by the implicit-function theorem.
 
     Args:
         alpha: the slope ``a`` for ``x -> -inf``.
@@ -257,16 +257,10 @@ class LeakySoftplus(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a = self._slope(x)
-        sp = _softplus(x)
         # log f'(x) = log(a + (1-a) sigmoid(x)): the argument lies in (a, 1), so
         # the log has no cancellation and its absolute error is ~eps.
-        if isinstance(a, float):
-            y = torch.add(sp, x, alpha=a / (1 - a)).mul_(1 - a)
-            logdet = torch.log(torch.sigmoid(x).mul(1 - a).add_(a)).sum(dim=1)
-        else:
-            y = a * x + (1 - a) * sp
-            logdet = torch.log(a + (1 - a) * torch.sigmoid(x)).sum(dim=1)
-        return y, logdet
+        logdet = torch.log(torch.sigmoid(x).mul(1 - a).add(a)).sum(dim=1)
+        return self._value(x, a), logdet
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """``y`` (B, n) -> ``f^{-1}(y)`` (B, n), exact to float precision."""
@@ -277,6 +271,18 @@ class LeakySoftplus(nn.Module):
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         a = self._slope(y)
+        with torch.no_grad():
+            a_value = float(a) if isinstance(a, float) else float(a.detach())
+            x = self._solve(y.detach(), a_value)
+        if torch.is_grad_enabled() and (y.requires_grad or self.learnable):
+            # One more Newton step, differentiable, from the detached root: its
+            # value does not move, and its gradient is the implicit-function
+            # gradient dx/dy = 1/f'(x) (and -df/da / f'(x) for a learnable a).
+            x = x - (self._value(x, a) - y) / (a + (1 - a) * torch.sigmoid(x))
+        return x
+
+    def _solve(self, y: torch.Tensor, a: float) -> torch.Tensor:
+        """Root of ``f(x) = y`` elementwise, to float precision, without autograd."""
         x = self._initial_guess(y, a)
         # Rounding in f(x) - y alone makes steps of a few eps * |x| where f' ~ a:
         # a tighter tolerance would only spend an extra step on noise.
@@ -289,25 +295,28 @@ class LeakySoftplus(nn.Module):
             x = x - step
             # converged when |step| <= tol * max(1, |x|) everywhere; a max is far
             # cheaper than an elementwise comparison followed by any()
-            if step_count + 1 >= sure_steps and float(torch.sub(step.detach().abs(), x.detach().abs(), alpha=tol).max()) <= tol:
+            if step_count + 1 >= sure_steps and float(torch.sub(step.abs(), x.abs(), alpha=tol).max()) <= tol:
                 break
         return x
 
     @staticmethod
-    def _newton_step(x: torch.Tensor, y: torch.Tensor, a) -> torch.Tensor:
-        """``(f(x) - y) / f'(x)``."""
-        residual = torch.add(_softplus(x), x, alpha=a / (1 - a)).mul_(1 - a).sub_(y) if isinstance(a, float) else (
-            a * x + (1 - a) * _softplus(x) - y
-        )
-        return residual.div_(torch.sigmoid(x).mul_(1 - a).add_(a))
+    def _value(x: torch.Tensor, a) -> torch.Tensor:
+        """``f(x) = a x + (1 - a) softplus(x)``."""
+        if isinstance(a, float):
+            return torch.add(_softplus(x), x, alpha=a / (1 - a)).mul_(1 - a)
+        return a * x + (1 - a) * _softplus(x)
 
-    def _initial_guess(self, y: torch.Tensor, a) -> torch.Tensor:
+    @classmethod
+    def _newton_step(cls, x: torch.Tensor, y: torch.Tensor, a: float) -> torch.Tensor:
+        """``(f(x) - y) / f'(x)``; in place on temporaries, so for use without autograd."""
+        return cls._value(x, a).sub_(y).div_(torch.sigmoid(x).mul_(1 - a).add_(a))
+
+    def _initial_guess(self, y: torch.Tensor, a: float) -> torch.Tensor:
         """``f^{-1}(y)`` to ~1e-5 from a table with linear interpolation on
         ``y in [-a TABLE_X, TABLE_X]``; beyond it the end segments extrapolate
         with slopes 1/a and 1, the asymptotes, to within ~e^-TABLE_X."""
-        a_value = float(a.detach()) if torch.is_tensor(a) else a  # Newton's steps carry any gradient
-        table = self._table(a_value, y.dtype, y.device)
-        lo, hi = -a_value * TABLE_X, TABLE_X
+        table = self._table(a, y.dtype, y.device)
+        lo, hi = -a * TABLE_X, TABLE_X
         n = table.numel() - 1
         t = (y - lo).mul_(n / (hi - lo))
         cell = t.floor().clamp_(0, n - 1)
