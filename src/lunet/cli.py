@@ -129,21 +129,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from lunet.data import load_dataset
-    from lunet.images import class_subset, fitted_latent_gaussian, load_run_models, sample_images
+    from lunet.images import fitted_class_priors, load_run_models, sample_images
     from lunet.plots import save_image_grid
     from lunet.preprocess import ImagePreprocessor
 
     settings, models, _ = load_run_models(args.run_dir)
     pre = ImagePreprocessor(settings.lam)
-    train_x = train_y = None
+    priors = [None] * len(models)
     if args.prior == "fitted":
-        train_x, train_y = load_dataset(settings.dataset, "train", data_dir=args.data_dir, verify=not args.no_verify)
+        priors = fitted_class_priors(settings, models, pre, data_dir=args.data_dir, verify=not args.no_verify)
     rows, labels = [], []
-    for c, model in zip(settings.classes, models):
-        prior = None
-        if args.prior == "fitted":
-            prior = fitted_latent_gaussian(model, class_subset(train_x[:55000], train_y[:55000], c)[0][:5000], pre)
+    for c, model, prior in zip(settings.classes, models, priors):
         gen = torch.Generator().manual_seed(args.seed + (c or 0))
         n = args.per_row if len(models) > 1 else args.num
         rows.append(sample_images(model, pre, n, args.temperature, prior, gen))

@@ -14,7 +14,7 @@ from lunet.flow import ClassConditionalFlow
 from lunet.images import (
     NUM_CLASSES,
     class_subset,
-    fitted_latent_gaussian,
+    fitted_class_priors,
     load_run_models,
     sample_images,
 )
@@ -87,7 +87,7 @@ def evaluate_run(
         "paper_bits_per_pixel_std_over_draws": paper["std"],
         "dequantisation_draws": draws,
         "logit_lambda": settings.lam,
-        "num_test_images": int(sum(class_subset(images, labels, c)[0].shape[0] for c in settings.classes)),
+        "num_test_images": int(sum(t.numel() for t in full_all)),
         "epochs": [ck["epoch"] for ck in ckpts],
         "train_seconds": sum(ck.get("train_seconds", 0.0) for ck in ckpts),
         "model": settings.model,
@@ -162,15 +162,13 @@ def class_agreement(
     if settings.kind == "unconditional":
         raise ValueError("class agreement needs a per-class or single-class run (trained with --per-class or --class K)")
     pre = ImagePreprocessor(settings.lam)
-    train_x, train_y = load_dataset(settings.dataset, "train", data_dir=data_dir, verify=verify)
-    train_x, train_y = train_x[:55000], train_y[:55000]  # the training split, not validation
     out: dict[str, Any] = {}
     for prior_name in priors:
         # the fitted prior depends on the model alone: fit once per class
-        fitted = [
-            fitted_latent_gaussian(model, class_subset(train_x, train_y, c)[0][:5000], pre) if prior_name == "fitted" else None
-            for c, model in zip(settings.classes, models)
-        ]
+        if prior_name == "fitted":
+            fitted = fitted_class_priors(settings, models, pre, data_dir=data_dir, verify=verify)
+        else:
+            fitted = [None] * len(models)
         for t in temperatures:
             agree = {}
             for c, model, prior in zip(settings.classes, models, fitted):

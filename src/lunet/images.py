@@ -209,6 +209,20 @@ def fitted_latent_gaussian(model: nn.Module, pixels: torch.Tensor, pre: ImagePre
     return mean, torch.linalg.cholesky(cov)
 
 
+def fitted_class_priors(
+    settings: ImageRunSettings, models: list[nn.Module], pre: ImagePreprocessor,
+    data_dir: Optional[str] = None, verify: bool = True, num_images: int = 5000,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The fitted latent Gaussian of each model of a run, from up to ``num_images``
+    images of its class in the training split (never the validation or test set)."""
+    images, labels = load_dataset(settings.dataset, "train", data_dir=data_dir, verify=verify)
+    (train_x, train_y), _ = train_val_split(images, labels)
+    return [
+        fitted_latent_gaussian(model, class_subset(train_x, train_y, c)[0][:num_images], pre)
+        for c, model in zip(settings.classes, models)
+    ]
+
+
 @torch.no_grad()
 def sample_images(
     model: nn.Module,
