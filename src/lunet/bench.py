@@ -164,12 +164,12 @@ def bench_model(
         result["epoch_s"] = t_step.median * steps_per_epoch
         notes.append(f"epoch projected from the step time x {steps_per_epoch} steps")
     else:
-        data = torch.randn(TRAIN_IMAGES, 784)
-        full_step = _training_step(model, data[:step_batch].to(device))
+        data = torch.randn(TRAIN_IMAGES, 784, device=device)
+        full_step = _training_step(model, data[:step_batch])
 
         def epoch() -> None:
             for start in range(0, TRAIN_IMAGES, step_batch):
-                full_step(data[start : start + step_batch].to(device))
+                full_step(data[start : start + step_batch])
 
         result["epoch_s"] = time_call(epoch, device, repeats=1, warmup=0).median
     model.eval()

@@ -38,6 +38,10 @@ def _train_config(args: argparse.Namespace, defaults: TrainConfig) -> TrainConfi
     return TrainConfig(**values)
 
 
+def _add_device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+
+
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="folder with the IDX files (else $LUNET_DATA_DIR, the user cache, system folders)")
     p.add_argument("--no-verify", action="store_true", help="skip the MD5 check of the data files")
@@ -112,7 +116,8 @@ def _clear_run(out: Path) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from lunet.evaluate import evaluate_run
 
-    result = evaluate_run(args.run_dir, draws=args.draws, data_dir=args.data_dir, verify=not args.no_verify, limit=args.limit)
+    result = evaluate_run(args.run_dir, draws=args.draws, data_dir=args.data_dir, verify=not args.no_verify,
+                          limit=args.limit, device=args.device)
     print(
         f"{result['dataset']} ({result['kind']}): {result['bits_per_dim']:.4f} ± {result['bits_per_dim_std_over_draws']:.4f} "
         f"bits/dim on {result['num_test_images']} test images ({args.draws} dequantisation draws, λ = {result['logit_lambda']:g})"
@@ -133,7 +138,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from lunet.plots import save_image_grid
     from lunet.preprocess import ImagePreprocessor
 
-    settings, models, _ = load_run_models(args.run_dir)
+    settings, models, _ = load_run_models(args.run_dir, device=args.device)
     pre = ImagePreprocessor(settings.lam)
     priors = [None] * len(models)
     if args.prior == "fitted":
@@ -193,7 +198,7 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     clf, acc = train_classifier(settings.dataset, data_dir=args.data_dir, verify=not args.no_verify)
     print(f"judge: MLP trained on the real {settings.dataset} training set, {100 * acc:.2f}% test accuracy")
     result = class_agreement(args.run_dir, clf, temperatures=tuple(args.temperatures), num_samples=args.num,
-                             data_dir=args.data_dir, verify=not args.no_verify)
+                             data_dir=args.data_dir, verify=not args.no_verify, device=args.device)
     for key, r in result.items():
         print(f"  {key}: {100 * r['mean']:.1f}% of samples assigned to their class "
               + " ".join(f"{c}:{100 * v:.0f}" for c, v in r["per_class"].items()))
@@ -259,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draws", type=int, default=3, help="dequantisation draws (default 3)")
     p.add_argument("--limit", type=int, help=argparse.SUPPRESS)
     _add_data_options(p)
+    _add_device_option(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("sample", help="a PNG grid of samples (one row per class for per-class runs)")
@@ -271,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-row", type=int, default=10, help="images per row (per class)")
     p.add_argument("--seed", type=int, default=0)
     _add_data_options(p)
+    _add_device_option(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("interpolate", help="latent interpolation between test images")
@@ -287,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=int, default=200, help="samples per class")
     p.add_argument("--json", help="also write the figures to this JSON file")
     _add_data_options(p)
+    _add_device_option(p)
     p.set_defaults(func=cmd_agreement)
 
     p = sub.add_parser("bench", help="LU-Net and RealNVP side by side (the paper's Table 1)")

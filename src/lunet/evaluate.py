@@ -43,7 +43,8 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 
 def evaluate_run(
-    run_dir: str | Path, draws: int = 3, data_dir: Optional[str] = None, verify: bool = True, limit: Optional[int] = None
+    run_dir: str | Path, draws: int = 3, data_dir: Optional[str] = None, verify: bool = True,
+    limit: Optional[int] = None, device: str = "cpu",
 ) -> dict[str, Any]:
     """Test bits/dim of a run (mean and spread over ``draws`` dequantisation draws).
 
@@ -51,7 +52,7 @@ def evaluate_run(
     paper's setting), report every class, and add the Bayes classifier's
     accuracy ``argmax_c log p(x|c)`` (uniform class prior).
     """
-    settings, models, ckpts = load_run_models(run_dir)
+    settings, models, ckpts = load_run_models(run_dir, device=device)
     images, labels = load_dataset(settings.dataset, "test", data_dir=data_dir, verify=verify)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
@@ -153,12 +154,13 @@ def class_agreement(
     data_dir: Optional[str] = None,
     verify: bool = True,
     seed: int = 0,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Fraction of class-k samples that ``classifier`` assigns to class k, per prior and temperature.
 
     Only per-class (and single-class) runs have a class to agree with.
     """
-    settings, models, _ = load_run_models(run_dir)
+    settings, models, _ = load_run_models(run_dir, device=device)
     if settings.kind == "unconditional":
         raise ValueError("class agreement needs a per-class or single-class run (trained with --per-class or --class K)")
     pre = ImagePreprocessor(settings.lam)

@@ -20,7 +20,7 @@ from torch import nn
 from lunet.checkpoint import build_model, load_model
 from lunet.data import DATASETS, load_dataset, train_val_split
 from lunet.preprocess import DEFAULT_LAM, LN2, ImagePreprocessor
-from lunet.train import TrainConfig, Trainer
+from lunet.train import TrainConfig, Trainer, resolve_device
 
 RUN_FILE = "run.json"
 NUM_CLASSES = 10
@@ -181,15 +181,17 @@ def train_image_run(
     return results
 
 
-def load_run_models(run_dir: str | Path, which: str = "best") -> tuple[ImageRunSettings, list[nn.Module], list[dict]]:
-    """Settings, one model per entry of ``settings.classes``, and their checkpoints."""
+def load_run_models(
+    run_dir: str | Path, which: str = "best", device: str = "cpu"
+) -> tuple[ImageRunSettings, list[nn.Module], list[dict]]:
+    """Settings, one model per entry of ``settings.classes`` (in eval mode on ``device``), and their checkpoints."""
     run_dir = Path(run_dir)
+    dev = resolve_device(device)
     settings = read_run_file(run_dir)
     models, ckpts = [], []
     for c in settings.classes:
         model, ckpt = load_model(model_dir(run_dir, c, settings.kind) / "checkpoint.pt", which=which)
-        model.eval()
-        models.append(model)
+        models.append(model.to(dev).eval())
         ckpts.append(ckpt)
     return settings, models, ckpts
 

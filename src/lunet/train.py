@@ -126,6 +126,9 @@ class Trainer:
     ) -> None:
         self.config = config
         self.device = resolve_device(config.device)
+        if self.device.type == "cuda":
+            # Fixed batch shapes: let cuDNN pick its fastest convolution once.
+            torch.backends.cudnn.benchmark = True
         self.model = model.to(device=self.device, dtype=config.torch_dtype)
         self.model_spec = model_spec
         self.train_data = train_data
@@ -174,6 +177,11 @@ class Trainer:
     def resume(self) -> None:
         """Continue from ``checkpoint.pt`` in ``out_dir``, exactly where it stopped."""
         ckpt = load_checkpoint(self.checkpoint_path)
+        if "optimizer" not in ckpt:
+            raise ValueError(
+                f"{self.checkpoint_path} holds model weights only (no optimiser state), so training cannot "
+                f"resume from it; start a new run in another --out"
+            )
         if ckpt["model_spec"] != self.model_spec:
             raise ValueError(
                 f"checkpoint {self.checkpoint_path} holds model {ckpt['model_spec']}, "

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one go, for a machine that is lent for minutes:
+#   1. the CUDA tests (tests/test_cuda.py);
+#   2. Table 1 on the GPU (`lunet bench --device cuda`, full mode: epochs measured);
+#   3. the speed ratios on the GPU (`lunet bench --micro --device cuda`);
+#   4. trainings a CPU cannot finish in reasonable time, side by side within
+#      BUDGET seconds: RealNVP on MNIST (epochs chosen from the epoch time that
+#      step 2 measured), and LU-Nets with longer schedules (4 blocks; 8 blocks
+#      with a learnable slope, 4.92M free parameters);
+#   5. test-set evaluation and sample grids of every run trained in step 4.
+# Results go to $OUT: gpu-results.tar.gz (logs, JSON, metrics, PNGs) and the
+# best weights of each run as slim checkpoints, split into parts of 15 MB
+# (`cat NAME.pt.part-* > checkpoint.pt` joins them).
+#
+#   DATA=path/to/data OUT=results BUDGET=200 bash benchmarks/gpu_session.sh
+#
+# Runs with the machine's own python3 and torch (PYTHONPATH=src); each stage has
+# its own time limit, and a failed stage does not stop the others.
+set -u
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/data}
+OUT=${OUT:-gpu-results}
+BUDGET=${BUDGET:-200}
+LU_EPOCHS=${LU_EPOCHS:-80}
+PY=${PY:-python3}
+DEVICE=${DEVICE:-cuda}
+# For a rehearsal on a CPU: DEVICE=cpu BENCH_ARGS="--quick --models lunet" TRAIN_ARGS="--limit 1000" EVAL_ARGS="--limit 300"
+BENCH_ARGS=${BENCH_ARGS:-}
+TRAIN_ARGS=${TRAIN_ARGS:-}
+EVAL_ARGS=${EVAL_ARGS:-}
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+R=$OUT/work
+mkdir -p "$R/runs" "$R/figures"
+LUNET="$PY -m lunet.cli"
+stage() { echo; echo "=== $* ($(date +%T))"; }
+
+stage "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
+
+stage "1. CUDA tests"
+timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_fast_paths.py 2>&1 | tail -5
+
+stage "2. Table 1 on the GPU"
+timeout 150 $LUNET bench --device "$DEVICE" $BENCH_ARGS --json "$R/bench-cuda.json" || echo "stage 2 failed"
+
+stage "3. speed ratios on the GPU"
+timeout 60 $LUNET bench --micro --device "$DEVICE" --json "$R/micro-cuda.json" || echo "stage 3 failed"
+
+stage "4. trainings within ${BUDGET}s"
+# RealNVP epochs: what the budget allows at the measured epoch time, with a
+# margin for validation and for sharing the GPU with the LU-Net trainings.
+NVP_EPOCHS=$($PY - "$R/bench-cuda.json" "$BUDGET" <<'EOF'
+import json, sys
+try:
+    epoch_s = json.load(open(sys.argv[1]))["models"]["realnvp"]["epoch_s"]
+except (OSError, KeyError, ValueError):
+    epoch_s = 30.0
+print(max(1, int(float(sys.argv[2]) / (1.5 * epoch_s))))
+EOF
+)
+echo "RealNVP: $NVP_EPOCHS epochs"
+# Three trainings share the machine's cores: a few threads each for their CPU-side work.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+common=(--dataset mnist --data-dir "$DATA" --device "$DEVICE" --no-progress $TRAIN_ARGS)
+(timeout $((BUDGET + 30)) $LUNET train "${common[@]}" --model realnvp --out "$R/runs/realnvp-mnist" --epochs "$NVP_EPOCHS" \
+  > "$R/train-realnvp.log" 2>&1; echo "realnvp exit $?" >> "$R/train-realnvp.log") &
+(timeout $((BUDGET + 30)) $LUNET train "${common[@]}" --out "$R/runs/lunet4-mnist-long" --epochs "$LU_EPOCHS" \
+  > "$R/train-lunet4.log" 2>&1; echo "lunet4 exit $?" >> "$R/train-lunet4.log") &
+(timeout $((BUDGET + 30)) $LUNET train "${common[@]}" --out "$R/runs/lunet8-alpha-mnist" --blocks 8 --learn-alpha --epochs "$LU_EPOCHS" \
+  > "$R/train-lunet8.log" 2>&1; echo "lunet8 exit $?" >> "$R/train-lunet8.log") &
+wait
+tail -n 3 "$R"/train-*.log
+
+stage "5. evaluation and samples"
+for run in realnvp-mnist lunet4-mnist-long lunet8-alpha-mnist; do
+  dir=$R/runs/$run
+  [ -f "$dir/checkpoint.pt" ] || { echo "$run: no checkpoint"; continue; }
+  timeout 60 $LUNET evaluate "$dir" --data-dir "$DATA" --device "$DEVICE" $EVAL_ARGS --json "$R/$run-eval.json" || echo "$run: evaluation failed"
+  timeout 30 $LUNET sample "$dir" --data-dir "$DATA" --device "$DEVICE" --out "$R/figures/$run-samples.png" || echo "$run: sampling failed"
+  timeout 30 $PY benchmarks/slim_checkpoint.py "$dir/checkpoint.pt" "$R/$run.pt" && rm "$dir/checkpoint.pt"
+done
+
+stage "pack"
+for run in realnvp-mnist lunet4-mnist-long lunet8-alpha-mnist; do
+  [ -f "$R/$run.pt" ] && split -b 15M -d "$R/$run.pt" "$OUT/$run.pt.part-" && rm "$R/$run.pt"
+done
+tar -czf "$OUT/gpu-results.tar.gz" -C "$R" . && rm -rf "$R"
+ls -la "$OUT"
