@@ -205,3 +205,22 @@ def test_inverse_gradients_are_the_implicit_function_gradients(learnable):
         dfda = x.detach() - torch.nn.functional.softplus(x.detach())
         expected = (-(dfda / fprime)).sum() * a * (1 - a)
         assert act.alpha_logit.grad.item() == pytest.approx(expected.item(), rel=1e-9)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("alpha", [0.02, 0.1, 0.3, 0.9])
+def test_leaky_softplus_inverse_is_exact_between_table_points(dtype, alpha):
+    """The fixed Newton count must cover the table's worst start: mid-cell, where
+    linear interpolation errs most, and across the kink, against a float64
+    root polished far beyond the fast path's steps."""
+    act = LeakySoftplus(alpha).to(dtype)
+    lo, hi = -alpha * 16.0, 16.0
+    cells = 4096
+    y64 = torch.linspace(lo, hi, 8 * cells, dtype=torch.float64) + (hi - lo) / cells / 16
+    y = y64.to(dtype).reshape(-1, 64)
+    root = torch.minimum(y.double(), y.double() / alpha)
+    for _ in range(200):
+        root = root - LeakySoftplus._newton_step(root, y.double(), alpha)
+    with torch.no_grad():
+        x = act.inverse(y)
+    assert rel_err(x.double(), root) <= 8 * torch.finfo(dtype).eps
