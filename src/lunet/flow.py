@@ -158,7 +158,9 @@ class LUNet(nn.Module):
             raise ValueError(f"temperature must be positive, got {temperature!r}")
         ref = self.input_mean
         z = torch.randn(num_samples, self.dim, generator=generator, dtype=ref.dtype, device=ref.device)
-        return self._inverse(z * temperature)
+        if temperature != 1.0:
+            z.mul_(temperature)
+        return self._inverse(z)
 
 
 class ClassConditionalFlow(nn.Module):
