@@ -226,19 +226,25 @@ def test_leaky_softplus_inverse_is_exact_between_table_points(dtype, alpha):
     assert rel_err(x.double(), root) <= 8 * torch.finfo(dtype).eps
 
 
-def test_triangular_affine_backward_matches_finite_differences():
+@pytest.mark.parametrize("blocked", [False, True], ids=["plain", "blocked"])
+@pytest.mark.parametrize("n", [6, 7])
+def test_triangular_affine_backward_matches_finite_differences(n, blocked, monkeypatch):
     """The hand-written backward of the training path, against numerical gradients
-    for the input, the packed triangles, the diagonal and the bias (float64)."""
+    for the input, the packed triangles, the diagonal and the bias (float64),
+    in both its plain and its 2 x 2 block form (even and odd widths)."""
+    from lunet import layers
     from lunet.layers import _TriangularAffine
 
+    monkeypatch.setattr(layers, "BLOCKED_MIN_DIM", 2 if blocked else 10**9)
     torch.manual_seed(0)
-    n = 7
     layer = LULinear(n, init_scale=0.5).double()
     x = torch.randn(5, n, dtype=torch.float64, requires_grad=True)
     lu = layer.lu.detach().clone().requires_grad_()
     d = (torch.rand(n, dtype=torch.float64) + 0.5).requires_grad_()
     b = torch.randn(n, dtype=torch.float64, requires_grad=True)
     masks = (layer.strict_lower_mask, layer.strict_upper_mask)
+    a = (torch.eye(n, dtype=torch.float64) + lu.tril(-1)) @ (lu.triu(1) + torch.diag(d))
+    assert torch.allclose(_TriangularAffine.apply(x, lu, d, b, *masks), x @ a.T + b, atol=1e-12)
     assert torch.autograd.gradcheck(lambda *args: _TriangularAffine.apply(*args, *masks), (x, lu, d, b))
     # the diagonal of lu is not used (diag holds it): its gradient is exactly zero
     _TriangularAffine.apply(x, lu, d, b, *masks).square().sum().backward()

@@ -30,42 +30,89 @@ _PAIR_DTYPES = {
 INIT_MODES = ("identity", "random")
 
 
+# Widths from which the training path splits each triangle into 2 x 2 blocks
+# and skips the zero block: 3/4 of the dense flops in every product.
+BLOCKED_MIN_DIM = 128
+
+
 class _TriangularAffine(torch.autograd.Function):
     """``y = x A^T + b`` with ``A = L U`` taken from the packed ``lu``, (B, n) -> (B, n).
 
     Two products with the triangles cost 4Bn^2 flops against 2n^3 + 2Bn^2 for
     forming ``L U`` first: cheaper for every batch B < n. With
     ``h = x U^T = x Us^T + x * d`` (``Us``, ``Ls`` the strict triangles):
-    ``y = h + h Ls^T + b``. The backward pass is written out so that each
-    triangle is cut from ``lu`` once, contiguously, and the gradient of ``lu``
-    is assembled from the two weight gradients in one fused pass, instead of
-    autograd's mask products on transposed views.
+    ``y = h + h Ls^T + b``.
+
+    The backward pass is written out: each triangle is cut from ``lu`` once,
+    and the gradient of ``lu`` is assembled in place from the two weight
+    gradients, instead of autograd's mask products on transposed views. From
+    ``BLOCKED_MIN_DIM`` on, every product works on 2 x 2 blocks and skips the
+    block that is zero, and only the diagonal blocks are masked.
     """
 
     @staticmethod
     def forward(ctx, x, lu, d, bias, lower_mask, upper_mask):
-        ls = lu * lower_mask
-        us = lu * upper_mask
-        h = torch.addcmul(x @ us.t(), x, d)
-        y = torch.addmm(h + bias, h, ls.t())
-        ctx.save_for_backward(x, d, ls, us, h, lower_mask, upper_mask)
+        n = lu.shape[0]
+        ctx.k = k = n // 2 if n >= BLOCKED_MIN_DIM else 0
+        if not k:
+            ls, us = lu * lower_mask, lu * upper_mask
+            h = torch.addcmul(x @ us.t(), x, d)
+            y = torch.addmm(h + bias, h, ls.t())
+            ctx.save_for_backward(x, d, h, lu, ls, us, lower_mask, upper_mask)
+            return y
+        # diagonal blocks of the strict triangles; the off-diagonal blocks are
+        # lu's own (Ls21 = lu[k:, :k], Us12 = lu[:k, k:]) and need no copy
+        ls11, ls22 = lu[:k, :k] * lower_mask[:k, :k], lu[k:, k:] * lower_mask[k:, k:]
+        us11, us22 = lu[:k, :k] * upper_mask[:k, :k], lu[k:, k:] * upper_mask[k:, k:]
+        x1, x2 = x[:, :k], x[:, k:]
+        h = torch.empty_like(x)
+        # h = x Us^T: (Us^T) is lower triangular with blocks us11^T, us12^T, us22^T
+        h[:, :k].addmm_(x1, us11.t(), beta=0).addmm_(x2, lu[:k, k:].t())
+        h[:, k:].addmm_(x2, us22.t(), beta=0)
+        h.addcmul_(x, d)
+        # y = h + b + h Ls^T: (Ls^T) is upper triangular with blocks ls11^T, ls21^T, ls22^T
+        h1, h2 = h[:, :k], h[:, k:]
+        y = h + bias
+        y[:, :k].addmm_(h1, ls11.t())
+        y[:, k:].addmm_(h1, lu[k:, :k].t()).addmm_(h2, ls22.t())
+        ctx.save_for_backward(x, d, h, lu, ls11, ls22, us11, us22, lower_mask, upper_mask)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
-        x, d, ls, us, h, lower_mask, upper_mask = ctx.saved_tensors
         need_x, need_lu, need_d, need_b = ctx.needs_input_grad[:4]
-        gh = torch.addmm(gy, gy, ls)  # dL/dh = gy (I + Ls)
-        g_lu = g_d = g_b = g_x = None
-        if need_lu:
-            g_lu = (gy.t() @ h).mul_(lower_mask).addcmul_(gh.t() @ x, upper_mask)
-        if need_d:
-            g_d = (gh * x).sum(0)
-        if need_b:
-            g_b = gy.sum(0)
-        if need_x:
-            g_x = torch.addcmul(gh @ us, gh, d)
+        k = ctx.k
+        if not k:
+            x, d, h, lu, ls, us, lower_mask, upper_mask = ctx.saved_tensors
+            gh = torch.addmm(gy, gy, ls)  # dL/dh = gy (I + Ls)
+            g_lu = (gy.t() @ h).mul_(lower_mask).addcmul_(gh.t() @ x, upper_mask) if need_lu else None
+            g_x = torch.addcmul(gh @ us, gh, d) if need_x else None
+        else:
+            x, d, h, lu, ls11, ls22, us11, us22, lower_mask, upper_mask = ctx.saved_tensors
+            gy1, gy2 = gy[:, :k], gy[:, k:]
+            gh = gy.clone()
+            gh[:, :k].addmm_(gy1, ls11).addmm_(gy2, lu[k:, :k])
+            gh[:, k:].addmm_(gy2, ls22)
+            gh1, gh2 = gh[:, :k], gh[:, k:]
+            g_lu = g_x = None
+            if need_lu:
+                # strictly lower part from gy^T h, strictly upper part from gh^T x
+                x1, x2, h1, h2 = x[:, :k], x[:, k:], h[:, :k], h[:, k:]
+                g_lu = torch.empty_like(lu)
+                g_lu[k:, :k].addmm_(gy2.t(), h1, beta=0)
+                g_lu[:k, k:].addmm_(gh1.t(), x2, beta=0)
+                g_lu[:k, :k].addmm_(gy1.t(), h1, beta=0).mul_(lower_mask[:k, :k]).addcmul_(
+                    gh1.t() @ x1, upper_mask[:k, :k])
+                g_lu[k:, k:].addmm_(gy2.t(), h2, beta=0).mul_(lower_mask[k:, k:]).addcmul_(
+                    gh2.t() @ x2, upper_mask[k:, k:])
+            if need_x:
+                # gh Us: Us is upper triangular with blocks us11, us12, us22
+                g_x = torch.mul(gh, d)
+                g_x[:, :k].addmm_(gh1, us11)
+                g_x[:, k:].addmm_(gh1, lu[:k, k:]).addmm_(gh2, us22)
+        g_d = (gh * x).sum(0) if need_d else None
+        g_b = gy.sum(0) if need_b else None
         return g_x, g_lu, g_d, g_b, None, None
 
 
