@@ -251,3 +251,21 @@ def test_triangular_affine_backward_matches_finite_differences(n, blocked, monke
     assert torch.all(lu.grad.diagonal() == 0)
     off_diagonal = ~torch.eye(n, dtype=torch.bool)
     assert torch.all(lu.grad[off_diagonal] != 0)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("alpha,width", [(0.1, 784), (0.01, 784), (0.5, 7), (0.1, 3)])
+def test_inference_log_det_by_chunked_products_matches_the_sum_of_logs(dtype, tol, alpha, width):
+    """Without gradients the log-det is taken from products of a few slopes; with
+    every slope at its minimum a (inputs far left) the products must not underflow."""
+    act = LeakySoftplus(alpha).to(dtype)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([20 * torch.randn(64, width, generator=gen, dtype=torch.float64),
+                   torch.full((1, width), -1e4, dtype=torch.float64)]).to(dtype)
+    with torch.no_grad():
+        _, fast = act(x)
+    _, reference = act(x.clone().requires_grad_())
+    exact = torch.log(alpha + (1 - alpha) * torch.sigmoid(x.double())).sum(1)
+    assert torch.isfinite(fast).all()
+    assert ((fast.double() - exact).abs() / exact.abs().clamp_min(1)).max() < tol
+    assert ((reference.double() - exact).abs() / exact.abs().clamp_min(1)).max() < tol

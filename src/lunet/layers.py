@@ -326,6 +326,16 @@ def _inverse_table(a: float, dtype: torch.dtype, device: torch.device) -> tuple[
     return pairs, steps
 
 
+def _product_chunk(n: int, a, dtype: torch.dtype, max_chunk: int = 32) -> int:
+    """The largest divisor ``k <= max_chunk`` of ``n`` for which a product of ``k``
+    slopes in ``(a, 1]`` stays a normal number of ``dtype`` with a wide margin;
+    1 (no products) for a learnable slope, whose value is not known without a sync."""
+    if not isinstance(a, float):
+        return 1
+    limit = min(max_chunk, int(0.8 * math.log(torch.finfo(dtype).tiny) / math.log(a)))
+    return max(k for k in range(1, max(limit, 1) + 1) if n % k == 0)
+
+
 class LeakySoftplus(nn.Module):
     """Elementwise ``f(x) = a x + (1 - a) softplus(x)``, ``0 < a < 1``.
 
@@ -371,9 +381,18 @@ class LeakySoftplus(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a = self._slope(x)
-        # log f'(x) = log(a + (1-a) sigmoid(x)): the argument lies in (a, 1), so
-        # the log has no cancellation and its absolute error is ~eps.
-        logdet = torch.log(torch.sigmoid(x).mul(1 - a).add(a)).sum(dim=1)
+        # f'(x) = a + (1-a) sigmoid(x) lies in (a, 1): its log has no cancellation.
+        if torch.is_grad_enabled():
+            logdet = torch.sigmoid(x).mul(1 - a).add_(a).log_().sum(dim=1)
+            return self._value(x, a), logdet
+        slopes = torch.sigmoid(x).mul_(1 - a).add_(a)  # in place: nothing is saved for backward
+        k = _product_chunk(x.shape[1], a, x.dtype)
+        if k > 1:
+            # sum_i log f'(x_i) as the logs of products of k factors, one log per
+            # k entries; each product stays above a^k, far from underflow.
+            logdet = slopes.view(x.shape[0], -1, k).prod(dim=2).log_().sum(dim=1)
+        else:
+            logdet = slopes.log_().sum(dim=1)
         return self._value(x, a), logdet
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
@@ -414,7 +433,8 @@ class LeakySoftplus(nn.Module):
     def _value(x: torch.Tensor, a) -> torch.Tensor:
         """``f(x) = a x + (1 - a) softplus(x)``."""
         if isinstance(a, float):
-            return torch.add(_softplus(x), x, alpha=a / (1 - a)).mul_(1 - a)
+            # in place on softplus's output, which its backward does not need
+            return _softplus(x).add_(x, alpha=a / (1 - a)).mul_(1 - a)
         return a * x + (1 - a) * _softplus(x)
 
     @classmethod
