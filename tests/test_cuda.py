@@ -72,8 +72,9 @@ def test_cache_follows_device_moves():
 
 
 def test_training_step_on_cuda_matches_cpu():
-    cpu_net, cuda_net = make_net(), make_net().to(CUDA)
-    x = torch.randn(256, 64)
+    # wide enough for the blocked triangular products of the training path
+    cpu_net, cuda_net = make_net(dim=300), make_net(dim=300).to(CUDA)
+    x = torch.randn(256, 300)
     for net, data in ((cpu_net, x), (cuda_net, x.to(CUDA))):
         opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
         loss = -net.log_prob(data).mean()

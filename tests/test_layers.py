@@ -231,11 +231,12 @@ def test_leaky_softplus_inverse_is_exact_between_table_points(dtype, alpha):
 def test_triangular_affine_backward_matches_finite_differences(n, blocked, monkeypatch):
     """The hand-written backward of the training path, against numerical gradients
     for the input, the packed triangles, the diagonal and the bias (float64),
-    in both its plain and its 2 x 2 block form (even and odd widths)."""
+    in its plain and its blocked form (even and odd widths)."""
     from lunet import layers
     from lunet.layers import _TriangularAffine
 
-    monkeypatch.setattr(layers, "BLOCKED_MIN_DIM", 2 if blocked else 10**9)
+    monkeypatch.setattr(layers, "BLOCK_LEAF", 1 if blocked else 10**9)
+    assert layers._block_depth(n) == (2 if blocked else 0)  # odd and even halves at two levels
     torch.manual_seed(0)
     layer = LULinear(n, init_scale=0.5).double()
     x = torch.randn(5, n, dtype=torch.float64, requires_grad=True)

@@ -30,9 +30,52 @@ _PAIR_DTYPES = {
 INIT_MODES = ("identity", "random")
 
 
-# Widths from which the training path splits each triangle into 2 x 2 blocks
-# and skips the zero block: 3/4 of the dense flops in every product.
-BLOCKED_MIN_DIM = 128
+# The training path halves each triangle recursively while the halves are at
+# least this wide, and skips every block that is zero: at width 784 (two
+# levels, blocks of 196) that is 10/16 of the dense flops of each product.
+BLOCK_LEAF = 128
+
+
+def _block_depth(n: int) -> int:
+    depth = 0
+    while n // 2 >= BLOCK_LEAF:
+        n, depth = n // 2, depth + 1
+    return depth
+
+
+def _triangular_matmul(out, a, m, mask, lower: bool, beta: float, depth: int) -> None:
+    """``out = beta * out + a @ (m * mask)`` in place, where ``m * mask`` is lower (or
+    upper) triangular: blocks that are zero are skipped, and only the diagonal
+    blocks at the deepest level are masked. ``m``, ``mask``: (n, n) views."""
+    if depth == 0:
+        out.addmm_(a, m * mask, beta=beta)
+        return
+    k = m.shape[0] // 2
+    _triangular_matmul(out[:, :k], a[:, :k], m[:k, :k], mask[:k, :k], lower, beta, depth - 1)
+    _triangular_matmul(out[:, k:], a[:, k:], m[k:, k:], mask[k:, k:], lower, beta, depth - 1)
+    if lower:  # the block above the diagonal is zero
+        out[:, :k].addmm_(a[:, k:], m[k:, :k])
+    else:
+        out[:, k:].addmm_(a[:, :k], m[:k, k:])
+
+
+def _triangular_outer(out, p, q, mask, lower: bool, accumulate: bool, depth: int) -> None:
+    """The lower (or upper) triangle of ``p^T @ q``, masked, written into ``out`` (n, n);
+    the other triangle's off-diagonal blocks are left untouched, and with
+    ``accumulate`` the masked diagonal blocks are added to what ``out`` holds."""
+    if depth == 0:
+        if accumulate:
+            out.addcmul_(p.t() @ q, mask)
+        else:
+            out.addmm_(p.t(), q, beta=0).mul_(mask)
+        return
+    k = out.shape[0] // 2
+    _triangular_outer(out[:k, :k], p[:, :k], q[:, :k], mask[:k, :k], lower, accumulate, depth - 1)
+    _triangular_outer(out[k:, k:], p[:, k:], q[:, k:], mask[k:, k:], lower, accumulate, depth - 1)
+    if lower:
+        out[k:, :k].addmm_(p[:, k:].t(), q[:, :k], beta=0)
+    else:
+        out[:k, k:].addmm_(p[:, :k].t(), q[:, k:], beta=0)
 
 
 class _TriangularAffine(torch.autograd.Function):
@@ -43,74 +86,41 @@ class _TriangularAffine(torch.autograd.Function):
     ``h = x U^T = x Us^T + x * d`` (``Us``, ``Ls`` the strict triangles):
     ``y = h + h Ls^T + b``.
 
-    The backward pass is written out: each triangle is cut from ``lu`` once,
-    and the gradient of ``lu`` is assembled in place from the two weight
-    gradients, instead of autograd's mask products on transposed views. From
-    ``BLOCKED_MIN_DIM`` on, every product works on 2 x 2 blocks and skips the
-    block that is zero, and only the diagonal blocks are masked.
+    Every product, forward and backward, is a blocked triangular one (see
+    ``BLOCK_LEAF``) that reads ``lu`` in place: no masked copy of a triangle
+    is made or saved beyond the small diagonal blocks, and the gradient of
+    ``lu`` is assembled in place from its two triangles.
     """
 
     @staticmethod
     def forward(ctx, x, lu, d, bias, lower_mask, upper_mask):
-        n = lu.shape[0]
-        ctx.k = k = n // 2 if n >= BLOCKED_MIN_DIM else 0
-        if not k:
-            ls, us = lu * lower_mask, lu * upper_mask
-            h = torch.addcmul(x @ us.t(), x, d)
-            y = torch.addmm(h + bias, h, ls.t())
-            ctx.save_for_backward(x, d, h, lu, ls, us, lower_mask, upper_mask)
-            return y
-        # diagonal blocks of the strict triangles; the off-diagonal blocks are
-        # lu's own (Ls21 = lu[k:, :k], Us12 = lu[:k, k:]) and need no copy
-        ls11, ls22 = lu[:k, :k] * lower_mask[:k, :k], lu[k:, k:] * lower_mask[k:, k:]
-        us11, us22 = lu[:k, :k] * upper_mask[:k, :k], lu[k:, k:] * upper_mask[k:, k:]
-        x1, x2 = x[:, :k], x[:, k:]
+        ctx.depth = depth = _block_depth(lu.shape[0])
+        lu_t = lu.t()
         h = torch.empty_like(x)
-        # h = x Us^T: (Us^T) is lower triangular with blocks us11^T, us12^T, us22^T
-        h[:, :k].addmm_(x1, us11.t(), beta=0).addmm_(x2, lu[:k, k:].t())
-        h[:, k:].addmm_(x2, us22.t(), beta=0)
+        _triangular_matmul(h, x, lu_t, upper_mask.t(), lower=True, beta=0, depth=depth)  # x Us^T
         h.addcmul_(x, d)
-        # y = h + b + h Ls^T: (Ls^T) is upper triangular with blocks ls11^T, ls21^T, ls22^T
-        h1, h2 = h[:, :k], h[:, k:]
         y = h + bias
-        y[:, :k].addmm_(h1, ls11.t())
-        y[:, k:].addmm_(h1, lu[k:, :k].t()).addmm_(h2, ls22.t())
-        ctx.save_for_backward(x, d, h, lu, ls11, ls22, us11, us22, lower_mask, upper_mask)
+        _triangular_matmul(y, h, lu_t, lower_mask.t(), lower=False, beta=1, depth=depth)  # + h Ls^T
+        ctx.save_for_backward(x, d, h, lu, lower_mask, upper_mask)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
+        x, d, h, lu, lower_mask, upper_mask = ctx.saved_tensors
         need_x, need_lu, need_d, need_b = ctx.needs_input_grad[:4]
-        k = ctx.k
-        if not k:
-            x, d, h, lu, ls, us, lower_mask, upper_mask = ctx.saved_tensors
-            gh = torch.addmm(gy, gy, ls)  # dL/dh = gy (I + Ls)
-            g_lu = (gy.t() @ h).mul_(lower_mask).addcmul_(gh.t() @ x, upper_mask) if need_lu else None
-            g_x = torch.addcmul(gh @ us, gh, d) if need_x else None
-        else:
-            x, d, h, lu, ls11, ls22, us11, us22, lower_mask, upper_mask = ctx.saved_tensors
-            gy1, gy2 = gy[:, :k], gy[:, k:]
-            gh = gy.clone()
-            gh[:, :k].addmm_(gy1, ls11).addmm_(gy2, lu[k:, :k])
-            gh[:, k:].addmm_(gy2, ls22)
-            gh1, gh2 = gh[:, :k], gh[:, k:]
-            g_lu = g_x = None
-            if need_lu:
-                # strictly lower part from gy^T h, strictly upper part from gh^T x
-                x1, x2, h1, h2 = x[:, :k], x[:, k:], h[:, :k], h[:, k:]
-                g_lu = torch.empty_like(lu)
-                g_lu[k:, :k].addmm_(gy2.t(), h1, beta=0)
-                g_lu[:k, k:].addmm_(gh1.t(), x2, beta=0)
-                g_lu[:k, :k].addmm_(gy1.t(), h1, beta=0).mul_(lower_mask[:k, :k]).addcmul_(
-                    gh1.t() @ x1, upper_mask[:k, :k])
-                g_lu[k:, k:].addmm_(gy2.t(), h2, beta=0).mul_(lower_mask[k:, k:]).addcmul_(
-                    gh2.t() @ x2, upper_mask[k:, k:])
-            if need_x:
-                # gh Us: Us is upper triangular with blocks us11, us12, us22
-                g_x = torch.mul(gh, d)
-                g_x[:, :k].addmm_(gh1, us11)
-                g_x[:, k:].addmm_(gh1, lu[:k, k:]).addmm_(gh2, us22)
+        depth = ctx.depth
+        gh = gy.clone()  # dL/dh = gy (I + Ls)
+        _triangular_matmul(gh, gy, lu, lower_mask, lower=True, beta=1, depth=depth)
+        g_lu = g_x = None
+        if need_lu:
+            # strictly lower part from gy^T h, strictly upper part from gh^T x
+            g_lu = torch.empty_like(lu)
+            _triangular_outer(g_lu, gy, h, lower_mask, lower=True, accumulate=False, depth=depth)
+            _triangular_outer(g_lu, gh, x, upper_mask, lower=False, accumulate=True, depth=depth)
+        if need_x:
+            g_x = torch.mul(gh, d)
+            _triangular_matmul(g_x, gh, lu, upper_mask, lower=False, beta=1, depth=depth)  # + gh Us
         g_d = (gh * x).sum(0) if need_d else None
         g_b = gy.sum(0) if need_b else None
         return g_x, g_lu, g_d, g_b, None, None
