@@ -43,8 +43,16 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     full, _ = make_trainer(tmp_path / "full", epochs=6, eval_every=2)
     full.fit()
     part, _ = make_trainer(tmp_path / "part", epochs=6, eval_every=2)
-    part.config.epochs = 4  # "interrupted" after epoch 4 (its last checkpoint)
-    part.fit()
+    train_epoch = part._train_epoch
+
+    def interrupted_in_epoch_5(bar):
+        if part.epoch == 4:  # after the checkpoint of epoch 4
+            raise KeyboardInterrupt
+        return train_epoch(bar)
+
+    part._train_epoch = interrupted_in_epoch_5
+    with pytest.raises(KeyboardInterrupt):
+        part.fit()
     resumed, _ = make_trainer(tmp_path / "part", epochs=6, eval_every=2)
     resumed.resume()
     assert resumed.epoch == 4
@@ -53,6 +61,18 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     lines = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [2, 4, 6]
+
+
+def test_resume_under_other_optimisation_settings_is_refused(tmp_path):
+    trainer, _ = make_trainer(tmp_path, epochs=2)
+    trainer.fit()
+    faster, _ = make_trainer(tmp_path, epochs=2)
+    faster.config.lr = 0.1  # another trajectory from here on: refused, by name
+    with pytest.raises(ValueError, match=r"lr 0.02 -> 0.1"):
+        faster.resume()
+    elsewhere, _ = make_trainer(tmp_path, epochs=2, eval_every=2)  # reporting may change
+    elsewhere.resume()
+    assert elsewhere.epoch == 2
 
 
 def test_checkpoint_round_trip_and_refusals(tmp_path):

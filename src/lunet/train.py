@@ -26,6 +26,10 @@ from lunet.checkpoint import FORMAT_VERSION, load_checkpoint, save_atomic
 LogProbFn = Callable[[nn.Module, torch.Tensor, torch.Generator], torch.Tensor]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+# Settings that may differ when a run is resumed: where it runs, how often it
+# reports, and its length (``--resume --epochs N`` extends a run; a cosine
+# schedule is then recomputed over the new length).
+RESUMABLE_CHANGES = ("device", "eval_every", "epochs")
 METRICS_NAME = "metrics.jsonl"
 
 
@@ -186,6 +190,19 @@ class Trainer:
             raise ValueError(
                 f"checkpoint {self.checkpoint_path} holds model {ckpt['model_spec']}, "
                 f"but this run asks for {self.model_spec}; use another --out or matching options"
+            )
+        # The schedule and the batches depend on these: resuming under others
+        # would silently train a different run.
+        stored = ckpt.get("train_config", {})
+        changed = {
+            k: (stored[k], v) for k, v in dataclasses.asdict(self.config).items()
+            if k not in RESUMABLE_CHANGES and k in stored and stored[k] != v
+        }
+        if changed:
+            listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            raise ValueError(
+                f"{self.checkpoint_path} was trained with other settings ({listed}); resume with the "
+                f"run's own options or start a new run in another --out"
             )
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
