@@ -1,0 +1,115 @@
+"""Variants behind the design choices in docs/benchmark.md, timed side by side.
+
+    python benchmarks/speed_variants.py [--rounds 12] [--compile]
+
+1. The training step of the paper's LU-Net at batch 256 with the triangular
+   products blocked to depth 0 (autograd-free plain products), 1, 2 and 3.
+2. Sampling at batch 1 with 1 and with 2 threads.
+3. With ``--compile``: the activation's forward (value and log-det) in eager
+   mode against ``torch.compile`` (needs a C++ compiler; compiling takes a while).
+
+Rounds alternate the variants, so slow drifts of a noisy machine hit all alike;
+the figures are medians over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+import lunet.layers as layers
+from lunet.bench import _training_step
+from lunet.checkpoint import build_model
+from lunet.images import paper_lunet_spec
+
+
+def _seconds(fn: Callable[[], object], calls: int = 1) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
+
+
+def block_depths(rounds: int) -> dict[int, float]:
+    """Median step time (s) per blocking depth of the training path."""
+    torch.manual_seed(0)
+    model = build_model(paper_lunet_spec())
+    step = _training_step(model, torch.randn(256, 784))
+    leaves = {0: 10**9, 1: 392, 2: 196, 3: 98}  # BLOCK_LEAF giving each depth at width 784
+    saved = layers.BLOCK_LEAF
+    times: dict[int, list[float]] = {d: [] for d in leaves}
+    try:
+        for _ in range(3):
+            step()
+        for _ in range(rounds):
+            for depth, leaf in leaves.items():
+                layers.BLOCK_LEAF = leaf
+                step()  # one untimed step after each switch
+                times[depth].append(_seconds(step, 2))
+    finally:
+        layers.BLOCK_LEAF = saved
+    return {d: statistics.median(t) for d, t in times.items()}
+
+
+def batch1_threads(rounds: int) -> dict[int, float]:
+    """Median time (s) of ``sample(1)`` with 1 and 2 intra-op threads."""
+    torch.manual_seed(0)
+    model = build_model(paper_lunet_spec()).eval()
+    saved = torch.get_num_threads()
+    times: dict[int, list[float]] = {1: [], 2: []}
+    try:
+        with torch.no_grad():
+            for _ in range(rounds):
+                for threads in times:
+                    torch.set_num_threads(threads)
+                    _seconds(lambda: model.sample(1), 20)
+                    times[threads].append(_seconds(lambda: model.sample(1), 100))
+    finally:
+        torch.set_num_threads(saved)
+    return {t: statistics.median(v) for t, v in times.items()}
+
+
+def compiled_activation(rounds: int) -> dict[str, float]:
+    """Median time (s) of the leaky-softplus forward at batch 1,000, eager and compiled."""
+    act = layers.LeakySoftplus(0.1)
+    x = torch.randn(1000, 784)
+    start = time.perf_counter()
+    compiled = torch.compile(act._forward)
+    with torch.no_grad():
+        compiled(x)
+        compile_s = time.perf_counter() - start
+        times: dict[str, list[float]] = {"eager": [], "compiled": []}
+        for _ in range(rounds):
+            times["eager"].append(_seconds(lambda: act._forward(x), 10))
+            times["compiled"].append(_seconds(lambda: compiled(x), 10))
+    out = {k: statistics.median(v) for k, v in times.items()}
+    out["compile_seconds"] = compile_s
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile of the activation")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print("\n| training step, batch 256 | ms |\n| --- | --- |")
+    for depth, t in block_depths(args.rounds).items():
+        label = "plain products" if depth == 0 else f"blocked, depth {depth} (blocks of {784 >> depth})"
+        print(f"| {label} | {t * 1e3:.1f} |")
+    print("\n| sampling, batch 1 | ms |\n| --- | --- |")
+    for threads, t in batch1_threads(args.rounds).items():
+        print(f"| {threads} thread{'s' if threads > 1 else ''} | {t * 1e3:.3f} |")
+    if args.compile:
+        r = compiled_activation(args.rounds)
+        print("\n| leaky softplus forward, batch 1,000 | ms |\n| --- | --- |")
+        print(f"| eager | {r['eager'] * 1e3:.2f} |\n| torch.compile | {r['compiled'] * 1e3:.2f} |")
+        print(f"(compilation took {r['compile_seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
