@@ -67,7 +67,7 @@ common=(--dataset mnist --data-dir "$DATA" --device "$DEVICE" --no-progress $TRA
   > "$R/train-realnvp.log" 2>&1; echo "realnvp exit $?" >> "$R/train-realnvp.log") &
 (timeout $((BUDGET + 30)) $LUNET train "${common[@]}" --out "$R/runs/lunet4-mnist-long" --epochs "$LU_EPOCHS" \
   > "$R/train-lunet4.log" 2>&1; echo "lunet4 exit $?" >> "$R/train-lunet4.log") &
-(timeout $((BUDGET + 30)) $LUNET train "${common[@]}" --out "$R/runs/lunet8-alpha-mnist" --blocks 8 --learn-alpha --epochs "$LU_EPOCHS" \
+(timeout $((BUDGET + 30)) $LUNET train "${common[@]}" --out "$R/runs/lunet8-alpha-mnist" --blocks 8 --learn-alpha --lr 3e-4 --epochs "$LU_EPOCHS" \
   > "$R/train-lunet8.log" 2>&1; echo "lunet8 exit $?" >> "$R/train-lunet8.log") &
 wait
 tail -n 3 "$R"/train-*.log

@@ -476,4 +476,4 @@ class LeakySoftplus(nn.Module):
         return entry
 
     def extra_repr(self) -> str:
-        return f"alpha={float(self.alpha):.4g}, learnable={self.learnable}"
+        return f"alpha={float(self.alpha.detach()):.4g}, learnable={self.learnable}"
