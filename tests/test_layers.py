@@ -153,6 +153,7 @@ def test_zero_diagonal_refuses_to_invert():
         (torch.ones(3, 4, dtype=torch.int64), TypeError, r"floating dtype"),
         (torch.tensor([[0.0, float("nan"), 1.0, 2.0]]), ValueError, r"NaN or infinite"),
         (torch.tensor([[0.0, float("inf"), 1.0, 2.0]]), ValueError, r"NaN or infinite"),
+        (torch.tensor([[float("inf"), float("-inf"), 1.0, 2.0]]), ValueError, r"holds 2 NaN or infinite"),
         ([[0.0, 1.0, 2.0, 3.0]], TypeError, r"torch.Tensor"),
     ],
 )
@@ -166,6 +167,15 @@ def test_bad_input_is_named(bad, exc, pattern):
     if isinstance(bad, torch.Tensor) and bad.dim() == 2 and bad.shape[1] == 4:
         with pytest.raises(exc, match=pattern):
             act(bad)
+
+
+def test_finite_values_whose_sum_overflows_are_accepted():
+    from lunet.checks import check_batch
+
+    big = torch.full((2, 4), 3e38)  # finite in float32, but their sum is inf
+    assert check_batch(big, 4) is big
+    with pytest.raises(ValueError, match="holds 1 NaN"):
+        check_batch(torch.cat([big, torch.tensor([[0.0, float("nan"), 0.0, 0.0]])]), 4)
 
 
 def test_bad_constructor_arguments():

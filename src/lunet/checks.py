@@ -26,9 +26,13 @@ def check_batch(x: object, dim: int, name: str = "input", check_finite: bool = T
         raise ValueError(f"{name} must have shape (batch, {dim}), got rank {x.dim()} shape {tuple(x.shape)}")
     if x.shape[1] != dim:
         raise ValueError(f"{name} must have shape (batch, {dim}), got feature size {x.shape[1]} in {tuple(x.shape)}")
-    if check_finite and not bool(torch.isfinite(x).all()):
+    # NaN and inf survive a sum, so one cheap reduction screens the batch; only
+    # when it is not finite (bad values, or finite ones whose sum overflowed)
+    # is every entry checked.
+    if check_finite and not bool(torch.isfinite(x.sum())):
         bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"{name} holds {bad} NaN or infinite value(s); shape {tuple(x.shape)}")
+        if bad:
+            raise ValueError(f"{name} holds {bad} NaN or infinite value(s); shape {tuple(x.shape)}")
     return x
 
 
