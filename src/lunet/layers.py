@@ -89,7 +89,9 @@ class _TriangularAffine(torch.autograd.Function):
     Every product, forward and backward, is a blocked triangular one (see
     ``BLOCK_LEAF``) that reads ``lu`` in place: no masked copy of a triangle
     is made or saved beyond the small diagonal blocks, and the gradient of
-    ``lu`` is assembled in place from its two triangles.
+    ``lu`` is assembled in place from its two triangles. First derivatives
+    only: differentiating the backward pass again raises torch's
+    once-differentiable error.
     """
 
     @staticmethod
