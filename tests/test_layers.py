@@ -280,3 +280,11 @@ def test_inference_log_det_by_chunked_products_matches_the_sum_of_logs(dtype, to
     assert torch.isfinite(fast).all()
     assert ((fast.double() - exact).abs() / exact.abs().clamp_min(1)).max() < tol
     assert ((reference.double() - exact).abs() / exact.abs().clamp_min(1)).max() < tol
+
+
+def test_training_path_refuses_second_derivatives_by_name():
+    layer = LULinear(6)
+    x = torch.randn(4, 6, requires_grad=True)
+    (g,) = torch.autograd.grad(layer(x)[0].square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once"):
+        g.sum().backward()
