@@ -13,8 +13,8 @@ mkdir -p runs docs/results docs/figures
 RUNS=(
   "mnist          unconditional  60      1e-3  10"
   "mnist          per_class      60      1e-3  10"
-  "fashion-mnist  unconditional  20      1e-3  100"
-  "fashion-mnist  per_class      20      1e-3  100"
+  "fashion-mnist  unconditional  60      1e-3  10"
+  "fashion-mnist  per_class      60      1e-3  10"
 )
 for spec in "${RUNS[@]}"; do
   read -r ds kind epochs lr clip <<< "$spec"
