@@ -5,7 +5,10 @@
 1. The training step of the paper's LU-Net at batch 256 with the triangular
    products blocked to depth 0 (autograd-free plain products), 1, 2 and 3.
 2. Sampling at batch 1 with 1 and with 2 threads.
-3. With ``--compile``: the activation's forward (value and log-det) in eager
+3. Density at batch 1,000 against its floor: the 4 cached products alone,
+   and 8 dense products (the reference of ``lunet bench --micro``).
+4. The finiteness screen of a batch of 1,000: elementwise against one sum.
+5. With ``--compile``: the activation's forward (value and log-det) in eager
    mode against ``torch.compile`` (needs a C++ compiler; compiling takes a while).
 
 Rounds alternate the variants, so slow drifts of a noisy machine hit all alike;
@@ -73,6 +76,48 @@ def batch1_threads(rounds: int) -> dict[int, float]:
     return {t: statistics.median(v) for t, v in times.items()}
 
 
+def density_floor(rounds: int) -> dict[str, float]:
+    """Median times (s) at batch 1,000: ``log_prob``, its 4 cached products alone, 8 dense products."""
+    torch.manual_seed(0)
+    model = build_model(paper_lunet_spec()).eval()
+    x = torch.randn(1000, 784)
+    dense = [torch.randn(784, 784) for _ in range(8)]
+    with torch.no_grad():
+        model.log_prob(x)  # builds the caches
+        cached = [(block._frozen()[0], block.bias) for block in model.blocks]
+
+        def products() -> torch.Tensor:
+            h = x
+            for a_t, bias in cached:
+                h = torch.addmm(bias, h, a_t)
+            return h
+
+        def reference() -> torch.Tensor:
+            h = x
+            for w in dense:
+                h = h @ w
+            return h
+
+        variants = {"log_prob": lambda: model.log_prob(x), "4 cached products": products, "8 dense products": reference}
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for _ in range(rounds):
+            for name, fn in variants.items():
+                times[name].append(_seconds(fn))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def finiteness_screen(rounds: int) -> dict[str, float]:
+    """Median times (s) of screening a (1000, 784) batch for NaN/inf: elementwise, and by one sum."""
+    x = torch.randn(1000, 784)
+    variants = {"isfinite(x).all()": lambda: bool(torch.isfinite(x).all()),
+                "isfinite(x.sum())": lambda: bool(torch.isfinite(x.sum()))}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            times[name].append(_seconds(fn, 10))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def compiled_activation(rounds: int) -> dict[str, float]:
     """Median time (s) of the leaky-softplus forward at batch 1,000, eager and compiled."""
     act = layers.LeakySoftplus(0.1)
@@ -104,6 +149,13 @@ def main() -> None:
     print("\n| sampling, batch 1 | ms |\n| --- | --- |")
     for threads, t in batch1_threads(args.rounds).items():
         print(f"| {threads} thread{'s' if threads > 1 else ''} | {t * 1e3:.3f} |")
+    floor = density_floor(args.rounds)
+    print("\n| density, batch 1,000 | ms | / 8 dense products |\n| --- | --- | --- |")
+    for name, t in floor.items():
+        print(f"| {name} | {t * 1e3:.1f} | {t / floor['8 dense products']:.3f} |")
+    print("\n| NaN/inf screen, batch 1,000 | ms |\n| --- | --- |")
+    for name, t in finiteness_screen(args.rounds).items():
+        print(f"| `{name}` | {t * 1e3:.3f} |")
     if args.compile:
         r = compiled_activation(args.rounds)
         print("\n| leaky softplus forward, batch 1,000 | ms |\n| --- | --- |")
