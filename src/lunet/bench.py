@@ -21,6 +21,7 @@ from torch import nn
 
 from lunet.checkpoint import build_model
 from lunet.images import paper_lunet_spec
+from lunet.train import resolve_device
 
 TRAIN_IMAGES = 60_000
 PAPER = {
@@ -193,9 +194,7 @@ def bench_model(
 
 def run_bench(device: str = "cpu", quick: bool = False, models: tuple[str, ...] = ("lunet", "realnvp")) -> dict[str, Any]:
     """Both models, one process; returns ``{"device", "threads", "quick", "models": {...}, "ratios": {...}}``."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but CUDA is not available here; use --device cpu")
+    dev = resolve_device(device)
     out: dict[str, Any] = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,

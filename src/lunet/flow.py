@@ -92,7 +92,7 @@ class LUNet(nn.Module):
         white = torch.linalg.solve_triangular(chol, eye, upper=False)  # C^{-1}, lower triangular
         d = torch.diagonal(white).clone()
         unit_lower = white / d  # scale columns: C^{-1} = L diag(d)
-        for i, block in enumerate(self.blocks):
+        for block in self.blocks:
             block.lu.zero_()
             if block.diag_mode == "raw":
                 block.diag.fill_(1.0)

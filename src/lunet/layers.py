@@ -393,12 +393,9 @@ class LeakySoftplus(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a = self._slope(x)
-        # f'(x) = a + (1-a) sigmoid(x) lies in (a, 1): its log has no cancellation.
-        if torch.is_grad_enabled():
-            logdet = torch.sigmoid(x).mul(1 - a).add_(a).log_().sum(dim=1)
-            return self._value(x, a), logdet
-        slopes = torch.sigmoid(x).mul_(1 - a).add_(a)  # in place: nothing is saved for backward
-        k = _product_chunk(x.shape[1], a, x.dtype)
+        # f'(x) lies in (a, 1): its log has no cancellation.
+        slopes = self._derivative(x, a)
+        k = 1 if torch.is_grad_enabled() else _product_chunk(x.shape[1], a, x.dtype)
         if k > 1:
             # sum_i log f'(x_i) as the logs of products of k factors, one log per
             # k entries; each product stays above a^k, far from underflow.
@@ -423,7 +420,7 @@ class LeakySoftplus(nn.Module):
             # One more Newton step, differentiable, from the detached root: its
             # value does not move, and its gradient is the implicit-function
             # gradient dx/dy = 1/f'(x) (and -df/da / f'(x) for a learnable a).
-            x = x - (self._value(x, a) - y) / (a + (1 - a) * torch.sigmoid(x))
+            x = x - (self._value(x, a) - y) / self._derivative(x, a)
         return x
 
     def _solve(self, y: torch.Tensor, a: float) -> torch.Tensor:
@@ -449,10 +446,18 @@ class LeakySoftplus(nn.Module):
             return _softplus(x).add_(x, alpha=a / (1 - a)).mul_(1 - a)
         return a * x + (1 - a) * _softplus(x)
 
+    @staticmethod
+    def _derivative(x: torch.Tensor, a) -> torch.Tensor:
+        """``f'(x) = a + (1 - a) sigmoid(x)``; in place on the sigmoid when no graph is recorded
+        (sigmoid's backward needs its output)."""
+        s = torch.sigmoid(x)
+        s = s.mul(1 - a) if torch.is_grad_enabled() else s.mul_(1 - a)
+        return s.add_(a)
+
     @classmethod
     def _newton_step(cls, x: torch.Tensor, y: torch.Tensor, a: float) -> torch.Tensor:
         """``(f(x) - y) / f'(x)``; in place on temporaries, so for use without autograd."""
-        return cls._value(x, a).sub_(y).div_(torch.sigmoid(x).mul_(1 - a).add_(a))
+        return cls._value(x, a).sub_(y).div_(cls._derivative(x, a))
 
     @staticmethod
     def _initial_guess(y: torch.Tensor, a: float, table: torch.Tensor) -> torch.Tensor:
