@@ -7,8 +7,10 @@
 2. Sampling at batch 1 with 1 and with 2 threads.
 3. Density at batch 1,000 against its floor: the 4 cached products alone,
    and 8 dense products (the reference of ``lunet bench --micro``).
-4. The finiteness screen of a batch of 1,000: elementwise against one sum.
-5. With ``--compile``: the activation's forward (value and log-det) in eager
+4. Density at batch 1,000 with the standardisation and the activations'
+   ``1 - a`` folded into the cached matrices, against the same pass unfolded.
+5. The finiteness screen of a batch of 1,000: elementwise against one sum.
+6. With ``--compile``: the activation's forward (value and log-det) in eager
    mode against ``torch.compile`` (needs a C++ compiler; compiling takes a while).
 
 Rounds alternate the variants, so slow drifts of a noisy machine hit all alike;
@@ -83,13 +85,12 @@ def density_floor(rounds: int) -> dict[str, float]:
     x = torch.randn(1000, 784)
     dense = [torch.randn(784, 784) for _ in range(8)]
     with torch.no_grad():
-        model.log_prob(x)  # builds the caches
-        cached = [(block._frozen()[0], block.bias) for block in model.blocks]
+        folded, _, _ = model._frozen_plan()
 
         def products() -> torch.Tensor:
             h = x
-            for a_t, bias in cached:
-                h = torch.addmm(bias, h, a_t)
+            for weight, bias in folded:
+                h = torch.addmm(bias, h, weight)
             return h
 
         def reference() -> torch.Tensor:
@@ -100,6 +101,38 @@ def density_floor(rounds: int) -> dict[str, float]:
 
         variants = {"log_prob": lambda: model.log_prob(x), "4 cached products": products, "8 dense products": reference}
         times: dict[str, list[float]] = {k: [] for k in variants}
+        for _ in range(rounds):
+            for name, fn in variants.items():
+                times[name].append(_seconds(fn))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def density_folding(rounds: int) -> dict[str, float]:
+    """Median times (s) of ``log_prob`` at batch 1,000 with the folded plan, and the
+    same pass unfolded: standardisation, each block's cached ``addmm`` and each
+    activation's own no-grad forward (which applies its ``1 - a`` itself)."""
+    from lunet.flow import standard_normal_log_prob
+
+    torch.manual_seed(0)
+    model = build_model(paper_lunet_spec()).eval()
+    x = torch.randn(1000, 784)
+
+    def unfolded() -> torch.Tensor:
+        inv_std = 1.0 / model.input_std
+        h = torch.addcmul(-model.input_mean * inv_std, x, inv_std)
+        logdet = -torch.log(model.input_std).sum()
+        for i, block in enumerate(model.blocks):
+            h = block._affine(h)
+            logdet = logdet + block.log_abs_det()
+            if i < len(model.activations):
+                h, ld = model.activations[i]._forward(h)
+                logdet = logdet + ld
+        return standard_normal_log_prob(h) + logdet
+
+    variants = {"folded (log_prob)": lambda: model.log_prob(x), "unfolded": unfolded}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    with torch.no_grad():
+        assert torch.allclose(variants["unfolded"](), model.log_prob(x), rtol=1e-5, atol=1e-2)
         for _ in range(rounds):
             for name, fn in variants.items():
                 times[name].append(_seconds(fn))
@@ -153,6 +186,9 @@ def main() -> None:
     print("\n| density, batch 1,000 | ms | / 8 dense products |\n| --- | --- | --- |")
     for name, t in floor.items():
         print(f"| {name} | {t * 1e3:.1f} | {t / floor['8 dense products']:.3f} |")
+    print("\n| density, batch 1,000 | ms |\n| --- | --- |")
+    for name, t in density_folding(args.rounds).items():
+        print(f"| {name} | {t * 1e3:.1f} |")
     print("\n| NaN/inf screen, batch 1,000 | ms |\n| --- | --- |")
     for name, t in finiteness_screen(args.rounds).items():
         print(f"| `{name}` | {t * 1e3:.3f} |")

@@ -29,12 +29,14 @@ def test_cached_and_uncached_paths_agree():
     assert torch.allclose(x_cached, x, rtol=1e-4, atol=1e-4)
 
 
-def test_cache_is_invalidated_by_an_optimiser_step():
+@pytest.mark.parametrize("fused", [False, True], ids=["foreach", "fused"])
+def test_cache_is_invalidated_by_an_optimiser_step(fused):
+    """A fused step leaves the parameters' versions alone: the forward before it must drop the caches."""
     net = make_net()
     x = torch.randn(16, 32)
     with torch.no_grad():
         before = net.log_prob(x)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2, fused=fused)
     loss = -net.log_prob(torch.randn(64, 32)).mean()
     opt.zero_grad()
     loss.backward()

@@ -42,11 +42,15 @@ def test_leaky_softplus_round_trips_to_float_precision(dtype, alpha):
     assert rel_err(y2, y) <= ULPS * eps
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["training", "inference"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_leaky_softplus_matches_definition_and_is_stable(dtype):
+def test_leaky_softplus_matches_definition_and_is_stable(dtype, grad):
+    """Both forward paths: with autograd, and the inference path that takes the
+    value and the slopes from one sigmoid."""
     act = LeakySoftplus(0.1).to(dtype)
     x = wide_inputs(dtype)
-    y, logdet = act(x)
+    with torch.set_grad_enabled(grad):
+        y, logdet = act(x)
     x64 = x.double()
     ref = 0.1 * x64 + 0.9 * torch.nn.functional.softplus(x64, threshold=50)
     ref_ld = torch.log(0.1 + 0.9 * torch.sigmoid(x64)).sum(1)
@@ -221,19 +225,41 @@ def test_inverse_gradients_are_the_implicit_function_gradients(learnable):
 @pytest.mark.parametrize("alpha", [0.02, 0.1, 0.3, 0.9])
 def test_leaky_softplus_inverse_is_exact_between_table_points(dtype, alpha):
     """The fixed Newton count must cover the table's worst start: mid-cell, where
-    linear interpolation errs most, and across the kink, against a float64
-    root polished far beyond the fast path's steps."""
+    a Hermite cubic errs most, across the kink and past both ends, against a
+    float64 root polished far beyond the fast path's steps."""
+    from lunet.layers import _inverse_table
+
     act = LeakySoftplus(alpha).to(dtype)
-    lo, hi = -alpha * 16.0, 16.0
-    cells = 4096
-    y64 = torch.linspace(lo, hi, 8 * cells, dtype=torch.float64) + (hi - lo) / cells / 16
-    y = y64.to(dtype).reshape(-1, 64)
-    root = torch.minimum(y.double(), y.double() / alpha)
-    for _ in range(200):
-        root = root - LeakySoftplus._newton_step(root, y.double(), alpha)
+    rows, h, first, _ = _inverse_table(alpha, dtype, torch.device("cpu"))
+    nodes = torch.arange(first - 8, first + rows.shape[0] + 8, dtype=torch.float64) * h
+    y64 = torch.cat([nodes + h / 2, nodes + h / 3])
+    y = y64[: y64.numel() // 64 * 64].to(dtype).reshape(-1, 64)
+    root = polished_roots(y.double(), alpha)
     with torch.no_grad():
         x = act.inverse(y)
     assert rel_err(x.double(), root) <= 8 * torch.finfo(dtype).eps
+
+
+def test_inverse_table_needs_its_newton_steps():
+    """The step count is no larger than it must be: one step fewer leaves float64
+    far from exact, and float32 for a = 0.1 needs none."""
+    from lunet.layers import _inverse_table
+
+    rows, h, first, steps = _inverse_table(0.1, torch.float64, torch.device("cpu"))
+    assert steps >= 1 and _inverse_table(0.1, torch.float32, torch.device("cpu"))[3] == 0
+    y = (torch.arange(first, first + rows.shape[0], dtype=torch.float64) + 0.5) * h
+    x = LeakySoftplus._initial_guess(y.reshape(-1, 1), rows, h, first)
+    for _ in range(steps - 1):
+        x = x - LeakySoftplus._newton_step(x, y.reshape(-1, 1), 0.1)
+    assert rel_err(x, polished_roots(y.reshape(-1, 1), 0.1)) > 4 * torch.finfo(torch.float64).eps
+
+
+def polished_roots(y, alpha):
+    """f^{-1}(y) in float64 by 200 Newton steps from the asymptote min(y, y/alpha)."""
+    root = torch.minimum(y, y / alpha)
+    for _ in range(200):
+        root = root - LeakySoftplus._newton_step(root, y, alpha)
+    return root
 
 
 @pytest.mark.parametrize("blocked", [False, True], ids=["plain", "blocked"])

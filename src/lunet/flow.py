@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lunet.checks import check_batch, check_positive_int
-from lunet.layers import LeakySoftplus, LULinear
+from lunet.layers import LeakySoftplus, LULinear, state_key
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -52,6 +52,7 @@ class LUNet(nn.Module):
         )
         self.register_buffer("input_mean", torch.zeros(dim))
         self.register_buffer("input_std", torch.ones(dim))
+        self._plan: Optional[tuple] = None
 
     @property
     def num_blocks(self) -> int:
@@ -115,9 +116,15 @@ class LUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (B, dim) -> ``z`` (B, dim), ``log|det dz/dx|`` (B,)."""
         check_batch(x, self.dim)
+        if not torch.is_grad_enabled():
+            return self._forward_frozen(x)
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # A fused optimiser step updates the weights without bumping their
+        # versions: a forward with autograd, which every step follows, drops
+        # the frozen plan instead (as each LULinear drops its cache).
+        self._plan = None
         inv_std = 1.0 / self.input_std
         h = torch.addcmul(-self.input_mean * inv_std, x, inv_std)  # (x - mean) / std in one pass
         # The LU log-dets are the same for every sample: add them up as scalars.
@@ -132,6 +139,56 @@ class LUNet(nn.Module):
         if logdet is None:
             return h, const.expand(x.shape[0])
         return h, logdet + const
+
+    def _forward_frozen(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` without autograd, from the folded matrices of :meth:`_frozen_plan`."""
+        layers, slopes, const = self._frozen_plan()
+        h, logdet = x, None
+        for i, (weight, bias) in enumerate(layers):
+            h = torch.addmm(bias, h, weight)
+            if i < len(slopes):
+                h, ld = LeakySoftplus._scaled_forward(h, slopes[i])
+                logdet = ld if logdet is None else logdet.add_(ld)
+        if logdet is None:
+            return h, const.expand(x.shape[0])
+        return h, logdet.add_(const)
+
+    def _frozen_plan(self) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[float], torch.Tensor]:
+        """The frozen-weight density pass: ``[(W_i, c_i)]`` with layer ``i`` mapping
+        ``h -> h W_i + c_i`` (W_i (dim, dim), c_i (dim,)), the slope of each
+        activation, and the constant part of the log-det (0-dim).
+
+        The elementwise scaling in front of each layer is folded into its
+        matrix: the input standardisation into the first
+        (``W_0 = diag(1/std) A_0^T``, ``c_0 = b_0 - (mean/std) A_0^T``), and the
+        factor ``1 - a`` that :meth:`LeakySoftplus._scaled_forward` leaves out
+        into the next (``W_i = (1 - a) A_i^T``); their log-dets join the
+        constant. Built in float64, and rebuilt whenever a weight, the
+        standardisation or a slope changes, or the model moves.
+        """
+        tensors = [self.input_mean, self.input_std, *(p for act in self.activations for p in act.parameters())]
+        key = (tuple(block._weights_key() for block in self.blocks), state_key(*tensors))
+        if self._plan is None or self._plan[0] != key:
+            with torch.no_grad():
+                dtype = self.input_std.dtype
+                scale = 1.0 / self.input_std.double()
+                shift = -self.input_mean.double() * scale
+                const = -torch.log(self.input_std.double()).sum()
+                layers, slopes = [], []
+                for i, block in enumerate(self.blocks):
+                    block._check_invertible()
+                    a_t = block.weight64().t()
+                    weight = (scale[:, None] * a_t).to(dtype).contiguous()
+                    layers.append((weight, (block.bias.double() + shift @ a_t).to(dtype)))
+                    const = const + block.log_abs_det().double()
+                    if i < len(self.activations):
+                        a = self.activations[i].slope_value()
+                        slopes.append(a)
+                        scale = torch.full_like(scale, 1.0 - a)
+                        shift = torch.zeros_like(shift)
+                        const = const + self.dim * math.log1p(-a)
+            self._plan = (key, layers, slopes, const.to(dtype))
+        return self._plan[1], self._plan[2], self._plan[3]
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         """``z`` (B, dim) -> ``x`` (B, dim), the exact inverse of :meth:`forward`."""

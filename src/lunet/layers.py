@@ -18,16 +18,24 @@ from lunet.checks import check_batch, check_positive_int
 
 DIAG_MODES = ("raw", "exp")
 # The leaky-softplus inverse table covers x in [-TABLE_X, TABLE_X], i.e.
-# y in [-a TABLE_X, TABLE_X]; beyond, min(y, y/a) is within e^-16 of the root.
-TABLE_X, TABLE_SIZE = 16.0, 4096
-# A dtype twice as wide as each float dtype, to read a table row of two numbers as one.
-_PAIR_DTYPES = {
-    torch.float64: torch.complex128,
-    torch.float32: torch.float64,
-    torch.float16: torch.int32,
-    torch.bfloat16: torch.int32,
+# y in [-a TABLE_X, TABLE_X], with one cubic per cell; beyond, the asymptotes
+# x = y/a and x = y are within (1 - a) e^-TABLE_X / a of the root.
+TABLE_X, TABLE_SIZE = 22.0, 4096
+# A dtype four times as wide as each float dtype, to read a table row of four
+# coefficients as one element; float64 (no such dtype) gathers whole rows instead.
+_ROW_DTYPES = {
+    torch.float32: torch.complex128,
+    torch.float16: torch.float64,
+    torch.bfloat16: torch.float64,
 }
 INIT_MODES = ("identity", "random")
+
+
+def state_key(*tensors: torch.Tensor) -> tuple:
+    """What identifies the current contents of ``tensors``: storage, in-place version,
+    dtype and device. Any optimiser step, ``load_state_dict``, in-place edit or
+    move changes it, so caches keyed by it are never stale."""
+    return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
 
 
 # The training path halves each triangle recursively while the halves are at
@@ -224,29 +232,43 @@ class LULinear(nn.Module):
 
     # -- frozen-weight cache ----------------------------------------------
     def _weights_key(self) -> tuple:
-        return tuple(
-            (t.data_ptr(), t._version, t.dtype, t.device) for t in (self.lu, self.diag, self.diag_sign, self.bias)
-        )
+        return state_key(self.lu, self.diag, self.diag_sign, self.bias)
 
-    def _frozen(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(A^T, A^{-T}, -b A^{-T})`` for the current weights, rebuilt when they changed."""
+    def _frozen(self) -> dict:
+        """The cache of frozen-weight matrices, emptied whenever the weights changed."""
         key = self._weights_key()
         if self._cache is None or self._cache[0] != key:
             self._check_invertible()
+            self._cache = (key, {})
+        return self._cache[1]
+
+    def weight64(self) -> torch.Tensor:
+        """``A = L U`` (n, n) in float64, without autograd: the source of every cached matrix,
+        so that each is as exact as the factors."""
+        with torch.no_grad():
+            return self.matrix_l().double() @ self.matrix_u().double()
+
+    def _frozen_forward(self) -> torch.Tensor:
+        """``A^T`` (n, n) for the current weights."""
+        cache = self._frozen()
+        if "a_t" not in cache:
+            cache["a_t"] = self.weight64().t().to(self.lu.dtype).contiguous()
+        return cache["a_t"]
+
+    def _frozen_inverse(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A^{-T}, -b A^{-T})`` for the current weights: ``x = y A^{-T} - b A^{-T}`` is one addmm."""
+        cache = self._frozen()
+        if "a_inv_t" not in cache:
             with torch.no_grad():
-                # Build in float64 so the cached inverse is as exact as the solves.
                 l64 = self.matrix_l().double()
                 u64 = self.matrix_u().double()
                 eye = torch.eye(self.dim, dtype=torch.float64, device=l64.device)
                 l_inv = torch.linalg.solve_triangular(l64, eye, upper=False, unitriangular=True)
                 inv = torch.linalg.solve_triangular(u64, l_inv, upper=True)
                 dtype = self.lu.dtype
-                a_t = (l64 @ u64).t().to(dtype).contiguous()
-                a_inv_t = inv.t().to(dtype).contiguous()
-                # the inverse's bias term, so that x = y A^{-T} - b A^{-T} is one addmm
-                inv_shift = -(self.bias.detach().double() @ inv.t()).to(dtype)
-            self._cache = (key, a_t, a_inv_t, inv_shift)
-        return self._cache[1], self._cache[2], self._cache[3]
+                cache["a_inv_t"] = inv.t().to(dtype).contiguous()
+                cache["inv_shift"] = -(self.bias.detach().double() @ inv.t()).to(dtype)
+        return cache["a_inv_t"], cache["inv_shift"]
 
     def _use_cache(self) -> bool:
         return not (torch.is_grad_enabled() and self.lu.requires_grad)
@@ -273,8 +295,7 @@ class LULinear(nn.Module):
     def _affine(self, x: torch.Tensor) -> torch.Tensor:
         """``x A^T + b`` alone, (B, n) -> (B, n)."""
         if self._use_cache():
-            a_t, _, _ = self._frozen()
-            return torch.addmm(self.bias, x, a_t)
+            return torch.addmm(self.bias, x, self._frozen_forward())
         self._cache = None
         return _TriangularAffine.apply(
             x, self.lu, self.diagonal_u(), self.bias, self.strict_lower_mask, self.strict_upper_mask
@@ -287,7 +308,7 @@ class LULinear(nn.Module):
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         if self._use_cache():
-            _, a_inv_t, inv_shift = self._frozen()
+            a_inv_t, inv_shift = self._frozen_inverse()
             return torch.addmm(inv_shift, y, a_inv_t)
         self._check_invertible()
         # Row-vector form: y - b = x U^T L^T, so solve from the right.
@@ -316,35 +337,62 @@ def _exact_roots(ys: torch.Tensor, a: float) -> torch.Tensor:
     return xs
 
 
-def _inverse_table(a: float, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, int]:
-    """Rows ``(x_k, x_{k+1} - x_k)`` of the inverse at equally spaced ``y_k`` on
-    ``[-a TABLE_X, TABLE_X]``, each row viewed as one element of twice the width
-    (TABLE_SIZE,), so that a single gather fetches both numbers; and the Newton
-    steps that take the interpolated start to ``dtype`` precision (relative to
-    ``max(1, |x|)``)."""
-    lo, hi = -a * TABLE_X, TABLE_X
-    ys = torch.linspace(lo, hi, TABLE_SIZE + 1, dtype=torch.float64)
+def _inverse_table(a: float, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, float, int, int]:
+    """Cubic pieces of ``f^{-1}`` for :meth:`LeakySoftplus._initial_guess`: ``(rows, h, first, steps)``.
+
+    The nodes are ``y_j = j h`` with ``h`` a power of two near
+    ``(1 + a) TABLE_X / TABLE_SIZE``, covering ``[-a TABLE_X, TABLE_X]``; with the
+    grid anchored at 0 and ``h`` a power of two, ``y / h`` and the offset into a
+    cell are exact in any float dtype, so the cell's position costs no
+    precision. Row ``i`` (shape (cells, 4)) holds ``(c0, c1, c2, c3)`` of
+    ``x = c0 + t (c1 + t (c2 + t c3))`` for ``t in [0, 1)`` across the cell
+    starting at node ``first + i``: the Hermite cubic through the roots and
+    slopes ``dx/dy = 1 / f'(x)``, plus a linear cell at each end on the
+    asymptotes ``x = y/a`` and ``x = y``, which extrapolate beyond.
+
+    ``steps`` (Newton steps to ``dtype`` precision) comes from the worst start
+    error: the cubics' (measured mid-cell, where a Hermite cubic errs most) or
+    the asymptotes' bound ``(1 - a) e^-TABLE_X / a``, whichever is larger;
+    Newton then obeys ``e' <= (1 - a) / (8 a) e^2``.
+    """
+    h = 2.0 ** math.floor(math.log2((1 + a) * TABLE_X / TABLE_SIZE))
+    lo, hi = math.floor(-a * TABLE_X / h), math.ceil(TABLE_X / h)
+    ys = torch.arange(lo, hi + 1, dtype=torch.float64) * h
     xs = _exact_roots(ys, a)
-    # Linear interpolation errs most mid-cell: measure it there, with a margin.
-    mid = _exact_roots((ys[:-1] + ys[1:]) / 2, a)
-    start_error = 2.0 * float((mid - (xs[:-1] + xs[1:]) / 2).abs().max())
+    ms = h / LeakySoftplus._derivative(xs, a)  # dx/dt across one cell
+    p0, p1, m0, m1 = xs[:-1], xs[1:], ms[:-1], ms[1:]
+    cubic = torch.stack([p0, m0, 3 * (p1 - p0) - 2 * m0 - m1, 2 * (p0 - p1) + m0 + m1], dim=1)
+    left = torch.tensor([[(lo - 1) * h / a, h / a, 0.0, 0.0]], dtype=torch.float64)
+    right = torch.tensor([[hi * h, h, 0.0, 0.0]], dtype=torch.float64)
+    rows = torch.cat([left, cubic, right])
+    mid = _exact_roots(ys[:-1] + h / 2, a)
+    fit_error = float((_horner(cubic, torch.full_like(mid, 0.5)) - mid).abs().max())
+    asymptote_error = (1 - a) * math.exp(-TABLE_X) / a
+    error = min(2.0 * max(fit_error, asymptote_error), 1.0)  # a margin for rounding in dtype
     newton_constant = (1 - a) / (8 * a)
     tol = torch.finfo(dtype).eps / 4
-    steps, error = 1, min(newton_constant * start_error**2, 1.0)
+    steps = 0
     while error > tol and steps < 8:
         steps, error = steps + 1, min(newton_constant * error**2, 1.0)
-    table = torch.stack([xs[:-1], xs[1:] - xs[:-1]], dim=1)
-    pairs = table.to(dtype=dtype, device=device).contiguous().view(_PAIR_DTYPES[dtype]).view(-1)
-    return pairs, steps
+    return rows.to(dtype=dtype, device=device).contiguous(), h, lo - 1, steps
 
 
-def _product_chunk(n: int, a, dtype: torch.dtype, max_chunk: int = 32) -> int:
+def _horner(rows: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``c0 + t (c1 + t (c2 + t c3))`` for rows ``(..., 4)`` of coefficients and ``t`` of shape ``(...)``."""
+    x = torch.addcmul(rows[..., 2], t, rows[..., 3])
+    x = torch.addcmul(rows[..., 1], t, x)
+    return torch.addcmul(rows[..., 0], t, x)
+
+
+def _product_chunk(n: int, lo: float, hi: float, dtype: torch.dtype, max_chunk: int = 32) -> int:
     """The largest divisor ``k <= max_chunk`` of ``n`` for which a product of ``k``
-    slopes in ``(a, 1]`` stays a normal number of ``dtype`` with a wide margin;
-    1 (no products) for a learnable slope, whose value is not known without a sync."""
-    if not isinstance(a, float):
-        return 1
-    limit = min(max_chunk, int(0.8 * math.log(torch.finfo(dtype).tiny) / math.log(a)))
+    factors in ``(lo, hi)`` stays a normal, finite number of ``dtype`` with a wide margin."""
+    finfo = torch.finfo(dtype)
+    limit = max_chunk
+    if lo < 1:
+        limit = min(limit, int(0.8 * math.log(finfo.tiny) / math.log(lo)))
+    if hi > 1:
+        limit = min(limit, int(0.8 * math.log(finfo.max) / math.log(hi)))
     return max(k for k in range(1, max(limit, 1) + 1) if n % k == 0)
 
 
@@ -378,6 +426,12 @@ class LeakySoftplus(nn.Module):
             return torch.sigmoid(self.alpha_logit)
         return torch.tensor(self.fixed_alpha)
 
+    def slope_value(self) -> float:
+        """The slope ``a`` as a Python float (a device sync for a learnable slope)."""
+        if self.learnable:
+            return float(torch.sigmoid(self.alpha_logit.detach()))
+        return self.fixed_alpha
+
     def _slope(self, like: torch.Tensor) -> torch.Tensor | float:
         # A fixed slope stays a Python float so it is exact in every dtype.
         if self.learnable:
@@ -393,16 +447,28 @@ class LeakySoftplus(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a = self._slope(x)
+        if isinstance(a, float) and not torch.is_grad_enabled():
+            value, logdet = self._scaled_forward(x, a)
+            return value.mul_(1 - a), logdet.add_(x.shape[1] * math.log1p(-a))
         # f'(x) lies in (a, 1): its log has no cancellation.
-        slopes = self._derivative(x, a)
-        k = 1 if torch.is_grad_enabled() else _product_chunk(x.shape[1], a, x.dtype)
+        return self._value(x, a), self._derivative(x, a).log_().sum(dim=1)
+
+    @staticmethod
+    def _scaled_forward(x: torch.Tensor, a: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``g = f / (1 - a)`` (B, n) and ``sum_i log g'(x_i)`` (B,), without autograd.
+
+        ``g = softplus(x) + c x`` and ``g' = sigmoid(x) + c`` with ``c = a / (1 - a)``:
+        leaving out the factor ``1 - a`` (which :class:`LUNet` folds into the next
+        layer's matrix) saves two passes over the batch. The log-det is taken as
+        the logs of products of ``k`` slopes, one log per ``k`` entries.
+        """
+        c = a / (1 - a)
+        value = _softplus(x).add_(x, alpha=c)
+        slopes = torch.sigmoid(x).add_(c)
+        k = _product_chunk(x.shape[1], c, 1 + c, x.dtype)
         if k > 1:
-            # sum_i log f'(x_i) as the logs of products of k factors, one log per
-            # k entries; each product stays above a^k, far from underflow.
-            logdet = slopes.view(x.shape[0], -1, k).prod(dim=2).log_().sum(dim=1)
-        else:
-            logdet = slopes.log_().sum(dim=1)
-        return self._value(x, a), logdet
+            slopes = slopes.view(x.shape[0], -1, k).prod(dim=2)
+        return value, slopes.log_().sum(dim=1)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """``y`` (B, n) -> ``f^{-1}(y)`` (B, n), exact to float precision."""
@@ -429,11 +495,11 @@ class LeakySoftplus(nn.Module):
         Newton's error obeys ``e' <= C e^2`` with ``C = max f'' / (2 f') <= (1 - a) / (8 a)``;
         from the table's start, whose worst error is measured when the table
         is built, that fixes in advance how many steps reach the dtype's
-        precision (for a = 0.1: one in float32, two in float64), so no step
+        precision (for a = 0.1: none in float32, one in float64), so no step
         is spent on checking convergence.
         """
-        table, steps = self._table(a, y.dtype, y.device)
-        x = self._initial_guess(y, a, table)
+        rows, h, first, steps = self._table(a, y.dtype, y.device)
+        x = self._initial_guess(y, rows, h, first)
         for _ in range(steps):
             x = x.sub_(self._newton_step(x, y, a))
         return x
@@ -460,21 +526,23 @@ class LeakySoftplus(nn.Module):
         return cls._value(x, a).sub_(y).div_(cls._derivative(x, a))
 
     @staticmethod
-    def _initial_guess(y: torch.Tensor, a: float, table: torch.Tensor) -> torch.Tensor:
-        """``f^{-1}(y)`` by linear interpolation in ``table`` (from :func:`_inverse_table`,
-        rows ``(x_k, x_{k+1} - x_k)`` at equally spaced ``y in [-a TABLE_X, TABLE_X]``); beyond it the end
-        segments extrapolate with slopes 1/a and 1, the asymptotes, to within ~e^-TABLE_X."""
-        lo, hi = -a * TABLE_X, TABLE_X
-        n = table.shape[0]
-        t = (y - lo).mul_(n / (hi - lo))
-        cell = t.clamp(0, n - 1).long()  # truncation is floor on the clamped, non-negative t
-        frac = t.sub_(cell)  # outside [0, 1] beyond the table: linear extrapolation
-        # one gather of double-width elements: about twice as fast as two gathers
-        rows = torch.take(table, cell).view(y.dtype).view(*y.shape, 2)
-        return torch.addcmul(rows[..., 0], rows[..., 1], frac)
+    def _initial_guess(y: torch.Tensor, rows: torch.Tensor, h: float, first: int) -> torch.Tensor:
+        """``f^{-1}(y)`` from the cubic pieces ``rows`` of :func:`_inverse_table`, whose cell ``i``
+        starts at ``y = (first + i) h``; the two end cells are linear and extend beyond."""
+        t = y * (1 / h)  # exact: h is a power of two
+        cell = (t - first).clamp_(0, rows.shape[0] - 1).floor_()
+        index = cell.long()
+        frac = t.sub_(cell.add_(first))  # exact: t minus a nearby integer
+        wide = _ROW_DTYPES.get(rows.dtype)
+        if wide is None:
+            coefficients = rows.index_select(0, index.reshape(-1)).view(*y.shape, 4)
+        else:
+            # one gather of four-wide elements: much faster than four gathers
+            coefficients = torch.take(rows.view(wide).view(-1), index).view(y.dtype).view(*y.shape, 4)
+        return _horner(coefficients, frac)
 
-    def _table(self, a: float, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, int]:
-        """The interpolation table for slope ``a`` and the Newton steps that make its start exact."""
+    def _table(self, a: float, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, float, int, int]:
+        """The cubic pieces of the inverse for slope ``a`` (see :func:`_inverse_table`), built once."""
         key = (a, dtype, device)
         entry = self._tables.get(key)
         if entry is None:
