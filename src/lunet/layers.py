@@ -450,7 +450,8 @@ class LeakySoftplus(nn.Module):
             value, logdet = self._scaled_forward(x, a)
             return value.mul_(1 - a), logdet.add_(x.shape[1] * math.log1p(-a))
         # f'(x) lies in (a, 1): its log has no cancellation.
-        return self._value(x, a), self._derivative(x, a).log_().sum(dim=1)
+        logdet = self._derivative(x, a).log_().sum(dim=1)
+        return self._value(x, a), logdet
 
     @staticmethod
     def _scaled_forward(x: torch.Tensor, a: float) -> tuple[torch.Tensor, torch.Tensor]:
