@@ -6,18 +6,27 @@ import torch
 from lunet import LULinear, LUNet
 
 
-def make_net(seed=0, dim=32, blocks=4):
+def make_net(seed=0, dim=32, blocks=4, learn_alpha=False):
     torch.manual_seed(seed)
-    net = LUNet(dim, blocks, init_scale=0.3)  # moderately conditioned: tolerances near float32 eps
+    # moderately conditioned: tolerances near float32 eps
+    net = LUNet(dim, blocks, init_scale=0.3, learn_alpha=learn_alpha)
     with torch.no_grad():
         for block in net.blocks:
             block.bias.normal_(0.0, 0.5)
     return net
 
 
-def test_cached_and_uncached_paths_agree():
-    net = make_net()
-    x = torch.randn(64, 32)
+@pytest.mark.parametrize("learn_alpha", [False, True], ids=["fixed-slope", "learnable-slope"])
+def test_cached_and_uncached_paths_agree(learn_alpha):
+    """The folded frozen pass (standardisation and slopes folded into the matrices)
+    against the training path, with a non-trivial standardisation."""
+    net = make_net(learn_alpha=learn_alpha)
+    net.standardize(torch.randn(500, 32) * 3 + 1)
+    if learn_alpha:
+        with torch.no_grad():
+            for i, act in enumerate(net.activations):
+                act.alpha_logit.fill_(-2.0 + i)
+    x = torch.randn(64, 32) * 3 + 1
     z_grad, ld_grad = net(x)  # grad enabled: two triangular products per block
     with torch.no_grad():
         z_cached, ld_cached = net(x)  # one product with the cached L U per block
@@ -64,6 +73,22 @@ def test_cache_is_invalidated_by_load_state_dict_and_in_place_edits():
         net.blocks[2].diag.add_(0.1)
         z = torch.randn(8, 32)
         assert torch.allclose(net(net.inverse(z))[0], z, atol=1e-4)
+        folded = net.log_prob(x)
+        net.input_std.mul_(2.0)  # the standardisation is folded into the first matrix
+        refolded = net.log_prob(x)
+    assert not torch.allclose(folded, refolded)
+    assert torch.allclose(refolded, net.log_prob(x), rtol=1e-5, atol=1e-4)  # the training path
+
+
+def test_cache_is_invalidated_by_a_changed_learnable_slope():
+    net = make_net(learn_alpha=True)
+    x = torch.randn(8, 32)
+    with torch.no_grad():
+        before = net.log_prob(x)
+        net.activations[1].alpha_logit.add_(0.5)
+        after = net.log_prob(x)
+    assert not torch.allclose(before, after)
+    assert torch.allclose(after, net.log_prob(x), rtol=1e-5, atol=1e-4)  # the training path
 
 
 def test_cache_follows_dtype_moves():
