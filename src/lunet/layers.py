@@ -8,6 +8,7 @@ the data side to the latent side in ``forward`` and returns
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -51,39 +52,49 @@ def _block_depth(n: int) -> int:
     return depth
 
 
+@functools.lru_cache(maxsize=64)
+def _blocks(n: int, depth: int, lower: bool) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int, int, int], ...]]:
+    """The blocks of an (n, n) lower (or upper) triangle halved ``depth`` times:
+    the diagonal leaves ``(s, e)`` and the off-diagonal blocks ``(r0, r1, c0, c1)``
+    (rows ``r0:r1``, columns ``c0:c1``) that hold the rest of the triangle."""
+    leaves, off = [], []
+
+    def split(s: int, e: int, d: int) -> None:
+        if d == 0:
+            leaves.append((s, e))
+            return
+        k = s + (e - s) // 2
+        split(s, k, d - 1)
+        split(k, e, d - 1)
+        off.append((k, e, s, k) if lower else (s, k, k, e))
+
+    split(0, n, depth)
+    return tuple(leaves), tuple(off)
+
+
 def _triangular_matmul(out, a, m, mask, lower: bool, beta: float, depth: int) -> None:
     """``out = beta * out + a @ (m * mask)`` in place, where ``m * mask`` is lower (or
     upper) triangular: blocks that are zero are skipped, and only the diagonal
-    blocks at the deepest level are masked. ``m``, ``mask``: (n, n) views."""
-    if depth == 0:
-        out.addmm_(a, m * mask, beta=beta)
-        return
-    k = m.shape[0] // 2
-    _triangular_matmul(out[:, :k], a[:, :k], m[:k, :k], mask[:k, :k], lower, beta, depth - 1)
-    _triangular_matmul(out[:, k:], a[:, k:], m[k:, k:], mask[k:, k:], lower, beta, depth - 1)
-    if lower:  # the block above the diagonal is zero
-        out[:, :k].addmm_(a[:, k:], m[k:, :k])
-    else:
-        out[:, k:].addmm_(a[:, :k], m[:k, k:])
+    leaves are masked. ``m``, ``mask``: (n, n) views."""
+    leaves, off = _blocks(m.shape[0], depth, lower)
+    for s, e in leaves:  # first, so that beta scales each column block once
+        out[:, s:e].addmm_(a[:, s:e], m[s:e, s:e] * mask[s:e, s:e], beta=beta)
+    for r0, r1, c0, c1 in off:
+        out[:, c0:c1].addmm_(a[:, r0:r1], m[r0:r1, c0:c1])
 
 
 def _triangular_outer(out, p, q, mask, lower: bool, accumulate: bool, depth: int) -> None:
     """The lower (or upper) triangle of ``p^T @ q``, masked, written into ``out`` (n, n);
     the other triangle's off-diagonal blocks are left untouched, and with
-    ``accumulate`` the masked diagonal blocks are added to what ``out`` holds."""
-    if depth == 0:
+    ``accumulate`` the masked diagonal leaves are added to what ``out`` holds."""
+    leaves, off = _blocks(out.shape[0], depth, lower)
+    for s, e in leaves:
         if accumulate:
-            out.addcmul_(p.t() @ q, mask)
+            out[s:e, s:e].addcmul_(p[:, s:e].t() @ q[:, s:e], mask[s:e, s:e])
         else:
-            out.addmm_(p.t(), q, beta=0).mul_(mask)
-        return
-    k = out.shape[0] // 2
-    _triangular_outer(out[:k, :k], p[:, :k], q[:, :k], mask[:k, :k], lower, accumulate, depth - 1)
-    _triangular_outer(out[k:, k:], p[:, k:], q[:, k:], mask[k:, k:], lower, accumulate, depth - 1)
-    if lower:
-        out[k:, :k].addmm_(p[:, k:].t(), q[:, :k], beta=0)
-    else:
-        out[:k, k:].addmm_(p[:, :k].t(), q[:, k:], beta=0)
+            out[s:e, s:e].addmm_(p[:, s:e].t(), q[:, s:e], beta=0).mul_(mask[s:e, s:e])
+    for r0, r1, c0, c1 in off:
+        out[r0:r1, c0:c1].addmm_(p[:, r0:r1].t(), q[:, c0:c1], beta=0)
 
 
 class _TriangularAffine(torch.autograd.Function):
