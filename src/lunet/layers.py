@@ -492,7 +492,7 @@ class LeakySoftplus(nn.Module):
         a = self._slope(y)
         with torch.no_grad():
             a_value = float(a) if isinstance(a, float) else float(a.detach())
-            x = self._solve(y.detach(), a_value)
+            x = self._solve(y, a_value)  # no_grad: reading y records nothing
         if torch.is_grad_enabled() and (y.requires_grad or self.learnable):
             # One more Newton step, differentiable, from the detached root: its
             # value does not move, and its gradient is the implicit-function
@@ -541,9 +541,9 @@ class LeakySoftplus(nn.Module):
         """``f^{-1}(y)`` from the cubic pieces ``rows`` of :func:`_inverse_table`, whose cell ``i``
         starts at ``y = (first + i) h``; the two end cells are linear and extend beyond."""
         t = y * (1 / h)  # exact: h is a power of two
-        cell = (t - first).clamp_(0, rows.shape[0] - 1).floor_()
-        index = cell.long()
-        frac = t.sub_(cell.add_(first))  # exact: t minus a nearby integer
+        start = t.clamp(first, first + rows.shape[0] - 1).floor_()  # the cell's first node
+        frac = t.sub_(start)  # exact: t minus a nearby integer
+        index = start.sub_(first).long()
         wide = _ROW_DTYPES.get(rows.dtype)
         if wide is None:
             coefficients = rows.index_select(0, index.reshape(-1)).view(*y.shape, 4)
