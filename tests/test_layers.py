@@ -173,6 +173,20 @@ def test_bad_input_is_named(bad, exc, pattern):
             act(bad)
 
 
+def test_input_of_another_dtype_or_device_than_the_model_is_named():
+    from lunet import LUNet
+    from lunet.realnvp import RealNVP
+
+    modules = [(LULinear(4), 4), (LUNet(4, 2), 4), (RealNVP(mid_channels=4, num_blocks=1), 784)]
+    for module, dim in modules:
+        for call in (module, module.inverse):
+            with pytest.raises(TypeError, match=r"dtype torch.float64 but the model's weights are torch.float32"):
+                call(torch.randn(2, dim, dtype=torch.float64))
+            # meta tensors stand in for another device: the check comes before any computation
+            with pytest.raises(ValueError, match=r"is on meta but the model is on cpu"):
+                call(torch.empty(2, dim, device="meta"))
+
+
 def test_finite_values_whose_sum_overflows_are_accepted():
     from lunet.checks import check_batch
 

@@ -6,14 +6,20 @@ expected shape, never deep inside torch.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 
-def check_batch(x: object, dim: int, name: str = "input", check_finite: bool = True) -> torch.Tensor:
+def check_batch(
+    x: object, dim: int, name: str = "input", check_finite: bool = True, like: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Validate a batch of vectors of shape ``(B, dim)`` and return it.
 
-    Raises ``TypeError`` for a non-tensor or non-floating dtype and
-    ``ValueError`` for a wrong rank, a wrong feature size or NaN/inf values.
+    Raises ``TypeError`` for a non-tensor or non-floating dtype, or a dtype
+    other than that of ``like`` (a model's parameter), and ``ValueError`` for
+    a device other than ``like``'s, a wrong rank, a wrong feature size or
+    NaN/inf values.
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (batch, {dim}), got {type(x).__name__}")
@@ -26,6 +32,17 @@ def check_batch(x: object, dim: int, name: str = "input", check_finite: bool = T
         raise ValueError(f"{name} must have shape (batch, {dim}), got rank {x.dim()} shape {tuple(x.shape)}")
     if x.shape[1] != dim:
         raise ValueError(f"{name} must have shape (batch, {dim}), got feature size {x.shape[1]} in {tuple(x.shape)}")
+    if like is not None:
+        if x.dtype != like.dtype:
+            raise TypeError(
+                f"{name} has dtype {x.dtype} but the model's weights are {like.dtype}; "
+                f"convert the input with .to({like.dtype}) or the model with .to({x.dtype})"
+            )
+        if x.device != like.device:
+            raise ValueError(
+                f"{name} is on {x.device} but the model is on {like.device}; "
+                f"move the input with .to({str(like.device)!r}) or the model with .to({str(x.device)!r})"
+            )
     # NaN and inf survive a sum, so one cheap reduction screens the batch; only
     # when it is not finite (bad values, or finite ones whose sum overflowed)
     # is every entry checked.

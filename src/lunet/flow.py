@@ -115,7 +115,7 @@ class LUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (B, dim) -> ``z`` (B, dim), ``log|det dz/dx|`` (B,)."""
-        check_batch(x, self.dim)
+        check_batch(x, self.dim, like=self.input_std)
         if not torch.is_grad_enabled():
             return self._forward_frozen(x)
         return self._forward(x)
@@ -192,7 +192,7 @@ class LUNet(nn.Module):
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         """``z`` (B, dim) -> ``x`` (B, dim), the exact inverse of :meth:`forward`."""
-        check_batch(z, self.dim)
+        check_batch(z, self.dim, like=self.input_std)
         return self._inverse(z)
 
     def _inverse(self, z: torch.Tensor) -> torch.Tensor:

@@ -89,15 +89,16 @@ def run(out_dir: str | Path, settings: GMM2DSettings, config: TrainConfig, resum
     test_nll = -mean_log_prob(model, data["test"], _log_prob_fn, 10000, seed=0)
     entropy = mix.entropy()
     box = mix.bounding_box(margin_stds=4.0)
-    grid_model = density_grid(lambda p: model.log_prob(p.to(model.input_mean.dtype)), box)
+    ref = model.input_mean
+    grid_model = density_grid(lambda p: model.log_prob(p.to(device=ref.device, dtype=ref.dtype)), box)
     grid_true = density_grid(mix.log_prob, box)
     plot_density_2d(
         data["train"], [("LU-Net density", grid_model), ("true density", grid_true)], box, out_dir / "density.png",
         title=f"{settings.num_blocks}-block LU-Net: test NLL {test_nll:.3f} nats, KL {test_nll - entropy:.3f} nats",
     )
     with torch.no_grad():
-        samples = model.sample(NUM_TRAIN, generator=torch.Generator().manual_seed(config.seed))
-    plot_samples_2d(samples, data["train"], box, out_dir / "samples.png")
+        samples = model.sample(NUM_TRAIN, generator=torch.Generator(ref.device).manual_seed(config.seed))
+    plot_samples_2d(samples.cpu(), data["train"], box, out_dir / "samples.png")
     summary = {
         "dataset": "gmm2d",
         "test_nll_nats": test_nll,

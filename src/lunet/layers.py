@@ -297,7 +297,7 @@ class LULinear(nn.Module):
     # -- the maps ----------------------------------------------------------
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (B, n) -> ``y = x A^T + b`` (B, n), log|det| (B,)."""
-        check_batch(x, self.dim)
+        check_batch(x, self.dim, like=self.lu)
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -314,7 +314,7 @@ class LULinear(nn.Module):
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """``y`` (B, n) -> ``x = U^{-1} L^{-1} (y - b)`` (B, n)."""
-        check_batch(y, self.dim)
+        check_batch(y, self.dim, like=self.lu)
         return self._inverse(y)
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:

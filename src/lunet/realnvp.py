@@ -291,7 +291,7 @@ class RealNVP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (B, dim) -> ``z`` (B, dim), ``log|det dz/dx|`` (B,)."""
-        check_batch(x, self.dim)
+        check_batch(x, self.dim, like=self._ref())
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -309,7 +309,7 @@ class RealNVP(nn.Module):
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         """``z`` (B, dim) -> ``x`` (B, dim), the exact inverse of :meth:`forward`."""
-        check_batch(z, self.dim)
+        check_batch(z, self.dim, like=self._ref())
         return self._inverse(z)
 
     def _inverse(self, z: torch.Tensor) -> torch.Tensor:
