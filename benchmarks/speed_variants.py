@@ -5,12 +5,10 @@
 1. The training step of the paper's LU-Net at batch 256 with the triangular
    products blocked to depth 0 (autograd-free plain products), 1, 2 and 3.
 2. Sampling at batch 1 with 1 and with 2 threads.
-3. Density at batch 1,000 against its floor: the 4 cached products alone,
-   and 8 dense products (the reference of ``lunet bench --micro``).
-4. Density at batch 1,000 with the standardisation and the activations'
+3. Density at batch 1,000 with the standardisation and the activations'
    ``1 - a`` folded into the cached matrices, against the same pass unfolded.
-5. The finiteness screen of a batch of 1,000: elementwise against one sum.
-6. With ``--compile``: the activation's forward (value and log-det) in eager
+4. The finiteness screen of a batch of 1,000: elementwise against one sum.
+5. With ``--compile``: the activation's forward (value and log-det) in eager
    mode against ``torch.compile`` (needs a C++ compiler; compiling takes a while).
 
 Rounds alternate the variants, so slow drifts of a noisy machine hit all alike;
@@ -76,35 +74,6 @@ def batch1_threads(rounds: int) -> dict[int, float]:
     finally:
         torch.set_num_threads(saved)
     return {t: statistics.median(v) for t, v in times.items()}
-
-
-def density_floor(rounds: int) -> dict[str, float]:
-    """Median times (s) at batch 1,000: ``log_prob``, its 4 cached products alone, 8 dense products."""
-    torch.manual_seed(0)
-    model = build_model(paper_lunet_spec()).eval()
-    x = torch.randn(1000, 784)
-    dense = [torch.randn(784, 784) for _ in range(8)]
-    with torch.no_grad():
-        folded, _, _ = model._frozen_plan()
-
-        def products() -> torch.Tensor:
-            h = x
-            for weight, bias in folded:
-                h = torch.addmm(bias, h, weight)
-            return h
-
-        def reference() -> torch.Tensor:
-            h = x
-            for w in dense:
-                h = h @ w
-            return h
-
-        variants = {"log_prob": lambda: model.log_prob(x), "4 cached products": products, "8 dense products": reference}
-        times: dict[str, list[float]] = {k: [] for k in variants}
-        for _ in range(rounds):
-            for name, fn in variants.items():
-                times[name].append(_seconds(fn))
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def density_folding(rounds: int) -> dict[str, float]:
@@ -182,10 +151,6 @@ def main() -> None:
     print("\n| sampling, batch 1 | ms |\n| --- | --- |")
     for threads, t in batch1_threads(args.rounds).items():
         print(f"| {threads} thread{'s' if threads > 1 else ''} | {t * 1e3:.3f} |")
-    floor = density_floor(args.rounds)
-    print("\n| density, batch 1,000 | ms | / 8 dense products |\n| --- | --- | --- |")
-    for name, t in floor.items():
-        print(f"| {name} | {t * 1e3:.1f} | {t / floor['8 dense products']:.3f} |")
     print("\n| density, batch 1,000 | ms |\n| --- | --- |")
     for name, t in density_folding(args.rounds).items():
         print(f"| {name} | {t * 1e3:.1f} |")

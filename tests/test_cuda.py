@@ -10,27 +10,18 @@ training step.
 import pytest
 import torch
 
-from lunet import LUNet
 from lunet.realnvp import RealNVP
+from test_fast_paths import make_net
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 
 CUDA = torch.device("cuda")
 
 
-def make_net(dim=64, blocks=4, seed=0):
-    torch.manual_seed(seed)
-    net = LUNet(dim, blocks, init_scale=0.3)
-    with torch.no_grad():
-        for block in net.blocks:
-            block.bias.normal_(0.0, 0.5)
-    return net
-
-
 @pytest.mark.parametrize("grad_enabled", [True, False], ids=["train-path", "cached-path"])
 def test_lunet_on_cuda_matches_float64_cpu(grad_enabled):
-    ref = make_net().double()
-    net = make_net().to(CUDA)
+    ref = make_net(dim=64).double()
+    net = make_net(dim=64).to(CUDA)
     x = 3 * torch.randn(500, 64, dtype=torch.float64)
     with torch.set_grad_enabled(grad_enabled):
         lp_ref = ref.log_prob(x)
@@ -43,7 +34,7 @@ def test_lunet_on_cuda_matches_float64_cpu(grad_enabled):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float64, 1e-11)])
 def test_lunet_round_trip_on_cuda(dtype, tol):
-    net = make_net().to(CUDA, dtype)
+    net = make_net(dim=64).to(CUDA, dtype)
     x = torch.randn(1000, 64, device=CUDA, dtype=dtype)
     with torch.no_grad():
         z, _ = net(x)
@@ -56,7 +47,7 @@ def test_lunet_round_trip_on_cuda(dtype, tol):
 
 
 def test_cache_follows_device_moves():
-    net = make_net()
+    net = make_net(dim=64)
     x = torch.randn(16, 64)
     with torch.no_grad():
         lp_cpu = net.log_prob(x)  # fills the caches on the CPU
