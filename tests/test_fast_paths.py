@@ -112,6 +112,22 @@ def test_training_mode_holds_no_cached_matrices():
     assert layer._cache is None
 
 
+def test_density_redoes_pre_activations_beyond_the_fast_activation():
+    """Pre-activations above ~83 leave the range where the density pass's activation is exact
+    in float32: that batch must be redone exactly, and agree with the training path."""
+    net = make_net()
+    with torch.no_grad():
+        net.blocks[0].bias.fill_(90.0)
+        net.blocks[1].bias.fill_(-90.0)
+    x = torch.randn(16, 32) * 0.1
+    with torch.no_grad():
+        assert net.blocks[0](x)[0].min() > 85  # the first pre-activations, the input being standard
+        z_fast, ld_fast = net(x)
+    z_ref, ld_ref = net(x)  # grad enabled: the training path
+    assert torch.allclose(z_fast, z_ref, rtol=1e-5, atol=1e-4)
+    assert torch.allclose(ld_fast, ld_ref, rtol=1e-6, atol=1e-3)
+
+
 def test_batch_one_and_batch_thousand_agree():
     net = make_net()
     x = torch.randn(1000, 32)

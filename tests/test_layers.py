@@ -322,6 +322,29 @@ def test_inference_log_det_by_chunked_products_matches_the_sum_of_logs(dtype, to
     assert ((reference.double() - exact).abs() / exact.abs().clamp_min(1)).max() < tol
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("alpha", [0.1, 0.01, 0.5])
+def test_negated_inference_activation_matches_definition_within_its_range(dtype, alpha):
+    """The density pass's activation: ``-g(-u)`` from one sigmoid of ``u``, exact to a few
+    ulps of ``max(|g|, 1)`` wherever it says so, and saying so nowhere else."""
+    x = wide_inputs(dtype)
+    x = x[(x <= 80).all(dim=1)]  # sigmoid(-x) stays normal in both dtypes
+    u = -x
+    out, scratch = torch.empty_like(u), torch.empty_like(u)
+    logdet, in_range = LeakySoftplus._negated_forward(u, alpha, out, scratch)
+    c = alpha / (1 - alpha)
+    x64 = x.double()
+    g = torch.nn.functional.softplus(x64, threshold=50) + c * x64
+    ref_ld = torch.log(torch.sigmoid(x64) + c).sum(1)
+    assert bool(in_range)
+    assert rel_err(-out.double(), g) <= 8 * torch.finfo(dtype).eps
+    assert rel_err(logdet.double(), ref_ld) <= 64 * torch.finfo(dtype).eps
+    beyond = torch.full((2, 8), 1.0, dtype=dtype)
+    beyond[1, 3] = 100.0 if dtype == torch.float32 else 750.0  # sigmoid(-x) is no longer normal
+    flags = [LeakySoftplus._negated_forward(-row[None], alpha, *torch.empty(2, 1, 8, dtype=dtype))[1] for row in beyond]
+    assert [bool(f) for f in flags] == [True, False]
+
+
 def test_training_path_refuses_second_derivatives_by_name():
     layer = LULinear(6)
     x = torch.randn(4, 6, requires_grad=True)

@@ -140,18 +140,34 @@ class LUNet(nn.Module):
             return h, const.expand(x.shape[0])
         return h, logdet + const
 
-    def _forward_frozen(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`forward` without autograd, from the folded matrices of :meth:`_frozen_plan`."""
+    def _forward_frozen(self, x: torch.Tensor, exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` without autograd, from the folded matrices of :meth:`_frozen_plan`.
+
+        Each activation runs as :meth:`LeakySoftplus._negated_forward`; should
+        a pre-activation leave its exact range, the batch is redone with
+        ``exact=True`` (:meth:`LeakySoftplus._scaled_forward`). Two scratch
+        buffers serve every activation and every product writes into the
+        same output: fresh pages cost about as much as the work done on them.
+        """
         layers, slopes, const = self._frozen_plan()
-        h, logdet = x, None
-        for i, (weight, bias) in enumerate(layers):
-            h = torch.addmm(bias, h, weight)
-            if i < len(slopes):
-                h, ld = LeakySoftplus._scaled_forward(h, slopes[i])
-                logdet = ld if logdet is None else logdet.add_(ld)
-        if logdet is None:
-            return h, const.expand(x.shape[0])
-        return h, logdet.add_(const)
+        weight, bias = layers[0]
+        u = torch.addmm(bias, x, weight)
+        if not slopes:
+            return u, const.expand(x.shape[0])
+        q, scratch = torch.empty_like(u), torch.empty_like(u)
+        logdet, in_range = None, None
+        for (weight, bias), a in zip(layers[1:], slopes):
+            if exact:
+                g, ld = LeakySoftplus._scaled_forward(u.neg_(), a)
+                torch.neg(g, out=q)
+            else:
+                ld, ok = LeakySoftplus._negated_forward(u, a, out=q, scratch=scratch)
+                in_range = ok if in_range is None else in_range.logical_and_(ok)
+            logdet = ld if logdet is None else logdet.add_(ld)
+            torch.addmm(bias, q, weight, out=u)
+        if not exact and not bool(in_range):
+            return self._forward_frozen(x, exact=True)
+        return u, logdet.add_(const)
 
     def _frozen_plan(self) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[float], torch.Tensor]:
         """The frozen-weight density pass: ``[(W_i, c_i)]`` with layer ``i`` mapping
@@ -163,8 +179,11 @@ class LUNet(nn.Module):
         (``W_0 = diag(1/std) A_0^T``, ``c_0 = b_0 - (mean/std) A_0^T``), and the
         factor ``1 - a`` that :meth:`LeakySoftplus._scaled_forward` leaves out
         into the next (``W_i = (1 - a) A_i^T``); their log-dets join the
-        constant. Built in float64, and rebuilt whenever a weight, the
-        standardisation or a slope changes, or the model moves.
+        constant. So are the signs of :meth:`LeakySoftplus._negated_forward`:
+        every layer but the last returns its output negated, and every layer
+        but the first takes its input negated. Built in float64, and rebuilt
+        whenever a weight, the standardisation or a slope changes, or the
+        model moves.
         """
         tensors = [self.input_mean, self.input_std, *(p for act in self.activations for p in act.parameters())]
         key = (tuple(block._weights_key() for block in self.blocks), state_key(*tensors))
@@ -175,11 +194,14 @@ class LUNet(nn.Module):
                 shift = -self.input_mean.double() * scale
                 const = -torch.log(self.input_std.double()).sum()
                 layers, slopes = [], []
+                last = len(self.blocks) - 1
                 for i, block in enumerate(self.blocks):
                     block._check_invertible()
                     a_t = block.weight64().t()
-                    weight = (scale[:, None] * a_t).to(dtype).contiguous()
-                    layers.append((weight, (block.bias.double() + shift @ a_t).to(dtype)))
+                    sign_out = 1.0 if i == last else -1.0
+                    sign = sign_out if i == 0 else -sign_out
+                    weight = ((sign * scale)[:, None] * a_t).to(dtype).contiguous()
+                    layers.append((weight, (sign_out * (block.bias.double() + shift @ a_t)).to(dtype)))
                     const = const + block.log_abs_det().double()
                     if i < len(self.activations):
                         a = self.activations[i].slope_value()

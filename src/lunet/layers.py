@@ -394,7 +394,7 @@ def _horner(rows: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return torch.addcmul(c0, t, torch.addcmul(c1, t, torch.addcmul(c2, t, c3)))
 
 
-def _product_chunk(n: int, lo: float, hi: float, dtype: torch.dtype, max_chunk: int = 32) -> int:
+def _product_chunk(n: int, lo: float, hi: float, dtype: torch.dtype, max_chunk: int = 8) -> int:
     """The largest divisor ``k <= max_chunk`` of ``n`` for which a product of ``k``
     factors in ``(lo, hi)`` stays a normal, finite number of ``dtype`` with a wide margin."""
     finfo = torch.finfo(dtype)
@@ -404,6 +404,27 @@ def _product_chunk(n: int, lo: float, hi: float, dtype: torch.dtype, max_chunk: 
     if hi > 1:
         limit = min(limit, int(0.8 * math.log(finfo.max) / math.log(hi)))
     return max(k for k in range(1, max(limit, 1) + 1) if n % k == 0)
+
+
+def _sum_log_abs(factors: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """``sum_i log|factors_i|`` per row, (B, n) -> (B,), for ``|factors|`` in ``(lo, hi)``;
+    ``factors`` is overwritten.
+
+    One log per ``k`` entries: the logs of products of ``k`` entries ``n / k``
+    columns apart, so that each product multiplies whole contiguous rows
+    (vectorised) instead of reducing short runs.
+    """
+    b, n = factors.shape
+    k = _product_chunk(n, lo, hi, factors.dtype)
+    if k > 1:
+        factors = factors.view(b, k, n // k).prod(dim=1)
+    return factors.abs_().log_().sum(dim=1)
+
+
+def _sigmoid_floor(dtype: torch.dtype) -> float:
+    """The lowest ``u`` for which ``sigmoid(u)`` is a normal number of ``dtype``
+    with a margin, so that ``log(sigmoid(u))`` keeps the dtype's precision."""
+    return math.log(torch.finfo(dtype).tiny) + 4.0
 
 
 class LeakySoftplus(nn.Module):
@@ -470,16 +491,34 @@ class LeakySoftplus(nn.Module):
 
         ``g = softplus(x) + c x`` and ``g' = sigmoid(x) + c`` with ``c = a / (1 - a)``:
         leaving out the factor ``1 - a`` (which :class:`LUNet` folds into the next
-        layer's matrix) saves two passes over the batch. The log-det is taken as
-        the logs of products of ``k`` slopes, one log per ``k`` entries.
+        layer's matrix) saves two passes over the batch.
         """
         c = a / (1 - a)
         value = _softplus(x).add_(x, alpha=c)
-        slopes = torch.sigmoid(x).add_(c)
-        k = _product_chunk(x.shape[1], c, 1 + c, x.dtype)
-        if k > 1:
-            slopes = slopes.view(x.shape[0], -1, k).prod(dim=2)
-        return value, slopes.log_().sum(dim=1)
+        return value, _sum_log_abs(torch.sigmoid(x).add_(c), c, 1 + c)
+
+    @staticmethod
+    def _negated_forward(
+        u: torch.Tensor, a: float, out: torch.Tensor, scratch: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_scaled_forward` of ``x = -u`` with the signs folded in, without autograd.
+
+        Writes ``-g(x) = log sigmoid(u) + c u`` into ``out`` and returns
+        ``sum_i log g'(x_i)`` (B,) and a 0-dim bool tensor: whether every entry
+        of ``u`` lay where this is exact. ``scratch`` (like ``u``) is overwritten.
+
+        ``softplus(x) = -log sigmoid(u)`` and ``g'(x) = 1 + c - sigmoid(u)``: one
+        sigmoid feeds both, where the unnegated form also needs softplus's own
+        exp and log1p. ``log sigmoid(u)`` is exact relative to ``g`` until
+        ``sigmoid(u)`` leaves the normal numbers below :func:`_sigmoid_floor`
+        (``x`` above about 83 in float32); the caller redoes such batches with
+        :meth:`_scaled_forward`.
+        """
+        c = a / (1 - a)
+        in_range = u.amin() >= _sigmoid_floor(u.dtype)
+        s = torch.sigmoid(u, out=scratch)
+        torch.log(s, out=out).add_(u, alpha=c)
+        return _sum_log_abs(s.sub_(1 + c), c, 1 + c), in_range
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """``y`` (B, n) -> ``f^{-1}(y)`` (B, n), exact to float precision."""
