@@ -73,22 +73,25 @@ def test_cache_is_invalidated_by_load_state_dict_and_in_place_edits():
         net.blocks[2].diag.add_(0.1)
         z = torch.randn(8, 32)
         assert torch.allclose(net(net.inverse(z))[0], z, atol=1e-4)
-        folded = net.log_prob(x)
-        net.input_std.mul_(2.0)  # the standardisation is folded into the first matrix
-        refolded = net.log_prob(x)
-    assert not torch.allclose(folded, refolded)
+        folded, unfolded = net.log_prob(x), net.inverse(z)
+        net.input_std.mul_(2.0)  # folded into the first matrix of each direction
+        refolded, reunfolded = net.log_prob(x), net.inverse(z)
+    assert not torch.allclose(folded, refolded) and not torch.allclose(unfolded, reunfolded)
     assert torch.allclose(refolded, net.log_prob(x), rtol=1e-5, atol=1e-4)  # the training path
+    assert torch.allclose(reunfolded, net.inverse(z.requires_grad_()), rtol=1e-4, atol=1e-4)
 
 
 def test_cache_is_invalidated_by_a_changed_learnable_slope():
     net = make_net(learn_alpha=True)
     x = torch.randn(8, 32)
+    z = torch.randn(8, 32)
     with torch.no_grad():
-        before = net.log_prob(x)
-        net.activations[1].alpha_logit.add_(0.5)
-        after = net.log_prob(x)
-    assert not torch.allclose(before, after)
+        before, inverse_before = net.log_prob(x), net.inverse(z)
+        net.activations[1].alpha_logit.add_(2.2)  # a: 0.1 -> 0.5, whose inverse table has another step
+        after, inverse_after = net.log_prob(x), net.inverse(z)
+    assert not torch.allclose(before, after) and not torch.allclose(inverse_before, inverse_after)
     assert torch.allclose(after, net.log_prob(x), rtol=1e-5, atol=1e-4)  # the training path
+    assert torch.allclose(inverse_after, net.inverse(z.requires_grad_()), rtol=1e-4, atol=1e-4)
 
 
 def test_cache_follows_dtype_moves():

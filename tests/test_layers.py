@@ -262,7 +262,7 @@ def test_inverse_table_needs_its_newton_steps():
     rows, h, first, steps = _inverse_table(0.1, torch.float64, torch.device("cpu"))
     assert steps >= 1 and _inverse_table(0.1, torch.float32, torch.device("cpu"))[3] == 0
     y = (torch.arange(first, first + rows.shape[0], dtype=torch.float64) + 0.5) * h
-    x = LeakySoftplus._initial_guess(y.reshape(-1, 1), rows, h, first)
+    x = LeakySoftplus._initial_guess(y.reshape(-1, 1) / h, rows, first)
     for _ in range(steps - 1):
         x = x - LeakySoftplus._newton_step(x, y.reshape(-1, 1), 0.1)
     assert rel_err(x, polished_roots(y.reshape(-1, 1), 0.1)) > 4 * torch.finfo(torch.float64).eps

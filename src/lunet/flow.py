@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lunet.checks import check_batch, check_positive_int
-from lunet.layers import LeakySoftplus, LULinear, state_key
+from lunet.layers import LeakySoftplus, LULinear, _table_step, state_key
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -181,36 +181,76 @@ class LUNet(nn.Module):
         into the next (``W_i = (1 - a) A_i^T``); their log-dets join the
         constant. So are the signs of :meth:`LeakySoftplus._negated_forward`:
         every layer but the last returns its output negated, and every layer
-        but the first takes its input negated. Built in float64, and rebuilt
-        whenever a weight, the standardisation or a slope changes, or the
-        model moves.
+        but the first takes its input negated.
         """
-        tensors = [self.input_mean, self.input_std, *(p for act in self.activations for p in act.parameters())]
-        key = (tuple(block._weights_key() for block in self.blocks), state_key(*tensors))
+        return self._cached_plan("forward", self._build_forward_plan)
+
+    def _frozen_inverse_plan(self) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[float]]:
+        """The frozen-weight sampling pass: ``[(W_k, c_k)]`` in the order applied, the
+        inverse of block ``n - 1 - k`` mapping ``h -> h W_k + c_k``, and the slope of
+        the activation each layer but the last feeds.
+
+        Each of those layers returns its output divided by the inverse table's
+        node spacing ``h`` (a power of two, so exactly), which
+        :meth:`LeakySoftplus._solve_scaled` takes; the last returns
+        ``x std + mean``, the standardisation undone.
+        """
+        return self._cached_plan("inverse", self._build_inverse_plan)
+
+    def _cached_plan(self, kind: str, build):
+        """Plan ``kind``, built by ``build`` in float64 on first use and rebuilt whenever
+        a weight, the standardisation or a slope changes, or the model moves."""
+        slopes = (p for act in self.activations for p in act._parameters.values())
+        key = (*(block._weights_key() for block in self.blocks), state_key(self.input_mean, self.input_std, *slopes))
         if self._plan is None or self._plan[0] != key:
+            self._plan = (key, {})
+        plans = self._plan[1]
+        if kind not in plans:
+            for block in self.blocks:
+                block._check_invertible()
             with torch.no_grad():
-                dtype = self.input_std.dtype
-                scale = 1.0 / self.input_std.double()
-                shift = -self.input_mean.double() * scale
-                const = -torch.log(self.input_std.double()).sum()
-                layers, slopes = [], []
-                last = len(self.blocks) - 1
-                for i, block in enumerate(self.blocks):
-                    block._check_invertible()
-                    a_t = block.weight64().t()
-                    sign_out = 1.0 if i == last else -1.0
-                    sign = sign_out if i == 0 else -sign_out
-                    weight = ((sign * scale)[:, None] * a_t).to(dtype).contiguous()
-                    layers.append((weight, (sign_out * (block.bias.double() + shift @ a_t)).to(dtype)))
-                    const = const + block.log_abs_det().double()
-                    if i < len(self.activations):
-                        a = self.activations[i].slope_value()
-                        slopes.append(a)
-                        scale = torch.full_like(scale, 1.0 - a)
-                        shift = torch.zeros_like(shift)
-                        const = const + self.dim * math.log1p(-a)
-            self._plan = (key, layers, slopes, const.to(dtype))
-        return self._plan[1], self._plan[2], self._plan[3]
+                plans[kind] = build()
+        return plans[kind]
+
+    def _build_forward_plan(self) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[float], torch.Tensor]:
+        dtype = self.input_std.dtype
+        scale = 1.0 / self.input_std.double()
+        shift = -self.input_mean.double() * scale
+        const = -torch.log(self.input_std.double()).sum()
+        layers, slopes = [], []
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            a_t = block.weight64().t()
+            sign_out = 1.0 if i == last else -1.0
+            sign = sign_out if i == 0 else -sign_out
+            weight = ((sign * scale)[:, None] * a_t).to(dtype).contiguous()
+            layers.append((weight, (sign_out * (block.bias.double() + shift @ a_t)).to(dtype)))
+            const = const + block.log_abs_det().double()
+            if i < len(self.activations):
+                a = self.activations[i].slope_value()
+                slopes.append(a)
+                scale = torch.full_like(scale, 1.0 - a)
+                shift = torch.zeros_like(shift)
+                const = const + self.dim * math.log1p(-a)
+        return layers, slopes, const.to(dtype)
+
+    def _build_inverse_plan(self) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[float]]:
+        dtype = self.input_std.dtype
+        layers, slopes = [], []
+        for i in reversed(range(len(self.blocks))):
+            block = self.blocks[i]
+            weight = block.inverse64().t()  # A^{-T}
+            shift = -(block.bias.double() @ weight)
+            if i > 0:
+                a = self.activations[i - 1].slope_value()
+                slopes.append(a)
+                scale = 1.0 / _table_step(a)
+                weight, shift = weight * scale, shift * scale
+            else:
+                std = self.input_std.double()
+                weight, shift = weight * std, shift * std + self.input_mean.double()
+            layers.append((weight.to(dtype).contiguous(), shift.to(dtype)))
+        return layers, slopes
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         """``z`` (B, dim) -> ``x`` (B, dim), the exact inverse of :meth:`forward`."""
@@ -218,12 +258,25 @@ class LUNet(nn.Module):
         return self._inverse(z)
 
     def _inverse(self, z: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return self._inverse_frozen(z)
         h = z
         for i in reversed(range(len(self.blocks))):
             if i < len(self.activations):
                 h = self.activations[i]._inverse(h)
             h = self.blocks[i]._inverse(h)
         return torch.addcmul(self.input_mean, h, self.input_std)
+
+    def _inverse_frozen(self, z: torch.Tensor) -> torch.Tensor:
+        """:meth:`inverse` without autograd, from the folded matrices of :meth:`_frozen_inverse_plan`."""
+        layers, slopes = self._frozen_inverse_plan()
+        weight, bias = layers[0]
+        h = torch.addmm(bias, z, weight)
+        activations = reversed(self.activations)
+        for (weight, bias), act, a in zip(layers[1:], activations, slopes):
+            x = act._solve_scaled(h, a)  # overwrites h, whose buffer then takes the product
+            h = torch.addmm(bias, x, weight, out=h)
+        return h
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """``log p(x)`` in nats under the standard normal latent, (B, dim) -> (B,)."""

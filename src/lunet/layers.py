@@ -243,7 +243,9 @@ class LULinear(nn.Module):
 
     # -- frozen-weight cache ----------------------------------------------
     def _weights_key(self) -> tuple:
-        return state_key(self.lu, self.diag, self.diag_sign, self.bias)
+        # straight from the registries: nn.Module attribute lookup costs more than the key
+        p = self._parameters
+        return state_key(p["lu"], p["diag"], self._buffers["diag_sign"], p["bias"])
 
     def _frozen(self) -> dict:
         """The cache of frozen-weight matrices, emptied whenever the weights changed."""
@@ -266,19 +268,22 @@ class LULinear(nn.Module):
             cache["a_t"] = self.weight64().t().to(self.lu.dtype).contiguous()
         return cache["a_t"]
 
+    def inverse64(self) -> torch.Tensor:
+        """``A^{-1} = U^{-1} L^{-1}`` (n, n) in float64 by two triangular solves, without autograd."""
+        with torch.no_grad():
+            l64 = self.matrix_l().double()
+            eye = torch.eye(self.dim, dtype=torch.float64, device=l64.device)
+            l_inv = torch.linalg.solve_triangular(l64, eye, upper=False, unitriangular=True)
+            return torch.linalg.solve_triangular(self.matrix_u().double(), l_inv, upper=True)
+
     def _frozen_inverse(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A^{-T}, -b A^{-T})`` for the current weights: ``x = y A^{-T} - b A^{-T}`` is one addmm."""
         cache = self._frozen()
         if "a_inv_t" not in cache:
-            with torch.no_grad():
-                l64 = self.matrix_l().double()
-                u64 = self.matrix_u().double()
-                eye = torch.eye(self.dim, dtype=torch.float64, device=l64.device)
-                l_inv = torch.linalg.solve_triangular(l64, eye, upper=False, unitriangular=True)
-                inv = torch.linalg.solve_triangular(u64, l_inv, upper=True)
-                dtype = self.lu.dtype
-                cache["a_inv_t"] = inv.t().to(dtype).contiguous()
-                cache["inv_shift"] = -(self.bias.detach().double() @ inv.t()).to(dtype)
+            inv_t = self.inverse64().t()
+            dtype = self.lu.dtype
+            cache["a_inv_t"] = inv_t.to(dtype).contiguous()
+            cache["inv_shift"] = -(self.bias.detach().double() @ inv_t).to(dtype)
         return cache["a_inv_t"], cache["inv_shift"]
 
     def _use_cache(self) -> bool:
@@ -348,11 +353,16 @@ def _exact_roots(ys: torch.Tensor, a: float) -> torch.Tensor:
     return xs
 
 
+def _table_step(a: float) -> float:
+    """The node spacing ``h`` of the inverse table for slope ``a``: a power of two near
+    ``(1 + a) TABLE_X / TABLE_SIZE``, so that ``y / h`` is exact in any float dtype."""
+    return 2.0 ** math.floor(math.log2((1 + a) * TABLE_X / TABLE_SIZE))
+
+
 def _inverse_table(a: float, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, float, int, int]:
     """Cubic pieces of ``f^{-1}`` for :meth:`LeakySoftplus._initial_guess`: ``(rows, h, first, steps)``.
 
-    The nodes are ``y_j = j h`` with ``h`` a power of two near
-    ``(1 + a) TABLE_X / TABLE_SIZE``, covering ``[-a TABLE_X, TABLE_X]``; with the
+    The nodes are ``y_j = j h`` with ``h = _table_step(a)``, covering ``[-a TABLE_X, TABLE_X]``; with the
     grid anchored at 0 and ``h`` a power of two, ``y / h`` and the offset into a
     cell are exact in any float dtype, so the cell's position costs no
     precision. Row ``i`` (shape (cells, 4)) holds ``(c0, c1, c2, c3)`` of
@@ -366,7 +376,7 @@ def _inverse_table(a: float, dtype: torch.dtype, device: torch.device) -> tuple[
     the asymptotes' bound ``(1 - a) e^-TABLE_X / a``, whichever is larger;
     Newton then obeys ``e' <= (1 - a) / (8 a) e^2``.
     """
-    h = 2.0 ** math.floor(math.log2((1 + a) * TABLE_X / TABLE_SIZE))
+    h = _table_step(a)
     lo, hi = math.floor(-a * TABLE_X / h), math.ceil(TABLE_X / h)
     ys = torch.arange(lo, hi + 1, dtype=torch.float64) * h
     xs = _exact_roots(ys, a)
@@ -548,8 +558,14 @@ class LeakySoftplus(nn.Module):
         precision (for a = 0.1: none in float32, one in float64), so no step
         is spent on checking convergence.
         """
-        rows, h, first, steps = self._table(a, y.dtype, y.device)
-        x = self._initial_guess(y, rows, h, first)
+        return self._solve_scaled(y * (1 / _table_step(a)), a)  # exact: h is a power of two
+
+    def _solve_scaled(self, t: torch.Tensor, a: float) -> torch.Tensor:
+        """:meth:`_solve` of ``y = t h`` (``h = _table_step(a)``), given ``t`` (B, n), which
+        is overwritten: :class:`LUNet` folds the ``1 / h`` into the matrix before."""
+        rows, h, first, steps = self._table(a, t.dtype, t.device)
+        y = t * h if steps else None
+        x = self._initial_guess(t, rows, first)
         for _ in range(steps):
             x = x.sub_(self._newton_step(x, y, a))
         return x
@@ -576,19 +592,19 @@ class LeakySoftplus(nn.Module):
         return cls._value(x, a).sub_(y).div_(cls._derivative(x, a))
 
     @staticmethod
-    def _initial_guess(y: torch.Tensor, rows: torch.Tensor, h: float, first: int) -> torch.Tensor:
-        """``f^{-1}(y)`` from the cubic pieces ``rows`` of :func:`_inverse_table`, whose cell ``i``
-        starts at ``y = (first + i) h``; the two end cells are linear and extend beyond."""
-        t = y * (1 / h)  # exact: h is a power of two
+    def _initial_guess(t: torch.Tensor, rows: torch.Tensor, first: int) -> torch.Tensor:
+        """``f^{-1}(t h)`` from the cubic pieces ``rows`` of :func:`_inverse_table`, given ``t = y / h``
+        (B, n), which is overwritten; cell ``i`` starts at ``t = first + i``, and the two
+        end cells are linear and extend beyond."""
         start = t.clamp(first, first + rows.shape[0] - 1).floor_()  # the cell's first node
         frac = t.sub_(start)  # exact: t minus a nearby integer
         index = start.sub_(first).long()
         wide = _ROW_DTYPES.get(rows.dtype)
         if wide is None:
-            coefficients = rows.index_select(0, index.reshape(-1)).view(*y.shape, 4)
+            coefficients = rows.index_select(0, index.reshape(-1)).view(*t.shape, 4)
         else:
             # one gather of four-wide elements: much faster than four gathers
-            coefficients = torch.take(rows.view(wide).view(-1), index).view(y.dtype).view(*y.shape, 4)
+            coefficients = torch.take(rows.view(wide), index).view(t.dtype).view(*t.shape, 4)
         return _horner(coefficients, frac)
 
     def _table(self, a: float, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, float, int, int]:
