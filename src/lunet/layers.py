@@ -398,10 +398,15 @@ def _inverse_table(a: float, dtype: torch.dtype, device: torch.device) -> tuple[
     return rows.to(dtype=dtype, device=device).contiguous(), h, lo - 1, steps
 
 
-def _horner(rows: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``c0 + t (c1 + t (c2 + t c3))`` for rows ``(..., 4)`` of coefficients and ``t`` of shape ``(...)``."""
+def _horner(rows: torch.Tensor, t: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``c0 + t (c1 + t (c2 + t c3))`` for rows ``(..., 4)`` of coefficients and ``t`` of shape
+    ``(...)``, into ``out`` (like ``t``) if given; without autograd when ``out`` is given."""
     c0, c1, c2, c3 = rows.unbind(-1)
-    return torch.addcmul(c0, t, torch.addcmul(c1, t, torch.addcmul(c2, t, c3)))
+    if out is None:
+        return torch.addcmul(c0, t, torch.addcmul(c1, t, torch.addcmul(c2, t, c3)))
+    torch.addcmul(c2, t, c3, out=out)
+    torch.addcmul(c1, t, out, out=out)
+    return torch.addcmul(c0, t, out, out=out)
 
 
 def _product_chunk(n: int, lo: float, hi: float, dtype: torch.dtype, max_chunk: int = 8) -> int:
@@ -598,14 +603,14 @@ class LeakySoftplus(nn.Module):
         end cells are linear and extend beyond."""
         start = t.clamp(first, first + rows.shape[0] - 1).floor_()  # the cell's first node
         frac = t.sub_(start)  # exact: t minus a nearby integer
-        index = start.sub_(first).long()
+        index = start.sub_(first).long()  # start's buffer then takes the result
         wide = _ROW_DTYPES.get(rows.dtype)
         if wide is None:
             coefficients = rows.index_select(0, index.reshape(-1)).view(*t.shape, 4)
         else:
             # one gather of four-wide elements: much faster than four gathers
             coefficients = torch.take(rows.view(wide), index).view(t.dtype).view(*t.shape, 4)
-        return _horner(coefficients, frac)
+        return _horner(coefficients, frac, out=start)
 
     def _table(self, a: float, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, float, int, int]:
         """The cubic pieces of the inverse for slope ``a`` (see :func:`_inverse_table`), built once."""
