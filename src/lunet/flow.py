@@ -272,9 +272,11 @@ class LUNet(nn.Module):
         layers, slopes = self._frozen_inverse_plan()
         weight, bias = layers[0]
         h = torch.addmm(bias, z, weight)
-        activations = reversed(self.activations)
-        for (weight, bias), act, a in zip(layers[1:], activations, slopes):
-            x = act._solve_scaled(h, a)  # overwrites h, whose buffer then takes the product
+        # the activations' scratch buffers, made once per pass; a small batch's are cheaper
+        # to allocate afresh than to keep
+        work = {} if z.shape[0] >= 64 else None
+        for (weight, bias), act, a in zip(layers[1:], reversed(self.activations), slopes):
+            x = act._solve_scaled(h, a, work)  # overwrites h, whose buffer then takes the product
             h = torch.addmm(bias, x, weight, out=h)
         return h
 

@@ -398,6 +398,17 @@ def _inverse_table(a: float, dtype: torch.dtype, device: torch.device) -> tuple[
     return rows.to(dtype=dtype, device=device).contiguous(), h, lo - 1, steps
 
 
+def _scratch(work: Optional[dict], name: str, like: torch.Tensor, dtype: Optional[torch.dtype] = None) -> Optional[torch.Tensor]:
+    """The buffer ``work[name]`` of ``like``'s shape and device (and ``dtype``, else ``like``'s),
+    made on first use; None without ``work``, for an operation's ``out`` to allocate."""
+    if work is None:
+        return None
+    buffer = work.get(name)
+    if buffer is None:
+        buffer = work[name] = torch.empty(like.shape, dtype=dtype or like.dtype, device=like.device)
+    return buffer
+
+
 def _horner(rows: torch.Tensor, t: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``c0 + t (c1 + t (c2 + t c3))`` for rows ``(..., 4)`` of coefficients and ``t`` of shape
     ``(...)``, into ``out`` (like ``t``) if given; without autograd when ``out`` is given."""
@@ -565,12 +576,13 @@ class LeakySoftplus(nn.Module):
         """
         return self._solve_scaled(y * (1 / _table_step(a)), a)  # exact: h is a power of two
 
-    def _solve_scaled(self, t: torch.Tensor, a: float) -> torch.Tensor:
+    def _solve_scaled(self, t: torch.Tensor, a: float, work: Optional[dict] = None) -> torch.Tensor:
         """:meth:`_solve` of ``y = t h`` (``h = _table_step(a)``), given ``t`` (B, n), which
-        is overwritten: :class:`LUNet` folds the ``1 / h`` into the matrix before."""
+        is overwritten: :class:`LUNet` folds the ``1 / h`` into the matrix before.
+        ``work``: scratch buffers, as for :meth:`_initial_guess`."""
         rows, h, first, steps = self._table(a, t.dtype, t.device)
         y = t * h if steps else None
-        x = self._initial_guess(t, rows, first)
+        x = self._initial_guess(t, rows, first, work)
         for _ in range(steps):
             x = x.sub_(self._newton_step(x, y, a))
         return x
@@ -597,19 +609,28 @@ class LeakySoftplus(nn.Module):
         return cls._value(x, a).sub_(y).div_(cls._derivative(x, a))
 
     @staticmethod
-    def _initial_guess(t: torch.Tensor, rows: torch.Tensor, first: int) -> torch.Tensor:
+    def _initial_guess(t: torch.Tensor, rows: torch.Tensor, first: int, work: Optional[dict] = None) -> torch.Tensor:
         """``f^{-1}(t h)`` from the cubic pieces ``rows`` of :func:`_inverse_table`, given ``t = y / h``
         (B, n), which is overwritten; cell ``i`` starts at ``t = first + i``, and the two
-        end cells are linear and extend beyond."""
-        start = t.clamp(first, first + rows.shape[0] - 1).floor_()  # the cell's first node
+        end cells are linear and extend beyond.
+
+        ``work`` (a dict, filled on first use), if given, holds the scratch buffers for
+        calls on batches of one shape, so that a pass through several activations
+        allocates them once: on large batches fresh pages cost more than the gather
+        itself. The result then lies in one of them, overwritten by the next call.
+        """
+        start = torch.clamp(t, first, first + rows.shape[0] - 1, out=_scratch(work, "start", t))
+        start.floor_()  # the cell's first node
         frac = t.sub_(start)  # exact: t minus a nearby integer
-        index = start.sub_(first).long()  # start's buffer then takes the result
+        start.sub_(first)
+        index = start.long() if work is None else _scratch(work, "index", t, torch.int64).copy_(start)
         wide = _ROW_DTYPES.get(rows.dtype)
         if wide is None:
             coefficients = rows.index_select(0, index.reshape(-1)).view(*t.shape, 4)
         else:
             # one gather of four-wide elements: much faster than four gathers
-            coefficients = torch.take(rows.view(wide), index).view(t.dtype).view(*t.shape, 4)
+            gathered = torch.take(rows.view(wide), index, out=_scratch(work, "rows", t, wide))
+            coefficients = gathered.view(t.dtype).view(*t.shape, 4)
         return _horner(coefficients, frac, out=start)
 
     def _table(self, a: float, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, float, int, int]:
