@@ -131,6 +131,17 @@ def test_density_redoes_pre_activations_beyond_the_fast_activation():
     assert torch.allclose(ld_fast, ld_ref, rtol=1e-6, atol=1e-3)
 
 
+@pytest.mark.parametrize("grad_enabled", [True, False], ids=["train-path", "cached-path"])
+def test_an_empty_batch_gives_empty_results(grad_enabled):
+    net = make_net()
+    empty = torch.empty(0, 32)
+    with torch.set_grad_enabled(grad_enabled):
+        z, logdet = net(empty)
+        assert z.shape == (0, 32) and logdet.shape == (0,)
+        assert net.log_prob(empty).shape == (0,)
+        assert net.inverse(empty).shape == (0, 32)
+
+
 def test_batch_one_and_batch_thousand_agree():
     net = make_net()
     x = torch.randn(1000, 32)

@@ -146,8 +146,8 @@ class LUNet(nn.Module):
         Each activation runs as :meth:`LeakySoftplus._negated_forward`; should
         a pre-activation leave its exact range, the batch is redone with
         ``exact=True`` (:meth:`LeakySoftplus._scaled_forward`). Two scratch
-        buffers serve every activation and every product writes into the
-        same output: fresh pages cost about as much as the work done on them.
+        buffers serve every activation, and every product after the first
+        writes into the first one's output.
         """
         layers, slopes, const = self._frozen_plan()
         weight, bias = layers[0]
@@ -272,8 +272,8 @@ class LUNet(nn.Module):
         layers, slopes = self._frozen_inverse_plan()
         weight, bias = layers[0]
         h = torch.addmm(bias, z, weight)
-        # the activations' scratch buffers, made once per pass; a small batch's are cheaper
-        # to allocate afresh than to keep
+        # the activations' scratch buffers, made once per pass; for a small batch their
+        # bookkeeping costs more than the allocations it saves
         work = {} if z.shape[0] >= 64 else None
         for (weight, bias), act, a in zip(layers[1:], reversed(self.activations), slopes):
             x = act._solve_scaled(h, a, work)  # overwrites h, whose buffer then takes the product

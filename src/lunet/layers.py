@@ -362,8 +362,9 @@ def _table_step(a: float) -> float:
 def _inverse_table(a: float, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, float, int, int]:
     """Cubic pieces of ``f^{-1}`` for :meth:`LeakySoftplus._initial_guess`: ``(rows, h, first, steps)``.
 
-    The nodes are ``y_j = j h`` with ``h = _table_step(a)``, covering ``[-a TABLE_X, TABLE_X]``; with the
-    grid anchored at 0 and ``h`` a power of two, ``y / h`` and the offset into a
+    The nodes are ``y_j = j h`` with ``h = _table_step(a)``, covering
+    ``[-a TABLE_X, TABLE_X]``; with the grid anchored at 0 and ``h`` a power
+    of two, ``y / h`` and the offset into a
     cell are exact in any float dtype, so the cell's position costs no
     precision. Row ``i`` (shape (cells, 4)) holds ``(c0, c1, c2, c3)`` of
     ``x = c0 + t (c1 + t (c2 + t c3))`` for ``t in [0, 1)`` across the cell
@@ -535,13 +536,16 @@ class LeakySoftplus(nn.Module):
 
         ``softplus(x) = -log sigmoid(u)`` and ``g'(x) = 1 + c - sigmoid(u)``: one
         sigmoid feeds both, where the unnegated form also needs softplus's own
-        exp and log1p. ``log sigmoid(u)`` is exact relative to ``g`` until
-        ``sigmoid(u)`` leaves the normal numbers below :func:`_sigmoid_floor`
-        (``x`` above about 83 in float32); the caller redoes such batches with
-        :meth:`_scaled_forward`.
+        exp and log1p. ``log sigmoid(u)`` keeps ``g`` exact to a few ulps of
+        ``max(|g|, 1)`` until ``sigmoid(u)`` leaves the normal numbers, below
+        :func:`_sigmoid_floor` (``x`` above about 83 in float32); the caller
+        redoes such batches with :meth:`_scaled_forward`.
         """
         c = a / (1 - a)
-        in_range = u.amin() >= _sigmoid_floor(u.dtype)
+        if u.numel() == 0:  # amin has nothing to reduce
+            in_range = torch.ones((), dtype=torch.bool, device=u.device)
+        else:
+            in_range = u.amin() >= _sigmoid_floor(u.dtype)
         s = torch.sigmoid(u, out=scratch)
         torch.log(s, out=out).add_(u, alpha=c)
         return _sum_log_abs(s.sub_(1 + c), c, 1 + c), in_range
@@ -616,8 +620,8 @@ class LeakySoftplus(nn.Module):
 
         ``work`` (a dict, filled on first use), if given, holds the scratch buffers for
         calls on batches of one shape, so that a pass through several activations
-        allocates them once: on large batches fresh pages cost more than the gather
-        itself. The result then lies in one of them, overwritten by the next call.
+        allocates them once (faster on large batches). The result then lies in one
+        of them, overwritten by the next call.
         """
         start = torch.clamp(t, first, first + rows.shape[0] - 1, out=_scratch(work, "start", t))
         start.floor_()  # the cell's first node
