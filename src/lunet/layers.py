@@ -578,14 +578,18 @@ class LeakySoftplus(nn.Module):
         precision (for a = 0.1: none in float32, one in float64), so no step
         is spent on checking convergence.
         """
-        return self._solve_scaled(y * (1 / _table_step(a)), a)  # exact: h is a power of two
+        return self._solve_scaled(y * (1 / _table_step(a)), a, y=y)  # exact: h is a power of two
 
-    def _solve_scaled(self, t: torch.Tensor, a: float, work: Optional[dict] = None) -> torch.Tensor:
+    def _solve_scaled(
+        self, t: torch.Tensor, a: float, work: Optional[dict] = None, y: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """:meth:`_solve` of ``y = t h`` (``h = _table_step(a)``), given ``t`` (B, n), which
         is overwritten: :class:`LUNet` folds the ``1 / h`` into the matrix before.
-        ``work``: scratch buffers, as for :meth:`_initial_guess`."""
+        ``work``: scratch buffers, as for :meth:`_initial_guess`; ``y``: ``t h``, if the
+        caller holds it (the Newton steps need it)."""
         rows, h, first, steps = self._table(a, t.dtype, t.device)
-        y = t * h if steps else None
+        if steps and y is None:
+            y = t * h
         x = self._initial_guess(t, rows, first, work)
         for _ in range(steps):
             x = x.sub_(self._newton_step(x, y, a))
