@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lunet.checks import check_batch, check_positive_int
-from lunet.layers import LeakySoftplus, LULinear, _table_step, state_key
+from lunet.layers import LeakySoftplus, LULinear, _table_step, frozen_affine, output_major, state_key
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -151,7 +151,7 @@ class LUNet(nn.Module):
         """
         layers, slopes, const = self._frozen_plan()
         weight, bias = layers[0]
-        u = torch.addmm(bias, x, weight)
+        u = frozen_affine(x, weight, bias)
         if not slopes:
             return u, const.expand(x.shape[0])
         q, scratch = torch.empty_like(u), torch.empty_like(u)
@@ -164,7 +164,7 @@ class LUNet(nn.Module):
                 ld, ok = LeakySoftplus._negated_forward(u, a, out=q, scratch=scratch)
                 in_range = ok if in_range is None else in_range.logical_and_(ok)
             logdet = ld if logdet is None else logdet.add_(ld)
-            torch.addmm(bias, q, weight, out=u)
+            frozen_affine(q, weight, bias, out=u)
         if not exact and not bool(in_range):
             return self._forward_frozen(x, exact=True)
         return u, logdet.add_(const)
@@ -223,7 +223,7 @@ class LUNet(nn.Module):
             a_t = block.weight64().t()
             sign_out = 1.0 if i == last else -1.0
             sign = sign_out if i == 0 else -sign_out
-            weight = ((sign * scale)[:, None] * a_t).to(dtype).contiguous()
+            weight = output_major((sign * scale)[:, None] * a_t, dtype)
             layers.append((weight, (sign_out * (block.bias.double() + shift @ a_t)).to(dtype)))
             const = const + block.log_abs_det().double()
             if i < len(self.activations):
@@ -249,7 +249,7 @@ class LUNet(nn.Module):
             else:
                 std = self.input_std.double()
                 weight, shift = weight * std, shift * std + self.input_mean.double()
-            layers.append((weight.to(dtype).contiguous(), shift.to(dtype)))
+            layers.append((output_major(weight, dtype), shift.to(dtype)))
         return layers, slopes
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
@@ -271,13 +271,13 @@ class LUNet(nn.Module):
         """:meth:`inverse` without autograd, from the folded matrices of :meth:`_frozen_inverse_plan`."""
         layers, slopes = self._frozen_inverse_plan()
         weight, bias = layers[0]
-        h = torch.addmm(bias, z, weight)
+        h = frozen_affine(z, weight, bias)
         # the activations' scratch buffers, made once per pass; for a small batch their
         # bookkeeping costs more than the allocations it saves
         work = {} if z.shape[0] >= 64 else None
         for (weight, bias), act, a in zip(layers[1:], reversed(self.activations), slopes):
             x = act._solve_scaled(h, a, work)  # overwrites h, whose buffer then takes the product
-            h = torch.addmm(bias, x, weight, out=h)
+            h = frozen_affine(x, weight, bias, out=h)
         return h
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
