@@ -168,3 +168,26 @@ def test_float32_agrees_with_float64(grad_enabled):
         s64 = net64.inverse(x)
     assert (lp32 - lp64).abs().max().item() < 1e-4 * lp64.abs().max().item()
     assert ((s32 - s64).abs() / s64.abs().clamp_min(1)).max().item() < 1e-3
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_small_batches_of_a_wide_net_agree_with_the_training_path(batch):
+    """At width 640 the frozen matrices are large enough that a small batch's products
+    are split among the threads (``frozen_affine``): density and sampling must not notice."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        net = make_net(dim=640, blocks=3)
+        net.standardize(torch.randn(200, 640) * 2 + 1)
+        x = torch.randn(batch, 640) * 2 + 1
+        z_ref, ld_ref = net(x)
+        x_ref = net.inverse(z_ref.detach().requires_grad_())
+        with torch.no_grad():
+            z, ld = net(x)
+            x_back = net.inverse(z)
+    finally:
+        torch.set_num_threads(saved)
+    assert (z - z_ref).abs().max() < 1e-5 * z_ref.abs().max()
+    assert (ld - ld_ref).abs().max() < 1e-5 * ld_ref.abs().max()
+    assert (x_back - x_ref).abs().max() < 1e-4 * x_ref.abs().max()
+    assert (x_back - x).abs().max() < 1e-3

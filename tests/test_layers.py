@@ -351,3 +351,39 @@ def test_training_path_refuses_second_derivatives_by_name():
     (g,) = torch.autograd.grad(layer(x)[0].square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once"):
         g.sum().backward()
+
+
+@pytest.fixture
+def two_threads():
+    """Two threads, so that ``frozen_affine`` has shares to split into; restored after."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("dtype,width", [(torch.float32, 768), (torch.float64, 512), (torch.float32, 769)])
+@pytest.mark.parametrize("rows", [1, 5, 127, 128])
+@pytest.mark.parametrize("into_out", [False, True], ids=["new", "out"])
+def test_frozen_affine_is_the_affine_map_split_or_not(dtype, width, rows, into_out, two_threads, monkeypatch):
+    """Below SPLIT_BELOW_ROWS rows a matrix over SPLIT_MIN_BYTES is split by output
+    columns (not at a prime width: nothing divides it); every form gives ``h W + b``."""
+    from lunet.layers import SPLIT_BELOW_ROWS, frozen_affine, output_major
+
+    split_calls = []
+    baddbmm = torch.baddbmm
+    monkeypatch.setattr(torch, "baddbmm", lambda *a, **k: split_calls.append(1) or baddbmm(*a, **k))
+    gen = torch.Generator().manual_seed(rows)
+    w64 = torch.randn(width, width, generator=gen, dtype=torch.float64) / width**0.5
+    b64 = torch.randn(width, generator=gen, dtype=torch.float64)
+    h64 = torch.randn(rows, width, generator=gen, dtype=torch.float64)
+    out = torch.full((rows, width), float("nan"), dtype=dtype) if into_out else None
+    with torch.no_grad():
+        y = frozen_affine(h64.to(dtype), output_major(w64, dtype), b64.to(dtype), out=out)
+    assert bool(split_calls) == (rows < SPLIT_BELOW_ROWS and width % 2 == 0)
+    if into_out:
+        assert y is out
+    exact = h64.to(dtype).double() @ w64.to(dtype).double() + b64.to(dtype).double()
+    tol = 1e-5 if dtype == torch.float32 else 1e-13
+    assert y.shape == (rows, width) and y.dtype == dtype
+    assert (y.double() - exact).abs().max() < tol * exact.abs().max()
