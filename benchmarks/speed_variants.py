@@ -4,7 +4,8 @@
 
 1. The training step of the paper's LU-Net at batch 256 with the triangular
    products blocked to depth 0 (autograd-free plain products), 1, 2 and 3.
-2. Sampling at batch 1 with 1 and with 2 threads.
+2. Sampling and density at batches 1, 4 and 32: the frozen products split
+   among 2 threads by output columns, one product each on 2 threads, 1 thread.
 3. Density at batch 1,000 with the standardisation, the activations' ``1 - a``
    and the signs folded into the cached matrices and each activation from one
    sigmoid, against the same plan with softplus and sigmoid, and the pass unfolded.
@@ -59,22 +60,30 @@ def block_depths(rounds: int) -> dict[int, float]:
     return {d: statistics.median(t) for d, t in times.items()}
 
 
-def batch1_threads(rounds: int) -> dict[int, float]:
-    """Median time (s) of ``sample(1)`` with 1 and 2 intra-op threads."""
+def small_batches(rounds: int, batches: tuple[int, ...] = (1, 4, 32)) -> dict[str, dict[int, float]]:
+    """Median times (s) of ``sample(b)`` and ``log_prob`` at small batches ``b``: with the
+    frozen products split among 2 threads by output columns (the default), as one
+    product each on 2 threads, and on 1 thread (where nothing is split)."""
     torch.manual_seed(0)
     model = build_model(paper_lunet_spec()).eval()
-    saved = torch.get_num_threads()
-    times: dict[int, list[float]] = {1: [], 2: []}
+    saved = torch.get_num_threads(), layers.SPLIT_BELOW_ROWS
+    variants = {"split, 2 threads": (2, saved[1]), "one product, 2 threads": (2, 0), "1 thread": (1, saved[1])}
+    times = {f"{task} {name}": {b: [] for b in batches} for task in ("sampling", "density") for name in variants}
+    xs = {b: torch.randn(b, 784) for b in batches}  # as in `lunet bench --micro`
     try:
         with torch.no_grad():
             for _ in range(rounds):
-                for threads in times:
+                for name, (threads, split_below) in variants.items():
                     torch.set_num_threads(threads)
-                    _seconds(lambda: model.sample(1), 20)
-                    times[threads].append(_seconds(lambda: model.sample(1), 100))
+                    layers.SPLIT_BELOW_ROWS = split_below
+                    for b in batches:
+                        for task, fn in (("sampling", lambda: model.sample(b)), ("density", lambda: model.log_prob(xs[b]))):
+                            _seconds(fn, 5)
+                            times[f"{task} {name}"][b].append(_seconds(fn, 30))
     finally:
-        torch.set_num_threads(saved)
-    return {t: statistics.median(v) for t, v in times.items()}
+        torch.set_num_threads(saved[0])
+        layers.SPLIT_BELOW_ROWS = saved[1]
+    return {k: {b: statistics.median(v) for b, v in per.items()} for k, per in times.items()}
 
 
 def density_folding(rounds: int) -> dict[str, float]:
@@ -159,9 +168,12 @@ def main() -> None:
     for depth, t in block_depths(args.rounds).items():
         label = "plain products" if depth == 0 else f"blocked, depth {depth} (blocks of {784 >> depth})"
         print(f"| {label} | {t * 1e3:.1f} |")
-    print("\n| sampling, batch 1 | ms |\n| --- | --- |")
-    for threads, t in batch1_threads(args.rounds).items():
-        print(f"| {threads} thread{'s' if threads > 1 else ''} | {t * 1e3:.3f} |")
+    small = small_batches(args.rounds)
+    batches = list(next(iter(small.values())))
+    print("\n| small batches, ms per call | " + " | ".join(f"batch {b}" for b in batches) + " |")
+    print("| --- |" + " --- |" * len(batches))
+    for name, per in small.items():
+        print(f"| {name} | " + " | ".join(f"{t * 1e3:.3f}" for t in per.values()) + " |")
     print("\n| density, batch 1,000 | ms |\n| --- | --- |")
     for name, t in density_folding(args.rounds).items():
         print(f"| {name} | {t * 1e3:.1f} |")
