@@ -5,7 +5,9 @@
 1. The training step of the paper's LU-Net at batch 256 with the triangular
    products blocked to depth 0 (autograd-free plain products), 1, 2 and 3.
 2. Sampling and density at batches 1, 4 and 32: the frozen products split
-   among 2 threads by output columns, one product each on 2 threads, 1 thread.
+   among 2 threads by output columns, one product each on 2 threads, 1 thread;
+   and chains of four products alone, split and not, at widths 512 to 1,024
+   and batches 1 to 256: where the split pays.
 3. Density at batch 1,000 with the standardisation, the activations' ``1 - a``
    and the signs folded into the cached matrices and each activation from one
    sigmoid, against the same plan with softplus and sigmoid, and the pass unfolded.
@@ -84,6 +86,39 @@ def small_batches(rounds: int, batches: tuple[int, ...] = (1, 4, 32)) -> dict[st
         torch.set_num_threads(saved[0])
         layers.SPLIT_BELOW_ROWS = saved[1]
     return {k: {b: statistics.median(v) for b, v in per.items()} for k, per in times.items()}
+
+
+def split_bounds(rounds: int, widths: tuple[int, ...] = (512, 640, 784, 1024), batches: tuple[int, ...] = (1, 4, 16, 64, 128, 256)) -> dict[tuple[int, int], tuple[float, float]]:
+    """Median times (s) of a chain of four frozen products (``frozen_affine``) on 2 threads,
+    split among the threads by output columns and as one product, per (width, batch):
+    the measurements behind ``SPLIT_BELOW_ROWS`` and ``SPLIT_MIN_BYTES``."""
+    torch.manual_seed(0)
+    saved = torch.get_num_threads(), layers.SPLIT_BELOW_ROWS, layers.SPLIT_MIN_BYTES
+    times: dict[tuple[int, int], tuple[list[float], list[float]]] = {}
+    try:
+        torch.set_num_threads(2)
+        layers.SPLIT_MIN_BYTES = 0
+        for width in widths:
+            mats = [(layers.output_major(torch.randn(width, width) / width**0.5, torch.float32), torch.randn(width)) for _ in range(4)]
+            for batch in batches:
+                x = torch.randn(batch, width)
+
+                def chain() -> None:
+                    h = x
+                    for weight, bias in mats:
+                        h = layers.frozen_affine(h, weight, bias)
+
+                split, whole = [], []
+                for _ in range(rounds):
+                    for below, out in ((10**9, split), (0, whole)):
+                        layers.SPLIT_BELOW_ROWS = below
+                        chain()
+                        out.append(_seconds(chain, 10))
+                times[width, batch] = (statistics.median(split), statistics.median(whole))
+    finally:
+        torch.set_num_threads(saved[0])
+        layers.SPLIT_BELOW_ROWS, layers.SPLIT_MIN_BYTES = saved[1], saved[2]
+    return times
 
 
 def density_folding(rounds: int) -> dict[str, float]:
@@ -174,6 +209,13 @@ def main() -> None:
     print("| --- |" + " --- |" * len(batches))
     for name, per in small.items():
         print(f"| {name} | " + " | ".join(f"{t * 1e3:.3f}" for t in per.values()) + " |")
+    bounds = split_bounds(args.rounds)
+    widths = sorted({w for w, _ in bounds})
+    print("\n| four products, split / one product | " + " | ".join(f"width {w}" for w in widths) + " |")
+    print("| --- |" + " --- |" * len(widths))
+    for batch in sorted({b for _, b in bounds}):
+        cells = (f"{bounds[w, batch][0] * 1e3:.3f} / {bounds[w, batch][1] * 1e3:.3f} ms" for w in widths)
+        print(f"| batch {batch} | " + " | ".join(cells) + " |")
     print("\n| density, batch 1,000 | ms |\n| --- | --- |")
     for name, t in density_folding(args.rounds).items():
         print(f"| {name} | {t * 1e3:.1f} |")

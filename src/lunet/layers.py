@@ -40,10 +40,10 @@ def state_key(*tensors: torch.Tensor) -> tuple:
 
 
 # A frozen product of fewer rows than this, on the CPU, whose matrix is larger than
-# one core's cache, splits its output columns among the threads (`frozen_affine`).
-# Measured on 2 cores with 1 MiB of L2 each, in a chain of four products: at width
-# 784, the split takes about 2/3 of the time at batch 1 and 1/3 at batch 4, and
-# draws level at 256 rows; at width 512 (1 MiB) it loses, at 640 it wins.
+# one core's L2 cache, splits its output columns among the threads (`frozen_affine`).
+# `benchmarks/speed_variants.py` times the split against one product on 2 cores
+# with 1 MiB of L2 each: it pays most at batches 1 to 4 and wide matrices, and
+# draws level at about 128 rows, or at width 640; at width 512 (1 MiB) it loses.
 SPLIT_BELOW_ROWS = 128
 SPLIT_MIN_BYTES = 1 << 20
 
