@@ -42,8 +42,8 @@ def state_key(*tensors: torch.Tensor) -> tuple:
 # A frozen product of fewer rows than this, on the CPU, whose matrix is larger than
 # one core's L2 cache, splits its output columns among the threads (`frozen_affine`).
 # `benchmarks/speed_variants.py` times the split against one product on 2 cores
-# with 1 MiB of L2 each: it pays most at batches 1 to 4 and wide matrices, and
-# draws level at about 128 rows, or at width 640; at width 512 (1 MiB) it loses.
+# with 1 MiB of L2 each: at width 784 it pays most at batches 1 to 16 and draws
+# level at 256 rows; at width 640 it is about level, at 512 (1 MiB) it loses.
 SPLIT_BELOW_ROWS = 128
 SPLIT_MIN_BYTES = 1 << 20
 
