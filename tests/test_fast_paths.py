@@ -185,8 +185,14 @@ def test_small_batches_of_a_wide_net_agree_with_the_training_path(batch):
         with torch.no_grad():
             z, ld = net(x)
             x_back = net.inverse(z)
+        layer = net.blocks[0]  # a layer's own cache takes the same products
+        y_ref = layer(x)[0]
+        with torch.no_grad():
+            y, x_layer = layer(x)[0], layer.inverse(y_ref)
     finally:
         torch.set_num_threads(saved)
+    assert (y - y_ref).abs().max() < 1e-5 * y_ref.abs().max()
+    assert (x_layer - x).abs().max() < 1e-4 * x.abs().max()
     assert (z - z_ref).abs().max() < 1e-5 * z_ref.abs().max()
     assert (ld - ld_ref).abs().max() < 1e-5 * ld_ref.abs().max()
     assert (x_back - x_ref).abs().max() < 1e-4 * x_ref.abs().max()

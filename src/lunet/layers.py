@@ -64,7 +64,8 @@ def frozen_affine(
     h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
     """``h weight + bias`` without autograd, (B, n_in) -> (B, n_out), into ``out`` if given;
-    ``weight`` (n_in, n_out) in the layout of :func:`output_major`.
+    ``weight`` (n_in, n_out), fastest in the layout of :func:`output_major` (any layout
+    gives the same result).
 
     A batch of a few rows makes the product one pass over the matrix, which a
     single core would run. On the CPU, below ``SPLIT_BELOW_ROWS`` rows and for a
@@ -78,7 +79,7 @@ def frozen_affine(
     if shares == 1:
         return torch.addmm(bias, h, weight, out=out)
     width = n_out // shares
-    args = (bias.view(shares, 1, width), h.expand(shares, rows, h.shape[1]), weight.t().view(shares, width, -1).transpose(1, 2))
+    args = (bias.reshape(shares, 1, width), h.expand(shares, rows, h.shape[1]), weight.t().reshape(shares, width, -1).transpose(1, 2))
     if rows == 1:  # (shares, 1, width) is the row itself
         if out is None:
             return torch.baddbmm(*args).view(1, n_out)
