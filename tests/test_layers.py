@@ -387,3 +387,19 @@ def test_frozen_affine_is_the_affine_map_split_or_not(dtype, width, rows, into_o
     tol = 1e-5 if dtype == torch.float32 else 1e-13
     assert y.shape == (rows, width) and y.dtype == dtype
     assert (y.double() - exact).abs().max() < tol * exact.abs().max()
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_frozen_layer_passes_gradients_to_its_input(rows, two_threads):
+    """Weights that need no gradient take the cached (and, this wide, split) product even
+    with autograd on; the input's gradient must be the training path's."""
+    torch.manual_seed(0)
+    layer = LULinear(640, init_scale=0.3)
+    x = torch.randn(rows, 640, requires_grad=True)
+    weights = torch.randn(rows, 640)
+    (layer(x)[0] * weights).sum().backward()
+    reference = x.grad.clone()
+    x.grad = None
+    layer.requires_grad_(False)
+    (layer(x)[0] * weights).sum().backward()
+    assert (x.grad - reference).abs().max() < 1e-5 * reference.abs().max()

@@ -63,9 +63,9 @@ def _split_count(n_out: int, threads: int) -> int:
 def frozen_affine(
     h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
-    """``h weight + bias`` without autograd, (B, n_in) -> (B, n_out), into ``out`` if given;
-    ``weight`` (n_in, n_out), fastest in the layout of :func:`output_major` (any layout
-    gives the same result).
+    """``h weight + bias`` for frozen weights, (B, n_in) -> (B, n_out), into ``out`` if
+    given (then without autograd); ``weight`` (n_in, n_out), fastest in the layout of
+    :func:`output_major` (any layout gives the same result).
 
     A batch of a few rows makes the product one pass over the matrix, which a
     single core would run. On the CPU, below ``SPLIT_BELOW_ROWS`` rows and for a
