@@ -11,7 +11,7 @@
 3. Density at batch 1,000 with the standardisation, the activations' ``1 - a``
    and the signs folded into the cached matrices and each activation from one
    sigmoid, against the same plan with softplus and sigmoid, and the pass unfolded.
-4. The finiteness screen of a batch of 1,000: elementwise against one sum.
+4. The finiteness screen of a batch of 1,000 and of 1: elementwise against one sum.
 5. With ``--compile``: the activation's forward (value and log-det) in eager
    mode against ``torch.compile`` (needs a C++ compiler; compiling takes a while).
 
@@ -22,6 +22,7 @@ the figures are medians over rounds.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from typing import Callable
@@ -163,16 +164,22 @@ def density_folding(rounds: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def finiteness_screen(rounds: int) -> dict[str, float]:
-    """Median times (s) of screening a (1000, 784) batch for NaN/inf: elementwise, and by one sum."""
-    x = torch.randn(1000, 784)
-    variants = {"isfinite(x).all()": lambda: bool(torch.isfinite(x).all()),
-                "isfinite(x.sum())": lambda: bool(torch.isfinite(x.sum()))}
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            times[name].append(_seconds(fn, 10))
-    return {k: statistics.median(v) for k, v in times.items()}
+def finiteness_screen(rounds: int) -> dict[int, dict[str, float]]:
+    """Median times (s) of screening a (B, 784) batch for NaN/inf, at B = 1,000 and 1:
+    elementwise, by one sum tested as a tensor, and by one sum tested as a Python float
+    (what ``check_batch`` does)."""
+    out: dict[int, dict[str, float]] = {}
+    for batch in (1000, 1):
+        x = torch.randn(batch, 784)
+        variants = {"bool(isfinite(x).all())": lambda: bool(torch.isfinite(x).all()),
+                    "bool(isfinite(x.sum()))": lambda: bool(torch.isfinite(x.sum())),
+                    "math.isfinite(x.sum().item())": lambda: math.isfinite(x.sum().item())}
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for _ in range(rounds):
+            for name, fn in variants.items():
+                times[name].append(_seconds(fn, 10 if batch > 1 else 200))
+        out[batch] = {k: statistics.median(v) for k, v in times.items()}
+    return out
 
 
 def compiled_activation(rounds: int) -> dict[str, float]:
@@ -219,9 +226,10 @@ def main() -> None:
     print("\n| density, batch 1,000 | ms |\n| --- | --- |")
     for name, t in density_folding(args.rounds).items():
         print(f"| {name} | {t * 1e3:.1f} |")
-    print("\n| NaN/inf screen, batch 1,000 | ms |\n| --- | --- |")
-    for name, t in finiteness_screen(args.rounds).items():
-        print(f"| `{name}` | {t * 1e3:.3f} |")
+    screen = finiteness_screen(args.rounds)
+    print("\n| NaN/inf screen | batch 1,000, ms | batch 1, µs |\n| --- | --- | --- |")
+    for name in screen[1000]:
+        print(f"| `{name}` | {screen[1000][name] * 1e3:.3f} | {screen[1][name] * 1e6:.1f} |")
     if args.compile:
         r = compiled_activation(args.rounds)
         print("\n| leaky softplus forward, batch 1,000 | ms |\n| --- | --- |")

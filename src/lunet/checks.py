@@ -6,6 +6,7 @@ expected shape, never deep inside torch.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -46,7 +47,7 @@ def check_batch(
     # NaN and inf survive a sum, so one cheap reduction screens the batch; only
     # when it is not finite (bad values, or finite ones whose sum overflowed)
     # is every entry checked.
-    if check_finite and not bool(torch.isfinite(x.sum())):
+    if check_finite and not math.isfinite(x.sum().item()):
         bad = int((~torch.isfinite(x)).sum())
         if bad:
             raise ValueError(f"{name} holds {bad} NaN or infinite value(s); shape {tuple(x.shape)}")
