@@ -171,26 +171,21 @@ def test_float32_agrees_with_float64(grad_enabled):
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_small_batches_of_a_wide_net_agree_with_the_training_path(batch):
+def test_small_batches_of_a_wide_net_agree_with_the_training_path(batch, two_threads):
     """At width 640 the frozen matrices are large enough that a small batch's products
     are split among the threads (``frozen_affine``): density and sampling must not notice."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        net = make_net(dim=640, blocks=3)
-        net.standardize(torch.randn(200, 640) * 2 + 1)
-        x = torch.randn(batch, 640) * 2 + 1
-        z_ref, ld_ref = net(x)
-        x_ref = net.inverse(z_ref.detach().requires_grad_())
-        with torch.no_grad():
-            z, ld = net(x)
-            x_back = net.inverse(z)
-        layer = net.blocks[0]  # a layer's own cache takes the same products
-        y_ref = layer(x)[0]
-        with torch.no_grad():
-            y, x_layer = layer(x)[0], layer.inverse(y_ref)
-    finally:
-        torch.set_num_threads(saved)
+    net = make_net(dim=640, blocks=3)
+    net.standardize(torch.randn(200, 640) * 2 + 1)
+    x = torch.randn(batch, 640) * 2 + 1
+    z_ref, ld_ref = net(x)
+    x_ref = net.inverse(z_ref.detach().requires_grad_())
+    with torch.no_grad():
+        z, ld = net(x)
+        x_back = net.inverse(z)
+    layer = net.blocks[0]  # a layer's own cache takes the same products
+    y_ref = layer(x)[0]
+    with torch.no_grad():
+        y, x_layer = layer(x)[0], layer.inverse(y_ref)
     assert (y - y_ref).abs().max() < 1e-5 * y_ref.abs().max()
     assert (x_layer - x).abs().max() < 1e-4 * x.abs().max()
     assert (z - z_ref).abs().max() < 1e-5 * z_ref.abs().max()

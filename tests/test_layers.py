@@ -353,15 +353,6 @@ def test_training_path_refuses_second_derivatives_by_name():
         g.sum().backward()
 
 
-@pytest.fixture
-def two_threads():
-    """Two threads, so that ``frozen_affine`` has shares to split into; restored after."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(saved)
-
-
 @pytest.mark.parametrize("dtype,width", [(torch.float32, 768), (torch.float64, 512), (torch.float32, 769)])
 @pytest.mark.parametrize("rows", [1, 5, 127, 128])
 @pytest.mark.parametrize("into_out", [False, True], ids=["new", "out"])
