@@ -3,7 +3,7 @@
     python benchmarks/speed_variants.py [--rounds 12] [--compile]
 
 1. The training step of the paper's LU-Net at batch 256 with the triangular
-   products blocked to depth 0 (autograd-free plain products), 1, 2 and 3.
+   products blocked to depth 0 (one masked product), 1, 2, 3 and 4.
 2. Sampling and density at batches 1, 4 and 32: the frozen products split
    among 2 threads by output columns, one product each on 2 threads, 1 thread;
    and chains of four products alone, split and not, at widths 512 to 1,024
@@ -47,7 +47,7 @@ def block_depths(rounds: int) -> dict[int, float]:
     torch.manual_seed(0)
     model = build_model(paper_lunet_spec())
     step = _training_step(model, torch.randn(256, 784))
-    leaves = {0: 10**9, 1: 392, 2: 196, 3: 98}  # BLOCK_LEAF giving each depth at width 784
+    leaves = {0: 10**9, 1: 392, 2: 196, 3: 98, 4: 49}  # BLOCK_LEAF giving each depth at width 784
     saved = layers.BLOCK_LEAF
     times: dict[int, list[float]] = {d: [] for d in leaves}
     try:

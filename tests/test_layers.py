@@ -277,16 +277,17 @@ def polished_roots(y, alpha):
 
 
 @pytest.mark.parametrize("blocked", [False, True], ids=["plain", "blocked"])
-@pytest.mark.parametrize("n", [6, 7])
-def test_triangular_affine_backward_matches_finite_differences(n, blocked, monkeypatch):
+@pytest.mark.parametrize("n,depth", [(7, 0), (6, 1), (12, 2), (8, 3)])
+def test_triangular_affine_backward_matches_finite_differences(n, depth, blocked, monkeypatch):
     """The hand-written backward of the training path, against numerical gradients
     for the input, the packed triangles, the diagonal and the bias (float64),
-    in its plain and its blocked form (even and odd widths)."""
+    in its plain and its blocked form: halved while the halves are whole, down
+    to leaves of width 3 (n = 12) or 1 (n = 8, whose leaves hold no strict triangle)."""
     from lunet import layers
     from lunet.layers import _TriangularAffine
 
     monkeypatch.setattr(layers, "BLOCK_LEAF", 1 if blocked else 10**9)
-    assert layers._block_depth(n) == (2 if blocked else 0)  # odd and even halves at two levels
+    assert layers._block_depth(n) == (depth if blocked else 0)
     torch.manual_seed(0)
     layer = LULinear(n, init_scale=0.5).double()
     x = torch.randn(5, n, dtype=torch.float64, requires_grad=True)
@@ -302,6 +303,35 @@ def test_triangular_affine_backward_matches_finite_differences(n, blocked, monke
     assert torch.all(lu.grad.diagonal() == 0)
     off_diagonal = ~torch.eye(n, dtype=torch.bool)
     assert torch.all(lu.grad[off_diagonal] != 0)
+
+
+def test_training_path_at_the_paper_width_matches_dense_products():
+    """At width 784 the default blocking halves three times (leaves of 98, batched
+    strided views of non-contiguous operands): output and every gradient match
+    autograd through the dense masked triangles, in float64."""
+    from lunet import layers
+    from lunet.layers import _TriangularAffine
+
+    n = 784
+    assert layers._block_depth(n) == 3
+    torch.manual_seed(0)
+    layer = LULinear(n).double()
+    x = torch.randn(n, 40, dtype=torch.float64).t().requires_grad_()  # column-major rows
+    lu = layer.lu.detach().clone().requires_grad_()
+    d = (torch.rand(n, dtype=torch.float64) + 0.5).requires_grad_()
+    b = torch.randn(n, dtype=torch.float64, requires_grad=True)
+    masks = (layer.strict_lower_mask, layer.strict_upper_mask)
+    weight = torch.randn(40, n, dtype=torch.float64)
+
+    def grads(y):
+        return torch.autograd.grad((y * weight).sum(), (x, lu, d, b))
+
+    fast = _TriangularAffine.apply(x, lu, d, b, *masks)
+    a = (torch.eye(n, dtype=torch.float64) + lu * masks[0]) @ (lu * masks[1] + torch.diag(d))
+    dense = x @ a.T + b
+    assert torch.allclose(fast, dense, rtol=0, atol=1e-11)
+    for got, want in zip(grads(fast), grads(dense)):
+        assert torch.allclose(got, want, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.float64, 1e-12)])

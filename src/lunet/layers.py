@@ -92,62 +92,79 @@ def frozen_affine(
     return out
 
 
-# The training path halves each triangle recursively while the halves are at
-# least this wide, and skips every block that is zero: at width 784 (two
-# levels, blocks of 196) that is 10/16 of the dense flops of each product.
-BLOCK_LEAF = 128
+# The training path halves each triangle recursively while the halves are whole
+# and at least this wide, and skips every block that is zero: at width 784
+# (three levels, leaves of 98) that is 9/16 of the dense flops of each product.
+# The blocks of one level are equal and evenly spaced, so each level is one
+# batched product over strided views of the operands, and one mask product
+# serves all the diagonal leaves: a few large calls instead of many small ones.
+BLOCK_LEAF = 64
 
 
 def _block_depth(n: int) -> int:
+    """How many times the (n, n) triangles are halved (0: a single masked block)."""
     depth = 0
-    while n // 2 >= BLOCK_LEAF:
-        n, depth = n // 2, depth + 1
+    while n % (2 << depth) == 0 and n // (2 << depth) >= BLOCK_LEAF:
+        depth += 1
     return depth
 
 
-@functools.lru_cache(maxsize=64)
-def _blocks(n: int, depth: int, lower: bool) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int, int, int], ...]]:
-    """The blocks of an (n, n) lower (or upper) triangle halved ``depth`` times:
-    the diagonal leaves ``(s, e)`` and the off-diagonal blocks ``(r0, r1, c0, c1)``
-    (rows ``r0:r1``, columns ``c0:c1``) that hold the rest of the triangle."""
-    leaves, off = [], []
+def _batch_view(t: torch.Tensor, count: int, rows: int, cols: int, start: tuple[int, int], step: tuple[int, int]) -> torch.Tensor:
+    """``count`` blocks of ``t`` (2-D), each (rows, cols), the first at ``start``
+    (row, column) and each next one ``step`` further: one (count, rows, cols) view."""
+    rs, cs = t.stride()
+    offset = t.storage_offset() + start[0] * rs + start[1] * cs
+    return t.as_strided((count, rows, cols), (step[0] * rs + step[1] * cs, rs, cs), offset)
 
-    def split(s: int, e: int, d: int) -> None:
-        if d == 0:
-            leaves.append((s, e))
-            return
-        k = s + (e - s) // 2
-        split(s, k, d - 1)
-        split(k, e, d - 1)
-        off.append((k, e, s, k) if lower else (s, k, k, e))
 
-    split(0, n, depth)
-    return tuple(leaves), tuple(off)
+def _levels(n: int, depth: int, lower: bool):
+    """The off-diagonal blocks of a lower (or upper) (n, n) triangle halved ``depth``
+    times, level by level: ``(count, size, row, col)``, the first block at
+    ``(row, col)`` and each next one ``2 size`` further along the diagonal."""
+    for level in range(depth):
+        size = n >> (level + 1)
+        yield (1 << level, size, size, 0) if lower else (1 << level, size, 0, size)
 
 
 def _triangular_matmul(out, a, m, mask, lower: bool, beta: float, depth: int) -> None:
     """``out = beta * out + a @ (m * mask)`` in place, where ``m * mask`` is lower (or
     upper) triangular: blocks that are zero are skipped, and only the diagonal
-    leaves are masked. ``m``, ``mask``: (n, n) views."""
-    leaves, off = _blocks(m.shape[0], depth, lower)
-    for s, e in leaves:  # first, so that beta scales each column block once
-        out[:, s:e].addmm_(a[:, s:e], m[s:e, s:e] * mask[s:e, s:e], beta=beta)
-    for r0, r1, c0, c1 in off:
-        out[:, c0:c1].addmm_(a[:, r0:r1], m[r0:r1, c0:c1])
+    leaves are masked. ``a``, ``out``: (B, n); ``m``, ``mask``: (n, n) views."""
+    n, b = m.shape[0], a.shape[0]
+    leaf, leaves = n >> depth, 1 << depth
+    masked = _batch_view(m, leaves, leaf, leaf, (0, 0), (leaf, leaf)) * mask[:leaf, :leaf]
+    # first, so that beta scales each column block once
+    _batch_view(out, leaves, b, leaf, (0, 0), (0, leaf)).baddbmm_(
+        _batch_view(a, leaves, b, leaf, (0, 0), (0, leaf)), masked, beta=beta
+    )
+    for count, size, row, col in _levels(n, depth, lower):
+        _batch_view(out, count, b, size, (0, col), (0, 2 * size)).baddbmm_(
+            _batch_view(a, count, b, size, (0, row), (0, 2 * size)),
+            _batch_view(m, count, size, size, (row, col), (2 * size, 2 * size)),
+        )
 
 
 def _triangular_outer(out, p, q, mask, lower: bool, accumulate: bool, depth: int) -> None:
     """The lower (or upper) triangle of ``p^T @ q``, masked, written into ``out`` (n, n);
     the other triangle's off-diagonal blocks are left untouched, and with
     ``accumulate`` the masked diagonal leaves are added to what ``out`` holds."""
-    leaves, off = _blocks(out.shape[0], depth, lower)
-    for s, e in leaves:
-        if accumulate:
-            out[s:e, s:e].addcmul_(p[:, s:e].t() @ q[:, s:e], mask[s:e, s:e])
-        else:
-            out[s:e, s:e].addmm_(p[:, s:e].t(), q[:, s:e], beta=0).mul_(mask[s:e, s:e])
-    for r0, r1, c0, c1 in off:
-        out[r0:r1, c0:c1].addmm_(p[:, r0:r1].t(), q[:, c0:c1], beta=0)
+    n, b = out.shape[0], p.shape[0]
+    leaf, leaves = n >> depth, 1 << depth
+    product = torch.bmm(
+        _batch_view(p, leaves, b, leaf, (0, 0), (0, leaf)).transpose(1, 2),
+        _batch_view(q, leaves, b, leaf, (0, 0), (0, leaf)),
+    )
+    diagonal = _batch_view(out, leaves, leaf, leaf, (0, 0), (leaf, leaf))
+    if accumulate:
+        diagonal.addcmul_(product, mask[:leaf, :leaf])
+    else:
+        torch.mul(product, mask[:leaf, :leaf], out=diagonal)
+    for count, size, row, col in _levels(n, depth, lower):
+        _batch_view(out, count, size, size, (row, col), (2 * size, 2 * size)).baddbmm_(
+            _batch_view(p, count, b, size, (0, row), (0, 2 * size)).transpose(1, 2),
+            _batch_view(q, count, b, size, (0, col), (0, 2 * size)),
+            beta=0,
+        )
 
 
 class _TriangularAffine(torch.autograd.Function):
