@@ -126,16 +126,23 @@ def _levels(n: int, depth: int, lower: bool):
         yield (1 << level, size, size, 0) if lower else (1 << level, size, 0, size)
 
 
-def _triangular_matmul(out, a, m, mask, lower: bool, beta: float, depth: int) -> None:
-    """``out = beta * out + a @ (m * mask)`` in place, where ``m * mask`` is lower (or
-    upper) triangular: blocks that are zero are skipped, and only the diagonal
-    leaves are masked. ``a``, ``out``: (B, n); ``m``, ``mask``: (n, n) views."""
+def _diagonal_leaves(m: torch.Tensor, depth: int) -> torch.Tensor:
+    """The 2^depth diagonal blocks of ``m`` (n, n), the leaves of the halving: one
+    (2^depth, n / 2^depth, n / 2^depth) view."""
+    leaf = m.shape[0] >> depth
+    return _batch_view(m, 1 << depth, leaf, leaf, (0, 0), (leaf, leaf))
+
+
+def _triangular_matmul(out, a, m, leaves, lower: bool, beta: float, depth: int) -> None:
+    """``out = beta * out + a @ T`` in place for the lower (or upper) triangular ``T``
+    that is ``m`` (n, n) off its diagonal blocks and ``leaves`` (the masked diagonal
+    blocks, as from :func:`_diagonal_leaves`) on them; the blocks of ``T`` that are
+    zero are skipped. ``a``, ``out``: (B, n)."""
     n, b = m.shape[0], a.shape[0]
-    leaf, leaves = n >> depth, 1 << depth
-    masked = _batch_view(m, leaves, leaf, leaf, (0, 0), (leaf, leaf)) * mask[:leaf, :leaf]
+    leaf = n >> depth
     # first, so that beta scales each column block once
-    _batch_view(out, leaves, b, leaf, (0, 0), (0, leaf)).baddbmm_(
-        _batch_view(a, leaves, b, leaf, (0, 0), (0, leaf)), masked, beta=beta
+    _batch_view(out, 1 << depth, b, leaf, (0, 0), (0, leaf)).baddbmm_(
+        _batch_view(a, 1 << depth, b, leaf, (0, 0), (0, leaf)), leaves, beta=beta
     )
     for count, size, row, col in _levels(n, depth, lower):
         _batch_view(out, count, b, size, (0, col), (0, 2 * size)).baddbmm_(
@@ -154,7 +161,7 @@ def _triangular_outer(out, p, q, mask, lower: bool, accumulate: bool, depth: int
         _batch_view(p, leaves, b, leaf, (0, 0), (0, leaf)).transpose(1, 2),
         _batch_view(q, leaves, b, leaf, (0, 0), (0, leaf)),
     )
-    diagonal = _batch_view(out, leaves, leaf, leaf, (0, 0), (leaf, leaf))
+    diagonal = _diagonal_leaves(out, depth)
     if accumulate:
         diagonal.addcmul_(product, mask[:leaf, :leaf])
     else:
@@ -177,8 +184,10 @@ class _TriangularAffine(torch.autograd.Function):
 
     Every product, forward and backward, is a blocked triangular one (see
     ``BLOCK_LEAF``) that reads ``lu`` in place: no masked copy of a triangle
-    is made or saved beyond the small diagonal blocks, and the gradient of
-    ``lu`` is assembled in place from its two triangles. First derivatives
+    is made beyond its diagonal blocks, cut once in the forward pass and saved
+    for the backward (both triangles' together: 2 / 2^depth of a matrix, a
+    quarter at width 784), and the gradient of ``lu`` is assembled in place
+    from its two triangles. First derivatives
     only: differentiating the backward pass again raises torch's
     once-differentiable error.
     """
@@ -186,23 +195,27 @@ class _TriangularAffine(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, lu, d, bias, lower_mask, upper_mask):
         ctx.depth = depth = _block_depth(lu.shape[0])
+        # The masked diagonal blocks of both triangles, cut once from lu itself (a
+        # row-major read) and shared with the backward pass, which needs them untransposed.
+        leaves, leaf = _diagonal_leaves(lu, depth), lu.shape[0] >> depth
+        strict_lower, strict_upper = leaves * lower_mask[:leaf, :leaf], leaves * upper_mask[:leaf, :leaf]
         lu_t = lu.t()
         h = torch.empty_like(x)
-        _triangular_matmul(h, x, lu_t, upper_mask.t(), lower=True, beta=0, depth=depth)  # x Us^T
+        _triangular_matmul(h, x, lu_t, strict_upper.transpose(1, 2), lower=True, beta=0, depth=depth)  # x Us^T
         h.addcmul_(x, d)
         y = h + bias
-        _triangular_matmul(y, h, lu_t, lower_mask.t(), lower=False, beta=1, depth=depth)  # + h Ls^T
-        ctx.save_for_backward(x, d, h, lu, lower_mask, upper_mask)
+        _triangular_matmul(y, h, lu_t, strict_lower.transpose(1, 2), lower=False, beta=1, depth=depth)  # + h Ls^T
+        ctx.save_for_backward(x, d, h, lu, lower_mask, upper_mask, strict_lower, strict_upper)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
-        x, d, h, lu, lower_mask, upper_mask = ctx.saved_tensors
+        x, d, h, lu, lower_mask, upper_mask, strict_lower, strict_upper = ctx.saved_tensors
         need_x, need_lu, need_d, need_b = ctx.needs_input_grad[:4]
         depth = ctx.depth
         gh = gy.clone()  # dL/dh = gy (I + Ls)
-        _triangular_matmul(gh, gy, lu, lower_mask, lower=True, beta=1, depth=depth)
+        _triangular_matmul(gh, gy, lu, strict_lower, lower=True, beta=1, depth=depth)
         g_lu = g_x = None
         if need_lu:
             # strictly lower part from gy^T h, strictly upper part from gh^T x
@@ -211,7 +224,7 @@ class _TriangularAffine(torch.autograd.Function):
             _triangular_outer(g_lu, gh, x, upper_mask, lower=False, accumulate=True, depth=depth)
         if need_x:
             g_x = torch.mul(gh, d)
-            _triangular_matmul(g_x, gh, lu, upper_mask, lower=False, beta=1, depth=depth)  # + gh Us
+            _triangular_matmul(g_x, gh, lu, strict_upper, lower=False, beta=1, depth=depth)  # + gh Us
         g_d = (gh * x).sum(0) if need_d else None
         g_b = gy.sum(0) if need_b else None
         return g_x, g_lu, g_d, g_b, None, None
