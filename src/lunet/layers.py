@@ -537,6 +537,35 @@ def _sigmoid_floor(dtype: torch.dtype) -> float:
     return math.log(torch.finfo(dtype).tiny) + 4.0
 
 
+class _FixedSlopeForward(torch.autograd.Function):
+    """:meth:`LeakySoftplus.forward` for a fixed slope ``a``: ``f(x)`` (B, n) and
+    ``sum_i log f'(x_i)`` (B,), with a written-out backward.
+
+    With ``s = sigmoid(x)`` and ``f' = a + (1 - a) s``, the gradient is
+    ``g_f f' + g_logdet (1 - a) s (1 - s) / f'``: one sigmoid serves the log-det
+    and the whole backward pass, which then needs no transcendental function
+    (autograd's would run softplus's and the log's backward separately). Only
+    ``s`` is saved. First derivatives only, like the LU layers' training path.
+    """
+
+    @staticmethod
+    def forward(ctx, x, a: float):
+        s = torch.sigmoid(x)
+        ctx.a = a
+        ctx.save_for_backward(s)
+        logdet = torch.mul(s, 1 - a).add_(a).log_().sum(dim=1)
+        return LeakySoftplus._value(x, a), logdet
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_value, g_logdet):
+        (s,) = ctx.saved_tensors
+        a = ctx.a
+        slope = torch.mul(s, 1 - a).add_(a)
+        g_x = torch.rsub(s, 1.0).mul_(s).div_(slope).mul_(g_logdet.unsqueeze(1) * (1 - a))
+        return g_x.addcmul_(g_value, slope), None
+
+
 class LeakySoftplus(nn.Module):
     """Elementwise ``f(x) = a x + (1 - a) softplus(x)``, ``0 < a < 1``.
 
@@ -588,9 +617,12 @@ class LeakySoftplus(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a = self._slope(x)
-        if isinstance(a, float) and not torch.is_grad_enabled():
-            value, logdet = self._scaled_forward(x, a)
-            return value.mul_(1 - a), logdet.add_(x.shape[1] * math.log1p(-a))
+        if isinstance(a, float):
+            if not torch.is_grad_enabled():
+                value, logdet = self._scaled_forward(x, a)
+                return value.mul_(1 - a), logdet.add_(x.shape[1] * math.log1p(-a))
+            return _FixedSlopeForward.apply(x, a)
+        # a learnable slope: autograd through the definition.
         # f'(x) lies in (a, 1): its log has no cancellation.
         logdet = self._derivative(x, a).log_().sum(dim=1)
         return self._value(x, a), logdet
