@@ -62,6 +62,15 @@ def test_shapes_and_dtypes(dtype):
     assert torch.equal(s, again)
 
 
+def test_sample_is_gradient_free_and_rsample_differentiable():
+    torch.manual_seed(0)
+    model = RealNVP(**TINY).double()
+    drawn = model.sample(3, generator=torch.Generator().manual_seed(1))
+    assert drawn.grad_fn is None
+    kept = model.rsample(3, generator=torch.Generator().manual_seed(1))
+    assert kept.grad_fn is not None and torch.allclose(kept, drawn, rtol=0, atol=1e-12)
+
+
 def test_fresh_default_model_is_a_permutation():
     # Zero-initialised output convolutions: every coupling starts as the identity,
     # so the default model maps x to a rearrangement of x with log-det 0.

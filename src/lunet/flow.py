@@ -286,7 +286,17 @@ class LUNet(nn.Module):
         return standard_normal_log_prob(z) + logdet
 
     def sample(self, num_samples: int, temperature: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Draw ``num_samples`` rows (num_samples, dim); latent std = ``temperature``."""
+        """Draw ``num_samples`` rows (num_samples, dim); latent std = ``temperature``.
+
+        Without gradients, as ``torch.distributions``' ``sample``: the cached
+        frozen-weight pass, whatever the autograd mode. :meth:`rsample` draws
+        the same way with the graph kept."""
+        with torch.no_grad():
+            return self.rsample(num_samples, temperature, generator)
+
+    def rsample(self, num_samples: int, temperature: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """:meth:`sample`, reparameterised: with autograd on, the draws are differentiable
+        in the weights (the training path's inverse), (num_samples, dim)."""
         check_positive_int(num_samples, "num_samples")
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature!r}")
@@ -347,5 +357,9 @@ class ClassConditionalFlow(nn.Module):
         return (lp + self.class_log_prior.to(lp.dtype)).argmax(dim=1)
 
     def sample(self, num_samples: int, c: int, temperature: float = 1.0, **kwargs) -> torch.Tensor:
-        """``num_samples`` draws from class ``c``'s flow."""
+        """``num_samples`` draws from class ``c``'s flow, without gradients."""
         return self.flows[self._check_class(c)].sample(num_samples, temperature=temperature, **kwargs)
+
+    def rsample(self, num_samples: int, c: int, temperature: float = 1.0, **kwargs) -> torch.Tensor:
+        """:meth:`sample`, differentiable in class ``c``'s weights."""
+        return self.flows[self._check_class(c)].rsample(num_samples, temperature=temperature, **kwargs)

@@ -330,7 +330,15 @@ class RealNVP(nn.Module):
     def sample(
         self, num_samples: int, temperature: float = 1.0, generator: Optional[torch.Generator] = None
     ) -> torch.Tensor:
-        """Draw ``num_samples`` rows (num_samples, dim); latent std = ``temperature``."""
+        """Draw ``num_samples`` rows (num_samples, dim); latent std = ``temperature``; without
+        gradients, as ``torch.distributions``' ``sample`` (:meth:`rsample` keeps the graph)."""
+        with torch.no_grad():
+            return self.rsample(num_samples, temperature, generator)
+
+    def rsample(
+        self, num_samples: int, temperature: float = 1.0, generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
+        """:meth:`sample`, reparameterised: differentiable in the weights with autograd on."""
         check_positive_int(num_samples, "num_samples")
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature!r}")
