@@ -11,8 +11,11 @@
 3. Density at batch 1,000 with the standardisation, the activations' ``1 - a``
    and the signs folded into the cached matrices and each activation from one
    sigmoid, against the same plan with softplus and sigmoid, and the pass unfolded.
-4. The finiteness screen of a batch of 1,000 and of 1: elementwise against one sum.
-5. With ``--compile``: the activation's forward (value and log-det) in eager
+4. The leaky softplus's training pass (forward and backward) with its written-out
+   backward against autograd through the definition; drawing with autograd on
+   by ``sample`` (the frozen pass) and ``rsample`` (differentiable).
+5. The finiteness screen of a batch of 1,000 and of 1: elementwise against one sum.
+6. With ``--compile``: the activation's forward (value and log-det) in eager
    mode against ``torch.compile`` (needs a C++ compiler; compiling takes a while).
 
 Rounds alternate the variants, so slow drifts of a noisy machine hit all alike;
@@ -182,6 +185,46 @@ def finiteness_screen(rounds: int) -> dict[int, dict[str, float]]:
     return out
 
 
+def activation_training(rounds: int) -> dict[str, float]:
+    """Median time (s) of one leaky-softplus forward and backward (value and log-det) at
+    batch 256, width 784: the fixed slope's written-out backward against autograd through
+    the definition (the learnable slope's path, here with the slope fixed)."""
+    act = layers.LeakySoftplus(0.1)
+    x = (3 * torch.randn(256, 784)).requires_grad_()
+    g_value, g_logdet = torch.randn(256, 784), torch.randn(256)
+
+    def written_out() -> None:
+        torch.autograd.grad(act._forward(x), x, (g_value, g_logdet))
+
+    def autograd() -> None:
+        a = 0.1
+        logdet = act._derivative(x, a).log_().sum(dim=1)
+        torch.autograd.grad((act._value(x, a), logdet), x, (g_value, g_logdet))
+
+    times: dict[str, list[float]] = {"written-out backward": [], "autograd": []}
+    for _ in range(rounds):
+        times["written-out backward"].append(_seconds(written_out, 10))
+        times["autograd"].append(_seconds(autograd, 10))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def sampling_modes(rounds: int) -> dict[str, dict[int, float]]:
+    """Median time (s) of drawing 1 and 1,000 images from the paper's network with autograd
+    on: ``sample`` (the frozen pass) and ``rsample`` (differentiable, the training path)."""
+    torch.manual_seed(0)
+    model = build_model(paper_lunet_spec())
+    out: dict[str, dict[int, float]] = {"sample": {}, "rsample": {}}
+    for batch in (1, 1000):
+        times: dict[str, list[float]] = {name: [] for name in out}
+        calls = 20 if batch == 1 else 1
+        for _ in range(rounds):
+            times["sample"].append(_seconds(lambda: model.sample(batch), calls))
+            times["rsample"].append(_seconds(lambda: model.rsample(batch), calls))
+        for name, t in times.items():
+            out[name][batch] = statistics.median(t)
+    return out
+
+
 def compiled_activation(rounds: int) -> dict[str, float]:
     """Median time (s) of the leaky-softplus forward at batch 1,000, eager and compiled."""
     act = layers.LeakySoftplus(0.1)
@@ -226,6 +269,12 @@ def main() -> None:
     print("\n| density, batch 1,000 | ms |\n| --- | --- |")
     for name, t in density_folding(args.rounds).items():
         print(f"| {name} | {t * 1e3:.1f} |")
+    print("\n| leaky softplus forward and backward, batch 256 | ms |\n| --- | --- |")
+    for name, t in activation_training(args.rounds).items():
+        print(f"| {name} | {t * 1e3:.2f} |")
+    print("\n| drawing with autograd on | batch 1, ms | batch 1,000, ms |\n| --- | --- | --- |")
+    for name, per in sampling_modes(args.rounds).items():
+        print(f"| `{name}` | {per[1] * 1e3:.2f} | {per[1000] * 1e3:.1f} |")
     screen = finiteness_screen(args.rounds)
     print("\n| NaN/inf screen | batch 1,000, ms | batch 1, µs |\n| --- | --- | --- |")
     for name in screen[1000]:
