@@ -93,7 +93,7 @@ def small_batches(rounds: int, batches: tuple[int, ...] = (1, 4, 32)) -> dict[st
 
 
 def split_bounds(rounds: int, widths: tuple[int, ...] = (512, 640, 784, 1024), batches: tuple[int, ...] = (1, 4, 16, 64, 128, 256)) -> dict[tuple[int, int], tuple[float, float]]:
-    """Median times (s) of a chain of four frozen products (``frozen_affine``) on 2 threads,
+    """Median times (s) of a chain of four frozen products (``FrozenAffine``) on 2 threads,
     split among the threads by output columns and as one product, per (width, batch):
     the measurements behind ``SPLIT_BELOW_ROWS`` and ``SPLIT_MIN_BYTES``."""
     torch.manual_seed(0)
@@ -103,14 +103,15 @@ def split_bounds(rounds: int, widths: tuple[int, ...] = (512, 640, 784, 1024), b
         torch.set_num_threads(2)
         layers.SPLIT_MIN_BYTES = 0
         for width in widths:
-            mats = [(layers.output_major(torch.randn(width, width) / width**0.5, torch.float32), torch.randn(width)) for _ in range(4)]
+            # made while SPLIT_MIN_BYTES is 0: every width may split
+            mats = [layers.FrozenAffine(layers.output_major(torch.randn(width, width) / width**0.5, torch.float32), torch.randn(width)) for _ in range(4)]
             for batch in batches:
                 x = torch.randn(batch, width)
 
                 def chain() -> None:
                     h = x
-                    for weight, bias in mats:
-                        h = layers.frozen_affine(h, weight, bias)
+                    for layer in mats:
+                        h = layer(h)
 
                 split, whole = [], []
                 for _ in range(rounds):

@@ -6,7 +6,7 @@ import torch
 
 @pytest.fixture
 def two_threads():
-    """Two intra-op threads, so that ``frozen_affine`` has shares to split into; restored after."""
+    """Two intra-op threads, so that ``FrozenAffine`` has shares to split into; restored after."""
     saved = torch.get_num_threads()
     torch.set_num_threads(2)
     yield

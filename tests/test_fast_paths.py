@@ -173,7 +173,7 @@ def test_float32_agrees_with_float64(grad_enabled):
 @pytest.mark.parametrize("batch", [1, 3])
 def test_small_batches_of_a_wide_net_agree_with_the_training_path(batch, two_threads):
     """At width 640 the frozen matrices are large enough that a small batch's products
-    are split among the threads (``frozen_affine``): density and sampling must not notice."""
+    are split among the threads (``FrozenAffine``): density and sampling must not notice."""
     net = make_net(dim=640, blocks=3)
     net.standardize(torch.randn(200, 640) * 2 + 1)
     x = torch.randn(batch, 640) * 2 + 1

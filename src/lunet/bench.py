@@ -21,7 +21,6 @@ from torch import nn
 
 from lunet.checkpoint import build_model
 from lunet.images import paper_lunet_spec
-from lunet.layers import frozen_affine
 from lunet.train import resolve_device
 
 TRAIN_IMAGES = 60_000
@@ -297,8 +296,8 @@ def run_micro(device: str = "cpu", dim: int = 784, num_blocks: int = 4, repeats:
 
         def products_alone() -> None:
             h = x1000
-            for weight, bias in folded:
-                h = frozen_affine(h, weight, bias)
+            for layer in folded:
+                h = layer(h)
 
         t_products, _, r_products = paired(products_alone, lambda: dense_chain(x1000, False))
         t_sample, _, r_sample = paired(lambda: model.sample(1000), lambda: model.log_prob(x1000))

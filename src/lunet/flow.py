@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lunet.checks import check_batch, check_positive_int
-from lunet.layers import LeakySoftplus, LULinear, _table_step, frozen_affine, output_major, state_key
+from lunet.layers import FrozenAffine, LeakySoftplus, LULinear, _table_step, output_major, state_key
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -150,13 +150,12 @@ class LUNet(nn.Module):
         writes into the first one's output.
         """
         layers, slopes, const = self._frozen_plan()
-        weight, bias = layers[0]
-        u = frozen_affine(x, weight, bias)
+        u = layers[0](x)
         if not slopes:
             return u, const.expand(x.shape[0])
         q, scratch = torch.empty_like(u), torch.empty_like(u)
         logdet, in_range = None, None
-        for (weight, bias), a in zip(layers[1:], slopes):
+        for layer, a in zip(layers[1:], slopes):
             if exact:
                 g, ld = LeakySoftplus._scaled_forward(u.neg_(), a)
                 torch.neg(g, out=q)
@@ -164,14 +163,14 @@ class LUNet(nn.Module):
                 ld, ok = LeakySoftplus._negated_forward(u, a, out=q, scratch=scratch)
                 in_range = ok if in_range is None else in_range.logical_and_(ok)
             logdet = ld if logdet is None else logdet.add_(ld)
-            frozen_affine(q, weight, bias, out=u)
+            layer(q, out=u)
         if not exact and not bool(in_range):
             return self._forward_frozen(x, exact=True)
         return u, logdet.add_(const)
 
-    def _frozen_plan(self) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[float], torch.Tensor]:
-        """The frozen-weight density pass: ``[(W_i, c_i)]`` with layer ``i`` mapping
-        ``h -> h W_i + c_i`` (W_i (dim, dim), c_i (dim,)), the slope of each
+    def _frozen_plan(self) -> tuple[list[FrozenAffine], list[float], torch.Tensor]:
+        """The frozen-weight density pass: layer ``i`` mapping ``h -> h W_i + c_i``
+        (W_i (dim, dim), c_i (dim,)), the slope of each
         activation, and the constant part of the log-det (0-dim).
 
         The elementwise scaling in front of each layer is folded into its
@@ -185,9 +184,9 @@ class LUNet(nn.Module):
         """
         return self._cached_plan("forward", self._build_forward_plan)
 
-    def _frozen_inverse_plan(self) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[float]]:
-        """The frozen-weight sampling pass: ``[(W_k, c_k)]`` in the order applied, the
-        inverse of block ``n - 1 - k`` mapping ``h -> h W_k + c_k``, and the slope of
+    def _frozen_inverse_plan(self) -> tuple[list[FrozenAffine], list[float]]:
+        """The frozen-weight sampling pass: layers in the order applied, the inverse of
+        block ``n - 1 - k`` mapping ``h -> h W_k + c_k``, and the slope of
         the activation each layer but the last feeds.
 
         Each of those layers returns its output divided by the inverse table's
@@ -200,8 +199,13 @@ class LUNet(nn.Module):
     def _cached_plan(self, kind: str, build):
         """Plan ``kind``, built by ``build`` in float64 on first use and rebuilt whenever
         a weight, the standardisation or a slope changes, or the model moves."""
-        slopes = (p for act in self.activations for p in act._parameters.values())
-        key = (*(block._weights_key() for block in self.blocks), state_key(self.input_mean, self.input_std, *slopes))
+        # straight from the registries: nn.Module attribute lookup costs more than the key
+        modules, buffers = self._modules, self._buffers
+        slopes = (p for act in modules["activations"] for p in act._parameters.values())
+        key = (
+            *(block._weights_key() for block in modules["blocks"]),
+            state_key(buffers["input_mean"], buffers["input_std"], *slopes),
+        )
         if self._plan is None or self._plan[0] != key:
             self._plan = (key, {})
         plans = self._plan[1]
@@ -212,7 +216,7 @@ class LUNet(nn.Module):
                 plans[kind] = build()
         return plans[kind]
 
-    def _build_forward_plan(self) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[float], torch.Tensor]:
+    def _build_forward_plan(self) -> tuple[list[FrozenAffine], list[float], torch.Tensor]:
         dtype = self.input_std.dtype
         scale = 1.0 / self.input_std.double()
         shift = -self.input_mean.double() * scale
@@ -224,7 +228,7 @@ class LUNet(nn.Module):
             sign_out = 1.0 if i == last else -1.0
             sign = sign_out if i == 0 else -sign_out
             weight = output_major((sign * scale)[:, None] * a_t, dtype)
-            layers.append((weight, (sign_out * (block.bias.double() + shift @ a_t)).to(dtype)))
+            layers.append(FrozenAffine(weight, (sign_out * (block.bias.double() + shift @ a_t)).to(dtype)))
             const = const + block.log_abs_det().double()
             if i < len(self.activations):
                 a = self.activations[i].slope_value()
@@ -234,7 +238,7 @@ class LUNet(nn.Module):
                 const = const + self.dim * math.log1p(-a)
         return layers, slopes, const.to(dtype)
 
-    def _build_inverse_plan(self) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[float]]:
+    def _build_inverse_plan(self) -> tuple[list[FrozenAffine], list[float]]:
         dtype = self.input_std.dtype
         layers, slopes = [], []
         for i in reversed(range(len(self.blocks))):
@@ -249,7 +253,7 @@ class LUNet(nn.Module):
             else:
                 std = self.input_std.double()
                 weight, shift = weight * std, shift * std + self.input_mean.double()
-            layers.append((output_major(weight, dtype), shift.to(dtype)))
+            layers.append(FrozenAffine(output_major(weight, dtype), shift.to(dtype)))
         return layers, slopes
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
@@ -270,14 +274,13 @@ class LUNet(nn.Module):
     def _inverse_frozen(self, z: torch.Tensor) -> torch.Tensor:
         """:meth:`inverse` without autograd, from the folded matrices of :meth:`_frozen_inverse_plan`."""
         layers, slopes = self._frozen_inverse_plan()
-        weight, bias = layers[0]
-        h = frozen_affine(z, weight, bias)
+        h = layers[0](z)
         # the activations' scratch buffers, made once per pass; for a small batch their
         # bookkeeping costs more than the allocations it saves
         work = {} if z.shape[0] >= 64 else None
-        for (weight, bias), act, a in zip(layers[1:], reversed(self.activations), slopes):
+        for layer, act, a in zip(layers[1:], reversed(self.activations), slopes):
             x = act._solve_scaled(h, a, work)  # overwrites h, whose buffer then takes the product
-            h = frozen_affine(x, weight, bias, out=h)
+            h = layer(x, out=h)
         return h
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:

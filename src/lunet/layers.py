@@ -40,7 +40,7 @@ def state_key(*tensors: torch.Tensor) -> tuple:
 
 
 # A frozen product of fewer rows than this, on the CPU, whose matrix is larger than
-# one core's L2 cache, splits its output columns among the threads (`frozen_affine`).
+# one core's L2 cache, splits its output columns among the threads (`FrozenAffine`).
 # `benchmarks/speed_variants.py` times the split against one product on 2 cores
 # with 1 MiB of L2 each: at width 784 it pays most at batches 1 to 16 and draws
 # level at 256 rows; at width 640 it is about level, at 512 (1 MiB) it loses.
@@ -50,7 +50,7 @@ SPLIT_MIN_BYTES = 1 << 20
 
 def output_major(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``weight`` (n_in, n_out) cast to ``dtype``, as the transposed view of a contiguous
-    (n_out, n_in) matrix: the layout :func:`frozen_affine` takes."""
+    (n_out, n_in) matrix: the layout :class:`FrozenAffine` takes."""
     return weight.t().to(dtype).contiguous().t()
 
 
@@ -60,36 +60,53 @@ def _split_count(n_out: int, threads: int) -> int:
     return max(k for k in range(1, max(threads, 1) + 1) if n_out % k == 0)
 
 
-def frozen_affine(
-    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: Optional[torch.Tensor] = None
-) -> torch.Tensor:
-    """``h weight + bias`` for frozen weights, (B, n_in) -> (B, n_out), into ``out`` if
-    given (then without autograd); ``weight`` (n_in, n_out), fastest in the layout of
-    :func:`output_major` (any layout gives the same result).
+class FrozenAffine:
+    """``h -> h W + c`` for a frozen weight ``W`` (n_in, n_out) and bias ``c`` (n_out,):
+    call with ``h`` (B, n_in) -> (B, n_out), into ``out`` if given (then without
+    autograd). Autograd reaches ``h`` and ``c``, never ``W``. ``W`` is fastest in the
+    layout of :func:`output_major` (any layout gives the same result).
 
     A batch of a few rows makes the product one pass over the matrix, which a
     single core would run. On the CPU, below ``SPLIT_BELOW_ROWS`` rows and for a
     matrix over ``SPLIT_MIN_BYTES``, each thread takes an equal share of the
-    output columns instead: the shares are the batch of one ``baddbmm``.
+    output columns instead: the shares are the batch of one ``baddbmm``. Its view
+    of ``W`` is made once per thread count, not per call: at batch 1 making the
+    views cost about a fifth of the product.
     """
-    rows, n_out = h.shape[0], weight.shape[1]
-    shares = 1
-    if h.device.type == "cpu" and 0 < rows < SPLIT_BELOW_ROWS and weight.numel() * weight.element_size() > SPLIT_MIN_BYTES:
-        shares = _split_count(n_out, torch.get_num_threads())
-    if shares == 1:
-        return torch.addmm(bias, h, weight, out=out)
-    width = n_out // shares
-    args = (bias.reshape(shares, 1, width), h.expand(shares, rows, h.shape[1]), weight.t().reshape(shares, width, -1).transpose(1, 2))
-    if rows == 1:  # (shares, 1, width) is the row itself
+
+    __slots__ = ("weight", "bias", "_splittable", "_split")
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        self.weight, self.bias = weight.detach(), bias
+        self._splittable = weight.device.type == "cpu" and weight.numel() * weight.element_size() > SPLIT_MIN_BYTES
+        self._split: tuple[int, Optional[torch.Tensor]] = (1, None)
+
+    def _split_weight(self, shares: int) -> torch.Tensor:
+        """``W`` cut into ``shares`` equal blocks of output columns: (shares, n_in, n_out / shares)."""
+        if self._split[0] != shares:
+            w = self.weight
+            self._split = (shares, w.t().reshape(shares, w.shape[1] // shares, w.shape[0]).transpose(1, 2))
+        return self._split[1]
+
+    def __call__(self, h: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        rows, n_out = h.shape[0], self.weight.shape[1]
+        shares = 1
+        if self._splittable and 0 < rows < SPLIT_BELOW_ROWS:
+            shares = _split_count(n_out, torch.get_num_threads())
+        if shares == 1:
+            return torch.addmm(self.bias, h, self.weight, out=out)
+        width = n_out // shares
+        args = (self.bias.reshape(shares, 1, width), h.expand(shares, rows, h.shape[1]), self._split_weight(shares))
+        if rows == 1:  # (shares, 1, width) is the row itself
+            if out is None:
+                return torch.baddbmm(*args).view(1, n_out)
+            torch.baddbmm(*args, out=out.view(shares, 1, width))
+            return out
+        parts = torch.baddbmm(*args).transpose(0, 1)
         if out is None:
-            return torch.baddbmm(*args).view(1, n_out)
-        torch.baddbmm(*args, out=out.view(shares, 1, width))
+            return parts.reshape(rows, n_out)
+        out.view(rows, shares, width).copy_(parts)
         return out
-    parts = torch.baddbmm(*args).transpose(0, 1)
-    if out is None:
-        return parts.reshape(rows, n_out)
-    out.view(rows, shares, width).copy_(parts)
-    return out
 
 
 # The training path halves each triangle recursively while the halves are whole
@@ -344,12 +361,12 @@ class LULinear(nn.Module):
         with torch.no_grad():
             return self.matrix_l().double() @ self.matrix_u().double()
 
-    def _frozen_forward(self) -> torch.Tensor:
-        """``A^T`` (n, n) for the current weights."""
+    def _frozen_forward(self) -> FrozenAffine:
+        """``x -> x A^T + b`` for the current weights."""
         cache = self._frozen()
-        if "a_t" not in cache:
-            cache["a_t"] = output_major(self.weight64().t(), self.lu.dtype)
-        return cache["a_t"]
+        if "forward" not in cache:
+            cache["forward"] = FrozenAffine(output_major(self.weight64().t(), self.lu.dtype), self.bias)
+        return cache["forward"]
 
     def inverse64(self) -> torch.Tensor:
         """``A^{-1} = U^{-1} L^{-1}`` (n, n) in float64 by two triangular solves, without autograd."""
@@ -359,15 +376,14 @@ class LULinear(nn.Module):
             l_inv = torch.linalg.solve_triangular(l64, eye, upper=False, unitriangular=True)
             return torch.linalg.solve_triangular(self.matrix_u().double(), l_inv, upper=True)
 
-    def _frozen_inverse(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(A^{-T}, -b A^{-T})`` for the current weights: ``x = y A^{-T} - b A^{-T}`` is one addmm."""
+    def _frozen_inverse(self) -> FrozenAffine:
+        """``y -> y A^{-T} - b A^{-T}`` for the current weights: the inverse as one product."""
         cache = self._frozen()
-        if "a_inv_t" not in cache:
+        if "inverse" not in cache:
             inv_t = self.inverse64().t()
             dtype = self.lu.dtype
-            cache["a_inv_t"] = output_major(inv_t, dtype)
-            cache["inv_shift"] = -(self.bias.detach().double() @ inv_t).to(dtype)
-        return cache["a_inv_t"], cache["inv_shift"]
+            cache["inverse"] = FrozenAffine(output_major(inv_t, dtype), -(self.bias.detach().double() @ inv_t).to(dtype))
+        return cache["inverse"]
 
     def _use_cache(self) -> bool:
         return not (torch.is_grad_enabled() and self.lu.requires_grad)
@@ -394,7 +410,7 @@ class LULinear(nn.Module):
     def _affine(self, x: torch.Tensor) -> torch.Tensor:
         """``x A^T + b`` alone, (B, n) -> (B, n)."""
         if self._use_cache():
-            return frozen_affine(x, self._frozen_forward(), self.bias)
+            return self._frozen_forward()(x)
         self._cache = None
         return _TriangularAffine.apply(
             x, self.lu, self.diagonal_u(), self.bias, self.strict_lower_mask, self.strict_upper_mask
@@ -407,8 +423,7 @@ class LULinear(nn.Module):
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         if self._use_cache():
-            a_inv_t, inv_shift = self._frozen_inverse()
-            return frozen_affine(y, a_inv_t, inv_shift)
+            return self._frozen_inverse()(y)
         self._check_invertible()
         # Row-vector form: y - b = x U^T L^T, so solve from the right.
         h = torch.linalg.solve_triangular(
