@@ -7,7 +7,9 @@
 2. Sampling and density at batches 1, 4 and 32: the frozen products split
    among 2 threads by output columns, one product each on 2 threads, 1 thread;
    and chains of four products alone, split and not, at widths 512 to 1,024
-   and batches 1 to 256: where the split pays.
+   and batches 1 to 256: where the split pays; and sampling and density at
+   batch 1 with the split's views of each matrix kept between calls (the
+   default) against made anew in every call.
 3. Density at batch 1,000 with the standardisation, the activations' ``1 - a``
    and the signs folded into the cached matrices and each activation from one
    sigmoid, against the same plan with softplus and sigmoid, and the pass unfolded.
@@ -226,6 +228,40 @@ def sampling_modes(rounds: int) -> dict[str, dict[int, float]]:
     return out
 
 
+def split_views(rounds: int) -> dict[str, dict[str, float]]:
+    """Median times (s) of ``sample(1)`` and ``log_prob`` at batch 1 on 2 threads, with each
+    plan layer's split views of its matrix kept between calls and made anew per call.
+    Each variant runs 40 calls in a row, so both find the matrices as warm as in use."""
+    torch.manual_seed(0)
+    model = build_model(paper_lunet_spec()).eval()
+    x = torch.randn(1, 784)
+    saved = torch.get_num_threads()
+    calls = {"sample": lambda: model.sample(1), "density": lambda: model.log_prob(x)}
+    out: dict[str, dict[str, float]] = {"views kept": {}, "views made per call": {}}
+    try:
+        torch.set_num_threads(2)
+        with torch.no_grad():
+            plan_layers = model._frozen_plan()[0] + model._frozen_inverse_plan()[0]
+
+            def forget_views() -> None:
+                for layer in plan_layers:
+                    layer._split = (1, None)
+
+            for name, call in calls.items():
+                times: dict[str, list[float]] = {variant: [] for variant in out}
+                for _ in range(rounds):
+                    call()
+                    times["views kept"].append(_seconds(call, 40))
+                    forget_views()
+                    call()
+                    times["views made per call"].append(_seconds(lambda: (forget_views(), call()), 40))
+                for variant, t in times.items():
+                    out[variant][name] = statistics.median(t)
+    finally:
+        torch.set_num_threads(saved)
+    return out
+
+
 def compiled_activation(rounds: int) -> dict[str, float]:
     """Median time (s) of the leaky-softplus forward at batch 1,000, eager and compiled."""
     act = layers.LeakySoftplus(0.1)
@@ -267,6 +303,9 @@ def main() -> None:
     for batch in sorted({b for _, b in bounds}):
         cells = (f"{bounds[w, batch][0] * 1e3:.3f} / {bounds[w, batch][1] * 1e3:.3f} ms" for w in widths)
         print(f"| batch {batch} | " + " | ".join(cells) + " |")
+    print("\n| batch 1, 2 threads | sampling, ms | density, ms |\n| --- | --- | --- |")
+    for name, per in split_views(args.rounds).items():
+        print(f"| {name} | {per['sample'] * 1e3:.3f} | {per['density'] * 1e3:.3f} |")
     print("\n| density, batch 1,000 | ms |\n| --- | --- |")
     for name, t in density_folding(args.rounds).items():
         print(f"| {name} | {t * 1e3:.1f} |")
