@@ -69,9 +69,9 @@ class FrozenAffine:
     A batch of a few rows makes the product one pass over the matrix, which a
     single core would run. On the CPU, below ``SPLIT_BELOW_ROWS`` rows and for a
     matrix over ``SPLIT_MIN_BYTES``, each thread takes an equal share of the
-    output columns instead: the shares are the batch of one ``baddbmm``. Its view
-    of ``W`` is made once per thread count, not per call: at batch 1 making the
-    views cost about a fifth of the product.
+    output columns instead: the shares are the batch of one ``baddbmm``. The
+    split's view of ``W`` is made once per thread count, not per call: at batch 1,
+    making it cost about a fifth of the product.
     """
 
     __slots__ = ("weight", "bias", "_splittable", "_split")
