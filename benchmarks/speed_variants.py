@@ -30,7 +30,7 @@ import argparse
 import math
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
@@ -45,6 +45,24 @@ def _seconds(fn: Callable[[], object], calls: int = 1) -> float:
     for _ in range(calls):
         fn()
     return (time.perf_counter() - start) / calls
+
+
+def _alternate(variants: dict[str, Callable[[], object]], rounds: int, calls: int = 1) -> dict[str, float]:
+    """Median time (s) per call of each variant, over ``rounds`` rounds that run the
+    variants in turn, ``calls`` calls each."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            times[name].append(_seconds(fn, calls))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _print_table(header: list[str], rows: Iterable[list[str]]) -> None:
+    """One markdown table, after a blank line."""
+    print("\n| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
 
 
 def block_depths(rounds: int) -> dict[int, float]:
@@ -160,14 +178,10 @@ def density_folding(rounds: int) -> dict[str, float]:
         "folded, softplus and sigmoid (the exact fallback)": softplus_and_sigmoid,
         "unfolded": unfolded,
     }
-    times: dict[str, list[float]] = {k: [] for k in variants}
     with torch.no_grad():
         for fn in variants.values():
             assert torch.allclose(fn(), model.log_prob(x), rtol=1e-5, atol=1e-2)
-        for _ in range(rounds):
-            for name, fn in variants.items():
-                times[name].append(_seconds(fn))
-    return {k: statistics.median(v) for k, v in times.items()}
+        return _alternate(variants, rounds)
 
 
 def finiteness_screen(rounds: int) -> dict[int, dict[str, float]]:
@@ -180,11 +194,7 @@ def finiteness_screen(rounds: int) -> dict[int, dict[str, float]]:
         variants = {"bool(isfinite(x).all())": lambda: bool(torch.isfinite(x).all()),
                     "bool(isfinite(x.sum()))": lambda: bool(torch.isfinite(x.sum())),
                     "math.isfinite(x.sum().item())": lambda: math.isfinite(x.sum().item())}
-        times: dict[str, list[float]] = {k: [] for k in variants}
-        for _ in range(rounds):
-            for name, fn in variants.items():
-                times[name].append(_seconds(fn, 10 if batch > 1 else 200))
-        out[batch] = {k: statistics.median(v) for k, v in times.items()}
+        out[batch] = _alternate(variants, rounds, 10 if batch > 1 else 200)
     return out
 
 
@@ -204,11 +214,7 @@ def activation_training(rounds: int) -> dict[str, float]:
         logdet = act._derivative(x, a).log_().sum(dim=1)
         torch.autograd.grad((act._value(x, a), logdet), x, (g_value, g_logdet))
 
-    times: dict[str, list[float]] = {"written-out backward": [], "autograd": []}
-    for _ in range(rounds):
-        times["written-out backward"].append(_seconds(written_out, 10))
-        times["autograd"].append(_seconds(autograd, 10))
-    return {k: statistics.median(v) for k, v in times.items()}
+    return _alternate({"written-out backward": written_out, "autograd": autograd}, rounds, 10)
 
 
 def sampling_modes(rounds: int) -> dict[str, dict[int, float]]:
@@ -218,13 +224,9 @@ def sampling_modes(rounds: int) -> dict[str, dict[int, float]]:
     model = build_model(paper_lunet_spec())
     out: dict[str, dict[int, float]] = {"sample": {}, "rsample": {}}
     for batch in (1, 1000):
-        times: dict[str, list[float]] = {name: [] for name in out}
-        calls = 20 if batch == 1 else 1
-        for _ in range(rounds):
-            times["sample"].append(_seconds(lambda: model.sample(batch), calls))
-            times["rsample"].append(_seconds(lambda: model.rsample(batch), calls))
-        for name, t in times.items():
-            out[name][batch] = statistics.median(t)
+        variants = {"sample": lambda: model.sample(batch), "rsample": lambda: model.rsample(batch)}
+        for name, t in _alternate(variants, rounds, 20 if batch == 1 else 1).items():
+            out[name][batch] = t
     return out
 
 
@@ -271,11 +273,7 @@ def compiled_activation(rounds: int) -> dict[str, float]:
     with torch.no_grad():
         compiled(x)
         compile_s = time.perf_counter() - start
-        times: dict[str, list[float]] = {"eager": [], "compiled": []}
-        for _ in range(rounds):
-            times["eager"].append(_seconds(lambda: act._forward(x), 10))
-            times["compiled"].append(_seconds(lambda: compiled(x), 10))
-    out = {k: statistics.median(v) for k, v in times.items()}
+        out = _alternate({"eager": lambda: act._forward(x), "compiled": lambda: compiled(x)}, rounds, 10)
     out["compile_seconds"] = compile_s
     return out
 
@@ -286,45 +284,54 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the activation")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("\n| training step, batch 256 | ms |\n| --- | --- |")
-    for depth, t in block_depths(args.rounds).items():
-        label = "plain products" if depth == 0 else f"blocked, depth {depth} (blocks of {784 >> depth})"
-        print(f"| {label} | {t * 1e3:.1f} |")
+    depths = block_depths(args.rounds)
+    _print_table(
+        ["training step, batch 256", "ms"],
+        ([("plain products" if d == 0 else f"blocked, depth {d} (blocks of {784 >> d})"), f"{t * 1e3:.1f}"] for d, t in depths.items()),
+    )
     small = small_batches(args.rounds)
     batches = list(next(iter(small.values())))
-    print("\n| small batches, ms per call | " + " | ".join(f"batch {b}" for b in batches) + " |")
-    print("| --- |" + " --- |" * len(batches))
-    for name, per in small.items():
-        print(f"| {name} | " + " | ".join(f"{t * 1e3:.3f}" for t in per.values()) + " |")
+    _print_table(
+        ["small batches, ms per call", *(f"batch {b}" for b in batches)],
+        ([name, *(f"{t * 1e3:.3f}" for t in per.values())] for name, per in small.items()),
+    )
     bounds = split_bounds(args.rounds)
     widths = sorted({w for w, _ in bounds})
-    print("\n| four products, split / one product | " + " | ".join(f"width {w}" for w in widths) + " |")
-    print("| --- |" + " --- |" * len(widths))
-    for batch in sorted({b for _, b in bounds}):
-        cells = (f"{bounds[w, batch][0] * 1e3:.3f} / {bounds[w, batch][1] * 1e3:.3f} ms" for w in widths)
-        print(f"| batch {batch} | " + " | ".join(cells) + " |")
-    print("\n| batch 1, 2 threads | sampling, ms | density, ms |\n| --- | --- | --- |")
-    for name, per in split_views(args.rounds).items():
-        print(f"| {name} | {per['sample'] * 1e3:.3f} | {per['density'] * 1e3:.3f} |")
-    print("\n| density, batch 1,000 | ms |\n| --- | --- |")
-    for name, t in density_folding(args.rounds).items():
-        print(f"| {name} | {t * 1e3:.1f} |")
-    print("\n| leaky softplus forward and backward, batch 256 | ms |\n| --- | --- |")
-    for name, t in activation_training(args.rounds).items():
-        print(f"| {name} | {t * 1e3:.2f} |")
-    print("\n| drawing with autograd on | batch 1, ms | batch 1,000, ms |\n| --- | --- | --- |")
-    for name, per in sampling_modes(args.rounds).items():
-        print(f"| `{name}` | {per[1] * 1e3:.2f} | {per[1000] * 1e3:.1f} |")
+    _print_table(
+        ["four products, split / one product", *(f"width {w}" for w in widths)],
+        (
+            [f"batch {b}", *(f"{bounds[w, b][0] * 1e3:.3f} / {bounds[w, b][1] * 1e3:.3f} ms" for w in widths)]
+            for b in sorted({b for _, b in bounds})
+        ),
+    )
+    views = split_views(args.rounds)
+    _print_table(
+        ["batch 1, 2 threads", "sampling, ms", "density, ms"],
+        ([name, f"{per['sample'] * 1e3:.3f}", f"{per['density'] * 1e3:.3f}"] for name, per in views.items()),
+    )
+    folding = density_folding(args.rounds)
+    _print_table(["density, batch 1,000", "ms"], ([name, f"{t * 1e3:.1f}"] for name, t in folding.items()))
+    training = activation_training(args.rounds)
+    _print_table(
+        ["leaky softplus forward and backward, batch 256", "ms"], ([name, f"{t * 1e3:.2f}"] for name, t in training.items())
+    )
+    modes = sampling_modes(args.rounds)
+    _print_table(
+        ["drawing with autograd on", "batch 1, ms", "batch 1,000, ms"],
+        ([f"`{name}`", f"{per[1] * 1e3:.2f}", f"{per[1000] * 1e3:.1f}"] for name, per in modes.items()),
+    )
     screen = finiteness_screen(args.rounds)
-    print("\n| NaN/inf screen | batch 1,000, ms | batch 1, µs |\n| --- | --- | --- |")
-    for name in screen[1000]:
-        print(f"| `{name}` | {screen[1000][name] * 1e3:.3f} | {screen[1][name] * 1e6:.1f} |")
+    _print_table(
+        ["NaN/inf screen", "batch 1,000, ms", "batch 1, µs"],
+        ([f"`{name}`", f"{screen[1000][name] * 1e3:.3f}", f"{screen[1][name] * 1e6:.1f}"] for name in screen[1000]),
+    )
     if args.compile:
         r = compiled_activation(args.rounds)
-        print("\n| leaky softplus forward, batch 1,000 | ms |\n| --- | --- |")
-        print(f"| eager | {r['eager'] * 1e3:.2f} |\n| torch.compile | {r['compiled'] * 1e3:.2f} |")
+        _print_table(
+            ["leaky softplus forward, batch 1,000", "ms"],
+            [["eager", f"{r['eager'] * 1e3:.2f}"], ["torch.compile", f"{r['compiled'] * 1e3:.2f}"]],
+        )
         print(f"(compilation took {r['compile_seconds']:.0f} s)")
-
 
 if __name__ == "__main__":
     main()
