@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import sys
 
-from lunet.checkpoint import load_checkpoint, save_atomic
+from lunet.checkpoint import load_checkpoint, save_checkpoint
 
-KEPT = ("format", "model_spec", "train_config", "epoch", "train_seconds", "extra", "best_val_log_prob")
+KEPT = ("model_spec", "train_config", "epoch", "train_seconds", "extra", "best_val_log_prob")
 
 
 def slim(src: str, dst: str) -> None:
@@ -21,7 +21,7 @@ def slim(src: str, dst: str) -> None:
     best = ckpt.get("best_model") or ckpt["model"]
     out = {key: ckpt[key] for key in KEPT if key in ckpt}
     out.update(model=best, best_model=None, slim=True)
-    save_atomic(out, dst)
+    save_checkpoint(out, dst)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,13 @@
    batch 1 with the split's views of each matrix kept between calls (the
    default) against made anew in every call.
 3. Density at batch 1,000 with the standardisation, the activations' ``1 - a``
-   and the signs folded into the cached matrices and each activation from one
-   sigmoid, against the same plan with softplus and sigmoid, and the pass unfolded.
+   and the signs folded into a frozen snapshot's matrices and each activation from
+   one sigmoid, against the same plan with softplus and sigmoid, and the module's
+   own pass (no snapshot).
 4. The leaky softplus's training pass (forward and backward) with its written-out
    backward against autograd through the definition; drawing with autograd on
-   by ``sample`` (the frozen pass) and ``rsample`` (differentiable).
+   by a snapshot's ``sample``, the module's ``sample`` (no graph) and ``rsample``
+   (differentiable).
 5. The finiteness screen of a batch of 1,000 and of 1: elementwise against one sum.
 6. With ``--compile``: the activation's forward (value and log-det) in eager
    mode against ``torch.compile`` (needs a C++ compiler; compiling takes a while).
@@ -87,11 +89,11 @@ def block_depths(rounds: int) -> dict[int, float]:
 
 
 def small_batches(rounds: int, batches: tuple[int, ...] = (1, 4, 32)) -> dict[str, dict[int, float]]:
-    """Median times (s) of ``sample(b)`` and ``log_prob`` at small batches ``b``: with the
-    frozen products split among 2 threads by output columns (the default), as one
-    product each on 2 threads, and on 1 thread (where nothing is split)."""
+    """Median times (s) of a snapshot's ``sample(b)`` and ``log_prob`` at small batches ``b``:
+    with the frozen products split among 2 threads by output columns (the default), as
+    one product each on 2 threads, and on 1 thread (where nothing is split)."""
     torch.manual_seed(0)
-    model = build_model(paper_lunet_spec()).eval()
+    model = build_model(paper_lunet_spec()).frozen()
     saved = torch.get_num_threads(), layers.SPLIT_BELOW_ROWS
     variants = {"split, 2 threads": (2, saved[1]), "one product, 2 threads": (2, 0), "1 thread": (1, saved[1])}
     times = {f"{task} {name}": {b: [] for b in batches} for task in ("sampling", "density") for name in variants}
@@ -147,36 +149,25 @@ def split_bounds(rounds: int, widths: tuple[int, ...] = (512, 640, 784, 1024), b
 
 
 def density_folding(rounds: int) -> dict[str, float]:
-    """Median times (s) of ``log_prob`` at batch 1,000: the folded plan with its activations
-    from one sigmoid of the negated pre-activation; the same plan with softplus and sigmoid
-    (its exact fallback); and the pass unfolded: standardisation, each block's cached
-    ``addmm`` and each activation's own no-grad forward (which applies its ``1 - a`` itself)."""
+    """Median times (s) of ``log_prob`` at batch 1,000: a snapshot's folded plan with its
+    activations from one sigmoid of the negated pre-activation; the same plan with softplus
+    and sigmoid (its exact fallback); and the module's own pass without a snapshot
+    (triangular products, each activation applying its ``1 - a`` itself)."""
     from lunet.flow import standard_normal_log_prob
 
     torch.manual_seed(0)
     model = build_model(paper_lunet_spec()).eval()
+    frozen = model.frozen()
     x = torch.randn(1000, 784)
 
-    def unfolded() -> torch.Tensor:
-        inv_std = 1.0 / model.input_std
-        h = torch.addcmul(-model.input_mean * inv_std, x, inv_std)
-        logdet = -torch.log(model.input_std).sum()
-        for i, block in enumerate(model.blocks):
-            h = block._affine(h)
-            logdet = logdet + block.log_abs_det()
-            if i < len(model.activations):
-                h, ld = model.activations[i]._forward(h)
-                logdet = logdet + ld
-        return standard_normal_log_prob(h) + logdet
-
     def softplus_and_sigmoid() -> torch.Tensor:
-        z, logdet = model._forward_frozen(x, exact=True)
+        z, logdet = frozen._forward(x, exact=True)
         return standard_normal_log_prob(z) + logdet
 
     variants = {
-        "folded, one sigmoid (log_prob)": lambda: model.log_prob(x),
-        "folded, softplus and sigmoid (the exact fallback)": softplus_and_sigmoid,
-        "unfolded": unfolded,
+        "snapshot, folded, one sigmoid (log_prob)": lambda: frozen.log_prob(x),
+        "snapshot, folded, softplus and sigmoid (the exact fallback)": softplus_and_sigmoid,
+        "module, no snapshot": lambda: model.log_prob(x),
     }
     with torch.no_grad():
         for fn in variants.values():
@@ -219,23 +210,26 @@ def activation_training(rounds: int) -> dict[str, float]:
 
 def sampling_modes(rounds: int) -> dict[str, dict[int, float]]:
     """Median time (s) of drawing 1 and 1,000 images from the paper's network with autograd
-    on: ``sample`` (the frozen pass) and ``rsample`` (differentiable, the training path)."""
+    on: a snapshot's ``sample``, the module's ``sample`` (no graph) and ``rsample``
+    (differentiable, the training path)."""
     torch.manual_seed(0)
     model = build_model(paper_lunet_spec())
-    out: dict[str, dict[int, float]] = {"sample": {}, "rsample": {}}
+    frozen = model.frozen()
+    out: dict[str, dict[int, float]] = {"frozen().sample": {}, "sample": {}, "rsample": {}}
     for batch in (1, 1000):
-        variants = {"sample": lambda: model.sample(batch), "rsample": lambda: model.rsample(batch)}
+        variants = {"frozen().sample": lambda: frozen.sample(batch), "sample": lambda: model.sample(batch),
+                    "rsample": lambda: model.rsample(batch)}
         for name, t in _alternate(variants, rounds, 20 if batch == 1 else 1).items():
             out[name][batch] = t
     return out
 
 
 def split_views(rounds: int) -> dict[str, dict[str, float]]:
-    """Median times (s) of ``sample(1)`` and ``log_prob`` at batch 1 on 2 threads, with each
-    plan layer's split views of its matrix kept between calls and made anew per call.
-    Each variant runs 40 calls in a row, so both find the matrices as warm as in use."""
+    """Median times (s) of a snapshot's ``sample(1)`` and ``log_prob`` at batch 1 on 2 threads,
+    with each plan layer's split views of its matrix kept between calls and made anew per
+    call. Each variant runs 40 calls in a row, so both find the matrices as warm as in use."""
     torch.manual_seed(0)
-    model = build_model(paper_lunet_spec()).eval()
+    model = build_model(paper_lunet_spec()).frozen()
     x = torch.randn(1, 784)
     saved = torch.get_num_threads()
     calls = {"sample": lambda: model.sample(1), "density": lambda: model.log_prob(x)}
@@ -243,7 +237,7 @@ def split_views(rounds: int) -> dict[str, dict[str, float]]:
     try:
         torch.set_num_threads(2)
         with torch.no_grad():
-            plan_layers = model._frozen_plan()[0] + model._frozen_inverse_plan()[0]
+            plan_layers = model._forward_plan()[0] + model._inverse_plan()[0]
 
             def forget_views() -> None:
                 for layer in plan_layers:

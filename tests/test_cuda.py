@@ -2,9 +2,9 @@
 
 These tests need a CUDA device; on a machine without one they are skipped as a
 module, with that reason. Every CPU test covers the same code; here only the
-device-specific parts are checked: the cached inverse built on the device,
-cache invalidation by device moves, the activation tables per device, and a
-training step.
+device-specific parts are checked: the snapshot built on the device, results
+that follow device moves and edits there, the activation tables per device,
+and a training step.
 """
 
 import pytest
@@ -18,16 +18,17 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 CUDA = torch.device("cuda")
 
 
-@pytest.mark.parametrize("grad_enabled", [True, False], ids=["train-path", "cached-path"])
-def test_lunet_on_cuda_matches_float64_cpu(grad_enabled):
+@pytest.mark.parametrize("snapshot", [False, True], ids=["module", "snapshot"])
+def test_lunet_on_cuda_matches_float64_cpu(snapshot):
     ref = make_net(dim=64).double()
     net = make_net(dim=64).to(CUDA)
+    flow = net.frozen() if snapshot else net
     x = 3 * torch.randn(500, 64, dtype=torch.float64)
-    with torch.set_grad_enabled(grad_enabled):
+    with torch.no_grad():
         lp_ref = ref.log_prob(x)
-        lp = net.log_prob(x.float().to(CUDA)).double().cpu()
+        lp = flow.log_prob(x.float().to(CUDA)).double().cpu()
         inv_ref = ref.inverse(x)
-        inv = net.inverse(x.float().to(CUDA)).double().cpu()
+        inv = flow.inverse(x.float().to(CUDA)).double().cpu()
     assert (lp - lp_ref).abs().max().item() < 1e-4 * lp_ref.abs().max().item()
     assert ((inv - inv_ref).abs() / inv_ref.abs().clamp_min(1)).max().item() < 1e-3
 
@@ -35,27 +36,30 @@ def test_lunet_on_cuda_matches_float64_cpu(grad_enabled):
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float64, 1e-11)])
 def test_lunet_round_trip_on_cuda(dtype, tol):
     net = make_net(dim=64).to(CUDA, dtype)
+    frozen = net.frozen()
     x = torch.randn(1000, 64, device=CUDA, dtype=dtype)
-    with torch.no_grad():
-        z, _ = net(x)
-        back = net.inverse(z)
-        samples = net.sample(1000)
-        z2, _ = net(samples)
+    z, _ = frozen(x)
+    back = frozen.inverse(z)
+    samples = frozen.sample(1000)
+    z2, _ = frozen(samples)
     assert samples.device.type == "cuda" and samples.dtype == dtype
     assert (back - x).abs().max().item() < tol * 10
     assert torch.isfinite(z2).all()
+    with torch.no_grad():
+        assert (net.inverse(net(x)[0]) - x).abs().max().item() < tol * 10
 
 
-def test_cache_follows_device_moves():
+def test_results_follow_device_moves_and_edits_there():
     net = make_net(dim=64)
     x = torch.randn(16, 64)
     with torch.no_grad():
-        lp_cpu = net.log_prob(x)  # fills the caches on the CPU
+        lp_cpu = net.log_prob(x)
         net.to(CUDA)
         lp_cuda = net.log_prob(x.to(CUDA))
         assert lp_cuda.device.type == "cuda"
-        net.blocks[0].lu.mul_(0.9)  # an in-place edit on the device invalidates too
+        net.blocks[0].lu.data.mul_(0.9)  # an edit on the device that no version counter sees
         edited = net.log_prob(x.to(CUDA)).cpu()
+        assert torch.allclose(net.frozen().log_prob(x.to(CUDA)).cpu(), edited, rtol=1e-4, atol=1e-3)
         net.cpu()
         assert torch.allclose(net.log_prob(x), edited, rtol=1e-4, atol=1e-3)
     assert torch.allclose(lp_cuda.cpu(), lp_cpu, rtol=1e-4, atol=1e-3)

@@ -1,4 +1,5 @@
-"""Every fast path agrees with the exact reference: the frozen-weight cache, batch sizes, precisions."""
+"""The frozen snapshot agrees with the module's own pass (batch sizes, precisions), and no
+inference result ever comes from weights that are no longer the module's."""
 
 import pytest
 import torch
@@ -17,9 +18,9 @@ def make_net(seed=0, dim=32, blocks=4, learn_alpha=False):
 
 
 @pytest.mark.parametrize("learn_alpha", [False, True], ids=["fixed-slope", "learnable-slope"])
-def test_cached_and_uncached_paths_agree(learn_alpha):
-    """The folded frozen pass (standardisation and slopes folded into the matrices)
-    against the training path, with a non-trivial standardisation."""
+def test_snapshot_and_module_paths_agree(learn_alpha):
+    """The snapshot's folded pass (standardisation and slopes folded into the matrices)
+    against the module's own pass, with a non-trivial standardisation."""
     net = make_net(learn_alpha=learn_alpha)
     net.standardize(torch.randn(500, 32) * 3 + 1)
     if learn_alpha:
@@ -27,92 +28,143 @@ def test_cached_and_uncached_paths_agree(learn_alpha):
             for i, act in enumerate(net.activations):
                 act.alpha_logit.fill_(-2.0 + i)
     x = torch.randn(64, 32) * 3 + 1
-    z_grad, ld_grad = net(x)  # grad enabled: two triangular products per block
-    with torch.no_grad():
-        z_cached, ld_cached = net(x)  # one product with the cached L U per block
-        x_cached = net.inverse(z_cached)
+    z_grad, ld_grad = net(x)  # two triangular products per block
+    frozen = net.frozen()
+    z_frozen, ld_frozen = frozen(x)  # one product with the folded L U per block
+    x_frozen = frozen.inverse(z_frozen)
     x_solve = net.inverse(z_grad.detach().requires_grad_())  # triangular solves
-    assert torch.allclose(z_grad, z_cached, rtol=1e-5, atol=1e-5)
-    assert torch.allclose(ld_grad, ld_cached, rtol=1e-6, atol=1e-5)
-    assert torch.allclose(x_cached, x_solve, rtol=1e-4, atol=1e-4)
-    assert torch.allclose(x_cached, x, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(z_grad, z_frozen, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(ld_grad, ld_frozen, rtol=1e-6, atol=1e-5)
+    assert torch.allclose(frozen.log_prob(x), net.log_prob(x), rtol=1e-5, atol=1e-4)
+    assert torch.allclose(x_frozen, x_solve, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(x_frozen, x, rtol=1e-4, atol=1e-4)
+    assert not z_frozen.requires_grad  # a snapshot runs without autograd
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    assert torch.allclose(frozen.sample(7, generator=gen()), net.sample(7, generator=gen()), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["foreach", "fused"])
-def test_cache_is_invalidated_by_an_optimiser_step(fused):
-    """A fused step leaves the parameters' versions alone: the forward before it must drop the caches."""
+# Every way user code changes weights. Each takes the flow and returns the module whose
+# results are then compared (AveragedModel keeps its own copy of the flow).
+def _edit_data(net):
+    net.blocks[1].lu.data.mul_(0.5)  # .data edits do not bump the parameter's version
+    net.blocks[2].diag.data.add_(0.1)
+    return net
+
+
+def _edit_copy_under_no_grad(net):
+    with torch.no_grad():
+        net.blocks[0].bias.copy_(torch.randn(32))
+    return net
+
+
+def _edit_load_state_dict(net):
+    net.load_state_dict(make_net(seed=1).state_dict())
+    return net
+
+
+def _edit_optimiser_step(fused):
+    def edit(net):
+        opt = torch.optim.Adam(net.parameters(), lr=1e-2, fused=fused)
+        loss = -net.log_prob(torch.randn(64, 32)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return net
+
+    return edit
+
+
+def _edit_averaged_model(net):
+    averaged = torch.optim.swa_utils.AveragedModel(net)
+    averaged.module.log_prob(torch.randn(4, 32))  # used before the update
+    averaged.update_parameters(make_net(seed=2))
+    return averaged.module
+
+
+def _edit_input_standardisation(net):
+    with torch.no_grad():
+        net.input_std.mul_(2.0)  # folded into the first matrix of a snapshot
+    return net
+
+
+def _edit_dtype_round_trip(net):
+    net.double()
+    with torch.no_grad():
+        net.blocks[3].lu.mul_(0.7)
+    return net.float()
+
+
+EDITS = {
+    "data": _edit_data,
+    "copy_under_no_grad": _edit_copy_under_no_grad,
+    "load_state_dict": _edit_load_state_dict,
+    "adam_foreach": _edit_optimiser_step(fused=False),
+    "adam_fused": _edit_optimiser_step(fused=True),
+    "averaged_model": _edit_averaged_model,
+    "standardisation": _edit_input_standardisation,
+    "dtype_round_trip": _edit_dtype_round_trip,
+}
+
+
+@pytest.mark.parametrize("edit", list(EDITS.values()), ids=list(EDITS))
+def test_no_grad_results_follow_every_weight_edit(edit):
+    """Inference without autograd always reads the module's current weights: after any
+    edit, ``log_prob``, ``inverse`` and ``sample`` under ``no_grad`` equal those of a fresh
+    module holding the edited weights."""
     net = make_net()
-    x = torch.randn(16, 32)
+    x, z = torch.randn(8, 32), torch.randn(8, 32)
     with torch.no_grad():
-        before = net.log_prob(x)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2, fused=fused)
-    loss = -net.log_prob(torch.randn(64, 32)).mean()
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
+        before = net.log_prob(x), net.inverse(z), net.sample(4, generator=torch.Generator().manual_seed(0))
+    edited = edit(net)
+    fresh = make_net(seed=3)
+    fresh.load_state_dict(edited.state_dict())
     with torch.no_grad():
-        after = net.log_prob(x)
-    fresh = make_net()
-    fresh.load_state_dict(net.state_dict())
+        after = edited.log_prob(x), edited.inverse(z), edited.sample(4, generator=torch.Generator().manual_seed(0))
+        expected = fresh.log_prob(x), fresh.inverse(z), fresh.sample(4, generator=torch.Generator().manual_seed(0))
+    for name, old, new, ref in zip(("log_prob", "inverse", "sample"), before, after, expected):
+        assert not torch.allclose(old, new), f"{name} did not change with the weights"
+        assert torch.equal(new, ref), name
+    layer = edited.blocks[1]
+    fresh_layer = fresh.blocks[1]
     with torch.no_grad():
-        assert not torch.allclose(before, after)
-        assert torch.allclose(after, fresh.log_prob(x), atol=1e-5)
-        assert torch.allclose(net.inverse(net(x)[0]), x, atol=1e-4)
+        assert torch.equal(layer(x)[0], fresh_layer(x)[0]) and torch.equal(layer.inverse(z), fresh_layer.inverse(z))
 
 
-def test_cache_is_invalidated_by_load_state_dict_and_in_place_edits():
-    net, other = make_net(seed=0), make_net(seed=1)
-    x = torch.randn(8, 32)
-    with torch.no_grad():
-        net.log_prob(x)  # fills the caches
-        net.load_state_dict(other.state_dict())
-        assert torch.allclose(net.log_prob(x), other.log_prob(x), atol=1e-5)
-        net.blocks[1].lu.mul_(0.5)
-        other.blocks[1].lu.mul_(0.5)
-        assert torch.allclose(net.log_prob(x), other.log_prob(x), atol=1e-5)
-        net.blocks[2].diag.add_(0.1)
-        z = torch.randn(8, 32)
-        assert torch.allclose(net(net.inverse(z))[0], z, atol=1e-4)
-        folded, unfolded = net.log_prob(x), net.inverse(z)
-        net.input_std.mul_(2.0)  # folded into the first matrix of each direction
-        refolded, reunfolded = net.log_prob(x), net.inverse(z)
-    assert not torch.allclose(folded, refolded) and not torch.allclose(unfolded, reunfolded)
-    assert torch.allclose(refolded, net.log_prob(x), rtol=1e-5, atol=1e-4)  # the training path
-    assert torch.allclose(reunfolded, net.inverse(z.requires_grad_()), rtol=1e-4, atol=1e-4)
-
-
-def test_cache_is_invalidated_by_a_changed_learnable_slope():
-    net = make_net(learn_alpha=True)
-    x = torch.randn(8, 32)
-    z = torch.randn(8, 32)
-    with torch.no_grad():
-        before, inverse_before = net.log_prob(x), net.inverse(z)
-        net.activations[1].alpha_logit.add_(2.2)  # a: 0.1 -> 0.5, whose inverse table has another step
-        after, inverse_after = net.log_prob(x), net.inverse(z)
-    assert not torch.allclose(before, after) and not torch.allclose(inverse_before, inverse_after)
-    assert torch.allclose(after, net.log_prob(x), rtol=1e-5, atol=1e-4)  # the training path
-    assert torch.allclose(inverse_after, net.inverse(z.requires_grad_()), rtol=1e-4, atol=1e-4)
-
-
-def test_cache_follows_dtype_moves():
+@pytest.mark.parametrize("edit", list(EDITS.values()), ids=list(EDITS))
+def test_a_snapshot_keeps_its_weights_and_a_new_one_sees_the_edit(edit):
     net = make_net()
-    x = torch.randn(8, 32, dtype=torch.float64)
+    x, z = torch.randn(8, 32), torch.randn(8, 32)
+    snapshot = net.frozen()
+    before = snapshot.log_prob(x), snapshot.inverse(z)
+    edited = edit(net)
+    assert torch.equal(snapshot.log_prob(x), before[0]) and torch.equal(snapshot.inverse(z), before[1])
+    renewed = edited.frozen()
     with torch.no_grad():
-        lp32 = net.log_prob(x.float())
-        net.double()
-        lp64 = net.log_prob(x)
-        assert lp64.dtype == torch.float64
-        net.float()
-        assert torch.equal(net.log_prob(x.float()), lp32)
+        assert torch.allclose(renewed.log_prob(x), edited.log_prob(x), rtol=1e-5, atol=1e-4)
+        assert torch.allclose(renewed.inverse(z), edited.inverse(z), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(renewed.log_prob(x), before[0])
 
 
-def test_training_mode_holds_no_cached_matrices():
-    layer = LULinear(16)
+def test_a_snapshot_follows_the_flows_dtype_and_refuses_other_inputs():
+    net = make_net().double()
+    snapshot = net.frozen()
+    assert snapshot.dtype == torch.float64 and "snapshot" in repr(snapshot)
+    x = torch.randn(4, 32, dtype=torch.float64)
+    assert torch.allclose(snapshot.log_prob(x), net.log_prob(x), rtol=1e-10, atol=1e-9)
+    with pytest.raises(TypeError, match="dtype"):
+        snapshot.log_prob(x.float())
+    with pytest.raises(ValueError, match="32"):
+        snapshot.inverse(torch.randn(4, 31, dtype=torch.float64))
+    with pytest.raises(ValueError, match="temperature"):
+        snapshot.sample(3, temperature=float("inf"))
+
+
+def test_a_non_invertible_flow_gives_no_snapshot():
+    net = LUNet(8, 2, diag="raw")
     with torch.no_grad():
-        layer(torch.randn(4, 16))
-    assert layer._cache is not None
-    layer(torch.randn(4, 16))  # a training-mode forward drops the frozen copies
-    assert layer._cache is None
+        net.blocks[1].diag[3] = 0.0
+    with pytest.raises(ValueError, match="not invertible"):
+        net.frozen()
 
 
 def test_density_redoes_pre_activations_beyond_the_fast_activation():
@@ -125,69 +177,73 @@ def test_density_redoes_pre_activations_beyond_the_fast_activation():
     x = torch.randn(16, 32) * 0.1
     with torch.no_grad():
         assert net.blocks[0](x)[0].min() > 85  # the first pre-activations, the input being standard
-        z_fast, ld_fast = net(x)
-    z_ref, ld_ref = net(x)  # grad enabled: the training path
+    z_fast, ld_fast = net.frozen()(x)
+    z_ref, ld_ref = net(x)
     assert torch.allclose(z_fast, z_ref, rtol=1e-5, atol=1e-4)
     assert torch.allclose(ld_fast, ld_ref, rtol=1e-6, atol=1e-3)
 
 
-@pytest.mark.parametrize("grad_enabled", [True, False], ids=["train-path", "cached-path"])
-def test_an_empty_batch_gives_empty_results(grad_enabled):
-    net = make_net()
+def _module(net):
+    return net
+
+
+def _snapshot(net):
+    return net.frozen()
+
+
+PASSES = pytest.mark.parametrize("passes", [_module, _snapshot], ids=["module", "snapshot"])
+
+
+@PASSES
+def test_an_empty_batch_gives_empty_results(passes):
+    flow = passes(make_net())
     empty = torch.empty(0, 32)
-    with torch.set_grad_enabled(grad_enabled):
-        z, logdet = net(empty)
-        assert z.shape == (0, 32) and logdet.shape == (0,)
-        assert net.log_prob(empty).shape == (0,)
-        assert net.inverse(empty).shape == (0, 32)
+    z, logdet = flow(empty)
+    assert z.shape == (0, 32) and logdet.shape == (0,)
+    assert flow.log_prob(empty).shape == (0,)
+    assert flow.inverse(empty).shape == (0, 32)
 
 
-def test_batch_one_and_batch_thousand_agree():
-    net = make_net()
+@PASSES
+def test_batch_one_and_batch_thousand_agree(passes):
+    flow = passes(make_net())
     x = torch.randn(1000, 32)
     with torch.no_grad():
-        big = net.log_prob(x)
-        small = torch.cat([net.log_prob(x[i : i + 1]) for i in range(0, 1000, 97)])
+        big = flow.log_prob(x)
+        small = torch.cat([flow.log_prob(x[i : i + 1]) for i in range(0, 1000, 97)])
         z = torch.randn(1000, 32)
-        inv_big = net.inverse(z)
-        inv_small = torch.cat([net.inverse(z[i : i + 1]) for i in range(0, 1000, 97)])
+        inv_big = flow.inverse(z)
+        inv_small = torch.cat([flow.inverse(z[i : i + 1]) for i in range(0, 1000, 97)])
     assert torch.allclose(big[::97], small, rtol=1e-5, atol=1e-5)
     # samples reach ~1e3 through the slope-a branches: compare relative to their scale
     assert (inv_big[::97] - inv_small).abs().max() < 1e-5 * inv_big.abs().max()
 
 
-@pytest.mark.parametrize("grad_enabled", [True, False], ids=["train-path", "cached-path"])
-def test_float32_agrees_with_float64(grad_enabled):
-    net = make_net()
-    net64 = make_net().double()
+@PASSES
+def test_float32_agrees_with_float64(passes):
+    flow = passes(make_net())
+    flow64 = passes(make_net().double())
     x = torch.randn(200, 32, dtype=torch.float64)
-    with torch.set_grad_enabled(grad_enabled):
-        lp32 = net.log_prob(x.float()).double()
-        lp64 = net64.log_prob(x)
-        s32 = net.inverse(x.float()).double()
-        s64 = net64.inverse(x)
+    lp32 = flow.log_prob(x.float()).double()
+    lp64 = flow64.log_prob(x)
+    s32 = flow.inverse(x.float()).double()
+    s64 = flow64.inverse(x)
     assert (lp32 - lp64).abs().max().item() < 1e-4 * lp64.abs().max().item()
     assert ((s32 - s64).abs() / s64.abs().clamp_min(1)).max().item() < 1e-3
 
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_small_batches_of_a_wide_net_agree_with_the_training_path(batch, two_threads):
-    """At width 640 the frozen matrices are large enough that a small batch's products
+    """At width 640 the snapshot's matrices are large enough that a small batch's products
     are split among the threads (``FrozenAffine``): density and sampling must not notice."""
     net = make_net(dim=640, blocks=3)
     net.standardize(torch.randn(200, 640) * 2 + 1)
     x = torch.randn(batch, 640) * 2 + 1
     z_ref, ld_ref = net(x)
     x_ref = net.inverse(z_ref.detach().requires_grad_())
-    with torch.no_grad():
-        z, ld = net(x)
-        x_back = net.inverse(z)
-    layer = net.blocks[0]  # a layer's own cache takes the same products
-    y_ref = layer(x)[0]
-    with torch.no_grad():
-        y, x_layer = layer(x)[0], layer.inverse(y_ref)
-    assert (y - y_ref).abs().max() < 1e-5 * y_ref.abs().max()
-    assert (x_layer - x).abs().max() < 1e-4 * x.abs().max()
+    frozen = net.frozen()
+    z, ld = frozen(x)
+    x_back = frozen.inverse(z)
     assert (z - z_ref).abs().max() < 1e-5 * z_ref.abs().max()
     assert (ld - ld_ref).abs().max() < 1e-5 * ld_ref.abs().max()
     assert (x_back - x_ref).abs().max() < 1e-4 * x_ref.abs().max()

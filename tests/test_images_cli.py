@@ -239,8 +239,10 @@ def test_per_class_figures_match_independent_computation(per_class_models, per_c
     x, y = x[:TEST_LIMIT], y[:TEST_LIMIT]
     for c, model in zip(classes, models):  # per-class figures use the first draw only
         full, _ = full_log_prob(model, x[y == c], seed=EVAL_SEED)
+        # evaluation scores with the model's frozen snapshot, this with the module's own
+        # float32 pass: they differ by rounding, ~1e-6 of a figure near 10 bits/dim
         assert per_class_eval["per_class"][str(c)]["bits_per_dim"] == pytest.approx(
-            float(bpd_by_formula(full).mean()), abs=1e-6
+            float(bpd_by_formula(full).mean()), abs=1e-5
         )
     scores = torch.stack([full_log_prob(m, x, seed=BAYES_SEED)[0] for m in models], dim=1)
     accuracy = float((scores.argmax(1) == y).double().mean())
@@ -305,9 +307,9 @@ def test_sample_images_fitted_prior_and_zero_temperature(uncond_model):
     torch.testing.assert_close(cold_std, image_of_origin, rtol=0, atol=1e-3)
     assert (image_of_mean[0] - image_of_origin[0]).abs().max() > 1e-2  # the two priors really differ
     # both samplers require a positive temperature
-    with pytest.raises(ValueError, match="temperature must be positive"):
+    with pytest.raises(ValueError, match="temperature must be a positive"):
         model.sample(3, temperature=0.0)
-    with pytest.raises(ValueError, match="temperature must be positive"):
+    with pytest.raises(ValueError, match="temperature must be a positive"):
         sample_images(model, pre, 3, temperature=0.0)
 
 

@@ -460,8 +460,8 @@ def test_frozen_affine_map_follows_the_thread_count(two_threads):
 
 @pytest.mark.parametrize("rows", [1, 3])
 def test_frozen_layer_passes_gradients_to_its_input(rows, two_threads):
-    """Weights that need no gradient take the cached (and, this wide, split) product even
-    with autograd on; the input's gradient must be the training path's."""
+    """Weights that need no gradient still pass gradients to the input, those of the
+    trainable layer."""
     torch.manual_seed(0)
     layer = LULinear(640, init_scale=0.3)
     x = torch.randn(rows, 640, requires_grad=True)

@@ -150,4 +150,4 @@ def test_cli_tiny_gmm2d_run(tmp_path, capsys):
 
 def test_cli_rejects_bad_options(capsys):
     assert main(["train", "--dataset", "gmm2d", "--out", "/tmp/unused-lunet", "--lr", "-1"]) == 2
-    assert "lr must be positive" in capsys.readouterr().err
+    assert "--lr: must be a positive finite number" in capsys.readouterr().err

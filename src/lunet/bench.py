@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from lunet.checkpoint import build_model
+from lunet.flow import for_inference
 from lunet.images import paper_lunet_spec
 from lunet.train import resolve_device
 
@@ -174,11 +175,12 @@ def bench_model(
 
         result["epoch_s"] = time_call(epoch, device, repeats=1, warmup=0).median
     model.eval()
+    inference = for_inference(model)
     for label, batch in (("", override.get("density", density_batch)), ("_batch1", 1)):
         x = torch.randn(batch, 784, device=device)
         with torch.no_grad():
-            t_density = time_call(lambda: model.log_prob(x), device, repeats=repeats)
-            t_sample = time_call(lambda: model.sample(batch), device, repeats=repeats)
+            t_density = time_call(lambda: inference.log_prob(x), device, repeats=repeats)
+            t_sample = time_call(lambda: inference.sample(batch), device, repeats=repeats)
         result[f"density_ms_per_image{label}"] = t_density.median / batch * 1e3
         result[f"sampling_ms_per_image{label}"] = t_sample.median / batch * 1e3
         if label == "" and batch != density_batch:
@@ -251,9 +253,11 @@ def run_micro(device: str = "cpu", dim: int = 784, num_blocks: int = 4, repeats:
     - training step at batch 256 vs the same dense GEMMs forward and backward
       (2 products per block: ``2 * num_blocks`` weight matrices, input not
       requiring grad), target ratio <= 1.15;
-    - density (``log_prob``, no grad) at batch 1,000 vs ``2 * num_blocks``
-      dense forward GEMMs, target <= 0.6, and its floor: the ``num_blocks``
-      folded products alone against the same reference;
+    - density (the :meth:`~lunet.LUNet.frozen` snapshot's ``log_prob``) at
+      batch 1,000 vs ``2 * num_blocks`` dense forward GEMMs, target <= 0.6, and
+      its floor: ``num_blocks`` dense products of the same shapes alone against
+      the same reference; the module's own density pass (no snapshot) against
+      the snapshot's;
     - sampling at batch 1,000 vs density, target <= 1.5; sampling at batch 1
       in ms per image, target < 1 (the median of its calls, and the fastest).
 
@@ -262,7 +266,7 @@ def run_micro(device: str = "cpu", dim: int = 784, num_blocks: int = 4, repeats:
     (``dense_forward_beside_products_ms``, ``density_beside_sampling_ms``), as
     the machine's speed drifts between rows.
     """
-    dev = torch.device(device)
+    dev = resolve_device(device)
     torch.manual_seed(0)
     model = build_model({**MODEL_SPECS["lunet"], "dim": dim, "num_blocks": num_blocks}).to(dev)
     weights = [torch.randn(dim, dim, device=dev, requires_grad=True) for _ in range(2 * num_blocks)]
@@ -292,18 +296,21 @@ def run_micro(device: str = "cpu", dim: int = 784, num_blocks: int = 4, repeats:
 
     t_step, t_dense_train, r_step = paired(step, lambda: dense_chain(x256, True))
     model.eval()
+    frozen = model.frozen()
     with torch.no_grad():
-        t_density, t_dense_fwd, r_density = paired(lambda: model.log_prob(x1000), lambda: dense_chain(x1000, False))
-        folded, _, _ = model._frozen_plan()
+        t_density, t_dense_fwd, r_density = paired(lambda: frozen.log_prob(x1000), lambda: dense_chain(x1000, False))
+        t_module_density, t_frozen_density, r_module = paired(lambda: model.log_prob(x1000), lambda: frozen.log_prob(x1000))
+        # the floor of a folded pass: one dense product per block, the activations left out
+        products = [(torch.randn(dim, dim, device=dev).t().contiguous().t(), torch.randn(dim, device=dev)) for _ in range(num_blocks)]
 
         def products_alone() -> None:
             h = x1000
-            for layer in folded:
-                h = layer(h)
+            for weight, bias in products:
+                h = torch.addmm(bias, h, weight)
 
         t_products, t_dense_beside_products, r_products = paired(products_alone, lambda: dense_chain(x1000, False))
-        t_sample, t_density_beside_sampling, r_sample = paired(lambda: model.sample(1000), lambda: model.log_prob(x1000))
-        t_sample1 = time_call(lambda: model.sample(1), dev, repeats * 5)
+        t_sample, t_density_beside_sampling, r_sample = paired(lambda: frozen.sample(1000), lambda: frozen.log_prob(x1000))
+        t_sample1 = time_call(lambda: frozen.sample(1), dev, repeats * 5)
     return {
         "device": str(dev),
         "threads": torch.get_num_threads(),
@@ -317,6 +324,9 @@ def run_micro(device: str = "cpu", dim: int = 784, num_blocks: int = 4, repeats:
         "products_1000_ms": t_products * 1e3,
         "dense_forward_beside_products_ms": t_dense_beside_products * 1e3,
         "products_vs_dense": r_products,
+        "module_density_1000_ms": t_module_density * 1e3,
+        "frozen_density_beside_module_ms": t_frozen_density * 1e3,
+        "module_density_vs_frozen": r_module,
         "sampling_1000_ms": t_sample * 1e3,
         "density_beside_sampling_ms": t_density_beside_sampling * 1e3,
         "sampling_vs_density": r_sample,
@@ -332,6 +342,8 @@ def micro_table(r: dict[str, Any]) -> str:
         ("density, batch 1,000", f"{r['density_1000_ms']:.1f} ms", f"dense forward GEMMs {r['dense_forward_1000_ms']:.1f} ms", r["density_vs_dense"], "<= 0.6"),
         ("its 4 products alone (the floor)", f"{r['products_1000_ms']:.1f} ms",
          f"dense forward GEMMs {r['dense_forward_beside_products_ms']:.1f} ms", r["products_vs_dense"], "–"),
+        ("density by the module itself (no snapshot)", f"{r['module_density_1000_ms']:.1f} ms",
+         f"snapshot's density {r['frozen_density_beside_module_ms']:.1f} ms", r["module_density_vs_frozen"], "–"),
         ("sampling, batch 1,000", f"{r['sampling_1000_ms']:.1f} ms",
          f"density {r['density_beside_sampling_ms']:.1f} ms", r["sampling_vs_density"], "<= 1.5"),
     ]

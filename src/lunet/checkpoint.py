@@ -1,8 +1,17 @@
-"""Atomic checkpoint files and model reconstruction from them."""
+"""Checkpoint files: atomic writes, safe loads, a checksum of their contents, model reconstruction.
+
+A checkpoint is a dict of tensors, plain containers, numbers and strings. It
+is read with ``torch.load(weights_only=True)``, so a file that holds any other
+Python object is refused before anything in it runs. Every checkpoint carries
+a SHA-256 of its contents; a file whose contents no longer match (a flipped
+byte on disk) is reported as corrupt instead of being used.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -12,7 +21,9 @@ from torch import nn
 
 from lunet.flow import LUNet
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Format 1 (no checksum) is still read; its contents cannot be verified.
+READABLE_FORMATS = (1, 2)
 
 
 def build_model(spec: dict[str, Any]) -> nn.Module:
@@ -28,12 +39,51 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     raise ValueError(f"unknown model name {name!r} in model spec; expected 'lunet' or 'realnvp'")
 
 
+def _digest(obj: Any, h: "hashlib._Hash") -> None:
+    """Feed ``obj`` (tensors, containers, scalars, strings) into ``h`` in a fixed order."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(b"D%d" % len(obj))
+        for key in sorted(obj, key=repr):
+            h.update(repr(key).encode())
+            _digest(obj[key], h)
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"L%d" % len(obj))
+        for item in obj:
+            _digest(item, h)
+    else:
+        h.update(f"S{obj!r}".encode())
+
+
+def checksum(contents: dict[str, Any]) -> str:
+    """SHA-256 (hex) of a checkpoint's contents, its ``"checksum"`` entry left out."""
+    h = hashlib.sha256()
+    _digest({k: v for k, v in contents.items() if k != "checksum"}, h)
+    return h.hexdigest()
+
+
+def _default_file_mode() -> int:
+    """The permissions a new file gets under this process's umask (as ``open`` gives)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename over it."""
+    """``torch.save`` to a temporary file beside ``path``, then rename over it.
+
+    The file gets the permissions of any other new file (the temporary file
+    would otherwise keep ``mkstemp``'s owner-only mode). A failed or
+    interrupted save leaves the old file in place and removes its temporary.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _default_file_mode())
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -45,27 +95,61 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
         raise
 
 
+def stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Temporary files that an interrupted :func:`save_atomic` of ``path`` left behind
+    (a process killed mid-save cannot remove its own)."""
+    path = Path(path)
+    return sorted(path.parent.glob(path.name + ".*.tmp"))
+
+
+def save_checkpoint(contents: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write a checkpoint atomically with its format version and checksum."""
+    contents = {**contents, "format": FORMAT_VERSION}
+    contents["checksum"] = checksum(contents)
+    save_atomic(contents, path)
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint written by the trainer, with a clear error when it is not one."""
+    """Read and verify a checkpoint written by lunet; ``ValueError`` naming the problem when it is not one.
+
+    No code in the file runs: only tensors, plain containers, numbers and strings are read.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "GLOBAL" in str(exc):  # the file names a Python callable or class to import
+            raise ValueError(
+                f"{path} holds Python objects other than tensors, numbers, strings and plain containers; "
+                f"lunet checkpoints never do, and loading it could run code from the file, so it is refused"
+            ) from None
+        raise ValueError(f"checkpoint {path} is unreadable or corrupt: {exc}") from None
     except Exception as exc:  # torch raises several types for truncated files
-        raise ValueError(f"checkpoint {path} is unreadable or corrupt: {exc}") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_VERSION or "model_spec" not in ckpt:
+        raise ValueError(f"checkpoint {path} is unreadable or corrupt: {exc}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in READABLE_FORMATS or "model_spec" not in ckpt:
         raise ValueError(f"{path} is not a lunet checkpoint (format {FORMAT_VERSION})")
+    if ckpt["format"] >= 2 and ckpt.get("checksum") != checksum(ckpt):
+        raise ValueError(
+            f"checkpoint {path} is corrupt: its contents do not match the checksum written with them "
+            f"(the file changed on disk after it was saved)"
+        )
     return ckpt
 
 
 def load_model(path: str | os.PathLike, which: str = "best") -> tuple[nn.Module, dict[str, Any]]:
     """Model and checkpoint dict from a checkpoint file; ``which`` = "best" or "last" weights."""
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
     ckpt = load_checkpoint(path)
-    model = build_model(ckpt["model_spec"])
+    try:
+        model = build_model(ckpt["model_spec"])
+    except TypeError as exc:
+        raise ValueError(f"checkpoint {path} holds a model spec this version cannot build: {exc}") from None
     state = ckpt["best_model"] if which == "best" and ckpt.get("best_model") is not None else ckpt["model"]
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ValueError(f"checkpoint {path} does not match its model spec {ckpt['model_spec']}: {exc}") from exc
+        raise ValueError(f"checkpoint {path} does not match its model spec {ckpt['model_spec']}: {exc}") from None
     return model, ckpt

@@ -59,3 +59,10 @@ def check_positive_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def check_temperature(value: object) -> float:
+    """Return ``value`` as a float, raising ``ValueError`` unless it is positive and finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"temperature must be a positive finite number, got {value!r}")
+    return float(value)

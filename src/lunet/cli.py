@@ -5,26 +5,55 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from lunet.layers import SLOPE_MIN
+from lunet.rundir import CHECKPOINT_NAME, RunFolderBusy, check_writable_file
 from lunet.train import TrainConfig, TrainingDiverged
+
+
+def _number(kind: type, test, what: str):
+    """An argparse type: ``kind(text)`` that must pass ``test``, else an error saying it must be ``what``."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE_INT = _number(int, lambda v: v >= 1, "a positive integer")
+NON_NEGATIVE_INT = _number(int, lambda v: v >= 0, "a non-negative integer")
+SEED = _number(int, lambda v: 0 <= v < 2**63, "an integer in [0, 2^63)")
+POSITIVE_FLOAT = _number(float, lambda v: math.isfinite(v) and v > 0, "a positive finite number")
+NON_NEGATIVE_FLOAT = _number(float, lambda v: math.isfinite(v) and v >= 0, "a non-negative finite number")
+SLOPE = _number(float, lambda v: SLOPE_MIN <= v < 1, f"a number in [{SLOPE_MIN:g}, 1)")
+LOGIT_LAMBDA = _number(float, lambda v: 0 < v < 0.5, "a number strictly between 0 and 0.5")
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation (defaults depend on --dataset)")
-    g.add_argument("--epochs", type=int, help="epochs to train")
-    g.add_argument("--batch-size", type=int, help="training batch size")
-    g.add_argument("--lr", type=float, help="peak Adam learning rate")
-    g.add_argument("--weight-decay", type=float, help="Adam weight decay")
+    g.add_argument("--epochs", type=POSITIVE_INT, help="epochs to train")
+    g.add_argument("--batch-size", type=POSITIVE_INT, help="training batch size")
+    g.add_argument("--lr", type=POSITIVE_FLOAT, help="peak Adam learning rate")
+    g.add_argument("--weight-decay", type=NON_NEGATIVE_FLOAT, help="Adam weight decay")
     g.add_argument("--schedule", choices=["cosine", "constant"], help="learning-rate schedule")
-    g.add_argument("--warmup-steps", type=int, help="linear warm-up steps")
-    g.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
-    g.add_argument("--seed", type=int, help="seed for initialisation, shuffling and noise")
-    g.add_argument("--device", help="cpu or cuda")
+    g.add_argument("--warmup-steps", type=NON_NEGATIVE_INT, help="linear warm-up steps")
+    g.add_argument("--grad-clip", type=POSITIVE_FLOAT, help="clip the gradient norm to this value")
+    g.add_argument("--seed", type=SEED, help="seed for initialisation, shuffling and noise")
+    g.add_argument("--device", help="cpu, cuda or cuda:N")
     g.add_argument("--dtype", choices=["float32", "float64"], help="training precision")
-    g.add_argument("--eval-every", type=int, help="epochs between validation, log line and checkpoint")
+    g.add_argument("--eval-every", type=POSITIVE_INT, help="epochs between validation, log line and checkpoint")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
 
@@ -39,7 +68,7 @@ def _train_config(args: argparse.Namespace, defaults: TrainConfig) -> TrainConfi
 
 
 def _add_device_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -48,21 +77,24 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be a positive number of images, got {args.limit}")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
     if args.dataset == "gmm2d":
         from lunet import gmm2d
 
+        image_only = [f"--{name.replace('_', '-')}" for name in ("model", "class_label", "per_class", "limit", "learn_alpha")
+                      if getattr(args, name) not in (None, False, "lunet")]
+        if image_only:
+            raise ValueError(f"{', '.join(image_only)} apply to image data sets only, not to --dataset gmm2d")
         defaults = gmm2d.GMM2DSettings()
         settings = gmm2d.GMM2DSettings(
-            num_blocks=args.blocks or defaults.num_blocks,
+            num_blocks=args.blocks if args.blocks is not None else defaults.num_blocks,
             alpha=args.alpha if args.alpha is not None else defaults.alpha,
             diag=args.diag or defaults.diag,
         )
         config = _train_config(args, gmm2d.default_train_config())
-        if args.overwrite:
-            _clear_run(Path(args.out))
-        summary = gmm2d.run(args.out, settings, config, resume=args.resume, progress=not args.no_progress)
+        summary = gmm2d.run(args.out, settings, config, resume=args.resume, progress=not args.no_progress,
+                            overwrite=args.overwrite)
         print(
             f"gmm2d: test NLL {summary['test_nll_nats']:.4f} nats, mixture entropy "
             f"{summary['entropy_nats']:.4f} nats, KL {summary['kl_nats']:.4f} nats "
@@ -74,6 +106,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lunet import images
 
     if args.model == "realnvp":
+        lu_only = [f"--{name.replace('_', '-')}" for name in ("blocks", "alpha", "diag", "learn_alpha")
+                   if getattr(args, name) not in (None, False)]
+        if lu_only:
+            raise ValueError(f"{', '.join(lu_only)} apply to --model lunet only, not to realnvp")
         spec = {"name": "realnvp"}
     else:
         extra = {}
@@ -83,7 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             extra["diag"] = args.diag
         if args.learn_alpha:
             extra["learn_alpha"] = True
-        spec = images.paper_lunet_spec(args.blocks or 4, **extra)
+        spec = images.paper_lunet_spec(args.blocks if args.blocks is not None else 4, **extra)
     if args.per_class and args.class_label is not None:
         raise ValueError("--per-class and --class exclude each other")
     kind = "per_class" if args.per_class else ("class" if args.class_label is not None else "unconditional")
@@ -92,11 +128,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         lam=args.lam, data_init=args.data_init if args.model == "lunet" else "none",
     )
     config = _train_config(args, images.default_image_train_config())
-    if args.overwrite:  # only once every option has been checked
-        _clear_run(Path(args.out))
     results = images.train_image_run(
         args.out, settings, config, data_dir=args.data_dir, verify=not args.no_verify,
-        resume=args.resume, progress=not args.no_progress, limit=args.limit,
+        resume=args.resume, progress=not args.no_progress, limit=args.limit, overwrite=args.overwrite,
     )
     for name, r in results.items():
         label = "all classes" if name == "all" else f"class {name}"
@@ -108,12 +142,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _clear_run(out: Path) -> None:
-    for path in [out / "checkpoint.pt", out / "metrics.jsonl", out / "run.json", *out.glob("class-*/checkpoint.pt"), *out.glob("class-*/metrics.jsonl")]:
-        path.unlink(missing_ok=True)
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    _check_outputs(args)
     from lunet.evaluate import evaluate_run
 
     result = evaluate_run(args.run_dir, draws=args.draws, data_dir=args.data_dir, verify=not args.no_verify,
@@ -132,13 +162,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    _check_outputs(args)
     import torch
 
+    from lunet.flow import for_inference
     from lunet.images import fitted_class_priors, load_run_models, sample_images
     from lunet.plots import save_image_grid
     from lunet.preprocess import ImagePreprocessor
 
     settings, models, _ = load_run_models(args.run_dir, device=args.device)
+    models = [for_inference(m) for m in models]
     pre = ImagePreprocessor(settings.lam)
     priors = [None] * len(models)
     if args.prior == "fitted":
@@ -157,6 +190,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
+    _check_outputs(args)
     import torch
 
     from lunet.data import load_dataset
@@ -192,6 +226,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
 
 def cmd_agreement(args: argparse.Namespace) -> int:
+    _check_outputs(args)
     from lunet.evaluate import class_agreement, train_classifier
     from lunet.images import read_run_file
 
@@ -208,6 +243,7 @@ def cmd_agreement(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    _check_outputs(args)
     from lunet.bench import markdown_table, micro_table, run_bench, run_micro
 
     if args.micro:
@@ -220,6 +256,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(markdown_table(result))
     _write_json(args.json, result)
     return 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Fail before the work, not after it, when an output file (``--out``, ``--json``) cannot be written."""
+    for name in ("out", "json"):
+        path = getattr(args, name, None)
+        if path:
+            check_writable_file(path)
 
 
 def _write_json(path: Optional[str], obj: dict) -> None:
@@ -244,17 +288,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="start afresh, replacing a run already in --out")
     m = p.add_argument_group("model")
     m.add_argument("--model", default="lunet", choices=["lunet", "realnvp"], help="flow family (images only)")
-    m.add_argument("--blocks", type=int, help="number of LU blocks")
-    m.add_argument("--alpha", type=float, help="leaky-softplus slope a in (0, 1)")
+    m.add_argument("--blocks", type=POSITIVE_INT, help="number of LU blocks")
+    m.add_argument("--alpha", type=SLOPE, help=f"leaky-softplus slope a in [{SLOPE_MIN:g}, 1)")
     m.add_argument("--learn-alpha", action="store_true", help="learn the slope a of every activation")
     m.add_argument("--diag", choices=["raw", "exp"], help="parametrisation of diag(U)")
     c = p.add_argument_group("images")
-    c.add_argument("--class", dest="class_label", type=int, help="model one class only")
+    c.add_argument("--class", dest="class_label", type=NON_NEGATIVE_INT, help="model one class only (0..9)")
     c.add_argument("--per-class", action="store_true", help="one model per class (the paper's setting)")
     c.add_argument("--data-init", choices=["gaussian", "standardize", "none"], default="gaussian",
                    help="LU-Net start: the data's full-covariance Gaussian fit (default), per-pixel standardising, or none")
-    c.add_argument("--lam", type=float, default=1e-6, help="logit-transform λ (default 1e-6)")
-    c.add_argument("--limit", type=int, help=argparse.SUPPRESS)
+    c.add_argument("--lam", type=LOGIT_LAMBDA, default=1e-6, help="logit-transform λ in (0, 0.5) (default 1e-6)")
+    c.add_argument("--limit", type=POSITIVE_INT, help=argparse.SUPPRESS)
     _add_data_options(p)
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
@@ -262,8 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="test-set bits/dim of an image run")
     p.add_argument("run_dir")
     p.add_argument("--json", help="also write the figures to this JSON file")
-    p.add_argument("--draws", type=int, default=3, help="dequantisation draws (default 3)")
-    p.add_argument("--limit", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--draws", type=POSITIVE_INT, default=3, help="dequantisation draws (default 3)")
+    p.add_argument("--limit", type=POSITIVE_INT, help=argparse.SUPPRESS)
     _add_data_options(p)
     _add_device_option(p)
     p.set_defaults(func=cmd_evaluate)
@@ -271,12 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="a PNG grid of samples (one row per class for per-class runs)")
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--temperature", type=float, default=1.0, help="latent standard deviation scale")
+    p.add_argument("--temperature", type=POSITIVE_FLOAT, default=1.0, help="latent standard deviation scale")
     p.add_argument("--prior", choices=["standard", "fitted"], default="standard",
                    help="standard: N(0, T^2 I), the model's own prior; fitted: a Gaussian fitted to training latents")
-    p.add_argument("--num", type=int, default=100, help="samples for an unconditional run")
-    p.add_argument("--per-row", type=int, default=10, help="images per row (per class)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num", type=POSITIVE_INT, default=100, help="samples for an unconditional run")
+    p.add_argument("--per-row", type=POSITIVE_INT, default=10, help="images per row (per class)")
+    p.add_argument("--seed", type=SEED, default=0)
     _add_data_options(p)
     _add_device_option(p)
     p.set_defaults(func=cmd_sample)
@@ -285,14 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--pairs", nargs="+", default=["0,1", "2,3", "4,5"], help="test-image index pairs A,B")
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=_number(int, lambda v: v >= 2, "an integer of at least 2"), default=10,
+                   help="images per interpolation, both ends included (default 10)")
     _add_data_options(p)
     p.set_defaults(func=cmd_interpolate)
 
     p = sub.add_parser("agreement", help="do samples show their class? (a classifier trained on real data judges)")
     p.add_argument("run_dir")
-    p.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.7])
-    p.add_argument("--num", type=int, default=200, help="samples per class")
+    p.add_argument("--temperatures", type=POSITIVE_FLOAT, nargs="+", default=[1.0, 0.7],
+                   help="latent temperatures to judge (default 1.0 0.7)")
+    p.add_argument("--num", type=POSITIVE_INT, default=200, help="samples per class")
     p.add_argument("--json", help="also write the figures to this JSON file")
     _add_data_options(p)
     _add_device_option(p)
@@ -308,13 +354,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupted(args: argparse.Namespace) -> str:
+    """What to tell a user who pressed Ctrl-C: for training, where the last checkpoint is."""
+    if args.command != "train":
+        return "interrupted"
+    out = Path(args.out)
+    kept = sorted(p for p in [out / CHECKPOINT_NAME, *out.glob(f"class-*/{CHECKPOINT_NAME}")] if p.is_file())
+    if not kept:
+        return "interrupted before the first checkpoint; nothing was kept"
+    where = kept[0] if len(kept) == 1 else f"{out}/class-*/{CHECKPOINT_NAME}"
+    return f"interrupted; the last checkpoint is kept in {where}; continue with the same command and --resume"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``lunet ...``; every failure prints one line on stderr and returns 2 (130 on Ctrl-C).
+
+    ``LUNET_DEBUG=1`` shows the traceback of an unexpected error.
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed its usage line and the problem (or the help)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, TrainingDiverged) as exc:
+    except KeyboardInterrupt:
+        print(f"lunet {args.command}: {_interrupted(args)}", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, TrainingDiverged, RunFolderBusy) as exc:
         print(f"lunet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"lunet {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a failure nobody foresaw still gets one line, not a traceback
+        if os.environ.get("LUNET_DEBUG"):
+            raise
+        print(f"lunet {args.command}: error: {type(exc).__name__}: {exc} (set LUNET_DEBUG=1 for the traceback)",
+              file=sys.stderr)
         return 2
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lunet.data import load_dataset
-from lunet.flow import ClassConditionalFlow
+from lunet.flow import for_inference, placement
 from lunet.images import (
     NUM_CLASSES,
     class_subset,
@@ -25,13 +25,16 @@ from lunet.preprocess import ImagePreprocessor, bits_per_dim, paper_bits_per_pix
 def image_log_probs(
     model: nn.Module, pixels: torch.Tensor, pre: ImagePreprocessor, seed: int, batch_size: int = 1000
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image: ``log p(y)`` of the dequantised image and the flow's logit-space ``log p(l)``, nats (N,)."""
-    ref = next(model.parameters())
+    """Per image: ``log p(y)`` of the dequantised image and the flow's logit-space ``log p(l)``, nats (N,).
+
+    ``model``: a flow or a snapshot from :func:`~lunet.flow.for_inference` (faster).
+    """
+    dtype, device = placement(model)
     gen = torch.Generator().manual_seed(seed)
     full, logit_space = [], []
     for start in range(0, pixels.shape[0], batch_size):
-        logits, logdet = pre.to_model_space(pixels[start : start + batch_size], gen, dtype=ref.dtype)
-        lp = model.log_prob(logits.to(ref.device)).double().cpu()
+        logits, logdet = pre.to_model_space(pixels[start : start + batch_size], gen, dtype=dtype)
+        lp = model.log_prob(logits.to(device)).double().cpu()
         logit_space.append(lp)
         full.append(lp + logdet.double())
     return torch.cat(full), torch.cat(logit_space)
@@ -53,6 +56,7 @@ def evaluate_run(
     accuracy ``argmax_c log p(x|c)`` (uniform class prior).
     """
     settings, models, ckpts = load_run_models(run_dir, device=device)
+    scorers = [for_inference(m) for m in models]
     images, labels = load_dataset(settings.dataset, "test", data_dir=data_dir, verify=verify)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
@@ -62,7 +66,7 @@ def evaluate_run(
     per_class: dict[str, dict[str, float]] = {}
     for draw in range(draws):
         full_all, logit_all = [], []
-        for c, model in zip(settings.classes, models):
+        for c, model in zip(settings.classes, scorers):
             x, _ = class_subset(images, labels, c)
             if x.shape[0] == 0:
                 raise ValueError(f"no test images of class {c} among the {images.shape[0]} evaluated; use a larger --limit")
@@ -97,15 +101,15 @@ def evaluate_run(
     }
     if per_class:
         result["per_class"] = per_class
-        result["bayes_classifier_accuracy"] = bayes_accuracy(models, images, labels, pre)
+        result["bayes_classifier_accuracy"] = bayes_accuracy(scorers, images, labels, pre)
     return result
 
 
 @torch.no_grad()
-def bayes_accuracy(models: list[nn.Module], images: torch.Tensor, labels: torch.Tensor, pre: ImagePreprocessor) -> float:
-    """Accuracy of ``argmax_c log p(x|c)`` over the given test images (one dequantisation draw)."""
-    flow = ClassConditionalFlow(models)
-    scores = torch.stack([image_log_probs(m, images, pre, seed=7)[0] for m in flow.flows], dim=1)
+def bayes_accuracy(models: list, images: torch.Tensor, labels: torch.Tensor, pre: ImagePreprocessor) -> float:
+    """Accuracy of ``argmax_c log p(x|c)`` (uniform class prior) over the given test images
+    (one dequantisation draw); ``models``: one flow or snapshot per class."""
+    scores = torch.stack([image_log_probs(m, images, pre, seed=7)[0] for m in models], dim=1)
     return float((scores.argmax(1) == labels).double().mean())
 
 
@@ -163,6 +167,7 @@ def class_agreement(
     settings, models, _ = load_run_models(run_dir, device=device)
     if settings.kind == "unconditional":
         raise ValueError("class agreement needs a per-class or single-class run (trained with --per-class or --class K)")
+    models = [for_inference(m) for m in models]
     pre = ImagePreprocessor(settings.lam)
     out: dict[str, Any] = {}
     for prior_name in priors:

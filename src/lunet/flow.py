@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 from torch import nn
 
-from lunet.checks import check_batch, check_positive_int
-from lunet.layers import FrozenAffine, LeakySoftplus, LULinear, _table_step, output_major, state_key
+from lunet.checks import check_batch, check_positive_int, check_temperature
+from lunet.layers import LeakySoftplus, LULinear
+
+if TYPE_CHECKING:
+    from lunet.frozen import FrozenLUNet
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -17,6 +20,21 @@ LOG_2PI = math.log(2.0 * math.pi)
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     """``log N(z; 0, I)`` per row, ``z`` of shape (B, D) -> (B,)."""
     return torch.linalg.vecdot(z, z).add_(z.shape[1] * LOG_2PI).mul_(-0.5)
+
+
+def for_inference(model: nn.Module):
+    """``model.frozen()`` (a fast snapshot of the current weights) where the model offers one,
+    else the model itself: what density and sampling code that holds the weights fixed calls."""
+    frozen = getattr(model, "frozen", None)
+    return frozen() if callable(frozen) else model
+
+
+def placement(model) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device of a flow's weights, or of a snapshot from :func:`for_inference`."""
+    if isinstance(model, nn.Module):
+        ref = next(model.parameters())
+        return ref.dtype, ref.device
+    return model.dtype, model.device
 
 
 class LUNet(nn.Module):
@@ -29,6 +47,10 @@ class LUNet(nn.Module):
     An optional fixed input standardisation ``(x - mean) / std`` (set with
     :meth:`standardize`) runs before the first block; its Jacobian is part of
     the log-determinant, so likelihoods stay those of the raw data.
+
+    Every call computes from the current weights. For repeated inference
+    from fixed weights, :meth:`frozen` gives a snapshot that runs one dense
+    product per block.
     """
 
     def __init__(
@@ -52,7 +74,6 @@ class LUNet(nn.Module):
         )
         self.register_buffer("input_mean", torch.zeros(dim))
         self.register_buffer("input_std", torch.ones(dim))
-        self._plan: Optional[tuple] = None
 
     @property
     def num_blocks(self) -> int:
@@ -116,15 +137,9 @@ class LUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (B, dim) -> ``z`` (B, dim), ``log|det dz/dx|`` (B,)."""
         check_batch(x, self.dim, like=self.input_std)
-        if not torch.is_grad_enabled():
-            return self._forward_frozen(x)
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # A fused optimiser step updates the weights without bumping their
-        # versions: a forward with autograd, which every step follows, drops
-        # the frozen plan instead (as each LULinear drops its cache).
-        self._plan = None
         inv_std = 1.0 / self.input_std
         h = torch.addcmul(-self.input_mean * inv_std, x, inv_std)  # (x - mean) / std in one pass
         # The LU log-dets are the same for every sample: add them up as scalars.
@@ -140,148 +155,18 @@ class LUNet(nn.Module):
             return h, const.expand(x.shape[0])
         return h, logdet + const
 
-    def _forward_frozen(self, x: torch.Tensor, exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`forward` without autograd, from the folded matrices of :meth:`_frozen_plan`.
-
-        Each activation runs as :meth:`LeakySoftplus._negated_forward`; should
-        a pre-activation leave its exact range, the batch is redone with
-        ``exact=True`` (:meth:`LeakySoftplus._scaled_forward`). Two scratch
-        buffers serve every activation, and every product after the first
-        writes into the first one's output.
-        """
-        layers, slopes, const = self._frozen_plan()
-        u = layers[0](x)
-        if not slopes:
-            return u, const.expand(x.shape[0])
-        q, scratch = torch.empty_like(u), torch.empty_like(u)
-        logdet, in_range = None, None
-        for layer, a in zip(layers[1:], slopes):
-            if exact:
-                g, ld = LeakySoftplus._scaled_forward(u.neg_(), a)
-                torch.neg(g, out=q)
-            else:
-                ld, ok = LeakySoftplus._negated_forward(u, a, out=q, scratch=scratch)
-                in_range = ok if in_range is None else in_range.logical_and_(ok)
-            logdet = ld if logdet is None else logdet.add_(ld)
-            layer(q, out=u)
-        if not exact and not bool(in_range):
-            return self._forward_frozen(x, exact=True)
-        return u, logdet.add_(const)
-
-    def _frozen_plan(self) -> tuple[list[FrozenAffine], list[float], torch.Tensor]:
-        """The frozen-weight density pass: layer ``i`` mapping ``h -> h W_i + c_i``
-        (W_i (dim, dim), c_i (dim,)), the slope of each
-        activation, and the constant part of the log-det (0-dim).
-
-        The elementwise scaling in front of each layer is folded into its
-        matrix: the input standardisation into the first
-        (``W_0 = diag(1/std) A_0^T``, ``c_0 = b_0 - (mean/std) A_0^T``), and the
-        factor ``1 - a`` that :meth:`LeakySoftplus._scaled_forward` leaves out
-        into the next (``W_i = (1 - a) A_i^T``); their log-dets join the
-        constant. So are the signs of :meth:`LeakySoftplus._negated_forward`:
-        every layer but the last returns its output negated, and every layer
-        but the first takes its input negated.
-        """
-        return self._cached_plan("forward", self._build_forward_plan)
-
-    def _frozen_inverse_plan(self) -> tuple[list[FrozenAffine], list[float]]:
-        """The frozen-weight sampling pass: layers in the order applied, the inverse of
-        block ``n - 1 - k`` mapping ``h -> h W_k + c_k``, and the slope of
-        the activation each layer but the last feeds.
-
-        Each of those layers returns its output divided by the inverse table's
-        node spacing ``h`` (a power of two, so exactly), which
-        :meth:`LeakySoftplus._solve_scaled` takes; the last returns
-        ``x std + mean``, the standardisation undone.
-        """
-        return self._cached_plan("inverse", self._build_inverse_plan)
-
-    def _cached_plan(self, kind: str, build):
-        """Plan ``kind``, built by ``build`` in float64 on first use and rebuilt whenever
-        a weight, the standardisation or a slope changes, or the model moves."""
-        # straight from the registries: nn.Module attribute lookup costs more than the key
-        modules, buffers = self._modules, self._buffers
-        slopes = (p for act in modules["activations"] for p in act._parameters.values())
-        key = (
-            *(block._weights_key() for block in modules["blocks"]),
-            state_key(buffers["input_mean"], buffers["input_std"], *slopes),
-        )
-        if self._plan is None or self._plan[0] != key:
-            self._plan = (key, {})
-        plans = self._plan[1]
-        if kind not in plans:
-            for block in self.blocks:
-                block._check_invertible()
-            with torch.no_grad():
-                plans[kind] = build()
-        return plans[kind]
-
-    def _build_forward_plan(self) -> tuple[list[FrozenAffine], list[float], torch.Tensor]:
-        dtype = self.input_std.dtype
-        scale = 1.0 / self.input_std.double()
-        shift = -self.input_mean.double() * scale
-        const = -torch.log(self.input_std.double()).sum()
-        layers, slopes = [], []
-        last = len(self.blocks) - 1
-        for i, block in enumerate(self.blocks):
-            a_t = block.weight64().t()
-            sign_out = 1.0 if i == last else -1.0
-            sign = sign_out if i == 0 else -sign_out
-            weight = output_major((sign * scale)[:, None] * a_t, dtype)
-            layers.append(FrozenAffine(weight, (sign_out * (block.bias.double() + shift @ a_t)).to(dtype)))
-            const = const + block.log_abs_det().double()
-            if i < len(self.activations):
-                a = self.activations[i].slope_value()
-                slopes.append(a)
-                scale = torch.full_like(scale, 1.0 - a)
-                shift = torch.zeros_like(shift)
-                const = const + self.dim * math.log1p(-a)
-        return layers, slopes, const.to(dtype)
-
-    def _build_inverse_plan(self) -> tuple[list[FrozenAffine], list[float]]:
-        dtype = self.input_std.dtype
-        layers, slopes = [], []
-        for i in reversed(range(len(self.blocks))):
-            block = self.blocks[i]
-            weight = block.inverse64().t()  # A^{-T}
-            shift = -(block.bias.double() @ weight)
-            if i > 0:
-                a = self.activations[i - 1].slope_value()
-                slopes.append(a)
-                scale = 1.0 / _table_step(a)
-                weight, shift = weight * scale, shift * scale
-            else:
-                std = self.input_std.double()
-                weight, shift = weight * std, shift * std + self.input_mean.double()
-            layers.append(FrozenAffine(output_major(weight, dtype), shift.to(dtype)))
-        return layers, slopes
-
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         """``z`` (B, dim) -> ``x`` (B, dim), the exact inverse of :meth:`forward`."""
         check_batch(z, self.dim, like=self.input_std)
         return self._inverse(z)
 
     def _inverse(self, z: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled():
-            return self._inverse_frozen(z)
         h = z
         for i in reversed(range(len(self.blocks))):
             if i < len(self.activations):
                 h = self.activations[i]._inverse(h)
             h = self.blocks[i]._inverse(h)
         return torch.addcmul(self.input_mean, h, self.input_std)
-
-    def _inverse_frozen(self, z: torch.Tensor) -> torch.Tensor:
-        """:meth:`inverse` without autograd, from the folded matrices of :meth:`_frozen_inverse_plan`."""
-        layers, slopes = self._frozen_inverse_plan()
-        h = layers[0](z)
-        # the activations' scratch buffers, made once per pass; for a small batch their
-        # bookkeeping costs more than the allocations it saves
-        work = {} if z.shape[0] >= 64 else None
-        for layer, act, a in zip(layers[1:], reversed(self.activations), slopes):
-            x = act._solve_scaled(h, a, work)  # overwrites h, whose buffer then takes the product
-            h = layer(x, out=h)
-        return h
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """``log p(x)`` in nats under the standard normal latent, (B, dim) -> (B,)."""
@@ -291,23 +176,35 @@ class LUNet(nn.Module):
     def sample(self, num_samples: int, temperature: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Draw ``num_samples`` rows (num_samples, dim); latent std = ``temperature``.
 
-        Without gradients, as ``torch.distributions``' ``sample``: the cached
-        frozen-weight pass, whatever the autograd mode. :meth:`rsample` draws
-        the same way with the graph kept."""
+        Without gradients, as ``torch.distributions``' ``sample``, from the
+        current weights; :meth:`rsample` keeps the graph. For many draws from
+        fixed weights, :meth:`frozen` gives a faster snapshot."""
         with torch.no_grad():
             return self.rsample(num_samples, temperature, generator)
 
     def rsample(self, num_samples: int, temperature: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """:meth:`sample`, reparameterised: with autograd on, the draws are differentiable
-        in the weights (the training path's inverse), (num_samples, dim)."""
+        in the weights, (num_samples, dim)."""
         check_positive_int(num_samples, "num_samples")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be positive, got {temperature!r}")
+        check_temperature(temperature)
         ref = self.input_mean
         z = torch.randn(num_samples, self.dim, generator=generator, dtype=ref.dtype, device=ref.device)
         if temperature != 1.0:
             z.mul_(temperature)
         return self._inverse(z)
+
+    def frozen(self) -> "FrozenLUNet":
+        """A snapshot of this flow for fast inference (density, inverse, sampling; no autograd).
+
+        It holds its own copy of the current weights with every block's ``L U``
+        and inverse formed once, so a pass costs one dense product per block.
+        Later changes to this flow (training, ``load_state_dict``, ``.data``
+        edits, moves) are not seen by the snapshot: take a new one. Raises
+        ``ValueError`` when a block is not invertible.
+        """
+        from lunet.frozen import FrozenLUNet
+
+        return FrozenLUNet(self)
 
 
 class ClassConditionalFlow(nn.Module):

@@ -18,7 +18,8 @@ import torch
 from lunet.flow import LUNet
 from lunet.plots import density_grid, plot_density_2d, plot_samples_2d
 from lunet.toy import GaussianMixture2D
-from lunet.train import Trainer, TrainConfig, mean_log_prob
+from lunet.rundir import clear_run, locked
+from lunet.train import Trainer, TrainConfig, mean_log_prob, resolve_device
 
 NUM_TRAIN = 9000  # as in the paper
 NUM_VAL = 3000
@@ -55,9 +56,24 @@ def make_splits(seed: int) -> dict[str, torch.Tensor]:
     }
 
 
-def run(out_dir: str | Path, settings: GMM2DSettings, config: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train, evaluate and draw; writes checkpoint, pictures and ``summary.json`` in ``out_dir``."""
+def run(
+    out_dir: str | Path, settings: GMM2DSettings, config: TrainConfig, resume: bool = False,
+    progress: bool = True, overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train, evaluate and draw; writes checkpoint, pictures and ``summary.json`` in ``out_dir``.
+
+    ``overwrite`` replaces a run already in ``out_dir``, once the device and the
+    folder have been checked and the folder is locked for this run.
+    """
     out_dir = Path(out_dir)
+    resolve_device(config.device)
+    with locked(out_dir):
+        if overwrite:
+            clear_run(out_dir)
+        return _run(out_dir, settings, config, resume, progress)
+
+
+def _run(out_dir: Path, settings: GMM2DSettings, config: TrainConfig, resume: bool, progress: bool) -> dict[str, Any]:
     mix = GaussianMixture2D()
     data = make_splits(settings.data_seed)
     torch.manual_seed(config.seed)

@@ -18,11 +18,13 @@ import torch
 from torch import nn
 
 from lunet.checkpoint import build_model, load_model
+from lunet.checks import check_positive_int, check_temperature
 from lunet.data import DATASETS, load_dataset, train_val_split
+from lunet.flow import placement
 from lunet.preprocess import DEFAULT_LAM, LN2, ImagePreprocessor
+from lunet.rundir import CHECKPOINT_NAME, RUN_FILE, clear_run, locked
 from lunet.train import TrainConfig, Trainer, resolve_device
 
-RUN_FILE = "run.json"
 NUM_CLASSES = 10
 KINDS = ("unconditional", "class", "per_class")
 DATA_INITS = ("gaussian", "standardize", "none")
@@ -135,16 +137,36 @@ def train_image_run(
     resume: bool = False,
     progress: bool = True,
     limit: Optional[int] = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train every model of the run; returns ``{"epochs", "train_seconds", "val_bits_per_dim"}`` per model.
 
-    ``limit`` keeps only the first ``limit`` training images (for smoke tests).
+    ``limit`` keeps only the first ``limit`` training images of each model (for
+    smoke tests). ``overwrite`` replaces a run already in ``run_dir``, once the
+    data have been found and verified, the device checked and the folder locked.
     """
     run_dir = Path(run_dir)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive number of images, got {limit!r}")
+    resolve_device(config.device)
     images, labels = load_dataset(settings.dataset, "train", data_dir=data_dir, verify=verify)
     (train_x, train_y), (val_x, val_y) = train_val_split(images, labels)
+    with locked(run_dir):
+        if overwrite:
+            clear_run(run_dir)
+        elif resume and not any(model_dir(run_dir, c, settings.kind).joinpath(CHECKPOINT_NAME).is_file() for c in settings.classes):
+            raise FileNotFoundError(
+                f"--resume: there is no checkpoint to resume in {run_dir}; leave out --resume to start a new run"
+            )
+        return _train_models(run_dir, settings, config, train_x, train_y, val_x, val_y, resume, progress, limit)
+
+
+def _train_models(
+    run_dir: Path, settings: ImageRunSettings, config: TrainConfig, train_x: torch.Tensor, train_y: torch.Tensor,
+    val_x: torch.Tensor, val_y: torch.Tensor, resume: bool, progress: bool, limit: Optional[int],
+) -> dict[str, Any]:
     write_run_file(run_dir, settings)
-    pre = ImagePreprocessor(settings.lam, num_dims=images.shape[1])
+    pre = ImagePreprocessor(settings.lam, num_dims=train_x.shape[1])
     log_prob_fn = make_log_prob_fn(pre)
     results = {}
     for c in settings.classes:
@@ -191,7 +213,7 @@ def load_run_models(
     settings = read_run_file(run_dir)
     models, ckpts = [], []
     for c in settings.classes:
-        model, ckpt = load_model(model_dir(run_dir, c, settings.kind) / "checkpoint.pt", which=which)
+        model, ckpt = load_model(model_dir(run_dir, c, settings.kind) / CHECKPOINT_NAME, which=which)
         models.append(model.to(dev).eval())
         ckpts.append(ckpt)
     return settings, models, ckpts
@@ -199,13 +221,14 @@ def load_run_models(
 
 @torch.no_grad()
 def fitted_latent_gaussian(model: nn.Module, pixels: torch.Tensor, pre: ImagePreprocessor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (D,) and Cholesky factor (D, D) of the latents of ``pixels`` (the authors' sampling prior)."""
-    ref = next(model.parameters())
+    """Mean (D,) and Cholesky factor (D, D) of the latents of ``pixels`` (the authors' sampling prior);
+    ``model``: a flow or a snapshot from :func:`~lunet.flow.for_inference`."""
+    dtype, device = placement(model)
     gen = torch.Generator().manual_seed(seed)
     zs = []
     for start in range(0, pixels.shape[0], 1000):
         logits, _ = pre.to_model_space(pixels[start : start + 1000], gen, dtype=torch.float64)
-        zs.append(model(logits.to(device=ref.device, dtype=ref.dtype))[0].double().cpu())
+        zs.append(model(logits.to(device=device, dtype=dtype))[0].double().cpu())
     z = torch.cat(zs)
     mean = z.mean(0)
     cov = torch.cov(z.T) + 1e-6 * torch.eye(z.shape[1], dtype=torch.float64)
@@ -236,15 +259,16 @@ def sample_images(
     generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
     """Images (num_samples, D) in [0, 1]: latents from N(0, T² I) or, given ``prior = (mean, chol)``,
-    from the fitted Gaussian with its spread scaled by ``temperature``."""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be positive, got {temperature!r}")
-    ref = next(model.parameters())
+    from the fitted Gaussian with its spread scaled by ``temperature``; ``model``: a flow or a
+    snapshot from :func:`~lunet.flow.for_inference` (faster for many calls)."""
+    check_temperature(temperature)
+    check_positive_int(num_samples, "num_samples")
+    dtype, device = placement(model)
     eps = torch.randn(num_samples, pre.num_dims, generator=generator, dtype=torch.float64)
     if prior is None:
         z = temperature * eps
     else:
         mean, chol = prior
         z = mean + temperature * eps @ chol.T
-    logits = model.inverse(z.to(device=ref.device, dtype=ref.dtype))
+    logits = model.inverse(z.to(device=device, dtype=dtype))
     return pre.to_images(logits.double().cpu())

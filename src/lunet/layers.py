@@ -22,6 +22,17 @@ DIAG_MODES = ("raw", "exp")
 # y in [-a TABLE_X, TABLE_X], with one cubic per cell; beyond, the asymptotes
 # x = y/a and x = y are within (1 - a) e^-TABLE_X / a of the root.
 TABLE_X, TABLE_SIZE = 22.0, 4096
+# The inverse bends from x = y/a to x = log y across a stretch of y about a
+# wide around y = 0, which cubics on cells much wider than a cannot follow
+# (on the plain spacing, 2^-8, they miss by 0.7 in x at a = 1e-4 and by 40 at
+# a = 1e-5): so the node spacing is also at most TABLE_KINK a, which leaves the
+# table of every slope from 2^-10 (about 1e-3) up as it was.
+TABLE_KINK = 4.0
+# The slopes whose inverse is exact, in every float dtype: SLOPE_MIN <= a < 1.
+# Below SLOPE_MIN the table, whose cells shrink with a there, would outgrow
+# 90,000 cells (2^-12 apart at 1e-4; 5.8 million at 1e-6); every a < 1 works
+# at the top (1 - a is exact in float64).
+SLOPE_MIN = 1e-4
 # A dtype four times as wide as each float dtype, to read a table row of four
 # coefficients as one element; float64 (no such dtype) gathers whole rows instead.
 _ROW_DTYPES = {
@@ -30,13 +41,6 @@ _ROW_DTYPES = {
     torch.bfloat16: torch.float64,
 }
 INIT_MODES = ("identity", "random")
-
-
-def state_key(*tensors: torch.Tensor) -> tuple:
-    """What identifies the current contents of ``tensors``: storage, in-place version,
-    dtype and device. Any optimiser step, ``load_state_dict``, in-place edit or
-    move changes it, so caches keyed by it are never stale."""
-    return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
 
 
 # A frozen product of fewer rows than this, on the CPU, whose matrix is larger than
@@ -268,10 +272,9 @@ class LULinear(nn.Module):
             draws random signs for ``diag(U)``.
         init_scale: size of the random perturbation.
 
-    While the weights are frozen and gradients are off, ``A = L U`` and its
-    inverse are cached, so inference costs one dense product per call. The
-    cache notices any change of the weights (optimiser step,
-    ``load_state_dict``, device or dtype move).
+    Every call computes from the current weights: the forward pass by
+    blocked triangular products, the inverse by two triangular solves. Fast
+    inference from frozen weights is :meth:`lunet.LUNet.frozen`'s job.
     """
 
     def __init__(self, dim: int, diag: str = "exp", init: str = "random", init_scale: float = 0.1) -> None:
@@ -303,7 +306,6 @@ class LULinear(nn.Module):
                     self.diag.mul_(signs)
                 else:
                     self.diag_sign.copy_(signs)
-        self._cache: Optional[tuple] = None
 
     # -- the factors -------------------------------------------------------
     def diagonal_u(self) -> torch.Tensor:
@@ -341,32 +343,12 @@ class LULinear(nn.Module):
             return 2 * n * n + n
         raise ValueError(f"kind must be 'free' or 'stored', got {kind!r}")
 
-    # -- frozen-weight cache ----------------------------------------------
-    def _weights_key(self) -> tuple:
-        # straight from the registries: nn.Module attribute lookup costs more than the key
-        p = self._parameters
-        return state_key(p["lu"], p["diag"], self._buffers["diag_sign"], p["bias"])
-
-    def _frozen(self) -> dict:
-        """The cache of frozen-weight matrices, emptied whenever the weights changed."""
-        key = self._weights_key()
-        if self._cache is None or self._cache[0] != key:
-            self._check_invertible()
-            self._cache = (key, {})
-        return self._cache[1]
-
+    # -- float64 matrices for frozen snapshots ------------------------------
     def weight64(self) -> torch.Tensor:
-        """``A = L U`` (n, n) in float64, without autograd: the source of every cached matrix,
-        so that each is as exact as the factors."""
+        """``A = L U`` (n, n) in float64, without autograd: the source of a frozen snapshot's
+        matrices, so that each is as exact as the factors."""
         with torch.no_grad():
             return self.matrix_l().double() @ self.matrix_u().double()
-
-    def _frozen_forward(self) -> FrozenAffine:
-        """``x -> x A^T + b`` for the current weights."""
-        cache = self._frozen()
-        if "forward" not in cache:
-            cache["forward"] = FrozenAffine(output_major(self.weight64().t(), self.lu.dtype), self.bias)
-        return cache["forward"]
 
     def inverse64(self) -> torch.Tensor:
         """``A^{-1} = U^{-1} L^{-1}`` (n, n) in float64 by two triangular solves, without autograd."""
@@ -375,18 +357,6 @@ class LULinear(nn.Module):
             eye = torch.eye(self.dim, dtype=torch.float64, device=l64.device)
             l_inv = torch.linalg.solve_triangular(l64, eye, upper=False, unitriangular=True)
             return torch.linalg.solve_triangular(self.matrix_u().double(), l_inv, upper=True)
-
-    def _frozen_inverse(self) -> FrozenAffine:
-        """``y -> y A^{-T} - b A^{-T}`` for the current weights: the inverse as one product."""
-        cache = self._frozen()
-        if "inverse" not in cache:
-            inv_t = self.inverse64().t()
-            dtype = self.lu.dtype
-            cache["inverse"] = FrozenAffine(output_major(inv_t, dtype), -(self.bias.detach().double() @ inv_t).to(dtype))
-        return cache["inverse"]
-
-    def _use_cache(self) -> bool:
-        return not (torch.is_grad_enabled() and self.lu.requires_grad)
 
     def _check_invertible(self) -> None:
         d = self.diagonal_u().detach()
@@ -409,9 +379,6 @@ class LULinear(nn.Module):
 
     def _affine(self, x: torch.Tensor) -> torch.Tensor:
         """``x A^T + b`` alone, (B, n) -> (B, n)."""
-        if self._use_cache():
-            return self._frozen_forward()(x)
-        self._cache = None
         return _TriangularAffine.apply(
             x, self.lu, self.diagonal_u(), self.bias, self.strict_lower_mask, self.strict_upper_mask
         )
@@ -422,8 +389,6 @@ class LULinear(nn.Module):
         return self._inverse(y)
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        if self._use_cache():
-            return self._frozen_inverse()(y)
         self._check_invertible()
         # Row-vector form: y - b = x U^T L^T, so solve from the right.
         h = torch.linalg.solve_triangular(
@@ -443,18 +408,37 @@ def _softplus(x: torch.Tensor) -> torch.Tensor:
 
 
 def _exact_roots(ys: torch.Tensor, a: float) -> torch.Tensor:
-    """``f^{-1}(ys)`` in float64 by 100 Newton steps from ``min(y, y/a)``, right of the
-    root, where Newton on a convex increasing ``f`` decreases monotonically."""
+    """``f^{-1}(ys)`` in float64 by Newton's method from ``min(y, y/a)``, right of the root
+    (``f >= max(x, a x)``), where Newton on a convex increasing ``f`` decreases
+    monotonically, until every step is within the rounding of ``x``. Far from the root
+    a step covers about 1 in ``x`` (``f`` is exponential there): near ``y = 0`` that is
+    ``log(1/a)`` steps and more, so the count is not fixed in advance."""
     xs = torch.minimum(ys, ys / a)
-    for _ in range(100):
-        xs = xs - LeakySoftplus._newton_step(xs, ys, a)
-    return xs
+    tol = 16 * torch.finfo(torch.float64).eps
+    for _ in range(1000):
+        step = LeakySoftplus._newton_step(xs, ys, a)
+        xs = xs - step
+        if bool((step.abs() <= tol * xs.abs().clamp(min=1.0)).all()):
+            return xs
+    raise RuntimeError(f"leaky-softplus roots for slope {a!r} did not converge in 1000 Newton steps")
 
 
 def _table_step(a: float) -> float:
     """The node spacing ``h`` of the inverse table for slope ``a``: a power of two near
-    ``(1 + a) TABLE_X / TABLE_SIZE``, so that ``y / h`` is exact in any float dtype."""
-    return 2.0 ** math.floor(math.log2((1 + a) * TABLE_X / TABLE_SIZE))
+    ``(1 + a) TABLE_X / TABLE_SIZE`` and at most ``TABLE_KINK a``, so that ``y / h`` is
+    exact in any float dtype.
+
+    Every inverse passes here first, so this also refuses a slope outside
+    ``[SLOPE_MIN, 1)``, whose inverse would not be exact: a learnable slope that
+    has drifted out. The floor gives way by a relative 2^-16 for a learnable
+    slope set to ``SLOPE_MIN`` itself, which float32's sigmoid rounds a few ulps
+    below it (the table is the same there)."""
+    if not SLOPE_MIN * (1 - 2.0**-16) <= a < 1.0:
+        raise ValueError(
+            f"alpha must lie in [{SLOPE_MIN:g}, 1), the slopes for which LeakySoftplus's "
+            f"inverse is exact, got {a!r}"
+        )
+    return 2.0 ** math.floor(math.log2(min((1 + a) * TABLE_X / TABLE_SIZE, TABLE_KINK * a)))
 
 
 def _inverse_table(a: float, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, float, int, int]:
@@ -472,8 +456,18 @@ def _inverse_table(a: float, dtype: torch.dtype, device: torch.device) -> tuple[
 
     ``steps`` (Newton steps to ``dtype`` precision) comes from the worst start
     error: the cubics' (measured mid-cell, where a Hermite cubic errs most) or
-    the asymptotes' bound ``(1 - a) e^-TABLE_X / a``, whichever is larger;
-    Newton then obeys ``e' <= (1 - a) / (8 a) e^2``.
+    the asymptotes', whichever is larger. The asymptotes err most where they
+    meet the cubics, at the end nodes: ``x = y/a`` by ``(1 - a) softplus(x) / a``,
+    ``x = y`` by ``(1 - a) softplus(-x)``.
+
+    Newton's error is ``e' = f''(z) e^2 / (2 f'(x))`` for the iterate ``x`` and
+    some ``z`` between it and the root. ``f''/f' = s (1 - s) / (c + s)`` (``s =
+    sigmoid``, ``c = a / (1 - a)``) peaks at ``s = sqrt(a) / (1 + sqrt(a))``, at
+    ``2K`` with ``K = (1 - sqrt(a)) / (2 (1 + sqrt(a)))`` (below 1/2), so ``log f'``
+    moves by at most ``2K |e|`` from ``x`` to ``z``. Every step lands right of the
+    root (``f`` is convex), where ``f'(x) >= f'(z)``: after the first,
+    ``e' <= K e^2``. The start may lie left: ``e' <= K e^{2K|e|} e^2``, and
+    never above ``(1 - a) / (8 a) e^2`` (``f'' <= (1 - a) / 4``, ``f' >= a``).
     """
     h = _table_step(a)
     lo, hi = math.floor(-a * TABLE_X / h), math.ceil(TABLE_X / h)
@@ -487,13 +481,17 @@ def _inverse_table(a: float, dtype: torch.dtype, device: torch.device) -> tuple[
     rows = torch.cat([left, cubic, right])
     mid = _exact_roots(ys[:-1] + h / 2, a)
     fit_error = float((_horner(cubic, torch.full_like(mid, 0.5)) - mid).abs().max())
-    asymptote_error = (1 - a) * math.exp(-TABLE_X) / a
-    error = min(2.0 * max(fit_error, asymptote_error), 1.0)  # a margin for rounding in dtype
-    newton_constant = (1 - a) / (8 * a)
+    x_lo, x_hi = float(xs[0]), float(xs[-1])  # x_lo < -TABLE_X < TABLE_X <= x_hi + 1
+    asymptote_error = (1 - a) * max(math.log1p(math.exp(x_lo)) / a, math.log1p(math.exp(-x_hi)))
+    error = 2.0 * max(fit_error, asymptote_error)  # a margin for rounding in dtype
+    k = (1 - math.sqrt(a)) / (2 * (1 + math.sqrt(a)))
     tol = torch.finfo(dtype).eps / 4
     steps = 0
-    while error > tol and steps < 8:
-        steps, error = steps + 1, min(newton_constant * error**2, 1.0)
+    while error > tol:
+        constant = k if steps else min(k * math.exp(2 * k * error), (1 - a) / (8 * a))
+        if constant * error >= 0.5 or steps == 16:  # no certain convergence: never in [SLOPE_MIN, 1)
+            raise RuntimeError(f"no Newton step count certified for the inverse table of slope {a!r}")
+        steps, error = steps + 1, constant * error**2
     return rows.to(dtype=dtype, device=device).contiguous(), h, lo - 1, steps
 
 
@@ -582,7 +580,7 @@ class _FixedSlopeForward(torch.autograd.Function):
 
 
 class LeakySoftplus(nn.Module):
-    """Elementwise ``f(x) = a x + (1 - a) softplus(x)``, ``0 < a < 1``.
+    """Elementwise ``f(x) = a x + (1 - a) softplus(x)``, ``SLOPE_MIN <= a < 1`` (``SLOPE_MIN = 1e-4``).
 
     ``f'(x) = a + (1 - a) sigmoid(x)`` lies in ``(a, 1)``, so ``f`` is strictly
     increasing and convex; its inverse is read from a table of cubic pieces
@@ -596,8 +594,12 @@ class LeakySoftplus(nn.Module):
 
     def __init__(self, alpha: float = 0.1, learnable: bool = False) -> None:
         super().__init__()
-        if not (isinstance(alpha, (int, float)) and 0.0 < float(alpha) < 1.0):
-            raise ValueError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
+        # the same range and message as _table_step, which refuses a learnable slope that drifts out
+        if not (isinstance(alpha, (int, float)) and SLOPE_MIN <= float(alpha) < 1.0):
+            raise ValueError(
+                f"alpha must lie in [{SLOPE_MIN:g}, 1), the slopes for which LeakySoftplus's "
+                f"inverse is exact, got {alpha!r}"
+            )
         self.fixed_alpha = float(alpha)
         self.learnable = learnable
         self._tables: dict = {}
@@ -702,11 +704,12 @@ class LeakySoftplus(nn.Module):
     def _solve(self, y: torch.Tensor, a: float) -> torch.Tensor:
         """Root of ``f(x) = y`` elementwise, to float precision, without autograd.
 
-        Newton's error obeys ``e' <= C e^2`` with ``C = max f'' / (2 f') <= (1 - a) / (8 a)``;
-        from the table's start, whose worst error is measured when the table
-        is built, that fixes in advance how many steps reach the dtype's
-        precision (for a = 0.1: none in float32, one in float64), so no step
-        is spent on checking convergence.
+        Newton's error obeys ``e' <= C e^2`` with ``C < 1/2`` right of the root (see
+        :func:`_inverse_table`); from the table's start, whose worst error is measured
+        when the table is built, that fixes in advance how many steps reach the dtype's
+        precision (for a = 0.1: none in float32, one in float64; at most 3 in float32
+        and 4 in float64 over the accepted slopes), so no step is spent on checking
+        convergence. A slope outside ``[SLOPE_MIN, 1)`` raises a ValueError.
         """
         return self._solve_scaled(y * (1 / _table_step(a)), a, y=y)  # exact: h is a power of two
 

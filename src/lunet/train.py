@@ -10,6 +10,7 @@ the validation split are kept beside the last ones.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -21,20 +22,29 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lunet.checkpoint import FORMAT_VERSION, load_checkpoint, save_atomic
+from lunet.checkpoint import load_checkpoint, save_checkpoint, stale_temporaries
+from lunet.rundir import CHECKPOINT_NAME, METRICS_NAME, locked
 
 LogProbFn = Callable[[nn.Module, torch.Tensor, torch.Generator], torch.Tensor]
 
-CHECKPOINT_NAME = "checkpoint.pt"
 # Settings that may differ when a run is resumed: where it runs, how often it
 # reports, and its length (``--resume --epochs N`` extends a run; a cosine
 # schedule is then recomputed over the new length).
 RESUMABLE_CHANGES = ("device", "eval_every", "epochs")
-METRICS_NAME = "metrics.jsonl"
+# After a divergence these may change too: the way to continue from the last
+# good checkpoint with a gentler step.
+RESUMABLE_AFTER_DIVERGENCE = ("lr", "grad_clip")
+# A validation NLL this many nats per dimension above the run's own start
+# counts as divergence. Training lowers the NLL from the start (a Gaussian fit
+# for image runs, the standardised identity for the 2-D mixture); a run that
+# is worse than where it began by a factor e of density in every dimension
+# has lost more than it learned, and its weights are no longer a model worth
+# keeping as "best".
+DIVERGENCE_MARGIN_NATS_PER_DIM = 1.0
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN or infinite, or validation fell far below the start; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -59,10 +69,19 @@ class TrainConfig:
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         for name in ("epochs", "batch_size", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be an integer in [0, 2^63), got {self.seed!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be positive and finite, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be non-negative and finite, got {self.weight_decay}")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise ValueError(f"grad_clip must be positive and finite (or left out for no clipping), got {self.grad_clip}")
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -70,11 +89,26 @@ class TrainConfig:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``torch.device(name)``, with a clear error when CUDA is asked for but absent."""
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but CUDA is not available here; use --device cpu")
+    """``torch.device(name)`` for a device this machine has; ``ValueError`` saying why not otherwise."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} was requested but CUDA is not available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def data_fingerprint(data: torch.Tensor) -> str:
+    """Shape, dtype and SHA-256 of a data tensor: what a resumed run must train on again."""
+    t = data.detach().cpu().contiguous()
+    digest = hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+    return f"{tuple(t.shape)} {t.dtype} sha256:{digest[:16]}"
 
 
 def _lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
@@ -110,7 +144,8 @@ class Trainer:
         model_spec: the spec that rebuilds it (stored in the checkpoint).
         log_prob_fn: ``(model, raw_batch, generator) -> log p`` in nats, (B,).
         dim: data dimension, for per-dimension losses.
-        out_dir: where ``checkpoint.pt`` and ``metrics.jsonl`` go.
+        out_dir: where ``checkpoint.pt`` and ``metrics.jsonl`` go; locked while
+            :meth:`fit` runs, so that two trainings cannot write there at once.
         describe: turns nats/dim into the figure shown on the progress bar.
     """
 
@@ -133,10 +168,16 @@ class Trainer:
         if self.device.type == "cuda":
             # Fixed batch shapes: let cuDNN pick its fastest convolution once.
             torch.backends.cudnn.benchmark = True
+        if train_data.shape[0] < 1 or val_data.shape[0] < 1:
+            raise ValueError(
+                f"training needs at least one training and one validation example, "
+                f"got {train_data.shape[0]} and {val_data.shape[0]}"
+            )
         self.model = model.to(device=self.device, dtype=config.torch_dtype)
         self.model_spec = model_spec
         self.train_data = train_data
         self.val_data = val_data
+        self.data = {"train": data_fingerprint(train_data), "val": data_fingerprint(val_data)}
         self.log_prob_fn = log_prob_fn
         self.dim = dim
         self.out_dir = Path(out_dir)
@@ -155,6 +196,7 @@ class Trainer:
         self.epoch = 0
         self.best_val: Optional[float] = None
         self.best_state: Optional[dict[str, torch.Tensor]] = None
+        self.start_val: Optional[float] = None  # validation log p of the untrained model, nats per sample
         self.train_seconds = 0.0
         self._resumed = False
 
@@ -164,12 +206,13 @@ class Trainer:
 
     def _state(self) -> dict[str, Any]:
         return {
-            "format": FORMAT_VERSION,
             "model_spec": self.model_spec,
             "train_config": dataclasses.asdict(self.config),
+            "data": self.data,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "best_model": self.best_state,
             "best_val_log_prob": self.best_val,
+            "start_val_log_prob": self.start_val,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
@@ -179,7 +222,18 @@ class Trainer:
         }
 
     def resume(self) -> None:
-        """Continue from ``checkpoint.pt`` in ``out_dir``, exactly where it stopped."""
+        """Continue from ``checkpoint.pt`` in ``out_dir``, exactly where it stopped.
+
+        The model, the optimisation settings and the data must be the run's
+        own; only ``RESUMABLE_CHANGES`` may differ, and after a divergence
+        ``RESUMABLE_AFTER_DIVERGENCE`` too (a new peak learning rate rescales
+        the rest of the schedule).
+        """
+        if not self.checkpoint_path.is_file():
+            raise FileNotFoundError(
+                f"--resume: there is no checkpoint to resume in {self.out_dir} "
+                f"(no {CHECKPOINT_NAME}); leave out --resume to start a new run"
+            )
         ckpt = load_checkpoint(self.checkpoint_path)
         if "optimizer" not in ckpt:
             raise ValueError(
@@ -191,12 +245,24 @@ class Trainer:
                 f"checkpoint {self.checkpoint_path} holds model {ckpt['model_spec']}, "
                 f"but this run asks for {self.model_spec}; use another --out or matching options"
             )
+        stored_data = ckpt.get("data")
+        if stored_data is not None and stored_data != self.data:
+            listed = ", ".join(
+                f"{split} {stored_data.get(split)} -> {self.data[split]}"
+                for split in self.data if stored_data.get(split) != self.data[split]
+            )
+            raise ValueError(
+                f"{self.checkpoint_path} was trained on other data ({listed}); resume with the run's own "
+                f"data options (--limit, data set, files) or start a new run in another --out"
+            )
         # The schedule and the batches depend on these: resuming under others
         # would silently train a different run.
+        diverged = ckpt.get("diverged")
+        allowed = RESUMABLE_CHANGES + (RESUMABLE_AFTER_DIVERGENCE if diverged else ())
         stored = ckpt.get("train_config", {})
         changed = {
             k: (stored[k], v) for k, v in dataclasses.asdict(self.config).items()
-            if k not in RESUMABLE_CHANGES and k in stored and stored[k] != v
+            if k not in allowed and k in stored and stored[k] != v
         }
         if changed:
             listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
@@ -207,10 +273,19 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        if stored.get("lr", self.config.lr) != self.config.lr:
+            # the loaded state carries the old peak; the schedule continues from the new one
+            for group in self.optimizer.param_groups:
+                group["initial_lr"] = self.config.lr
+            self.scheduler.base_lrs = [self.config.lr] * len(self.optimizer.param_groups)
+            factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.config.lr * factor
         self.generator.set_state(ckpt["generator"])
         self.epoch = ckpt["epoch"]
         self.best_val = ckpt["best_val_log_prob"]
         self.best_state = ckpt["best_model"]
+        self.start_val = ckpt.get("start_val_log_prob")
         self.train_seconds = ckpt.get("train_seconds", 0.0)
         self._resumed = True
         # Rows logged after the checkpoint belong to epochs that will be redone.
@@ -218,6 +293,24 @@ class Trainer:
         if metrics.exists():
             kept = [ln for ln in metrics.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= self.epoch]
             metrics.write_text("".join(ln + "\n" for ln in kept))
+
+    def _diverged(self, what: str, advice: str) -> TrainingDiverged:
+        """The error for a divergence, after marking the last good checkpoint (if any) as followed by one."""
+        if self.checkpoint_path.is_file():
+            ckpt: dict[str, Any] = {}
+            try:
+                ckpt = load_checkpoint(self.checkpoint_path)
+                ckpt["diverged"] = what
+                save_checkpoint(ckpt, self.checkpoint_path)
+            except ValueError:
+                pass  # an unreadable checkpoint stays as it is; the message below still holds
+            kept = (
+                f"the last good checkpoint (epoch {ckpt.get('epoch', '?')}) is kept in {self.checkpoint_path}; "
+                f"{advice}, or continue it with --resume and a lower --lr or a --grad-clip"
+            )
+        else:
+            kept = f"no checkpoint had been written yet, so nothing is kept; {advice}"
+        return TrainingDiverged(f"{what}; {kept}")
 
     def _train_epoch(self, bar: tqdm) -> float:
         self.model.train()
@@ -231,9 +324,9 @@ class Trainer:
             log_p = self.log_prob_fn(self.model, batch, self.generator)
             loss = -log_p.mean() / self.dim
             if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at epoch {self.epoch + 1}, step {step + 1}; the last good "
-                    f"checkpoint is kept in {self.checkpoint_path}. Lower --lr or add --grad-clip."
+                raise self._diverged(
+                    f"the training loss became {loss.item()} at epoch {self.epoch + 1}, step {step + 1}",
+                    "lower --lr or add --grad-clip",
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -248,33 +341,54 @@ class Trainer:
                 bar.set_postfix_str(f"epoch {self.epoch + 1} train {self.describe(total / count)}", refresh=False)
         return total / count
 
+    def _validation_log_prob(self) -> float:
+        return mean_log_prob(self.model, self.val_data, self.log_prob_fn, 1000, seed=self.config.seed + 1)
+
     def fit(self) -> list[dict[str, Any]]:
         """Train the remaining epochs; returns the metric rows written this call."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if not self._resumed:
-            if self.checkpoint_path.exists():
-                raise FileExistsError(
-                    f"{self.checkpoint_path} already exists; pass --resume to continue that run "
-                    f"or choose another --out"
+        with locked(self.out_dir):
+            for stale in stale_temporaries(self.checkpoint_path):
+                stale.unlink(missing_ok=True)  # left by a save that was killed; the lock says none is running
+            if not self._resumed:
+                if self.checkpoint_path.exists():
+                    raise FileExistsError(
+                        f"{self.checkpoint_path} already exists; pass --resume to continue that run, "
+                        f"--overwrite to replace it, or choose another --out"
+                    )
+                (self.out_dir / METRICS_NAME).unlink(missing_ok=True)
+                self.start_val = self._validation_log_prob()
+                self._resumed = True  # a later fit() on this trainer continues the run
+            rows = []
+            cfg = self.config
+            bar = tqdm(
+                total=cfg.epochs * self.steps_per_epoch,
+                initial=self.epoch * self.steps_per_epoch,
+                desc="training",
+                unit="step",
+                disable=not self.progress,
+                mininterval=1.0,
+            )
+            with bar:
+                while self.epoch < cfg.epochs:
+                    row = self._run_epoch(bar)
+                    if row is not None:
+                        rows.append(row)
+            return rows
+
+    def _check_validation(self, val_lp: float) -> None:
+        """Raise :class:`TrainingDiverged` for a non-finite validation figure or one far below the start."""
+        val_nll = -val_lp / self.dim
+        if not math.isfinite(val_lp):
+            raise self._diverged(f"the validation log-likelihood is {val_lp} after epoch {self.epoch}", "lower --lr")
+        if self.start_val is not None and math.isfinite(self.start_val):
+            start_nll = -self.start_val / self.dim
+            if val_nll > start_nll + DIVERGENCE_MARGIN_NATS_PER_DIM:
+                raise self._diverged(
+                    f"training diverged: after epoch {self.epoch} the validation NLL is {self.describe(val_nll)}, "
+                    f"worse than the untrained start ({self.describe(start_nll)}) by more than "
+                    f"{DIVERGENCE_MARGIN_NATS_PER_DIM:g} nat per dimension",
+                    "lower --lr or add --grad-clip",
                 )
-            (self.out_dir / METRICS_NAME).unlink(missing_ok=True)
-            self._resumed = True  # a later fit() on this trainer continues the run
-        rows = []
-        cfg = self.config
-        bar = tqdm(
-            total=cfg.epochs * self.steps_per_epoch,
-            initial=self.epoch * self.steps_per_epoch,
-            desc="training",
-            unit="step",
-            disable=not self.progress,
-            mininterval=1.0,
-        )
-        with bar:
-            while self.epoch < cfg.epochs:
-                row = self._run_epoch(bar)
-                if row is not None:
-                    rows.append(row)
-        return rows
 
     def _run_epoch(self, bar: tqdm) -> Optional[dict[str, Any]]:
         """One epoch of training; every ``eval_every`` epochs also validation, a log row and a checkpoint."""
@@ -285,12 +399,8 @@ class Trainer:
         self.epoch += 1
         if self.epoch % cfg.eval_every and self.epoch != cfg.epochs:
             return None
-        val_lp = mean_log_prob(self.model, self.val_data, self.log_prob_fn, 1000, seed=cfg.seed + 1)
-        if not math.isfinite(val_lp):
-            raise TrainingDiverged(
-                f"validation log-likelihood is {val_lp} after epoch {self.epoch}; "
-                f"the last good checkpoint is kept in {self.checkpoint_path}"
-            )
+        val_lp = self._validation_log_prob()
+        self._check_validation(val_lp)
         if self.best_val is None or val_lp > self.best_val:
             self.best_val = val_lp
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
@@ -303,7 +413,7 @@ class Trainer:
         }
         with open(self.out_dir / METRICS_NAME, "a") as f:
             f.write(json.dumps(row) + "\n")
-        save_atomic(self._state(), self.checkpoint_path)
+        save_checkpoint(self._state(), self.checkpoint_path)
         if self.progress:
             tqdm.write(
                 f"epoch {self.epoch}/{cfg.epochs}  train {self.describe(train_nll)}  "

@@ -1,0 +1,212 @@
+"""A frozen snapshot of an LU-Net for fast inference: density and sampling from folded matrices.
+
+:meth:`lunet.LUNet.frozen` makes one. The snapshot copies the flow's weights
+when it is made and never reads the flow again, so no later change of the flow
+(an optimiser step, ``load_state_dict``, an edit through ``.data``, a move to
+another device or dtype) can make it serve results for weights that are no
+longer the flow's own: take a new snapshot after such changes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import TYPE_CHECKING, Optional
+
+import torch
+
+from lunet.checks import check_batch, check_positive_int, check_temperature
+from lunet.layers import FrozenAffine, LeakySoftplus, _table_step, output_major
+
+if TYPE_CHECKING:
+    from lunet.flow import LUNet
+
+
+class FrozenLUNet:
+    """The density and sampling passes of an :class:`~lunet.LUNet` with its weights as they were
+    when the snapshot was made, without autograd.
+
+    Each block's ``A = L U`` and its inverse are formed once (in float64, then
+    cast to the flow's dtype), and the elementwise scalings around them (the
+    input standardisation, the activation's ``1 - a``, the inverse table's node
+    spacing) are folded into those matrices: a pass costs one dense product per
+    block plus the activations. The same conventions as :class:`~lunet.LUNet`:
+    ``forward`` maps ``x`` (B, dim) to ``(z, log|det dz/dx|)``, ``(B, dim)`` and ``(B,)``.
+    """
+
+    def __init__(self, flow: "LUNet") -> None:
+        # A private copy of the weights: the plans below are built from it, lazily,
+        # and nothing outside this object can reach it.
+        self._flow = copy.deepcopy(flow).requires_grad_(False).eval()
+        for p in self._flow.parameters():
+            p.grad = None
+        for block in self._flow.blocks:
+            block._check_invertible()
+        self._forward_plan_cache: Optional[tuple] = None
+        self._inverse_plan_cache: Optional[tuple] = None
+
+    @property
+    def dim(self) -> int:
+        return self._flow.dim
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._flow.input_std.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._flow.input_std.device
+
+    def __repr__(self) -> str:
+        return (
+            f"FrozenLUNet(dim={self.dim}, num_blocks={self._flow.num_blocks}, dtype={self.dtype}, "
+            f"device={self.device}; a snapshot: later changes to the flow are not seen)"
+        )
+
+    # -- the passes ------------------------------------------------------------
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` (B, dim) -> ``z`` (B, dim), ``log|det dz/dx|`` (B,)."""
+        check_batch(x, self.dim, like=self._flow.input_std)
+        return self._forward(x)
+
+    __call__ = forward
+
+    @torch.no_grad()
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """``log p(x)`` in nats under the standard normal latent, (B, dim) -> (B,)."""
+        from lunet.flow import standard_normal_log_prob
+
+        z, logdet = self.forward(x)
+        return standard_normal_log_prob(z) + logdet
+
+    @torch.no_grad()
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        """``z`` (B, dim) -> ``x`` (B, dim), the inverse of :meth:`forward`."""
+        check_batch(z, self.dim, like=self._flow.input_std)
+        return self._inverse(z)
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, temperature: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``num_samples`` draws (num_samples, dim) with latent standard deviation ``temperature``."""
+        check_positive_int(num_samples, "num_samples")
+        check_temperature(temperature)
+        z = torch.randn(num_samples, self.dim, generator=generator, dtype=self.dtype, device=self.device)
+        if temperature != 1.0:
+            z.mul_(temperature)
+        return self._inverse(z)
+
+    def _forward(self, x: torch.Tensor, exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The density pass from the folded matrices of :meth:`_forward_plan`.
+
+        Each activation runs as :meth:`LeakySoftplus._negated_forward`; should
+        a pre-activation leave its exact range, the batch is redone with
+        ``exact=True`` (:meth:`LeakySoftplus._scaled_forward`). Two scratch
+        buffers serve every activation, and every product after the first
+        writes into the first one's output.
+        """
+        layers, slopes, const = self._forward_plan()
+        u = layers[0](x)
+        if not slopes:
+            return u, const.expand(x.shape[0])
+        q, scratch = torch.empty_like(u), torch.empty_like(u)
+        logdet, in_range = None, None
+        for layer, a in zip(layers[1:], slopes):
+            if exact:
+                g, ld = LeakySoftplus._scaled_forward(u.neg_(), a)
+                torch.neg(g, out=q)
+            else:
+                ld, ok = LeakySoftplus._negated_forward(u, a, out=q, scratch=scratch)
+                in_range = ok if in_range is None else in_range.logical_and_(ok)
+            logdet = ld if logdet is None else logdet.add_(ld)
+            layer(q, out=u)
+        if not exact and not bool(in_range):
+            return self._forward(x, exact=True)
+        return u, logdet.add_(const)
+
+    def _inverse(self, z: torch.Tensor) -> torch.Tensor:
+        """The sampling pass from the folded matrices of :meth:`_inverse_plan`."""
+        layers, slopes = self._inverse_plan()
+        activations = list(reversed(self._flow.activations))
+        h = layers[0](z)
+        # the activations' scratch buffers, made once per pass; for a small batch their
+        # bookkeeping costs more than the allocations it saves
+        work = {} if z.shape[0] >= 64 else None
+        for layer, act, a in zip(layers[1:], activations, slopes):
+            x = act._solve_scaled(h, a, work)  # overwrites h, whose buffer then takes the product
+            h = layer(x, out=h)
+        return h
+
+    # -- the folded matrices -------------------------------------------------------
+    def _forward_plan(self) -> tuple[list[FrozenAffine], list[float], torch.Tensor]:
+        """The density pass: layer ``i`` mapping ``h -> h W_i + c_i`` (W_i (dim, dim),
+        c_i (dim,)), the slope of each activation, and the constant part of the log-det (0-dim).
+
+        The elementwise scaling in front of each layer is folded into its
+        matrix: the input standardisation into the first
+        (``W_0 = diag(1/std) A_0^T``, ``c_0 = b_0 - (mean/std) A_0^T``), and the
+        factor ``1 - a`` that :meth:`LeakySoftplus._scaled_forward` leaves out
+        into the next (``W_i = (1 - a) A_i^T``); their log-dets join the
+        constant. So are the signs of :meth:`LeakySoftplus._negated_forward`:
+        every layer but the last returns its output negated, and every layer
+        but the first takes its input negated.
+        """
+        if self._forward_plan_cache is None:
+            self._forward_plan_cache = self._build_forward_plan()
+        return self._forward_plan_cache
+
+    def _inverse_plan(self) -> tuple[list[FrozenAffine], list[float]]:
+        """The sampling pass: layers in the order applied, the inverse of
+        block ``n - 1 - k`` mapping ``h -> h W_k + c_k``, and the slope of
+        the activation each layer but the last feeds.
+
+        Each of those layers returns its output divided by the inverse table's
+        node spacing ``h`` (a power of two, so exactly), which
+        :meth:`LeakySoftplus._solve_scaled` takes; the last returns
+        ``x std + mean``, the standardisation undone.
+        """
+        if self._inverse_plan_cache is None:
+            self._inverse_plan_cache = self._build_inverse_plan()
+        return self._inverse_plan_cache
+
+    def _build_forward_plan(self) -> tuple[list[FrozenAffine], list[float], torch.Tensor]:
+        flow = self._flow
+        dtype = self.dtype
+        scale = 1.0 / flow.input_std.double()
+        shift = -flow.input_mean.double() * scale
+        const = -torch.log(flow.input_std.double()).sum()
+        layers, slopes = [], []
+        last = len(flow.blocks) - 1
+        for i, block in enumerate(flow.blocks):
+            a_t = block.weight64().t()
+            sign_out = 1.0 if i == last else -1.0
+            sign = sign_out if i == 0 else -sign_out
+            weight = output_major((sign * scale)[:, None] * a_t, dtype)
+            layers.append(FrozenAffine(weight, (sign_out * (block.bias.double() + shift @ a_t)).to(dtype)))
+            const = const + block.log_abs_det().double()
+            if i < len(flow.activations):
+                a = flow.activations[i].slope_value()
+                slopes.append(a)
+                scale = torch.full_like(scale, 1.0 - a)
+                shift = torch.zeros_like(shift)
+                const = const + flow.dim * math.log1p(-a)
+        return layers, slopes, const.to(dtype)
+
+    def _build_inverse_plan(self) -> tuple[list[FrozenAffine], list[float]]:
+        flow = self._flow
+        dtype = self.dtype
+        layers, slopes = [], []
+        for i in reversed(range(len(flow.blocks))):
+            block = flow.blocks[i]
+            weight = block.inverse64().t()  # A^{-T}
+            shift = -(block.bias.double() @ weight)
+            if i > 0:
+                a = flow.activations[i - 1].slope_value()
+                slopes.append(a)
+                scale = 1.0 / _table_step(a)
+                weight, shift = weight * scale, shift * scale
+            else:
+                std = flow.input_std.double()
+                weight, shift = weight * std, shift * std + flow.input_mean.double()
+            layers.append(FrozenAffine(output_major(weight, dtype), shift.to(dtype)))
+        return layers, slopes

@@ -1,0 +1,409 @@
+"""Bad inputs and faults: each gets one clear line or a safe refusal, and no work is lost.
+
+docs/reliability.md lists these cases. Image runs here use a small synthetic
+IDX data set (random pixels under the MNIST file names, checked with
+``--no-verify``), so the whole file runs without the real data sets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lunet import LUNet
+from lunet.checkpoint import load_checkpoint, load_model, save_checkpoint
+from lunet.cli import main
+from lunet.data import FILES
+from lunet.rundir import RunFolderBusy, locked
+from lunet.train import Trainer, TrainingDiverged
+
+GMM = ["train", "--dataset", "gmm2d", "--blocks", "2", "--batch-size", "512", "--no-progress"]
+
+
+def run_cli(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+def gmm_train(out: Path, *extra) -> int:
+    return run_cli(*GMM, "--out", out, *extra)
+
+
+@pytest.fixture(scope="module")
+def fake_mnist(tmp_path_factory) -> Path:
+    """Random 28x28 images under the MNIST file names: 5,900 training, 100 test."""
+    root = tmp_path_factory.mktemp("data") / "mnist"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 5900), ("test", 100)):
+        images_name, labels_name = FILES[split]
+        for name, array in ((images_name, rng.integers(0, 256, (n, 28, 28))), (labels_name, rng.integers(0, 10, n))):
+            header = (0x800 | array.ndim).to_bytes(4, "big") + b"".join(int(s).to_bytes(4, "big") for s in array.shape)
+            (root / name).write_bytes(header + array.astype(np.uint8).tobytes())
+    return root
+
+
+def image_train(out: Path, data: Path, *extra) -> int:
+    return run_cli("train", "--dataset", "mnist", "--data-dir", data, "--no-verify", "--out", out,
+                   "--blocks", "1", "--epochs", "1", "--batch-size", "128", "--no-progress", *extra)
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory, fake_mnist) -> Path:
+    run = tmp_path_factory.mktemp("image") / "run"
+    assert image_train(run, fake_mnist, "--limit", "900") == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def gmm_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("gmm") / "run"
+    assert gmm_train(run, "--epochs", "2", "--eval-every", "1") == 0
+    return run
+
+
+def one_line_error(capsys, command: str) -> str:
+    """The error line of a failed command (a missing data file adds where it looked, indented)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith(f"lunet {command}:")]
+    assert len(lines) == 1 and lines[0].startswith(f"lunet {command}: error:"), err
+    return lines[0]
+
+
+# -- 1. checkpoints never run code, and corruption is reported ----------------------
+
+
+class _Payload:
+    """Unpickling this calls ``os.system``: what a hostile checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _plant_payload(checkpoint: Path, marker: Path) -> None:
+    contents = load_checkpoint(checkpoint)
+    contents["extra"] = {"note": _Payload(marker)}
+    torch.save(contents, checkpoint)
+
+
+def test_a_checkpoint_with_code_in_it_is_refused_and_the_code_never_runs(gmm_run, image_run, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    gmm = tmp_path / "gmm"
+    import shutil
+
+    shutil.copytree(gmm_run, gmm)
+    _plant_payload(gmm / "checkpoint.pt", marker)
+    with pytest.raises(ValueError, match="could run code"):
+        load_checkpoint(gmm / "checkpoint.pt")
+    assert gmm_train(gmm, "--epochs", "3", "--resume") == 2
+    assert "could run code" in one_line_error(capsys, "train")
+
+    image = tmp_path / "image"
+    shutil.copytree(image_run, image)
+    _plant_payload(image / "checkpoint.pt", marker)
+    for command in (["evaluate", image], ["sample", image, "--out", tmp_path / "s.png"],
+                    ["interpolate", image, "--out", tmp_path / "i.png"]):
+        assert run_cli(*command) == 2
+        assert "could run code" in one_line_error(capsys, command[0])
+    assert not marker.exists()
+
+
+def _flip_a_weight_byte(checkpoint: Path) -> None:
+    """Flip one byte in the middle of the largest tensor stored in the zip file."""
+    with zipfile.ZipFile(checkpoint) as zf:
+        info = max((i for i in zf.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(checkpoint.read_bytes())
+    name_len, extra_len = int.from_bytes(raw[info.header_offset + 26 : info.header_offset + 28], "little"), int.from_bytes(
+        raw[info.header_offset + 28 : info.header_offset + 30], "little"
+    )
+    where = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+    raw[where] ^= 0x10
+    checkpoint.write_bytes(bytes(raw))
+
+
+def test_a_flipped_byte_in_the_weights_is_reported_as_corruption(gmm_run, tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes((gmm_run / "checkpoint.pt").read_bytes())
+    load_model(path)  # intact: loads
+    _flip_a_weight_byte(path)
+    with pytest.raises(ValueError, match="corrupt"):
+        load_model(path)
+
+
+def test_checkpoints_get_the_permissions_of_the_runs_other_files(gmm_run):
+    mode = stat.S_IMODE((gmm_run / "checkpoint.pt").stat().st_mode)
+    assert mode == stat.S_IMODE((gmm_run / "metrics.jsonl").stat().st_mode)
+    assert mode & stat.S_IRGRP  # readable beyond the owner under the usual umask, as the metrics
+
+
+def test_a_save_killed_midway_leaves_no_temporary_for_good(tmp_path):
+    out = tmp_path / "run"
+    assert gmm_train(out, "--epochs", "1") == 0
+    stale = out / "checkpoint.pt.x1y2z3.tmp"  # what a save killed by SIGKILL leaves
+    stale.write_bytes(b"\0" * 1000)
+    assert gmm_train(out, "--epochs", "2", "--resume") == 0
+    assert not stale.exists()
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
+
+
+# -- 3. --overwrite checks everything before it deletes ------------------------------
+
+
+def test_overwrite_with_a_missing_data_dir_or_device_keeps_the_old_run(image_run, gmm_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "image"
+    shutil.copytree(image_run, run)
+    before = sorted(p.name for p in run.iterdir())
+    assert image_train(run, tmp_path / "no-such-dir", "--limit", "900", "--overwrite") == 2
+    one_line_error(capsys, "train")
+    assert sorted(p.name for p in run.iterdir()) == before
+    load_checkpoint(run / "checkpoint.pt")
+
+    gmm = tmp_path / "gmm"
+    shutil.copytree(gmm_run, gmm)
+    for device in ("cuda:7", "gpu"):
+        assert gmm_train(gmm, "--epochs", "1", "--overwrite", "--device", device) == 2
+        assert "device" in one_line_error(capsys, "train")
+        assert load_checkpoint(gmm / "checkpoint.pt")["epoch"] == 2
+
+
+# -- 4. one training per run folder ---------------------------------------------------
+
+
+def test_a_second_training_into_a_locked_folder_is_refused_naming_the_holder(tmp_path, capsys):
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from lunet.rundir import locked\n"
+         f"with locked({str(out)!r}):\n    print('held', flush=True); sys.stdin.readline()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert gmm_train(out, "--epochs", "1") == 2
+        line = one_line_error(capsys, "train")
+        assert f"process {holder.pid}" in line and "in use" in line
+        assert not (out / "checkpoint.pt").exists() and not (out / "metrics.jsonl").exists()
+        with pytest.raises(RunFolderBusy):
+            with locked(out):
+                pass
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert gmm_train(out, "--epochs", "1") == 0  # the lock went with its process
+
+
+def test_the_lock_is_reentrant_within_one_process(tmp_path):
+    with locked(tmp_path / "run"):
+        with locked(tmp_path / "run"):
+            pass
+        with locked(tmp_path / "run"):  # still held by the outer block
+            pass
+
+
+# -- 5. no silently wrong training ------------------------------------------------------
+
+
+@pytest.mark.parametrize("option", [["--grad-clip", "0"], ["--grad-clip", "-1"], ["--grad-clip", "nan"],
+                                    ["--blocks", "0"], ["--lr", "inf"], ["--lr", "nan"], ["--epochs", "0"],
+                                    ["--warmup-steps", "-1"], ["--weight-decay", "-1"], ["--alpha", "1"],
+                                    ["--seed", "-1"], ["--eval-every", "0"], ["--batch-size", "0"]])
+def test_nonsense_training_options_are_refused(option, tmp_path, capsys):
+    assert gmm_train(tmp_path / "run", *option) == 2
+    err = capsys.readouterr().err
+    assert option[0] in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def _trainer(out: Path, epochs: int = 3, lr: float = 2e-2) -> Trainer:
+    from lunet.gmm2d import _log_prob_fn, make_splits
+    from lunet.train import TrainConfig
+
+    data = make_splits(0)
+    torch.manual_seed(0)
+    spec = {"name": "lunet", "dim": 2, "num_blocks": 3}
+    model = LUNet(2, 3).standardize(data["train"])
+    config = TrainConfig(epochs=epochs, batch_size=1024, lr=lr, seed=0)
+    return Trainer(model, spec, config, data["train"], data["val"], _log_prob_fn, dim=2, out_dir=out, progress=False)
+
+
+def test_a_finite_blow_up_counts_as_divergence_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer = _trainer(tmp_path, epochs=1)
+    trainer.fit()
+    best = load_checkpoint(tmp_path / "checkpoint.pt")["best_model"]
+    with torch.no_grad():
+        trainer.model.blocks[-1].bias.add_(1e4)  # finite, and far worse than the start
+    trainer.config.epochs = 2
+    with pytest.raises(TrainingDiverged, match="worse than the untrained start") as caught:
+        trainer.fit()
+    assert "epoch 1" in str(caught.value) and "--resume" in str(caught.value)
+    kept = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert kept["epoch"] == 1 and kept["diverged"]
+    assert all(torch.equal(kept["best_model"][k], v) for k, v in best.items())
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_after_a_divergence_resume_may_lower_the_learning_rate(tmp_path):
+    trainer = _trainer(tmp_path, epochs=1)
+    trainer.fit()
+    gentler = _trainer(tmp_path, epochs=2, lr=1e-2)
+    with pytest.raises(ValueError, match="lr 0.02 -> 0.01"):  # not without a divergence
+        gentler.resume()
+    with torch.no_grad():
+        trainer.model.blocks[0].bias.fill_(float("nan"))
+    trainer.config.epochs = 2
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        trainer.fit()
+    gentler = _trainer(tmp_path, epochs=2, lr=1e-2)
+    gentler.resume()
+    assert gentler.optimizer.param_groups[0]["initial_lr"] == 1e-2
+    assert gentler.optimizer.param_groups[0]["lr"] <= 1e-2
+    gentler.fit()
+    after = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert after["epoch"] == 2 and "diverged" not in after and after["train_config"]["lr"] == 1e-2
+
+
+def test_divergence_before_any_checkpoint_says_nothing_was_kept(tmp_path):
+    trainer = _trainer(tmp_path, epochs=1)
+    with torch.no_grad():
+        trainer.model.blocks[0].bias.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="no checkpoint had been written") as caught:
+        trainer.fit()
+    assert "kept in" not in str(caught.value)
+
+
+def test_a_blown_up_cli_run_exits_2_and_is_not_reported_as_a_result(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli("train", "--dataset", "gmm2d", "--out", out, "--epochs", "5", "--lr", "1.0", "--no-progress") == 2
+    assert "diverged" in one_line_error(capsys, "train")
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+# -- 6. one line, never a traceback ------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "{run}", "--draws", "0"],
+    ["evaluate", "{run}", "--limit", "-5"],
+    ["sample", "{run}", "--out", "{tmp}/s.png", "--num", "-1"],
+    ["sample", "{run}", "--out", "{tmp}/s.png", "--per-row", "0"],
+    ["sample", "{run}", "--out", "{tmp}/s.png", "--temperature", "inf"],
+    ["interpolate", "{run}", "--out", "{tmp}/i.png", "--steps", "0"],
+    ["agreement", "{run}", "--temperatures", "nan"],
+    ["train", "--out", "{tmp}/r", "--lam", "0.5"],
+], ids=lambda a: " ".join(a[:1] + a[2:]) if isinstance(a, list) else a)
+def test_out_of_range_values_are_refused_by_name(argv, image_run, tmp_path, capsys):
+    args = [a.format(run=image_run, tmp=tmp_path) for a in argv]
+    assert run_cli(*args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and args[-2] in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "{run}", "--device", "gpu"],
+    ["evaluate", "{run}", "--json", "/proc/no/such/x.json"],
+    ["sample", "{run}", "--out", "/proc/no/such/s.png"],
+    ["sample", "{run}", "--out", "{tmp}"],
+    ["interpolate", "{gmm}", "--out", "{tmp}/i.png"],
+    ["bench", "--device", "gpu"],
+    ["bench", "--micro", "--json", "/proc/no/such/b.json"],
+], ids=lambda a: " ".join(a) if isinstance(a, list) else a)
+def test_failures_print_one_line(argv, image_run, gmm_run, tmp_path, capsys):
+    args = [a.format(run=image_run, gmm=gmm_run, tmp=tmp_path) for a in argv]
+    assert run_cli(*args) == 2
+    one_line_error(capsys, args[0])
+
+
+def test_an_unwritable_out_is_one_line_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert gmm_train(blocker / "run", "--epochs", "1") == 2
+    assert str(blocker) in one_line_error(capsys, "train")
+
+
+def test_an_unforeseen_failure_is_still_one_line(monkeypatch, tmp_path, capsys):
+    from lunet import gmm2d
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something nobody foresaw")
+
+    monkeypatch.setattr(gmm2d, "run", broken)
+    assert gmm_train(tmp_path / "run", "--epochs", "1") == 2
+    assert "something nobody foresaw" in one_line_error(capsys, "train")
+
+
+def test_ctrl_c_exits_130_and_says_where_the_checkpoint_is(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    original = Trainer._train_epoch
+
+    def interrupted_in_epoch_2(self, bar):
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, bar)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", interrupted_in_epoch_2)
+    assert gmm_train(out, "--epochs", "3", "--eval-every", "1") == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and str(out / "checkpoint.pt") in err and "--resume" in err
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    assert gmm_train(out, "--epochs", "3", "--eval-every", "1", "--resume") == 0
+
+
+def test_sampling_with_an_infinite_temperature_is_refused():
+    net = LUNet(3, 2)
+    for bad in (float("inf"), float("nan"), 0.0, -1.0):
+        with pytest.raises(ValueError, match="temperature"):
+            net.sample(4, temperature=bad)
+
+
+# -- 7. no quiet misreadings --------------------------------------------------------------
+
+
+def test_resume_without_a_checkpoint_is_refused_and_keeps_the_metrics(tmp_path, fake_mnist, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    assert gmm_train(out, "--epochs", "1", "--resume") == 2
+    assert "no checkpoint" in one_line_error(capsys, "train")
+    assert image_train(out, fake_mnist, "--limit", "900", "--resume") == 2
+    assert "no checkpoint" in one_line_error(capsys, "train")
+    assert (out / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
+
+
+def test_resume_with_another_limit_is_refused(image_run, fake_mnist, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(image_run, run)
+    assert image_train(run, fake_mnist, "--limit", "950", "--epochs", "2", "--resume") == 2
+    assert "other data" in one_line_error(capsys, "train")
+    assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1
+    assert image_train(run, fake_mnist, "--limit", "900", "--epochs", "2", "--resume") == 0
+
+
+def test_old_checkpoints_without_a_checksum_still_load(gmm_run, tmp_path):
+    contents = load_checkpoint(gmm_run / "checkpoint.pt")
+    contents.pop("checksum")
+    contents["format"] = 1
+    torch.save(contents, tmp_path / "old.pt")
+    model, ckpt = load_model(tmp_path / "old.pt")
+    assert ckpt["format"] == 1 and isinstance(model, LUNet)
+    save_checkpoint(contents, tmp_path / "new.pt")
+    assert load_checkpoint(tmp_path / "new.pt")["format"] == 2
+
+
+def test_the_lock_file_names_its_holder(tmp_path):
+    with locked(tmp_path / "run") as folder:
+        record = json.loads((folder / ".lock").read_text())
+    assert record["pid"] == os.getpid() and record["host"]
