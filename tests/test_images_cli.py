@@ -257,7 +257,8 @@ def test_per_class_figures_match_independent_computation(per_class_models, per_c
 def test_sample_cli_writes_png(which, prior, uncond_run, per_class_run, tmp_path, capsys):
     run = uncond_run if which == "uncond" else per_class_run
     out = tmp_path / "grid" / f"{which}-{prior}.png"
-    rc = run_cli("sample", run, "--out", out, "--prior", prior, "--num", 20, "--data-dir", DATA)
+    count = ["--num", 20] if which == "uncond" else ["--per-row", 2]  # a per-class run draws per row
+    rc = run_cli("sample", run, "--out", out, "--prior", prior, *count, "--data-dir", DATA)
     assert rc == 0
     data = out.read_bytes()
     assert data[:8] == PNG_MAGIC

@@ -407,3 +407,86 @@ def test_the_lock_file_names_its_holder(tmp_path):
     with locked(tmp_path / "run") as folder:
         record = json.loads((folder / ".lock").read_text())
     assert record["pid"] == os.getpid() and record["host"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["sample", "{run}", "--out", "{tmp}/s.txt"],
+    ["sample", "{run}", "--out", "{tmp}/noext"],
+    ["sample", "{run}", "--out", ""],
+    ["evaluate", "{run}", "--json", ""],
+    ["evaluate", "{run}", "--device", "cpu:1"],
+    ["sample", "{run}", "--out", "{tmp}/s.png", "--num", "100000000"],
+    ["interpolate", "{run}", "--out", "{tmp}/i.png", "--steps", "1000000000000"],
+    ["agreement", "{run}", "--temperatures", "1", "1"],
+    ["train", "--out", "", "--epochs", "1"],
+], ids=lambda a: " ".join(a) if isinstance(a, list) else a)
+def test_outputs_and_sizes_are_checked_before_any_work(argv, image_run, tmp_path, capsys):
+    args = [a.format(run=image_run, tmp=tmp_path) for a in argv]
+    assert run_cli(*args) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_options_that_do_not_apply_are_refused_by_their_own_names(tmp_path, capsys):
+    assert gmm_train(tmp_path / "run", "--class", "3") == 2
+    assert "--class applies to image data sets only" in one_line_error(capsys, "train")
+    assert gmm_train(tmp_path / "run", "--lam", "0.01", "--data-dir", tmp_path) == 2
+    assert "--lam, --data-dir apply to image data sets only" in one_line_error(capsys, "train")
+    assert run_cli("train", "--dataset", "mnist", "--model", "realnvp", "--data-init", "none", "--out", tmp_path / "r") == 2
+    assert "--data-init applies to --model lunet only" in one_line_error(capsys, "train")
+
+
+def test_a_damaged_run_file_is_named(image_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(image_run, run)
+    for text, words in (("{not json", "not valid JSON"), ("[1, 2]", "holds a list"),
+                        ('{"bogus": 1}', "does not describe a run"), ('{"lam": 0.7}', "lam")):
+        (run / "run.json").write_text(text)
+        assert run_cli("evaluate", run) == 2
+        line = one_line_error(capsys, "evaluate")
+        assert str(run / "run.json") in line and words in line
+
+
+def test_a_checkpoint_that_is_no_pytorch_file_is_one_short_line(gmm_run, tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"\x80\x02not a checkpoint at all")
+    with pytest.raises(ValueError) as caught:
+        load_checkpoint(tmp_path / "junk.pt")
+    assert "corrupt" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_single_class_run_reports_no_bayes_classifier(tmp_path, fake_mnist):
+    run = tmp_path / "run"
+    assert image_train(run, fake_mnist, "--class", "3", "--limit", "500", "--data-init", "standardize") == 0
+    assert run_cli("evaluate", run, "--data-dir", fake_mnist, "--no-verify", "--draws", "1", "--json", tmp_path / "e.json") == 0
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["kind"] == "class" and "bayes_classifier_accuracy" not in result
+
+
+def test_an_image_run_is_not_started_over_a_2d_run(gmm_run, fake_mnist, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(gmm_run, run)
+    assert image_train(run, fake_mnist, "--limit", "900") == 2
+    assert "--resume" in one_line_error(capsys, "train")
+    assert not (run / "run.json").exists()
+
+
+def test_resume_with_fewer_epochs_than_trained_is_refused(gmm_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(gmm_run, run)
+    assert gmm_train(run, "--epochs", "1", "--eval-every", "1", "--resume") == 2
+    assert "below the 2 epochs" in one_line_error(capsys, "train")
+
+
+def test_temperatures_that_overflow_the_dtype_are_refused():
+    net = LUNet(4, 2)
+    with pytest.raises(ValueError, match="too large for torch.float32"):
+        net.sample(3, temperature=1e39)
+    with pytest.raises(ValueError, match="too large"):
+        net.frozen().sample(3, temperature=1e39)
+    assert torch.isfinite(net.double().sample(3, temperature=1e39)).all()

@@ -125,9 +125,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                 f"{path} holds Python objects other than tensors, numbers, strings and plain containers; "
                 f"lunet checkpoints never do, and loading it could run code from the file, so it is refused"
             ) from None
-        raise ValueError(f"checkpoint {path} is unreadable or corrupt: {exc}") from None
+        raise ValueError(f"checkpoint {path} is unreadable or corrupt: it is not a PyTorch file lunet could write") from None
     except Exception as exc:  # torch raises several types for truncated files
-        raise ValueError(f"checkpoint {path} is unreadable or corrupt: {exc}") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"checkpoint {path} is unreadable or corrupt ({reason})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") not in READABLE_FORMATS or "model_spec" not in ckpt:
         raise ValueError(f"{path} is not a lunet checkpoint (format {FORMAT_VERSION})")
     if ckpt["format"] >= 2 and ckpt.get("checksum") != checksum(ckpt):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from lunet.layers import SLOPE_MIN
+from lunet.preprocess import DEFAULT_LAM
 from lunet.rundir import CHECKPOINT_NAME, RunFolderBusy, check_writable_file
 from lunet.train import TrainConfig, TrainingDiverged
 
@@ -33,10 +34,30 @@ def _number(kind: type, test, what: str):
 
 
 POSITIVE_INT = _number(int, lambda v: v >= 1, "a positive integer")
+
+
+def _bounded(top: int):
+    return _number(int, lambda v: 1 <= v <= top, f"an integer in 1..{top:,}")
+
+
+def PATH(text: str) -> str:  # noqa: N802 (an argparse type, named like the others)
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+IMAGE_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def IMAGE_PATH(text: str) -> str:  # noqa: N802
+    if Path(PATH(text)).suffix.lower() not in IMAGE_SUFFIXES:
+        raise argparse.ArgumentTypeError(f"must name a {', '.join(IMAGE_SUFFIXES)} file, got {text!r}")
+    return text
 NON_NEGATIVE_INT = _number(int, lambda v: v >= 0, "a non-negative integer")
 SEED = _number(int, lambda v: 0 <= v < 2**63, "an integer in [0, 2^63)")
 POSITIVE_FLOAT = _number(float, lambda v: math.isfinite(v) and v > 0, "a positive finite number")
 NON_NEGATIVE_FLOAT = _number(float, lambda v: math.isfinite(v) and v >= 0, "a non-negative finite number")
+OPTION_NAMES = {"class_label": "--class"}
 SLOPE = _number(float, lambda v: SLOPE_MIN <= v < 1, f"a number in [{SLOPE_MIN:g}, 1)")
 LOGIT_LAMBDA = _number(float, lambda v: 0 < v < 0.5, "a number strictly between 0 and 0.5")
 
@@ -72,8 +93,17 @@ def _add_device_option(p: argparse.ArgumentParser) -> None:
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", help="folder with the IDX files (else $LUNET_DATA_DIR, the user cache, system folders)")
+    p.add_argument("--data-dir", type=PATH, help="folder with the IDX files (else $LUNET_DATA_DIR, the user cache, system folders)")
     p.add_argument("--no-verify", action="store_true", help="skip the MD5 check of the data files")
+
+
+def _refuse_given(args: argparse.Namespace, names: Sequence[str], where: str) -> None:
+    """``ValueError`` naming each option of ``names`` that was given, with what it applies to."""
+    given = [OPTION_NAMES.get(n, "--" + n.replace("_", "-")) for n in names
+             if getattr(args, n) not in (None, False) and not (n == "model" and args.model == "lunet")]
+    if given:
+        verb = "applies" if len(given) == 1 else "apply"
+        raise ValueError(f"{', '.join(given)} {verb} to {where}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -82,10 +112,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.dataset == "gmm2d":
         from lunet import gmm2d
 
-        image_only = [f"--{name.replace('_', '-')}" for name in ("model", "class_label", "per_class", "limit", "learn_alpha")
-                      if getattr(args, name) not in (None, False, "lunet")]
-        if image_only:
-            raise ValueError(f"{', '.join(image_only)} apply to image data sets only, not to --dataset gmm2d")
+        _refuse_given(args, ("model", "class_label", "per_class", "limit", "learn_alpha", "lam", "data_init",
+                             "data_dir", "no_verify"), "image data sets only, not to --dataset gmm2d")
         defaults = gmm2d.GMM2DSettings()
         settings = gmm2d.GMM2DSettings(
             num_blocks=args.blocks if args.blocks is not None else defaults.num_blocks,
@@ -106,10 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lunet import images
 
     if args.model == "realnvp":
-        lu_only = [f"--{name.replace('_', '-')}" for name in ("blocks", "alpha", "diag", "learn_alpha")
-                   if getattr(args, name) not in (None, False)]
-        if lu_only:
-            raise ValueError(f"{', '.join(lu_only)} apply to --model lunet only, not to realnvp")
+        _refuse_given(args, ("blocks", "alpha", "diag", "learn_alpha", "data_init"), "--model lunet only, not to realnvp")
         spec = {"name": "realnvp"}
     else:
         extra = {}
@@ -125,7 +150,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     kind = "per_class" if args.per_class else ("class" if args.class_label is not None else "unconditional")
     settings = images.ImageRunSettings(
         dataset=args.dataset, kind=kind, class_label=args.class_label, model=spec,
-        lam=args.lam, data_init=args.data_init if args.model == "lunet" else "none",
+        lam=args.lam if args.lam is not None else DEFAULT_LAM,
+        data_init=(args.data_init or "gaussian") if args.model == "lunet" else "none",
     )
     config = _train_config(args, images.default_image_train_config())
     results = images.train_image_run(
@@ -171,6 +197,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from lunet.preprocess import ImagePreprocessor
 
     settings, models, _ = load_run_models(args.run_dir, device=args.device)
+    if len(models) > 1 and args.num is not None:
+        raise ValueError("--num is for unconditional and single-class runs; a per-class run draws --per-row images per class")
+    num = args.num if args.num is not None else 100
     models = [for_inference(m) for m in models]
     pre = ImagePreprocessor(settings.lam)
     priors = [None] * len(models)
@@ -179,7 +208,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     rows, labels = [], []
     for c, model, prior in zip(settings.classes, models, priors):
         gen = torch.Generator().manual_seed(args.seed + (c or 0))
-        n = args.per_row if len(models) > 1 else args.num
+        n = args.per_row if len(models) > 1 else num
         rows.append(sample_images(model, pre, n, args.temperature, prior, gen))
         labels.append("all" if c is None else str(c))
     imgs = torch.cat(rows).reshape(-1, 28, 28)
@@ -229,8 +258,14 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     _check_outputs(args)
     from lunet.evaluate import class_agreement, train_classifier
     from lunet.images import read_run_file
+    from lunet.train import resolve_device
 
     settings = read_run_file(args.run_dir)
+    if settings.kind == "unconditional":
+        raise ValueError("class agreement needs a per-class or single-class run (trained with --per-class or --class K)")
+    resolve_device(args.device)
+    if len(set(args.temperatures)) != len(args.temperatures):
+        raise ValueError(f"--temperatures lists a value twice: {args.temperatures}")
     clf, acc = train_classifier(settings.dataset, data_dir=args.data_dir, verify=not args.no_verify)
     print(f"judge: MLP trained on the real {settings.dataset} training set, {100 * acc:.2f}% test accuracy")
     result = class_agreement(args.run_dir, clf, temperatures=tuple(args.temperatures), num_samples=args.num,
@@ -284,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a flow by maximum likelihood")
     p.add_argument("--dataset", default="gmm2d", choices=["gmm2d", "mnist", "fashion-mnist"],
                    help="data set (default: gmm2d, needs no files)")
-    p.add_argument("--out", required=True, help="run directory for checkpoint, logs and pictures")
+    p.add_argument("--out", type=PATH, required=True, help="run directory for checkpoint, logs and pictures")
     p.add_argument("--overwrite", action="store_true", help="start afresh, replacing a run already in --out")
     m = p.add_argument_group("model")
     m.add_argument("--model", default="lunet", choices=["lunet", "realnvp"], help="flow family (images only)")
@@ -295,17 +330,17 @@ def build_parser() -> argparse.ArgumentParser:
     c = p.add_argument_group("images")
     c.add_argument("--class", dest="class_label", type=NON_NEGATIVE_INT, help="model one class only (0..9)")
     c.add_argument("--per-class", action="store_true", help="one model per class (the paper's setting)")
-    c.add_argument("--data-init", choices=["gaussian", "standardize", "none"], default="gaussian",
+    c.add_argument("--data-init", choices=["gaussian", "standardize", "none"],
                    help="LU-Net start: the data's full-covariance Gaussian fit (default), per-pixel standardising, or none")
-    c.add_argument("--lam", type=LOGIT_LAMBDA, default=1e-6, help="logit-transform λ in (0, 0.5) (default 1e-6)")
+    c.add_argument("--lam", type=LOGIT_LAMBDA, help="logit-transform λ in (0, 0.5) (default 1e-6)")
     c.add_argument("--limit", type=POSITIVE_INT, help=argparse.SUPPRESS)
     _add_data_options(p)
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="test-set bits/dim of an image run")
-    p.add_argument("run_dir")
-    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("run_dir", type=PATH)
+    p.add_argument("--json", type=PATH, help="also write the figures to this JSON file")
     p.add_argument("--draws", type=POSITIVE_INT, default=3, help="dequantisation draws (default 3)")
     p.add_argument("--limit", type=POSITIVE_INT, help=argparse.SUPPRESS)
     _add_data_options(p)
@@ -313,33 +348,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("sample", help="a PNG grid of samples (one row per class for per-class runs)")
-    p.add_argument("run_dir")
-    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("run_dir", type=PATH)
+    p.add_argument("--out", type=IMAGE_PATH, required=True, help="picture to write (.png, .pdf or .svg)")
     p.add_argument("--temperature", type=POSITIVE_FLOAT, default=1.0, help="latent standard deviation scale")
     p.add_argument("--prior", choices=["standard", "fitted"], default="standard",
                    help="standard: N(0, T^2 I), the model's own prior; fitted: a Gaussian fitted to training latents")
-    p.add_argument("--num", type=POSITIVE_INT, default=100, help="samples for an unconditional run")
-    p.add_argument("--per-row", type=POSITIVE_INT, default=10, help="images per row (per class)")
+    p.add_argument("--num", type=_bounded(10_000), help="samples of an unconditional or single-class run (default 100)")
+    p.add_argument("--per-row", type=_bounded(1_000), default=10, help="images per row (per class)")
     p.add_argument("--seed", type=SEED, default=0)
     _add_data_options(p)
     _add_device_option(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("interpolate", help="latent interpolation between test images")
-    p.add_argument("run_dir")
-    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("run_dir", type=PATH)
+    p.add_argument("--out", type=IMAGE_PATH, required=True, help="picture to write (.png, .pdf or .svg)")
     p.add_argument("--pairs", nargs="+", default=["0,1", "2,3", "4,5"], help="test-image index pairs A,B")
-    p.add_argument("--steps", type=_number(int, lambda v: v >= 2, "an integer of at least 2"), default=10,
+    p.add_argument("--steps", type=_number(int, lambda v: 2 <= v <= 1000, "an integer in 2..1,000"), default=10,
                    help="images per interpolation, both ends included (default 10)")
     _add_data_options(p)
     p.set_defaults(func=cmd_interpolate)
 
     p = sub.add_parser("agreement", help="do samples show their class? (a classifier trained on real data judges)")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", type=PATH)
     p.add_argument("--temperatures", type=POSITIVE_FLOAT, nargs="+", default=[1.0, 0.7],
                    help="latent temperatures to judge (default 1.0 0.7)")
-    p.add_argument("--num", type=POSITIVE_INT, default=200, help="samples per class")
-    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--num", type=_bounded(100_000), default=200, help="samples per class")
+    p.add_argument("--json", type=PATH, help="also write the figures to this JSON file")
     _add_data_options(p)
     _add_device_option(p)
     p.set_defaults(func=cmd_agreement)
@@ -349,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="project the epoch from the step time; small RealNVP batches on CPU")
     p.add_argument("--micro", action="store_true", help="LU-Net against the dense-GEMM limit (speed targets)")
     p.add_argument("--models", nargs="+", default=["lunet", "realnvp"], choices=["lunet", "realnvp"])
-    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--json", type=PATH, help="also write the figures to this JSON file")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -101,6 +101,7 @@ def evaluate_run(
     }
     if per_class:
         result["per_class"] = per_class
+    if settings.kind == "per_class":  # a classifier needs a model of every class
         result["bayes_classifier_accuracy"] = bayes_accuracy(scorers, images, labels, pre)
     return result
 

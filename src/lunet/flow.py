@@ -186,8 +186,8 @@ class LUNet(nn.Module):
         """:meth:`sample`, reparameterised: with autograd on, the draws are differentiable
         in the weights, (num_samples, dim)."""
         check_positive_int(num_samples, "num_samples")
-        check_temperature(temperature)
         ref = self.input_mean
+        check_temperature(temperature, ref.dtype)
         z = torch.randn(num_samples, self.dim, generator=generator, dtype=ref.dtype, device=ref.device)
         if temperature != 1.0:
             z.mul_(temperature)

@@ -90,7 +90,7 @@ class FrozenLUNet:
     def sample(self, num_samples: int, temperature: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """``num_samples`` draws (num_samples, dim) with latent standard deviation ``temperature``."""
         check_positive_int(num_samples, "num_samples")
-        check_temperature(temperature)
+        check_temperature(temperature, self.dtype)
         z = torch.randn(num_samples, self.dim, generator=generator, dtype=self.dtype, device=self.device)
         if temperature != 1.0:
             z.mul_(temperature)

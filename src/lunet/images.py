@@ -46,6 +46,8 @@ class ImageRunSettings:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) or not 0 < self.lam < 0.5:
+            raise ValueError(f"lam (the logit transform's λ) must lie strictly between 0 and 0.5, got {self.lam!r}")
         if self.data_init not in DATA_INITS:
             raise ValueError(f"data_init must be one of {DATA_INITS}, got {self.data_init!r}")
         if self.kind == "class" and not (isinstance(self.class_label, int) and 0 <= self.class_label < NUM_CLASSES):
@@ -112,7 +114,7 @@ def write_run_file(run_dir: Path, settings: ImageRunSettings) -> None:
         "lam": settings.lam,
         "data_init": settings.data_init,
     }
-    if path.exists():
+    if path.exists() and _has_checkpoints(run_dir):  # without a checkpoint there is no run to protect
         existing = json.loads(path.read_text())
         if existing != record:
             raise ValueError(
@@ -122,10 +124,26 @@ def write_run_file(run_dir: Path, settings: ImageRunSettings) -> None:
 
 
 def read_run_file(run_dir: str | Path) -> ImageRunSettings:
+    """The settings of an image run from its ``run.json``; ``ValueError`` naming the file when it is damaged."""
     path = Path(run_dir) / RUN_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {run_dir} is not an image run directory made by `lunet train`")
-    return ImageRunSettings(**json.loads(path.read_text()))
+    try:
+        record = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); it was not written by `lunet train` or was damaged") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} holds a {type(record).__name__}, not the settings of a run")
+    try:
+        return ImageRunSettings(**record)
+    except TypeError as exc:
+        raise ValueError(f"{path} does not describe a run of this version: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def _has_checkpoints(run_dir: Path) -> bool:
+    return (run_dir / CHECKPOINT_NAME).is_file() or any(run_dir.glob(f"class-*/{CHECKPOINT_NAME}"))
 
 
 def train_image_run(
@@ -157,6 +175,11 @@ def train_image_run(
         elif resume and not any(model_dir(run_dir, c, settings.kind).joinpath(CHECKPOINT_NAME).is_file() for c in settings.classes):
             raise FileNotFoundError(
                 f"--resume: there is no checkpoint to resume in {run_dir}; leave out --resume to start a new run"
+            )
+        elif not resume and _has_checkpoints(run_dir):
+            raise FileExistsError(
+                f"{run_dir} already holds a training run; pass --resume to continue it, --overwrite to "
+                f"replace it, or choose another --out"
             )
         return _train_models(run_dir, settings, config, train_x, train_y, val_x, val_y, resume, progress, limit)
 
@@ -271,4 +294,8 @@ def sample_images(
         mean, chol = prior
         z = mean + temperature * eps @ chol.T
     logits = model.inverse(z.to(device=device, dtype=dtype))
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError(
+            f"samples at temperature {temperature:g} overflow {dtype} inside the network; use a lower temperature"
+        )
     return pre.to_images(logits.double().cpu())

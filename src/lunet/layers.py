@@ -765,6 +765,10 @@ class LeakySoftplus(nn.Module):
         frac = t.sub_(start)  # exact: t minus a nearby integer
         start.sub_(first)
         index = start.long() if work is None else _scratch(work, "index", t, torch.int64).copy_(start)
+        # A NaN (from values that overflowed the dtype upstream) converts to an index far out of
+        # range: kept in range it reads some row and stays NaN, where an out-of-range gather
+        # would raise on the CPU and abort the device on a GPU.
+        index.clamp_(0, rows.shape[0] - 1)
         wide = _ROW_DTYPES.get(rows.dtype)
         if wide is None:
             coefficients = rows.index_select(0, index.reshape(-1)).view(*t.shape, 4)

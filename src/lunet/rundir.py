@@ -15,6 +15,8 @@ LOCK_NAME = ".lock"
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 RUN_FILE = "run.json"
+# what a finished 2-D run writes beside its checkpoint
+RESULT_FILES = ("summary.json", "density.png", "samples.png")
 # Locks this process holds: path -> (file descriptor, depth), so that nested
 # holders (a run and the trainer inside it) share one lock.
 _held: dict[Path, list] = {}
@@ -116,4 +118,5 @@ def clear_run(folder: str | os.PathLike) -> None:
     for sub in [folder, *sorted(folder.glob("class-*"))]:
         for name in (CHECKPOINT_NAME, METRICS_NAME):
             (sub / name).unlink(missing_ok=True)
-    (folder / RUN_FILE).unlink(missing_ok=True)
+    for name in (RUN_FILE, *RESULT_FILES):
+        (folder / name).unlink(missing_ok=True)

@@ -96,6 +96,8 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
+    if device.type == "cpu" and device.index not in (None, 0):
+        raise ValueError(f"device {name!r}: the CPU is one device; use cpu")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r} was requested but CUDA is not available here; use --device cpu")
@@ -360,6 +362,11 @@ class Trainer:
                 self._resumed = True  # a later fit() on this trainer continues the run
             rows = []
             cfg = self.config
+            if self.epoch > cfg.epochs:
+                raise ValueError(
+                    f"--epochs {cfg.epochs} is below the {self.epoch} epochs {self.checkpoint_path} has already "
+                    f"trained; give at least {self.epoch}"
+                )
             bar = tqdm(
                 total=cfg.epochs * self.steps_per_epoch,
                 initial=self.epoch * self.steps_per_epoch,
