@@ -490,3 +490,17 @@ def test_temperatures_that_overflow_the_dtype_are_refused():
     with pytest.raises(ValueError, match="too large"):
         net.frozen().sample(3, temperature=1e39)
     assert torch.isfinite(net.double().sample(3, temperature=1e39)).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_nan_met_inside_a_pass_stays_nan_instead_of_indexing_out_of_range(dtype):
+    """Inputs are screened, but values that overflow inside a pass reach an activation's
+    inverse as NaN: the table lookup must not read out of range (on a GPU that aborts the device)."""
+    from lunet.layers import LeakySoftplus
+
+    act = LeakySoftplus(0.1)
+    y = torch.tensor([[1.0, float("nan"), -3.0]], dtype=dtype)
+    with torch.no_grad():
+        x = act._inverse(y)
+        expected = act._inverse(y[:, [0, 2]])
+    assert torch.isnan(x[0, 1]) and torch.equal(x[:, [0, 2]], expected)

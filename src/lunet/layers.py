@@ -766,17 +766,26 @@ class LeakySoftplus(nn.Module):
         start.sub_(first)
         index = start.long() if work is None else _scratch(work, "index", t, torch.int64).copy_(start)
         # A NaN (from values that overflowed the dtype upstream) converts to an index far out of
-        # range: kept in range it reads some row and stays NaN, where an out-of-range gather
-        # would raise on the CPU and abort the device on a GPU.
-        index.clamp_(0, rows.shape[0] - 1)
+        # range. Kept in range, it reads some row and the result stays NaN. On a GPU an
+        # out-of-range gather would abort the device, so the index is always clamped there; on
+        # the CPU the gather raises instead, and only then is it clamped (no pass otherwise).
+        if index.device.type != "cpu":
+            index.clamp_(0, rows.shape[0] - 1)
+        try:
+            coefficients = LeakySoftplus._gather(rows, index, t, work)
+        except (IndexError, RuntimeError):
+            coefficients = LeakySoftplus._gather(rows, index.clamp_(0, rows.shape[0] - 1), t, work)
+        return _horner(coefficients, frac, out=start)
+
+    @staticmethod
+    def _gather(rows: torch.Tensor, index: torch.Tensor, t: torch.Tensor, work: Optional[dict]) -> torch.Tensor:
+        """The table rows ``rows[index]`` as coefficients of shape ``(*t.shape, 4)``."""
         wide = _ROW_DTYPES.get(rows.dtype)
         if wide is None:
-            coefficients = rows.index_select(0, index.reshape(-1)).view(*t.shape, 4)
-        else:
-            # one gather of four-wide elements: much faster than four gathers
-            gathered = torch.take(rows.view(wide), index, out=_scratch(work, "rows", t, wide))
-            coefficients = gathered.view(t.dtype).view(*t.shape, 4)
-        return _horner(coefficients, frac, out=start)
+            return rows.index_select(0, index.reshape(-1)).view(*t.shape, 4)
+        # one gather of four-wide elements: much faster than four gathers
+        gathered = torch.take(rows.view(wide), index, out=_scratch(work, "rows", t, wide))
+        return gathered.view(t.dtype).view(*t.shape, 4)
 
     def _table(self, a: float, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, float, int, int]:
         """The cubic pieces of the inverse for slope ``a`` (see :func:`_inverse_table`), built once."""
