@@ -77,7 +77,7 @@ def test_lu_linear_round_trips(diag, dtype):
         layer.bias.normal_()
     x = torch.randn(50, 16, dtype=dtype) * 100
     eps = torch.finfo(dtype).eps
-    for grad_enabled in (True, False):  # solve path and cached-inverse path
+    for grad_enabled in (True, False):  # with and without autograd
         with torch.set_grad_enabled(grad_enabled):
             y, _ = layer(x)
             assert rel_err(layer.inverse(y), x) <= 1e4 * eps
@@ -459,7 +459,7 @@ def test_frozen_affine_map_follows_the_thread_count(two_threads):
 
 
 @pytest.mark.parametrize("rows", [1, 3])
-def test_frozen_layer_passes_gradients_to_its_input(rows, two_threads):
+def test_a_layer_with_frozen_weights_passes_gradients_to_its_input(rows):
     """Weights that need no gradient still pass gradients to the input, those of the
     trainable layer."""
     torch.manual_seed(0)

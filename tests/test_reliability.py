@@ -8,6 +8,7 @@ IDX data set (random pixels under the MNIST file names, checked with
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 import subprocess
@@ -117,6 +118,10 @@ def test_a_checkpoint_with_code_in_it_is_refused_and_the_code_never_runs(gmm_run
                     ["interpolate", image, "--out", tmp_path / "i.png"]):
         assert run_cli(*command) == 2
         assert "could run code" in one_line_error(capsys, command[0])
+    settings = json.loads((image / "run.json").read_text())
+    (image / "run.json").write_text(json.dumps(dict(settings, kind="class", class_label=0)))  # agreement's kind of run
+    assert run_cli("agreement", image, "--data-dir", tmp_path / "no-data") == 2  # refused before the judge needs data
+    assert "could run code" in one_line_error(capsys, "agreement")
     assert not marker.exists()
 
 
@@ -204,12 +209,22 @@ def test_a_second_training_into_a_locked_folder_is_refused_naming_the_holder(tmp
     assert gmm_train(out, "--epochs", "1") == 0  # the lock went with its process
 
 
+def _locked_elsewhere(folder: Path) -> bool:
+    """Whether another process is refused the lock on ``folder`` now."""
+    probe = subprocess.run(
+        [sys.executable, "-c", f"from lunet.rundir import locked\nwith locked({str(folder)!r}): pass"],
+        capture_output=True, text=True,
+    )
+    return probe.returncode != 0 and "RunFolderBusy" in probe.stderr
+
+
 def test_the_lock_is_reentrant_within_one_process(tmp_path):
-    with locked(tmp_path / "run"):
-        with locked(tmp_path / "run"):
+    folder = tmp_path / "run"
+    with locked(folder):
+        with locked(folder):
             pass
-        with locked(tmp_path / "run"):  # still held by the outer block
-            pass
+        assert _locked_elsewhere(folder)  # the inner block's end does not release the outer hold
+    assert not _locked_elsewhere(folder)
 
 
 # -- 5. no silently wrong training ------------------------------------------------------
@@ -268,7 +283,8 @@ def test_after_a_divergence_resume_may_lower_the_learning_rate(tmp_path):
     gentler = _trainer(tmp_path, epochs=2, lr=1e-2)
     gentler.resume()
     assert gentler.optimizer.param_groups[0]["initial_lr"] == 1e-2
-    assert gentler.optimizer.param_groups[0]["lr"] <= 1e-2
+    # 9 of 18 steps into the cosine schedule: half the new peak (the old run's rate there was 0)
+    assert gentler.optimizer.param_groups[0]["lr"] == pytest.approx(0.005)
     gentler.fit()
     after = load_checkpoint(tmp_path / "checkpoint.pt")
     assert after["epoch"] == 2 and "diverged" not in after and after["train_config"]["lr"] == 1e-2
@@ -504,3 +520,53 @@ def test_a_nan_met_inside_a_pass_stays_nan_instead_of_indexing_out_of_range(dtyp
         x = act._inverse(y)
         expected = act._inverse(y[:, [0, 2]])
     assert torch.isnan(x[0, 1]) and torch.equal(x[:, [0, 2]], expected)
+
+
+def test_extending_a_run_continues_on_the_longer_schedule(tmp_path):
+    _trainer(tmp_path, epochs=1).fit()
+    longer = _trainer(tmp_path, epochs=4)
+    longer.resume()
+    # step 9 of 36 of a cosine from 0.02: the stored rate (0, the end of the 1-epoch run) is not used
+    expected = 0.02 * 0.5 * (1 + math.cos(math.pi * 9 / 36))
+    assert longer.optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+    assert longer.scheduler.get_last_lr()[0] == pytest.approx(expected)
+
+
+def test_a_checkpoint_of_another_model_is_one_line(gmm_run, tmp_path):
+    contents = load_checkpoint(gmm_run / "checkpoint.pt")
+    contents["model_spec"] = dict(contents["model_spec"], num_blocks=3)
+    save_checkpoint(contents, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="does not match its model spec") as caught:
+        load_model(tmp_path / "other.pt")
+    assert "\n" not in str(caught.value)
+
+
+def test_a_per_class_run_continues_after_one_class_diverged(tmp_path, fake_mnist):
+    run = tmp_path / "run"
+    options = ["--per-class", "--limit", "60", "--data-init", "standardize"]
+    assert image_train(run, fake_mnist, *options) == 0
+    marked = load_checkpoint(run / "class-4" / "checkpoint.pt")
+    marked["diverged"] = "the validation log-likelihood is nan after epoch 1"
+    save_checkpoint(marked, run / "class-4" / "checkpoint.pt")
+    assert image_train(run, fake_mnist, *options, "--resume", "--epochs", "2", "--lr", "1e-4") == 0
+    for c in range(10):
+        assert load_checkpoint(run / f"class-{c}" / "checkpoint.pt")["epoch"] == 2
+    # the run goes on with its new settings; a finished class is not held to the old ones
+    assert image_train(run, fake_mnist, *options, "--resume", "--epochs", "2", "--lr", "1e-4") == 0
+
+
+def test_a_failed_image_run_leaves_no_run_file_to_block_a_2d_run(gmm_run, fake_mnist, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(gmm_run, run)
+    assert image_train(run, fake_mnist, "--limit", "900", "--resume") == 2
+    assert "holds model" in one_line_error(capsys, "train")
+    assert not (run / "run.json").exists()
+    assert gmm_train(run, "--epochs", "3", "--eval-every", "1", "--resume") == 0
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "run.json").write_text('{"dataset": "mnist"}')  # an image run that never saved a checkpoint
+    assert gmm_train(fresh, "--epochs", "1") == 0
+    assert not (fresh / "run.json").exists()

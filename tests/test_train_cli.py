@@ -66,7 +66,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
 def test_resume_under_other_optimisation_settings_is_refused(tmp_path):
     trainer, _ = make_trainer(tmp_path, epochs=2)
     trainer.fit()
-    faster, _ = make_trainer(tmp_path, epochs=2)
+    faster, _ = make_trainer(tmp_path, epochs=3)
     faster.config.lr = 0.1  # another trajectory from here on: refused, by name
     with pytest.raises(ValueError, match=r"lr 0.02 -> 0.1"):
         faster.resume()

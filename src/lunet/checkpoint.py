@@ -67,8 +67,12 @@ def checksum(contents: dict[str, Any]) -> str:
 
 def _default_file_mode() -> int:
     """The permissions a new file gets under this process's umask (as ``open`` gives)."""
-    umask = os.umask(0)
-    os.umask(umask)
+    try:  # Linux reports the umask without changing it (os.umask would, for every thread)
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0)
+        os.umask(umask)
     return 0o666 & ~umask
 
 
@@ -152,5 +156,6 @@ def load_model(path: str | os.PathLike, which: str = "best") -> tuple[nn.Module,
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ValueError(f"checkpoint {path} does not match its model spec {ckpt['model_spec']}: {exc}") from None
+        detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise ValueError(f"checkpoint {path} does not match its model spec {ckpt['model_spec']}: {detail}") from None
     return model, ckpt

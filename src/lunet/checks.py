@@ -7,6 +7,7 @@ expected shape, never deep inside torch.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional
 
 import torch
@@ -64,7 +65,9 @@ def check_positive_int(value: object, name: str) -> int:
 def check_temperature(value: object, dtype: Optional[torch.dtype] = None) -> float:
     """Return ``value`` as a float, raising ``ValueError`` unless it is positive and finite, and,
     given the ``dtype`` of the draws, small enough that scaled normal draws stay finite in it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.requires_grad:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
         raise ValueError(f"temperature must be a positive finite number, got {value!r}")
     # normal draws stay below 10 in magnitude; the network may grow them a good deal more
     if dtype is not None and value > torch.finfo(dtype).max / 1e6:

@@ -257,15 +257,14 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 def cmd_agreement(args: argparse.Namespace) -> int:
     _check_outputs(args)
     from lunet.evaluate import class_agreement, train_classifier
-    from lunet.images import read_run_file
-    from lunet.train import resolve_device
+    from lunet.images import load_run_models, read_run_file
 
     settings = read_run_file(args.run_dir)
     if settings.kind == "unconditional":
         raise ValueError("class agreement needs a per-class or single-class run (trained with --per-class or --class K)")
-    resolve_device(args.device)
     if len(set(args.temperatures)) != len(args.temperatures):
         raise ValueError(f"--temperatures lists a value twice: {args.temperatures}")
+    load_run_models(args.run_dir, device=args.device)  # a bad checkpoint or device fails now, not after the judge
     clf, acc = train_classifier(settings.dataset, data_dir=args.data_dir, verify=not args.no_verify)
     print(f"judge: MLP trained on the real {settings.dataset} training set, {100 * acc:.2f}% test accuracy")
     result = class_agreement(args.run_dir, clf, temperatures=tuple(args.temperatures), num_samples=args.num,
@@ -398,7 +397,7 @@ def _interrupted(args: argparse.Namespace) -> str:
     if not kept:
         return "interrupted before the first checkpoint; nothing was kept"
     where = kept[0] if len(kept) == 1 else f"{out}/class-*/{CHECKPOINT_NAME}"
-    return f"interrupted; the last checkpoint is kept in {where}; continue with the same command and --resume"
+    return f"interrupted; the last checkpoint is kept in {where}; continue with --resume and the run's own options"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -9,11 +9,11 @@ longer the flow's own: take a new snapshot after such changes.
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import TYPE_CHECKING, Optional
 
 import torch
+from torch import nn
 
 from lunet.checks import check_batch, check_positive_int, check_temperature
 from lunet.layers import FrozenAffine, LeakySoftplus, _table_step, output_major
@@ -35,13 +35,23 @@ class FrozenLUNet:
     """
 
     def __init__(self, flow: "LUNet") -> None:
-        # A private copy of the weights: the plans below are built from it, lazily,
-        # and nothing outside this object can reach it.
-        self._flow = copy.deepcopy(flow).requires_grad_(False).eval()
-        for p in self._flow.parameters():
-            p.grad = None
-        for block in self._flow.blocks:
+        # A private replica holding copies of the weights (and of each slope, as a fixed
+        # one): the plans below are built from it, lazily, and nothing outside can reach it.
+        # Only tensors are copied, not the module's hooks or other attributes.
+        from lunet.flow import LUNet
+
+        replica = LUNet(flow.dim, flow.num_blocks, init="identity")
+        for mine, theirs in zip(replica.blocks, flow.blocks):
+            mine.diag_mode = theirs.diag_mode
+        replica.activations = nn.ModuleList(LeakySoftplus(act.slope_value()) for act in flow.activations)
+        ref = flow.input_std
+        replica.to(device=ref.device, dtype=ref.dtype).requires_grad_(False).eval()
+        with torch.no_grad():
+            state = {k: v for k, v in flow.state_dict().items() if not k.endswith("alpha_logit")}
+            replica.load_state_dict(state)
+        for block in replica.blocks:
             block._check_invertible()
+        self._flow = replica
         self._forward_plan_cache: Optional[tuple] = None
         self._inverse_plan_cache: Optional[tuple] = None
 

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from lunet.checkpoint import build_model, load_model
+from lunet.checkpoint import build_model, load_checkpoint, load_model
 from lunet.checks import check_positive_int, check_temperature
 from lunet.data import DATASETS, load_dataset, train_val_split
 from lunet.flow import placement
@@ -188,11 +188,16 @@ def _train_models(
     run_dir: Path, settings: ImageRunSettings, config: TrainConfig, train_x: torch.Tensor, train_y: torch.Tensor,
     val_x: torch.Tensor, val_y: torch.Tensor, resume: bool, progress: bool, limit: Optional[int],
 ) -> dict[str, Any]:
-    write_run_file(run_dir, settings)
     pre = ImagePreprocessor(settings.lam, num_dims=train_x.shape[1])
     log_prob_fn = make_log_prob_fn(pre)
+    # a divergence in one class lets the whole run continue with a gentler step
+    after_divergence = resume and any(
+        load_checkpoint(path).get("diverged")
+        for path in (model_dir(run_dir, c, settings.kind) / CHECKPOINT_NAME for c in settings.classes)
+        if path.is_file()
+    )
     results = {}
-    for c in settings.classes:
+    for i, c in enumerate(settings.classes):
         tx, _ = class_subset(train_x, train_y, c)
         vx, _ = class_subset(val_x, val_y, c)
         if limit is not None:
@@ -213,7 +218,9 @@ def _train_models(
             extra={"class_label": c, "dataset": settings.dataset},
         )
         if resume and trainer.checkpoint_path.exists():
-            trainer.resume()
+            trainer.resume(after_divergence=after_divergence)
+        if i == 0:  # every check of the first model has passed: the folder now holds this run
+            write_run_file(run_dir, settings)
         if progress and c is not None:
             print(f"class {c}: {tx.shape[0]} training images")
         start = time.perf_counter()

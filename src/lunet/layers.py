@@ -589,7 +589,8 @@ class LeakySoftplus(nn.Module):
 
     Args:
         alpha: the slope ``a`` for ``x -> -inf``.
-        learnable: learn ``a`` (parametrised as ``sigmoid(t)`` so it stays in (0, 1)).
+        learnable: learn ``a`` (parametrised as ``sigmoid(t)``, so it stays in (0, 1); the
+            inverse refuses a slope that has left ``[SLOPE_MIN, 1)``).
     """
 
     def __init__(self, alpha: float = 0.1, learnable: bool = False) -> None:

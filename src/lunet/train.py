@@ -223,13 +223,14 @@ class Trainer:
             "extra": self.extra,
         }
 
-    def resume(self) -> None:
+    def resume(self, after_divergence: bool = False) -> None:
         """Continue from ``checkpoint.pt`` in ``out_dir``, exactly where it stopped.
 
         The model, the optimisation settings and the data must be the run's
         own; only ``RESUMABLE_CHANGES`` may differ, and after a divergence
-        ``RESUMABLE_AFTER_DIVERGENCE`` too (a new peak learning rate rescales
-        the rest of the schedule).
+        (marked in this checkpoint, or ``after_divergence``: in another model
+        of the same run) ``RESUMABLE_AFTER_DIVERGENCE`` too (a new peak
+        learning rate rescales the rest of the schedule).
         """
         if not self.checkpoint_path.is_file():
             raise FileNotFoundError(
@@ -259,12 +260,13 @@ class Trainer:
             )
         # The schedule and the batches depend on these: resuming under others
         # would silently train a different run.
-        diverged = ckpt.get("diverged")
+        diverged = after_divergence or bool(ckpt.get("diverged"))
         allowed = RESUMABLE_CHANGES + (RESUMABLE_AFTER_DIVERGENCE if diverged else ())
         stored = ckpt.get("train_config", {})
+        finished = ckpt["epoch"] >= self.config.epochs  # nothing left to train: no setting can change it
         changed = {
             k: (stored[k], v) for k, v in dataclasses.asdict(self.config).items()
-            if k not in allowed and k in stored and stored[k] != v
+            if not finished and k not in allowed and k in stored and stored[k] != v
         }
         if changed:
             listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
@@ -275,14 +277,14 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        if stored.get("lr", self.config.lr) != self.config.lr:
-            # the loaded state carries the old peak; the schedule continues from the new one
-            for group in self.optimizer.param_groups:
-                group["initial_lr"] = self.config.lr
-            self.scheduler.base_lrs = [self.config.lr] * len(self.optimizer.param_groups)
-            factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.config.lr * factor
+        # The loaded state holds the old run's peak and its rate for the next step; a new
+        # peak (after a divergence) or a new length (--epochs) changes both.
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = self.config.lr
+            group["lr"] = self.config.lr * factor
+        self.scheduler.base_lrs = [self.config.lr] * len(self.optimizer.param_groups)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         self.generator.set_state(ckpt["generator"])
         self.epoch = ckpt["epoch"]
         self.best_val = ckpt["best_val_log_prob"]
@@ -292,9 +294,10 @@ class Trainer:
         self._resumed = True
         # Rows logged after the checkpoint belong to epochs that will be redone.
         metrics = self.out_dir / METRICS_NAME
-        if metrics.exists():
-            kept = [ln for ln in metrics.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= self.epoch]
-            metrics.write_text("".join(ln + "\n" for ln in kept))
+        with locked(self.out_dir):
+            if metrics.exists():
+                kept = [ln for ln in metrics.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= self.epoch]
+                metrics.write_text("".join(ln + "\n" for ln in kept))
 
     def _diverged(self, what: str, advice: str) -> TrainingDiverged:
         """The error for a divergence, after marking the last good checkpoint (if any) as followed by one."""
@@ -304,8 +307,8 @@ class Trainer:
                 ckpt = load_checkpoint(self.checkpoint_path)
                 ckpt["diverged"] = what
                 save_checkpoint(ckpt, self.checkpoint_path)
-            except ValueError:
-                pass  # an unreadable checkpoint stays as it is; the message below still holds
+            except (ValueError, OSError):
+                pass  # a checkpoint that cannot be read or rewritten stays as it is; the message holds
             kept = (
                 f"the last good checkpoint (epoch {ckpt.get('epoch', '?')}) is kept in {self.checkpoint_path}; "
                 f"{advice}, or continue it with --resume and a lower --lr or a --grad-clip"
