@@ -1,7 +1,17 @@
 """lunet: LU-Net, invertible neural networks and normalizing flows from LU factorisation."""
 
+from lunet.distributions import FlowDistribution
 from lunet.flow import ClassConditionalFlow, LUNet, standard_normal_log_prob
+from lunet.frozen import FrozenLUNet
 from lunet.layers import LeakySoftplus, LULinear
 
-__all__ = ["LULinear", "LeakySoftplus", "LUNet", "ClassConditionalFlow", "standard_normal_log_prob"]
+__all__ = [
+    "LULinear",
+    "LeakySoftplus",
+    "LUNet",
+    "FrozenLUNet",
+    "FlowDistribution",
+    "ClassConditionalFlow",
+    "standard_normal_log_prob",
+]
 __version__ = "0.1.0"

@@ -13,27 +13,47 @@ from typing import Optional
 import torch
 
 
-def check_batch(
-    x: object, dim: int, name: str = "input", check_finite: bool = True, like: Optional[torch.Tensor] = None
+def check_features(
+    x: object, dim: Optional[int] = None, name: str = "input", check_finite: bool = True,
+    like: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Validate a batch of vectors of shape ``(B, dim)`` and return it.
+    """Validate a tensor of shape ``(..., dim)`` (any leading batch dimensions, ``dim`` features
+    last; any last size when ``dim`` is None) and return it.
 
     Raises ``TypeError`` for a non-tensor or non-floating dtype, or a dtype
     other than that of ``like`` (a model's parameter), and ``ValueError`` for
-    a device other than ``like``'s, a wrong rank, a wrong feature size or
+    a device other than ``like``'s, a 0-dim tensor, a wrong feature size or
     NaN/inf values.
     """
+    want = f"(..., {dim})" if dim is not None else "(..., features)"
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (batch, {dim}), got {type(x).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor of shape {want}, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(
             f"{name} must have a floating dtype (float32 or float64), got {x.dtype}; "
             f"convert it with .float() or .double()"
         )
-    if x.dim() != 2:
+    if x.dim() == 0:
+        raise ValueError(f"{name} must have shape {want}, got a 0-dim tensor")
+    if dim is not None and x.shape[-1] != dim:
+        raise ValueError(f"{name} must have shape {want}, got feature size {x.shape[-1]} in {tuple(x.shape)}")
+    _check_placement_and_values(x, name, check_finite, like)
+    return x
+
+
+def check_batch(
+    x: object, dim: int, name: str = "input", check_finite: bool = True, like: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Validate a batch of vectors of shape ``(B, dim)`` and return it.
+
+    Raises as :func:`check_features` does, and ``ValueError`` for a rank other than 2.
+    """
+    if isinstance(x, torch.Tensor) and x.dim() != 2 and x.is_floating_point():
         raise ValueError(f"{name} must have shape (batch, {dim}), got rank {x.dim()} shape {tuple(x.shape)}")
-    if x.shape[1] != dim:
-        raise ValueError(f"{name} must have shape (batch, {dim}), got feature size {x.shape[1]} in {tuple(x.shape)}")
+    return check_features(x, dim, name, check_finite, like)
+
+
+def _check_placement_and_values(x: torch.Tensor, name: str, check_finite: bool, like: Optional[torch.Tensor]) -> None:
     if like is not None:
         if x.dtype != like.dtype:
             raise TypeError(
@@ -52,7 +72,19 @@ def check_batch(
         bad = int((~torch.isfinite(x)).sum())
         if bad:
             raise ValueError(f"{name} holds {bad} NaN or infinite value(s); shape {tuple(x.shape)}")
-    return x
+
+
+def sample_shape_of(sample_shape: object, name: str = "sample_shape") -> torch.Size:
+    """``sample_shape`` as a ``torch.Size``: a non-negative int ``n`` means ``(n,)``, as
+    ``torch.distributions`` takes a shape; ``ValueError`` for anything else."""
+    dims = (sample_shape,) if isinstance(sample_shape, int) and not isinstance(sample_shape, bool) else sample_shape
+    try:
+        shape = torch.Size(dims)
+    except TypeError:
+        raise ValueError(f"{name} must be an int or a sequence of ints, got {sample_shape!r}") from None
+    if any(d < 0 for d in shape):
+        raise ValueError(f"{name} must not hold negative sizes, got {tuple(shape)}")
+    return shape
 
 
 def check_positive_int(value: object, name: str) -> int:

@@ -8,18 +8,19 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import torch
 from torch import nn
 
-from lunet.checks import check_batch, check_positive_int, check_temperature
+from lunet.checks import check_batch, check_features, check_positive_int, check_temperature, sample_shape_of
 from lunet.layers import LeakySoftplus, LULinear
 
 if TYPE_CHECKING:
+    from lunet.distributions import FlowDistribution
     from lunet.frozen import FrozenLUNet
 
 LOG_2PI = math.log(2.0 * math.pi)
 
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
-    """``log N(z; 0, I)`` per row, ``z`` of shape (B, D) -> (B,)."""
-    return torch.linalg.vecdot(z, z).add_(z.shape[1] * LOG_2PI).mul_(-0.5)
+    """``log N(z; 0, I)`` per row, ``z`` of shape (..., D) -> (...)."""
+    return torch.linalg.vecdot(z, z).add_(z.shape[-1] * LOG_2PI).mul_(-0.5)
 
 
 def for_inference(model: nn.Module):
@@ -135,9 +136,10 @@ class LUNet(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (B, dim) -> ``z`` (B, dim), ``log|det dz/dx|`` (B,)."""
-        check_batch(x, self.dim, like=self.input_std)
-        return self._forward(x)
+        """``x`` (..., dim) -> ``z`` (..., dim), ``log|det dz/dx|`` (...)."""
+        check_features(x, self.dim, like=self.input_std)
+        z, logdet = self._forward(x.reshape(-1, self.dim))
+        return z.view(x.shape), logdet.reshape(x.shape[:-1])
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         inv_std = 1.0 / self.input_std
@@ -156,9 +158,9 @@ class LUNet(nn.Module):
         return h, logdet + const
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        """``z`` (B, dim) -> ``x`` (B, dim), the exact inverse of :meth:`forward`."""
-        check_batch(z, self.dim, like=self.input_std)
-        return self._inverse(z)
+        """``z`` (..., dim) -> ``x`` (..., dim), the exact inverse of :meth:`forward`."""
+        check_features(z, self.dim, like=self.input_std)
+        return self._inverse(z.reshape(-1, self.dim)).view(z.shape)
 
     def _inverse(self, z: torch.Tensor) -> torch.Tensor:
         h = z
@@ -169,29 +171,40 @@ class LUNet(nn.Module):
         return torch.addcmul(self.input_mean, h, self.input_std)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """``log p(x)`` in nats under the standard normal latent, (B, dim) -> (B,)."""
+        """``log p(x)`` in nats under the standard normal latent, (..., dim) -> (...)."""
         z, logdet = self.forward(x)
         return standard_normal_log_prob(z) + logdet
 
-    def sample(self, num_samples: int, temperature: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Draw ``num_samples`` rows (num_samples, dim); latent std = ``temperature``.
+    def sample(
+        self, sample_shape: int | Sequence[int] = (), temperature: float = 1.0, generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
+        """Draws of shape ``sample_shape + (dim,)`` (an int ``n`` means ``(n,)``); latent std = ``temperature``.
 
         Without gradients, as ``torch.distributions``' ``sample``, from the
         current weights; :meth:`rsample` keeps the graph. For many draws from
         fixed weights, :meth:`frozen` gives a faster snapshot."""
         with torch.no_grad():
-            return self.rsample(num_samples, temperature, generator)
+            return self.rsample(sample_shape, temperature, generator)
 
-    def rsample(self, num_samples: int, temperature: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def rsample(
+        self, sample_shape: int | Sequence[int] = (), temperature: float = 1.0, generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
         """:meth:`sample`, reparameterised: with autograd on, the draws are differentiable
-        in the weights, (num_samples, dim)."""
-        check_positive_int(num_samples, "num_samples")
+        in the weights, ``sample_shape + (dim,)``."""
+        shape = sample_shape_of(sample_shape)
         ref = self.input_mean
         check_temperature(temperature, ref.dtype)
-        z = torch.randn(num_samples, self.dim, generator=generator, dtype=ref.dtype, device=ref.device)
+        z = torch.randn(shape.numel(), self.dim, generator=generator, dtype=ref.dtype, device=ref.device)
         if temperature != 1.0:
             z.mul_(temperature)
-        return self._inverse(z)
+        return self._inverse(z).view(*shape, self.dim)
+
+    def distribution(self, temperature: float = 1.0) -> "FlowDistribution":
+        """This flow as a ``torch.distributions.Distribution`` over ``(dim,)`` vectors, with latent
+        ``N(0, temperature^2 I)``; it reads the flow's current weights on every call."""
+        from lunet.distributions import FlowDistribution
+
+        return FlowDistribution(self, temperature)
 
     def frozen(self) -> "FrozenLUNet":
         """A snapshot of this flow for fast inference (density, inverse, sampling; no autograd).

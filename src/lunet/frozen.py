@@ -10,12 +10,12 @@ longer the flow's own: take a new snapshot after such changes.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 from torch import nn
 
-from lunet.checks import check_batch, check_positive_int, check_temperature
+from lunet.checks import check_features, check_temperature, sample_shape_of
 from lunet.layers import FrozenAffine, LeakySoftplus, _table_step, output_major
 
 if TYPE_CHECKING:
@@ -76,15 +76,16 @@ class FrozenLUNet:
     # -- the passes ------------------------------------------------------------
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (B, dim) -> ``z`` (B, dim), ``log|det dz/dx|`` (B,)."""
-        check_batch(x, self.dim, like=self._flow.input_std)
-        return self._forward(x)
+        """``x`` (..., dim) -> ``z`` (..., dim), ``log|det dz/dx|`` (...)."""
+        check_features(x, self.dim, like=self._flow.input_std)
+        z, logdet = self._forward(x.reshape(-1, self.dim))
+        return z.view(x.shape), logdet.reshape(x.shape[:-1])
 
     __call__ = forward
 
     @torch.no_grad()
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """``log p(x)`` in nats under the standard normal latent, (B, dim) -> (B,)."""
+        """``log p(x)`` in nats under the standard normal latent, (..., dim) -> (...)."""
         from lunet.flow import standard_normal_log_prob
 
         z, logdet = self.forward(x)
@@ -92,19 +93,22 @@ class FrozenLUNet:
 
     @torch.no_grad()
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        """``z`` (B, dim) -> ``x`` (B, dim), the inverse of :meth:`forward`."""
-        check_batch(z, self.dim, like=self._flow.input_std)
-        return self._inverse(z)
+        """``z`` (..., dim) -> ``x`` (..., dim), the inverse of :meth:`forward`."""
+        check_features(z, self.dim, like=self._flow.input_std)
+        return self._inverse(z.reshape(-1, self.dim)).view(z.shape)
 
     @torch.no_grad()
-    def sample(self, num_samples: int, temperature: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """``num_samples`` draws (num_samples, dim) with latent standard deviation ``temperature``."""
-        check_positive_int(num_samples, "num_samples")
+    def sample(
+        self, sample_shape: int | Sequence[int] = (), temperature: float = 1.0, generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
+        """Draws of shape ``sample_shape + (dim,)`` (an int ``n`` means ``(n,)``) with latent
+        standard deviation ``temperature``."""
+        shape = sample_shape_of(sample_shape)
         check_temperature(temperature, self.dtype)
-        z = torch.randn(num_samples, self.dim, generator=generator, dtype=self.dtype, device=self.device)
+        z = torch.randn(shape.numel(), self.dim, generator=generator, dtype=self.dtype, device=self.device)
         if temperature != 1.0:
             z.mul_(temperature)
-        return self._inverse(z)
+        return self._inverse(z).view(*shape, self.dim)
 
     def _forward(self, x: torch.Tensor, exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The density pass from the folded matrices of :meth:`_forward_plan`.

@@ -1,9 +1,9 @@
 """The two invertible building blocks of LU-Net.
 
-Conventions: batches are row vectors of shape ``(B, n)``. Every module maps
-the data side to the latent side in ``forward`` and returns
-``(output, log|det J|)`` with the log-determinant per sample, shape ``(B,)``;
-``inverse`` maps back and returns the input alone.
+Conventions: inputs have shape ``(..., n)``, any leading batch dimensions and
+the ``n`` features last. Every module maps the data side to the latent side in
+``forward`` and returns ``(output, log|det J|)`` with the log-determinant per
+row, shape ``x.shape[:-1]``; ``inverse`` maps back and returns the input alone.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from lunet.checks import check_batch, check_positive_int
+from lunet.checks import check_features, check_positive_int
 
 DIAG_MODES = ("raw", "exp")
 # The leaky-softplus inverse table covers x in [-TABLE_X, TABLE_X], i.e.
@@ -370,9 +370,10 @@ class LULinear(nn.Module):
 
     # -- the maps ----------------------------------------------------------
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (B, n) -> ``y = x A^T + b`` (B, n), log|det| (B,)."""
-        check_batch(x, self.dim, like=self.lu)
-        return self._forward(x)
+        """``x`` (..., n) -> ``y = x A^T + b`` (..., n), log|det| (...), the same for every row."""
+        check_features(x, self.dim, like=self.lu)
+        y, logdet = self._forward(x.reshape(-1, self.dim))
+        return y.view(x.shape), logdet.reshape(x.shape[:-1])
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._affine(x), self.log_abs_det().expand(x.shape[0])
@@ -384,9 +385,9 @@ class LULinear(nn.Module):
         )
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        """``y`` (B, n) -> ``x = U^{-1} L^{-1} (y - b)`` (B, n)."""
-        check_batch(y, self.dim, like=self.lu)
-        return self._inverse(y)
+        """``y`` (..., n) -> ``x = U^{-1} L^{-1} (y - b)`` (..., n), by two triangular solves."""
+        check_features(y, self.dim, like=self.lu)
+        return self._inverse(y.reshape(-1, self.dim)).view(y.shape)
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         self._check_invertible()
@@ -627,11 +628,11 @@ class LeakySoftplus(nn.Module):
         return self.fixed_alpha
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (B, n) -> ``f(x)`` (B, n), ``sum_i log f'(x_i)`` (B,)."""
-        if x.dim() != 2:
-            raise ValueError(f"input must have shape (batch, features), got shape {tuple(x.shape)}")
-        check_batch(x, x.shape[1])
-        return self._forward(x)
+        """``x`` (..., n), any shape of at least one dimension -> ``f(x)`` elementwise (..., n),
+        and ``sum_i log f'(x_i)`` over the last dimension (...)."""
+        check_features(x)
+        value, logdet = self._forward(x.reshape(-1, x.shape[-1]))
+        return value.view(x.shape), logdet.reshape(x.shape[:-1])
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a = self._slope(x)
@@ -684,10 +685,8 @@ class LeakySoftplus(nn.Module):
         return _sum_log_abs(s.sub_(1 + c), c, 1 + c), in_range
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        """``y`` (B, n) -> ``f^{-1}(y)`` (B, n), exact to float precision."""
-        if y.dim() != 2:
-            raise ValueError(f"input must have shape (batch, features), got shape {tuple(y.shape)}")
-        check_batch(y, y.shape[1])
+        """``y`` of any shape of at least one dimension -> ``f^{-1}(y)`` elementwise, exact to float precision."""
+        check_features(y)
         return self._inverse(y)
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
