@@ -37,6 +37,7 @@ from typing import Callable, Iterable
 import torch
 
 import lunet.layers as layers
+from lunet import functional
 from lunet.bench import _training_step
 from lunet.checkpoint import build_model
 from lunet.images import paper_lunet_spec
@@ -202,8 +203,8 @@ def activation_training(rounds: int) -> dict[str, float]:
 
     def autograd() -> None:
         a = 0.1
-        logdet = act._derivative(x, a).log_().sum(dim=1)
-        torch.autograd.grad((act._value(x, a), logdet), x, (g_value, g_logdet))
+        logdet = functional.leaky_softplus_log_derivative(x, a).sum(dim=1)
+        torch.autograd.grad((functional.leaky_softplus(x, a), logdet), x, (g_value, g_logdet))
 
     return _alternate({"written-out backward": written_out, "autograd": autograd}, rounds, 10)
 

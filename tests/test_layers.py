@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lunet import LeakySoftplus, LULinear
+from lunet import LeakySoftplus, LULinear, functional
 
 DTYPES = [torch.float32, torch.float64]
 # Worst relative round-trip error we accept, in units of the dtype's epsilon.
@@ -241,10 +241,10 @@ def test_leaky_softplus_inverse_is_exact_between_table_points(dtype, alpha):
     """The fixed Newton count must cover the table's worst start: mid-cell, where
     a Hermite cubic errs most, across the kink and past both ends, against a
     float64 root polished far beyond the fast path's steps."""
-    from lunet.layers import _inverse_table
+    from lunet.functional import inverse_table
 
     act = LeakySoftplus(alpha).to(dtype)
-    rows, h, first, _ = _inverse_table(alpha, dtype, torch.device("cpu"))
+    rows, h, first, _ = inverse_table(alpha, dtype, torch.device("cpu"))
     nodes = torch.arange(first - 8, first + rows.shape[0] + 8, dtype=torch.float64) * h
     y64 = torch.cat([nodes + h / 2, nodes + h / 3])
     y = y64[: y64.numel() // 64 * 64].to(dtype).reshape(-1, 64)
@@ -257,14 +257,14 @@ def test_leaky_softplus_inverse_is_exact_between_table_points(dtype, alpha):
 def test_inverse_table_needs_its_newton_steps():
     """The step count is no larger than it must be: one step fewer leaves float64
     far from exact, and float32 for a = 0.1 needs none."""
-    from lunet.layers import _inverse_table
+    from lunet.functional import inverse_table
 
-    rows, h, first, steps = _inverse_table(0.1, torch.float64, torch.device("cpu"))
-    assert steps >= 1 and _inverse_table(0.1, torch.float32, torch.device("cpu"))[3] == 0
+    rows, h, first, steps = inverse_table(0.1, torch.float64, torch.device("cpu"))
+    assert steps >= 1 and inverse_table(0.1, torch.float32, torch.device("cpu"))[3] == 0
     y = (torch.arange(first, first + rows.shape[0], dtype=torch.float64) + 0.5) * h
-    x = LeakySoftplus._initial_guess(y.reshape(-1, 1) / h, rows, first)
+    x = functional.initial_guess(y.reshape(-1, 1) / h, rows, first)
     for _ in range(steps - 1):
-        x = x - LeakySoftplus._newton_step(x, y.reshape(-1, 1), 0.1)
+        x = x - functional.newton_step(x, y.reshape(-1, 1), 0.1)
     assert rel_err(x, polished_roots(y.reshape(-1, 1), 0.1)) > 4 * torch.finfo(torch.float64).eps
 
 
@@ -272,7 +272,7 @@ def polished_roots(y, alpha):
     """f^{-1}(y) in float64 by 200 Newton steps from the asymptote min(y, y/alpha)."""
     root = torch.minimum(y, y / alpha)
     for _ in range(200):
-        root = root - LeakySoftplus._newton_step(root, y, alpha)
+        root = root - functional.newton_step(root, y, alpha)
     return root
 
 

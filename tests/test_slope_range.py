@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from lunet import LUNet
-from lunet.layers import SLOPE_MIN, LeakySoftplus, _inverse_table, _table_step
+from lunet.functional import SLOPE_MIN, cached_inverse_table, inverse_table, newton_step, table_step
+from lunet.layers import LeakySoftplus
 
 DTYPES = [torch.float32, torch.float64]
 # Worst error we accept, in units of the dtype's epsilon, relative to max(|x|, 1);
@@ -32,11 +33,11 @@ def reference_roots(y, alpha):
     y = y.double()
     x = torch.minimum(y, y / alpha)
     for _ in range(500):
-        step = LeakySoftplus._newton_step(x, y, alpha)
+        step = newton_step(x, y, alpha)
         x = x - step
         if bool((step.abs() <= 1e-15 * x.abs().clamp_min(1.0)).all()):
             break
-    return x - LeakySoftplus._newton_step(x, y, alpha)
+    return x - newton_step(x, y, alpha)
 
 
 @functools.lru_cache(maxsize=None)
@@ -84,7 +85,7 @@ def test_inverse_matches_the_root_between_table_nodes(alpha, dtype):
     left end and the bend at y = 0 for every slope, every 5th beyond, the last 16,
     and 8 cells past either end."""
     act = activation(alpha, dtype)
-    rows, h, first, _ = act._table(alpha, dtype, CPU)
+    rows, h, first, _ = cached_inverse_table(alpha, dtype, CPU)
     last = first + rows.shape[0]
     cells = torch.cat(
         [
@@ -152,17 +153,17 @@ def test_a_learnable_slope_at_the_floor_still_inverts(dtype):
 
 def test_the_default_slope_costs_no_extra_newton_steps():
     """At a = 0.1 the table and the step counts are as before: none in float32, one in float64."""
-    assert _table_step(0.1) == 2.0**-8
-    assert _inverse_table(0.1, torch.float32, CPU)[3] == 0
-    assert _inverse_table(0.1, torch.float64, CPU)[3] == 1
+    assert table_step(0.1) == 2.0**-8
+    assert inverse_table(0.1, torch.float32, CPU)[3] == 0
+    assert inverse_table(0.1, torch.float64, CPU)[3] == 1
 
 
 @pytest.mark.parametrize("alpha", SLOPES)
 def test_step_counts_and_table_sizes_stay_small(alpha):
     """Certified step counts over the range: at most 3 (float32) and 4 (float64); the
     tables of small slopes grow, but stay within about 90,000 cells."""
-    s32 = activation(alpha, torch.float32)._table(alpha, torch.float32, CPU)
-    s64 = activation(alpha, torch.float64)._table(alpha, torch.float64, CPU)
+    s32 = cached_inverse_table(alpha, torch.float32, CPU)
+    s64 = cached_inverse_table(alpha, torch.float64, CPU)
     assert s32[3] <= 3 and s64[3] <= 4
     assert s64[0].shape[0] <= 90200
-    assert _table_step(alpha) <= 4 * alpha
+    assert table_step(alpha) <= 4 * alpha

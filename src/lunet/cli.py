@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lunet.layers import SLOPE_MIN
+from lunet.functional import SLOPE_MIN
 from lunet.preprocess import DEFAULT_LAM
 from lunet.rundir import CHECKPOINT_NAME, RunFolderBusy, check_writable_file
 from lunet.train import TrainConfig, TrainingDiverged

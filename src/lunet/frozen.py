@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from lunet.checks import check_features, check_temperature, sample_shape_of
-from lunet.layers import FrozenAffine, LeakySoftplus, _table_step, output_major
+from lunet.functional import solve_scaled, table_step
+from lunet.layers import FrozenAffine, LeakySoftplus, output_major
 
 if TYPE_CHECKING:
     from lunet.flow import LUNet
@@ -141,13 +142,12 @@ class FrozenLUNet:
     def _inverse(self, z: torch.Tensor) -> torch.Tensor:
         """The sampling pass from the folded matrices of :meth:`_inverse_plan`."""
         layers, slopes = self._inverse_plan()
-        activations = list(reversed(self._flow.activations))
         h = layers[0](z)
         # the activations' scratch buffers, made once per pass; for a small batch their
         # bookkeeping costs more than the allocations it saves
         work = {} if z.shape[0] >= 64 else None
-        for layer, act, a in zip(layers[1:], activations, slopes):
-            x = act._solve_scaled(h, a, work)  # overwrites h, whose buffer then takes the product
+        for layer, a in zip(layers[1:], slopes):
+            x = solve_scaled(h, a, work)  # overwrites h, whose buffer then takes the product
             h = layer(x, out=h)
         return h
 
@@ -176,7 +176,7 @@ class FrozenLUNet:
 
         Each of those layers returns its output divided by the inverse table's
         node spacing ``h`` (a power of two, so exactly), which
-        :meth:`LeakySoftplus._solve_scaled` takes; the last returns
+        :func:`lunet.functional.solve_scaled` takes; the last returns
         ``x std + mean``, the standardisation undone.
         """
         if self._inverse_plan_cache is None:
@@ -217,7 +217,7 @@ class FrozenLUNet:
             if i > 0:
                 a = flow.activations[i - 1].slope_value()
                 slopes.append(a)
-                scale = 1.0 / _table_step(a)
+                scale = 1.0 / table_step(a)
                 weight, shift = weight * scale, shift * scale
             else:
                 std = flow.input_std.double()

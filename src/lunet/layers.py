@@ -16,30 +16,15 @@ import torch
 from torch import nn
 
 from lunet.checks import check_features, check_positive_int
+from lunet.functional import (
+    SLOPE_MIN,
+    leaky_softplus,
+    leaky_softplus_inverse,
+    leaky_softplus_log_derivative,
+    softplus,
+)
 
 DIAG_MODES = ("raw", "exp")
-# The leaky-softplus inverse table covers x in [-TABLE_X, TABLE_X], i.e.
-# y in [-a TABLE_X, TABLE_X], with one cubic per cell; beyond, the asymptotes
-# x = y/a and x = y are within (1 - a) e^-TABLE_X / a of the root.
-TABLE_X, TABLE_SIZE = 22.0, 4096
-# The inverse bends from x = y/a to x = log y across a stretch of y about a
-# wide around y = 0, which cubics on cells much wider than a cannot follow
-# (on the plain spacing, 2^-8, they miss by 0.7 in x at a = 1e-4 and by 40 at
-# a = 1e-5): so the node spacing is also at most TABLE_KINK a, which leaves the
-# table of every slope from 2^-10 (about 1e-3) up as it was.
-TABLE_KINK = 4.0
-# The slopes whose inverse is exact, in every float dtype: SLOPE_MIN <= a < 1.
-# Below SLOPE_MIN the table, whose cells shrink with a there, would outgrow
-# 90,000 cells (2^-12 apart at 1e-4; 5.8 million at 1e-6); every a < 1 works
-# at the top (1 - a is exact in float64).
-SLOPE_MIN = 1e-4
-# A dtype four times as wide as each float dtype, to read a table row of four
-# coefficients as one element; float64 (no such dtype) gathers whole rows instead.
-_ROW_DTYPES = {
-    torch.float32: torch.complex128,
-    torch.float16: torch.float64,
-    torch.bfloat16: torch.float64,
-}
 INIT_MODES = ("identity", "random")
 
 
@@ -401,123 +386,6 @@ class LULinear(nn.Module):
         return f"dim={self.dim}, diag={self.diag_mode!r}"
 
 
-def _softplus(x: torch.Tensor) -> torch.Tensor:
-    # log1p(exp(x)) is exact below the threshold; above it x itself is, to the
-    # last bit of the dtype (exp(-t) < eps * t).
-    threshold = 20.0 if x.dtype in (torch.float32, torch.float16, torch.bfloat16) else 40.0
-    return nn.functional.softplus(x, threshold=threshold)
-
-
-def _exact_roots(ys: torch.Tensor, a: float) -> torch.Tensor:
-    """``f^{-1}(ys)`` in float64 by Newton's method from ``min(y, y/a)``, right of the root
-    (``f >= max(x, a x)``), where Newton on a convex increasing ``f`` decreases
-    monotonically, until every step is within the rounding of ``x``. Far from the root
-    a step covers about 1 in ``x`` (``f`` is exponential there): near ``y = 0`` that is
-    ``log(1/a)`` steps and more, so the count is not fixed in advance."""
-    xs = torch.minimum(ys, ys / a)
-    tol = 16 * torch.finfo(torch.float64).eps
-    for _ in range(1000):
-        step = LeakySoftplus._newton_step(xs, ys, a)
-        xs = xs - step
-        if bool((step.abs() <= tol * xs.abs().clamp(min=1.0)).all()):
-            return xs
-    raise RuntimeError(f"leaky-softplus roots for slope {a!r} did not converge in 1000 Newton steps")
-
-
-def _table_step(a: float) -> float:
-    """The node spacing ``h`` of the inverse table for slope ``a``: a power of two near
-    ``(1 + a) TABLE_X / TABLE_SIZE`` and at most ``TABLE_KINK a``, so that ``y / h`` is
-    exact in any float dtype.
-
-    Every inverse passes here first, so this also refuses a slope outside
-    ``[SLOPE_MIN, 1)``, whose inverse would not be exact: a learnable slope that
-    has drifted out. The floor gives way by a relative 2^-16 for a learnable
-    slope set to ``SLOPE_MIN`` itself, which float32's sigmoid rounds a few ulps
-    below it (the table is the same there)."""
-    if not SLOPE_MIN * (1 - 2.0**-16) <= a < 1.0:
-        raise ValueError(
-            f"alpha must lie in [{SLOPE_MIN:g}, 1), the slopes for which LeakySoftplus's "
-            f"inverse is exact, got {a!r}"
-        )
-    return 2.0 ** math.floor(math.log2(min((1 + a) * TABLE_X / TABLE_SIZE, TABLE_KINK * a)))
-
-
-def _inverse_table(a: float, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, float, int, int]:
-    """Cubic pieces of ``f^{-1}`` for :meth:`LeakySoftplus._initial_guess`: ``(rows, h, first, steps)``.
-
-    The nodes are ``y_j = j h`` with ``h = _table_step(a)``, covering
-    ``[-a TABLE_X, TABLE_X]``; with the grid anchored at 0 and ``h`` a power
-    of two, ``y / h`` and the offset into a
-    cell are exact in any float dtype, so the cell's position costs no
-    precision. Row ``i`` (shape (cells, 4)) holds ``(c0, c1, c2, c3)`` of
-    ``x = c0 + t (c1 + t (c2 + t c3))`` for ``t in [0, 1)`` across the cell
-    starting at node ``first + i``: the Hermite cubic through the roots and
-    slopes ``dx/dy = 1 / f'(x)``, plus a linear cell at each end on the
-    asymptotes ``x = y/a`` and ``x = y``, which extrapolate beyond.
-
-    ``steps`` (Newton steps to ``dtype`` precision) comes from the worst start
-    error: the cubics' (measured mid-cell, where a Hermite cubic errs most) or
-    the asymptotes', whichever is larger. The asymptotes err most where they
-    meet the cubics, at the end nodes: ``x = y/a`` by ``(1 - a) softplus(x) / a``,
-    ``x = y`` by ``(1 - a) softplus(-x)``.
-
-    Newton's error is ``e' = f''(z) e^2 / (2 f'(x))`` for the iterate ``x`` and
-    some ``z`` between it and the root. ``f''/f' = s (1 - s) / (c + s)`` (``s =
-    sigmoid``, ``c = a / (1 - a)``) peaks at ``s = sqrt(a) / (1 + sqrt(a))``, at
-    ``2K`` with ``K = (1 - sqrt(a)) / (2 (1 + sqrt(a)))`` (below 1/2), so ``log f'``
-    moves by at most ``2K |e|`` from ``x`` to ``z``. Every step lands right of the
-    root (``f`` is convex), where ``f'(x) >= f'(z)``: after the first,
-    ``e' <= K e^2``. The start may lie left: ``e' <= K e^{2K|e|} e^2``, and
-    never above ``(1 - a) / (8 a) e^2`` (``f'' <= (1 - a) / 4``, ``f' >= a``).
-    """
-    h = _table_step(a)
-    lo, hi = math.floor(-a * TABLE_X / h), math.ceil(TABLE_X / h)
-    ys = torch.arange(lo, hi + 1, dtype=torch.float64) * h
-    xs = _exact_roots(ys, a)
-    ms = h / LeakySoftplus._derivative(xs, a)  # dx/dt across one cell
-    p0, p1, m0, m1 = xs[:-1], xs[1:], ms[:-1], ms[1:]
-    cubic = torch.stack([p0, m0, 3 * (p1 - p0) - 2 * m0 - m1, 2 * (p0 - p1) + m0 + m1], dim=1)
-    left = torch.tensor([[(lo - 1) * h / a, h / a, 0.0, 0.0]], dtype=torch.float64)
-    right = torch.tensor([[hi * h, h, 0.0, 0.0]], dtype=torch.float64)
-    rows = torch.cat([left, cubic, right])
-    mid = _exact_roots(ys[:-1] + h / 2, a)
-    fit_error = float((_horner(cubic, torch.full_like(mid, 0.5)) - mid).abs().max())
-    x_lo, x_hi = float(xs[0]), float(xs[-1])  # x_lo < -TABLE_X < TABLE_X <= x_hi + 1
-    asymptote_error = (1 - a) * max(math.log1p(math.exp(x_lo)) / a, math.log1p(math.exp(-x_hi)))
-    error = 2.0 * max(fit_error, asymptote_error)  # a margin for rounding in dtype
-    k = (1 - math.sqrt(a)) / (2 * (1 + math.sqrt(a)))
-    tol = torch.finfo(dtype).eps / 4
-    steps = 0
-    while error > tol:
-        constant = k if steps else min(k * math.exp(2 * k * error), (1 - a) / (8 * a))
-        if constant * error >= 0.5 or steps == 16:  # no certain convergence: never in [SLOPE_MIN, 1)
-            raise RuntimeError(f"no Newton step count certified for the inverse table of slope {a!r}")
-        steps, error = steps + 1, constant * error**2
-    return rows.to(dtype=dtype, device=device).contiguous(), h, lo - 1, steps
-
-
-def _scratch(work: Optional[dict], name: str, like: torch.Tensor, dtype: Optional[torch.dtype] = None) -> Optional[torch.Tensor]:
-    """The buffer ``work[name]`` of ``like``'s shape and device (and ``dtype``, else ``like``'s),
-    made on first use; None without ``work``, for an operation's ``out`` to allocate."""
-    if work is None:
-        return None
-    buffer = work.get(name)
-    if buffer is None:
-        buffer = work[name] = torch.empty(like.shape, dtype=dtype or like.dtype, device=like.device)
-    return buffer
-
-
-def _horner(rows: torch.Tensor, t: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``c0 + t (c1 + t (c2 + t c3))`` for rows ``(..., 4)`` of coefficients and ``t`` of shape
-    ``(...)``, into ``out`` (like ``t``) if given; without autograd when ``out`` is given."""
-    c0, c1, c2, c3 = rows.unbind(-1)
-    if out is None:
-        return torch.addcmul(c0, t, torch.addcmul(c1, t, torch.addcmul(c2, t, c3)))
-    torch.addcmul(c2, t, c3, out=out)
-    torch.addcmul(c1, t, out, out=out)
-    return torch.addcmul(c0, t, out, out=out)
-
-
 def _product_chunk(n: int, lo: float, hi: float, dtype: torch.dtype, max_chunk: int = 8) -> int:
     """The largest divisor ``k <= max_chunk`` of ``n`` for which a product of ``k``
     factors in ``(lo, hi)`` stays a normal, finite number of ``dtype`` with a wide margin."""
@@ -568,7 +436,7 @@ class _FixedSlopeForward(torch.autograd.Function):
         ctx.a = a
         ctx.save_for_backward(s)
         logdet = torch.mul(s, 1 - a).add_(a).log_().sum(dim=1)
-        return LeakySoftplus._value(x, a), logdet
+        return leaky_softplus(x, a), logdet
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -596,7 +464,7 @@ class LeakySoftplus(nn.Module):
 
     def __init__(self, alpha: float = 0.1, learnable: bool = False) -> None:
         super().__init__()
-        # the same range and message as _table_step, which refuses a learnable slope that drifts out
+        # the same range and message as functional.table_step, which refuses a learnable slope that drifts out
         if not (isinstance(alpha, (int, float)) and SLOPE_MIN <= float(alpha) < 1.0):
             raise ValueError(
                 f"alpha must lie in [{SLOPE_MIN:g}, 1), the slopes for which LeakySoftplus's "
@@ -604,7 +472,6 @@ class LeakySoftplus(nn.Module):
             )
         self.fixed_alpha = float(alpha)
         self.learnable = learnable
-        self._tables: dict = {}
         if learnable:
             self.alpha_logit = nn.Parameter(torch.tensor(math.log(alpha / (1.0 - alpha))))
 
@@ -643,8 +510,8 @@ class LeakySoftplus(nn.Module):
             return _FixedSlopeForward.apply(x, a)
         # a learnable slope: autograd through the definition.
         # f'(x) lies in (a, 1): its log has no cancellation.
-        logdet = self._derivative(x, a).log_().sum(dim=1)
-        return self._value(x, a), logdet
+        logdet = leaky_softplus_log_derivative(x, a).sum(dim=1)
+        return leaky_softplus(x, a), logdet
 
     @staticmethod
     def _scaled_forward(x: torch.Tensor, a: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -655,7 +522,7 @@ class LeakySoftplus(nn.Module):
         layer's matrix) saves two passes over the batch.
         """
         c = a / (1 - a)
-        value = _softplus(x).add_(x, alpha=c)
+        value = softplus(x).add_(x, alpha=c)
         return value, _sum_log_abs(torch.sigmoid(x).add_(c), c, 1 + c)
 
     @staticmethod
@@ -690,111 +557,7 @@ class LeakySoftplus(nn.Module):
         return self._inverse(y)
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        a = self._slope(y)
-        with torch.no_grad():
-            a_value = float(a) if isinstance(a, float) else float(a.detach())
-            x = self._solve(y, a_value)  # no_grad: reading y records nothing
-        if torch.is_grad_enabled() and (y.requires_grad or self.learnable):
-            # One more Newton step, differentiable, from the detached root: its
-            # value does not move, and its gradient is the implicit-function
-            # gradient dx/dy = 1/f'(x) (and -df/da / f'(x) for a learnable a).
-            x = x - (self._value(x, a) - y) / self._derivative(x, a)
-        return x
-
-    def _solve(self, y: torch.Tensor, a: float) -> torch.Tensor:
-        """Root of ``f(x) = y`` elementwise, to float precision, without autograd.
-
-        Newton's error obeys ``e' <= C e^2`` with ``C < 1/2`` right of the root (see
-        :func:`_inverse_table`); from the table's start, whose worst error is measured
-        when the table is built, that fixes in advance how many steps reach the dtype's
-        precision (for a = 0.1: none in float32, one in float64; at most 3 in float32
-        and 4 in float64 over the accepted slopes), so no step is spent on checking
-        convergence. A slope outside ``[SLOPE_MIN, 1)`` raises a ValueError.
-        """
-        return self._solve_scaled(y * (1 / _table_step(a)), a, y=y)  # exact: h is a power of two
-
-    def _solve_scaled(
-        self, t: torch.Tensor, a: float, work: Optional[dict] = None, y: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
-        """:meth:`_solve` of ``y = t h`` (``h = _table_step(a)``), given ``t`` (B, n), which
-        is overwritten: :class:`LUNet` folds the ``1 / h`` into the matrix before.
-        ``work``: scratch buffers, as for :meth:`_initial_guess`; ``y``: ``t h``, if the
-        caller holds it (the Newton steps need it)."""
-        rows, h, first, steps = self._table(a, t.dtype, t.device)
-        if steps and y is None:
-            y = t * h
-        x = self._initial_guess(t, rows, first, work)
-        for _ in range(steps):
-            x = x.sub_(self._newton_step(x, y, a))
-        return x
-
-    @staticmethod
-    def _value(x: torch.Tensor, a) -> torch.Tensor:
-        """``f(x) = a x + (1 - a) softplus(x)``."""
-        if isinstance(a, float):
-            # in place on softplus's output, which its backward does not need
-            return _softplus(x).add_(x, alpha=a / (1 - a)).mul_(1 - a)
-        return a * x + (1 - a) * _softplus(x)
-
-    @staticmethod
-    def _derivative(x: torch.Tensor, a) -> torch.Tensor:
-        """``f'(x) = a + (1 - a) sigmoid(x)``; in place on the sigmoid when no graph is recorded
-        (sigmoid's backward needs its output)."""
-        s = torch.sigmoid(x)
-        s = s.mul(1 - a) if torch.is_grad_enabled() else s.mul_(1 - a)
-        return s.add_(a)
-
-    @classmethod
-    def _newton_step(cls, x: torch.Tensor, y: torch.Tensor, a: float) -> torch.Tensor:
-        """``(f(x) - y) / f'(x)``; in place on temporaries, so for use without autograd."""
-        return cls._value(x, a).sub_(y).div_(cls._derivative(x, a))
-
-    @staticmethod
-    def _initial_guess(t: torch.Tensor, rows: torch.Tensor, first: int, work: Optional[dict] = None) -> torch.Tensor:
-        """``f^{-1}(t h)`` from the cubic pieces ``rows`` of :func:`_inverse_table`, given ``t = y / h``
-        (B, n), which is overwritten; cell ``i`` starts at ``t = first + i``, and the two
-        end cells are linear and extend beyond.
-
-        ``work`` (a dict, filled on first use), if given, holds the scratch buffers for
-        calls on batches of one shape, so that a pass through several activations
-        allocates them once (faster on large batches). The result then lies in one
-        of them, overwritten by the next call.
-        """
-        start = torch.clamp(t, first, first + rows.shape[0] - 1, out=_scratch(work, "start", t))
-        start.floor_()  # the cell's first node
-        frac = t.sub_(start)  # exact: t minus a nearby integer
-        start.sub_(first)
-        index = start.long() if work is None else _scratch(work, "index", t, torch.int64).copy_(start)
-        # A NaN (from values that overflowed the dtype upstream) converts to an index far out of
-        # range. Kept in range, it reads some row and the result stays NaN. On a GPU an
-        # out-of-range gather would abort the device, so the index is always clamped there; on
-        # the CPU the gather raises instead, and only then is it clamped (no pass otherwise).
-        if index.device.type != "cpu":
-            index.clamp_(0, rows.shape[0] - 1)
-        try:
-            coefficients = LeakySoftplus._gather(rows, index, t, work)
-        except (IndexError, RuntimeError):
-            coefficients = LeakySoftplus._gather(rows, index.clamp_(0, rows.shape[0] - 1), t, work)
-        return _horner(coefficients, frac, out=start)
-
-    @staticmethod
-    def _gather(rows: torch.Tensor, index: torch.Tensor, t: torch.Tensor, work: Optional[dict]) -> torch.Tensor:
-        """The table rows ``rows[index]`` as coefficients of shape ``(*t.shape, 4)``."""
-        wide = _ROW_DTYPES.get(rows.dtype)
-        if wide is None:
-            return rows.index_select(0, index.reshape(-1)).view(*t.shape, 4)
-        # one gather of four-wide elements: much faster than four gathers
-        gathered = torch.take(rows.view(wide), index, out=_scratch(work, "rows", t, wide))
-        return gathered.view(t.dtype).view(*t.shape, 4)
-
-    def _table(self, a: float, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, float, int, int]:
-        """The cubic pieces of the inverse for slope ``a`` (see :func:`_inverse_table`), built once."""
-        key = (a, dtype, device)
-        entry = self._tables.get(key)
-        if entry is None:
-            entry = _inverse_table(a, dtype, device)
-            self._tables = {key: entry}  # one alpha at a time: a learnable slope replaces it
-        return entry
+        return leaky_softplus_inverse(y, self._slope(y))
 
     def extra_repr(self) -> str:
         return f"alpha={float(self.alpha.detach()):.4g}, learnable={self.learnable}"
