@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from lunet import FlowDistribution, LeakySoftplus, LULinear, LUNet
+from lunet import FlowDistribution, Inverse, LeakySoftplus, LULinear, LUNet, Sequential, Standardize
 
 D = 5
 LEADING = [(), (4,), (2, 3)]
@@ -32,13 +32,46 @@ def make_lunet() -> LUNet:
     return _perturbed(net, 1)
 
 
+class ShiftCoupling(torch.nn.Module):
+    """A user's own transform: the second half of the features shifted by a function of the first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Linear(D // 2, D - D // 2)
+
+    def forward(self, x):
+        a, b = x[..., : D // 2], x[..., D // 2 :]
+        return torch.cat([a, b + torch.tanh(self.net(a))], dim=-1), x.new_zeros(x.shape[:-1])
+
+    def inverse(self, y):
+        a, b = y[..., : D // 2], y[..., D // 2 :]
+        return torch.cat([a, b - torch.tanh(self.net(a))], dim=-1), y.new_zeros(y.shape[:-1])
+
+
+def make_standardize() -> Standardize:
+    return Standardize(D).double().fit(torch.randn(100, D, dtype=torch.float64) * 3 + 2)
+
+
+def make_sequential() -> Sequential:
+    torch.manual_seed(1)
+    parts = (make_standardize(), _perturbed(LULinear(D).double(), 6), LeakySoftplus(0.2).double(),
+             ShiftCoupling().double(), _perturbed(LULinear(D).double(), 7))
+    return Sequential(*parts)
+
+
 FACTORIES = {
     "LULinear-raw": lambda: _perturbed(LULinear(D, diag="raw").double(), 2),
     "LULinear-exp": lambda: _perturbed(LULinear(D, diag="exp").double(), 3),
     "LeakySoftplus-fixed": lambda: LeakySoftplus(0.1).double(),
     "LeakySoftplus-learnable": lambda: _perturbed(LeakySoftplus(0.3, learnable=True).double(), 4),
+    "Standardize": make_standardize,
+    "Sequential": make_sequential,
     "LUNet": make_lunet,
     "LUNet-frozen": lambda: make_lunet().frozen(),
+    "Inverse-LULinear": lambda: Inverse(_perturbed(LULinear(D).double(), 8)),
+    "Inverse-LeakySoftplus": lambda: Inverse(LeakySoftplus(0.1).double()),
+    "Inverse-Sequential": lambda: Inverse(make_sequential()),
+    "Inverse-LUNet": lambda: Inverse(make_lunet()),
 }
 ALL = pytest.mark.parametrize("name", list(FACTORIES))
 MODULES = pytest.mark.parametrize("name", [n for n in FACTORIES if n != "LUNet-frozen"])
@@ -55,7 +88,8 @@ def test_shapes_and_rows_are_independent(name, leading):
     x = inputs(leading)
     y, logdet = t(x)
     assert y.shape == x.shape and logdet.shape == x.shape[:-1]
-    assert t.inverse(y).shape == x.shape
+    x_back, inverse_logdet = t.inverse(y)
+    assert x_back.shape == x.shape and inverse_logdet.shape == x.shape[:-1]
     rows = x.reshape(-1, D)
     for i, row in enumerate(rows):  # a batched call is the row-by-row calls
         y_row, ld_row = t(row)
@@ -65,13 +99,60 @@ def test_shapes_and_rows_are_independent(name, leading):
 
 
 @ALL
-def test_round_trip_both_ways(name):
+def test_round_trip_both_ways_and_the_log_dets_cancel(name):
     t = FACTORIES[name]()
     x = inputs((2, 3))
-    y, _ = t(x)
-    torch.testing.assert_close(t.inverse(y), x, rtol=1e-10, atol=1e-10)
+    y, logdet = t(x)
+    x_back, inverse_logdet = t.inverse(y)
+    torch.testing.assert_close(x_back, x, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(logdet + inverse_logdet, torch.zeros_like(logdet), rtol=0, atol=1e-10)
     y2 = inputs((7,), seed=1)
-    torch.testing.assert_close(t(t.inverse(y2))[0], y2, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(t(t.inverse(y2)[0])[0], y2, rtol=1e-10, atol=1e-10)
+
+
+@MODULES
+def test_composed_with_its_inverse_it_is_the_identity(name):
+    """nflows' check: ``Sequential(Inverse(t), t)`` gives back its input with log-det 0."""
+    t = FACTORIES[name]()
+    y = inputs((3, 2), seed=2)
+    out, logdet = Sequential(Inverse(t), t)(y)
+    torch.testing.assert_close(out, y, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(logdet, torch.zeros_like(logdet), rtol=0, atol=1e-10)
+
+
+def test_a_sequential_is_its_parts_in_turn():
+    seq = make_sequential()
+    x = inputs((4,))
+    h, total = x, torch.zeros(4, dtype=torch.float64)
+    for part in seq:
+        h, ld = part(h)
+        total = total + ld
+    y, logdet = seq(x)
+    torch.testing.assert_close(y, h, rtol=0, atol=0)
+    torch.testing.assert_close(logdet, total, rtol=0, atol=0)
+    back, _ = seq.inverse(y)
+    for part in reversed(list(seq)):
+        y = part.inverse(y)[0]
+    torch.testing.assert_close(back, y, rtol=0, atol=0)
+
+
+def test_lunet_is_the_sequential_of_its_parts():
+    net = make_lunet()
+    std = Standardize(D).double()
+    std.mean.copy_(net.input_mean)
+    std.std.copy_(net.input_std)
+    parts = [std]
+    for i, block in enumerate(net.blocks):
+        parts.append(block)
+        if i < len(net.activations):
+            parts.append(net.activations[i])
+    seq = Sequential(*parts)
+    x = inputs((2, 3))
+    for a, b in zip(net(x), seq(x)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    z = inputs((5,), seed=3)
+    for a, b in zip(net.inverse(z), seq.inverse(z)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 @MODULES
@@ -80,6 +161,9 @@ def test_log_det_is_that_of_the_jacobian(name):
     x = inputs(())
     jacobian = torch.autograd.functional.jacobian(lambda v: t(v)[0], x)
     torch.testing.assert_close(t(x)[1], torch.linalg.slogdet(jacobian)[1], rtol=1e-10, atol=1e-10)
+    y = t(x)[0].detach()
+    inverse_jacobian = torch.autograd.functional.jacobian(lambda v: t.inverse(v)[0], y)
+    torch.testing.assert_close(t.inverse(y)[1], torch.linalg.slogdet(inverse_jacobian)[1], rtol=1e-9, atol=1e-9)
 
 
 def test_the_snapshot_is_the_flow():
@@ -89,6 +173,8 @@ def test_the_snapshot_is_the_flow():
     z_frozen, logdet_frozen = net.frozen()(x)
     torch.testing.assert_close(z_frozen, z, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(logdet_frozen, logdet, rtol=1e-10, atol=1e-10)
+    for a, b in zip(net.frozen().inverse(z), net.inverse(z)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("sample_shape", [(), (7,), (2, 3), 4], ids=str)

@@ -277,7 +277,7 @@ def test_sample_images_shape_range_and_definition(uncond_model):
     # standard prior: latents are T * eps, eps ~ N(0, I) from the generator, mapped back through the flow
     eps = torch.randn(12, D, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     with torch.no_grad():
-        expected = pre.to_images(model.inverse((0.8 * eps).float()).double())
+        expected = pre.to_images(model.inverse((0.8 * eps).float())[0].double())
     torch.testing.assert_close(imgs, expected)
     again = sample_images(model, pre, 12, temperature=0.8, generator=torch.Generator().manual_seed(3))
     assert torch.equal(imgs, again)
@@ -299,12 +299,12 @@ def test_sample_images_fitted_prior_and_zero_temperature(uncond_model):
     # T scales the spread around the fitted mean: a small T gives images close to the image of the mean
     cold = sample_images(model, pre, 5, temperature=1e-6, prior=(mean, chol), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        image_of_mean = pre.to_images(model.inverse(mean.float().expand(5, D)).double())
+        image_of_mean = pre.to_images(model.inverse(mean.float().expand(5, D))[0].double())
     torch.testing.assert_close(cold, image_of_mean, rtol=0, atol=1e-3)
     # the standard prior N(0, T^2 I) at small T: the image of z = 0
     cold_std = sample_images(model, pre, 3, temperature=1e-6, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        image_of_origin = pre.to_images(model.inverse(torch.zeros(3, D)).double())
+        image_of_origin = pre.to_images(model.inverse(torch.zeros(3, D))[0].double())
     torch.testing.assert_close(cold_std, image_of_origin, rtol=0, atol=1e-3)
     assert (image_of_mean[0] - image_of_origin[0]).abs().max() > 1e-2  # the two priors really differ
     # both samplers require a positive temperature

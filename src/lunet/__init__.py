@@ -4,11 +4,15 @@ from lunet.distributions import FlowDistribution
 from lunet.flow import ClassConditionalFlow, LUNet, standard_normal_log_prob
 from lunet.frozen import FrozenLUNet
 from lunet.layers import LeakySoftplus, LULinear
+from lunet.transforms import Inverse, Sequential, Standardize
 
 __all__ = [
     "LULinear",
     "LeakySoftplus",
     "LUNet",
+    "Sequential",
+    "Inverse",
+    "Standardize",
     "FrozenLUNet",
     "FlowDistribution",
     "ClassConditionalFlow",

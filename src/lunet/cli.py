@@ -248,7 +248,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
             logits, _ = pre.to_model_space(test_x[[a, b]], gen, dtype=ref.dtype)
             z = model(logits.to(ref.device))[0]
             w = torch.linspace(0, 1, args.steps, dtype=ref.dtype, device=ref.device).unsqueeze(1)
-            frames.append(pre.to_images(model.inverse((1 - w) * z[0] + w * z[1]).cpu()))
+            frames.append(pre.to_images(model.inverse((1 - w) * z[0] + w * z[1])[0].cpu()))
     save_image_grid(torch.cat(frames).reshape(-1, 28, 28), args.out, nrow=args.steps, title="latent interpolation between test images")
     print(f"wrote {args.out}")
     return 0

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from lunet.checks import check_batch, check_features, check_positive_int, check_temperature, sample_shape_of
+from lunet.functional import leaky_softplus_log_derivative
 from lunet.layers import LeakySoftplus, LULinear
 
 if TYPE_CHECKING:
@@ -157,18 +158,28 @@ class LUNet(nn.Module):
             return h, const.expand(x.shape[0])
         return h, logdet + const
 
-    def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        """``z`` (..., dim) -> ``x`` (..., dim), the exact inverse of :meth:`forward`."""
+    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``z`` (..., dim) -> ``x`` (..., dim), the exact inverse of :meth:`forward`, and
+        ``log|det dx/dz|`` (...)."""
         check_features(z, self.dim, like=self.input_std)
-        return self._inverse(z.reshape(-1, self.dim)).view(z.shape)
+        x, logdet = self._inverse(z.reshape(-1, self.dim), with_logdet=True)
+        return x.view(z.shape), logdet.reshape(z.shape[:-1])
 
-    def _inverse(self, z: torch.Tensor) -> torch.Tensor:
+    def _inverse(self, z: torch.Tensor, with_logdet: bool = False):
+        """``x`` (B, dim), and with ``with_logdet`` also ``log|det dx/dz|`` (B,)."""
         h = z
+        logdet = torch.log(self.input_std).sum() if with_logdet else None
         for i in reversed(range(len(self.blocks))):
             if i < len(self.activations):
-                h = self.activations[i]._inverse(h)
+                act = self.activations[i]
+                h = act._inverse(h)
+                if with_logdet:
+                    logdet = logdet - leaky_softplus_log_derivative(h, act._slope(h)).sum(dim=-1)
             h = self.blocks[i]._inverse(h)
-        return torch.addcmul(self.input_mean, h, self.input_std)
+            if with_logdet:
+                logdet = logdet - self.blocks[i].log_abs_det()
+        x = torch.addcmul(self.input_mean, h, self.input_std)
+        return (x, logdet.expand(z.shape[0])) if with_logdet else x
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """``log p(x)`` in nats under the standard normal latent, (..., dim) -> (...)."""

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from lunet.checks import check_features, check_temperature, sample_shape_of
-from lunet.functional import solve_scaled, table_step
+from lunet.functional import leaky_softplus_log_derivative, solve_scaled, table_step
 from lunet.layers import FrozenAffine, LeakySoftplus, output_major
 
 if TYPE_CHECKING:
@@ -93,10 +93,11 @@ class FrozenLUNet:
         return standard_normal_log_prob(z) + logdet
 
     @torch.no_grad()
-    def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        """``z`` (..., dim) -> ``x`` (..., dim), the inverse of :meth:`forward`."""
+    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``z`` (..., dim) -> ``x`` (..., dim), the inverse of :meth:`forward`, and ``log|det dx/dz|`` (...)."""
         check_features(z, self.dim, like=self._flow.input_std)
-        return self._inverse(z.reshape(-1, self.dim)).view(z.shape)
+        x, logdet = self._inverse(z.reshape(-1, self.dim), with_logdet=True)
+        return x.view(z.shape), logdet.reshape(z.shape[:-1])
 
     @torch.no_grad()
     def sample(
@@ -139,17 +140,31 @@ class FrozenLUNet:
             return self._forward(x, exact=True)
         return u, logdet.add_(const)
 
-    def _inverse(self, z: torch.Tensor) -> torch.Tensor:
-        """The sampling pass from the folded matrices of :meth:`_inverse_plan`."""
+    def _inverse(self, z: torch.Tensor, with_logdet: bool = False):
+        """The sampling pass from the folded matrices of :meth:`_inverse_plan`: ``x`` (B, dim),
+        and with ``with_logdet`` also ``log|det dx/dz|`` (B,)."""
         layers, slopes = self._inverse_plan()
         h = layers[0](z)
         # the activations' scratch buffers, made once per pass; for a small batch their
         # bookkeeping costs more than the allocations it saves
         work = {} if z.shape[0] >= 64 else None
+        logdet = None
         for layer, a in zip(layers[1:], slopes):
             x = solve_scaled(h, a, work)  # overwrites h, whose buffer then takes the product
+            if with_logdet:
+                ld = leaky_softplus_log_derivative(x, a).sum(dim=-1)
+                logdet = ld if logdet is None else logdet.add_(ld)
             h = layer(x, out=h)
-        return h
+        if not with_logdet:
+            return h
+        const = self._inverse_log_det_constant()
+        return h, (const.expand(z.shape[0]) if logdet is None else const - logdet)
+
+    def _inverse_log_det_constant(self) -> torch.Tensor:
+        """``log|det dx/dz|`` without the activations' part: ``sum log std - sum_blocks log|det A|`` (0-dim)."""
+        flow = self._flow
+        const = torch.log(flow.input_std.double()).sum() - sum(block.log_abs_det().double() for block in flow.blocks)
+        return const.to(self.dtype)
 
     # -- the folded matrices -------------------------------------------------------
     def _forward_plan(self) -> tuple[list[FrozenAffine], list[float], torch.Tensor]:

@@ -300,7 +300,7 @@ def sample_images(
     else:
         mean, chol = prior
         z = mean + temperature * eps @ chol.T
-    logits = model.inverse(z.to(device=device, dtype=dtype))
+    logits = model.inverse(z.to(device=device, dtype=dtype))[0]
     if not bool(torch.isfinite(logits).all()):
         raise ValueError(
             f"samples at temperature {temperature:g} overflow {dtype} inside the network; use a lower temperature"

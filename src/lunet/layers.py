@@ -3,7 +3,8 @@
 Conventions: inputs have shape ``(..., n)``, any leading batch dimensions and
 the ``n`` features last. Every module maps the data side to the latent side in
 ``forward`` and returns ``(output, log|det J|)`` with the log-determinant per
-row, shape ``x.shape[:-1]``; ``inverse`` maps back and returns the input alone.
+row, shape ``x.shape[:-1]``; ``inverse`` maps back and returns
+``(input, log|det J^{-1}|)`` likewise.
 """
 
 from __future__ import annotations
@@ -369,10 +370,12 @@ class LULinear(nn.Module):
             x, self.lu, self.diagonal_u(), self.bias, self.strict_lower_mask, self.strict_upper_mask
         )
 
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        """``y`` (..., n) -> ``x = U^{-1} L^{-1} (y - b)`` (..., n), by two triangular solves."""
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``y`` (..., n) -> ``x = U^{-1} L^{-1} (y - b)`` (..., n) by two triangular solves,
+        and ``log|det dx/dy| = -sum_i log|U_ii|`` (...)."""
         check_features(y, self.dim, like=self.lu)
-        return self._inverse(y.reshape(-1, self.dim)).view(y.shape)
+        x = self._inverse(y.reshape(-1, self.dim)).view(y.shape)
+        return x, (-self.log_abs_det()).expand(y.shape[:-1])
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         self._check_invertible()
@@ -551,10 +554,12 @@ class LeakySoftplus(nn.Module):
         torch.log(s, out=out).add_(u, alpha=c)
         return _sum_log_abs(s.sub_(1 + c), c, 1 + c), in_range
 
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        """``y`` of any shape of at least one dimension -> ``f^{-1}(y)`` elementwise, exact to float precision."""
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``y`` (..., n), any shape of at least one dimension -> ``x = f^{-1}(y)`` elementwise, exact
+        to float precision, and ``log|det dx/dy| = -sum_i log f'(x_i)`` over the last dimension (...)."""
         check_features(y)
-        return self._inverse(y)
+        x = self._inverse(y)
+        return x, -leaky_softplus_log_derivative(x, self._slope(x)).sum(dim=-1)
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         return leaky_softplus_inverse(y, self._slope(y))

@@ -138,9 +138,9 @@ class CheckerboardCoupling(nn.Module):
         s, t = self._st(x * self.mask)
         return x * torch.exp(s) + t, s.flatten(1).sum(1)
 
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s, t = self._st(y * self.mask)
-        return (y - t) * torch.exp(-s)
+        return (y - t) * torch.exp(-s), -s.flatten(1).sum(1)
 
 
 class ChannelCoupling(nn.Module):
@@ -164,10 +164,10 @@ class ChannelCoupling(nn.Module):
         s, t = self.net(kept)
         return self._join(kept, moved * torch.exp(s) + t), s.flatten(1).sum(1)
 
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         kept, moved = self._split(y)
         s, t = self.net(kept)
-        return self._join(kept, (moved - t) * torch.exp(-s))
+        return self._join(kept, (moved - t) * torch.exp(-s)), -s.flatten(1).sum(1)
 
 
 def squeeze(x: torch.Tensor) -> torch.Tensor:
@@ -209,16 +209,20 @@ class Scale(nn.Module):
         on, out = x.chunk(2, dim=1)
         return on, out, logdet
 
-    def inverse(self, on: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
+    def inverse(self, on: torch.Tensor, out: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (the scale's input, log-det of the inverse per sample)."""
         x = on
+        logdet = on.new_zeros(on.shape[0])
         if not self.last:
             x = torch.cat((on, out), dim=1)
             for coupling in reversed(self.channel):
-                x = coupling.inverse(x)
+                x, ld = coupling.inverse(x)
+                logdet = logdet + ld
             x = unsqueeze(x)
         for coupling in reversed(self.checker):
-            x = coupling.inverse(x)
-        return x
+            x, ld = coupling.inverse(x)
+            logdet = logdet + ld
+        return x, logdet
 
 
 class RealNVP(nn.Module):
@@ -307,20 +311,22 @@ class RealNVP(nn.Module):
         pieces.append(h.reshape(b, -1))
         return torch.cat(pieces, dim=1), logdet
 
-    def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        """``z`` (B, dim) -> ``x`` (B, dim), the exact inverse of :meth:`forward`."""
+    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``z`` (B, dim) -> ``x`` (B, dim), the exact inverse of :meth:`forward`, and ``log|det dx/dz|`` (B,)."""
         check_batch(z, self.dim, like=self._ref())
         return self._inverse(z)
 
-    def _inverse(self, z: torch.Tensor) -> torch.Tensor:
+    def _inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = z.shape[0]
         sizes = [c * hh * ww for c, hh, ww in self._latent_shapes]
         pieces = [p.reshape(b, *shape) for p, shape in zip(z.split(sizes, dim=1), self._latent_shapes)]
         h = pieces[-1]
+        logdet = z.new_zeros(b)
         for k in reversed(range(self.num_scales)):
             scale = self.scales[k]
-            h = scale.inverse(h, None if scale.last else pieces[k])
-        return h.reshape(b, self.dim)
+            h, ld = scale.inverse(h, None if scale.last else pieces[k])
+            logdet = logdet + ld
+        return h.reshape(b, self.dim), logdet
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """``log p(x)`` in nats under the standard normal latent, (B, dim) -> (B,)."""
@@ -344,4 +350,4 @@ class RealNVP(nn.Module):
             raise ValueError(f"temperature must be positive, got {temperature!r}")
         ref = self._ref()
         z = torch.randn(num_samples, self.dim, generator=generator, dtype=ref.dtype, device=ref.device)
-        return self._inverse(z * temperature)
+        return self._inverse(z * temperature)[0]

@@ -1,0 +1,110 @@
+"""Composition of invertible transforms: ``Sequential``, ``Inverse`` and the fixed ``Standardize``.
+
+Every transform here, like :class:`~lunet.LULinear`, :class:`~lunet.LeakySoftplus`
+and :class:`~lunet.LUNet`, is an ``nn.Module`` that maps the data side to the
+latent side: ``forward(x) -> (y, log|det dy/dx|)`` and ``inverse(y) -> (x,
+log|det dx/dy|)``, inputs ``(..., features)`` with any leading dimensions and
+log-dets of shape ``x.shape[:-1]``. Any module that keeps this contract,
+a coupling layer of your own for instance, composes with them.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from lunet.checks import check_features
+
+
+class Sequential(nn.Module):
+    """``t_n ∘ ... ∘ t_1``: ``forward`` runs the transforms in order and adds their log-dets,
+    ``inverse`` runs their inverses in reverse order.
+
+    Example::
+
+        flow = Sequential(LULinear(4), LeakySoftplus(), LULinear(4))
+        z, logdet = flow(torch.randn(10, 4))     # (10, 4), (10,)
+        x, inverse_logdet = flow.inverse(z)      # inverse_logdet == -logdet
+    """
+
+    def __init__(self, *transforms: nn.Module) -> None:
+        super().__init__()
+        if not transforms:
+            raise ValueError("Sequential needs at least one transform")
+        self.transforms = nn.ModuleList(transforms)
+
+    def __iter__(self) -> Iterable[nn.Module]:
+        return iter(self.transforms)
+
+    def __len__(self) -> int:
+        return len(self.transforms)
+
+    def __getitem__(self, index: int) -> nn.Module:
+        return self.transforms[index]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` (..., D) -> ``y`` (..., D'), the sum of the parts' ``log|det|`` (...)."""
+        logdet = None
+        for t in self.transforms:
+            x, ld = t(x)
+            logdet = ld if logdet is None else logdet + ld  # out of place: a part may return an expanded view
+        return x, logdet
+
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``y`` -> ``x``, the parts' inverses in reverse order, and the sum of their ``log|det|`` (...)."""
+        logdet = None
+        for t in reversed(self.transforms):
+            y, ld = t.inverse(y)
+            logdet = ld if logdet is None else logdet + ld
+        return y, logdet
+
+
+class Inverse(nn.Module):
+    """``t^{-1}`` as a transform: its ``forward`` is ``t.inverse`` and its ``inverse`` is ``t``.
+    Shares ``t``'s parameters."""
+
+    def __init__(self, transform: nn.Module) -> None:
+        super().__init__()
+        self.transform = transform
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform.inverse(x)
+
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(y)
+
+
+class Standardize(nn.Module):
+    """The fixed elementwise map ``y = (x - mean) / std``, ``log|det| = -sum_i log std_i``.
+
+    ``mean`` and ``std`` (features,) are buffers (they follow ``.to()`` and are
+    saved in ``state_dict``), not parameters; :meth:`fit` sets them from data.
+    """
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.features = features
+        self.register_buffer("mean", torch.zeros(features))
+        self.register_buffer("std", torch.ones(features))
+
+    @torch.no_grad()
+    def fit(self, data: torch.Tensor, min_std: float = 1e-3) -> "Standardize":
+        """Set ``mean`` and ``std`` from ``data`` (N, features); ``std`` is floored at ``min_std``."""
+        check_features(data, self.features, "data")
+        rows = data.reshape(-1, self.features)
+        self.mean.copy_(rows.mean(dim=0))
+        self.std.copy_(rows.std(dim=0).clamp_min(min_std))
+        return self
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        check_features(x, self.features, like=self.std)
+        return (x - self.mean) / self.std, (-torch.log(self.std).sum()).expand(x.shape[:-1])
+
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        check_features(y, self.features, like=self.std)
+        return torch.addcmul(self.mean, y, self.std), torch.log(self.std).sum().expand(y.shape[:-1])
+
+    def extra_repr(self) -> str:
+        return f"features={self.features}"
