@@ -230,3 +230,37 @@ def test_an_int_or_a_shape_but_nothing_else():
         with pytest.raises(ValueError, match="sample_shape"):
             net.sample(bad)
     assert math.prod(net.sample((0, 3)).shape) == 0
+
+
+def test_a_transformed_distribution_over_the_adapter_is_the_flows_density():
+    from torch.distributions import Independent, Normal, TransformedDistribution
+
+    from lunet import TorchTransform
+
+    net = make_lunet()
+    base = Independent(Normal(torch.zeros(D, dtype=torch.float64), torch.ones(D, dtype=torch.float64)), 1)
+    dist = TransformedDistribution(base, [TorchTransform(net)])
+    x = inputs((2, 3))
+    torch.testing.assert_close(dist.log_prob(x), net.log_prob(x), rtol=1e-10, atol=1e-10)
+    drawn = dist.rsample((7,))
+    assert drawn.shape == (7, D)
+    torch.testing.assert_close(dist.log_prob(drawn), net.log_prob(drawn), rtol=1e-10, atol=1e-10)
+    seq = make_sequential()  # a composition with a user's coupling adapts the same way
+    torch.testing.assert_close(TransformedDistribution(base, [TorchTransform(seq)]).log_prob(x),
+                               base.log_prob(seq(x)[0]) + seq(x)[1], rtol=1e-10, atol=1e-10)
+
+
+def test_a_distribution_over_another_base():
+    from torch.distributions import Independent, StudentT
+
+    net = make_lunet()
+    base = Independent(StudentT(3.0, torch.zeros(D, dtype=torch.float64), torch.ones(D, dtype=torch.float64)), 1)
+    dist = net.distribution(base=base)
+    x = inputs((4,))
+    z, logdet = net(x)
+    torch.testing.assert_close(dist.log_prob(x), base.log_prob(z) + logdet, rtol=1e-12, atol=1e-12)
+    assert dist.sample((3,)).shape == (3, D)
+    with pytest.raises(ValueError, match="not both"):
+        net.distribution(temperature=0.5, base=base)
+    with pytest.raises(ValueError, match="event_shape"):
+        net.distribution(base=Independent(StudentT(3.0, torch.zeros(D + 1, dtype=torch.float64)), 1))

@@ -1,6 +1,6 @@
 """lunet: LU-Net, invertible neural networks and normalizing flows from LU factorisation."""
 
-from lunet.distributions import FlowDistribution
+from lunet.distributions import FlowDistribution, TorchTransform
 from lunet.flow import ClassConditionalFlow, LUNet, standard_normal_log_prob
 from lunet.frozen import FrozenLUNet
 from lunet.layers import LeakySoftplus, LULinear
@@ -15,6 +15,7 @@ __all__ = [
     "Standardize",
     "FrozenLUNet",
     "FlowDistribution",
+    "TorchTransform",
     "ClassConditionalFlow",
     "standard_normal_log_prob",
 ]

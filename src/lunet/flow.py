@@ -210,12 +210,14 @@ class LUNet(nn.Module):
             z.mul_(temperature)
         return self._inverse(z).view(*shape, self.dim)
 
-    def distribution(self, temperature: float = 1.0) -> "FlowDistribution":
+    def distribution(
+        self, temperature: float = 1.0, base: Optional[torch.distributions.Distribution] = None
+    ) -> "FlowDistribution":
         """This flow as a ``torch.distributions.Distribution`` over ``(dim,)`` vectors, with latent
-        ``N(0, temperature^2 I)``; it reads the flow's current weights on every call."""
+        ``N(0, temperature^2 I)`` or ``base``; it reads the flow's current weights on every call."""
         from lunet.distributions import FlowDistribution
 
-        return FlowDistribution(self, temperature)
+        return FlowDistribution(self, temperature, base)
 
     def frozen(self) -> "FrozenLUNet":
         """A snapshot of this flow for fast inference (density, inverse, sampling; no autograd).
