@@ -264,3 +264,30 @@ def test_a_distribution_over_another_base():
         net.distribution(temperature=0.5, base=base)
     with pytest.raises(ValueError, match="event_shape"):
         net.distribution(base=Independent(StudentT(3.0, torch.zeros(D + 1, dtype=torch.float64)), 1))
+
+
+def test_a_sequentials_snapshot_folds_its_lu_runs_and_copies_the_rest():
+    from lunet import FrozenLUNet
+
+    seq = make_sequential()  # Standardize, LU, activation, the user's coupling, LU
+    frozen = seq.frozen()
+    assert [type(s).__name__ for s in frozen.stages] == ["FrozenLUNet", "LeakySoftplus", "ShiftCoupling", "FrozenLUNet"]
+    x = inputs((2, 3))
+    for a, b in zip(frozen(x), seq(x)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    z = inputs((4,), seed=5)
+    for a, b in zip(frozen.inverse(z), seq.inverse(z)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    before = frozen(x)[0]
+    with torch.no_grad():
+        seq[3].net.weight.data.mul_(2.0)  # the copied coupling is a snapshot too
+        seq[1].lu.data.mul_(0.5)
+    assert torch.equal(frozen(x)[0], before)
+    # a whole LU-Net pattern folds into one snapshot pass
+    torch.manual_seed(2)
+    chain = Sequential(*(_perturbed(m.double(), k) for k, m in enumerate(
+        [LULinear(D), LeakySoftplus(0.1), LULinear(D), LeakySoftplus(0.1), LULinear(D)])))
+    folded = chain.frozen()
+    assert len(folded.stages) == 1 and isinstance(folded.stages[0], FrozenLUNet)
+    for a, b in zip(folded(x), chain(x)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
