@@ -7,9 +7,7 @@
 2. Sampling and density at batches 1, 4 and 32: the frozen products split
    among 2 threads by output columns, one product each on 2 threads, 1 thread;
    and chains of four products alone, split and not, at widths 512 to 1,024
-   and batches 1 to 256: where the split pays; and sampling and density at
-   batch 1 with the split's views of each matrix kept between calls (the
-   default) against made anew in every call.
+   and batches 1 to 256: where the split pays.
 3. Density at batch 1,000 with the standardisation, the activations' ``1 - a``
    and the signs folded into a frozen snapshot's matrices and each activation from
    one sigmoid, against the same plan with softplus and sigmoid, and the module's
@@ -36,8 +34,9 @@ from typing import Callable, Iterable
 
 import torch
 
-import lunet.layers as layers
 from lunet import functional
+from lunet.fast.affine import FrozenAffine, output_major
+from lunet.layers import LeakySoftplus
 from lunet.bench import _training_step
 from lunet.checkpoint import build_model
 from lunet.images import paper_lunet_spec
@@ -73,19 +72,16 @@ def block_depths(rounds: int) -> dict[int, float]:
     torch.manual_seed(0)
     model = build_model(paper_lunet_spec())
     step = _training_step(model, torch.randn(256, 784))
-    leaves = {0: 10**9, 1: 392, 2: 196, 3: 98, 4: 49}  # BLOCK_LEAF giving each depth at width 784
-    saved = layers.BLOCK_LEAF
+    leaves = {0: 10**9, 1: 392, 2: 196, 3: 98, 4: 49}  # the block_leaf giving each depth at width 784
     times: dict[int, list[float]] = {d: [] for d in leaves}
-    try:
-        for _ in range(3):
-            step()
-        for _ in range(rounds):
-            for depth, leaf in leaves.items():
-                layers.BLOCK_LEAF = leaf
-                step()  # one untimed step after each switch
-                times[depth].append(_seconds(step, 2))
-    finally:
-        layers.BLOCK_LEAF = saved
+    for _ in range(3):
+        step()
+    for _ in range(rounds):
+        for depth, leaf in leaves.items():
+            for block in model.blocks:
+                block.block_leaf = leaf
+            step()  # one untimed step after each switch
+            times[depth].append(_seconds(step, 2))
     return {d: statistics.median(t) for d, t in times.items()}
 
 
@@ -94,44 +90,43 @@ def small_batches(rounds: int, batches: tuple[int, ...] = (1, 4, 32)) -> dict[st
     with the frozen products split among 2 threads by output columns (the default), as
     one product each on 2 threads, and on 1 thread (where nothing is split)."""
     torch.manual_seed(0)
-    model = build_model(paper_lunet_spec()).frozen()
-    saved = torch.get_num_threads(), layers.SPLIT_BELOW_ROWS
-    variants = {"split, 2 threads": (2, saved[1]), "one product, 2 threads": (2, 0), "1 thread": (1, saved[1])}
+    flow = build_model(paper_lunet_spec())
+    split, whole = flow.frozen(), flow.frozen(split_below_rows=0)
+    saved = torch.get_num_threads()
+    variants = {"split, 2 threads": (2, split), "one product, 2 threads": (2, whole), "1 thread": (1, split)}
     times = {f"{task} {name}": {b: [] for b in batches} for task in ("sampling", "density") for name in variants}
     xs = {b: torch.randn(b, 784) for b in batches}  # as in `lunet bench --micro`
     try:
-        with torch.no_grad():
-            for _ in range(rounds):
-                for name, (threads, split_below) in variants.items():
-                    torch.set_num_threads(threads)
-                    layers.SPLIT_BELOW_ROWS = split_below
-                    for b in batches:
-                        for task, fn in (("sampling", lambda: model.sample(b)), ("density", lambda: model.log_prob(xs[b]))):
-                            _seconds(fn, 5)
-                            times[f"{task} {name}"][b].append(_seconds(fn, 30))
+        for _ in range(rounds):
+            for name, (threads, model) in variants.items():
+                torch.set_num_threads(threads)
+                for b in batches:
+                    for task, fn in (("sampling", lambda: model.sample(b)), ("density", lambda: model.log_prob(xs[b]))):
+                        _seconds(fn, 5)
+                        times[f"{task} {name}"][b].append(_seconds(fn, 30))
     finally:
-        torch.set_num_threads(saved[0])
-        layers.SPLIT_BELOW_ROWS = saved[1]
+        torch.set_num_threads(saved)
     return {k: {b: statistics.median(v) for b, v in per.items()} for k, per in times.items()}
 
 
 def split_bounds(rounds: int, widths: tuple[int, ...] = (512, 640, 784, 1024), batches: tuple[int, ...] = (1, 4, 16, 64, 128, 256)) -> dict[tuple[int, int], tuple[float, float]]:
     """Median times (s) of a chain of four frozen products (``FrozenAffine``) on 2 threads,
     split among the threads by output columns and as one product, per (width, batch):
-    the measurements behind ``SPLIT_BELOW_ROWS`` and ``SPLIT_MIN_BYTES``."""
+    the measurements behind the defaults of ``split_below_rows`` and ``split_min_bytes``."""
     torch.manual_seed(0)
-    saved = torch.get_num_threads(), layers.SPLIT_BELOW_ROWS, layers.SPLIT_MIN_BYTES
+    saved = torch.get_num_threads()
     times: dict[tuple[int, int], tuple[list[float], list[float]]] = {}
     try:
         torch.set_num_threads(2)
-        layers.SPLIT_MIN_BYTES = 0
         for width in widths:
-            # made while SPLIT_MIN_BYTES is 0: every width may split
-            mats = [layers.FrozenAffine(layers.output_major(torch.randn(width, width) / width**0.5, torch.float32), torch.randn(width)) for _ in range(4)]
+            weights = [(output_major(torch.randn(width, width) / width**0.5, torch.float32), torch.randn(width)) for _ in range(4)]
+            # split_min_bytes=0: every width may split; the row bound decides
+            chains = {below: [FrozenAffine(w, b, split_below_rows=below, split_min_bytes=0) for w, b in weights]
+                      for below in (10**9, 0)}
             for batch in batches:
                 x = torch.randn(batch, width)
 
-                def chain() -> None:
+                def chain(mats: list) -> None:
                     h = x
                     for layer in mats:
                         h = layer(h)
@@ -139,13 +134,11 @@ def split_bounds(rounds: int, widths: tuple[int, ...] = (512, 640, 784, 1024), b
                 split, whole = [], []
                 for _ in range(rounds):
                     for below, out in ((10**9, split), (0, whole)):
-                        layers.SPLIT_BELOW_ROWS = below
-                        chain()
-                        out.append(_seconds(chain, 10))
+                        chain(chains[below])
+                        out.append(_seconds(lambda: chain(chains[below]), 10))
                 times[width, batch] = (statistics.median(split), statistics.median(whole))
     finally:
-        torch.set_num_threads(saved[0])
-        layers.SPLIT_BELOW_ROWS, layers.SPLIT_MIN_BYTES = saved[1], saved[2]
+        torch.set_num_threads(saved)
     return times
 
 
@@ -194,7 +187,7 @@ def activation_training(rounds: int) -> dict[str, float]:
     """Median time (s) of one leaky-softplus forward and backward (value and log-det) at
     batch 256, width 784: the fixed slope's written-out backward against autograd through
     the definition (the learnable slope's path, here with the slope fixed)."""
-    act = layers.LeakySoftplus(0.1)
+    act = LeakySoftplus(0.1)
     x = (3 * torch.randn(256, 784)).requires_grad_()
     g_value, g_logdet = torch.randn(256, 784), torch.randn(256)
 
@@ -225,43 +218,9 @@ def sampling_modes(rounds: int) -> dict[str, dict[int, float]]:
     return out
 
 
-def split_views(rounds: int) -> dict[str, dict[str, float]]:
-    """Median times (s) of a snapshot's ``sample(1)`` and ``log_prob`` at batch 1 on 2 threads,
-    with each plan layer's split views of its matrix kept between calls and made anew per
-    call. Each variant runs 40 calls in a row, so both find the matrices as warm as in use."""
-    torch.manual_seed(0)
-    model = build_model(paper_lunet_spec()).frozen()
-    x = torch.randn(1, 784)
-    saved = torch.get_num_threads()
-    calls = {"sample": lambda: model.sample(1), "density": lambda: model.log_prob(x)}
-    out: dict[str, dict[str, float]] = {"views kept": {}, "views made per call": {}}
-    try:
-        torch.set_num_threads(2)
-        with torch.no_grad():
-            plan_layers = model._forward_plan()[0] + model._inverse_plan()[0]
-
-            def forget_views() -> None:
-                for layer in plan_layers:
-                    layer._split = (1, None)
-
-            for name, call in calls.items():
-                times: dict[str, list[float]] = {variant: [] for variant in out}
-                for _ in range(rounds):
-                    call()
-                    times["views kept"].append(_seconds(call, 40))
-                    forget_views()
-                    call()
-                    times["views made per call"].append(_seconds(lambda: (forget_views(), call()), 40))
-                for variant, t in times.items():
-                    out[variant][name] = statistics.median(t)
-    finally:
-        torch.set_num_threads(saved)
-    return out
-
-
 def compiled_activation(rounds: int) -> dict[str, float]:
     """Median time (s) of the leaky-softplus forward at batch 1,000, eager and compiled."""
-    act = layers.LeakySoftplus(0.1)
+    act = LeakySoftplus(0.1)
     x = torch.randn(1000, 784)
     start = time.perf_counter()
     compiled = torch.compile(act._forward)
@@ -298,11 +257,6 @@ def main() -> None:
             [f"batch {b}", *(f"{bounds[w, b][0] * 1e3:.3f} / {bounds[w, b][1] * 1e3:.3f} ms" for w in widths)]
             for b in sorted({b for _, b in bounds})
         ),
-    )
-    views = split_views(args.rounds)
-    _print_table(
-        ["batch 1, 2 threads", "sampling, ms", "density, ms"],
-        ([name, f"{per['sample'] * 1e3:.3f}", f"{per['density'] * 1e3:.3f}"] for name, per in views.items()),
     )
     folding = density_folding(args.rounds)
     _print_table(["density, batch 1,000", "ms"], ([name, f"{t * 1e3:.1f}"] for name, t in folding.items()))

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lunet import LeakySoftplus, LULinear, functional
+from lunet.fast.activation import negated_forward
 
 DTYPES = [torch.float32, torch.float64]
 # Worst relative round-trip error we accept, in units of the dtype's epsilon.
@@ -278,16 +279,15 @@ def polished_roots(y, alpha):
 
 @pytest.mark.parametrize("blocked", [False, True], ids=["plain", "blocked"])
 @pytest.mark.parametrize("n,depth", [(7, 0), (6, 1), (12, 2), (8, 3)])
-def test_triangular_affine_backward_matches_finite_differences(n, depth, blocked, monkeypatch):
+def test_triangular_affine_backward_matches_finite_differences(n, depth, blocked):
     """The hand-written backward of the training path, against numerical gradients
     for the input, the packed triangles, the diagonal and the bias (float64),
     in its plain and its blocked form: halved while the halves are whole, down
     to leaves of width 3 (n = 12) or 1 (n = 8, whose leaves hold no strict triangle)."""
-    from lunet import layers
-    from lunet.layers import _TriangularAffine
+    from lunet.fast.triangular import TriangularAffine, block_depth
 
-    monkeypatch.setattr(layers, "BLOCK_LEAF", 1 if blocked else 10**9)
-    assert layers._block_depth(n) == (depth if blocked else 0)
+    leaf = 1 if blocked else 10**9
+    assert block_depth(n, leaf) == (depth if blocked else 0)
     torch.manual_seed(0)
     layer = LULinear(n, init_scale=0.5).double()
     x = torch.randn(5, n, dtype=torch.float64, requires_grad=True)
@@ -296,10 +296,10 @@ def test_triangular_affine_backward_matches_finite_differences(n, depth, blocked
     b = torch.randn(n, dtype=torch.float64, requires_grad=True)
     masks = (layer.strict_lower_mask, layer.strict_upper_mask)
     a = (torch.eye(n, dtype=torch.float64) + lu.tril(-1)) @ (lu.triu(1) + torch.diag(d))
-    assert torch.allclose(_TriangularAffine.apply(x, lu, d, b, *masks), x @ a.T + b, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda *args: _TriangularAffine.apply(*args, *masks), (x, lu, d, b))
+    assert torch.allclose(TriangularAffine.apply(x, lu, d, b, *masks, leaf), x @ a.T + b, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda *args: TriangularAffine.apply(*args, *masks, leaf), (x, lu, d, b))
     # the diagonal of lu is not used (diag holds it): its gradient is exactly zero
-    _TriangularAffine.apply(x, lu, d, b, *masks).square().sum().backward()
+    TriangularAffine.apply(x, lu, d, b, *masks, leaf).square().sum().backward()
     assert torch.all(lu.grad.diagonal() == 0)
     off_diagonal = ~torch.eye(n, dtype=torch.bool)
     assert torch.all(lu.grad[off_diagonal] != 0)
@@ -309,11 +309,10 @@ def test_training_path_at_the_paper_width_matches_dense_products():
     """At width 784 the default blocking halves three times (leaves of 98, batched
     strided views of non-contiguous operands): output and every gradient match
     autograd through the dense masked triangles, in float64."""
-    from lunet import layers
-    from lunet.layers import _TriangularAffine
+    from lunet.fast.triangular import TriangularAffine, block_depth
 
     n = 784
-    assert layers._block_depth(n) == 3
+    assert block_depth(n) == 3
     torch.manual_seed(0)
     layer = LULinear(n).double()
     x = torch.randn(n, 40, dtype=torch.float64).t().requires_grad_()  # column-major rows
@@ -326,7 +325,7 @@ def test_training_path_at_the_paper_width_matches_dense_products():
     def grads(y):
         return torch.autograd.grad((y * weight).sum(), (x, lu, d, b))
 
-    fast = _TriangularAffine.apply(x, lu, d, b, *masks)
+    fast = TriangularAffine.apply(x, lu, d, b, *masks)
     a = (torch.eye(n, dtype=torch.float64) + lu * masks[0]) @ (lu * masks[1] + torch.diag(d))
     dense = x @ a.T + b
     assert torch.allclose(fast, dense, rtol=0, atol=1e-11)
@@ -361,7 +360,7 @@ def test_negated_inference_activation_matches_definition_within_its_range(dtype,
     x = x[(x <= 80).all(dim=1)]  # sigmoid(-x) stays normal in both dtypes
     u = -x
     out, scratch = torch.empty_like(u), torch.empty_like(u)
-    logdet, in_range = LeakySoftplus._negated_forward(u, alpha, out, scratch)
+    logdet, in_range = negated_forward(u, alpha, out, scratch)
     c = alpha / (1 - alpha)
     x64 = x.double()
     g = torch.nn.functional.softplus(x64, threshold=50) + c * x64
@@ -371,7 +370,7 @@ def test_negated_inference_activation_matches_definition_within_its_range(dtype,
     assert rel_err(logdet.double(), ref_ld) <= 64 * torch.finfo(dtype).eps
     beyond = torch.full((2, 8), 1.0, dtype=dtype)
     beyond[1, 3] = 100.0 if dtype == torch.float32 else 750.0  # sigmoid(-x) is no longer normal
-    flags = [LeakySoftplus._negated_forward(-row[None], alpha, *torch.empty(2, 1, 8, dtype=dtype))[1] for row in beyond]
+    flags = [negated_forward(-row[None], alpha, *torch.empty(2, 1, 8, dtype=dtype))[1] for row in beyond]
     assert [bool(f) for f in flags] == [True, False]
 
 
@@ -412,7 +411,7 @@ def test_fixed_slope_activation_gradients_match_the_definition(dtype, alpha):
 def test_frozen_affine_map_is_the_affine_map_split_or_not(dtype, width, rows, into_out, two_threads, monkeypatch):
     """Below SPLIT_BELOW_ROWS rows a matrix over SPLIT_MIN_BYTES is split by output
     columns (not at a prime width: nothing divides it); every form gives ``h W + b``."""
-    from lunet.layers import SPLIT_BELOW_ROWS, FrozenAffine, output_major
+    from lunet.fast.affine import SPLIT_BELOW_ROWS, FrozenAffine, output_major
 
     split_calls = []
     baddbmm = torch.baddbmm
@@ -440,7 +439,7 @@ def test_frozen_affine_map_is_the_affine_map_split_or_not(dtype, width, rows, in
 def test_frozen_affine_map_follows_the_thread_count(two_threads):
     """The split's views are kept between calls; a new thread count gives new shares
     (768 columns: 2 and 3 threads divide them), and every count the same map."""
-    from lunet.layers import FrozenAffine, output_major
+    from lunet.fast.affine import FrozenAffine, output_major
 
     gen = torch.Generator().manual_seed(1)
     w64 = torch.randn(768, 768, generator=gen, dtype=torch.float64) / 768**0.5

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from lunet.checks import check_batch, check_features, check_positive_int, check_temperature, sample_shape_of
+from lunet.fast.affine import SPLIT_BELOW_ROWS, SPLIT_MIN_BYTES
 from lunet.functional import leaky_softplus_log_derivative
 from lunet.layers import LeakySoftplus, LULinear
 
@@ -219,18 +220,20 @@ class LUNet(nn.Module):
 
         return FlowDistribution(self, temperature, base)
 
-    def frozen(self) -> "FrozenLUNet":
+    def frozen(self, split_below_rows: int = SPLIT_BELOW_ROWS, split_min_bytes: int = SPLIT_MIN_BYTES) -> "FrozenLUNet":
         """A snapshot of this flow for fast inference (density, inverse, sampling; no autograd).
 
         It holds its own copy of the current weights with every block's ``L U``
         and inverse formed once, so a pass costs one dense product per block.
         Later changes to this flow (training, ``load_state_dict``, ``.data``
         edits, moves) are not seen by the snapshot: take a new one. Raises
-        ``ValueError`` when a block is not invertible.
+        ``ValueError`` when a block is not invertible. ``split_below_rows`` and
+        ``split_min_bytes`` tune how small batches' products are split among the
+        threads (:class:`~lunet.fast.affine.FrozenAffine`), not the results.
         """
         from lunet.frozen import FrozenLUNet
 
-        return FrozenLUNet(self)
+        return FrozenLUNet(self, split_below_rows, split_min_bytes)
 
 
 class ClassConditionalFlow(nn.Module):

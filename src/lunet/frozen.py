@@ -1,6 +1,7 @@
-"""A frozen snapshot of an LU-Net for fast inference: density and sampling from folded matrices.
+"""Frozen snapshots for fast inference: an LU-Net's density and sampling from folded matrices,
+and a Sequential's, whose LU runs fold the same way.
 
-:meth:`lunet.LUNet.frozen` makes one. The snapshot copies the flow's weights
+:meth:`lunet.LUNet.frozen` and :meth:`lunet.Sequential.frozen` make them. The snapshot copies the flow's weights
 when it is made and never reads the flow again, so no later change of the flow
 (an optimiser step, ``load_state_dict``, an edit through ``.data``, a move to
 another device or dtype) can make it serve results for weights that are no
@@ -9,6 +10,7 @@ longer the flow's own: take a new snapshot after such changes.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -16,8 +18,11 @@ import torch
 from torch import nn
 
 from lunet.checks import check_features, check_temperature, sample_shape_of
+from lunet.fast.activation import negated_forward, scaled_forward
+from lunet.fast.affine import SPLIT_BELOW_ROWS, SPLIT_MIN_BYTES, FrozenAffine, output_major
 from lunet.functional import leaky_softplus_log_derivative, solve_scaled, table_step
-from lunet.layers import FrozenAffine, LeakySoftplus, output_major
+from lunet.layers import LeakySoftplus, LULinear
+from lunet.transforms import Sequential, Standardize
 
 if TYPE_CHECKING:
     from lunet.flow import LUNet
@@ -32,10 +37,16 @@ class FrozenLUNet:
     input standardisation, the activation's ``1 - a``, the inverse table's node
     spacing) are folded into those matrices: a pass costs one dense product per
     block plus the activations. The same conventions as :class:`~lunet.LUNet`:
-    ``forward`` maps ``x`` (B, dim) to ``(z, log|det dz/dx|)``, ``(B, dim)`` and ``(B,)``.
+    ``forward`` maps ``x`` (..., dim) to ``(z, log|det dz/dx|)``.
+
+    ``split_below_rows`` and ``split_min_bytes`` tune the products (see
+    :class:`~lunet.fast.affine.FrozenAffine`), not the results.
     """
 
-    def __init__(self, flow: "LUNet") -> None:
+    def __init__(
+        self, flow: "LUNet", split_below_rows: int = SPLIT_BELOW_ROWS, split_min_bytes: int = SPLIT_MIN_BYTES
+    ) -> None:
+        self._split = {"split_below_rows": split_below_rows, "split_min_bytes": split_min_bytes}
         # A private replica holding copies of the weights (and of each slope, as a fixed
         # one): the plans below are built from it, lazily, and nothing outside can reach it.
         # Only tensors are copied, not the module's hooks or other attributes.
@@ -115,9 +126,9 @@ class FrozenLUNet:
     def _forward(self, x: torch.Tensor, exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The density pass from the folded matrices of :meth:`_forward_plan`.
 
-        Each activation runs as :meth:`LeakySoftplus._negated_forward`; should
+        Each activation runs as :func:`~lunet.fast.activation.negated_forward`; should
         a pre-activation leave its exact range, the batch is redone with
-        ``exact=True`` (:meth:`LeakySoftplus._scaled_forward`). Two scratch
+        ``exact=True`` (:func:`~lunet.fast.activation.scaled_forward`). Two scratch
         buffers serve every activation, and every product after the first
         writes into the first one's output.
         """
@@ -129,10 +140,10 @@ class FrozenLUNet:
         logdet, in_range = None, None
         for layer, a in zip(layers[1:], slopes):
             if exact:
-                g, ld = LeakySoftplus._scaled_forward(u.neg_(), a)
+                g, ld = scaled_forward(u.neg_(), a)
                 torch.neg(g, out=q)
             else:
-                ld, ok = LeakySoftplus._negated_forward(u, a, out=q, scratch=scratch)
+                ld, ok = negated_forward(u, a, out=q, scratch=scratch)
                 in_range = ok if in_range is None else in_range.logical_and_(ok)
             logdet = ld if logdet is None else logdet.add_(ld)
             layer(q, out=u)
@@ -174,9 +185,9 @@ class FrozenLUNet:
         The elementwise scaling in front of each layer is folded into its
         matrix: the input standardisation into the first
         (``W_0 = diag(1/std) A_0^T``, ``c_0 = b_0 - (mean/std) A_0^T``), and the
-        factor ``1 - a`` that :meth:`LeakySoftplus._scaled_forward` leaves out
+        factor ``1 - a`` that :func:`~lunet.fast.activation.scaled_forward` leaves out
         into the next (``W_i = (1 - a) A_i^T``); their log-dets join the
-        constant. So are the signs of :meth:`LeakySoftplus._negated_forward`:
+        constant. So are the signs of :func:`~lunet.fast.activation.negated_forward`:
         every layer but the last returns its output negated, and every layer
         but the first takes its input negated.
         """
@@ -211,7 +222,7 @@ class FrozenLUNet:
             sign_out = 1.0 if i == last else -1.0
             sign = sign_out if i == 0 else -sign_out
             weight = output_major((sign * scale)[:, None] * a_t, dtype)
-            layers.append(FrozenAffine(weight, (sign_out * (block.bias.double() + shift @ a_t)).to(dtype)))
+            layers.append(FrozenAffine(weight, (sign_out * (block.bias.double() + shift @ a_t)).to(dtype), **self._split))
             const = const + block.log_abs_det().double()
             if i < len(flow.activations):
                 a = flow.activations[i].slope_value()
@@ -237,5 +248,90 @@ class FrozenLUNet:
             else:
                 std = flow.input_std.double()
                 weight, shift = weight * std, shift * std + flow.input_mean.double()
-            layers.append(FrozenAffine(output_major(weight, dtype), shift.to(dtype)))
+            layers.append(FrozenAffine(output_major(weight, dtype), shift.to(dtype), **self._split))
         return layers, slopes
+
+
+def _foldable_run(parts: list, start: int) -> int:
+    """The end (exclusive) of the longest run from ``start`` that a :class:`~lunet.FrozenLUNet`
+    can fold: an optional ``Standardize``, then ``LULinear (LeakySoftplus LULinear)*`` of one
+    width; ``start`` itself when there is none."""
+    i = start
+    width = None
+    if i < len(parts) and isinstance(parts[i], Standardize):
+        width, i = parts[i].features, i + 1
+    if not (i < len(parts) and isinstance(parts[i], LULinear) and width in (None, parts[i].dim)):
+        return start
+    width, i = parts[i].dim, i + 1
+    while (
+        i + 1 < len(parts) and isinstance(parts[i], LeakySoftplus)
+        and isinstance(parts[i + 1], LULinear) and parts[i + 1].dim == width
+    ):
+        i += 2
+    return i
+
+
+def _as_lunet(parts: list) -> nn.Module:
+    """A :class:`~lunet.LUNet` holding copies of a foldable run's weights (see :func:`_foldable_run`)."""
+    from lunet.flow import LUNet
+
+    standardize = parts[0] if isinstance(parts[0], Standardize) else None
+    blocks = [p for p in parts if isinstance(p, LULinear)]
+    activations = [p for p in parts if isinstance(p, LeakySoftplus)]
+    ref = blocks[0].lu
+    net = LUNet(blocks[0].dim, len(blocks), init="identity").to(device=ref.device, dtype=ref.dtype)
+    with torch.no_grad():
+        for mine, theirs in zip(net.blocks, blocks):
+            mine.diag_mode = theirs.diag_mode
+            mine.load_state_dict(theirs.state_dict())
+        net.activations = nn.ModuleList(LeakySoftplus(act.slope_value()) for act in activations)
+        if standardize is not None:
+            net.input_mean.copy_(standardize.mean)
+            net.input_std.copy_(standardize.std)
+    return net
+
+
+class FrozenSequential:
+    """A snapshot of a :class:`Sequential` for fast inference, without autograd.
+
+    Every run of ``[Standardize] LULinear (LeakySoftplus LULinear)*`` becomes a
+    :class:`~lunet.FrozenLUNet` (one dense product per block, the scalings folded
+    in); every other part is deep-copied and runs its own passes. Like every
+    snapshot it holds its own copy of the weights: later changes to the
+    ``Sequential`` are not seen.
+    """
+
+    def __init__(self, sequential: Sequential, **tuning: int) -> None:
+        parts = list(sequential)
+        self.stages: list = []
+        i = 0
+        while i < len(parts):
+            end = _foldable_run(parts, i)
+            if end > i:
+                self.stages.append(FrozenLUNet(_as_lunet(parts[i:end]), **tuning))
+            else:
+                end = i + 1
+                self.stages.append(copy.deepcopy(parts[i]).requires_grad_(False).eval())
+            i = end
+
+    def __repr__(self) -> str:
+        kinds = ", ".join(type(s).__name__ for s in self.stages)
+        return f"FrozenSequential({kinds}; a snapshot: later changes to the Sequential are not seen)"
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logdet = None
+        for stage in self.stages:
+            x, ld = stage(x)
+            logdet = ld if logdet is None else logdet + ld
+        return x, logdet
+
+    __call__ = forward
+
+    @torch.no_grad()
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logdet = None
+        for stage in reversed(self.stages):
+            y, ld = stage.inverse(y)
+            logdet = ld if logdet is None else logdet + ld
+        return y, logdet

@@ -1,4 +1,4 @@
-"""The two invertible building blocks of LU-Net.
+"""The two invertible building blocks of LU-Net; their fast kernels live in :mod:`lunet.fast`.
 
 Conventions: inputs have shape ``(..., n)``, any leading batch dimensions and
 the ``n`` features last. Every module maps the data side to the latent side in
@@ -9,232 +9,18 @@ row, shape ``x.shape[:-1]``; ``inverse`` maps back and returns
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import Optional
 
 import torch
 from torch import nn
 
 from lunet.checks import check_features, check_positive_int
-from lunet.functional import (
-    SLOPE_MIN,
-    leaky_softplus,
-    leaky_softplus_inverse,
-    leaky_softplus_log_derivative,
-    softplus,
-)
+from lunet.fast.activation import FixedSlopeForward, scaled_forward
+from lunet.fast.triangular import BLOCK_LEAF, TriangularAffine
+from lunet.functional import SLOPE_MIN, leaky_softplus, leaky_softplus_inverse, leaky_softplus_log_derivative
 
 DIAG_MODES = ("raw", "exp")
 INIT_MODES = ("identity", "random")
-
-
-# A frozen product of fewer rows than this, on the CPU, whose matrix is larger than
-# one core's L2 cache, splits its output columns among the threads (`FrozenAffine`).
-# `benchmarks/speed_variants.py` times the split against one product on 2 cores
-# with 1 MiB of L2 each: at width 784 it pays most at batches 1 to 16 and draws
-# level at 256 rows; at width 640 it is about level, at 512 (1 MiB) it loses.
-SPLIT_BELOW_ROWS = 128
-SPLIT_MIN_BYTES = 1 << 20
-
-
-def output_major(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``weight`` (n_in, n_out) cast to ``dtype``, as the transposed view of a contiguous
-    (n_out, n_in) matrix: the layout :class:`FrozenAffine` takes."""
-    return weight.t().to(dtype).contiguous().t()
-
-
-@functools.lru_cache(maxsize=64)
-def _split_count(n_out: int, threads: int) -> int:
-    """The most column shares, at most one per thread, that divide ``n_out`` evenly."""
-    return max(k for k in range(1, max(threads, 1) + 1) if n_out % k == 0)
-
-
-class FrozenAffine:
-    """``h -> h W + c`` for a frozen weight ``W`` (n_in, n_out) and bias ``c`` (n_out,):
-    call with ``h`` (B, n_in) -> (B, n_out), into ``out`` if given (then without
-    autograd). Autograd reaches ``h`` and ``c``, never ``W``. ``W`` is fastest in the
-    layout of :func:`output_major` (any layout gives the same result).
-
-    A batch of a few rows makes the product one pass over the matrix, which a
-    single core would run. On the CPU, below ``SPLIT_BELOW_ROWS`` rows and for a
-    matrix over ``SPLIT_MIN_BYTES``, each thread takes an equal share of the
-    output columns instead: the shares are the batch of one ``baddbmm``. The
-    split's view of ``W`` is made once per thread count, not per call: at batch 1,
-    making it cost about a fifth of the product.
-    """
-
-    __slots__ = ("weight", "bias", "_splittable", "_split")
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        self.weight, self.bias = weight.detach(), bias
-        self._splittable = weight.device.type == "cpu" and weight.numel() * weight.element_size() > SPLIT_MIN_BYTES
-        self._split: tuple[int, Optional[torch.Tensor]] = (1, None)
-
-    def _split_weight(self, shares: int) -> torch.Tensor:
-        """``W`` cut into ``shares`` equal blocks of output columns: (shares, n_in, n_out / shares)."""
-        if self._split[0] != shares:
-            w = self.weight
-            self._split = (shares, w.t().reshape(shares, w.shape[1] // shares, w.shape[0]).transpose(1, 2))
-        return self._split[1]
-
-    def __call__(self, h: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        rows, n_out = h.shape[0], self.weight.shape[1]
-        shares = 1
-        if self._splittable and 0 < rows < SPLIT_BELOW_ROWS:
-            shares = _split_count(n_out, torch.get_num_threads())
-        if shares == 1:
-            return torch.addmm(self.bias, h, self.weight, out=out)
-        width = n_out // shares
-        args = (self.bias.reshape(shares, 1, width), h.expand(shares, rows, h.shape[1]), self._split_weight(shares))
-        if rows == 1:  # (shares, 1, width) is the row itself
-            if out is None:
-                return torch.baddbmm(*args).view(1, n_out)
-            torch.baddbmm(*args, out=out.view(shares, 1, width))
-            return out
-        parts = torch.baddbmm(*args).transpose(0, 1)
-        if out is None:
-            return parts.reshape(rows, n_out)
-        out.view(rows, shares, width).copy_(parts)
-        return out
-
-
-# The training path halves each triangle recursively while the halves are whole
-# and at least this wide, and skips every block that is zero: at width 784
-# (three levels, leaves of 98) that is 9/16 of the dense flops of each product.
-# The blocks of one level are equal and evenly spaced, so each level is one
-# batched product over strided views of the operands, and one mask product
-# serves all the diagonal leaves: a few large calls instead of many small ones.
-BLOCK_LEAF = 64
-
-
-def _block_depth(n: int) -> int:
-    """How many times the (n, n) triangles are halved (0: a single masked block)."""
-    depth = 0
-    while n % (2 << depth) == 0 and n // (2 << depth) >= BLOCK_LEAF:
-        depth += 1
-    return depth
-
-
-def _batch_view(t: torch.Tensor, count: int, rows: int, cols: int, start: tuple[int, int], step: tuple[int, int]) -> torch.Tensor:
-    """``count`` blocks of ``t`` (2-D), each (rows, cols), the first at ``start``
-    (row, column) and each next one ``step`` further: one (count, rows, cols) view."""
-    rs, cs = t.stride()
-    offset = t.storage_offset() + start[0] * rs + start[1] * cs
-    return t.as_strided((count, rows, cols), (step[0] * rs + step[1] * cs, rs, cs), offset)
-
-
-def _levels(n: int, depth: int, lower: bool):
-    """The off-diagonal blocks of a lower (or upper) (n, n) triangle halved ``depth``
-    times, level by level: ``(count, size, row, col)``, the first block at
-    ``(row, col)`` and each next one ``2 size`` further along the diagonal."""
-    for level in range(depth):
-        size = n >> (level + 1)
-        yield (1 << level, size, size, 0) if lower else (1 << level, size, 0, size)
-
-
-def _diagonal_leaves(m: torch.Tensor, depth: int) -> torch.Tensor:
-    """The 2^depth diagonal blocks of ``m`` (n, n), the leaves of the halving: one
-    (2^depth, n / 2^depth, n / 2^depth) view."""
-    leaf = m.shape[0] >> depth
-    return _batch_view(m, 1 << depth, leaf, leaf, (0, 0), (leaf, leaf))
-
-
-def _triangular_matmul(out, a, m, leaves, lower: bool, beta: float, depth: int) -> None:
-    """``out = beta * out + a @ T`` in place for the lower (or upper) triangular ``T``
-    that is ``m`` (n, n) off its diagonal blocks and ``leaves`` (the masked diagonal
-    blocks, as from :func:`_diagonal_leaves`) on them; the blocks of ``T`` that are
-    zero are skipped. ``a``, ``out``: (B, n)."""
-    n, b = m.shape[0], a.shape[0]
-    leaf = n >> depth
-    # first, so that beta scales each column block once
-    _batch_view(out, 1 << depth, b, leaf, (0, 0), (0, leaf)).baddbmm_(
-        _batch_view(a, 1 << depth, b, leaf, (0, 0), (0, leaf)), leaves, beta=beta
-    )
-    for count, size, row, col in _levels(n, depth, lower):
-        _batch_view(out, count, b, size, (0, col), (0, 2 * size)).baddbmm_(
-            _batch_view(a, count, b, size, (0, row), (0, 2 * size)),
-            _batch_view(m, count, size, size, (row, col), (2 * size, 2 * size)),
-        )
-
-
-def _triangular_outer(out, p, q, mask, lower: bool, accumulate: bool, depth: int) -> None:
-    """The lower (or upper) triangle of ``p^T @ q``, masked, written into ``out`` (n, n);
-    the other triangle's off-diagonal blocks are left untouched, and with
-    ``accumulate`` the masked diagonal leaves are added to what ``out`` holds."""
-    n, b = out.shape[0], p.shape[0]
-    leaf, leaves = n >> depth, 1 << depth
-    product = torch.bmm(
-        _batch_view(p, leaves, b, leaf, (0, 0), (0, leaf)).transpose(1, 2),
-        _batch_view(q, leaves, b, leaf, (0, 0), (0, leaf)),
-    )
-    diagonal = _diagonal_leaves(out, depth)
-    if accumulate:
-        diagonal.addcmul_(product, mask[:leaf, :leaf])
-    else:
-        torch.mul(product, mask[:leaf, :leaf], out=diagonal)
-    for count, size, row, col in _levels(n, depth, lower):
-        _batch_view(out, count, size, size, (row, col), (2 * size, 2 * size)).baddbmm_(
-            _batch_view(p, count, b, size, (0, row), (0, 2 * size)).transpose(1, 2),
-            _batch_view(q, count, b, size, (0, col), (0, 2 * size)),
-            beta=0,
-        )
-
-
-class _TriangularAffine(torch.autograd.Function):
-    """``y = x A^T + b`` with ``A = L U`` taken from the packed ``lu``, (B, n) -> (B, n).
-
-    Two products with the triangles cost 4Bn^2 flops against 2n^3 + 2Bn^2 for
-    forming ``L U`` first: cheaper for every batch B < n. With
-    ``h = x U^T = x Us^T + x * d`` (``Us``, ``Ls`` the strict triangles):
-    ``y = h + h Ls^T + b``.
-
-    Every product, forward and backward, is a blocked triangular one (see
-    ``BLOCK_LEAF``) that reads ``lu`` in place: no masked copy of a triangle
-    is made beyond its diagonal blocks, cut once in the forward pass and saved
-    for the backward (both triangles' together: 2 / 2^depth of a matrix, a
-    quarter at width 784), and the gradient of ``lu`` is assembled in place
-    from its two triangles. First derivatives
-    only: differentiating the backward pass again raises torch's
-    once-differentiable error.
-    """
-
-    @staticmethod
-    def forward(ctx, x, lu, d, bias, lower_mask, upper_mask):
-        ctx.depth = depth = _block_depth(lu.shape[0])
-        # The masked diagonal blocks of both triangles, cut once from lu itself (a
-        # row-major read) and shared with the backward pass, which needs them untransposed.
-        leaves, leaf = _diagonal_leaves(lu, depth), lu.shape[0] >> depth
-        strict_lower, strict_upper = leaves * lower_mask[:leaf, :leaf], leaves * upper_mask[:leaf, :leaf]
-        lu_t = lu.t()
-        h = torch.empty_like(x)
-        _triangular_matmul(h, x, lu_t, strict_upper.transpose(1, 2), lower=True, beta=0, depth=depth)  # x Us^T
-        h.addcmul_(x, d)
-        y = h + bias
-        _triangular_matmul(y, h, lu_t, strict_lower.transpose(1, 2), lower=False, beta=1, depth=depth)  # + h Ls^T
-        ctx.save_for_backward(x, d, h, lu, lower_mask, upper_mask, strict_lower, strict_upper)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, gy):
-        x, d, h, lu, lower_mask, upper_mask, strict_lower, strict_upper = ctx.saved_tensors
-        need_x, need_lu, need_d, need_b = ctx.needs_input_grad[:4]
-        depth = ctx.depth
-        gh = gy.clone()  # dL/dh = gy (I + Ls)
-        _triangular_matmul(gh, gy, lu, strict_lower, lower=True, beta=1, depth=depth)
-        g_lu = g_x = None
-        if need_lu:
-            # strictly lower part from gy^T h, strictly upper part from gh^T x
-            g_lu = torch.empty_like(lu)
-            _triangular_outer(g_lu, gy, h, lower_mask, lower=True, accumulate=False, depth=depth)
-            _triangular_outer(g_lu, gh, x, upper_mask, lower=False, accumulate=True, depth=depth)
-        if need_x:
-            g_x = torch.mul(gh, d)
-            _triangular_matmul(g_x, gh, lu, strict_upper, lower=False, beta=1, depth=depth)  # + gh Us
-        g_d = (gh * x).sum(0) if need_d else None
-        g_b = gy.sum(0) if need_b else None
-        return g_x, g_lu, g_d, g_b, None, None
 
 
 class LULinear(nn.Module):
@@ -257,15 +43,20 @@ class LULinear(nn.Module):
             ``init_scale / sqrt(n)`` (which keeps ``A`` well conditioned) and
             draws random signs for ``diag(U)``.
         init_scale: size of the random perturbation.
+        block_leaf: the training path halves each triangle while the halves are whole
+            and at least this wide (a tuning of speed, not of the result).
 
     Every call computes from the current weights: the forward pass by
     blocked triangular products, the inverse by two triangular solves. Fast
     inference from frozen weights is :meth:`lunet.LUNet.frozen`'s job.
     """
 
-    def __init__(self, dim: int, diag: str = "exp", init: str = "random", init_scale: float = 0.1) -> None:
+    def __init__(
+        self, dim: int, diag: str = "exp", init: str = "random", init_scale: float = 0.1, block_leaf: int = BLOCK_LEAF
+    ) -> None:
         super().__init__()
         self.dim = check_positive_int(dim, "dim")
+        self.block_leaf = check_positive_int(block_leaf, "block_leaf")
         if diag not in DIAG_MODES:
             raise ValueError(f"diag must be one of {DIAG_MODES}, got {diag!r}")
         if init not in INIT_MODES:
@@ -366,8 +157,8 @@ class LULinear(nn.Module):
 
     def _affine(self, x: torch.Tensor) -> torch.Tensor:
         """``x A^T + b`` alone, (B, n) -> (B, n)."""
-        return _TriangularAffine.apply(
-            x, self.lu, self.diagonal_u(), self.bias, self.strict_lower_mask, self.strict_upper_mask
+        return TriangularAffine.apply(
+            x, self.lu, self.diagonal_u(), self.bias, self.strict_lower_mask, self.strict_upper_mask, self.block_leaf
         )
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -387,68 +178,6 @@ class LULinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, diag={self.diag_mode!r}"
-
-
-def _product_chunk(n: int, lo: float, hi: float, dtype: torch.dtype, max_chunk: int = 8) -> int:
-    """The largest divisor ``k <= max_chunk`` of ``n`` for which a product of ``k``
-    factors in ``(lo, hi)`` stays a normal, finite number of ``dtype`` with a wide margin."""
-    finfo = torch.finfo(dtype)
-    limit = max_chunk
-    if lo < 1:
-        limit = min(limit, int(0.8 * math.log(finfo.tiny) / math.log(lo)))
-    if hi > 1:
-        limit = min(limit, int(0.8 * math.log(finfo.max) / math.log(hi)))
-    return max(k for k in range(1, max(limit, 1) + 1) if n % k == 0)
-
-
-def _sum_log_abs(factors: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """``sum_i log|factors_i|`` per row, (B, n) -> (B,), for ``|factors|`` in ``(lo, hi)``;
-    ``factors`` is overwritten.
-
-    One log per ``k`` entries: the logs of products of ``k`` entries ``n / k``
-    columns apart, so that each product multiplies whole contiguous rows
-    (vectorised) instead of reducing short runs.
-    """
-    b, n = factors.shape
-    k = _product_chunk(n, lo, hi, factors.dtype)
-    if k > 1:
-        factors = factors.view(b, k, n // k).prod(dim=1)
-    return factors.abs_().log_().sum(dim=1)
-
-
-def _sigmoid_floor(dtype: torch.dtype) -> float:
-    """The lowest ``u`` for which ``sigmoid(u)`` is a normal number of ``dtype``
-    with a margin, so that ``log(sigmoid(u))`` keeps the dtype's precision."""
-    return math.log(torch.finfo(dtype).tiny) + 4.0
-
-
-class _FixedSlopeForward(torch.autograd.Function):
-    """:meth:`LeakySoftplus.forward` for a fixed slope ``a``: ``f(x)`` (B, n) and
-    ``sum_i log f'(x_i)`` (B,), with a written-out backward.
-
-    With ``s = sigmoid(x)`` and ``f' = a + (1 - a) s``, the gradient is
-    ``g_f f' + g_logdet (1 - a) s (1 - s) / f'``: one sigmoid serves the log-det
-    and the whole backward pass, which then needs no transcendental function
-    (autograd's would run softplus's and the log's backward separately). Only
-    ``s`` is saved. First derivatives only, like the LU layers' training path.
-    """
-
-    @staticmethod
-    def forward(ctx, x, a: float):
-        s = torch.sigmoid(x)
-        ctx.a = a
-        ctx.save_for_backward(s)
-        logdet = torch.mul(s, 1 - a).add_(a).log_().sum(dim=1)
-        return leaky_softplus(x, a), logdet
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g_value, g_logdet):
-        (s,) = ctx.saved_tensors
-        a = ctx.a
-        slope = torch.mul(s, 1 - a).add_(a)
-        g_x = torch.rsub(s, 1.0).mul_(s).div_(slope).mul_(g_logdet.unsqueeze(1) * (1 - a))
-        return g_x.addcmul_(g_value, slope), None
 
 
 class LeakySoftplus(nn.Module):
@@ -508,51 +237,13 @@ class LeakySoftplus(nn.Module):
         a = self._slope(x)
         if isinstance(a, float):
             if not torch.is_grad_enabled():
-                value, logdet = self._scaled_forward(x, a)
+                value, logdet = scaled_forward(x, a)
                 return value.mul_(1 - a), logdet.add_(x.shape[1] * math.log1p(-a))
-            return _FixedSlopeForward.apply(x, a)
+            return FixedSlopeForward.apply(x, a)
         # a learnable slope: autograd through the definition.
         # f'(x) lies in (a, 1): its log has no cancellation.
         logdet = leaky_softplus_log_derivative(x, a).sum(dim=1)
         return leaky_softplus(x, a), logdet
-
-    @staticmethod
-    def _scaled_forward(x: torch.Tensor, a: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """``g = f / (1 - a)`` (B, n) and ``sum_i log g'(x_i)`` (B,), without autograd.
-
-        ``g = softplus(x) + c x`` and ``g' = sigmoid(x) + c`` with ``c = a / (1 - a)``:
-        leaving out the factor ``1 - a`` (which :class:`LUNet` folds into the next
-        layer's matrix) saves two passes over the batch.
-        """
-        c = a / (1 - a)
-        value = softplus(x).add_(x, alpha=c)
-        return value, _sum_log_abs(torch.sigmoid(x).add_(c), c, 1 + c)
-
-    @staticmethod
-    def _negated_forward(
-        u: torch.Tensor, a: float, out: torch.Tensor, scratch: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`_scaled_forward` of ``x = -u`` with the signs folded in, without autograd.
-
-        Writes ``-g(x) = log sigmoid(u) + c u`` into ``out`` and returns
-        ``sum_i log g'(x_i)`` (B,) and a 0-dim bool tensor: whether every entry
-        of ``u`` lay where this is exact. ``scratch`` (like ``u``) is overwritten.
-
-        ``softplus(x) = -log sigmoid(u)`` and ``g'(x) = 1 + c - sigmoid(u)``: one
-        sigmoid feeds both, where the unnegated form also needs softplus's own
-        exp and log1p. ``log sigmoid(u)`` keeps ``g`` exact to a few ulps of
-        ``max(|g|, 1)`` until ``sigmoid(u)`` leaves the normal numbers, below
-        :func:`_sigmoid_floor` (``x`` above about 83 in float32); the caller
-        redoes such batches with :meth:`_scaled_forward`.
-        """
-        c = a / (1 - a)
-        if u.numel() == 0:  # amin has nothing to reduce
-            in_range = torch.ones((), dtype=torch.bool, device=u.device)
-        else:
-            in_range = u.amin() >= _sigmoid_floor(u.dtype)
-        s = torch.sigmoid(u, out=scratch)
-        torch.log(s, out=out).add_(u, alpha=c)
-        return _sum_log_abs(s.sub_(1 + c), c, 1 + c), in_range
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``y`` (..., n), any shape of at least one dimension -> ``x = f^{-1}(y)`` elementwise, exact

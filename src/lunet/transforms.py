@@ -10,12 +10,15 @@ a coupling layer of your own for instance, composes with them.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 from torch import nn
 
 from lunet.checks import check_features
+
+if TYPE_CHECKING:
+    from lunet.frozen import FrozenSequential
 
 
 class Sequential(nn.Module):
@@ -60,10 +63,13 @@ class Sequential(nn.Module):
             logdet = ld if logdet is None else logdet + ld
         return y, logdet
 
-    def frozen(self) -> "FrozenSequential":
+    def frozen(self, **tuning: int) -> "FrozenSequential":
         """A snapshot for fast inference: runs of LU layers and activations folded as
-        :meth:`lunet.LUNet.frozen` folds them, other parts copied (see :class:`FrozenSequential`)."""
-        return FrozenSequential(self)
+        :meth:`lunet.LUNet.frozen` folds them, other parts copied (see
+        :class:`~lunet.frozen.FrozenSequential`); ``tuning`` as for :meth:`lunet.LUNet.frozen`."""
+        from lunet.frozen import FrozenSequential
+
+        return FrozenSequential(self, **tuning)
 
 
 class Inverse(nn.Module):
@@ -113,93 +119,3 @@ class Standardize(nn.Module):
 
     def extra_repr(self) -> str:
         return f"features={self.features}"
-
-
-def _foldable_run(parts: list, start: int) -> int:
-    """The end (exclusive) of the longest run from ``start`` that a :class:`~lunet.FrozenLUNet`
-    can fold: an optional ``Standardize``, then ``LULinear (LeakySoftplus LULinear)*`` of one
-    width; ``start`` itself when there is none."""
-    from lunet.layers import LeakySoftplus, LULinear
-
-    i = start
-    width = None
-    if i < len(parts) and isinstance(parts[i], Standardize):
-        width, i = parts[i].features, i + 1
-    if not (i < len(parts) and isinstance(parts[i], LULinear) and width in (None, parts[i].dim)):
-        return start
-    width, i = parts[i].dim, i + 1
-    while (
-        i + 1 < len(parts) and isinstance(parts[i], LeakySoftplus)
-        and isinstance(parts[i + 1], LULinear) and parts[i + 1].dim == width
-    ):
-        i += 2
-    return i
-
-
-def _as_lunet(parts: list) -> nn.Module:
-    """A :class:`~lunet.LUNet` holding copies of a foldable run's weights (see :func:`_foldable_run`)."""
-    from lunet.flow import LUNet
-    from lunet.layers import LeakySoftplus, LULinear
-
-    standardize = parts[0] if isinstance(parts[0], Standardize) else None
-    blocks = [p for p in parts if isinstance(p, LULinear)]
-    activations = [p for p in parts if isinstance(p, LeakySoftplus)]
-    ref = blocks[0].lu
-    net = LUNet(blocks[0].dim, len(blocks), init="identity").to(device=ref.device, dtype=ref.dtype)
-    with torch.no_grad():
-        for mine, theirs in zip(net.blocks, blocks):
-            mine.diag_mode = theirs.diag_mode
-            mine.load_state_dict(theirs.state_dict())
-        net.activations = nn.ModuleList(LeakySoftplus(act.slope_value()) for act in activations)
-        if standardize is not None:
-            net.input_mean.copy_(standardize.mean)
-            net.input_std.copy_(standardize.std)
-    return net
-
-
-class FrozenSequential:
-    """A snapshot of a :class:`Sequential` for fast inference, without autograd.
-
-    Every run of ``[Standardize] LULinear (LeakySoftplus LULinear)*`` becomes a
-    :class:`~lunet.FrozenLUNet` (one dense product per block, the scalings folded
-    in); every other part is deep-copied and runs its own passes. Like every
-    snapshot it holds its own copy of the weights: later changes to the
-    ``Sequential`` are not seen.
-    """
-
-    def __init__(self, sequential: Sequential) -> None:
-        import copy
-
-        parts = list(sequential)
-        self.stages: list = []
-        i = 0
-        while i < len(parts):
-            end = _foldable_run(parts, i)
-            if end > i:
-                self.stages.append(_as_lunet(parts[i:end]).frozen())
-            else:
-                end = i + 1
-                self.stages.append(copy.deepcopy(parts[i]).requires_grad_(False).eval())
-            i = end
-
-    def __repr__(self) -> str:
-        kinds = ", ".join(type(s).__name__ for s in self.stages)
-        return f"FrozenSequential({kinds}; a snapshot: later changes to the Sequential are not seen)"
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logdet = None
-        for stage in self.stages:
-            x, ld = stage(x)
-            logdet = ld if logdet is None else logdet + ld
-        return x, logdet
-
-    __call__ = forward
-
-    @torch.no_grad()
-    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logdet = None
-        for stage in reversed(self.stages):
-            y, ld = stage.inverse(y)
-            logdet = ld if logdet is None else logdet + ld
-        return y, logdet
