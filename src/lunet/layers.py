@@ -184,9 +184,9 @@ class LeakySoftplus(nn.Module):
     """Elementwise ``f(x) = a x + (1 - a) softplus(x)``, ``SLOPE_MIN <= a < 1`` (``SLOPE_MIN = 1e-4``).
 
     ``f'(x) = a + (1 - a) sigmoid(x)`` lies in ``(a, 1)``, so ``f`` is strictly
-    increasing and convex; its inverse is read from a table of cubic pieces
-    (exact to float32 precision as it stands; float64 adds one Newton step),
-    with gradients by the implicit-function theorem.
+    increasing and convex; its inverse (:func:`lunet.functional.leaky_softplus_inverse`)
+    starts from a table of cubic pieces and takes a number of Newton steps fixed in
+    advance, exact to float precision, with gradients by the implicit-function theorem.
 
     Args:
         alpha: the slope ``a`` for ``x -> -inf``.
