@@ -48,7 +48,9 @@ def check_batch(
 
     Raises as :func:`check_features` does, and ``ValueError`` for a rank other than 2.
     """
-    if isinstance(x, torch.Tensor) and x.dim() != 2 and x.is_floating_point():
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (batch, {dim}), got {type(x).__name__}")
+    if x.dim() != 2 and x.is_floating_point():
         raise ValueError(f"{name} must have shape (batch, {dim}), got rank {x.dim()} shape {tuple(x.shape)}")
     return check_features(x, dim, name, check_finite, like)
 
