@@ -41,7 +41,7 @@ def run(cfg: dict, seed: int = 0) -> float:
     net = LUNet(2, cfg["blocks"], alpha=cfg["alpha"], init_scale=1.0, learn_alpha=cfg["learn_alpha"])
     net.standardize(data["train"])
     with torch.no_grad():
-        net.input_std /= cfg["input_scale"]
+        net.input_std.div_(cfg["input_scale"])
         net.blocks[-1].diag.sub_(math.log(cfg["input_scale"]))  # latent starts at unit scale again
         if cfg["positive_signs"]:
             for block in net.blocks:

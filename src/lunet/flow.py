@@ -12,6 +12,7 @@ from lunet.checks import check_batch, check_features, check_positive_int, check_
 from lunet.fast.affine import SPLIT_BELOW_ROWS, SPLIT_MIN_BYTES
 from lunet.functional import leaky_softplus_log_derivative
 from lunet.layers import LeakySoftplus, LULinear
+from lunet.transforms import Sequential, Standardize
 
 if TYPE_CHECKING:
     from lunet.distributions import FlowDistribution
@@ -40,16 +41,24 @@ def placement(model) -> tuple[torch.dtype, torch.device]:
     return model.dtype, model.device
 
 
-class LUNet(nn.Module):
-    """``num_blocks`` LU layers, each but the last followed by a leaky softplus.
+def _renamed_standardisation(state_dict, prefix, *args) -> None:
+    """Load checkpoints written before the standardisation became a ``Standardize`` part."""
+    for old, new in (("input_mean", "input_standardize.mean"), ("input_std", "input_standardize.std")):
+        if prefix + old in state_dict and prefix + new not in state_dict:
+            state_dict[prefix + new] = state_dict.pop(prefix + old)
 
-    ``forward`` maps data ``x`` (B, dim) to the latent ``z`` (B, dim) and returns
-    ``(z, log|det dz/dx|)`` with the log-determinant per sample (B,). The
+
+class LUNet(Sequential):
+    """``num_blocks`` LU layers, each but the last followed by a leaky softplus: the
+    :class:`~lunet.Sequential` of a ``Standardize`` and those parts, with the paper's defaults.
+
+    ``forward`` maps data ``x`` (..., dim) to the latent ``z`` (..., dim) and returns
+    ``(z, log|det dz/dx|)`` with the log-determinant per row (...). The
     latent prior is a standard normal.
 
-    An optional fixed input standardisation ``(x - mean) / std`` (set with
-    :meth:`standardize`) runs before the first block; its Jacobian is part of
-    the log-determinant, so likelihoods stay those of the raw data.
+    The fixed input standardisation ``(x - mean) / std`` (the identity until
+    set with :meth:`standardize`) runs before the first block; its Jacobian is
+    part of the log-determinant, so likelihoods stay those of the raw data.
 
     Every call computes from the current weights. For repeated inference
     from fixed weights, :meth:`frozen` gives a snapshot that runs one dense
@@ -66,17 +75,37 @@ class LUNet(nn.Module):
         init_scale: float = 0.1,
         learn_alpha: bool = False,
     ) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # the parts are registered below, under their own names
         self.dim = check_positive_int(dim, "dim")
         check_positive_int(num_blocks, "num_blocks")
+        self.input_standardize = Standardize(dim)
         self.blocks = nn.ModuleList(
             LULinear(dim, diag=diag, init=init, init_scale=init_scale) for _ in range(num_blocks)
         )
         self.activations = nn.ModuleList(
             LeakySoftplus(alpha, learnable=learn_alpha) for _ in range(num_blocks - 1)
         )
-        self.register_buffer("input_mean", torch.zeros(dim))
-        self.register_buffer("input_std", torch.ones(dim))
+        self._register_load_state_dict_pre_hook(_renamed_standardisation)
+
+    @property
+    def transforms(self) -> list[nn.Module]:
+        """The parts in order: the standardisation, then each block and the activation after it."""
+        parts: list[nn.Module] = [self.input_standardize]
+        for i, block in enumerate(self.blocks):
+            parts.append(block)
+            if i < len(self.activations):
+                parts.append(self.activations[i])
+        return parts
+
+    @property
+    def input_mean(self) -> torch.Tensor:
+        """The standardisation's mean (dim,), a buffer of ``input_standardize``."""
+        return self.input_standardize.mean
+
+    @property
+    def input_std(self) -> torch.Tensor:
+        """The standardisation's std (dim,), a buffer of ``input_standardize``."""
+        return self.input_standardize.std
 
     @property
     def num_blocks(self) -> int:
