@@ -22,7 +22,7 @@ from lunet.fast.activation import negated_forward, scaled_forward
 from lunet.fast.affine import SPLIT_BELOW_ROWS, SPLIT_MIN_BYTES, FrozenAffine, output_major
 from lunet.functional import leaky_softplus_log_derivative, solve_scaled, table_step
 from lunet.layers import LeakySoftplus, LULinear
-from lunet.transforms import Sequential, Standardize
+from lunet.transforms import Sequential, Standardize, compose_forward, compose_inverse
 
 if TYPE_CHECKING:
     from lunet.flow import LUNet
@@ -320,18 +320,12 @@ class FrozenSequential:
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logdet = None
-        for stage in self.stages:
-            x, ld = stage(x)
-            logdet = ld if logdet is None else logdet + ld
-        return x, logdet
+        """``x`` (..., D) -> ``y``, the sum of the stages' ``log|det|`` (...)."""
+        return compose_forward(self.stages, x)
 
     __call__ = forward
 
     @torch.no_grad()
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logdet = None
-        for stage in reversed(self.stages):
-            y, ld = stage.inverse(y)
-            logdet = ld if logdet is None else logdet + ld
-        return y, logdet
+        """``y`` -> ``x``, the stages' inverses in reverse order, and the sum of their ``log|det|`` (...)."""
+        return compose_inverse(self.stages, y)

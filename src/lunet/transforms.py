@@ -21,6 +21,24 @@ if TYPE_CHECKING:
     from lunet.frozen import FrozenSequential
 
 
+def compose_forward(parts: Iterable, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``parts`` in order on ``x``; returns the output and the sum of their log-dets."""
+    logdet = None
+    for part in parts:
+        x, ld = part(x)
+        logdet = ld if logdet is None else logdet + ld  # out of place: a part may return an expanded view
+    return x, logdet
+
+
+def compose_inverse(parts: list, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the inverses of ``parts`` in reverse order on ``y``; returns the input and the sum of their log-dets."""
+    logdet = None
+    for part in reversed(parts):
+        y, ld = part.inverse(y)
+        logdet = ld if logdet is None else logdet + ld
+    return y, logdet
+
+
 class Sequential(nn.Module):
     """``t_n ∘ ... ∘ t_1``: ``forward`` runs the transforms in order and adds their log-dets,
     ``inverse`` runs their inverses in reverse order.
@@ -49,19 +67,11 @@ class Sequential(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (..., D) -> ``y`` (..., D'), the sum of the parts' ``log|det|`` (...)."""
-        logdet = None
-        for t in self.transforms:
-            x, ld = t(x)
-            logdet = ld if logdet is None else logdet + ld  # out of place: a part may return an expanded view
-        return x, logdet
+        return compose_forward(self.transforms, x)
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``y`` -> ``x``, the parts' inverses in reverse order, and the sum of their ``log|det|`` (...)."""
-        logdet = None
-        for t in reversed(self.transforms):
-            y, ld = t.inverse(y)
-            logdet = ld if logdet is None else logdet + ld
-        return y, logdet
+        return compose_inverse(list(self.transforms), y)
 
     def frozen(self, **tuning: int) -> "FrozenSequential":
         """A snapshot for fast inference: runs of LU layers and activations folded as
