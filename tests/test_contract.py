@@ -294,3 +294,10 @@ def test_checkpoints_from_before_the_standardize_part_still_load():
     fresh.load_state_dict(old_style)
     x = inputs((6,))
     torch.testing.assert_close(fresh.log_prob(x), net.log_prob(x), rtol=0, atol=0)
+
+
+def test_a_snapshot_of_a_pattern_it_cannot_fold_is_refused():
+    from lunet import FrozenLUNet
+
+    with pytest.raises(ValueError, match="folds"):
+        FrozenLUNet(Sequential(LULinear(D).double(), LeakySoftplus(0.1).double()))

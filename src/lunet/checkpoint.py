@@ -39,12 +39,16 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     raise ValueError(f"unknown model name {name!r} in model spec; expected 'lunet' or 'realnvp'")
 
 
+def tensor_bytes(t: torch.Tensor) -> bytes:
+    """The raw bytes of a tensor's elements, in row-major order, on the CPU."""
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
 def _digest(obj: Any, h: "hashlib._Hash") -> None:
     """Feed ``obj`` (tensors, containers, scalars, strings) into ``h`` in a fixed order."""
     if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().contiguous()
-        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(f"T{obj.dtype}{tuple(obj.shape)}".encode())
+        h.update(tensor_bytes(obj))
     elif isinstance(obj, dict):
         h.update(b"D%d" % len(obj))
         for key in sorted(obj, key=repr):

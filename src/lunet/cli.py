@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 from lunet.functional import SLOPE_MIN
 from lunet.preprocess import DEFAULT_LAM
-from lunet.rundir import CHECKPOINT_NAME, RunFolderBusy, check_writable_file
+from lunet.rundir import CHECKPOINT_NAME, RunFolderBusy, check_writable_file, checkpoints_in
 from lunet.train import TrainConfig, TrainingDiverged
 
 
@@ -393,7 +393,7 @@ def _interrupted(args: argparse.Namespace) -> str:
     if args.command != "train":
         return "interrupted"
     out = Path(args.out)
-    kept = sorted(p for p in [out / CHECKPOINT_NAME, *out.glob(f"class-*/{CHECKPOINT_NAME}")] if p.is_file())
+    kept = checkpoints_in(out)
     if not kept:
         return "interrupted before the first checkpoint; nothing was kept"
     where = kept[0] if len(kept) == 1 else f"{out}/class-*/{CHECKPOINT_NAME}"

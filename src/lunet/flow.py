@@ -122,8 +122,7 @@ class LUNet(Sequential):
     def standardize(self, data: torch.Tensor, min_std: float = 1e-3) -> "LUNet":
         """Fix the input standardisation to the mean and std of ``data`` (N, dim)."""
         check_batch(data, self.dim, "data")
-        self.input_mean.copy_(data.mean(dim=0))
-        self.input_std.copy_(data.std(dim=0).clamp_min(min_std))
+        self.input_standardize.fit(data, min_std)
         return self
 
     @torch.no_grad()

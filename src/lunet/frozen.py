@@ -39,28 +39,24 @@ class FrozenLUNet:
     block plus the activations. The same conventions as :class:`~lunet.LUNet`:
     ``forward`` maps ``x`` (..., dim) to ``(z, log|det dz/dx|)``.
 
-    ``split_below_rows`` and ``split_min_bytes`` tune the products (see
+    ``flow``: an LU-Net, or a :class:`~lunet.Sequential` of the same pattern
+    (``[Standardize] LULinear (LeakySoftplus LULinear)*``). ``split_below_rows``
+    and ``split_min_bytes`` tune the products (see
     :class:`~lunet.fast.affine.FrozenAffine`), not the results.
     """
 
     def __init__(
-        self, flow: "LUNet", split_below_rows: int = SPLIT_BELOW_ROWS, split_min_bytes: int = SPLIT_MIN_BYTES
+        self, flow: "LUNet | Sequential", split_below_rows: int = SPLIT_BELOW_ROWS, split_min_bytes: int = SPLIT_MIN_BYTES
     ) -> None:
         self._split = {"split_below_rows": split_below_rows, "split_min_bytes": split_min_bytes}
         # A private replica holding copies of the weights (and of each slope, as a fixed
         # one): the plans below are built from it, lazily, and nothing outside can reach it.
         # Only tensors are copied, not the module's hooks or other attributes.
-        from lunet.flow import LUNet
-
-        replica = LUNet(flow.dim, flow.num_blocks, init="identity")
-        for mine, theirs in zip(replica.blocks, flow.blocks):
-            mine.diag_mode = theirs.diag_mode
-        replica.activations = nn.ModuleList(LeakySoftplus(act.slope_value()) for act in flow.activations)
-        ref = flow.input_std
-        replica.to(device=ref.device, dtype=ref.dtype).requires_grad_(False).eval()
-        with torch.no_grad():
-            state = {k: v for k, v in flow.state_dict().items() if not k.endswith("alpha_logit")}
-            replica.load_state_dict(state)
+        parts = list(flow)
+        if _foldable_run(parts, 0) != len(parts):
+            kinds = ", ".join(type(p).__name__ for p in parts)
+            raise ValueError(f"FrozenLUNet folds [Standardize] LULinear (LeakySoftplus LULinear)*, not {kinds}")
+        replica = _as_lunet(parts).requires_grad_(False).eval()
         for block in replica.blocks:
             block._check_invertible()
         self._flow = replica
@@ -308,7 +304,7 @@ class FrozenSequential:
         while i < len(parts):
             end = _foldable_run(parts, i)
             if end > i:
-                self.stages.append(FrozenLUNet(_as_lunet(parts[i:end]), **tuning))
+                self.stages.append(FrozenLUNet(Sequential(*parts[i:end]), **tuning))
             else:
                 end = i + 1
                 self.stages.append(copy.deepcopy(parts[i]).requires_grad_(False).eval())

@@ -18,7 +18,7 @@ import torch
 from lunet.flow import LUNet
 from lunet.plots import density_grid, plot_density_2d, plot_samples_2d
 from lunet.toy import GaussianMixture2D
-from lunet.rundir import CHECKPOINT_NAME, RUN_FILE, clear_run, locked
+from lunet.rundir import RUN_FILE, checkpoints_in, clear_run, locked
 from lunet.train import Trainer, TrainConfig, mean_log_prob, resolve_device
 
 NUM_TRAIN = 9000  # as in the paper
@@ -71,7 +71,7 @@ def run(
         if overwrite:
             clear_run(out_dir)
         elif (out_dir / RUN_FILE).exists():
-            if (out_dir / CHECKPOINT_NAME).exists() or any(out_dir.glob(f"class-*/{CHECKPOINT_NAME}")):
+            if checkpoints_in(out_dir):
                 raise FileExistsError(f"{out_dir} holds an image run; choose another --out, or --overwrite to replace it")
             (out_dir / RUN_FILE).unlink()  # left by an image run that never saved a checkpoint
         return _run(out_dir, settings, config, resume, progress)

@@ -22,7 +22,7 @@ from lunet.checks import check_positive_int, check_temperature
 from lunet.data import DATASETS, load_dataset, train_val_split
 from lunet.flow import placement
 from lunet.preprocess import DEFAULT_LAM, LN2, ImagePreprocessor
-from lunet.rundir import CHECKPOINT_NAME, RUN_FILE, clear_run, locked
+from lunet.rundir import CHECKPOINT_NAME, RUN_FILE, checkpoints_in, clear_run, locked
 from lunet.train import TrainConfig, Trainer, resolve_device
 
 NUM_CLASSES = 10
@@ -114,7 +114,7 @@ def write_run_file(run_dir: Path, settings: ImageRunSettings) -> None:
         "lam": settings.lam,
         "data_init": settings.data_init,
     }
-    if path.exists() and _has_checkpoints(run_dir):  # without a checkpoint there is no run to protect
+    if path.exists() and checkpoints_in(run_dir):  # without a checkpoint there is no run to protect
         existing = json.loads(path.read_text())
         if existing != record:
             raise ValueError(
@@ -142,9 +142,6 @@ def read_run_file(run_dir: str | Path) -> ImageRunSettings:
         raise ValueError(f"{path}: {exc}") from None
 
 
-def _has_checkpoints(run_dir: Path) -> bool:
-    return (run_dir / CHECKPOINT_NAME).is_file() or any(run_dir.glob(f"class-*/{CHECKPOINT_NAME}"))
-
 
 def train_image_run(
     run_dir: str | Path,
@@ -164,8 +161,8 @@ def train_image_run(
     data have been found and verified, the device checked and the folder locked.
     """
     run_dir = Path(run_dir)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive number of images, got {limit!r}")
+    if limit is not None:
+        check_positive_int(limit, "limit")
     resolve_device(config.device)
     images, labels = load_dataset(settings.dataset, "train", data_dir=data_dir, verify=verify)
     (train_x, train_y), (val_x, val_y) = train_val_split(images, labels)
@@ -176,7 +173,7 @@ def train_image_run(
             raise FileNotFoundError(
                 f"--resume: there is no checkpoint to resume in {run_dir}; leave out --resume to start a new run"
             )
-        elif not resume and _has_checkpoints(run_dir):
+        elif not resume and checkpoints_in(run_dir):
             raise FileExistsError(
                 f"{run_dir} already holds a training run; pass --resume to continue it, --overwrite to "
                 f"replace it, or choose another --out"

@@ -111,6 +111,12 @@ def locked(folder: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)  # releases the lock
 
 
+def checkpoints_in(folder: str | os.PathLike) -> list[Path]:
+    """The checkpoints a run holds in ``folder``: its own and each class folder's."""
+    folder = Path(folder)
+    return [p for p in [folder / CHECKPOINT_NAME, *sorted(folder.glob(f"class-*/{CHECKPOINT_NAME}"))] if p.is_file()]
+
+
 def clear_run(folder: str | os.PathLike) -> None:
     """Remove what a training run wrote in ``folder`` (its own and its classes' checkpoints,
     metrics and run description), for ``--overwrite``: call it only after every check has passed."""

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lunet.checkpoint import load_checkpoint, save_checkpoint, stale_temporaries
+from lunet.checkpoint import load_checkpoint, save_checkpoint, stale_temporaries, tensor_bytes
+from lunet.checks import check_positive_int
 from lunet.rundir import CHECKPOINT_NAME, METRICS_NAME, locked
 
 LogProbFn = Callable[[nn.Module, torch.Tensor, torch.Generator], torch.Tensor]
@@ -69,9 +70,7 @@ class TrainConfig:
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         for name in ("epochs", "batch_size", "eval_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(getattr(self, name), name)
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
@@ -108,9 +107,8 @@ def resolve_device(name: str) -> torch.device:
 
 def data_fingerprint(data: torch.Tensor) -> str:
     """Shape, dtype and SHA-256 of a data tensor: what a resumed run must train on again."""
-    t = data.detach().cpu().contiguous()
-    digest = hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
-    return f"{tuple(t.shape)} {t.dtype} sha256:{digest[:16]}"
+    digest = hashlib.sha256(tensor_bytes(data)).hexdigest()
+    return f"{tuple(data.shape)} {data.dtype} sha256:{digest[:16]}"
 
 
 def _lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
