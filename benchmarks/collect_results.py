@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-KEEP = ("bits_per_dim", "bits_per_dim_std_over_draws", "paper_bits_per_pixel", "num_test_images", "logit_lambda",
+KEEP = ("bits_per_dim", "bits_per_dim_std_over_draws", "paper_bits_per_pixel", "num_test_images", "lam",
         "train_seconds", "bayes_classifier_accuracy", "per_class", "num_parameters_free", "num_parameters_stored")
 
 

@@ -63,7 +63,7 @@ FACTORIES = {
     "LULinear-raw": lambda: _perturbed(LULinear(D, diag="raw").double(), 2),
     "LULinear-exp": lambda: _perturbed(LULinear(D, diag="exp").double(), 3),
     "LeakySoftplus-fixed": lambda: LeakySoftplus(0.1).double(),
-    "LeakySoftplus-learnable": lambda: _perturbed(LeakySoftplus(0.3, learnable=True).double(), 4),
+    "LeakySoftplus-learnable": lambda: _perturbed(LeakySoftplus(0.3, learn_alpha=True).double(), 4),
     "Standardize": make_standardize,
     "Sequential": make_sequential,
     "LUNet": make_lunet,

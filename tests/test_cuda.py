@@ -81,7 +81,7 @@ def test_training_step_on_cuda_matches_cpu():
 
 def test_realnvp_on_cuda_matches_cpu_and_inverts():
     torch.manual_seed(0)
-    model = RealNVP(mid_channels=8, num_blocks=1)
+    model = RealNVP(mid_channels=8, num_res_blocks=1)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))

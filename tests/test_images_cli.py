@@ -174,14 +174,14 @@ def test_unconditional_run_layout(uncond_run):
 
 
 def test_evaluate_json_keys_and_sane_values(uncond_eval):
-    for key in ("bits_per_dim", "paper_bits_per_pixel", "logit_lambda", "dataset", "num_test_images"):
+    for key in ("bits_per_dim", "paper_bits_per_pixel", "lam", "dataset", "num_test_images"):
         assert key in uncond_eval, key
     bpd = uncond_eval["bits_per_dim"]
     assert math.isfinite(bpd) and 0.0 < bpd < 16.0
     assert math.isfinite(uncond_eval["paper_bits_per_pixel"])
     assert uncond_eval["paper_bits_per_pixel"] != pytest.approx(bpd, abs=1e-3)
     assert uncond_eval["num_test_images"] == TEST_LIMIT
-    assert uncond_eval["logit_lambda"] == LAM
+    assert uncond_eval["lam"] == LAM
     assert uncond_eval["dataset"] == "mnist"
     assert uncond_eval["kind"] == "unconditional"
     assert uncond_eval["epochs"] == [1]

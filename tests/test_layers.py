@@ -178,7 +178,7 @@ def test_input_of_another_dtype_or_device_than_the_model_is_named():
     from lunet import LUNet
     from lunet.realnvp import RealNVP
 
-    modules = [(LULinear(4), 4), (LUNet(4, 2), 4), (RealNVP(mid_channels=4, num_blocks=1), 784)]
+    modules = [(LULinear(4), 4), (LUNet(4, 2), 4), (RealNVP(mid_channels=4, num_res_blocks=1), 784)]
     for module, dim in modules:
         for call in (module, module.inverse):
             with pytest.raises(TypeError, match=r"dtype torch.float64 but the model's weights are torch.float32"):
@@ -211,7 +211,7 @@ def test_bad_constructor_arguments():
 
 
 def test_learnable_alpha_gets_gradient_and_stays_in_range():
-    act = LeakySoftplus(0.2, learnable=True)
+    act = LeakySoftplus(0.2, learn_alpha=True)
     x = torch.randn(10, 3)
     y, logdet = act(x)
     (y.sum() + logdet.sum()).backward()
@@ -221,7 +221,7 @@ def test_learnable_alpha_gets_gradient_and_stays_in_range():
 
 @pytest.mark.parametrize("learnable", [False, True])
 def test_inverse_gradients_are_the_implicit_function_gradients(learnable):
-    act = LeakySoftplus(0.2, learnable=learnable).double()
+    act = LeakySoftplus(0.2, learn_alpha=learnable).double()
     y = (torch.randn(6, 4, dtype=torch.float64) * 5).requires_grad_()
     x = act.inverse(y)[0]
     x.sum().backward()

@@ -11,8 +11,8 @@ from lunet.flow import standard_normal_log_prob
 from lunet.realnvp import PAPER_PARAMETERS, RealNVP
 
 DTYPES = [torch.float32, torch.float64]
-SMALL = dict(in_channels=1, image_size=28, num_scales=2, mid_channels=8, num_blocks=1)
-TINY = dict(in_channels=1, image_size=4, num_scales=2, mid_channels=4, num_blocks=1)
+SMALL = dict(in_channels=1, image_size=28, num_scales=2, mid_channels=8, num_res_blocks=1)
+TINY = dict(in_channels=1, image_size=4, num_scales=2, mid_channels=4, num_res_blocks=1)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -105,7 +105,7 @@ def test_round_trips_with_random_weights(dtype, tol):
     [
         TINY,
         dict(TINY, num_scales=1),
-        dict(in_channels=2, image_size=4, num_scales=3, mid_channels=4, num_blocks=2),
+        dict(in_channels=2, image_size=4, num_scales=3, mid_channels=4, num_res_blocks=2),
     ],
     ids=["1x4x4-2scales", "1x4x4-1scale", "2x4x4-3scales"],
 )
@@ -156,7 +156,7 @@ def test_default_parameter_count_near_paper():
     with pytest.raises(ValueError, match="kind"):
         model.num_parameters("dense")
     # more blocks or wider nets mean more parameters
-    assert RealNVP(num_blocks=8).num_parameters() > n > RealNVP(mid_channels=32).num_parameters()
+    assert RealNVP(num_res_blocks=8).num_parameters() > n > RealNVP(mid_channels=32).num_parameters()
 
 
 def test_constructor_kwargs_rebuild_from_json_spec():
@@ -215,7 +215,7 @@ def test_bad_input_raises_with_message(method, bad, exc, msg):
     "kwargs, msg",
     [
         (dict(image_size=30, num_scales=3), "divisible"),
-        (dict(num_blocks=0), "num_blocks"),
+        (dict(num_res_blocks=0), "num_res_blocks"),
         (dict(mid_channels=2.5), "mid_channels"),
         (dict(in_channels=True), "in_channels"),
     ],
@@ -229,3 +229,10 @@ def test_bad_configuration_raises(kwargs, msg):
 def test_bad_sample_arguments_raise(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
         RealNVP(**TINY).sample(**kwargs)
+
+
+def test_a_spec_written_with_the_old_name_num_blocks_still_builds():
+    old_spec = {"name": "realnvp", **{k: v for k, v in TINY.items() if k != "num_res_blocks"}, "num_blocks": 2}
+    model = build_model(old_spec)
+    assert model.num_res_blocks == 2
+    assert len(model.scales[0].checker[0].net.blocks) == 2

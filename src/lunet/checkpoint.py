@@ -35,6 +35,8 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     if name == "realnvp":
         from lunet.realnvp import RealNVP  # optional heavy baseline
 
+        if "num_blocks" in spec:  # the name in checkpoints written before it became num_res_blocks
+            spec["num_res_blocks"] = spec.pop("num_blocks")
         return RealNVP(**spec)
     raise ValueError(f"unknown model name {name!r} in model spec; expected 'lunet' or 'realnvp'")
 

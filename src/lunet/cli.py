@@ -59,7 +59,7 @@ POSITIVE_FLOAT = _number(float, lambda v: math.isfinite(v) and v > 0, "a positiv
 NON_NEGATIVE_FLOAT = _number(float, lambda v: math.isfinite(v) and v >= 0, "a non-negative finite number")
 OPTION_NAMES = {"class_label": "--class"}
 SLOPE = _number(float, lambda v: SLOPE_MIN <= v < 1, f"a number in [{SLOPE_MIN:g}, 1)")
-LOGIT_LAMBDA = _number(float, lambda v: 0 < v < 0.5, "a number strictly between 0 and 0.5")
+LAM = _number(float, lambda v: 0 < v < 0.5, "a number strictly between 0 and 0.5")
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -176,7 +176,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           limit=args.limit, device=args.device)
     print(
         f"{result['dataset']} ({result['kind']}): {result['bits_per_dim']:.4f} ± {result['bits_per_dim_std_over_draws']:.4f} "
-        f"bits/dim on {result['num_test_images']} test images ({args.draws} dequantisation draws, λ = {result['logit_lambda']:g})"
+        f"bits/dim on {result['num_test_images']} test images ({args.draws} dequantisation draws, λ = {result['lam']:g})"
     )
     print(f"  paper convention (logit-space bits/dim − 0.5, not comparable to the above): {result['paper_bits_per_pixel']:.4f}")
     for c, r in result.get("per_class", {}).items():
@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--per-class", action="store_true", help="one model per class (the paper's setting)")
     c.add_argument("--data-init", choices=["gaussian", "standardize", "none"],
                    help="LU-Net start: the data's full-covariance Gaussian fit (default), per-pixel standardising, or none")
-    c.add_argument("--lam", type=LOGIT_LAMBDA, help="logit-transform λ in (0, 0.5) (default 1e-6)")
+    c.add_argument("--lam", type=LAM, help=f"logit-transform λ in (0, 0.5) (default {DEFAULT_LAM:g})")
     c.add_argument("--limit", type=POSITIVE_INT, help=argparse.SUPPRESS)
     _add_data_options(p)
     _add_train_options(p)

@@ -91,7 +91,7 @@ def evaluate_run(
         "paper_bits_per_pixel": paper["mean"],
         "paper_bits_per_pixel_std_over_draws": paper["std"],
         "dequantisation_draws": draws,
-        "logit_lambda": settings.lam,
+        "lam": settings.lam,
         "num_test_images": int(sum(t.numel() for t in full_all)),
         "epochs": [ck["epoch"] for ck in ckpts],
         "train_seconds": sum(ck.get("train_seconds", 0.0) for ck in ckpts),

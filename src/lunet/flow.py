@@ -83,7 +83,7 @@ class LUNet(Sequential):
             LULinear(dim, diag=diag, init=init, init_scale=init_scale) for _ in range(num_blocks)
         )
         self.activations = nn.ModuleList(
-            LeakySoftplus(alpha, learnable=learn_alpha) for _ in range(num_blocks - 1)
+            LeakySoftplus(alpha, learn_alpha=learn_alpha) for _ in range(num_blocks - 1)
         )
         self._register_load_state_dict_pre_hook(_renamed_standardisation)
 
@@ -203,7 +203,7 @@ class LUNet(Sequential):
                 act = self.activations[i]
                 h = act._inverse(h)
                 if with_logdet:
-                    logdet = logdet - leaky_softplus_log_derivative(h, act._slope(h)).sum(dim=-1)
+                    logdet = logdet - leaky_softplus_log_derivative(h, act._alpha(h)).sum(dim=-1)
             h = self.blocks[i]._inverse(h)
             if with_logdet:
                 logdet = logdet - self.blocks[i].log_abs_det()

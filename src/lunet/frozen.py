@@ -221,7 +221,7 @@ class FrozenLUNet:
             layers.append(FrozenAffine(weight, (sign_out * (block.bias.double() + shift @ a_t)).to(dtype), **self._split))
             const = const + block.log_abs_det().double()
             if i < len(flow.activations):
-                a = flow.activations[i].slope_value()
+                a = float(flow.activations[i].alpha)
                 slopes.append(a)
                 scale = torch.full_like(scale, 1.0 - a)
                 shift = torch.zeros_like(shift)
@@ -237,7 +237,7 @@ class FrozenLUNet:
             weight = block.inverse64().t()  # A^{-T}
             shift = -(block.bias.double() @ weight)
             if i > 0:
-                a = flow.activations[i - 1].slope_value()
+                a = float(flow.activations[i - 1].alpha)
                 slopes.append(a)
                 scale = 1.0 / table_step(a)
                 weight, shift = weight * scale, shift * scale
@@ -280,7 +280,7 @@ def _as_lunet(parts: list) -> nn.Module:
         for mine, theirs in zip(net.blocks, blocks):
             mine.diag_mode = theirs.diag_mode
             mine.load_state_dict(theirs.state_dict())
-        net.activations = nn.ModuleList(LeakySoftplus(act.slope_value()) for act in activations)
+        net.activations = nn.ModuleList(LeakySoftplus(float(act.alpha)) for act in activations)
         if standardize is not None:
             net.input_mean.copy_(standardize.mean)
             net.input_std.copy_(standardize.std)

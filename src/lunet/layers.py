@@ -190,41 +190,35 @@ class LeakySoftplus(nn.Module):
 
     Args:
         alpha: the slope ``a`` for ``x -> -inf``.
-        learnable: learn ``a`` (parametrised as ``sigmoid(t)``, so it stays in (0, 1); the
-            inverse refuses a slope that has left ``[SLOPE_MIN, 1)``).
+        learn_alpha: learn ``a`` (parametrised as ``sigmoid(alpha_logit)``, so it stays in
+            (0, 1); the inverse refuses a slope that has left ``[SLOPE_MIN, 1)``).
     """
 
-    def __init__(self, alpha: float = 0.1, learnable: bool = False) -> None:
+    def __init__(self, alpha: float = 0.1, learn_alpha: bool = False) -> None:
         super().__init__()
-        # the same range and message as functional.table_step, which refuses a learnable slope that drifts out
+        # the same range and message as functional.table_step, which refuses a learned slope that drifts out
         if not (isinstance(alpha, (int, float)) and SLOPE_MIN <= float(alpha) < 1.0):
             raise ValueError(
                 f"alpha must lie in [{SLOPE_MIN:g}, 1), the slopes for which LeakySoftplus's "
                 f"inverse is exact, got {alpha!r}"
             )
-        self.fixed_alpha = float(alpha)
-        self.learnable = learnable
-        if learnable:
+        self._fixed_alpha = float(alpha)
+        self.learn_alpha = learn_alpha
+        if learn_alpha:
             self.alpha_logit = nn.Parameter(torch.tensor(math.log(alpha / (1.0 - alpha))))
 
     @property
     def alpha(self) -> torch.Tensor:
-        """The slope ``a`` as a scalar tensor."""
-        if self.learnable:
+        """The slope ``a`` as a scalar tensor (float64 for a fixed slope, so ``float(alpha)`` is exact)."""
+        if self.learn_alpha:
             return torch.sigmoid(self.alpha_logit)
-        return torch.tensor(self.fixed_alpha)
+        return torch.tensor(self._fixed_alpha, dtype=torch.float64)
 
-    def slope_value(self) -> float:
-        """The slope ``a`` as a Python float (a device sync for a learnable slope)."""
-        if self.learnable:
-            return float(torch.sigmoid(self.alpha_logit.detach()))
-        return self.fixed_alpha
-
-    def _slope(self, like: torch.Tensor) -> torch.Tensor | float:
+    def _alpha(self, like: torch.Tensor) -> torch.Tensor | float:
         # A fixed slope stays a Python float so it is exact in every dtype.
-        if self.learnable:
+        if self.learn_alpha:
             return torch.sigmoid(self.alpha_logit).to(like.dtype)
-        return self.fixed_alpha
+        return self._fixed_alpha
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (..., n), any shape of at least one dimension -> ``f(x)`` elementwise (..., n),
@@ -234,13 +228,13 @@ class LeakySoftplus(nn.Module):
         return value.view(x.shape), logdet.reshape(x.shape[:-1])
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a = self._slope(x)
+        a = self._alpha(x)
         if isinstance(a, float):
             if not torch.is_grad_enabled():
                 value, logdet = scaled_forward(x, a)
                 return value.mul_(1 - a), logdet.add_(x.shape[1] * math.log1p(-a))
             return FixedSlopeForward.apply(x, a)
-        # a learnable slope: autograd through the definition.
+        # a learned slope: autograd through the definition.
         # f'(x) lies in (a, 1): its log has no cancellation.
         logdet = leaky_softplus_log_derivative(x, a).sum(dim=1)
         return leaky_softplus(x, a), logdet
@@ -250,10 +244,10 @@ class LeakySoftplus(nn.Module):
         to float precision, and ``log|det dx/dy| = -sum_i log f'(x_i)`` over the last dimension (...)."""
         check_features(y)
         x = self._inverse(y)
-        return x, -leaky_softplus_log_derivative(x, self._slope(x)).sum(dim=-1)
+        return x, -leaky_softplus_log_derivative(x, self._alpha(x)).sum(dim=-1)
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        return leaky_softplus_inverse(y, self._slope(y))
+        return leaky_softplus_inverse(y, self._alpha(y))
 
     def extra_repr(self) -> str:
-        return f"alpha={float(self.alpha.detach()):.4g}, learnable={self.learnable}"
+        return f"alpha={float(self.alpha.detach()):.4g}, learn_alpha={self.learn_alpha}"

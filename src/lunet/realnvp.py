@@ -19,7 +19,7 @@ and the output of the last scale, each flattened; the prior is a standard normal
 An affine coupling keeps one part ``x_a`` of its input and maps the other,
 ``y_b = x_b * exp(s(x_a)) + t(x_a)``, with ``s = scale * tanh(raw_s)`` and a learned
 per-channel ``scale`` (bounded log-scales keep the flow stable). ``s`` and ``t`` come
-from a ResNet: a 3x3 convolution to ``mid_channels`` feature maps, ``num_blocks``
+from a ResNet: a 3x3 convolution to ``mid_channels`` feature maps, ``num_res_blocks``
 pre-activation residual blocks (norm, ReLU, 3x3 conv, twice), norm, ReLU and a 3x3
 convolution to ``(s, t)``. That last convolution starts at zero, so a fresh flow maps
 every coupling to the identity and the whole model to a permutation of its input.
@@ -96,10 +96,10 @@ class ResidualBlock(nn.Module):
 class CouplingNet(nn.Module):
     """ResNet conditioner: ``(B, in_channels, H, W)`` -> log-scale and shift, each ``(B, out_channels, H, W)``."""
 
-    def __init__(self, in_channels: int, out_channels: int, mid_channels: int, num_blocks: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, mid_channels: int, num_res_blocks: int) -> None:
         super().__init__()
         self.in_conv = WNConv2d(in_channels, mid_channels, 3)
-        self.blocks = nn.ModuleList(ResidualBlock(mid_channels) for _ in range(num_blocks))
+        self.blocks = nn.ModuleList(ResidualBlock(mid_channels) for _ in range(num_res_blocks))
         self.out_norm = _norm(mid_channels)
         self.out_conv = nn.Conv2d(mid_channels, 2 * out_channels, 3, padding=1)
         nn.init.zeros_(self.out_conv.weight)
@@ -124,10 +124,10 @@ def checkerboard(height: int, width: int, parity: int) -> torch.Tensor:
 class CheckerboardCoupling(nn.Module):
     """Affine coupling that keeps the pixels where the checkerboard mask is 1."""
 
-    def __init__(self, channels: int, size: int, parity: int, mid_channels: int, num_blocks: int) -> None:
+    def __init__(self, channels: int, size: int, parity: int, mid_channels: int, num_res_blocks: int) -> None:
         super().__init__()
         self.register_buffer("mask", checkerboard(size, size, parity), persistent=False)
-        self.net = CouplingNet(channels, channels, mid_channels, num_blocks)
+        self.net = CouplingNet(channels, channels, mid_channels, num_res_blocks)
 
     def _st(self, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s, t = self.net(kept)
@@ -146,11 +146,11 @@ class CheckerboardCoupling(nn.Module):
 class ChannelCoupling(nn.Module):
     """Affine coupling that keeps one half of the channels (the first, or the second when ``flip``)."""
 
-    def __init__(self, channels: int, flip: bool, mid_channels: int, num_blocks: int) -> None:
+    def __init__(self, channels: int, flip: bool, mid_channels: int, num_res_blocks: int) -> None:
         super().__init__()
         self.flip = flip
         half = channels // 2
-        self.net = CouplingNet(half, half, mid_channels, num_blocks)
+        self.net = CouplingNet(half, half, mid_channels, num_res_blocks)
 
     def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a, b = x.chunk(2, dim=1)
@@ -183,15 +183,15 @@ def unsqueeze(x: torch.Tensor) -> torch.Tensor:
 class Scale(nn.Module):
     """One scale: checkerboard couplings, then (unless last) squeeze, channel couplings and a split."""
 
-    def __init__(self, channels: int, size: int, last: bool, mid_channels: int, num_blocks: int) -> None:
+    def __init__(self, channels: int, size: int, last: bool, mid_channels: int, num_res_blocks: int) -> None:
         super().__init__()
         self.last = last
         n_checker = 4 if last else 3
         self.checker = nn.ModuleList(
-            CheckerboardCoupling(channels, size, i % 2, mid_channels, num_blocks) for i in range(n_checker)
+            CheckerboardCoupling(channels, size, i % 2, mid_channels, num_res_blocks) for i in range(n_checker)
         )
         self.channel = nn.ModuleList(
-            () if last else (ChannelCoupling(4 * channels, i % 2 == 1, mid_channels, num_blocks) for i in range(3))
+            () if last else (ChannelCoupling(4 * channels, i % 2 == 1, mid_channels, num_res_blocks) for i in range(3))
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
@@ -237,7 +237,7 @@ class RealNVP(nn.Module):
         image_size: height = width; divisible by ``2 ** (num_scales - 1)``.
         num_scales: scales; every one but the last squeezes and factors out half.
         mid_channels: feature maps in the coupling ResNets (the same at every scale).
-        num_blocks: residual blocks per coupling ResNet.
+        num_res_blocks: residual blocks per coupling ResNet.
 
     The defaults give 5,224,307 trainable parameters for 1x28x28, 3.1% below the
     5.39M the LU-Net paper reports for its RealNVP.
@@ -249,14 +249,14 @@ class RealNVP(nn.Module):
         image_size: int = 28,
         num_scales: int = 2,
         mid_channels: int = 64,
-        num_blocks: int = 7,
+        num_res_blocks: int = 7,
     ) -> None:
         super().__init__()
         self.in_channels = check_positive_int(in_channels, "in_channels")
         self.image_size = check_positive_int(image_size, "image_size")
         self.num_scales = check_positive_int(num_scales, "num_scales")
         self.mid_channels = check_positive_int(mid_channels, "mid_channels")
-        self.num_blocks = check_positive_int(num_blocks, "num_blocks")
+        self.num_res_blocks = check_positive_int(num_res_blocks, "num_res_blocks")
         factor = 2 ** (num_scales - 1)
         if image_size % factor != 0:
             raise ValueError(
@@ -271,7 +271,7 @@ class RealNVP(nn.Module):
         c, size = in_channels, image_size
         for k in range(num_scales):
             last = k == num_scales - 1
-            scales.append(Scale(c, size, last, mid_channels, num_blocks))
+            scales.append(Scale(c, size, last, mid_channels, num_res_blocks))
             if not last:
                 c, size = 2 * c, size // 2
                 self._latent_shapes.append((c, size, size))
@@ -287,7 +287,7 @@ class RealNVP(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_channels={self.in_channels}, image_size={self.image_size}, num_scales={self.num_scales}, "
-            f"mid_channels={self.mid_channels}, num_blocks={self.num_blocks}"
+            f"mid_channels={self.mid_channels}, num_res_blocks={self.num_res_blocks}"
         )
 
     def _ref(self) -> torch.Tensor:
