@@ -78,7 +78,7 @@ for run in realnvp-mnist lunet4-mnist-long lunet8-alpha-mnist; do
   [ -f "$dir/checkpoint.pt" ] || { echo "$run: no checkpoint"; continue; }
   timeout 60 $LUNET evaluate "$dir" --data-dir "$DATA" --device "$DEVICE" $EVAL_ARGS --json "$R/$run-eval.json" || echo "$run: evaluation failed"
   timeout 30 $LUNET sample "$dir" --data-dir "$DATA" --device "$DEVICE" --out "$R/figures/$run-samples.png" || echo "$run: sampling failed"
-  timeout 30 $PY benchmarks/slim_checkpoint.py "$dir/checkpoint.pt" "$R/$run.pt" && rm "$dir/checkpoint.pt"
+  timeout 30 $PY scripts/slim_checkpoint.py "$dir/checkpoint.pt" "$R/$run.pt" && rm "$dir/checkpoint.pt"
 done
 
 stage "pack"

@@ -10,8 +10,7 @@
    and batches 1 to 256: where the split pays.
 3. Density at batch 1,000 with the standardisation, the activations' ``1 - a``
    and the signs folded into a frozen snapshot's matrices and each activation from
-   one sigmoid, against the same plan with softplus and sigmoid, and the module's
-   own pass (no snapshot).
+   one sigmoid, against the module's own pass (no snapshot).
 4. The leaky softplus's training pass (forward and backward) with its written-out
    backward against autograd through the definition; drawing with autograd on
    by a snapshot's ``sample``, the module's ``sample`` (no graph) and ``rsample``
@@ -37,9 +36,9 @@ import torch
 from lunet import functional
 from lunet.fast.affine import FrozenAffine, output_major
 from lunet.layers import LeakySoftplus
-from lunet.bench import _training_step
-from lunet.checkpoint import build_model
-from lunet.images import paper_lunet_spec
+from lunet.experiments.bench import training_step
+from lunet.experiments.checkpoint import build_model
+from lunet.experiments.images import paper_lunet_spec
 
 
 def _seconds(fn: Callable[[], object], calls: int = 1) -> float:
@@ -71,7 +70,7 @@ def block_depths(rounds: int) -> dict[int, float]:
     """Median step time (s) per blocking depth of the training path."""
     torch.manual_seed(0)
     model = build_model(paper_lunet_spec())
-    step = _training_step(model, torch.randn(256, 784))
+    step = training_step(model, torch.randn(256, 784))
     leaves = {0: 10**9, 1: 392, 2: 196, 3: 98, 4: 49}  # the block_leaf giving each depth at width 784
     times: dict[int, list[float]] = {d: [] for d in leaves}
     for _ in range(3):
@@ -144,23 +143,15 @@ def split_bounds(rounds: int, widths: tuple[int, ...] = (512, 640, 784, 1024), b
 
 def density_folding(rounds: int) -> dict[str, float]:
     """Median times (s) of ``log_prob`` at batch 1,000: a snapshot's folded plan with its
-    activations from one sigmoid of the negated pre-activation; the same plan with softplus
-    and sigmoid (its exact fallback); and the module's own pass without a snapshot
-    (triangular products, each activation applying its ``1 - a`` itself)."""
-    from lunet.flow import standard_normal_log_prob
-
+    activations from one sigmoid of the negated pre-activation, and the module's own pass
+    without a snapshot (triangular products, each activation applying its ``1 - a`` itself)."""
     torch.manual_seed(0)
     model = build_model(paper_lunet_spec()).eval()
     frozen = model.frozen()
     x = torch.randn(1000, 784)
 
-    def softplus_and_sigmoid() -> torch.Tensor:
-        z, logdet = frozen._forward(x, exact=True)
-        return standard_normal_log_prob(z) + logdet
-
     variants = {
         "snapshot, folded, one sigmoid (log_prob)": lambda: frozen.log_prob(x),
-        "snapshot, folded, softplus and sigmoid (the exact fallback)": softplus_and_sigmoid,
         "module, no snapshot": lambda: model.log_prob(x),
     }
     with torch.no_grad():
@@ -192,7 +183,7 @@ def activation_training(rounds: int) -> dict[str, float]:
     g_value, g_logdet = torch.randn(256, 784), torch.randn(256)
 
     def written_out() -> None:
-        torch.autograd.grad(act._forward(x), x, (g_value, g_logdet))
+        torch.autograd.grad(act(x), x, (g_value, g_logdet))
 
     def autograd() -> None:
         a = 0.1
@@ -223,11 +214,11 @@ def compiled_activation(rounds: int) -> dict[str, float]:
     act = LeakySoftplus(0.1)
     x = torch.randn(1000, 784)
     start = time.perf_counter()
-    compiled = torch.compile(act._forward)
+    compiled = torch.compile(act)
     with torch.no_grad():
         compiled(x)
         compile_s = time.perf_counter() - start
-        out = _alternate({"eager": lambda: act._forward(x), "compiled": lambda: compiled(x)}, rounds, 10)
+        out = _alternate({"eager": lambda: act(x), "compiled": lambda: compiled(x)}, rounds, 10)
     out["compile_seconds"] = compile_s
     return out
 

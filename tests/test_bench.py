@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from lunet.bench import PAPER, Timing, bench_model, markdown_table, micro_table, run_micro, time_call
+from lunet.experiments.bench import PAPER, Timing, bench_model, markdown_table, micro_table, run_micro, time_call
 
 
 def test_time_call_reports_median_and_range():

@@ -10,7 +10,7 @@ and a training step.
 import pytest
 import torch
 
-from lunet.realnvp import RealNVP
+from lunet.baselines.realnvp import RealNVP
 from test_fast_paths import make_net
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

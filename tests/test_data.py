@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lunet import data
-from lunet.data import (
+from lunet.experiments import data
+from lunet.experiments.data import (
     DATASETS,
     find_file,
     load_dataset,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lunet import ClassConditionalFlow, LUNet, standard_normal_log_prob
-from lunet.toy import GaussianMixture2D
+from lunet.experiments.toy import GaussianMixture2D
 
 DTYPES = [torch.float32, torch.float64]
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lunet.checkpoint import load_checkpoint, load_model
+from lunet.experiments.checkpoint import load_checkpoint, load_model
 from lunet.cli import main
-from lunet.data import FILES, load_dataset
-from lunet.evaluate import DigitClassifier, class_agreement
+from lunet.experiments.data import FILES, load_dataset
+from lunet.experiments.evaluate import DigitClassifier, class_agreement
 from lunet.flow import LOG_2PI
-from lunet.images import fitted_latent_gaussian, sample_images
-from lunet.preprocess import ImagePreprocessor, dequantize, logit_transform
+from lunet.experiments.images import fitted_latent_gaussian, sample_images
+from lunet.experiments.preprocess import ImagePreprocessor, dequantize, logit_transform
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LAM = 1e-6
@@ -37,7 +37,7 @@ TEST_LIMIT = 200  # evaluate: first test images
 SMALL = ["--blocks", "2", "--epochs", "1", "--batch-size", str(BATCH), "--no-progress"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EVAL_DRAWS = 3  # evaluate's default --draws
-EVAL_SEED = 1000  # evaluate_run dequantises draw k with seed 1000 + k (lunet/evaluate.py)
+EVAL_SEED = 1000  # evaluate_run dequantises draw k with seed 1000 + k (lunet/experiments/evaluate.py)
 BAYES_SEED = 7  # bayes_accuracy dequantises with seed 7
 
 

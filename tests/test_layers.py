@@ -176,7 +176,7 @@ def test_bad_input_is_named(bad, exc, pattern):
 
 def test_input_of_another_dtype_or_device_than_the_model_is_named():
     from lunet import LUNet
-    from lunet.realnvp import RealNVP
+    from lunet.baselines.realnvp import RealNVP
 
     modules = [(LULinear(4), 4), (LUNet(4, 2), 4), (RealNVP(mid_channels=4, num_res_blocks=1), 784)]
     for module, dim in modules:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lunet.flow import standard_normal_log_prob
-from lunet.preprocess import (
+from lunet.experiments.preprocess import (
     ImagePreprocessor,
     bits_per_dim,
     dequantize,

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from lunet.checkpoint import build_model
+from lunet.experiments.checkpoint import build_model
 from lunet.flow import standard_normal_log_prob
-from lunet.realnvp import PAPER_PARAMETERS, RealNVP
+from lunet.baselines.realnvp import PAPER_PARAMETERS, RealNVP
 
 DTYPES = [torch.float32, torch.float64]
 SMALL = dict(in_channels=1, image_size=28, num_scales=2, mid_channels=8, num_res_blocks=1)

@@ -21,11 +21,11 @@ import pytest
 import torch
 
 from lunet import LUNet
-from lunet.checkpoint import load_checkpoint, load_model, save_checkpoint
+from lunet.experiments.checkpoint import load_checkpoint, load_model, save_checkpoint
 from lunet.cli import main
-from lunet.data import FILES
-from lunet.rundir import RunFolderBusy, locked
-from lunet.train import Trainer, TrainingDiverged
+from lunet.experiments.data import FILES
+from lunet.experiments.rundir import RunFolder, RunFolderBusy
+from lunet.experiments.train import Trainer, TrainingDiverged
 
 GMM = ["train", "--dataset", "gmm2d", "--blocks", "2", "--batch-size", "512", "--no-progress"]
 
@@ -191,8 +191,8 @@ def test_overwrite_with_a_missing_data_dir_or_device_keeps_the_old_run(image_run
 def test_a_second_training_into_a_locked_folder_is_refused_naming_the_holder(tmp_path, capsys):
     out = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from lunet.rundir import locked\n"
-         f"with locked({str(out)!r}):\n    print('held', flush=True); sys.stdin.readline()"],
+        [sys.executable, "-c", "import sys, time; from lunet.experiments.rundir import RunFolder\n"
+         f"with RunFolder({str(out)!r}).locked():\n    print('held', flush=True); sys.stdin.readline()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     try:
@@ -202,7 +202,7 @@ def test_a_second_training_into_a_locked_folder_is_refused_naming_the_holder(tmp
         assert f"process {holder.pid}" in line and "in use" in line
         assert not (out / "checkpoint.pt").exists() and not (out / "metrics.jsonl").exists()
         with pytest.raises(RunFolderBusy):
-            with locked(out):
+            with RunFolder(out).locked():
                 pass
     finally:
         holder.communicate("\n", timeout=30)
@@ -212,7 +212,7 @@ def test_a_second_training_into_a_locked_folder_is_refused_naming_the_holder(tmp
 def _locked_elsewhere(folder: Path) -> bool:
     """Whether another process is refused the lock on ``folder`` now."""
     probe = subprocess.run(
-        [sys.executable, "-c", f"from lunet.rundir import locked\nwith locked({str(folder)!r}): pass"],
+        [sys.executable, "-c", f"from lunet.experiments.rundir import RunFolder\nwith RunFolder({str(folder)!r}).locked(): pass"],
         capture_output=True, text=True,
     )
     return probe.returncode != 0 and "RunFolderBusy" in probe.stderr
@@ -220,8 +220,8 @@ def _locked_elsewhere(folder: Path) -> bool:
 
 def test_the_lock_is_reentrant_within_one_process(tmp_path):
     folder = tmp_path / "run"
-    with locked(folder):
-        with locked(folder):
+    with RunFolder(folder).locked():
+        with RunFolder(folder).locked():
             pass
         assert _locked_elsewhere(folder)  # the inner block's end does not release the outer hold
     assert not _locked_elsewhere(folder)
@@ -242,8 +242,8 @@ def test_nonsense_training_options_are_refused(option, tmp_path, capsys):
 
 
 def _trainer(out: Path, epochs: int = 3, lr: float = 2e-2) -> Trainer:
-    from lunet.gmm2d import _log_prob_fn, make_splits
-    from lunet.train import TrainConfig
+    from lunet.experiments.gmm2d import _log_prob_fn, make_splits
+    from lunet.experiments.train import TrainConfig
 
     data = make_splits(0)
     torch.manual_seed(0)
@@ -349,7 +349,7 @@ def test_an_unwritable_out_is_one_line_before_any_work(tmp_path, capsys):
 
 
 def test_an_unforeseen_failure_is_still_one_line(monkeypatch, tmp_path, capsys):
-    from lunet import gmm2d
+    from lunet.experiments import gmm2d
 
     def broken(*args, **kwargs):
         raise RuntimeError("something nobody foresaw")
@@ -420,7 +420,7 @@ def test_old_checkpoints_without_a_checksum_still_load(gmm_run, tmp_path):
 
 
 def test_the_lock_file_names_its_holder(tmp_path):
-    with locked(tmp_path / "run") as folder:
+    with RunFolder(tmp_path / "run").locked() as folder:
         record = json.loads((folder / ".lock").read_text())
     assert record["pid"] == os.getpid() and record["host"]
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from lunet.functional import SLOPE_MIN
-from lunet.preprocess import DEFAULT_LAM
-from lunet.rundir import CHECKPOINT_NAME, RunFolderBusy, check_writable_file, checkpoints_in
-from lunet.train import TrainConfig, TrainingDiverged
+from lunet.experiments.preprocess import DEFAULT_LAM
+from lunet.experiments.rundir import RunFolder, RunFolderBusy, check_writable_file
+from lunet.experiments.train import TrainConfig, TrainingDiverged
 
 
 def _number(kind: type, test, what: str):
@@ -110,7 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
     if args.dataset == "gmm2d":
-        from lunet import gmm2d
+        from lunet.experiments import gmm2d
 
         _refuse_given(args, ("model", "class_label", "per_class", "limit", "learn_alpha", "lam", "data_init",
                              "data_dir", "no_verify"), "image data sets only, not to --dataset gmm2d")
@@ -131,7 +131,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}/density.png, {args.out}/samples.png, {args.out}/summary.json")
         return 0
 
-    from lunet import images
+    from lunet.experiments import images
 
     if args.model == "realnvp":
         _refuse_given(args, ("blocks", "alpha", "diag", "learn_alpha", "data_init"), "--model lunet only, not to realnvp")
@@ -170,7 +170,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_outputs(args)
-    from lunet.evaluate import evaluate_run
+    from lunet.experiments.evaluate import evaluate_run
 
     result = evaluate_run(args.run_dir, draws=args.draws, data_dir=args.data_dir, verify=not args.no_verify,
                           limit=args.limit, device=args.device)
@@ -192,9 +192,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from lunet.flow import for_inference
-    from lunet.images import fitted_class_priors, load_run_models, sample_images
-    from lunet.plots import save_image_grid
-    from lunet.preprocess import ImagePreprocessor
+    from lunet.experiments.images import fitted_class_priors, load_run_models, sample_images
+    from lunet.experiments.plots import save_image_grid
+    from lunet.experiments.preprocess import ImagePreprocessor
 
     settings, models, _ = load_run_models(args.run_dir, device=args.device)
     if len(models) > 1 and args.num is not None:
@@ -222,10 +222,10 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     _check_outputs(args)
     import torch
 
-    from lunet.data import load_dataset
-    from lunet.images import load_run_models
-    from lunet.plots import save_image_grid
-    from lunet.preprocess import ImagePreprocessor
+    from lunet.experiments.data import load_dataset
+    from lunet.experiments.images import load_run_models
+    from lunet.experiments.plots import save_image_grid
+    from lunet.experiments.preprocess import ImagePreprocessor
 
     settings, models, _ = load_run_models(args.run_dir)
     if len(models) != 1:
@@ -256,8 +256,8 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
 def cmd_agreement(args: argparse.Namespace) -> int:
     _check_outputs(args)
-    from lunet.evaluate import class_agreement, train_classifier
-    from lunet.images import load_run_models, read_run_file
+    from lunet.experiments.evaluate import class_agreement, train_classifier
+    from lunet.experiments.images import load_run_models, read_run_file
 
     settings = read_run_file(args.run_dir)
     if settings.kind == "unconditional":
@@ -278,7 +278,7 @@ def cmd_agreement(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     _check_outputs(args)
-    from lunet.bench import markdown_table, micro_table, run_bench, run_micro
+    from lunet.experiments.bench import markdown_table, micro_table, run_bench, run_micro
 
     if args.micro:
         result = run_micro(device=args.device)
@@ -392,11 +392,11 @@ def _interrupted(args: argparse.Namespace) -> str:
     """What to tell a user who pressed Ctrl-C: for training, where the last checkpoint is."""
     if args.command != "train":
         return "interrupted"
-    out = Path(args.out)
-    kept = checkpoints_in(out)
+    run = RunFolder(args.out)
+    kept = run.checkpoints()
     if not kept:
         return "interrupted before the first checkpoint; nothing was kept"
-    where = kept[0] if len(kept) == 1 else f"{out}/class-*/{CHECKPOINT_NAME}"
+    where = kept[0] if len(kept) == 1 else f"{run.path}/class-*/{run.checkpoint.name}"
     return f"interrupted; the last checkpoint is kept in {where}; continue with --resume and the run's own options"
 
 

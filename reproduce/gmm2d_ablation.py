@@ -1,7 +1,7 @@
 """Ablations of the 2-D mixture recipe: test KL (nats) per configuration.
 
-    python benchmarks/gmm2d_ablation.py            # all rows, ~15 min on 2 cores
-    python benchmarks/gmm2d_ablation.py --only 0 1 # selected rows
+    python reproduce/gmm2d_ablation.py            # all rows, ~15 min on 2 cores
+    python reproduce/gmm2d_ablation.py --only 0 1 # selected rows
 
 Each row trains a fresh 2-D LU-Net for a fixed number of Adam steps on the
 9,000 training points and reports KL = test NLL - mixture entropy. Single
@@ -17,8 +17,8 @@ import time
 import torch
 
 from lunet import LUNet
-from lunet.gmm2d import make_splits
-from lunet.toy import GaussianMixture2D
+from lunet.experiments.gmm2d import make_splits
+from lunet.experiments.toy import GaussianMixture2D
 
 BASE = dict(blocks=12, alpha=0.1, steps=3000, batch=512, lr=1e-2, positive_signs=False, input_scale=1.0, learn_alpha=False)
 ROWS = [

@@ -17,13 +17,13 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from lunet.checkpoint import build_model, load_checkpoint, load_model
+from lunet.experiments.checkpoint import build_model, load_checkpoint, load_model
 from lunet.checks import check_positive_int, check_temperature
-from lunet.data import DATASETS, load_dataset, train_val_split
+from lunet.experiments.data import DATASETS, load_dataset, train_val_split
 from lunet.flow import placement
-from lunet.preprocess import DEFAULT_LAM, LN2, ImagePreprocessor
-from lunet.rundir import CHECKPOINT_NAME, RUN_FILE, checkpoints_in, clear_run, locked
-from lunet.train import TrainConfig, Trainer, resolve_device
+from lunet.experiments.preprocess import DEFAULT_LAM, LN2, ImagePreprocessor
+from lunet.experiments.rundir import RunFolder
+from lunet.experiments.train import TrainConfig, Trainer, resolve_device
 
 NUM_CLASSES = 10
 KINDS = ("unconditional", "class", "per_class")
@@ -79,8 +79,9 @@ def nats_to_bits_per_dim(nats_per_dim: float) -> float:
     return nats_per_dim / LN2 + 8.0
 
 
-def model_dir(run_dir: Path, class_label: Optional[int], kind: str) -> Path:
-    return run_dir / f"class-{class_label}" if kind == "per_class" else run_dir
+def model_folder(run: RunFolder, class_label: Optional[int], kind: str) -> RunFolder:
+    """Where the model of ``class_label`` keeps its checkpoint: a class folder in a per-class run, else the run's."""
+    return run.class_folder(class_label) if kind == "per_class" else run
 
 
 def class_subset(
@@ -103,9 +104,9 @@ def make_log_prob_fn(pre: ImagePreprocessor):
     return log_prob
 
 
-def write_run_file(run_dir: Path, settings: ImageRunSettings) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / RUN_FILE
+def write_run_file(run: RunFolder, settings: ImageRunSettings) -> None:
+    run.path.mkdir(parents=True, exist_ok=True)
+    path = run.run_file
     record = {
         "dataset": settings.dataset,
         "kind": settings.kind,
@@ -114,7 +115,7 @@ def write_run_file(run_dir: Path, settings: ImageRunSettings) -> None:
         "lam": settings.lam,
         "data_init": settings.data_init,
     }
-    if path.exists() and checkpoints_in(run_dir):  # without a checkpoint there is no run to protect
+    if path.exists() and run.checkpoints():  # without a checkpoint there is no run to protect
         existing = json.loads(path.read_text())
         if existing != record:
             raise ValueError(
@@ -125,7 +126,7 @@ def write_run_file(run_dir: Path, settings: ImageRunSettings) -> None:
 
 def read_run_file(run_dir: str | Path) -> ImageRunSettings:
     """The settings of an image run from its ``run.json``; ``ValueError`` naming the file when it is damaged."""
-    path = Path(run_dir) / RUN_FILE
+    path = RunFolder(run_dir).run_file
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {run_dir} is not an image run directory made by `lunet train`")
     try:
@@ -160,29 +161,29 @@ def train_image_run(
     smoke tests). ``overwrite`` replaces a run already in ``run_dir``, once the
     data have been found and verified, the device checked and the folder locked.
     """
-    run_dir = Path(run_dir)
+    run = RunFolder(run_dir)
     if limit is not None:
         check_positive_int(limit, "limit")
     resolve_device(config.device)
     images, labels = load_dataset(settings.dataset, "train", data_dir=data_dir, verify=verify)
     (train_x, train_y), (val_x, val_y) = train_val_split(images, labels)
-    with locked(run_dir):
+    with run.locked():
         if overwrite:
-            clear_run(run_dir)
-        elif resume and not any(model_dir(run_dir, c, settings.kind).joinpath(CHECKPOINT_NAME).is_file() for c in settings.classes):
+            run.clear()
+        elif resume and not any(model_folder(run, c, settings.kind).checkpoint.is_file() for c in settings.classes):
             raise FileNotFoundError(
                 f"--resume: there is no checkpoint to resume in {run_dir}; leave out --resume to start a new run"
             )
-        elif not resume and checkpoints_in(run_dir):
+        elif not resume and run.checkpoints():
             raise FileExistsError(
                 f"{run_dir} already holds a training run; pass --resume to continue it, --overwrite to "
                 f"replace it, or choose another --out"
             )
-        return _train_models(run_dir, settings, config, train_x, train_y, val_x, val_y, resume, progress, limit)
+        return _train_models(run, settings, config, train_x, train_y, val_x, val_y, resume, progress, limit)
 
 
 def _train_models(
-    run_dir: Path, settings: ImageRunSettings, config: TrainConfig, train_x: torch.Tensor, train_y: torch.Tensor,
+    run: RunFolder, settings: ImageRunSettings, config: TrainConfig, train_x: torch.Tensor, train_y: torch.Tensor,
     val_x: torch.Tensor, val_y: torch.Tensor, resume: bool, progress: bool, limit: Optional[int],
 ) -> dict[str, Any]:
     pre = ImagePreprocessor(settings.lam, num_dims=train_x.shape[1])
@@ -190,7 +191,7 @@ def _train_models(
     # a divergence in one class lets the whole run continue with a gentler step
     after_divergence = resume and any(
         load_checkpoint(path).get("diverged")
-        for path in (model_dir(run_dir, c, settings.kind) / CHECKPOINT_NAME for c in settings.classes)
+        for path in (model_folder(run, c, settings.kind).checkpoint for c in settings.classes)
         if path.is_file()
     )
     results = {}
@@ -199,7 +200,7 @@ def _train_models(
         vx, _ = class_subset(val_x, val_y, c)
         if limit is not None:
             tx, vx = tx[:limit], vx[: max(1, limit // 10)]
-        out = model_dir(run_dir, c, settings.kind)
+        out = model_folder(run, c, settings.kind).path
         torch.manual_seed(config.seed)
         model = build_model(settings.model)
         if settings.data_init != "none" and hasattr(model, "standardize"):
@@ -217,7 +218,7 @@ def _train_models(
         if resume and trainer.checkpoint_path.exists():
             trainer.resume(after_divergence=after_divergence)
         if i == 0:  # every check of the first model has passed: the folder now holds this run
-            write_run_file(run_dir, settings)
+            write_run_file(run, settings)
         if progress and c is not None:
             print(f"class {c}: {tx.shape[0]} training images")
         start = time.perf_counter()
@@ -235,12 +236,12 @@ def load_run_models(
     run_dir: str | Path, which: str = "best", device: str = "cpu"
 ) -> tuple[ImageRunSettings, list[nn.Module], list[dict]]:
     """Settings, one model per entry of ``settings.classes`` (in eval mode on ``device``), and their checkpoints."""
-    run_dir = Path(run_dir)
+    run = RunFolder(run_dir)
     dev = resolve_device(device)
     settings = read_run_file(run_dir)
     models, ckpts = [], []
     for c in settings.classes:
-        model, ckpt = load_model(model_dir(run_dir, c, settings.kind) / CHECKPOINT_NAME, which=which)
+        model, ckpt = load_model(model_folder(run, c, settings.kind).checkpoint, which=which)
         models.append(model.to(dev).eval())
         ckpts.append(ckpt)
     return settings, models, ckpts

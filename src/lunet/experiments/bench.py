@@ -19,10 +19,10 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from lunet.checkpoint import build_model
+from lunet.experiments.checkpoint import build_model
 from lunet.flow import for_inference
-from lunet.images import paper_lunet_spec
-from lunet.train import resolve_device
+from lunet.experiments.images import paper_lunet_spec
+from lunet.experiments.train import resolve_device
 
 TRAIN_IMAGES = 60_000
 PAPER = {
@@ -69,7 +69,7 @@ def time_call(fn: Callable[[], Any], device: torch.device, repeats: int, warmup:
     return Timing(statistics.median(times), min(times), max(times), repeats)
 
 
-def _training_step(model: nn.Module, batch: torch.Tensor) -> Callable[..., None]:
+def training_step(model: nn.Module, batch: torch.Tensor) -> Callable[..., None]:
     """A closure doing one optimisation step (forward, loss, backward, Adam update) on ``batch`` or a given one.
 
     Uses the fused Adam kernel, as the trainer does."""
@@ -93,7 +93,7 @@ def peak_training_memory_mib(name: str, batch: int, device: str, steps: int = 2)
     """
     code = (
         "import json\n"
-        "from lunet.bench import _memory_probe\n"
+        "from lunet.experiments.bench import _memory_probe\n"
         f"print(json.dumps(_memory_probe({name!r}, {batch}, {device!r}, {steps})))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -122,7 +122,7 @@ def _memory_probe(name: str, batch: int, device: str, steps: int) -> float:
     x = x.to(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    step = _training_step(model, x)
+    step = training_step(model, x)
     for _ in range(steps):
         step()
     _sync(dev)
@@ -154,7 +154,7 @@ def bench_model(
     }
 
     sb = override.get("step", step_batch)
-    step = _training_step(model, torch.randn(sb, 784, device=device))
+    step = training_step(model, torch.randn(sb, 784, device=device))
     t_step = time_call(step, device, repeats=repeats if sb == step_batch else max(1, repeats // 2))
     if sb != step_batch:
         notes.append(f"step measured at batch {sb} and scaled by {step_batch}/{sb}")
@@ -167,7 +167,7 @@ def bench_model(
         notes.append(f"epoch projected from the step time x {steps_per_epoch} steps")
     else:
         data = torch.randn(TRAIN_IMAGES, 784, device=device)
-        full_step = _training_step(model, data[:step_batch])
+        full_step = training_step(model, data[:step_batch])
 
         def epoch() -> None:
             for start in range(0, TRAIN_IMAGES, step_batch):
@@ -280,7 +280,7 @@ def run_micro(device: str = "cpu", dim: int = 784, num_blocks: int = 4, repeats:
 
     x256 = torch.randn(256, dim, device=dev)
     x1000 = torch.randn(1000, dim, device=dev)
-    step = _training_step(model, x256)
+    step = training_step(model, x256)
 
     def paired(fn_a: Callable[[], Any], fn_b: Callable[[], Any]) -> tuple[float, float, float]:
         """Medians of a and b timed alternately, and the median of the per-round ratios a/b:

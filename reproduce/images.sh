@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Trains and evaluates every image result in docs/results.md, one after another
 # (each run resumable: rerunning this script continues where it stopped).
-#   DATA=../shared/data bash benchmarks/reproduce_images.sh
+#   DATA=../shared/data bash reproduce/images.sh
 # Each run's recipe is spelled out below rather than taken from the defaults,
 # so that the recorded numbers stay reproducible when defaults change.
 set -euo pipefail

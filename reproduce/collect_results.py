@@ -1,6 +1,6 @@
-"""Gather the evaluation JSONs written by benchmarks/reproduce_images.sh into docs/results.json.
+"""Gather the evaluation JSONs written by reproduce/images.sh into docs/results.json.
 
-    python benchmarks/collect_results.py
+    python reproduce/collect_results.py
 
 Shape: {"mnist": {"unconditional": {...}, "per_class": {...}}, "fashion-mnist": {...}}, each entry with
 bits_per_dim, paper_bits_per_pixel, epochs, train_seconds (and the class agreement where measured).

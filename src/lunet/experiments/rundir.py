@@ -1,4 +1,4 @@
-"""The run folder: one writer at a time, and checks made before anything in it is touched."""
+"""The run folder: its layout, one writer at a time, and checks made before anything in it is touched."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import socket
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -69,14 +69,8 @@ def _holder_description(lock_file: Path) -> str:
 
 
 @contextmanager
-def locked(folder: str | os.PathLike) -> Iterator[Path]:
-    """Hold an exclusive lock on ``folder`` (created if needed) while training writes in it.
-
-    A second process asking for the same folder gets :class:`RunFolderBusy`
-    naming the holder. The lock is the operating system's (``flock``), so it
-    ends with the process however that ends; the lock file stays behind, empty
-    of meaning. Where ``fcntl`` is missing (Windows) no lock is taken.
-    """
+def _locked(folder: str | os.PathLike) -> Iterator[Path]:
+    # RunFolder.locked's body; see its docstring.
     folder = check_writable(folder).resolve()
     if folder in _held:
         _held[folder][1] += 1
@@ -111,18 +105,62 @@ def locked(folder: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)  # releases the lock
 
 
-def checkpoints_in(folder: str | os.PathLike) -> list[Path]:
-    """The checkpoints a run holds in ``folder``: its own and each class folder's."""
-    folder = Path(folder)
-    return [p for p in [folder / CHECKPOINT_NAME, *sorted(folder.glob(f"class-*/{CHECKPOINT_NAME}"))] if p.is_file()]
+class RunFolder:
+    """The folder of one training run and the files in it::
 
+        run.json        what an image run models (data set, kind, λ, model spec)
+        checkpoint.pt   the model's checkpoint (one-model runs)
+        metrics.jsonl   one line per epoch
+        class-K/        per-class runs: checkpoint.pt and metrics.jsonl of class K
+        .lock           held while a training writes here
 
-def clear_run(folder: str | os.PathLike) -> None:
-    """Remove what a training run wrote in ``folder`` (its own and its classes' checkpoints,
-    metrics and run description), for ``--overwrite``: call it only after every check has passed."""
-    folder = Path(folder)
-    for sub in [folder, *sorted(folder.glob("class-*"))]:
-        for name in (CHECKPOINT_NAME, METRICS_NAME):
-            (sub / name).unlink(missing_ok=True)
-    for name in (RUN_FILE, *RESULT_FILES):
-        (folder / name).unlink(missing_ok=True)
+    A 2-D run also writes ``RESULT_FILES`` beside its checkpoint.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    @property
+    def run_file(self) -> Path:
+        return self.path / RUN_FILE
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT_NAME
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS_NAME
+
+    def class_folder(self, class_label: int) -> "RunFolder":
+        """The folder of class ``class_label``'s model in a per-class run."""
+        return RunFolder(self.path / f"class-{class_label}")
+
+    def checkpoints(self) -> list[Path]:
+        """The checkpoints the run holds: its own and each class folder's."""
+        found = [self.checkpoint, *(RunFolder(p).checkpoint for p in sorted(self.path.glob("class-*")))]
+        return [p for p in found if p.is_file()]
+
+    def clear(self) -> None:
+        """Remove what a training wrote here (its own and its classes' checkpoints and metrics,
+        the run description, a 2-D run's results), for ``--overwrite``: call it only after every
+        check has passed."""
+        for sub in [self, *(RunFolder(p) for p in sorted(self.path.glob("class-*")))]:
+            sub.checkpoint.unlink(missing_ok=True)
+            sub.metrics.unlink(missing_ok=True)
+        for name in (RUN_FILE, *RESULT_FILES):
+            (self.path / name).unlink(missing_ok=True)
+
+    def locked(self) -> AbstractContextManager[Path]:
+        """Hold an exclusive lock on the folder (created if needed) while training writes in it.
+
+        A second process asking for the same folder gets :class:`RunFolderBusy`
+        naming the holder. The lock is the operating system's (``flock``), so it
+        ends with the process however that ends; the lock file stays behind, empty
+        of meaning. Locks nest within a process. Where ``fcntl`` is missing
+        (Windows) no lock is taken.
+        """
+        return _locked(self.path)

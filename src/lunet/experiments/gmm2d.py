@@ -16,10 +16,10 @@ from typing import Any
 import torch
 
 from lunet.flow import LUNet
-from lunet.plots import density_grid, plot_density_2d, plot_samples_2d
-from lunet.toy import GaussianMixture2D
-from lunet.rundir import RUN_FILE, checkpoints_in, clear_run, locked
-from lunet.train import Trainer, TrainConfig, mean_log_prob, resolve_device
+from lunet.experiments.plots import density_grid, plot_density_2d, plot_samples_2d
+from lunet.experiments.toy import GaussianMixture2D
+from lunet.experiments.rundir import RunFolder
+from lunet.experiments.train import Trainer, TrainConfig, mean_log_prob, resolve_device
 
 NUM_TRAIN = 9000  # as in the paper
 NUM_VAL = 3000
@@ -65,16 +65,16 @@ def run(
     ``overwrite`` replaces a run already in ``out_dir``, once the device and the
     folder have been checked and the folder is locked for this run.
     """
-    out_dir = Path(out_dir)
+    run = RunFolder(out_dir)
     resolve_device(config.device)
-    with locked(out_dir):
+    with run.locked():
         if overwrite:
-            clear_run(out_dir)
-        elif (out_dir / RUN_FILE).exists():
-            if checkpoints_in(out_dir):
+            run.clear()
+        elif run.run_file.exists():
+            if run.checkpoints():
                 raise FileExistsError(f"{out_dir} holds an image run; choose another --out, or --overwrite to replace it")
-            (out_dir / RUN_FILE).unlink()  # left by an image run that never saved a checkpoint
-        return _run(out_dir, settings, config, resume, progress)
+            run.run_file.unlink()  # left by an image run that never saved a checkpoint
+        return _run(run.path, settings, config, resume, progress)
 
 
 def _run(out_dir: Path, settings: GMM2DSettings, config: TrainConfig, resume: bool, progress: bool) -> dict[str, Any]:

@@ -1,17 +1,17 @@
 """Copy a training checkpoint without its optimiser state, keeping only the best weights.
 
-The copy loads with ``lunet.checkpoint.load_model`` (and so with ``lunet evaluate``
+The copy loads with ``lunet.experiments.checkpoint.load_model`` (and so with ``lunet evaluate``
 and ``lunet sample``) but cannot resume training. It is a quarter of the size:
 for moving a trained model off a machine that is about to be given back.
 
-    python benchmarks/slim_checkpoint.py RUN/checkpoint.pt SLIM.pt
+    python scripts/slim_checkpoint.py RUN/checkpoint.pt SLIM.pt
 """
 
 from __future__ import annotations
 
 import sys
 
-from lunet.checkpoint import load_checkpoint, save_checkpoint
+from lunet.experiments.checkpoint import load_checkpoint, save_checkpoint
 
 KEPT = ("model_spec", "train_config", "epoch", "train_seconds", "extra", "best_val_log_prob")
 

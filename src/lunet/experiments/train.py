@@ -22,9 +22,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lunet.checkpoint import load_checkpoint, save_checkpoint, stale_temporaries, tensor_bytes
+from lunet.experiments.checkpoint import load_checkpoint, save_checkpoint, stale_temporaries, tensor_bytes
 from lunet.checks import check_positive_int
-from lunet.rundir import CHECKPOINT_NAME, METRICS_NAME, locked
+from lunet.experiments.rundir import RunFolder
 
 LogProbFn = Callable[[nn.Module, torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -180,7 +180,7 @@ class Trainer:
         self.data = {"train": data_fingerprint(train_data), "val": data_fingerprint(val_data)}
         self.log_prob_fn = log_prob_fn
         self.dim = dim
-        self.out_dir = Path(out_dir)
+        self.folder = RunFolder(out_dir)
         self.describe = describe
         self.extra = extra or {}
         self.progress = progress
@@ -202,7 +202,7 @@ class Trainer:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.out_dir / CHECKPOINT_NAME
+        return self.folder.checkpoint
 
     def _state(self) -> dict[str, Any]:
         return {
@@ -232,8 +232,8 @@ class Trainer:
         """
         if not self.checkpoint_path.is_file():
             raise FileNotFoundError(
-                f"--resume: there is no checkpoint to resume in {self.out_dir} "
-                f"(no {CHECKPOINT_NAME}); leave out --resume to start a new run"
+                f"--resume: there is no checkpoint to resume in {self.folder.path} "
+                f"(no {self.checkpoint_path.name}); leave out --resume to start a new run"
             )
         ckpt = load_checkpoint(self.checkpoint_path)
         if "optimizer" not in ckpt:
@@ -291,8 +291,8 @@ class Trainer:
         self.train_seconds = ckpt.get("train_seconds", 0.0)
         self._resumed = True
         # Rows logged after the checkpoint belong to epochs that will be redone.
-        metrics = self.out_dir / METRICS_NAME
-        with locked(self.out_dir):
+        metrics = self.folder.metrics
+        with self.folder.locked():
             if metrics.exists():
                 kept = [ln for ln in metrics.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= self.epoch]
                 metrics.write_text("".join(ln + "\n" for ln in kept))
@@ -349,7 +349,7 @@ class Trainer:
 
     def fit(self) -> list[dict[str, Any]]:
         """Train the remaining epochs; returns the metric rows written this call."""
-        with locked(self.out_dir):
+        with self.folder.locked():
             for stale in stale_temporaries(self.checkpoint_path):
                 stale.unlink(missing_ok=True)  # left by a save that was killed; the lock says none is running
             if not self._resumed:
@@ -358,7 +358,7 @@ class Trainer:
                         f"{self.checkpoint_path} already exists; pass --resume to continue that run, "
                         f"--overwrite to replace it, or choose another --out"
                     )
-                (self.out_dir / METRICS_NAME).unlink(missing_ok=True)
+                (self.folder.metrics).unlink(missing_ok=True)
                 self.start_val = self._validation_log_prob()
                 self._resumed = True  # a later fit() on this trainer continues the run
             rows = []
@@ -419,7 +419,7 @@ class Trainer:
             "lr": self.scheduler.get_last_lr()[0],
             "train_seconds": self.train_seconds,
         }
-        with open(self.out_dir / METRICS_NAME, "a") as f:
+        with open(self.folder.metrics, "a") as f:
             f.write(json.dumps(row) + "\n")
         save_checkpoint(self._state(), self.checkpoint_path)
         if self.progress:

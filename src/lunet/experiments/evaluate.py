@@ -9,16 +9,16 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from lunet.data import load_dataset
+from lunet.experiments.data import load_dataset
 from lunet.flow import for_inference, placement
-from lunet.images import (
+from lunet.experiments.images import (
     NUM_CLASSES,
     class_subset,
     fitted_class_priors,
     load_run_models,
     sample_images,
 )
-from lunet.preprocess import ImagePreprocessor, bits_per_dim, paper_bits_per_pixel
+from lunet.experiments.preprocess import ImagePreprocessor, bits_per_dim, paper_bits_per_pixel
 
 
 @torch.no_grad()

@@ -33,7 +33,7 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     if name == "lunet":
         return LUNet(**spec)
     if name == "realnvp":
-        from lunet.realnvp import RealNVP  # optional heavy baseline
+        from lunet.baselines.realnvp import RealNVP  # optional heavy baseline
 
         if "num_blocks" in spec:  # the name in checkpoints written before it became num_res_blocks
             spec["num_res_blocks"] = spec.pop("num_blocks")
