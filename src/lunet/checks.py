@@ -12,6 +12,37 @@ from typing import Optional
 
 import torch
 
+_value_checks = True
+
+
+class set_value_checks:
+    """Switch on or off the input checks that read a value back to the host: NaN/inf inputs,
+    a singular ``U`` before an inverse. Shape, dtype and device checks always stay.
+
+    Works as a function (``lunet.set_value_checks(False)``) and as a context manager
+    (``with lunet.set_value_checks(False): ...``, the previous setting restored on exit),
+    as :class:`torch.set_grad_enabled` does. Inside ``torch.compile`` these checks are
+    always skipped, so a compiled pass has no host synchronisation; switch them off
+    in an eager GPU loop whose inputs were checked once, at the boundary.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        global _value_checks
+        self.previous = _value_checks
+        _value_checks = bool(enabled)
+
+    def __enter__(self) -> "set_value_checks":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _value_checks
+        _value_checks = self.previous
+
+
+def value_checks_enabled() -> bool:
+    """Whether the checks that read values back to the host run now (see :class:`set_value_checks`)."""
+    return _value_checks and not torch.compiler.is_compiling()
+
 
 def check_features(
     x: object, dim: Optional[int] = None, name: str = "input", check_finite: bool = True,
@@ -70,7 +101,7 @@ def _check_placement_and_values(x: torch.Tensor, name: str, check_finite: bool, 
     # NaN and inf survive a sum, so one cheap reduction screens the batch; only
     # when it is not finite (bad values, or finite ones whose sum overflowed)
     # is every entry checked.
-    if check_finite and not math.isfinite(x.sum().item()):
+    if check_finite and value_checks_enabled() and not math.isfinite(x.sum().item()):
         bad = int((~torch.isfinite(x)).sum())
         if bad:
             raise ValueError(f"{name} holds {bad} NaN or infinite value(s); shape {tuple(x.shape)}")

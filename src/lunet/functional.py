@@ -189,8 +189,8 @@ def leaky_softplus_inverse(y: torch.Tensor, a: float | torch.Tensor) -> torch.Te
     ``dx/dy = 1 / f'(x)``, ``dx/da = -(df/da) / f'(x)``.
     """
     a_value = float(a.detach()) if isinstance(a, torch.Tensor) else float(a)
-    with torch.no_grad():
-        x = solve(y, a_value)  # no_grad: reading y records nothing
+    with torch.no_grad():  # reading y records nothing
+        x = _solve_op(y.detach(), a_value) if torch.compiler.is_compiling() else solve(y, a_value)
     needs_graph = y.requires_grad or (isinstance(a, torch.Tensor) and a.requires_grad)
     if torch.is_grad_enabled() and needs_graph:
         # One more Newton step, differentiable, from the detached root: its value does not
@@ -224,6 +224,18 @@ def solve(y: torch.Tensor, a: float) -> torch.Tensor:
     if y.dim() == 0:  # the table lookup reads rows as wider elements, which needs a dimension
         return solve(y.reshape(1), a).reshape(())
     return solve_scaled(y * (1 / table_step(a)), a, y=y)  # exact: h is a power of two
+
+
+@torch.library.custom_op("lunet::leaky_softplus_solve", mutates_args=())
+def _solve_op(y: torch.Tensor, a: float) -> torch.Tensor:
+    """:func:`solve` as one opaque operator for ``torch.compile``: the table is built (once, on
+    the host) and read by the eager code, so the compiled graph has no break."""
+    return solve(y, a)
+
+
+@_solve_op.register_fake
+def _(y: torch.Tensor, a: float) -> torch.Tensor:
+    return torch.empty_like(y)
 
 
 def solve_scaled(

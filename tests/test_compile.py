@@ -1,0 +1,102 @@
+"""torch.compile: log_prob, sample and a training step trace as one graph (no host
+synchronisation, no graph break) and compute what the eager passes compute."""
+
+import pytest
+import torch
+import torch._dynamo as dynamo
+
+import lunet
+from lunet import LeakySoftplus, LULinear, LUNet, Sequential
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    dynamo.reset()
+    yield
+    dynamo.reset()
+
+
+def _flow(learn_alpha: bool = False) -> LUNet:
+    torch.manual_seed(0)
+    flow = LUNet(6, 3, init="random", init_scale=1.0, learn_alpha=learn_alpha)
+    with torch.no_grad():
+        for block in flow.blocks:
+            block.bias.normal_()
+    return flow
+
+
+def _explain(fn, *args):
+    return dynamo.explain(fn)(*args)
+
+
+@pytest.mark.parametrize("learn_alpha", [False, True], ids=["fixed-slope", "learned-slope"])
+def test_log_prob_and_the_loss_gradient_trace_as_one_graph(learn_alpha):
+    flow = _flow(learn_alpha)
+    x = torch.randn(32, 6)
+    explanation = _explain(lambda x: -flow.log_prob(x).mean(), x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+def test_sample_traces_as_one_graph():
+    flow = _flow()
+    explanation = _explain(lambda n: flow.sample((n,)), 5)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_a_composition_traces_as_one_graph_both_ways():
+    torch.manual_seed(1)
+    seq = Sequential(LULinear(5, init="random"), LeakySoftplus(0.2), LULinear(5, init="random"))
+    y = torch.randn(7, 5)
+    for fn in (seq, seq.inverse):
+        explanation = _explain(fn, y)
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_a_compiled_training_step_matches_the_eager_one():
+    eager, compiled = _flow(), _flow()
+    loss_fn = torch.compile(lambda x: -compiled.log_prob(x).mean(), backend="aot_eager", fullgraph=True)
+    x = torch.randn(32, 6)
+    loss_e = -eager.log_prob(x).mean()
+    loss_c = loss_fn(x)
+    loss_e.backward()
+    loss_c.backward()
+    torch.testing.assert_close(loss_c, loss_e)
+    for (name, pe), pc in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(pc.grad, pe.grad, msg=name)
+
+
+def test_compiled_sampling_inverts_the_compiled_density_pass():
+    flow = _flow()
+    inverse = torch.compile(flow.inverse, backend="aot_eager", fullgraph=True)
+    forward = torch.compile(flow.forward, backend="aot_eager", fullgraph=True)
+    z = torch.randn(20, 6)
+    x, ladj = inverse(z)
+    torch.testing.assert_close(x, flow.inverse(z)[0])
+    z_back, ladj_fwd = forward(x)
+    torch.testing.assert_close(z_back, z, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ladj, -ladj_fwd, rtol=1e-4, atol=1e-4)
+
+
+def test_value_checks_can_be_switched_off_and_come_back():
+    flow = _flow()
+    bad = torch.full((2, 6), float("nan"))
+    with pytest.raises(ValueError, match="NaN"):
+        flow.log_prob(bad)
+    with lunet.set_value_checks(False):
+        assert torch.isnan(flow.log_prob(bad)).all()
+    with pytest.raises(ValueError, match="NaN"):
+        flow.log_prob(bad)
+    lunet.set_value_checks(False)
+    try:
+        assert torch.isnan(flow.log_prob(bad)).all()
+    finally:
+        lunet.set_value_checks(True)
+    with pytest.raises(ValueError, match="NaN"):
+        flow.log_prob(bad)
+
+
+def test_shape_checks_stay_when_value_checks_are_off():
+    flow = _flow()
+    with lunet.set_value_checks(False), pytest.raises(ValueError, match=r"\(\.\.\., 6\)"):
+        flow.log_prob(torch.randn(3, 5))
