@@ -38,7 +38,7 @@ from lunet.fast.affine import FrozenAffine, output_major
 from lunet.layers import LeakySoftplus
 from lunet.experiments.bench import training_step
 from lunet.experiments.checkpoint import build_model
-from lunet.experiments.images import paper_lunet_spec
+from lunet.experiments.settings import paper_lunet_spec
 
 
 def _seconds(fn: Callable[[], object], calls: int = 1) -> float:

@@ -243,7 +243,7 @@ def test_nonsense_training_options_are_refused(option, tmp_path, capsys):
 
 def _trainer(out: Path, epochs: int = 3, lr: float = 2e-2) -> Trainer:
     from lunet.experiments.gmm2d import _log_prob_fn, make_splits
-    from lunet.experiments.train import TrainConfig
+    from lunet.experiments.settings import TrainConfig
 
     data = make_splits(0)
     torch.manual_seed(0)

@@ -11,7 +11,8 @@ from lunet import LUNet
 from lunet.experiments.checkpoint import load_checkpoint, load_model, save_atomic
 from lunet.cli import main
 from lunet.experiments.gmm2d import _log_prob_fn, make_splits
-from lunet.experiments.train import Trainer, TrainConfig, TrainingDiverged, mean_log_prob
+from lunet.experiments.settings import TrainConfig
+from lunet.experiments.train import Trainer, TrainingDiverged, mean_log_prob
 
 SPEC = {"name": "lunet", "dim": 2, "num_blocks": 6, "alpha": 0.1, "diag": "exp", "init_scale": 1.0}
 

@@ -1,24 +1,47 @@
 """lunet: LU-Net, invertible neural networks and normalizing flows from LU factorisation."""
 
-from lunet.distributions import FlowDistribution, TorchTransform
-from lunet.flow import ClassConditionalFlow, LUNet, standard_normal_log_prob
-from lunet.frozen import FrozenLUNet
-from lunet.layers import LeakySoftplus, LULinear
-from lunet.checks import set_value_checks
-from lunet.transforms import Inverse, Sequential, Standardize
+from __future__ import annotations
 
-__all__ = [
-    "LULinear",
-    "LeakySoftplus",
-    "LUNet",
-    "Sequential",
-    "Inverse",
-    "Standardize",
-    "FrozenLUNet",
-    "FlowDistribution",
-    "TorchTransform",
-    "ClassConditionalFlow",
-    "standard_normal_log_prob",
-    "set_value_checks",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+# Where each public name lives. They are imported on first use, so that importing a
+# submodule that needs no torch (the command line's parser) does not load torch.
+_EXPORTS = {
+    "LULinear": "lunet.layers",
+    "LeakySoftplus": "lunet.layers",
+    "LUNet": "lunet.flow",
+    "Sequential": "lunet.transforms",
+    "Inverse": "lunet.transforms",
+    "Standardize": "lunet.transforms",
+    "FrozenLUNet": "lunet.frozen",
+    "FlowDistribution": "lunet.distributions",
+    "TorchTransform": "lunet.distributions",
+    "ClassConditionalFlow": "lunet.flow",
+    "standard_normal_log_prob": "lunet.flow",
+    "set_value_checks": "lunet.checks",
+}
+__all__ = list(_EXPORTS)
+
+if TYPE_CHECKING:
+    from lunet.checks import set_value_checks
+    from lunet.distributions import FlowDistribution, TorchTransform
+    from lunet.flow import ClassConditionalFlow, LUNet, standard_normal_log_prob
+    from lunet.frozen import FrozenLUNet
+    from lunet.layers import LeakySoftplus, LULinear
+    from lunet.transforms import Inverse, Sequential, Standardize
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lunet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -12,6 +12,8 @@ from typing import Optional
 
 import torch
 
+from lunet.numbers import check_positive_int  # noqa: F401 (one of the checks, kept with them)
+
 _value_checks = True
 
 
@@ -118,13 +120,6 @@ def sample_shape_of(sample_shape: object, name: str = "sample_shape") -> torch.S
     if any(d < 0 for d in shape):
         raise ValueError(f"{name} must not hold negative sizes, got {tuple(shape)}")
     return shape
-
-
-def check_positive_int(value: object, name: str) -> int:
-    """Return ``value`` as an int, raising ``ValueError`` unless it is a positive integer."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 def check_temperature(value: object, dtype: Optional[torch.dtype] = None) -> float:

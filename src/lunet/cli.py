@@ -11,10 +11,13 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lunet.functional import SLOPE_MIN
-from lunet.experiments.preprocess import DEFAULT_LAM
+from lunet import __version__
 from lunet.experiments.rundir import RunFolder, RunFolderBusy, check_writable_file
-from lunet.experiments.train import TrainConfig, TrainingDiverged
+from lunet.experiments.settings import DEFAULT_LAM, GMM2DSettings, TrainConfig, default_train_config, paper_lunet_spec
+from lunet.numbers import SLOPE_MIN
+
+# Nothing above imports torch: `lunet --help` and `--version` answer at once, and each
+# command imports what it needs.
 
 
 def _number(kind: type, test, what: str):
@@ -62,19 +65,33 @@ SLOPE = _number(float, lambda v: SLOPE_MIN <= v < 1, f"a number in [{SLOPE_MIN:g
 LAM = _number(float, lambda v: 0 < v < 0.5, "a number strictly between 0 and 0.5")
 
 
+def _per_dataset(gmm2d: object, images: object) -> str:
+    """A help text's default that differs between the 2-D mixture and the image data sets."""
+    show = lambda v: "none" if v is None else f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731
+    if gmm2d == images:
+        return f"(default {show(gmm2d)})"
+    return f"(default {show(gmm2d)} for gmm2d, {show(images)} for images)"
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("optimisation (defaults depend on --dataset)")
-    g.add_argument("--epochs", type=POSITIVE_INT, help="epochs to train")
-    g.add_argument("--batch-size", type=POSITIVE_INT, help="training batch size")
-    g.add_argument("--lr", type=POSITIVE_FLOAT, help="peak Adam learning rate")
-    g.add_argument("--weight-decay", type=NON_NEGATIVE_FLOAT, help="Adam weight decay")
-    g.add_argument("--schedule", choices=["cosine", "constant"], help="learning-rate schedule")
-    g.add_argument("--warmup-steps", type=NON_NEGATIVE_INT, help="linear warm-up steps")
-    g.add_argument("--grad-clip", type=POSITIVE_FLOAT, help="clip the gradient norm to this value")
-    g.add_argument("--seed", type=SEED, help="seed for initialisation, shuffling and noise")
-    g.add_argument("--device", help="cpu, cuda or cuda:N")
-    g.add_argument("--dtype", choices=["float32", "float64"], help="training precision")
-    g.add_argument("--eval-every", type=POSITIVE_INT, help="epochs between validation, log line and checkpoint")
+    g = p.add_argument_group("optimisation")
+    small, images = default_train_config("gmm2d"), default_train_config("mnist")
+
+    def default(name: str) -> str:
+        return _per_dataset(getattr(small, name), getattr(images, name))
+
+    g.add_argument("--epochs", type=POSITIVE_INT, help=f"epochs to train {default('epochs')}")
+    g.add_argument("--batch-size", type=POSITIVE_INT, help=f"training batch size {default('batch_size')}")
+    g.add_argument("--lr", type=POSITIVE_FLOAT, help=f"peak Adam learning rate {default('lr')}")
+    g.add_argument("--weight-decay", type=NON_NEGATIVE_FLOAT, help=f"Adam weight decay {default('weight_decay')}")
+    g.add_argument("--schedule", choices=["cosine", "constant"], help=f"learning-rate schedule {default('schedule')}")
+    g.add_argument("--warmup-steps", type=NON_NEGATIVE_INT, help=f"linear warm-up steps {default('warmup_steps')}")
+    g.add_argument("--grad-clip", type=POSITIVE_FLOAT, help=f"clip the gradient norm to this value {default('grad_clip')}")
+    g.add_argument("--seed", type=SEED, help=f"seed for initialisation, shuffling and noise {default('seed')}")
+    g.add_argument("--device", help=f"cpu, cuda or cuda:N {default('device')}")
+    g.add_argument("--dtype", choices=["float32", "float64"], help=f"training precision {default('dtype')}")
+    g.add_argument("--eval-every", type=POSITIVE_INT,
+                   help=f"epochs between validation, log line and checkpoint {default('eval_every')}")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
 
@@ -114,13 +131,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         _refuse_given(args, ("model", "class_label", "per_class", "limit", "learn_alpha", "lam", "data_init",
                              "data_dir", "no_verify"), "image data sets only, not to --dataset gmm2d")
-        defaults = gmm2d.GMM2DSettings()
-        settings = gmm2d.GMM2DSettings(
+        defaults = GMM2DSettings()
+        settings = GMM2DSettings(
             num_blocks=args.blocks if args.blocks is not None else defaults.num_blocks,
             alpha=args.alpha if args.alpha is not None else defaults.alpha,
             diag=args.diag or defaults.diag,
         )
-        config = _train_config(args, gmm2d.default_train_config())
+        config = _train_config(args, default_train_config("gmm2d"))
         summary = gmm2d.run(args.out, settings, config, resume=args.resume, progress=not args.no_progress,
                             overwrite=args.overwrite)
         print(
@@ -144,7 +161,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             extra["diag"] = args.diag
         if args.learn_alpha:
             extra["learn_alpha"] = True
-        spec = images.paper_lunet_spec(args.blocks if args.blocks is not None else 4, **extra)
+        if args.blocks is not None:
+            extra["num_blocks"] = args.blocks
+        spec = paper_lunet_spec(**extra)
     if args.per_class and args.class_label is not None:
         raise ValueError("--per-class and --class exclude each other")
     kind = "per_class" if args.per_class else ("class" if args.class_label is not None else "unconditional")
@@ -153,7 +172,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         lam=args.lam if args.lam is not None else DEFAULT_LAM,
         data_init=(args.data_init or "gaussian") if args.model == "lunet" else "none",
     )
-    config = _train_config(args, images.default_image_train_config())
+    config = _train_config(args, default_train_config(args.dataset))
     results = images.train_image_run(
         args.out, settings, config, data_dir=args.data_dir, verify=not args.no_verify,
         resume=args.resume, progress=not args.no_progress, limit=args.limit, overwrite=args.overwrite,
@@ -313,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lunet", description="LU-Net: invertible networks and normalizing flows from LU factorisation"
     )
+    parser.add_argument("--version", action="version", version=f"lunet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a flow by maximum likelihood")
@@ -322,17 +342,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="start afresh, replacing a run already in --out")
     m = p.add_argument_group("model")
     m.add_argument("--model", default="lunet", choices=["lunet", "realnvp"], help="flow family (images only)")
-    m.add_argument("--blocks", type=POSITIVE_INT, help="number of LU blocks")
-    m.add_argument("--alpha", type=SLOPE, help=f"leaky-softplus slope a in [{SLOPE_MIN:g}, 1)")
+    small, image = GMM2DSettings(), paper_lunet_spec()
+    m.add_argument("--blocks", type=POSITIVE_INT,
+                   help=f"number of LU blocks {_per_dataset(small.num_blocks, image['num_blocks'])}")
+    m.add_argument("--alpha", type=SLOPE, help=f"leaky-softplus slope a in [{SLOPE_MIN:g}, 1) "
+                                                f"{_per_dataset(small.alpha, image['alpha'])}")
     m.add_argument("--learn-alpha", action="store_true", help="learn the slope a of every activation")
-    m.add_argument("--diag", choices=["raw", "exp"], help="parametrisation of diag(U)")
+    m.add_argument("--diag", choices=["raw", "exp"],
+                   help=f"parametrisation of diag(U) {_per_dataset(small.diag, image['diag'])}")
     c = p.add_argument_group("images")
     c.add_argument("--class", dest="class_label", type=NON_NEGATIVE_INT, help="model one class only (0..9)")
     c.add_argument("--per-class", action="store_true", help="one model per class (the paper's setting)")
     c.add_argument("--data-init", choices=["gaussian", "standardize", "none"],
                    help="LU-Net start: the data's full-covariance Gaussian fit (default), per-pixel standardising, or none")
     c.add_argument("--lam", type=LAM, help=f"logit-transform λ in (0, 0.5) (default {DEFAULT_LAM:g})")
-    c.add_argument("--limit", type=POSITIVE_INT, help=argparse.SUPPRESS)
+    c.add_argument("--limit", type=POSITIVE_INT,
+                   help="train on the first N training images only (per class with --per-class), "
+                        "validate on the first N/10: for quick trials")
     _add_data_options(p)
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
@@ -341,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=PATH)
     p.add_argument("--json", type=PATH, help="also write the figures to this JSON file")
     p.add_argument("--draws", type=POSITIVE_INT, default=3, help="dequantisation draws (default 3)")
-    p.add_argument("--limit", type=POSITIVE_INT, help=argparse.SUPPRESS)
+    p.add_argument("--limit", type=POSITIVE_INT, help="evaluate on the first N test images only, for quick trials")
     _add_data_options(p)
     _add_device_option(p)
     p.set_defaults(func=cmd_evaluate)
@@ -400,6 +426,13 @@ def _interrupted(args: argparse.Namespace) -> str:
     return f"interrupted; the last checkpoint is kept in {where}; continue with --resume and the run's own options"
 
 
+def _is_training_divergence(exc: Exception) -> bool:
+    # imported here: the training module imports torch, which the other commands may not need
+    from lunet.experiments.train import TrainingDiverged
+
+    return isinstance(exc, TrainingDiverged)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``lunet ...``; every failure prints one line on stderr and returns 2 (130 on Ctrl-C).
 
@@ -415,7 +448,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"lunet {args.command}: {_interrupted(args)}", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, TrainingDiverged, RunFolderBusy) as exc:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RunFolderBusy) as exc:
         print(f"lunet {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
@@ -423,6 +456,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"lunet {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except Exception as exc:  # a failure nobody foresaw still gets one line, not a traceback
+        if _is_training_divergence(exc):
+            print(f"lunet {args.command}: error: {exc}", file=sys.stderr)
+            return 2
         if os.environ.get("LUNET_DEBUG"):
             raise
         print(f"lunet {args.command}: error: {type(exc).__name__}: {exc} (set LUNET_DEBUG=1 for the traceback)",

@@ -17,6 +17,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from lunet.numbers import SLOPE_MIN
+
 # The leaky-softplus inverse table covers x in [-TABLE_X, TABLE_X], i.e.
 # y in [-a TABLE_X, TABLE_X], with one cubic per cell; beyond, the asymptotes
 # x = y/a and x = y are within (1 - a) e^-TABLE_X / a of the root.
@@ -27,11 +29,11 @@ TABLE_X, TABLE_SIZE = 22.0, 4096
 # a = 1e-5): so the node spacing is also at most TABLE_KINK a, which leaves the
 # table of every slope from 2^-10 (about 1e-3) up as it was.
 TABLE_KINK = 4.0
-# The slopes whose inverse is exact, in every float dtype: SLOPE_MIN <= a < 1.
-# Below SLOPE_MIN the table, whose cells shrink with a there, would outgrow
+# The slopes whose inverse is exact, in every float dtype: SLOPE_MIN <= a < 1
+# (lunet.numbers). Below SLOPE_MIN the table, whose cells shrink with a there, would outgrow
 # 90,000 cells (2^-12 apart at 1e-4; 5.8 million at 1e-6); every a < 1 works
 # at the top (1 - a is exact in float64).
-SLOPE_MIN = 1e-4
+
 # A dtype four times as wide as each float dtype, to read a table row of four
 # coefficients as one element; float64 (no such dtype) gathers whole rows instead.
 _ROW_DTYPES = {

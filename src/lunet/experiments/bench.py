@@ -21,7 +21,7 @@ from torch import nn
 
 from lunet.experiments.checkpoint import build_model
 from lunet.flow import for_inference
-from lunet.experiments.images import paper_lunet_spec
+from lunet.experiments.settings import paper_lunet_spec
 from lunet.experiments.train import resolve_device
 
 TRAIN_IMAGES = 60_000

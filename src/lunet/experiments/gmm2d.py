@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,27 +18,12 @@ from lunet.flow import LUNet
 from lunet.experiments.plots import density_grid, plot_density_2d, plot_samples_2d
 from lunet.experiments.toy import GaussianMixture2D
 from lunet.experiments.rundir import RunFolder
-from lunet.experiments.train import Trainer, TrainConfig, mean_log_prob, resolve_device
+from lunet.experiments.settings import GMM2DSettings, TrainConfig
+from lunet.experiments.train import Trainer, mean_log_prob, resolve_device
 
 NUM_TRAIN = 9000  # as in the paper
 NUM_VAL = 3000
 NUM_TEST = 50000
-
-
-@dataclass
-class GMM2DSettings:
-    """Model and data settings of the 2-D experiment (defaults chosen by measurement)."""
-
-    num_blocks: int = 12
-    alpha: float = 0.1
-    diag: str = "exp"
-    init_scale: float = 1.0
-    data_seed: int = 0
-
-
-def default_train_config() -> TrainConfig:
-    """Full-ish batches with a high, cosine-decayed learning rate (see docs/gmm2d.md)."""
-    return TrainConfig(epochs=1000, batch_size=1024, lr=3e-2, schedule="cosine", seed=0, eval_every=50)
 
 
 def _log_prob_fn(model: torch.nn.Module, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

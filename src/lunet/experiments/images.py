@@ -21,9 +21,10 @@ from lunet.experiments.checkpoint import build_model, load_checkpoint, load_mode
 from lunet.checks import check_positive_int, check_temperature
 from lunet.experiments.data import DATASETS, load_dataset, train_val_split
 from lunet.flow import placement
-from lunet.experiments.preprocess import DEFAULT_LAM, LN2, ImagePreprocessor
+from lunet.experiments.preprocess import LN2, ImagePreprocessor
 from lunet.experiments.rundir import RunFolder
-from lunet.experiments.train import TrainConfig, Trainer, resolve_device
+from lunet.experiments.settings import DEFAULT_LAM, TrainConfig, paper_lunet_spec
+from lunet.experiments.train import Trainer, resolve_device
 
 NUM_CLASSES = 10
 KINDS = ("unconditional", "class", "per_class")
@@ -59,19 +60,6 @@ class ImageRunSettings:
         if self.kind == "per_class":
             return list(range(NUM_CLASSES))
         return [self.class_label] if self.kind == "class" else [None]
-
-
-def paper_lunet_spec(num_blocks: int = 4, **kwargs: Any) -> dict[str, Any]:
-    """Model spec of the paper's MNIST LU-Net (4 blocks of width 784) or a variant."""
-    spec = {"name": "lunet", "dim": 784, "num_blocks": num_blocks, "alpha": 0.1, "diag": "exp", "init_scale": 0.1}
-    spec.update(kwargs)
-    return spec
-
-
-def default_image_train_config() -> TrainConfig:
-    """Adam at 1e-3, cosine schedule over 60 epochs, batch 256, gradient norm clipped at 10
-    (docs/results.md: how these were chosen; a looser clip let a 60-epoch run blow up)."""
-    return TrainConfig(epochs=60, batch_size=256, lr=1e-3, schedule="cosine", warmup_steps=200, grad_clip=10.0)
 
 
 def nats_to_bits_per_dim(nats_per_dim: float) -> float:

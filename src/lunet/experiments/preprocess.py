@@ -23,9 +23,9 @@ from typing import Optional
 import torch
 
 from lunet.checks import check_positive_int
+from lunet.experiments.settings import DEFAULT_LAM
 
 LN2 = math.log(2.0)
-DEFAULT_LAM = 1e-6
 
 
 def _check_lam(lam: float) -> float:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from lunet.experiments.checkpoint import load_checkpoint, save_checkpoint, stale_temporaries, tensor_bytes
 from lunet.checks import check_positive_int
 from lunet.experiments.rundir import RunFolder
+from lunet.experiments.settings import TrainConfig
 
 LogProbFn = Callable[[nn.Module, torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -46,45 +47,6 @@ DIVERGENCE_MARGIN_NATS_PER_DIM = 1.0
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite, or validation fell far below the start; the last good checkpoint is kept."""
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings; every field is a CLI option of ``lunet train``."""
-
-    epochs: int = 10
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    schedule: str = "cosine"  # "cosine" (to zero over the run, after warm-up) or "constant"
-    warmup_steps: int = 0
-    grad_clip: Optional[float] = None
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float32"
-    eval_every: int = 1  # epochs between validation, log line and checkpoint (the last epoch always)
-
-    def __post_init__(self) -> None:
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
-        for name in ("epochs", "batch_size", "eval_every"):
-            check_positive_int(getattr(self, name), name)
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be an integer in [0, 2^63), got {self.seed!r}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be positive and finite, got {self.lr}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be non-negative and finite, got {self.weight_decay}")
-        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
-            raise ValueError(f"grad_clip must be positive and finite (or left out for no clipping), got {self.grad_clip}")
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return getattr(torch, self.dtype)
 
 
 def resolve_device(name: str) -> torch.device:

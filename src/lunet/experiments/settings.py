@@ -1,0 +1,93 @@
+"""Settings of the experiments and their defaults per data set.
+
+Nothing here imports torch, so that ``lunet --help`` can show the defaults at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+from lunet.numbers import check_positive_int
+
+if TYPE_CHECKING:
+    import torch
+
+# The logit transform's λ: pixels y in [0, 1) are mapped to logit(λ + (1 - 2λ) y).
+DEFAULT_LAM = 1e-6
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings; every field is a CLI option of ``lunet train``."""
+
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # "cosine" (to zero over the run, after warm-up) or "constant"
+    warmup_steps: int = 0
+    grad_clip: Optional[float] = None
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    eval_every: int = 1  # epochs between validation, log line and checkpoint (the last epoch always)
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        for name in ("epochs", "batch_size", "eval_every"):
+            check_positive_int(getattr(self, name), name)
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be an integer in [0, 2^63), got {self.seed!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be positive and finite, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be non-negative and finite, got {self.weight_decay}")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise ValueError(f"grad_clip must be positive and finite (or left out for no clipping), got {self.grad_clip}")
+
+    @property
+    def torch_dtype(self) -> "torch.dtype":
+        import torch
+
+        return getattr(torch, self.dtype)
+
+
+def paper_lunet_spec(num_blocks: int = 4, **kwargs: Any) -> dict[str, Any]:
+    """Model spec of the paper's MNIST LU-Net (4 blocks of width 784) or a variant."""
+    spec = {"name": "lunet", "dim": 784, "num_blocks": num_blocks, "alpha": 0.1, "diag": "exp", "init_scale": 0.1}
+    spec.update(kwargs)
+    return spec
+
+
+@dataclass
+class GMM2DSettings:
+    """Model and data settings of the 2-D experiment (defaults chosen by measurement)."""
+
+    num_blocks: int = 12
+    alpha: float = 0.1
+    diag: str = "exp"
+    init_scale: float = 1.0
+    data_seed: int = 0
+
+
+def gmm2d_train_config() -> TrainConfig:
+    """Full-ish batches with a high, cosine-decayed learning rate (see docs/gmm2d.md)."""
+    return TrainConfig(epochs=1000, batch_size=1024, lr=3e-2, schedule="cosine", seed=0, eval_every=50)
+
+
+def image_train_config() -> TrainConfig:
+    """Adam at 1e-3, cosine schedule over 60 epochs, batch 256, gradient norm clipped at 10
+    (docs/results.md: how these were chosen; a looser clip let a 60-epoch run blow up)."""
+    return TrainConfig(epochs=60, batch_size=256, lr=1e-3, schedule="cosine", warmup_steps=200, grad_clip=10.0)
+
+
+def default_train_config(dataset: str) -> TrainConfig:
+    """The optimisation defaults of ``lunet train --dataset dataset``."""
+    return gmm2d_train_config() if dataset == "gmm2d" else image_train_config()

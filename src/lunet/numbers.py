@@ -1,0 +1,15 @@
+"""Constants and number checks that need no torch: the command line states and checks them
+before it loads torch, so that its help answers at once."""
+
+from __future__ import annotations
+
+# The slopes a of the leaky softplus whose inverse is exact in every float dtype:
+# SLOPE_MIN <= a < 1 (lunet.functional explains the floor).
+SLOPE_MIN = 1e-4
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """Return ``value`` as an int, raising ``ValueError`` unless it is a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value

@@ -1,0 +1,45 @@
+"""The command line's help and version: answered without loading torch, defaults shown."""
+
+import subprocess
+import sys
+
+import pytest
+
+from lunet.cli import main
+
+
+def test_help_and_version_do_not_load_torch():
+    code = ("import sys; from lunet.cli import main\n"
+            "for argv in (['--help'], ['train', '--help'], ['--version']):\n"
+            "    try: main(argv)\n"
+            "    except SystemExit: pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_version_names_the_package_version(capsys):
+    import lunet
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"lunet {lunet.__version__}"
+
+
+def _expected():
+    from lunet.experiments.settings import GMM2DSettings, default_train_config, paper_lunet_spec
+
+    small, images = default_train_config("gmm2d"), default_train_config("mnist")
+    return [
+        ("--epochs", f"(default {small.epochs} for gmm2d, {images.epochs} for images)"),
+        ("--lr", f"(default {small.lr:g} for gmm2d, {images.lr:g} for images)"),
+        ("--blocks", f"(default {GMM2DSettings().num_blocks} for gmm2d, {paper_lunet_spec()['num_blocks']} for images)"),
+        ("--limit", "per class with --per-class"),
+    ]
+
+
+@pytest.mark.parametrize("option, shown", _expected())
+def test_train_help_shows_each_default_per_data_set(capsys, option, shown):
+    assert main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert option in text and shown in text
