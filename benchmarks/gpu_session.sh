@@ -9,7 +9,7 @@
 #      with a learnable slope, 4.92M free parameters);
 #   5. test-set evaluation and sample grids of every run trained in step 4.
 # Results go to $OUT: gpu-results.tar.gz (logs, JSON, metrics, PNGs) and the
-# best weights of each run as slim checkpoints, split into parts of 15 MB
+# best weights of each run (`lunet export`), split into parts of 15 MB
 # (`cat NAME.pt.part-* > checkpoint.pt` joins them).
 #
 #   DATA=path/to/data OUT=results BUDGET=200 bash benchmarks/gpu_session.sh
@@ -78,7 +78,7 @@ for run in realnvp-mnist lunet4-mnist-long lunet8-alpha-mnist; do
   [ -f "$dir/checkpoint.pt" ] || { echo "$run: no checkpoint"; continue; }
   timeout 60 $LUNET evaluate "$dir" --data-dir "$DATA" --device "$DEVICE" $EVAL_ARGS --json "$R/$run-eval.json" || echo "$run: evaluation failed"
   timeout 30 $LUNET sample "$dir" --data-dir "$DATA" --device "$DEVICE" --out "$R/figures/$run-samples.png" || echo "$run: sampling failed"
-  timeout 30 $PY scripts/slim_checkpoint.py "$dir/checkpoint.pt" "$R/$run.pt" && rm "$dir/checkpoint.pt"
+  timeout 30 $LUNET export "$dir" --out "$R/$run.pt" && rm "$dir/checkpoint.pt"
 done
 
 stage "pack"

@@ -1,6 +1,6 @@
 """The image path end to end on real MNIST / Fashion-MNIST files, kept small.
 
-Every run uses the hidden ``--limit N`` option (the first N training images, per
+Every run uses the ``--limit N`` option (the first N training images, per
 class after class filtering for per-class runs; the first N test images for
 ``evaluate``), two LU blocks, one epoch and batch 64, so the whole file runs in
 well under a minute on one CPU thread.
@@ -467,3 +467,44 @@ def test_class_agreement_with_a_judge_that_always_says_three(per_class_run):
 def test_class_agreement_refuses_unconditional_run(uncond_run):
     with pytest.raises(ValueError, match="per-class"):
         class_agreement(uncond_run, DigitClassifier(), num_samples=4, data_dir=DATA)
+
+
+def test_commands_on_a_run_find_its_data_where_training_found_them(uncond_run, tmp_path, monkeypatch):
+    recorded = json.loads((uncond_run / "run.json").read_text())["data_dir"]
+    assert Path(recorded) == (DATA / "mnist").resolve()
+    monkeypatch.delenv("LUNET_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    out_json = tmp_path / "eval.json"
+    assert run_cli("evaluate", uncond_run, "--json", out_json, "--limit", 20, "--draws", 1) == 0
+    assert json.loads(out_json.read_text())["num_test_images"] == 20
+
+
+def test_image_metrics_are_in_bits_per_dim_as_the_console_shows(uncond_run):
+    rows = read_metrics(uncond_run / "metrics.jsonl")
+    assert rows and all({"train_bits_per_dim", "val_bits_per_dim"} <= set(r) for r in rows)
+    checkpoint = load_checkpoint(uncond_run / "checkpoint.pt")
+    best_bits = -checkpoint["best_val_log_prob"] / D / math.log(2) + 8
+    assert min(r["val_bits_per_dim"] for r in rows) == pytest.approx(best_bits, abs=1e-9)
+    assert (uncond_run / "curves.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_fewer_images_than_dimensions_start_from_standardising_with_a_warning(tmp_path, capsys):
+    assert train(tmp_path / "few", limit=300) == 0
+    out = capsys.readouterr().out
+    assert "300 training images for 784 dimensions" in out and "--data-init standardize" in out
+    rows = read_metrics(tmp_path / "few" / "metrics.jsonl")
+    assert rows[-1]["val_bits_per_dim"] < 10  # the Gaussian start would have given tens of bits/dim
+
+
+def test_export_of_a_per_class_run_loads_as_one_flow_per_class(per_class_run, tmp_path):
+    from lunet import ClassConditionalFlow
+
+    out = tmp_path / "per-class.pt"
+    assert run_cli("export", per_class_run, "--out", out) == 0
+    model, info = load_model(out)
+    assert isinstance(model, ClassConditionalFlow) and model.num_classes == 10
+    assert info["run"]["kind"] == "per_class" and info["run"]["lam"] == LAM and "data_dir" not in info["run"]
+    x = torch.randn(3, D)
+    for c in (0, 7):
+        flow, _ = load_model(per_class_run / f"class-{c}" / "checkpoint.pt", which="best")
+        torch.testing.assert_close(model.flows[c].log_prob(x), flow.log_prob(x), rtol=0, atol=0)

@@ -67,7 +67,9 @@ LAM = _number(float, lambda v: 0 < v < 0.5, "a number strictly between 0 and 0.5
 
 def _per_dataset(gmm2d: object, images: object) -> str:
     """A help text's default that differs between the 2-D mixture and the image data sets."""
-    show = lambda v: "none" if v is None else f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731
+    show = lambda v: (  # noqa: E731
+        "none" if v is None else ("on" if v else "off") if isinstance(v, bool) else f"{v:g}" if isinstance(v, float) else str(v)
+    )
     if gmm2d == images:
         return f"(default {show(gmm2d)})"
     return f"(default {show(gmm2d)} for gmm2d, {show(images)} for images)"
@@ -92,6 +94,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", choices=["float32", "float64"], help=f"training precision {default('dtype')}")
     g.add_argument("--eval-every", type=POSITIVE_INT,
                    help=f"epochs between validation, log line and checkpoint {default('eval_every')}")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                   help=f"compile the training loss with torch.compile: slower start, faster steps {default('compile')}")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
 
@@ -110,7 +114,8 @@ def _add_device_option(p: argparse.ArgumentParser) -> None:
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", type=PATH, help="folder with the IDX files (else $LUNET_DATA_DIR, the user cache, system folders)")
+    p.add_argument("--data-dir", type=PATH, help="folder with the IDX files (else, for a run, where its training found "
+                                                 "them; then $LUNET_DATA_DIR, the user cache, system folders)")
     p.add_argument("--no-verify", action="store_true", help="skip the MD5 check of the data files")
 
 
@@ -123,7 +128,13 @@ def _refuse_given(args: argparse.Namespace, names: Sequence[str], where: str) ->
         raise ValueError(f"{', '.join(given)} {verb} to {where}")
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from lunet.experiments.train import format_seconds
+
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
     if args.dataset == "gmm2d":
@@ -143,7 +154,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(
             f"gmm2d: test NLL {summary['test_nll_nats']:.4f} nats, mixture entropy "
             f"{summary['entropy_nats']:.4f} nats, KL {summary['kl_nats']:.4f} nats "
-            f"({summary['epochs']} epochs, {summary['train_seconds']:.1f}s training)"
+            f"({_epochs(summary['epochs'])}, {format_seconds(summary['train_seconds'])} training)"
         )
         print(f"wrote {args.out}/density.png, {args.out}/samples.png, {args.out}/summary.json")
         return 0
@@ -181,7 +192,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         label = "all classes" if name == "all" else f"class {name}"
         print(
             f"{args.dataset} {label}: best validation {r['val_bits_per_dim']:.4f} bits/dim "
-            f"after {r['epochs']} epochs ({r['train_seconds']:.0f}s training)"
+            f"after {_epochs(r['epochs'])} ({format_seconds(r['train_seconds'])} training)"
         )
     print(f"run in {args.out}; next: lunet evaluate {args.out}")
     return 0
@@ -210,6 +221,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     _check_outputs(args)
     import torch
 
+    from lunet.experiments.data import CLASS_NAMES
     from lunet.flow import for_inference
     from lunet.experiments.images import fitted_class_priors, load_run_models, sample_images
     from lunet.experiments.plots import save_image_grid
@@ -229,7 +241,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         gen = torch.Generator().manual_seed(args.seed + (c or 0))
         n = args.per_row if len(models) > 1 else num
         rows.append(sample_images(model, pre, n, args.temperature, prior, gen))
-        labels.append("all" if c is None else str(c))
+        labels.append("all" if c is None else CLASS_NAMES[settings.dataset][c])
     imgs = torch.cat(rows).reshape(-1, 28, 28)
     title = f"{settings.dataset} {settings.kind.replace('_', '-')} samples, prior {args.prior}, T = {args.temperature:g}"
     save_image_grid(imgs, args.out, nrow=args.per_row, row_labels=labels if len(models) > 1 else None, title=title)
@@ -295,6 +307,16 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    _check_outputs(args)
+    from lunet.experiments.export import export_run
+
+    path = export_run(args.run_dir, args.out)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); load it with "
+          f"lunet.experiments.checkpoint.load_model({str(path)!r})")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     _check_outputs(args)
     from lunet.experiments.bench import markdown_table, micro_table, run_bench, run_micro
@@ -312,11 +334,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    """Fail before the work, not after it, when an output file (``--out``, ``--json``) cannot be written."""
+    """Fail before the work, not after it, when an output file (``--out``, ``--json``) cannot be written;
+    for a command on a run, take the data from where its training found them unless ``--data-dir`` says."""
     for name in ("out", "json"):
         path = getattr(args, name, None)
         if path:
             check_writable_file(path)
+    if getattr(args, "run_dir", None) and getattr(args, "data_dir", "") is None:
+        from lunet.experiments.images import recorded_data_dir
+
+        args.data_dir = recorded_data_dir(args.run_dir)
 
 
 def _write_json(path: Optional[str], obj: dict) -> None:
@@ -403,6 +430,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p)
     _add_device_option(p)
     p.set_defaults(func=cmd_agreement)
+
+    p = sub.add_parser("export", help="the run's best weights in one small file, for use in Python")
+    p.add_argument("run_dir", type=PATH)
+    p.add_argument("--out", type=PATH, required=True, help="file to write (e.g. model.pt)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="LU-Net and RealNVP side by side (the paper's Table 1)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")

@@ -150,18 +150,30 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_model(path: str | os.PathLike, which: str = "best") -> tuple[nn.Module, dict[str, Any]]:
-    """Model and checkpoint dict from a checkpoint file; ``which`` = "best" or "last" weights."""
+    """Model and checkpoint dict from a checkpoint file or a ``lunet export`` file; ``which`` =
+    "best" or "last" weights (an exported file holds the best only). An export of a per-class
+    run gives a :class:`~lunet.ClassConditionalFlow`, one flow per class."""
     if which not in ("best", "last"):
         raise ValueError(f"which must be 'best' or 'last', got {which!r}")
     ckpt = load_checkpoint(path)
+    if ckpt.get("class_models") is not None:
+        from lunet.flow import ClassConditionalFlow
+
+        flows = [_built(path, ckpt["model_spec"], state) for state in ckpt["class_models"]]
+        return ClassConditionalFlow(flows), ckpt
+    state = ckpt["best_model"] if which == "best" and ckpt.get("best_model") is not None else ckpt["model"]
+    return _built(path, ckpt["model_spec"], state), ckpt
+
+
+def _built(path: str | os.PathLike, spec: dict[str, Any], state: dict[str, Any]) -> nn.Module:
+    """The model of ``spec`` with the weights ``state``; ``ValueError`` naming ``path`` if they do not fit."""
     try:
-        model = build_model(ckpt["model_spec"])
+        model = build_model(spec)
     except TypeError as exc:
         raise ValueError(f"checkpoint {path} holds a model spec this version cannot build: {exc}") from None
-    state = ckpt["best_model"] if which == "best" and ckpt.get("best_model") is not None else ckpt["model"]
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        raise ValueError(f"checkpoint {path} does not match its model spec {ckpt['model_spec']}: {detail}") from None
-    return model, ckpt
+        raise ValueError(f"checkpoint {path} does not match its model spec {spec}: {detail}") from None
+    return model

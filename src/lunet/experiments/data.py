@@ -22,6 +22,12 @@ import torch
 PathLike = Union[str, os.PathLike]
 
 DATASETS = ("mnist", "fashion-mnist")
+# what each label means, for pictures
+CLASS_NAMES = {
+    "mnist": tuple(str(digit) for digit in range(10)),
+    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"),
+}
 SPLITS = ("train", "test")
 ENV_VAR = "LUNET_DATA_DIR"
 

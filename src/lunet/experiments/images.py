@@ -19,12 +19,12 @@ from torch import nn
 
 from lunet.experiments.checkpoint import build_model, load_checkpoint, load_model
 from lunet.checks import check_positive_int, check_temperature
-from lunet.experiments.data import DATASETS, load_dataset, train_val_split
+from lunet.experiments.data import DATASETS, FILES, find_file, load_dataset, train_val_split
 from lunet.flow import placement
 from lunet.experiments.preprocess import LN2, ImagePreprocessor
 from lunet.experiments.rundir import RunFolder
 from lunet.experiments.settings import DEFAULT_LAM, TrainConfig, paper_lunet_spec
-from lunet.experiments.train import Trainer, resolve_device
+from lunet.experiments.train import Trainer, Unit, resolve_device
 
 NUM_CLASSES = 10
 KINDS = ("unconditional", "class", "per_class")
@@ -67,6 +67,9 @@ def nats_to_bits_per_dim(nats_per_dim: float) -> float:
     return nats_per_dim / LN2 + 8.0
 
 
+BITS_PER_DIM = Unit("bits_per_dim", "bits/dim", lambda nats_per_dim: nats_to_bits_per_dim(nats_per_dim))
+
+
 def model_folder(run: RunFolder, class_label: Optional[int], kind: str) -> RunFolder:
     """Where the model of ``class_label`` keeps its checkpoint: a class folder in a per-class run, else the run's."""
     return run.class_folder(class_label) if kind == "per_class" else run
@@ -92,7 +95,9 @@ def make_log_prob_fn(pre: ImagePreprocessor):
     return log_prob
 
 
-def write_run_file(run: RunFolder, settings: ImageRunSettings) -> None:
+def write_run_file(run: RunFolder, settings: ImageRunSettings, data_dir: Optional[Path] = None) -> None:
+    """``run.json``: the settings, and where the data were found (``data_dir``), so that the
+    commands that read the test set find it again without ``--data-dir``."""
     run.path.mkdir(parents=True, exist_ok=True)
     path = run.run_file
     record = {
@@ -105,17 +110,36 @@ def write_run_file(run: RunFolder, settings: ImageRunSettings) -> None:
     }
     if path.exists() and run.checkpoints():  # without a checkpoint there is no run to protect
         existing = json.loads(path.read_text())
+        existing.pop("data_dir", None)  # where the data lie may change; what they are may not
         if existing != record:
             raise ValueError(
                 f"{path} describes another run ({existing}); use another --out, or the same options to resume"
             )
+    if data_dir is not None:
+        record["data_dir"] = str(data_dir.resolve())
     path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def recorded_data_dir(run_dir: str | Path) -> Optional[str]:
+    """The folder where training found the run's data set (``run.json``), if recorded and still there."""
+    try:
+        found = json.loads(RunFolder(run_dir).run_file.read_text()).get("data_dir")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) and Path(found).is_dir() else None
 
 
 def read_run_file(run_dir: str | Path) -> ImageRunSettings:
     """The settings of an image run from its ``run.json``; ``ValueError`` naming the file when it is damaged."""
-    path = RunFolder(run_dir).run_file
+    run = RunFolder(run_dir)
+    path = run.run_file
     if not path.is_file():
+        if run.checkpoint.is_file() and run.summary.is_file():
+            raise ValueError(
+                f"{run_dir} is a 2-D mixture run: its test NLL and KL are in {run.summary}, its "
+                f"pictures in density.png and samples.png; this command takes image runs (MNIST, Fashion-MNIST). "
+                f"`lunet export {run_dir} --out FILE` makes its weights a file to load in Python"
+            )
         raise FileNotFoundError(f"{path} not found: {run_dir} is not an image run directory made by `lunet train`")
     try:
         record = json.loads(path.read_text())
@@ -123,6 +147,7 @@ def read_run_file(run_dir: str | Path) -> ImageRunSettings:
         raise ValueError(f"{path} is not valid JSON ({exc}); it was not written by `lunet train` or was damaged") from None
     if not isinstance(record, dict):
         raise ValueError(f"{path} holds a {type(record).__name__}, not the settings of a run")
+    record.pop("data_dir", None)
     try:
         return ImageRunSettings(**record)
     except TypeError as exc:
@@ -154,6 +179,7 @@ def train_image_run(
         check_positive_int(limit, "limit")
     resolve_device(config.device)
     images, labels = load_dataset(settings.dataset, "train", data_dir=data_dir, verify=verify)
+    found = find_file(settings.dataset, FILES["train"][0], data_dir).parent
     (train_x, train_y), (val_x, val_y) = train_val_split(images, labels)
     with run.locked():
         if overwrite:
@@ -167,12 +193,12 @@ def train_image_run(
                 f"{run_dir} already holds a training run; pass --resume to continue it, --overwrite to "
                 f"replace it, or choose another --out"
             )
-        return _train_models(run, settings, config, train_x, train_y, val_x, val_y, resume, progress, limit)
+        return _train_models(run, settings, config, train_x, train_y, val_x, val_y, resume, progress, limit, found)
 
 
 def _train_models(
     run: RunFolder, settings: ImageRunSettings, config: TrainConfig, train_x: torch.Tensor, train_y: torch.Tensor,
-    val_x: torch.Tensor, val_y: torch.Tensor, resume: bool, progress: bool, limit: Optional[int],
+    val_x: torch.Tensor, val_y: torch.Tensor, resume: bool, progress: bool, limit: Optional[int], data_dir: Path,
 ) -> dict[str, Any]:
     pre = ImagePreprocessor(settings.lam, num_dims=train_x.shape[1])
     log_prob_fn = make_log_prob_fn(pre)
@@ -194,19 +220,24 @@ def _train_models(
         if settings.data_init != "none" and hasattr(model, "standardize"):
             gen = torch.Generator().manual_seed(config.seed)
             logits = pre.to_model_space(tx, gen)[0]
-            if settings.data_init == "gaussian":
+            if settings.data_init == "gaussian" and tx.shape[0] <= pre.num_dims:
+                # the sample covariance of n <= D points is singular: its Gaussian puts held-out images far off
+                print(f"warning: {tx.shape[0]} training images for {pre.num_dims} dimensions are too few for the "
+                      f"Gaussian start (it needs more images than dimensions); starting from per-pixel "
+                      f"standardisation instead (--data-init standardize)")
+            if settings.data_init == "gaussian" and tx.shape[0] > pre.num_dims:
                 model.init_gaussian(logits)
             else:
                 model.standardize(logits)
         trainer = Trainer(
             model, settings.model, config, tx, vx, log_prob_fn, dim=pre.num_dims, out_dir=out,
-            describe=lambda nats: f"{nats_to_bits_per_dim(nats):.4f} bits/dim", progress=progress,
+            unit=BITS_PER_DIM, progress=progress,
             extra={"class_label": c, "dataset": settings.dataset},
         )
         if resume and trainer.checkpoint_path.exists():
             trainer.resume(after_divergence=after_divergence)
         if i == 0:  # every check of the first model has passed: the folder now holds this run
-            write_run_file(run, settings)
+            write_run_file(run, settings, data_dir)
         if progress and c is not None:
             print(f"class {c}: {tx.shape[0]} training images")
         start = time.perf_counter()
@@ -258,6 +289,7 @@ def fitted_class_priors(
     """The fitted latent Gaussian of each model of a run, from up to ``num_images``
     images of its class in the training split (never the validation or test set)."""
     images, labels = load_dataset(settings.dataset, "train", data_dir=data_dir, verify=verify)
+    found = find_file(settings.dataset, FILES["train"][0], data_dir).parent
     (train_x, train_y), _ = train_val_split(images, labels)
     return [
         fitted_latent_gaussian(model, class_subset(train_x, train_y, c)[0][:num_images], pre)

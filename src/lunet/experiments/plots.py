@@ -17,14 +17,18 @@ Box = tuple[float, float, float, float]
 
 
 @torch.no_grad()
-def density_grid(log_prob: Callable[[torch.Tensor], torch.Tensor], box: Box, resolution: int = 200) -> np.ndarray:
-    """``exp(log_prob)`` on a ``resolution``² grid over ``box``, shape (res, res), rows = y."""
+def log_density_grid(log_prob: Callable[[torch.Tensor], torch.Tensor], box: Box, resolution: int = 200) -> np.ndarray:
+    """``log_prob`` on a ``resolution``² grid over ``box``, shape (res, res), rows = y."""
     x0, x1, y0, y1 = box
     xs = torch.linspace(x0, x1, resolution, dtype=torch.float64)
     ys = torch.linspace(y0, y1, resolution, dtype=torch.float64)
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
     pts = torch.stack([grid_x.flatten(), grid_y.flatten()], dim=1)
-    return log_prob(pts).exp().reshape(resolution, resolution).cpu().numpy()
+    return log_prob(pts).double().reshape(resolution, resolution).cpu().numpy()
+
+
+# the log-density row shows this many nats below the highest value; lower is clipped
+LOG_DENSITY_RANGE = 12.0
 
 
 def plot_density_2d(
@@ -34,31 +38,44 @@ def plot_density_2d(
     path: str | Path,
     title: Optional[str] = None,
 ) -> Path:
-    """Data scatter beside one image per ``(title, density grid)`` panel; writes a PNG."""
-    fig, axes = plt.subplots(1, 1 + len(panels), figsize=(4.2 * (1 + len(panels)), 4.2))
+    """The data, and for each ``(title, log-density grid)`` panel its density (top row) and
+    log-density (bottom row); each row on one colour scale with its colour bar, so the
+    panels compare directly. Writes a PNG."""
+    cols = 1 + len(panels)
+    fig, axes = plt.subplots(2, cols, figsize=(3.9 * cols + 0.9, 7.6), squeeze=False)
     pts = data.cpu().numpy()
-    axes[0].scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.4, color="tab:blue")
-    axes[0].set_title(f"data ({len(pts)} points)")
-    for ax, (name, grid) in zip(axes[1:], panels):
-        ax.imshow(grid, origin="lower", extent=box, cmap="viridis", aspect="equal")
-        ax.set_title(name)
-    for ax in axes:
+    axes[0, 0].scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.4, color="tab:blue")
+    axes[0, 0].set_title(f"data ({len(pts)} points)")
+    axes[1, 0].axis("off")
+    top = max(float(np.nanmax(grid)) for _, grid in panels)
+    rows = (
+        ("density", lambda g: np.exp(g), 0.0, float(np.exp(top))),
+        ("log-density, nats", lambda g: np.clip(g, top - LOG_DENSITY_RANGE, None), top - LOG_DENSITY_RANGE, top),
+    )
+    for r, (label, show, low, high) in enumerate(rows):
+        image = None
+        for ax, (name, grid) in zip(axes[r, 1:], panels):
+            image = ax.imshow(show(grid), origin="lower", extent=box, cmap="viridis", aspect="equal", vmin=low, vmax=high)
+            ax.set_title(f"{name}: {label}", fontsize=10)
+        fig.colorbar(image, ax=list(axes[r, 1:]), shrink=0.85, label=label)
+    for ax in axes.flat:
         ax.set_xlim(box[0], box[1])
         ax.set_ylim(box[2], box[3])
         ax.set_aspect("equal")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return _save(fig, path)
 
 
 def plot_samples_2d(samples: torch.Tensor, data: torch.Tensor, box: Box, path: str | Path) -> Path:
-    """Model samples beside the data, same axes; writes a PNG."""
+    """Model samples beside the data, on the same axes (``box``, fixed to the data's range),
+    each titled with how many points fall outside them; writes a PNG."""
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 4.2), sharex=True, sharey=True)
     for ax, pts, name, color in ((axes[0], data, "data", "tab:blue"), (axes[1], samples, "samples", "tab:orange")):
         p = pts.detach().cpu().numpy()
         ax.scatter(p[:, 0], p[:, 1], s=1, alpha=0.4, color=color)
-        ax.set_title(f"{name} ({len(p)} points)")
+        outside = int(np.sum((p[:, 0] < box[0]) | (p[:, 0] > box[1]) | (p[:, 1] < box[2]) | (p[:, 1] > box[3])))
+        ax.set_title(f"{name} ({len(p)} points" + (f", {outside} outside the axes)" if outside else ")"))
         ax.set_xlim(box[0], box[1])
         ax.set_ylim(box[2], box[3])
         ax.set_aspect("equal")
@@ -91,15 +108,17 @@ def save_image_grid(
     return _save(fig, path)
 
 
-def plot_training_curves(metrics_file: str | Path, path: str | Path, transform: Callable[[float], float] = lambda v: v, ylabel: str = "nats/dim") -> Path:
-    """Train and validation curves from a ``metrics.jsonl``; writes a PNG."""
+def plot_training_curves(metrics_file: str | Path, path: str | Path, key: str, label: str) -> Path:
+    """Train and validation curves of the figure ``train_<key>``, ``val_<key>`` from a ``metrics.jsonl``
+    (rows without it, written by an older version, are left out); writes a PNG."""
     rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
-    epochs = [r["epoch"] for r in rows]
+    rows = [r for r in rows if f"train_{key}" in r and f"val_{key}" in r]
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(epochs, [transform(r["train_nll_per_dim"]) for r in rows], label="train")
-    ax.plot(epochs, [transform(r["val_nll_per_dim"]) for r in rows], label="validation")
+    epochs = [r["epoch"] for r in rows]
+    ax.plot(epochs, [r[f"train_{key}"] for r in rows], marker="." if len(rows) < 30 else None, label="train")
+    ax.plot(epochs, [r[f"val_{key}"] for r in rows], marker="." if len(rows) < 30 else None, label="validation")
     ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(label)
     ax.legend()
     fig.tight_layout()
     return _save(fig, path)

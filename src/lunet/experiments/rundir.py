@@ -14,6 +14,7 @@ from typing import Iterator
 LOCK_NAME = ".lock"
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
+CURVES_NAME = "curves.png"
 RUN_FILE = "run.json"
 # what a finished 2-D run writes beside its checkpoint
 RESULT_FILES = ("summary.json", "density.png", "samples.png")
@@ -111,7 +112,8 @@ class RunFolder:
         run.json        what an image run models (data set, kind, λ, model spec)
         checkpoint.pt   the model's checkpoint (one-model runs)
         metrics.jsonl   one line per epoch
-        class-K/        per-class runs: checkpoint.pt and metrics.jsonl of class K
+        curves.png      train and validation NLL per epoch, redrawn at each checkpoint
+        class-K/        per-class runs: checkpoint.pt, metrics.jsonl and curves.png of class K
         .lock           held while a training writes here
 
     A 2-D run also writes ``RESULT_FILES`` beside its checkpoint.
@@ -135,6 +137,15 @@ class RunFolder:
     def metrics(self) -> Path:
         return self.path / METRICS_NAME
 
+    @property
+    def summary(self) -> Path:
+        """A 2-D run's results (test NLL, entropy, KL)."""
+        return self.path / RESULT_FILES[0]
+
+    @property
+    def curves(self) -> Path:
+        return self.path / CURVES_NAME
+
     def class_folder(self, class_label: int) -> "RunFolder":
         """The folder of class ``class_label``'s model in a per-class run."""
         return RunFolder(self.path / f"class-{class_label}")
@@ -151,6 +162,7 @@ class RunFolder:
         for sub in [self, *(RunFolder(p) for p in sorted(self.path.glob("class-*")))]:
             sub.checkpoint.unlink(missing_ok=True)
             sub.metrics.unlink(missing_ok=True)
+            sub.curves.unlink(missing_ok=True)
         for name in (RUN_FILE, *RESULT_FILES):
             (self.path / name).unlink(missing_ok=True)
 

@@ -33,6 +33,7 @@ class TrainConfig:
     device: str = "cpu"
     dtype: str = "float32"
     eval_every: int = 1  # epochs between validation, log line and checkpoint (the last epoch always)
+    compile: bool = False  # the training loss through torch.compile (falls back to eager if that fails)
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "constant"):
@@ -75,6 +76,19 @@ class GMM2DSettings:
     diag: str = "exp"
     init_scale: float = 1.0
     data_seed: int = 0
+    # Several starts, each trained for start_share of the run's epochs; the best by
+    # validation NLL is then trained for the run's epochs.
+    starts: int = 4
+    start_share: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.starts, "starts")
+        if not 0 < self.start_share <= 1:
+            raise ValueError(f"start_share must lie in (0, 1], got {self.start_share!r}")
+
+    def start_epochs(self, epochs: int) -> int:
+        """Epochs each start trains before the choice, for a run of ``epochs``."""
+        return max(1, round(self.start_share * epochs))
 
 
 def gmm2d_train_config() -> TrainConfig:

@@ -32,7 +32,7 @@ LogProbFn = Callable[[nn.Module, torch.Tensor, torch.Generator], torch.Tensor]
 # Settings that may differ when a run is resumed: where it runs, how often it
 # reports, and its length (``--resume --epochs N`` extends a run; a cosine
 # schedule is then recomputed over the new length).
-RESUMABLE_CHANGES = ("device", "eval_every", "epochs")
+RESUMABLE_CHANGES = ("device", "eval_every", "epochs", "compile")
 # After a divergence these may change too: the way to continue from the last
 # good checkpoint with a gentler step.
 RESUMABLE_AFTER_DIVERGENCE = ("lr", "grad_clip")
@@ -43,6 +43,23 @@ RESUMABLE_AFTER_DIVERGENCE = ("lr", "grad_clip")
 # has lost more than it learned, and its weights are no longer a model worth
 # keeping as "best".
 DIVERGENCE_MARGIN_NATS_PER_DIM = 1.0
+
+
+@dataclass(frozen=True)
+class Unit:
+    """How a run reports its negative log-likelihood: ``convert`` maps nats per dimension
+    to the figure, ``key`` names it in ``metrics.jsonl`` (``train_<key>``, ``val_<key>``)
+    and ``label`` follows it on the console and on the curves' axis."""
+
+    key: str
+    label: str
+    convert: Callable[[float], float]
+
+    def describe(self, nats_per_dim: float) -> str:
+        return f"{self.convert(nats_per_dim):.4f} {self.label}"
+
+
+NATS_PER_DIM = Unit("nats_per_dim", "nats/dim", lambda v: v)
 
 
 class TrainingDiverged(RuntimeError):
@@ -71,6 +88,18 @@ def data_fingerprint(data: torch.Tensor) -> str:
     """Shape, dtype and SHA-256 of a data tensor: what a resumed run must train on again."""
     digest = hashlib.sha256(tensor_bytes(data)).hexdigest()
     return f"{tuple(data.shape)} {data.dtype} sha256:{digest[:16]}"
+
+
+def format_seconds(seconds: float) -> str:
+    """``0.6 s``, ``42 s``, ``3 min 05 s``, ``1 h 02 min``: a duration as people read it."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole // 60 % 60:02d} min"
 
 
 def _lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
@@ -108,7 +137,7 @@ class Trainer:
         dim: data dimension, for per-dimension losses.
         out_dir: where ``checkpoint.pt`` and ``metrics.jsonl`` go; locked while
             :meth:`fit` runs, so that two trainings cannot write there at once.
-        describe: turns nats/dim into the figure shown on the progress bar.
+        unit: how the NLL is reported (metrics keys, console, curves).
     """
 
     def __init__(
@@ -121,7 +150,7 @@ class Trainer:
         log_prob_fn: LogProbFn,
         dim: int,
         out_dir: str | Path,
-        describe: Callable[[float], str] = lambda nats: f"nll {nats:.4f} nats/dim",
+        unit: Unit = NATS_PER_DIM,
         extra: Optional[dict[str, Any]] = None,
         progress: bool = True,
     ) -> None:
@@ -143,7 +172,7 @@ class Trainer:
         self.log_prob_fn = log_prob_fn
         self.dim = dim
         self.folder = RunFolder(out_dir)
-        self.describe = describe
+        self.unit = unit
         self.extra = extra or {}
         self.progress = progress
         self.steps_per_epoch = math.ceil(train_data.shape[0] / config.batch_size)
@@ -161,6 +190,7 @@ class Trainer:
         self.start_val: Optional[float] = None  # validation log p of the untrained model, nats per sample
         self.train_seconds = 0.0
         self._resumed = False
+        self._loss = torch.compile(self._batch_loss) if config.compile else self._batch_loss
 
     @property
     def checkpoint_path(self) -> Path:
@@ -277,34 +307,49 @@ class Trainer:
             kept = f"no checkpoint had been written yet, so nothing is kept; {advice}"
         return TrainingDiverged(f"{what}; {kept}")
 
+    def _batch_loss(self, batch: torch.Tensor) -> torch.Tensor:
+        """The training loss of one batch: mean negative log-likelihood in nats per dimension."""
+        return -self.log_prob_fn(self.model, batch, self.generator).mean() / self.dim
+
+    def _loss_of(self, batch: torch.Tensor) -> torch.Tensor:
+        if self._loss is self._batch_loss:
+            return self._loss(batch)
+        # one compiled graph for every batch size (the last batch of an epoch is smaller)
+        torch._dynamo.mark_dynamic(batch, 0)
+        try:
+            return self._loss(batch)
+        except Exception as exc:  # no C compiler, an unsupported platform: train as before
+            self._loss = self._batch_loss
+            tqdm.write(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); training eagerly")
+            return self._loss(batch)
+
     def _train_epoch(self, bar: tqdm) -> float:
+        """One pass over the training data; returns its mean loss in nats per dimension.
+
+        The loss is read back once, at the end: a step never waits for the device."""
         self.model.train()
         cfg = self.config
         n = self.train_data.shape[0]
         order = torch.randperm(n, generator=self.generator)
-        total, count = 0.0, 0
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         for step in range(self.steps_per_epoch):
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             batch = self.train_data[idx]
-            log_p = self.log_prob_fn(self.model, batch, self.generator)
-            loss = -log_p.mean() / self.dim
-            if not torch.isfinite(loss):
-                raise self._diverged(
-                    f"the training loss became {loss.item()} at epoch {self.epoch + 1}, step {step + 1}",
-                    "lower --lr or add --grad-clip",
-                )
+            loss = self._loss_of(batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
-            total += loss.item() * idx.numel()
-            count += idx.numel()
+            total += loss.detach() * idx.numel()
             bar.update(1)
-            if step % 10 == 0:
-                bar.set_postfix_str(f"epoch {self.epoch + 1} train {self.describe(total / count)}", refresh=False)
-        return total / count
+        mean = float(total) / n
+        if not math.isfinite(mean):
+            raise self._diverged(
+                f"the training loss became {mean} in epoch {self.epoch + 1}", "lower --lr or add --grad-clip"
+            )
+        return mean
 
     def _validation_log_prob(self) -> float:
         return mean_log_prob(self.model, self.val_data, self.log_prob_fn, 1000, seed=self.config.seed + 1)
@@ -354,8 +399,8 @@ class Trainer:
             start_nll = -self.start_val / self.dim
             if val_nll > start_nll + DIVERGENCE_MARGIN_NATS_PER_DIM:
                 raise self._diverged(
-                    f"training diverged: after epoch {self.epoch} the validation NLL is {self.describe(val_nll)}, "
-                    f"worse than the untrained start ({self.describe(start_nll)}) by more than "
+                    f"training diverged: after epoch {self.epoch} the validation NLL is {self.unit.describe(val_nll)}, "
+                    f"worse than the untrained start ({self.unit.describe(start_nll)}) by more than "
                     f"{DIVERGENCE_MARGIN_NATS_PER_DIM:g} nat per dimension",
                     "lower --lr or add --grad-clip",
                 )
@@ -376,17 +421,27 @@ class Trainer:
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         row = {
             "epoch": self.epoch,
-            "train_nll_per_dim": train_nll,
-            "val_nll_per_dim": -val_lp / self.dim,
+            f"train_{self.unit.key}": self.unit.convert(train_nll),
+            f"val_{self.unit.key}": self.unit.convert(-val_lp / self.dim),
             "lr": self.scheduler.get_last_lr()[0],
             "train_seconds": self.train_seconds,
         }
         with open(self.folder.metrics, "a") as f:
             f.write(json.dumps(row) + "\n")
         save_checkpoint(self._state(), self.checkpoint_path)
+        self._draw_curves()
         if self.progress:
             tqdm.write(
-                f"epoch {self.epoch}/{cfg.epochs}  train {self.describe(train_nll)}  "
-                f"val {self.describe(-val_lp / self.dim)}  ({self.train_seconds:.1f}s)"
+                f"epoch {self.epoch}/{cfg.epochs}  train {self.unit.describe(train_nll)}  "
+                f"val {self.unit.describe(-val_lp / self.dim)}  ({format_seconds(self.train_seconds)} training)"
             )
+        bar.set_postfix_str(f"epoch {self.epoch}/{cfg.epochs}, val {self.unit.describe(-val_lp / self.dim)}")
         return row
+
+    def _draw_curves(self) -> None:
+        """``curves.png`` beside the metrics: train and validation NLL per epoch (skipped without matplotlib)."""
+        try:
+            from lunet.experiments.plots import plot_training_curves
+        except ImportError:
+            return
+        plot_training_curves(self.folder.metrics, self.folder.curves, self.unit.key, self.unit.label)
