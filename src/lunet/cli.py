@@ -258,7 +258,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     from lunet.experiments.plots import save_image_grid
     from lunet.experiments.preprocess import ImagePreprocessor
 
-    settings, models, _ = load_run_models(args.run_dir)
+    settings, models, _ = load_run_models(args.run_dir, device=args.device)
     if len(models) != 1:
         raise ValueError("interpolate needs an unconditional or single-class run")
     model = models[0]
@@ -419,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_number(int, lambda v: 2 <= v <= 1000, "an integer in 2..1,000"), default=10,
                    help="images per interpolation, both ends included (default 10)")
     _add_data_options(p)
+    _add_device_option(p)
     p.set_defaults(func=cmd_interpolate)
 
     p = sub.add_parser("agreement", help="do samples show their class? (a classifier trained on real data judges)")

@@ -241,6 +241,12 @@ def load_dataset(
     return x, y
 
 
+def dataset_digest(name: str, data_dir: Optional[PathLike] = None) -> str:
+    """One MD5 over the MD5s of the data set's four files: names the exact data a result came from."""
+    digests = [_read_with_md5(find_file(name, f, data_dir))[1] for pair in FILES.values() for f in pair]
+    return hashlib.md5("".join(digests).encode()).hexdigest()
+
+
 def train_val_split(
     images: torch.Tensor, labels: torch.Tensor, num_val: int = 5000
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:

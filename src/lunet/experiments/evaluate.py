@@ -9,7 +9,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from lunet.experiments.data import load_dataset
+from lunet.experiments.checkpoint import load_checkpoint, save_checkpoint
+from lunet.experiments.data import dataset_digest, load_dataset, user_cache_dir
 from lunet.flow import for_inference, placement
 from lunet.experiments.images import (
     NUM_CLASSES,
@@ -126,9 +127,39 @@ class DigitClassifier(nn.Module):
 
 
 def train_classifier(
-    dataset: str, data_dir: Optional[str] = None, verify: bool = True, epochs: int = 4, seed: int = 0
+    dataset: str, data_dir: Optional[str] = None, verify: bool = True, epochs: int = 4, seed: int = 0,
+    cache: bool = True,
 ) -> tuple[DigitClassifier, float]:
-    """Train :class:`DigitClassifier` on the real training set; returns it and its test accuracy."""
+    """Train :class:`DigitClassifier` on the real training set; returns it and its test accuracy.
+
+    With ``cache``, the judge is kept in the user cache folder, named by the data files'
+    digest, the epochs and the seed, and read from there next time (training is
+    deterministic, so the cached judge is the one training would give again)."""
+    path = None
+    if cache:
+        digest = dataset_digest(dataset, data_dir)
+        path = user_cache_dir() / "judges" / f"{dataset}-{digest[:16]}-e{epochs}-s{seed}.pt"
+        if path.is_file():
+            try:
+                stored = load_checkpoint(path)
+                clf = DigitClassifier(stored["model_spec"]["dim"])
+                clf.load_state_dict(stored["model"])
+                return clf.eval(), float(stored["test_accuracy"])
+            except (ValueError, KeyError, RuntimeError):
+                pass  # a damaged cache entry is replaced below
+    clf, acc = _train_classifier(dataset, data_dir, verify, epochs, seed)
+    if path is not None:
+        try:
+            save_checkpoint({"model_spec": {"name": "digit-classifier", "dim": clf.net[0].in_features},
+                             "model": clf.state_dict(), "test_accuracy": acc}, path)
+        except OSError:
+            pass  # no writable cache: the judge is trained again next time
+    return clf, acc
+
+
+def _train_classifier(
+    dataset: str, data_dir: Optional[str], verify: bool, epochs: int, seed: int
+) -> tuple[DigitClassifier, float]:
     torch.manual_seed(seed)
     x, y = load_dataset(dataset, "train", data_dir=data_dir, verify=verify)
     tx, ty = load_dataset(dataset, "test", data_dir=data_dir, verify=verify)
