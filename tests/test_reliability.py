@@ -105,9 +105,9 @@ def test_a_checkpoint_with_code_in_it_is_refused_and_the_code_never_runs(gmm_run
     import shutil
 
     shutil.copytree(gmm_run, gmm)
-    _plant_payload(gmm / "checkpoint.pt", marker)
+    _plant_payload(gmm / "starts" / "checkpoint.pt", marker)  # the 2-D run's training checkpoint
     with pytest.raises(ValueError, match="could run code"):
-        load_checkpoint(gmm / "checkpoint.pt")
+        load_checkpoint(gmm / "starts" / "checkpoint.pt")
     assert gmm_train(gmm, "--epochs", "3", "--resume") == 2
     assert "could run code" in one_line_error(capsys, "train")
 
@@ -148,19 +148,20 @@ def test_a_flipped_byte_in_the_weights_is_reported_as_corruption(gmm_run, tmp_pa
 
 
 def test_checkpoints_get_the_permissions_of_the_runs_other_files(gmm_run):
-    mode = stat.S_IMODE((gmm_run / "checkpoint.pt").stat().st_mode)
-    assert mode == stat.S_IMODE((gmm_run / "metrics.jsonl").stat().st_mode)
+    mode = stat.S_IMODE((gmm_run / "starts" / "checkpoint.pt").stat().st_mode)
+    assert mode == stat.S_IMODE((gmm_run / "starts" / "metrics.jsonl").stat().st_mode)
+    assert mode == stat.S_IMODE((gmm_run / "checkpoint.pt").stat().st_mode)
     assert mode & stat.S_IRGRP  # readable beyond the owner under the usual umask, as the metrics
 
 
 def test_a_save_killed_midway_leaves_no_temporary_for_good(tmp_path):
     out = tmp_path / "run"
     assert gmm_train(out, "--epochs", "1") == 0
-    stale = out / "checkpoint.pt.x1y2z3.tmp"  # what a save killed by SIGKILL leaves
+    stale = out / "starts" / "checkpoint.pt.x1y2z3.tmp"  # what a save killed by SIGKILL leaves
     stale.write_bytes(b"\0" * 1000)
     assert gmm_train(out, "--epochs", "2", "--resume") == 0
     assert not stale.exists()
-    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
+    assert load_checkpoint(out / "starts" / "checkpoint.pt")["epoch"] == 2
 
 
 # -- 3. --overwrite checks everything before it deletes ------------------------------
@@ -371,7 +372,7 @@ def test_ctrl_c_exits_130_and_says_where_the_checkpoint_is(tmp_path, monkeypatch
     monkeypatch.setattr(Trainer, "_train_epoch", interrupted_in_epoch_2)
     assert gmm_train(out, "--epochs", "3", "--eval-every", "1") == 130
     err = capsys.readouterr().err
-    assert "Traceback" not in err and str(out / "checkpoint.pt") in err and "--resume" in err
+    assert "Traceback" not in err and str(out / "starts" / "checkpoint.pt") in err and "--resume" in err
     monkeypatch.setattr(Trainer, "_train_epoch", original)
     assert gmm_train(out, "--epochs", "3", "--eval-every", "1", "--resume") == 0
 

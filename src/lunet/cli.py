@@ -140,10 +140,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.dataset == "gmm2d":
         from lunet.experiments import gmm2d
 
-        _refuse_given(args, ("model", "class_label", "per_class", "limit", "learn_alpha", "lam", "data_init",
+        _refuse_given(args, ("model", "class_label", "per_class", "limit", "lam", "data_init",
                              "data_dir", "no_verify"), "image data sets only, not to --dataset gmm2d")
         defaults = GMM2DSettings()
         settings = GMM2DSettings(
+            starts=args.starts if args.starts is not None else defaults.starts,
+            learn_alpha=args.learn_alpha if args.learn_alpha is not None else defaults.learn_alpha,
             num_blocks=args.blocks if args.blocks is not None else defaults.num_blocks,
             alpha=args.alpha if args.alpha is not None else defaults.alpha,
             diag=args.diag or defaults.diag,
@@ -161,6 +163,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from lunet.experiments import images
 
+    _refuse_given(args, ("starts",), "--dataset gmm2d only")
     if args.model == "realnvp":
         _refuse_given(args, ("blocks", "alpha", "diag", "learn_alpha", "data_init"), "--model lunet only, not to realnvp")
         spec = {"name": "realnvp"}
@@ -374,7 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"number of LU blocks {_per_dataset(small.num_blocks, image['num_blocks'])}")
     m.add_argument("--alpha", type=SLOPE, help=f"leaky-softplus slope a in [{SLOPE_MIN:g}, 1) "
                                                 f"{_per_dataset(small.alpha, image['alpha'])}")
-    m.add_argument("--learn-alpha", action="store_true", help="learn the slope a of every activation")
+    m.add_argument("--learn-alpha", action=argparse.BooleanOptionalAction,
+                   help=f"learn the slope a of every activation {_per_dataset(small.learn_alpha, False)}")
+    m.add_argument("--starts", type=POSITIVE_INT,
+                   help=f"gmm2d: initialisations trained side by side, the best by validation NLL kept "
+                        f"(default {small.starts})")
     m.add_argument("--diag", choices=["raw", "exp"],
                    help=f"parametrisation of diag(U) {_per_dataset(small.diag, image['diag'])}")
     c = p.add_argument_group("images")

@@ -63,6 +63,11 @@ class LUNet(Sequential):
     Every call computes from the current weights. For repeated inference
     from fixed weights, :meth:`frozen` gives a snapshot that runs one dense
     product per block.
+
+    ``groups > 1`` makes it that many independent flows of width ``dim / groups``
+    side by side (each LU layer block diagonal, see :class:`~lunet.LULinear`),
+    whose log-densities add up; :meth:`split_groups` takes them apart. Several
+    starts of a small flow train this way for the price of one.
     """
 
     def __init__(
@@ -74,16 +79,17 @@ class LUNet(Sequential):
         init: str = "random",
         init_scale: float = 0.1,
         learn_alpha: bool = False,
+        groups: int = 1,
     ) -> None:
         nn.Module.__init__(self)  # the parts are registered below, under their own names
         self.dim = check_positive_int(dim, "dim")
         check_positive_int(num_blocks, "num_blocks")
         self.input_standardize = Standardize(dim)
         self.blocks = nn.ModuleList(
-            LULinear(dim, diag=diag, init=init, init_scale=init_scale) for _ in range(num_blocks)
+            LULinear(dim, diag=diag, init=init, init_scale=init_scale, groups=groups) for _ in range(num_blocks)
         )
         self.activations = nn.ModuleList(
-            LeakySoftplus(alpha, learn_alpha=learn_alpha) for _ in range(num_blocks - 1)
+            LeakySoftplus(alpha, learn_alpha=learn_alpha, groups=groups) for _ in range(num_blocks - 1)
         )
         self._register_load_state_dict_pre_hook(_renamed_standardisation)
 
@@ -96,6 +102,38 @@ class LUNet(Sequential):
             if i < len(self.activations):
                 parts.append(self.activations[i])
         return parts
+
+    @property
+    def groups(self) -> int:
+        return self.blocks[0].groups
+
+    @torch.no_grad()
+    def split_groups(self) -> list["LUNet"]:
+        """The ``groups`` independent flows of width ``w = dim / groups``, each a copy with its own
+        weights; ``sum(f.log_prob(x[..., g * w:(g + 1) * w]))`` over them is ``log_prob(x)``.
+        Learned slopes are copied, each group's own, as learned ones."""
+        width = self.dim // self.groups
+        block = self.blocks[0]
+        flows = []
+        for g in range(self.groups):
+            part = slice(g * width, (g + 1) * width)
+            learned = bool(self.activations) and self.activations[0].learn_alpha
+            flow = LUNet(width, len(self.blocks), diag=block.diag_mode, init="identity", learn_alpha=learned)
+            flow = flow.to(self.input_std)
+            for mine, theirs in zip(flow.activations, self.activations):
+                if learned:
+                    mine.alpha_logit.copy_(theirs.alpha_logit.reshape(-1)[g if theirs.groups > 1 else 0])
+                else:
+                    mine._fixed_alpha = theirs._fixed_alpha
+            flow.input_standardize.mean.copy_(self.input_standardize.mean[part])
+            flow.input_standardize.std.copy_(self.input_standardize.std[part])
+            for mine, theirs in zip(flow.blocks, self.blocks):
+                mine.lu.copy_(theirs.lu[part, part])
+                mine.diag.copy_(theirs.diag[part])
+                mine.diag_sign.copy_(theirs.diag_sign[part])
+                mine.bias.copy_(theirs.bias[part])
+            flows.append(flow)
+        return flows
 
     @property
     def input_mean(self) -> torch.Tensor:

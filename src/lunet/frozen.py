@@ -251,7 +251,8 @@ class FrozenLUNet:
 def _foldable_run(parts: list, start: int) -> int:
     """The end (exclusive) of the longest run from ``start`` that a :class:`~lunet.FrozenLUNet`
     can fold: an optional ``Standardize``, then ``LULinear (LeakySoftplus LULinear)*`` of one
-    width; ``start`` itself when there is none."""
+    width, each activation with one slope (not one learned per group); ``start`` itself when
+    there is none."""
     i = start
     width = None
     if i < len(parts) and isinstance(parts[i], Standardize):
@@ -260,7 +261,7 @@ def _foldable_run(parts: list, start: int) -> int:
         return start
     width, i = parts[i].dim, i + 1
     while (
-        i + 1 < len(parts) and isinstance(parts[i], LeakySoftplus)
+        i + 1 < len(parts) and isinstance(parts[i], LeakySoftplus) and parts[i].alpha.numel() == 1  # one slope to fold
         and isinstance(parts[i + 1], LULinear) and parts[i + 1].dim == width
     ):
         i += 2
@@ -275,7 +276,8 @@ def _as_lunet(parts: list) -> nn.Module:
     blocks = [p for p in parts if isinstance(p, LULinear)]
     activations = [p for p in parts if isinstance(p, LeakySoftplus)]
     ref = blocks[0].lu
-    net = LUNet(blocks[0].dim, len(blocks), init="identity").to(device=ref.device, dtype=ref.dtype)
+    groups = blocks[0].groups if all(b.groups == blocks[0].groups for b in blocks) else 1
+    net = LUNet(blocks[0].dim, len(blocks), init="identity", groups=groups).to(device=ref.device, dtype=ref.dtype)
     with torch.no_grad():
         for mine, theirs in zip(net.blocks, blocks):
             mine.diag_mode = theirs.diag_mode

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from lunet.checks import check_features, check_positive_int, value_checks_enabled
-from lunet.fast.activation import FixedSlopeForward, scaled_forward
+from lunet.fast.activation import FixedSlopeForward, LearnedSlopeForward, scaled_forward
 from lunet.fast.triangular import BLOCK_LEAF, TriangularAffine
 from lunet.functional import SLOPE_MIN, leaky_softplus, leaky_softplus_inverse, leaky_softplus_log_derivative
 
@@ -45,6 +45,10 @@ class LULinear(nn.Module):
         init_scale: size of the random perturbation.
         block_leaf: the training path halves each triangle while the halves are whole
             and at least this wide (a tuning of speed, not of the result).
+        groups: split the ``n`` features into this many consecutive groups of
+            ``n / groups`` and map each by its own LU layer, as ``nn.Conv2d``'s
+            ``groups`` does: ``L`` and ``U`` are block diagonal. Several small
+            flows then train side by side in one (see :meth:`lunet.LUNet.split_groups`).
 
     Every call computes from the current weights: the forward pass by
     blocked triangular products, the inverse by two triangular solves. Fast
@@ -52,11 +56,17 @@ class LULinear(nn.Module):
     """
 
     def __init__(
-        self, dim: int, diag: str = "exp", init: str = "random", init_scale: float = 0.1, block_leaf: int = BLOCK_LEAF
+        self, dim: int, diag: str = "exp", init: str = "random", init_scale: float = 0.1, block_leaf: int = BLOCK_LEAF,
+        groups: int = 1,
     ) -> None:
         super().__init__()
         self.dim = check_positive_int(dim, "dim")
-        self.block_leaf = check_positive_int(block_leaf, "block_leaf")
+        self.groups = check_positive_int(groups, "groups")
+        if dim % groups:
+            raise ValueError(f"groups must divide dim: {groups} groups of dim {dim} are not whole")
+        # The blocked products skip the masks off their diagonal blocks, which a block-diagonal
+        # layer needs everywhere: one masked block then.
+        self.block_leaf = check_positive_int(block_leaf, "block_leaf") if groups == 1 else dim
         if diag not in DIAG_MODES:
             raise ValueError(f"diag must be one of {DIAG_MODES}, got {diag!r}")
         if init not in INIT_MODES:
@@ -69,12 +79,14 @@ class LULinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim))
         # Float masks multiply ~3x faster than torch.tril/triu on CPU, and only
         # on contiguous operands: hence one mask per triangle.
-        self.register_buffer("strict_lower_mask", torch.ones(dim, dim).tril(-1), persistent=False)
-        self.register_buffer("strict_upper_mask", torch.ones(dim, dim).triu(1), persistent=False)
+        width = dim // groups
+        in_group = torch.block_diag(*[torch.ones(width, width)] * groups)
+        self.register_buffer("strict_lower_mask", in_group.tril(-1), persistent=False)
+        self.register_buffer("strict_upper_mask", in_group.triu(1), persistent=False)
         if init == "random":
-            std = init_scale / math.sqrt(dim)
+            std = init_scale / math.sqrt(width)
             with torch.no_grad():
-                self.lu.normal_(0.0, std).fill_diagonal_(0.0)
+                self.lu.normal_(0.0, std).fill_diagonal_(0.0).mul_(in_group)
                 # Random signs on diag(U): with all signs positive (and neither
                 # parametrisation lets a sign flip during training) every layer
                 # preserves orientation and a 1-D net can only be convex.
@@ -112,12 +124,13 @@ class LULinear(nn.Module):
 
     def num_parameters(self, kind: str = "free") -> int:
         """Trainable parameter count: ``"free"`` = n^2 + n (what is learned),
-        ``"stored"`` = 2 n^2 + n (dense L and U plus bias, as the paper counts)."""
-        n = self.dim
+        ``"stored"`` = 2 n^2 + n (dense L and U plus bias, as the paper counts);
+        with groups of width ``w = n / groups``, ``n w + n`` and ``2 n w + n``."""
+        n, w = self.dim, self.dim // self.groups
         if kind == "free":
-            return n * n + n
+            return n * w + n
         if kind == "stored":
-            return 2 * n * n + n
+            return 2 * n * w + n
         raise ValueError(f"kind must be 'free' or 'stored', got {kind!r}")
 
     # -- float64 matrices for frozen snapshots ------------------------------
@@ -183,7 +196,7 @@ class LULinear(nn.Module):
         return torch.linalg.solve_triangular(self.matrix_u().t(), h, upper=False, left=False)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, diag={self.diag_mode!r}"
+        return f"dim={self.dim}, diag={self.diag_mode!r}" + (f", groups={self.groups}" if self.groups > 1 else "")
 
 
 class LeakySoftplus(nn.Module):
@@ -198,10 +211,13 @@ class LeakySoftplus(nn.Module):
         alpha: the slope ``a`` for ``x -> -inf``.
         learn_alpha: learn ``a`` (parametrised as ``sigmoid(alpha_logit)``, so it stays in
             (0, 1); the inverse refuses a slope that has left ``[SLOPE_MIN, 1)``).
+        groups: with ``learn_alpha``, one learned slope for each of this many consecutive
+            groups of features (the groups of a grouped :class:`LULinear`), else one for all.
     """
 
-    def __init__(self, alpha: float = 0.1, learn_alpha: bool = False) -> None:
+    def __init__(self, alpha: float = 0.1, learn_alpha: bool = False, groups: int = 1) -> None:
         super().__init__()
+        self.groups = check_positive_int(groups, "groups")
         # the same range and message as functional.table_step, which refuses a learned slope that drifts out
         if not (isinstance(alpha, (int, float)) and SLOPE_MIN <= float(alpha) < 1.0):
             raise ValueError(
@@ -211,20 +227,30 @@ class LeakySoftplus(nn.Module):
         self._fixed_alpha = float(alpha)
         self.learn_alpha = learn_alpha
         if learn_alpha:
-            self.alpha_logit = nn.Parameter(torch.tensor(math.log(alpha / (1.0 - alpha))))
+            logit = torch.tensor(math.log(alpha / (1.0 - alpha)))
+            self.alpha_logit = nn.Parameter(logit if groups == 1 else logit.repeat(groups))
 
     @property
     def alpha(self) -> torch.Tensor:
-        """The slope ``a`` as a scalar tensor (float64 for a fixed slope, so ``float(alpha)`` is exact)."""
+        """The slope ``a`` as a scalar tensor (float64 for a fixed slope, so ``float(alpha)`` is exact);
+        a learned slope per group is a ``(groups,)`` tensor."""
         if self.learn_alpha:
             return torch.sigmoid(self.alpha_logit)
         return torch.tensor(self._fixed_alpha, dtype=torch.float64)
 
     def _alpha(self, like: torch.Tensor) -> torch.Tensor | float:
         # A fixed slope stays a Python float so it is exact in every dtype.
-        if self.learn_alpha:
-            return torch.sigmoid(self.alpha_logit).to(like.dtype)
-        return self._fixed_alpha
+        if not self.learn_alpha:
+            return self._fixed_alpha
+        a = torch.sigmoid(self.alpha_logit).to(like.dtype)
+        if self.groups > 1:  # one slope per feature, from its group's
+            a = a.unsqueeze(1).expand(self.groups, self._group_width(like)).reshape(-1)
+        return a
+
+    def _group_width(self, like: torch.Tensor) -> int:
+        if like.shape[-1] % self.groups:
+            raise ValueError(f"{self.groups} slope groups do not divide the {like.shape[-1]} features of the input")
+        return like.shape[-1] // self.groups
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (..., n), any shape of at least one dimension -> ``f(x)`` elementwise (..., n),
@@ -240,10 +266,10 @@ class LeakySoftplus(nn.Module):
                 value, logdet = scaled_forward(x, a)
                 return value.mul_(1 - a), logdet.add_(x.shape[1] * math.log1p(-a))
             return FixedSlopeForward.apply(x, a)
-        # a learned slope: autograd through the definition.
+        if torch.is_grad_enabled():
+            return LearnedSlopeForward.apply(x, a)
         # f'(x) lies in (a, 1): its log has no cancellation.
-        logdet = leaky_softplus_log_derivative(x, a).sum(dim=1)
-        return leaky_softplus(x, a), logdet
+        return leaky_softplus(x, a), leaky_softplus_log_derivative(x, a).sum(dim=1)
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``y`` (..., n), any shape of at least one dimension -> ``x = f^{-1}(y)`` elementwise, exact
@@ -253,7 +279,13 @@ class LeakySoftplus(nn.Module):
         return x, -leaky_softplus_log_derivative(x, self._alpha(x)).sum(dim=-1)
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        if self.learn_alpha and self.groups > 1:  # the exact inverse takes one slope at a time
+            a = torch.sigmoid(self.alpha_logit).to(y.dtype)
+            parts = y.split(self._group_width(y), dim=-1)
+            return torch.cat([leaky_softplus_inverse(part, a[g]) for g, part in enumerate(parts)], dim=-1)
         return leaky_softplus_inverse(y, self._alpha(y))
 
     def extra_repr(self) -> str:
-        return f"alpha={float(self.alpha.detach()):.4g}, learn_alpha={self.learn_alpha}"
+        slopes = self.alpha.detach().reshape(-1).tolist()
+        shown = f"{slopes[0]:.4g}" if len(slopes) == 1 else "[" + ", ".join(f"{v:.4g}" for v in slopes) + "]"
+        return f"alpha={shown}, learn_alpha={self.learn_alpha}" + (f", groups={self.groups}" if self.groups > 1 else "")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from lunet.flow import LUNet
 from lunet.experiments.plots import log_density_grid, plot_density_2d, plot_samples_2d
 from lunet.experiments.toy import GaussianMixture2D
+from lunet.experiments.checkpoint import save_checkpoint, stale_temporaries
 from lunet.experiments.rundir import RunFolder
 from lunet.experiments.settings import GMM2DSettings, TrainConfig
 from lunet.experiments.train import Trainer, Unit, mean_log_prob, resolve_device
@@ -28,6 +28,8 @@ NUM_VAL = 3000
 NUM_TEST = 50000
 # the NLL of a point (both dimensions), in nats: the figure the KL is read from
 NLL_NATS = Unit("nll_nats", "nats", lambda nats_per_dim: 2 * nats_per_dim)
+# the same, averaged over the starts trained side by side
+MEAN_NLL_NATS = Unit("mean_nll_nats", "nats (mean of the starts)", lambda nats_per_dim: 2 * nats_per_dim)
 
 
 def _log_prob_fn(model: torch.nn.Module, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -71,90 +73,84 @@ def _model_spec(settings: GMM2DSettings) -> dict[str, Any]:
         "dim": 2,
         "num_blocks": settings.num_blocks,
         "alpha": settings.alpha,
+        "learn_alpha": settings.learn_alpha,
         "diag": settings.diag,
         "init_scale": settings.init_scale,
     }
 
 
-def _new_model(spec: dict[str, Any], seed: int, train: torch.Tensor) -> LUNet:
-    torch.manual_seed(seed)
-    model = LUNet(**{k: v for k, v in spec.items() if k != "name"})
-    model.standardize(train)
-    return model
-
-
-def choose_start(
-    settings: GMM2DSettings, config: TrainConfig, data: dict[str, torch.Tensor], progress: bool = True
-) -> tuple[LUNet, list[float]]:
-    """Train ``settings.starts`` initialisations for ``settings.start_epochs(config.epochs)`` epochs each and
-    return the one with the best validation NLL, and each one's validation NLL (nats per point).
+def train_starts(
+    run: RunFolder, settings: GMM2DSettings, config: TrainConfig, data: dict[str, torch.Tensor], resume: bool,
+    progress: bool,
+) -> tuple[Trainer, LUNet, list[float]]:
+    """Train ``settings.starts`` initialisations side by side and keep the best by validation NLL.
 
     Separated modes trap a 2-D flow in a band that bridges them, and which start is
-    trapped depends on the draw; a short run already tells them apart. The starts'
-    seeds are drawn from ``config.seed``, so the choice is reproducible.
+    trapped depends on its draw. The starts train as the groups of one grouped
+    LU-Net on copies of each point (at width 2 a step costs mostly its overhead, so
+    eight starts cost well under twice one), in ``RUN/starts/`` with its own
+    resumable checkpoint, whose best weights are those with the best mean validation
+    NLL; of those, the start with the best validation NLL is the run's model. Returns the trainer of the grouped flow, the chosen flow and each start's
+    validation NLL in nats per point.
     """
-    spec = _model_spec(settings)
-    seeds = torch.randint(2**62, (settings.starts,), generator=torch.Generator().manual_seed(config.seed)).tolist()
-    epochs = settings.start_epochs(config.epochs)
-    short = dataclasses.replace(config, epochs=epochs, eval_every=epochs)
-    best, nlls = None, []
-    with tempfile.TemporaryDirectory(prefix="lunet-gmm2d-start-") as scratch:
-        for k, seed in enumerate(seeds):
-            model = _new_model(spec, seed, data["train"])
-            trainer = Trainer(
-                model, spec, dataclasses.replace(short, seed=seed), data["train"], data["val"], _log_prob_fn, dim=2,
-                out_dir=Path(scratch) / f"start-{k}", progress=False,
-            )
-            trainer.fit()
-            nlls.append(-trainer.best_val)
-            if progress:
-                print(f"start {k + 1}/{settings.starts}: validation NLL {nlls[-1]:.4f} nats after {epochs} epochs")
-            if best is None or nlls[-1] < min(nlls[:-1]):
-                model.load_state_dict(trainer.best_state)
-                best = model
-    return best, nlls
-
-
-def _run(out_dir: Path, settings: GMM2DSettings, config: TrainConfig, resume: bool, progress: bool) -> dict[str, Any]:
-    start = time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2-D batches are too small to gain from threads: 1 is ~20% faster
-    try:
-        trainer, start_nlls = _train(out_dir, settings, config, resume, progress)
-    finally:
-        torch.set_num_threads(threads)
-    return _report(out_dir, settings, config, trainer, start_nlls, start)
-
-
-def _train(
-    out_dir: Path, settings: GMM2DSettings, config: TrainConfig, resume: bool, progress: bool
-) -> tuple[Trainer, list[float] | None]:
-    data = make_splits(settings.data_seed)
-    spec = _model_spec(settings)
-    if resume:  # the chosen start is in the checkpoint
-        model, start_nlls = _new_model(spec, config.seed, data["train"]), None
-    else:
-        model, start_nlls = choose_start(settings, config, data, progress)
+    k = settings.starts
+    spec = {**_model_spec(settings), "dim": 2 * k, "groups": k}
+    torch.manual_seed(config.seed)
+    grouped = LUNet(**{key: v for key, v in spec.items() if key != "name"})
+    grouped.standardize(data["train"].repeat(1, k))
     trainer = Trainer(
-        model, spec, config, data["train"], data["val"], _log_prob_fn, dim=2, out_dir=out_dir,
-        unit=NLL_NATS, progress=progress,
+        grouped, spec, config, data["train"].repeat(1, k), data["val"].repeat(1, k), _log_prob_fn, dim=2 * k,
+        out_dir=run.starts.path, unit=NLL_NATS if k == 1 else MEAN_NLL_NATS, progress=progress,
     )
     if resume:
         trainer.resume()
     trainer.fit()
-    return trainer, start_nlls
+    grouped.load_state_dict(trainer.best_state)
+    starts = [flow.eval() for flow in grouped.split_groups()]
+    nlls = [-mean_log_prob(flow, data["val"], _log_prob_fn, 10000, seed=0) for flow in starts]
+    return trainer, starts[min(range(k), key=nlls.__getitem__)], nlls
+
+
+def _run(out_dir: Path, settings: GMM2DSettings, config: TrainConfig, resume: bool, progress: bool) -> dict[str, Any]:
+    start = time.perf_counter()
+    run = RunFolder(out_dir)
+    data = make_splits(settings.data_seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2-D batches are too small to gain from threads: 1 is ~20% faster
+    try:
+        if not resume and run.checkpoints():
+            raise FileExistsError(
+                f"{out_dir} already holds a training run; pass --resume to continue it, --overwrite to replace it, "
+                f"or choose another --out"
+            )
+        trainer, model, start_nlls = train_starts(run, settings, config, data, resume, progress)
+    finally:
+        torch.set_num_threads(threads)
+    chosen = min(range(len(start_nlls)), key=start_nlls.__getitem__)
+    for stale in stale_temporaries(run.checkpoint):  # left by a save that was killed; the lock says none runs
+        stale.unlink(missing_ok=True)
+    save_checkpoint({
+        "model_spec": _model_spec(settings),
+        "train_config": dataclasses.asdict(config),
+        "model": {key: v.detach().cpu() for key, v in model.state_dict().items()},
+        "best_model": None,
+        "epoch": trainer.epoch,
+        "train_seconds": trainer.train_seconds,
+        "extra": {"dataset": "gmm2d", "start": chosen, "start_val_nll_nats": start_nlls},
+    }, run.checkpoint)
+    if progress:
+        listed = ", ".join(f"{v:.4f}" for v in start_nlls)
+        print(f"validation NLL of the {len(start_nlls)} starts, nats: {listed}; start {chosen} is the run's model")
+    return _report(run, settings, config, data, trainer, model, start_nlls, start)
 
 
 def _report(
-    out_dir: Path, settings: GMM2DSettings, config: TrainConfig, trainer: Trainer, start_nlls: list[float] | None,
-    start: float,
+    run: RunFolder, settings: GMM2DSettings, config: TrainConfig, data: dict[str, torch.Tensor], trainer: Trainer,
+    model: LUNet, start_nlls: list[float], start: float,
 ) -> dict[str, Any]:
-    """Test KL, the pictures and ``summary.json`` of the trained run."""
+    """Test KL, the pictures and ``summary.json`` of the chosen model."""
+    out_dir = run.path
     mix = GaussianMixture2D()
-    data = make_splits(settings.data_seed)
-    spec, model = trainer.model_spec, trainer.model
-    model.load_state_dict(trainer.best_state)
-    model.eval()
     test_nll = -mean_log_prob(model, data["test"], _log_prob_fn, 10000, seed=0)
     entropy = mix.entropy()
     box = mix.bounding_box(margin_stds=4.0)
@@ -176,11 +172,11 @@ def _report(
         "num_test_points": NUM_TEST,
         "epochs": trainer.epoch,
         "train_seconds": trainer.train_seconds,
+        "compiled": trainer.compiled,
         "wall_seconds_this_call": time.perf_counter() - start,
-        "model": spec,
+        "model": _model_spec(settings),
         "starts": settings.starts,
-        "start_epochs": settings.start_epochs(config.epochs),
         "start_val_nll_nats": start_nlls,
     }
-    RunFolder(out_dir).summary.write_text(json.dumps(summary, indent=2) + "\n")
+    run.summary.write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -114,6 +114,7 @@ class RunFolder:
         metrics.jsonl   one line per epoch
         curves.png      train and validation NLL per epoch, redrawn at each checkpoint
         class-K/        per-class runs: checkpoint.pt, metrics.jsonl and curves.png of class K
+        starts/         2-D runs: the starts trained side by side, the same files
         .lock           held while a training writes here
 
     A 2-D run also writes ``RESULT_FILES`` beside its checkpoint.
@@ -146,20 +147,27 @@ class RunFolder:
     def curves(self) -> Path:
         return self.path / CURVES_NAME
 
+    @property
+    def starts(self) -> "RunFolder":
+        """Where a 2-D run trains its starts side by side."""
+        return RunFolder(self.path / "starts")
+
+    def _model_folders(self) -> list["RunFolder"]:
+        return [self, self.starts, *(RunFolder(p) for p in sorted(self.path.glob("class-*")))]
+
     def class_folder(self, class_label: int) -> "RunFolder":
         """The folder of class ``class_label``'s model in a per-class run."""
         return RunFolder(self.path / f"class-{class_label}")
 
     def checkpoints(self) -> list[Path]:
-        """The checkpoints the run holds: its own and each class folder's."""
-        found = [self.checkpoint, *(RunFolder(p).checkpoint for p in sorted(self.path.glob("class-*")))]
-        return [p for p in found if p.is_file()]
+        """The checkpoints the run holds: its own, its starts' and each class folder's."""
+        return [folder.checkpoint for folder in self._model_folders() if folder.checkpoint.is_file()]
 
     def clear(self) -> None:
         """Remove what a training wrote here (its own and its classes' checkpoints and metrics,
         the run description, a 2-D run's results), for ``--overwrite``: call it only after every
         check has passed."""
-        for sub in [self, *(RunFolder(p) for p in sorted(self.path.glob("class-*")))]:
+        for sub in self._model_folders():
             sub.checkpoint.unlink(missing_ok=True)
             sub.metrics.unlink(missing_ok=True)
             sub.curves.unlink(missing_ok=True)

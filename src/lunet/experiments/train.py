@@ -190,7 +190,8 @@ class Trainer:
         self.start_val: Optional[float] = None  # validation log p of the untrained model, nats per sample
         self.train_seconds = 0.0
         self._resumed = False
-        self._loss = torch.compile(self._batch_loss) if config.compile else self._batch_loss
+        self.compiled = config.compile
+        self._loss = torch.compile(self._batch_loss) if self.compiled else self._batch_loss
 
     @property
     def checkpoint_path(self) -> Path:
@@ -319,7 +320,7 @@ class Trainer:
         try:
             return self._loss(batch)
         except Exception as exc:  # no C compiler, an unsupported platform: train as before
-            self._loss = self._batch_loss
+            self._loss, self.compiled = self._batch_loss, False
             tqdm.write(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); training eagerly")
             return self._loss(batch)
 
@@ -375,6 +376,8 @@ class Trainer:
                     f"--epochs {cfg.epochs} is below the {self.epoch} epochs {self.checkpoint_path} has already "
                     f"trained; give at least {self.epoch}"
                 )
+            if self.compiled and self.progress and self.epoch < cfg.epochs:
+                tqdm.write("training step compiled with torch.compile: the first steps wait for the compiler")
             bar = tqdm(
                 total=cfg.epochs * self.steps_per_epoch,
                 initial=self.epoch * self.steps_per_epoch,

@@ -1,5 +1,6 @@
-"""Fast passes of the leaky softplus with a fixed slope: the training pass with a written-out
-backward, and the frozen snapshot's density passes (scaled, and negated with one sigmoid)."""
+"""Fast passes of the leaky softplus: the training passes with written-out backwards (a fixed
+slope, and a learned one), and the frozen snapshot's density passes (scaled, and negated with
+one sigmoid)."""
 
 from __future__ import annotations
 
@@ -69,6 +70,40 @@ class FixedSlopeForward(torch.autograd.Function):
         slope = torch.mul(s, 1 - a).add_(a)
         g_x = torch.rsub(s, 1.0).mul_(s).div_(slope).mul_(g_logdet.unsqueeze(1) * (1 - a))
         return g_x.addcmul_(g_value, slope), None
+
+
+class LearnedSlopeForward(torch.autograd.Function):
+    """:meth:`LeakySoftplus.forward` for a learned slope ``a`` (a 0-dim tensor, or one slope per
+    feature of shape (n,)): ``f(x)`` (B, n) and ``sum_i log f'(x_i)`` (B,), with a written-out
+    backward to ``x`` and ``a``.
+
+    With ``s = sigmoid(x)`` and ``f' = a + (1 - a) s``: ``df/da = x - softplus(x)`` and
+    ``d log f' / da = (1 - s) / f'``; the backward pass needs no transcendental function,
+    where autograd's runs softplus's, the sigmoid's and the log's backward separately.
+    First derivatives only.
+    """
+
+    @staticmethod
+    def forward(ctx, x, a):
+        s = torch.sigmoid(x)
+        soft = softplus(x)
+        slope = torch.mul(s, 1 - a).add_(a)
+        value = torch.mul(soft, 1 - a).add_(a * x)
+        ctx.save_for_backward(s, slope, x - soft, a)
+        return value, torch.log(slope).sum(dim=1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_value, g_logdet):
+        s, slope, x_minus_soft, a = ctx.saved_tensors
+        g_l = g_logdet.unsqueeze(1)
+        one_minus_s = torch.rsub(s, 1.0)
+        g_x = (one_minus_s * s * (1 - a) / slope).mul_(g_l).addcmul_(g_value, slope)
+        g_a = None
+        if ctx.needs_input_grad[1]:
+            per_entry = (one_minus_s / slope).mul_(g_l).addcmul_(g_value, x_minus_soft)
+            g_a = per_entry.sum(dim=0) if a.dim() == 1 else per_entry.sum()
+        return g_x, g_a
 
 
 def scaled_forward(x: torch.Tensor, a: float) -> tuple[torch.Tensor, torch.Tensor]:

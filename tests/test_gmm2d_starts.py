@@ -1,0 +1,45 @@
+"""The 2-D run's starts: trained side by side as one grouped flow, the best by validation kept."""
+
+import json
+
+import torch
+
+from lunet.cli import main
+from lunet.experiments import gmm2d
+from lunet.experiments.checkpoint import load_checkpoint, load_model
+from lunet.experiments.train import mean_log_prob
+
+
+def test_the_run_keeps_the_start_with_the_best_validation_nll(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "gmm2d", "--out", str(run), "--epochs", "3", "--blocks", "2", "--starts", "3",
+                 "--no-progress"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    nlls = summary["start_val_nll_nats"]
+    assert summary["starts"] == 3 and len(nlls) == 3
+
+    # the starts, taken apart from the grouped flow's best weights, score as reported
+    grouped, _ = load_model(run / "starts" / "checkpoint.pt", which="best")
+    assert grouped.groups == 3 and grouped.dim == 6
+    val = gmm2d.make_splits(0)["val"]
+    flows = grouped.split_groups()
+    scored = [-mean_log_prob(f.eval(), val, gmm2d._log_prob_fn, 10000, seed=0) for f in flows]
+    assert scored == nlls
+
+    # the run's model is the best of them, as a plain 2-D flow
+    best = min(range(3), key=nlls.__getitem__)
+    model, info = load_model(run / "checkpoint.pt")
+    assert model.dim == 2 and model.groups == 1 and info["extra"]["start"] == best
+    x = torch.randn(50, 2)
+    torch.testing.assert_close(model.log_prob(x), flows[best].log_prob(x), rtol=0, atol=0)
+    test = gmm2d.make_splits(0)["test"]
+    test_nll = -mean_log_prob(model.eval(), test, gmm2d._log_prob_fn, 10000, seed=0)
+    assert summary["test_nll_nats"] == test_nll
+
+
+def test_one_start_is_a_plain_run(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "gmm2d", "--out", str(run), "--epochs", "2", "--blocks", "2", "--starts", "1",
+                 "--no-progress"]) == 0
+    assert load_checkpoint(run / "starts" / "checkpoint.pt")["model_spec"]["groups"] == 1
+    assert json.loads((run / "summary.json").read_text())["start_val_nll_nats"][0] > 0
