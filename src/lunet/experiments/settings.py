@@ -86,7 +86,7 @@ class GMM2DSettings:
 
 def gmm2d_train_config() -> TrainConfig:
     """Full-ish batches with a high, cosine-decayed learning rate (see docs/gmm2d.md)."""
-    return TrainConfig(epochs=600, batch_size=1024, lr=3e-2, schedule="cosine", seed=0, eval_every=50)
+    return TrainConfig(epochs=500, batch_size=1024, lr=3e-2, schedule="cosine", seed=0, eval_every=100)
 
 
 def image_train_config() -> TrainConfig:
