@@ -451,6 +451,8 @@ def test_options_that_do_not_apply_are_refused_by_their_own_names(tmp_path, caps
     assert "--lam, --data-dir apply to image data sets only" in one_line_error(capsys, "train")
     assert run_cli("train", "--dataset", "mnist", "--model", "realnvp", "--data-init", "none", "--out", tmp_path / "r") == 2
     assert "--data-init applies to --model lunet only" in one_line_error(capsys, "train")
+    assert run_cli("train", "--dataset", "mnist", "--starts", "4", "--out", tmp_path / "r") == 2
+    assert "--starts applies to --dataset gmm2d only" in one_line_error(capsys, "train")
 
 
 def test_a_damaged_run_file_is_named(image_run, tmp_path, capsys):
