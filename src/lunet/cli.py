@@ -377,8 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"number of LU blocks {_per_dataset(small.num_blocks, image['num_blocks'])}")
     m.add_argument("--alpha", type=SLOPE, help=f"leaky-softplus slope a in [{SLOPE_MIN:g}, 1) "
                                                 f"{_per_dataset(small.alpha, image['alpha'])}")
+    learned = _per_dataset(small.learn_alpha, image.get("learn_alpha", False))
     m.add_argument("--learn-alpha", action=argparse.BooleanOptionalAction,
-                   help=f"learn the slope a of every activation {_per_dataset(small.learn_alpha, image.get('learn_alpha', False))}")
+                   help=f"learn the slope a of every activation {learned}")
     m.add_argument("--starts", type=POSITIVE_INT,
                    help=f"gmm2d: initialisations trained side by side, the best by validation NLL kept "
                         f"(default {small.starts})")
