@@ -369,12 +369,23 @@ def test_ctrl_c_exits_130_and_says_where_the_checkpoint_is(tmp_path, monkeypatch
             raise KeyboardInterrupt
         return original(self, bar)
 
+    def interrupted_in_epoch_4(self, bar):
+        if self.epoch == 3:
+            raise KeyboardInterrupt
+        return original(self, bar)
+
     monkeypatch.setattr(Trainer, "_train_epoch", interrupted_in_epoch_2)
     assert gmm_train(out, "--epochs", "3", "--eval-every", "1") == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and str(out / "starts" / "checkpoint.pt") in err and "--resume" in err
     monkeypatch.setattr(Trainer, "_train_epoch", original)
     assert gmm_train(out, "--epochs", "3", "--eval-every", "1", "--resume") == 0
+    # extending the finished run: its own checkpoint.pt holds the chosen start only; the
+    # message names the one that resumes
+    monkeypatch.setattr(Trainer, "_train_epoch", interrupted_in_epoch_4)
+    assert gmm_train(out, "--epochs", "5", "--eval-every", "1", "--resume") == 130
+    err = capsys.readouterr().err
+    assert f"kept in {out / 'starts' / 'checkpoint.pt'};" in err
 
 
 def test_sampling_with_an_infinite_temperature_is_refused():

@@ -337,12 +337,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    """Fail before the work, not after it, when an output file (``--out``, ``--json``) cannot be written;
-    for a command on a run, take the data from where its training found them unless ``--data-dir`` says."""
+    """Fail before the work, not after it, when an output file (``--out``, ``--json``) cannot be written."""
     for name in ("out", "json"):
         path = getattr(args, name, None)
         if path:
             check_writable_file(path)
+
+
+def _default_to_recorded_data_dir(args: argparse.Namespace) -> None:
+    """For a command on a run, take the data from where its training found them unless ``--data-dir`` says."""
     if getattr(args, "run_dir", None) and getattr(args, "data_dir", "") is None:
         from lunet.experiments.images import recorded_data_dir
 
@@ -463,7 +466,10 @@ def _interrupted(args: argparse.Namespace) -> str:
     kept = run.checkpoints()
     if not kept:
         return "interrupted before the first checkpoint; nothing was kept"
-    where = kept[0] if len(kept) == 1 else f"{run.path}/class-*/{run.checkpoint.name}"
+    if run.starts.checkpoint in kept:  # a 2-D run resumes its starts; its own file holds the chosen model only
+        where = run.starts.checkpoint
+    else:
+        where = kept[0] if len(kept) == 1 else f"{run.path}/class-*/{run.checkpoint.name}"
     return f"interrupted; the last checkpoint is kept in {where}; continue with --resume and the run's own options"
 
 
@@ -485,6 +491,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exc:  # argparse has printed its usage line and the problem (or the help)
         return exc.code if isinstance(exc.code, int) else 2
     try:
+        _default_to_recorded_data_dir(args)
         return args.func(args)
     except KeyboardInterrupt:
         print(f"lunet {args.command}: {_interrupted(args)}", file=sys.stderr)

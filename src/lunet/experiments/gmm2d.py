@@ -82,7 +82,7 @@ def _model_spec(settings: GMM2DSettings) -> dict[str, Any]:
 def train_starts(
     run: RunFolder, settings: GMM2DSettings, config: TrainConfig, data: dict[str, torch.Tensor], resume: bool,
     progress: bool,
-) -> tuple[Trainer, LUNet, list[float]]:
+) -> tuple[Trainer, int, LUNet, list[float]]:
     """Train ``settings.starts`` initialisations side by side and keep the best by validation NLL.
 
     Separated modes trap a 2-D flow in a band that bridges them, and which start is
@@ -90,8 +90,10 @@ def train_starts(
     LU-Net on copies of each point (at width 2 a step costs mostly its overhead, so
     eight starts cost well under twice one), in ``RUN/starts/`` with its own
     resumable checkpoint, whose best weights are those with the best mean validation
-    NLL; of those, the start with the best validation NLL is the run's model. Returns the trainer of the grouped flow, the chosen flow and each start's
-    validation NLL in nats per point.
+    NLL; of those, the start with the best validation NLL is the run's model.
+
+    Returns the trainer of the grouped flow, the chosen start's index and flow, and
+    each start's validation NLL in nats per point.
     """
     k = settings.starts
     spec = {**_model_spec(settings), "dim": 2 * k, "groups": k}
@@ -108,25 +110,25 @@ def train_starts(
     grouped.load_state_dict(trainer.best_state)
     starts = [flow.eval() for flow in grouped.split_groups()]
     nlls = [-mean_log_prob(flow, data["val"], _log_prob_fn, 10000, seed=0) for flow in starts]
-    return trainer, starts[min(range(k), key=nlls.__getitem__)], nlls
+    chosen = min(range(k), key=nlls.__getitem__)
+    return trainer, chosen, starts[chosen], nlls
 
 
 def _run(out_dir: Path, settings: GMM2DSettings, config: TrainConfig, resume: bool, progress: bool) -> dict[str, Any]:
     start = time.perf_counter()
     run = RunFolder(out_dir)
+    if not resume and run.checkpoints():
+        raise FileExistsError(
+            f"{out_dir} already holds a training run; pass --resume to continue it, --overwrite to replace it, "
+            f"or choose another --out"
+        )
     data = make_splits(settings.data_seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 2-D batches are too small to gain from threads: 1 is ~20% faster
     try:
-        if not resume and run.checkpoints():
-            raise FileExistsError(
-                f"{out_dir} already holds a training run; pass --resume to continue it, --overwrite to replace it, "
-                f"or choose another --out"
-            )
-        trainer, model, start_nlls = train_starts(run, settings, config, data, resume, progress)
+        trainer, chosen, model, start_nlls = train_starts(run, settings, config, data, resume, progress)
     finally:
         torch.set_num_threads(threads)
-    chosen = min(range(len(start_nlls)), key=start_nlls.__getitem__)
     for stale in stale_temporaries(run.checkpoint):  # left by a save that was killed; the lock says none runs
         stale.unlink(missing_ok=True)
     save_checkpoint({

@@ -67,7 +67,7 @@ def nats_to_bits_per_dim(nats_per_dim: float) -> float:
     return nats_per_dim / LN2 + 8.0
 
 
-BITS_PER_DIM = Unit("bits_per_dim", "bits/dim", lambda nats_per_dim: nats_to_bits_per_dim(nats_per_dim))
+BITS_PER_DIM = Unit("bits_per_dim", "bits/dim", nats_to_bits_per_dim)
 
 
 def model_folder(run: RunFolder, class_label: Optional[int], kind: str) -> RunFolder:

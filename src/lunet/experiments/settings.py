@@ -84,17 +84,13 @@ class GMM2DSettings:
         check_positive_int(self.starts, "starts")
 
 
-def gmm2d_train_config() -> TrainConfig:
-    """Full-ish batches with a high, cosine-decayed learning rate (see docs/gmm2d.md)."""
-    return TrainConfig(epochs=500, batch_size=1024, lr=3e-2, schedule="cosine", seed=0, eval_every=100)
-
-
-def image_train_config() -> TrainConfig:
-    """Adam at 1e-3, cosine schedule over 60 epochs, batch 256, gradient norm clipped at 10
-    (docs/results.md: how these were chosen; a looser clip let a 60-epoch run blow up)."""
-    return TrainConfig(epochs=60, batch_size=256, lr=1e-3, schedule="cosine", warmup_steps=200, grad_clip=10.0)
-
-
 def default_train_config(dataset: str) -> TrainConfig:
-    """The optimisation defaults of ``lunet train --dataset dataset``."""
-    return gmm2d_train_config() if dataset == "gmm2d" else image_train_config()
+    """The optimisation defaults of ``lunet train --dataset dataset``.
+
+    The 2-D mixture: full-ish batches with a high, cosine-decayed learning rate (see
+    docs/gmm2d.md). Images: Adam at 1e-3, cosine schedule over 60 epochs, batch 256,
+    gradient norm clipped at 10 (docs/results.md: how these were chosen; a looser clip
+    let a 60-epoch run blow up)."""
+    if dataset == "gmm2d":
+        return TrainConfig(epochs=500, batch_size=1024, lr=3e-2, schedule="cosine", seed=0, eval_every=100)
+    return TrainConfig(epochs=60, batch_size=256, lr=1e-3, schedule="cosine", warmup_steps=200, grad_clip=10.0)
