@@ -21,8 +21,10 @@ for spec in "${RUNS[@]}"; do
   out=runs/$ds-$kind-${epochs}ep
   extra=()
   if [ "$kind" = per_class ]; then extra=(--per-class); fi
+  # --resume continues a run this script started; a new run is started without it
+  if [ -n "$(find "$out" -name checkpoint.pt 2>/dev/null | head -n 1)" ]; then extra+=(--resume); fi
   $LUNET train --dataset "$ds" --data-dir "$DATA" --out "$out" --epochs "$epochs" --lr "$lr" --grad-clip "$clip" \
-    "${extra[@]}" --resume --no-progress
+    "${extra[@]}" --no-progress
   $LUNET evaluate "$out" --data-dir "$DATA" --json "docs/results/$ds-$kind.json"
   $LUNET sample "$out" --data-dir "$DATA" --out "docs/figures/$ds-$kind-samples.png" --temperature 1.0
   $LUNET sample "$out" --data-dir "$DATA" --out "docs/figures/$ds-$kind-samples-T0.7.png" --temperature 0.7
