@@ -3,7 +3,8 @@
     python reproduce/collect_results.py
 
 Shape: {"mnist": {"unconditional": {...}, "per_class": {...}}, "fashion-mnist": {...}}, each entry with
-bits_per_dim, paper_bits_per_pixel, epochs, train_seconds (and the class agreement where measured).
+bits_per_dim, paper_bits_per_pixel, epochs, train_seconds (and the class agreement and the
+out-of-distribution detection figures of reproduce/ood.sh where measured).
 """
 
 from __future__ import annotations
@@ -14,6 +15,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 KEEP = ("bits_per_dim", "bits_per_dim_std_over_draws", "paper_bits_per_pixel", "num_test_images", "lam",
         "train_seconds", "bayes_classifier_accuracy", "per_class", "num_parameters_free", "num_parameters_stored")
+
+
+def _ood_summary(report: dict) -> dict:
+    """AUROC, AUPR and FPR at 95 % TPR of each model and score, against the other data set."""
+    return {
+        "against": report["against"],
+        **{model: {score: {k: m[k] for k in ("auroc", "aupr", "fpr_at_95_tpr")} for score, m in r["metrics"].items()}
+           for model, r in report["models"].items()},
+    }
 
 
 def main() -> None:
@@ -29,6 +39,9 @@ def main() -> None:
             agreement = path.with_name(f"{dataset}-{kind}-agreement.json")
             if agreement.exists():
                 entry["class_agreement"] = json.loads(agreement.read_text())
+            ood = path.with_name(f"ood-{dataset}-{kind}.json")
+            if ood.exists():
+                entry["ood"] = _ood_summary(json.loads(ood.read_text()))
             results.setdefault(dataset, {})[kind] = entry
     out = ROOT / "docs" / "results.json"
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""The ``lunet`` command line: ``lunet train | evaluate | sample | interpolate | agreement | bench``."""
+"""The ``lunet`` command line: ``lunet train | evaluate | sample | interpolate | agreement | ood | export | bench``."""
 
 from __future__ import annotations
 
@@ -310,6 +310,31 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ood(args: argparse.Namespace) -> int:
+    _check_outputs(args)
+    from lunet.experiments.ood import ood_run
+
+    # The recorded folder holds the run's own data set; the other one is looked for beside it.
+    against_dir = str(Path(args.data_dir).parent) if getattr(args, "data_dir_from_run", False) else args.data_dir
+    report, scores = ood_run(args.run_dir, args.against, data_dir=args.data_dir, against_data_dir=against_dir,
+                             verify=not args.no_verify, limit=args.limit, device=args.device)
+    print(f"{report['dataset']} ({report['kind']}) test set ({report['num_in']:,} images, in-distribution) against "
+          f"{args.against} test set ({report['num_out']:,}, out-of-distribution); higher score = more out-of-distribution")
+    width = max(len(label) for label in report["scores"].values())
+    print(f"  {'model':<26}{'score':<{width + 2}}{'AUROC':>7}{'AUPR':>7}{'FPR@95':>8}")
+    for model in report["models"].values():
+        for name, m in model["metrics"].items():
+            print(f"  {model['label']:<26}{report['scores'][name]:<{width + 2}}"
+                  f"{m['auroc']:>7.3f}{m['aupr']:>7.3f}{m['fpr_at_95_tpr']:>8.3f}")
+    print("  (AUROC 0.5: no better than chance; below 0.5: the score ranks the other data set as more typical)")
+    _write_json(args.json, report)
+    if args.plot:
+        from lunet.experiments.plots import plot_score_histograms
+
+        print(f"wrote {plot_score_histograms(scores, report, args.plot)}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     _check_outputs(args)
     from lunet.experiments.export import export_run
@@ -338,7 +363,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """Fail before the work, not after it, when an output file (``--out``, ``--json``) cannot be written."""
-    for name in ("out", "json"):
+    for name in ("out", "json", "plot"):
         path = getattr(args, name, None)
         if path:
             check_writable_file(path)
@@ -350,6 +375,7 @@ def _default_to_recorded_data_dir(args: argparse.Namespace) -> None:
         from lunet.experiments.images import recorded_data_dir
 
         args.data_dir = recorded_data_dir(args.run_dir)
+        args.data_dir_from_run = args.data_dir is not None
 
 
 def _write_json(path: Optional[str], obj: dict) -> None:
@@ -442,6 +468,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p)
     _add_device_option(p)
     p.set_defaults(func=cmd_agreement)
+
+    p = sub.add_parser("ood", help="out-of-distribution detection: the run's test set against another data set's")
+    p.add_argument("run_dir", type=PATH)
+    p.add_argument("--against", required=True, choices=["mnist", "fashion-mnist"],
+                   help="the data set whose test images are out-of-distribution")
+    p.add_argument("--json", type=PATH, help="also write the figures to this JSON file")
+    p.add_argument("--plot", type=IMAGE_PATH, help="histograms of every score, in and out of distribution (.png, .pdf, .svg)")
+    p.add_argument("--limit", type=POSITIVE_INT, help="score the first N test images of each set only, for quick trials")
+    _add_data_options(p)
+    _add_device_option(p)
+    p.set_defaults(func=cmd_ood)
 
     p = sub.add_parser("export", help="the run's best weights in one small file, for use in Python")
     p.add_argument("run_dir", type=PATH)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -34,9 +35,10 @@ def for_inference(model: nn.Module):
 
 
 def placement(model) -> tuple[torch.dtype, torch.device]:
-    """The dtype and device of a flow's weights, or of a snapshot from :func:`for_inference`."""
+    """The dtype and device of a flow's weights (or of its buffers, for a model without
+    parameters), or of a snapshot from :func:`for_inference`."""
     if isinstance(model, nn.Module):
-        ref = next(model.parameters())
+        ref = next(itertools.chain(model.parameters(), model.buffers()))
         return ref.dtype, ref.device
     return model.dtype, model.device
 
