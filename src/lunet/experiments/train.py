@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import math
 import time
@@ -22,8 +23,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lunet.experiments import distributed
 from lunet.experiments.checkpoint import load_checkpoint, save_checkpoint, stale_temporaries, tensor_bytes
 from lunet.checks import check_positive_int
+from lunet.experiments.distributed import SINGLE, Group
 from lunet.experiments.rundir import RunFolder
 from lunet.experiments.settings import TrainConfig
 
@@ -115,16 +118,42 @@ def _lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
 
 
 @torch.no_grad()
-def mean_log_prob(model: nn.Module, data: torch.Tensor, log_prob_fn: LogProbFn, batch_size: int, seed: int) -> float:
-    """Mean ``log p`` in nats per sample over ``data``, with a fixed noise seed."""
+def mean_log_prob(
+    model: nn.Module, data: torch.Tensor, log_prob_fn: LogProbFn, batch_size: int, seed: int, group: Group = SINGLE
+) -> float:
+    """Mean ``log p`` in nats per sample over ``data``, with a fixed noise seed; with several
+    processes each scores its shard of the rows and the sums are added."""
     was_training = model.training
     model.eval()
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    total = 0.0
-    for start in range(0, data.shape[0], batch_size):
-        total += float(log_prob_fn(model, data[start : start + batch_size], gen).double().sum())
+    mine = data[group.shard(torch.arange(data.shape[0]))]
+    gen = torch.Generator(device="cpu").manual_seed(seed + 7919 * group.rank)
+    total = torch.zeros((), dtype=torch.float64)
+    for start in range(0, mine.shape[0], batch_size):
+        total += log_prob_fn(model, mine[start : start + batch_size], gen).double().sum().cpu()
     model.train(was_training)
-    return total / data.shape[0]
+    return float(group.all_sum(total)) / data.shape[0]
+
+
+class _ShardLoss(nn.Module):
+    """The loss of one process's shard of a global batch as a module's forward, so that
+    ``DistributedDataParallel`` sees the pass whose gradients it averages.
+
+    Scaled by ``world / global_rows`` rather than ``1 / shard_rows``: the average over the
+    processes is then the mean over the global batch, even when the shards differ in length."""
+
+    def __init__(self, model: nn.Module, log_prob_fn: LogProbFn, dim: int) -> None:
+        super().__init__()
+        self.model = model
+        self.log_prob_fn = log_prob_fn
+        self.dim = dim
+
+    def forward(self, shard: torch.Tensor, generator: torch.Generator, global_rows: int, world: int) -> torch.Tensor:
+        return -self.log_prob_fn(self.model, shard, generator).sum() * (world / (global_rows * self.dim))
+
+
+def _noise_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of process ``rank``'s noise in ``epoch`` of a run shared by several processes."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{epoch}:{rank}".encode()).digest()[:8], "little") >> 1
 
 
 class Trainer:
@@ -138,6 +167,10 @@ class Trainer:
         out_dir: where ``checkpoint.pt`` and ``metrics.jsonl`` go; locked while
             :meth:`fit` runs, so that two trainings cannot write there at once.
         unit: how the NLL is reported (metrics keys, console, curves).
+        group: the processes training this model together (default: those of the
+            initialised ``torch.distributed`` group, else this process alone). Each
+            takes its shard of every global batch of ``config.batch_size`` rows;
+            rank 0 alone writes files and shows progress.
     """
 
     def __init__(
@@ -153,8 +186,15 @@ class Trainer:
         unit: Unit = NATS_PER_DIM,
         extra: Optional[dict[str, Any]] = None,
         progress: bool = True,
+        group: Optional[Group] = None,
     ) -> None:
         self.config = config
+        self.group = distributed.current() if group is None else group
+        if self.group.shared and config.batch_size < self.group.world:
+            raise ValueError(f"--batch-size {config.batch_size} is below the {self.group.world} processes that share "
+                             f"each batch; give at least {self.group.world}")
+        if self.group.shared and config.compile:
+            raise ValueError("--compile trains in one process only; leave it out when several processes share a model")
         self.device = resolve_device(config.device)
         if self.device.type == "cuda":
             # Fixed batch shapes: let cuDNN pick its fastest convolution once.
@@ -174,7 +214,7 @@ class Trainer:
         self.folder = RunFolder(out_dir)
         self.unit = unit
         self.extra = extra or {}
-        self.progress = progress
+        self.progress = progress and self.group.is_main
         self.steps_per_epoch = math.ceil(train_data.shape[0] / config.batch_size)
         # The fused kernel makes one pass over each parameter instead of ~10.
         self.optimizer = torch.optim.Adam(
@@ -192,6 +232,7 @@ class Trainer:
         self._resumed = False
         self.compiled = config.compile
         self._loss = torch.compile(self._batch_loss) if self.compiled else self._batch_loss
+        self._shard_loss: Optional[nn.Module] = None  # DistributedDataParallel over _ShardLoss, built by fit()
 
     @property
     def checkpoint_path(self) -> Path:
@@ -223,6 +264,34 @@ class Trainer:
         of the same run) ``RESUMABLE_AFTER_DIVERGENCE`` too (a new peak
         learning rate rescales the rest of the schedule).
         """
+        ckpt = self.group.decide(lambda: self._resumable_checkpoint(after_divergence))
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        # The loaded state holds the old run's peak and its rate for the next step; a new
+        # peak (after a divergence) or a new length (--epochs) changes both.
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = self.config.lr
+            group["lr"] = self.config.lr * factor
+        self.scheduler.base_lrs = [self.config.lr] * len(self.optimizer.param_groups)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        self.generator.set_state(ckpt["generator"])
+        self.epoch = ckpt["epoch"]
+        self.best_val = ckpt["best_val_log_prob"]
+        self.best_state = ckpt["best_model"]
+        self.start_val = ckpt.get("start_val_log_prob")
+        self.train_seconds = ckpt.get("train_seconds", 0.0)
+        self._resumed = True
+        # Rows logged after the checkpoint belong to epochs that will be redone.
+        metrics = self.folder.metrics
+        with self.group.main_only(self.folder.locked()):
+            if self.group.is_main and metrics.exists():
+                kept = [ln for ln in metrics.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= self.epoch]
+                metrics.write_text("".join(ln + "\n" for ln in kept))
+
+    def _resumable_checkpoint(self, after_divergence: bool) -> dict[str, Any]:
+        """The checkpoint in ``out_dir``, after checking that this run may continue it."""
         if not self.checkpoint_path.is_file():
             raise FileNotFoundError(
                 f"--resume: there is no checkpoint to resume in {self.folder.path} "
@@ -265,30 +334,7 @@ class Trainer:
                 f"{self.checkpoint_path} was trained with other settings ({listed}); resume with the "
                 f"run's own options or start a new run in another --out"
             )
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        # The loaded state holds the old run's peak and its rate for the next step; a new
-        # peak (after a divergence) or a new length (--epochs) changes both.
-        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
-        for group in self.optimizer.param_groups:
-            group["initial_lr"] = self.config.lr
-            group["lr"] = self.config.lr * factor
-        self.scheduler.base_lrs = [self.config.lr] * len(self.optimizer.param_groups)
-        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
-        self.generator.set_state(ckpt["generator"])
-        self.epoch = ckpt["epoch"]
-        self.best_val = ckpt["best_val_log_prob"]
-        self.best_state = ckpt["best_model"]
-        self.start_val = ckpt.get("start_val_log_prob")
-        self.train_seconds = ckpt.get("train_seconds", 0.0)
-        self._resumed = True
-        # Rows logged after the checkpoint belong to epochs that will be redone.
-        metrics = self.folder.metrics
-        with self.folder.locked():
-            if metrics.exists():
-                kept = [ln for ln in metrics.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= self.epoch]
-                metrics.write_text("".join(ln + "\n" for ln in kept))
+        return ckpt
 
     def _diverged(self, what: str, advice: str) -> TrainingDiverged:
         """The error for a divergence, after marking the last good checkpoint (if any) as followed by one."""
@@ -297,7 +343,8 @@ class Trainer:
             try:
                 ckpt = load_checkpoint(self.checkpoint_path)
                 ckpt["diverged"] = what
-                save_checkpoint(ckpt, self.checkpoint_path)
+                if self.group.is_main:
+                    save_checkpoint(ckpt, self.checkpoint_path)
             except (ValueError, OSError):
                 pass  # a checkpoint that cannot be read or rewritten stays as it is; the message holds
             kept = (
@@ -324,28 +371,52 @@ class Trainer:
             tqdm.write(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); training eagerly")
             return self._loss(batch)
 
+    def _step_loss(self, rows: torch.Tensor, noise: torch.Generator) -> torch.Tensor:
+        """The loss of the global batch ``rows`` (indices into the training data): its mean
+        NLL per dimension, or with several processes this one's share of it."""
+        if not self.group.shared:
+            return self._loss_of(self.train_data[rows])
+        if self._shard_loss is None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # the model's buffers (standardisation, fixed slopes) do not change in training: no syncing per step
+            no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                       else "broadcast_buffers")
+            self._shard_loss = DistributedDataParallel(
+                _ShardLoss(self.model, self.log_prob_fn, self.dim),
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                **{no_sync: False},
+            )
+        shard = self.train_data[self.group.shard(rows)]
+        return self._shard_loss(shard, noise, rows.numel(), self.group.world)
+
     def _train_epoch(self, bar: tqdm) -> float:
         """One pass over the training data; returns its mean loss in nats per dimension.
 
-        The loss is read back once, at the end: a step never waits for the device."""
+        The loss is read back once, at the end: a step never waits for the device.
+        Every process draws the same shuffled order (one generator, one seed) and
+        takes its shard of each batch; their dequantisation noise is their own."""
         self.model.train()
         cfg = self.config
         n = self.train_data.shape[0]
         order = torch.randperm(n, generator=self.generator)
+        noise = self.generator
+        if self.group.shared:
+            noise = torch.Generator().manual_seed(_noise_seed(cfg.seed, self.epoch, self.group.rank))
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         for step in range(self.steps_per_epoch):
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            batch = self.train_data[idx]
-            loss = self._loss_of(batch)
+            loss = self._step_loss(idx, noise)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
-            total += loss.detach() * idx.numel()
+            # the mean over the batch; with several processes, this one's share of it
+            total += loss.detach() * (idx.numel() / self.group.world)
             bar.update(1)
-        mean = float(total) / n
+        mean = float(self.group.all_sum(total)) / n
         if not math.isfinite(mean):
             raise self._diverged(
                 f"the training loss became {mean} in epoch {self.epoch + 1}", "lower --lr or add --grad-clip"
@@ -353,20 +424,14 @@ class Trainer:
         return mean
 
     def _validation_log_prob(self) -> float:
-        return mean_log_prob(self.model, self.val_data, self.log_prob_fn, 1000, seed=self.config.seed + 1)
+        return mean_log_prob(self.model, self.val_data, self.log_prob_fn, 1000, seed=self.config.seed + 1,
+                             group=self.group)
 
     def fit(self) -> list[dict[str, Any]]:
         """Train the remaining epochs; returns the metric rows written this call."""
-        with self.folder.locked():
-            for stale in stale_temporaries(self.checkpoint_path):
-                stale.unlink(missing_ok=True)  # left by a save that was killed; the lock says none is running
+        with self.group.main_only(self.folder.locked()):
+            self.group.decide(self._prepare_folder)
             if not self._resumed:
-                if self.checkpoint_path.exists():
-                    raise FileExistsError(
-                        f"{self.checkpoint_path} already exists; pass --resume to continue that run, "
-                        f"--overwrite to replace it, or choose another --out"
-                    )
-                (self.folder.metrics).unlink(missing_ok=True)
                 self.start_val = self._validation_log_prob()
                 self._resumed = True  # a later fit() on this trainer continues the run
             rows = []
@@ -392,6 +457,18 @@ class Trainer:
                     if row is not None:
                         rows.append(row)
             return rows
+
+    def _prepare_folder(self) -> None:
+        """Clear what a killed save left; a new run must not overwrite a checkpoint."""
+        for stale in stale_temporaries(self.checkpoint_path):
+            stale.unlink(missing_ok=True)  # left by a save that was killed; the lock says none is running
+        if not self._resumed:
+            if self.checkpoint_path.exists():
+                raise FileExistsError(
+                    f"{self.checkpoint_path} already exists; pass --resume to continue that run, "
+                    f"--overwrite to replace it, or choose another --out"
+                )
+            self.folder.metrics.unlink(missing_ok=True)
 
     def _check_validation(self, val_lp: float) -> None:
         """Raise :class:`TrainingDiverged` for a non-finite validation figure or one far below the start."""
@@ -429,10 +506,11 @@ class Trainer:
             "lr": self.scheduler.get_last_lr()[0],
             "train_seconds": self.train_seconds,
         }
-        with open(self.folder.metrics, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        save_checkpoint(self._state(), self.checkpoint_path)
-        self._draw_curves()
+        if self.group.is_main:
+            with open(self.folder.metrics, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            save_checkpoint(self._state(), self.checkpoint_path)
+            self._draw_curves()
         if self.progress:
             tqdm.write(
                 f"epoch {self.epoch}/{cfg.epochs}  train {self.unit.describe(train_nll)}  "

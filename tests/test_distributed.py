@@ -1,0 +1,126 @@
+"""Training with several processes (torch.distributed, gloo on the CPU): the same model as one
+process, files from rank 0 only, resume with another process count."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from lunet import LUNet
+from lunet.experiments.checkpoint import load_checkpoint
+from lunet.experiments.distributed import SINGLE, Group
+from lunet.experiments.settings import TrainConfig
+from lunet.experiments.train import Trainer
+
+DIM = 3
+SPEC = {"name": "lunet", "dim": DIM, "num_blocks": 2}
+# 203 rows in batches of 20: the last batch has 3 rows, split 2 + 1 over two processes
+CONFIG = dict(epochs=3, batch_size=20, lr=1e-2, seed=5, grad_clip=5.0, dtype="float64")
+
+
+def vectors(n: int = 260) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, DIM, generator=gen, dtype=torch.float64)
+    return x @ torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.5, 0.0], [0.0, -0.3, 0.2]], dtype=torch.float64) + x**2 * 0.3
+
+
+def log_prob(model, batch, generator):
+    return model.log_prob(batch.to(next(model.parameters())))
+
+
+def make_trainer(out: Path, group: Group, **changes) -> Trainer:
+    data = vectors()
+    torch.manual_seed(1)
+    model = LUNet(DIM, 2)
+    return Trainer(model, SPEC, TrainConfig(**{**CONFIG, **changes}), data[:203], data[203:], log_prob,
+                   dim=DIM, out_dir=out, progress=False, group=group)
+
+
+def _worker(rank: int, world: int, init_file: str, out: str, epochs: int, resume: bool) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        trainer = make_trainer(Path(out), Group(rank, world), epochs=epochs)
+        if resume:
+            trainer.resume()
+        trainer.fit()
+        # every process holds the same weights after training
+        flat = torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])
+        gathered = [torch.zeros_like(flat) for _ in range(world)]
+        dist.all_gather(gathered, flat)
+        assert all(torch.equal(g, flat) for g in gathered), "processes hold different weights"
+    finally:
+        dist.destroy_process_group()
+
+
+def run_processes(tmp_path: Path, out: Path, world: int, epochs: int = CONFIG["epochs"], resume: bool = False) -> None:
+    init_file = tmp_path / f"init-{world}-{epochs}-{resume}"
+    mp.spawn(_worker, args=(world, str(init_file), str(out), epochs, resume), nprocs=world, join=True)
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("single") / "run"
+    make_trainer(out, SINGLE).fit()
+    return out
+
+
+def weights(run: Path, key: str = "model") -> dict[str, torch.Tensor]:
+    return load_checkpoint(run / "checkpoint.pt")[key]
+
+
+def test_two_processes_train_the_model_one_process_trains(tmp_path, single_run):
+    out = tmp_path / "two"
+    run_processes(tmp_path, out, world=2)
+    one, two = weights(single_run), weights(out)
+    assert one.keys() == two.keys()
+    for k in one:
+        assert torch.allclose(one[k], two[k], rtol=1e-9, atol=1e-11), k
+    rows_one = [json.loads(ln) for ln in (single_run / "metrics.jsonl").read_text().splitlines()]
+    rows_two = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows_two] == [1, 2, 3]  # one row per epoch: rank 0 alone wrote
+    for a, b in zip(rows_one, rows_two):
+        assert b["train_nats_per_dim"] == pytest.approx(a["train_nats_per_dim"], rel=1e-9)
+        assert b["val_nats_per_dim"] == pytest.approx(a["val_nats_per_dim"], rel=1e-9)
+
+
+def test_a_run_of_two_processes_resumes_in_one_and_one_in_two(tmp_path):
+    # --resume --epochs 3 after 2 epochs stretches the cosine schedule: compare with one process doing the same
+    reference = tmp_path / "one-then-one"
+    make_trainer(reference, SINGLE, epochs=2).fit()
+    resumed = make_trainer(reference, SINGLE)
+    resumed.resume()
+    resumed.fit()
+    two_then_one = tmp_path / "two-then-one"
+    run_processes(tmp_path, two_then_one, world=2, epochs=2)
+    trainer = make_trainer(two_then_one, SINGLE)
+    trainer.resume()
+    trainer.fit()
+    one_then_two = tmp_path / "one-then-two"
+    make_trainer(one_then_two, SINGLE, epochs=2).fit()
+    run_processes(tmp_path, one_then_two, world=2, resume=True)
+    for run in (two_then_one, one_then_two):
+        got = weights(run)
+        assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 3
+        for k, v in weights(reference).items():
+            assert torch.allclose(got[k], v, rtol=1e-9, atol=1e-11), (run.name, k)
+
+
+def test_group_shards_cover_every_row_once():
+    rows = torch.arange(7)
+    shards = [Group(r, 3).shard(rows) for r in range(3)]
+    assert torch.equal(torch.cat(shards), rows)
+    assert [len(s) for s in shards] == [3, 2, 2]
+    assert [Group(r, 3).owns(4) for r in range(3)] == [False, True, False]
+
+
+def test_more_processes_than_rows_in_a_batch_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--batch-size 2 is below the 3 processes"):
+        make_trainer(tmp_path / "x", Group(0, 3), batch_size=2)
