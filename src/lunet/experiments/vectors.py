@@ -1,0 +1,270 @@
+"""Users' own data sets of feature vectors for ``lunet train --data FILE``.
+
+A data file holds N rows of D numbers as ``.npy``, ``.csv`` or ``.pt``.
+Every file is read as a float64 tensor of shape (N, D) on the CPU, and
+anything that is not one (the wrong shape, text, NaN or infinite values, a
+damaged file) is refused with a one-line ``ValueError`` that names the file
+and, for CSV, the line and column. Nothing in a file runs while it is read:
+``.npy`` files are loaded without pickle and ``.pt`` files with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+VECTOR_SUFFIXES = (".npy", ".csv", ".pt")
+
+_INT_DTYPES = {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64}
+_INT_DTYPES |= {getattr(torch, name) for name in ("uint16", "uint32", "uint64") if hasattr(torch, name)}
+
+
+def load_vectors(path: str | os.PathLike) -> torch.Tensor:
+    """Read N feature vectors of width D from a ``.npy``, ``.csv`` or ``.pt`` file.
+
+    Returns a contiguous float64 CPU tensor of shape (N, D), N >= 2 and D >= 1,
+    every value finite. Bool and integer values are converted to float64.
+
+    * ``.npy``: a 2-D array of bool, int or float (no pickled objects).
+    * ``.pt``: one real tensor of that shape, nothing else in the file.
+    * ``.csv``: comma-separated numbers, one row per line, with an optional
+      header row (the first row is a header when one of its cells is text);
+      blank lines are skipped and spaces around cells allowed.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` (one
+    line, naming the file) for anything else that is wrong; row indices in
+    messages count from 0, CSV lines and columns from 1.
+    """
+    suffix = _suffix(path)
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    if not p.is_file():
+        raise ValueError(f"{path} is not a file")
+    if p.stat().st_size == 0:
+        raise ValueError(f"{path} is empty")
+    if suffix == ".npy":
+        data, lines = _read_npy(path), None
+    elif suffix == ".pt":
+        data, lines = _read_pt(path), None
+    else:
+        data, lines = _read_csv(path)
+    n, d = data.shape
+    if n < 2:
+        raise ValueError(f"{path} has {n} row{'' if n == 1 else 's'} of data; at least 2 are needed (N < 2)")
+    if d == 0:
+        raise ValueError(f"{path} has 0 columns (shape {tuple(data.shape)}); each row needs at least one feature")
+    bad = ~torch.isfinite(data)
+    count = int(bad.sum())
+    if count:
+        row = int(bad.any(dim=1).nonzero()[0, 0])
+        where = f"row {row}" if lines is None else f"row {row}, line {lines[row]}"
+        raise ValueError(
+            f"{path}: {count} value{' is' if count == 1 else 's are'} NaN or infinite (the first in {where})"
+        )
+    return data
+
+
+def check_width(data: torch.Tensor, dim: int, path: str | os.PathLike) -> None:
+    """``ValueError`` unless each row of ``data`` (N, D) has ``dim`` features, the width the run models."""
+    width = data.shape[1]
+    if width != dim:
+        raise ValueError(
+            f"{path} has {width} feature{'' if width == 1 else 's'} per row but the run models {dim}"
+        )
+
+
+def save_vectors(data: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Write ``data`` of shape (N, D) to ``path`` as ``.npy``, ``.csv`` or ``.pt``, chosen by the suffix.
+
+    ``.npy`` and ``.pt`` keep the tensor's dtype (``.npy`` widens dtypes numpy
+    lacks, such as bfloat16, to float64); ``.csv`` has no header and writes
+    every value as the shortest decimal that reads back as the same float64.
+    Parent folders are created, and the file is replaced atomically (a failed
+    write leaves any old file as it was). Returns the path written.
+    """
+    suffix = _suffix(path)
+    data = torch.as_tensor(data)
+    if data.dim() != 2:
+        raise ValueError(f"cannot save {path}: data of shape {tuple(data.shape)} is not 2-D (N, D)")
+    if data.dtype not in _INT_DTYPES and not data.dtype.is_floating_point:
+        raise ValueError(f"cannot save {path}: data of dtype {data.dtype} are not real numbers")
+    data = data.detach().cpu().contiguous()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
+    try:
+        os.fchmod(fd, _default_file_mode())  # mkstemp would leave the file owner-only
+        with os.fdopen(fd, "wb") as f:
+            if suffix == ".pt":
+                torch.save(data, f)
+            elif suffix == ".npy":
+                try:
+                    array = data.numpy()
+                except TypeError:  # a dtype numpy lacks (bfloat16, float8)
+                    array = data.to(torch.float64).numpy()
+                np.save(f, array, allow_pickle=False)
+            else:
+                text = "".join(",".join(map(repr, row)) + "\n" for row in data.to(torch.float64).tolist())
+                f.write(text.encode("ascii"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return out
+
+
+def _suffix(path: str | os.PathLike) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in VECTOR_SUFFIXES:
+        accepted = ", ".join(VECTOR_SUFFIXES)
+        found = f"suffix {Path(path).suffix!r}" if Path(path).suffix else "no suffix"
+        raise ValueError(f"{path} has {found}; data files must end in one of {accepted}")
+    return suffix
+
+
+def _reason(exc: BaseException) -> str:
+    """The first sentence of an error message, short enough for a one-line report."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = re.split(r"(?<=[.?!])\s", text, maxsplit=1)[0].rstrip(".")
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _shape_message(path: str | os.PathLike, shape: tuple[int, ...]) -> str:
+    hint = "; save a single feature as shape (N, 1)" if len(shape) == 1 else ""
+    return f"{path} holds data of shape {tuple(shape)}, not 2-D (N rows, D features){hint}"
+
+
+def _to_tensor(path: str | os.PathLike, data: torch.Tensor) -> torch.Tensor:
+    """Check a loaded tensor is 2-D real numbers and convert it to contiguous float64 on the CPU."""
+    if data.is_complex():
+        raise ValueError(f"{path} holds complex numbers (dtype {data.dtype}); feature vectors must be real")
+    if data.dtype not in _INT_DTYPES and not data.dtype.is_floating_point:
+        raise ValueError(f"{path} holds values of dtype {data.dtype}, not real numbers (bool, int or float)")
+    if data.dim() != 2:
+        raise ValueError(_shape_message(path, tuple(data.shape)))
+    if data.layout != torch.strided:
+        data = data.to_dense()
+    return data.detach().to(device="cpu", dtype=torch.float64).contiguous()
+
+
+def _read_npy(path: str | os.PathLike) -> torch.Tensor:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "Object arrays" in str(exc):
+            raise ValueError(f"{path} holds values of dtype object, not real numbers (bool, int or float)") from None
+        if "pickled" in str(exc):
+            raise ValueError(f"{path} holds pickled Python data, not a numpy array, and is not loaded") from None
+        raise ValueError(f"{path} could not be read as a .npy file ({_reason(exc)})") from None
+    except Exception as exc:
+        raise ValueError(f"{path} could not be read as a .npy file ({_reason(exc)})") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive under a .npy name
+        if hasattr(array, "close"):
+            array.close()
+        raise ValueError(f"{path} could not be read as a .npy file (it is an .npz archive)")
+    if array.dtype.kind == "c":
+        raise ValueError(f"{path} holds complex numbers (dtype {array.dtype}); feature vectors must be real")
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"{path} holds values of dtype {array.dtype}, not real numbers (bool, int or float)")
+    if array.ndim != 2:
+        raise ValueError(_shape_message(path, array.shape))
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))
+
+
+def _read_pt(path: str | os.PathLike) -> torch.Tensor:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if found:  # the file names a Python class or function to import
+            raise ValueError(
+                f"{path} holds a Python object ({found.group(1)}) that is not loaded, as loading it could run code; "
+                f"a .pt data file must hold one tensor"
+            ) from None
+        raise ValueError(f"{path} could not be read as a .pt file (it is not a PyTorch file)") from None
+    except Exception as exc:  # torch raises several types for damaged files
+        raise ValueError(f"{path} could not be read as a .pt file ({_reason(exc)})") from None
+    if not isinstance(obj, torch.Tensor):
+        found = type(obj).__name__
+        if isinstance(obj, dict) and obj:
+            keys = ", ".join(repr(k) for k in list(obj)[:5]) + (", ..." if len(obj) > 5 else "")
+            found += f" with keys {keys}"
+        raise ValueError(f"{path} holds a {found}, not a tensor; a .pt data file must hold one tensor of shape (N, D)")
+    return _to_tensor(path, obj)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_csv(path: str | os.PathLike) -> tuple[torch.Tensor, list[int]]:
+    """The numbers of a CSV file, and the line each row came from (for messages)."""
+    rows: list[list[float]] = []
+    lines: list[int] = []
+    header_line = header_width = width_line = width = None
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            for cells in reader:
+                line = reader.line_num
+                if len(cells) <= 1 and all(not c.strip() for c in cells):
+                    continue  # a blank line
+                if header_line is None and not rows and any(c.strip() and not _is_number(c) for c in cells):
+                    header_line, header_width = line, len(cells)
+                    continue
+                if width is None:
+                    width_line, width = line, len(cells)
+                    if header_width is not None and width != header_width:
+                        raise ValueError(
+                            f"{path}: line {line} has {width} columns, "
+                            f"the header on line {header_line} has {header_width}"
+                        )
+                elif len(cells) != width:
+                    raise ValueError(f"{path}: line {line} has {len(cells)} columns, line {width_line} has {width}")
+                row = []
+                for column, cell in enumerate(cells, start=1):
+                    if not cell.strip():
+                        raise ValueError(f"{path}: line {line}, column {column} is empty")
+                    try:
+                        row.append(float(cell))
+                    except ValueError:
+                        hint = "; the file must be comma-separated" if (";" in cell or "\t" in cell) else ""
+                        raise ValueError(
+                            f"{path}: line {line}, column {column}: {cell.strip()!r} is not a number{hint}"
+                        ) from None
+                rows.append(row)
+                lines.append(line)
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} could not be read as a .csv file (it is not UTF-8 text)") from None
+    except csv.Error as exc:
+        raise ValueError(f"{path} could not be read as a .csv file ({_reason(exc)})") from None
+    if not rows:
+        return torch.empty(0, header_width or 0, dtype=torch.float64), lines
+    return torch.tensor(rows, dtype=torch.float64), lines
+
+
+def _default_file_mode() -> int:
+    """The permissions a new file gets under this process's umask (as ``open`` gives)."""
+    try:  # Linux reports the umask without changing it (os.umask would, for every thread)
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0)
+        os.umask(umask)
+    return 0o666 & ~umask
