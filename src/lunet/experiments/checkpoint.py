@@ -14,7 +14,7 @@ import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 from torch import nn
@@ -82,12 +82,13 @@ def _default_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename over it.
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """``write(f)`` into a temporary file beside ``path``, then rename it over ``path``; returns ``path``.
 
-    The file gets the permissions of any other new file (the temporary file
-    would otherwise keep ``mkstemp``'s owner-only mode). A failed or
-    interrupted save leaves the old file in place and removes its temporary.
+    Parent folders are created. The file gets the permissions of any other new
+    file (the temporary file would otherwise keep ``mkstemp``'s owner-only mode).
+    A failed or interrupted write leaves the old file in place and removes its
+    temporary.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,7 +96,7 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     try:
         os.fchmod(fd, _default_file_mode())
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -103,6 +104,12 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return path
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj)`` to ``path`` with :func:`write_atomic`."""
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def stale_temporaries(path: str | os.PathLike) -> list[Path]:

@@ -15,11 +15,13 @@ import csv
 import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
+
+from lunet.experiments.checkpoint import write_atomic
 
 VECTOR_SUFFIXES = (".npy", ".csv", ".pt")
 
@@ -98,31 +100,20 @@ def save_vectors(data: torch.Tensor, path: str | os.PathLike) -> Path:
     if data.dtype not in _INT_DTYPES and not data.dtype.is_floating_point:
         raise ValueError(f"cannot save {path}: data of dtype {data.dtype} are not real numbers")
     data = data.detach().cpu().contiguous()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    try:
-        os.fchmod(fd, _default_file_mode())  # mkstemp would leave the file owner-only
-        with os.fdopen(fd, "wb") as f:
-            if suffix == ".pt":
-                torch.save(data, f)
-            elif suffix == ".npy":
-                try:
-                    array = data.numpy()
-                except TypeError:  # a dtype numpy lacks (bfloat16, float8)
-                    array = data.to(torch.float64).numpy()
-                np.save(f, array, allow_pickle=False)
-            else:
-                text = "".join(",".join(map(repr, row)) + "\n" for row in data.to(torch.float64).tolist())
-                f.write(text.encode("ascii"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return out
+
+    def write(f: BinaryIO) -> None:
+        if suffix == ".pt":
+            torch.save(data, f)
+        elif suffix == ".npy":
+            try:
+                array = data.numpy()
+            except TypeError:  # a dtype numpy lacks (bfloat16, float8)
+                array = data.to(torch.float64).numpy()
+            np.save(f, array, allow_pickle=False)
+        else:
+            f.write("".join(",".join(map(repr, row)) + "\n" for row in data.to(torch.float64).tolist()).encode("ascii"))
+
+    return write_atomic(path, write)
 
 
 def _suffix(path: str | os.PathLike) -> str:
@@ -257,14 +248,3 @@ def _read_csv(path: str | os.PathLike) -> tuple[torch.Tensor, list[int]]:
     if not rows:
         return torch.empty(0, header_width or 0, dtype=torch.float64), lines
     return torch.tensor(rows, dtype=torch.float64), lines
-
-
-def _default_file_mode() -> int:
-    """The permissions a new file gets under this process's umask (as ``open`` gives)."""
-    try:  # Linux reports the umask without changing it (os.umask would, for every thread)
-        with open("/proc/self/status") as f:
-            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError):
-        umask = os.umask(0)
-        os.umask(umask)
-    return 0o666 & ~umask
