@@ -27,13 +27,15 @@ def test_version_names_the_package_version(capsys):
 
 
 def _expected():
-    from lunet.experiments.settings import GMM2DSettings, default_train_config, paper_lunet_spec
+    from lunet.experiments.settings import GMM2DSettings, default_train_config, paper_lunet_spec, vector_lunet_spec
 
-    small, images = default_train_config("gmm2d"), default_train_config("mnist")
+    small, images, own = default_train_config("gmm2d"), default_train_config("mnist"), default_train_config("vectors")
+    assert images.epochs == own.epochs and len({small.lr, images.lr, own.lr}) == 3  # the texts below group so
     return [
-        ("--epochs", f"(default {small.epochs} for gmm2d, {images.epochs} for images)"),
-        ("--lr", f"(default {small.lr:g} for gmm2d, {images.lr:g} for images)"),
-        ("--blocks", f"(default {GMM2DSettings().num_blocks} for gmm2d, {paper_lunet_spec()['num_blocks']} for images)"),
+        ("--epochs", f"(default {small.epochs} for gmm2d, {images.epochs} for images and --data)"),
+        ("--lr", f"(default {small.lr:g} for gmm2d, {images.lr:g} for images, {own.lr:g} for --data)"),
+        ("--blocks", f"(default {GMM2DSettings().num_blocks} for gmm2d, {paper_lunet_spec()['num_blocks']} for images, "
+                     f"{vector_lunet_spec(1)['num_blocks']} for --data)"),
         ("--limit", "per class with --per-class"),
     ]
 

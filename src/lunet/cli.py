@@ -13,7 +13,14 @@ from typing import Optional, Sequence
 
 from lunet import __version__
 from lunet.experiments.rundir import RunFolder, RunFolderBusy, check_writable_file
-from lunet.experiments.settings import DEFAULT_LAM, GMM2DSettings, TrainConfig, default_train_config, paper_lunet_spec
+from lunet.experiments.settings import (
+    DEFAULT_LAM,
+    GMM2DSettings,
+    TrainConfig,
+    default_train_config,
+    paper_lunet_spec,
+    vector_lunet_spec,
+)
 from lunet.numbers import SLOPE_MIN
 
 # Nothing above imports torch: `lunet --help` and `--version` answer at once, and each
@@ -65,22 +72,25 @@ SLOPE = _number(float, lambda v: SLOPE_MIN <= v < 1, f"a number in [{SLOPE_MIN:g
 LAM = _number(float, lambda v: 0 < v < 0.5, "a number strictly between 0 and 0.5")
 
 
-def _per_dataset(gmm2d: object, images: object) -> str:
-    """A help text's default that differs between the 2-D mixture and the image data sets."""
+def _per_dataset(gmm2d: object, images: object, vectors: object) -> str:
+    """A help text's default, per kind of data: the 2-D mixture, the image data sets, own data (--data)."""
     show = lambda v: (  # noqa: E731
         "none" if v is None else ("on" if v else "off") if isinstance(v, bool) else f"{v:g}" if isinstance(v, float) else str(v)
     )
-    if gmm2d == images:
+    kinds: dict[str, list[str]] = {}
+    for name, value in (("gmm2d", gmm2d), ("images", images), ("--data", vectors)):
+        kinds.setdefault(show(value), []).append(name)
+    if len(kinds) == 1:
         return f"(default {show(gmm2d)})"
-    return f"(default {show(gmm2d)} for gmm2d, {show(images)} for images)"
+    return "(default " + ", ".join(f"{value} for {' and '.join(names)}" for value, names in kinds.items()) + ")"
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation")
-    small, images = default_train_config("gmm2d"), default_train_config("mnist")
+    small, images, vectors = default_train_config("gmm2d"), default_train_config("mnist"), default_train_config("vectors")
 
     def default(name: str) -> str:
-        return _per_dataset(getattr(small, name), getattr(images, name))
+        return _per_dataset(getattr(small, name), getattr(images, name), getattr(vectors, name))
 
     g.add_argument("--epochs", type=POSITIVE_INT, help=f"epochs to train {default('epochs')}")
     g.add_argument("--batch-size", type=POSITIVE_INT, help=f"training batch size {default('batch_size')}")
@@ -133,35 +143,84 @@ def _epochs(n: int) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from lunet.experiments.train import format_seconds
+    from lunet.experiments import distributed
 
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
+    if args.data is not None and args.dataset is not None:
+        raise ValueError("--data and --dataset exclude each other: train on your own file or on a named data set")
+    args.dataset = args.dataset or ("vectors" if args.data is not None else "gmm2d")
+    if args.data is None:
+        _refuse_given(args, ("val_fraction",), "--data only")
     if args.dataset == "gmm2d":
-        from lunet.experiments import gmm2d
+        if distributed.launched():
+            raise ValueError("--dataset gmm2d trains its starts side by side in one process; run it without torchrun")
+        return _train_gmm2d(args)
+    config = _train_config(args, default_train_config(args.dataset))
+    group, device = distributed.start(config.device)
+    try:
+        config = dataclasses.replace(config, device=device)
+        return _train_vectors(args, config, group) if args.data is not None else _train_images(args, config, group)
+    finally:
+        distributed.stop()
 
-        _refuse_given(args, ("model", "class_label", "per_class", "limit", "lam", "data_init",
-                             "data_dir", "no_verify"), "image data sets only, not to --dataset gmm2d")
-        defaults = GMM2DSettings()
-        settings = GMM2DSettings(
-            starts=args.starts if args.starts is not None else defaults.starts,
-            learn_alpha=args.learn_alpha if args.learn_alpha is not None else defaults.learn_alpha,
-            num_blocks=args.blocks if args.blocks is not None else defaults.num_blocks,
-            alpha=args.alpha if args.alpha is not None else defaults.alpha,
-            diag=args.diag or defaults.diag,
-        )
-        config = _train_config(args, default_train_config("gmm2d"))
-        summary = gmm2d.run(args.out, settings, config, resume=args.resume, progress=not args.no_progress,
-                            overwrite=args.overwrite)
-        print(
-            f"gmm2d: test NLL {summary['test_nll_nats']:.4f} nats, mixture entropy "
-            f"{summary['entropy_nats']:.4f} nats, KL {summary['kl_nats']:.4f} nats "
-            f"({_epochs(summary['epochs'])}, {format_seconds(summary['train_seconds'])} training)"
-        )
-        print(f"wrote {args.out}/density.png, {args.out}/samples.png, {args.out}/summary.json")
-        return 0
 
+def _train_gmm2d(args: argparse.Namespace) -> int:
+    from lunet.experiments import gmm2d
+    from lunet.experiments.train import format_seconds
+
+    _refuse_given(args, ("model", "class_label", "per_class", "limit", "lam", "data_init",
+                         "data_dir", "no_verify"), "image data sets only, not to --dataset gmm2d")
+    defaults = GMM2DSettings()
+    settings = GMM2DSettings(
+        starts=args.starts if args.starts is not None else defaults.starts,
+        learn_alpha=args.learn_alpha if args.learn_alpha is not None else defaults.learn_alpha,
+        num_blocks=args.blocks if args.blocks is not None else defaults.num_blocks,
+        alpha=args.alpha if args.alpha is not None else defaults.alpha,
+        diag=args.diag or defaults.diag,
+    )
+    config = _train_config(args, default_train_config("gmm2d"))
+    summary = gmm2d.run(args.out, settings, config, resume=args.resume, progress=not args.no_progress,
+                        overwrite=args.overwrite)
+    print(
+        f"gmm2d: test NLL {summary['test_nll_nats']:.4f} nats, mixture entropy "
+        f"{summary['entropy_nats']:.4f} nats, KL {summary['kl_nats']:.4f} nats "
+        f"({_epochs(summary['epochs'])}, {format_seconds(summary['train_seconds'])} training)"
+    )
+    print(f"wrote {args.out}/density.png, {args.out}/samples.png, {args.out}/summary.json")
+    return 0
+
+
+def _train_vectors(args: argparse.Namespace, config: TrainConfig, group) -> int:
+    from lunet.experiments.train import format_seconds
+    from lunet.experiments.vector_runs import train_vectors
+    from lunet.experiments.vectors import load_vectors
+
+    _refuse_given(args, ("model", "class_label", "per_class", "lam", "data_dir", "no_verify", "starts"),
+                  "the image data sets or gmm2d, not to --data")
+    data = load_vectors(args.data)
+    if args.limit is not None:
+        data = data[: args.limit]
+    overrides = {k: v for k, v in (("alpha", args.alpha), ("diag", args.diag), ("learn_alpha", args.learn_alpha))
+                 if v is not None}
+    spec = vector_lunet_spec(data.shape[1], **({"num_blocks": args.blocks} if args.blocks else {}), **overrides)
+    _, summary = train_vectors(
+        data, args.out, config, model_spec=spec, val_fraction=args.val_fraction or 0.1,
+        data_init=args.data_init or "standardize", resume=args.resume, overwrite=args.overwrite,
+        progress=not args.no_progress, data_file=str(Path(args.data).resolve()), group=group,
+    )
+    if group.is_main:
+        print(f"{args.data}: {summary['num_train']:,} training and {summary['num_val']:,} validation rows of width "
+              f"{summary['dim']}; best validation {summary['val_nll_nats_per_dim']:.4f} nats/dim after "
+              f"{_epochs(summary['epochs'])} ({format_seconds(summary['train_seconds'])} training)")
+        print(f"run in {args.out}; next: lunet evaluate {args.out} --data TEST_FILE, "
+              f"lunet sample {args.out} --num 1000 --out samples.npy")
+    return 0
+
+
+def _train_images(args: argparse.Namespace, config: TrainConfig, group) -> int:
     from lunet.experiments import images
+    from lunet.experiments.train import format_seconds
 
     _refuse_given(args, ("starts",), "--dataset gmm2d only")
     if args.model == "realnvp":
@@ -186,11 +245,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         lam=args.lam if args.lam is not None else DEFAULT_LAM,
         data_init=(args.data_init or "gaussian") if args.model == "lunet" else "none",
     )
-    config = _train_config(args, default_train_config(args.dataset))
     results = images.train_image_run(
         args.out, settings, config, data_dir=args.data_dir, verify=not args.no_verify,
-        resume=args.resume, progress=not args.no_progress, limit=args.limit, overwrite=args.overwrite,
+        resume=args.resume, progress=not args.no_progress, limit=args.limit, overwrite=args.overwrite, group=group,
     )
+    if not group.is_main:
+        return 0
     for name, r in results.items():
         label = "all classes" if name == "all" else f"class {name}"
         print(
@@ -203,6 +263,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_outputs(args)
+    from lunet.experiments.vector_runs import is_vector_run
+
+    if is_vector_run(args.run_dir):
+        return _evaluate_vectors(args)
+    _refuse_given(args, ("data",), "runs on own data (trained with --data)")
     from lunet.experiments.evaluate import evaluate_run
 
     result = evaluate_run(args.run_dir, draws=args.draws, data_dir=args.data_dir, verify=not args.no_verify,
@@ -220,8 +285,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_vectors(args: argparse.Namespace) -> int:
+    from lunet.experiments.vector_runs import evaluate_vectors, read_run_file
+    from lunet.experiments.vectors import check_width, load_vectors
+
+    _refuse_given(args, ("limit", "data_dir", "no_verify"), "image runs, not to a run on own data")
+    if args.data is None:
+        raise ValueError(f"{args.run_dir} is a run on own data: name the test file with --data FILE")
+    data = load_vectors(args.data)
+    check_width(data, read_run_file(args.run_dir).dim, args.data)
+    result = evaluate_vectors(args.run_dir, data, device=args.device)
+    print(f"{args.data}: test NLL {result['nll_nats_per_dim']:.4f} nats/dim ({result['nll_nats_per_vector']:.4f} nats "
+          f"per vector of width {result['dim']}) on {result['num_vectors']:,} vectors")
+    _write_json(args.json, {"data_file": str(Path(args.data).resolve()), **result})
+    return 0
+
+
+def _sample_vectors(args: argparse.Namespace) -> int:
+    from lunet.experiments.vector_runs import sample_vectors
+    from lunet.experiments.vectors import VECTOR_SUFFIXES, save_vectors
+
+    _refuse_given(args, ("data_dir", "no_verify"), "image runs, not to a run on own data")
+    if args.prior != "standard" or args.per_row != 10:
+        raise ValueError("--prior and --per-row apply to image runs, not to a run on own data")
+    if Path(args.out).suffix.lower() not in VECTOR_SUFFIXES:
+        raise ValueError(f"--out for a run on own data must name a {', '.join(VECTOR_SUFFIXES)} file, got {args.out!r}")
+    samples = sample_vectors(args.run_dir, args.num or 1000, args.temperature, args.seed, device=args.device)
+    print(f"wrote {save_vectors(samples, args.out)} ({samples.shape[0]:,} samples of width {samples.shape[1]})")
+    return 0
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     _check_outputs(args)
+    from lunet.experiments.vector_runs import is_vector_run
+
+    if is_vector_run(args.run_dir):
+        return _sample_vectors(args)
+    if Path(args.out).suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"--out must name a {', '.join(IMAGE_SUFFIXES)} file for an image run, got {args.out!r}")
     import torch
 
     from lunet.experiments.data import CLASS_NAMES
@@ -234,6 +335,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if len(models) > 1 and args.num is not None:
         raise ValueError("--num is for unconditional and single-class runs; a per-class run draws --per-row images per class")
     num = args.num if args.num is not None else 100
+    if num > 10_000:
+        raise ValueError(f"--num for an image run is at most 10,000 (one picture), got {num:,}")
     models = [for_inference(m) for m in models]
     pre = ImagePreprocessor(settings.lam)
     priors = [None] * len(models)
@@ -395,40 +498,47 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a flow by maximum likelihood")
-    p.add_argument("--dataset", default="gmm2d", choices=["gmm2d", "mnist", "fashion-mnist"],
+    p.add_argument("--dataset", choices=["gmm2d", "mnist", "fashion-mnist"],
                    help="data set (default: gmm2d, needs no files)")
+    p.add_argument("--data", type=PATH, metavar="FILE",
+                   help="train on your own feature vectors instead: a .npy, .csv or .pt file of shape (N, D)")
     p.add_argument("--out", type=PATH, required=True, help="run directory for checkpoint, logs and pictures")
     p.add_argument("--overwrite", action="store_true", help="start afresh, replacing a run already in --out")
     m = p.add_argument_group("model")
     m.add_argument("--model", default="lunet", choices=["lunet", "realnvp"], help="flow family (images only)")
-    small, image = GMM2DSettings(), paper_lunet_spec()
+    small, image, own = GMM2DSettings(), paper_lunet_spec(), vector_lunet_spec(1)
     m.add_argument("--blocks", type=POSITIVE_INT,
-                   help=f"number of LU blocks {_per_dataset(small.num_blocks, image['num_blocks'])}")
+                   help=f"number of LU blocks {_per_dataset(small.num_blocks, image['num_blocks'], own['num_blocks'])}")
     m.add_argument("--alpha", type=SLOPE, help=f"leaky-softplus slope a in [{SLOPE_MIN:g}, 1) "
-                                                f"{_per_dataset(small.alpha, image['alpha'])}")
-    learned = _per_dataset(small.learn_alpha, image.get("learn_alpha", False))
+                                                f"{_per_dataset(small.alpha, image['alpha'], own['alpha'])}")
+    learned = _per_dataset(small.learn_alpha, image.get("learn_alpha", False), own["learn_alpha"])
     m.add_argument("--learn-alpha", action=argparse.BooleanOptionalAction,
                    help=f"learn the slope a of every activation {learned}")
     m.add_argument("--starts", type=POSITIVE_INT,
                    help=f"gmm2d: initialisations trained side by side, the best by validation NLL kept "
                         f"(default {small.starts})")
     m.add_argument("--diag", choices=["raw", "exp"],
-                   help=f"parametrisation of diag(U) {_per_dataset(small.diag, image['diag'])}")
+                   help=f"parametrisation of diag(U) {_per_dataset(small.diag, image['diag'], own['diag'])}")
     c = p.add_argument_group("images")
     c.add_argument("--class", dest="class_label", type=NON_NEGATIVE_INT, help="model one class only (0..9)")
     c.add_argument("--per-class", action="store_true", help="one model per class (the paper's setting)")
     c.add_argument("--data-init", choices=["gaussian", "standardize", "none"],
-                   help="LU-Net start: the data's full-covariance Gaussian fit (default), per-pixel standardising, or none")
+                   help="LU-Net start: the data's full-covariance Gaussian fit, per-feature standardising, or none "
+                        "(default gaussian for images, standardize for --data)")
     c.add_argument("--lam", type=LAM, help=f"logit-transform λ in (0, 0.5) (default {DEFAULT_LAM:g})")
     c.add_argument("--limit", type=POSITIVE_INT,
                    help="train on the first N training images only (per class with --per-class), "
                         "validate on the first N/10: for quick trials")
+    o = p.add_argument_group("own data (--data)")
+    o.add_argument("--val-fraction", type=_number(float, lambda v: 0 < v < 1, "a number strictly between 0 and 1"),
+                   help="share of the rows held out for validation, drawn at random once (default 0.1)")
     _add_data_options(p)
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="test-set bits/dim of an image run")
+    p = sub.add_parser("evaluate", help="test-set bits/dim of an image run; test NLL of a run on own data")
     p.add_argument("run_dir", type=PATH)
+    p.add_argument("--data", type=PATH, metavar="FILE", help="a run on own data: the test file (.npy, .csv or .pt)")
     p.add_argument("--json", type=PATH, help="also write the figures to this JSON file")
     p.add_argument("--draws", type=POSITIVE_INT, default=3, help="dequantisation draws (default 3)")
     p.add_argument("--limit", type=POSITIVE_INT, help="evaluate on the first N test images only, for quick trials")
@@ -436,13 +546,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_option(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("sample", help="a PNG grid of samples (one row per class for per-class runs)")
+    p = sub.add_parser("sample", help="a PNG grid of samples (one row per class for per-class runs); "
+                                      "for a run on own data, a file of samples")
     p.add_argument("run_dir", type=PATH)
-    p.add_argument("--out", type=IMAGE_PATH, required=True, help="picture to write (.png, .pdf or .svg)")
+    p.add_argument("--out", type=PATH, required=True,
+                   help="picture to write (.png, .pdf or .svg); for a run on own data, .npy, .csv or .pt")
     p.add_argument("--temperature", type=POSITIVE_FLOAT, default=1.0, help="latent standard deviation scale")
     p.add_argument("--prior", choices=["standard", "fitted"], default="standard",
                    help="standard: N(0, T^2 I), the model's own prior; fitted: a Gaussian fitted to training latents")
-    p.add_argument("--num", type=_bounded(10_000), help="samples of an unconditional or single-class run (default 100)")
+    p.add_argument("--num", type=_bounded(10_000_000),
+                   help="samples of an unconditional or single-class run (default 100, at most 10,000), "
+                        "or of a run on own data (default 1,000)")
     p.add_argument("--per-row", type=_bounded(1_000), default=10, help="images per row (per class)")
     p.add_argument("--seed", type=SEED, default=0)
     _add_data_options(p)

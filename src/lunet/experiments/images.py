@@ -20,6 +20,7 @@ from torch import nn
 from lunet.experiments.checkpoint import build_model, load_checkpoint, load_model
 from lunet.checks import check_positive_int, check_temperature
 from lunet.experiments.data import DATASETS, FILES, find_file, load_dataset, train_val_split
+from lunet.experiments.distributed import SINGLE, Group, current
 from lunet.flow import placement
 from lunet.experiments.preprocess import LN2, ImagePreprocessor
 from lunet.experiments.rundir import RunFolder
@@ -148,6 +149,9 @@ def read_run_file(run_dir: str | Path) -> ImageRunSettings:
     if not isinstance(record, dict):
         raise ValueError(f"{path} holds a {type(record).__name__}, not the settings of a run")
     record.pop("data_dir", None)
+    if record.get("data") == "vectors":
+        raise ValueError(f"{run_dir} is a run on own data (trained with --data); this command takes image runs. "
+                         f"`lunet evaluate {run_dir} --data FILE` and `lunet sample {run_dir} --out FILE.npy` take it")
     try:
         return ImageRunSettings(**record)
     except TypeError as exc:
@@ -167,13 +171,19 @@ def train_image_run(
     progress: bool = True,
     limit: Optional[int] = None,
     overwrite: bool = False,
+    group: Optional[Group] = None,
 ) -> dict[str, Any]:
     """Train every model of the run; returns ``{"epochs", "train_seconds", "val_bits_per_dim"}`` per model.
 
     ``limit`` keeps only the first ``limit`` training images of each model (for
     smoke tests). ``overwrite`` replaces a run already in ``run_dir``, once the
     data have been found and verified, the device checked and the folder locked.
+
+    With several processes (``group``, default those of ``torch.distributed``), one
+    model is trained by all of them together; the models of a per-class run are
+    dealt out instead, each trained by one process alone.
     """
+    group = current() if group is None else group
     run = RunFolder(run_dir)
     if limit is not None:
         check_positive_int(limit, "limit")
@@ -181,24 +191,17 @@ def train_image_run(
     images, labels = load_dataset(settings.dataset, "train", data_dir=data_dir, verify=verify)
     found = find_file(settings.dataset, FILES["train"][0], data_dir).parent
     (train_x, train_y), (val_x, val_y) = train_val_split(images, labels)
-    with run.locked():
-        if overwrite:
-            run.clear()
-        elif resume and not any(model_folder(run, c, settings.kind).checkpoint.is_file() for c in settings.classes):
-            raise FileNotFoundError(
-                f"--resume: there is no checkpoint to resume in {run_dir}; leave out --resume to start a new run"
-            )
-        elif not resume and run.checkpoints():
-            raise FileExistsError(
-                f"{run_dir} already holds a training run; pass --resume to continue it, --overwrite to "
-                f"replace it, or choose another --out"
-            )
-        return _train_models(run, settings, config, train_x, train_y, val_x, val_y, resume, progress, limit, found)
+    resumable = [model_folder(run, c, settings.kind).checkpoint for c in settings.classes]
+    with group.main_only(run.locked()):
+        group.decide(lambda: run.begin(resume, overwrite, resumable))
+        return _train_models(run, settings, config, train_x, train_y, val_x, val_y, resume, progress, limit, found,
+                             group)
 
 
 def _train_models(
     run: RunFolder, settings: ImageRunSettings, config: TrainConfig, train_x: torch.Tensor, train_y: torch.Tensor,
     val_x: torch.Tensor, val_y: torch.Tensor, resume: bool, progress: bool, limit: Optional[int], data_dir: Path,
+    group: Group,
 ) -> dict[str, Any]:
     pre = ImagePreprocessor(settings.lam, num_dims=train_x.shape[1])
     log_prob_fn = make_log_prob_fn(pre)
@@ -208,8 +211,12 @@ def _train_models(
         for path in (model_folder(run, c, settings.kind).checkpoint for c in settings.classes)
         if path.is_file()
     )
+    # a per-class run deals its models out over the processes; any other run's model is shared by them
+    dealt = settings.kind == "per_class" and group.shared
     results = {}
     for i, c in enumerate(settings.classes):
+        if dealt and not group.owns(i):
+            continue
         tx, _ = class_subset(train_x, train_y, c)
         vx, _ = class_subset(val_x, val_y, c)
         if limit is not None:
@@ -231,13 +238,16 @@ def _train_models(
                 model.standardize(logits)
         trainer = Trainer(
             model, settings.model, config, tx, vx, log_prob_fn, dim=pre.num_dims, out_dir=out,
-            unit=BITS_PER_DIM, progress=progress,
-            extra={"class_label": c, "dataset": settings.dataset},
+            unit=BITS_PER_DIM, progress=progress and group.is_main,
+            extra={"class_label": c, "dataset": settings.dataset}, group=SINGLE if dealt else group,
         )
         if resume and trainer.checkpoint_path.exists():
             trainer.resume(after_divergence=after_divergence)
         if i == 0:  # every check of the first model has passed: the folder now holds this run
-            write_run_file(run, settings, data_dir)
+            if dealt:  # only rank 0 deals itself model 0
+                write_run_file(run, settings, data_dir)
+            else:
+                group.decide(lambda: write_run_file(run, settings, data_dir))
         if progress and c is not None:
             print(f"class {c}: {tx.shape[0]} training images")
         start = time.perf_counter()
@@ -248,6 +258,8 @@ def _train_models(
             "val_bits_per_dim": nats_to_bits_per_dim(-trainer.best_val / pre.num_dims),
             "wall_seconds_this_call": time.perf_counter() - start,
         }
+    if dealt:
+        return {k: v for part in group.gather(results) for k, v in part.items()}
     return results
 
 

@@ -9,7 +9,7 @@ import sys
 import time
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 LOCK_NAME = ".lock"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -173,6 +173,22 @@ class RunFolder:
             sub.curves.unlink(missing_ok=True)
         for name in (RUN_FILE, *RESULT_FILES):
             (self.path / name).unlink(missing_ok=True)
+
+    def begin(self, resume: bool, overwrite: bool, resumable: Sequence[Path]) -> None:
+        """Check that a training may start here, before it writes: ``overwrite`` clears the
+        folder; ``resume`` needs one of the ``resumable`` checkpoints; a new run needs a
+        folder without checkpoints. Call it holding :meth:`locked`."""
+        if overwrite:
+            self.clear()
+        elif resume and not any(path.is_file() for path in resumable):
+            raise FileNotFoundError(
+                f"--resume: there is no checkpoint to resume in {self.path}; leave out --resume to start a new run"
+            )
+        elif not resume and self.checkpoints():
+            raise FileExistsError(
+                f"{self.path} already holds a training run; pass --resume to continue it, --overwrite to "
+                f"replace it, or choose another --out"
+            )
 
     def locked(self) -> AbstractContextManager[Path]:
         """Hold an exclusive lock on the folder (created if needed) while training writes in it.

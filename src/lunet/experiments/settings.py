@@ -67,6 +67,15 @@ def paper_lunet_spec(num_blocks: int = 4, **kwargs: Any) -> dict[str, Any]:
     return spec
 
 
+def vector_lunet_spec(dim: int, num_blocks: int = 8, **kwargs: Any) -> dict[str, Any]:
+    """Model spec of an LU-Net for own feature vectors of width ``dim`` (``lunet train --data``):
+    as for the 2-D mixture, learned slopes and unit-scale starting weights (docs/own-data.md)."""
+    spec = {"name": "lunet", "dim": dim, "num_blocks": num_blocks, "alpha": 0.1, "diag": "exp", "init_scale": 1.0,
+            "learn_alpha": True}
+    spec.update(kwargs)
+    return spec
+
+
 @dataclass
 class GMM2DSettings:
     """Model and data settings of the 2-D experiment (defaults chosen by measurement, docs/gmm2d.md)."""
@@ -90,7 +99,10 @@ def default_train_config(dataset: str) -> TrainConfig:
     The 2-D mixture: full-ish batches with a high, cosine-decayed learning rate (see
     docs/gmm2d.md). Images: Adam at 1e-3, cosine schedule over 60 epochs, batch 256,
     gradient norm clipped at 10 (docs/results.md: how these were chosen; a looser clip
-    let a 60-epoch run blow up)."""
+    let a 60-epoch run blow up). Own data (``"vectors"``): 60 epochs of batch 256 at
+    1e-2 (docs/own-data.md)."""
     if dataset == "gmm2d":
         return TrainConfig(epochs=500, batch_size=1024, lr=3e-2, schedule="cosine", seed=0, eval_every=100)
+    if dataset == "vectors":
+        return TrainConfig(epochs=60, batch_size=256, lr=1e-2, schedule="cosine")
     return TrainConfig(epochs=60, batch_size=256, lr=1e-3, schedule="cosine", warmup_steps=200, grad_clip=10.0)

@@ -1,0 +1,234 @@
+"""Runs on users' own feature vectors: training, test likelihood and sampling.
+
+A run folder holds ``run.json`` (``"data": "vectors"``, the width, the model
+spec, the validation split) beside the usual checkpoint, metrics and curves.
+The flow's input standardisation is fitted to the training rows and its
+Jacobian is part of every likelihood, so figures are those of the raw data,
+in nats per dimension.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from lunet.checks import check_batch, check_temperature
+from lunet.experiments.checkpoint import build_model, load_model
+from lunet.experiments.distributed import Group, current
+from lunet.experiments.rundir import RunFolder
+from lunet.experiments.settings import TrainConfig, default_train_config, vector_lunet_spec
+from lunet.experiments.train import Trainer, resolve_device
+from lunet.flow import placement
+
+Vectors = Union[torch.Tensor, np.ndarray, Dataset, DataLoader]
+RUN_KIND = "vectors"
+DATA_INITS = ("standardize", "gaussian", "none")
+SPLIT_SEED = 0  # the validation rows are drawn with this seed, whatever the training seed
+
+
+@dataclass
+class VectorRunSettings:
+    """What a run on own data models; stored in ``run.json``."""
+
+    dim: int
+    model: dict[str, Any]
+    val_fraction: float = 0.1
+    data_init: str = "standardize"
+    data_file: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction!r}")
+        if self.data_init not in DATA_INITS:
+            raise ValueError(f"data_init must be one of {DATA_INITS}, got {self.data_init!r}")
+        if self.model.get("dim") != self.dim:
+            raise ValueError(f"the model spec's dim {self.model.get('dim')} is not the data's width {self.dim}")
+
+
+def as_vectors(data: Vectors, name: str = "data") -> torch.Tensor:
+    """``data`` as one float64 tensor (N, D): a tensor or array as it is, a ``Dataset`` or
+    ``DataLoader`` gathered once (items or batches may be ``(x, label)`` pairs: ``x`` is kept)."""
+    if isinstance(data, np.ndarray):
+        data = torch.from_numpy(data)
+    if isinstance(data, Dataset):
+        data = DataLoader(data, batch_size=1024)
+    if isinstance(data, DataLoader):
+        data = torch.cat([torch.as_tensor(_features(batch)).reshape(len(_features(batch)), -1) for batch in data])
+    if not isinstance(data, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor, a numpy array, a Dataset or a DataLoader, got {type(data).__name__}")
+    if data.dim() != 2:
+        raise ValueError(f"{name} must have shape (N, D), got {tuple(data.shape)}")
+    if data.dtype.is_complex:
+        raise TypeError(f"{name} must hold real numbers, got {data.dtype}")
+    data = data.detach().cpu().to(torch.float64)
+    check_batch(data, data.shape[1], name)
+    if data.shape[0] < 2:
+        raise ValueError(f"{name} has {data.shape[0]} row(s); training needs at least 2 (one to validate on)")
+    return data
+
+
+def _features(batch: Any) -> Any:
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def split_rows(data: torch.Tensor, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train, val)``: a fixed random ``val_fraction`` of the rows (at least one, at most N − 1)
+    for validation, drawn with :data:`SPLIT_SEED` so that every call and every resume agrees."""
+    n = data.shape[0]
+    num_val = min(n - 1, max(1, math.ceil(val_fraction * n)))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    return data[order[: n - num_val]], data[order[n - num_val :]]
+
+
+def log_prob_fn(model: nn.Module, batch: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """``log p(x)`` in nats per row, ``batch`` (B, D) moved to the model's dtype and device."""
+    dtype, device = placement(model)
+    return model.log_prob(batch.to(device=device, dtype=dtype))
+
+
+def train_vectors(
+    data: Vectors,
+    out: str | Path,
+    config: Optional[TrainConfig] = None,
+    model_spec: Optional[dict[str, Any]] = None,
+    val_data: Optional[Vectors] = None,
+    val_fraction: float = 0.1,
+    data_init: str = "standardize",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    data_file: Optional[str] = None,
+    group: Optional[Group] = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train a flow on feature vectors ``data`` (N, D) by maximum likelihood; returns the
+    model with its best validation weights and a summary.
+
+    ``data``: a tensor, numpy array, ``Dataset`` or ``DataLoader`` of vectors (gathered
+    into memory once). ``val_data`` validates, else a fixed random ``val_fraction`` of
+    the rows does. ``model_spec``: a spec for :func:`~lunet.experiments.checkpoint.build_model`
+    (default :func:`~lunet.experiments.settings.vector_lunet_spec`). ``data_init``:
+    start from the training rows' standardisation (default), their full-covariance
+    Gaussian, or neither. ``out`` receives ``run.json``, ``checkpoint.pt`` (atomic,
+    every validation), ``metrics.jsonl`` and ``curves.png``; ``resume`` continues the
+    run there. Under ``torchrun`` the processes share the model (see :mod:`lunet.experiments.distributed`).
+    """
+    data = as_vectors(data)
+    if val_data is None:
+        train, val = split_rows(data, val_fraction)
+    else:
+        train, val = data, as_vectors(val_data, "val_data")
+        if val.shape[1] != train.shape[1]:
+            raise ValueError(f"val_data has {val.shape[1]} features per row but data has {train.shape[1]}")
+    config = config or default_train_config("vectors")
+    spec = model_spec or vector_lunet_spec(train.shape[1])
+    settings = VectorRunSettings(train.shape[1], spec, val_fraction, data_init, data_file)
+    group = current() if group is None else group
+    resolve_device(config.device)
+    run = RunFolder(out)
+    with group.main_only(run.locked()):
+        group.decide(lambda: _prepare_run(run, settings, overwrite, resume))
+        torch.manual_seed(config.seed)
+        model = build_model(spec)
+        if data_init == "gaussian":
+            model.init_gaussian(train)
+        elif data_init == "standardize":
+            model.standardize(train)
+        trainer = Trainer(model, spec, config, train, val, log_prob_fn, dim=train.shape[1], out_dir=run.path,
+                          extra={"data": RUN_KIND}, progress=progress, group=group)
+        if resume:
+            trainer.resume()
+        trainer.fit()
+    if trainer.best_state is not None:
+        model.load_state_dict(trainer.best_state)
+    summary = {
+        "epochs": trainer.epoch,
+        "train_seconds": trainer.train_seconds,
+        "val_nll_nats_per_dim": -trainer.best_val / train.shape[1],
+        "num_train": int(train.shape[0]),
+        "num_val": int(val.shape[0]),
+        "dim": int(train.shape[1]),
+    }
+    return model.eval(), summary
+
+
+def _prepare_run(run: RunFolder, settings: VectorRunSettings, overwrite: bool, resume: bool) -> None:
+    run.begin(resume, overwrite, [run.checkpoint])
+    if resume:
+        stored = read_run_file(run.path)
+        if (stored.dim, stored.model) != (settings.dim, settings.model):
+            raise ValueError(f"{run.run_file} describes another run (width {stored.dim}, model {stored.model}); "
+                             f"resume with the run's own data and options or choose another --out")
+    write_run_file(run, settings)
+
+
+def write_run_file(run: RunFolder, settings: VectorRunSettings) -> None:
+    """``run.json`` of a run on own data."""
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.run_file.write_text(json.dumps({"data": RUN_KIND, **asdict(settings)}, indent=2) + "\n")
+
+
+def is_vector_run(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a run on own data (its ``run.json`` says ``"data": "vectors"``)."""
+    try:
+        return json.loads(RunFolder(run_dir).run_file.read_text()).get("data") == RUN_KIND
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def read_run_file(run_dir: str | Path) -> VectorRunSettings:
+    """The settings of a run on own data; ``ValueError`` naming the file when it is something else."""
+    path = RunFolder(run_dir).run_file
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {run_dir} is not a run directory made by `lunet train`")
+    try:
+        record = json.loads(path.read_text())
+        if record.pop("data") != RUN_KIND:
+            raise KeyError("data")
+        return VectorRunSettings(**record)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path} does not describe a run on own data ({exc})") from None
+
+
+def load_vector_run(run_dir: str | Path, device: str = "cpu") -> tuple[VectorRunSettings, nn.Module]:
+    """The settings and the best model of a run on own data, in eval mode on ``device``."""
+    settings = read_run_file(run_dir)
+    model, _ = load_model(RunFolder(run_dir).checkpoint, which="best")
+    return settings, model.to(resolve_device(device)).eval()
+
+
+@torch.no_grad()
+def evaluate_vectors(run_dir: str | Path, data: Vectors, device: str = "cpu", batch_size: int = 4096) -> dict[str, Any]:
+    """Test likelihood of ``data`` (N, D) under a run's best model: mean NLL in nats per
+    dimension and per vector, and their spread over the rows."""
+    settings, model = load_vector_run(run_dir, device)
+    x = as_vectors(data)
+    if x.shape[1] != settings.dim:
+        raise ValueError(f"the data have {x.shape[1]} features per row but the run models {settings.dim}")
+    lp = torch.cat([log_prob_fn(model, chunk).double().cpu() for chunk in x.split(batch_size)])
+    return {
+        "nll_nats_per_dim": float(-lp.mean() / settings.dim),
+        "nll_nats_per_vector": float(-lp.mean()),
+        "nll_nats_per_vector_std": float(lp.std()) if lp.numel() > 1 else 0.0,
+        "num_vectors": int(x.shape[0]),
+        "dim": settings.dim,
+    }
+
+
+@torch.no_grad()
+def sample_vectors(run_dir: str | Path, num: int, temperature: float = 1.0, seed: int = 0,
+                   device: str = "cpu") -> torch.Tensor:
+    """``num`` draws (num, D) from a run's best model, latents from N(0, T² I), float64 on the CPU."""
+    check_temperature(temperature)
+    _, model = load_vector_run(run_dir, device)
+    dtype, dev = placement(model)
+    gen = torch.Generator().manual_seed(seed)
+    z = temperature * torch.randn(num, model.dim, generator=gen, dtype=torch.float64)
+    return model.inverse(z.to(device=dev, dtype=dtype))[0].double().cpu()
