@@ -624,6 +624,13 @@ def _interrupted(args: argparse.Namespace) -> str:
     return f"interrupted; the last checkpoint is kept in {where}; continue with --resume and the run's own options"
 
 
+def _is_lost_peer(exc: Exception) -> bool:
+    """Whether ``exc`` is a collective operation failing because another process of the run is gone."""
+    from lunet.experiments import distributed
+
+    return distributed.launched() and isinstance(exc, RuntimeError)
+
+
 def _is_training_divergence(exc: Exception) -> bool:
     # imported here: the training module imports torch, which the other commands may not need
     from lunet.experiments.train import TrainingDiverged
@@ -657,6 +664,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as exc:  # a failure nobody foresaw still gets one line, not a traceback
         if _is_training_divergence(exc):
             print(f"lunet {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        if args.command == "train" and _is_lost_peer(exc):
+            print(f"lunet train (process {os.environ.get('RANK', '?')} of {os.environ.get('WORLD_SIZE', '?')}): error: "
+                  f"another process of the run stopped or cannot be reached ({str(exc).splitlines()[0][:160]}); "
+                  f"{_interrupted(args).removeprefix('interrupted; ')}", file=sys.stderr)
             return 2
         if os.environ.get("LUNET_DEBUG"):
             raise
