@@ -209,8 +209,6 @@ def test_resume_continues_to_the_same_weights_as_an_uninterrupted_run(tmp_path, 
         [r["val_nats_per_dim"] for r in metrics(tmp_path / "full")]
 
 
-@pytest.mark.xfail(strict=True, reason="load_model builds the model in float32 whatever dtype the run trained in, "
-                                       "so a float64 run is evaluated (and sampled) in float32")
 def test_a_float64_run_is_evaluated_in_float64(tmp_path, capsys):
     rows, test_rows = make_rows(200, 9), make_rows(100, 10)
     run = tmp_path / "run"

@@ -197,7 +197,7 @@ def _train_vectors(args: argparse.Namespace, config: TrainConfig, group) -> int:
     from lunet.experiments.vectors import load_vectors
 
     _refuse_given(args, ("model", "class_label", "per_class", "lam", "data_dir", "no_verify", "starts"),
-                  "the image data sets or gmm2d, not to --data")
+                  "the image data sets only, not to --data")
     data = load_vectors(args.data)
     if args.limit is not None:
         data = data[: args.limit]

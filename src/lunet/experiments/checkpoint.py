@@ -173,11 +173,16 @@ def load_model(path: str | os.PathLike, which: str = "best") -> tuple[nn.Module,
 
 
 def _built(path: str | os.PathLike, spec: dict[str, Any], state: dict[str, Any]) -> nn.Module:
-    """The model of ``spec`` with the weights ``state``; ``ValueError`` naming ``path`` if they do not fit."""
+    """The model of ``spec`` with the weights ``state`` (in float64 if they all are); ``ValueError``
+    naming ``path`` if they do not fit."""
     try:
         model = build_model(spec)
     except TypeError as exc:
         raise ValueError(f"checkpoint {path} holds a model spec this version cannot build: {exc}") from None
+    # the run's precision: load_state_dict would cast float64 weights into the float32 model quietly
+    floating = [t.dtype for t in state.values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if floating and all(d == torch.float64 for d in floating):
+        model = model.to(torch.float64)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

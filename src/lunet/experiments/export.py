@@ -26,8 +26,14 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write the best weights of the run in ``run_dir`` to ``out``; returns ``out``.
 
     Raises ``FileNotFoundError`` when ``run_dir`` holds no run made by ``lunet train``."""
+    from lunet.experiments.vector_runs import is_vector_run
+
     run = RunFolder(run_dir)
-    if run.run_file.is_file():  # an image run
+    if is_vector_run(run_dir):  # a run on own data
+        paths = [run.checkpoint]
+        record = json.loads(run.run_file.read_text())
+        record.pop("data_file", None)  # where this machine keeps the data says nothing about the model
+    elif run.run_file.is_file():  # an image run
         from lunet.experiments.images import model_folder, read_run_file
 
         settings = read_run_file(run_dir)

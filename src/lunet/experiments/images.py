@@ -236,12 +236,14 @@ def _train_models(
                 model.init_gaussian(logits)
             else:
                 model.standardize(logits)
+        model_group = SINGLE if dealt else group
         trainer = Trainer(
             model, settings.model, config, tx, vx, log_prob_fn, dim=pre.num_dims, out_dir=out,
             unit=BITS_PER_DIM, progress=progress and group.is_main,
-            extra={"class_label": c, "dataset": settings.dataset}, group=SINGLE if dealt else group,
+            extra={"class_label": c, "dataset": settings.dataset}, group=model_group,
         )
-        if resume and trainer.checkpoint_path.exists():
+        # rank 0's disk decides: the other machines of a shared model need not see the run folder
+        if resume and model_group.decide(trainer.checkpoint_path.exists):
             trainer.resume(after_divergence=after_divergence)
         if i == 0:  # every check of the first model has passed: the folder now holds this run
             if dealt:  # only rank 0 deals itself model 0

@@ -40,12 +40,12 @@ class VectorRunSettings:
 
     dim: int
     model: dict[str, Any]
-    val_fraction: float = 0.1
+    val_fraction: Optional[float] = 0.1  # None: validated on rows given apart (val_data)
     data_init: str = "standardize"
     data_file: Optional[str] = None
 
     def __post_init__(self) -> None:
-        if not 0 < self.val_fraction < 1:
+        if self.val_fraction is not None and not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction!r}")
         if self.data_init not in DATA_INITS:
             raise ValueError(f"data_init must be one of {DATA_INITS}, got {self.data_init!r}")
@@ -129,7 +129,7 @@ def train_vectors(
             raise ValueError(f"val_data has {val.shape[1]} features per row but data has {train.shape[1]}")
     config = config or default_train_config("vectors")
     spec = model_spec or vector_lunet_spec(train.shape[1])
-    settings = VectorRunSettings(train.shape[1], spec, val_fraction, data_init, data_file)
+    settings = VectorRunSettings(train.shape[1], spec, val_fraction if val_data is None else None, data_init, data_file)
     group = current() if group is None else group
     resolve_device(config.device)
     run = RunFolder(out)
