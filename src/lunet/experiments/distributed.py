@@ -56,10 +56,14 @@ class Group:
 
     def all_sum(self, value: torch.Tensor) -> torch.Tensor:
         """The sum of ``value`` over the processes (``value`` itself for one process)."""
-        if self.shared:
-            value = value.clone()
-            dist.all_reduce(value, op=dist.ReduceOp.SUM)
-        return value
+        if not self.shared:
+            return value
+        home = value.device
+        if dist.get_backend() == "nccl":  # NCCL reduces GPU tensors only
+            value = value.to(torch.device("cuda", torch.cuda.current_device()))
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        return value.to(home)
 
     def broadcast(self, obj: T) -> T:
         """Rank 0's ``obj`` on every process."""
