@@ -124,3 +124,17 @@ def test_group_shards_cover_every_row_once():
 def test_more_processes_than_rows_in_a_batch_is_refused(tmp_path):
     with pytest.raises(ValueError, match="--batch-size 2 is below the 3 processes"):
         make_trainer(tmp_path / "x", Group(0, 3), batch_size=2)
+
+
+def test_compile_with_several_processes_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--compile trains in one process only"):
+        make_trainer(tmp_path / "x", Group(0, 2), compile=True)
+
+
+def test_the_2d_mixture_is_refused_under_torchrun(tmp_path, monkeypatch, capsys):
+    from lunet.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", "--out", str(tmp_path / "run"), "--epochs", "1"]) == 2
+    assert "--dataset gmm2d trains its starts side by side in one process" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -169,11 +169,15 @@ BAD_INPUTS = [
     (["evaluate", "{run}"], "is a run on own data: name the test file with --data"),
     (["sample", "{run}", "--out", "{tmp}/x.png"], "--out for a run on own data must name a .npy, .csv, .pt file"),
     (["ood", "{run}", "--against", "mnist"], "is a run on own data (trained with --data)"),
+    (["interpolate", "{run}", "--out", "{tmp}/i.png"], "is a run on own data (trained with --data)"),
+    (["agreement", "{run}"], "is a run on own data (trained with --data)"),
+    (["train", "--data", "{tmp}/good.csv", "--lam", "0.1", "--out", "{tmp}/new"], "--lam applies to"),
 ]
 
 
 BAD_IDS = ["ragged-row", "text-cell", "nan", "one-row", "wrong-width", "data-and-dataset", "val-fraction-alone",
-           "per-class-with-data", "evaluate-without-data", "sample-to-png", "ood"]
+           "per-class-with-data", "evaluate-without-data", "sample-to-png", "ood", "interpolate", "agreement",
+           "lam-with-data"]
 
 
 @pytest.mark.parametrize("argv, fragment", BAD_INPUTS, ids=BAD_IDS)

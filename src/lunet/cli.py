@@ -323,6 +323,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         return _sample_vectors(args)
     if Path(args.out).suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"--out must name a {', '.join(IMAGE_SUFFIXES)} file for an image run, got {args.out!r}")
+    if args.num is not None and args.num > 10_000:
+        raise ValueError(f"--num for an image run is at most 10,000 (one picture), got {args.num:,}")
     import torch
 
     from lunet.experiments.data import CLASS_NAMES
@@ -335,8 +337,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if len(models) > 1 and args.num is not None:
         raise ValueError("--num is for unconditional and single-class runs; a per-class run draws --per-row images per class")
     num = args.num if args.num is not None else 100
-    if num > 10_000:
-        raise ValueError(f"--num for an image run is at most 10,000 (one picture), got {num:,}")
     models = [for_inference(m) for m in models]
     pre = ImagePreprocessor(settings.lam)
     priors = [None] * len(models)
