@@ -10,7 +10,12 @@ and a training step.
 import pytest
 import torch
 
+from lunet import LUNet
 from lunet.baselines.realnvp import RealNVP
+from lunet.experiments.images import make_log_prob_fn
+from lunet.experiments.preprocess import ImagePreprocessor, dequantize
+from lunet.experiments.settings import TrainConfig
+from lunet.experiments.train import Trainer
 from test_fast_paths import make_net
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
@@ -94,3 +99,39 @@ def test_realnvp_on_cuda_matches_cpu_and_inverts():
         back = model.inverse(model(xc)[0])[0]
     assert torch.allclose(lp_cuda, lp_cpu, rtol=1e-4, atol=1e-2)
     assert (back - xc).abs().max().item() < 1e-3
+
+
+def test_dequantisation_draws_on_the_device_of_its_generator():
+    pixels = torch.randint(0, 256, (64, 784), dtype=torch.uint8, device=CUDA)
+    gen = torch.Generator(device=CUDA).manual_seed(0)
+    y = dequantize(pixels, generator=gen)
+    assert y.device.type == "cuda"
+    assert torch.equal(torch.floor(256 * y).to(torch.uint8), pixels)
+    again = dequantize(pixels, generator=torch.Generator(device=CUDA).manual_seed(0))
+    assert torch.equal(y, again)
+    with pytest.raises(ValueError, match="pixels' device"):
+        dequantize(pixels.cpu(), generator=torch.Generator(device=CUDA))
+
+
+def _image_trainer(out, epochs):
+    pre = ImagePreprocessor()
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (300, 784), generator=gen, dtype=torch.uint8)
+    torch.manual_seed(0)
+    model = LUNet(784, 2)
+    config = TrainConfig(epochs=epochs, batch_size=64, device="cuda", schedule="constant")
+    return Trainer(model, {"name": "lunet", "dim": 784, "num_blocks": 2}, config, pixels[:250], pixels[250:],
+                   make_log_prob_fn(pre), dim=784, out_dir=out, progress=False)
+
+
+def test_training_keeps_the_images_and_their_noise_on_the_gpu_and_resumes_exactly(tmp_path):
+    trainer = _image_trainer(tmp_path / "whole", epochs=2)
+    assert trainer.train_data.device.type == "cuda" and trainer.noise.device.type == "cuda"
+    trainer.fit()
+    first = _image_trainer(tmp_path / "split", epochs=1)
+    first.fit()
+    second = _image_trainer(tmp_path / "split", epochs=2)
+    second.resume()
+    second.fit()
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(second.model.state_dict()[name], value), name

@@ -56,9 +56,11 @@ def dequantize(
 
     ``x`` (B, D) holds pixel values 0..255: uint8, another integer dtype, or
     integer-valued floats. Returns ``y`` (B, D) of ``dtype`` (float32 or
-    float64) on ``x``'s device, with ``floor(256 y) == x`` exactly. The noise is
-    drawn on the CPU from ``generator`` (the default CPU generator if None), so
-    a seed gives the same noise on every device.
+    float64) on ``x``'s device, with ``floor(256 y) == x`` exactly. The noise
+    comes from ``generator`` (the default CPU generator if None): a CPU
+    generator draws it on the CPU and copies it over, so that a seed gives the
+    same noise on every device; a generator on ``x``'s device draws it there,
+    with no copy (what training with the data on a GPU uses).
     """
     x = _check_tensor(x, "pixels")
     if x.dim() != 2:
@@ -84,8 +86,12 @@ def dequantize(
                 f"(min {x.min().item()}, max {x.max().item()})"
             )
     if generator is not None and generator.device.type != "cpu":
-        raise ValueError(f"generator must be a CPU torch.Generator, got one on {generator.device}")
-    u = torch.rand(x.shape, generator=generator, dtype=dtype).to(x.device)
+        if generator.device != x.device:
+            raise ValueError(f"generator must be a CPU torch.Generator or one on the pixels' device {x.device}, "
+                             f"got one on {generator.device}")
+        u = torch.rand(x.shape, generator=generator, dtype=dtype, device=x.device)
+    else:
+        u = torch.rand(x.shape, generator=generator, dtype=dtype).to(x.device)
     xf = x.to(dtype)
     # x + u can round up to x + 1 (in float32 when u > 1 - 2^-17 for x >= 128);
     # cap it at the largest float below x + 1 so y < 1 and floor(256 y) == x.

@@ -206,7 +206,10 @@ class Trainer:
             )
         self.model = model.to(device=self.device, dtype=config.torch_dtype)
         self.model_spec = model_spec
-        self.train_data = train_data
+        # On a GPU the training data live there, and the batches, their noise and their loss stay there:
+        # a step copies nothing to or from the host.
+        self.resident = self.device.type == "cuda"
+        self.train_data = train_data.to(self.device) if self.resident else train_data
         self.val_data = val_data
         self.data = {"train": data_fingerprint(train_data), "val": data_fingerprint(val_data)}
         self.log_prob_fn = log_prob_fn
@@ -223,7 +226,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _lr_lambda(config, self.steps_per_epoch * config.epochs)
         )
-        self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        self.generator = torch.Generator(device="cpu").manual_seed(config.seed)  # the shuffled orders
+        # the dequantisation noise: drawn where the data are
+        self.noise = torch.Generator(device=self.device).manual_seed(config.seed) if self.resident else self.generator
         self.epoch = 0
         self.best_val: Optional[float] = None
         self.best_state: Optional[dict[str, torch.Tensor]] = None
@@ -250,6 +255,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
+            "noise_generator": self.noise.get_state() if self.resident else None,
             "epoch": self.epoch,
             "train_seconds": self.train_seconds,
             "extra": self.extra,
@@ -277,6 +283,8 @@ class Trainer:
         self.scheduler.base_lrs = [self.config.lr] * len(self.optimizer.param_groups)
         self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         self.generator.set_state(ckpt["generator"])
+        if self.resident and ckpt.get("noise_generator") is not None:
+            self.noise.set_state(ckpt["noise_generator"])
         self.epoch = ckpt["epoch"]
         self.best_val = ckpt["best_val_log_prob"]
         self.best_state = ckpt["best_model"]
@@ -357,7 +365,7 @@ class Trainer:
 
     def _batch_loss(self, batch: torch.Tensor) -> torch.Tensor:
         """The training loss of one batch: mean negative log-likelihood in nats per dimension."""
-        return -self.log_prob_fn(self.model, batch, self.generator).mean() / self.dim
+        return -self.log_prob_fn(self.model, batch, self.noise).mean() / self.dim
 
     def _loss_of(self, batch: torch.Tensor) -> torch.Tensor:
         if self._loss is self._batch_loss:
@@ -399,10 +407,10 @@ class Trainer:
         self.model.train()
         cfg = self.config
         n = self.train_data.shape[0]
-        order = torch.randperm(n, generator=self.generator)
-        noise = self.generator
+        order = torch.randperm(n, generator=self.generator).to(self.train_data.device)
+        noise = self.noise
         if self.group.shared:
-            noise = torch.Generator().manual_seed(_noise_seed(cfg.seed, self.epoch, self.group.rank))
+            noise = torch.Generator(self.train_data.device).manual_seed(_noise_seed(cfg.seed, self.epoch, self.group.rank))
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         for step in range(self.steps_per_epoch):
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
