@@ -34,11 +34,11 @@ def log_prob(model, batch, generator):
     return model.log_prob(batch.to(next(model.parameters())))
 
 
-def make_trainer(out: Path, group: Group, **changes) -> Trainer:
+def make_trainer(out: Path, group: Group, rows: int = 203, **changes) -> Trainer:
     data = vectors()
     torch.manual_seed(1)
     model = LUNet(DIM, 2)
-    return Trainer(model, SPEC, TrainConfig(**{**CONFIG, **changes}), data[:203], data[203:], log_prob,
+    return Trainer(model, SPEC, TrainConfig(**{**CONFIG, **changes}), data[:rows], data[203:], log_prob,
                    dim=DIM, out_dir=out, progress=False, group=group)
 
 
@@ -138,3 +138,58 @@ def test_the_2d_mixture_is_refused_under_torchrun(tmp_path, monkeypatch, capsys)
     assert main(["train", "--out", str(tmp_path / "run"), "--epochs", "1"]) == 2
     assert "--dataset gmm2d trains its starts side by side in one process" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_last_batch_smaller_than_the_processes_still_trains_the_model_of_one(tmp_path):
+    # 201 training rows in batches of 20: the last batch has 1 row, so one process gets none
+    out_one, out_two = tmp_path / "one", tmp_path / "two"
+    make_trainer(out_one, SINGLE, rows=201).fit()
+    init_file = tmp_path / "init-remainder"
+    mp.spawn(_worker_rows, args=(2, str(init_file), str(out_two), 201), nprocs=2, join=True)
+    for k, v in weights(out_one).items():
+        assert torch.allclose(weights(out_two)[k], v, rtol=1e-9, atol=1e-11), k
+
+
+def _worker_rows(rank: int, world: int, init_file: str, out: str, rows: int) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        make_trainer(Path(out), Group(rank, world), rows=rows).fit()
+    finally:
+        dist.destroy_process_group()
+
+
+def _worker_decisions(rank: int, world: int, init_file: str, folder: str, results: str) -> None:
+    import fcntl
+
+    from lunet.experiments.rundir import RunFolder, RunFolderBusy
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    group, seen = Group(rank, world), []
+    try:
+        for decision in (lambda: b"\xff".decode(), lambda: open(Path(folder) / "missing" / "x")):
+            try:
+                group.decide(decision)
+            except Exception as exc:  # noqa: BLE001 (the kind that arrives is what is tested)
+                seen.append(type(exc).__name__)
+        holder = os.open(Path(folder) / ".lock", os.O_RDWR | os.O_CREAT) if rank == 0 else None
+        if holder is not None:  # another holder of the lock: the run folder is busy
+            fcntl.flock(holder, fcntl.LOCK_EX)
+        try:
+            with group.holding(RunFolder(folder).locked()):
+                seen.append("entered")
+        except RunFolderBusy:
+            seen.append("busy")
+        Path(results, f"rank{rank}").write_text(" ".join(seen))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_process_raises_what_rank_0_decided_and_none_waits(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    mp.spawn(_worker_decisions, args=(2, str(tmp_path / "init-decisions"), str(folder), str(tmp_path)), nprocs=2,
+             join=True)
+    # a subclass travels as its nearest listed kind; the lock held elsewhere is busy for both
+    assert (tmp_path / "rank0").read_text() == (tmp_path / "rank1").read_text() == "ValueError FileNotFoundError busy"

@@ -227,3 +227,13 @@ def test_ood_refuses_its_own_data_set_and_missing_runs(generated_data, tmp_path,
     assert "is the run's own data set" in capsys.readouterr().err
     assert main(["ood", str(tmp_path / "nothing"), "--against", "fashion-mnist"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_a_single_class_run_is_judged_on_its_own_class(generated_data, tmp_path):
+    run = tmp_path / "class-3"
+    train_small(generated_data, run, "--class", "3")
+    report, scores = ood_run(run, "fashion-mnist", data_dir=str(generated_data), against_data_dir=str(generated_data),
+                             verify=False)
+    _, labels = data.load_dataset("mnist", "test", data_dir=generated_data, verify=False)
+    assert report["num_in"] == int((labels == 3).sum()) < N_TEST
+    assert scores["run"]["bits_per_dim"][0].shape == (report["num_in"],)

@@ -225,3 +225,15 @@ def test_a_float64_run_is_evaluated_in_float64(tmp_path, capsys):
     with torch.no_grad():
         expected = float(-model.log_prob(torch.from_numpy(test_rows)).mean() / D)
     assert json.loads((tmp_path / "e.json").read_text())["nll_nats_per_dim"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_resume_keeps_the_runs_validation_share_and_one_row_can_be_evaluated(tmp_path, capsys):
+    data = write_npy(tmp_path / "train.npy", make_rows(200, 11))
+    run = tmp_path / "run"
+    assert train(data, run, "--val-fraction", "0.2", epochs=1) == 0
+    assert train(data, run, "--resume", epochs=2) == 0  # no --val-fraction: the run's 0.2 holds
+    assert json.loads((run / "run.json").read_text())["val_fraction"] == 0.2
+    assert "160 training and 40 validation rows" in capsys.readouterr().out
+    one = write_npy(tmp_path / "one.npy", make_rows(1, 12))
+    assert main(["evaluate", str(run), "--data", str(one)]) == 0
+    assert "on 1 vector" in capsys.readouterr().out

@@ -192,12 +192,13 @@ def _train_gmm2d(args: argparse.Namespace) -> int:
 
 
 def _train_vectors(args: argparse.Namespace, config: TrainConfig, group) -> int:
-    from lunet.experiments.train import format_seconds
+    from lunet.experiments.train import check_shared_config, format_seconds
     from lunet.experiments.vector_runs import train_vectors
     from lunet.experiments.vectors import load_vectors
 
     _refuse_given(args, ("model", "class_label", "per_class", "lam", "data_dir", "no_verify", "starts"),
                   "the image data sets only, not to --data")
+    check_shared_config(config, group)  # before --overwrite clears anything
     data = load_vectors(args.data)
     if args.limit is not None:
         data = data[: args.limit]
@@ -205,7 +206,7 @@ def _train_vectors(args: argparse.Namespace, config: TrainConfig, group) -> int:
                  if v is not None}
     spec = vector_lunet_spec(data.shape[1], **({"num_blocks": args.blocks} if args.blocks else {}), **overrides)
     _, summary = train_vectors(
-        data, args.out, config, model_spec=spec, val_fraction=args.val_fraction or 0.1,
+        data, args.out, config, model_spec=spec, val_fraction=args.val_fraction,
         data_init=args.data_init or "standardize", resume=args.resume, overwrite=args.overwrite,
         progress=not args.no_progress, data_file=str(Path(args.data).resolve()), group=group,
     )
@@ -220,7 +221,7 @@ def _train_vectors(args: argparse.Namespace, config: TrainConfig, group) -> int:
 
 def _train_images(args: argparse.Namespace, config: TrainConfig, group) -> int:
     from lunet.experiments import images
-    from lunet.experiments.train import format_seconds
+    from lunet.experiments.train import check_shared_config, format_seconds
 
     _refuse_given(args, ("starts",), "--dataset gmm2d only")
     if args.model == "realnvp":
@@ -245,19 +246,22 @@ def _train_images(args: argparse.Namespace, config: TrainConfig, group) -> int:
         lam=args.lam if args.lam is not None else DEFAULT_LAM,
         data_init=(args.data_init or "gaussian") if args.model == "lunet" else "none",
     )
+    if kind != "per_class":
+        check_shared_config(config, group)  # before --overwrite clears anything
     results = images.train_image_run(
         args.out, settings, config, data_dir=args.data_dir, verify=not args.no_verify,
         resume=args.resume, progress=not args.no_progress, limit=args.limit, overwrite=args.overwrite, group=group,
     )
-    if not group.is_main:
+    if not group.is_main and kind != "per_class":
         return 0
-    for name, r in results.items():
+    for name, r in results.items():  # with several processes: a shared model's on process 0, each one's classes
         label = "all classes" if name == "all" else f"class {name}"
         print(
             f"{args.dataset} {label}: best validation {r['val_bits_per_dim']:.4f} bits/dim "
             f"after {_epochs(r['epochs'])} ({format_seconds(r['train_seconds'])} training)"
         )
-    print(f"run in {args.out}; next: lunet evaluate {args.out}")
+    if group.is_main:
+        print(f"run in {args.out}; next: lunet evaluate {args.out}")
     return 0
 
 
@@ -286,17 +290,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_vectors(args: argparse.Namespace) -> int:
-    from lunet.experiments.vector_runs import evaluate_vectors, read_run_file
-    from lunet.experiments.vectors import check_width, load_vectors
+    from lunet.experiments.vector_runs import evaluate_vectors
+    from lunet.experiments.vectors import load_vectors
 
     _refuse_given(args, ("limit", "data_dir", "no_verify"), "image runs, not to a run on own data")
     if args.data is None:
         raise ValueError(f"{args.run_dir} is a run on own data: name the test file with --data FILE")
-    data = load_vectors(args.data)
-    check_width(data, read_run_file(args.run_dir).dim, args.data)
-    result = evaluate_vectors(args.run_dir, data, device=args.device)
+    result = evaluate_vectors(args.run_dir, load_vectors(args.data, min_rows=1), device=args.device, name=args.data)
     print(f"{args.data}: test NLL {result['nll_nats_per_dim']:.4f} nats/dim ({result['nll_nats_per_vector']:.4f} nats "
-          f"per vector of width {result['dim']}) on {result['num_vectors']:,} vectors")
+          f"per vector of width {result['dim']}) on {result['num_vectors']:,} "
+          f"vector{'' if result['num_vectors'] == 1 else 's'}")
     _write_json(args.json, {"data_file": str(Path(args.data).resolve()), **result})
     return 0
 
@@ -613,22 +616,38 @@ def _interrupted(args: argparse.Namespace) -> str:
     """What to tell a user who pressed Ctrl-C: for training, where the last checkpoint is."""
     if args.command != "train":
         return "interrupted"
+    return f"interrupted; {_kept(args)}"
+
+
+def _kept(args: argparse.Namespace) -> str:
+    """Where a stopped training's last checkpoint is, and how to go on."""
+    if os.environ.get("RANK", "0") != "0" and not getattr(args, "per_class", False):
+        return "process 0 of the run keeps its checkpoint; continue with --resume and the run's own options"
     run = RunFolder(args.out)
     kept = run.checkpoints()
     if not kept:
-        return "interrupted before the first checkpoint; nothing was kept"
+        return "no checkpoint had been written yet, so nothing was kept"
     if run.starts.checkpoint in kept:  # a 2-D run resumes its starts; its own file holds the chosen model only
         where = run.starts.checkpoint
     else:
         where = kept[0] if len(kept) == 1 else f"{run.path}/class-*/{run.checkpoint.name}"
-    return f"interrupted; the last checkpoint is kept in {where}; continue with --resume and the run's own options"
+    return f"the last checkpoint is kept in {where}; continue with --resume and the run's own options"
+
+
+LOST_PEER_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Timed out", "timed out", "Broken pipe")
 
 
 def _is_lost_peer(exc: Exception) -> bool:
     """Whether ``exc`` is a collective operation failing because another process of the run is gone."""
+    import torch.distributed as dist
+
     from lunet.experiments import distributed
 
-    return distributed.launched() and isinstance(exc, RuntimeError)
+    if not distributed.launched():
+        return False
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    return isinstance(exc, RuntimeError) and any(sign in str(exc) for sign in LOST_PEER_SIGNS)
 
 
 def _is_training_divergence(exc: Exception) -> bool:
@@ -668,7 +687,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "train" and _is_lost_peer(exc):
             print(f"lunet train (process {os.environ.get('RANK', '?')} of {os.environ.get('WORLD_SIZE', '?')}): error: "
                   f"another process of the run stopped or cannot be reached ({str(exc).splitlines()[0][:160]}); "
-                  f"{_interrupted(args).removeprefix('interrupted; ')}", file=sys.stderr)
+                  f"{_kept(args)}", file=sys.stderr)
             return 2
         if os.environ.get("LUNET_DEBUG"):
             raise

@@ -14,19 +14,22 @@ from __future__ import annotations
 import datetime
 import os
 import signal
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
 
+from lunet.experiments.rundir import RunFolderBusy
+
 T = TypeVar("T")
 # A peer that died leaves the others waiting in a collective: give up after this long
 # (torchrun normally stops them at once).
-TIMEOUT = datetime.timedelta(minutes=10)
-# Exceptions a rank-0 decision may raise that every process raises again with the same message.
-_RERAISED = {cls.__name__: cls for cls in (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError)}
+TIMEOUT = datetime.timedelta(minutes=30)
+# What a rank-0 decision may raise, most specific first: every process raises the first
+# class the error is an instance of, with its message (RuntimeError for anything else).
+_RERAISED = (RunFolderBusy, FileNotFoundError, FileExistsError, ValueError, TypeError, OSError, RuntimeError)
 
 
 @dataclass(frozen=True)
@@ -73,27 +76,20 @@ class Group:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def gather(self, obj: T) -> list[T]:
-        """Every process's ``obj``, in rank order."""
-        if not self.shared:
-            return [obj]
-        out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
-
     def decide(self, decision: Callable[[], T]) -> T:
         """Run ``decision`` on rank 0 and return its result everywhere; an error it raises is
         raised on every process, so that none is left waiting for the others."""
         if not self.shared:
             return decision()
-        outcome: tuple[str, Any] = ("ok", None)
+        outcome: tuple[Optional[int], Any] = (None, None)
         if self.is_main:
             try:
-                outcome = ("ok", decision())
-            except tuple(_RERAISED.values()) as exc:
-                outcome = (type(exc).__name__, str(exc))
+                outcome = (None, decision())
+            except Exception as exc:  # every process must hear of it, whatever it is
+                kind = next((i for i, cls in enumerate(_RERAISED) if isinstance(exc, cls)), _RERAISED.index(RuntimeError))
+                outcome = (kind, str(exc) if str(exc) else type(exc).__name__)
         kind, value = self.broadcast(outcome)
-        if kind != "ok":
+        if kind is not None:
             raise _RERAISED[kind](value)
         return value
 
@@ -101,9 +97,20 @@ class Group:
         if self.shared:
             dist.barrier()
 
-    def main_only(self, context: AbstractContextManager) -> AbstractContextManager:
-        """``context`` on the writing process, nothing elsewhere (e.g. a run folder's lock)."""
-        return context if self.is_main else nullcontext()
+    @contextmanager
+    def holding(self, context: AbstractContextManager) -> Iterator[None]:
+        """Enter ``context`` on the writing process only (a run folder's lock, say); if that
+        fails, every process raises its error."""
+        if not self.shared:
+            with context:
+                yield
+            return
+        entered = self.decide(lambda: context.__enter__() or True)
+        try:
+            yield
+        finally:
+            if self.is_main and entered:
+                context.__exit__(None, None, None)
 
 
 SINGLE = Group()

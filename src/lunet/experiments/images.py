@@ -181,7 +181,8 @@ def train_image_run(
 
     With several processes (``group``, default those of ``torch.distributed``), one
     model is trained by all of them together; the models of a per-class run are
-    dealt out instead, each trained by one process alone.
+    dealt out instead, each trained by one process alone, and each process returns
+    the models it trained.
     """
     group = current() if group is None else group
     run = RunFolder(run_dir)
@@ -192,7 +193,7 @@ def train_image_run(
     found = find_file(settings.dataset, FILES["train"][0], data_dir).parent
     (train_x, train_y), (val_x, val_y) = train_val_split(images, labels)
     resumable = [model_folder(run, c, settings.kind).checkpoint for c in settings.classes]
-    with group.main_only(run.locked()):
+    with group.holding(run.locked()):
         group.decide(lambda: run.begin(resume, overwrite, resumable))
         return _train_models(run, settings, config, train_x, train_y, val_x, val_y, resume, progress, limit, found,
                              group)
@@ -206,13 +207,14 @@ def _train_models(
     pre = ImagePreprocessor(settings.lam, num_dims=train_x.shape[1])
     log_prob_fn = make_log_prob_fn(pre)
     # a divergence in one class lets the whole run continue with a gentler step
-    after_divergence = resume and any(
+    after_divergence = resume and group.decide(lambda: any(
         load_checkpoint(path).get("diverged")
         for path in (model_folder(run, c, settings.kind).checkpoint for c in settings.classes)
         if path.is_file()
-    )
+    ))
     # a per-class run deals its models out over the processes; any other run's model is shared by them
     dealt = settings.kind == "per_class" and group.shared
+    speaks = group.is_main or dealt  # a shared model's messages come from process 0 alone
     results = {}
     for i, c in enumerate(settings.classes):
         if dealt and not group.owns(i):
@@ -227,7 +229,7 @@ def _train_models(
         if settings.data_init != "none" and hasattr(model, "standardize"):
             gen = torch.Generator().manual_seed(config.seed)
             logits = pre.to_model_space(tx, gen)[0]
-            if settings.data_init == "gaussian" and tx.shape[0] <= pre.num_dims:
+            if settings.data_init == "gaussian" and tx.shape[0] <= pre.num_dims and speaks:
                 # the sample covariance of n <= D points is singular: its Gaussian puts held-out images far off
                 print(f"warning: {tx.shape[0]} training images for {pre.num_dims} dimensions are too few for the "
                       f"Gaussian start (it needs more images than dimensions); starting from per-pixel "
@@ -250,7 +252,7 @@ def _train_models(
                 write_run_file(run, settings, data_dir)
             else:
                 group.decide(lambda: write_run_file(run, settings, data_dir))
-        if progress and c is not None:
+        if progress and speaks and c is not None:
             print(f"class {c}: {tx.shape[0]} training images")
         start = time.perf_counter()
         trainer.fit()
@@ -260,8 +262,8 @@ def _train_models(
             "val_bits_per_dim": nats_to_bits_per_dim(-trainer.best_val / pre.num_dims),
             "wall_seconds_this_call": time.perf_counter() - start,
         }
-    if dealt:
-        return {k: v for part in group.gather(results) for k, v in part.items()}
+    # a per-class run's processes finish at different times and exchange nothing at the end:
+    # each returns its own classes
     return results
 
 

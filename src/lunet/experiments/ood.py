@@ -29,7 +29,7 @@ from torch import nn
 from lunet.baselines.gaussian import FullCovarianceGaussian
 from lunet.experiments.data import DATASETS, load_dataset, train_val_split
 from lunet.experiments.evaluate import image_log_probs
-from lunet.experiments.images import NUM_CLASSES, load_run_models
+from lunet.experiments.images import NUM_CLASSES, class_subset, load_run_models
 from lunet.experiments.preprocess import ImagePreprocessor, bits_per_dim
 from lunet.flow import ClassConditionalFlow
 
@@ -161,7 +161,9 @@ def ood_run(
     The report holds, per model (``run``, ``gaussian``) and score, the metrics of
     :func:`detection_metrics`; the scores are ``{model: {score: (in, out)}}``. A
     per-class run scores the mixture ``log Σ_c p(x|c) p(c)``, ``p(c)`` the training
-    class frequencies. ``limit`` keeps the first ``limit`` test images of each set.
+    class frequencies; a single-class run's distribution is its class (its test images,
+    and the Gaussian and the typicality reference of its training images). ``limit``
+    keeps the first ``limit`` test images of each set.
     """
     if against not in DATASETS:
         raise ValueError(f"--against must be one of {DATASETS}, got {against!r}")
@@ -169,17 +171,21 @@ def ood_run(
     if against == settings.dataset:
         raise ValueError(f"--against {against} is the run's own data set; choose the other one")
     train_images, train_labels = load_dataset(settings.dataset, "train", data_dir=data_dir, verify=verify)
-    in_images, _ = load_dataset(settings.dataset, "test", data_dir=data_dir, verify=verify)
+    in_images, in_labels = load_dataset(settings.dataset, "test", data_dir=data_dir, verify=verify)
     out_images, _ = load_dataset(against, "test", data_dir=against_data_dir, verify=verify)
     if out_images.shape[1] != in_images.shape[1]:
         raise ValueError(f"{against} images have {out_images.shape[1]} pixels, {settings.dataset} images "
                          f"{in_images.shape[1]}: the model cannot score them")
+    (fit_x, fit_y), (val_x, val_y) = train_val_split(train_images, train_labels)
+    if settings.kind == "class":  # a one-class model: its class is the distribution
+        in_images = class_subset(in_images, in_labels, settings.class_label)[0]
+        fit_x = class_subset(fit_x, fit_y, settings.class_label)[0]
+        val_x = class_subset(val_x, val_y, settings.class_label)[0]
     if limit is not None:
         in_images, out_images = in_images[:limit], out_images[:limit]
-    (fit_x, fit_y), (val_x, _) = train_val_split(train_images, train_labels)
     pre = ImagePreprocessor(settings.lam, num_dims=in_images.shape[1])
     if settings.kind == "per_class":
-        model: nn.Module = ClassConditionalFlow(models, class_log_prior(fit_y)).eval()
+        model: nn.Module = ClassConditionalFlow(models, class_log_prior(fit_y)).to(device).eval()
     else:
         model = models[0]
     scored = {"run": model, "gaussian": fit_gaussian(fit_x, pre).to(device)}

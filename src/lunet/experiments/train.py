@@ -23,10 +23,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lunet.experiments import distributed
 from lunet.experiments.checkpoint import load_checkpoint, save_checkpoint, stale_temporaries, tensor_bytes
-from lunet.checks import check_positive_int
-from lunet.experiments.distributed import SINGLE, Group
+from lunet.experiments.distributed import SINGLE, Group, current
 from lunet.experiments.rundir import RunFolder
 from lunet.experiments.settings import TrainConfig
 
@@ -121,17 +119,29 @@ def _lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
 def mean_log_prob(
     model: nn.Module, data: torch.Tensor, log_prob_fn: LogProbFn, batch_size: int, seed: int, group: Group = SINGLE
 ) -> float:
-    """Mean ``log p`` in nats per sample over ``data``, with a fixed noise seed; with several
-    processes each scores its shard of the rows and the sums are added."""
+    """Mean ``log p`` in nats per sample over ``data``, each batch with noise from its own seed
+    (derived from ``seed``); with several processes the batches are dealt out and the sums
+    added, so the figure does not depend on how many processes share it."""
     was_training = model.training
     model.eval()
-    mine = data[group.shard(torch.arange(data.shape[0]))]
-    gen = torch.Generator(device="cpu").manual_seed(seed + 7919 * group.rank)
     total = torch.zeros((), dtype=torch.float64)
-    for start in range(0, mine.shape[0], batch_size):
-        total += log_prob_fn(model, mine[start : start + batch_size], gen).double().sum().cpu()
+    for index, start in enumerate(range(0, data.shape[0], batch_size)):
+        if group.owns(index):
+            gen = torch.Generator(device="cpu").manual_seed(_noise_seed(seed, "validation", index))
+            total += log_prob_fn(model, data[start : start + batch_size], gen).double().sum().cpu()
     model.train(was_training)
     return float(group.all_sum(total)) / data.shape[0]
+
+
+def check_shared_config(config: TrainConfig, group: Group) -> None:
+    """``ValueError`` for settings that several processes sharing one model cannot train with."""
+    if not group.shared:
+        return
+    if config.batch_size < group.world:
+        raise ValueError(f"--batch-size {config.batch_size} is below the {group.world} processes that share "
+                         f"each batch; give at least {group.world}")
+    if config.compile:
+        raise ValueError("--compile trains in one process only; leave it out when several processes share a model")
 
 
 class _ShardLoss(nn.Module):
@@ -148,12 +158,14 @@ class _ShardLoss(nn.Module):
         self.dim = dim
 
     def forward(self, shard: torch.Tensor, generator: torch.Generator, global_rows: int, world: int) -> torch.Tensor:
+        if shard.shape[0] == 0:  # a last batch with fewer rows than processes: a zero that touches every weight
+            return sum((p.sum() * 0 for p in self.model.parameters() if p.requires_grad), torch.zeros(()))
         return -self.log_prob_fn(self.model, shard, generator).sum() * (world / (global_rows * self.dim))
 
 
-def _noise_seed(seed: int, epoch: int, rank: int) -> int:
-    """The seed of process ``rank``'s noise in ``epoch`` of a run shared by several processes."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{epoch}:{rank}".encode()).digest()[:8], "little") >> 1
+def _noise_seed(*parts: object) -> int:
+    """A seed for one stream of noise, named by ``parts`` (the run's seed, what it is for, ...)."""
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
 class Trainer:
@@ -189,12 +201,8 @@ class Trainer:
         group: Optional[Group] = None,
     ) -> None:
         self.config = config
-        self.group = distributed.current() if group is None else group
-        if self.group.shared and config.batch_size < self.group.world:
-            raise ValueError(f"--batch-size {config.batch_size} is below the {self.group.world} processes that share "
-                             f"each batch; give at least {self.group.world}")
-        if self.group.shared and config.compile:
-            raise ValueError("--compile trains in one process only; leave it out when several processes share a model")
+        self.group = current() if group is None else group
+        check_shared_config(config, self.group)
         self.device = resolve_device(config.device)
         if self.device.type == "cuda":
             # Fixed batch shapes: let cuDNN pick its fastest convolution once.
@@ -293,7 +301,7 @@ class Trainer:
         self._resumed = True
         # Rows logged after the checkpoint belong to epochs that will be redone.
         metrics = self.folder.metrics
-        with self.group.main_only(self.folder.locked()):
+        with self.group.holding(self.folder.locked()):
             if self.group.is_main and metrics.exists():
                 kept = [ln for ln in metrics.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= self.epoch]
                 metrics.write_text("".join(ln + "\n" for ln in kept))
@@ -324,7 +332,7 @@ class Trainer:
             )
             raise ValueError(
                 f"{self.checkpoint_path} was trained on other data ({listed}); resume with the run's own "
-                f"data options (--limit, data set, files) or start a new run in another --out"
+                f"data options (--limit, --val-fraction, data set, files) or start a new run in another --out"
             )
         # The schedule and the batches depend on these: resuming under others
         # would silently train a different run.
@@ -346,17 +354,22 @@ class Trainer:
 
     def _diverged(self, what: str, advice: str) -> TrainingDiverged:
         """The error for a divergence, after marking the last good checkpoint (if any) as followed by one."""
-        if self.checkpoint_path.is_file():
-            ckpt: dict[str, Any] = {}
+
+        def mark() -> Optional[str]:
+            if not self.checkpoint_path.is_file():
+                return None
             try:
                 ckpt = load_checkpoint(self.checkpoint_path)
                 ckpt["diverged"] = what
-                if self.group.is_main:
-                    save_checkpoint(ckpt, self.checkpoint_path)
+                save_checkpoint(ckpt, self.checkpoint_path)
+                return str(ckpt["epoch"])
             except (ValueError, OSError):
-                pass  # a checkpoint that cannot be read or rewritten stays as it is; the message holds
+                return "?"  # a checkpoint that cannot be read or rewritten stays as it is; the message holds
+
+        epoch = self.group.decide(mark)
+        if epoch is not None:
             kept = (
-                f"the last good checkpoint (epoch {ckpt.get('epoch', '?')}) is kept in {self.checkpoint_path}; "
+                f"the last good checkpoint (epoch {epoch}) is kept in {self.checkpoint_path}; "
                 f"{advice}, or continue it with --resume and a lower --lr or a --grad-clip"
             )
         else:
@@ -410,7 +423,8 @@ class Trainer:
         order = torch.randperm(n, generator=self.generator).to(self.train_data.device)
         noise = self.noise
         if self.group.shared:
-            noise = torch.Generator(self.train_data.device).manual_seed(_noise_seed(cfg.seed, self.epoch, self.group.rank))
+            noise = torch.Generator(self.train_data.device).manual_seed(
+                _noise_seed(cfg.seed, "training", self.epoch, self.group.rank))
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         for step in range(self.steps_per_epoch):
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
@@ -437,7 +451,7 @@ class Trainer:
 
     def fit(self) -> list[dict[str, Any]]:
         """Train the remaining epochs; returns the metric rows written this call."""
-        with self.group.main_only(self.folder.locked()):
+        with self.group.holding(self.folder.locked()):
             self.group.decide(self._prepare_folder)
             if not self._resumed:
                 self.start_val = self._validation_log_prob()

@@ -26,6 +26,7 @@ from lunet.experiments.distributed import Group, current
 from lunet.experiments.rundir import RunFolder
 from lunet.experiments.settings import TrainConfig, default_train_config, vector_lunet_spec
 from lunet.experiments.train import Trainer, resolve_device
+from lunet.experiments.vectors import check_width
 from lunet.flow import placement
 
 Vectors = Union[torch.Tensor, np.ndarray, Dataset, DataLoader]
@@ -53,9 +54,9 @@ class VectorRunSettings:
             raise ValueError(f"the model spec's dim {self.model.get('dim')} is not the data's width {self.dim}")
 
 
-def as_vectors(data: Vectors, name: str = "data") -> torch.Tensor:
-    """``data`` as one float64 tensor (N, D): a tensor or array as it is, a ``Dataset`` or
-    ``DataLoader`` gathered once (items or batches may be ``(x, label)`` pairs: ``x`` is kept)."""
+def as_vectors(data: Vectors, name: str = "data", min_rows: int = 2) -> torch.Tensor:
+    """``data`` as one float64 tensor (N, D), N >= ``min_rows``: a tensor or array as it is, a ``Dataset``
+    or ``DataLoader`` gathered once (items or batches may be ``(x, label)`` pairs: ``x`` is kept)."""
     if isinstance(data, np.ndarray):
         data = torch.from_numpy(data)
     if isinstance(data, Dataset):
@@ -70,8 +71,8 @@ def as_vectors(data: Vectors, name: str = "data") -> torch.Tensor:
         raise TypeError(f"{name} must hold real numbers, got {data.dtype}")
     data = data.detach().cpu().to(torch.float64)
     check_batch(data, data.shape[1], name)
-    if data.shape[0] < 2:
-        raise ValueError(f"{name} has {data.shape[0]} row(s); training needs at least 2 (one to validate on)")
+    if data.shape[0] < min_rows:
+        raise ValueError(f"{name} has {data.shape[0]} row(s); at least {min_rows} are needed")
     return data
 
 
@@ -100,7 +101,7 @@ def train_vectors(
     config: Optional[TrainConfig] = None,
     model_spec: Optional[dict[str, Any]] = None,
     val_data: Optional[Vectors] = None,
-    val_fraction: float = 0.1,
+    val_fraction: Optional[float] = None,
     data_init: str = "standardize",
     resume: bool = False,
     overwrite: bool = False,
@@ -114,13 +115,18 @@ def train_vectors(
     ``data``: a tensor, numpy array, ``Dataset`` or ``DataLoader`` of vectors (gathered
     into memory once). ``val_data`` validates, else a fixed random ``val_fraction`` of
     the rows does. ``model_spec``: a spec for :func:`~lunet.experiments.checkpoint.build_model`
-    (default :func:`~lunet.experiments.settings.vector_lunet_spec`). ``data_init``:
+    (default :func:`~lunet.experiments.settings.vector_lunet_spec`). ``val_fraction``
+    defaults to 0.1, or to the run's own when it resumes. ``data_init``:
     start from the training rows' standardisation (default), their full-covariance
     Gaussian, or neither. ``out`` receives ``run.json``, ``checkpoint.pt`` (atomic,
     every validation), ``metrics.jsonl`` and ``curves.png``; ``resume`` continues the
     run there. Under ``torchrun`` the processes share the model (see :mod:`lunet.experiments.distributed`).
     """
     data = as_vectors(data)
+    run = RunFolder(out)
+    if val_fraction is None:
+        stored = read_run_file(out).val_fraction if resume and run.run_file.is_file() else None
+        val_fraction = stored if stored is not None else 0.1
     if val_data is None:
         train, val = split_rows(data, val_fraction)
     else:
@@ -132,8 +138,7 @@ def train_vectors(
     settings = VectorRunSettings(train.shape[1], spec, val_fraction if val_data is None else None, data_init, data_file)
     group = current() if group is None else group
     resolve_device(config.device)
-    run = RunFolder(out)
-    with group.main_only(run.locked()):
+    with group.holding(run.locked()):
         group.decide(lambda: _prepare_run(run, settings, overwrite, resume))
         torch.manual_seed(config.seed)
         model = build_model(spec)
@@ -145,6 +150,8 @@ def train_vectors(
                           extra={"data": RUN_KIND}, progress=progress, group=group)
         if resume:
             trainer.resume()
+        if group.is_main:  # every check has passed: the folder now holds this run
+            write_run_file(run, settings)
         trainer.fit()
     if trainer.best_state is not None:
         model.load_state_dict(trainer.best_state)
@@ -166,7 +173,6 @@ def _prepare_run(run: RunFolder, settings: VectorRunSettings, overwrite: bool, r
         if (stored.dim, stored.model) != (settings.dim, settings.model):
             raise ValueError(f"{run.run_file} describes another run (width {stored.dim}, model {stored.model}); "
                              f"resume with the run's own data and options or choose another --out")
-    write_run_file(run, settings)
 
 
 def write_run_file(run: RunFolder, settings: VectorRunSettings) -> None:
@@ -205,13 +211,13 @@ def load_vector_run(run_dir: str | Path, device: str = "cpu") -> tuple[VectorRun
 
 
 @torch.no_grad()
-def evaluate_vectors(run_dir: str | Path, data: Vectors, device: str = "cpu", batch_size: int = 4096) -> dict[str, Any]:
+def evaluate_vectors(run_dir: str | Path, data: Vectors, device: str = "cpu", batch_size: int = 4096,
+                     name: str = "data") -> dict[str, Any]:
     """Test likelihood of ``data`` (N, D) under a run's best model: mean NLL in nats per
-    dimension and per vector, and their spread over the rows."""
+    dimension and per vector, and their spread over the rows; ``name`` names the data in errors."""
     settings, model = load_vector_run(run_dir, device)
-    x = as_vectors(data)
-    if x.shape[1] != settings.dim:
-        raise ValueError(f"the data have {x.shape[1]} features per row but the run models {settings.dim}")
+    x = as_vectors(data, str(name), min_rows=1)
+    check_width(x, settings.dim, name)
     lp = torch.cat([log_prob_fn(model, chunk).double().cpu() for chunk in x.split(batch_size)])
     return {
         "nll_nats_per_dim": float(-lp.mean() / settings.dim),

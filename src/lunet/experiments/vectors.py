@@ -29,10 +29,11 @@ _INT_DTYPES = {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, to
 _INT_DTYPES |= {getattr(torch, name) for name in ("uint16", "uint32", "uint64") if hasattr(torch, name)}
 
 
-def load_vectors(path: str | os.PathLike) -> torch.Tensor:
+def load_vectors(path: str | os.PathLike, min_rows: int = 2) -> torch.Tensor:
     """Read N feature vectors of width D from a ``.npy``, ``.csv`` or ``.pt`` file.
 
-    Returns a contiguous float64 CPU tensor of shape (N, D), N >= 2 and D >= 1,
+    Returns a contiguous float64 CPU tensor of shape (N, D), N >= ``min_rows``
+    (2 to train on: one row at least validates; 1 to evaluate) and D >= 1,
     every value finite. Bool and integer values are converted to float64.
 
     * ``.npy``: a 2-D array of bool, int or float (no pickled objects).
@@ -60,8 +61,9 @@ def load_vectors(path: str | os.PathLike) -> torch.Tensor:
     else:
         data, lines = _read_csv(path)
     n, d = data.shape
-    if n < 2:
-        raise ValueError(f"{path} has {n} row{'' if n == 1 else 's'} of data; at least 2 are needed (N < 2)")
+    if n < min_rows:
+        raise ValueError(f"{path} has {n} row{'' if n == 1 else 's'} of data; at least {min_rows} "
+                         f"{'is' if min_rows == 1 else 'are'} needed (N < {min_rows})")
     if d == 0:
         raise ValueError(f"{path} has 0 columns (shape {tuple(data.shape)}); each row needs at least one feature")
     bad = ~torch.isfinite(data)
