@@ -154,18 +154,22 @@ def blob_images(n: int, gen: np.random.Generator) -> tuple[np.ndarray, np.ndarra
     return images, (cx - 4) // 2
 
 
-@pytest.fixture(scope="module")
-def generated_data(tmp_path_factory):
-    """MNIST-named blob images and Fashion-MNIST-named noise images, under the real file names."""
-    root = tmp_path_factory.mktemp("data")
-    gen = np.random.default_rng(0)
+def write_blob_data(root, seed: int, noise_as_fashion: bool = True):
+    """MNIST-named blob images under the real file names (and, if asked, Fashion-MNIST-named noise images)."""
+    gen = np.random.default_rng(seed)
     for split, n in (("train", N_TRAIN), ("test", N_TEST)):
         images, labels = blob_images(n, gen)
         write_idx(root / "mnist" / data.FILES[split][0], images)
         write_idx(root / "mnist" / data.FILES[split][1], labels)
-        write_idx(root / "fashion-mnist" / data.FILES[split][0], gen.integers(0, 256, (n, SIDE, SIDE)))
-        write_idx(root / "fashion-mnist" / data.FILES[split][1], gen.integers(0, 10, n))
+        if noise_as_fashion:
+            write_idx(root / "fashion-mnist" / data.FILES[split][0], gen.integers(0, 256, (n, SIDE, SIDE)))
+            write_idx(root / "fashion-mnist" / data.FILES[split][1], gen.integers(0, 10, n))
     return root
+
+
+@pytest.fixture(scope="module")
+def generated_data(tmp_path_factory):
+    return write_blob_data(tmp_path_factory.mktemp("data"), seed=0)
 
 
 def train_small(root, out, *extra: str) -> None:

@@ -14,11 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_data import write_idx
-from test_ood import N_TEST, N_TRAIN, blob_images
+from test_ood import write_blob_data
 
 from lunet.cli import main
-from lunet.experiments import data
 from lunet.experiments.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -64,13 +62,7 @@ def test_two_processes_train_the_model_of_one(vectors_file, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def blob_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("blobs")
-    gen = np.random.default_rng(1)
-    for split, n in (("train", N_TRAIN), ("test", N_TEST)):
-        images, labels = blob_images(n, gen)
-        write_idx(root / "mnist" / data.FILES[split][0], images)
-        write_idx(root / "mnist" / data.FILES[split][1], labels)
-    return root
+    return write_blob_data(tmp_path_factory.mktemp("blobs"), seed=1, noise_as_fashion=False)
 
 
 def test_per_class_models_dealt_over_two_processes_are_those_of_one(blob_data, tmp_path):

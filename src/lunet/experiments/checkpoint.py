@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
@@ -126,6 +127,31 @@ def save_checkpoint(contents: dict[str, Any], path: str | os.PathLike) -> None:
     save_atomic(contents, path)
 
 
+def first_sentence(exc: BaseException) -> str:
+    """The first sentence of an error message, short enough for a one-line report."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = re.split(r"(?<=[.?!])\s", text, maxsplit=1)[0].rstrip(".")
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def load_weights_only(path: str | os.PathLike, kind: str, rule: str) -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU; a one-line ``ValueError`` naming ``path``
+    for a file that would run code (``rule`` says what such a file should hold instead) and for one
+    that is not a readable PyTorch file (``kind`` names what it should be)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if found:  # the file names a Python callable or class to import
+            raise ValueError(
+                f"{path} holds a Python object ({found.group(1)}) besides tensors, numbers, strings and plain "
+                f"containers; loading it could run code from the file, so it is refused; {rule}"
+            ) from None
+        raise ValueError(f"{path} could not be read as a {kind}: it is corrupt or not a PyTorch file") from None
+    except Exception as exc:  # torch raises several types for damaged files
+        raise ValueError(f"{path} could not be read as a {kind}: it is corrupt ({first_sentence(exc)})") from None
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read and verify a checkpoint written by lunet; ``ValueError`` naming the problem when it is not one.
 
@@ -134,18 +160,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "GLOBAL" in str(exc):  # the file names a Python callable or class to import
-            raise ValueError(
-                f"{path} holds Python objects other than tensors, numbers, strings and plain containers; "
-                f"lunet checkpoints never do, and loading it could run code from the file, so it is refused"
-            ) from None
-        raise ValueError(f"checkpoint {path} is unreadable or corrupt: it is not a PyTorch file lunet could write") from None
-    except Exception as exc:  # torch raises several types for truncated files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"checkpoint {path} is unreadable or corrupt ({reason})") from None
+    ckpt = load_weights_only(path, "lunet checkpoint", "lunet checkpoints never hold one")
     if not isinstance(ckpt, dict) or ckpt.get("format") not in READABLE_FORMATS or "model_spec" not in ckpt:
         raise ValueError(f"{path} is not a lunet checkpoint (format {FORMAT_VERSION})")
     if ckpt["format"] >= 2 and ckpt.get("checksum") != checksum(ckpt):

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import csv
 import os
-import pickle
-import re
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import torch
 
-from lunet.experiments.checkpoint import write_atomic
+from lunet.experiments.checkpoint import first_sentence, load_weights_only, write_atomic
 
 VECTOR_SUFFIXES = (".npy", ".csv", ".pt")
 
@@ -127,13 +125,6 @@ def _suffix(path: str | os.PathLike) -> str:
     return suffix
 
 
-def _reason(exc: BaseException) -> str:
-    """The first sentence of an error message, short enough for a one-line report."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    text = re.split(r"(?<=[.?!])\s", text, maxsplit=1)[0].rstrip(".")
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
 def _shape_message(path: str | os.PathLike, shape: tuple[int, ...]) -> str:
     hint = "; save a single feature as shape (N, 1)" if len(shape) == 1 else ""
     return f"{path} holds data of shape {tuple(shape)}, not 2-D (N rows, D features){hint}"
@@ -160,9 +151,9 @@ def _read_npy(path: str | os.PathLike) -> torch.Tensor:
             raise ValueError(f"{path} holds values of dtype object, not real numbers (bool, int or float)") from None
         if "pickled" in str(exc):
             raise ValueError(f"{path} holds pickled Python data, not a numpy array, and is not loaded") from None
-        raise ValueError(f"{path} could not be read as a .npy file ({_reason(exc)})") from None
+        raise ValueError(f"{path} could not be read as a .npy file ({first_sentence(exc)})") from None
     except Exception as exc:
-        raise ValueError(f"{path} could not be read as a .npy file ({_reason(exc)})") from None
+        raise ValueError(f"{path} could not be read as a .npy file ({first_sentence(exc)})") from None
     if not isinstance(array, np.ndarray):  # an .npz archive under a .npy name
         if hasattr(array, "close"):
             array.close()
@@ -177,18 +168,7 @@ def _read_npy(path: str | os.PathLike) -> torch.Tensor:
 
 
 def _read_pt(path: str | os.PathLike) -> torch.Tensor:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL (\S+)", str(exc))
-        if found:  # the file names a Python class or function to import
-            raise ValueError(
-                f"{path} holds a Python object ({found.group(1)}) that is not loaded, as loading it could run code; "
-                f"a .pt data file must hold one tensor"
-            ) from None
-        raise ValueError(f"{path} could not be read as a .pt file (it is not a PyTorch file)") from None
-    except Exception as exc:  # torch raises several types for damaged files
-        raise ValueError(f"{path} could not be read as a .pt file ({_reason(exc)})") from None
+    obj = load_weights_only(path, ".pt file", "a .pt data file must hold one tensor")
     if not isinstance(obj, torch.Tensor):
         found = type(obj).__name__
         if isinstance(obj, dict) and obj:
@@ -246,7 +226,7 @@ def _read_csv(path: str | os.PathLike) -> tuple[torch.Tensor, list[int]]:
     except UnicodeDecodeError:
         raise ValueError(f"{path} could not be read as a .csv file (it is not UTF-8 text)") from None
     except csv.Error as exc:
-        raise ValueError(f"{path} could not be read as a .csv file ({_reason(exc)})") from None
+        raise ValueError(f"{path} could not be read as a .csv file ({first_sentence(exc)})") from None
     if not rows:
         return torch.empty(0, header_width or 0, dtype=torch.float64), lines
     return torch.tensor(rows, dtype=torch.float64), lines
