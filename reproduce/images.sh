@@ -23,8 +23,12 @@ for spec in "${RUNS[@]}"; do
   if [ "$kind" = per_class ]; then extra=(--per-class); fi
   # --resume continues a run this script started; a new run is started without it
   if [ -n "$(find "$out" -name checkpoint.pt 2>/dev/null | head -n 1)" ]; then extra+=(--resume); fi
+  # a run that diverges (the divergence check stops it, keeping the last good checkpoint)
+  # continues once from there at half the learning rate
   $LUNET train --dataset "$ds" --data-dir "$DATA" --out "$out" --epochs "$epochs" --lr "$lr" --grad-clip "$clip" \
-    "${extra[@]}" --no-progress
+    "${extra[@]}" --no-progress \
+  || $LUNET train --dataset "$ds" --data-dir "$DATA" --out "$out" --epochs "$epochs" --lr "$(python3 -c "print($lr / 2)")" \
+    --grad-clip "$clip" "${extra[@]}" --resume --no-progress
   $LUNET evaluate "$out" --data-dir "$DATA" --json "docs/results/$ds-$kind.json"
   $LUNET sample "$out" --data-dir "$DATA" --out "docs/figures/$ds-$kind-samples.png" --temperature 1.0
   $LUNET sample "$out" --data-dir "$DATA" --out "docs/figures/$ds-$kind-samples-T0.7.png" --temperature 0.7
