@@ -29,6 +29,11 @@ def test_micro_benchmark_reports_every_figure_beside_its_target():
     # each ratio's row shows the reference timed in its own rounds
     assert f"density {r['density_beside_sampling_ms']:.1f} ms" in table
     assert f"dense forward GEMMs {r['dense_forward_beside_products_ms']:.1f} ms" in table
+    # the CUDA-graph rows belong to a GPU: none on the CPU, the capture's figures or its failure there
+    assert "CUDA graph" not in table and "captured_step_ms" not in r
+    captured = micro_table({**r, "captured_step_ms": 0.9, "captured_dense_adam_ms": 0.5, "captured_step_vs_dense": 1.8})
+    assert "| training step as one CUDA graph, batch 256 | 0.900 ms |" in captured and "<= 2, and <= 1 ms" in captured
+    assert "capture failed: RuntimeError: no" in micro_table({**r, "captured_error": "RuntimeError: no"})
 
 
 def test_lunet_figures_and_table_against_the_paper():
