@@ -219,6 +219,16 @@ def test_a_compiled_training_follows_the_eager_one(tmp_path, monkeypatch):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_the_loss_compiles_for_cuda_graphs_on_a_gpu_only(tmp_path, monkeypatch):
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **k: modes.append(k.get("mode")) or fn)
+    make_trainer(tmp_path / "cpu", epochs=1, compile=True)
+    assert modes == [None]
+    if torch.cuda.is_available():
+        make_trainer(tmp_path / "gpu", epochs=1, compile=True, device="cuda")
+        assert modes[-1] == "reduce-overhead"
+
+
 def test_a_failing_compiler_falls_back_to_eager_training(tmp_path, monkeypatch, capsys):
     def broken(fn, **kwargs):
         def run(*args):
