@@ -386,7 +386,7 @@ class Trainer:
         if self._loss is self._batch_loss:
             return self._loss(batch)
         # one compiled graph for every batch size (the last batch of an epoch is smaller)
-        torch._dynamo.mark_dynamic(batch, 0)
+        torch._dynamo.maybe_mark_dynamic(batch, 0)
         try:
             return self._loss(batch)
         except Exception as exc:  # no C compiler, an unsupported platform: train as before
