@@ -172,12 +172,13 @@ BAD_INPUTS = [
     (["interpolate", "{run}", "--out", "{tmp}/i.png"], "is a run on own data (trained with --data)"),
     (["agreement", "{run}"], "is a run on own data (trained with --data)"),
     (["train", "--data", "{tmp}/good.csv", "--lam", "0.1", "--out", "{tmp}/new"], "--lam applies to"),
+    (["train", "--out", "{run}", "--epochs", "1"], "holds an image run or a run on own data"),
 ]
 
 
 BAD_IDS = ["ragged-row", "text-cell", "nan", "one-row", "wrong-width", "data-and-dataset", "val-fraction-alone",
            "per-class-with-data", "evaluate-without-data", "sample-to-png", "ood", "interpolate", "agreement",
-           "lam-with-data"]
+           "lam-with-data", "2d-into-own-run"]
 
 
 @pytest.mark.parametrize("argv, fragment", BAD_INPUTS, ids=BAD_IDS)

@@ -62,7 +62,8 @@ def run(
             run.clear()
         elif run.run_file.exists():
             if run.checkpoints():
-                raise FileExistsError(f"{out_dir} holds an image run; choose another --out, or --overwrite to replace it")
+                raise FileExistsError(f"{out_dir} holds an image run or a run on own data; choose another --out, "
+                                      f"or --overwrite to replace it")
             run.run_file.unlink()  # left by an image run that never saved a checkpoint
         return _run(run.path, settings, config, resume, progress)
 
