@@ -193,3 +193,13 @@ def test_every_process_raises_what_rank_0_decided_and_none_waits(tmp_path):
              join=True)
     # a subclass travels as its nearest listed kind; the lock held elsewhere is busy for both
     assert (tmp_path / "rank0").read_text() == (tmp_path / "rank1").read_text() == "ValueError FileNotFoundError busy"
+
+
+def test_a_refused_shared_setting_leaves_the_run_that_overwrite_would_replace(tmp_path):
+    from lunet.experiments.vector_runs import train_vectors
+
+    out = tmp_path / "run"
+    train_vectors(vectors(), out, TrainConfig(**{**CONFIG, "epochs": 1}), progress=False)
+    with pytest.raises(ValueError, match="--batch-size 1 is below the 2 processes"):
+        train_vectors(vectors(), out, TrainConfig(**{**CONFIG, "batch_size": 1}), overwrite=True, group=Group(0, 2))
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1

@@ -59,9 +59,17 @@ def PATH(text: str) -> str:  # noqa: N802 (an argparse type, named like the othe
 IMAGE_SUFFIXES = (".png", ".pdf", ".svg")
 
 
+def _suffix_problem(path: str, suffixes: Sequence[str]) -> Optional[str]:
+    """What is wrong with ``path`` as a file that must end in one of ``suffixes`` (None: nothing)."""
+    if Path(path).suffix.lower() not in suffixes:
+        return f"must name a {', '.join(suffixes)} file, got {path!r}"
+    return None
+
+
 def IMAGE_PATH(text: str) -> str:  # noqa: N802
-    if Path(PATH(text)).suffix.lower() not in IMAGE_SUFFIXES:
-        raise argparse.ArgumentTypeError(f"must name a {', '.join(IMAGE_SUFFIXES)} file, got {text!r}")
+    problem = _suffix_problem(PATH(text), IMAGE_SUFFIXES)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return text
 NON_NEGATIVE_INT = _number(int, lambda v: v >= 0, "a non-negative integer")
 SEED = _number(int, lambda v: 0 <= v < 2**63, "an integer in [0, 2^63)")
@@ -192,13 +200,12 @@ def _train_gmm2d(args: argparse.Namespace) -> int:
 
 
 def _train_vectors(args: argparse.Namespace, config: TrainConfig, group) -> int:
-    from lunet.experiments.train import check_shared_config, format_seconds
+    from lunet.experiments.train import format_seconds
     from lunet.experiments.vector_runs import train_vectors
     from lunet.experiments.vectors import load_vectors
 
     _refuse_given(args, ("model", "class_label", "per_class", "lam", "data_dir", "no_verify", "starts"),
                   "the image data sets only, not to --data")
-    check_shared_config(config, group)  # before --overwrite clears anything
     data = load_vectors(args.data)
     if args.limit is not None:
         data = data[: args.limit]
@@ -221,7 +228,7 @@ def _train_vectors(args: argparse.Namespace, config: TrainConfig, group) -> int:
 
 def _train_images(args: argparse.Namespace, config: TrainConfig, group) -> int:
     from lunet.experiments import images
-    from lunet.experiments.train import check_shared_config, format_seconds
+    from lunet.experiments.train import format_seconds
 
     _refuse_given(args, ("starts",), "--dataset gmm2d only")
     if args.model == "realnvp":
@@ -246,8 +253,6 @@ def _train_images(args: argparse.Namespace, config: TrainConfig, group) -> int:
         lam=args.lam if args.lam is not None else DEFAULT_LAM,
         data_init=(args.data_init or "gaussian") if args.model == "lunet" else "none",
     )
-    if kind != "per_class":
-        check_shared_config(config, group)  # before --overwrite clears anything
     results = images.train_image_run(
         args.out, settings, config, data_dir=args.data_dir, verify=not args.no_verify,
         resume=args.resume, progress=not args.no_progress, limit=args.limit, overwrite=args.overwrite, group=group,
@@ -311,8 +316,9 @@ def _sample_vectors(args: argparse.Namespace) -> int:
     _refuse_given(args, ("data_dir", "no_verify"), "image runs, not to a run on own data")
     if args.prior != "standard" or args.per_row != 10:
         raise ValueError("--prior and --per-row apply to image runs, not to a run on own data")
-    if Path(args.out).suffix.lower() not in VECTOR_SUFFIXES:
-        raise ValueError(f"--out for a run on own data must name a {', '.join(VECTOR_SUFFIXES)} file, got {args.out!r}")
+    problem = _suffix_problem(args.out, VECTOR_SUFFIXES)
+    if problem:
+        raise ValueError(f"--out for a run on own data {problem}")
     samples = sample_vectors(args.run_dir, args.num or 1000, args.temperature, args.seed, device=args.device)
     print(f"wrote {save_vectors(samples, args.out)} ({samples.shape[0]:,} samples of width {samples.shape[1]})")
     return 0
@@ -324,8 +330,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if is_vector_run(args.run_dir):
         return _sample_vectors(args)
-    if Path(args.out).suffix.lower() not in IMAGE_SUFFIXES:
-        raise ValueError(f"--out must name a {', '.join(IMAGE_SUFFIXES)} file for an image run, got {args.out!r}")
+    problem = _suffix_problem(args.out, IMAGE_SUFFIXES)
+    if problem:
+        raise ValueError(f"--out for an image run {problem}")
     if args.num is not None and args.num > 10_000:
         raise ValueError(f"--num for an image run is at most 10,000 (one picture), got {args.num:,}")
     import torch

@@ -25,7 +25,7 @@ from lunet.flow import placement
 from lunet.experiments.preprocess import LN2, ImagePreprocessor
 from lunet.experiments.rundir import RunFolder
 from lunet.experiments.settings import DEFAULT_LAM, TrainConfig, paper_lunet_spec
-from lunet.experiments.train import Trainer, Unit, resolve_device
+from lunet.experiments.train import Trainer, Unit, check_shared_config, resolve_device
 
 NUM_CLASSES = 10
 KINDS = ("unconditional", "class", "per_class")
@@ -189,6 +189,8 @@ def train_image_run(
     if limit is not None:
         check_positive_int(limit, "limit")
     resolve_device(config.device)
+    if settings.kind != "per_class":  # a per-class run's models each train in one process
+        check_shared_config(config, group)  # before --overwrite clears anything
     images, labels = load_dataset(settings.dataset, "train", data_dir=data_dir, verify=verify)
     found = find_file(settings.dataset, FILES["train"][0], data_dir).parent
     (train_x, train_y), (val_x, val_y) = train_val_split(images, labels)
@@ -305,7 +307,6 @@ def fitted_class_priors(
     """The fitted latent Gaussian of each model of a run, from up to ``num_images``
     images of its class in the training split (never the validation or test set)."""
     images, labels = load_dataset(settings.dataset, "train", data_dir=data_dir, verify=verify)
-    found = find_file(settings.dataset, FILES["train"][0], data_dir).parent
     (train_x, train_y), _ = train_val_split(images, labels)
     return [
         fitted_latent_gaussian(model, class_subset(train_x, train_y, c)[0][:num_images], pre)

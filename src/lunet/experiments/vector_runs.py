@@ -25,7 +25,7 @@ from lunet.experiments.checkpoint import build_model, load_model
 from lunet.experiments.distributed import Group, current
 from lunet.experiments.rundir import RunFolder
 from lunet.experiments.settings import TrainConfig, default_train_config, vector_lunet_spec
-from lunet.experiments.train import Trainer, resolve_device
+from lunet.experiments.train import Trainer, check_shared_config, resolve_device
 from lunet.experiments.vectors import check_width
 from lunet.flow import placement
 
@@ -62,7 +62,7 @@ def as_vectors(data: Vectors, name: str = "data", min_rows: int = 2) -> torch.Te
     if isinstance(data, Dataset):
         data = DataLoader(data, batch_size=1024)
     if isinstance(data, DataLoader):
-        data = torch.cat([torch.as_tensor(_features(batch)).reshape(len(_features(batch)), -1) for batch in data])
+        data = torch.cat([_features(batch) for batch in data])
     if not isinstance(data, torch.Tensor):
         raise TypeError(f"{name} must be a tensor, a numpy array, a Dataset or a DataLoader, got {type(data).__name__}")
     if data.dim() != 2:
@@ -76,8 +76,10 @@ def as_vectors(data: Vectors, name: str = "data", min_rows: int = 2) -> torch.Te
     return data
 
 
-def _features(batch: Any) -> Any:
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
+def _features(batch: Any) -> torch.Tensor:
+    """A batch's vectors as (B, D): the first member of an ``(x, label)`` pair, each item flattened."""
+    x = torch.as_tensor(batch[0] if isinstance(batch, (tuple, list)) else batch)
+    return x.reshape(x.shape[0], -1)
 
 
 def split_rows(data: torch.Tensor, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,6 +140,7 @@ def train_vectors(
     settings = VectorRunSettings(train.shape[1], spec, val_fraction if val_data is None else None, data_init, data_file)
     group = current() if group is None else group
     resolve_device(config.device)
+    check_shared_config(config, group)  # before --overwrite clears anything
     with group.holding(run.locked()):
         group.decide(lambda: _prepare_run(run, settings, overwrite, resume))
         torch.manual_seed(config.seed)
