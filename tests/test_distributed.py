@@ -56,6 +56,7 @@ def _worker(rank: int, world: int, init_file: str, out: str, epochs: int, resume
         gathered = [torch.zeros_like(flat) for _ in range(world)]
         dist.all_gather(gathered, flat)
         assert all(torch.equal(g, flat) for g in gathered), "processes hold different weights"
+        dist.barrier()  # both past the last exchange before either tears its connections down
     finally:
         dist.destroy_process_group()
 
@@ -155,6 +156,7 @@ def _worker_rows(rank: int, world: int, init_file: str, out: str, rows: int) -> 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         make_trainer(Path(out), Group(rank, world), rows=rows).fit()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -182,6 +184,7 @@ def _worker_decisions(rank: int, world: int, init_file: str, folder: str, result
         except RunFolderBusy:
             seen.append("busy")
         Path(results, f"rank{rank}").write_text(" ".join(seen))
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

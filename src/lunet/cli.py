@@ -168,7 +168,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     group, device = distributed.start(config.device)
     try:
         config = dataclasses.replace(config, device=device)
-        return _train_vectors(args, config, group) if args.data is not None else _train_images(args, config, group)
+        code = _train_vectors(args, config, group) if args.data is not None else _train_images(args, config, group)
+        if not args.per_class:
+            # every process past its last exchange before any tears its connections down
+            # (a per-class run's processes exchange nothing after the start, and finish at different times)
+            group.barrier()
+        return code
     finally:
         distributed.stop()
 
