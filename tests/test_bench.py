@@ -34,6 +34,12 @@ def test_micro_benchmark_reports_every_figure_beside_its_target():
     captured = micro_table({**r, "captured_step_ms": 0.9, "captured_dense_adam_ms": 0.5, "captured_step_vs_dense": 1.8})
     assert "| training step as one CUDA graph, batch 256 | 0.900 ms |" in captured and "<= 2, and <= 1 ms" in captured
     assert "capture failed: RuntimeError: no" in micro_table({**r, "captured_error": "RuntimeError: no"})
+    # on the CPU, the compiled step beside the eager one (or why compiling failed)
+    assert ("compiled_step_ms" in r) != ("compiled_error" in r)
+    if "compiled_step_ms" in r:
+        assert r["compiled_step_vs_eager"] > 0
+        assert f"eager step {r['eager_step_beside_compiled_ms']:.1f} ms" in table
+    assert "compiling failed: X" in micro_table({**r, "compiled_error": "X"})
 
 
 def test_lunet_figures_and_table_against_the_paper():

@@ -114,6 +114,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help=f"epochs between validation, log line and checkpoint {default('eval_every')}")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction,
                    help=f"compile the training loss with torch.compile: slower start, faster steps {default('compile')}")
+    g.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction,
+                   help=f"on a GPU, replay each full batch's training step as one captured CUDA graph "
+                        f"(eager if the capture fails) {default('cuda_graph')}")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
 

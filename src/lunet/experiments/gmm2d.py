@@ -11,7 +11,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -32,7 +32,7 @@ NLL_NATS = Unit("nll_nats", "nats", lambda nats_per_dim: 2 * nats_per_dim)
 MEAN_NLL_NATS = Unit("mean_nll_nats", "nats (mean of the starts)", lambda nats_per_dim: 2 * nats_per_dim)
 
 
-def _log_prob_fn(model: torch.nn.Module, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _log_prob_fn(model: torch.nn.Module, batch: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
     return model.log_prob(batch.to(device=model.input_mean.device, dtype=model.input_mean.dtype))
 
 

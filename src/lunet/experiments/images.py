@@ -86,11 +86,12 @@ def class_subset(
 
 
 def make_log_prob_fn(pre: ImagePreprocessor):
-    """``(model, pixels, generator) -> log p(y)`` in nats per image, dequantised with ``generator``."""
+    """``(model, pixels, noise) -> log p(y)`` in nats per image, dequantised with ``noise``
+    (U[0, 1) draws of the pixels' shape, in the model's dtype, on the pixels' device)."""
 
-    def log_prob(model: nn.Module, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def log_prob(model: nn.Module, pixels: torch.Tensor, noise: Optional[torch.Tensor]) -> torch.Tensor:
         ref = next(model.parameters())
-        logits, logdet = pre.to_model_space(pixels, generator, dtype=ref.dtype)
+        logits, logdet = pre.to_model_space(pixels, dtype=ref.dtype, noise=noise)
         return model.log_prob(logits.to(ref.device)) + logdet.to(ref.device)
 
     return log_prob
@@ -244,7 +245,7 @@ def _train_models(
         trainer = Trainer(
             model, settings.model, config, tx, vx, log_prob_fn, dim=pre.num_dims, out_dir=out,
             unit=BITS_PER_DIM, progress=progress and group.is_main,
-            extra={"class_label": c, "dataset": settings.dataset}, group=model_group,
+            extra={"class_label": c, "dataset": settings.dataset}, group=model_group, dequantize=True,
         )
         # rank 0's disk decides: the other machines of a shared model need not see the run folder
         if resume and model_group.decide(trainer.checkpoint_path.exists):

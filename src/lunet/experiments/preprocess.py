@@ -50,7 +50,8 @@ def _check_float_batch(y: object, name: str) -> torch.Tensor:
 
 
 def dequantize(
-    x: torch.Tensor, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32
+    x: torch.Tensor, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
+    noise: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Uniform dequantisation ``y = (x + u) / 256``, ``u ~ U[0, 1)``, elementwise.
 
@@ -60,7 +61,9 @@ def dequantize(
     comes from ``generator`` (the default CPU generator if None): a CPU
     generator draws it on the CPU and copies it over, so that a seed gives the
     same noise on every device; a generator on ``x``'s device draws it there,
-    with no copy (what training with the data on a GPU uses).
+    with no copy. ``noise`` (B, D) of ``dtype`` on ``x``'s device, drawn from
+    U[0, 1) beforehand, takes the place of the draw: what a compiled or
+    graph-captured training step, which draws nothing itself, passes.
     """
     x = _check_tensor(x, "pixels")
     if x.dim() != 2:
@@ -85,7 +88,12 @@ def dequantize(
                 f"pixels must lie in 0..255; {int(out_of_range.sum())} do not "
                 f"(min {x.min().item()}, max {x.max().item()})"
             )
-    if generator is not None and generator.device.type != "cpu":
+    if noise is not None:
+        if noise.shape != x.shape or noise.dtype != dtype or noise.device != x.device:
+            raise ValueError(f"noise must match the pixels: shape {tuple(x.shape)}, {dtype} on {x.device}; got "
+                             f"shape {tuple(noise.shape)}, {noise.dtype} on {noise.device}")
+        u = noise
+    elif generator is not None and generator.device.type != "cpu":
         if generator.device != x.device:
             raise ValueError(f"generator must be a CPU torch.Generator or one on the pixels' device {x.device}, "
                              f"got one on {generator.device}")
@@ -185,13 +193,15 @@ class ImagePreprocessor:
         return f"ImagePreprocessor(lam={self.lam!r}, num_dims={self.num_dims})"
 
     def to_model_space(
-        self, x: torch.Tensor, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32
+        self, x: torch.Tensor, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
+        noise: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pixels ``x`` (B, num_dims), 0..255 -> ``(l, logdet)``: ``l`` (B, num_dims), ``logdet`` (B,)."""
+        """Pixels ``x`` (B, num_dims), 0..255 -> ``(l, logdet)``: ``l`` (B, num_dims), ``logdet`` (B,);
+        dequantised with ``noise`` or a draw from ``generator`` (:func:`dequantize`)."""
         x = _check_tensor(x, "pixels")
         if x.dim() != 2 or x.shape[1] != self.num_dims:
             raise ValueError(f"pixels must have shape (batch, {self.num_dims}), got {tuple(x.shape)}")
-        y = dequantize(x, generator=generator, dtype=dtype)
+        y = dequantize(x, generator=generator, dtype=dtype, noise=noise)
         return _logit(y, self.lam)  # y is in [0, 1) by construction: no second check
 
     def to_images(self, l: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ class TrainConfig:
     dtype: str = "float32"
     eval_every: int = 1  # epochs between validation, log line and checkpoint (the last epoch always)
     compile: bool = False  # the training loss through torch.compile (falls back to eager if that fails)
+    cuda_graph: bool = True  # on a GPU, full batches replay as one CUDA graph (falls back to eager if capture fails)
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "constant"):

@@ -23,17 +23,23 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lunet.checks import set_value_checks
 from lunet.experiments.checkpoint import load_checkpoint, save_checkpoint, stale_temporaries, tensor_bytes
 from lunet.experiments.distributed import SINGLE, Group, current
 from lunet.experiments.rundir import RunFolder
 from lunet.experiments.settings import TrainConfig
+from lunet.experiments.steps import (
+    WARMUP_STEPS, CaptureFailed, CudaGraphCapture, GraphedSteps, portable_optimizer_state, tensor_learning_rates,
+)
 
-LogProbFn = Callable[[nn.Module, torch.Tensor, torch.Generator], torch.Tensor]
+# (model, batch, noise) -> log p in nats per row, (B,); noise: U[0, 1) draws of the batch's shape
+# for dequantisation (see Trainer's ``dequantize``), else None
+LogProbFn = Callable[[nn.Module, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 
 # Settings that may differ when a run is resumed: where it runs, how often it
 # reports, and its length (``--resume --epochs N`` extends a run; a cosine
 # schedule is then recomputed over the new length).
-RESUMABLE_CHANGES = ("device", "eval_every", "epochs", "compile")
+RESUMABLE_CHANGES = ("device", "eval_every", "epochs", "compile", "cuda_graph")
 # After a divergence these may change too: the way to continue from the last
 # good checkpoint with a gentler step.
 RESUMABLE_AFTER_DIVERGENCE = ("lr", "grad_clip")
@@ -115,20 +121,32 @@ def _lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
+def uniform_noise(batch: torch.Tensor, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+    """U[0, 1) draws of ``batch``'s shape in ``dtype``, drawn by ``generator`` on its device and
+    moved to ``batch``'s: the dequantisation noise of one batch."""
+    return torch.rand(batch.shape, generator=generator, dtype=dtype, device=generator.device).to(batch.device)
+
+
 @torch.no_grad()
 def mean_log_prob(
-    model: nn.Module, data: torch.Tensor, log_prob_fn: LogProbFn, batch_size: int, seed: int, group: Group = SINGLE
+    model: nn.Module, data: torch.Tensor, log_prob_fn: LogProbFn, batch_size: int, seed: int, group: Group = SINGLE,
+    dequantize: bool = False,
 ) -> float:
-    """Mean ``log p`` in nats per sample over ``data``, each batch with noise from its own seed
-    (derived from ``seed``); with several processes the batches are dealt out and the sums
-    added, so the figure does not depend on how many processes share it."""
+    """Mean ``log p`` in nats per sample over ``data``; with ``dequantize`` each batch's noise
+    comes from its own seed (derived from ``seed``). With several processes the batches are
+    dealt out and the sums added, so the figure does not depend on how many processes share it."""
     was_training = model.training
     model.eval()
+    dtype = next(model.parameters()).dtype
     total = torch.zeros((), dtype=torch.float64)
     for index, start in enumerate(range(0, data.shape[0], batch_size)):
         if group.owns(index):
-            gen = torch.Generator(device="cpu").manual_seed(_noise_seed(seed, "validation", index))
-            total += log_prob_fn(model, data[start : start + batch_size], gen).double().sum().cpu()
+            batch = data[start : start + batch_size]
+            noise = None
+            if dequantize:
+                gen = torch.Generator(device="cpu").manual_seed(_noise_seed(seed, "validation", index))
+                noise = uniform_noise(batch, gen, dtype)
+            total += log_prob_fn(model, batch, noise).double().sum().cpu()
     model.train(was_training)
     return float(group.all_sum(total)) / data.shape[0]
 
@@ -157,10 +175,10 @@ class _ShardLoss(nn.Module):
         self.log_prob_fn = log_prob_fn
         self.dim = dim
 
-    def forward(self, shard: torch.Tensor, generator: torch.Generator, global_rows: int, world: int) -> torch.Tensor:
+    def forward(self, shard: torch.Tensor, noise: Optional[torch.Tensor], global_rows: int, world: int) -> torch.Tensor:
         if shard.shape[0] == 0:  # a last batch with fewer rows than processes: a zero that touches every weight
             return sum((p.sum() * 0 for p in self.model.parameters() if p.requires_grad), torch.zeros(()))
-        return -self.log_prob_fn(self.model, shard, generator).sum() * (world / (global_rows * self.dim))
+        return -self.log_prob_fn(self.model, shard, noise).sum() * (world / (global_rows * self.dim))
 
 
 def _noise_seed(*parts: object) -> int:
@@ -174,7 +192,7 @@ class Trainer:
     Args:
         model: a flow with trainable parameters.
         model_spec: the spec that rebuilds it (stored in the checkpoint).
-        log_prob_fn: ``(model, raw_batch, generator) -> log p`` in nats, (B,).
+        log_prob_fn: ``(model, raw_batch, noise) -> log p`` in nats, (B,).
         dim: data dimension, for per-dimension losses.
         out_dir: where ``checkpoint.pt`` and ``metrics.jsonl`` go; locked while
             :meth:`fit` runs, so that two trainings cannot write there at once.
@@ -183,6 +201,10 @@ class Trainer:
             initialised ``torch.distributed`` group, else this process alone). Each
             takes its shard of every global batch of ``config.batch_size`` rows;
             rank 0 alone writes files and shows progress.
+        dequantize: whether ``log_prob_fn`` takes dequantisation noise, U[0, 1) draws of
+            the batch's shape in the model's dtype on the batch's device (else it gets
+            None). The trainer draws it from its seeded generators, outside the loss, so
+            that a compiled or captured step draws nothing itself.
     """
 
     def __init__(
@@ -199,6 +221,7 @@ class Trainer:
         extra: Optional[dict[str, Any]] = None,
         progress: bool = True,
         group: Optional[Group] = None,
+        dequantize: bool = False,
     ) -> None:
         self.config = config
         self.group = current() if group is None else group
@@ -212,6 +235,10 @@ class Trainer:
                 f"training needs at least one training and one validation example, "
                 f"got {train_data.shape[0]} and {val_data.shape[0]}"
             )
+        if train_data.is_floating_point() and not bool(torch.isfinite(train_data).all()):
+            # checked once here: the steps skip the per-batch checks that would wait for the device
+            bad = int((~torch.isfinite(train_data)).sum())
+            raise ValueError(f"the training data hold {bad} NaN or infinite value(s); shape {tuple(train_data.shape)}")
         self.model = model.to(device=self.device, dtype=config.torch_dtype)
         self.model_spec = model_spec
         # On a GPU the training data live there, and the batches, their noise and their loss stay there:
@@ -221,6 +248,7 @@ class Trainer:
         self.val_data = val_data
         self.data = {"train": data_fingerprint(train_data), "val": data_fingerprint(val_data)}
         self.log_prob_fn = log_prob_fn
+        self.dequantize = dequantize
         self.dim = dim
         self.folder = RunFolder(out_dir)
         self.unit = unit
@@ -243,11 +271,18 @@ class Trainer:
         self.start_val: Optional[float] = None  # validation log p of the untrained model, nats per sample
         self.train_seconds = 0.0
         self._resumed = False
+        # On a GPU, full batches replay as one CUDA graph (see steps.py); several processes sharing a
+        # model exchange gradients between backward and Adam, which stays eager.
+        self._capture: Any = (CudaGraphCapture(self.device)
+                              if self.device.type == "cuda" and config.cuda_graph and not self.group.shared else None)
+        self._graphed: Optional[GraphedSteps] = None  # built at the first full batch
+        self.step_mode = "cuda-graph" if self._capture is not None else "eager"
         self.compiled = config.compile
-        # on a GPU the compiled loss (forward and backward) also replays as CUDA graphs: fewer launches per step
-        mode = "reduce-overhead" if self.device.type == "cuda" else None
+        # without graphs of its own, a GPU run replays the compiled loss as CUDA graphs (reduce-overhead)
+        mode = "reduce-overhead" if self.device.type == "cuda" and self._capture is None else None
         self._loss = torch.compile(self._batch_loss, mode=mode) if self.compiled else self._batch_loss
         self._shard_loss: Optional[nn.Module] = None  # DistributedDataParallel over _ShardLoss, built by fit()
+        self._epoch_total = torch.zeros((), dtype=torch.float64, device=self.device)  # the running loss sum
 
     @property
     def checkpoint_path(self) -> Path:
@@ -262,7 +297,7 @@ class Trainer:
             "best_model": self.best_state,
             "best_val_log_prob": self.best_val,
             "start_val_log_prob": self.start_val,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": portable_optimizer_state(self.optimizer),
             "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
             "noise_generator": self.noise.get_state() if self.resident else None,
@@ -378,27 +413,33 @@ class Trainer:
             kept = f"no checkpoint had been written yet, so nothing is kept; {advice}"
         return TrainingDiverged(f"{what}; {kept}")
 
-    def _batch_loss(self, batch: torch.Tensor) -> torch.Tensor:
+    def _batch_loss(self, batch: torch.Tensor, noise: Optional[torch.Tensor]) -> torch.Tensor:
         """The training loss of one batch: mean negative log-likelihood in nats per dimension."""
-        return -self.log_prob_fn(self.model, batch, self.noise).mean() / self.dim
+        return -self.log_prob_fn(self.model, batch, noise).mean() / self.dim
 
-    def _loss_of(self, batch: torch.Tensor) -> torch.Tensor:
+    def _loss_of(self, batch: torch.Tensor, noise: Optional[torch.Tensor]) -> torch.Tensor:
         if self._loss is self._batch_loss:
-            return self._loss(batch)
+            return self._loss(batch, noise)
         # one compiled graph for every batch size (the last batch of an epoch is smaller)
         torch._dynamo.maybe_mark_dynamic(batch, 0)
+        if noise is not None:
+            torch._dynamo.maybe_mark_dynamic(noise, 0)
         try:
-            return self._loss(batch)
+            return self._loss(batch, noise)
         except Exception as exc:  # no C compiler, an unsupported platform: train as before
             self._loss, self.compiled = self._batch_loss, False
             tqdm.write(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); training eagerly")
-            return self._loss(batch)
+            return self._loss(batch, noise)
 
-    def _step_loss(self, rows: torch.Tensor, noise: torch.Generator) -> torch.Tensor:
+    def _noise_for(self, batch: torch.Tensor, generator: torch.Generator) -> Optional[torch.Tensor]:
+        return uniform_noise(batch, generator, self.config.torch_dtype) if self.dequantize else None
+
+    def _step_loss(self, rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The loss of the global batch ``rows`` (indices into the training data): its mean
         NLL per dimension, or with several processes this one's share of it."""
         if not self.group.shared:
-            return self._loss_of(self.train_data[rows])
+            batch = self.train_data[rows]
+            return self._loss_of(batch, self._noise_for(batch, generator))
         if self._shard_loss is None:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -411,7 +452,47 @@ class Trainer:
                 **{no_sync: False},
             )
         shard = self.train_data[self.group.shard(rows)]
-        return self._shard_loss(shard, noise, rows.numel(), self.group.world)
+        return self._shard_loss(shard, self._noise_for(shard, generator), rows.numel(), self.group.world)
+
+    def _clip(self) -> None:
+        if self.config.grad_clip is not None:
+            # no error_if_nonfinite: that would read the norm back; a non-finite loss ends the epoch instead
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+
+    def _eager_step(self, rows: torch.Tensor, generator: torch.Generator) -> None:
+        """One optimisation step on the global batch ``rows``; its loss is added to the epoch's sum."""
+        loss = self._step_loss(rows, generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self._clip()
+        self.optimizer.step()
+        # the mean over the batch; with several processes, this one's share of it
+        self._epoch_total.add_(loss.detach() * (rows.numel() / self.group.world))
+
+    def _graphed_body(self) -> None:
+        """The step that :class:`GraphedSteps` captures: its batch comes from the fixed buffers."""
+        graphed = self._graphed
+        loss = self._loss_of(self.train_data[graphed.rows], graphed.noise)
+        loss.backward()
+        self._clip()
+        self.optimizer.step()
+        self._epoch_total.add_(loss.detach() * graphed.rows.numel())
+
+    def _full_batch_step(self, rows: torch.Tensor, generator: torch.Generator) -> None:
+        """A step on a full batch: through the CUDA graph while there is one, else eager."""
+        if self._graphed is None:
+            tensor_learning_rates(self.optimizer, self.device, self._capture.capturable)
+            noise_like = ((self.config.batch_size, self.dim), self.config.torch_dtype, self.train_data.device)
+            self._graphed = GraphedSteps(
+                self._graphed_body, lambda: self.optimizer.zero_grad(set_to_none=True), self._capture,
+                self.config.batch_size, self.train_data.device, noise_like if self.dequantize else None,
+            )
+        try:
+            self._graphed(rows, generator)
+        except CaptureFailed as exc:
+            self._capture, self._graphed, self.step_mode = None, None, "eager"
+            tqdm.write(f"capturing the training step as a CUDA graph failed ({exc}); training eagerly")
+            self._eager_step(rows, generator)
 
     def _train_epoch(self, bar: tqdm) -> float:
         """One pass over the training data; returns its mean loss in nats per dimension.
@@ -427,20 +508,18 @@ class Trainer:
         if self.group.shared:
             noise = torch.Generator(self.train_data.device).manual_seed(
                 _noise_seed(cfg.seed, "training", self.epoch, self.group.rank))
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        for step in range(self.steps_per_epoch):
-            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            loss = self._step_loss(idx, noise)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
-            # the mean over the batch; with several processes, this one's share of it
-            total += loss.detach() * (idx.numel() / self.group.world)
-            bar.update(1)
-        mean = float(self.group.all_sum(total)) / n
+        self._epoch_total.zero_()
+        # the training data were checked once, in __init__: no step waits for a value check
+        with set_value_checks(False):
+            for step in range(self.steps_per_epoch):
+                idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                if self._capture is not None and idx.numel() == cfg.batch_size:
+                    self._full_batch_step(idx, noise)
+                else:
+                    self._eager_step(idx, noise)
+                self.scheduler.step()
+                bar.update(1)
+        mean = float(self.group.all_sum(self._epoch_total)) / n
         if not math.isfinite(mean):
             raise self._diverged(
                 f"the training loss became {mean} in epoch {self.epoch + 1}", "lower --lr or add --grad-clip"
@@ -449,7 +528,7 @@ class Trainer:
 
     def _validation_log_prob(self) -> float:
         return mean_log_prob(self.model, self.val_data, self.log_prob_fn, 1000, seed=self.config.seed + 1,
-                             group=self.group)
+                             group=self.group, dequantize=self.dequantize)
 
     def fit(self) -> list[dict[str, Any]]:
         """Train the remaining epochs; returns the metric rows written this call."""
@@ -465,8 +544,12 @@ class Trainer:
                     f"--epochs {cfg.epochs} is below the {self.epoch} epochs {self.checkpoint_path} has already "
                     f"trained; give at least {self.epoch}"
                 )
-            if self.compiled and self.progress and self.epoch < cfg.epochs:
-                tqdm.write("training step compiled with torch.compile: the first steps wait for the compiler")
+            if self.progress and self.epoch < cfg.epochs:
+                if self.compiled:
+                    tqdm.write("training step compiled with torch.compile: the first steps wait for the compiler")
+                if self.step_mode == "cuda-graph":
+                    tqdm.write(f"training steps on {self.device}: each full batch replays one CUDA graph, "
+                               f"captured after {WARMUP_STEPS} eager steps (--no-cuda-graph: all eager)")
             bar = tqdm(
                 total=cfg.epochs * self.steps_per_epoch,
                 initial=self.epoch * self.steps_per_epoch,
@@ -527,8 +610,9 @@ class Trainer:
             "epoch": self.epoch,
             f"train_{self.unit.key}": self.unit.convert(train_nll),
             f"val_{self.unit.key}": self.unit.convert(-val_lp / self.dim),
-            "lr": self.scheduler.get_last_lr()[0],
+            "lr": float(self.scheduler.get_last_lr()[0]),
             "train_seconds": self.train_seconds,
+            "steps": self.step_mode,
         }
         if self.group.is_main:
             with open(self.folder.metrics, "a") as f:

@@ -91,7 +91,7 @@ def split_rows(data: torch.Tensor, val_fraction: float) -> tuple[torch.Tensor, t
     return data[order[: n - num_val]], data[order[n - num_val :]]
 
 
-def log_prob_fn(model: nn.Module, batch: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def log_prob_fn(model: nn.Module, batch: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``log p(x)`` in nats per row, ``batch`` (B, D) moved to the model's dtype and device."""
     dtype, device = placement(model)
     return model.log_prob(batch.to(device=device, dtype=dtype))

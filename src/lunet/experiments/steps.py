@@ -1,0 +1,130 @@
+"""Training steps replayed as one CUDA graph.
+
+On a GPU a training step of LU-Net is a few hundred small kernel launches; most
+of its time is the launching, not the arithmetic. :class:`GraphedSteps`
+captures the whole step of a full batch (gather, dequantisation, forward,
+loss, backward, gradient clipping, Adam) once, as a CUDA graph, and replays
+it for every later full batch: one launch per step. The batch's row indices
+and its dequantisation noise reach the graph through fixed buffers, filled
+before each replay; the learning rate through a tensor that the schedule
+updates in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+
+# Eager steps before the capture: the allocator, the library handles and Adam's
+# state are set up by real steps, so that the capture records only the step itself.
+WARMUP_STEPS = 3
+
+
+class CaptureFailed(RuntimeError):
+    """A step could not be captured as a CUDA graph; the message says why."""
+
+
+class CudaGraphCapture:
+    """Captures work on ``device`` as a CUDA graph.
+
+    ``warmup()`` is the context of the eager steps before a capture (a side
+    stream, as the capture itself uses one); ``capture(body)`` records
+    ``body()`` without running it and returns the graph's replay.
+    """
+
+    capturable = True  # the optimiser must keep its step counts on the device
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stream = torch.cuda.Stream(device)
+
+    @contextlib.contextmanager
+    def warmup(self) -> Iterator[None]:
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            yield
+        torch.cuda.current_stream(self.device).wait_stream(self.stream)
+
+    def capture(self, body: Callable[[], None]) -> Callable[[], None]:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            body()
+        return graph.replay
+
+
+def tensor_learning_rates(optimizer: torch.optim.Optimizer, device: torch.device, capturable: bool) -> None:
+    """Give every parameter group its learning rate as a tensor on ``device``.
+
+    A captured step reads the rate from that tensor, which the schedule updates
+    in place; a Python float would be frozen into the graph. The CUDA kernel of
+    fused Adam reads a float32 rate; elsewhere the rate stays float64, the
+    precision of a Python float.
+    """
+    dtype = torch.float32 if device.type == "cuda" else torch.float64
+    for group in optimizer.param_groups:
+        if not isinstance(group["lr"], torch.Tensor):
+            group["lr"] = torch.tensor(float(group["lr"]), dtype=dtype, device=device)
+        group["capturable"] = capturable
+
+
+def portable_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with plain-float learning rates and ``capturable`` off, so that a
+    checkpoint written by graph-captured training resumes on any device, captured or not."""
+    state = optimizer.state_dict()
+    for group in state["param_groups"]:
+        if isinstance(group.get("lr"), torch.Tensor):
+            group["lr"] = float(group["lr"])
+        group["capturable"] = False
+    return state
+
+
+class GraphedSteps:
+    """Training steps on full batches of ``batch_size`` rows: the first
+    ``WARMUP_STEPS`` eager, then captured once and replayed.
+
+    Args:
+        body: one step that reads its batch from :attr:`rows` (indices into the
+            training data) and :attr:`noise` (dequantisation noise, or None) and
+            leaves the gradients to the backward pass it runs (they are unset
+            before each eager step and before the capture).
+        zero_grad: unsets the gradients.
+        capture: a :class:`CudaGraphCapture`, or a stand-in with its interface.
+        rows_device: where the row indices live (the training data's device).
+        noise_like: shape, dtype and device of the noise; None when the data
+            need none.
+    """
+
+    def __init__(
+        self, body: Callable[[], None], zero_grad: Callable[[], None], capture: Any, batch_size: int,
+        rows_device: torch.device, noise_like: Optional[tuple[tuple[int, ...], torch.dtype, torch.device]],
+    ) -> None:
+        self.body = body
+        self.zero_grad = zero_grad
+        self.capturer = capture
+        self.rows = torch.zeros(batch_size, dtype=torch.long, device=rows_device)
+        self.noise = None if noise_like is None else torch.zeros(noise_like[0], dtype=noise_like[1], device=noise_like[2])
+        self.replay: Optional[Callable[[], None]] = None
+        self.eager_steps = 0
+
+    def __call__(self, rows: torch.Tensor, generator: Optional[torch.Generator]) -> None:
+        """One optimisation step on the batch ``rows``, its noise drawn from ``generator``;
+        ``CaptureFailed`` if the capture fails (this batch is then not yet trained on)."""
+        self.rows.copy_(rows)
+        if self.noise is not None:
+            self.noise.uniform_(generator=generator)  # the same draws as torch.rand from that state
+        if self.replay is None:
+            self.zero_grad()
+            if self.eager_steps < WARMUP_STEPS:
+                with self.capturer.warmup():
+                    self.body()
+                self.eager_steps += 1
+                return
+            try:
+                self.replay = self.capturer.capture(self.body)
+            except Exception as exc:  # noqa: BLE001 (reported by the caller, which then trains eagerly)
+                self.zero_grad()
+                first = str(exc).splitlines()[0][:200] if str(exc) else ""
+                raise CaptureFailed(f"{type(exc).__name__}: {first}") from exc
+        self.replay()

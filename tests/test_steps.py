@@ -1,0 +1,178 @@
+"""The training steps: no host reads, no graph breaks, and the CUDA-graph path's bookkeeping.
+
+A real capture needs a GPU (tests/test_cuda.py). Here a stand-in capture runs the
+captured body eagerly on the CPU, as a graph's replay would run it (gradients unset
+at its start), so that everything around the capture (fixed batch and noise
+buffers, the learning rate as a tensor, the warm-up steps, the short last batch,
+checkpoints, the fallback) is checked against plain eager training bit for bit.
+"""
+
+import contextlib
+
+import pytest
+import torch
+import torch._dynamo as dynamo
+
+from lunet import LUNet
+from lunet.experiments.checkpoint import load_checkpoint
+from lunet.experiments.images import make_log_prob_fn
+from lunet.experiments.preprocess import ImagePreprocessor, dequantize
+from lunet.experiments.settings import TrainConfig
+from lunet.experiments.steps import WARMUP_STEPS
+from lunet.experiments.train import Trainer
+
+DIM = 16
+SPEC = {"name": "lunet", "dim": DIM, "num_blocks": 2}
+# 7 full batches of 64 and a last one of 52 per epoch
+PIXELS = torch.randint(0, 256, (550, DIM), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+
+
+class EagerCapture:
+    """Stands in for CudaGraphCapture: the capture records the body without running it, and a
+    replay runs it with the gradients unset first, as the captured graph's backward writes them."""
+
+    capturable = False
+
+    def __init__(self, trainer, fail_with=None):
+        self.trainer, self.fail_with = trainer, fail_with
+        self.captures = self.replays = self.warmups = 0
+
+    @contextlib.contextmanager
+    def warmup(self):
+        self.warmups += 1
+        yield
+
+    def capture(self, body):
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.captures += 1
+
+        def replay():
+            self.replays += 1
+            self.trainer.optimizer.zero_grad(set_to_none=True)
+            body()
+
+        return replay
+
+
+def image_trainer(out, epochs=2, captured=False, fail_with=None, **cfg):
+    torch.manual_seed(0)
+    config = TrainConfig(epochs=epochs, batch_size=64, seed=3, grad_clip=5.0, warmup_steps=4, **cfg)
+    trainer = Trainer(LUNet(DIM, 2), SPEC, config, PIXELS[:500], PIXELS[500:],
+                      make_log_prob_fn(ImagePreprocessor(num_dims=DIM)), dim=DIM, out_dir=out, progress=False,
+                      dequantize=True)
+    if captured:
+        trainer._capture = EagerCapture(trainer, fail_with)
+        trainer.step_mode = "cuda-graph"
+    return trainer
+
+
+def assert_same_weights(a, b):
+    for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+def test_captured_steps_train_exactly_as_eager_steps(tmp_path):
+    eager = image_trainer(tmp_path / "eager")
+    eager_rows = eager.fit()
+    graphed = image_trainer(tmp_path / "graphed", captured=True)
+    graphed_rows = graphed.fit()
+    capture = graphed._capture
+    # 14 full batches: 3 eager warm-ups, one capture, then every full batch a replay
+    assert (capture.warmups, capture.captures, capture.replays) == (WARMUP_STEPS, 1, 14 - WARMUP_STEPS)
+    assert graphed.step_mode == "cuda-graph"
+    assert_same_weights(eager, graphed)
+    assert [row["steps"] for row in graphed_rows] == ["cuda-graph"] * 2
+    assert graphed_rows == [{**row, "train_seconds": g["train_seconds"], "steps": "cuda-graph"}
+                            for row, g in zip(eager_rows, graphed_rows)]
+    # the learning rate follows its schedule through the tensor the graph reads
+    assert isinstance(graphed.optimizer.param_groups[0]["lr"], torch.Tensor)
+    assert float(graphed.optimizer.param_groups[0]["lr"]) == eager.optimizer.param_groups[0]["lr"]
+
+
+def test_a_checkpoint_of_captured_training_resumes_anywhere(tmp_path):
+    # a constant rate: a cosine schedule is recomputed over the length a resume gives
+    whole = image_trainer(tmp_path / "whole", schedule="constant")
+    whole.fit()
+    first = image_trainer(tmp_path / "split", epochs=1, captured=True, schedule="constant")
+    first.fit()
+    stored = load_checkpoint(first.checkpoint_path)["optimizer"]["param_groups"][0]
+    assert isinstance(stored["lr"], float) and stored["capturable"] is False
+    second = image_trainer(tmp_path / "split", epochs=2, schedule="constant")  # resumed eagerly
+    second.resume()
+    second.fit()
+    assert_same_weights(whole, second)
+
+
+def test_a_failed_capture_trains_on_eagerly_and_says_so(tmp_path, capsys):
+    eager = image_trainer(tmp_path / "eager")
+    eager.fit()
+    failing = image_trainer(tmp_path / "failing", captured=True,
+                            fail_with=RuntimeError("operation not permitted when stream is capturing\ndetails"))
+    failing.fit()
+    assert failing.step_mode == "eager" and failing._capture is None
+    printed = capsys.readouterr()
+    assert ("capturing the training step as a CUDA graph failed (RuntimeError: operation not permitted when "
+            "stream is capturing); training eagerly") in printed.out + printed.err
+    # the batch whose capture failed is trained eagerly, on noise drawn anew: close, not equal
+    for (name, x), y in zip(eager.model.state_dict().items(), failing.model.state_dict().values()):
+        torch.testing.assert_close(y, x, rtol=0, atol=1e-2, msg=name)
+    assert failing.epoch == 2
+
+
+READS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+def test_training_steps_read_nothing_back_from_the_device(tmp_path, monkeypatch):
+    # on a GPU every read would wait for the device; an epoch reads its loss once, at its end
+    trainer = image_trainer(tmp_path / "run", epochs=1)
+    assert trainer.steps_per_epoch == 8
+    reads = []
+    for name in READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    class Bar:
+        def update(self, n):
+            pass
+
+    trainer._train_epoch(Bar())
+    assert reads == ["__float__"]
+
+
+def test_the_image_training_loss_traces_as_one_graph(tmp_path):
+    # the dequantisation noise is drawn outside the loss, so that it compiles and captures whole
+    trainer = image_trainer(tmp_path / "run")
+    batch = PIXELS[:64]
+    noise = torch.rand(batch.shape)
+    dynamo.reset()
+    try:
+        explanation = dynamo.explain(trainer._batch_loss)(batch, noise)
+    finally:
+        dynamo.reset()
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+def test_dequantisation_with_given_noise_equals_the_generators_draw():
+    gen = torch.Generator().manual_seed(5)
+    drawn = dequantize(PIXELS, generator=gen)
+    noise = torch.rand(PIXELS.shape, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(dequantize(PIXELS, noise=noise), drawn)
+    with pytest.raises(ValueError, match=r"noise must match the pixels: shape \(550, 16\), torch.float32"):
+        dequantize(PIXELS, noise=noise[:10])
+    with pytest.raises(ValueError, match="noise must match"):
+        dequantize(PIXELS, noise=noise.double())
+
+
+def test_training_data_with_nan_are_refused_before_training(tmp_path):
+    data = torch.randn(100, 2)
+    data[7, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"the training data hold 1 NaN or infinite value\(s\); shape \(100, 2\)"):
+        Trainer(LUNet(2, 1), {"name": "lunet", "dim": 2, "num_blocks": 1}, TrainConfig(epochs=1), data,
+                torch.randn(10, 2), lambda m, b, n: m.log_prob(b), dim=2, out_dir=tmp_path)
