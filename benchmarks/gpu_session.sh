@@ -3,9 +3,11 @@
 #   1. the CUDA tests (tests/test_cuda.py);
 #   2. Table 1 on the GPU (`lunet bench --device cuda`, full mode: epochs measured);
 #   3. the speed ratios on the GPU (`lunet bench --micro --device cuda`);
-#   4. the default `lunet train --dataset mnist --device cuda` (60 epochs), alone on
-#      the GPU; its training seconds per epoch go to train-epoch-lunet-mnist-60ep.json
-#      (train_epoch_s), and 3 epochs with --compile to train-epoch-lunet-mnist-compiled.json;
+#   4. the default `lunet train --dataset mnist --device cuda` (60 epochs, steps replayed
+#      as CUDA graphs), alone on the GPU; its training seconds per epoch go to
+#      train-epoch-lunet-mnist-60ep.json (train_epoch_s); then 3 epochs each with eager
+#      steps (--no-cuda-graph) and with --compile, to train-epoch-lunet-mnist-eager.json
+#      and train-epoch-lunet-mnist-compiled.json;
 #      with EXTRA=1 also, side by side within BUDGET seconds, RealNVP on MNIST
 #      (epochs from the epoch time step 2 measured) and an 8-block LU-Net with a
 #      learnable slope (4.92M free parameters);
@@ -17,7 +19,8 @@
 #   DATA=path/to/data OUT=results BUDGET=200 bash benchmarks/gpu_session.sh
 #
 # Runs with the machine's own python3 and torch (PYTHONPATH=src); each stage has
-# its own time limit, and a failed stage does not stop the others.
+# its own time limit, cut to what is left of TOTAL seconds (default 540, so that
+# one 10-minute call holds it all), and a failed stage does not stop the others.
 set -u
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data}
@@ -35,33 +38,40 @@ R=$OUT/work
 mkdir -p "$R/runs" "$R/figures"
 LUNET="$PY -m lunet.cli"
 stage() { echo; echo "=== $* ($(date +%T))"; }
+# a stage's time limit: its own cap, or what is left before the packing's last 20 seconds
+DEADLINE=$(( $(date +%s) + ${TOTAL:-540} - 20 ))
+cap() { local left=$(( DEADLINE - $(date +%s) )); [ "$left" -lt "$1" ] && set -- "$left"; [ "$1" -lt 1 ] && set -- 1; echo "$1"; }
 
 stage "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
 
 stage "1. CUDA tests"
-timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_fast_paths.py 2>&1 | tail -5
+timeout $(cap 120) $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_fast_paths.py 2>&1 | tail -5
 
 stage "2. Table 1 on the GPU"
-timeout 150 $LUNET bench --device "$DEVICE" $BENCH_ARGS --json "$R/bench-cuda.json" || echo "stage 2 failed"
+timeout $(cap 150) $LUNET bench --device "$DEVICE" $BENCH_ARGS --json "$R/bench-cuda.json" || echo "stage 2 failed"
 
 stage "3. speed ratios on the GPU"
-timeout 60 $LUNET bench --micro --device "$DEVICE" --json "$R/micro-cuda.json" || echo "stage 3 failed"
+timeout $(cap 60) $LUNET bench --micro --device "$DEVICE" --json "$R/micro-cuda.json" || echo "stage 3 failed"
 
 stage "4. the default MNIST run (60 epochs), alone on the GPU"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 common=(--dataset mnist --data-dir "$DATA" --device "$DEVICE" --no-progress $TRAIN_ARGS)
 RUNS=(lunet-mnist-60ep)
-timeout 330 $LUNET train "${common[@]}" --out "$R/runs/lunet-mnist-60ep" > "$R/train-lunet-60ep.log" 2>&1 \
+timeout $(cap 330) $LUNET train "${common[@]}" --out "$R/runs/lunet-mnist-60ep" > "$R/train-lunet-60ep.log" 2>&1 \
   || echo "stage 4 failed"
 tail -n 3 "$R/train-lunet-60ep.log"
-# the same recipe for 3 epochs with --compile (CUDA graphs on a GPU), for its epoch time beside the eager one
-timeout 120 $LUNET train "${common[@]}" --epochs 3 --compile --out "$R/runs/lunet-mnist-compiled" \
+# the same recipe for 3 epochs with eager steps, and with the loss compiled (inside the captured step),
+# for their epoch times beside the default's
+timeout $(cap 100) $LUNET train "${common[@]}" --epochs 3 --no-cuda-graph --out "$R/runs/lunet-mnist-eager" \
+  > "$R/train-lunet-eager.log" 2>&1 || echo "stage 4, eager: failed"
+tail -n 3 "$R/train-lunet-eager.log"
+timeout $(cap 120) $LUNET train "${common[@]}" --epochs 3 --compile --out "$R/runs/lunet-mnist-compiled" \
   > "$R/train-lunet-compiled.log" 2>&1 || echo "stage 4, compiled: failed"
 tail -n 3 "$R/train-lunet-compiled.log"
 # the training loop's seconds per epoch (validation excluded), under the name the bench JSONs use
-for run in lunet-mnist-60ep lunet-mnist-compiled; do
+for run in lunet-mnist-60ep lunet-mnist-eager lunet-mnist-compiled; do
 $PY - "$R/runs/$run/metrics.jsonl" "$R/train-epoch-$run.json" <<'EOF'
 import json, sys
 try:
@@ -71,7 +81,7 @@ except OSError:
 last = rows[-1]
 # the first epoch of a compiled run waits for the compiler: the later ones show the step
 steady = [b["train_seconds"] - a["train_seconds"] for a, b in zip(rows, rows[1:])]
-out = {"train_epoch_s": last["train_seconds"] / last["epoch"], "epochs": last["epoch"],
+out = {"train_epoch_s": last["train_seconds"] / last["epoch"], "epochs": last["epoch"], "steps": last.get("steps"),
        "train_seconds": last["train_seconds"], "val_bits_per_dim": last["val_bits_per_dim"],
        "later_epochs_s": steady}
 json.dump(out, open(sys.argv[2], "w"), indent=2)
@@ -93,9 +103,9 @@ print(max(1, int(float(sys.argv[2]) / (1.5 * epoch_s))))
 EOF
 )
   echo "RealNVP: $NVP_EPOCHS epochs"
-  (timeout $((BUDGET + 30)) $LUNET train "${common[@]}" --model realnvp --out "$R/runs/realnvp-mnist" --epochs "$NVP_EPOCHS" \
+  (timeout $(cap $((BUDGET + 30))) $LUNET train "${common[@]}" --model realnvp --out "$R/runs/realnvp-mnist" --epochs "$NVP_EPOCHS" \
     > "$R/train-realnvp.log" 2>&1; echo "realnvp exit $?" >> "$R/train-realnvp.log") &
-  (timeout $((BUDGET + 30)) $LUNET train "${common[@]}" --out "$R/runs/lunet8-alpha-mnist" --blocks 8 --learn-alpha --lr 3e-4 --epochs "$LU_EPOCHS" \
+  (timeout $(cap $((BUDGET + 30))) $LUNET train "${common[@]}" --out "$R/runs/lunet8-alpha-mnist" --blocks 8 --learn-alpha --lr 3e-4 --epochs "$LU_EPOCHS" \
     > "$R/train-lunet8.log" 2>&1; echo "lunet8 exit $?" >> "$R/train-lunet8.log") &
   wait
   tail -n 3 "$R"/train-realnvp.log "$R"/train-lunet8.log
@@ -106,9 +116,9 @@ stage "5. evaluation and samples"
 for run in "${RUNS[@]}"; do
   dir=$R/runs/$run
   [ -f "$dir/checkpoint.pt" ] || { echo "$run: no checkpoint"; continue; }
-  timeout 60 $LUNET evaluate "$dir" --data-dir "$DATA" --device "$DEVICE" $EVAL_ARGS --json "$R/$run-eval.json" || echo "$run: evaluation failed"
-  timeout 30 $LUNET sample "$dir" --data-dir "$DATA" --device "$DEVICE" --out "$R/figures/$run-samples.png" || echo "$run: sampling failed"
-  timeout 30 $LUNET export "$dir" --out "$R/$run.pt" && rm "$dir/checkpoint.pt"
+  timeout $(cap 60) $LUNET evaluate "$dir" --data-dir "$DATA" --device "$DEVICE" $EVAL_ARGS --json "$R/$run-eval.json" || echo "$run: evaluation failed"
+  timeout $(cap 30) $LUNET sample "$dir" --data-dir "$DATA" --device "$DEVICE" --out "$R/figures/$run-samples.png" || echo "$run: sampling failed"
+  timeout $(cap 30) $LUNET export "$dir" --out "$R/$run.pt" && rm "$dir/checkpoint.pt"
 done
 
 stage "pack"
