@@ -40,6 +40,13 @@ def test_micro_benchmark_reports_every_figure_beside_its_target():
         assert r["compiled_step_vs_eager"] > 0
         assert f"eager step {r['eager_step_beside_compiled_ms']:.1f} ms" in table
     assert "compiling failed: X" in micro_table({**r, "compiled_error": "X"})
+    graphs = micro_table({**r, "captured_density_1000_ms": 0.2, "captured_dense_forward_1000_ms": 0.25,
+                          "captured_density_vs_dense": 0.8, "captured_sampling_1000_ms": 0.3,
+                          "captured_density_beside_sampling_ms": 0.2, "captured_sampling_vs_density": 1.5,
+                          "captured_sampling_batch1_ms": 0.1})
+    assert "| density as one CUDA graph, batch 1,000 | 0.200 ms |" in graphs and "| 0.800 | <= 1.0 |" in graphs
+    assert "| sampling, batch 1, as one CUDA graph | 0.100 ms / image (median) | – | – | <= 0.15 ms |" in graphs
+    assert "capture failed: E" in micro_table({**r, "captured_inference_error": "E"})
 
 
 def test_lunet_figures_and_table_against_the_paper():

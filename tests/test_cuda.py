@@ -182,4 +182,5 @@ def test_micro_bench_on_cuda_reports_the_captured_step_or_why_not():
 
     result = run_micro(device="cuda", dim=128, num_blocks=2, repeats=3)
     assert ("captured_step_ms" in result) != ("captured_error" in result)
+    assert ("captured_density_1000_ms" in result) != ("captured_inference_error" in result)
     assert "CUDA graph" in micro_table(result)

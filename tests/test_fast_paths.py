@@ -4,7 +4,7 @@ inference result ever comes from weights that are no longer the module's."""
 import pytest
 import torch
 
-from lunet import LULinear, LUNet
+from lunet import LUNet
 
 
 def make_net(seed=0, dim=32, blocks=4, learn_alpha=False):
@@ -248,3 +248,24 @@ def test_small_batches_of_a_wide_net_agree_with_the_training_path(batch, two_thr
     assert (ld - ld_ref).abs().max() < 1e-5 * ld_ref.abs().max()
     assert (x_back - x_ref).abs().max() < 1e-4 * x_ref.abs().max()
     assert (x_back - x).abs().max() < 1e-3
+
+
+def test_the_density_pass_off_the_cpu_reads_nothing_back_and_agrees(monkeypatch):
+    """A snapshot on a GPU runs its density pass exactly throughout (``sync_free``): no range
+    check read back after the batch. Checked here on the CPU by switching it on."""
+    net = make_net()
+    x = torch.randn(64, 32)
+    fast = net.frozen()
+    assert not fast.sync_free  # the CPU keeps the fast activation
+    synced = net.frozen()
+    synced.sync_free = True
+    reads = []
+    original = torch.Tensor.__bool__
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda self: reads.append(1) or original(self))
+    z_free, ld_free = synced._forward(x)
+    assert reads == []
+    z_fast, ld_fast = fast._forward(x)
+    assert reads == [1]  # the fast pass's range check
+    monkeypatch.undo()
+    assert torch.allclose(z_free, z_fast, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(ld_free, ld_fast, rtol=1e-6, atol=1e-3)

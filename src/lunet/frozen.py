@@ -62,6 +62,10 @@ class FrozenLUNet:
         self._flow = replica
         self._forward_plan_cache: Optional[tuple] = None
         self._inverse_plan_cache: Optional[tuple] = None
+        # Off the CPU the density pass takes the exact activation throughout: the fast one's range
+        # check would be read back after every batch, a wait for the device that also keeps the
+        # pass out of CUDA graphs and torch.compile; there the elementwise work it saves is cheap.
+        self.sync_free = self.device.type != "cpu"
 
     @property
     def dim(self) -> int:
@@ -124,10 +128,12 @@ class FrozenLUNet:
 
         Each activation runs as :func:`~lunet.fast.activation.negated_forward`; should
         a pre-activation leave its exact range, the batch is redone with
-        ``exact=True`` (:func:`~lunet.fast.activation.scaled_forward`). Two scratch
-        buffers serve every activation, and every product after the first
-        writes into the first one's output.
+        ``exact=True`` (:func:`~lunet.fast.activation.scaled_forward`). With
+        ``sync_free`` (off the CPU) every batch runs exactly at once, with nothing
+        read back. Two scratch buffers serve every activation, and every product
+        after the first writes into the first one's output.
         """
+        exact = exact or self.sync_free
         layers, slopes, const = self._forward_plan()
         u = layers[0](x)
         if not slopes:
