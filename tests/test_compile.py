@@ -44,6 +44,20 @@ def test_sample_traces_as_one_graph():
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
+def test_a_snapshots_passes_off_the_cpu_trace_as_one_graph_and_compute_the_eager_results():
+    # off the CPU a snapshot reads nothing back (sync_free, switched on here); its plans and
+    # inverse tables are built by a first eager call, which a compiled pass then finds made
+    frozen = _flow().frozen()
+    frozen.sync_free = True
+    x = torch.randn(20, 6)
+    eager_lp, eager_x = frozen.log_prob(x), frozen.inverse(x)[0]
+    for fn in (frozen.log_prob, frozen.inverse, lambda x: frozen.sample(x.shape[0])):
+        explanation = _explain(fn, x)
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch.testing.assert_close(torch.compile(frozen.log_prob, backend="aot_eager", fullgraph=True)(x), eager_lp)
+    torch.testing.assert_close(torch.compile(frozen.inverse, backend="aot_eager", fullgraph=True)(x)[0], eager_x)
+
+
 def test_a_composition_traces_as_one_graph_both_ways():
     torch.manual_seed(1)
     seq = Sequential(LULinear(5, init="random"), LeakySoftplus(0.2), LULinear(5, init="random"))

@@ -20,7 +20,7 @@ from torch import nn
 from lunet.checks import check_features, check_temperature, sample_shape_of
 from lunet.fast.activation import negated_forward, scaled_forward
 from lunet.fast.affine import SPLIT_BELOW_ROWS, SPLIT_MIN_BYTES, FrozenAffine, output_major
-from lunet.functional import leaky_softplus_log_derivative, solve_scaled, table_step
+from lunet.functional import cached_inverse_table, leaky_softplus_log_derivative, solve_scaled, table_step
 from lunet.layers import LeakySoftplus, LULinear
 from lunet.transforms import Sequential, Standardize, compose_forward, compose_inverse
 
@@ -156,14 +156,14 @@ class FrozenLUNet:
     def _inverse(self, z: torch.Tensor, with_logdet: bool = False):
         """The sampling pass from the folded matrices of :meth:`_inverse_plan`: ``x`` (B, dim),
         and with ``with_logdet`` also ``log|det dx/dz|`` (B,)."""
-        layers, slopes = self._inverse_plan()
+        layers, slopes, tables = self._inverse_plan()
         h = layers[0](z)
         # the activations' scratch buffers, made once per pass; for a small batch their
         # bookkeeping costs more than the allocations it saves
         work = {} if z.shape[0] >= 64 else None
         logdet = None
-        for layer, a in zip(layers[1:], slopes):
-            x = solve_scaled(h, a, work)  # overwrites h, whose buffer then takes the product
+        for layer, a, table in zip(layers[1:], slopes, tables):
+            x = solve_scaled(h, a, work, table=table)  # overwrites h, whose buffer then takes the product
             if with_logdet:
                 ld = leaky_softplus_log_derivative(x, a).sum(dim=-1)
                 logdet = ld if logdet is None else logdet.add_(ld)
@@ -197,10 +197,11 @@ class FrozenLUNet:
             self._forward_plan_cache = self._build_forward_plan()
         return self._forward_plan_cache
 
-    def _inverse_plan(self) -> tuple[list[FrozenAffine], list[float]]:
+    def _inverse_plan(self) -> tuple[list[FrozenAffine], list[float], list[tuple]]:
         """The sampling pass: layers in the order applied, the inverse of
-        block ``n - 1 - k`` mapping ``h -> h W_k + c_k``, and the slope of
-        the activation each layer but the last feeds.
+        block ``n - 1 - k`` mapping ``h -> h W_k + c_k``, the slope of
+        the activation each layer but the last feeds, and that activation's
+        inverse table (held here, so that a compiled pass finds it made).
 
         Each of those layers returns its output divided by the inverse table's
         node spacing ``h`` (a power of two, so exactly), which
@@ -234,7 +235,7 @@ class FrozenLUNet:
                 const = const + flow.dim * math.log1p(-a)
         return layers, slopes, const.to(dtype)
 
-    def _build_inverse_plan(self) -> tuple[list[FrozenAffine], list[float]]:
+    def _build_inverse_plan(self) -> tuple[list[FrozenAffine], list[float], list[tuple]]:
         flow = self._flow
         dtype = self.dtype
         layers, slopes = [], []
@@ -251,7 +252,8 @@ class FrozenLUNet:
                 std = flow.input_std.double()
                 weight, shift = weight * std, shift * std + flow.input_mean.double()
             layers.append(FrozenAffine(output_major(weight, dtype), shift.to(dtype), **self._split))
-        return layers, slopes
+        tables = [cached_inverse_table(a, dtype, self.device) for a in slopes]
+        return layers, slopes, tables
 
 
 def _foldable_run(parts: list, start: int) -> int:

@@ -241,13 +241,15 @@ def _(y: torch.Tensor, a: float) -> torch.Tensor:
 
 
 def solve_scaled(
-    t: torch.Tensor, a: float, work: Optional[dict] = None, y: Optional[torch.Tensor] = None
+    t: torch.Tensor, a: float, work: Optional[dict] = None, y: Optional[torch.Tensor] = None,
+    table: Optional[tuple] = None,
 ) -> torch.Tensor:
     """:func:`solve` of ``y = t h`` (``h = table_step(a)``), given ``t`` (any shape), which
     is overwritten: :class:`LUNet` folds the ``1 / h`` into the matrix before.
     ``work``: scratch buffers, as for :func:`initial_guess`; ``y``: ``t h``, if the
-    caller holds it (the Newton steps need it)."""
-    rows, h, first, steps = cached_inverse_table(a, t.dtype, t.device)
+    caller holds it (the Newton steps need it); ``table``: :func:`cached_inverse_table`'s
+    result for ``a`` and ``t``'s dtype and device, if the caller holds it (looked up otherwise)."""
+    rows, h, first, steps = table if table is not None else cached_inverse_table(a, t.dtype, t.device)
     if steps and y is None:
         y = t * h
     x = initial_guess(t, rows, first, work)
