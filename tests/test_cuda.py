@@ -113,7 +113,7 @@ def test_dequantisation_draws_on_the_device_of_its_generator():
         dequantize(pixels.cpu(), generator=torch.Generator(device=CUDA))
 
 
-def _image_trainer(out, epochs, cuda_graph=True, rows=300):
+def _image_trainer(out, epochs, cuda_graph=True, rows=400):
     pre = ImagePreprocessor()
     gen = torch.Generator().manual_seed(0)
     pixels = torch.randint(0, 256, (rows, 784), generator=gen, dtype=torch.uint8)
@@ -127,15 +127,17 @@ def _image_trainer(out, epochs, cuda_graph=True, rows=300):
 
 @pytest.mark.parametrize("cuda_graph", [False, True], ids=["eager", "cuda-graph"])
 def test_training_keeps_the_images_and_their_noise_on_the_gpu_and_resumes_exactly(tmp_path, cuda_graph):
+    # 5 full batches of 64 per epoch and a short one: each epoch alone warms up, captures and replays
     trainer = _image_trainer(tmp_path / "whole", epochs=2, cuda_graph=cuda_graph)
     assert trainer.train_data.device.type == "cuda" and trainer.noise.device.type == "cuda"
     trainer.fit()
-    assert trainer.step_mode == ("cuda-graph" if cuda_graph else "eager")
     first = _image_trainer(tmp_path / "split", epochs=1, cuda_graph=cuda_graph)
     first.fit()
     second = _image_trainer(tmp_path / "split", epochs=2, cuda_graph=cuda_graph)
     second.resume()
     second.fit()
+    for run in (trainer, first, second):
+        assert run.step_mode == ("cuda-graph" if cuda_graph else "eager")
     for name, value in trainer.model.state_dict().items():
         if cuda_graph:  # eager warm-up steps and replays may use other kernels for the same products
             torch.testing.assert_close(second.model.state_dict()[name], value, rtol=1e-5, atol=1e-6, msg=name)
@@ -149,7 +151,7 @@ def test_training_steps_replayed_as_a_cuda_graph_follow_the_eager_steps(tmp_path
     graphed.fit()
     eager = _image_trainer(tmp_path / "eager", epochs=2, cuda_graph=False, rows=1100)
     eager.fit()
-    assert graphed.step_mode == "cuda-graph" and graphed._graphed.replay is not None
+    assert graphed.step_mode == "cuda-graph"
     assert isinstance(graphed.optimizer.param_groups[0]["lr"], torch.Tensor)
     for (name, a), b in zip(eager.model.state_dict().items(), graphed.model.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
@@ -184,3 +186,25 @@ def test_micro_bench_on_cuda_reports_the_captured_step_or_why_not():
     assert ("captured_step_ms" in result) != ("captured_error" in result)
     assert ("captured_density_1000_ms" in result) != ("captured_inference_error" in result)
     assert "CUDA graph" in micro_table(result)
+
+
+def test_a_failed_capture_on_the_gpu_trains_on_eagerly_on_the_callers_stream(tmp_path, monkeypatch, capsys):
+    graphed = _image_trainer(tmp_path / "graphed", epochs=1)
+    body = graphed._graphed_body
+
+    def syncing_body():
+        body()
+        if torch.cuda.is_current_stream_capturing():
+            float(graphed._epoch_total)  # a host read: not allowed while capturing
+
+    monkeypatch.setattr(graphed, "_graphed_body", syncing_body)
+    stream = torch.cuda.current_stream()
+    graphed.fit()
+    assert graphed.step_mode == "eager" and graphed.epoch == 1
+    assert torch.cuda.current_stream() == stream
+    printed = capsys.readouterr()
+    assert "capturing the training step as a CUDA graph failed" in printed.out + printed.err
+    eager = _image_trainer(tmp_path / "eager", epochs=1, cuda_graph=False)
+    eager.fit()
+    for (name, a), b in zip(eager.model.state_dict().items(), graphed.model.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)

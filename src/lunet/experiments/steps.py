@@ -42,15 +42,31 @@ class CudaGraphCapture:
 
     @contextlib.contextmanager
     def warmup(self) -> Iterator[None]:
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.stream):
-            yield
-        torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        with torch.cuda.device(self.device):
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self.stream):
+                yield
+            torch.cuda.current_stream(self.device).wait_stream(self.stream)
 
     def capture(self, body: Callable[[], None]) -> Callable[[], None]:
+        """Record ``body()`` on this device's side stream; raises what ``body`` raised (not the
+        capture's own follow-up error), with the caller's stream current again."""
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            body()
+        # torch.cuda.graph would capture on the current device's stream (not ours for cuda:N) and,
+        # should the body fail, leave its capture stream current and report the capture's error
+        with torch.cuda.device(self.device):
+            torch.cuda.synchronize(self.device)
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self.stream):
+                graph.capture_begin()
+                try:
+                    body()
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        graph.capture_end()
+                    raise
+                graph.capture_end()
+            torch.cuda.current_stream(self.device).wait_stream(self.stream)
         return graph.replay
 
 
@@ -67,6 +83,8 @@ def tensor_learning_rates(optimizer: torch.optim.Optimizer, device: torch.device
         if not isinstance(group["lr"], torch.Tensor):
             group["lr"] = torch.tensor(float(group["lr"]), dtype=dtype, device=device)
         group["capturable"] = capturable
+    # the warm-up steps run a capturable optimiser outside a graph, as intended: no warning for it
+    optimizer._warned_capturable_if_run_uncaptured = True
 
 
 def portable_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -108,9 +126,14 @@ class GraphedSteps:
         self.replay: Optional[Callable[[], None]] = None
         self.eager_steps = 0
 
+    @property
+    def captured(self) -> bool:
+        return self.replay is not None
+
     def __call__(self, rows: torch.Tensor, generator: Optional[torch.Generator]) -> None:
         """One optimisation step on the batch ``rows``, its noise drawn from ``generator``;
-        ``CaptureFailed`` if the capture fails (this batch is then not yet trained on)."""
+        ``CaptureFailed`` if the capture fails (this batch is then not yet trained on; its rows
+        and noise are in :attr:`rows` and :attr:`noise`)."""
         self.rows.copy_(rows)
         if self.noise is not None:
             self.noise.uniform_(generator=generator)  # the same draws as torch.rand from that state

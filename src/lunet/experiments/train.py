@@ -276,7 +276,6 @@ class Trainer:
         self._capture: Any = (CudaGraphCapture(self.device)
                               if self.device.type == "cuda" and config.cuda_graph and not self.group.shared else None)
         self._graphed: Optional[GraphedSteps] = None  # built at the first full batch
-        self.step_mode = "cuda-graph" if self._capture is not None else "eager"
         self.compiled = config.compile
         # without graphs of its own, a GPU run replays the compiled loss as CUDA graphs (reduce-overhead)
         mode = "reduce-overhead" if self.device.type == "cuda" and self._capture is None else None
@@ -288,6 +287,11 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.folder.checkpoint
 
+    @property
+    def step_mode(self) -> str:
+        """``"cuda-graph"`` once full batches replay a captured step, else ``"eager"``."""
+        return "cuda-graph" if self._graphed is not None and self._graphed.captured else "eager"
+
     def _state(self) -> dict[str, Any]:
         return {
             "model_spec": self.model_spec,
@@ -298,7 +302,8 @@ class Trainer:
             "best_val_log_prob": self.best_val,
             "start_val_log_prob": self.start_val,
             "optimizer": portable_optimizer_state(self.optimizer),
-            "scheduler": self.scheduler.state_dict(),
+            # the last rates as numbers: a captured run's are tensors on its device
+            "scheduler": {**self.scheduler.state_dict(), "_last_lr": [float(v) for v in self.scheduler.get_last_lr()]},
             "generator": self.generator.get_state(),
             "noise_generator": self.noise.get_state() if self.resident else None,
             "epoch": self.epoch,
@@ -427,6 +432,8 @@ class Trainer:
         try:
             return self._loss(batch, noise)
         except Exception as exc:  # no C compiler, an unsupported platform: train as before
+            if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                raise  # the CUDA graph's capture failed, not the compiler: the caller falls back
             self._loss, self.compiled = self._batch_loss, False
             tqdm.write(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); training eagerly")
             return self._loss(batch, noise)
@@ -434,12 +441,14 @@ class Trainer:
     def _noise_for(self, batch: torch.Tensor, generator: torch.Generator) -> Optional[torch.Tensor]:
         return uniform_noise(batch, generator, self.config.torch_dtype) if self.dequantize else None
 
-    def _step_loss(self, rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _step_loss(self, rows: torch.Tensor, generator: torch.Generator,
+                   noise: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The loss of the global batch ``rows`` (indices into the training data): its mean
-        NLL per dimension, or with several processes this one's share of it."""
+        NLL per dimension, or with several processes this one's share of it. ``noise``: the
+        batch's dequantisation noise if drawn already (else drawn from ``generator``)."""
         if not self.group.shared:
             batch = self.train_data[rows]
-            return self._loss_of(batch, self._noise_for(batch, generator))
+            return self._loss_of(batch, self._noise_for(batch, generator) if noise is None else noise)
         if self._shard_loss is None:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -459,9 +468,9 @@ class Trainer:
             # no error_if_nonfinite: that would read the norm back; a non-finite loss ends the epoch instead
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
 
-    def _eager_step(self, rows: torch.Tensor, generator: torch.Generator) -> None:
+    def _eager_step(self, rows: torch.Tensor, generator: torch.Generator, noise: Optional[torch.Tensor] = None) -> None:
         """One optimisation step on the global batch ``rows``; its loss is added to the epoch's sum."""
-        loss = self._step_loss(rows, generator)
+        loss = self._step_loss(rows, generator, noise)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self._clip()
@@ -490,9 +499,11 @@ class Trainer:
         try:
             self._graphed(rows, generator)
         except CaptureFailed as exc:
-            self._capture, self._graphed, self.step_mode = None, None, "eager"
+            graphed, self._capture, self._graphed = self._graphed, None, None
+            for group in self.optimizer.param_groups:
+                group["capturable"] = False
             tqdm.write(f"capturing the training step as a CUDA graph failed ({exc}); training eagerly")
-            self._eager_step(rows, generator)
+            self._eager_step(graphed.rows, generator, graphed.noise)  # the batch and noise already drawn
 
     def _train_epoch(self, bar: tqdm) -> float:
         """One pass over the training data; returns its mean loss in nats per dimension.
@@ -547,7 +558,7 @@ class Trainer:
             if self.progress and self.epoch < cfg.epochs:
                 if self.compiled:
                     tqdm.write("training step compiled with torch.compile: the first steps wait for the compiler")
-                if self.step_mode == "cuda-graph":
+                if self._capture is not None:
                     tqdm.write(f"training steps on {self.device}: each full batch replays one CUDA graph, "
                                f"captured after {WARMUP_STEPS} eager steps (--no-cuda-graph: all eager)")
             bar = tqdm(
