@@ -154,6 +154,22 @@ def test_cli_rejects_bad_options(capsys):
     assert "--lr: must be a positive finite number" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [
+    ["train", "--dataset", "gmm2d", "--epochs", "1"],
+    ["train", "--dataset", "mnist", "--limit", "100", "--epochs", "1", "--data-dir", "."],  # no data there
+    ["bench", "--micro"],
+], ids=["train-2d", "train-images", "bench"])
+def test_a_gpu_asked_for_where_there_is_none_fails_with_one_line(tmp_path, capsys, monkeypatch, command):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if command[0] == "train":
+        command = command + ["--out", str(tmp_path / "run")]
+    assert main(command + ["--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"lunet {command[0]}: error: device 'cuda' was requested but CUDA is not available here; "
+                   f"use --device cpu"]
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
 def test_metrics_name_their_unit_and_hold_the_figures_the_console_shows(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--dataset", "gmm2d", "--out", str(out), "--epochs", "2", "--eval-every", "1",
