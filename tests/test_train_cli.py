@@ -64,6 +64,30 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     assert [json.loads(line)["epoch"] for line in lines] == [2, 4, 6]
 
 
+def test_the_curves_are_redrawn_at_most_every_half_minute_and_for_every_row_at_a_stop(tmp_path, monkeypatch):
+    import lunet.experiments.plots as plots
+
+    drawn = []  # the epochs of the metrics each drawing showed
+    monkeypatch.setattr(plots, "plot_training_curves", lambda metrics, *a: drawn.append(
+        [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]))
+    trainer, _ = make_trainer(tmp_path / "whole", epochs=5)
+    trainer.fit()
+    assert drawn == [[1], [1, 2, 3, 4, 5]]  # the first epoch, then the last: all within 30 s
+    drawn.clear()
+    stopped, _ = make_trainer(tmp_path / "stopped", epochs=5)
+    train_epoch = stopped._train_epoch
+
+    def interrupted_in_epoch_4(bar):
+        if stopped.epoch == 3:
+            raise KeyboardInterrupt
+        return train_epoch(bar)
+
+    stopped._train_epoch = interrupted_in_epoch_4
+    with pytest.raises(KeyboardInterrupt):
+        stopped.fit()
+    assert drawn == [[1], [1, 2, 3]]
+
+
 def test_resume_under_other_optimisation_settings_is_refused(tmp_path):
     trainer, _ = make_trainer(tmp_path, epochs=2)
     trainer.fit()
