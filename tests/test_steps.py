@@ -105,6 +105,22 @@ def test_captured_steps_train_exactly_as_eager_steps(tmp_path):
     assert float(graphed.optimizer.param_groups[0]["lr"]) == eager.optimizer.param_groups[0]["lr"]
 
 
+def test_a_compiled_loss_inside_the_captured_steps_trains_as_the_compiled_eager_steps(tmp_path, monkeypatch):
+    # --compile with graphs on: the compiled loss runs inside the captured body, on the fixed buffers
+    compile_ = torch.compile
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **k: modes.append(k.get("mode")) or compile_(
+        fn, backend="aot_eager", **{key: v for key, v in k.items() if key != "mode"}))
+    eager = image_trainer(tmp_path / "eager", compile=True)
+    eager.fit()
+    graphed = image_trainer(tmp_path / "graphed", captured=True, compile=True)
+    graphed.fit()
+    assert eager.compiled and graphed.compiled and graphed.step_mode == "cuda-graph"
+    assert modes == [None, None]  # the CPU compiles without reduce-overhead
+    for (name, x), y in zip(eager.model.state_dict().items(), graphed.model.state_dict().values()):
+        torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_a_checkpoint_of_captured_training_resumes_anywhere(tmp_path):
     # a constant rate: a cosine schedule is recomputed over the length a resume gives
     whole = image_trainer(tmp_path / "whole", schedule="constant")
