@@ -5,13 +5,13 @@
 #   3. the speed ratios on the GPU (`lunet bench --micro --device cuda`);
 #   4. the default `lunet train --dataset mnist --device cuda` (60 epochs, steps replayed
 #      as CUDA graphs), alone on the GPU; its training seconds per epoch go to
-#      train-epoch-lunet-mnist-60ep.json (train_epoch_s); then 3 epochs each with eager
-#      steps (--no-cuda-graph) and with --compile, to train-epoch-lunet-mnist-eager.json
-#      and train-epoch-lunet-mnist-compiled.json;
+#      train-epoch-lunet-mnist-60ep.json (train_epoch_s);
 #      with EXTRA=1 also, side by side within BUDGET seconds, RealNVP on MNIST
 #      (epochs from the epoch time step 2 measured) and an 8-block LU-Net with a
 #      learnable slope (4.92M free parameters);
-#   5. test-set evaluation and sample grids of every run trained in step 4.
+#   5. test-set evaluation and sample grids of every run trained in step 4;
+#   6. 3 epochs each with eager steps (--no-cuda-graph) and with --compile, to
+#      train-epoch-lunet-mnist-eager.json and train-epoch-lunet-mnist-compiled.json.
 # Results go to $OUT: gpu-results.tar.gz (logs, JSON, metrics, PNGs) and the
 # best weights of each run (`lunet export`), split into parts of 15 MB
 # (`cat NAME.pt.part-* > checkpoint.pt` joins them).
@@ -47,32 +47,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
 
 stage "1. CUDA tests"
-timeout $(cap 120) $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_fast_paths.py 2>&1 | tail -5
+timeout $(cap 90) $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_fast_paths.py 2>&1 | tail -5
 
 stage "2. Table 1 on the GPU"
-timeout $(cap 150) $LUNET bench --device "$DEVICE" $BENCH_ARGS --json "$R/bench-cuda.json" || echo "stage 2 failed"
+timeout $(cap 120) $LUNET bench --device "$DEVICE" $BENCH_ARGS --json "$R/bench-cuda.json" || echo "stage 2 failed"
 
 stage "3. speed ratios on the GPU"
 timeout $(cap 60) $LUNET bench --micro --device "$DEVICE" --json "$R/micro-cuda.json" || echo "stage 3 failed"
 
-stage "4. the default MNIST run (60 epochs), alone on the GPU"
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
-common=(--dataset mnist --data-dir "$DATA" --device "$DEVICE" --no-progress $TRAIN_ARGS)
-RUNS=(lunet-mnist-60ep)
-timeout $(cap 330) $LUNET train "${common[@]}" --out "$R/runs/lunet-mnist-60ep" > "$R/train-lunet-60ep.log" 2>&1 \
-  || echo "stage 4 failed"
-tail -n 3 "$R/train-lunet-60ep.log"
-# the same recipe for 3 epochs with eager steps, and with the loss compiled (inside the captured step),
-# for their epoch times beside the default's
-timeout $(cap 100) $LUNET train "${common[@]}" --epochs 3 --no-cuda-graph --out "$R/runs/lunet-mnist-eager" \
-  > "$R/train-lunet-eager.log" 2>&1 || echo "stage 4, eager: failed"
-tail -n 3 "$R/train-lunet-eager.log"
-timeout $(cap 120) $LUNET train "${common[@]}" --epochs 3 --compile --out "$R/runs/lunet-mnist-compiled" \
-  > "$R/train-lunet-compiled.log" 2>&1 || echo "stage 4, compiled: failed"
-tail -n 3 "$R/train-lunet-compiled.log"
-# the training loop's seconds per epoch (validation excluded), under the name the bench JSONs use
-for run in lunet-mnist-60ep lunet-mnist-eager lunet-mnist-compiled; do
-$PY - "$R/runs/$run/metrics.jsonl" "$R/train-epoch-$run.json" <<'EOF'
+# a run's training seconds per epoch (validation excluded), under the name the bench JSONs use
+epoch_json() {
+$PY - "$R/runs/$1/metrics.jsonl" "$R/train-epoch-$1.json" <<'EOF'
 import json, sys
 try:
     rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
@@ -87,7 +72,16 @@ out = {"train_epoch_s": last["train_seconds"] / last["epoch"], "epochs": last["e
 json.dump(out, open(sys.argv[2], "w"), indent=2)
 print(sys.argv[2], out)
 EOF
-done
+}
+
+stage "4. the default MNIST run (60 epochs), alone on the GPU"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+common=(--dataset mnist --data-dir "$DATA" --device "$DEVICE" --no-progress $TRAIN_ARGS)
+RUNS=(lunet-mnist-60ep)
+timeout $(cap 240) $LUNET train "${common[@]}" --out "$R/runs/lunet-mnist-60ep" > "$R/train-lunet-60ep.log" 2>&1 \
+  || echo "stage 4 failed"
+tail -n 3 "$R/train-lunet-60ep.log"
+epoch_json lunet-mnist-60ep
 
 if [ "${EXTRA:-0}" = 1 ]; then
   stage "4b. trainings within ${BUDGET}s (EXTRA=1)"
@@ -116,10 +110,22 @@ stage "5. evaluation and samples"
 for run in "${RUNS[@]}"; do
   dir=$R/runs/$run
   [ -f "$dir/checkpoint.pt" ] || { echo "$run: no checkpoint"; continue; }
-  timeout $(cap 60) $LUNET evaluate "$dir" --data-dir "$DATA" --device "$DEVICE" $EVAL_ARGS --json "$R/$run-eval.json" || echo "$run: evaluation failed"
+  timeout $(cap 45) $LUNET evaluate "$dir" --data-dir "$DATA" --device "$DEVICE" $EVAL_ARGS --json "$R/$run-eval.json" || echo "$run: evaluation failed"
   timeout $(cap 30) $LUNET sample "$dir" --data-dir "$DATA" --device "$DEVICE" --out "$R/figures/$run-samples.png" || echo "$run: sampling failed"
   timeout $(cap 30) $LUNET export "$dir" --out "$R/$run.pt" && rm "$dir/checkpoint.pt"
 done
+
+stage "6. 3 epochs with eager steps, and with the loss compiled (inside the captured step)"
+# their epoch times beside the default run's
+timeout $(cap 45) $LUNET train "${common[@]}" --epochs 3 --no-cuda-graph --out "$R/runs/lunet-mnist-eager" \
+  > "$R/train-lunet-eager.log" 2>&1 || echo "stage 6, eager: failed"
+tail -n 3 "$R/train-lunet-eager.log"
+epoch_json lunet-mnist-eager
+timeout $(cap 90) $LUNET train "${common[@]}" --epochs 3 --compile --out "$R/runs/lunet-mnist-compiled" \
+  > "$R/train-lunet-compiled.log" 2>&1 || echo "stage 6, compiled: failed"
+tail -n 3 "$R/train-lunet-compiled.log"
+epoch_json lunet-mnist-compiled
+rm -f "$R"/runs/lunet-mnist-{eager,compiled}/checkpoint.pt  # their figures are kept; 40 MB each is not
 
 stage "pack"
 for run in "${RUNS[@]}"; do

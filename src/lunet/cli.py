@@ -113,7 +113,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-every", type=POSITIVE_INT,
                    help=f"epochs between validation, log line and checkpoint {default('eval_every')}")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction,
-                   help=f"compile the training loss with torch.compile: slower start, faster steps {default('compile')}")
+                   help=f"compile the training loss with torch.compile: slower start; faster steps where that pays "
+                        f"(not for the MNIST model on a CPU: docs/benchmark.md) {default('compile')}")
     g.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction,
                    help=f"on a GPU, replay each full batch's training step as one captured CUDA graph "
                         f"(eager if the capture fails) {default('cuda_graph')}")

@@ -43,6 +43,11 @@ class FrozenLUNet:
     (``[Standardize] LULinear (LeakySoftplus LULinear)*``). ``split_below_rows``
     and ``split_min_bytes`` tune the products (see
     :class:`~lunet.fast.affine.FrozenAffine`), not the results.
+
+    ``sync_free`` (on for a snapshot off the CPU): the density pass reads nothing back
+    to the host, so that it never waits for the device and compiles or captures as one
+    graph; off, it takes a cheaper activation and reads back one flag per batch, whether
+    that activation stayed exact (it redoes the batch if not).
     """
 
     def __init__(
@@ -62,9 +67,7 @@ class FrozenLUNet:
         self._flow = replica
         self._forward_plan_cache: Optional[tuple] = None
         self._inverse_plan_cache: Optional[tuple] = None
-        # Off the CPU the density pass takes the exact activation throughout: the fast one's range
-        # check would be read back after every batch, a wait for the device that also keeps the
-        # pass out of CUDA graphs and torch.compile; there the elementwise work it saves is cheap.
+        # off the CPU the elementwise work the fast activation saves is cheap, and a wait is not
         self.sync_free = self.device.type != "cpu"
 
     @property

@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from lunet.experiments.checkpoint import build_model
+from lunet.experiments.checkpoint import build_model, error_line
 from lunet.flow import for_inference
 from lunet.experiments.settings import paper_lunet_spec
 from lunet.experiments.train import resolve_device
@@ -100,23 +100,17 @@ def captured_step(loss_of: Callable[[torch.Tensor], torch.Tensor], params: list[
     """One optimisation step on a CUDA ``batch`` (``loss_of(batch)``, backward, fused capturable Adam)
     captured as one CUDA graph; returns its replay. Raises what the capture raises (an operation that
     waits for the host, say)."""
-    from lunet.experiments.steps import WARMUP_STEPS, CudaGraphCapture, tensor_learning_rates
+    from lunet.experiments.steps import CudaGraphCapture, prepare_for_capture, warmed_capture
 
     opt = torch.optim.Adam(params, lr=1e-5, fused=True)
-    tensor_learning_rates(opt, batch.device, capturable=True)  # as the trainer's captured steps have it
+    prepare_for_capture(opt, batch.device, capturable=True)  # as the trainer's captured steps have it
     static = batch.clone()
-    capture = CudaGraphCapture(batch.device)
 
     def body() -> None:
         loss_of(static).backward()
         opt.step()
 
-    for _ in range(WARMUP_STEPS):
-        opt.zero_grad(set_to_none=True)
-        with capture.warmup():
-            body()
-    opt.zero_grad(set_to_none=True)
-    return capture.capture(body)
+    return warmed_capture(CudaGraphCapture(batch.device), body, lambda: opt.zero_grad(set_to_none=True))
 
 
 def _captured_rows(model: nn.Module, weights: list[torch.Tensor], x: torch.Tensor, paired) -> dict[str, Any]:
@@ -141,7 +135,7 @@ def _captured_rows(model: nn.Module, weights: list[torch.Tensor], x: torch.Tenso
             lunet_step = captured_step(lunet_loss, list(lunet_copy.parameters()), x)
         dense_step = captured_step(dense_loss, dense, x)
     except Exception as exc:  # noqa: BLE001 (reported in the table, not hidden)
-        return {"captured_error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
+        return {"captured_error": error_line(exc)}
     t_lunet, t_dense, ratio = paired(lunet_step, dense_step)
     return {"captured_step_ms": t_lunet * 1e3, "captured_dense_adam_ms": t_dense * 1e3, "captured_step_vs_dense": ratio}
 
@@ -152,7 +146,7 @@ def _captured_inference_rows(frozen: Any, weights: list[torch.Tensor], x: torch.
     against the dense forward products captured the same way; ``{"captured_inference_error": ...}``
     if a capture fails."""
     from lunet.checks import set_value_checks
-    from lunet.experiments.steps import WARMUP_STEPS, CudaGraphCapture
+    from lunet.experiments.steps import CudaGraphCapture, warmed_capture
 
     static = x.clone()
     dense = [w.detach() for w in weights]
@@ -171,13 +165,9 @@ def _captured_inference_rows(frozen: Any, weights: list[torch.Tensor], x: torch.
     capture = CudaGraphCapture(x.device)
     try:
         with torch.no_grad(), set_value_checks(False):
-            for fn in passes.values():  # plans, allocations and kernel choices before the capture
-                for _ in range(WARMUP_STEPS):
-                    with capture.warmup():
-                        fn()
-            replays = {name: capture.capture(fn) for name, fn in passes.items()}
+            replays = {name: warmed_capture(capture, fn) for name, fn in passes.items()}
     except Exception as exc:  # noqa: BLE001 (reported in the table, not hidden)
-        return {"captured_inference_error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
+        return {"captured_inference_error": error_line(exc)}
     t_density, t_dense, r_density = paired(replays["density"], replays["dense"])
     t_sampling, t_density_beside, r_sampling = paired(replays["sampling"], replays["density"])
     t_one = time_call(replays["sampling1"], x.device, repeats * 5)
@@ -197,7 +187,7 @@ def _compiled_rows(model: nn.Module, x: torch.Tensor, paired) -> dict[str, Any]:
     try:
         compiled()  # the compiler's wait, outside the timing
     except Exception as exc:  # noqa: BLE001 (reported in the table, not hidden)
-        return {"compiled_error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
+        return {"compiled_error": error_line(exc)}
     t_compiled, t_eager, ratio = paired(compiled, eager)
     return {"compiled_step_ms": t_compiled * 1e3, "eager_step_beside_compiled_ms": t_eager * 1e3,
             "compiled_step_vs_eager": ratio}
@@ -379,6 +369,10 @@ def run_micro(device: str = "cpu", dim: int = 784, num_blocks: int = 4, repeats:
       the snapshot's;
     - sampling at batch 1,000 vs density, target <= 1.5; sampling at batch 1
       in ms per image, target < 1 (the median of its calls, and the fastest).
+
+    On the CPU also the step with its loss through ``torch.compile`` against the
+    eager step; on a GPU the training step, the density and the sampling passes
+    each captured as one CUDA graph, against their references captured the same way.
 
     Each ratio is the median over ``repeats`` rounds that time both sides
     back to back; each row reports the reference's median from its own rounds

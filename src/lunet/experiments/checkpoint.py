@@ -134,6 +134,11 @@ def first_sentence(exc: BaseException) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
+def error_line(exc: BaseException) -> str:
+    """``Type: first sentence`` of an error, for the one line that reports a failure worked around."""
+    return f"{type(exc).__name__}: {first_sentence(exc)}" if str(exc).strip() else type(exc).__name__
+
+
 def load_weights_only(path: str | os.PathLike, kind: str, rule: str) -> Any:
     """``torch.load(path, weights_only=True)`` onto the CPU; a one-line ``ValueError`` naming ``path``
     for a file that would run code (``rule`` says what such a file should hold instead) and for one

@@ -25,7 +25,7 @@ from lunet.flow import placement
 from lunet.experiments.preprocess import LN2, ImagePreprocessor
 from lunet.experiments.rundir import RunFolder
 from lunet.experiments.settings import DEFAULT_LAM, TrainConfig, paper_lunet_spec
-from lunet.experiments.train import Trainer, Unit, check_shared_config, resolve_device
+from lunet.experiments.train import LogProbFn, Trainer, Unit, check_shared_config, resolve_device
 
 NUM_CLASSES = 10
 KINDS = ("unconditional", "class", "per_class")
@@ -85,11 +85,14 @@ def class_subset(
     return images[keep], labels[keep]
 
 
-def make_log_prob_fn(pre: ImagePreprocessor):
+def make_log_prob_fn(pre: ImagePreprocessor) -> LogProbFn:
     """``(model, pixels, noise) -> log p(y)`` in nats per image, dequantised with ``noise``
-    (U[0, 1) draws of the pixels' shape, in the model's dtype, on the pixels' device)."""
+    (U[0, 1) draws of the pixels' shape, in the model's dtype, on the pixels' device; a
+    ``Trainer`` draws them with ``dequantize=True``)."""
 
     def log_prob(model: nn.Module, pixels: torch.Tensor, noise: Optional[torch.Tensor]) -> torch.Tensor:
+        if noise is None:  # else dequantize would draw from the unseeded global generator
+            raise ValueError("image log-likelihoods need dequantisation noise: give the Trainer dequantize=True")
         ref = next(model.parameters())
         logits, logdet = pre.to_model_space(pixels, dtype=ref.dtype, noise=noise)
         return model.log_prob(logits.to(ref.device)) + logdet.to(ref.device)

@@ -49,6 +49,20 @@ def _check_float_batch(y: object, name: str) -> torch.Tensor:
     return y
 
 
+def uniform_noise(
+    like: torch.Tensor, generator: Optional[torch.Generator], dtype: torch.dtype, out: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """U[0, 1) draws of ``like``'s shape in ``dtype`` on ``like``'s device: the dequantisation
+    noise of a batch. ``generator`` (the default CPU generator if None) draws on its own
+    device: a CPU generator draws on the CPU and the draws are copied over, so that a seed
+    gives the same noise on every device. ``out``: a buffer to draw into, on the
+    generator's device (what a captured training step reads its noise from)."""
+    if out is not None:
+        return out.uniform_(generator=generator)  # the same draws as torch.rand from that state
+    device = generator.device if generator is not None else torch.device("cpu")
+    return torch.rand(like.shape, generator=generator, dtype=dtype, device=device).to(like.device)
+
+
 def dequantize(
     x: torch.Tensor, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
     noise: Optional[torch.Tensor] = None,
@@ -93,13 +107,11 @@ def dequantize(
             raise ValueError(f"noise must match the pixels: shape {tuple(x.shape)}, {dtype} on {x.device}; got "
                              f"shape {tuple(noise.shape)}, {noise.dtype} on {noise.device}")
         u = noise
-    elif generator is not None and generator.device.type != "cpu":
-        if generator.device != x.device:
+    else:
+        if generator is not None and generator.device.type != "cpu" and generator.device != x.device:
             raise ValueError(f"generator must be a CPU torch.Generator or one on the pixels' device {x.device}, "
                              f"got one on {generator.device}")
-        u = torch.rand(x.shape, generator=generator, dtype=dtype, device=x.device)
-    else:
-        u = torch.rand(x.shape, generator=generator, dtype=dtype).to(x.device)
+        u = uniform_noise(x, generator, dtype)
     xf = x.to(dtype)
     # x + u can round up to x + 1 (in float32 when u > 1 - 2^-17 for x >= 128);
     # cap it at the largest float below x + 1 so y < 1 and floor(256 y) == x.

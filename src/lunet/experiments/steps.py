@@ -17,6 +17,9 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
+from lunet.experiments.checkpoint import error_line
+from lunet.experiments.preprocess import uniform_noise
+
 # Eager steps before the capture: the allocator, the library handles and Adam's
 # state are set up by real steps, so that the capture records only the step itself.
 WARMUP_STEPS = 3
@@ -70,8 +73,23 @@ class CudaGraphCapture:
         return graph.replay
 
 
-def tensor_learning_rates(optimizer: torch.optim.Optimizer, device: torch.device, capturable: bool) -> None:
-    """Give every parameter group its learning rate as a tensor on ``device``.
+def warmed_capture(capture: CudaGraphCapture, body: Callable[[], None],
+                   before_each: Callable[[], None] = lambda: None) -> Callable[[], None]:
+    """``body`` run ``WARMUP_STEPS`` times in ``capture``'s warm-up context, then captured;
+    returns the replay. ``before_each`` runs before every run and before the capture
+    (unsetting gradients, say)."""
+    for _ in range(WARMUP_STEPS):
+        before_each()
+        with capture.warmup():
+            body()
+    before_each()
+    return capture.capture(body)
+
+
+def prepare_for_capture(optimizer: torch.optim.Optimizer, device: torch.device, capturable: bool) -> None:
+    """Make ``optimizer``'s steps capturable: every parameter group gets its learning rate as a
+    tensor on ``device`` and the flag ``capturable``, and the optimiser no longer warns about
+    capturable steps run eagerly (the warm-up steps are).
 
     A captured step reads the rate from that tensor, which the schedule updates
     in place; a Python float would be frozen into the graph. The CUDA kernel of
@@ -83,7 +101,6 @@ def tensor_learning_rates(optimizer: torch.optim.Optimizer, device: torch.device
         if not isinstance(group["lr"], torch.Tensor):
             group["lr"] = torch.tensor(float(group["lr"]), dtype=dtype, device=device)
         group["capturable"] = capturable
-    # the warm-up steps run a capturable optimiser outside a graph, as intended: no warning for it
     optimizer._warned_capturable_if_run_uncaptured = True
 
 
@@ -109,6 +126,7 @@ class GraphedSteps:
             before each eager step and before the capture).
         zero_grad: unsets the gradients.
         capture: a :class:`CudaGraphCapture`, or a stand-in with its interface.
+        batch_size: the rows of a full batch.
         rows_device: where the row indices live (the training data's device).
         noise_like: shape, dtype and device of the noise; None when the data
             need none.
@@ -136,7 +154,7 @@ class GraphedSteps:
         and noise are in :attr:`rows` and :attr:`noise`)."""
         self.rows.copy_(rows)
         if self.noise is not None:
-            self.noise.uniform_(generator=generator)  # the same draws as torch.rand from that state
+            uniform_noise(self.noise, generator, self.noise.dtype, out=self.noise)
         if self.replay is None:
             self.zero_grad()
             if self.eager_steps < WARMUP_STEPS:
@@ -148,6 +166,5 @@ class GraphedSteps:
                 self.replay = self.capturer.capture(self.body)
             except Exception as exc:  # noqa: BLE001 (reported by the caller, which then trains eagerly)
                 self.zero_grad()
-                first = str(exc).splitlines()[0][:200] if str(exc) else ""
-                raise CaptureFailed(f"{type(exc).__name__}: {first}") from exc
+                raise CaptureFailed(error_line(exc)) from exc
         self.replay()

@@ -25,12 +25,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lunet.checks import set_value_checks
-from lunet.experiments.checkpoint import load_checkpoint, save_checkpoint, stale_temporaries, tensor_bytes
+from lunet.experiments.checkpoint import error_line, load_checkpoint, save_checkpoint, stale_temporaries, tensor_bytes
 from lunet.experiments.distributed import SINGLE, Group, current
+from lunet.experiments.preprocess import uniform_noise
 from lunet.experiments.rundir import RunFolder
 from lunet.experiments.settings import TrainConfig
 from lunet.experiments.steps import (
-    WARMUP_STEPS, CaptureFailed, CudaGraphCapture, GraphedSteps, portable_optimizer_state, tensor_learning_rates,
+    WARMUP_STEPS, CaptureFailed, CudaGraphCapture, GraphedSteps, portable_optimizer_state, prepare_for_capture,
 )
 
 # (model, batch, noise) -> log p in nats per row, (B,); noise: U[0, 1) draws of the batch's shape
@@ -123,12 +124,6 @@ def _lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
-
-
-def uniform_noise(batch: torch.Tensor, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
-    """U[0, 1) draws of ``batch``'s shape in ``dtype``, drawn by ``generator`` on its device and
-    moved to ``batch``'s: the dequantisation noise of one batch."""
-    return torch.rand(batch.shape, generator=generator, dtype=dtype, device=generator.device).to(batch.device)
 
 
 @torch.no_grad()
@@ -441,7 +436,7 @@ class Trainer:
             if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
                 raise  # the CUDA graph's capture failed, not the compiler: the caller falls back
             self._loss, self.compiled = self._batch_loss, False
-            tqdm.write(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); training eagerly")
+            tqdm.write(f"torch.compile failed ({error_line(exc)}); training eagerly")
             return self._loss(batch, noise)
 
     def _noise_for(self, batch: torch.Tensor, generator: torch.Generator) -> Optional[torch.Tensor]:
@@ -474,29 +469,30 @@ class Trainer:
             # no error_if_nonfinite: that would read the norm back; a non-finite loss ends the epoch instead
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
 
-    def _eager_step(self, rows: torch.Tensor, generator: torch.Generator, noise: Optional[torch.Tensor] = None) -> None:
-        """One optimisation step on the global batch ``rows``; its loss is added to the epoch's sum."""
-        loss = self._step_loss(rows, generator, noise)
-        self.optimizer.zero_grad(set_to_none=True)
+    def _optimise(self, loss: torch.Tensor, rows: int) -> None:
+        """Backward (into unset gradients), clipping and Adam for the ``loss`` of a batch of
+        ``rows`` rows, whose mean (with several processes, this one's share of it) joins the
+        epoch's sum."""
         loss.backward()
         self._clip()
         self.optimizer.step()
-        # the mean over the batch; with several processes, this one's share of it
-        self._epoch_total.add_(loss.detach() * (rows.numel() / self.group.world))
+        self._epoch_total.add_(loss.detach() * (rows / self.group.world))
+
+    def _eager_step(self, rows: torch.Tensor, generator: torch.Generator, noise: Optional[torch.Tensor] = None) -> None:
+        """One optimisation step on the global batch ``rows``."""
+        loss = self._step_loss(rows, generator, noise)
+        self.optimizer.zero_grad(set_to_none=True)
+        self._optimise(loss, rows.numel())
 
     def _graphed_body(self) -> None:
         """The step that :class:`GraphedSteps` captures: its batch comes from the fixed buffers."""
         graphed = self._graphed
-        loss = self._loss_of(self.train_data[graphed.rows], graphed.noise)
-        loss.backward()
-        self._clip()
-        self.optimizer.step()
-        self._epoch_total.add_(loss.detach() * graphed.rows.numel())
+        self._optimise(self._loss_of(self.train_data[graphed.rows], graphed.noise), graphed.rows.numel())
 
     def _full_batch_step(self, rows: torch.Tensor, generator: torch.Generator) -> None:
         """A step on a full batch: through the CUDA graph while there is one, else eager."""
         if self._graphed is None:
-            tensor_learning_rates(self.optimizer, self.device, self._capture.capturable)
+            prepare_for_capture(self.optimizer, self.device, self._capture.capturable)
             noise_like = ((self.config.batch_size, self.dim), self.config.torch_dtype, self.train_data.device)
             self._graphed = GraphedSteps(
                 self._graphed_body, lambda: self.optimizer.zero_grad(set_to_none=True), self._capture,
