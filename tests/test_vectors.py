@@ -102,39 +102,18 @@ def test_csv_blank_lines_are_ignored(tmp_path):
     assert torch.equal(load_vectors(path), torch.tensor([[1.0, 2], [3, 4]], dtype=torch.float64))
 
 
-def test_csv_ragged_row_names_line_and_both_counts(tmp_path):
-    path = write(tmp_path / "data.csv", "a,b,c,d\n1,2,3,4\n\n5,6,7\n")
-    with pytest.raises(ValueError, match=r"^.*data\.csv: line 4 has 3 columns, line 2 has 4$"):
-        load_vectors(path)
-
-
-def test_csv_header_wider_than_rows_is_refused(tmp_path):
-    path = write(tmp_path / "data.csv", "a,b,c\n1,2\n3,4\n")
-    with pytest.raises(ValueError, match=r"line 2 has 2 columns, the header on line 1 has 3"):
-        load_vectors(path)
-
-
-def test_csv_text_cell_names_line_column_and_text(tmp_path):
-    path = write(tmp_path / "data.csv", "x,y,z\n1,2,3\n4,five,6\n")
-    with pytest.raises(ValueError, match=r"data\.csv: line 3, column 2: 'five' is not a number"):
-        load_vectors(path)
-
-
-def test_csv_empty_cell_names_line_and_column(tmp_path):
-    path = write(tmp_path / "data.csv", "1,2,3\n4,5, \n")
-    with pytest.raises(ValueError, match=r"data\.csv: line 2, column 3 is empty"):
-        load_vectors(path)
-
-
-def test_csv_empty_cell_in_first_row_is_not_taken_for_a_header(tmp_path):
-    path = write(tmp_path / "data.csv", "1,,3\n4,5,6\n")
-    with pytest.raises(ValueError, match=r"line 1, column 2 is empty"):
-        load_vectors(path)
-
-
-def test_csv_nan_names_count_row_and_line(tmp_path):
-    path = write(tmp_path / "data.csv", "x,y\n1,2\n3,4\n5,nan\nnan,6\n")
-    with pytest.raises(ValueError, match=r"data\.csv: 2 values are NaN or infinite \(the first in row 2, line 4\)"):
+@pytest.mark.parametrize("text,message", [
+    ("a,b,c,d\n1,2,3,4\n\n5,6,7\n", r"^.*data\.csv: line 4 has 3 columns, line 2 has 4$"),
+    ("a,b,c\n1,2\n3,4\n", r"line 2 has 2 columns, the header on line 1 has 3"),
+    ("x,y,z\n1,2,3\n4,five,6\n", r"data\.csv: line 3, column 2: 'five' is not a number"),
+    ("1,2,3\n4,5, \n", r"data\.csv: line 2, column 3 is empty"),
+    ("1,,3\n4,5,6\n", r"line 1, column 2 is empty"),  # not taken for a header
+    ("x,y\n1,2\n3,4\n5,nan\nnan,6\n", r"data\.csv: 2 values are NaN or infinite \(the first in row 2, line 4\)"),
+], ids=["ragged-row-names-line-and-both-counts", "header-wider-than-rows", "text-cell-names-line-column-and-text",
+        "empty-cell-names-line-and-column", "empty-cell-in-first-row-is-not-a-header", "nan-names-count-row-and-line"])
+def test_a_bad_csv_is_refused_naming_where(tmp_path, text, message):
+    path = write(tmp_path / "data.csv", text)
+    with pytest.raises(ValueError, match=message):
         load_vectors(path)
 
 
