@@ -7,14 +7,16 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from lunet import __version__
-from lunet.experiments.rundir import RunFolder, RunFolderBusy, check_writable_file
+from lunet.experiments.rundir import RunFolder, RunFolderBusy, check_output, write_text_atomic
 from lunet.experiments.settings import (
     DEFAULT_LAM,
+    MAX_SAMPLE_VALUES,
     GMM2DSettings,
     TrainConfig,
     default_train_config,
@@ -285,6 +287,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if is_vector_run(args.run_dir):
         return _evaluate_vectors(args)
+    from lunet.experiments.images import read_run_file
+
+    read_run_file(args.run_dir)  # a damaged run.json is named as such, not answered as an image run's
     _refuse_given(args, ("data",), "runs on own data (trained with --data)")
     from lunet.experiments.evaluate import evaluate_run
 
@@ -319,7 +324,7 @@ def _evaluate_vectors(args: argparse.Namespace) -> int:
 
 
 def _sample_vectors(args: argparse.Namespace) -> int:
-    from lunet.experiments.vector_runs import sample_vectors
+    from lunet.experiments.vector_runs import read_run_file, sample_vectors
     from lunet.experiments.vectors import VECTOR_SUFFIXES, save_vectors
 
     _refuse_given(args, ("data_dir", "no_verify"), "image runs, not to a run on own data")
@@ -328,7 +333,12 @@ def _sample_vectors(args: argparse.Namespace) -> int:
     problem = _suffix_problem(args.out, VECTOR_SUFFIXES)
     if problem:
         raise ValueError(f"--out for a run on own data {problem}")
-    samples = sample_vectors(args.run_dir, args.num or 1000, args.temperature, args.seed, device=args.device)
+    num, dim = args.num or 1000, read_run_file(args.run_dir).dim
+    if num * dim > MAX_SAMPLE_VALUES:
+        raise ValueError(f"--num {num:,} samples of width {dim} are {num * dim:,} numbers, more than the "
+                         f"{MAX_SAMPLE_VALUES:,} one call draws; give --num at most {MAX_SAMPLE_VALUES // dim:,} "
+                         f"(and another --seed for more)")
+    samples = sample_vectors(args.run_dir, num, args.temperature, args.seed, device=args.device)
     print(f"wrote {save_vectors(samples, args.out)} ({samples.shape[0]:,} samples of width {samples.shape[1]})")
     return 0
 
@@ -339,6 +349,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if is_vector_run(args.run_dir):
         return _sample_vectors(args)
+    from lunet.experiments.images import read_run_file
+
+    read_run_file(args.run_dir)  # a damaged run.json is named as such, not answered as an image run's
     problem = _suffix_problem(args.out, IMAGE_SUFFIXES)
     if problem:
         raise ValueError(f"--out for an image run {problem}")
@@ -484,11 +497,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    """Fail before the work, not after it, when an output file (``--out``, ``--json``) cannot be written."""
-    for name in ("out", "json", "plot"):
-        path = getattr(args, name, None)
-        if path:
-            check_writable_file(path)
+    """Fail before the work, not after it, when an output file (``--out``, ``--json``, ``--plot``) cannot
+    be written, or would replace one of the run's own files or a file the command reads."""
+    outputs = [(name, getattr(args, name, None)) for name in ("out", "json", "plot")]
+    outputs = [(name, path) for name, path in outputs if path]
+    if not outputs:
+        return
+    run = RunFolder(args.run_dir) if getattr(args, "run_dir", None) else None
+    inputs = [(getattr(args, "data", None), "the --data file this command reads"),
+              (run and run.recorded_data_file(), "the run's training data")]
+    for name, path in outputs:
+        check_output(path, f"--{name}", run, [(p, what) for p, what in inputs if p])
 
 
 def _default_to_recorded_data_dir(args: argparse.Namespace) -> None:
@@ -504,8 +523,7 @@ def _write_json(path: Optional[str], obj: dict) -> None:
     """Write ``obj`` to ``path`` (when given) as indented JSON and say so."""
     if not path:
         return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(obj, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
     print(f"wrote {path}")
 
 
@@ -575,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="standard: N(0, T^2 I), the model's own prior; fitted: a Gaussian fitted to training latents")
     p.add_argument("--num", type=_bounded(10_000_000),
                    help="samples of an unconditional or single-class run (default 100, at most 10,000), "
-                        "or of a run on own data (default 1,000)")
+                        f"or of a run on own data (default 1,000; rows × width at most {MAX_SAMPLE_VALUES:,})")
     p.add_argument("--per-row", type=_bounded(1_000), default=10, help="images per row (per class)")
     p.add_argument("--seed", type=SEED, default=0)
     _add_data_options(p)
@@ -628,11 +646,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _interrupted(args: argparse.Namespace) -> str:
-    """What to tell a user who pressed Ctrl-C: for training, where the last checkpoint is."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a job scheduler, a container that stops), raised where the command is so
+    that it stops as on Ctrl-C: a file being written is left as it was, the last checkpoint kept."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _stop_on_sigterm() -> Callable[[], None]:
+    """Make SIGTERM raise :class:`Terminated`; returns what puts the previous handler back."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # only the main thread may set a handler; elsewhere SIGTERM keeps its own
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _interrupted(args: argparse.Namespace, what: str = "interrupted") -> str:
+    """What to tell a user who stopped a command (``what`` happened): for training, where the last checkpoint is."""
     if args.command != "train":
-        return "interrupted"
-    return f"interrupted; {_kept(args)}"
+        return what
+    return f"{what}; {_kept(args)}"
 
 
 def _kept(args: argparse.Namespace) -> str:
@@ -674,7 +710,7 @@ def _is_training_divergence(exc: Exception) -> bool:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``lunet ...``; every failure prints one line on stderr and returns 2 (130 on Ctrl-C).
+    """Run ``lunet ...``; every failure prints one line on stderr and returns 2 (130 on Ctrl-C, 143 on SIGTERM).
 
     ``LUNET_DEBUG=1`` shows the traceback of an unexpected error.
     """
@@ -683,12 +719,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse has printed its usage line and the problem (or the help)
         return exc.code if isinstance(exc.code, int) else 2
+    restore_sigterm = _stop_on_sigterm()
     try:
         _default_to_recorded_data_dir(args)
         return args.func(args)
-    except KeyboardInterrupt:
-        print(f"lunet {args.command}: {_interrupted(args)}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"lunet {args.command}: {_interrupted(args, 'stopped by SIGTERM' if terminated else 'interrupted')}",
+              file=sys.stderr)
+        return 128 + signal.SIGTERM if terminated else 130
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, RunFolderBusy) as exc:
         print(f"lunet {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -710,6 +749,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"lunet {args.command}: error: {type(exc).__name__}: {exc} (set LUNET_DEBUG=1 for the traceback)",
               file=sys.stderr)
         return 2
+    finally:
+        restore_sigterm()
 
 
 if __name__ == "__main__":

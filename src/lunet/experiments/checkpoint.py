@@ -4,42 +4,79 @@ A checkpoint is a dict of tensors, plain containers, numbers and strings. It
 is read with ``torch.load(weights_only=True)``, so a file that holds any other
 Python object is refused before anything in it runs. Every checkpoint carries
 a SHA-256 of its contents; a file whose contents no longer match (a flipped
-byte on disk) is reported as corrupt instead of being used.
+byte on disk) is reported as corrupt instead of being used. Nothing is unpacked
+that would take far more memory than the file, no model is built whose spec
+does not fit the stored weights or the machine's memory, and weights that are
+not finite are refused.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import pickle
 import re
-import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
+from lunet.experiments.rundir import stale_temporaries, write_atomic  # noqa: F401 (in rundir, which imports no torch; also imported from here)
+from lunet.experiments.resources import check_model_memory, gigabytes, machine_memory, model_elements
 from lunet.flow import LUNet
 
 FORMAT_VERSION = 2
 # Format 1 (no checksum) is still read; its contents cannot be verified.
 READABLE_FORMATS = (1, 2)
+MODEL_NAMES = ("lunet", "realnvp")
+# torch.save stores a file's members uncompressed; a member packed tighter than this was
+# made by something else, and unpacking it could take far more memory than the file's size
+MAX_INFLATION = 16
+# Spec entries that count repeated parts. Every part stores at least one tensor, so a count
+# above the number of stored tensors cannot describe them (and building that many parts
+# could take hours before any shape is compared).
+COUNT_FIELDS = ("num_blocks", "num_res_blocks", "num_scales")
+# A built model holds at most this many numbers per number it stores (an LU-Net: each stored
+# LU matrix and two masks of its size); a spec claiming more describes other weights.
+BUILT_PER_STORED = 4
+
+
+def check_spec(spec: Any) -> dict[str, Any]:
+    """Return ``spec`` if it has the form of a model spec: a dict of names to plain values (numbers,
+    strings, booleans, None) whose ``"name"`` is one of :data:`MODEL_NAMES`; ``ValueError`` saying
+    what it is otherwise."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"a model spec is a dict with a 'name' and the model's settings, got a "
+                         f"{type(spec).__name__} ({_short(spec)})")
+    odd = [k for k, v in spec.items()
+           if not isinstance(k, str) or not (v is None or isinstance(v, (bool, int, float, str)))]
+    if odd:
+        raise ValueError(f"the model spec's entry {_short(odd[0])} is not a number, a string or a boolean: "
+                         f"{_short(spec[odd[0]])}")
+    if spec.get("name") not in MODEL_NAMES:
+        raise ValueError(f"unknown model name {_short(spec.get('name'))} in model spec; expected 'lunet' or 'realnvp'")
+    return spec
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a damaged file's contents in a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def build_model(spec: dict[str, Any]) -> nn.Module:
     """Rebuild a model from its spec ``{"name": ..., **kwargs}``."""
-    spec = dict(spec)
-    name = spec.pop("name", None)
-    if name == "lunet":
+    spec = dict(check_spec(spec))
+    if spec.pop("name") == "lunet":
         return LUNet(**spec)
-    if name == "realnvp":
-        from lunet.baselines.realnvp import RealNVP  # optional heavy baseline
+    from lunet.baselines.realnvp import RealNVP  # optional heavy baseline
 
-        if "num_blocks" in spec:  # the name in checkpoints written before it became num_res_blocks
-            spec["num_res_blocks"] = spec.pop("num_blocks")
-        return RealNVP(**spec)
-    raise ValueError(f"unknown model name {name!r} in model spec; expected 'lunet' or 'realnvp'")
+    if "num_blocks" in spec:  # the name in checkpoints written before it became num_res_blocks
+        spec["num_res_blocks"] = spec.pop("num_blocks")
+    return RealNVP(**spec)
 
 
 def tensor_bytes(t: torch.Tensor) -> bytes:
@@ -72,52 +109,9 @@ def checksum(contents: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def _default_file_mode() -> int:
-    """The permissions a new file gets under this process's umask (as ``open`` gives)."""
-    try:  # Linux reports the umask without changing it (os.umask would, for every thread)
-        with open("/proc/self/status") as f:
-            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError):
-        umask = os.umask(0)
-        os.umask(umask)
-    return 0o666 & ~umask
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """``write(f)`` into a temporary file beside ``path``, then rename it over ``path``; returns ``path``.
-
-    Parent folders are created. The file gets the permissions of any other new
-    file (the temporary file would otherwise keep ``mkstemp``'s owner-only mode).
-    A failed or interrupted write leaves the old file in place and removes its
-    temporary.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, _default_file_mode())
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save(obj)`` to ``path`` with :func:`write_atomic`."""
     write_atomic(path, lambda f: torch.save(obj, f))
-
-
-def stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Temporary files that an interrupted :func:`save_atomic` of ``path`` left behind
-    (a process killed mid-save cannot remove its own)."""
-    path = Path(path)
-    return sorted(path.parent.glob(path.name + ".*.tmp"))
 
 
 def save_checkpoint(contents: dict[str, Any], path: str | os.PathLike) -> None:
@@ -143,6 +137,7 @@ def load_weights_only(path: str | os.PathLike, kind: str, rule: str) -> Any:
     """``torch.load(path, weights_only=True)`` onto the CPU; a one-line ``ValueError`` naming ``path``
     for a file that would run code (``rule`` says what such a file should hold instead) and for one
     that is not a readable PyTorch file (``kind`` names what it should be)."""
+    _check_inflation(path, kind)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -157,6 +152,28 @@ def load_weights_only(path: str | os.PathLike, kind: str, rule: str) -> Any:
         raise ValueError(f"{path} could not be read as a {kind}: it is corrupt ({first_sentence(exc)})") from None
 
 
+def _check_inflation(path: str | os.PathLike, kind: str) -> None:
+    """``ValueError`` naming ``path`` when the members of the zip file that PyTorch files are would
+    unpack to more than :data:`MAX_INFLATION` times the file's size, or to more than the machine's
+    memory: checked from the zip directory, before anything is unpacked."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return  # not a zip file: torch.load reads the old format or reports the damage
+    packed = max(os.path.getsize(path), 1)
+    if unpacked > MAX_INFLATION * packed:
+        raise ValueError(
+            f"{path} could not be read as a {kind}: its contents would unpack from {packed:,} bytes to "
+            f"{unpacked:,} ({unpacked / packed:,.0f} times as many; torch.save stores them unpacked), so it is "
+            f"refused unread"
+        )
+    memory = machine_memory()
+    if memory is not None and unpacked > memory:
+        raise ValueError(f"{path} could not be read as a {kind}: its contents take {gigabytes(unpacked)}, more than "
+                         f"the {gigabytes(memory)} of memory this machine has")
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read and verify a checkpoint written by lunet; ``ValueError`` naming the problem when it is not one.
 
@@ -166,14 +183,165 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     ckpt = load_weights_only(path, "lunet checkpoint", "lunet checkpoints never hold one")
-    if not isinstance(ckpt, dict) or ckpt.get("format") not in READABLE_FORMATS or "model_spec" not in ckpt:
+    if not isinstance(ckpt, dict) or "model_spec" not in ckpt:
         raise ValueError(f"{path} is not a lunet checkpoint (format {FORMAT_VERSION})")
-    if ckpt["format"] >= 2 and ckpt.get("checksum") != checksum(ckpt):
+    version = ckpt.get("format")
+    # exactly an int: True and 1.0 compare equal to 1, the format whose checksum is not checked
+    if type(version) is not int or version not in READABLE_FORMATS:
+        raise ValueError(f"{path} is not a lunet checkpoint (format {FORMAT_VERSION}): its format entry is "
+                         f"{_short(version)}, not one of {READABLE_FORMATS}")
+    if version == 1 and "checksum" in ckpt:
+        raise ValueError(f"checkpoint {path} is corrupt: it carries a checksum but says it is of format 1, "
+                         f"written before checksums, whose contents go unchecked")
+    if version >= 2 and ckpt.get("checksum") != checksum(ckpt):
         raise ValueError(
             f"checkpoint {path} is corrupt: its contents do not match the checksum written with them "
             f"(the file changed on disk after it was saved)"
         )
+    _check_weights(path, ckpt)
     return ckpt
+
+
+def _model_states(path: Path, ckpt: dict[str, Any]) -> list[tuple[str, dict[str, torch.Tensor]]]:
+    """The sets of weights a checkpoint holds, each named by its entry, after checking each is a
+    dict of names to tensors."""
+    states: list[tuple[str, Any]] = [(key, ckpt[key]) for key in ("model", "best_model") if ckpt.get(key) is not None]
+    class_models = ckpt.get("class_models")
+    if class_models is not None:
+        if not isinstance(class_models, list):
+            raise ValueError(f"checkpoint {path} is damaged: its class_models entry is a "
+                             f"{type(class_models).__name__}, not a list of weights")
+        states += [(f"class_models[{i}]", state) for i, state in enumerate(class_models)]
+    if not states:
+        raise ValueError(f"checkpoint {path} holds no model weights")
+    for where, state in states:
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                  for k, v in state.items()):
+            raise ValueError(f"checkpoint {path} is damaged: its {where} entry is not a set of named tensors")
+    return states
+
+
+def _check_weights(path: Path, ckpt: dict[str, Any]) -> None:
+    """``ValueError`` naming ``path`` unless its model spec describes the weights it stores (each
+    count of parts and the number of values, so that no model far larger than the file is ever
+    built) and every weight is finite."""
+    spec = ckpt["model_spec"]
+    for where, state in _model_states(path, ckpt):
+        # the classifier that `lunet agreement` caches is the one other model a checkpoint holds
+        if not isinstance(spec, dict) or spec.get("name") in MODEL_NAMES:
+            _check_spec_fits(path, spec, state)
+        for name, tensor in state.items():
+            if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
+                count = sum(int((~torch.isfinite(t)).sum()) for t in state.values()
+                            if t.is_floating_point() or t.is_complex())
+                raise ValueError(
+                    f"checkpoint {path} holds {count:,} NaN or infinite weight{'s' if count > 1 else ''} (the first "
+                    f"in {where} {name}); its densities and samples would be NaN, so it is refused"
+                )
+
+
+def _check_spec_fits(path: Path, spec: Any, state: dict[str, torch.Tensor]) -> None:
+    """``ValueError`` unless ``spec`` is a model spec whose counts of parts and number of values the
+    stored ``state`` can hold, found without building the model."""
+    try:
+        check_spec(spec)
+    except ValueError as exc:
+        raise ValueError(f"checkpoint {path} holds a model spec this version cannot build: {exc}") from None
+    counts = [key for key in COUNT_FIELDS if isinstance(spec.get(key), int) and spec[key] > len(state)]
+    if counts:
+        mismatch = f"its {counts[0]} is {spec[counts[0]]:,}, but the file stores {len(state):,} tensors"
+    else:
+        try:
+            built = model_elements(spec)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"checkpoint {path} holds a model spec this version cannot build: "
+                             f"{first_sentence(exc)}") from None
+        stored = sum(t.numel() for t in state.values())
+        if built <= BUILT_PER_STORED * stored:
+            return
+        mismatch = f"that model holds {built:,} values, the file stores {stored:,}"
+    raise ValueError(f"checkpoint {path} does not match its model spec {_short(spec)}: {mismatch}")
+
+
+def _is_count(value: Any) -> bool:
+    """Whether ``value`` is a non-negative int (``True`` is an int to Python, not to a checkpoint)."""
+    return type(value) is int and value >= 0
+
+
+def _is_number(value: Any, finite: bool = True) -> bool:
+    """Whether ``value`` is a real number (not a boolean), finite unless told otherwise."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and (not finite or math.isfinite(value))
+
+
+def check_training_state(path: str | os.PathLike, ckpt: dict[str, Any],
+                         parameters: Mapping[str, torch.Tensor]) -> None:
+    """``ValueError`` naming ``path`` unless ``ckpt`` (from :func:`load_checkpoint`) holds all that
+    resuming a training needs, each entry of the type and shape training writes: the record of the
+    data and the settings (which a resumed run is compared against), the epoch, the best and
+    starting validation scores, and an optimiser state for exactly ``parameters``, the model's
+    (``named_parameters()`` as a dict).
+    A checkpoint of format 1 predates the record of the data and is refused."""
+
+    def damaged(what: str) -> ValueError:
+        return ValueError(f"{path} cannot be resumed: {what}; it was damaged, or not written by `lunet train`")
+
+    if ckpt["format"] < 2:
+        raise ValueError(f"{path} was written before checkpoints recorded their data and checksum (format 1): "
+                         f"its weights load, but a training cannot be checked against it to resume; start a new run")
+    data = ckpt.get("data")
+    if not (isinstance(data, dict) and set(data) == {"train", "val"}
+            and all(isinstance(v, str) for v in data.values())):
+        raise damaged(f"its record of the training data is {_short(data)}")
+    if not isinstance(ckpt.get("train_config"), dict):
+        raise damaged(f"its training settings are {_short(ckpt.get('train_config'))}")
+    if not _is_count(ckpt.get("epoch")):
+        raise damaged(f"its epoch is {_short(ckpt.get('epoch'))}, not a count of epochs")
+    if not _is_number(ckpt.get("best_val_log_prob")):
+        raise damaged(f"its best validation log-likelihood is {_short(ckpt.get('best_val_log_prob'))}, "
+                      f"not a finite number")
+    start = ckpt.get("start_val_log_prob")
+    if start is not None and not _is_number(start, finite=False):
+        raise damaged(f"its starting validation log-likelihood is {_short(start)}, not a number")
+    seconds = ckpt.get("train_seconds", 0.0)
+    if not (_is_number(seconds) and seconds >= 0):
+        raise damaged(f"its training time is {_short(seconds)}, not a number of seconds")
+    if ckpt.get("best_model") is None:
+        raise damaged("it holds no best weights")
+    scheduler = ckpt.get("scheduler")
+    if not (isinstance(scheduler, dict) and _is_count(scheduler.get("last_epoch"))):
+        raise damaged("its learning-rate schedule has no count of steps")
+    generator = ckpt.get("generator")
+    if not (isinstance(generator, torch.Tensor) and generator.dtype == torch.uint8):
+        raise damaged("it holds no state of the random generator")
+    _check_optimizer_state(ckpt.get("optimizer"), parameters, damaged)
+
+
+def _check_optimizer_state(optimizer: Any, parameters: Mapping[str, torch.Tensor],
+                           damaged: Callable[[str], ValueError]) -> None:
+    """The optimiser state must cover each of ``parameters`` once, in order, with finite
+    statistics of each parameter's own shape (a wrong shape would broadcast or fail steps later)."""
+    if not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
+            and isinstance(optimizer.get("param_groups"), list)
+            and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in optimizer["param_groups"])):
+        raise damaged("its optimiser state is not a state dict")
+    indices = [i for group in optimizer["param_groups"] for i in group["params"]]
+    if indices != list(range(len(parameters))):
+        raise damaged(f"its optimiser state is for {len(indices)} parameters, the model has {len(parameters)}")
+    names = list(parameters)
+    for index, stats in optimizer["state"].items():
+        if not (_is_count(index) and index < len(names) and isinstance(stats, dict)):
+            raise damaged(f"its optimiser state has an entry {_short(index)} for no parameter")
+        param = names[index]
+        shape = tuple(parameters[param].shape)
+        for name, value in stats.items():
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                raise damaged(f"its optimiser's {_short(name)} for {param} is {_short(value)}, not a tensor of numbers")
+            expected = () if name == "step" else shape
+            if tuple(value.shape) != expected:
+                raise damaged(f"its optimiser's {_short(name)} for {param} has shape {tuple(value.shape)}, "
+                              f"not {expected}")
+            if not bool(torch.isfinite(value).all()):
+                raise damaged(f"its optimiser's {_short(name)} for {param} holds NaN or infinite values")
 
 
 def load_model(path: str | os.PathLike, which: str = "best") -> tuple[nn.Module, dict[str, Any]]:
@@ -195,14 +363,16 @@ def load_model(path: str | os.PathLike, which: str = "best") -> tuple[nn.Module,
 def _built(path: str | os.PathLike, spec: dict[str, Any], state: dict[str, Any]) -> nn.Module:
     """The model of ``spec`` with the weights ``state`` (in float64 if they all are); ``ValueError``
     naming ``path`` if they do not fit."""
-    try:
-        model = build_model(spec)
-    except TypeError as exc:
-        raise ValueError(f"checkpoint {path} holds a model spec this version cannot build: {exc}") from None
     # the run's precision: load_state_dict would cast float64 weights into the float32 model quietly
     floating = [t.dtype for t in state.values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
-    if floating and all(d == torch.float64 for d in floating):
-        model = model.to(torch.float64)
+    dtype = torch.float64 if floating and all(d == torch.float64 for d in floating) else torch.float32
+    check_model_memory(spec, dtype, training=False, subject=f"the model in {path}")  # spec checked on loading
+    try:
+        model = build_model(spec)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"checkpoint {path} holds a model spec this version cannot build: {exc}") from None
+    if dtype == torch.float64:
+        model = model.to(dtype)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lunet.experiments.checkpoint import load_checkpoint, save_checkpoint
-from lunet.experiments.rundir import RunFolder
+from lunet.experiments.rundir import RunFolder, read_text
 
 
 def _best_weights(ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -26,12 +26,13 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write the best weights of the run in ``run_dir`` to ``out``; returns ``out``.
 
     Raises ``FileNotFoundError`` when ``run_dir`` holds no run made by ``lunet train``."""
-    from lunet.experiments.vector_runs import is_vector_run
+    from lunet.experiments import vector_runs
 
     run = RunFolder(run_dir)
-    if is_vector_run(run_dir):  # a run on own data
+    if vector_runs.is_vector_run(run_dir):  # a run on own data
+        vector_runs.read_run_file(run_dir)  # a damaged run.json is named, not copied into the export
         paths = [run.checkpoint]
-        record = json.loads(run.run_file.read_text())
+        record = json.loads(read_text(run.run_file))
         record.pop("data_file", None)  # where this machine keeps the data says nothing about the model
     elif run.run_file.is_file():  # an image run
         from lunet.experiments.images import model_folder, read_run_file
@@ -41,7 +42,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
         missing = [p for p in paths if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"{missing[0]} not found: the run in {run_dir} has not saved every model yet")
-        record = json.loads(run.run_file.read_text())
+        record = json.loads(read_text(run.run_file))
         record.pop("data_dir", None)  # where this machine keeps the data says nothing about the model
     elif run.checkpoint.is_file():  # a 2-D run
         paths = [run.checkpoint]

@@ -19,7 +19,7 @@ from lunet.flow import LUNet
 from lunet.experiments.plots import log_density_grid, plot_density_2d, plot_samples_2d
 from lunet.experiments.toy import GaussianMixture2D
 from lunet.experiments.checkpoint import save_checkpoint, stale_temporaries
-from lunet.experiments.rundir import RunFolder
+from lunet.experiments.rundir import RunFolder, write_text_atomic
 from lunet.experiments.settings import GMM2DSettings, TrainConfig
 from lunet.experiments.train import Trainer, Unit, mean_log_prob, resolve_device
 
@@ -181,5 +181,5 @@ def _report(
         "starts": settings.starts,
         "start_val_nll_nats": start_nlls,
     }
-    run.summary.write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(run.summary, json.dumps(summary, indent=2) + "\n")
     return summary

@@ -17,15 +17,17 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from lunet.experiments.checkpoint import build_model, load_checkpoint, load_model
+from lunet.experiments.checkpoint import build_model, check_spec, load_checkpoint, load_model
 from lunet.checks import check_positive_int, check_temperature
 from lunet.experiments.data import DATASETS, FILES, find_file, load_dataset, train_val_split
 from lunet.experiments.distributed import SINGLE, Group, current
 from lunet.flow import placement
 from lunet.experiments.preprocess import LN2, ImagePreprocessor
-from lunet.experiments.rundir import RunFolder
+from lunet.experiments.rundir import RunFolder, UnsafeFile, read_text, write_text_atomic
 from lunet.experiments.settings import DEFAULT_LAM, TrainConfig, paper_lunet_spec
+from lunet.experiments.resources import check_model_memory
 from lunet.experiments.train import LogProbFn, Trainer, Unit, check_shared_config, resolve_device
+from lunet.experiments.vector_runs import RUN_KEYS
 
 NUM_CLASSES = 10
 KINDS = ("unconditional", "class", "per_class")
@@ -52,8 +54,13 @@ class ImageRunSettings:
             raise ValueError(f"lam (the logit transform's λ) must lie strictly between 0 and 0.5, got {self.lam!r}")
         if self.data_init not in DATA_INITS:
             raise ValueError(f"data_init must be one of {DATA_INITS}, got {self.data_init!r}")
+        # true is an int to Python; read back from run.json it is no class
+        if self.class_label is not None and (isinstance(self.class_label, bool)
+                                             or not isinstance(self.class_label, int)):
+            raise ValueError(f"class_label must be an integer or null, got {self.class_label!r}")
         if self.kind == "class" and not (isinstance(self.class_label, int) and 0 <= self.class_label < NUM_CLASSES):
             raise ValueError(f"--class must be an integer in 0..{NUM_CLASSES - 1}, got {self.class_label!r}")
+        check_spec(self.model)
 
     @property
     def classes(self) -> list[Optional[int]]:
@@ -114,7 +121,7 @@ def write_run_file(run: RunFolder, settings: ImageRunSettings, data_dir: Optiona
         "data_init": settings.data_init,
     }
     if path.exists() and run.checkpoints():  # without a checkpoint there is no run to protect
-        existing = json.loads(path.read_text())
+        existing = json.loads(read_text(path))
         existing.pop("data_dir", None)  # where the data lie may change; what they are may not
         if existing != record:
             raise ValueError(
@@ -122,13 +129,13 @@ def write_run_file(run: RunFolder, settings: ImageRunSettings, data_dir: Optiona
             )
     if data_dir is not None:
         record["data_dir"] = str(data_dir.resolve())
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(record, indent=2) + "\n")
 
 
 def recorded_data_dir(run_dir: str | Path) -> Optional[str]:
     """The folder where training found the run's data set (``run.json``), if recorded and still there."""
     try:
-        found = json.loads(RunFolder(run_dir).run_file.read_text()).get("data_dir")
+        found = json.loads(read_text(RunFolder(run_dir).run_file)).get("data_dir")
     except (OSError, ValueError, AttributeError):
         return None
     return found if isinstance(found, str) and Path(found).is_dir() else None
@@ -138,7 +145,7 @@ def read_run_file(run_dir: str | Path) -> ImageRunSettings:
     """The settings of an image run from its ``run.json``; ``ValueError`` naming the file when it is damaged."""
     run = RunFolder(run_dir)
     path = run.run_file
-    if not path.is_file():
+    if not path.exists():
         if run.checkpoint.is_file() and run.summary.is_file():
             raise ValueError(
                 f"{run_dir} is a 2-D mixture run: its test NLL and KL are in {run.summary}, its "
@@ -147,13 +154,15 @@ def read_run_file(run_dir: str | Path) -> ImageRunSettings:
             )
         raise FileNotFoundError(f"{path} not found: {run_dir} is not an image run directory made by `lunet train`")
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(read_text(path))
+    except UnsafeFile:
+        raise
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path} is not valid JSON ({exc}); it was not written by `lunet train` or was damaged") from None
     if not isinstance(record, dict):
         raise ValueError(f"{path} holds a {type(record).__name__}, not the settings of a run")
     record.pop("data_dir", None)
-    if record.get("data") == "vectors":
+    if any(key in record for key in RUN_KEYS):  # damaged or not, its entries are those of a run on own data
         raise ValueError(f"{run_dir} is a run on own data (trained with --data); this command takes image runs. "
                          f"`lunet evaluate {run_dir} --data FILE` and `lunet sample {run_dir} --out FILE.npy` take it")
     try:
@@ -193,6 +202,7 @@ def train_image_run(
     if limit is not None:
         check_positive_int(limit, "limit")
     resolve_device(config.device)
+    check_model_memory(settings.model, config.torch_dtype, training=True, device=config.device)
     if settings.kind != "per_class":  # a per-class run's models each train in one process
         check_shared_config(config, group)  # before --overwrite clears anything
     images, labels = load_dataset(settings.dataset, "train", data_dir=data_dir, verify=verify)

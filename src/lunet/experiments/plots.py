@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -12,6 +11,8 @@ matplotlib.use("Agg")  # headless: files only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from lunet.experiments.rundir import read_metrics, write_atomic  # noqa: E402
 
 Box = tuple[float, float, float, float]
 
@@ -110,9 +111,9 @@ def save_image_grid(
 
 def plot_training_curves(metrics_file: str | Path, path: str | Path, key: str, label: str) -> Path:
     """Train and validation curves of the figure ``train_<key>``, ``val_<key>`` from a ``metrics.jsonl``
-    (rows without it, written by an older version, are left out); writes a PNG."""
-    rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if f"train_{key}" in r and f"val_{key}" in r]
+    (rows without it, written by an older version, and lines that are no rows are left out); writes a PNG."""
+    rows, _ = read_metrics(metrics_file)  # a damaged line is no reason to fail a run that trained
+    rows = [r for r in rows if all(isinstance(r.get(f"{split}_{key}"), (int, float)) for split in ("train", "val"))]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     epochs = [r["epoch"] for r in rows]
     ax.plot(epochs, [r[f"train_{key}"] for r in rows], marker="." if len(rows) < 30 else None, label="train")
@@ -161,8 +162,10 @@ def plot_score_histograms(
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` in the format its suffix names, atomically and never through a link."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda f: fig.savefig(f, format=path.suffix[1:].lower() or None, dpi=110))
+    finally:
+        plt.close(fig)
     return path

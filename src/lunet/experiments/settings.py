@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 # The logit transform's λ: pixels y in [0, 1) are mapped to logit(λ + (1 - 2λ) y).
 DEFAULT_LAM = 1e-6
+# The most numbers (rows × width) one call of `lunet sample` draws from a run on own data: 0.8 GB
+# as float64, and as much again for the latents (a cap on rows alone would allow 24 GB at width 300)
+MAX_SAMPLE_VALUES = 100_000_000
 
 
 @dataclass

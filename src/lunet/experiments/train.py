@@ -15,6 +15,7 @@ import hashlib
 import inspect
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +26,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lunet.checks import set_value_checks
-from lunet.experiments.checkpoint import error_line, load_checkpoint, save_checkpoint, stale_temporaries, tensor_bytes
+from lunet.experiments.checkpoint import (
+    check_training_state, error_line, load_checkpoint, save_checkpoint, stale_temporaries, tensor_bytes,
+)
 from lunet.experiments.distributed import SINGLE, Group, current
 from lunet.experiments.preprocess import uniform_noise
-from lunet.experiments.rundir import RunFolder
+from lunet.experiments.rundir import RunFolder, append_text, read_metrics, write_text_atomic
 from lunet.experiments.settings import TrainConfig
 from lunet.experiments.steps import (
     WARMUP_STEPS, CaptureFailed, CudaGraphCapture, GraphedSteps, portable_optimizer_state, prepare_for_capture,
@@ -345,9 +348,11 @@ class Trainer:
         # Rows logged after the checkpoint belong to epochs that will be redone.
         metrics = self.folder.metrics
         with self.group.holding(self.folder.locked()):
-            if self.group.is_main and metrics.exists():
-                kept = [ln for ln in metrics.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= self.epoch]
-                metrics.write_text("".join(ln + "\n" for ln in kept))
+            if self.group.is_main and os.path.lexists(metrics):
+                rows, problems = read_metrics(metrics)
+                if problems:  # a line cut short by a kill is expected; the checkpoint, not the log, holds the run
+                    print(f"warning: dropped from {metrics}: {'; '.join(problems)}")
+                write_text_atomic(metrics, "".join(json.dumps(r) + "\n" for r in rows if r["epoch"] <= self.epoch))
 
     def _resumable_checkpoint(self, after_divergence: bool) -> dict[str, Any]:
         """The checkpoint in ``out_dir``, after checking that this run may continue it."""
@@ -367,8 +372,9 @@ class Trainer:
                 f"checkpoint {self.checkpoint_path} holds model {ckpt['model_spec']}, "
                 f"but this run asks for {self.model_spec}; use another --out or matching options"
             )
-        stored_data = ckpt.get("data")
-        if stored_data is not None and stored_data != self.data:
+        check_training_state(self.checkpoint_path, ckpt, dict(self.model.named_parameters()))
+        stored_data = ckpt["data"]
+        if stored_data != self.data:
             listed = ", ".join(
                 f"{split} {stored_data.get(split)} -> {self.data[split]}"
                 for split in self.data if stored_data.get(split) != self.data[split]
@@ -381,7 +387,11 @@ class Trainer:
         # would silently train a different run.
         diverged = after_divergence or bool(ckpt.get("diverged"))
         allowed = RESUMABLE_CHANGES + (RESUMABLE_AFTER_DIVERGENCE if diverged else ())
-        stored = ckpt.get("train_config", {})
+        stored = ckpt["train_config"]
+        missing = [k for k in dataclasses.asdict(self.config) if k not in stored and k not in RESUMABLE_CHANGES]
+        if missing:  # (the settings that may change were added to the record over time)
+            raise ValueError(f"{self.checkpoint_path} cannot be resumed: its record of the training settings lacks "
+                             f"{', '.join(missing)}, so a resumed run could not be compared with it")
         finished = ckpt["epoch"] >= self.config.epochs  # nothing left to train: no setting can change it
         changed = {
             k: (stored[k], v) for k, v in dataclasses.asdict(self.config).items()
@@ -633,8 +643,7 @@ class Trainer:
             "steps": self.step_mode,
         }
         if self.group.is_main:
-            with open(self.folder.metrics, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_text(self.folder.metrics, json.dumps(row) + "\n")
             save_checkpoint(self._state(), self.checkpoint_path)
             now = time.monotonic()
             self._curves_stale = True

@@ -9,9 +9,10 @@ in nats per dimension.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -20,18 +21,26 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from lunet.checks import check_batch, check_temperature
-from lunet.experiments.checkpoint import build_model, load_model
+from lunet.checks import check_batch, check_positive_int, check_temperature
+from lunet.experiments.checkpoint import build_model, check_spec, first_sentence, load_model
 from lunet.experiments.distributed import Group, current
-from lunet.experiments.rundir import RunFolder
+from lunet.experiments.rundir import RunFolder, UnsafeFile, read_text, write_text_atomic
 from lunet.experiments.settings import TrainConfig, default_train_config, vector_lunet_spec
 from lunet.experiments.train import Trainer, check_shared_config, resolve_device
-from lunet.experiments.vectors import check_width
+from lunet.experiments.resources import check_model_memory
+from lunet.experiments.vectors import check_fits_dtype, check_width
 from lunet.flow import placement
 
 Vectors = Union[torch.Tensor, np.ndarray, Dataset, DataLoader]
 RUN_KIND = "vectors"
+# Entries that only a run on own data writes in run.json: a damaged file that holds one is
+# reported as a damaged run on own data, not taken for an image run.
+RUN_KEYS = ("data", "dim", "val_fraction", "data_file")
+# Rows a training needs to learn from: a spread (the standardisation's) takes two. The Gaussian
+# start needs more rows than features (the covariance of fewer is singular).
+MIN_TRAIN_ROWS = 2
 DATA_INITS = ("standardize", "gaussian", "none")
+SAMPLE_CHUNK_ROWS = 65_536
 SPLIT_SEED = 0  # the validation rows are drawn with this seed, whatever the training seed
 
 
@@ -46,12 +55,19 @@ class VectorRunSettings:
     data_file: Optional[str] = None
 
     def __post_init__(self) -> None:
-        if self.val_fraction is not None and not 0 < self.val_fraction < 1:
+        # each field checked for its type too: read back from run.json, "3" is no width and true no fraction
+        check_positive_int(self.dim, "dim")
+        check_spec(self.model)
+        if self.val_fraction is not None and not (
+                isinstance(self.val_fraction, (int, float)) and not isinstance(self.val_fraction, bool)
+                and 0 < self.val_fraction < 1):
             raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction!r}")
-        if self.data_init not in DATA_INITS:
+        if not isinstance(self.data_init, str) or self.data_init not in DATA_INITS:
             raise ValueError(f"data_init must be one of {DATA_INITS}, got {self.data_init!r}")
+        if self.data_file is not None and not isinstance(self.data_file, str):
+            raise ValueError(f"data_file must be a path or null, got {self.data_file!r}")
         if self.model.get("dim") != self.dim:
-            raise ValueError(f"the model spec's dim {self.model.get('dim')} is not the data's width {self.dim}")
+            raise ValueError(f"the model spec's dim {self.model.get('dim')!r} is not the data's width {self.dim}")
 
 
 def as_vectors(data: Vectors, name: str = "data", min_rows: int = 2) -> torch.Tensor:
@@ -86,9 +102,33 @@ def split_rows(data: torch.Tensor, val_fraction: float) -> tuple[torch.Tensor, t
     """``(train, val)``: a fixed random ``val_fraction`` of the rows (at least one, at most N − 1)
     for validation, drawn with :data:`SPLIT_SEED` so that every call and every resume agrees."""
     n = data.shape[0]
-    num_val = min(n - 1, max(1, math.ceil(val_fraction * n)))
+    num_val = _num_val(n, val_fraction)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
     return data[order[: n - num_val]], data[order[n - num_val :]]
+
+
+def _num_val(n: int, val_fraction: float) -> int:
+    return min(n - 1, max(1, math.ceil(val_fraction * n)))
+
+
+def _check_enough_rows(name: str, train: torch.Tensor, val: torch.Tensor, data_init: str,
+                       val_fraction: Optional[float]) -> None:
+    """``ValueError`` giving the minimum when ``train`` has too few rows to learn from."""
+    dim = train.shape[1]
+    need, why = ((dim + 1, f"the Gaussian start needs more rows than the {dim} features") if data_init == "gaussian"
+                 else (MIN_TRAIN_ROWS, "one row has no spread"))
+    have = train.shape[0]
+    if have >= need:
+        return
+    if val_fraction is None:  # validated on rows given apart
+        raise ValueError(f"{name} has {have} row{'' if have == 1 else 's'}; training needs at least {need} ({why})")
+    first = max(need + 1, math.floor(need / (1 - val_fraction)) - 2)  # just below the answer, whatever the share
+    total = next(n for n in itertools.count(first) if n - _num_val(n, val_fraction) >= need)
+    raise ValueError(
+        f"{name} has {have + val.shape[0]} row{'' if have + val.shape[0] == 1 else 's'}: {have} to train on and "
+        f"{val.shape[0]} to validate; training needs at least {need} to train on ({why}) and one to validate, "
+        f"so at least {total} rows with a validation share of {val_fraction:g}"
+    )
 
 
 def log_prob_fn(model: nn.Module, batch: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -124,7 +164,7 @@ def train_vectors(
     every validation), ``metrics.jsonl`` and ``curves.png``; ``resume`` continues the
     run there. Under ``torchrun`` the processes share the model (see :mod:`lunet.experiments.distributed`).
     """
-    data = as_vectors(data)
+    data = as_vectors(data, min_rows=1)  # too few rows are refused below, with the minimum
     run = RunFolder(out)
     if val_fraction is None:
         stored = read_run_file(out).val_fraction if resume and run.run_file.is_file() else None
@@ -138,8 +178,14 @@ def train_vectors(
     config = config or default_train_config("vectors")
     spec = model_spec or vector_lunet_spec(train.shape[1])
     settings = VectorRunSettings(train.shape[1], spec, val_fraction if val_data is None else None, data_init, data_file)
+    name = data_file or "data"
+    _check_enough_rows(name, train, val, data_init, settings.val_fraction)
+    check_fits_dtype(data, config.torch_dtype, name)
+    if val_data is not None:
+        check_fits_dtype(val, config.torch_dtype, "val_data")
     group = current() if group is None else group
     resolve_device(config.device)
+    check_model_memory(spec, config.torch_dtype, training=True, device=config.device)
     check_shared_config(config, group)  # before --overwrite clears anything
     with group.holding(run.locked()):
         group.decide(lambda: _prepare_run(run, settings, overwrite, resume))
@@ -181,15 +227,20 @@ def _prepare_run(run: RunFolder, settings: VectorRunSettings, overwrite: bool, r
 def write_run_file(run: RunFolder, settings: VectorRunSettings) -> None:
     """``run.json`` of a run on own data."""
     run.path.mkdir(parents=True, exist_ok=True)
-    run.run_file.write_text(json.dumps({"data": RUN_KIND, **asdict(settings)}, indent=2) + "\n")
+    write_text_atomic(run.run_file, json.dumps({"data": RUN_KIND, **asdict(settings)}, indent=2) + "\n")
 
 
 def is_vector_run(run_dir: str | Path) -> bool:
-    """Whether ``run_dir`` holds a run on own data (its ``run.json`` says ``"data": "vectors"``)."""
+    """Whether ``run_dir`` holds a run on own data (its ``run.json`` says ``"data": "vectors"``, or, damaged,
+    still holds an entry of :data:`RUN_KEYS`, so that :func:`read_run_file` names the damage);
+    :class:`~lunet.experiments.rundir.UnsafeFile` if ``run.json`` is a FIFO, a device or a folder."""
     try:
-        return json.loads(RunFolder(run_dir).run_file.read_text()).get("data") == RUN_KIND
-    except (OSError, ValueError, AttributeError):
+        record = json.loads(read_text(RunFolder(run_dir).run_file))
+    except UnsafeFile:  # refused by its name here rather than taken for some other kind of run
+        raise
+    except (OSError, ValueError):
         return False
+    return isinstance(record, dict) and any(key in record for key in RUN_KEYS)
 
 
 def read_run_file(run_dir: str | Path) -> VectorRunSettings:
@@ -198,11 +249,25 @@ def read_run_file(run_dir: str | Path) -> VectorRunSettings:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {run_dir} is not a run directory made by `lunet train`")
     try:
-        record = json.loads(path.read_text())
-        if record.pop("data") != RUN_KIND:
-            raise KeyError("data")
+        record = json.loads(read_text(path))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} does not describe a run on own data ({first_sentence(exc)})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} does not describe a run on own data: it holds a {type(record).__name__}")
+    if record.get("data") != RUN_KIND:
+        raise ValueError(f"{path} does not describe a run on own data: its \"data\" entry is "
+                         f"{record.get('data')!r}, not {RUN_KIND!r}")
+    record.pop("data")
+    known = {f.name for f in fields(VectorRunSettings)}
+    unknown = sorted(set(record) - known)
+    missing = [f.name for f in fields(VectorRunSettings) if f.name not in record and f.default is MISSING]
+    if unknown or missing:
+        listed = "; ".join(part for part in (f"unknown entries {', '.join(unknown)}" if unknown else "",
+                                             f"no {', '.join(missing)}" if missing else "") if part)
+        raise ValueError(f"{path} does not describe a run on own data: {listed}")
+    try:
         return VectorRunSettings(**record)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except ValueError as exc:
         raise ValueError(f"{path} does not describe a run on own data ({exc})") from None
 
 
@@ -221,6 +286,7 @@ def evaluate_vectors(run_dir: str | Path, data: Vectors, device: str = "cpu", ba
     settings, model = load_vector_run(run_dir, device)
     x = as_vectors(data, str(name), min_rows=1)
     check_width(x, settings.dim, name)
+    check_fits_dtype(x, placement(model)[0], name)
     lp = torch.cat([log_prob_fn(model, chunk).double().cpu() for chunk in x.split(batch_size)])
     return {
         "nll_nats_per_dim": float(-lp.mean() / settings.dim),
@@ -240,4 +306,6 @@ def sample_vectors(run_dir: str | Path, num: int, temperature: float = 1.0, seed
     dtype, dev = placement(model)
     gen = torch.Generator().manual_seed(seed)
     z = temperature * torch.randn(num, model.dim, generator=gen, dtype=torch.float64)
-    return model.inverse(z.to(device=dev, dtype=dtype))[0].double().cpu()
+    # in chunks: a pass over all the rows at once holds several copies of them per block
+    return torch.cat([model.inverse(chunk.to(device=dev, dtype=dtype))[0].double().cpu()
+                      for chunk in z.split(SAMPLE_CHUNK_ROWS)])

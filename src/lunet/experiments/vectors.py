@@ -22,6 +22,8 @@ import torch
 from lunet.experiments.checkpoint import first_sentence, load_weights_only, write_atomic
 
 VECTOR_SUFFIXES = (".npy", ".csv", ".pt")
+NPY_SIGNATURE = b"\x93NUMPY"
+NPZ_SIGNATURE = b"PK\x03\x04"  # a zip file: np.load reads an .npz archive, refused below
 
 _INT_DTYPES = {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64}
 _INT_DTYPES |= {getattr(torch, name) for name in ("uint16", "uint32", "uint64") if hasattr(torch, name)}
@@ -81,6 +83,23 @@ def check_width(data: torch.Tensor, dim: int, path: str | os.PathLike) -> None:
     if width != dim:
         raise ValueError(
             f"{path} has {width} feature{'' if width == 1 else 's'} per row but the run models {dim}"
+        )
+
+
+def check_fits_dtype(data: torch.Tensor, dtype: torch.dtype, path: str | os.PathLike) -> None:
+    """``ValueError`` naming ``path`` when values of ``data`` (N, D) lie beyond the range of ``dtype``,
+    the precision a run computes in: there they would become infinite, and every result NaN."""
+    if not dtype.is_floating_point or torch.finfo(dtype).max >= torch.finfo(data.dtype).max:
+        return
+    top = torch.finfo(dtype).max
+    over = data.abs() > top
+    count = int(over.sum())
+    if count:
+        row = int(over.any(dim=1).nonzero()[0, 0])
+        raise ValueError(
+            f"{path}: {count} value{' lies' if count == 1 else 's lie'} beyond the range of "
+            f"{str(dtype).removeprefix('torch.')} (±{top:.4g}), the precision the run computes in "
+            f"(the first in row {row}, {float(data[over][0]):.4g}); rescale the data"
         )
 
 
@@ -144,13 +163,19 @@ def _to_tensor(path: str | os.PathLike, data: torch.Tensor) -> torch.Tensor:
 
 
 def _read_npy(path: str | os.PathLike) -> torch.Tensor:
+    # numpy takes any file without its signature for a pickle: a picture renamed .npy would be "pickled data"
+    with open(path, "rb") as f:
+        head = f.read(len(NPY_SIGNATURE))
+    if head.startswith(b"\x80"):  # the first byte of every binary pickle
+        raise ValueError(f"{path} holds pickled Python data, not a numpy array, and is not loaded")
+    if head != NPY_SIGNATURE and not head.startswith(NPZ_SIGNATURE):
+        raise ValueError(f"{path} is not a .npy file: it does not begin with the .npy signature "
+                         f"(its first bytes are {head!r})")
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as exc:
         if "Object arrays" in str(exc):
             raise ValueError(f"{path} holds values of dtype object, not real numbers (bool, int or float)") from None
-        if "pickled" in str(exc):
-            raise ValueError(f"{path} holds pickled Python data, not a numpy array, and is not loaded") from None
         raise ValueError(f"{path} could not be read as a .npy file ({first_sentence(exc)})") from None
     except Exception as exc:
         raise ValueError(f"{path} could not be read as a .npy file ({first_sentence(exc)})") from None

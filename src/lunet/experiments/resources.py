@@ -1,0 +1,87 @@
+"""What a model will cost in memory, known from its spec before anything is built.
+
+An LU-Net of width D and B blocks holds, per block, an LU matrix of D × D
+and two masks of the same size, so its size follows from the spec alone. A
+spec whose model would not fit in the memory of the machine (or of the GPU it
+trains on) is refused with both figures before a single weight is allocated,
+instead of the process being killed halfway through the allocation.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import torch
+
+from lunet.numbers import check_positive_int
+
+# Bytes in use per byte of a model's own weights and buffers, measured on LU-Nets of width
+# 2,000 to 2,500. Training adds the gradients, Adam's two moments, the best weights' copy
+# and the factors the forward pass keeps for the backward one (10 to 11.5 matrices per
+# block against the model's 3); inference adds the checkpoint's tensors and a snapshot's
+# float64 products and inverses (12 to 16.5 float32 matrices per block).
+TRAINING_FACTOR = 4
+INFERENCE_FACTOR = 5
+
+
+def machine_memory() -> Optional[int]:
+    """The machine's physical memory in bytes, or None where the platform does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def gigabytes(num_bytes: float) -> str:
+    """``num_bytes`` as people read a memory size: ``51.2 GB``, ``0.8 GB``."""
+    return f"{num_bytes / 1e9:,.1f} GB"
+
+
+def _memory_of(device: str | torch.device) -> tuple[Optional[int], str]:
+    """The memory a model on ``device`` lives in, in bytes (None: unknown), and its name for messages."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.cuda.get_device_properties(index).total_memory, f"GPU {device}"
+    return machine_memory(), "this machine"
+
+
+def model_elements(spec: dict[str, Any]) -> int:
+    """How many numbers the model of ``spec`` holds in its parameters and buffers, found without
+    allocating any: for an LU-Net from its width and depth, for other models from a build on
+    PyTorch's "meta" device, which records shapes only. ``ValueError`` for a spec that names no
+    valid width or depth."""
+    if spec.get("name") == "lunet":
+        dim = check_positive_int(spec.get("dim"), "the model spec's dim")
+        blocks = check_positive_int(spec.get("num_blocks"), "the model spec's num_blocks")
+        # per block the LU matrix, its two masks, the diagonal, its signs and the bias; the standardisation
+        return blocks * (3 * dim * dim + 3 * dim) + 2 * dim
+    from lunet.experiments.checkpoint import build_model
+
+    with torch.device("meta"):
+        model = build_model(spec)
+    return sum(t.numel() for t in (*model.parameters(), *model.buffers()))
+
+
+def describe_model(spec: dict[str, Any]) -> str:
+    """A model as its messages name it: an LU-Net by its width and depth, any other by its spec."""
+    if spec.get("name") == "lunet":
+        return f"an LU-Net of width {spec['dim']:,} with {spec['num_blocks']:,} blocks"
+    return f"the model {spec}"
+
+
+def check_model_memory(spec: dict[str, Any], dtype: torch.dtype, training: bool,
+                       device: str | torch.device = "cpu", subject: Optional[str] = None) -> int:
+    """Return the bytes the model of ``spec`` needs (in ``dtype``) to train or, without
+    ``training``, to load and run; ``ValueError`` giving that figure and the memory of
+    ``device`` when it needs more than there is. ``subject`` names the model in the message."""
+    need = model_elements(spec) * dtype.itemsize * (TRAINING_FACTOR if training else INFERENCE_FACTOR)
+    have, where = _memory_of(device)
+    if have is not None and need > have:
+        what = subject or describe_model(spec)
+        raise ValueError(
+            f"{what} needs about {gigabytes(need)} of memory to {'train' if training else 'load and run'} "
+            f"in {str(dtype).removeprefix('torch.')}, more than the {gigabytes(have)} {where} has"
+        )
+    return need
