@@ -26,3 +26,4 @@ def test_the_guide_examples_run(tmp_path, monkeypatch):
     for block in blocks:
         exec(compile(block, str(GUIDE), "exec"), namespace)  # noqa: S102 (the guide's own examples)
     assert namespace["samples"].shape == (4, 100, 2) and namespace["checkpoint"]["epoch"] == 2
+    assert namespace["hess"].shape == (2, 2) and namespace["per_row"].shape == (5,)

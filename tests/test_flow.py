@@ -1,6 +1,7 @@
 """LUNet as a whole: exact inverse, exact log-density, sampling, class-conditional wrapper."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -217,3 +218,46 @@ def test_mixture_density_and_entropy_are_consistent():
     assert mix.entropy() == pytest.approx(mc_entropy, abs=0.01)
     # well separated blobs: entropy ~ log 4 + entropy of one blob
     assert mix.entropy() == pytest.approx(math.log(4) + math.log(2 * math.pi * math.e * 0.04), abs=1e-3)
+
+
+@pytest.mark.parametrize("leading", [(), (5,), (2, 3)], ids=str)
+def test_class_conditional_flow_takes_any_leading_shape(leading):
+    flows = [make_net(dim=3, blocks=2, seed=s) for s in range(3)]
+    prior = torch.tensor([0.2, 0.3, 0.5]).log()
+    model = ClassConditionalFlow(flows, prior)
+    x = torch.randn(*leading, 3, dtype=torch.float64)
+    per_class = torch.stack([f.log_prob(x) for f in flows], dim=-1)  # (..., C)
+    assert model.class_log_probs(x).shape == (*leading, 3)
+    torch.testing.assert_close(model.log_prob(x), torch.logsumexp(per_class + prior.double(), dim=-1))
+    labels = torch.arange(math.prod(leading)).reshape(leading) % 3
+    torch.testing.assert_close(model.log_prob(x, labels), per_class.gather(-1, labels.unsqueeze(-1)).squeeze(-1))
+    assert torch.equal(model.classify(x), (per_class + prior.double()).argmax(-1))
+    with pytest.raises(ValueError, match="leading shape"):
+        model.log_prob(x, torch.zeros(7, dtype=torch.long))
+
+
+def test_init_gaussian_needs_more_rows_than_dimensions():
+    net = LUNet(5, 2).double()
+    for rows in (1, 2, 5):
+        with pytest.raises(ValueError, match="more rows than dimensions"):
+            net.init_gaussian(torch.randn(rows, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="ridge"):
+        net.init_gaussian(torch.randn(50, 5, dtype=torch.float64), ridge=-1.0)
+
+
+def test_init_gaussian_names_a_collinear_feature():
+    base = torch.randn(400, 3, dtype=torch.float64)
+    data = torch.cat([base, base[:, :1] - 2 * base[:, 1:2]], dim=1)  # feature 3 = x0 - 2 x1
+    net = LUNet(4, 2).double()
+    with pytest.warns(UserWarning, match=r"feature\(s\) 3 .*linear combinations"):
+        net.init_gaussian(data)
+    assert torch.isfinite(net.log_prob(data[:10])).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # independent features: not a word
+        LUNet(3, 2).double().init_gaussian(base)
+
+
+@pytest.mark.parametrize("init_scale", [-0.1, float("nan"), float("inf"), "0.1"], ids=str)
+def test_a_bad_init_scale_is_refused_by_name(init_scale):
+    with pytest.raises(ValueError, match="init_scale"):
+        LUNet(3, 2, init_scale=init_scale)

@@ -11,6 +11,7 @@ import numbers
 from typing import Optional
 
 import torch
+from torch.autograd import forward_ad
 
 from lunet.numbers import check_positive_int  # noqa: F401 (one of the checks, kept with them)
 
@@ -42,8 +43,29 @@ class set_value_checks:
 
 
 def value_checks_enabled() -> bool:
-    """Whether the checks that read values back to the host run now (see :class:`set_value_checks`)."""
-    return _value_checks and not torch.compiler.is_compiling()
+    """Whether the checks that read values back to the host run now (see :class:`set_value_checks`):
+    never inside ``torch.compile`` or a ``torch.func`` transform, where no value can be read."""
+    return _value_checks and not torch.compiler.is_compiling() and not torch._C._are_functorch_transforms_active()
+
+
+def plain_ops_wanted() -> bool:
+    """Whether a pass must run as plain differentiable ops instead of the fast kernels: inside a
+    ``torch.func`` transform (``vmap``, ``grad``, ``jacrev``, ``jvp``, ...), whose tensors the
+    kernels' in-place strided products and ``out=`` writes cannot take, or inside a
+    ``torch.autograd.forward_ad`` dual level, which the kernels' written-out backwards do not
+    serve. One flag read each (tens of nanoseconds), no host synchronisation."""
+    return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
+
+
+def plain_backward_wanted(grad: torch.Tensor) -> bool:
+    """Whether a written-out backward pass, given the incoming gradient ``grad``, must give way to
+    plain differentiable ops: when it records a graph (``create_graph=True``: Hessians, double
+    backward), when :func:`plain_ops_wanted`, or when autograd batches the gradients
+    (``is_grads_batched=True``, ``jacobian(vectorize=True)``). Never inside ``torch.compile``,
+    whose graphs take first derivatives only."""
+    if torch.compiler.is_compiling():
+        return False
+    return torch.is_grad_enabled() or plain_ops_wanted() or torch._C._functorch.is_legacy_batchedtensor(grad)
 
 
 def check_features(

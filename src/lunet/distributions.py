@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from typing import Optional
 
@@ -10,13 +11,33 @@ from torch import nn
 from torch.distributions import Distribution, Independent, Normal, constraints
 from torch.distributions.transforms import Transform
 
-from lunet.checks import check_temperature, sample_shape_of
+from lunet.checks import check_temperature, sample_shape_of, set_value_checks, value_checks_enabled
 
 
 def standard_normal(dim: int, like: torch.Tensor, temperature: float = 1.0) -> Distribution:
-    """``N(0, temperature^2 I)`` over ``(dim,)`` vectors, on ``like``'s device and dtype."""
+    """``N(0, temperature^2 I)`` over ``(dim,)`` vectors, on ``like``'s device and dtype; it checks
+    no values (its callers check theirs)."""
     loc = torch.zeros(dim, dtype=like.dtype, device=like.device)
-    return Independent(Normal(loc, torch.full_like(loc, temperature)), 1)
+    return Independent(Normal(loc, torch.full_like(loc, temperature), validate_args=False), 1, validate_args=False)
+
+
+def flow_placement(flow: object) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device a flow computes in now: its first floating parameter's or buffer's
+    for a module, ``flow.dtype`` and ``flow.device`` for a snapshot; the default dtype on the
+    CPU for a flow that has neither."""
+    if isinstance(flow, nn.Module):
+        tensors = itertools.chain(flow.parameters(), flow.buffers())
+        like = next((t for t in tensors if t.is_floating_point()), None)
+        if like is None:
+            return torch.get_default_dtype(), torch.device("cpu")
+        return like.dtype, like.device
+    return getattr(flow, "dtype", torch.get_default_dtype()), getattr(flow, "device", torch.device("cpu"))
+
+
+def _is_snapshot(flow: object) -> bool:
+    from lunet.frozen import FrozenLUNet, FrozenSequential
+
+    return isinstance(flow, (FrozenLUNet, FrozenSequential))
 
 
 class FlowDistribution(Distribution):
@@ -29,8 +50,22 @@ class FlowDistribution(Distribution):
     ``sample`` and ``rsample`` return ``sample_shape + (dim,)``.
 
     ``flow`` is any transform of the contract (``forward(x) -> (z, log-det)``,
-    ``inverse(z) -> (x, log-det)``) with a ``dim``; ``base`` any distribution
-    with ``event_shape == (dim,)``.
+    ``inverse(z) -> (x, log-det)``) with a ``dim``, a snapshot (``flow.frozen()``)
+    included; ``base`` any distribution with ``event_shape == (dim,)``. The default
+    base follows the flow: made in the flow's dtype and on its device as they are at
+    each call, so a distribution made before ``flow.double()`` or ``flow.to(device)``
+    keeps working. A ``base`` of your own stays as you made it.
+
+    ``validate_args`` as in ``torch.distributions``: None takes torch's global default
+    (``Distribution.set_default_validate_args``). When on, ``log_prob`` checks its
+    value's shape and support as torch's distributions do; when off, nothing is
+    checked, lunet's own value checks (NaN and inf inputs, a singular ``U``) included.
+    Checks that read values back are skipped inside ``torch.compile`` and ``torch.func``
+    transforms, and under ``lunet.set_value_checks(False)``.
+
+    Over a snapshot, which computes without autograd, ``rsample`` raises
+    ``NotImplementedError`` (``has_rsample`` is False) rather than return draws
+    without a gradient; ``sample`` works.
     """
 
     arg_constraints: dict = {}
@@ -38,24 +73,41 @@ class FlowDistribution(Distribution):
     has_rsample = True
 
     def __init__(
-        self, flow: nn.Module, temperature: float = 1.0, base: Optional[Distribution] = None,
-        validate_args: bool = False,
+        self, flow: object, temperature: float = 1.0, base: Optional[Distribution] = None,
+        validate_args: Optional[bool] = None,
     ) -> None:
         self.flow = flow
-        like = next((t for t in itertools.chain(flow.parameters(), flow.buffers()) if t.is_floating_point()), None)
-        if like is None:
-            like = torch.zeros(())  # a flow without tensors: the default dtype on the CPU
+        dtype, _ = flow_placement(flow)
         if base is None:
-            base = standard_normal(flow.dim, like, check_temperature(temperature, like.dtype))
+            self.temperature = check_temperature(temperature, dtype)
         elif temperature != 1.0:
             raise ValueError("give a temperature or a base distribution, not both: a temperature scales the standard base")
-        if tuple(base.event_shape) != (flow.dim,) or tuple(base.batch_shape) != ():
+        elif tuple(base.event_shape) != (flow.dim,) or tuple(base.batch_shape) != ():
             raise ValueError(
                 f"base must have event_shape ({flow.dim},) and batch_shape (), got "
                 f"{tuple(base.event_shape)} and {tuple(base.batch_shape)}"
             )
-        self.base = base
+        else:
+            self.temperature = 1.0
+        self._base = base
+        self._standard: Optional[tuple[torch.dtype, torch.device, Distribution]] = None
+        if _is_snapshot(flow):
+            self.has_rsample = False
         super().__init__(batch_shape=torch.Size(), event_shape=torch.Size([flow.dim]), validate_args=validate_args)
+
+    @property
+    def base(self) -> Distribution:
+        """The latent distribution: the ``base`` given, or ``N(0, T^2 I)`` in the flow's current dtype
+        and on its current device (made again only when they change)."""
+        if self._base is not None:
+            return self._base
+        dtype, device = flow_placement(self.flow)
+        made = self._standard
+        if made is None or made[0] != dtype or made[1] != device:
+            like = torch.empty((), dtype=dtype, device=device)
+            normal = standard_normal(self.flow.dim, like, check_temperature(self.temperature, dtype))
+            made = self._standard = (dtype, device, normal)
+        return made[2]
 
     @property
     def mean(self) -> torch.Tensor:
@@ -65,20 +117,39 @@ class FlowDistribution(Distribution):
     def variance(self) -> torch.Tensor:
         raise NotImplementedError("a flow's variance has no closed form; estimate it from samples")
 
+    def _checks(self) -> contextlib.AbstractContextManager:
+        """The flow's own value checks: as set globally when validating, none otherwise."""
+        return contextlib.nullcontext() if self._validate_args else set_value_checks(False)
+
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """``log p(value)`` in nats, (..., dim) -> (...)."""
-        z, logdet = self.flow(value)
+        if self._validate_args and value_checks_enabled():
+            self._validate_sample(value)
+        with self._checks():
+            z, logdet = self.flow(value)
         return self.base.log_prob(z) + logdet
 
     def rsample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> torch.Tensor:
-        """Draws of shape ``sample_shape + (dim,)``, differentiable in the flow's weights."""
-        z = self.base.rsample(sample_shape_of(sample_shape))
-        return self.flow.inverse(z)[0]
+        """Draws of shape ``sample_shape + (dim,)``, differentiable in the flow's weights (and the
+        base's parameters)."""
+        if not self.has_rsample:
+            raise NotImplementedError(
+                "a snapshot (flow.frozen()) computes without autograd, so its draws carry no gradient: "
+                "use sample(), or a distribution of the flow itself for rsample()"
+            )
+        return self._draw(sample_shape)
 
     def sample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> torch.Tensor:
         """Draws of shape ``sample_shape + (dim,)``, without gradients."""
         with torch.no_grad():
-            return self.rsample(sample_shape)
+            return self._draw(sample_shape)
+
+    def _draw(self, sample_shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+        shape = sample_shape_of(sample_shape)
+        base = self.base
+        z = base.rsample(shape) if base.has_rsample else base.sample(shape)
+        with self._checks():
+            return self.flow.inverse(z)[0]
 
     def __repr__(self) -> str:
         return f"FlowDistribution(dim={self.flow.dim}, base={self.base})"
@@ -90,35 +161,58 @@ class TorchTransform(Transform):
     ``torch.distributions`` runs transforms from the base to the data, so this
     adapter's map is the transform's **inverse** (latent -> data) and its
     inverse the transform's ``forward``. ``TransformedDistribution(base,
-    TorchTransform(flow))`` is then the flow's density. The log-det of the last
-    pass is kept, keyed by its input and output tensors, so that ``log_prob``
-    costs one pass, as torch's ``cache_size=1`` transforms do.
+    TorchTransform(flow))`` is then the flow's density.
+
+    ``cache_size`` follows torch's transforms: 0 (the default) keeps nothing, so
+    ``log_abs_det_jacobian`` runs the transform's forward pass again (``log_prob``
+    then costs two passes; :class:`FlowDistribution` costs one); 1 is torch's
+    one-entry identity cache, which also keeps the log-det of the last pass, served
+    when the same tensor objects come back. Like torch's, it serves the entry even
+    after the weights change: make a cached adapter per use. Copies and pickles
+    leave the cache behind. ``with_cache(n)`` gives the adapter with cache size ``n``.
     """
 
     domain = constraints.real_vector
     codomain = constraints.real_vector
     bijective = True
 
-    def __init__(self, transform: nn.Module) -> None:
-        super().__init__(cache_size=0)
+    def __init__(self, transform: object, cache_size: int = 0) -> None:
+        super().__init__(cache_size=cache_size)
         self.transform = transform
         self._last: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, TorchTransform) and other.transform is self.transform
 
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_last"] = None
+        if "_cached_x_y" in state:
+            state["_cached_x_y"] = None, None
+        return state
+
+    def with_cache(self, cache_size: int = 1) -> "TorchTransform":
+        """This adapter with cache size ``cache_size`` (0 or 1): itself if it has that size already."""
+        if self._cache_size == cache_size:
+            return self
+        return TorchTransform(self.transform, cache_size=cache_size)
+
     def _call(self, z: torch.Tensor) -> torch.Tensor:
         x, logdet = self.transform.inverse(z)
-        self._last = (z, x, logdet)
+        if self._cache_size:
+            self._last = (z, x, logdet)
         return x
 
     def _inverse(self, x: torch.Tensor) -> torch.Tensor:
         z, logdet = self.transform(x)
-        self._last = (z, x, -logdet)
+        if self._cache_size:
+            self._last = (z, x, -logdet)
         return z
 
     def log_abs_det_jacobian(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``log|det dx/dz|`` (...), from the last pass when it was on these tensors."""
-        if self._last is not None and self._last[0] is z and self._last[1] is x:
-            return self._last[2]
-        return self.transform.inverse(z)[1]
+        """``log|det dx/dz|`` (...): with a cache, that of the last pass when it was on these very
+        tensors; else from the transform's forward pass on ``x``."""
+        last = self._last
+        if last is not None and last[0] is z and last[1] is x:
+            return last[2]
+        return -self.transform(x)[1]

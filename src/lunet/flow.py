@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
+import warnings
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
@@ -41,6 +43,25 @@ def placement(model) -> tuple[torch.dtype, torch.device]:
         ref = next(itertools.chain(model.parameters(), model.buffers()))
         return ref.dtype, ref.device
     return model.dtype, model.device
+
+
+def _warn_collinear(corr: torch.Tensor, ridge: float) -> None:
+    """Warn when a feature of the correlation ``corr`` (D, D) is (nearly) a linear combination of the
+    features before it: its spread given them (the square of the Cholesky factor's diagonal entry)
+    is below ``ridge``, or the factorisation fails there."""
+    chol, info = torch.linalg.cholesky_ex(corr)
+    if int(info) > 0:
+        weak = [int(info) - 1]
+    else:
+        weak = torch.nonzero(torch.diagonal(chol).square() < ridge).flatten().tolist()
+    if weak:
+        shown = ", ".join(str(i) for i in weak[:10]) + (", ..." if len(weak) > 10 else "")
+        warnings.warn(
+            f"init_gaussian: feature(s) {shown} of the data are (nearly) linear combinations of the features "
+            f"before them, with less spread given those than the ridge ({ridge:g}): the ridge, not the data, "
+            f"sets the starting Gaussian's spread there",
+            stacklevel=4,  # the caller of init_gaussian, past its no_grad wrapper
+        )
 
 
 def _renamed_standardisation(state_dict, prefix, *args) -> None:
@@ -159,15 +180,17 @@ class LUNet(Sequential):
         return lu + rest
 
     @torch.no_grad()
-    def standardize(self, data: torch.Tensor, min_std: float = 1e-3) -> "LUNet":
-        """Fix the input standardisation to the mean and std of ``data`` (N, dim)."""
+    def standardize(self, data: torch.Tensor, min_std: Optional[float] = None) -> "LUNet":
+        """Fix the input standardisation to the mean and std of ``data`` (N, dim), each feature
+        by its own spread whatever its scale (see :meth:`Standardize.fit`, which refuses a
+        constant feature by name; ``min_std``: an optional floor on every std)."""
         check_batch(data, self.dim, "data")
         self.input_standardize.fit(data, min_std)
         return self
 
     @torch.no_grad()
     def init_gaussian(self, data: torch.Tensor, shift: float = 5.0, ridge: float = 1e-3) -> "LUNet":
-        """Start as the best full-covariance Gaussian of ``data`` (N, dim).
+        """Start as the best full-covariance Gaussian of ``data`` (N, dim), N > dim.
 
         Standardises the input, sets the first block to the whitening map
         ``C^{-1}`` of the Cholesky factor ``C`` of the data's correlation (a
@@ -176,12 +199,30 @@ class LUNet(Sequential):
         ``+shift`` (undone by the last bias) so that every activation starts
         in its nearly linear branch. Training then starts from the Gaussian fit
         instead of from scratch.
+
+        ``ridge`` is added to the correlation's diagonal, so it is relative to each
+        feature's own spread. Fewer rows than ``dim + 1`` (whose covariance is singular:
+        held-out rows would lie far off the fit) raise a ValueError; a feature that is
+        (nearly) a linear combination of the ones before it, whose conditional spread is
+        below the ridge, draws a warning naming it: the ridge, not the data, then sets the
+        start's spread across it.
         """
+        check_batch(data, self.dim, "data")
+        if data.shape[0] <= self.dim:
+            raise ValueError(
+                f"init_gaussian needs more rows than dimensions, got {data.shape[0]} rows of {self.dim}: "
+                f"their covariance is singular, and its Gaussian puts held-out rows far off; "
+                f"use standardize() for such data"
+            )
+        if isinstance(ridge, bool) or not isinstance(ridge, numbers.Real) or not (math.isfinite(ridge) and ridge > 0):
+            raise ValueError(f"ridge must be a positive finite number, got {ridge!r}")
         self.standardize(data)
         h = ((data - self.input_mean) / self.input_std).double()
-        cov = torch.cov(h.T) + ridge * torch.eye(self.dim, dtype=torch.float64)
+        corr = torch.cov(h.T)
+        _warn_collinear(corr, ridge)
+        cov = corr + ridge * torch.eye(self.dim, dtype=torch.float64, device=corr.device)
         chol = torch.linalg.cholesky(cov)
-        eye = torch.eye(self.dim, dtype=torch.float64)
+        eye = torch.eye(self.dim, dtype=torch.float64, device=corr.device)
         white = torch.linalg.solve_triangular(chol, eye, upper=False)  # C^{-1}, lower triangular
         d = torch.diagonal(white).clone()
         unit_lower = white / d  # scale columns: C^{-1} = L diag(d)
@@ -280,13 +321,16 @@ class LUNet(Sequential):
         return self._inverse(z).view(*shape, self.dim)
 
     def distribution(
-        self, temperature: float = 1.0, base: Optional[torch.distributions.Distribution] = None
+        self, temperature: float = 1.0, base: Optional[torch.distributions.Distribution] = None,
+        validate_args: Optional[bool] = None,
     ) -> "FlowDistribution":
         """This flow as a ``torch.distributions.Distribution`` over ``(dim,)`` vectors, with latent
-        ``N(0, temperature^2 I)`` or ``base``; it reads the flow's current weights on every call."""
+        ``N(0, temperature^2 I)`` (in the flow's dtype and on its device at each call) or ``base``;
+        it reads the flow's current weights on every call. ``validate_args``: as torch's
+        distributions take it (None: torch's global default)."""
         from lunet.distributions import FlowDistribution
 
-        return FlowDistribution(self, temperature, base)
+        return FlowDistribution(self, temperature, base, validate_args=validate_args)
 
     def frozen(self, split_below_rows: int = SPLIT_BELOW_ROWS, split_min_bytes: int = SPLIT_MIN_BYTES) -> "FrozenLUNet":
         """A snapshot of this flow for fast inference (density, inverse, sampling; no autograd).
@@ -333,25 +377,29 @@ class ClassConditionalFlow(nn.Module):
         return c
 
     def class_log_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """``log p(x | c)`` for every class, (B, D) -> (B, C)."""
-        return torch.stack([flow.log_prob(x) for flow in self.flows], dim=1)
+        """``log p(x | c)`` for every class, (..., D) -> (..., C)."""
+        return torch.stack([flow.log_prob(x) for flow in self.flows], dim=-1)
 
     def log_prob(self, x: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``log p(x | c)`` for labels ``c`` (B,), or the mixture ``log p(x)`` when ``c`` is None."""
+        """``log p(x | c)`` for ``x`` (..., D) and labels ``c`` of the leading shape (...), or the
+        mixture ``log p(x)`` when ``c`` is None; (...)."""
         lp = self.class_log_probs(x)
         if c is None:
-            return torch.logsumexp(lp + self.class_log_prior.to(lp.dtype), dim=1)
+            return torch.logsumexp(lp + self.class_log_prior.to(lp.dtype), dim=-1)
         c = torch.as_tensor(c, device=lp.device)
-        if c.shape != (x.shape[0],) or c.dtype not in (torch.int64, torch.int32, torch.uint8):
-            raise ValueError(f"labels must be an integer tensor of shape ({x.shape[0]},), got {c.dtype} {tuple(c.shape)}")
+        if c.shape != lp.shape[:-1] or c.dtype not in (torch.int64, torch.int32, torch.uint8):
+            raise ValueError(
+                f"labels must be an integer tensor of the input's leading shape {tuple(lp.shape[:-1])}, "
+                f"got {c.dtype} {tuple(c.shape)}"
+            )
         if bool(((c < 0) | (c >= self.num_classes)).any()):
             raise ValueError(f"labels must lie in [0, {self.num_classes})")
-        return lp.gather(1, c.long().unsqueeze(1)).squeeze(1)
+        return lp.gather(-1, c.long().unsqueeze(-1)).squeeze(-1)
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
-        """Bayes classifier ``argmax_c log p(x|c) + log p(c)``, (B, D) -> (B,) int64."""
+        """Bayes classifier ``argmax_c log p(x|c) + log p(c)``, (..., D) -> (...) int64."""
         lp = self.class_log_probs(x)
-        return (lp + self.class_log_prior.to(lp.dtype)).argmax(dim=1)
+        return (lp + self.class_log_prior.to(lp.dtype)).argmax(dim=-1)
 
     def sample(self, num_samples: int, c: int, temperature: float = 1.0, **kwargs) -> torch.Tensor:
         """``num_samples`` draws from class ``c``'s flow, without gradients."""

@@ -11,6 +11,7 @@ longer the flow's own: take a new snapshot after such changes.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -48,6 +49,11 @@ class FrozenLUNet:
     to the host, so that it never waits for the device and compiles or captures as one
     graph; off, it takes a cheaper activation and reads back one flag per batch, whether
     that activation stayed exact (it redoes the batch if not).
+
+    Under ``torch.func.vmap`` a snapshot runs the plain passes of its private copy of
+    the weights (the same map, unfolded). ``grad``, ``jacrev``, ``jvp`` and ``jacfwd``
+    through it raise ``RuntimeError``: it computes without autograd, and their
+    derivatives would be zero.
     """
 
     def __init__(
@@ -93,7 +99,8 @@ class FrozenLUNet:
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (..., dim) -> ``z`` (..., dim), ``log|det dz/dx|`` (...)."""
         check_features(x, self.dim, like=self._flow.input_std)
-        z, logdet = self._forward(x.reshape(-1, self.dim))
+        rows = x.reshape(-1, self.dim)
+        z, logdet = self._flow._forward(rows) if under_vmap() else self._forward(rows)
         return z.view(x.shape), logdet.reshape(x.shape[:-1])
 
     __call__ = forward
@@ -110,7 +117,9 @@ class FrozenLUNet:
     def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``z`` (..., dim) -> ``x`` (..., dim), the inverse of :meth:`forward`, and ``log|det dx/dz|`` (...)."""
         check_features(z, self.dim, like=self._flow.input_std)
-        x, logdet = self._inverse(z.reshape(-1, self.dim), with_logdet=True)
+        rows = z.reshape(-1, self.dim)
+        inverse = self._flow._inverse if under_vmap() else self._inverse
+        x, logdet = inverse(rows, with_logdet=True)
         return x.view(z.shape), logdet.reshape(z.shape[:-1])
 
     @torch.no_grad()
@@ -124,7 +133,7 @@ class FrozenLUNet:
         z = torch.randn(shape.numel(), self.dim, generator=generator, dtype=self.dtype, device=self.device)
         if temperature != 1.0:
             z.mul_(temperature)
-        return self._inverse(z).view(*shape, self.dim)
+        return (self._flow._inverse(z) if under_vmap() else self._inverse(z)).view(*shape, self.dim)
 
     def _forward(self, x: torch.Tensor, exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The density pass from the folded matrices of :meth:`_forward_plan`.
@@ -307,7 +316,8 @@ class FrozenSequential:
     :class:`~lunet.FrozenLUNet` (one dense product per block, the scalings folded
     in); every other part is deep-copied and runs its own passes. Like every
     snapshot it holds its own copy of the weights: later changes to the
-    ``Sequential`` are not seen.
+    ``Sequential`` are not seen. ``vmap`` over it works; ``torch.func``'s
+    differentiating transforms raise, as for :class:`FrozenLUNet`.
     """
 
     def __init__(self, sequential: Sequential, **tuning: int) -> None:
@@ -327,9 +337,20 @@ class FrozenSequential:
         kinds = ", ".join(type(s).__name__ for s in self.stages)
         return f"FrozenSequential({kinds}; a snapshot: later changes to the Sequential are not seen)"
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the first stage that holds floating tensors."""
+        return _stage_placement(self.stages)[0]
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the first stage that holds floating tensors."""
+        return _stage_placement(self.stages)[1]
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (..., D) -> ``y``, the sum of the stages' ``log|det|`` (...)."""
+        under_vmap()
         return compose_forward(self.stages, x)
 
     __call__ = forward
@@ -337,4 +358,36 @@ class FrozenSequential:
     @torch.no_grad()
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``y`` -> ``x``, the stages' inverses in reverse order, and the sum of their ``log|det|`` (...)."""
+        under_vmap()
         return compose_inverse(self.stages, y)
+
+
+def _stage_placement(stages: list) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device of the first stage that holds a floating tensor."""
+    for stage in stages:
+        if isinstance(stage, FrozenLUNet):
+            return stage.dtype, stage.device
+        like = next((t for t in itertools.chain(stage.parameters(), stage.buffers()) if t.is_floating_point()), None)
+        if like is not None:
+            return like.dtype, like.device
+    return torch.get_default_dtype(), torch.device("cpu")
+
+
+def under_vmap() -> bool:
+    """Whether a snapshot's pass runs inside ``torch.func.vmap``: it then takes its private
+    replica's plain passes (the same weights, unfolded), as its own write into buffers that
+    ``vmap``'s batched tensors cannot fill.
+
+    Raises ``RuntimeError`` inside the transforms that differentiate (``grad``, ``jacrev``,
+    ``jvp``, ``jacfwd``): a snapshot computes without autograd, and their derivatives
+    through it would be zero, not the flow's.
+    """
+    if not torch._C._are_functorch_transforms_active():
+        return False
+    vmap = torch._C._functorch.TransformType.Vmap
+    if any(level.key() != vmap for level in torch._C._functorch.get_interpreter_stack() or ()):
+        raise RuntimeError(
+            "a snapshot (flow.frozen()) computes without autograd: torch.func's grad, jacrev, jvp and jacfwd "
+            "through it would give zero derivatives; differentiate the flow itself. vmap over a snapshot works"
+        )
+    return True

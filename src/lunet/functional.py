@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from lunet.checks import plain_ops_wanted
 from lunet.numbers import SLOPE_MIN
 
 # The leaky-softplus inverse table covers x in [-TABLE_X, TABLE_X], i.e.
@@ -184,19 +185,109 @@ def leaky_softplus_log_derivative(x: torch.Tensor, a: float | torch.Tensor) -> t
 
 
 def leaky_softplus_inverse(y: torch.Tensor, a: float | torch.Tensor) -> torch.Tensor:
-    """``f^{-1}(y)`` elementwise, exact to float precision, for a slope ``a`` in ``[SLOPE_MIN, 1)``
-    (a float, or a 0-dim tensor, e.g. a learnable slope).
+    """``f^{-1}(y)`` elementwise, any shape, exact to float precision, for a slope ``a`` in
+    ``[SLOPE_MIN, 1)`` (a float, or a one-element tensor, e.g. a learnable slope).
 
-    Gradients (to ``y`` and a tensor ``a``) follow the implicit-function theorem:
-    ``dx/dy = 1 / f'(x)``, ``dx/da = -(df/da) / f'(x)``.
+    Derivatives of every order (to ``y`` and a tensor ``a``) follow the implicit-function
+    theorem: ``dx/dy = 1 / f'(x)``, ``dx/da = -(df/da) / f'(x)``, written as differentiable
+    functions of the root ``x`` (see :class:`ImplicitInverse`); they serve backward and
+    forward mode and ``torch.func``'s transforms. The root itself is found without autograd.
     """
-    a_value = float(a.detach()) if isinstance(a, torch.Tensor) else float(a)
+    if torch.compiler.is_compiling():
+        return _first_order_inverse(y, a, _solve_op)
+    if torch._C._is_tracing():  # torch.jit.trace records ops, not autograd Functions
+        return _first_order_inverse(y, a, solve_plain)
+    a_value = _slope_value(a)
+    slope = a if isinstance(a, torch.Tensor) else None
+    wants_graph = torch.is_grad_enabled() and (y.requires_grad or (slope is not None and slope.requires_grad))
+    if wants_graph or plain_ops_wanted():
+        return ImplicitInverse.apply(y, slope, a_value)
     with torch.no_grad():  # reading y records nothing
-        x = _solve_op(y.detach(), a_value) if torch.compiler.is_compiling() else solve(y, a_value)
+        return solve(y, a_value)
+
+
+def _slope_value(a: float | torch.Tensor) -> float:
+    """The slope as a Python float: the exact inverse's table and step count depend on its value."""
+    if not isinstance(a, torch.Tensor):
+        return float(a)
+    try:
+        return float(a.detach())
+    except RuntimeError as err:  # a slope batched by vmap has no one value
+        raise ValueError(
+            "the exact leaky-softplus inverse reads its slope's value: it cannot run under vmap over "
+            "a batch of learned slopes (stacked module states); vmap over the inputs instead"
+        ) from err
+
+
+def _first_order_inverse(y: torch.Tensor, a: float | torch.Tensor, solver) -> torch.Tensor:
+    """:func:`leaky_softplus_inverse` inside ``torch.compile`` (``solver``: one opaque operator) or
+    ``torch.jit.trace`` (plain ops): the root by ``solver``, then one more Newton step,
+    differentiable, from the detached root: its value does not move, and its gradient is the
+    implicit-function gradient. First derivatives only, which is what compiled graphs take."""
+    a_value = float(a.detach()) if isinstance(a, torch.Tensor) else float(a)
+    with torch.no_grad():
+        x = solver(y.detach(), a_value)
     needs_graph = y.requires_grad or (isinstance(a, torch.Tensor) and a.requires_grad)
     if torch.is_grad_enabled() and needs_graph:
-        # One more Newton step, differentiable, from the detached root: its value does not
-        # move, and its gradient is the implicit-function gradient.
+        x = x - (leaky_softplus(x, a) - y) / leaky_softplus_derivative(x, a)
+    return x
+
+
+class ImplicitInverse(torch.autograd.Function):
+    """``x = f^{-1}(y)`` for a slope of value ``a_value`` (``a``: the slope tensor it came from, or
+    None for a fixed slope), with derivatives by the implicit-function theorem.
+
+    The backward and forward-mode rules are plain ops of the saved root ``x``: differentiating them
+    again runs through ``x`` back to ``y`` and ``a``, so Hessians and higher derivatives are exact
+    too. ``vmap`` runs the rules as they are (``generate_vmap_rule``); the root then comes from
+    :func:`solve_plain`.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(y: torch.Tensor, a: Optional[torch.Tensor], a_value: float) -> torch.Tensor:
+        return solve_plain(y, a_value) if plain_ops_wanted() else solve(y, a_value)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.a_value = inputs[2]
+        ctx.save_for_backward(output, inputs[1])
+        ctx.save_for_forward(output, inputs[1])
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, a = ctx.saved_tensors
+        slope = ctx.a_value if a is None else a
+        derivative = slope + (1 - slope) * torch.sigmoid(x)
+        g_y = g / derivative if ctx.needs_input_grad[0] else None
+        g_a = None
+        if a is not None and ctx.needs_input_grad[1]:
+            g_a = (-(g * (x - softplus(x)) / derivative)).sum().reshape(a.shape).to(a.dtype)
+        return g_y, g_a, None
+
+    @staticmethod
+    def jvp(ctx, y_tangent: Optional[torch.Tensor], a_tangent: Optional[torch.Tensor], _) -> torch.Tensor:
+        x, a = ctx.saved_tensors
+        slope = ctx.a_value if a is None else a
+        derivative = slope + (1 - slope) * torch.sigmoid(x)
+        tangent = torch.zeros_like(x) if y_tangent is None else y_tangent / derivative
+        if a_tangent is not None:
+            tangent = tangent - a_tangent * (x - softplus(x)) / derivative
+        return tangent
+
+
+def solve_plain(y: torch.Tensor, a: float) -> torch.Tensor:
+    """:func:`solve` by out-of-place ops alone, any shape: no ``out=`` writes and no reinterpreted
+    dtypes, which ``torch.func``'s transforms and ``torch.jit.trace`` cannot take. The same table
+    start and Newton steps, so the same roots."""
+    rows, h, first, steps = cached_inverse_table(a, y.dtype, y.device)
+    t = y * (1 / h)  # exact: h is a power of two
+    start = t.clamp(first, first + rows.shape[0] - 1).floor()
+    # a NaN start converts to some integer: kept in range, it reads a row and the root stays NaN
+    index = (start - first).long().clamp(0, rows.shape[0] - 1)
+    x = _horner(rows[index], t - start)
+    for _ in range(steps):
         x = x - (leaky_softplus(x, a) - y) / leaky_softplus_derivative(x, a)
     return x
 

@@ -10,11 +10,12 @@ row, shape ``x.shape[:-1]``; ``inverse`` maps back and returns
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
 
-from lunet.checks import check_features, check_positive_int, value_checks_enabled
+from lunet.checks import check_features, check_positive_int, plain_ops_wanted, value_checks_enabled
 from lunet.fast.activation import FixedSlopeForward, LearnedSlopeForward, scaled_forward
 from lunet.fast.triangular import BLOCK_LEAF, TriangularAffine
 from lunet.functional import SLOPE_MIN, leaky_softplus, leaky_softplus_inverse, leaky_softplus_log_derivative
@@ -71,6 +72,10 @@ class LULinear(nn.Module):
             raise ValueError(f"diag must be one of {DIAG_MODES}, got {diag!r}")
         if init not in INIT_MODES:
             raise ValueError(f"init must be one of {INIT_MODES}, got {init!r}")
+        if isinstance(init_scale, bool) or not isinstance(init_scale, numbers.Real) or not (
+            math.isfinite(init_scale) and init_scale >= 0
+        ):
+            raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale!r}")
         self.diag_mode = diag
         self.lu = nn.Parameter(torch.zeros(dim, dim))
         # raw: the diagonal of U itself; exp: log|U_ii|, with the sign in a buffer.
@@ -172,9 +177,10 @@ class LULinear(nn.Module):
 
     def _affine(self, x: torch.Tensor) -> torch.Tensor:
         """``x A^T + b`` alone, (B, n) -> (B, n)."""
-        if torch.compiler.is_compiling():
-            # the compiler fuses the masking into its own products; the blocked
-            # kernels' strided views and in-place batched products would break its graph
+        if torch.compiler.is_compiling() or plain_ops_wanted():
+            # the compiler fuses the masking into its own products, and torch.func's transforms
+            # differentiate and batch plain ops; the blocked kernels' strided views and in-place
+            # batched products would break the one's graph and the other's wrapped tensors
             return torch.addmm(self.bias, x @ self.matrix_u().t(), self.matrix_l().t())
         return TriangularAffine.apply(
             x, self.lu, self.diagonal_u(), self.bias, self.strict_lower_mask, self.strict_upper_mask, self.block_leaf
@@ -261,6 +267,8 @@ class LeakySoftplus(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a = self._alpha(x)
+        if plain_ops_wanted():  # torch.func's transforms take plain ops, not the written-out backwards
+            return leaky_softplus(x, a), leaky_softplus_log_derivative(x, a).sum(dim=1)
         if isinstance(a, float):
             if not torch.is_grad_enabled():
                 value, logdet = scaled_forward(x, a)

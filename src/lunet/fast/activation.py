@@ -5,9 +5,11 @@ one sigmoid)."""
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
+from lunet.checks import plain_backward_wanted
 from lunet.functional import leaky_softplus, softplus
 
 def product_chunk(n: int, lo: float, hi: float, dtype: torch.dtype, max_chunk: int = 8) -> int:
@@ -50,23 +52,26 @@ class FixedSlopeForward(torch.autograd.Function):
     With ``s = sigmoid(x)`` and ``f' = a + (1 - a) s``, the gradient is
     ``g_f f' + g_logdet (1 - a) s (1 - s) / f'``: one sigmoid serves the log-det
     and the whole backward pass, which then needs no transcendental function
-    (autograd's would run softplus's and the log's backward separately). Only
-    ``s`` is saved. First derivatives only, like the LU layers' training path.
+    (autograd's would run softplus's and the log's backward separately). ``s``
+    and ``x`` are saved. A backward pass that records a graph (Hessians, double
+    backward) or runs under ``vmap`` takes :func:`leaky_softplus_backward` instead,
+    which is differentiable again.
     """
 
     @staticmethod
     def forward(ctx, x, a: float):
         s = torch.sigmoid(x)
         ctx.a = a
-        ctx.save_for_backward(s)
+        ctx.save_for_backward(s, x)
         logdet = torch.mul(s, 1 - a).add_(a).log_().sum(dim=1)
         return leaky_softplus(x, a), logdet
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g_value, g_logdet):
-        (s,) = ctx.saved_tensors
+        s, x = ctx.saved_tensors
         a = ctx.a
+        if plain_backward_wanted(g_value):
+            return leaky_softplus_backward(g_value, g_logdet, x, a)[0], None
         slope = torch.mul(s, 1 - a).add_(a)
         g_x = torch.rsub(s, 1.0).mul_(s).div_(slope).mul_(g_logdet.unsqueeze(1) * (1 - a))
         return g_x.addcmul_(g_value, slope), None
@@ -80,7 +85,8 @@ class LearnedSlopeForward(torch.autograd.Function):
     With ``s = sigmoid(x)`` and ``f' = a + (1 - a) s``: ``df/da = x - softplus(x)`` and
     ``d log f' / da = (1 - s) / f'``; the backward pass needs no transcendental function,
     where autograd's runs softplus's, the sigmoid's and the log's backward separately.
-    First derivatives only.
+    A backward pass that records a graph or runs under ``vmap`` takes
+    :func:`leaky_softplus_backward` instead, which is differentiable again.
     """
 
     @staticmethod
@@ -89,13 +95,14 @@ class LearnedSlopeForward(torch.autograd.Function):
         soft = softplus(x)
         slope = torch.mul(s, 1 - a).add_(a)
         value = torch.mul(soft, 1 - a).add_(a * x)
-        ctx.save_for_backward(s, slope, x - soft, a)
+        ctx.save_for_backward(s, slope, x - soft, a, x)
         return value, torch.log(slope).sum(dim=1)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g_value, g_logdet):
-        s, slope, x_minus_soft, a = ctx.saved_tensors
+        s, slope, x_minus_soft, a, x = ctx.saved_tensors
+        if plain_backward_wanted(g_value):
+            return leaky_softplus_backward(g_value, g_logdet, x, a, ctx.needs_input_grad[1])
         g_l = g_logdet.unsqueeze(1)
         one_minus_s = torch.rsub(s, 1.0)
         g_x = (one_minus_s * s * (1 - a) / slope).mul_(g_l).addcmul_(g_value, slope)
@@ -104,6 +111,23 @@ class LearnedSlopeForward(torch.autograd.Function):
             per_entry = (one_minus_s / slope).mul_(g_l).addcmul_(g_value, x_minus_soft)
             g_a = per_entry.sum(dim=0) if a.dim() == 1 else per_entry.sum()
         return g_x, g_a
+
+
+def leaky_softplus_backward(
+    g_value: torch.Tensor, g_logdet: torch.Tensor, x: torch.Tensor, a: float | torch.Tensor, need_a: bool = False
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The gradients of ``(f(x), sum_i log f'(x_i))`` to ``x`` (B, n) and, with ``need_a``, to a
+    slope tensor ``a`` (0-dim, or (n,)), for ``g_value`` (B, n) and ``g_logdet`` (B,), by plain
+    differentiable ops recomputed from ``x``, so that a graph recorded through them reaches it."""
+    s = torch.sigmoid(x)
+    slope = a + (1 - a) * s
+    g_l = g_logdet.unsqueeze(1)
+    g_x = g_value * slope + g_l * ((1 - a) * s * (1 - s) / slope)
+    g_a = None
+    if need_a:
+        per_entry = g_value * (x - softplus(x)) + g_l * ((1 - s) / slope)
+        g_a = per_entry.sum(dim=0) if a.dim() == 1 else per_entry.sum()
+    return g_x, g_a
 
 
 def scaled_forward(x: torch.Tensor, a: float) -> tuple[torch.Tensor, torch.Tensor]:

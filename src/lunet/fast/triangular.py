@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+
+from lunet.checks import plain_backward_wanted
 
 # The training path halves each triangle recursively while the halves are whole
 # and at least this wide, and skips every block that is zero: at width 784
@@ -100,9 +104,12 @@ class TriangularAffine(torch.autograd.Function):
     is made beyond its diagonal blocks, cut once in the forward pass and saved
     for the backward (both triangles' together: 2 / 2^depth of a matrix, a
     quarter at width 784), and the gradient of ``lu`` is assembled in place
-    from its two triangles. First derivatives
-    only: differentiating the backward pass again raises torch's
-    once-differentiable error.
+    from its two triangles.
+
+    A backward pass that records a graph (``create_graph=True``: Hessians, double
+    backward) or that runs under ``vmap`` (``is_grads_batched``) takes
+    :func:`triangular_affine_backward` instead: the same gradients from the masked
+    triangles and the saved inputs by plain ops, differentiable again.
     """
 
     @staticmethod
@@ -122,10 +129,12 @@ class TriangularAffine(torch.autograd.Function):
         return y
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
         x, d, h, lu, lower_mask, upper_mask, strict_lower, strict_upper = ctx.saved_tensors
         need_x, need_lu, need_d, need_b = ctx.needs_input_grad[:4]
+        if plain_backward_wanted(gy):
+            return (*triangular_affine_backward(gy, x, lu, d, lower_mask, upper_mask, ctx.needs_input_grad[:4]),
+                    None, None, None)
         depth = ctx.depth
         gh = gy.clone()  # dL/dh = gy (I + Ls)
         _triangular_matmul(gh, gy, lu, strict_lower, lower=True, beta=1, depth=depth)
@@ -141,3 +150,28 @@ class TriangularAffine(torch.autograd.Function):
         g_d = (gh * x).sum(0) if need_d else None
         g_b = gy.sum(0) if need_b else None
         return g_x, g_lu, g_d, g_b, None, None, None
+
+
+def triangular_affine_backward(
+    gy: torch.Tensor, x: torch.Tensor, lu: torch.Tensor, d: torch.Tensor,
+    lower_mask: torch.Tensor, upper_mask: torch.Tensor, needs: tuple[bool, ...] = (True,) * 4,
+) -> tuple[Optional[torch.Tensor], ...]:
+    """The gradients of :class:`TriangularAffine` to ``(x, lu, d, bias)`` for ``gy`` (B, n), by plain
+    differentiable ops (``None`` where ``needs`` says no).
+
+    ``h = x U^T`` is recomputed from ``x`` rather than read from the forward pass, so
+    that a graph recorded through these gradients reaches every input.
+    """
+    strict_lower, strict_upper = lu * lower_mask, lu * upper_mask
+    gh = gy + gy @ strict_lower  # dL/dh = gy (I + Ls)
+    g_x = g_lu = g_d = g_b = None
+    if needs[0]:
+        g_x = gh @ strict_upper + gh * d  # gh U
+    if needs[1]:
+        h = x @ strict_upper.t() + x * d
+        g_lu = (gy.t() @ h) * lower_mask + (gh.t() @ x) * upper_mask
+    if needs[2]:
+        g_d = (gh * x).sum(0)
+    if needs[3]:
+        g_b = gy.sum(0)
+    return g_x, g_lu, g_d, g_b
