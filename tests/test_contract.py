@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from lunet import FlowDistribution, Inverse, LeakySoftplus, LULinear, LUNet, Sequential, Standardize
+from lunet.spline import MonotoneSpline
 
 D = 5
 LEADING = [(), (4,), (2, 3)]
@@ -48,6 +49,13 @@ class ShiftCoupling(torch.nn.Module):
         return torch.cat([a, b - torch.tanh(self.net(a))], dim=-1), y.new_zeros(y.shape[:-1])
 
 
+def make_spline_lunet() -> LUNet:
+    torch.manual_seed(2)
+    net = LUNet(D, 3, init_scale=0.5, activation="spline", bins=5, bound=3.0).double()
+    net.standardize(torch.randn(200, D, dtype=torch.float64) * 2 + 1)
+    return _perturbed(net, 9)
+
+
 def make_standardize() -> Standardize:
     return Standardize(D).double().fit(torch.randn(100, D, dtype=torch.float64) * 3 + 2)
 
@@ -68,13 +76,16 @@ FACTORIES = {
     "Sequential": make_sequential,
     "LUNet": make_lunet,
     "LUNet-frozen": lambda: make_lunet().frozen(),
+    "MonotoneSpline": lambda: _perturbed(MonotoneSpline(D, bins=5, bound=3.0).double(), 10),
+    "LUNet-spline": make_spline_lunet,
+    "LUNet-spline-frozen": lambda: make_spline_lunet().frozen(),
     "Inverse-LULinear": lambda: Inverse(_perturbed(LULinear(D).double(), 8)),
     "Inverse-LeakySoftplus": lambda: Inverse(LeakySoftplus(0.1).double()),
     "Inverse-Sequential": lambda: Inverse(make_sequential()),
     "Inverse-LUNet": lambda: Inverse(make_lunet()),
 }
 ALL = pytest.mark.parametrize("name", list(FACTORIES))
-MODULES = pytest.mark.parametrize("name", [n for n in FACTORIES if n != "LUNet-frozen"])
+MODULES = pytest.mark.parametrize("name", [n for n in FACTORIES if not n.endswith("-frozen")])
 
 
 def inputs(leading: tuple[int, ...], seed: int = 0) -> torch.Tensor:

@@ -15,13 +15,15 @@ from lunet.checks import check_batch, check_features, check_positive_int, check_
 from lunet.fast.affine import SPLIT_BELOW_ROWS, SPLIT_MIN_BYTES
 from lunet.functional import leaky_softplus_log_derivative
 from lunet.layers import LeakySoftplus, LULinear
+from lunet.spline import MonotoneSpline
 from lunet.transforms import Sequential, Standardize
 
 if TYPE_CHECKING:
     from lunet.distributions import FlowDistribution
-    from lunet.frozen import FrozenLUNet
+    from lunet.frozen import FrozenLUNet, FrozenSequential
 
 LOG_2PI = math.log(2.0 * math.pi)
+ACTIVATIONS = ("leaky_softplus", "spline")
 
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
@@ -75,6 +77,10 @@ class LUNet(Sequential):
     """``num_blocks`` LU layers, each but the last followed by a leaky softplus: the
     :class:`~lunet.Sequential` of a ``Standardize`` and those parts, with the paper's defaults.
 
+    ``activation="spline"`` puts a :class:`~lunet.spline.MonotoneSpline` (``bins`` bins on
+    ``[-bound, bound]``, the identity outside, one spline per feature) in place of each leaky
+    softplus: a richer elementwise map with an exact closed-form inverse (``alpha`` is then unused).
+
     ``forward`` maps data ``x`` (..., dim) to the latent ``z`` (..., dim) and returns
     ``(z, log|det dz/dx|)`` with the log-determinant per row (...). The
     latent prior is a standard normal.
@@ -103,16 +109,26 @@ class LUNet(Sequential):
         init_scale: float = 0.1,
         learn_alpha: bool = False,
         groups: int = 1,
+        activation: str = "leaky_softplus",
+        bins: int = 8,
+        bound: float = 5.0,
     ) -> None:
         nn.Module.__init__(self)  # the parts are registered below, under their own names
         self.dim = check_positive_int(dim, "dim")
         check_positive_int(num_blocks, "num_blocks")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if activation == "spline" and learn_alpha:
+            raise ValueError("learn_alpha applies to the leaky softplus; a spline activation learns its own shape")
+        self.activation = activation
         self.input_standardize = Standardize(dim)
         self.blocks = nn.ModuleList(
             LULinear(dim, diag=diag, init=init, init_scale=init_scale, groups=groups) for _ in range(num_blocks)
         )
         self.activations = nn.ModuleList(
-            LeakySoftplus(alpha, learn_alpha=learn_alpha, groups=groups) for _ in range(num_blocks - 1)
+            (LeakySoftplus(alpha, learn_alpha=learn_alpha, groups=groups) if activation == "leaky_softplus"
+             else MonotoneSpline(dim, bins=bins, bound=bound))
+            for _ in range(num_blocks - 1)
         )
         self._register_load_state_dict_pre_hook(_renamed_standardisation)
 
@@ -138,13 +154,19 @@ class LUNet(Sequential):
         width = self.dim // self.groups
         block = self.blocks[0]
         flows = []
+        spline = {}
+        if self.activation == "spline" and self.activations:
+            spline = {"activation": "spline", "bins": self.activations[0].bins, "bound": self.activations[0].bound}
         for g in range(self.groups):
             part = slice(g * width, (g + 1) * width)
-            learned = bool(self.activations) and self.activations[0].learn_alpha
-            flow = LUNet(width, len(self.blocks), diag=block.diag_mode, init="identity", learn_alpha=learned)
+            learned = not spline and bool(self.activations) and self.activations[0].learn_alpha
+            flow = LUNet(width, len(self.blocks), diag=block.diag_mode, init="identity", learn_alpha=learned, **spline)
             flow = flow.to(self.input_std)
             for mine, theirs in zip(flow.activations, self.activations):
-                if learned:
+                if spline:
+                    for name in ("widths", "heights", "slopes"):
+                        getattr(mine, name).copy_(getattr(theirs, name)[part])
+                elif learned:
                     mine.alpha_logit.copy_(theirs.alpha_logit.reshape(-1)[g if theirs.groups > 1 else 0])
                 else:
                     mine._fixed_alpha = theirs._fixed_alpha
@@ -195,9 +217,9 @@ class LUNet(Sequential):
         Standardises the input, sets the first block to the whitening map
         ``C^{-1}`` of the Cholesky factor ``C`` of the data's correlation (a
         lower triangular matrix, so exactly an ``L U`` with diagonal ``U``),
-        the other blocks to the identity, and shifts the pre-activations by
+        the other blocks to the identity, and (leaky softplus) shifts the pre-activations by
         ``+shift`` (undone by the last bias) so that every activation starts
-        in its nearly linear branch. Training then starts from the Gaussian fit
+        in its nearly linear branch; spline activations start as the identity, unshifted. Training then starts from the Gaussian fit
         instead of from scratch.
 
         ``ridge`` is added to the correlation's diagonal, so it is relative to each
@@ -241,7 +263,7 @@ class LUNet(Sequential):
         else:
             first.diag.copy_(torch.log(d.abs()))
             first.diag_sign.copy_(torch.sign(d))
-        if len(self.blocks) > 1:
+        if len(self.blocks) > 1 and self.activation == "leaky_softplus":  # a spline starts as the identity
             first.bias.fill_(shift)
             self.blocks[-1].bias.fill_(-shift)
         return self
@@ -282,9 +304,14 @@ class LUNet(Sequential):
         for i in reversed(range(len(self.blocks))):
             if i < len(self.activations):
                 act = self.activations[i]
-                h = act._inverse(h)
-                if with_logdet:
-                    logdet = logdet - leaky_softplus_log_derivative(h, act._alpha(h)).sum(dim=-1)
+                if isinstance(act, MonotoneSpline):
+                    h, ld = act._inverse(h)
+                    if with_logdet:
+                        logdet = logdet + ld
+                else:
+                    h = act._inverse(h)
+                    if with_logdet:
+                        logdet = logdet - leaky_softplus_log_derivative(h, act._alpha(h)).sum(dim=-1)
             h = self.blocks[i]._inverse(h)
             if with_logdet:
                 logdet = logdet - self.blocks[i].log_abs_det()
@@ -332,8 +359,12 @@ class LUNet(Sequential):
 
         return FlowDistribution(self, temperature, base, validate_args=validate_args)
 
-    def frozen(self, split_below_rows: int = SPLIT_BELOW_ROWS, split_min_bytes: int = SPLIT_MIN_BYTES) -> "FrozenLUNet":
-        """A snapshot of this flow for fast inference (density, inverse, sampling; no autograd).
+    def frozen(
+        self, split_below_rows: int = SPLIT_BELOW_ROWS, split_min_bytes: int = SPLIT_MIN_BYTES
+    ) -> "FrozenLUNet | FrozenSequential":
+        """A snapshot of this flow for fast inference (density, inverse, sampling; no autograd):
+        a :class:`~lunet.FrozenLUNet`, or with spline activations a
+        :class:`~lunet.frozen.FrozenSequential` with the same passes.
 
         It holds its own copy of the current weights with every block's ``L U``
         and inverse formed once, so a pass costs one dense product per block.
@@ -343,8 +374,10 @@ class LUNet(Sequential):
         ``split_min_bytes`` tune how small batches' products are split among the
         threads (:class:`~lunet.fast.affine.FrozenAffine`), not the results.
         """
-        from lunet.frozen import FrozenLUNet
+        from lunet.frozen import FrozenLUNet, FrozenSequential
 
+        if self.activation == "spline":  # each block folded alone; the splines copied
+            return FrozenSequential(self, split_below_rows=split_below_rows, split_min_bytes=split_min_bytes)
         return FrozenLUNet(self, split_below_rows, split_min_bytes)
 
 

@@ -322,6 +322,8 @@ class FrozenSequential:
 
     def __init__(self, sequential: Sequential, **tuning: int) -> None:
         parts = list(sequential)
+        # the width of the flow's vectors, where the flow states one (LUNet does): log_prob and sample need it
+        self.dim: Optional[int] = getattr(sequential, "dim", None)
         self.stages: list = []
         i = 0
         while i < len(parts):
@@ -360,6 +362,34 @@ class FrozenSequential:
         """``y`` -> ``x``, the stages' inverses in reverse order, and the sum of their ``log|det|`` (...)."""
         under_vmap()
         return compose_inverse(self.stages, y)
+
+    def _width(self) -> int:
+        if self.dim is None:
+            raise ValueError("this snapshot's Sequential states no dim: log_prob and sample need the flow's width")
+        return self.dim
+
+    @torch.no_grad()
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """``log p(x)`` in nats under the standard normal latent, (..., dim) -> (...)."""
+        from lunet.flow import standard_normal_log_prob
+
+        check_features(x, self._width(), like=torch.empty(0, dtype=self.dtype, device=self.device))
+        z, logdet = self.forward(x)
+        return standard_normal_log_prob(z) + logdet
+
+    @torch.no_grad()
+    def sample(
+        self, sample_shape: int | Sequence[int] = (), temperature: float = 1.0, generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
+        """Draws of shape ``sample_shape + (dim,)`` (an int ``n`` means ``(n,)``) with latent
+        standard deviation ``temperature``."""
+        width = self._width()
+        shape = sample_shape_of(sample_shape)
+        check_temperature(temperature, self.dtype)
+        z = torch.randn(shape.numel(), width, generator=generator, dtype=self.dtype, device=self.device)
+        if temperature != 1.0:
+            z.mul_(temperature)
+        return self.inverse(z)[0].view(*shape, width)
 
 
 def _stage_placement(stages: list) -> tuple[torch.dtype, torch.device]:
