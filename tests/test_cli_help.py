@@ -10,7 +10,7 @@ from lunet.cli import main
 
 def test_help_and_version_do_not_load_torch():
     code = ("import sys; from lunet.cli import main\n"
-            "for argv in (['--help'], ['train', '--help'], ['--version']):\n"
+            "for argv in (['--help'], ['train', '--help'], ['train', '--dataset', 'mnist', '--help'], ['--version']):\n"
             "    try: main(argv)\n"
             "    except SystemExit: pass\n"
             "print('torch' in sys.modules)")
@@ -45,3 +45,15 @@ def test_train_help_shows_each_default_per_data_set(capsys, option, shown):
     assert main(["train", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert option in text and shown in text
+
+
+def test_each_kind_of_run_has_its_own_options(capsys):
+    kinds = {("--dataset", "gmm2d"): ("--starts",), ("--dataset", "mnist"): ("--lam", "--per-class", "--class"),
+             ("--data", "x.csv"): ("--val-fraction", "--data-init")}
+    others = {option for shown in kinds.values() for option in shown} - {"--data-init"}
+    for chosen, shown in kinds.items():
+        assert main(["train", *chosen, "--help"]) == 0
+        text = capsys.readouterr().out
+        assert all(option in text for option in shown), chosen
+        assert not [option for option in others - set(shown) if f"{option} " in text], chosen
+

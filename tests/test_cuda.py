@@ -137,7 +137,7 @@ def test_training_keeps_the_images_and_their_noise_on_the_gpu_and_resumes_exactl
     second.resume()
     second.fit()
     for run in (trainer, first, second):
-        assert run.step_mode == ("cuda-graph" if cuda_graph else "eager")
+        assert run.steps.mode == ("cuda-graph" if cuda_graph else "eager")
     for name, value in trainer.model.state_dict().items():
         if cuda_graph:  # eager warm-up steps and replays may use other kernels for the same products
             torch.testing.assert_close(second.model.state_dict()[name], value, rtol=1e-5, atol=1e-6, msg=name)
@@ -151,11 +151,11 @@ def test_training_steps_replayed_as_a_cuda_graph_follow_the_eager_steps(tmp_path
     graphed.fit()
     eager = _image_trainer(tmp_path / "eager", epochs=2, cuda_graph=False, rows=1100)
     eager.fit()
-    assert graphed.step_mode == "cuda-graph"
+    assert graphed.steps.mode == "cuda-graph"
     assert isinstance(graphed.optimizer.param_groups[0]["lr"], torch.Tensor)
     for (name, a), b in zip(eager.model.state_dict().items(), graphed.model.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
-    assert abs(graphed.best_val - eager.best_val) < 1e-3 * abs(eager.best_val)
+    assert abs(graphed.state.best_val - eager.state.best_val) < 1e-3 * abs(eager.state.best_val)
 
 
 def test_a_training_step_captured_as_a_cuda_graph_equals_the_eager_steps():
@@ -190,17 +190,17 @@ def test_micro_bench_on_cuda_reports_the_captured_step_or_why_not():
 
 def test_a_failed_capture_on_the_gpu_trains_on_eagerly_on_the_callers_stream(tmp_path, monkeypatch, capsys):
     graphed = _image_trainer(tmp_path / "graphed", epochs=1)
-    body = graphed._graphed_body
+    body = graphed.steps.graphed_body
 
     def syncing_body():
         body()
         if torch.cuda.is_current_stream_capturing():
-            float(graphed._epoch_total)  # a host read: not allowed while capturing
+            float(graphed.steps.epoch_total)  # a host read: not allowed while capturing
 
-    monkeypatch.setattr(graphed, "_graphed_body", syncing_body)
+    monkeypatch.setattr(graphed.steps, "graphed_body", syncing_body)
     stream = torch.cuda.current_stream()
     graphed.fit()
-    assert graphed.step_mode == "eager" and graphed.epoch == 1
+    assert graphed.steps.mode == "eager" and graphed.state.epoch == 1
     assert torch.cuda.current_stream() == stream
     printed = capsys.readouterr()
     assert "capturing the training step as a CUDA graph failed" in printed.out + printed.err

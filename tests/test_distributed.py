@@ -123,12 +123,12 @@ def test_group_shards_cover_every_row_once():
 
 
 def test_more_processes_than_rows_in_a_batch_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="--batch-size 2 is below the 3 processes"):
+    with pytest.raises(ValueError, match="batch_size 2 is below the 3 processes"):
         make_trainer(tmp_path / "x", Group(0, 3), batch_size=2)
 
 
 def test_compile_with_several_processes_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="--compile trains in one process only"):
+    with pytest.raises(ValueError, match="compile trains in one process only"):
         make_trainer(tmp_path / "x", Group(0, 2), compile=True)
 
 
@@ -203,6 +203,6 @@ def test_a_refused_shared_setting_leaves_the_run_that_overwrite_would_replace(tm
 
     out = tmp_path / "run"
     train_vectors(vectors(), out, TrainConfig(**{**CONFIG, "epochs": 1}), progress=False)
-    with pytest.raises(ValueError, match="--batch-size 1 is below the 2 processes"):
+    with pytest.raises(ValueError, match="batch_size 1 is below the 2 processes"):
         train_vectors(vectors(), out, TrainConfig(**{**CONFIG, "batch_size": 1}), overwrite=True, group=Group(0, 2))
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1

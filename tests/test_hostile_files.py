@@ -23,7 +23,7 @@ import pytest
 from lunet.cli import main
 from lunet.experiments.checkpoint import load_checkpoint, load_model
 from lunet.experiments.rundir import RunFolder, UnsafeFile
-from lunet.experiments.train import Trainer
+from lunet.experiments.run_log import RunLog
 from test_own_data import make_rows, metrics, write_npy
 from test_reliability import one_line_error
 
@@ -203,15 +203,12 @@ def test_resume_drops_a_line_cut_short_and_a_junk_line_and_says_so(data, run, ca
 
 
 def test_a_junk_line_written_during_training_does_not_fail_the_finished_run(data, tmp_path, monkeypatch):
-    original = Trainer._train_epoch
-
-    def junk_after_the_first_row(self, bar):
-        if self.epoch == 1:
+    def junk_after_the_first_row(self, epoch):
+        if epoch == 1:
             with open(self.folder.metrics, "a") as f:
                 f.write("junk from somewhere else\n")
-        return original(self, bar)
 
-    monkeypatch.setattr(Trainer, "_train_epoch", junk_after_the_first_row)
+    monkeypatch.setattr(RunLog, "epoch_begins", junk_after_the_first_row)
     out = tmp_path / "run"
     assert train(data, out, "--eval-every", "1", epochs=2) == 0
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

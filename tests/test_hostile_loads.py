@@ -148,7 +148,7 @@ def test_samples_of_a_run_on_own_data_are_bounded_by_rows_times_width(trained, t
     from lunet.experiments.settings import MAX_SAMPLE_VALUES
 
     assert MAX_SAMPLE_VALUES * 8 <= 1e9 and 10_000_000 * 300 > MAX_SAMPLE_VALUES  # 24 GB at width 300 is refused
-    monkeypatch.setattr("lunet.cli.MAX_SAMPLE_VALUES", 3_000)
+    monkeypatch.setattr("lunet.experiments.vector_runs.MAX_SAMPLE_VALUES", 3_000)
     assert run_cli("sample", trained, "--num", 1001, "--out", tmp_path / "s.npy") == 2
     assert ("--num 1,001 samples of width 3 are 3,003 numbers, more than the 3,000 one call draws; "
             "give --num at most 1,000") in one_line_error(capsys, "sample")

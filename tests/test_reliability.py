@@ -22,10 +22,11 @@ import torch
 
 from lunet import LUNet
 from lunet.experiments.checkpoint import load_checkpoint, load_model, save_checkpoint
-from lunet.cli import main
+from lunet.cli import flag, main
 from lunet.experiments.data import FILES
 from lunet.experiments.rundir import RunFolder, RunFolderBusy
-from lunet.experiments.train import Trainer, TrainingDiverged
+from lunet.experiments.train import Trainer
+from lunet.experiments.train_state import TrainingDiverged
 
 GMM = ["train", "--dataset", "gmm2d", "--blocks", "2", "--batch-size", "512", "--no-progress"]
 
@@ -263,7 +264,8 @@ def test_a_finite_blow_up_counts_as_divergence_and_keeps_the_last_good_checkpoin
     trainer.config.epochs = 2
     with pytest.raises(TrainingDiverged, match="worse than the untrained start") as caught:
         trainer.fit()
-    assert "epoch 1" in str(caught.value) and "--resume" in str(caught.value)
+    assert "epoch 1" in str(caught.value) and "resume=True" in str(caught.value)
+    assert "--resume and a lower --lr or a --grad-clip" in caught.value.render(flag)  # as the command line says it
     kept = load_checkpoint(tmp_path / "checkpoint.pt")
     assert kept["epoch"] == 1 and kept["diverged"]
     assert all(torch.equal(kept["best_model"][k], v) for k, v in best.items())
@@ -360,29 +362,17 @@ def test_an_unforeseen_failure_is_still_one_line(monkeypatch, tmp_path, capsys):
     assert "something nobody foresaw" in one_line_error(capsys, "train")
 
 
-def test_ctrl_c_exits_130_and_says_where_the_checkpoint_is(tmp_path, monkeypatch, capsys):
+def test_ctrl_c_exits_130_and_says_where_the_checkpoint_is(tmp_path, interrupt_at, capsys):
     out = tmp_path / "run"
-    original = Trainer._train_epoch
-
-    def interrupted_in_epoch_2(self, bar):
-        if self.epoch == 1:
-            raise KeyboardInterrupt
-        return original(self, bar)
-
-    def interrupted_in_epoch_4(self, bar):
-        if self.epoch == 3:
-            raise KeyboardInterrupt
-        return original(self, bar)
-
-    monkeypatch.setattr(Trainer, "_train_epoch", interrupted_in_epoch_2)
+    interrupt_at(1)  # in epoch 2
     assert gmm_train(out, "--epochs", "3", "--eval-every", "1") == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and str(out / "starts" / "checkpoint.pt") in err and "--resume" in err
-    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    interrupt_at(None)
     assert gmm_train(out, "--epochs", "3", "--eval-every", "1", "--resume") == 0
     # extending the finished run: its own checkpoint.pt holds the chosen start only; the
     # message names the one that resumes
-    monkeypatch.setattr(Trainer, "_train_epoch", interrupted_in_epoch_4)
+    interrupt_at(3)  # in epoch 4
     assert gmm_train(out, "--epochs", "5", "--eval-every", "1", "--resume") == 130
     err = capsys.readouterr().err
     assert f"kept in {out / 'starts' / 'checkpoint.pt'};" in err
@@ -543,7 +533,7 @@ def test_extending_a_run_continues_on_the_longer_schedule(tmp_path):
     # step 9 of 36 of a cosine from 0.02: the stored rate (0, the end of the 1-epoch run) is not used
     expected = 0.02 * 0.5 * (1 + math.cos(math.pi * 9 / 36))
     assert longer.optimizer.param_groups[0]["lr"] == pytest.approx(expected)
-    assert longer.scheduler.get_last_lr()[0] == pytest.approx(expected)
+    assert longer.schedule.rate == pytest.approx(expected)
 
 
 def test_a_checkpoint_of_another_model_is_one_line(gmm_run, tmp_path):

@@ -31,7 +31,7 @@ def fixed_addresses(trainer):
     """Where every tensor a captured step reads or writes lives: a graph replays on these
     addresses, so none may move between the capture and a replay."""
     optimizer = trainer.optimizer
-    tensors = {"rows": trainer._graphed.rows, "noise": trainer._graphed.noise, "total": trainer._epoch_total,
+    tensors = {"rows": trainer.steps.graphed.rows, "noise": trainer.steps.graphed.noise, "total": trainer.steps.epoch_total,
                "data": trainer.train_data}
     tensors.update({f"lr{i}": group["lr"] for i, group in enumerate(optimizer.param_groups)})
     for i, p in enumerate(trainer.model.parameters()):
@@ -47,8 +47,8 @@ class EagerCapture:
 
     capturable = True  # as on a GPU: the fallback and the checkpoint must turn it off again
 
-    def __init__(self, trainer, fail_with=None):
-        self.trainer, self.fail_with = trainer, fail_with
+    def __init__(self, fail_with=None):
+        self.trainer, self.fail_with = None, fail_with  # the trainer is given once it is built
         self.captures = self.replays = self.warmups = 0
 
     @contextlib.contextmanager
@@ -74,11 +74,12 @@ class EagerCapture:
 def image_trainer(out, epochs=2, captured=False, fail_with=None, **cfg):
     torch.manual_seed(0)
     config = TrainConfig(epochs=epochs, batch_size=64, seed=3, grad_clip=5.0, warmup_steps=4, **cfg)
+    capture = EagerCapture(fail_with) if captured else None
     trainer = Trainer(LUNet(DIM, 2), SPEC, config, PIXELS[:500], PIXELS[500:],
                       make_log_prob_fn(ImagePreprocessor(num_dims=DIM)), dim=DIM, out_dir=out, progress=False,
-                      dequantize=True)
+                      dequantize=True, capture=capture)
     if captured:
-        trainer._capture = EagerCapture(trainer, fail_with)
+        capture.trainer = trainer
     return trainer
 
 
@@ -92,10 +93,10 @@ def test_captured_steps_train_exactly_as_eager_steps(tmp_path):
     eager_rows = eager.fit()
     graphed = image_trainer(tmp_path / "graphed", captured=True)
     graphed_rows = graphed.fit()
-    capture = graphed._capture
+    capture = graphed.steps.capture
     # 14 full batches: 3 eager warm-ups, one capture, then every full batch a replay
     assert (capture.warmups, capture.captures, capture.replays) == (WARMUP_STEPS, 1, 14 - WARMUP_STEPS)
-    assert graphed.step_mode == "cuda-graph"
+    assert graphed.steps.mode == "cuda-graph"
     assert_same_weights(eager, graphed)
     assert [row["steps"] for row in graphed_rows] == ["cuda-graph"] * 2
     assert graphed_rows == [{**row, "train_seconds": g["train_seconds"], "steps": "cuda-graph"}
@@ -115,7 +116,7 @@ def test_a_compiled_loss_inside_the_captured_steps_trains_as_the_compiled_eager_
     eager.fit()
     graphed = image_trainer(tmp_path / "graphed", captured=True, compile=True)
     graphed.fit()
-    assert eager.compiled and graphed.compiled and graphed.step_mode == "cuda-graph"
+    assert eager.steps.compiled and graphed.steps.compiled and graphed.steps.mode == "cuda-graph"
     assert modes == [None, None]  # the CPU compiles without reduce-overhead
     for (name, x), y in zip(eager.model.state_dict().items(), graphed.model.state_dict().values()):
         torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-6, msg=name)
@@ -141,13 +142,13 @@ def test_a_failed_capture_trains_on_eagerly_and_says_so(tmp_path, capsys):
     failing = image_trainer(tmp_path / "failing", captured=True,
                             fail_with=RuntimeError("operation not permitted when stream is capturing\ndetails"))
     failing.fit()
-    assert failing.step_mode == "eager" and failing._capture is None
+    assert failing.steps.mode == "eager" and failing.steps.capture is None
     printed = capsys.readouterr()
     assert ("capturing the training step as a CUDA graph failed (RuntimeError: operation not permitted when "
             "stream is capturing); training eagerly") in printed.out + printed.err
     # the batch whose capture failed is trained eagerly, on the noise already drawn for it
     assert_same_weights(eager, failing)
-    assert failing.epoch == 2 and not failing.optimizer.param_groups[0]["capturable"]
+    assert failing.state.epoch == 2 and not failing.optimizer.param_groups[0]["capturable"]
 
 
 READS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
@@ -168,13 +169,9 @@ def test_training_steps_read_nothing_back_from_the_device(tmp_path, monkeypatch,
 
         monkeypatch.setattr(torch.Tensor, name, counted)
 
-    class Bar:
-        def update(self, n):
-            pass
-
-    trainer._train_epoch(Bar())
+    trainer.train_epoch()
     assert reads == ["__float__"]
-    assert trainer.step_mode == ("cuda-graph" if captured else "eager")
+    assert trainer.steps.mode == ("cuda-graph" if captured else "eager")
 
 
 def test_the_image_training_loss_traces_as_one_graph(tmp_path):
@@ -184,7 +181,7 @@ def test_the_image_training_loss_traces_as_one_graph(tmp_path):
     noise = torch.rand(batch.shape)
     dynamo.reset()
     try:
-        explanation = dynamo.explain(trainer._batch_loss)(batch, noise)
+        explanation = dynamo.explain(trainer.steps.batch_loss)(batch, noise)
     finally:
         dynamo.reset()
     assert explanation.graph_break_count == 0, explanation.break_reasons

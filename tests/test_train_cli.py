@@ -12,18 +12,34 @@ from lunet.experiments.checkpoint import load_checkpoint, load_model, save_atomi
 from lunet.cli import main
 from lunet.experiments.gmm2d import _log_prob_fn, make_splits
 from lunet.experiments.settings import TrainConfig
-from lunet.experiments.train import Trainer, TrainingDiverged, mean_log_prob
+from lunet.experiments.run_log import RunLog
+from lunet.experiments.rundir import RunFolder
+from lunet.experiments.train import Trainer, mean_log_prob
+from lunet.experiments.train_state import TrainingDiverged
 
 SPEC = {"name": "lunet", "dim": 2, "num_blocks": 6, "alpha": 0.1, "diag": "exp", "init_scale": 1.0}
 
 
-def make_trainer(out_dir, epochs, **cfg):
+class StoppedLog(RunLog):
+    """A run log that stops the training as Ctrl-C would once it has trained ``epochs_done`` epochs."""
+
+    def __init__(self, out_dir, epochs_done):
+        super().__init__(RunFolder(out_dir), progress=False)
+        self.epochs_done = epochs_done
+
+    def epoch_begins(self, epoch):
+        if epoch == self.epochs_done:
+            raise KeyboardInterrupt
+
+
+def make_trainer(out_dir, epochs, spec=SPEC, log=None, **cfg):
     data = make_splits(0)
     torch.manual_seed(0)
     model = LUNet(**{k: v for k, v in SPEC.items() if k != "name"})
     model.standardize(data["train"])
     config = TrainConfig(epochs=epochs, batch_size=1024, lr=2e-2, seed=0, **cfg)
-    trainer = Trainer(model, SPEC, config, data["train"], data["val"], _log_prob_fn, dim=2, out_dir=out_dir, progress=False)
+    trainer = Trainer(model, spec, config, data["train"], data["val"], _log_prob_fn, dim=2, out_dir=out_dir,
+                      progress=False, log=log)
     return trainer, data
 
 
@@ -43,20 +59,13 @@ def test_training_lowers_nll_substantially(tmp_path):
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     full, _ = make_trainer(tmp_path / "full", epochs=6, eval_every=2)
     full.fit()
-    part, _ = make_trainer(tmp_path / "part", epochs=6, eval_every=2)
-    train_epoch = part._train_epoch
-
-    def interrupted_in_epoch_5(bar):
-        if part.epoch == 4:  # after the checkpoint of epoch 4
-            raise KeyboardInterrupt
-        return train_epoch(bar)
-
-    part._train_epoch = interrupted_in_epoch_5
+    # stopped in epoch 5, after the checkpoint of epoch 4
+    part, _ = make_trainer(tmp_path / "part", epochs=6, eval_every=2, log=StoppedLog(tmp_path / "part", 4))
     with pytest.raises(KeyboardInterrupt):
         part.fit()
     resumed, _ = make_trainer(tmp_path / "part", epochs=6, eval_every=2)
     resumed.resume()
-    assert resumed.epoch == 4
+    assert resumed.state.epoch == 4
     resumed.fit()
     for key, value in full.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
@@ -74,15 +83,7 @@ def test_the_curves_are_redrawn_at_most_every_half_minute_and_for_every_row_at_a
     trainer.fit()
     assert drawn == [[1], [1, 2, 3, 4, 5]]  # the first epoch, then the last: all within 30 s
     drawn.clear()
-    stopped, _ = make_trainer(tmp_path / "stopped", epochs=5)
-    train_epoch = stopped._train_epoch
-
-    def interrupted_in_epoch_4(bar):
-        if stopped.epoch == 3:
-            raise KeyboardInterrupt
-        return train_epoch(bar)
-
-    stopped._train_epoch = interrupted_in_epoch_4
+    stopped, _ = make_trainer(tmp_path / "stopped", epochs=5, log=StoppedLog(tmp_path / "stopped", 3))
     with pytest.raises(KeyboardInterrupt):
         stopped.fit()
     assert drawn == [[1], [1, 2, 3]]
@@ -97,7 +98,7 @@ def test_resume_under_other_optimisation_settings_is_refused(tmp_path):
         faster.resume()
     elsewhere, _ = make_trainer(tmp_path, epochs=2, eval_every=2)  # reporting may change
     elsewhere.resume()
-    assert elsewhere.epoch == 2
+    assert elsewhere.state.epoch == 2
 
 
 def test_checkpoint_round_trip_and_refusals(tmp_path):
@@ -110,11 +111,10 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
         assert torch.equal(model.log_prob(x), trainer.model.log_prob(x))
     # a fresh run must not overwrite an existing one
     again, _ = make_trainer(tmp_path, epochs=2)
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(FileExistsError, match="pass resume=True"):
         again.fit()
     # resuming with another model spec is refused by name
-    other, _ = make_trainer(tmp_path, epochs=2)
-    other.model_spec = dict(SPEC, num_blocks=7)
+    other, _ = make_trainer(tmp_path, epochs=2, spec=dict(SPEC, num_blocks=7))
     with pytest.raises(ValueError, match="holds model"):
         other.resume()
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
@@ -213,7 +213,7 @@ def test_metrics_name_their_unit_and_hold_the_figures_the_console_shows(tmp_path
 @pytest.mark.parametrize("seconds, text", [(0.04, "0.0 s"), (9.96, "10.0 s"), (42.4, "42 s"), (185, "3 min 05 s"),
                                            (3725, "1 h 02 min")])
 def test_durations_read_as_people_write_them(seconds, text):
-    from lunet.experiments.train import format_seconds
+    from lunet.experiments.run_log import format_seconds
 
     assert format_seconds(seconds) == text
 
@@ -252,10 +252,10 @@ def test_a_compiled_training_follows_the_eager_one(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda fn, **k: compile_(fn, backend="aot_eager", **k))
     eager, _ = make_trainer(tmp_path / "eager", epochs=2)
     compiled, _ = make_trainer(tmp_path / "compiled", epochs=2, compile=True)
-    assert compiled.compiled
+    assert compiled.steps.compiled
     eager.fit()
     compiled.fit()
-    assert compiled.compiled  # no fallback happened
+    assert compiled.steps.compiled  # no fallback happened
     for (name, a), b in zip(eager.model.state_dict().items(), compiled.model.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
 
@@ -278,7 +278,7 @@ def test_a_compiled_image_training_follows_the_eager_one(tmp_path, monkeypatch):
                                 progress=False))
         trainers[-1].fit()
     eager, compiled = trainers
-    assert compiled.compiled  # no fallback happened
+    assert compiled.steps.compiled  # no fallback happened
     for (name, a), b in zip(eager.model.state_dict().items(), compiled.model.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
 
@@ -305,6 +305,6 @@ def test_a_failing_compiler_falls_back_to_eager_training(tmp_path, monkeypatch, 
     monkeypatch.setattr(torch, "compile", broken)
     trainer, _ = make_trainer(tmp_path, epochs=1, compile=True)
     trainer.fit()
-    assert not trainer.compiled and trainer.epoch == 1
+    assert not trainer.steps.compiled and trainer.state.epoch == 1
     printed = capsys.readouterr()
     assert "torch.compile failed (RuntimeError: no C++ compiler found); training eagerly" in printed.out + printed.err

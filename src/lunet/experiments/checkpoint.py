@@ -19,7 +19,7 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 from torch import nn
@@ -119,6 +119,21 @@ def save_checkpoint(contents: dict[str, Any], path: str | os.PathLike) -> None:
     contents = {**contents, "format": FORMAT_VERSION}
     contents["checksum"] = checksum(contents)
     save_atomic(contents, path)
+
+
+def mark_diverged(path: str | os.PathLike, what: str) -> Optional[str]:
+    """Record in the checkpoint at ``path`` that a divergence (``what``) followed it; returns its
+    epoch, None when there is no checkpoint, ``"?"`` when it cannot be read or rewritten (it then
+    stays as it is)."""
+    if not Path(path).is_file():
+        return None
+    try:
+        ckpt = load_checkpoint(path)
+        ckpt["diverged"] = what
+        save_checkpoint(ckpt, path)
+        return str(ckpt["epoch"])
+    except (ValueError, OSError):
+        return "?"
 
 
 def first_sentence(exc: BaseException) -> str:

@@ -21,15 +21,16 @@ from typing import Any, Callable, Iterator, Optional, TypeVar
 import torch
 import torch.distributed as dist
 
-from lunet.experiments.rundir import RunFolderBusy
+from lunet.experiments.settings import NamesSettings
 
 T = TypeVar("T")
 # A peer that died leaves the others waiting in a collective: give up after this long
 # (torchrun normally stops them at once).
 TIMEOUT = datetime.timedelta(minutes=30)
 # What a rank-0 decision may raise, most specific first: every process raises the first
-# class the error is an instance of, with its message (RuntimeError for anything else).
-_RERAISED = (RunFolderBusy, FileNotFoundError, FileExistsError, ValueError, TypeError, OSError, RuntimeError)
+# class the error is an instance of, with its message (RuntimeError for anything else);
+# an error that names settings travels whole.
+_RERAISED = (FileNotFoundError, FileExistsError, ValueError, TypeError, OSError, RuntimeError)
 
 
 @dataclass(frozen=True)
@@ -85,10 +86,14 @@ class Group:
         if self.is_main:
             try:
                 outcome = (None, decision())
+            except NamesSettings as exc:  # travels whole, so that every process names the settings alike
+                outcome = (-1, exc)
             except Exception as exc:  # every process must hear of it, whatever it is
                 kind = next((i for i, cls in enumerate(_RERAISED) if isinstance(exc, cls)), _RERAISED.index(RuntimeError))
                 outcome = (kind, str(exc) if str(exc) else type(exc).__name__)
         kind, value = self.broadcast(outcome)
+        if kind == -1:
+            raise value
         if kind is not None:
             raise _RERAISED[kind](value)
         return value

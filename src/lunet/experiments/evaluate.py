@@ -12,6 +12,7 @@ from torch import nn
 from lunet.experiments.checkpoint import load_checkpoint, save_checkpoint
 from lunet.experiments.data import dataset_digest, load_dataset, user_cache_dir
 from lunet.flow import for_inference, placement
+from lunet.experiments.rundir import RunFolder
 from lunet.experiments.images import (
     NUM_CLASSES,
     class_subset,
@@ -47,7 +48,7 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 
 def evaluate_run(
-    run_dir: str | Path, draws: int = 3, data_dir: Optional[str] = None, verify: bool = True,
+    run_dir: str | Path | RunFolder, draws: int = 3, data_dir: Optional[str] = None, verify: bool = True,
     limit: Optional[int] = None, device: str = "cpu",
 ) -> dict[str, Any]:
     """Test bits/dim of a run (mean and spread over ``draws`` dequantisation draws).
@@ -182,7 +183,7 @@ def _train_classifier(
 
 
 def class_agreement(
-    run_dir: str | Path,
+    run_dir: str | Path | RunFolder,
     classifier: DigitClassifier,
     temperatures: tuple[float, ...] = (1.0, 0.7),
     priors: tuple[str, ...] = ("standard", "fitted"),

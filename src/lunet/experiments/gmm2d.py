@@ -19,9 +19,10 @@ from lunet.flow import LUNet
 from lunet.experiments.plots import log_density_grid, plot_density_2d, plot_samples_2d
 from lunet.experiments.toy import GaussianMixture2D
 from lunet.experiments.checkpoint import save_checkpoint, stale_temporaries
-from lunet.experiments.rundir import RunFolder, write_text_atomic
-from lunet.experiments.settings import GMM2DSettings, TrainConfig
-from lunet.experiments.train import Trainer, Unit, mean_log_prob, resolve_device
+from lunet.experiments.rundir import RunFolder, as_folder, write_text_atomic
+from lunet.experiments.settings import GMM2DSettings, RunExists, TrainConfig
+from lunet.experiments.run_log import Unit
+from lunet.experiments.train import Trainer, mean_log_prob, resolve_device
 
 NUM_TRAIN = 9000  # as in the paper
 NUM_VAL = 3000
@@ -47,7 +48,7 @@ def make_splits(seed: int) -> dict[str, torch.Tensor]:
 
 
 def run(
-    out_dir: str | Path, settings: GMM2DSettings, config: TrainConfig, resume: bool = False,
+    out_dir: str | Path | RunFolder, settings: GMM2DSettings, config: TrainConfig, resume: bool = False,
     progress: bool = True, overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train, evaluate and draw; writes checkpoint, pictures and ``summary.json`` in ``out_dir``.
@@ -55,17 +56,17 @@ def run(
     ``overwrite`` replaces a run already in ``out_dir``, once the device and the
     folder have been checked and the folder is locked for this run.
     """
-    run = RunFolder(out_dir)
+    run = as_folder(out_dir)
     resolve_device(config.device)
     with run.locked():
         if overwrite:
             run.clear()
         elif run.run_file.exists():
             if run.checkpoints():
-                raise FileExistsError(f"{out_dir} holds an image run or a run on own data; choose another --out, "
-                                      f"or --overwrite to replace it")
+                raise RunExists("{path} holds an image run or a run on own data; choose another {out}, "
+                                "or {overwrite} to replace it", path=run.path)
             run.run_file.unlink()  # left by an image run that never saved a checkpoint
-        return _run(run.path, settings, config, resume, progress)
+        return _run(run, settings, config, resume, progress)
 
 
 def _model_spec(settings: GMM2DSettings) -> dict[str, Any]:
@@ -103,26 +104,23 @@ def train_starts(
     grouped.standardize(data["train"].repeat(1, k))
     trainer = Trainer(
         grouped, spec, config, data["train"].repeat(1, k), data["val"].repeat(1, k), _log_prob_fn, dim=2 * k,
-        out_dir=run.starts.path, unit=NLL_NATS if k == 1 else MEAN_NLL_NATS, progress=progress,
+        out_dir=run.starts, unit=NLL_NATS if k == 1 else MEAN_NLL_NATS, progress=progress,
     )
     if resume:
         trainer.resume()
     trainer.fit()
-    grouped.load_state_dict(trainer.best_state)
+    grouped.load_state_dict(trainer.state.best_state)
     starts = [flow.eval() for flow in grouped.split_groups()]
     nlls = [-mean_log_prob(flow, data["val"], _log_prob_fn, 10000, seed=0) for flow in starts]
     chosen = min(range(k), key=nlls.__getitem__)
     return trainer, chosen, starts[chosen], nlls
 
 
-def _run(out_dir: Path, settings: GMM2DSettings, config: TrainConfig, resume: bool, progress: bool) -> dict[str, Any]:
+def _run(run: RunFolder, settings: GMM2DSettings, config: TrainConfig, resume: bool, progress: bool) -> dict[str, Any]:
     start = time.perf_counter()
-    run = RunFolder(out_dir)
     if not resume and run.checkpoints():
-        raise FileExistsError(
-            f"{out_dir} already holds a training run; pass --resume to continue it, --overwrite to replace it, "
-            f"or choose another --out"
-        )
+        raise RunExists("{path} already holds a training run; pass {resume} to continue it, {overwrite} to replace "
+                        "it, or choose another {out}", path=run.path)
     data = make_splits(settings.data_seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 2-D batches are too small to gain from threads: 1 is ~20% faster
@@ -137,8 +135,8 @@ def _run(out_dir: Path, settings: GMM2DSettings, config: TrainConfig, resume: bo
         "train_config": dataclasses.asdict(config),
         "model": {key: v.detach().cpu() for key, v in model.state_dict().items()},
         "best_model": None,
-        "epoch": trainer.epoch,
-        "train_seconds": trainer.train_seconds,
+        "epoch": trainer.state.epoch,
+        "train_seconds": trainer.state.train_seconds,
         "extra": {"dataset": "gmm2d", "start": chosen, "start_val_nll_nats": start_nlls},
     }, run.checkpoint)
     if progress:
@@ -173,9 +171,9 @@ def _report(
         "entropy_nats": entropy,
         "kl_nats": test_nll - entropy,
         "num_test_points": NUM_TEST,
-        "epochs": trainer.epoch,
-        "train_seconds": trainer.train_seconds,
-        "compiled": trainer.compiled,
+        "epochs": trainer.state.epoch,
+        "train_seconds": trainer.state.train_seconds,
+        "compiled": trainer.steps.compiled,
         "wall_seconds_this_call": time.perf_counter() - start,
         "model": _model_spec(settings),
         "starts": settings.starts,

@@ -8,67 +8,26 @@ setting). Every trainer directory has its own atomic, resumable checkpoint.
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
 
-from lunet.experiments.checkpoint import build_model, check_spec, load_checkpoint, load_model
+from lunet.experiments.checkpoint import build_model, load_checkpoint, load_model
 from lunet.checks import check_positive_int, check_temperature
-from lunet.experiments.data import DATASETS, FILES, find_file, load_dataset, train_val_split
+from lunet.experiments.data import CLASS_NAMES, FILES, find_file, load_dataset, train_val_split
 from lunet.experiments.distributed import SINGLE, Group, current
-from lunet.flow import placement
+from lunet.flow import for_inference, placement
 from lunet.experiments.preprocess import LN2, ImagePreprocessor
-from lunet.experiments.rundir import RunFolder, UnsafeFile, read_text, write_text_atomic
-from lunet.experiments.settings import DEFAULT_LAM, TrainConfig, paper_lunet_spec
+from lunet.experiments.rundir import RunFolder, as_folder
+from lunet.experiments.run_record import NUM_CLASSES, IMAGES, ImageRunSettings, RunRecord, read_run, write_run
+from lunet.experiments.settings import SettingError, TrainConfig
 from lunet.experiments.resources import check_model_memory
-from lunet.experiments.train import LogProbFn, Trainer, Unit, check_shared_config, resolve_device
-from lunet.experiments.vector_runs import RUN_KEYS
-
-NUM_CLASSES = 10
-KINDS = ("unconditional", "class", "per_class")
-DATA_INITS = ("gaussian", "standardize", "none")
-
-
-@dataclass
-class ImageRunSettings:
-    """What a run models; stored in ``run.json``."""
-
-    dataset: str = "mnist"
-    kind: str = "unconditional"
-    class_label: Optional[int] = None
-    model: dict[str, Any] = field(default_factory=lambda: paper_lunet_spec())
-    lam: float = DEFAULT_LAM
-    data_init: str = "gaussian"  # "gaussian" (start at the full-covariance Gaussian fit), "standardize" or "none"
-
-    def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) or not 0 < self.lam < 0.5:
-            raise ValueError(f"lam (the logit transform's λ) must lie strictly between 0 and 0.5, got {self.lam!r}")
-        if self.data_init not in DATA_INITS:
-            raise ValueError(f"data_init must be one of {DATA_INITS}, got {self.data_init!r}")
-        # true is an int to Python; read back from run.json it is no class
-        if self.class_label is not None and (isinstance(self.class_label, bool)
-                                             or not isinstance(self.class_label, int)):
-            raise ValueError(f"class_label must be an integer or null, got {self.class_label!r}")
-        if self.kind == "class" and not (isinstance(self.class_label, int) and 0 <= self.class_label < NUM_CLASSES):
-            raise ValueError(f"--class must be an integer in 0..{NUM_CLASSES - 1}, got {self.class_label!r}")
-        check_spec(self.model)
-
-    @property
-    def classes(self) -> list[Optional[int]]:
-        """The class of each model in the run (None = all classes)."""
-        if self.kind == "per_class":
-            return list(range(NUM_CLASSES))
-        return [self.class_label] if self.kind == "class" else [None]
-
+from lunet.experiments.run_log import Unit
+from lunet.experiments.step_runner import LogProbFn, check_shared_config
+from lunet.experiments.train import Trainer, resolve_device
 
 def nats_to_bits_per_dim(nats_per_dim: float) -> float:
     """Per-dimension NLL of the dequantised ``y`` in nats -> standard bits/dim."""
@@ -107,75 +66,14 @@ def make_log_prob_fn(pre: ImagePreprocessor) -> LogProbFn:
     return log_prob
 
 
-def write_run_file(run: RunFolder, settings: ImageRunSettings, data_dir: Optional[Path] = None) -> None:
-    """``run.json``: the settings, and where the data were found (``data_dir``), so that the
-    commands that read the test set find it again without ``--data-dir``."""
-    run.path.mkdir(parents=True, exist_ok=True)
-    path = run.run_file
-    record = {
-        "dataset": settings.dataset,
-        "kind": settings.kind,
-        "class_label": settings.class_label,
-        "model": settings.model,
-        "lam": settings.lam,
-        "data_init": settings.data_init,
-    }
-    if path.exists() and run.checkpoints():  # without a checkpoint there is no run to protect
-        existing = json.loads(read_text(path))
-        existing.pop("data_dir", None)  # where the data lie may change; what they are may not
-        if existing != record:
-            raise ValueError(
-                f"{path} describes another run ({existing}); use another --out, or the same options to resume"
-            )
-    if data_dir is not None:
-        record["data_dir"] = str(data_dir.resolve())
-    write_text_atomic(path, json.dumps(record, indent=2) + "\n")
-
-
-def recorded_data_dir(run_dir: str | Path) -> Optional[str]:
-    """The folder where training found the run's data set (``run.json``), if recorded and still there."""
-    try:
-        found = json.loads(read_text(RunFolder(run_dir).run_file)).get("data_dir")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return found if isinstance(found, str) and Path(found).is_dir() else None
-
-
-def read_run_file(run_dir: str | Path) -> ImageRunSettings:
-    """The settings of an image run from its ``run.json``; ``ValueError`` naming the file when it is damaged."""
-    run = RunFolder(run_dir)
-    path = run.run_file
-    if not path.exists():
-        if run.checkpoint.is_file() and run.summary.is_file():
-            raise ValueError(
-                f"{run_dir} is a 2-D mixture run: its test NLL and KL are in {run.summary}, its "
-                f"pictures in density.png and samples.png; this command takes image runs (MNIST, Fashion-MNIST). "
-                f"`lunet export {run_dir} --out FILE` makes its weights a file to load in Python"
-            )
-        raise FileNotFoundError(f"{path} not found: {run_dir} is not an image run directory made by `lunet train`")
-    try:
-        record = json.loads(read_text(path))
-    except UnsafeFile:
-        raise
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}); it was not written by `lunet train` or was damaged") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{path} holds a {type(record).__name__}, not the settings of a run")
-    record.pop("data_dir", None)
-    if any(key in record for key in RUN_KEYS):  # damaged or not, its entries are those of a run on own data
-        raise ValueError(f"{run_dir} is a run on own data (trained with --data); this command takes image runs. "
-                         f"`lunet evaluate {run_dir} --data FILE` and `lunet sample {run_dir} --out FILE.npy` take it")
-    try:
-        return ImageRunSettings(**record)
-    except TypeError as exc:
-        raise ValueError(f"{path} does not describe a run of this version: {exc}") from None
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
-
+def read_run_file(run_dir: str | Path | RunFolder) -> ImageRunSettings:
+    """The settings of the image run in ``run_dir``; ``ValueError`` naming ``run.json`` when it is
+    damaged, or saying what the folder holds instead."""
+    return read_run(as_folder(run_dir), (IMAGES,)).settings
 
 
 def train_image_run(
-    run_dir: str | Path,
+    run_dir: str | Path | RunFolder,
     settings: ImageRunSettings,
     config: TrainConfig,
     data_dir: Optional[str] = None,
@@ -198,7 +96,7 @@ def train_image_run(
     the models it trained.
     """
     group = current() if group is None else group
-    run = RunFolder(run_dir)
+    run = as_folder(run_dir)
     if limit is not None:
         check_positive_int(limit, "limit")
     resolve_device(config.device)
@@ -206,20 +104,19 @@ def train_image_run(
     if settings.kind != "per_class":  # a per-class run's models each train in one process
         check_shared_config(config, group)  # before --overwrite clears anything
     images, labels = load_dataset(settings.dataset, "train", data_dir=data_dir, verify=verify)
-    found = find_file(settings.dataset, FILES["train"][0], data_dir).parent
+    record = RunRecord(IMAGES, settings, str(find_file(settings.dataset, FILES["train"][0], data_dir).parent.resolve()))
     (train_x, train_y), (val_x, val_y) = train_val_split(images, labels)
     resumable = [model_folder(run, c, settings.kind).checkpoint for c in settings.classes]
     with group.holding(run.locked()):
         group.decide(lambda: run.begin(resume, overwrite, resumable))
-        return _train_models(run, settings, config, train_x, train_y, val_x, val_y, resume, progress, limit, found,
-                             group)
+        return _train_models(run, record, config, train_x, train_y, val_x, val_y, resume, progress, limit, group)
 
 
 def _train_models(
-    run: RunFolder, settings: ImageRunSettings, config: TrainConfig, train_x: torch.Tensor, train_y: torch.Tensor,
-    val_x: torch.Tensor, val_y: torch.Tensor, resume: bool, progress: bool, limit: Optional[int], data_dir: Path,
-    group: Group,
+    run: RunFolder, record: RunRecord, config: TrainConfig, train_x: torch.Tensor, train_y: torch.Tensor,
+    val_x: torch.Tensor, val_y: torch.Tensor, resume: bool, progress: bool, limit: Optional[int], group: Group,
 ) -> dict[str, Any]:
+    settings = record.settings
     pre = ImagePreprocessor(settings.lam, num_dims=train_x.shape[1])
     log_prob_fn = make_log_prob_fn(pre)
     # a divergence in one class lets the whole run continue with a gentler step
@@ -239,7 +136,7 @@ def _train_models(
         vx, _ = class_subset(val_x, val_y, c)
         if limit is not None:
             tx, vx = tx[:limit], vx[: max(1, limit // 10)]
-        out = model_folder(run, c, settings.kind).path
+        out = model_folder(run, c, settings.kind)
         torch.manual_seed(config.seed)
         model = build_model(settings.model)
         if settings.data_init != "none" and hasattr(model, "standardize"):
@@ -265,17 +162,17 @@ def _train_models(
             trainer.resume(after_divergence=after_divergence)
         if i == 0:  # every check of the first model has passed: the folder now holds this run
             if dealt:  # only rank 0 deals itself model 0
-                write_run_file(run, settings, data_dir)
+                write_run(run, record)
             else:
-                group.decide(lambda: write_run_file(run, settings, data_dir))
+                group.decide(lambda: write_run(run, record))
         if progress and speaks and c is not None:
             print(f"class {c}: {tx.shape[0]} training images")
         start = time.perf_counter()
         trainer.fit()
         results["all" if c is None else str(c)] = {
-            "epochs": trainer.epoch,
-            "train_seconds": trainer.train_seconds,
-            "val_bits_per_dim": nats_to_bits_per_dim(-trainer.best_val / pre.num_dims),
+            "epochs": trainer.state.epoch,
+            "train_seconds": trainer.state.train_seconds,
+            "val_bits_per_dim": nats_to_bits_per_dim(-trainer.state.best_val / pre.num_dims),
             "wall_seconds_this_call": time.perf_counter() - start,
         }
     # a per-class run's processes finish at different times and exchange nothing at the end:
@@ -284,12 +181,12 @@ def _train_models(
 
 
 def load_run_models(
-    run_dir: str | Path, which: str = "best", device: str = "cpu"
+    run_dir: str | Path | RunFolder, which: str = "best", device: str = "cpu"
 ) -> tuple[ImageRunSettings, list[nn.Module], list[dict]]:
     """Settings, one model per entry of ``settings.classes`` (in eval mode on ``device``), and their checkpoints."""
-    run = RunFolder(run_dir)
+    run = as_folder(run_dir)
     dev = resolve_device(device)
-    settings = read_run_file(run_dir)
+    settings = read_run_file(run)
     models, ckpts = [], []
     for c in settings.classes:
         model, ckpt = load_model(model_folder(run, c, settings.kind).checkpoint, which=which)
@@ -355,3 +252,60 @@ def sample_images(
             f"samples at temperature {temperature:g} overflow {dtype} inside the network; use a lower temperature"
         )
     return pre.to_images(logits.double().cpu())
+
+
+def sample_grid(
+    run_dir: str | Path | RunFolder, num: Optional[int] = None, per_row: int = 10, temperature: float = 1.0,
+    prior: str = "standard", seed: int = 0, data_dir: Optional[str] = None, verify: bool = True, device: str = "cpu",
+) -> tuple[ImageRunSettings, torch.Tensor, Optional[list[str]]]:
+    """Samples of an image run for a picture: the settings, the images (N, 28, 28) in [0, 1], and
+    for a per-class run the name of each row's class (else None).
+
+    A one-model run draws ``num`` images (default 100); a per-class run ``per_row`` of each
+    class, one row per class. Latents come from N(0, T² I) (``prior="standard"``, the model's
+    own), or from the Gaussian fitted to the latents of the training images (``"fitted"``,
+    the authors' sampling). The draws of class ``c`` come from seed ``seed + c``."""
+    if prior not in ("standard", "fitted"):
+        raise ValueError(f"prior must be 'standard' or 'fitted', got {prior!r}")
+    settings, models, _ = load_run_models(run_dir, device=device)
+    if len(models) > 1 and num is not None:
+        raise SettingError("{num} is for unconditional and single-class runs; a per-class run draws {per_row} images "
+                           "per class")
+    models = [for_inference(m) for m in models]
+    pre = ImagePreprocessor(settings.lam)
+    priors: list = [None] * len(models)
+    if prior == "fitted":
+        priors = fitted_class_priors(settings, models, pre, data_dir=data_dir, verify=verify)
+    rows, labels = [], []
+    for c, model, fitted in zip(settings.classes, models, priors):
+        gen = torch.Generator().manual_seed(seed + (c or 0))
+        rows.append(sample_images(model, pre, per_row if len(models) > 1 else (num or 100), temperature, fitted, gen))
+        labels.append("all" if c is None else CLASS_NAMES[settings.dataset][c])
+    return settings, torch.cat(rows).reshape(-1, 28, 28), labels if len(models) > 1 else None
+
+
+@torch.no_grad()
+def interpolate(
+    run_dir: str | Path | RunFolder, pairs: Sequence[tuple[int, int]], steps: int = 10, data_dir: Optional[str] = None,
+    verify: bool = True, device: str = "cpu",
+) -> torch.Tensor:
+    """Images (len(pairs) · steps, 28, 28) in [0, 1]: for each pair ``(a, b)`` of test-image indices,
+    ``steps`` images along the straight line between their latents, both ends included."""
+    settings, models, _ = load_run_models(run_dir, device=device)
+    if len(models) != 1:
+        raise ValueError("interpolate needs an unconditional or single-class run")
+    model = models[0]
+    pre = ImagePreprocessor(settings.lam)
+    test_x, _ = load_dataset(settings.dataset, "test", data_dir=data_dir, verify=verify)
+    bad = [i for pair in pairs for i in pair if not 0 <= i < test_x.shape[0]]
+    if bad:
+        raise SettingError("{pairs} indices must lie in 0..{top}, got {bad}", top=test_x.shape[0] - 1, bad=bad)
+    gen = torch.Generator().manual_seed(0)
+    dtype, dev = placement(model)
+    frames = []
+    for a, b in pairs:
+        logits, _ = pre.to_model_space(test_x[[a, b]], gen, dtype=dtype)
+        z = model(logits.to(dev))[0]
+        w = torch.linspace(0, 1, steps, dtype=dtype, device=dev).unsqueeze(1)
+        frames.append(pre.to_images(model.inverse((1 - w) * z[0] + w * z[1])[0].cpu()))
+    return torch.cat(frames).reshape(-1, 28, 28)

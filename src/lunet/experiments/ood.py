@@ -29,6 +29,7 @@ from torch import nn
 from lunet.baselines.gaussian import FullCovarianceGaussian
 from lunet.experiments.data import DATASETS, load_dataset, train_val_split
 from lunet.experiments.evaluate import image_log_probs
+from lunet.experiments.rundir import RunFolder
 from lunet.experiments.images import NUM_CLASSES, class_subset, load_run_models
 from lunet.experiments.preprocess import ImagePreprocessor, bits_per_dim
 from lunet.flow import ClassConditionalFlow
@@ -148,7 +149,7 @@ def fit_gaussian(pixels: torch.Tensor, pre: ImagePreprocessor, seed: int = SEED)
 
 
 def ood_run(
-    run_dir: str | Path,
+    run_dir: str | Path | RunFolder,
     against: str,
     data_dir: Optional[str] = None,
     against_data_dir: Optional[str] = None,

@@ -15,6 +15,8 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Optional, Sequence
 
+from lunet.experiments.settings import NamesSettings, NothingToResume, RunExists
+
 LOCK_NAME = ".lock"
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -34,7 +36,7 @@ _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
-class RunFolderBusy(RuntimeError):
+class RunFolderBusy(NamesSettings, RuntimeError):
     """Another process is training into the same run folder."""
 
 
@@ -330,9 +332,8 @@ def _locked(folder: str | os.PathLike) -> Iterator[Path]:
     except OSError:
         holder = _holder_description(fd)
         os.close(fd)
-        raise RunFolderBusy(
-            f"{folder} is in use by another training ({holder}); wait for it to finish or choose another --out"
-        ) from None
+        raise RunFolderBusy("{folder} is in use by another training ({holder}); wait for it to finish or choose "
+                            "another {out}", folder=folder, holder=holder) from None
     try:
         RunFolder(given).check_files()  # before anything is written here
         record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": " ".join(sys.argv)}
@@ -368,6 +369,11 @@ def _remove(folder: Path, names: Sequence[str], top: bool) -> None:
                 pass
     finally:
         os.close(fd)
+
+
+def as_folder(folder: "str | os.PathLike | RunFolder") -> "RunFolder":
+    """``folder`` as a :class:`RunFolder` (itself if it is one already)."""
+    return folder if isinstance(folder, RunFolder) else RunFolder(folder)
 
 
 class RunFolder:
@@ -442,17 +448,6 @@ class RunFolder:
         for folder in self._model_folders()[1:]:
             check_subfolder(folder.path)
 
-    def recorded_data_file(self) -> Optional[Path]:
-        """The training data file a run on own data records in ``run.json``, if any (:class:`UnsafeFile`
-        when ``run.json`` is no regular file)."""
-        try:
-            found = json.loads(read_text(self.run_file)).get("data_file")
-        except UnsafeFile:
-            raise
-        except (OSError, ValueError, AttributeError):
-            return None
-        return Path(found) if isinstance(found, str) else None
-
     def class_folder(self, class_label: int) -> "RunFolder":
         """The folder of class ``class_label``'s model in a per-class run."""
         return RunFolder(self.path / f"class-{class_label}")
@@ -479,14 +474,11 @@ class RunFolder:
         if overwrite:
             self.clear()
         elif resume and not any(path.is_file() for path in resumable):
-            raise FileNotFoundError(
-                f"--resume: there is no checkpoint to resume in {self.path}; leave out --resume to start a new run"
-            )
+            raise NothingToResume("{resume}: there is no checkpoint to resume in {path}; leave out {resume} to start "
+                                  "a new run", path=self.path)
         elif not resume and self.checkpoints():
-            raise FileExistsError(
-                f"{self.path} already holds a training run; pass --resume to continue it, --overwrite to "
-                f"replace it, or choose another --out"
-            )
+            raise RunExists("{path} already holds a training run; pass {resume} to continue it, {overwrite} to "
+                            "replace it, or choose another {out}", path=self.path)
 
     def locked(self) -> AbstractContextManager[Path]:
         """Hold an exclusive lock on the folder (created if needed) while training writes in it.

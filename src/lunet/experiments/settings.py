@@ -6,8 +6,9 @@ Nothing here imports torch, so that ``lunet --help`` can show the defaults at on
 from __future__ import annotations
 
 import math
+import string
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from lunet.numbers import check_positive_int
 
@@ -19,6 +20,55 @@ DEFAULT_LAM = 1e-6
 # The most numbers (rows × width) one call of `lunet sample` draws from a run on own data: 0.8 GB
 # as float64, and as much again for the latents (a cap on rows alone would allow 24 GB at width 300)
 MAX_SAMPLE_VALUES = 100_000_000
+
+
+# Settings given as switches: a Python caller passes ``name=True``
+SWITCHES = ("resume", "overwrite")
+
+
+def python_name(setting: str) -> str:
+    """How a Python caller gives ``setting``: a keyword argument or a field of :class:`TrainConfig`."""
+    return f"{setting}=True" if setting in SWITCHES else setting
+
+
+class NamesSettings(Exception):
+    """An error whose message names settings (``lr``, ``resume``) in the words of whoever gave them.
+
+    ``template`` holds a ``{setting}`` field for each setting it names and a field for each of
+    ``values`` (put in as they are). ``str()`` names the settings as a Python caller gives them
+    (:func:`python_name`); the command line names them as its flags with :meth:`render`.
+    """
+
+    def __init__(self, template: str, **values: object) -> None:
+        self.template = template
+        self.values = values
+        self.settings = tuple(dict.fromkeys(
+            field for _, field, _, _ in string.Formatter().parse(template) if field and field not in values))
+        super().__init__(self.render(python_name))
+
+    def render(self, name: Callable[[str], str]) -> str:
+        """The message with each setting named by ``name(setting)``."""
+        return self.template.format(**self.values, **{s: name(s) for s in self.settings})
+
+    def __reduce__(self) -> tuple:
+        # rebuilt from its parts, so that another process (torch.distributed) renders it as this one would
+        return _rebuild, (type(self), self.template, self.values)
+
+
+def _rebuild(cls: type, template: str, values: dict) -> "NamesSettings":
+    return cls(template, **values)
+
+
+class SettingError(NamesSettings, ValueError):
+    """A setting that cannot be used as given; the message says which and what to give instead."""
+
+
+class RunExists(NamesSettings, FileExistsError):
+    """A new run would replace one already in its folder."""
+
+
+class NothingToResume(NamesSettings, FileNotFoundError):
+    """A resume asked for where no checkpoint is."""
 
 
 @dataclass

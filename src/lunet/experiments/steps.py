@@ -19,6 +19,7 @@ import torch
 
 from lunet.experiments.checkpoint import error_line
 from lunet.experiments.preprocess import uniform_noise
+from lunet.experiments.schedule import rate_numbers, rate_tensors
 
 # Eager steps before the capture: the allocator, the library handles and Adam's
 # state are set up by real steps, so that the capture records only the step itself.
@@ -88,18 +89,11 @@ def warmed_capture(capture: CudaGraphCapture, body: Callable[[], None],
 
 def prepare_for_capture(optimizer: torch.optim.Optimizer, device: torch.device, capturable: bool) -> None:
     """Make ``optimizer``'s steps capturable: every parameter group gets its learning rate as a
-    tensor on ``device`` and the flag ``capturable``, and the optimiser no longer warns about
-    capturable steps run eagerly (the warm-up steps are).
-
-    A captured step reads the rate from that tensor, which the schedule updates
-    in place; a Python float would be frozen into the graph. The CUDA kernel of
-    fused Adam reads a float32 rate; elsewhere the rate stays float64, the
-    precision of a Python float.
-    """
-    dtype = torch.float32 if device.type == "cuda" else torch.float64
+    tensor on ``device`` (:func:`~lunet.experiments.schedule.rate_tensors`) and the flag
+    ``capturable``, and the optimiser no longer warns about capturable steps run eagerly (the
+    warm-up steps are)."""
+    rate_tensors(optimizer, device)
     for group in optimizer.param_groups:
-        if not isinstance(group["lr"], torch.Tensor):
-            group["lr"] = torch.tensor(float(group["lr"]), dtype=dtype, device=device)
         group["capturable"] = capturable
     optimizer._warned_capturable_if_run_uncaptured = True
 
@@ -107,10 +101,8 @@ def prepare_for_capture(optimizer: torch.optim.Optimizer, device: torch.device, 
 def portable_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """``optimizer.state_dict()`` with plain-float learning rates and ``capturable`` off, so that a
     checkpoint written by graph-captured training resumes on any device, captured or not."""
-    state = optimizer.state_dict()
+    state = rate_numbers(optimizer.state_dict())
     for group in state["param_groups"]:
-        if isinstance(group.get("lr"), torch.Tensor):
-            group["lr"] = float(group["lr"])
         group["capturable"] = False
     return state
 

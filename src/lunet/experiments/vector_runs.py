@@ -10,9 +10,7 @@ in nats per dimension.
 from __future__ import annotations
 
 import itertools
-import json
 import math
-from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -21,53 +19,26 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from lunet.checks import check_batch, check_positive_int, check_temperature
-from lunet.experiments.checkpoint import build_model, check_spec, first_sentence, load_model
+from lunet.checks import check_batch, check_temperature
+from lunet.experiments.checkpoint import build_model, load_model
 from lunet.experiments.distributed import Group, current
-from lunet.experiments.rundir import RunFolder, UnsafeFile, read_text, write_text_atomic
-from lunet.experiments.settings import TrainConfig, default_train_config, vector_lunet_spec
-from lunet.experiments.train import Trainer, check_shared_config, resolve_device
+from lunet.experiments.rundir import RunFolder, as_folder
+from lunet.experiments.run_record import VECTORS, RunRecord, VectorRunSettings, read_run, write_run
+from lunet.experiments.settings import (
+    MAX_SAMPLE_VALUES, SettingError, TrainConfig, default_train_config, vector_lunet_spec,
+)
+from lunet.experiments.step_runner import check_shared_config
+from lunet.experiments.train import Trainer, resolve_device
 from lunet.experiments.resources import check_model_memory
 from lunet.experiments.vectors import check_fits_dtype, check_width
 from lunet.flow import placement
 
 Vectors = Union[torch.Tensor, np.ndarray, Dataset, DataLoader]
-RUN_KIND = "vectors"
-# Entries that only a run on own data writes in run.json: a damaged file that holds one is
-# reported as a damaged run on own data, not taken for an image run.
-RUN_KEYS = ("data", "dim", "val_fraction", "data_file")
 # Rows a training needs to learn from: a spread (the standardisation's) takes two. The Gaussian
 # start needs more rows than features (the covariance of fewer is singular).
 MIN_TRAIN_ROWS = 2
-DATA_INITS = ("standardize", "gaussian", "none")
 SAMPLE_CHUNK_ROWS = 65_536
 SPLIT_SEED = 0  # the validation rows are drawn with this seed, whatever the training seed
-
-
-@dataclass
-class VectorRunSettings:
-    """What a run on own data models; stored in ``run.json``."""
-
-    dim: int
-    model: dict[str, Any]
-    val_fraction: Optional[float] = 0.1  # None: validated on rows given apart (val_data)
-    data_init: str = "standardize"
-    data_file: Optional[str] = None
-
-    def __post_init__(self) -> None:
-        # each field checked for its type too: read back from run.json, "3" is no width and true no fraction
-        check_positive_int(self.dim, "dim")
-        check_spec(self.model)
-        if self.val_fraction is not None and not (
-                isinstance(self.val_fraction, (int, float)) and not isinstance(self.val_fraction, bool)
-                and 0 < self.val_fraction < 1):
-            raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction!r}")
-        if not isinstance(self.data_init, str) or self.data_init not in DATA_INITS:
-            raise ValueError(f"data_init must be one of {DATA_INITS}, got {self.data_init!r}")
-        if self.data_file is not None and not isinstance(self.data_file, str):
-            raise ValueError(f"data_file must be a path or null, got {self.data_file!r}")
-        if self.model.get("dim") != self.dim:
-            raise ValueError(f"the model spec's dim {self.model.get('dim')!r} is not the data's width {self.dim}")
 
 
 def as_vectors(data: Vectors, name: str = "data", min_rows: int = 2) -> torch.Tensor:
@@ -165,9 +136,9 @@ def train_vectors(
     run there. Under ``torchrun`` the processes share the model (see :mod:`lunet.experiments.distributed`).
     """
     data = as_vectors(data, min_rows=1)  # too few rows are refused below, with the minimum
-    run = RunFolder(out)
+    run = as_folder(out)
     if val_fraction is None:
-        stored = read_run_file(out).val_fraction if resume and run.run_file.is_file() else None
+        stored = read_run_file(run).val_fraction if resume and run.run_file.is_file() else None
         val_fraction = stored if stored is not None else 0.1
     if val_data is None:
         train, val = split_rows(data, val_fraction)
@@ -177,7 +148,9 @@ def train_vectors(
             raise ValueError(f"val_data has {val.shape[1]} features per row but data has {train.shape[1]}")
     config = config or default_train_config("vectors")
     spec = model_spec or vector_lunet_spec(train.shape[1])
-    settings = VectorRunSettings(train.shape[1], spec, val_fraction if val_data is None else None, data_init, data_file)
+    settings = VectorRunSettings(train.shape[1], spec, val_fraction if val_data is None else None, data_init)
+    if data_file is not None and not isinstance(data_file, str):
+        raise ValueError(f"data_file must be a path or null, got {data_file!r}")
     name = data_file or "data"
     _check_enough_rows(name, train, val, data_init, settings.val_fraction)
     check_fits_dtype(data, config.torch_dtype, name)
@@ -195,19 +168,19 @@ def train_vectors(
             model.init_gaussian(train)
         elif data_init == "standardize":
             model.standardize(train)
-        trainer = Trainer(model, spec, config, train, val, log_prob_fn, dim=train.shape[1], out_dir=run.path,
-                          extra={"data": RUN_KIND}, progress=progress, group=group)
+        trainer = Trainer(model, spec, config, train, val, log_prob_fn, dim=train.shape[1], out_dir=run,
+                          extra={"data": VECTORS}, progress=progress, group=group)
         if resume:
             trainer.resume()
         if group.is_main:  # every check has passed: the folder now holds this run
-            write_run_file(run, settings)
+            write_run(run, RunRecord(VECTORS, settings, data_file))
         trainer.fit()
-    if trainer.best_state is not None:
-        model.load_state_dict(trainer.best_state)
+    if trainer.state.best_state is not None:
+        model.load_state_dict(trainer.state.best_state)
     summary = {
-        "epochs": trainer.epoch,
-        "train_seconds": trainer.train_seconds,
-        "val_nll_nats_per_dim": -trainer.best_val / train.shape[1],
+        "epochs": trainer.state.epoch,
+        "train_seconds": trainer.state.train_seconds,
+        "val_nll_nats_per_dim": -trainer.state.best_val / train.shape[1],
         "num_train": int(train.shape[0]),
         "num_val": int(val.shape[0]),
         "dim": int(train.shape[1]),
@@ -218,68 +191,29 @@ def train_vectors(
 def _prepare_run(run: RunFolder, settings: VectorRunSettings, overwrite: bool, resume: bool) -> None:
     run.begin(resume, overwrite, [run.checkpoint])
     if resume:
-        stored = read_run_file(run.path)
+        stored = read_run_file(run)
         if (stored.dim, stored.model) != (settings.dim, settings.model):
-            raise ValueError(f"{run.run_file} describes another run (width {stored.dim}, model {stored.model}); "
-                             f"resume with the run's own data and options or choose another --out")
+            raise SettingError("{path} describes another run (width {dim}, model {model}); resume with the run's own "
+                               "data and options or choose another {out}", path=run.run_file, dim=stored.dim,
+                               model=stored.model)
 
 
-def write_run_file(run: RunFolder, settings: VectorRunSettings) -> None:
-    """``run.json`` of a run on own data."""
-    run.path.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run.run_file, json.dumps({"data": RUN_KIND, **asdict(settings)}, indent=2) + "\n")
+def read_run_file(run_dir: str | Path | RunFolder) -> VectorRunSettings:
+    """The settings of the run on own data in ``run_dir``; ``ValueError`` naming ``run.json`` when it
+    is something else."""
+    return read_run(as_folder(run_dir), (VECTORS,)).settings
 
 
-def is_vector_run(run_dir: str | Path) -> bool:
-    """Whether ``run_dir`` holds a run on own data (its ``run.json`` says ``"data": "vectors"``, or, damaged,
-    still holds an entry of :data:`RUN_KEYS`, so that :func:`read_run_file` names the damage);
-    :class:`~lunet.experiments.rundir.UnsafeFile` if ``run.json`` is a FIFO, a device or a folder."""
-    try:
-        record = json.loads(read_text(RunFolder(run_dir).run_file))
-    except UnsafeFile:  # refused by its name here rather than taken for some other kind of run
-        raise
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and any(key in record for key in RUN_KEYS)
-
-
-def read_run_file(run_dir: str | Path) -> VectorRunSettings:
-    """The settings of a run on own data; ``ValueError`` naming the file when it is something else."""
-    path = RunFolder(run_dir).run_file
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {run_dir} is not a run directory made by `lunet train`")
-    try:
-        record = json.loads(read_text(path))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} does not describe a run on own data ({first_sentence(exc)})") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{path} does not describe a run on own data: it holds a {type(record).__name__}")
-    if record.get("data") != RUN_KIND:
-        raise ValueError(f"{path} does not describe a run on own data: its \"data\" entry is "
-                         f"{record.get('data')!r}, not {RUN_KIND!r}")
-    record.pop("data")
-    known = {f.name for f in fields(VectorRunSettings)}
-    unknown = sorted(set(record) - known)
-    missing = [f.name for f in fields(VectorRunSettings) if f.name not in record and f.default is MISSING]
-    if unknown or missing:
-        listed = "; ".join(part for part in (f"unknown entries {', '.join(unknown)}" if unknown else "",
-                                             f"no {', '.join(missing)}" if missing else "") if part)
-        raise ValueError(f"{path} does not describe a run on own data: {listed}")
-    try:
-        return VectorRunSettings(**record)
-    except ValueError as exc:
-        raise ValueError(f"{path} does not describe a run on own data ({exc})") from None
-
-
-def load_vector_run(run_dir: str | Path, device: str = "cpu") -> tuple[VectorRunSettings, nn.Module]:
+def load_vector_run(run_dir: str | Path | RunFolder, device: str = "cpu") -> tuple[VectorRunSettings, nn.Module]:
     """The settings and the best model of a run on own data, in eval mode on ``device``."""
-    settings = read_run_file(run_dir)
-    model, _ = load_model(RunFolder(run_dir).checkpoint, which="best")
+    run = as_folder(run_dir)
+    settings = read_run_file(run)
+    model, _ = load_model(run.checkpoint, which="best")
     return settings, model.to(resolve_device(device)).eval()
 
 
 @torch.no_grad()
-def evaluate_vectors(run_dir: str | Path, data: Vectors, device: str = "cpu", batch_size: int = 4096,
+def evaluate_vectors(run_dir: str | Path | RunFolder, data: Vectors, device: str = "cpu", batch_size: int = 4096,
                      name: str = "data") -> dict[str, Any]:
     """Test likelihood of ``data`` (N, D) under a run's best model: mean NLL in nats per
     dimension and per vector, and their spread over the rows; ``name`` names the data in errors."""
@@ -298,11 +232,18 @@ def evaluate_vectors(run_dir: str | Path, data: Vectors, device: str = "cpu", ba
 
 
 @torch.no_grad()
-def sample_vectors(run_dir: str | Path, num: int, temperature: float = 1.0, seed: int = 0,
+def sample_vectors(run_dir: str | Path | RunFolder, num: int, temperature: float = 1.0, seed: int = 0,
                    device: str = "cpu") -> torch.Tensor:
-    """``num`` draws (num, D) from a run's best model, latents from N(0, T² I), float64 on the CPU."""
+    """``num`` draws (num, D) from a run's best model, latents from N(0, T² I), float64 on the CPU;
+    rows × width at most ``MAX_SAMPLE_VALUES`` (another ``seed`` draws more)."""
     check_temperature(temperature)
-    _, model = load_vector_run(run_dir, device)
+    run = as_folder(run_dir)
+    dim = read_run_file(run).dim
+    if num * dim > MAX_SAMPLE_VALUES:
+        raise SettingError("{num} {given:,} samples of width {dim} are {total:,} numbers, more than the {cap:,} one "
+                           "call draws; give {num} at most {most:,} (and another {seed} for more)",
+                           given=num, dim=dim, total=num * dim, cap=MAX_SAMPLE_VALUES, most=MAX_SAMPLE_VALUES // dim)
+    _, model = load_vector_run(run, device)
     dtype, dev = placement(model)
     gen = torch.Generator().manual_seed(seed)
     z = temperature * torch.randn(num, model.dim, generator=gen, dtype=torch.float64)

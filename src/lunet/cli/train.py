@@ -1,0 +1,329 @@
+"""``lunet train``: one parser per kind of run, chosen by ``--data`` and ``--dataset``.
+
+A run on the 2-D mixture (``--dataset gmm2d``, the default), on an image data set
+(``--dataset mnist | fashion-mnist``) or on own vectors (``--data FILE``) each
+has the options that apply to it and no others; an option of another kind is
+refused by its name, saying what it applies to. ``lunet train --help`` shows
+every option with its default per kind. Imports no torch until a run starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from lunet.cli.options import (
+    DATA_DIR_HELP, FRACTION, LAM, NO_VERIFY_HELP, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, PATH, POSITIVE_FLOAT,
+    POSITIVE_INT, SEED, SLOPE, epochs_text, flag,
+)
+from lunet.experiments.settings import (
+    DEFAULT_LAM, GMM2DSettings, TrainConfig, default_train_config, paper_lunet_spec, vector_lunet_spec,
+)
+from lunet.numbers import SLOPE_MIN
+
+GMM2D, IMAGES, VECTORS = "gmm2d", "images", "vectors"
+KINDS = (GMM2D, IMAGES, VECTORS)
+IMAGE_DATASETS = ("mnist", "fashion-mnist")
+# how messages and help texts name each kind
+KIND_NAMES = {GMM2D: "--dataset gmm2d", IMAGES: "image data sets", VECTORS: "--data"}
+_HELP_NAMES = {GMM2D: "gmm2d", IMAGES: "images", VECTORS: "--data"}
+_ALL = frozenset(KINDS)
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _default(values: dict[str, object], kinds: Sequence[str]) -> str:
+    """A help text's default for the ``kinds`` a parser serves, from each kind's ``values``."""
+    shown: dict[str, list[str]] = {}
+    for kind in kinds:
+        if kind in values:
+            shown.setdefault(_show(values[kind]), []).append(_HELP_NAMES[kind])
+    if len(shown) == 1:
+        return f"(default {next(iter(shown))})"
+    return "(default " + ", ".join(f"{value} for {' and '.join(names)}" for value, names in shown.items()) + ")"
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One option of ``lunet train``: the kinds of run it applies to, its argparse arguments, and
+    (for a help text with defaults) each kind's default, shown where ``help`` holds ``{default}``."""
+
+    names: tuple[str, ...]
+    kinds: frozenset
+    group: str
+    kwargs: dict[str, Any]
+    defaults: Optional[Callable[[], dict[str, object]]] = None
+    lunet_model: bool = False  # an option of the LU-Net model, which a RealNVP run does not have
+
+    @property
+    def dest(self) -> str:
+        return self.kwargs.get("dest", self.names[0][2:].replace("-", "_"))
+
+
+def _config_defaults(field: str) -> Callable[[], dict[str, object]]:
+    return lambda: {kind: getattr(default_train_config(kind), field) for kind in KINDS}
+
+
+def _spec_defaults(key: str, gmm2d: str) -> Callable[[], dict[str, object]]:
+    return lambda: {GMM2D: getattr(GMM2DSettings(), gmm2d), IMAGES: paper_lunet_spec().get(key, False),
+                    VECTORS: vector_lunet_spec(1)[key]}
+
+
+# The settings of TrainConfig and their options: the learning rate and the rest go from here into
+# TrainConfig (train_config), and from there into the training.
+CONFIG_OPTIONS = {
+    "epochs": dict(type=POSITIVE_INT, help="epochs to train {default}"),
+    "batch_size": dict(type=POSITIVE_INT, help="training batch size {default}"),
+    "lr": dict(type=POSITIVE_FLOAT, help="peak Adam learning rate {default}"),
+    "weight_decay": dict(type=NON_NEGATIVE_FLOAT, help="Adam weight decay {default}"),
+    "schedule": dict(choices=["cosine", "constant"], help="learning-rate schedule {default}"),
+    "warmup_steps": dict(type=NON_NEGATIVE_INT, help="linear warm-up steps {default}"),
+    "grad_clip": dict(type=POSITIVE_FLOAT, help="clip the gradient norm to this value {default}"),
+    "seed": dict(type=SEED, help="seed for initialisation, shuffling and noise {default}"),
+    "device": dict(help="cpu, cuda or cuda:N {default}"),
+    "dtype": dict(choices=["float32", "float64"], help="training precision {default}"),
+    "eval_every": dict(type=POSITIVE_INT, help="epochs between validation, log line and checkpoint {default}"),
+    "compile": dict(action=argparse.BooleanOptionalAction,
+                    help="compile the training loss with torch.compile: slower start; faster steps where that pays "
+                         "(not for the MNIST model on a CPU: docs/benchmark.md) {default}"),
+    "cuda_graph": dict(action=argparse.BooleanOptionalAction,
+                       help="on a GPU, replay each full batch's training step as one captured CUDA graph "
+                            "(eager if the capture fails) {default}"),
+}
+
+OPTIONS = (
+    Option(("--out",), _ALL, "",
+           dict(type=PATH, required=True, help="run directory for checkpoint, logs and pictures")),
+    Option(("--overwrite",), _ALL, "",
+           dict(action="store_true", help="start afresh, replacing a run already in --out")),
+    Option(("--model",), _ALL, "model", dict(default="lunet", choices=["lunet", "realnvp"],
+                                              help="flow family (images only)")),
+    Option(("--blocks",), _ALL, "model", dict(type=POSITIVE_INT, dest="num_blocks", metavar="BLOCKS",
+                                                help="number of LU blocks {default}"),
+           _spec_defaults("num_blocks", "num_blocks"), lunet_model=True),
+    Option(("--alpha",), _ALL, "model",
+           dict(type=SLOPE, help=f"leaky-softplus slope a in [{SLOPE_MIN:g}, 1) {{default}}"),
+           _spec_defaults("alpha", "alpha"), lunet_model=True),
+    Option(("--learn-alpha",), _ALL, "model", dict(action=argparse.BooleanOptionalAction,
+                                                     help="learn the slope a of every activation {default}"),
+           _spec_defaults("learn_alpha", "learn_alpha"), lunet_model=True),
+    Option(("--starts",), frozenset({GMM2D}), "model",
+           dict(type=POSITIVE_INT, help=f"gmm2d: initialisations trained side by side, the best by validation NLL "
+                                        f"kept (default {GMM2DSettings().starts})")),
+    Option(("--diag",), _ALL, "model", dict(choices=["raw", "exp"], help="parametrisation of diag(U) {default}"),
+           _spec_defaults("diag", "diag"), lunet_model=True),
+    Option(("--class",), frozenset({IMAGES}), "images", dict(dest="class_label", type=NON_NEGATIVE_INT,
+                                                             help="model one class only (0..9)")),
+    Option(("--per-class",), frozenset({IMAGES}), "images",
+           dict(action="store_true", help="one model per class (the paper's setting)")),
+    Option(("--data-init",), frozenset({IMAGES, VECTORS}), "images",
+           dict(choices=["gaussian", "standardize", "none"],
+                help="LU-Net start: the data's full-covariance Gaussian fit, per-feature standardising, or none "
+                     "(default gaussian for images, standardize for --data)"), lunet_model=True),
+    Option(("--lam",), frozenset({IMAGES}), "images",
+           dict(type=LAM, help=f"logit-transform λ in (0, 0.5) (default {DEFAULT_LAM:g})")),
+    Option(("--limit",), frozenset({IMAGES, VECTORS}), "images",
+           dict(type=POSITIVE_INT, help="train on the first N training images only (per class with --per-class), "
+                                        "validate on the first N/10: for quick trials")),
+    Option(("--val-fraction",), frozenset({VECTORS}), "own data (--data)",
+           dict(type=FRACTION, help="share of the rows held out for validation, drawn at random once (default 0.1)")),
+    Option(("--data-dir",), frozenset({IMAGES}), "", dict(type=PATH, help=DATA_DIR_HELP)),
+    Option(("--no-verify",), frozenset({IMAGES}), "", dict(action="store_true", help=NO_VERIFY_HELP)),
+    *(Option((flag(name),), _ALL, "optimisation", dict(kwargs), _config_defaults(name))
+      for name, kwargs in CONFIG_OPTIONS.items()),
+    Option(("--resume",), _ALL, "optimisation",
+           dict(action="store_true", help="continue the run in --out from its checkpoint")),
+    Option(("--no-progress",), _ALL, "optimisation",
+           dict(action="store_true", help="no progress bar or per-epoch lines")),
+)
+
+
+def _where(kinds: frozenset) -> str:
+    return " and ".join(KIND_NAMES[k] for k in (IMAGES, GMM2D, VECTORS) if k in kinds) + " only"
+
+
+def parser_for(kinds: Sequence[str]) -> argparse.ArgumentParser:
+    """The parser of ``lunet train`` for runs of ``kinds``: one kind, or all of them for the help."""
+    one = len(kinds) == 1
+    p = argparse.ArgumentParser(
+        prog="lunet train",
+        description="train a flow by maximum likelihood" + (f" ({KIND_NAMES[kinds[0]]})" if one else ""),
+    )
+    if not one or kinds[0] != VECTORS:
+        datasets = ["gmm2d", *IMAGE_DATASETS] if not one else (["gmm2d"] if kinds[0] == GMM2D else list(IMAGE_DATASETS))
+        images_only = one and kinds[0] == IMAGES
+        p.add_argument("--dataset", choices=datasets, required=images_only,
+                       help="data set" if images_only else "data set (default: gmm2d, needs no files)")
+    if not one or kinds[0] == VECTORS:
+        p.add_argument("--data", type=PATH, metavar="FILE", required=one,
+                       help="train on your own feature vectors instead: a .npy, .csv or .pt file of shape (N, D)")
+    groups: dict[str, Any] = {"": p}
+    for option in OPTIONS:
+        if not option.kinds.intersection(kinds):
+            continue
+        if option.group not in groups:
+            groups[option.group] = p.add_argument_group(option.group)
+        kwargs = dict(option.kwargs)
+        if option.defaults is not None:
+            served = [k for k in kinds if k in option.kinds]
+            kwargs["help"] = kwargs["help"].format(default=_default(option.defaults(), served))
+        if option.names == ("--model",) and one and kinds[0] != IMAGES:
+            kwargs.update(choices=["lunet"], help="flow family")
+        groups[option.group].add_argument(*option.names, **kwargs)
+    p.set_defaults(command="train", kind=kinds[0] if one else None, func=cmd_train)
+    return p
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """``lunet train ARGV``: the options of the kind of run ``--data``/``--dataset`` choose;
+    ``ValueError`` for an option of another kind, naming what it applies to."""
+    overview = parser_for(KINDS)
+    pre = argparse.ArgumentParser(prog="lunet train", add_help=False, usage=overview.format_usage()[len("usage: "):])
+    pre.add_argument("--dataset", choices=["gmm2d", *IMAGE_DATASETS])
+    pre.add_argument("--data", type=PATH)
+    pre.add_argument("-h", "--help", action="store_true")
+    chosen, _ = pre.parse_known_args(argv)
+    if chosen.help and chosen.data is None and chosen.dataset is None:
+        overview.parse_args(["--help"])
+    if chosen.data is not None and chosen.dataset is not None:
+        raise ValueError("--data and --dataset exclude each other: train on your own file or on a named data set")
+    kind = VECTORS if chosen.data is not None else GMM2D if chosen.dataset in (None, "gmm2d") else IMAGES
+    parser = parser_for([kind])
+    args, rest = parser.parse_known_args(argv)
+    others = {}
+    for token in rest:
+        option = next((o for o in OPTIONS if token.split("=")[0] in o.names
+                       or token.startswith("--no-") and "--" + token[5:] in o.names), None)
+        if option is not None:
+            others.setdefault(option.kinds, []).append(token.split("=")[0])
+        elif token.startswith("-"):
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if others:
+        kinds, given = next(iter(others.items()))
+        verb = "applies" if len(given) == 1 else "apply"
+        raise ValueError(f"{', '.join(given)} {verb} to {_where(kinds)}, not to {KIND_NAMES[kind]}")
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if kind == IMAGES and args.model == "realnvp":
+        given = [o.names[0] for o in OPTIONS if o.lunet_model and getattr(args, o.dest) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to --model lunet only, "
+                             f"not to realnvp")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    return args
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The run's kind's optimisation defaults, with the options given."""
+    given = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name) is not None}
+    return dataclasses.replace(default_train_config(args.dataset if args.kind == IMAGES else args.kind), **given)
+
+
+def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The LU-Net settings given on the command line, by their names in a model spec."""
+    return {name: getattr(args, name) for name in ("num_blocks", "alpha", "diag", "learn_alpha")
+            if getattr(args, name) is not None}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from lunet.experiments import distributed
+
+    if args.kind == GMM2D:
+        if distributed.launched():
+            raise ValueError("--dataset gmm2d trains its starts side by side in one process; run it without torchrun")
+        return _train_gmm2d(args)
+    config = train_config(args)
+    group, device = distributed.start(config.device)
+    try:
+        config = dataclasses.replace(config, device=device)
+        code = _train_vectors(args, config, group) if args.kind == VECTORS else _train_images(args, config, group)
+        if not getattr(args, "per_class", False):
+            # every process past its last exchange before any tears its connections down
+            # (a per-class run's processes exchange nothing after the start, and finish at different times)
+            group.barrier()
+        return code
+    finally:
+        distributed.stop()
+
+
+def _train_gmm2d(args: argparse.Namespace) -> int:
+    from lunet.experiments import gmm2d
+    from lunet.experiments.run_log import format_seconds
+
+    settings = dataclasses.replace(GMM2DSettings(), **model_overrides(args),
+                                   **({"starts": args.starts} if args.starts is not None else {}))
+    summary = gmm2d.run(args.run, settings, train_config(args), resume=args.resume, progress=not args.no_progress,
+                        overwrite=args.overwrite)
+    print(
+        f"gmm2d: test NLL {summary['test_nll_nats']:.4f} nats, mixture entropy "
+        f"{summary['entropy_nats']:.4f} nats, KL {summary['kl_nats']:.4f} nats "
+        f"({epochs_text(summary['epochs'])}, {format_seconds(summary['train_seconds'])} training)"
+    )
+    print(f"wrote {args.out}/density.png, {args.out}/samples.png, {args.out}/summary.json")
+    return 0
+
+
+def _train_vectors(args: argparse.Namespace, config: TrainConfig, group: Any) -> int:
+    from lunet.experiments.run_log import format_seconds
+    from lunet.experiments.vector_runs import train_vectors
+    from lunet.experiments.vectors import load_vectors
+
+    data = load_vectors(args.data)
+    if args.limit is not None:
+        data = data[: args.limit]
+    _, summary = train_vectors(
+        data, args.run, config, model_spec=vector_lunet_spec(data.shape[1], **model_overrides(args)),
+        val_fraction=args.val_fraction, data_init=args.data_init or "standardize", resume=args.resume,
+        overwrite=args.overwrite, progress=not args.no_progress, data_file=str(Path(args.data).resolve()), group=group,
+    )
+    if group.is_main:
+        print(f"{args.data}: {summary['num_train']:,} training and {summary['num_val']:,} validation rows of width "
+              f"{summary['dim']}; best validation {summary['val_nll_nats_per_dim']:.4f} nats/dim after "
+              f"{epochs_text(summary['epochs'])} ({format_seconds(summary['train_seconds'])} training)")
+        print(f"run in {args.out}; next: lunet evaluate {args.out} --data TEST_FILE, "
+              f"lunet sample {args.out} --num 1000 --out samples.npy")
+    return 0
+
+
+def _train_images(args: argparse.Namespace, config: TrainConfig, group: Any) -> int:
+    from lunet.experiments import images
+    from lunet.experiments.run_log import format_seconds
+
+    if args.model == "realnvp":
+        spec = {"name": "realnvp"}
+    else:
+        spec = paper_lunet_spec(**model_overrides(args))
+        if not spec.get("learn_alpha", True):
+            del spec["learn_alpha"]  # fixed slopes are the paper's model, whose spec does not name them
+    if args.per_class and args.class_label is not None:
+        raise ValueError("--per-class and --class exclude each other")
+    kind = "per_class" if args.per_class else ("class" if args.class_label is not None else "unconditional")
+    settings = images.ImageRunSettings(
+        dataset=args.dataset, kind=kind, class_label=args.class_label, model=spec,
+        lam=args.lam if args.lam is not None else DEFAULT_LAM,
+        data_init=(args.data_init or "gaussian") if args.model == "lunet" else "none",
+    )
+    results = images.train_image_run(
+        args.run, settings, config, data_dir=args.data_dir, verify=not args.no_verify,
+        resume=args.resume, progress=not args.no_progress, limit=args.limit, overwrite=args.overwrite, group=group,
+    )
+    if not group.is_main and kind != "per_class":
+        return 0
+    for name, r in results.items():  # with several processes: a shared model's on process 0, each one's classes
+        label = "all classes" if name == "all" else f"class {name}"
+        print(
+            f"{args.dataset} {label}: best validation {r['val_bits_per_dim']:.4f} bits/dim "
+            f"after {epochs_text(r['epochs'])} ({format_seconds(r['train_seconds'])} training)"
+        )
+    if group.is_main:
+        print(f"run in {args.out}; next: lunet evaluate {args.out}")
+    return 0

@@ -1,0 +1,239 @@
+"""The record of a run: its kind, its settings and where its data are, as ``run.json`` holds them.
+
+Three kinds of run: image runs (MNIST, Fashion-MNIST), runs on own feature
+vectors (``"data": "vectors"`` in ``run.json``) and 2-D mixture runs (no
+``run.json``: a checkpoint, and the results beside it). :func:`run_kind` decides
+which a folder holds; :func:`read_run` reads its record and :func:`write_run`
+writes one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Optional, Sequence, Union
+
+from lunet.experiments.checkpoint import check_spec, first_sentence
+from lunet.experiments.data import DATASETS
+from lunet.experiments.rundir import RunFolder, UnsafeFile, read_text, write_text_atomic
+from lunet.experiments.settings import DEFAULT_LAM, SettingError, paper_lunet_spec
+from lunet.numbers import check_positive_int
+
+IMAGES, VECTORS, GMM2D = "images", "vectors", "gmm2d"
+KINDS = (IMAGES, VECTORS, GMM2D)
+# Entries that only a run on own data writes in run.json: a damaged file that holds one is
+# reported as a damaged run on own data, not taken for an image run.
+VECTOR_KEYS = ("data", "dim", "val_fraction", "data_file")
+NUM_CLASSES = 10
+IMAGE_KINDS = ("unconditional", "class", "per_class")
+IMAGE_DATA_INITS = ("gaussian", "standardize", "none")
+VECTOR_DATA_INITS = ("standardize", "gaussian", "none")
+
+
+@dataclass
+class ImageRunSettings:
+    """What an image run models."""
+
+    dataset: str = "mnist"
+    kind: str = "unconditional"
+    class_label: Optional[int] = None
+    model: dict[str, Any] = field(default_factory=lambda: paper_lunet_spec())
+    lam: float = DEFAULT_LAM
+    data_init: str = "gaussian"  # "gaussian" (start at the full-covariance Gaussian fit), "standardize" or "none"
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.kind not in IMAGE_KINDS:
+            raise ValueError(f"kind must be one of {IMAGE_KINDS}, got {self.kind!r}")
+        if isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) or not 0 < self.lam < 0.5:
+            raise ValueError(f"lam (the logit transform's λ) must lie strictly between 0 and 0.5, got {self.lam!r}")
+        if self.data_init not in IMAGE_DATA_INITS:
+            raise ValueError(f"data_init must be one of {IMAGE_DATA_INITS}, got {self.data_init!r}")
+        # true is an int to Python; read back from run.json it is no class
+        if self.class_label is not None and (isinstance(self.class_label, bool)
+                                             or not isinstance(self.class_label, int)):
+            raise ValueError(f"class_label must be an integer or null, got {self.class_label!r}")
+        if self.kind == "class" and not (isinstance(self.class_label, int) and 0 <= self.class_label < NUM_CLASSES):
+            raise ValueError(f"--class must be an integer in 0..{NUM_CLASSES - 1}, got {self.class_label!r}")
+        check_spec(self.model)
+
+    @property
+    def classes(self) -> list[Optional[int]]:
+        """The class of each model in the run (None = all classes)."""
+        if self.kind == "per_class":
+            return list(range(NUM_CLASSES))
+        return [self.class_label] if self.kind == "class" else [None]
+
+
+@dataclass
+class VectorRunSettings:
+    """What a run on own data models."""
+
+    dim: int
+    model: dict[str, Any]
+    val_fraction: Optional[float] = 0.1  # None: validated on rows given apart (val_data)
+    data_init: str = "standardize"
+
+    def __post_init__(self) -> None:
+        # each field checked for its type too: read back from run.json, "3" is no width and true no fraction
+        check_positive_int(self.dim, "dim")
+        check_spec(self.model)
+        if self.val_fraction is not None and not (
+                isinstance(self.val_fraction, (int, float)) and not isinstance(self.val_fraction, bool)
+                and 0 < self.val_fraction < 1):
+            raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction!r}")
+        if not isinstance(self.data_init, str) or self.data_init not in VECTOR_DATA_INITS:
+            raise ValueError(f"data_init must be one of {VECTOR_DATA_INITS}, got {self.data_init!r}")
+        if self.model.get("dim") != self.dim:
+            raise ValueError(f"the model spec's dim {self.model.get('dim')!r} is not the data's width {self.dim}")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run: its ``kind`` (:data:`KINDS`), its ``settings`` (None for a 2-D run) and where its
+    data are (``data``: the folder an image run found its data set in, the file a run on own data
+    was trained on; None if not recorded)."""
+
+    kind: str
+    settings: Union[ImageRunSettings, VectorRunSettings, None] = None
+    data: Optional[str] = None
+
+    def entries(self) -> dict[str, Any]:
+        """What ``run.json`` holds for the run, but where its data are: what the run is."""
+        if self.kind == VECTORS:
+            return {"data": VECTORS, **asdict(self.settings)}
+        if self.kind == IMAGES:
+            return asdict(self.settings)
+        return {"dataset": GMM2D}
+
+
+def run_kind(folder: RunFolder) -> Optional[str]:
+    """The kind of the run in ``folder``, None if it holds none; :class:`UnsafeFile` if ``run.json``
+    is a FIFO, a device or a folder. A ``run.json`` that holds an entry of :data:`VECTOR_KEYS`
+    is a run on own data, damaged or not (so that reading it names the damage)."""
+    try:
+        record = json.loads(read_text(folder.run_file))
+    except UnsafeFile:  # refused by its name here rather than taken for some other kind of run
+        raise
+    except OSError:
+        record = None
+    except ValueError:
+        return IMAGES
+    if isinstance(record, dict) and any(key in record for key in VECTOR_KEYS):
+        return VECTORS
+    if folder.run_file.exists():
+        return IMAGES
+    return GMM2D if folder.checkpoint.is_file() else None
+
+
+def read_run(folder: RunFolder, kinds: Sequence[str] = KINDS) -> RunRecord:
+    """The record of the run in ``folder``, which must be of one of ``kinds``; ``ValueError`` (or
+    ``FileNotFoundError``) saying what the folder holds instead, or what is wrong with ``run.json``."""
+    kind = run_kind(folder)
+    if kind is None and GMM2D in kinds:
+        raise FileNotFoundError(f"{folder.path} holds no run made by `lunet train` (neither {folder.run_file.name} "
+                                f"nor {folder.checkpoint.name})")
+    if kind == GMM2D and kind in kinds:
+        return RunRecord(GMM2D)
+    # the reader of the kind asked for says what the folder holds instead
+    if IMAGES in kinds and (kind == IMAGES or kind not in kinds):
+        return _read_images(folder)
+    return _read_vectors(folder)
+
+
+def write_run(folder: RunFolder, record: RunRecord) -> None:
+    """``run.json`` of ``record``. An image run's may not replace the description of another run
+    that holds checkpoints; where its data lie may change, what they are may not."""
+    folder.path.mkdir(parents=True, exist_ok=True)
+    path = folder.run_file
+    entries = record.entries()
+    if record.kind == IMAGES:
+        if path.exists() and folder.checkpoints():  # without a checkpoint there is no run to protect
+            existing = json.loads(read_text(path))
+            existing.pop("data_dir", None)
+            if existing != entries:
+                raise SettingError("{path} describes another run ({existing}); use another {out}, or the same "
+                                   "options to resume", path=path, existing=existing)
+        if record.data is not None:
+            entries["data_dir"] = record.data
+    elif record.kind == VECTORS:
+        entries["data_file"] = record.data
+    write_text_atomic(path, json.dumps(entries, indent=2) + "\n")
+
+
+def recorded_data(folder: RunFolder, kind: str) -> Optional[str]:
+    """Where the run of ``kind`` in ``folder`` found its data, if recorded (None for a run of another
+    kind, or a damaged record); :class:`UnsafeFile` when ``run.json`` is no regular file."""
+    try:
+        entries = json.loads(read_text(folder.run_file))
+    except UnsafeFile:
+        raise
+    except (OSError, ValueError):
+        return None
+    if not isinstance(entries, dict) or (kind == VECTORS) != any(key in entries for key in VECTOR_KEYS):
+        return None
+    found = entries.get("data_file" if kind == VECTORS else "data_dir")
+    return found if isinstance(found, str) else None
+
+
+def _read_images(folder: RunFolder) -> RunRecord:
+    run_dir, path = folder.path, folder.run_file
+    if not path.exists():
+        if folder.checkpoint.is_file() and folder.summary.is_file():
+            raise ValueError(
+                f"{run_dir} is a 2-D mixture run: its test NLL and KL are in {folder.summary}, its "
+                f"pictures in density.png and samples.png; this command takes image runs (MNIST, Fashion-MNIST). "
+                f"`lunet export {run_dir} --out FILE` makes its weights a file to load in Python"
+            )
+        raise FileNotFoundError(f"{path} not found: {run_dir} is not an image run directory made by `lunet train`")
+    try:
+        entries = json.loads(read_text(path))
+    except UnsafeFile:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); it was not written by `lunet train` or was damaged") from None
+    if not isinstance(entries, dict):
+        raise ValueError(f"{path} holds a {type(entries).__name__}, not the settings of a run")
+    data_dir = entries.pop("data_dir", None)
+    if any(key in entries for key in VECTOR_KEYS):  # damaged or not, its entries are those of a run on own data
+        raise ValueError(f"{run_dir} is a run on own data (trained with --data); this command takes image runs. "
+                         f"`lunet evaluate {run_dir} --data FILE` and `lunet sample {run_dir} --out FILE.npy` take it")
+    try:
+        settings = ImageRunSettings(**entries)
+    except TypeError as exc:
+        raise ValueError(f"{path} does not describe a run of this version: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return RunRecord(IMAGES, settings, data_dir if isinstance(data_dir, str) else None)
+
+
+def _read_vectors(folder: RunFolder) -> RunRecord:
+    path = folder.run_file
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {folder.path} is not a run directory made by `lunet train`")
+    try:
+        entries = json.loads(read_text(path))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} does not describe a run on own data ({first_sentence(exc)})") from None
+    if not isinstance(entries, dict):
+        raise ValueError(f"{path} does not describe a run on own data: it holds a {type(entries).__name__}")
+    if entries.get("data") != VECTORS:
+        raise ValueError(f"{path} does not describe a run on own data: its \"data\" entry is "
+                         f"{entries.get('data')!r}, not {VECTORS!r}")
+    entries.pop("data")
+    known = {f.name for f in fields(VectorRunSettings)} | {"data_file"}
+    unknown = sorted(set(entries) - known)
+    missing = [f.name for f in fields(VectorRunSettings) if f.name not in entries and f.default is MISSING]
+    if unknown or missing:
+        listed = "; ".join(part for part in (f"unknown entries {', '.join(unknown)}" if unknown else "",
+                                             f"no {', '.join(missing)}" if missing else "") if part)
+        raise ValueError(f"{path} does not describe a run on own data: {listed}")
+    data_file = entries.pop("data_file", None)
+    if data_file is not None and not isinstance(data_file, str):
+        raise ValueError(f"{path} does not describe a run on own data (data_file must be a path or null, "
+                         f"got {data_file!r})")
+    try:
+        return RunRecord(VECTORS, VectorRunSettings(**entries), data_file)
+    except ValueError as exc:
+        raise ValueError(f"{path} does not describe a run on own data ({exc})") from None

@@ -1,0 +1,68 @@
+"""The learning-rate schedule as a part of its own, and errors that name settings."""
+
+import math
+import pickle
+
+import pytest
+import torch
+
+from lunet.cli import flag
+from lunet.experiments.schedule import LearningRateSchedule, rate_factor, rate_numbers, rate_tensors
+from lunet.experiments.settings import RunExists, SettingError, TrainConfig
+
+
+def optimizer():
+    return torch.optim.Adam([torch.nn.Parameter(torch.zeros(3))], lr=1.0)
+
+
+def test_the_schedule_warms_up_then_falls_to_zero_at_the_last_step():
+    schedule = LearningRateSchedule(optimizer(), TrainConfig(lr=0.02, warmup_steps=2), total_steps=12)
+    rates = []
+    for _ in range(12):
+        rates.append(schedule.rate)
+        assert schedule.optimizer.param_groups[0]["lr"] == schedule.rate
+        schedule.step()
+    assert rates[:3] == [0.01, 0.02, 0.02]
+    assert rates[2] > rates[7] > rates[11] > schedule.rate == 0.0
+
+
+def test_a_resumed_schedule_continues_on_its_own_peak_and_length():
+    first = LearningRateSchedule(optimizer(), TrainConfig(lr=0.02), total_steps=10)
+    for _ in range(4):
+        first.step()
+    state = first.state_dict()
+    assert state["last_epoch"] == 4 and isinstance(state["_last_lr"][0], float)
+    gentler = LearningRateSchedule(optimizer(), TrainConfig(lr=0.01), total_steps=20)  # lower, longer
+    gentler.load_state_dict(state)
+    assert gentler.steps == 4
+    assert gentler.rate == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * 4 / 20)))
+    assert gentler.optimizer.param_groups[0]["lr"] == gentler.rate
+    assert gentler.optimizer.param_groups[0]["initial_lr"] == 0.01
+
+
+def test_the_rate_a_captured_step_reads_is_updated_in_place_and_saved_as_a_number():
+    opt = optimizer()
+    schedule = LearningRateSchedule(opt, TrainConfig(lr=0.02, schedule="constant", warmup_steps=4), total_steps=8)
+    rate_tensors(opt, torch.device("cpu"))
+    tensor = opt.param_groups[0]["lr"]
+    schedule.step()
+    assert opt.param_groups[0]["lr"] is tensor and float(tensor) == schedule.rate == 0.01
+    saved = rate_numbers(opt.state_dict())
+    assert saved["param_groups"][0]["lr"] == 0.01 and isinstance(saved["param_groups"][0]["lr"], float)
+
+
+def test_rate_factor_of_a_constant_schedule_after_warm_up_is_one():
+    assert [rate_factor(s, "constant", 2, 10) for s in range(4)] == [0.5, 1.0, 1.0, 1.0]
+
+
+def test_a_settings_error_names_settings_for_python_and_for_the_command_line():
+    error = SettingError("{batch_size} {size} is below {world} processes; lower {lr} or pass {resume}", size=2, world=3)
+    assert str(error) == "batch_size 2 is below 3 processes; lower lr or pass resume=True"
+    assert error.render(flag) == "--batch-size 2 is below 3 processes; lower --lr or pass --resume"
+    assert error.settings == ("batch_size", "lr", "resume")
+    again = pickle.loads(pickle.dumps(error))  # as it travels between the processes of a run
+    assert type(again) is SettingError and again.render(flag) == error.render(flag)
+    exists = RunExists("{path} exists; pass {overwrite}", path="/runs/{odd}")
+    assert isinstance(exists, FileExistsError) and str(exists) == "/runs/{odd} exists; pass overwrite=True"
+    assert flag("class_label") == "--class"
+
