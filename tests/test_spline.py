@@ -148,3 +148,29 @@ def test_a_gaussian_start_with_splines_is_the_gaussian_fit():
 def test_a_lunet_refuses_an_unknown_activation_or_a_slope_for_splines(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LUNet(4, 2, **kwargs)
+
+
+def test_lunet_train_with_spline_activations_records_them_and_evaluates(tmp_path, capsys):
+    """``--activation spline`` on own data: the spec in the checkpoint names it, the loaded model
+    has splines, and its figure is the one ``lunet evaluate`` reports."""
+    from test_own_data import best_nll_per_dim, make_rows, train, write_npy
+
+    from lunet.cli import main
+    from lunet.experiments.checkpoint import load_model
+
+    data, test = write_npy(tmp_path / "train.npy", make_rows(400, 0)), write_npy(tmp_path / "test.npy", make_rows(100, 1))
+    assert train(data, tmp_path / "run", "--activation", "spline") == 0
+    model, _ = load_model(tmp_path / "run" / "checkpoint.pt")
+    assert model.activation == "spline" and all(isinstance(a, MonotoneSpline) for a in model.activations)
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "run"), "--data", str(test)]) == 0
+    printed = capsys.readouterr().out
+    assert f"{best_nll_per_dim(tmp_path / 'run', make_rows(100, 1)):.4f}" in printed
+
+
+def test_the_activation_option_is_not_one_of_the_2d_experiment(tmp_path, capsys):
+    from lunet.cli import main
+
+    assert main(["train", "--dataset", "gmm2d", "--out", str(tmp_path / "run"), "--activation", "spline"]) == 2
+    assert "--activation applies to image data sets and --data only" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -118,6 +118,11 @@ OPTIONS = (
     Option(("--starts",), frozenset({GMM2D}), "model",
            dict(type=POSITIVE_INT, help=f"gmm2d: initialisations trained side by side, the best by validation NLL "
                                         f"kept (default {GMM2DSettings().starts})")),
+    Option(("--activation",), frozenset({IMAGES, VECTORS}), "model",
+           dict(choices=["leaky_softplus", "spline"],
+                help="the elementwise map after every LU block but the last: the paper's leaky softplus, or a "
+                     "monotone spline per feature (8 bins on [-5, 5]; no slope) {default}"),
+           lambda: {IMAGES: "leaky_softplus", VECTORS: "leaky_softplus"}, lunet_model=True),
     Option(("--diag",), _ALL, "model", dict(choices=["raw", "exp"], help="parametrisation of diag(U) {default}"),
            _spec_defaults("diag", "diag"), lunet_model=True),
     Option(("--class",), frozenset({IMAGES}), "images", dict(dest="class_label", type=NON_NEGATIVE_INT,
@@ -230,8 +235,13 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The LU-Net settings given on the command line, by their names in a model spec."""
-    return {name: getattr(args, name) for name in ("num_blocks", "alpha", "diag", "learn_alpha")
-            if getattr(args, name) is not None}
+    given = {name: getattr(args, name) for name in ("num_blocks", "alpha", "diag", "learn_alpha", "activation")
+             if getattr(args, name, None) is not None}
+    if given.get("activation") == "leaky_softplus":
+        del given["activation"]  # the default: a spec that does not name it, as the paper's
+    elif given.get("activation") == "spline":
+        given.setdefault("learn_alpha", False)  # a spline has no slope to learn
+    return given
 
 
 def cmd_train(args: argparse.Namespace) -> int:
