@@ -34,11 +34,11 @@ from typing import Callable, Iterable
 import torch
 
 from lunet import functional
-from lunet.fast.affine import FrozenAffine, output_major
-from lunet.layers import LeakySoftplus
 from lunet.experiments.bench import training_step
 from lunet.experiments.checkpoint import build_model
 from lunet.experiments.settings import paper_lunet_spec
+from lunet.fast.affine import FrozenAffine, output_major
+from lunet.layers import LeakySoftplus
 
 
 def _seconds(fn: Callable[[], object], calls: int = 1) -> float:
@@ -108,7 +108,9 @@ def small_batches(rounds: int, batches: tuple[int, ...] = (1, 4, 32)) -> dict[st
     return {k: {b: statistics.median(v) for b, v in per.items()} for k, per in times.items()}
 
 
-def split_bounds(rounds: int, widths: tuple[int, ...] = (512, 640, 784, 1024), batches: tuple[int, ...] = (1, 4, 16, 64, 128, 256)) -> dict[tuple[int, int], tuple[float, float]]:
+def split_bounds(
+    rounds: int, widths: tuple[int, ...] = (512, 640, 784, 1024), batches: tuple[int, ...] = (1, 4, 16, 64, 128, 256)
+) -> dict[tuple[int, int], tuple[float, float]]:
     """Median times (s) of a chain of four frozen products (``FrozenAffine``) on 2 threads,
     split among the threads by output columns and as one product, per (width, batch):
     the measurements behind the defaults of ``split_below_rows`` and ``split_min_bytes``."""
@@ -118,7 +120,8 @@ def split_bounds(rounds: int, widths: tuple[int, ...] = (512, 640, 784, 1024), b
     try:
         torch.set_num_threads(2)
         for width in widths:
-            weights = [(output_major(torch.randn(width, width) / width**0.5, torch.float32), torch.randn(width)) for _ in range(4)]
+            weights = [(output_major(torch.randn(width, width) / width**0.5, torch.float32), torch.randn(width))
+                       for _ in range(4)]
             # split_min_bytes=0: every width may split; the row bound decides
             chains = {below: [FrozenAffine(w, b, split_below_rows=below, split_min_bytes=0) for w, b in weights]
                       for below in (10**9, 0)}
@@ -232,7 +235,8 @@ def main() -> None:
     depths = block_depths(args.rounds)
     _print_table(
         ["training step, batch 256", "ms"],
-        ([("plain products" if d == 0 else f"blocked, depth {d} (blocks of {784 >> d})"), f"{t * 1e3:.1f}"] for d, t in depths.items()),
+        ([("plain products" if d == 0 else f"blocked, depth {d} (blocks of {784 >> d})"), f"{t * 1e3:.1f}"]
+         for d, t in depths.items()),
     )
     small = small_batches(args.rounds)
     batches = list(next(iter(small.values())))
@@ -253,7 +257,8 @@ def main() -> None:
     _print_table(["density, batch 1,000", "ms"], ([name, f"{t * 1e3:.1f}"] for name, t in folding.items()))
     training = activation_training(args.rounds)
     _print_table(
-        ["leaky softplus forward and backward, batch 256", "ms"], ([name, f"{t * 1e3:.2f}"] for name, t in training.items())
+        ["leaky softplus forward and backward, batch 256", "ms"],
+        ([name, f"{t * 1e3:.2f}"] for name, t in training.items()),
     )
     modes = sampling_modes(args.rounds)
     _print_table(

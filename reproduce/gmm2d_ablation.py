@@ -20,7 +20,8 @@ from lunet import LUNet
 from lunet.experiments.gmm2d import make_splits
 from lunet.experiments.toy import GaussianMixture2D
 
-BASE = dict(blocks=12, alpha=0.1, steps=3000, batch=512, lr=1e-2, positive_signs=False, input_scale=1.0, learn_alpha=False)
+BASE = dict(blocks=12, alpha=0.1, steps=3000, batch=512, lr=1e-2, positive_signs=False, input_scale=1.0,
+            learn_alpha=False)
 ROWS = [
     ("all diag(U) signs positive", dict(positive_signs=True)),
     ("random signs on diag(U)", dict()),

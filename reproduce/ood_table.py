@@ -20,7 +20,8 @@ def table(metric: str) -> str:
         r = json.loads(path.read_text())
         reports[(r["dataset"], r["kind"])] = r
     scores = next(iter(reports.values()))["scores"]
-    lines = ["| trained on → tested against | model | " + " | ".join(v.replace("|", "\\|") for v in scores.values()) + " |",
+    lines = ["| trained on → tested against | model | "
+             + " | ".join(v.replace("|", "\\|") for v in scores.values()) + " |",
              "| --- | --- | " + " | ".join("---" for _ in scores) + " |"]
     for dataset in NAMES:
         for kind, model, label in ROWS:

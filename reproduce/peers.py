@@ -20,7 +20,14 @@ from pathlib import Path
 
 from lunet.experiments.peer_models import MODELS, PEERS_EXTRA
 from lunet.experiments.peers import (
-    DATASETS, DEFAULT_BUDGETS, QUICK_BUDGETS, QUICK_DATASETS, Protocol, markdown_tables, missing_extras, run_peers,
+    DATASETS,
+    DEFAULT_BUDGETS,
+    QUICK_BUDGETS,
+    QUICK_DATASETS,
+    Protocol,
+    markdown_tables,
+    missing_extras,
+    run_peers,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", help=f"comma-separated, of {','.join(MODELS)} (default: all)")
     parser.add_argument("--budgets", help=f"training seconds on images (default {DEFAULT_BUDGETS['images']})")
     parser.add_argument("--vector-budgets",
-                        help=f"training seconds on the 2-D mixture and the vectors (default {DEFAULT_BUDGETS['vectors']})")
+                        help="training seconds on the 2-D mixture and the vectors "
+                             f"(default {DEFAULT_BUDGETS['vectors']})")
     parser.add_argument("--data-dir", help="where MNIST and Fashion-MNIST lie (as for `lunet train`)")
     parser.add_argument("--out", type=Path, help="results JSON (default runs/peers[-quick]/results.json)")
     parser.add_argument("--figures", type=Path, help="folder of the pictures (default: beside --out)")

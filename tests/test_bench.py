@@ -18,7 +18,8 @@ def test_time_call_reports_median_and_range():
 
 def test_micro_benchmark_reports_every_figure_beside_its_target():
     r = run_micro(dim=32, num_blocks=2, repeats=3)
-    for key in ("step_vs_dense", "density_vs_dense", "products_vs_dense", "sampling_vs_density", "sampling_batch1_ms", "step_ms"):
+    for key in ("step_vs_dense", "density_vs_dense", "products_vs_dense", "sampling_vs_density", "sampling_batch1_ms",
+                "step_ms"):
         assert math.isfinite(r[key]) and r[key] > 0, key
     # the products are part of the density pass: their time is below it
     assert r["products_1000_ms"] < r["density_1000_ms"]
@@ -59,7 +60,8 @@ def test_lunet_figures_and_table_against_the_paper():
     assert math.isclose(lu["epoch_s"], lu["step_ms"] / 1e3 * 235)
     fake = dict(lu, peak_memory_mib=100.0)
     result = {"models": {"lunet": fake, "realnvp": dict(fake, notes=["scaled"])},
-              "ratios": {"step_ms": {"measured": 1.0, "paper": PAPER["lunet"]["step_ms"] / PAPER["realnvp"]["step_ms"]}}}
+              "ratios": {"step_ms": {"measured": 1.0,
+                                     "paper": PAPER["lunet"]["step_ms"] / PAPER["realnvp"]["step_ms"]}}}
     table = markdown_table(result)
     assert "| lunet (ours) | realnvp (ours) | lunet (paper) | realnvp (paper) |" in table
     assert "3725" in table and "- realnvp: scaled" in table

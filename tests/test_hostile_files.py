@@ -22,8 +22,8 @@ import pytest
 
 from lunet.cli import main
 from lunet.experiments.checkpoint import load_checkpoint, load_model
-from lunet.experiments.rundir import RunFolder, UnsafeFile
 from lunet.experiments.run_log import RunLog
+from lunet.experiments.rundir import RunFolder, UnsafeFile
 from test_own_data import make_rows, metrics, write_npy
 from test_reliability import one_line_error
 

@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 import torch
 
-from lunet.cli import main
 from lunet.experiments import checkpoint
 from lunet.experiments.checkpoint import load_checkpoint, load_model, save_checkpoint
 from lunet.experiments.settings import TrainConfig, vector_lunet_spec

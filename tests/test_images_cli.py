@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lunet.experiments.checkpoint import load_checkpoint, load_model
 from lunet.cli import main
+from lunet.experiments.checkpoint import load_checkpoint, load_model
 from lunet.experiments.data import FILES, load_dataset
 from lunet.experiments.evaluate import DigitClassifier, class_agreement
-from lunet.flow import LOG_2PI
 from lunet.experiments.images import fitted_latent_gaussian, sample_images
 from lunet.experiments.preprocess import ImagePreprocessor, dequantize, logit_transform
+from lunet.flow import LOG_2PI
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LAM = 1e-6
@@ -297,7 +297,8 @@ def test_sample_images_fitted_prior_and_zero_temperature(uncond_model):
     assert (imgs - imgs[0]).abs().max() > 0  # distinct samples at T = 1
 
     # T scales the spread around the fitted mean: a small T gives images close to the image of the mean
-    cold = sample_images(model, pre, 5, temperature=1e-6, prior=(mean, chol), generator=torch.Generator().manual_seed(0))
+    cold = sample_images(model, pre, 5, temperature=1e-6, prior=(mean, chol),
+                         generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         image_of_mean = pre.to_images(model.inverse(mean.float().expand(5, D))[0].double())
     torch.testing.assert_close(cold, image_of_mean, rtol=0, atol=1e-3)
@@ -319,7 +320,8 @@ def test_sample_images_fitted_prior_and_zero_temperature(uncond_model):
 
 def test_interpolate_writes_png(uncond_run, tmp_path):
     out = tmp_path / "interp.png"
-    assert run_cli("interpolate", uncond_run, "--out", out, "--pairs", "0,1", "2,3", "--steps", 5, "--data-dir", DATA) == 0
+    assert run_cli("interpolate", uncond_run, "--out", out, "--pairs", "0,1", "2,3", "--steps", 5,
+                   "--data-dir", DATA) == 0
     assert out.read_bytes()[:8] == PNG_MAGIC
 
 
@@ -332,7 +334,8 @@ def test_interpolate_refuses_per_class_run(per_class_run, tmp_path, capsys):
 
 
 def test_interpolate_out_of_range_pair_exits_2(uncond_run, tmp_path, capsys):
-    assert run_cli("interpolate", uncond_run, "--out", tmp_path / "i.png", "--pairs", "0,99999", "--data-dir", DATA) == 2
+    assert run_cli("interpolate", uncond_run, "--out", tmp_path / "i.png", "--pairs", "0,99999",
+                   "--data-dir", DATA) == 2
     assert "99999" in capsys.readouterr().err
 
 
@@ -432,7 +435,8 @@ def test_class_agreement_structure_and_values(per_class_run, per_class_models):
     torch.manual_seed(0)
     judge = DigitClassifier().eval()
     n = 16
-    res = class_agreement(per_class_run, judge, temperatures=(1.0, 0.7), priors=("standard",), num_samples=n, data_dir=DATA)
+    res = class_agreement(per_class_run, judge, temperatures=(1.0, 0.7), priors=("standard",), num_samples=n,
+                          data_dir=DATA)
     assert set(res) == {"standard@T=1", "standard@T=0.7"}
     pre = ImagePreprocessor(LAM)
     models = per_class_models

@@ -57,7 +57,8 @@ def test_leaky_softplus_matches_definition_and_is_stable(dtype, grad):
     ref_ld = torch.log(0.1 + 0.9 * torch.sigmoid(x64)).sum(1)
     assert torch.isfinite(y).all() and torch.isfinite(logdet).all()
     assert rel_err(y.double(), ref) <= 8 * torch.finfo(dtype).eps
-    assert torch.allclose(logdet.double(), ref_ld, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-5 if dtype == torch.float32 else 1e-12)
+    assert torch.allclose(logdet.double(), ref_ld, rtol=1e-5 if dtype == torch.float32 else 1e-12,
+                          atol=1e-5 if dtype == torch.float32 else 1e-12)
 
 
 @pytest.mark.parametrize("point", [-5.0, -0.3, 0.0, 0.7, 6.0])

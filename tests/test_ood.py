@@ -10,7 +10,6 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from test_data import write_idx
 
 from lunet.baselines import FullCovarianceGaussian
 from lunet.cli import main
@@ -27,6 +26,7 @@ from lunet.experiments.ood import (
     ood_run,
 )
 from lunet.experiments.preprocess import ImagePreprocessor, bits_per_dim
+from test_data import write_idx
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -188,7 +188,9 @@ def test_ood_command_writes_the_table_json_and_histograms(generated_data, tmp_pa
     assert rc == 0
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "ood.json").read_text())
-    assert (report["dataset"], report["against"], report["num_in"], report["num_out"]) == ("mnist", "fashion-mnist", N_TEST, N_TEST)
+    assert (report["dataset"], report["against"], report["num_in"], report["num_out"]) == (
+        "mnist", "fashion-mnist", N_TEST, N_TEST
+    )
     assert set(report["models"]) == {"run", "gaussian"}
     for model in report["models"].values():
         assert set(model["metrics"]) == {"bits_per_dim", "complexity", "typicality"}

@@ -17,8 +17,15 @@ from lunet import LUNet
 from lunet.experiments.evaluate import image_log_probs
 from lunet.experiments.peer_models import MODELS, LUNetPeer, MissingExtra, ModelEntry, PeerModel, build
 from lunet.experiments.peers import (
-    ImageSpace, Protocol, data_log_prob, images_from_pixels, markdown_tables, run_peers, train_with_budgets,
-    validate_results, vectors_from_splits,
+    ImageSpace,
+    Protocol,
+    data_log_prob,
+    images_from_pixels,
+    markdown_tables,
+    run_peers,
+    train_with_budgets,
+    validate_results,
+    vectors_from_splits,
 )
 from lunet.experiments.preprocess import LN2
 from lunet.experiments.toy import GaussianMixture2D

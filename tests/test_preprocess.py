@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from lunet.flow import standard_normal_log_prob
 from lunet.experiments.preprocess import (
     ImagePreprocessor,
     bits_per_dim,
@@ -14,6 +13,7 @@ from lunet.experiments.preprocess import (
     logit_transform,
     paper_bits_per_pixel,
 )
+from lunet.flow import standard_normal_log_prob
 
 LAM = 1e-6
 

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
+from lunet.baselines.realnvp import PAPER_PARAMETERS, RealNVP
 from lunet.experiments.checkpoint import build_model
 from lunet.flow import standard_normal_log_prob
-from lunet.baselines.realnvp import PAPER_PARAMETERS, RealNVP
 
 DTYPES = [torch.float32, torch.float64]
 SMALL = dict(in_channels=1, image_size=28, num_scales=2, mid_channels=8, num_res_blocks=1)
@@ -225,7 +225,9 @@ def test_bad_configuration_raises(kwargs, msg):
         RealNVP(**dict(TINY, image_size=28) | kwargs)
 
 
-@pytest.mark.parametrize("kwargs, msg", [(dict(num_samples=0), "num_samples"), (dict(num_samples=2, temperature=0.0), "temperature")])
+@pytest.mark.parametrize(
+    "kwargs, msg", [(dict(num_samples=0), "num_samples"), (dict(num_samples=2, temperature=0.0), "temperature")]
+)
 def test_bad_sample_arguments_raise(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
         RealNVP(**TINY).sample(**kwargs)

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from lunet import LUNet
-from lunet.experiments.checkpoint import load_checkpoint, load_model, save_checkpoint
 from lunet.cli import flag, main
+from lunet.experiments.checkpoint import load_checkpoint, load_model, save_checkpoint
 from lunet.experiments.data import FILES
 from lunet.experiments.rundir import RunFolder, RunFolderBusy
 from lunet.experiments.train import Trainer
@@ -131,8 +131,9 @@ def _flip_a_weight_byte(checkpoint: Path) -> None:
     with zipfile.ZipFile(checkpoint) as zf:
         info = max((i for i in zf.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
     raw = bytearray(checkpoint.read_bytes())
-    name_len, extra_len = int.from_bytes(raw[info.header_offset + 26 : info.header_offset + 28], "little"), int.from_bytes(
-        raw[info.header_offset + 28 : info.header_offset + 30], "little"
+    name_len, extra_len = (
+        int.from_bytes(raw[info.header_offset + 26 : info.header_offset + 28], "little"),
+        int.from_bytes(raw[info.header_offset + 28 : info.header_offset + 30], "little"),
     )
     where = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
     raw[where] ^= 0x10
@@ -214,7 +215,8 @@ def test_a_second_training_into_a_locked_folder_is_refused_naming_the_holder(tmp
 def _locked_elsewhere(folder: Path) -> bool:
     """Whether another process is refused the lock on ``folder`` now."""
     probe = subprocess.run(
-        [sys.executable, "-c", f"from lunet.experiments.rundir import RunFolder\nwith RunFolder({str(folder)!r}).locked(): pass"],
+        [sys.executable, "-c",
+         f"from lunet.experiments.rundir import RunFolder\nwith RunFolder({str(folder)!r}).locked(): pass"],
         capture_output=True, text=True,
     )
     return probe.returncode != 0 and "RunFolderBusy" in probe.stderr
@@ -450,7 +452,8 @@ def test_options_that_do_not_apply_are_refused_by_their_own_names(tmp_path, caps
     assert "--class applies to image data sets only" in one_line_error(capsys, "train")
     assert gmm_train(tmp_path / "run", "--lam", "0.01", "--data-dir", tmp_path) == 2
     assert "--lam, --data-dir apply to image data sets only" in one_line_error(capsys, "train")
-    assert run_cli("train", "--dataset", "mnist", "--model", "realnvp", "--data-init", "none", "--out", tmp_path / "r") == 2
+    assert run_cli("train", "--dataset", "mnist", "--model", "realnvp", "--data-init", "none",
+                   "--out", tmp_path / "r") == 2
     assert "--data-init applies to --model lunet only" in one_line_error(capsys, "train")
     assert run_cli("train", "--dataset", "mnist", "--starts", "4", "--out", tmp_path / "r") == 2
     assert "--starts applies to --dataset gmm2d only" in one_line_error(capsys, "train")
@@ -479,7 +482,8 @@ def test_a_checkpoint_that_is_no_pytorch_file_is_one_short_line(gmm_run, tmp_pat
 def test_a_single_class_run_reports_no_bayes_classifier(tmp_path, fake_mnist):
     run = tmp_path / "run"
     assert image_train(run, fake_mnist, "--class", "3", "--limit", "500", "--data-init", "standardize") == 0
-    assert run_cli("evaluate", run, "--data-dir", fake_mnist, "--no-verify", "--draws", "1", "--json", tmp_path / "e.json") == 0
+    assert run_cli("evaluate", run, "--data-dir", fake_mnist, "--no-verify", "--draws", "1",
+                   "--json", tmp_path / "e.json") == 0
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["kind"] == "class" and "bayes_classifier_accuracy" not in result
 

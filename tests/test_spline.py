@@ -143,7 +143,8 @@ def test_a_gaussian_start_with_splines_is_the_gaussian_fit():
 
 
 @pytest.mark.parametrize(
-    "kwargs, message", [({"activation": "relu"}, "activation"), ({"activation": "spline", "learn_alpha": True}, "learn_alpha")]
+    "kwargs, message",
+    [({"activation": "relu"}, "activation"), ({"activation": "spline", "learn_alpha": True}, "learn_alpha")],
 )
 def test_a_lunet_refuses_an_unknown_activation_or_a_slope_for_splines(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -153,12 +154,12 @@ def test_a_lunet_refuses_an_unknown_activation_or_a_slope_for_splines(kwargs, me
 def test_lunet_train_with_spline_activations_records_them_and_evaluates(tmp_path, capsys):
     """``--activation spline`` on own data: the spec in the checkpoint names it, the loaded model
     has splines, and its figure is the one ``lunet evaluate`` reports."""
-    from test_own_data import best_nll_per_dim, make_rows, train, write_npy
-
     from lunet.cli import main
     from lunet.experiments.checkpoint import load_model
+    from test_own_data import best_nll_per_dim, make_rows, train, write_npy
 
-    data, test = write_npy(tmp_path / "train.npy", make_rows(400, 0)), write_npy(tmp_path / "test.npy", make_rows(100, 1))
+    data, test = (write_npy(tmp_path / "train.npy", make_rows(400, 0)),
+                  write_npy(tmp_path / "test.npy", make_rows(100, 1)))
     assert train(data, tmp_path / "run", "--activation", "spline") == 0
     model, _ = load_model(tmp_path / "run" / "checkpoint.pt")
     assert model.activation == "spline" and all(isinstance(a, MonotoneSpline) for a in model.activations)

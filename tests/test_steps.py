@@ -31,8 +31,8 @@ def fixed_addresses(trainer):
     """Where every tensor a captured step reads or writes lives: a graph replays on these
     addresses, so none may move between the capture and a replay."""
     optimizer = trainer.optimizer
-    tensors = {"rows": trainer.steps.graphed.rows, "noise": trainer.steps.graphed.noise, "total": trainer.steps.epoch_total,
-               "data": trainer.train_data}
+    tensors = {"rows": trainer.steps.graphed.rows, "noise": trainer.steps.graphed.noise,
+               "total": trainer.steps.epoch_total, "data": trainer.train_data}
     tensors.update({f"lr{i}": group["lr"] for i, group in enumerate(optimizer.param_groups)})
     for i, p in enumerate(trainer.model.parameters()):
         tensors[f"param{i}"] = p

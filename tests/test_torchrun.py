@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_ood import write_blob_data
 
 from lunet.cli import main
 from lunet.experiments.checkpoint import load_checkpoint
+from test_ood import write_blob_data
 
 pytestmark = pytest.mark.slow
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lunet.cli"]

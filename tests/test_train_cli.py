@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from lunet import LUNet
-from lunet.experiments.checkpoint import load_checkpoint, load_model, save_atomic
 from lunet.cli import main
+from lunet.experiments.checkpoint import load_checkpoint, load_model, save_atomic
 from lunet.experiments.gmm2d import _log_prob_fn, make_splits
-from lunet.experiments.settings import TrainConfig
 from lunet.experiments.run_log import RunLog
 from lunet.experiments.rundir import RunFolder
+from lunet.experiments.settings import TrainConfig
 from lunet.experiments.train import Trainer, mean_log_prob
 from lunet.experiments.train_state import TrainingDiverged
 
@@ -170,7 +170,8 @@ def test_cli_tiny_gmm2d_run(tmp_path, capsys):
     # a second run into the same folder is refused with a hint, then allowed with --overwrite
     assert main(["train", "--dataset", "gmm2d", "--out", str(out), "--epochs", "1", "--no-progress"]) == 2
     assert "--resume" in capsys.readouterr().err
-    assert main(["train", "--dataset", "gmm2d", "--out", str(out), "--epochs", "1", "--blocks", "3", "--no-progress", "--overwrite"]) == 0
+    assert main(["train", "--dataset", "gmm2d", "--out", str(out), "--epochs", "1", "--blocks", "3", "--no-progress",
+                 "--overwrite"]) == 0
 
 
 def test_cli_rejects_bad_options(capsys):
@@ -222,7 +223,8 @@ def test_export_of_a_2d_run_loads_as_the_runs_best_model(tmp_path, capsys):
     from lunet.experiments.checkpoint import load_model
 
     run = tmp_path / "run"
-    assert main(["train", "--dataset", "gmm2d", "--out", str(run), "--epochs", "2", "--blocks", "2", "--no-progress"]) == 0
+    assert main(["train", "--dataset", "gmm2d", "--out", str(run), "--epochs", "2", "--blocks", "2",
+                 "--no-progress"]) == 0
     assert main(["export", str(run), "--out", str(tmp_path / "model.pt")]) == 0
     assert "load_model" in capsys.readouterr().out
     model, info = load_model(tmp_path / "model.pt")
@@ -234,7 +236,8 @@ def test_export_of_a_2d_run_loads_as_the_runs_best_model(tmp_path, capsys):
 
 def test_image_commands_say_what_a_2d_run_is(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--dataset", "gmm2d", "--out", str(run), "--epochs", "1", "--blocks", "2", "--no-progress"]) == 0
+    assert main(["train", "--dataset", "gmm2d", "--out", str(run), "--epochs", "1", "--blocks", "2",
+                 "--no-progress"]) == 0
     capsys.readouterr()
     assert main(["evaluate", str(run)]) == 2
     err = capsys.readouterr().err
@@ -274,8 +277,8 @@ def test_a_compiled_image_training_follows_the_eager_one(tmp_path, monkeypatch):
         torch.manual_seed(0)
         config = TrainConfig(epochs=2, batch_size=64, seed=0, compile=compiled)
         trainers.append(Trainer(LUNet(16, 2), spec, config, pixels[:200], pixels[200:],
-                                make_log_prob_fn(ImagePreprocessor(num_dims=16)), dim=16, out_dir=tmp_path / name, dequantize=True,
-                                progress=False))
+                                make_log_prob_fn(ImagePreprocessor(num_dims=16)), dim=16, out_dir=tmp_path / name,
+                                dequantize=True, progress=False))
         trainers[-1].fit()
     eager, compiled = trainers
     assert compiled.steps.compiled  # no fallback happened

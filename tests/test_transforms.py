@@ -16,7 +16,8 @@ DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["
 
 def make_data(rows: int = 500) -> torch.Tensor:
     gen = torch.Generator().manual_seed(0)
-    spread, mean = torch.tensor([1.0, 0.1, 5.0], dtype=torch.float64), torch.tensor([0.0, 3.0, -2.0], dtype=torch.float64)
+    spread = torch.tensor([1.0, 0.1, 5.0], dtype=torch.float64)
+    mean = torch.tensor([0.0, 3.0, -2.0], dtype=torch.float64)
     return torch.randn(rows, 3, generator=gen, dtype=torch.float64) * spread + mean
 
 

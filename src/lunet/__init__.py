@@ -25,13 +25,13 @@ _EXPORTS = {
 }
 __all__ = list(_EXPORTS)
 
-if TYPE_CHECKING:
-    from lunet.checks import set_value_checks
-    from lunet.distributions import FlowDistribution, TorchTransform
-    from lunet.flow import ClassConditionalFlow, LUNet, standard_normal_log_prob
-    from lunet.frozen import FrozenLUNet
-    from lunet.layers import LeakySoftplus, LULinear
-    from lunet.transforms import Inverse, Sequential, Standardize
+if TYPE_CHECKING:  # for type checkers and editors: re-exports, listed in __all__ (built from _EXPORTS)
+    from lunet.checks import set_value_checks  # noqa: F401
+    from lunet.distributions import FlowDistribution, TorchTransform  # noqa: F401
+    from lunet.flow import ClassConditionalFlow, LUNet, standard_normal_log_prob  # noqa: F401
+    from lunet.frozen import FrozenLUNet  # noqa: F401
+    from lunet.layers import LeakySoftplus, LULinear  # noqa: F401
+    from lunet.transforms import Inverse, Sequential, Standardize  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -81,7 +81,9 @@ class FlowDistribution(Distribution):
         if base is None:
             self.temperature = check_temperature(temperature, dtype)
         elif temperature != 1.0:
-            raise ValueError("give a temperature or a base distribution, not both: a temperature scales the standard base")
+            raise ValueError(
+                "give a temperature or a base distribution, not both: a temperature scales the standard base"
+            )
         elif tuple(base.event_shape) != (flow.dim,) or tuple(base.batch_shape) != ():
             raise ValueError(
                 f"base must have event_shape ({flow.dim},) and batch_shape (), got "

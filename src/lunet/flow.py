@@ -219,8 +219,8 @@ class LUNet(Sequential):
         lower triangular matrix, so exactly an ``L U`` with diagonal ``U``),
         the other blocks to the identity, and (leaky softplus) shifts the pre-activations by
         ``+shift`` (undone by the last bias) so that every activation starts
-        in its nearly linear branch; spline activations start as the identity, unshifted. Training then starts from the Gaussian fit
-        instead of from scratch.
+        in its nearly linear branch; spline activations start as the identity, unshifted. Training
+        then starts from the Gaussian fit instead of from scratch.
 
         ``ridge`` is added to the correlation's diagonal, so it is relative to each
         feature's own spread. Fewer rows than ``dim + 1`` (whose covariance is singular:
@@ -324,7 +324,10 @@ class LUNet(Sequential):
         return standard_normal_log_prob(z) + logdet
 
     def sample(
-        self, sample_shape: int | Sequence[int] = (), temperature: float = 1.0, generator: Optional[torch.Generator] = None
+        self,
+        sample_shape: int | Sequence[int] = (),
+        temperature: float = 1.0,
+        generator: Optional[torch.Generator] = None,
     ) -> torch.Tensor:
         """Draws of shape ``sample_shape + (dim,)`` (an int ``n`` means ``(n,)``); latent std = ``temperature``.
 
@@ -335,7 +338,10 @@ class LUNet(Sequential):
             return self.rsample(sample_shape, temperature, generator)
 
     def rsample(
-        self, sample_shape: int | Sequence[int] = (), temperature: float = 1.0, generator: Optional[torch.Generator] = None
+        self,
+        sample_shape: int | Sequence[int] = (),
+        temperature: float = 1.0,
+        generator: Optional[torch.Generator] = None,
     ) -> torch.Tensor:
         """:meth:`sample`, reparameterised: with autograd on, the draws are differentiable
         in the weights, ``sample_shape + (dim,)``."""

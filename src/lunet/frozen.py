@@ -57,7 +57,10 @@ class FrozenLUNet:
     """
 
     def __init__(
-        self, flow: "LUNet | Sequential", split_below_rows: int = SPLIT_BELOW_ROWS, split_min_bytes: int = SPLIT_MIN_BYTES
+        self,
+        flow: "LUNet | Sequential",
+        split_below_rows: int = SPLIT_BELOW_ROWS,
+        split_min_bytes: int = SPLIT_MIN_BYTES,
     ) -> None:
         self._split = {"split_below_rows": split_below_rows, "split_min_bytes": split_min_bytes}
         # A private replica holding copies of the weights (and of each slope, as a fixed
@@ -124,7 +127,10 @@ class FrozenLUNet:
 
     @torch.no_grad()
     def sample(
-        self, sample_shape: int | Sequence[int] = (), temperature: float = 1.0, generator: Optional[torch.Generator] = None
+        self,
+        sample_shape: int | Sequence[int] = (),
+        temperature: float = 1.0,
+        generator: Optional[torch.Generator] = None,
     ) -> torch.Tensor:
         """Draws of shape ``sample_shape + (dim,)`` (an int ``n`` means ``(n,)``) with latent
         standard deviation ``temperature``."""
@@ -237,7 +243,8 @@ class FrozenLUNet:
             sign_out = 1.0 if i == last else -1.0
             sign = sign_out if i == 0 else -sign_out
             weight = output_major((sign * scale)[:, None] * a_t, dtype)
-            layers.append(FrozenAffine(weight, (sign_out * (block.bias.double() + shift @ a_t)).to(dtype), **self._split))
+            layers.append(FrozenAffine(weight, (sign_out * (block.bias.double() + shift @ a_t)).to(dtype),
+                                       **self._split))
             const = const + block.log_abs_det().double()
             if i < len(flow.activations):
                 a = float(flow.activations[i].alpha)
@@ -379,7 +386,10 @@ class FrozenSequential:
 
     @torch.no_grad()
     def sample(
-        self, sample_shape: int | Sequence[int] = (), temperature: float = 1.0, generator: Optional[torch.Generator] = None
+        self,
+        sample_shape: int | Sequence[int] = (),
+        temperature: float = 1.0,
+        generator: Optional[torch.Generator] = None,
     ) -> torch.Tensor:
         """Draws of shape ``sample_shape + (dim,)`` (an int ``n`` means ``(n,)``) with latent
         standard deviation ``temperature``."""

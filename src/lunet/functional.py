@@ -140,7 +140,9 @@ def inverse_table(a: float, dtype: torch.dtype, device: torch.device) -> tuple[t
     return rows.to(dtype=dtype, device=device).contiguous(), h, lo - 1, steps
 
 
-def _scratch(work: Optional[dict], name: str, like: torch.Tensor, dtype: Optional[torch.dtype] = None) -> Optional[torch.Tensor]:
+def _scratch(
+    work: Optional[dict], name: str, like: torch.Tensor, dtype: Optional[torch.dtype] = None
+) -> Optional[torch.Tensor]:
     """The buffer ``work[name]`` of ``like``'s shape and device (and ``dtype``, else ``like``'s),
     made on first use; None without ``work``, for an operation's ``out`` to allocate."""
     if work is None:

@@ -24,7 +24,9 @@ class FullCovarianceGaussian(nn.Module):
         super().__init__()
         d = mean.shape[-1]
         if mean.dim() != 1 or scale_tril.shape != (d, d):
-            raise ValueError(f"mean must be (D,) and scale_tril (D, D), got {tuple(mean.shape)} and {tuple(scale_tril.shape)}")
+            raise ValueError(
+                f"mean must be (D,) and scale_tril (D, D), got {tuple(mean.shape)} and {tuple(scale_tril.shape)}"
+            )
         self.register_buffer("mean", mean)
         self.register_buffer("scale_tril", scale_tril)
 

@@ -29,7 +29,8 @@ def add_parser(sub: Any) -> None:
     """The parser of ``lunet bench`` under the ``lunet`` parser's sub-parsers ``sub``."""
     p = sub.add_parser("bench", help="LU-Net and RealNVP side by side (the paper's Table 1)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--quick", action="store_true", help="project the epoch from the step time; small RealNVP batches on CPU")
+    p.add_argument("--quick", action="store_true",
+                   help="project the epoch from the step time; small RealNVP batches on CPU")
     p.add_argument("--micro", action="store_true", help="LU-Net against the dense-GEMM limit (speed targets)")
     p.add_argument("--models", nargs="+", default=["lunet", "realnvp"], choices=["lunet", "realnvp"])
     p.add_argument("--json", type=PATH, help="also write the figures to this JSON file")

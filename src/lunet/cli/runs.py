@@ -12,8 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from lunet.cli.options import (
-    IMAGE_PATH, IMAGE_SUFFIXES, PATH, POSITIVE_FLOAT, POSITIVE_INT, SEED, add_data_options, add_device_option, bounded,
-    number, refuse_given, suffix_problem, write_json,
+    IMAGE_PATH,
+    IMAGE_SUFFIXES,
+    PATH,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    SEED,
+    add_data_options,
+    add_device_option,
+    bounded,
+    number,
+    refuse_given,
+    suffix_problem,
+    write_json,
 )
 from lunet.experiments.rundir import RunFolder, check_output
 from lunet.experiments.settings import MAX_SAMPLE_VALUES
@@ -63,10 +74,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_run(args.run, draws=args.draws, data_dir=args.data_dir, verify=not args.no_verify,
                           limit=args.limit, device=args.device)
     print(
-        f"{result['dataset']} ({result['kind']}): {result['bits_per_dim']:.4f} ± {result['bits_per_dim_std_over_draws']:.4f} "
-        f"bits/dim on {result['num_test_images']} test images ({args.draws} dequantisation draws, λ = {result['lam']:g})"
+        f"{result['dataset']} ({result['kind']}): "
+        f"{result['bits_per_dim']:.4f} ± {result['bits_per_dim_std_over_draws']:.4f} "
+        f"bits/dim on {result['num_test_images']} test images "
+        f"({args.draws} dequantisation draws, λ = {result['lam']:g})"
     )
-    print(f"  paper convention (logit-space bits/dim − 0.5, not comparable to the above): {result['paper_bits_per_pixel']:.4f}")
+    print("  paper convention (logit-space bits/dim − 0.5, not comparable to the above): "
+          f"{result['paper_bits_per_pixel']:.4f}")
     for c, r in result.get("per_class", {}).items():
         print(f"  class {c}: {r['bits_per_dim']:.4f} bits/dim, paper convention {r['paper_bits_per_pixel']:.4f}")
     if "bayes_classifier_accuracy" in result:
@@ -106,7 +120,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     settings, imgs, labels = sample_grid(args.run, args.num, args.per_row, args.temperature, args.prior, args.seed,
                                          data_dir=args.data_dir, verify=not args.no_verify, device=args.device)
-    title = f"{settings.dataset} {settings.kind.replace('_', '-')} samples, prior {args.prior}, T = {args.temperature:g}"
+    title = (f"{settings.dataset} {settings.kind.replace('_', '-')} samples, "
+             f"prior {args.prior}, T = {args.temperature:g}")
     save_image_grid(imgs, args.out, nrow=args.per_row, row_labels=labels, title=title)
     print(f"wrote {args.out}")
     return 0
@@ -150,7 +165,9 @@ def cmd_agreement(args: argparse.Namespace) -> int:
 
     settings = read_run_file(args.run)
     if settings.kind == "unconditional":
-        raise ValueError("class agreement needs a per-class or single-class run (trained with --per-class or --class K)")
+        raise ValueError(
+            "class agreement needs a per-class or single-class run (trained with --per-class or --class K)"
+        )
     if len(set(args.temperatures)) != len(args.temperatures):
         raise ValueError(f"--temperatures lists a value twice: {args.temperatures}")
     load_run_models(args.run, device=args.device)  # a bad checkpoint or device fails now, not after the judge
@@ -174,7 +191,8 @@ def cmd_ood(args: argparse.Namespace) -> int:
     report, scores = ood_run(args.run, args.against, data_dir=args.data_dir, against_data_dir=against_dir,
                              verify=not args.no_verify, limit=args.limit, device=args.device)
     print(f"{report['dataset']} ({report['kind']}) test set ({report['num_in']:,} images, in-distribution) against "
-          f"{args.against} test set ({report['num_out']:,}, out-of-distribution); higher score = more out-of-distribution")
+          f"{args.against} test set ({report['num_out']:,}, out-of-distribution); "
+          "higher score = more out-of-distribution")
     width = max(len(label) for label in report["scores"].values())
     print(f"  {'model':<26}{'score':<{width + 2}}{'AUROC':>7}{'AUPR':>7}{'FPR@95':>8}")
     for model in report["models"].values():
@@ -254,8 +272,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--against", required=True, choices=["mnist", "fashion-mnist"],
                    help="the data set whose test images are out-of-distribution")
     p.add_argument("--json", type=PATH, help="also write the figures to this JSON file")
-    p.add_argument("--plot", type=IMAGE_PATH, help="histograms of every score, in and out of distribution (.png, .pdf, .svg)")
-    p.add_argument("--limit", type=POSITIVE_INT, help="score the first N test images of each set only, for quick trials")
+    p.add_argument("--plot", type=IMAGE_PATH,
+                   help="histograms of every score, in and out of distribution (.png, .pdf, .svg)")
+    p.add_argument("--limit", type=POSITIVE_INT,
+                   help="score the first N test images of each set only, for quick trials")
     add_data_options(p)
     add_device_option(p)
     p.set_defaults(func=cmd_ood)

@@ -15,11 +15,27 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from lunet.cli.options import (
-    DATA_DIR_HELP, FRACTION, LAM, NO_VERIFY_HELP, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, PATH, POSITIVE_FLOAT,
-    POSITIVE_INT, SEED, SLOPE, epochs_text, flag,
+    DATA_DIR_HELP,
+    FRACTION,
+    LAM,
+    NO_VERIFY_HELP,
+    NON_NEGATIVE_FLOAT,
+    NON_NEGATIVE_INT,
+    PATH,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    SEED,
+    SLOPE,
+    epochs_text,
+    flag,
 )
 from lunet.experiments.settings import (
-    DEFAULT_LAM, GMM2DSettings, TrainConfig, default_train_config, paper_lunet_spec, vector_lunet_spec,
+    DEFAULT_LAM,
+    GMM2DSettings,
+    TrainConfig,
+    default_train_config,
+    paper_lunet_spec,
+    vector_lunet_spec,
 )
 from lunet.numbers import SLOPE_MIN
 

@@ -9,7 +9,6 @@ their ``note``. Definitions: ``docs/benchmark.md``.
 from __future__ import annotations
 
 import copy
-
 import json
 import statistics
 import subprocess
@@ -22,16 +21,16 @@ import torch
 from torch import nn
 
 from lunet.experiments.checkpoint import build_model, error_line
-from lunet.flow import for_inference
 from lunet.experiments.settings import paper_lunet_spec
 from lunet.experiments.train import resolve_device
+from lunet.flow import for_inference
 
 TRAIN_IMAGES = 60_000
 PAPER = {
     "lunet": {"params": 4.92e6, "peak_memory_mib": 1127, "epochs": 40, "paper_bits_per_pixel": 3.2424, "epoch_s": 7.32,
               "step_ms": 1.2, "density_ms_per_image": 37.10, "sampling_ms_per_image": 45.15},
-    "realnvp": {"params": 5.39e6, "peak_memory_mib": 3725, "epochs": 100, "paper_bits_per_pixel": 5.6819, "epoch_s": 99.88,
-                "step_ms": 56.0, "density_ms_per_image": 259.15, "sampling_ms_per_image": 1.03},
+    "realnvp": {"params": 5.39e6, "peak_memory_mib": 3725, "epochs": 100, "paper_bits_per_pixel": 5.6819,
+                "epoch_s": 99.88, "step_ms": 56.0, "density_ms_per_image": 259.15, "sampling_ms_per_image": 1.03},
 }
 MODEL_SPECS = {"lunet": paper_lunet_spec(), "realnvp": {"name": "realnvp"}}
 
@@ -303,7 +302,9 @@ def bench_model(
     return result
 
 
-def run_bench(device: str = "cpu", quick: bool = False, models: tuple[str, ...] = ("lunet", "realnvp")) -> dict[str, Any]:
+def run_bench(
+    device: str = "cpu", quick: bool = False, models: tuple[str, ...] = ("lunet", "realnvp")
+) -> dict[str, Any]:
     """Both models, one process; returns ``{"device", "threads", "quick", "models": {...}, "ratios": {...}}``."""
     dev = resolve_device(device)
     out: dict[str, Any] = {
@@ -332,20 +333,28 @@ def markdown_table(result: dict[str, Any]) -> str:
     """The benchmark as a Markdown table, the paper's figures beside ours."""
     names = list(result["models"])
     rows = [
-        ("parameters (free / stored)", lambda m: f"{m['params'] / 1e6:.2f}M / {m['params_stored'] / 1e6:.2f}M", "params", "{:.2f}M", 1e-6),
-        ("peak training memory, MiB", lambda m: f"{m.get('peak_memory_mib', float('nan')):.0f}", "peak_memory_mib", "{:.0f}", 1),
-        ("step, batch 256, ms", lambda m: f"{m['step_ms']:.1f} ({m['step_ms_range'][0]:.1f}–{m['step_ms_range'][1]:.1f})", "step_ms", "{:.1f}", 1),
+        ("parameters (free / stored)", lambda m: f"{m['params'] / 1e6:.2f}M / {m['params_stored'] / 1e6:.2f}M",
+         "params", "{:.2f}M", 1e-6),
+        ("peak training memory, MiB", lambda m: f"{m.get('peak_memory_mib', float('nan')):.0f}",
+         "peak_memory_mib", "{:.0f}", 1),
+        ("step, batch 256, ms",
+         lambda m: f"{m['step_ms']:.1f} ({m['step_ms_range'][0]:.1f}–{m['step_ms_range'][1]:.1f})",
+         "step_ms", "{:.1f}", 1),
         ("epoch of 60,000, s", lambda m: f"{m['epoch_s']:.1f}", "epoch_s", "{:.2f}", 1),
-        ("density / image, batch 1,000, ms", lambda m: f"{m['density_ms_per_image']:.3f}", "density_ms_per_image", "{:.2f}", 1),
+        ("density / image, batch 1,000, ms", lambda m: f"{m['density_ms_per_image']:.3f}",
+         "density_ms_per_image", "{:.2f}", 1),
         ("density / image, batch 1, ms", lambda m: f"{m['density_ms_per_image_batch1']:.3f}", None, None, None),
-        ("sampling / image, batch 1,000, ms", lambda m: f"{m['sampling_ms_per_image']:.3f}", "sampling_ms_per_image", "{:.2f}", 1),
+        ("sampling / image, batch 1,000, ms", lambda m: f"{m['sampling_ms_per_image']:.3f}",
+         "sampling_ms_per_image", "{:.2f}", 1),
         ("sampling / image, batch 1, ms", lambda m: f"{m['sampling_ms_per_image_batch1']:.3f}", None, None, None),
     ]
-    head = "| figure | " + " | ".join(f"{n} (ours)" for n in names) + " | " + " | ".join(f"{n} (paper)" for n in names) + " |"
+    head = ("| figure | " + " | ".join(f"{n} (ours)" for n in names) + " | "
+            + " | ".join(f"{n} (paper)" for n in names) + " |")
     lines = [head, "|" + " --- |" * (1 + 2 * len(names))]
     for label, ours, key, fmt, scale in rows:
         paper = [fmt.format(PAPER[n][key] * scale) if key else "–" for n in names]
-        lines.append(f"| {label} | " + " | ".join(ours(result["models"][n]) for n in names) + " | " + " | ".join(paper) + " |")
+        lines.append(f"| {label} | " + " | ".join(ours(result["models"][n]) for n in names) + " | "
+                     + " | ".join(paper) + " |")
     text = "\n".join(lines)
     if "ratios" in result:
         text += "\n\n| LU-Net / RealNVP | measured | paper |\n| --- | --- | --- |\n"
@@ -409,14 +418,17 @@ def run_micro(device: str = "cpu", dim: int = 784, num_blocks: int = 4, repeats:
 
     t_step, t_dense_train, r_step = paired(step, lambda: dense_chain(x256, True))
     # on a GPU the trainer replays its steps as CUDA graphs; on the CPU the question is whether compiling pays
-    captured = _captured_rows(model, weights, x256, paired) if dev.type == "cuda" else _compiled_rows(model, x256, paired)
+    captured = (_captured_rows(model, weights, x256, paired) if dev.type == "cuda"
+                else _compiled_rows(model, x256, paired))
     model.eval()
     frozen = model.frozen()
     with torch.no_grad():
         t_density, t_dense_fwd, r_density = paired(lambda: frozen.log_prob(x1000), lambda: dense_chain(x1000, False))
-        t_module_density, t_frozen_density, r_module = paired(lambda: model.log_prob(x1000), lambda: frozen.log_prob(x1000))
+        t_module_density, t_frozen_density, r_module = paired(lambda: model.log_prob(x1000),
+                                                              lambda: frozen.log_prob(x1000))
         # the floor of a folded pass: one dense product per block, the activations left out
-        products = [(torch.randn(dim, dim, device=dev).t().contiguous().t(), torch.randn(dim, device=dev)) for _ in range(num_blocks)]
+        products = [(torch.randn(dim, dim, device=dev).t().contiguous().t(), torch.randn(dim, device=dev))
+                    for _ in range(num_blocks)]
 
         def products_alone() -> None:
             h = x1000
@@ -424,7 +436,8 @@ def run_micro(device: str = "cpu", dim: int = 784, num_blocks: int = 4, repeats:
                 h = torch.addmm(bias, h, weight)
 
         t_products, t_dense_beside_products, r_products = paired(products_alone, lambda: dense_chain(x1000, False))
-        t_sample, t_density_beside_sampling, r_sample = paired(lambda: frozen.sample(1000), lambda: frozen.log_prob(x1000))
+        t_sample, t_density_beside_sampling, r_sample = paired(lambda: frozen.sample(1000),
+                                                               lambda: frozen.log_prob(x1000))
         t_sample1 = time_call(lambda: frozen.sample(1), dev, repeats * 5)
     if dev.type == "cuda":
         captured.update(_captured_inference_rows(frozen, weights, x1000, paired, repeats))
@@ -456,8 +469,10 @@ def run_micro(device: str = "cpu", dim: int = 784, num_blocks: int = 4, repeats:
 def micro_table(r: dict[str, Any]) -> str:
     """The micro-benchmark as Markdown, each figure beside its target."""
     rows = [
-        ("training step, batch 256", f"{r['step_ms']:.1f} ms", f"dense GEMMs fwd+bwd {r['dense_train_ms']:.1f} ms", r["step_vs_dense"], "<= 1.15"),
-        ("density, batch 1,000", f"{r['density_1000_ms']:.1f} ms", f"dense forward GEMMs {r['dense_forward_1000_ms']:.1f} ms", r["density_vs_dense"], "<= 0.6"),
+        ("training step, batch 256", f"{r['step_ms']:.1f} ms",
+         f"dense GEMMs fwd+bwd {r['dense_train_ms']:.1f} ms", r["step_vs_dense"], "<= 1.15"),
+        ("density, batch 1,000", f"{r['density_1000_ms']:.1f} ms",
+         f"dense forward GEMMs {r['dense_forward_1000_ms']:.1f} ms", r["density_vs_dense"], "<= 0.6"),
         ("its 4 products alone (the floor)", f"{r['products_1000_ms']:.1f} ms",
          f"dense forward GEMMs {r['dense_forward_beside_products_ms']:.1f} ms", r["products_vs_dense"], "–"),
         ("density by the module itself (no snapshot)", f"{r['module_density_1000_ms']:.1f} ms",
@@ -489,7 +504,9 @@ def micro_table(r: dict[str, Any]) -> str:
     if "captured_error" in r:
         lines.append(f"| training step as one CUDA graph | capture failed: {r['captured_error']} | – | – | – |")
     if "captured_inference_error" in r:
-        lines.append(f"| density and sampling as CUDA graphs | capture failed: {r['captured_inference_error']} | – | – | – |")
+        lines.append(
+            f"| density and sampling as CUDA graphs | capture failed: {r['captured_inference_error']} | – | – | – |"
+        )
     lines.append(
         f"| sampling, batch 1 | {r['sampling_batch1_ms']:.3f} ms / image (median; fastest "
         f"{r['sampling_batch1_fastest_ms']:.3f}) | – | – | < 1 ms |"

@@ -24,8 +24,8 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import nn
 
-from lunet.experiments.rundir import stale_temporaries, write_atomic  # noqa: F401 (in rundir, which imports no torch; also imported from here)
 from lunet.experiments.resources import check_model_memory, gigabytes, machine_memory, model_elements
+from lunet.experiments.rundir import stale_temporaries, write_atomic  # noqa: F401 (in rundir, which imports no torch; also imported from here)
 from lunet.flow import LUNet
 
 FORMAT_VERSION = 2

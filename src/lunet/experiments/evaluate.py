@@ -11,8 +11,6 @@ from torch import nn
 
 from lunet.experiments.checkpoint import load_checkpoint, save_checkpoint
 from lunet.experiments.data import dataset_digest, load_dataset, user_cache_dir
-from lunet.flow import for_inference, placement
-from lunet.experiments.rundir import RunFolder
 from lunet.experiments.images import (
     NUM_CLASSES,
     class_subset,
@@ -21,6 +19,8 @@ from lunet.experiments.images import (
     sample_images,
 )
 from lunet.experiments.preprocess import ImagePreprocessor, bits_per_dim, paper_bits_per_pixel
+from lunet.experiments.rundir import RunFolder
+from lunet.flow import for_inference, placement
 
 
 @torch.no_grad()
@@ -71,7 +71,9 @@ def evaluate_run(
         for c, model in zip(settings.classes, scorers):
             x, _ = class_subset(images, labels, c)
             if x.shape[0] == 0:
-                raise ValueError(f"no test images of class {c} among the {images.shape[0]} evaluated; use a larger --limit")
+                raise ValueError(
+                    f"no test images of class {c} among the {images.shape[0]} evaluated; use a larger --limit"
+                )
             full, logit_space = image_log_probs(model, x, pre, seed=1000 + draw)
             full_all.append(full)
             logit_all.append(logit_space)
@@ -121,7 +123,9 @@ class DigitClassifier(nn.Module):
 
     def __init__(self, dim: int = 784, hidden: int = 512) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, NUM_CLASSES))
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, NUM_CLASSES)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -199,7 +203,9 @@ def class_agreement(
     """
     settings, models, _ = load_run_models(run_dir, device=device)
     if settings.kind == "unconditional":
-        raise ValueError("class agreement needs a per-class or single-class run (trained with --per-class or --class K)")
+        raise ValueError(
+            "class agreement needs a per-class or single-class run (trained with --per-class or --class K)"
+        )
     models = [for_inference(m) for m in models]
     pre = ImagePreprocessor(settings.lam)
     out: dict[str, Any] = {}

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from lunet.experiments.checkpoint import load_checkpoint, save_checkpoint
-from lunet.experiments.rundir import RunFolder, as_folder
 from lunet.experiments.run_record import IMAGES, read_run
+from lunet.experiments.rundir import RunFolder, as_folder
 
 
 def _best_weights(ckpt: dict[str, Any]) -> dict[str, Any]:

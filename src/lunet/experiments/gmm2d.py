@@ -15,14 +15,14 @@ from typing import Any, Optional
 
 import torch
 
-from lunet.flow import LUNet
-from lunet.experiments.plots import log_density_grid, plot_density_2d, plot_samples_2d
-from lunet.experiments.toy import GaussianMixture2D
 from lunet.experiments.checkpoint import save_checkpoint, stale_temporaries
+from lunet.experiments.plots import log_density_grid, plot_density_2d, plot_samples_2d
+from lunet.experiments.run_log import Unit
 from lunet.experiments.rundir import RunFolder, as_folder, write_text_atomic
 from lunet.experiments.settings import GMM2DSettings, RunExists, TrainConfig
-from lunet.experiments.run_log import Unit
+from lunet.experiments.toy import GaussianMixture2D
 from lunet.experiments.train import Trainer, mean_log_prob, resolve_device
+from lunet.flow import LUNet
 
 NUM_TRAIN = 9000  # as in the paper
 NUM_VAL = 3000

@@ -15,19 +15,27 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from lunet.experiments.checkpoint import build_model, load_checkpoint, load_model
 from lunet.checks import check_positive_int, check_temperature
+from lunet.experiments.checkpoint import build_model, load_checkpoint, load_model
 from lunet.experiments.data import CLASS_NAMES, FILES, find_file, load_dataset, train_val_split
 from lunet.experiments.distributed import SINGLE, Group, current
-from lunet.flow import for_inference, placement
 from lunet.experiments.preprocess import LN2, ImagePreprocessor
-from lunet.experiments.rundir import RunFolder, as_folder
-from lunet.experiments.run_record import NUM_CLASSES, IMAGES, ImageRunSettings, RunRecord, read_run, write_run
-from lunet.experiments.settings import SettingError, TrainConfig
 from lunet.experiments.resources import check_model_memory
 from lunet.experiments.run_log import Unit
+from lunet.experiments.run_record import (
+    IMAGES,
+    NUM_CLASSES,  # noqa: F401 (evaluate and ood import it from here)
+    ImageRunSettings,
+    RunRecord,
+    read_run,
+    write_run,
+)
+from lunet.experiments.rundir import RunFolder, as_folder
+from lunet.experiments.settings import SettingError, TrainConfig
 from lunet.experiments.step_runner import LogProbFn, check_shared_config
 from lunet.experiments.train import Trainer, resolve_device
+from lunet.flow import for_inference, placement
+
 
 def nats_to_bits_per_dim(nats_per_dim: float) -> float:
     """Per-dimension NLL of the dequantised ``y`` in nats -> standard bits/dim."""
@@ -196,7 +204,9 @@ def load_run_models(
 
 
 @torch.no_grad()
-def fitted_latent_gaussian(model: nn.Module, pixels: torch.Tensor, pre: ImagePreprocessor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def fitted_latent_gaussian(
+    model: nn.Module, pixels: torch.Tensor, pre: ImagePreprocessor, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (D,) and Cholesky factor (D, D) of the latents of ``pixels`` (the authors' sampling prior);
     ``model``: a flow or a snapshot from :func:`~lunet.flow.for_inference`."""
     dtype, device = placement(model)

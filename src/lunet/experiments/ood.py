@@ -29,9 +29,9 @@ from torch import nn
 from lunet.baselines.gaussian import FullCovarianceGaussian
 from lunet.experiments.data import DATASETS, load_dataset, train_val_split
 from lunet.experiments.evaluate import image_log_probs
-from lunet.experiments.rundir import RunFolder
 from lunet.experiments.images import NUM_CLASSES, class_subset, load_run_models
 from lunet.experiments.preprocess import ImagePreprocessor, bits_per_dim
+from lunet.experiments.rundir import RunFolder
 from lunet.flow import ClassConditionalFlow
 
 SCORES = {
@@ -118,7 +118,9 @@ def compressed_bits_per_dim(pixels: torch.Tensor) -> torch.Tensor:
     return torch.tensor(lengths, dtype=torch.float64) * 8 / pixels.shape[1]
 
 
-def image_bits_per_dim(model: nn.Module, pixels: torch.Tensor, pre: ImagePreprocessor, seed: int = SEED) -> torch.Tensor:
+def image_bits_per_dim(
+    model: nn.Module, pixels: torch.Tensor, pre: ImagePreprocessor, seed: int = SEED
+) -> torch.Tensor:
     """Bits/dim of each image under ``model`` (one dequantisation draw), (N, D) -> (N,) float64."""
     return bits_per_dim(image_log_probs(model, pixels, pre, seed=seed)[0], pre.num_dims)
 

@@ -23,8 +23,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from lunet.flow import LUNet
 from lunet.experiments.settings import GMM2DSettings, paper_lunet_spec, vector_lunet_spec
+from lunet.flow import LUNet
 
 PEERS_EXTRA = "pip install .[peers]"
 # widths up to this are "vectors" (the 2-D mixture, tabular data): smaller peer networks

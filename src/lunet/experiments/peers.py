@@ -36,11 +36,11 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
-from lunet.transforms import Standardize
 from lunet.experiments.bench import _proc_status_kib, time_call
 from lunet.experiments.peer_models import MODELS, MissingExtra, PeerModel, available, build, require
 from lunet.experiments.preprocess import ImagePreprocessor, bits_per_dim, logit_transform
 from lunet.experiments.settings import DEFAULT_LAM
+from lunet.transforms import Standardize
 
 SCHEMA = "lunet-peers/1"
 DATASETS = ("mnist", "fashion-mnist", "gmm2d", "breast-cancer")
@@ -213,7 +213,9 @@ class PeerData:
 
 
 @torch.no_grad()
-def _fixed_draw(space: ImageSpace, pixels: torch.Tensor, seed: int, chunk: int = 5000) -> tuple[torch.Tensor, torch.Tensor]:
+def _fixed_draw(
+    space: ImageSpace, pixels: torch.Tensor, seed: int, chunk: int = 5000
+) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     parts = [space.from_pixels(pixels[i : i + chunk], gen) for i in range(0, pixels.shape[0], chunk)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]).double()
@@ -645,8 +647,8 @@ def machine_info() -> dict[str, Any]:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
-    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "torch_threads": torch.get_num_threads(), "versions": versions}
+    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "torch_threads": torch.get_num_threads(), "versions": versions}
 
 
 def _now() -> str:
@@ -803,7 +805,8 @@ def markdown_tables(doc: dict[str, Any]) -> str:
                              f"{mk['process_seconds']:.1f} | {mk['steps']:,} | {_fmt_count(mk['best_at_s'], 1)} | "
                              + (f"{m['eval_seconds']:.1f}" if i == 0 else "") + " |")
         lines += ["", "| model | params (free) | peak training memory, MiB | density /s (batch) | "
-                  "sampling /s (batch, calls) | batch-1 sampling, ms (calls) |", "| --- | --- | --- | --- | --- | --- |"]
+                  "sampling /s (batch, calls) | batch-1 sampling, ms (calls) |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for m in d["models"].values():
             s = m["speed"]
             sampling, one = s["sampling"], s["sampling_batch1"]
@@ -827,7 +830,8 @@ def draw_figures(doc: dict[str, Any], dname: str, folder: Path,
     d = doc["datasets"][dname]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for m in d["models"].values():
-        points = [(c["train_seconds"], c["test"]) for c in m["curve"] if c["test"] is not None and c["train_seconds"] > 0]
+        points = [(c["train_seconds"], c["test"]) for c in m["curve"]
+                  if c["test"] is not None and c["train_seconds"] > 0]
         if points:
             xs, ys = zip(*points)
             ax.plot(xs, ys, marker=".", label=m["label"])

@@ -56,7 +56,8 @@ def plot_density_2d(
     for r, (label, show, low, high) in enumerate(rows):
         image = None
         for ax, (name, grid) in zip(axes[r, 1:], panels):
-            image = ax.imshow(show(grid), origin="lower", extent=box, cmap="viridis", aspect="equal", vmin=low, vmax=high)
+            image = ax.imshow(show(grid), origin="lower", extent=box, cmap="viridis", aspect="equal",
+                              vmin=low, vmax=high)
             ax.set_title(f"{name}: {label}", fontsize=10)
         fig.colorbar(image, ax=list(axes[r, 1:]), shrink=0.85, label=label)
     for ax in axes.flat:
@@ -85,7 +86,11 @@ def plot_samples_2d(samples: torch.Tensor, data: torch.Tensor, box: Box, path: s
 
 
 def save_image_grid(
-    images: torch.Tensor, path: str | Path, nrow: int = 10, row_labels: Optional[Sequence[str]] = None, title: Optional[str] = None
+    images: torch.Tensor,
+    path: str | Path,
+    nrow: int = 10,
+    row_labels: Optional[Sequence[str]] = None,
+    title: Optional[str] = None,
 ) -> Path:
     """Grey images (N, H, W) with values in [0, 1] as a PNG grid of ``nrow`` columns."""
     imgs = images.detach().cpu().clamp(0, 1).numpy()
@@ -146,7 +151,8 @@ def plot_score_histograms(
             both = both[np.isfinite(both)]
             low, high = np.quantile(both, [0.001, 0.999])
             edges = np.linspace(low, high if high > low else low + 1, bins + 1)
-            for values, label, color in ((inside, report["dataset"], "tab:blue"), (outside, report["against"], "tab:orange")):
+            for values, label, color in ((inside, report["dataset"], "tab:blue"),
+                                         (outside, report["against"], "tab:orange")):
                 ax.hist(np.clip(values, edges[0], edges[-1]), bins=edges, density=True, alpha=0.55, color=color,
                         label=f"{label} test ({len(values):,})")
             metrics = report["models"][model]["metrics"][name]

@@ -192,7 +192,9 @@ def _read_images(folder: RunFolder) -> RunRecord:
     except UnsafeFile:
         raise
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}); it was not written by `lunet train` or was damaged") from None
+        raise ValueError(
+            f"{path} is not valid JSON ({exc}); it was not written by `lunet train` or was damaged"
+        ) from None
     if not isinstance(entries, dict):
         raise ValueError(f"{path} holds a {type(entries).__name__}, not the settings of a run")
     data_dir = entries.pop("data_dir", None)

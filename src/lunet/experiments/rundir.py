@@ -336,7 +336,8 @@ def _locked(folder: str | os.PathLike) -> Iterator[Path]:
                             "another {out}", folder=folder, holder=holder) from None
     try:
         RunFolder(given).check_files()  # before anything is written here
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": " ".join(sys.argv)}
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+                  "command": " ".join(sys.argv)}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode() + b"\n", 0)
         _held[folder] = [fd, 1]

@@ -105,7 +105,9 @@ class TrainConfig:
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be non-negative and finite, got {self.weight_decay}")
         if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
-            raise ValueError(f"grad_clip must be positive and finite (or left out for no clipping), got {self.grad_clip}")
+            raise ValueError(
+                f"grad_clip must be positive and finite (or left out for no clipping), got {self.grad_clip}"
+            )
 
     @property
     def torch_dtype(self) -> "torch.dtype":

@@ -91,7 +91,8 @@ class StepRunner:
         self.dequantize = dequantize
         if capture == AUTO:
             # several processes sharing a model exchange gradients between backward and Adam: eager
-            capture = CudaGraphCapture(device) if device.type == "cuda" and config.cuda_graph and not group.shared else None
+            capture = (CudaGraphCapture(device) if device.type == "cuda" and config.cuda_graph and not group.shared
+                       else None)
         self.capture = capture
         self.graphed: Optional[GraphedSteps] = None  # built at the first full batch
         self.compiled = config.compile
@@ -147,7 +148,8 @@ class StepRunner:
             from torch.nn.parallel import DistributedDataParallel
 
             # the model's buffers (standardisation, fixed slopes) do not change in training: no syncing per step
-            no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+            no_sync = ("forward_sync_buffers"
+                       if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                        else "broadcast_buffers")
             self._shard_loss = DistributedDataParallel(
                 _ShardLoss(self.model, self.log_prob_fn, self.dim),

@@ -132,7 +132,8 @@ class GraphedSteps:
         self.zero_grad = zero_grad
         self.capturer = capture
         self.rows = torch.zeros(batch_size, dtype=torch.long, device=rows_device)
-        self.noise = None if noise_like is None else torch.zeros(noise_like[0], dtype=noise_like[1], device=noise_like[2])
+        self.noise = (None if noise_like is None
+                      else torch.zeros(noise_like[0], dtype=noise_like[1], device=noise_like[2]))
         self.replay: Optional[Callable[[], None]] = None
         self.eager_steps = 0
 

@@ -49,7 +49,9 @@ def resolve_device(name: str) -> torch.device:
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r} was requested but CUDA is not available here; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise ValueError(
+                f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
     return device
 
 
@@ -159,7 +161,8 @@ class Trainer:
         self.log = log if log is not None else RunLog(self.folder, unit, progress, writes=self.group.is_main)
         self.steps_per_epoch = math.ceil(train_data.shape[0] / config.batch_size)
         # The fused kernel makes one pass over each parameter instead of ~10.
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                          fused=True)
         self.schedule = LearningRateSchedule(self.optimizer, config, self.steps_per_epoch * config.epochs)
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)  # the shuffled orders
         # the dequantisation noise: drawn where the data are

@@ -22,14 +22,18 @@ from torch.utils.data import DataLoader, Dataset
 from lunet.checks import check_batch, check_temperature
 from lunet.experiments.checkpoint import build_model, load_model
 from lunet.experiments.distributed import Group, current
-from lunet.experiments.rundir import RunFolder, as_folder
+from lunet.experiments.resources import check_model_memory
 from lunet.experiments.run_record import VECTORS, RunRecord, VectorRunSettings, read_run, write_run
+from lunet.experiments.rundir import RunFolder, as_folder
 from lunet.experiments.settings import (
-    MAX_SAMPLE_VALUES, SettingError, TrainConfig, default_train_config, vector_lunet_spec,
+    MAX_SAMPLE_VALUES,
+    SettingError,
+    TrainConfig,
+    default_train_config,
+    vector_lunet_spec,
 )
 from lunet.experiments.step_runner import check_shared_config
 from lunet.experiments.train import Trainer, resolve_device
-from lunet.experiments.resources import check_model_memory
 from lunet.experiments.vectors import check_fits_dtype, check_width
 from lunet.flow import placement
 

@@ -12,6 +12,7 @@ import torch
 from lunet.checks import plain_backward_wanted
 from lunet.functional import leaky_softplus, softplus
 
+
 def product_chunk(n: int, lo: float, hi: float, dtype: torch.dtype, max_chunk: int = 8) -> int:
     """The largest divisor ``k <= max_chunk`` of ``n`` for which a product of ``k``
     factors in ``(lo, hi)`` stays a normal, finite number of ``dtype`` with a wide margin."""

@@ -26,7 +26,9 @@ def block_depth(n: int, leaf: int = BLOCK_LEAF) -> int:
     return depth
 
 
-def _batch_view(t: torch.Tensor, count: int, rows: int, cols: int, start: tuple[int, int], step: tuple[int, int]) -> torch.Tensor:
+def _batch_view(
+    t: torch.Tensor, count: int, rows: int, cols: int, start: tuple[int, int], step: tuple[int, int]
+) -> torch.Tensor:
     """``count`` blocks of ``t`` (2-D), each (rows, cols), the first at ``start``
     (row, column) and each next one ``step`` further: one (count, rows, cols) view."""
     rs, cs = t.stride()
