@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import torch
 from torch import nn
 
-from lunet.checks import check_batch, check_features, check_positive_int, check_temperature, sample_shape_of
+from lunet.checks import check_batch, check_features, check_positive_int, latent_draws
 from lunet.fast.affine import SPLIT_BELOW_ROWS, SPLIT_MIN_BYTES
 from lunet.functional import leaky_softplus_log_derivative
 from lunet.layers import LeakySoftplus, LULinear
@@ -345,12 +345,8 @@ class LUNet(Sequential):
     ) -> torch.Tensor:
         """:meth:`sample`, reparameterised: with autograd on, the draws are differentiable
         in the weights, ``sample_shape + (dim,)``."""
-        shape = sample_shape_of(sample_shape)
         ref = self.input_mean
-        check_temperature(temperature, ref.dtype)
-        z = torch.randn(shape.numel(), self.dim, generator=generator, dtype=ref.dtype, device=ref.device)
-        if temperature != 1.0:
-            z.mul_(temperature)
+        z, shape = latent_draws(sample_shape, self.dim, temperature, ref.dtype, ref.device, generator)
         return self._inverse(z).view(*shape, self.dim)
 
     def distribution(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import torch
 from torch import nn
 
-from lunet.checks import check_features, check_temperature, sample_shape_of
+from lunet.checks import check_features, latent_draws
 from lunet.fast.activation import negated_forward, scaled_forward
 from lunet.fast.affine import SPLIT_BELOW_ROWS, SPLIT_MIN_BYTES, FrozenAffine, output_major
 from lunet.functional import cached_inverse_table, leaky_softplus_log_derivative, solve_scaled, table_step
@@ -134,11 +134,7 @@ class FrozenLUNet:
     ) -> torch.Tensor:
         """Draws of shape ``sample_shape + (dim,)`` (an int ``n`` means ``(n,)``) with latent
         standard deviation ``temperature``."""
-        shape = sample_shape_of(sample_shape)
-        check_temperature(temperature, self.dtype)
-        z = torch.randn(shape.numel(), self.dim, generator=generator, dtype=self.dtype, device=self.device)
-        if temperature != 1.0:
-            z.mul_(temperature)
+        z, shape = latent_draws(sample_shape, self.dim, temperature, self.dtype, self.device, generator)
         return (self._flow._inverse(z) if under_vmap() else self._inverse(z)).view(*shape, self.dim)
 
     def _forward(self, x: torch.Tensor, exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -394,11 +390,7 @@ class FrozenSequential:
         """Draws of shape ``sample_shape + (dim,)`` (an int ``n`` means ``(n,)``) with latent
         standard deviation ``temperature``."""
         width = self._width()
-        shape = sample_shape_of(sample_shape)
-        check_temperature(temperature, self.dtype)
-        z = torch.randn(shape.numel(), width, generator=generator, dtype=self.dtype, device=self.device)
-        if temperature != 1.0:
-            z.mul_(temperature)
+        z, shape = latent_draws(sample_shape, width, temperature, self.dtype, self.device, generator)
         return self.inverse(z)[0].view(*shape, width)
 
 
