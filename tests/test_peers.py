@@ -20,6 +20,7 @@ from lunet.experiments.peers import (
     ImageSpace,
     Protocol,
     data_log_prob,
+    grid_samples,
     images_from_pixels,
     markdown_tables,
     run_peers,
@@ -318,3 +319,17 @@ def test_zuko_models_train_under_the_protocol():
 def test_registry_entries_are_documented():
     for name, entry in MODELS.items():
         assert entry.name == name and entry.summary
+
+
+class Overflowing(Sleepy):
+    """Draws that overflow, as an autoregressive flow's may at T = 1."""
+
+    def sample(self, n):
+        return torch.full((n, self.mu.numel()), float("inf"))
+
+
+def test_a_sample_grid_of_overflowing_draws_says_so_instead_of_failing():
+    pixels = _pixels(40, 12)
+    data = images_from_pixels("tiny", pixels[:20], pixels[20:30], pixels[30:])
+    grid = grid_samples(Overflowing(12, step=0.0, evaluation=0.0), data, FAST)
+    assert grid["pixels_b64"] is None and "non-finite" in grid["why"]

@@ -614,6 +614,9 @@ def grid_samples(model: PeerModel, data: PeerData, protocol: Protocol) -> dict[s
         torch.manual_seed(protocol.seed)
         with torch.no_grad():
             h = inference.sample(n)
+    bad = int((~torch.isfinite(h)).any(dim=-1).sum())
+    if bad:  # a draw that overflowed has no picture; the model's figures stand without one
+        return {"pixels_b64": None, "why": f"{bad} of {n} samples hold non-finite values"}
     y = data.space.to_data(h.float()).cpu()
     pixels = torch.nan_to_num(y * 256, nan=0.0).floor().clamp(0, 255).to(torch.uint8)
     return {"pixels_b64": base64.b64encode(pixels.numpy().tobytes()).decode(), "count": n, "shape": list(pixels.shape)}
