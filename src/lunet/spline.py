@@ -52,6 +52,15 @@ def _take(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return expanded.gather(-1, index.unsqueeze(-1)).squeeze(-1)
 
 
+def _sum_log_slope(inside, s, t, d0, d1, denominator) -> torch.Tensor:
+    """``sum`` over the last dimension of ``log`` of the spline's derivative at ``t`` in its bin
+    (slope ``s = h / w``, end slopes ``d0``, ``d1``), 0 outside ``[-bound, bound]``: (..., f) -> (...)."""
+    t1 = t * (1 - t)
+    numerator = s * s * (d1 * t * t + 2 * s * t1 + d0 * (1 - t) * (1 - t))
+    log_slope = torch.log(numerator) - 2 * torch.log(denominator)
+    return torch.where(inside, log_slope, torch.zeros_like(log_slope)).sum(dim=-1)
+
+
 class MonotoneSpline(nn.Module):
     """Per-feature monotone rational-quadratic spline on ``[-bound, bound]``, the identity outside.
 
@@ -111,10 +120,7 @@ class MonotoneSpline(nn.Module):
         t1 = t * (1 - t)
         denominator = s + (d1 + d0 - 2 * s) * t1
         y_in = y0 + h * (s * t * t + d0 * t1) / denominator
-        slope_num = s * s * (d1 * t * t + 2 * s * t1 + d0 * (1 - t) * (1 - t))
-        log_slope = torch.log(slope_num) - 2 * torch.log(denominator)
-        y = torch.where(inside, y_in, x)
-        return y, torch.where(inside, log_slope, torch.zeros_like(log_slope)).sum(dim=-1)
+        return torch.where(inside, y_in, x), _sum_log_slope(inside, s, t, d0, d1, denominator)
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``y`` (..., features) -> ``x`` (..., features), exact (one quadratic per entry),
@@ -136,12 +142,8 @@ class MonotoneSpline(nn.Module):
         # the root in [0, 1] in the form without cancellation (qc <= 0 < qb in every bin)
         disc = (qb * qb - 4 * qa * qc).clamp_min(0)
         t = (2 * qc) / (-qb - torch.sqrt(disc))
-        t1 = t * (1 - t)
-        denominator = s + bend * t1
-        slope_num = s * s * (d1 * t * t + 2 * s * t1 + d0 * (1 - t) * (1 - t))
-        log_slope = torch.log(slope_num) - 2 * torch.log(denominator)
-        x = torch.where(inside, x0 + t * w, y)
-        return x, -torch.where(inside, log_slope, torch.zeros_like(log_slope)).sum(dim=-1)
+        denominator = s + bend * t * (1 - t)
+        return torch.where(inside, x0 + t * w, y), -_sum_log_slope(inside, s, t, d0, d1, denominator)
 
     def extra_repr(self) -> str:
         return f"features={self.features}, bins={self.bins}, bound={self.bound:g}"
