@@ -39,6 +39,7 @@ import torch
 from lunet.experiments.bench import _proc_status_kib, time_call
 from lunet.experiments.peer_models import MODELS, MissingExtra, PeerModel, available, build, require
 from lunet.experiments.preprocess import ImagePreprocessor, bits_per_dim, logit_transform
+from lunet.experiments.rundir import write_text_atomic
 from lunet.experiments.settings import DEFAULT_LAM
 from lunet.transforms import Standardize
 
@@ -692,10 +693,7 @@ def _write(doc: dict[str, Any], out: Optional[Path]) -> None:
     if out is None:
         return
     doc["updated"] = _now()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, out)  # a run killed while writing keeps the previous file whole
+    write_text_atomic(out, json.dumps(doc, indent=1) + "\n")  # a killed run keeps the previous file whole
 
 
 def run_peers(
@@ -828,7 +826,7 @@ def draw_figures(doc: dict[str, Any], dname: str, folder: Path,
                  image_shape: Optional[tuple[int, int]] = None) -> list[Path]:
     """``peers-<dataset>-curves.png`` (test figure of the best-validation weights against training
     seconds, one line per model) and, for images, ``peers-<dataset>-samples.png`` (a row per model)."""
-    from lunet.experiments.plots import plt, save_image_grid
+    from lunet.experiments.plots import plt, save_figure, save_image_grid
 
     d = doc["datasets"][dname]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -846,11 +844,7 @@ def draw_figures(doc: dict[str, Any], dname: str, folder: Path,
     ax.set_title(f"{dname}: {doc['machine']['torch_threads']} torch threads" + (", quick form" if doc["quick"] else ""))
     ax.legend(fontsize=7)
     fig.tight_layout()
-    curves = folder / f"peers-{dname}-curves.png"
-    curves.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(curves, dpi=110)
-    plt.close(fig)
-    paths = [curves]
+    paths = [save_figure(fig, folder / f"peers-{dname}-curves.png")]
     if image_shape is not None:
         rows, labels = [], []
         h, w = image_shape

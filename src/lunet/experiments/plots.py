@@ -66,7 +66,7 @@ def plot_density_2d(
         ax.set_aspect("equal")
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_samples_2d(samples: torch.Tensor, data: torch.Tensor, box: Box, path: str | Path) -> Path:
@@ -82,7 +82,7 @@ def plot_samples_2d(samples: torch.Tensor, data: torch.Tensor, box: Box, path: s
         ax.set_ylim(box[2], box[3])
         ax.set_aspect("equal")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_image_grid(
@@ -111,7 +111,7 @@ def save_image_grid(
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_training_curves(metrics_file: str | Path, path: str | Path, key: str, label: str) -> Path:
@@ -127,7 +127,7 @@ def plot_training_curves(metrics_file: str | Path, path: str | Path, key: str, l
     ax.set_ylabel(label)
     ax.legend()
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_score_histograms(
@@ -164,10 +164,10 @@ def plot_score_histograms(
                 ax.legend(fontsize=8)
     fig.suptitle(f"{report['dataset']} {report['kind'].replace('_', '-')} run against {report['against']}")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
+def save_figure(fig: plt.Figure, path: str | Path) -> Path:
     """Write ``fig`` to ``path`` in the format its suffix names, atomically and never through a link."""
     path = Path(path)
     try:
