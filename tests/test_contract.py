@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from lunet import FlowDistribution, Inverse, LeakySoftplus, LULinear, LUNet, Sequential, Standardize
+from lunet import Composition, FlowDistribution, Inverse, LeakySoftplus, LULinear, LUNet, Sequential, Standardize
 from lunet.spline import MonotoneSpline
 
 D = 5
@@ -154,9 +154,9 @@ def test_a_sequential_is_its_parts_in_turn():
     torch.testing.assert_close(back, y, rtol=0, atol=0)
 
 
-def test_lunet_is_the_sequential_of_its_parts():
+def test_lunet_is_the_composition_of_its_parts():
     net = make_lunet()
-    assert isinstance(net, Sequential)
+    assert isinstance(net, Composition)
     parts = list(net)
     assert [type(p).__name__ for p in parts] == ["Standardize"] + ["LULinear", "LeakySoftplus"] * 2 + ["LULinear"]
     assert_agree_both_ways(net, Sequential(*parts), 1e-12)
@@ -294,17 +294,6 @@ def test_a_sequentials_snapshot_folds_its_lu_runs_and_copies_the_rest():
     assert len(folded.stages) == 1 and isinstance(folded.stages[0], FrozenLUNet)
     for a, b in zip(folded(x), chain(x)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-
-
-def test_checkpoints_from_before_the_standardize_part_still_load():
-    net = make_lunet()
-    renames = {"input_standardize.mean": "input_mean", "input_standardize.std": "input_std"}
-    old_style = {renames.get(k, k): v for k, v in net.state_dict().items()}
-    assert "input_mean" in old_style and "input_standardize.mean" not in old_style
-    fresh = LUNet(D, 3).double()
-    fresh.load_state_dict(old_style)
-    x = inputs((6,))
-    torch.testing.assert_close(fresh.log_prob(x), net.log_prob(x), rtol=0, atol=0)
 
 
 def test_a_snapshot_of_a_pattern_it_cannot_fold_is_refused():

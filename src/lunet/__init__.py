@@ -15,23 +15,30 @@ _EXPORTS = {
     "LUNet": "lunet.flow",
     "Sequential": "lunet.transforms",
     "Inverse": "lunet.transforms",
-    "Standardize": "lunet.transforms",
+    "Standardize": "lunet.standardize",
+    "Transform": "lunet.base",
+    "Composition": "lunet.transforms",
+    "MonotoneSpline": "lunet.spline",
     "FrozenLUNet": "lunet.frozen",
     "FlowDistribution": "lunet.distributions",
     "TorchTransform": "lunet.distributions",
     "ClassConditionalFlow": "lunet.flow",
-    "standard_normal_log_prob": "lunet.flow",
+    "standard_normal_log_prob": "lunet.latent",
     "set_value_checks": "lunet.checks",
 }
 __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and editors: re-exports, listed in __all__ (built from _EXPORTS)
+    from lunet.base import Transform  # noqa: F401
     from lunet.checks import set_value_checks  # noqa: F401
     from lunet.distributions import FlowDistribution, TorchTransform  # noqa: F401
-    from lunet.flow import ClassConditionalFlow, LUNet, standard_normal_log_prob  # noqa: F401
+    from lunet.flow import ClassConditionalFlow, LUNet  # noqa: F401
     from lunet.frozen import FrozenLUNet  # noqa: F401
+    from lunet.latent import standard_normal_log_prob  # noqa: F401
     from lunet.layers import LeakySoftplus, LULinear  # noqa: F401
-    from lunet.transforms import Inverse, Sequential, Standardize  # noqa: F401
+    from lunet.spline import MonotoneSpline  # noqa: F401
+    from lunet.standardize import Standardize  # noqa: F401
+    from lunet.transforms import Composition, Inverse, Sequential  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

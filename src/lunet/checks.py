@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch.autograd import forward_ad
 
-from lunet.numbers import check_positive_int  # noqa: F401 (one of the checks, kept with them)
+from lunet.limits import check_positive_int  # noqa: F401 (one of the checks, kept with them)
 
 _value_checks = True
 
@@ -155,18 +155,3 @@ def check_temperature(value: object, dtype: Optional[torch.dtype] = None) -> flo
     if dtype is not None and value > torch.finfo(dtype).max / 1e6:
         raise ValueError(f"temperature {value:g} is too large for {dtype}: the draws would overflow")
     return float(value)
-
-
-def latent_draws(
-    sample_shape: object, dim: int, temperature: object, dtype: torch.dtype, device: torch.device,
-    generator: Optional[torch.Generator] = None,
-) -> tuple[torch.Tensor, torch.Size]:
-    """Draws of ``N(0, temperature^2 I)`` as rows ``(prod(sample_shape), dim)``, and ``sample_shape``
-    as a ``torch.Size`` (an int ``n`` means ``(n,)``): the latent side of every flow's ``sample``,
-    with both arguments checked."""
-    shape = sample_shape_of(sample_shape)
-    scale = check_temperature(temperature, dtype)
-    z = torch.randn(shape.numel(), dim, generator=generator, dtype=dtype, device=device)
-    if scale != 1.0:
-        z.mul_(scale)
-    return z, shape

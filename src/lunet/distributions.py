@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 from typing import Optional
 
 import torch
-from torch import nn
 from torch.distributions import Distribution, Independent, Normal, constraints
 from torch.distributions.transforms import Transform
 
 from lunet.checks import check_temperature, sample_shape_of, set_value_checks, value_checks_enabled
+from lunet.frozen import FrozenLUNet, FrozenSequential
+from lunet.latent import flow_placement
 
 
 def standard_normal(dim: int, like: torch.Tensor, temperature: float = 1.0) -> Distribution:
@@ -21,22 +21,7 @@ def standard_normal(dim: int, like: torch.Tensor, temperature: float = 1.0) -> D
     return Independent(Normal(loc, torch.full_like(loc, temperature), validate_args=False), 1, validate_args=False)
 
 
-def flow_placement(flow: object) -> tuple[torch.dtype, torch.device]:
-    """The dtype and device a flow computes in now: its first floating parameter's or buffer's
-    for a module, ``flow.dtype`` and ``flow.device`` for a snapshot; the default dtype on the
-    CPU for a flow that has neither."""
-    if isinstance(flow, nn.Module):
-        tensors = itertools.chain(flow.parameters(), flow.buffers())
-        like = next((t for t in tensors if t.is_floating_point()), None)
-        if like is None:
-            return torch.get_default_dtype(), torch.device("cpu")
-        return like.dtype, like.device
-    return getattr(flow, "dtype", torch.get_default_dtype()), getattr(flow, "device", torch.device("cpu"))
-
-
 def _is_snapshot(flow: object) -> bool:
-    from lunet.frozen import FrozenLUNet, FrozenSequential
-
     return isinstance(flow, (FrozenLUNet, FrozenSequential))
 
 

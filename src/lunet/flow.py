@@ -2,49 +2,25 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 import numbers
 import warnings
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-from lunet.checks import check_batch, check_features, check_positive_int, latent_draws
+from lunet.checks import check_batch, check_positive_int
+from lunet.distributions import FlowDistribution
 from lunet.fast.affine import SPLIT_BELOW_ROWS, SPLIT_MIN_BYTES
-from lunet.functional import leaky_softplus_log_derivative
+from lunet.frozen import FrozenLUNet, FrozenSequential
+from lunet.latent import latent_draws, standard_normal_log_prob
 from lunet.layers import LeakySoftplus, LULinear
 from lunet.spline import MonotoneSpline
-from lunet.transforms import Sequential, Standardize
+from lunet.standardize import Standardize
+from lunet.transforms import Composition
 
-if TYPE_CHECKING:
-    from lunet.distributions import FlowDistribution
-    from lunet.frozen import FrozenLUNet, FrozenSequential
-
-LOG_2PI = math.log(2.0 * math.pi)
 ACTIVATIONS = ("leaky_softplus", "spline")
-
-
-def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
-    """``log N(z; 0, I)`` per row, ``z`` of shape (..., D) -> (...)."""
-    return torch.linalg.vecdot(z, z).add_(z.shape[-1] * LOG_2PI).mul_(-0.5)
-
-
-def for_inference(model: nn.Module):
-    """``model.frozen()`` (a fast snapshot of the current weights) where the model offers one,
-    else the model itself: what density and sampling code that holds the weights fixed calls."""
-    frozen = getattr(model, "frozen", None)
-    return frozen() if callable(frozen) else model
-
-
-def placement(model) -> tuple[torch.dtype, torch.device]:
-    """The dtype and device of a flow's weights (or of its buffers, for a model without
-    parameters), or of a snapshot from :func:`for_inference`."""
-    if isinstance(model, nn.Module):
-        ref = next(itertools.chain(model.parameters(), model.buffers()))
-        return ref.dtype, ref.device
-    return model.dtype, model.device
 
 
 def _warn_collinear(corr: torch.Tensor, ridge: float) -> None:
@@ -66,16 +42,10 @@ def _warn_collinear(corr: torch.Tensor, ridge: float) -> None:
         )
 
 
-def _renamed_standardisation(state_dict, prefix, *args) -> None:
-    """Load checkpoints written before the standardisation became a ``Standardize`` part."""
-    for old, new in (("input_mean", "input_standardize.mean"), ("input_std", "input_standardize.std")):
-        if prefix + old in state_dict and prefix + new not in state_dict:
-            state_dict[prefix + new] = state_dict.pop(prefix + old)
-
-
-class LUNet(Sequential):
+class LUNet(Composition):
     """``num_blocks`` LU layers, each but the last followed by a leaky softplus: the
-    :class:`~lunet.Sequential` of a ``Standardize`` and those parts, with the paper's defaults.
+    composition of a ``Standardize`` and those parts (as :class:`~lunet.Sequential` composes
+    them), with the paper's defaults.
 
     ``activation="spline"`` puts a :class:`~lunet.spline.MonotoneSpline` (``bins`` bins on
     ``[-bound, bound]``, the identity outside, one spline per feature) in place of each leaky
@@ -113,7 +83,7 @@ class LUNet(Sequential):
         bins: int = 8,
         bound: float = 5.0,
     ) -> None:
-        nn.Module.__init__(self)  # the parts are registered below, under their own names
+        super().__init__()
         self.dim = check_positive_int(dim, "dim")
         check_positive_int(num_blocks, "num_blocks")
         if activation not in ACTIVATIONS:
@@ -130,7 +100,6 @@ class LUNet(Sequential):
              else MonotoneSpline(dim, bins=bins, bound=bound))
             for _ in range(num_blocks - 1)
         )
-        self._register_load_state_dict_pre_hook(_renamed_standardisation)
 
     @property
     def transforms(self) -> list[nn.Module]:
@@ -141,6 +110,13 @@ class LUNet(Sequential):
             if i < len(self.activations):
                 parts.append(self.activations[i])
         return parts
+
+    @property
+    def features(self) -> int:
+        return self.dim
+
+    def reference(self) -> torch.Tensor:
+        return self.input_std
 
     @property
     def groups(self) -> int:
@@ -154,29 +130,16 @@ class LUNet(Sequential):
         width = self.dim // self.groups
         block = self.blocks[0]
         flows = []
-        spline = {}
-        if self.activation == "spline" and self.activations:
-            spline = {"activation": "spline", "bins": self.activations[0].bins, "bound": self.activations[0].bound}
         for g in range(self.groups):
             part = slice(g * width, (g + 1) * width)
-            learned = not spline and bool(self.activations) and self.activations[0].learn_alpha
-            flow = LUNet(width, len(self.blocks), diag=block.diag_mode, init="identity", learn_alpha=learned, **spline)
-            flow = flow.to(self.input_std)
-            for mine, theirs in zip(flow.activations, self.activations):
-                if spline:
-                    for name in ("widths", "heights", "slopes"):
-                        getattr(mine, name).copy_(getattr(theirs, name)[part])
-                elif learned:
-                    mine.alpha_logit.copy_(theirs.alpha_logit.reshape(-1)[g if theirs.groups > 1 else 0])
-                else:
-                    mine._fixed_alpha = theirs._fixed_alpha
-            flow.input_standardize.mean.copy_(self.input_standardize.mean[part])
-            flow.input_standardize.std.copy_(self.input_standardize.std[part])
+            flow = LUNet(width, len(self.blocks), diag=block.diag_mode, init="identity").to(self.input_std)
+            flow.input_standardize = self.input_standardize.restricted(part)
+            flow.activations = nn.ModuleList(
+                act.restricted(part) if isinstance(act, MonotoneSpline) else act.group(g) for act in self.activations
+            )
+            flow.activation = self.activation
             for mine, theirs in zip(flow.blocks, self.blocks):
-                mine.lu.copy_(theirs.lu[part, part])
-                mine.diag.copy_(theirs.diag[part])
-                mine.diag_sign.copy_(theirs.diag_sign[part])
-                mine.bias.copy_(theirs.bias[part])
+                mine.set_factors(theirs.matrix_l()[part, part], theirs.matrix_u()[part, part], theirs.bias[part])
             flows.append(flow)
         return flows
 
@@ -248,75 +211,15 @@ class LUNet(Sequential):
         white = torch.linalg.solve_triangular(chol, eye, upper=False)  # C^{-1}, lower triangular
         d = torch.diagonal(white).clone()
         unit_lower = white / d  # scale columns: C^{-1} = L diag(d)
+        eye = eye.to(self.blocks[0].lu)
         for block in self.blocks:
-            block.lu.zero_()
-            if block.diag_mode == "raw":
-                block.diag.fill_(1.0)
-            else:
-                block.diag.zero_()
-                block.diag_sign.fill_(1.0)
-            block.bias.fill_(0.0)
+            block.set_factors(eye, eye, torch.zeros_like(eye[0]))
         first = self.blocks[0]
-        first.lu.copy_(torch.tril(unit_lower, -1).to(first.lu.dtype))
-        if first.diag_mode == "raw":
-            first.diag.copy_(d)
-        else:
-            first.diag.copy_(torch.log(d.abs()))
-            first.diag_sign.copy_(torch.sign(d))
+        first.set_factors(unit_lower.to(eye), torch.diag(d).to(eye), torch.zeros_like(eye[0]))
         if len(self.blocks) > 1 and self.activation == "leaky_softplus":  # a spline starts as the identity
             first.bias.fill_(shift)
             self.blocks[-1].bias.fill_(-shift)
         return self
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (..., dim) -> ``z`` (..., dim), ``log|det dz/dx|`` (...)."""
-        check_features(x, self.dim, like=self.input_std)
-        z, logdet = self._forward(x.reshape(-1, self.dim))
-        return z.view(x.shape), logdet.reshape(x.shape[:-1])
-
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        inv_std = 1.0 / self.input_std
-        h = torch.addcmul(-self.input_mean * inv_std, x, inv_std)  # (x - mean) / std in one pass
-        # The LU log-dets are the same for every sample: add them up as scalars.
-        const = -torch.log(self.input_std).sum()
-        logdet = None
-        for i, block in enumerate(self.blocks):
-            h = block._affine(h)
-            const = const + block.log_abs_det()
-            if i < len(self.activations):
-                h, ld = self.activations[i]._forward(h)
-                logdet = ld if logdet is None else logdet + ld
-        if logdet is None:
-            return h, const.expand(x.shape[0])
-        return h, logdet + const
-
-    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``z`` (..., dim) -> ``x`` (..., dim), the exact inverse of :meth:`forward`, and
-        ``log|det dx/dz|`` (...)."""
-        check_features(z, self.dim, like=self.input_std)
-        x, logdet = self._inverse(z.reshape(-1, self.dim), with_logdet=True)
-        return x.view(z.shape), logdet.reshape(z.shape[:-1])
-
-    def _inverse(self, z: torch.Tensor, with_logdet: bool = False):
-        """``x`` (B, dim), and with ``with_logdet`` also ``log|det dx/dz|`` (B,)."""
-        h = z
-        logdet = torch.log(self.input_std).sum() if with_logdet else None
-        for i in reversed(range(len(self.blocks))):
-            if i < len(self.activations):
-                act = self.activations[i]
-                if isinstance(act, MonotoneSpline):
-                    h, ld = act._inverse(h)
-                    if with_logdet:
-                        logdet = logdet + ld
-                else:
-                    h = act._inverse(h)
-                    if with_logdet:
-                        logdet = logdet - leaky_softplus_log_derivative(h, act._alpha(h)).sum(dim=-1)
-            h = self.blocks[i]._inverse(h)
-            if with_logdet:
-                logdet = logdet - self.blocks[i].log_abs_det()
-        x = torch.addcmul(self.input_mean, h, self.input_std)
-        return (x, logdet.expand(z.shape[0])) if with_logdet else x
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """``log p(x)`` in nats under the standard normal latent, (..., dim) -> (...)."""
@@ -347,25 +250,23 @@ class LUNet(Sequential):
         in the weights, ``sample_shape + (dim,)``."""
         ref = self.input_mean
         z, shape = latent_draws(sample_shape, self.dim, temperature, ref.dtype, ref.device, generator)
-        return self._inverse(z).view(*shape, self.dim)
+        return self.inverse_rows(z)[0].view(*shape, self.dim)
 
     def distribution(
         self, temperature: float = 1.0, base: Optional[torch.distributions.Distribution] = None,
         validate_args: Optional[bool] = None,
-    ) -> "FlowDistribution":
+    ) -> FlowDistribution:
         """This flow as a ``torch.distributions.Distribution`` over ``(dim,)`` vectors, with latent
         ``N(0, temperature^2 I)`` (in the flow's dtype and on its device at each call) or ``base``;
         it reads the flow's current weights on every call. ``validate_args``: as torch's
         distributions take it (None: torch's global default)."""
-        from lunet.distributions import FlowDistribution
-
         return FlowDistribution(self, temperature, base, validate_args=validate_args)
 
     def frozen(
         self, split_below_rows: int = SPLIT_BELOW_ROWS, split_min_bytes: int = SPLIT_MIN_BYTES
-    ) -> "FrozenLUNet | FrozenSequential":
+    ) -> FrozenLUNet | FrozenSequential:
         """A snapshot of this flow for fast inference (density, inverse, sampling; no autograd):
-        a :class:`~lunet.FrozenLUNet`, or with spline activations a
+        a :class:`~lunet.FrozenLUNet`, or with spline activations (or slopes learned per group) a
         :class:`~lunet.frozen.FrozenSequential` with the same passes.
 
         It holds its own copy of the current weights with every block's ``L U``
@@ -376,11 +277,10 @@ class LUNet(Sequential):
         ``split_min_bytes`` tune how small batches' products are split among the
         threads (:class:`~lunet.fast.affine.FrozenAffine`), not the results.
         """
-        from lunet.frozen import FrozenLUNet, FrozenSequential
-
-        if self.activation == "spline":  # each block folded alone; the splines copied
-            return FrozenSequential(self, split_below_rows=split_below_rows, split_min_bytes=split_min_bytes)
-        return FrozenLUNet(self, split_below_rows, split_min_bytes)
+        if self.activation == "spline" or any(a.alpha.numel() > 1 for a in self.activations):
+            # each block folded alone; the splines (or the slopes learned per group) copied
+            return super().frozen(split_below_rows, split_min_bytes)
+        return FrozenLUNet(self.transforms, split_below_rows, split_min_bytes)
 
 
 class ClassConditionalFlow(nn.Module):

@@ -13,20 +13,65 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from typing import TYPE_CHECKING, Optional, Sequence
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import nn
 
-from lunet.checks import check_features, latent_draws
+from lunet.base import compose_forward, compose_inverse
+from lunet.checks import check_features
 from lunet.fast.activation import negated_forward, scaled_forward
-from lunet.fast.affine import SPLIT_BELOW_ROWS, SPLIT_MIN_BYTES, FrozenAffine, output_major
-from lunet.functional import cached_inverse_table, leaky_softplus_log_derivative, solve_scaled, table_step
+from lunet.fast.affine import SPLIT_BELOW_ROWS, SPLIT_MIN_BYTES, FrozenAffine, as_frozen_affine_weight
+from lunet.functional import (
+    cached_inverse_table,
+    leaky_softplus,
+    leaky_softplus_inverse,
+    leaky_softplus_log_derivative,
+    solve_scaled,
+    table_step,
+)
+from lunet.latent import latent_draws, standard_normal_log_prob
 from lunet.layers import LeakySoftplus, LULinear
-from lunet.transforms import Sequential, Standardize, compose_forward, compose_inverse
+from lunet.standardize import Standardize
 
-if TYPE_CHECKING:
-    from lunet.flow import LUNet
+
+@dataclass(frozen=True)
+class FrozenBlock:
+    """A snapshot's copy of one LU layer: ``L`` (n, n) unit lower triangular, ``U`` (n, n) upper
+    triangular, the bias ``b`` (n,) and ``log|det A|`` (0-dim), in the layer's dtype."""
+
+    lower: torch.Tensor
+    upper: torch.Tensor
+    bias: torch.Tensor
+    log_abs_det: torch.Tensor
+
+    @staticmethod
+    @torch.no_grad()
+    def of(layer: LULinear) -> "FrozenBlock":
+        layer.check_invertible()
+        return FrozenBlock(layer.matrix_l().detach().clone(), layer.matrix_u().detach().clone(),
+                           layer.bias.detach().clone(), layer.log_abs_det().detach().clone())
+
+    def weight64(self) -> torch.Tensor:
+        """``A = L U`` (n, n) in float64, as exact as the factors."""
+        return self.lower.double() @ self.upper.double()
+
+    def inverse64(self) -> torch.Tensor:
+        """``A^{-1} = U^{-1} L^{-1}`` (n, n) in float64 by two triangular solves."""
+        l64 = self.lower.double()
+        eye = torch.eye(l64.shape[0], dtype=torch.float64, device=l64.device)
+        l_inv = torch.linalg.solve_triangular(l64, eye, upper=False, unitriangular=True)
+        return torch.linalg.solve_triangular(self.upper.double(), l_inv, upper=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x A^T + b`` (B, n) in plain ops."""
+        return torch.addmm(self.bias, x @ self.upper.t(), self.lower.t())
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """``(y - b) A^{-T}`` (B, n) by two triangular solves."""
+        h = torch.linalg.solve_triangular(self.lower.t(), y - self.bias, upper=True, left=False, unitriangular=True)
+        return torch.linalg.solve_triangular(self.upper.t(), h, upper=False, left=False)
 
 
 class FrozenLUNet:
@@ -40,7 +85,7 @@ class FrozenLUNet:
     block plus the activations. The same conventions as :class:`~lunet.LUNet`:
     ``forward`` maps ``x`` (..., dim) to ``(z, log|det dz/dx|)``.
 
-    ``flow``: an LU-Net, or a :class:`~lunet.Sequential` of the same pattern
+    ``flow``: an LU-Net, or a :class:`~lunet.Sequential` or list of parts of the same pattern
     (``[Standardize] LULinear (LeakySoftplus LULinear)*``). ``split_below_rows``
     and ``split_min_bytes`` tune the products (see
     :class:`~lunet.fast.affine.FrozenAffine`), not the results.
@@ -50,30 +95,32 @@ class FrozenLUNet:
     graph; off, it takes a cheaper activation and reads back one flag per batch, whether
     that activation stayed exact (it redoes the batch if not).
 
-    Under ``torch.func.vmap`` a snapshot runs the plain passes of its private copy of
-    the weights (the same map, unfolded). ``grad``, ``jacrev``, ``jvp`` and ``jacfwd``
+    Under ``torch.func.vmap`` a snapshot runs plain passes from its copy of the weights
+    (the same map, unfolded). ``grad``, ``jacrev``, ``jvp`` and ``jacfwd``
     through it raise ``RuntimeError``: it computes without autograd, and their
     derivatives would be zero.
     """
 
     def __init__(
         self,
-        flow: "LUNet | Sequential",
+        flow: Iterable[nn.Module],
         split_below_rows: int = SPLIT_BELOW_ROWS,
         split_min_bytes: int = SPLIT_MIN_BYTES,
     ) -> None:
         self._split = {"split_below_rows": split_below_rows, "split_min_bytes": split_min_bytes}
-        # A private replica holding copies of the weights (and of each slope, as a fixed
-        # one): the plans below are built from it, lazily, and nothing outside can reach it.
-        # Only tensors are copied, not the module's hooks or other attributes.
         parts = list(flow)
         if _foldable_run(parts, 0) != len(parts):
             kinds = ", ".join(type(p).__name__ for p in parts)
             raise ValueError(f"FrozenLUNet folds [Standardize] LULinear (LeakySoftplus LULinear)*, not {kinds}")
-        replica = _as_lunet(parts).requires_grad_(False).eval()
-        for block in replica.blocks:
-            block._check_invertible()
-        self._flow = replica
+        # Copies of the weights, as plain tensors (and each slope as a number): the plans below
+        # are built from them, lazily, and nothing outside can reach them.
+        self._blocks = [FrozenBlock.of(p) for p in parts if isinstance(p, LULinear)]
+        self._slopes = [float(p.alpha.detach()) for p in parts if isinstance(p, LeakySoftplus)]
+        ref = self._blocks[0].bias
+        if isinstance(parts[0], Standardize):
+            self._mean, self._std = parts[0].mean.detach().clone(), parts[0].std.detach().clone()
+        else:
+            self._mean, self._std = torch.zeros_like(ref), torch.ones_like(ref)
         self._forward_plan_cache: Optional[tuple] = None
         self._inverse_plan_cache: Optional[tuple] = None
         # off the CPU the elementwise work the fast activation saves is cheap, and a wait is not
@@ -81,19 +128,19 @@ class FrozenLUNet:
 
     @property
     def dim(self) -> int:
-        return self._flow.dim
+        return self._std.shape[0]
 
     @property
     def dtype(self) -> torch.dtype:
-        return self._flow.input_std.dtype
+        return self._std.dtype
 
     @property
     def device(self) -> torch.device:
-        return self._flow.input_std.device
+        return self._std.device
 
     def __repr__(self) -> str:
         return (
-            f"FrozenLUNet(dim={self.dim}, num_blocks={self._flow.num_blocks}, dtype={self.dtype}, "
+            f"FrozenLUNet(dim={self.dim}, num_blocks={len(self._blocks)}, dtype={self.dtype}, "
             f"device={self.device}; a snapshot: later changes to the flow are not seen)"
         )
 
@@ -101,9 +148,9 @@ class FrozenLUNet:
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (..., dim) -> ``z`` (..., dim), ``log|det dz/dx|`` (...)."""
-        check_features(x, self.dim, like=self._flow.input_std)
+        check_features(x, self.dim, like=self._std)
         rows = x.reshape(-1, self.dim)
-        z, logdet = self._flow._forward(rows) if under_vmap() else self._forward(rows)
+        z, logdet = self._plain_forward(rows) if under_vmap() else self._forward(rows)
         return z.view(x.shape), logdet.reshape(x.shape[:-1])
 
     __call__ = forward
@@ -111,17 +158,15 @@ class FrozenLUNet:
     @torch.no_grad()
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """``log p(x)`` in nats under the standard normal latent, (..., dim) -> (...)."""
-        from lunet.flow import standard_normal_log_prob
-
         z, logdet = self.forward(x)
         return standard_normal_log_prob(z) + logdet
 
     @torch.no_grad()
     def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``z`` (..., dim) -> ``x`` (..., dim), the inverse of :meth:`forward`, and ``log|det dx/dz|`` (...)."""
-        check_features(z, self.dim, like=self._flow.input_std)
+        check_features(z, self.dim, like=self._std)
         rows = z.reshape(-1, self.dim)
-        inverse = self._flow._inverse if under_vmap() else self._inverse
+        inverse = self._plain_inverse if under_vmap() else self._inverse
         x, logdet = inverse(rows, with_logdet=True)
         return x.view(z.shape), logdet.reshape(z.shape[:-1])
 
@@ -135,7 +180,34 @@ class FrozenLUNet:
         """Draws of shape ``sample_shape + (dim,)`` (an int ``n`` means ``(n,)``) with latent
         standard deviation ``temperature``."""
         z, shape = latent_draws(sample_shape, self.dim, temperature, self.dtype, self.device, generator)
-        return (self._flow._inverse(z) if under_vmap() else self._inverse(z)).view(*shape, self.dim)
+        return (self._plain_inverse(z) if under_vmap() else self._inverse(z)).view(*shape, self.dim)
+
+    def _plain_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The density pass in plain ops from the unfolded weights (under ``vmap``)."""
+        h = torch.addcmul(-self._mean / self._std, x, 1.0 / self._std)
+        const = -torch.log(self._std).sum() + sum(block.log_abs_det for block in self._blocks)
+        logdet = const.expand(x.shape[0])
+        for i, block in enumerate(self._blocks):
+            h = block.forward(h)
+            if i < len(self._slopes):
+                a = self._slopes[i]
+                logdet = logdet + leaky_softplus_log_derivative(h, a).sum(dim=-1)
+                h = leaky_softplus(h, a)
+        return h, logdet
+
+    def _plain_inverse(self, z: torch.Tensor, with_logdet: bool = False):
+        """The sampling pass in plain ops from the unfolded weights (under ``vmap``)."""
+        const = torch.log(self._std).sum() - sum(block.log_abs_det for block in self._blocks)
+        logdet = const.expand(z.shape[0])
+        h = z
+        for i in reversed(range(len(self._blocks))):
+            if i < len(self._slopes):
+                a = self._slopes[i]
+                h = leaky_softplus_inverse(h, a)
+                logdet = logdet - leaky_softplus_log_derivative(h, a).sum(dim=-1)
+            h = self._blocks[i].inverse(h)
+        x = torch.addcmul(self._mean, h, self._std)
+        return (x, logdet) if with_logdet else x
 
     def _forward(self, x: torch.Tensor, exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The density pass from the folded matrices of :meth:`_forward_plan`.
@@ -189,8 +261,7 @@ class FrozenLUNet:
 
     def _inverse_log_det_constant(self) -> torch.Tensor:
         """``log|det dx/dz|`` without the activations' part: ``sum log std - sum_blocks log|det A|`` (0-dim)."""
-        flow = self._flow
-        const = torch.log(flow.input_std.double()).sum() - sum(block.log_abs_det().double() for block in flow.blocks)
+        const = torch.log(self._std.double()).sum() - sum(block.log_abs_det.double() for block in self._blocks)
         return const.to(self.dtype)
 
     # -- the folded matrices -------------------------------------------------------
@@ -227,46 +298,44 @@ class FrozenLUNet:
         return self._inverse_plan_cache
 
     def _build_forward_plan(self) -> tuple[list[FrozenAffine], list[float], torch.Tensor]:
-        flow = self._flow
         dtype = self.dtype
-        scale = 1.0 / flow.input_std.double()
-        shift = -flow.input_mean.double() * scale
-        const = -torch.log(flow.input_std.double()).sum()
+        scale = 1.0 / self._std.double()
+        shift = -self._mean.double() * scale
+        const = -torch.log(self._std.double()).sum()
         layers, slopes = [], []
-        last = len(flow.blocks) - 1
-        for i, block in enumerate(flow.blocks):
+        last = len(self._blocks) - 1
+        for i, block in enumerate(self._blocks):
             a_t = block.weight64().t()
             sign_out = 1.0 if i == last else -1.0
             sign = sign_out if i == 0 else -sign_out
-            weight = output_major((sign * scale)[:, None] * a_t, dtype)
+            weight = as_frozen_affine_weight((sign * scale)[:, None] * a_t, dtype)
             layers.append(FrozenAffine(weight, (sign_out * (block.bias.double() + shift @ a_t)).to(dtype),
                                        **self._split))
-            const = const + block.log_abs_det().double()
-            if i < len(flow.activations):
-                a = float(flow.activations[i].alpha)
+            const = const + block.log_abs_det.double()
+            if i < len(self._slopes):
+                a = self._slopes[i]
                 slopes.append(a)
                 scale = torch.full_like(scale, 1.0 - a)
                 shift = torch.zeros_like(shift)
-                const = const + flow.dim * math.log1p(-a)
+                const = const + self.dim * math.log1p(-a)
         return layers, slopes, const.to(dtype)
 
     def _build_inverse_plan(self) -> tuple[list[FrozenAffine], list[float], list[tuple]]:
-        flow = self._flow
         dtype = self.dtype
         layers, slopes = [], []
-        for i in reversed(range(len(flow.blocks))):
-            block = flow.blocks[i]
+        for i in reversed(range(len(self._blocks))):
+            block = self._blocks[i]
             weight = block.inverse64().t()  # A^{-T}
             shift = -(block.bias.double() @ weight)
             if i > 0:
-                a = float(flow.activations[i - 1].alpha)
+                a = self._slopes[i - 1]
                 slopes.append(a)
                 scale = 1.0 / table_step(a)
                 weight, shift = weight * scale, shift * scale
             else:
-                std = flow.input_std.double()
-                weight, shift = weight * std, shift * std + flow.input_mean.double()
-            layers.append(FrozenAffine(output_major(weight, dtype), shift.to(dtype), **self._split))
+                std = self._std.double()
+                weight, shift = weight * std, shift * std + self._mean.double()
+            layers.append(FrozenAffine(as_frozen_affine_weight(weight, dtype), shift.to(dtype), **self._split))
         tables = [cached_inverse_table(a, dtype, self.device) for a in slopes]
         return layers, slopes, tables
 
@@ -291,29 +360,10 @@ def _foldable_run(parts: list, start: int) -> int:
     return i
 
 
-def _as_lunet(parts: list) -> nn.Module:
-    """A :class:`~lunet.LUNet` holding copies of a foldable run's weights (see :func:`_foldable_run`)."""
-    from lunet.flow import LUNet
-
-    standardize = parts[0] if isinstance(parts[0], Standardize) else None
-    blocks = [p for p in parts if isinstance(p, LULinear)]
-    activations = [p for p in parts if isinstance(p, LeakySoftplus)]
-    ref = blocks[0].lu
-    groups = blocks[0].groups if all(b.groups == blocks[0].groups for b in blocks) else 1
-    net = LUNet(blocks[0].dim, len(blocks), init="identity", groups=groups).to(device=ref.device, dtype=ref.dtype)
-    with torch.no_grad():
-        for mine, theirs in zip(net.blocks, blocks):
-            mine.diag_mode = theirs.diag_mode
-            mine.load_state_dict(theirs.state_dict())
-        net.activations = nn.ModuleList(LeakySoftplus(float(act.alpha)) for act in activations)
-        if standardize is not None:
-            net.input_mean.copy_(standardize.mean)
-            net.input_std.copy_(standardize.std)
-    return net
-
-
 class FrozenSequential:
-    """A snapshot of a :class:`Sequential` for fast inference, without autograd.
+    """A snapshot of a composition's ``parts`` (a :class:`~lunet.Sequential`, an LU-Net with
+    spline activations) for fast inference, without autograd; ``dim``: the flow's width, which
+    :meth:`log_prob` and :meth:`sample` need (None where the flow states none).
 
     Every run of ``[Standardize] LULinear (LeakySoftplus LULinear)*`` becomes a
     :class:`~lunet.FrozenLUNet` (one dense product per block, the scalings folded
@@ -323,16 +373,15 @@ class FrozenSequential:
     differentiating transforms raise, as for :class:`FrozenLUNet`.
     """
 
-    def __init__(self, sequential: Sequential, **tuning: int) -> None:
-        parts = list(sequential)
-        # the width of the flow's vectors, where the flow states one (LUNet does): log_prob and sample need it
-        self.dim: Optional[int] = getattr(sequential, "dim", None)
+    def __init__(self, parts: Iterable[nn.Module], dim: Optional[int] = None, **tuning: int) -> None:
+        parts = list(parts)
+        self.dim = dim
         self.stages: list = []
         i = 0
         while i < len(parts):
             end = _foldable_run(parts, i)
             if end > i:
-                self.stages.append(FrozenLUNet(Sequential(*parts[i:end]), **tuning))
+                self.stages.append(FrozenLUNet(parts[i:end], **tuning))
             else:
                 end = i + 1
                 self.stages.append(copy.deepcopy(parts[i]).requires_grad_(False).eval())
@@ -352,19 +401,24 @@ class FrozenSequential:
         """The device of the first stage that holds floating tensors."""
         return _stage_placement(self.stages)[1]
 
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        under_vmap()
+        check_features(x, self.dim, like=torch.empty(0, dtype=self.dtype, device=self.device))
+        return x.reshape(-1, x.shape[-1])
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (..., D) -> ``y``, the sum of the stages' ``log|det|`` (...)."""
-        under_vmap()
-        return compose_forward(self.stages, x)
+        y, logdet = compose_forward(self.stages, self._rows(x))
+        return y.reshape(*x.shape[:-1], y.shape[-1]), logdet.reshape(x.shape[:-1])
 
     __call__ = forward
 
     @torch.no_grad()
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``y`` -> ``x``, the stages' inverses in reverse order, and the sum of their ``log|det|`` (...)."""
-        under_vmap()
-        return compose_inverse(self.stages, y)
+        x, logdet = compose_inverse(self.stages, self._rows(y))
+        return x.reshape(*y.shape[:-1], x.shape[-1]), logdet.reshape(y.shape[:-1])
 
     def _width(self) -> int:
         if self.dim is None:
@@ -374,9 +428,7 @@ class FrozenSequential:
     @torch.no_grad()
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """``log p(x)`` in nats under the standard normal latent, (..., dim) -> (...)."""
-        from lunet.flow import standard_normal_log_prob
-
-        check_features(x, self._width(), like=torch.empty(0, dtype=self.dtype, device=self.device))
+        self._width()
         z, logdet = self.forward(x)
         return standard_normal_log_prob(z) + logdet
 
@@ -423,3 +475,10 @@ def under_vmap() -> bool:
             "through it would give zero derivatives; differentiate the flow itself. vmap over a snapshot works"
         )
     return True
+
+
+def frozen_or_module(model: object) -> object:
+    """``model.frozen()`` (a fast snapshot of the current weights) where the model offers one,
+    else the model itself: what density and sampling code that holds the weights fixed calls."""
+    frozen = getattr(model, "frozen", None)
+    return frozen() if callable(frozen) else model

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lunet.checks import plain_ops_wanted
-from lunet.numbers import SLOPE_MIN
+from lunet.limits import SLOPE_MIN
 
 # The leaky-softplus inverse table covers x in [-TABLE_X, TABLE_X], i.e.
 # y in [-a TABLE_X, TABLE_X], with one cubic per cell; beyond, the asymptotes
@@ -31,7 +31,7 @@ TABLE_X, TABLE_SIZE = 22.0, 4096
 # table of every slope from 2^-10 (about 1e-3) up as it was.
 TABLE_KINK = 4.0
 # The slopes whose inverse is exact, in every float dtype: SLOPE_MIN <= a < 1
-# (lunet.numbers). Below SLOPE_MIN the table, whose cells shrink with a there, would outgrow
+# (lunet.limits). Below SLOPE_MIN the table, whose cells shrink with a there, would outgrow
 # 90,000 cells (2^-12 apart at 1e-4; 5.8 million at 1e-6); every a < 1 works
 # at the top (1 - a is exact in float64).
 

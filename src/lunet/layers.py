@@ -15,7 +15,8 @@ import numbers
 import torch
 from torch import nn
 
-from lunet.checks import check_features, check_positive_int, plain_ops_wanted, value_checks_enabled
+from lunet.base import Transform
+from lunet.checks import check_positive_int, plain_ops_wanted, value_checks_enabled
 from lunet.fast.activation import FixedSlopeForward, LearnedSlopeForward, scaled_forward
 from lunet.fast.triangular import BLOCK_LEAF, TriangularAffine
 from lunet.functional import SLOPE_MIN, leaky_softplus, leaky_softplus_inverse, leaky_softplus_log_derivative
@@ -24,7 +25,7 @@ DIAG_MODES = ("raw", "exp")
 INIT_MODES = ("identity", "random")
 
 
-class LULinear(nn.Module):
+class LULinear(Transform):
     """Invertible affine map ``y = L U x + b``.
 
     ``L`` is unit lower triangular and ``U`` upper triangular; both are learned
@@ -61,7 +62,7 @@ class LULinear(nn.Module):
         groups: int = 1,
     ) -> None:
         super().__init__()
-        self.dim = check_positive_int(dim, "dim")
+        self.dim = self.features = check_positive_int(dim, "dim")
         self.groups = check_positive_int(groups, "groups")
         if dim % groups:
             raise ValueError(f"groups must divide dim: {groups} groups of dim {dim} are not whole")
@@ -138,22 +139,31 @@ class LULinear(nn.Module):
             return 2 * n * w + n
         raise ValueError(f"kind must be 'free' or 'stored', got {kind!r}")
 
-    # -- float64 matrices for frozen snapshots ------------------------------
-    def weight64(self) -> torch.Tensor:
-        """``A = L U`` (n, n) in float64, without autograd: the source of a frozen snapshot's
-        matrices, so that each is as exact as the factors."""
-        with torch.no_grad():
-            return self.matrix_l().double() @ self.matrix_u().double()
+    @torch.no_grad()
+    def set_factors(self, lower: torch.Tensor, upper: torch.Tensor, bias: torch.Tensor) -> "LULinear":
+        """Make the layer ``y = L U x + b``: ``lower`` (n, n) gives ``L`` (its strict lower triangle
+        is read; the diagonal is 1), ``upper`` (n, n) gives ``U`` (its upper triangle, diagonal
+        included, which must be non-zero), ``bias`` (n,) gives ``b``. Entries outside a group's
+        block (``groups > 1``) are dropped. Returns the layer."""
+        n = self.dim
+        for name, value, shape in (("lower", lower, (n, n)), ("upper", upper, (n, n)), ("bias", bias, (n,))):
+            if tuple(value.shape) != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {tuple(value.shape)}")
+        d = torch.diagonal(upper)
+        if bool((d == 0).any()) or not bool(torch.isfinite(d).all()):
+            raise ValueError("the diagonal of upper must be finite and non-zero: U would not be invertible")
+        self.lu.copy_(lower * self.strict_lower_mask + upper * self.strict_upper_mask)
+        if self.diag_mode == "raw":
+            self.diag.copy_(d)
+        else:
+            self.diag.copy_(torch.log(d.abs()))
+            self.diag_sign.copy_(torch.sign(d))
+        self.bias.copy_(bias)
+        return self
 
-    def inverse64(self) -> torch.Tensor:
-        """``A^{-1} = U^{-1} L^{-1}`` (n, n) in float64 by two triangular solves, without autograd."""
-        with torch.no_grad():
-            l64 = self.matrix_l().double()
-            eye = torch.eye(self.dim, dtype=torch.float64, device=l64.device)
-            l_inv = torch.linalg.solve_triangular(l64, eye, upper=False, unitriangular=True)
-            return torch.linalg.solve_triangular(self.matrix_u().double(), l_inv, upper=True)
-
-    def _check_invertible(self) -> None:
+    def check_invertible(self) -> None:
+        """Raise ``ValueError`` when a diagonal entry of ``U`` is zero or not finite (a value check:
+        skipped where :func:`lunet.set_value_checks` is off)."""
         if not value_checks_enabled():
             return
         d = self.diagonal_u().detach()
@@ -166,46 +176,39 @@ class LULinear(nn.Module):
             )
 
     # -- the maps ----------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (..., n) -> ``y = x A^T + b`` (..., n), log|det| (...), the same for every row."""
-        check_features(x, self.dim, like=self.lu)
-        y, logdet = self._forward(x.reshape(-1, self.dim))
-        return y.view(x.shape), logdet.reshape(x.shape[:-1])
+    def reference(self) -> torch.Tensor:
+        return self.lu
 
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._affine(x), self.log_abs_det().expand(x.shape[0])
-
-    def _affine(self, x: torch.Tensor) -> torch.Tensor:
-        """``x A^T + b`` alone, (B, n) -> (B, n)."""
+    def forward_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` (B, n) -> ``y = x A^T + b`` (B, n), log|det| (B,), the same for every row."""
         if torch.compiler.is_compiling() or plain_ops_wanted():
             # the compiler fuses the masking into its own products, and torch.func's transforms
             # differentiate and batch plain ops; the blocked kernels' strided views and in-place
             # batched products would break the one's graph and the other's wrapped tensors
-            return torch.addmm(self.bias, x @ self.matrix_u().t(), self.matrix_l().t())
-        return TriangularAffine.apply(
-            x, self.lu, self.diagonal_u(), self.bias, self.strict_lower_mask, self.strict_upper_mask, self.block_leaf
-        )
+            y = torch.addmm(self.bias, x @ self.matrix_u().t(), self.matrix_l().t())
+        else:
+            y = TriangularAffine.apply(
+                x, self.lu, self.diagonal_u(), self.bias, self.strict_lower_mask, self.strict_upper_mask,
+                self.block_leaf,
+            )
+        return y, self.log_abs_det().expand(x.shape[0])
 
-    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``y`` (..., n) -> ``x = U^{-1} L^{-1} (y - b)`` (..., n) by two triangular solves,
-        and ``log|det dx/dy| = -sum_i log|U_ii|`` (...)."""
-        check_features(y, self.dim, like=self.lu)
-        x = self._inverse(y.reshape(-1, self.dim)).view(y.shape)
-        return x, (-self.log_abs_det()).expand(y.shape[:-1])
-
-    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        self._check_invertible()
+    def inverse_rows(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``y`` (B, n) -> ``x = U^{-1} L^{-1} (y - b)`` (B, n) by two triangular solves,
+        and ``log|det dx/dy| = -sum_i log|U_ii|`` (B,)."""
+        self.check_invertible()
         # Row-vector form: y - b = x U^T L^T, so solve from the right.
         h = torch.linalg.solve_triangular(
             self.matrix_l().t(), y - self.bias, upper=True, left=False, unitriangular=True
         )
-        return torch.linalg.solve_triangular(self.matrix_u().t(), h, upper=False, left=False)
+        x = torch.linalg.solve_triangular(self.matrix_u().t(), h, upper=False, left=False)
+        return x, (-self.log_abs_det()).expand(y.shape[0])
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, diag={self.diag_mode!r}" + (f", groups={self.groups}" if self.groups > 1 else "")
 
 
-class LeakySoftplus(nn.Module):
+class LeakySoftplus(Transform):
     """Elementwise ``f(x) = a x + (1 - a) softplus(x)``, ``SLOPE_MIN <= a < 1`` (``SLOPE_MIN = 1e-4``).
 
     ``f'(x) = a + (1 - a) sigmoid(x)`` lies in ``(a, 1)``, so ``f`` is strictly
@@ -244,6 +247,17 @@ class LeakySoftplus(nn.Module):
             return torch.sigmoid(self.alpha_logit)
         return torch.tensor(self._fixed_alpha, dtype=torch.float64)
 
+    @torch.no_grad()
+    def group(self, g: int) -> "LeakySoftplus":
+        """A new activation with group ``g``'s slope alone (learned if this one's is, as a copy)."""
+        if not 0 <= g < self.groups:
+            raise ValueError(f"group must lie in [0, {self.groups}), got {g}")
+        if not self.learn_alpha:
+            return LeakySoftplus(self._fixed_alpha)
+        alone = LeakySoftplus(0.5, learn_alpha=True).to(self.alpha_logit)
+        alone.alpha_logit.copy_(self.alpha_logit.reshape(-1)[g if self.groups > 1 else 0])
+        return alone
+
     def _alpha(self, like: torch.Tensor) -> torch.Tensor | float:
         # A fixed slope stays a Python float so it is exact in every dtype.
         if not self.learn_alpha:
@@ -258,14 +272,8 @@ class LeakySoftplus(nn.Module):
             raise ValueError(f"{self.groups} slope groups do not divide the {like.shape[-1]} features of the input")
         return like.shape[-1] // self.groups
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (..., n), any shape of at least one dimension -> ``f(x)`` elementwise (..., n),
-        and ``sum_i log f'(x_i)`` over the last dimension (...)."""
-        check_features(x)
-        value, logdet = self._forward(x.reshape(-1, x.shape[-1]))
-        return value.view(x.shape), logdet.reshape(x.shape[:-1])
-
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` (B, n) -> ``f(x)`` elementwise (B, n), and ``sum_i log f'(x_i)`` over the features (B,)."""
         a = self._alpha(x)
         if plain_ops_wanted():  # torch.func's transforms take plain ops, not the written-out backwards
             return leaky_softplus(x, a), leaky_softplus_log_derivative(x, a).sum(dim=1)
@@ -279,19 +287,16 @@ class LeakySoftplus(nn.Module):
         # f'(x) lies in (a, 1): its log has no cancellation.
         return leaky_softplus(x, a), leaky_softplus_log_derivative(x, a).sum(dim=1)
 
-    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``y`` (..., n), any shape of at least one dimension -> ``x = f^{-1}(y)`` elementwise, exact
-        to float precision, and ``log|det dx/dy| = -sum_i log f'(x_i)`` over the last dimension (...)."""
-        check_features(y)
-        x = self._inverse(y)
-        return x, -leaky_softplus_log_derivative(x, self._alpha(x)).sum(dim=-1)
-
-    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+    def inverse_rows(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``y`` (B, n) -> ``x = f^{-1}(y)`` elementwise, exact to float precision, and
+        ``log|det dx/dy| = -sum_i log f'(x_i)`` over the features (B,)."""
         if self.learn_alpha and self.groups > 1:  # the exact inverse takes one slope at a time
             a = torch.sigmoid(self.alpha_logit).to(y.dtype)
             parts = y.split(self._group_width(y), dim=-1)
-            return torch.cat([leaky_softplus_inverse(part, a[g]) for g, part in enumerate(parts)], dim=-1)
-        return leaky_softplus_inverse(y, self._alpha(y))
+            x = torch.cat([leaky_softplus_inverse(part, a[g]) for g, part in enumerate(parts)], dim=-1)
+        else:
+            x = leaky_softplus_inverse(y, self._alpha(y))
+        return x, -leaky_softplus_log_derivative(x, self._alpha(x)).sum(dim=-1)
 
     def extra_repr(self) -> str:
         slopes = self.alpha.detach().reshape(-1).tolist()

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lunet.checks import check_features, check_positive_int
+from lunet.base import Transform
+from lunet.checks import check_positive_int
 
 # The smallest bin width, height and knot slope, as fractions: they keep every
 # bin's rational quadratic well conditioned whatever the raw parameters do.
@@ -61,7 +62,7 @@ def _sum_log_slope(inside, s, t, d0, d1, denominator) -> torch.Tensor:
     return torch.where(inside, log_slope, torch.zeros_like(log_slope)).sum(dim=-1)
 
 
-class MonotoneSpline(nn.Module):
+class MonotoneSpline(Transform):
     """Per-feature monotone rational-quadratic spline on ``[-bound, bound]``, the identity outside.
 
     Args:
@@ -105,12 +106,11 @@ class MonotoneSpline(nn.Module):
         y0, y1 = _take(yk, index), _take(yk, nxt)
         return x0, x1 - x0, y0, y1 - y0, _take(dk, index), _take(dk, nxt)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (..., features) -> ``y`` (..., features), ``log|det dy/dx|`` (...)."""
-        check_features(x, self.features, like=self.widths)
-        return self._forward(x)
+    def reference(self) -> torch.Tensor:
+        return self.widths
 
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` (B, features) -> ``y`` (B, features), ``log|det dy/dx|`` (B,)."""
         xk, yk, dk = self._tables(x)
         inside = (x > -self.bound) & (x < self.bound)
         xc = x.clamp(-self.bound, self.bound)
@@ -122,13 +122,9 @@ class MonotoneSpline(nn.Module):
         y_in = y0 + h * (s * t * t + d0 * t1) / denominator
         return torch.where(inside, y_in, x), _sum_log_slope(inside, s, t, d0, d1, denominator)
 
-    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``y`` (..., features) -> ``x`` (..., features), exact (one quadratic per entry),
-        and ``log|det dx/dy|`` (...)."""
-        check_features(y, self.features, like=self.widths)
-        return self._inverse(y)
-
-    def _inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def inverse_rows(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``y`` (B, features) -> ``x`` (B, features), exact (one quadratic per entry),
+        and ``log|det dx/dy|`` (B,)."""
         xk, yk, dk = self._tables(y)
         inside = (y > -self.bound) & (y < self.bound)
         yc = y.clamp(-self.bound, self.bound)
@@ -144,6 +140,15 @@ class MonotoneSpline(nn.Module):
         t = (2 * qc) / (-qb - torch.sqrt(disc))
         denominator = s + bend * t * (1 - t)
         return torch.where(inside, x0 + t * w, y), -_sum_log_slope(inside, s, t, d0, d1, denominator)
+
+    @torch.no_grad()
+    def restricted(self, part: slice) -> "MonotoneSpline":
+        """A new spline module for the features in ``part``, with copies of their splines."""
+        widths = self.widths[part]
+        spline = MonotoneSpline(widths.shape[0], self.bins, self.bound).to(widths)
+        for name in ("widths", "heights", "slopes"):
+            getattr(spline, name).copy_(getattr(self, name)[part])
+        return spline
 
     def extra_repr(self) -> str:
         return f"features={self.features}, bins={self.bins}, bound={self.bound:g}"

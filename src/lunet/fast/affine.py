@@ -17,7 +17,7 @@ SPLIT_BELOW_ROWS = 128
 SPLIT_MIN_BYTES = 1 << 20
 
 
-def output_major(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def as_frozen_affine_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``weight`` (n_in, n_out) cast to ``dtype``, as the transposed view of a contiguous
     (n_out, n_in) matrix: the layout :class:`FrozenAffine` takes."""
     return weight.t().to(dtype).contiguous().t()
@@ -33,7 +33,7 @@ class FrozenAffine:
     """``h -> h W + c`` for a frozen weight ``W`` (n_in, n_out) and bias ``c`` (n_out,):
     call with ``h`` (B, n_in) -> (B, n_out), into ``out`` if given (then without
     autograd). Autograd reaches ``h`` and ``c``, never ``W``. ``W`` is fastest in the
-    layout of :func:`output_major` (any layout gives the same result).
+    layout of :func:`as_frozen_affine_weight` (any layout gives the same result).
 
     A batch of a few rows makes the product one pass over the matrix, which a
     single core would run. On the CPU, below ``split_below_rows`` rows and for a

@@ -1,4 +1,4 @@
-"""Constants and number checks that need no torch: the command line states and checks them
+"""Limits and checks of plain numbers, importable without torch: the command line states and checks them
 before it loads torch, so that its help answers at once."""
 
 from __future__ import annotations

@@ -1,0 +1,102 @@
+"""The transform contract, and the base class that checks inputs once, at the boundary.
+
+Every lunet transform is an ``nn.Module`` that maps the data side to the latent side:
+``forward(x) -> (y, log|det dy/dx|)`` and ``inverse(y) -> (x, log|det dx/dy|)``, with
+inputs ``(..., features)`` (any leading dimensions) and log-dets of shape ``x.shape[:-1]``.
+Any module that keeps this contract, a coupling layer of your own for instance, composes
+with lunet's.
+
+:class:`Transform` gives the contract's two public methods from two hooks on rows: a
+subclass implements :meth:`~Transform.forward_rows` and :meth:`~Transform.inverse_rows`
+on ``(B, features)`` tensors that have been checked already (shape, dtype, device and, unless
+switched off, finite values), and states its width in ``features`` (None: any width).
+Compositions (:class:`lunet.Sequential`, :class:`lunet.LUNet`) check their input once and
+call their parts' row hooks, so a pass through many parts checks nothing twice.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+from lunet.checks import check_features
+
+
+class Transform(nn.Module):
+    """Base of lunet's invertible transforms: ``forward``/``inverse`` check the input
+    ``(..., features)`` once, flatten it to rows and call the row hooks.
+
+    Subclasses implement:
+
+    - ``forward_rows(x)``: ``x`` (B, features) -> ``y`` (B, features'), ``log|det dy/dx|`` (B,);
+    - ``inverse_rows(y)``: the inverse, ``x`` (B, features) and ``log|det dx/dy|`` (B,);
+
+    and set ``features`` (the width of both sides; None for any width, or for a transform that
+    changes it). :meth:`reference` names the
+    tensor whose dtype and device inputs must have (by default none is required).
+    """
+
+    features: Optional[int] = None
+
+    def reference(self) -> Optional[torch.Tensor]:
+        """A tensor of the transform (a weight or buffer) whose dtype and device every input must
+        share, or None where any floating input will do."""
+        return None
+
+    def check_input(self, x: torch.Tensor, name: str = "input") -> torch.Tensor:
+        """``x`` checked against the contract (see :func:`lunet.checks.check_features`) as rows (B, features)."""
+        check_features(x, self.features, name, like=self.reference())
+        return x.reshape(-1, x.shape[-1])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` (..., features) -> ``y`` (..., features'), ``log|det dy/dx|`` (...)."""
+        y, logdet = self.forward_rows(self.check_input(x))
+        return y.reshape(*x.shape[:-1], y.shape[-1]), logdet.reshape(x.shape[:-1])
+
+    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``y`` (..., features') -> ``x`` (..., features), ``log|det dx/dy|`` (...)."""
+        x, logdet = self.inverse_rows(self.check_input(y))
+        return x.reshape(*y.shape[:-1], x.shape[-1]), logdet.reshape(y.shape[:-1])
+
+    def forward_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} implements no forward_rows")
+
+    def inverse_rows(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} implements no inverse_rows")
+
+
+def _check_width(part: nn.Module, x: torch.Tensor) -> None:
+    width = getattr(part, "features", None)
+    if width is not None and x.shape[-1] != width:
+        raise ValueError(f"{type(part).__name__} takes {width} features, got {x.shape[-1]} from the part before it")
+
+
+def compose_forward(parts: Iterable[nn.Module], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``parts`` in order on the rows ``x`` (B, D): each :class:`Transform` through its row hook
+    (after a check of the width alone), any other module of the contract through its ``forward``.
+    Returns the output and the sum of the log-dets (B,)."""
+    logdet = None
+    for part in parts:
+        if isinstance(part, Transform):
+            _check_width(part, x)
+            x, ld = part.forward_rows(x)
+        else:
+            x, ld = part(x)
+        logdet = ld if logdet is None else logdet + ld  # out of place: a part may return an expanded view
+    return x, logdet
+
+
+def compose_inverse(parts: Iterable[nn.Module], y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the inverses of ``parts`` in reverse order on the rows ``y``, as :func:`compose_forward`
+    runs them forward; returns the input and the sum of the log-dets (B,)."""
+    logdet = None
+    for part in reversed(list(parts)):
+        if isinstance(part, Transform):
+            _check_width(part, y)
+            y, ld = part.inverse_rows(y)
+        else:
+            y, ld = part.inverse(y)
+        logdet = ld if logdet is None else logdet + ld
+    return y, logdet
