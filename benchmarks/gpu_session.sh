@@ -47,7 +47,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
 
 stage "1. CUDA tests"
-timeout $(cap 90) $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_fast_paths.py 2>&1 | tail -5
+timeout $(cap 90) $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_frozen.py 2>&1 | tail -5
 
 stage "2. Table 1 on the GPU"
 timeout $(cap 120) $LUNET bench --device "$DEVICE" $BENCH_ARGS --json "$R/bench-cuda.json" || echo "stage 2 failed"

@@ -37,7 +37,7 @@ from lunet import functional
 from lunet.experiments.bench import training_step
 from lunet.experiments.checkpoint import build_model
 from lunet.experiments.settings import paper_lunet_spec
-from lunet.fast.affine import FrozenAffine, output_major
+from lunet.fast.affine import FrozenAffine, as_frozen_affine_weight
 from lunet.layers import LeakySoftplus
 
 
@@ -120,8 +120,8 @@ def split_bounds(
     try:
         torch.set_num_threads(2)
         for width in widths:
-            weights = [(output_major(torch.randn(width, width) / width**0.5, torch.float32), torch.randn(width))
-                       for _ in range(4)]
+            weights = [(as_frozen_affine_weight(torch.randn(width, width) / width**0.5, torch.float32),
+                        torch.randn(width)) for _ in range(4)]
             # split_min_bytes=0: every width may split; the row bound decides
             chains = {below: [FrozenAffine(w, b, split_below_rows=below, split_min_bytes=0) for w, b in weights]
                       for below in (10**9, 0)}

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import math
 import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from lunet.experiments.peer_models import MODELS, PEERS_EXTRA
 from lunet.experiments.peers import (
@@ -25,10 +28,13 @@ from lunet.experiments.peers import (
     QUICK_BUDGETS,
     QUICK_DATASETS,
     Protocol,
+    combine_results,
+    draw_figures,
     markdown_tables,
     missing_extras,
     run_peers,
 )
+from lunet.experiments.rundir import read_text, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 # the quick form: one call per timing, a short sampling cap
@@ -75,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-cap", type=float, help="seconds a sampling measurement may take, projected "
                                                          "(default 120; quick 5)")
     parser.add_argument("--resume", action="store_true", help="keep the (data set, model) pairs --out already holds")
+    parser.add_argument("--combine", nargs="+", type=Path, metavar="RESULTS",
+                        help="measure nothing: join results files of runs under one protocol on one machine into "
+                             "--out, and draw their pictures and tables")
     args = parser.parse_args(argv)
+    if args.combine:
+        return _combine(args.combine, args.out, args.figures)
 
     datasets = _names(args.datasets, DATASETS, "data sets") if args.datasets else list(
         QUICK_DATASETS if args.quick else DATASETS)
@@ -106,6 +117,24 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(markdown_tables(doc))
     print(f"\nwall time {time.perf_counter() - start:.0f} s; wrote {out} and the pictures in {figures}")
+    return 0
+
+
+def _combine(files: list[Path], out: Optional[Path], figures: Optional[Path]) -> int:
+    if out is None:
+        raise SystemExit("--combine needs --out, the combined results file")
+    try:
+        docs = [json.loads(read_text(f)) for f in files]
+        doc = combine_results(docs, [str(f) for f in files])
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--combine: {exc}") from None
+    write_text_atomic(out, json.dumps(doc, indent=1) + "\n")
+    figures = figures or out.parent
+    for dname, d in doc["datasets"].items():
+        side = math.isqrt(d["dim"]) if d.get("kind") == "images" else 0
+        draw_figures(doc, dname, figures, (side, side) if side * side == d.get("dim") else None)
+    print(markdown_tables(doc))
+    print(f"\nwrote {out} and the pictures in {figures}")
     return 0
 
 

@@ -1,7 +1,65 @@
-"""Fixtures shared by several test modules."""
+"""Fixtures and helpers shared by several test modules (import the helpers with ``from conftest import ...``)."""
 
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+
+
+def run_cli(*argv: object) -> int:
+    """``lunet ARGV`` in this process, every argument as a string; returns the exit code."""
+    from lunet.cli import main
+
+    return main([str(a) for a in argv])
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a ``metrics.jsonl`` (``path``: the file, or the run folder that holds it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def one_line_error(capsys, command: str) -> str:
+    """The error line of a failed command (a missing data file adds where it looked, indented)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith(f"lunet {command}:")]
+    assert len(lines) == 1 and lines[0].startswith(f"lunet {command}: error:"), err
+    return lines[0]
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file of unsigned bytes holding ``array`` (rank 1 or 3)."""
+    magic = 0x800 | array.ndim
+    header = magic.to_bytes(4, "big") + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
+    """``array`` as an IDX file at ``path`` (gzipped, with ``.gz`` added to the name, if ``gz``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = idx_bytes(array)
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        raw = gzip.compress(raw)
+    path.write_bytes(raw)
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread while a module runs (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    its models are small, and on a busy 2-core machine two threads wait on each other at every
+    small operation."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
 
 
 @pytest.fixture
@@ -27,3 +85,17 @@ def interrupt_at(monkeypatch):
         monkeypatch.setattr(RunLog, "epoch_begins", epoch_begins)
 
     return at
+
+
+@pytest.fixture(scope="session")
+def fake_mnist(tmp_path_factory):
+    """Random 28x28 images under the MNIST file names: 5,900 training, 100 test (``--no-verify``)."""
+    from lunet.experiments.data import FILES
+
+    root = tmp_path_factory.mktemp("data") / "mnist"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 5900), ("test", 100)):
+        images_name, labels_name = FILES[split]
+        write_idx(root / images_name, rng.integers(0, 256, (n, 28, 28)))
+        write_idx(root / labels_name, rng.integers(0, 10, n))
+    return root

@@ -21,8 +21,6 @@ def test_micro_benchmark_reports_every_figure_beside_its_target():
     for key in ("step_vs_dense", "density_vs_dense", "products_vs_dense", "sampling_vs_density", "sampling_batch1_ms",
                 "step_ms"):
         assert math.isfinite(r[key]) and r[key] > 0, key
-    # the products are part of the density pass: their time is below it
-    assert r["products_1000_ms"] < r["density_1000_ms"]
     assert r["sampling_batch1_fastest_ms"] <= r["sampling_batch1_ms"]
     table = micro_table(r)
     for target in ("<= 1.15", "<= 0.6", "<= 1.5", "< 1 ms", "the floor"):

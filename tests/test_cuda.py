@@ -16,7 +16,7 @@ from lunet.experiments.images import make_log_prob_fn
 from lunet.experiments.preprocess import ImagePreprocessor, dequantize
 from lunet.experiments.settings import TrainConfig
 from lunet.experiments.train import Trainer
-from test_fast_paths import make_net
+from test_frozen import make_net
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 

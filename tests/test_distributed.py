@@ -172,14 +172,14 @@ def _worker_decisions(rank: int, world: int, init_file: str, folder: str, result
     try:
         for decision in (lambda: b"\xff".decode(), lambda: open(Path(folder) / "missing" / "x")):
             try:
-                group.decide(decision)
+                group.on_main(decision)
             except Exception as exc:  # noqa: BLE001 (the kind that arrives is what is tested)
                 seen.append(type(exc).__name__)
         holder = os.open(Path(folder) / ".lock", os.O_RDWR | os.O_CREAT) if rank == 0 else None
         if holder is not None:  # another holder of the lock: the run folder is busy
             fcntl.flock(holder, fcntl.LOCK_EX)
         try:
-            with group.holding(RunFolder(folder).locked()):
+            with group.entered_on_main(RunFolder(folder).locked()):
                 seen.append("entered")
         except RunFolderBusy:
             seen.append("busy")

@@ -20,12 +20,12 @@ from typing import Iterator
 import numpy as np
 import pytest
 
+from conftest import one_line_error, read_metrics, run_cli
 from lunet.cli import main
 from lunet.experiments.checkpoint import load_checkpoint, load_model
 from lunet.experiments.run_log import RunLog
 from lunet.experiments.rundir import RunFolder, UnsafeFile
-from test_own_data import make_rows, metrics, write_npy
-from test_reliability import one_line_error
+from test_own_data import make_rows, write_npy
 
 FAST = ["--blocks", "2", "--batch-size", "64", "--no-progress"]
 # what a planted link points at: rows of a metrics log, the second past any checkpoint here, so that
@@ -35,10 +35,6 @@ VICTIM_TEXT = '{"epoch": 1}\n{"epoch": 9}\n'
 
 def train(data: Path, out: Path, *extra: str, epochs: int = 1) -> int:
     return main(["train", "--data", str(data), "--out", str(out), "--epochs", str(epochs), *FAST, *extra])
-
-
-def run_cli(*argv: object) -> int:
-    return main([str(a) for a in argv])
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +195,7 @@ def test_resume_drops_a_line_cut_short_and_a_junk_line_and_says_so(data, run, ca
     assert train(data, run, "--resume", "--eval-every", "1", epochs=3) == 0
     printed = capsys.readouterr().out
     assert f"warning: dropped from {log}: line 2, not JSON; line 4, cut short" in printed
-    assert [row["epoch"] for row in metrics(run)] == [1, 2, 3]
+    assert [row["epoch"] for row in read_metrics(run)] == [1, 2, 3]
 
 
 def test_a_junk_line_written_during_training_does_not_fail_the_finished_run(data, tmp_path, monkeypatch):

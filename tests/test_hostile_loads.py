@@ -20,12 +20,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import one_line_error, run_cli
 from lunet.experiments import checkpoint
 from lunet.experiments.checkpoint import load_checkpoint, load_model, save_checkpoint
 from lunet.experiments.settings import TrainConfig, vector_lunet_spec
 from lunet.experiments.vector_runs import sample_vectors, train_vectors
 from test_own_data import make_rows, write_npy
-from test_reliability import fake_mnist, image_run, image_train, one_line_error, run_cli  # noqa: F401 (fixtures)
+from test_reliability import image_run, image_train  # noqa: F401 (fixtures)
 
 CONFIG = TrainConfig(epochs=1, batch_size=64)  # float32, as the command line trains by default
 SPEC = vector_lunet_spec(3, num_blocks=2)
@@ -59,16 +60,13 @@ def test_file(tmp_path_factory) -> Path:
     return write_npy(tmp_path_factory.mktemp("test") / "test.npy", make_rows(20, 1))
 
 
-def crafted(run: Path, to: Path, edit: Callable[[dict], Any], checksum: bool = True) -> Path:
+def crafted(run: Path, to: Path, edit: Callable[[dict], Any]) -> Path:
     """A copy of ``run`` in ``to`` whose checkpoint went through ``edit``, saved again with a
-    checksum of its new contents (``checksum``) or as it is, with ``torch.save``."""
+    checksum of its new contents."""
     shutil.copytree(run, to)
     contents = load_checkpoint(to / "checkpoint.pt")
     edit(contents)
-    if checksum:
-        save_checkpoint(contents, to / "checkpoint.pt")
-    else:
-        torch.save(contents, to / "checkpoint.pt")
+    save_checkpoint(contents, to / "checkpoint.pt")
     return to
 
 
@@ -206,8 +204,8 @@ def _optimiser_of_another_shape(contents: dict) -> None:
 DAMAGED_STATES = [
     (lambda c: c.update(format=True), False, "its format entry is True"),
     (lambda c: c.update(format=1.0), False, "its format entry is 1.0"),
-    (lambda c: c.update(format=1), False, "carries a checksum but says it is of format 1"),
-    (lambda c: (c.update(format=1), c.pop("checksum")), False, "written before checkpoints recorded their data"),
+    (lambda c: c.update(format=1), False, r"earlier development version of lunet \(format 1\)"),
+    (lambda c: c.update(format=3), False, "its format entry is 3, not 2"),
     (lambda c: c.pop("data"), True, "its record of the training data is None"),
     (lambda c: c.pop("train_config"), True, "its training settings are None"),
     (lambda c: c["train_config"].pop("lr"), True, "its record of the training settings lacks lr"),
@@ -231,14 +229,11 @@ def test_a_damaged_training_state_is_refused_on_resume(edit, checksum, message, 
     assert (run / "checkpoint.pt").read_bytes() == before
 
 
-def test_a_sound_checkpoint_resumes_and_a_format_1_one_still_loads(trained, tmp_path):
+def test_a_sound_checkpoint_resumes(trained, tmp_path):
     run = crafted(trained, tmp_path / "run", lambda c: None)
     _, summary = train_vectors(make_rows(200, 0), run, TrainConfig(epochs=2, batch_size=64), model_spec=SPEC,
                                resume=True, progress=False)
     assert summary["epochs"] == 2
-    old = crafted(trained, tmp_path / "old", lambda c: (c.update(format=1), c.pop("checksum")), checksum=False)
-    model, ckpt = load_model(old / "checkpoint.pt")
-    assert ckpt["format"] == 1 and model.dim == 3
 
 
 # -- messages that name the file and the real problem -----------------------------------

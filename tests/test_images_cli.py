@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lunet.cli import main
+from conftest import read_metrics, run_cli
 from lunet.experiments.checkpoint import load_checkpoint, load_model
 from lunet.experiments.data import FILES, load_dataset
 from lunet.experiments.evaluate import DigitClassifier, class_agreement
 from lunet.experiments.images import fitted_latent_gaussian, sample_images
 from lunet.experiments.preprocess import ImagePreprocessor, dequantize, logit_transform
-from lunet.flow import LOG_2PI
+from lunet.latent import LOG_2PI
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LAM = 1e-6
@@ -46,31 +46,14 @@ def _data_present(name: str) -> bool:
     return all((DATA / name / f).is_file() or (DATA / name / (f + ".gz")).is_file() for f in names)
 
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.skipif(
     not (_data_present("mnist") and _data_present("fashion-mnist")),
     reason=f"MNIST / Fashion-MNIST IDX files not found under {DATA}/{{mnist,fashion-mnist}}",
-)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Another job shares the CPUs: keep torch to one thread while this module runs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def run_cli(*argv: str) -> int:
-    return main([str(a) for a in argv])
+)]
 
 
 def train(out: Path, *extra: str, dataset: str = "mnist", limit: int = TRAIN_LIMIT) -> int:
     return run_cli("train", "--dataset", dataset, "--out", out, "--limit", limit, "--data-dir", DATA, *SMALL, *extra)
-
-
-def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def evaluate_json(run: Path, out_json: Path) -> dict:

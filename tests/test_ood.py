@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_idx
 from lunet.baselines import FullCovarianceGaussian
 from lunet.cli import main
 from lunet.experiments import data
@@ -26,7 +27,6 @@ from lunet.experiments.ood import (
     ood_run,
 )
 from lunet.experiments.preprocess import ImagePreprocessor, bits_per_dim
-from test_data import write_idx
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

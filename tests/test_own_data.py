@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import read_metrics
 from lunet.cli import main
 from lunet.experiments.checkpoint import build_model, load_checkpoint, load_model
 from lunet.experiments.settings import TrainConfig, vector_lunet_spec
@@ -33,10 +34,6 @@ def write_csv(path, rows, header=None):
 def write_npy(path, rows):
     np.save(path, rows)
     return path
-
-
-def metrics(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def train(data, out, *options, epochs=3):
@@ -69,7 +66,7 @@ def test_end_to_end_on_a_csv_with_header_and_on_an_npy(tmp_path, capsys):
         assert "270 training and 30 validation rows of width 3" in printed  # the header row is no data row
         info = json.loads((run / "run.json").read_text())
         assert info["data"] == "vectors" and info["dim"] == D and info["data_file"] == str(data.resolve())
-        logged = metrics(run)
+        logged = read_metrics(run)
         assert [r["epoch"] for r in logged] == [1, 2, 3]
         assert all({"train_nats_per_dim", "val_nats_per_dim"} <= set(r) for r in logged)
         assert all(math.isfinite(r["train_nats_per_dim"]) and math.isfinite(r["val_nats_per_dim"]) for r in logged)
@@ -207,11 +204,11 @@ def test_resume_continues_to_the_same_weights_as_an_uninterrupted_run(tmp_path, 
     full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
     part = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
     assert part["epoch"] == full["epoch"] == 3
-    assert [r["epoch"] for r in metrics(tmp_path / "part")] == [1, 2, 3]
+    assert [r["epoch"] for r in read_metrics(tmp_path / "part")] == [1, 2, 3]
     assert_same_weights(full["model"], part["model"])
     assert_same_weights(full["best_model"], part["best_model"])
-    assert [r["val_nats_per_dim"] for r in metrics(tmp_path / "part")] == \
-        [r["val_nats_per_dim"] for r in metrics(tmp_path / "full")]
+    assert [r["val_nats_per_dim"] for r in read_metrics(tmp_path / "part")] == \
+        [r["val_nats_per_dim"] for r in read_metrics(tmp_path / "full")]
 
 
 def test_a_float64_run_is_evaluated_in_float64(tmp_path, capsys):

@@ -19,6 +19,7 @@ from lunet.experiments.peer_models import MODELS, LUNetPeer, MissingExtra, Model
 from lunet.experiments.peers import (
     ImageSpace,
     Protocol,
+    combine_results,
     data_log_prob,
     grid_samples,
     images_from_pixels,
@@ -31,19 +32,11 @@ from lunet.experiments.peers import (
 from lunet.experiments.preprocess import LN2
 from lunet.experiments.toy import GaussianMixture2D
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 # the protocol of the end-to-end tests: one call per timing, no memory probe (a child process each)
 FAST = Protocol(batch_size=64, speed_repeats=1, density_batch=50, sample_cap_s=1.0, measure_memory=False)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two threads wait on each other at every
-    small operation, which only slows these tests down."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 def _pixels(n: int, dim: int, seed: int = 0) -> torch.Tensor:
@@ -249,6 +242,15 @@ def test_results_file_schema_resume_and_figures(tmp_path):
     assert any("already measured" in line for line in lines)
     with pytest.raises(ValueError, match="another protocol"):
         run_peers([data], ["lunet"], {"images": [0.2, 0.5]}, protocol, out=out, resume=True, log=lines.append)
+    # two runs joined: every pair of each, the runs listed; another protocol refused
+    other = copy.deepcopy(on_disk)
+    other["datasets"]["tiny"]["models"]["lunet-copy"] = other["datasets"]["tiny"]["models"].pop("lunet")
+    joined = combine_results([on_disk, other], ["a.json", "b.json"])
+    assert validate_results(joined) == [] and set(joined["datasets"]["tiny"]["models"]) == {"lunet", "lunet-copy"}
+    assert [r["from"] for r in joined["runs"]] == ["a.json", "b.json"]
+    other["protocol"]["lr"] = 0.5
+    with pytest.raises(ValueError, match="b.json was measured under another protocol"):
+        combine_results([on_disk, other], ["a.json", "b.json"])
 
 
 def test_missing_zuko_names_the_extra(monkeypatch):

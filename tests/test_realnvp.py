@@ -8,20 +8,13 @@ import torch
 
 from lunet.baselines.realnvp import PAPER_PARAMETERS, RealNVP
 from lunet.experiments.checkpoint import build_model
-from lunet.flow import standard_normal_log_prob
+from lunet.latent import standard_normal_log_prob
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 DTYPES = [torch.float32, torch.float64]
 SMALL = dict(in_channels=1, image_size=28, num_scales=2, mid_channels=8, num_res_blocks=1)
 TINY = dict(in_channels=1, image_size=4, num_scales=2, mid_channels=4, num_res_blocks=1)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are small: one intra-op thread is as fast, and far faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def randomize(model, std=0.1, seed=0):

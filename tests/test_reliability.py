@@ -16,14 +16,13 @@ import sys
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
+from conftest import one_line_error, run_cli
 from lunet import LUNet
-from lunet.cli import flag, main
+from lunet.cli import flag
 from lunet.experiments.checkpoint import load_checkpoint, load_model, save_checkpoint
-from lunet.experiments.data import FILES
 from lunet.experiments.rundir import RunFolder, RunFolderBusy
 from lunet.experiments.train import Trainer
 from lunet.experiments.train_state import TrainingDiverged
@@ -31,26 +30,8 @@ from lunet.experiments.train_state import TrainingDiverged
 GMM = ["train", "--dataset", "gmm2d", "--blocks", "2", "--batch-size", "512", "--no-progress"]
 
 
-def run_cli(*argv) -> int:
-    return main([str(a) for a in argv])
-
-
 def gmm_train(out: Path, *extra) -> int:
     return run_cli(*GMM, "--out", out, *extra)
-
-
-@pytest.fixture(scope="module")
-def fake_mnist(tmp_path_factory) -> Path:
-    """Random 28x28 images under the MNIST file names: 5,900 training, 100 test."""
-    root = tmp_path_factory.mktemp("data") / "mnist"
-    root.mkdir()
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 5900), ("test", 100)):
-        images_name, labels_name = FILES[split]
-        for name, array in ((images_name, rng.integers(0, 256, (n, 28, 28))), (labels_name, rng.integers(0, 10, n))):
-            header = (0x800 | array.ndim).to_bytes(4, "big") + b"".join(int(s).to_bytes(4, "big") for s in array.shape)
-            (root / name).write_bytes(header + array.astype(np.uint8).tobytes())
-    return root
 
 
 def image_train(out: Path, data: Path, *extra) -> int:
@@ -70,15 +51,6 @@ def gmm_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("gmm") / "run"
     assert gmm_train(run, "--epochs", "2", "--eval-every", "1") == 0
     return run
-
-
-def one_line_error(capsys, command: str) -> str:
-    """The error line of a failed command (a missing data file adds where it looked, indented)."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.startswith(f"lunet {command}:")]
-    assert len(lines) == 1 and lines[0].startswith(f"lunet {command}: error:"), err
-    return lines[0]
 
 
 # -- 1. checkpoints never run code, and corruption is reported ----------------------
@@ -222,12 +194,13 @@ def _locked_elsewhere(folder: Path) -> bool:
     return probe.returncode != 0 and "RunFolderBusy" in probe.stderr
 
 
-def test_the_lock_is_reentrant_within_one_process(tmp_path):
+def test_a_folder_is_locked_once_within_one_process(tmp_path):
     folder = tmp_path / "run"
     with RunFolder(folder).locked():
-        with RunFolder(folder).locked():
-            pass
-        assert _locked_elsewhere(folder)  # the inner block's end does not release the outer hold
+        with pytest.raises(RunFolderBusy, match="locked by this process already"):
+            with RunFolder(folder).locked():
+                pass
+        assert _locked_elsewhere(folder)  # the refused second hold does not release the first
     assert not _locked_elsewhere(folder)
 
 
@@ -412,13 +385,13 @@ def test_resume_with_another_limit_is_refused(image_run, fake_mnist, tmp_path, c
     assert image_train(run, fake_mnist, "--limit", "900", "--epochs", "2", "--resume") == 0
 
 
-def test_old_checkpoints_without_a_checksum_still_load(gmm_run, tmp_path):
+def test_a_checkpoint_of_an_earlier_format_is_refused_by_name(gmm_run, tmp_path):
     contents = load_checkpoint(gmm_run / "checkpoint.pt")
     contents.pop("checksum")
     contents["format"] = 1
     torch.save(contents, tmp_path / "old.pt")
-    model, ckpt = load_model(tmp_path / "old.pt")
-    assert ckpt["format"] == 1 and isinstance(model, LUNet)
+    with pytest.raises(ValueError, match=r"earlier development version of lunet \(format 1\).*train the run again"):
+        load_model(tmp_path / "old.pt")
     save_checkpoint(contents, tmp_path / "new.pt")
     assert load_checkpoint(tmp_path / "new.pt")["format"] == 2
 
@@ -525,8 +498,8 @@ def test_a_nan_met_inside_a_pass_stays_nan_instead_of_indexing_out_of_range(dtyp
     act = LeakySoftplus(0.1)
     y = torch.tensor([[1.0, float("nan"), -3.0]], dtype=dtype)
     with torch.no_grad():
-        x = act._inverse(y)
-        expected = act._inverse(y[:, [0, 2]])
+        x = act.inverse_rows(y)[0]
+        expected = act.inverse_rows(y[:, [0, 2]])[0]
     assert torch.isnan(x[0, 1]) and torch.equal(x[:, [0, 2]], expected)
 
 

@@ -1,4 +1,4 @@
-"""`lunet train` launched by torchrun: two CPU processes (gloo) against one, per-class runs dealt
+"""`lunet train` launched by torchrun: two CPU processes (gloo) against one, per-class runs classes_dealt
 out over the processes, and a run that loses a process."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import read_metrics
 from lunet.cli import main
 from lunet.experiments.checkpoint import load_checkpoint
 from test_ood import write_blob_data
@@ -39,10 +40,6 @@ def vectors_file(tmp_path_factory) -> Path:
     return path
 
 
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_two_processes_train_the_model_of_one(vectors_file, tmp_path, capsys):
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(["train", "--data", str(vectors_file), "--out", str(one), *OWN]) == 0
@@ -53,8 +50,8 @@ def test_two_processes_train_the_model_of_one(vectors_file, tmp_path, capsys):
         for name, value in a[key].items():
             assert torch.allclose(b[key][name], value, rtol=1e-9, atol=1e-12), (key, name)
     # rank 0 alone wrote: one metrics row per epoch, one summary line
-    assert [r["epoch"] for r in metrics(two)] == [1, 2, 3]
-    for r1, r2 in zip(metrics(one), metrics(two)):
+    assert [r["epoch"] for r in read_metrics(two)] == [1, 2, 3]
+    for r1, r2 in zip(read_metrics(one), read_metrics(two)):
         assert r2["val_nats_per_dim"] == pytest.approx(r1["val_nats_per_dim"], rel=1e-9)
     assert done.stdout.count("best validation") == 1
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())

@@ -1,4 +1,4 @@
-"""Training loop, checkpoints and the command line on the 2-D mixture."""
+"""`lunet train` and the run commands on the 2-D mixture: help, a tiny run, refusals, export."""
 
 import json
 import subprocess
@@ -7,147 +7,8 @@ import sys
 import pytest
 import torch
 
-from lunet import LUNet
 from lunet.cli import main
-from lunet.experiments.checkpoint import load_checkpoint, load_model, save_atomic
-from lunet.experiments.gmm2d import _log_prob_fn, make_splits
-from lunet.experiments.run_log import RunLog
-from lunet.experiments.rundir import RunFolder
-from lunet.experiments.settings import TrainConfig
-from lunet.experiments.train import Trainer, mean_log_prob
-from lunet.experiments.train_state import TrainingDiverged
-
-SPEC = {"name": "lunet", "dim": 2, "num_blocks": 6, "alpha": 0.1, "diag": "exp", "init_scale": 1.0}
-
-
-class StoppedLog(RunLog):
-    """A run log that stops the training as Ctrl-C would once it has trained ``epochs_done`` epochs."""
-
-    def __init__(self, out_dir, epochs_done):
-        super().__init__(RunFolder(out_dir), progress=False)
-        self.epochs_done = epochs_done
-
-    def epoch_begins(self, epoch):
-        if epoch == self.epochs_done:
-            raise KeyboardInterrupt
-
-
-def make_trainer(out_dir, epochs, spec=SPEC, log=None, **cfg):
-    data = make_splits(0)
-    torch.manual_seed(0)
-    model = LUNet(**{k: v for k, v in SPEC.items() if k != "name"})
-    model.standardize(data["train"])
-    config = TrainConfig(epochs=epochs, batch_size=1024, lr=2e-2, seed=0, **cfg)
-    trainer = Trainer(model, spec, config, data["train"], data["val"], _log_prob_fn, dim=2, out_dir=out_dir,
-                      progress=False, log=log)
-    return trainer, data
-
-
-def test_training_lowers_nll_substantially(tmp_path):
-    trainer, data = make_trainer(tmp_path, epochs=40, eval_every=10)
-    before = -mean_log_prob(trainer.model, data["test"], _log_prob_fn, 10000, seed=0)
-    trainer.fit()
-    after = -mean_log_prob(trainer.model, data["test"], _log_prob_fn, 10000, seed=0)
-    # a fresh net is near N(0, I) after standardising (~2.9 nats); the fit must
-    # at least beat the best Gaussian (~2.92 nats) by a wide margin
-    assert before > 2.5
-    assert after < before - 0.6
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [10, 20, 30, 40]
-
-
-def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
-    full, _ = make_trainer(tmp_path / "full", epochs=6, eval_every=2)
-    full.fit()
-    # stopped in epoch 5, after the checkpoint of epoch 4
-    part, _ = make_trainer(tmp_path / "part", epochs=6, eval_every=2, log=StoppedLog(tmp_path / "part", 4))
-    with pytest.raises(KeyboardInterrupt):
-        part.fit()
-    resumed, _ = make_trainer(tmp_path / "part", epochs=6, eval_every=2)
-    resumed.resume()
-    assert resumed.state.epoch == 4
-    resumed.fit()
-    for key, value in full.model.state_dict().items():
-        assert torch.equal(value, resumed.model.state_dict()[key]), key
-    lines = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [2, 4, 6]
-
-
-def test_the_curves_are_redrawn_at_most_every_half_minute_and_for_every_row_at_a_stop(tmp_path, monkeypatch):
-    import lunet.experiments.plots as plots
-
-    drawn = []  # the epochs of the metrics each drawing showed
-    monkeypatch.setattr(plots, "plot_training_curves", lambda metrics, *a: drawn.append(
-        [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]))
-    trainer, _ = make_trainer(tmp_path / "whole", epochs=5)
-    trainer.fit()
-    assert drawn == [[1], [1, 2, 3, 4, 5]]  # the first epoch, then the last: all within 30 s
-    drawn.clear()
-    stopped, _ = make_trainer(tmp_path / "stopped", epochs=5, log=StoppedLog(tmp_path / "stopped", 3))
-    with pytest.raises(KeyboardInterrupt):
-        stopped.fit()
-    assert drawn == [[1], [1, 2, 3]]
-
-
-def test_resume_under_other_optimisation_settings_is_refused(tmp_path):
-    trainer, _ = make_trainer(tmp_path, epochs=2)
-    trainer.fit()
-    faster, _ = make_trainer(tmp_path, epochs=3)
-    faster.config.lr = 0.1  # another trajectory from here on: refused, by name
-    with pytest.raises(ValueError, match=r"lr 0.02 -> 0.1"):
-        faster.resume()
-    elsewhere, _ = make_trainer(tmp_path, epochs=2, eval_every=2)  # reporting may change
-    elsewhere.resume()
-    assert elsewhere.state.epoch == 2
-
-
-def test_checkpoint_round_trip_and_refusals(tmp_path):
-    trainer, data = make_trainer(tmp_path, epochs=2)
-    trainer.fit()
-    model, ckpt = load_model(tmp_path / "checkpoint.pt", which="last")
-    assert ckpt["epoch"] == 2 and ckpt["model_spec"] == SPEC
-    x = data["test"][:100]
-    with torch.no_grad():
-        assert torch.equal(model.log_prob(x), trainer.model.log_prob(x))
-    # a fresh run must not overwrite an existing one
-    again, _ = make_trainer(tmp_path, epochs=2)
-    with pytest.raises(FileExistsError, match="pass resume=True"):
-        again.fit()
-    # resuming with another model spec is refused by name
-    other, _ = make_trainer(tmp_path, epochs=2, spec=dict(SPEC, num_blocks=7))
-    with pytest.raises(ValueError, match="holds model"):
-        other.resume()
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="corrupt"):
-        load_checkpoint(tmp_path / "junk.pt")
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        load_checkpoint(tmp_path / "missing.pt")
-
-
-def test_save_atomic_leaves_old_file_when_writing_fails(tmp_path):
-    path = tmp_path / "c.pt"
-    save_atomic({"a": 1}, path)
-
-    class Unpicklable:
-        def __reduce__(self):
-            raise RuntimeError("boom")
-
-    with pytest.raises(RuntimeError, match="boom"):
-        save_atomic({"a": Unpicklable()}, path)
-    assert torch.load(path) == {"a": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
-
-
-def test_diverging_loss_stops_with_clear_message(tmp_path):
-    trainer, _ = make_trainer(tmp_path, epochs=3)
-    trainer.config.epochs = 1
-    trainer.fit()
-    with torch.no_grad():
-        trainer.model.blocks[0].bias.fill_(float("nan"))
-    trainer.config.epochs = 3
-    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
-        trainer.fit()
-    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+from lunet.experiments.checkpoint import load_model
 
 
 def test_cli_help_lists_commands():
@@ -220,7 +81,6 @@ def test_durations_read_as_people_write_them(seconds, text):
 
 
 def test_export_of_a_2d_run_loads_as_the_runs_best_model(tmp_path, capsys):
-    from lunet.experiments.checkpoint import load_model
 
     run = tmp_path / "run"
     assert main(["train", "--dataset", "gmm2d", "--out", str(run), "--epochs", "2", "--blocks", "2",
@@ -249,65 +109,9 @@ def test_export_refuses_a_folder_without_a_run(tmp_path, capsys):
     assert "holds no run made by `lunet train`" in capsys.readouterr().err
 
 
-def test_a_compiled_training_follows_the_eager_one(tmp_path, monkeypatch):
-    # the whole-graph tracing and the dynamic last batch, without the C++ code generation (slow)
-    compile_ = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **k: compile_(fn, backend="aot_eager", **k))
-    eager, _ = make_trainer(tmp_path / "eager", epochs=2)
-    compiled, _ = make_trainer(tmp_path / "compiled", epochs=2, compile=True)
-    assert compiled.steps.compiled
-    eager.fit()
-    compiled.fit()
-    assert compiled.steps.compiled  # no fallback happened
-    for (name, a), b in zip(eager.model.state_dict().items(), compiled.model.state_dict().values()):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_a_compiled_image_training_follows_the_eager_one(tmp_path, monkeypatch):
-    # the image loss draws dequantisation noise inside the compiled function; a short last batch too
-    from lunet.experiments.images import make_log_prob_fn
-    from lunet.experiments.preprocess import ImagePreprocessor
-
-    compile_ = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **k: compile_(fn, backend="aot_eager", **k))
-    pixels = torch.randint(0, 256, (230, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    spec = {"name": "lunet", "dim": 16, "num_blocks": 2}
-    trainers = []
-    for name, compiled in (("eager", False), ("compiled", True)):
-        torch.manual_seed(0)
-        config = TrainConfig(epochs=2, batch_size=64, seed=0, compile=compiled)
-        trainers.append(Trainer(LUNet(16, 2), spec, config, pixels[:200], pixels[200:],
-                                make_log_prob_fn(ImagePreprocessor(num_dims=16)), dim=16, out_dir=tmp_path / name,
-                                dequantize=True, progress=False))
-        trainers[-1].fit()
-    eager, compiled = trainers
-    assert compiled.steps.compiled  # no fallback happened
-    for (name, a), b in zip(eager.model.state_dict().items(), compiled.model.state_dict().values()):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_the_loss_compiles_for_cuda_graphs_on_a_gpu_only(tmp_path, monkeypatch):
-    modes = []
-    monkeypatch.setattr(torch, "compile", lambda fn, **k: modes.append(k.get("mode")) or fn)
-    make_trainer(tmp_path / "cpu", epochs=1, compile=True)
-    assert modes == [None]
-    if torch.cuda.is_available():
-        # the trainer's own CUDA graph captures the compiled loss; without it, torch.compile's graphs replay it
-        make_trainer(tmp_path / "graph", epochs=1, compile=True, device="cuda")
-        assert modes[-1] is None
-        make_trainer(tmp_path / "gpu", epochs=1, compile=True, device="cuda", cuda_graph=False)
-        assert modes[-1] == "reduce-overhead"
 
 
-def test_a_failing_compiler_falls_back_to_eager_training(tmp_path, monkeypatch, capsys):
-    def broken(fn, **kwargs):
-        def run(*args):
-            raise RuntimeError("no C++ compiler found")
-        return run
-
-    monkeypatch.setattr(torch, "compile", broken)
-    trainer, _ = make_trainer(tmp_path, epochs=1, compile=True)
-    trainer.fit()
-    assert not trainer.steps.compiled and trainer.state.epoch == 1
-    printed = capsys.readouterr()
-    assert "torch.compile failed (RuntimeError: no C++ compiler found); training eagerly" in printed.out + printed.err

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lunet.checks import check_batch, check_positive_int
-from lunet.flow import standard_normal_log_prob
+from lunet.latent import standard_normal_log_prob
 
 PAPER_PARAMETERS = 5_390_000  # the LU-Net paper's figure for its RealNVP
 

@@ -11,6 +11,7 @@ at once, and each command imports what it needs.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
 import sys
@@ -23,6 +24,9 @@ from lunet.experiments.rundir import RunFolder, RunFolderBusy
 from lunet.experiments.settings import NamesSettings
 
 __all__ = ["build_parser", "flag", "main", "parse"]
+
+# what the command line needs beyond the library's torch and numpy: `pip install 'lunet[experiments]'`
+EXPERIMENT_PACKAGES = ("matplotlib", "tqdm")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,10 +79,10 @@ def _interrupted(args: argparse.Namespace, what: str = "interrupted") -> str:
     """What to tell a user who stopped a command (``what`` happened): for training, where the last checkpoint is."""
     if args.command != "train":
         return what
-    return f"{what}; {_kept(args)}"
+    return f"{what}; {_where_kept(args)}"
 
 
-def _kept(args: argparse.Namespace) -> str:
+def _where_kept(args: argparse.Namespace) -> str:
     """Where a stopped training's last checkpoint is, and how to go on."""
     if os.environ.get("RANK", "0") != "0" and not getattr(args, "per_class", False):
         return "process 0 of the run keeps its checkpoint; continue with --resume and the run's own options"
@@ -119,6 +123,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as exc:  # an option that does not apply to the kind of run
         print(f"lunet train: error: {exc}", file=sys.stderr)
         return 2
+    missing = [name for name in EXPERIMENT_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"lunet {args.command}: error: the command line needs {' and '.join(missing)}, which the library "
+              f"alone does not: pip install 'lunet[experiments]'", file=sys.stderr)
+        return 2
     restore_sigterm = _stop_on_sigterm()
     try:
         return args.func(args)
@@ -141,7 +150,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "train" and _is_lost_peer(exc):
             print(f"lunet train (process {os.environ.get('RANK', '?')} of {os.environ.get('WORLD_SIZE', '?')}): error: "
                   f"another process of the run stopped or cannot be reached ({str(exc).splitlines()[0][:160]}); "
-                  f"{_kept(args)}", file=sys.stderr)
+                  f"{_where_kept(args)}", file=sys.stderr)
             return 2
         if os.environ.get("LUNET_DEBUG"):
             raise

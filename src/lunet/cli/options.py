@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from lunet.experiments.rundir import write_text_atomic
-from lunet.numbers import SLOPE_MIN
+from lunet.limits import SLOPE_MIN
 
 # Settings whose option is not named after them
 OPTION_NAMES = {"class_label": "--class"}

@@ -31,13 +31,14 @@ from lunet.cli.options import (
 )
 from lunet.experiments.settings import (
     DEFAULT_LAM,
+    RECIPES,
     GMM2DSettings,
     TrainConfig,
     default_train_config,
     paper_lunet_spec,
     vector_lunet_spec,
 )
-from lunet.numbers import SLOPE_MIN
+from lunet.limits import SLOPE_MIN
 
 GMM2D, IMAGES, VECTORS = "gmm2d", "images", "vectors"
 KINDS = (GMM2D, IMAGES, VECTORS)
@@ -122,6 +123,10 @@ OPTIONS = (
            dict(action="store_true", help="start afresh, replacing a run already in --out")),
     Option(("--model",), _ALL, "model", dict(default="lunet", choices=["lunet", "realnvp"],
                                               help="flow family (images only)")),
+    Option(("--recipe",), frozenset({IMAGES}), "model",
+           dict(choices=list(RECIPES), help="named settings, which the options given change: "
+                + "; ".join(f"{r.name}: {r.summary}" for r in RECIPES.values()) + " (default paper)"),
+           lunet_model=True),
     Option(("--blocks",), _ALL, "model", dict(type=POSITIVE_INT, dest="num_blocks", metavar="BLOCKS",
                                                 help="number of LU blocks {default}"),
            _spec_defaults("num_blocks", "num_blocks"), lunet_model=True),
@@ -246,13 +251,19 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The run's kind's optimisation defaults, with the options given."""
     given = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name) is not None}
-    return dataclasses.replace(default_train_config(args.dataset if args.kind == IMAGES else args.kind), **given)
+    config = default_train_config(args.dataset if args.kind == IMAGES else args.kind)
+    return dataclasses.replace(config, **{**_recipe(args).train, **given})
+
+
+def _recipe(args: argparse.Namespace):
+    return RECIPES[getattr(args, "recipe", None) or "paper"]
 
 
 def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The LU-Net settings given on the command line, by their names in a model spec."""
     given = {name: getattr(args, name) for name in ("num_blocks", "alpha", "diag", "learn_alpha", "activation")
              if getattr(args, name, None) is not None}
+    given = {**_recipe(args).model, **given}
     if given.get("activation") == "leaky_softplus":
         del given["activation"]  # the default: a spec that does not name it, as the paper's
     elif given.get("activation") == "spline":
@@ -337,6 +348,7 @@ def _train_images(args: argparse.Namespace, config: TrainConfig, group: Any) -> 
         dataset=args.dataset, kind=kind, class_label=args.class_label, model=spec,
         lam=args.lam if args.lam is not None else DEFAULT_LAM,
         data_init=(args.data_init or "gaussian") if args.model == "lunet" else "none",
+        recipe=_recipe(args).name,
     )
     results = images.train_image_run(
         args.run, settings, config, data_dir=args.data_dir, verify=not args.no_verify,

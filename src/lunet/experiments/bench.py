@@ -23,7 +23,7 @@ from torch import nn
 from lunet.experiments.checkpoint import build_model, error_line
 from lunet.experiments.settings import paper_lunet_spec
 from lunet.experiments.train import resolve_device
-from lunet.flow import for_inference
+from lunet.frozen import frozen_or_module
 
 TRAIN_IMAGES = 60_000
 PAPER = {
@@ -46,9 +46,6 @@ class Timing:
 
     def scaled(self, factor: float) -> "Timing":
         return Timing(self.median * factor, self.low * factor, self.high * factor, self.repeats)
-
-    def as_dict(self, unit: float = 1e3) -> dict[str, float]:
-        return {"median": self.median * unit, "min": self.low * unit, "max": self.high * unit, "repeats": self.repeats}
 
 
 def _sync(device: torch.device) -> None:
@@ -283,7 +280,7 @@ def bench_model(
 
         result["epoch_s"] = time_call(epoch, device, repeats=1, warmup=0).median
     model.eval()
-    inference = for_inference(model)
+    inference = frozen_or_module(model)
     for label, batch in (("", override.get("density", density_batch)), ("_batch1", 1)):
         x = torch.randn(batch, 784, device=device)
         with torch.no_grad():

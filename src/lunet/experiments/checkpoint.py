@@ -30,7 +30,6 @@ from lunet.flow import LUNet
 
 FORMAT_VERSION = 2
 # Format 1 (no checksum) is still read; its contents cannot be verified.
-READABLE_FORMATS = (1, 2)
 MODEL_NAMES = ("lunet", "realnvp")
 # torch.save stores a file's members uncompressed; a member packed tighter than this was
 # made by something else, and unpacking it could take far more memory than the file's size
@@ -74,8 +73,6 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
         return LUNet(**spec)
     from lunet.baselines.realnvp import RealNVP  # optional heavy baseline
 
-    if "num_blocks" in spec:  # the name in checkpoints written before it became num_res_blocks
-        spec["num_res_blocks"] = spec.pop("num_blocks")
     return RealNVP(**spec)
 
 
@@ -202,13 +199,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path} is not a lunet checkpoint (format {FORMAT_VERSION})")
     version = ckpt.get("format")
     # exactly an int: True and 1.0 compare equal to 1, the format whose checksum is not checked
-    if type(version) is not int or version not in READABLE_FORMATS:
+    if type(version) is int and 0 < version < FORMAT_VERSION:
+        raise ValueError(f"{path} was written by an earlier development version of lunet (format {version}); "
+                         f"this version reads format {FORMAT_VERSION}: train the run again")
+    if type(version) is not int or version != FORMAT_VERSION:
         raise ValueError(f"{path} is not a lunet checkpoint (format {FORMAT_VERSION}): its format entry is "
-                         f"{_short(version)}, not one of {READABLE_FORMATS}")
-    if version == 1 and "checksum" in ckpt:
-        raise ValueError(f"checkpoint {path} is corrupt: it carries a checksum but says it is of format 1, "
-                         f"written before checksums, whose contents go unchecked")
-    if version >= 2 and ckpt.get("checksum") != checksum(ckpt):
+                         f"{_short(version)}, not {FORMAT_VERSION}")
+    if ckpt.get("checksum") != checksum(ckpt):
         raise ValueError(
             f"checkpoint {path} is corrupt: its contents do not match the checksum written with them "
             f"(the file changed on disk after it was saved)"
@@ -294,15 +291,11 @@ def check_training_state(path: str | os.PathLike, ckpt: dict[str, Any],
     resuming a training needs, each entry of the type and shape training writes: the record of the
     data and the settings (which a resumed run is compared against), the epoch, the best and
     starting validation scores, and an optimiser state for exactly ``parameters``, the model's
-    (``named_parameters()`` as a dict).
-    A checkpoint of format 1 predates the record of the data and is refused."""
+    (``named_parameters()`` as a dict)."""
 
     def damaged(what: str) -> ValueError:
         return ValueError(f"{path} cannot be resumed: {what}; it was damaged, or not written by `lunet train`")
 
-    if ckpt["format"] < 2:
-        raise ValueError(f"{path} was written before checkpoints recorded their data and checksum (format 1): "
-                         f"its weights load, but a training cannot be checked against it to resume; start a new run")
     data = ckpt.get("data")
     if not (isinstance(data, dict) and set(data) == {"train", "val"}
             and all(isinstance(v, str) for v in data.values())):
@@ -369,13 +362,13 @@ def load_model(path: str | os.PathLike, which: str = "best") -> tuple[nn.Module,
     if ckpt.get("class_models") is not None:
         from lunet.flow import ClassConditionalFlow
 
-        flows = [_built(path, ckpt["model_spec"], state) for state in ckpt["class_models"]]
+        flows = [_model_from_state(path, ckpt["model_spec"], state) for state in ckpt["class_models"]]
         return ClassConditionalFlow(flows), ckpt
     state = ckpt["best_model"] if which == "best" and ckpt.get("best_model") is not None else ckpt["model"]
-    return _built(path, ckpt["model_spec"], state), ckpt
+    return _model_from_state(path, ckpt["model_spec"], state), ckpt
 
 
-def _built(path: str | os.PathLike, spec: dict[str, Any], state: dict[str, Any]) -> nn.Module:
+def _model_from_state(path: str | os.PathLike, spec: dict[str, Any], state: dict[str, Any]) -> nn.Module:
     """The model of ``spec`` with the weights ``state`` (in float64 if they all are); ``ValueError``
     naming ``path`` if they do not fit."""
     # the run's precision: load_state_dict would cast float64 weights into the float32 model quietly

@@ -77,7 +77,7 @@ class Group:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def decide(self, decision: Callable[[], T]) -> T:
+    def on_main(self, decision: Callable[[], T]) -> T:
         """Run ``decision`` on rank 0 and return its result everywhere; an error it raises is
         raised on every process, so that none is left waiting for the others."""
         if not self.shared:
@@ -104,14 +104,14 @@ class Group:
             dist.barrier()
 
     @contextmanager
-    def holding(self, context: AbstractContextManager) -> Iterator[None]:
+    def entered_on_main(self, context: AbstractContextManager) -> Iterator[None]:
         """Enter ``context`` on the writing process only (a run folder's lock, say); if that
         fails, every process raises its error."""
         if not self.shared:
             with context:
                 yield
             return
-        entered = self.decide(lambda: context.__enter__() or True)
+        entered = self.on_main(lambda: context.__enter__() or True)
         try:
             yield
         finally:

@@ -20,7 +20,8 @@ from lunet.experiments.images import (
 )
 from lunet.experiments.preprocess import ImagePreprocessor, bits_per_dim, paper_bits_per_pixel
 from lunet.experiments.rundir import RunFolder
-from lunet.flow import for_inference, placement
+from lunet.frozen import frozen_or_module
+from lunet.latent import flow_placement
 
 
 @torch.no_grad()
@@ -29,9 +30,9 @@ def image_log_probs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image: ``log p(y)`` of the dequantised image and the flow's logit-space ``log p(l)``, nats (N,).
 
-    ``model``: a flow or a snapshot from :func:`~lunet.flow.for_inference` (faster).
+    ``model``: a flow or a snapshot from :func:`~lunet.frozen.frozen_or_module` (faster).
     """
-    dtype, device = placement(model)
+    dtype, device = flow_placement(model)
     gen = torch.Generator().manual_seed(seed)
     full, logit_space = [], []
     for start in range(0, pixels.shape[0], batch_size):
@@ -58,7 +59,7 @@ def evaluate_run(
     accuracy ``argmax_c log p(x|c)`` (uniform class prior).
     """
     settings, models, ckpts = load_run_models(run_dir, device=device)
-    scorers = [for_inference(m) for m in models]
+    scorers = [frozen_or_module(m) for m in models]
     images, labels = load_dataset(settings.dataset, "test", data_dir=data_dir, verify=verify)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
@@ -206,7 +207,7 @@ def class_agreement(
         raise ValueError(
             "class agreement needs a per-class or single-class run (trained with --per-class or --class K)"
         )
-    models = [for_inference(m) for m in models]
+    models = [frozen_or_module(m) for m in models]
     pre = ImagePreprocessor(settings.lam)
     out: dict[str, Any] = {}
     for prior_name in priors:

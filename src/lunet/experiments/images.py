@@ -34,7 +34,8 @@ from lunet.experiments.rundir import RunFolder, as_folder
 from lunet.experiments.settings import SettingError, TrainConfig
 from lunet.experiments.step_runner import LogProbFn, check_shared_config
 from lunet.experiments.train import Trainer, resolve_device
-from lunet.flow import for_inference, placement
+from lunet.frozen import frozen_or_module
+from lunet.latent import flow_placement
 
 
 def nats_to_bits_per_dim(nats_per_dim: float) -> float:
@@ -115,8 +116,8 @@ def train_image_run(
     record = RunRecord(IMAGES, settings, str(find_file(settings.dataset, FILES["train"][0], data_dir).parent.resolve()))
     (train_x, train_y), (val_x, val_y) = train_val_split(images, labels)
     resumable = [model_folder(run, c, settings.kind).checkpoint for c in settings.classes]
-    with group.holding(run.locked()):
-        group.decide(lambda: run.begin(resume, overwrite, resumable))
+    with group.entered_on_main(run.locked()):
+        group.on_main(lambda: run.begin(resume, overwrite, resumable))
         return _train_models(run, record, config, train_x, train_y, val_x, val_y, resume, progress, limit, group)
 
 
@@ -128,17 +129,17 @@ def _train_models(
     pre = ImagePreprocessor(settings.lam, num_dims=train_x.shape[1])
     log_prob_fn = make_log_prob_fn(pre)
     # a divergence in one class lets the whole run continue with a gentler step
-    after_divergence = resume and group.decide(lambda: any(
+    after_divergence = resume and group.on_main(lambda: any(
         load_checkpoint(path).get("diverged")
         for path in (model_folder(run, c, settings.kind).checkpoint for c in settings.classes)
         if path.is_file()
     ))
     # a per-class run deals its models out over the processes; any other run's model is shared by them
-    dealt = settings.kind == "per_class" and group.shared
-    speaks = group.is_main or dealt  # a shared model's messages come from process 0 alone
+    classes_dealt = settings.kind == "per_class" and group.shared
+    reports = group.is_main or classes_dealt  # a shared model's messages come from process 0 alone
     results = {}
     for i, c in enumerate(settings.classes):
-        if dealt and not group.owns(i):
+        if classes_dealt and not group.owns(i):
             continue
         tx, _ = class_subset(train_x, train_y, c)
         vx, _ = class_subset(val_x, val_y, c)
@@ -150,7 +151,7 @@ def _train_models(
         if settings.data_init != "none" and hasattr(model, "standardize"):
             gen = torch.Generator().manual_seed(config.seed)
             logits = pre.to_model_space(tx, gen)[0]
-            if settings.data_init == "gaussian" and tx.shape[0] <= pre.num_dims and speaks:
+            if settings.data_init == "gaussian" and tx.shape[0] <= pre.num_dims and reports:
                 # the sample covariance of n <= D points is singular: its Gaussian puts held-out images far off
                 print(f"warning: {tx.shape[0]} training images for {pre.num_dims} dimensions are too few for the "
                       f"Gaussian start (it needs more images than dimensions); starting from per-pixel "
@@ -159,21 +160,21 @@ def _train_models(
                 model.init_gaussian(logits)
             else:
                 model.standardize(logits)
-        model_group = SINGLE if dealt else group
+        model_group = SINGLE if classes_dealt else group
         trainer = Trainer(
             model, settings.model, config, tx, vx, log_prob_fn, dim=pre.num_dims, out_dir=out,
             unit=BITS_PER_DIM, progress=progress and group.is_main,
             extra={"class_label": c, "dataset": settings.dataset}, group=model_group, dequantize=True,
         )
         # rank 0's disk decides: the other machines of a shared model need not see the run folder
-        if resume and model_group.decide(trainer.checkpoint_path.exists):
+        if resume and model_group.on_main(trainer.checkpoint_path.exists):
             trainer.resume(after_divergence=after_divergence)
         if i == 0:  # every check of the first model has passed: the folder now holds this run
-            if dealt:  # only rank 0 deals itself model 0
+            if classes_dealt:  # only rank 0 deals itself model 0
                 write_run(run, record)
             else:
-                group.decide(lambda: write_run(run, record))
-        if progress and speaks and c is not None:
+                group.on_main(lambda: write_run(run, record))
+        if progress and reports and c is not None:
             print(f"class {c}: {tx.shape[0]} training images")
         start = time.perf_counter()
         trainer.fit()
@@ -208,8 +209,8 @@ def fitted_latent_gaussian(
     model: nn.Module, pixels: torch.Tensor, pre: ImagePreprocessor, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (D,) and Cholesky factor (D, D) of the latents of ``pixels`` (the authors' sampling prior);
-    ``model``: a flow or a snapshot from :func:`~lunet.flow.for_inference`."""
-    dtype, device = placement(model)
+    ``model``: a flow or a snapshot from :func:`~lunet.frozen.frozen_or_module`."""
+    dtype, device = flow_placement(model)
     gen = torch.Generator().manual_seed(seed)
     zs = []
     for start in range(0, pixels.shape[0], 1000):
@@ -246,10 +247,10 @@ def sample_images(
 ) -> torch.Tensor:
     """Images (num_samples, D) in [0, 1]: latents from N(0, T² I) or, given ``prior = (mean, chol)``,
     from the fitted Gaussian with its spread scaled by ``temperature``; ``model``: a flow or a
-    snapshot from :func:`~lunet.flow.for_inference` (faster for many calls)."""
+    snapshot from :func:`~lunet.frozen.frozen_or_module` (faster for many calls)."""
     check_temperature(temperature)
     check_positive_int(num_samples, "num_samples")
-    dtype, device = placement(model)
+    dtype, device = flow_placement(model)
     eps = torch.randn(num_samples, pre.num_dims, generator=generator, dtype=torch.float64)
     if prior is None:
         z = temperature * eps
@@ -281,7 +282,7 @@ def sample_grid(
     if len(models) > 1 and num is not None:
         raise SettingError("{num} is for unconditional and single-class runs; a per-class run draws {per_row} images "
                            "per class")
-    models = [for_inference(m) for m in models]
+    models = [frozen_or_module(m) for m in models]
     pre = ImagePreprocessor(settings.lam)
     priors: list = [None] * len(models)
     if prior == "fitted":
@@ -311,7 +312,7 @@ def interpolate(
     if bad:
         raise SettingError("{pairs} indices must lie in 0..{top}, got {bad}", top=test_x.shape[0] - 1, bad=bad)
     gen = torch.Generator().manual_seed(0)
-    dtype, dev = placement(model)
+    dtype, dev = flow_placement(model)
     frames = []
     for a, b in pairs:
         logits, _ = pre.to_model_space(test_x[[a, b]], gen, dtype=dtype)

@@ -41,7 +41,7 @@ from lunet.experiments.peer_models import MODELS, MissingExtra, PeerModel, avail
 from lunet.experiments.preprocess import ImagePreprocessor, bits_per_dim, logit_transform
 from lunet.experiments.rundir import write_text_atomic
 from lunet.experiments.settings import DEFAULT_LAM
-from lunet.transforms import Standardize
+from lunet.standardize import Standardize
 
 SCHEMA = "lunet-peers/1"
 DATASETS = ("mnist", "fashion-mnist", "gmm2d", "breast-cancer")
@@ -687,6 +687,36 @@ def validate_results(doc: dict[str, Any]) -> list[str]:
             for key in ("params", "params_free", "peak_train_memory_mib", "density", "sampling", "sampling_batch1"):
                 _check(key in speed, f"{where}: speed lacks {key!r}", problems)
     return problems
+
+
+def combine_results(docs: Sequence[dict[str, Any]], names: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """One results document from several runs of the benchmark (``names``: where each came from, for
+    messages): every (data set, model) of each, the later one where two hold the same pair. The runs
+    must conform to the schema and share the protocol, the budgets, the quick flag and the machine
+    (its platform, processor, thread count and package versions); ``ValueError`` says which does not.
+    The result lists each run's command and times under ``"runs"``."""
+    names = list(names) if names is not None else [f"results {i + 1}" for i in range(len(docs))]
+    if not docs:
+        raise ValueError("combine_results needs at least one results document")
+    first = docs[0]
+    for name, doc in zip(names, docs):
+        problems = validate_results(doc)
+        if problems:
+            raise ValueError(f"{name} is not a results file of this benchmark: {'; '.join(problems[:3])}")
+        for key in ("protocol", "budgets_s", "quick", "machine"):
+            if doc[key] != first[key]:
+                raise ValueError(f"{name} was measured under another {key.replace('_s', '')} than {names[0]}: "
+                                 f"figures of the two do not compare")
+    combined: dict[str, Any] = {key: first[key] for key in ("schema", "quick", "machine", "protocol", "budgets_s")}
+    combined["runs"] = [{"from": name, "command": doc.get("command", ""), "started": doc.get("started"),
+                         "finished": doc.get("finished")} for name, doc in zip(names, docs)]
+    combined["datasets"] = {}
+    for doc in docs:
+        for dname, d in doc["datasets"].items():
+            entry = combined["datasets"].setdefault(dname, {**{k: v for k, v in d.items() if k != "models"},
+                                                            "models": {}})
+            entry["models"].update(d["models"])
+    return combined
 
 
 def _write(doc: dict[str, Any], out: Optional[Path]) -> None:

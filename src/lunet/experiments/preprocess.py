@@ -219,11 +219,3 @@ class ImagePreprocessor:
     def to_images(self, l: torch.Tensor) -> torch.Tensor:
         """Logit-space ``l`` (e.g. flow samples) -> images in [0, 1], same shape."""
         return inverse_logit(l, self.lam).clamp(0.0, 1.0)
-
-    def bits_per_dim(self, log_prob_y: torch.Tensor) -> torch.Tensor:
-        """:func:`bits_per_dim` with ``D = num_dims``."""
-        return bits_per_dim(log_prob_y, self.num_dims)
-
-    def paper_bits_per_pixel(self, logit_space_log_prob: torch.Tensor) -> torch.Tensor:
-        """:func:`paper_bits_per_pixel` with ``D = num_dims`` (the paper's convention)."""
-        return paper_bits_per_pixel(logit_space_log_prob, self.num_dims)

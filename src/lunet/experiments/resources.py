@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import torch
 
-from lunet.numbers import check_positive_int
+from lunet.limits import check_positive_int
 
 # Bytes in use per byte of a model's own weights and buffers, measured on LU-Nets of width
 # 2,000 to 2,500. Training adds the gradients, Adam's two moments, the best weights' copy

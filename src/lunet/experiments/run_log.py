@@ -138,10 +138,8 @@ class RunLog:
             self._bar.set_postfix_str(f"epoch {epoch}/{epochs}, val {self.unit.describe(val_nll)}")
 
     def draw_curves(self) -> None:
-        """``curves.png`` beside the metrics: train and validation NLL per epoch (skipped without matplotlib)."""
+        """``curves.png`` beside the metrics: train and validation NLL per epoch."""
+        from lunet.experiments.plots import plot_training_curves
+
         self._curves_stale = False
-        try:
-            from lunet.experiments.plots import plot_training_curves
-        except ImportError:
-            return
         plot_training_curves(self.folder.metrics, self.folder.curves, self.unit.key, self.unit.label)

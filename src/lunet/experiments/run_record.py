@@ -16,8 +16,8 @@ from typing import Any, Optional, Sequence, Union
 from lunet.experiments.checkpoint import check_spec, first_sentence
 from lunet.experiments.data import DATASETS
 from lunet.experiments.rundir import RunFolder, UnsafeFile, read_text, write_text_atomic
-from lunet.experiments.settings import DEFAULT_LAM, SettingError, paper_lunet_spec
-from lunet.numbers import check_positive_int
+from lunet.experiments.settings import DEFAULT_LAM, RECIPES, SettingError, paper_lunet_spec
+from lunet.limits import check_positive_int
 
 IMAGES, VECTORS, GMM2D = "images", "vectors", "gmm2d"
 KINDS = (IMAGES, VECTORS, GMM2D)
@@ -40,8 +40,11 @@ class ImageRunSettings:
     model: dict[str, Any] = field(default_factory=lambda: paper_lunet_spec())
     lam: float = DEFAULT_LAM
     data_init: str = "gaussian"  # "gaussian" (start at the full-covariance Gaussian fit), "standardize" or "none"
+    recipe: str = "paper"  # the named settings the run started from (settings.RECIPES)
 
     def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {tuple(RECIPES)}, got {self.recipe!r}")
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.kind not in IMAGE_KINDS:
@@ -152,6 +155,8 @@ def write_run(folder: RunFolder, record: RunRecord) -> None:
         if path.exists() and folder.checkpoints():  # without a checkpoint there is no run to protect
             existing = json.loads(read_text(path))
             existing.pop("data_dir", None)
+            if isinstance(existing, dict):  # an entry left out reads as its default, as _read_images reads it
+                existing = {"recipe": ImageRunSettings.recipe, **existing}
             if existing != entries:
                 raise SettingError("{path} describes another run ({existing}); use another {out}, or the same "
                                    "options to resume", path=path, existing=existing)

@@ -24,9 +24,9 @@ CURVES_NAME = "curves.png"
 RUN_FILE = "run.json"
 # what a finished 2-D run writes beside its checkpoint
 RESULT_FILES = ("summary.json", "density.png", "samples.png")
-# Locks this process holds: path -> (file descriptor, depth), so that nested
-# holders (a run and the trainer inside it) share one lock.
-_held: dict[Path, list] = {}
+# The folders this process holds locked: a second hold on one of them is a mistake of the caller
+# (flock would grant it silently, and the inner release would free the outer hold).
+_held: set[Path] = set()
 
 
 # Where the platform has them: open no symbolic link as the last part of a path, and
@@ -37,7 +37,7 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 class RunFolderBusy(NamesSettings, RuntimeError):
-    """Another process is training into the same run folder."""
+    """Another training holds the run folder (or this process holds it already)."""
 
 
 class UnsafeFile(ValueError):
@@ -314,12 +314,8 @@ def _locked(folder: str | os.PathLike) -> Iterator[Path]:
     given = check_writable(folder)
     folder = given.resolve()
     if folder in _held:
-        _held[folder][1] += 1
-        try:
-            yield folder
-        finally:
-            _held[folder][1] -= 1
-        return
+        raise RunFolderBusy("{folder} is locked by this process already: a run folder is locked once, by the "
+                            "run that writes in it", folder=folder)
     try:
         import fcntl
     except ImportError:  # no advisory locks on this platform
@@ -340,10 +336,10 @@ def _locked(folder: str | os.PathLike) -> Iterator[Path]:
                   "command": " ".join(sys.argv)}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode() + b"\n", 0)
-        _held[folder] = [fd, 1]
+        _held.add(folder)
         yield folder
     finally:
-        _held.pop(folder, None)
+        _held.discard(folder)
         os.close(fd)  # releases the lock
 
 
@@ -487,7 +483,8 @@ class RunFolder:
         A second process asking for the same folder gets :class:`RunFolderBusy`
         naming the holder. The lock is the operating system's (``flock``), so it
         ends with the process however that ends; the lock file stays behind, empty
-        of meaning. Locks nest within a process. Where ``fcntl`` is missing
+        of meaning. Within one process a folder is locked once: a second hold raises
+        :class:`RunFolderBusy` too. Where ``fcntl`` is missing
         (Windows) no lock is taken. Taking it checks the folder's files
         (:meth:`check_files`) before anything is written there.
         """

@@ -10,7 +10,7 @@ import string
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from lunet.numbers import check_positive_int
+from lunet.limits import check_positive_int
 
 if TYPE_CHECKING:
     import torch
@@ -147,6 +147,26 @@ class GMM2DSettings:
 
     def __post_init__(self) -> None:
         check_positive_int(self.starts, "starts")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named set of settings for an image run: the LU-Net spec entries (``model``) and the
+    :class:`TrainConfig` fields (``train``) it changes from the defaults. Options given with it win."""
+
+    name: str
+    summary: str
+    model: dict
+    train: dict
+
+
+# ``lunet train --recipe NAME`` (docs/results.md measures both)
+RECIPES = {
+    "paper": Recipe("paper", "the paper's LU-Net (4 blocks of 784, leaky softplus) and lunet's 60-epoch schedule",
+                    {}, {}),
+    "best": Recipe("best", "the paper's widths and depth with a monotone spline per feature as activation, "
+                           "40 epochs", {"activation": "spline"}, {"epochs": 40}),
+}
 
 
 def default_train_config(dataset: str) -> TrainConfig:

@@ -193,13 +193,13 @@ class Trainer:
             self.state.check_resumable(ckpt, self.checkpoint_path, after_divergence)
             return ckpt
 
-        self.state.restore(self.group.decide(checked))
+        self.state.restore(self.group.on_main(checked))
         self._resumed = True
         self.log.keep_until(self.state.epoch)
 
     def fit(self) -> list[dict[str, Any]]:
         """Train the remaining epochs; returns the metric rows written this call."""
-        self.group.decide(self._prepare_folder)
+        self.group.on_main(self._prepare_folder)
         if not self._resumed:
             self.state.start_val = self._validation_log_prob()
             self._resumed = True  # a later fit() on this trainer continues the run
@@ -265,7 +265,7 @@ class Trainer:
 
     def _diverged(self, what: str, advice: str) -> Exception:
         """The error for a divergence, after marking the last good checkpoint (if any) as followed by one."""
-        epoch = self.group.decide(lambda: mark_diverged(self.checkpoint_path, what))
+        epoch = self.group.on_main(lambda: mark_diverged(self.checkpoint_path, what))
         return diverged(what, advice, epoch, self.checkpoint_path)
 
     def _run_epoch(self) -> Optional[dict[str, Any]]:

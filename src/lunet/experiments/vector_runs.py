@@ -35,7 +35,7 @@ from lunet.experiments.settings import (
 from lunet.experiments.step_runner import check_shared_config
 from lunet.experiments.train import Trainer, resolve_device
 from lunet.experiments.vectors import check_fits_dtype, check_width
-from lunet.flow import placement
+from lunet.latent import flow_placement
 
 Vectors = Union[torch.Tensor, np.ndarray, Dataset, DataLoader]
 # Rows a training needs to learn from: a spread (the standardisation's) takes two. The Gaussian
@@ -108,7 +108,7 @@ def _check_enough_rows(name: str, train: torch.Tensor, val: torch.Tensor, data_i
 
 def log_prob_fn(model: nn.Module, batch: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``log p(x)`` in nats per row, ``batch`` (B, D) moved to the model's dtype and device."""
-    dtype, device = placement(model)
+    dtype, device = flow_placement(model)
     return model.log_prob(batch.to(device=device, dtype=dtype))
 
 
@@ -164,8 +164,8 @@ def train_vectors(
     resolve_device(config.device)
     check_model_memory(spec, config.torch_dtype, training=True, device=config.device)
     check_shared_config(config, group)  # before --overwrite clears anything
-    with group.holding(run.locked()):
-        group.decide(lambda: _prepare_run(run, settings, overwrite, resume))
+    with group.entered_on_main(run.locked()):
+        group.on_main(lambda: _prepare_run(run, settings, overwrite, resume))
         torch.manual_seed(config.seed)
         model = build_model(spec)
         if data_init == "gaussian":
@@ -224,7 +224,7 @@ def evaluate_vectors(run_dir: str | Path | RunFolder, data: Vectors, device: str
     settings, model = load_vector_run(run_dir, device)
     x = as_vectors(data, str(name), min_rows=1)
     check_width(x, settings.dim, name)
-    check_fits_dtype(x, placement(model)[0], name)
+    check_fits_dtype(x, flow_placement(model)[0], name)
     lp = torch.cat([log_prob_fn(model, chunk).double().cpu() for chunk in x.split(batch_size)])
     return {
         "nll_nats_per_dim": float(-lp.mean() / settings.dim),
@@ -248,7 +248,7 @@ def sample_vectors(run_dir: str | Path | RunFolder, num: int, temperature: float
                            "call draws; give {num} at most {most:,} (and another {seed} for more)",
                            given=num, dim=dim, total=num * dim, cap=MAX_SAMPLE_VALUES, most=MAX_SAMPLE_VALUES // dim)
     _, model = load_vector_run(run, device)
-    dtype, dev = placement(model)
+    dtype, dev = flow_placement(model)
     gen = torch.Generator().manual_seed(seed)
     z = temperature * torch.randn(num, model.dim, generator=gen, dtype=torch.float64)
     # in chunks: a pass over all the rows at once holds several copies of them per block
