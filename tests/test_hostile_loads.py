@@ -60,13 +60,16 @@ def test_file(tmp_path_factory) -> Path:
     return write_npy(tmp_path_factory.mktemp("test") / "test.npy", make_rows(20, 1))
 
 
-def crafted(run: Path, to: Path, edit: Callable[[dict], Any]) -> Path:
+def crafted(run: Path, to: Path, edit: Callable[[dict], Any], checksum: bool = True) -> Path:
     """A copy of ``run`` in ``to`` whose checkpoint went through ``edit``, saved again with a
-    checksum of its new contents."""
+    checksum of its new contents (``checksum``) or as it is, with ``torch.save``."""
     shutil.copytree(run, to)
     contents = load_checkpoint(to / "checkpoint.pt")
     edit(contents)
-    save_checkpoint(contents, to / "checkpoint.pt")
+    if checksum:
+        save_checkpoint(contents, to / "checkpoint.pt")
+    else:
+        torch.save(contents, to / "checkpoint.pt")
     return to
 
 

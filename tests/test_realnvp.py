@@ -226,8 +226,7 @@ def test_bad_sample_arguments_raise(kwargs, msg):
         RealNVP(**TINY).sample(**kwargs)
 
 
-def test_a_spec_written_with_the_old_name_num_blocks_still_builds():
+def test_a_spec_with_a_setting_the_model_lacks_is_refused_by_name():
     old_spec = {"name": "realnvp", **{k: v for k, v in TINY.items() if k != "num_res_blocks"}, "num_blocks": 2}
-    model = build_model(old_spec)
-    assert model.num_res_blocks == 2
-    assert len(model.scales[0].checker[0].net.blocks) == 2
+    with pytest.raises(ValueError, match="'num_blocks' is no setting of RealNVP"):
+        build_model(old_spec)

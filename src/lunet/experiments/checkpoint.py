@@ -69,11 +69,17 @@ def _short(value: Any, limit: int = 120) -> str:
 def build_model(spec: dict[str, Any]) -> nn.Module:
     """Rebuild a model from its spec ``{"name": ..., **kwargs}``."""
     spec = dict(check_spec(spec))
-    if spec.pop("name") == "lunet":
-        return LUNet(**spec)
+    name = spec.pop("name")
     from lunet.baselines.realnvp import RealNVP  # optional heavy baseline
 
-    return RealNVP(**spec)
+    model_class = LUNet if name == "lunet" else RealNVP
+    try:
+        return model_class(**spec)
+    except TypeError as exc:
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        if unexpected is None:
+            raise
+        raise ValueError(f"the model spec's {unexpected.group(1)!r} is no setting of {model_class.__name__}") from None
 
 
 def tensor_bytes(t: torch.Tensor) -> bytes:
