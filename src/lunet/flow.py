@@ -13,7 +13,7 @@ from torch import nn
 from lunet.checks import check_batch, check_positive_int
 from lunet.distributions import FlowDistribution
 from lunet.fast.affine import SPLIT_BELOW_ROWS, SPLIT_MIN_BYTES
-from lunet.frozen import FrozenLUNet, FrozenSequential
+from lunet.frozen import FrozenLUNet, FrozenSequential, snapshot_of
 from lunet.latent import latent_draws, standard_normal_log_prob
 from lunet.layers import LeakySoftplus, LULinear
 from lunet.spline import MonotoneSpline
@@ -277,10 +277,8 @@ class LUNet(Composition):
         ``split_min_bytes`` tune how small batches' products are split among the
         threads (:class:`~lunet.fast.affine.FrozenAffine`), not the results.
         """
-        if self.activation == "spline" or any(a.alpha.numel() > 1 for a in self.activations):
-            # each block folded alone; the splines (or the slopes learned per group) copied
-            return super().frozen(split_below_rows, split_min_bytes)
-        return FrozenLUNet(self.transforms, split_below_rows, split_min_bytes)
+        return snapshot_of(self.transforms, self.dim, split_below_rows=split_below_rows,
+                           split_min_bytes=split_min_bytes)
 
 
 class ClassConditionalFlow(nn.Module):

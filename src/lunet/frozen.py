@@ -32,7 +32,7 @@ from lunet.functional import (
     table_step,
 )
 from lunet.latent import latent_draws, standard_normal_log_prob
-from lunet.layers import LeakySoftplus, LULinear
+from lunet.layers import LeakySoftplus, LULinear, lu_affine, lu_affine_inverse
 from lunet.standardize import Standardize
 
 
@@ -66,12 +66,11 @@ class FrozenBlock:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x A^T + b`` (B, n) in plain ops."""
-        return torch.addmm(self.bias, x @ self.upper.t(), self.lower.t())
+        return lu_affine(x, self.lower, self.upper, self.bias)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """``(y - b) A^{-T}`` (B, n) by two triangular solves."""
-        h = torch.linalg.solve_triangular(self.lower.t(), y - self.bias, upper=True, left=False, unitriangular=True)
-        return torch.linalg.solve_triangular(self.upper.t(), h, upper=False, left=False)
+        return lu_affine_inverse(y, self.lower, self.upper, self.bias)
 
 
 class FrozenLUNet:
@@ -475,6 +474,17 @@ def under_vmap() -> bool:
             "through it would give zero derivatives; differentiate the flow itself. vmap over a snapshot works"
         )
     return True
+
+
+def snapshot_of(parts: Iterable[nn.Module], dim: Optional[int] = None,
+                **tuning: int) -> "FrozenLUNet | FrozenSequential":
+    """A snapshot of ``parts``: a :class:`FrozenLUNet` where they fold as one run
+    (``[Standardize] LULinear (LeakySoftplus LULinear)*``, one slope per activation), else a
+    :class:`FrozenSequential` that folds what it can; ``tuning`` as :class:`FrozenLUNet` takes it."""
+    parts = list(parts)
+    if _foldable_run(parts, 0) == len(parts):
+        return FrozenLUNet(parts, **tuning)
+    return FrozenSequential(parts, dim, **tuning)
 
 
 def frozen_or_module(model: object) -> object:

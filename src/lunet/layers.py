@@ -25,6 +25,19 @@ DIAG_MODES = ("raw", "exp")
 INIT_MODES = ("identity", "random")
 
 
+def lu_affine(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``x (L U)^T + b`` for rows ``x`` (B, n), dense ``L`` and ``U`` (n, n) and ``b`` (n,), in plain
+    differentiable ops (what the compiler and torch.func take)."""
+    return torch.addmm(bias, x @ upper.t(), lower.t())
+
+
+def lu_affine_inverse(y: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`lu_affine`, ``(y - b) U^{-T} L^{-T}`` (B, n), by two triangular solves."""
+    # Row-vector form: y - b = x U^T L^T, so solve from the right.
+    h = torch.linalg.solve_triangular(lower.t(), y - bias, upper=True, left=False, unitriangular=True)
+    return torch.linalg.solve_triangular(upper.t(), h, upper=False, left=False)
+
+
 class LULinear(Transform):
     """Invertible affine map ``y = L U x + b``.
 
@@ -185,7 +198,7 @@ class LULinear(Transform):
             # the compiler fuses the masking into its own products, and torch.func's transforms
             # differentiate and batch plain ops; the blocked kernels' strided views and in-place
             # batched products would break the one's graph and the other's wrapped tensors
-            y = torch.addmm(self.bias, x @ self.matrix_u().t(), self.matrix_l().t())
+            y = lu_affine(x, self.matrix_l(), self.matrix_u(), self.bias)
         else:
             y = TriangularAffine.apply(
                 x, self.lu, self.diagonal_u(), self.bias, self.strict_lower_mask, self.strict_upper_mask,
@@ -197,11 +210,7 @@ class LULinear(Transform):
         """``y`` (B, n) -> ``x = U^{-1} L^{-1} (y - b)`` (B, n) by two triangular solves,
         and ``log|det dx/dy| = -sum_i log|U_ii|`` (B,)."""
         self.check_invertible()
-        # Row-vector form: y - b = x U^T L^T, so solve from the right.
-        h = torch.linalg.solve_triangular(
-            self.matrix_l().t(), y - self.bias, upper=True, left=False, unitriangular=True
-        )
-        x = torch.linalg.solve_triangular(self.matrix_u().t(), h, upper=False, left=False)
+        x = lu_affine_inverse(y, self.matrix_l(), self.matrix_u(), self.bias)
         return x, (-self.log_abs_det()).expand(y.shape[0])
 
     def extra_repr(self) -> str:
