@@ -131,8 +131,8 @@ def _combine(files: list[Path], out: Optional[Path], figures: Optional[Path]) ->
     write_text_atomic(out, json.dumps(doc, indent=1) + "\n")
     figures = figures or out.parent
     for dname, d in doc["datasets"].items():
-        side = math.isqrt(d["dim"]) if d.get("kind") == "images" else 0
-        draw_figures(doc, dname, figures, (side, side) if side * side == d.get("dim") else None)
+        side = math.isqrt(d["features"]) if d.get("kind") == "images" else 0
+        draw_figures(doc, dname, figures, (side, side) if side * side == d.get("features") else None)
     print(markdown_tables(doc))
     print(f"\nwrote {out} and the pictures in {figures}")
     return 0

@@ -61,6 +61,35 @@ def test_it_composes_with_lunets_parts_and_the_log_dets_add_up():
         Sequential(Scale(3), LULinear(4))(x)
 
 
+class Shift(Transform):
+    """``y = x + 1``: a row hook whose log-det, 0 for every row, is returned once as a 0-dim tensor."""
+
+    features = 3
+
+    def forward_rows(self, x):
+        return x + 1, torch.zeros(())
+
+    def inverse_rows(self, y):
+        return y - 1, torch.zeros(())
+
+
+@pytest.mark.parametrize("leading", [(), (5,), (2, 3)])
+def test_a_log_det_the_same_for_every_row_may_be_given_once(leading):
+    torch.manual_seed(2)
+    layer = LULinear(3)
+    x = torch.randn(*leading, 3)
+    for t, expected in ((Shift(), torch.zeros(leading)), (layer, layer.log_abs_det().expand(leading)),
+                        (Sequential(Shift(), layer, Shift()), layer.log_abs_det().expand(leading)),
+                        (Sequential(Scale(3), layer), layer.log_abs_det() + 3 * 0.6931471805599453)):
+        y, logdet = t(x)
+        assert logdet.shape == leading
+        torch.testing.assert_close(logdet, expected.expand(leading))
+        back, inverse_logdet = t.inverse(y)
+        assert inverse_logdet.shape == leading
+        torch.testing.assert_close(back, x)
+        torch.testing.assert_close(inverse_logdet, -logdet)
+
+
 def test_a_composition_checks_its_input_once(monkeypatch):
     calls = []
     original = lunet.base.check_features

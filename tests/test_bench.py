@@ -17,7 +17,7 @@ def test_time_call_reports_median_and_range():
 
 
 def test_micro_benchmark_reports_every_figure_beside_its_target():
-    r = run_micro(dim=32, num_blocks=2, repeats=3)
+    r = run_micro(features=32, num_blocks=2, repeats=3)
     for key in ("step_vs_dense", "density_vs_dense", "products_vs_dense", "sampling_vs_density", "sampling_batch1_ms",
                 "step_ms"):
         assert math.isfinite(r[key]) and r[key] > 0, key

@@ -25,8 +25,8 @@ CUDA = torch.device("cuda")
 
 @pytest.mark.parametrize("snapshot", [False, True], ids=["module", "snapshot"])
 def test_lunet_on_cuda_matches_float64_cpu(snapshot):
-    ref = make_net(dim=64).double()
-    net = make_net(dim=64).to(CUDA)
+    ref = make_net(features=64).double()
+    net = make_net(features=64).to(CUDA)
     flow = net.frozen() if snapshot else net
     x = 3 * torch.randn(500, 64, dtype=torch.float64)
     with torch.no_grad():
@@ -40,7 +40,7 @@ def test_lunet_on_cuda_matches_float64_cpu(snapshot):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float64, 1e-11)])
 def test_lunet_round_trip_on_cuda(dtype, tol):
-    net = make_net(dim=64).to(CUDA, dtype)
+    net = make_net(features=64).to(CUDA, dtype)
     frozen = net.frozen()
     x = torch.randn(1000, 64, device=CUDA, dtype=dtype)
     z, _ = frozen(x)
@@ -55,7 +55,7 @@ def test_lunet_round_trip_on_cuda(dtype, tol):
 
 
 def test_results_follow_device_moves_and_edits_there():
-    net = make_net(dim=64)
+    net = make_net(features=64)
     x = torch.randn(16, 64)
     with torch.no_grad():
         lp_cpu = net.log_prob(x)
@@ -73,7 +73,7 @@ def test_results_follow_device_moves_and_edits_there():
 
 def test_training_step_on_cuda_matches_cpu():
     # wide enough for the blocked triangular products of the training path
-    cpu_net, cuda_net = make_net(dim=300), make_net(dim=300).to(CUDA)
+    cpu_net, cuda_net = make_net(features=300), make_net(features=300).to(CUDA)
     x = torch.randn(256, 300)
     for net, data in ((cpu_net, x), (cuda_net, x.to(CUDA))):
         opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
@@ -121,8 +121,8 @@ def _image_trainer(out, epochs, cuda_graph=True, rows=400):
     model = LUNet(784, 2)
     config = TrainConfig(epochs=epochs, batch_size=64, device="cuda", schedule="constant", grad_clip=10.0,
                          cuda_graph=cuda_graph)
-    return Trainer(model, {"name": "lunet", "dim": 784, "num_blocks": 2}, config, pixels[:-50], pixels[-50:],
-                   make_log_prob_fn(pre), dim=784, out_dir=out, progress=False, dequantize=True)
+    return Trainer(model, {"name": "lunet", "features": 784, "num_blocks": 2}, config, pixels[:-50], pixels[-50:],
+                   make_log_prob_fn(pre), features=784, out_dir=out, progress=False, dequantize=True)
 
 
 @pytest.mark.parametrize("cuda_graph", [False, True], ids=["eager", "cuda-graph"])
@@ -164,7 +164,7 @@ def test_a_training_step_captured_as_a_cuda_graph_equals_the_eager_steps():
     from lunet import set_value_checks
     from lunet.experiments.bench import captured_step
 
-    net = make_net(dim=64).to(CUDA)
+    net = make_net(features=64).to(CUDA)
     twin = copy.deepcopy(net)
     x = torch.randn(256, 64, device=CUDA)
     with set_value_checks(False):
@@ -182,7 +182,7 @@ def test_a_training_step_captured_as_a_cuda_graph_equals_the_eager_steps():
 def test_micro_bench_on_cuda_reports_the_captured_step_or_why_not():
     from lunet.experiments.bench import micro_table, run_micro
 
-    result = run_micro(device="cuda", dim=128, num_blocks=2, repeats=3)
+    result = run_micro(device="cuda", features=128, num_blocks=2, repeats=3)
     assert ("captured_step_ms" in result) != ("captured_error" in result)
     assert ("captured_density_1000_ms" in result) != ("captured_inference_error" in result)
     assert "CUDA graph" in micro_table(result)

@@ -19,7 +19,7 @@ from lunet.experiments.settings import TrainConfig
 from lunet.experiments.train import Trainer
 
 DIM = 3
-SPEC = {"name": "lunet", "dim": DIM, "num_blocks": 2}
+SPEC = {"name": "lunet", "features": DIM, "num_blocks": 2}
 # 203 rows in batches of 20: the last batch has 3 rows, split 2 + 1 over two processes
 CONFIG = dict(epochs=3, batch_size=20, lr=1e-2, seed=5, grad_clip=5.0, dtype="float64")
 
@@ -39,7 +39,7 @@ def make_trainer(out: Path, group: Group, rows: int = 203, **changes) -> Trainer
     torch.manual_seed(1)
     model = LUNet(DIM, 2)
     return Trainer(model, SPEC, TrainConfig(**{**CONFIG, **changes}), data[:rows], data[203:], log_prob,
-                   dim=DIM, out_dir=out, progress=False, group=group)
+                   features=DIM, out_dir=out, progress=False, group=group)
 
 
 def _worker(rank: int, world: int, init_file: str, out: str, epochs: int, resume: bool) -> None:

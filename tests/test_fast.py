@@ -199,12 +199,12 @@ def test_a_layer_with_frozen_weights_passes_gradients_to_its_input(rows):
 
 @pytest.mark.parametrize("slope_shape", [(), (4,)], ids=["one-slope", "slope-per-feature"])
 def test_the_learned_slope_pass_has_the_definitions_values_and_gradients(slope_shape):
-    from lunet.fast.activation import LearnedSlopeForward
+    from lunet.fast.activation import LearnedAlphaForward
 
     torch.manual_seed(0)
     x = (3 * torch.randn(6, 4, dtype=torch.float64)).requires_grad_()
     a = (0.1 + 0.8 * torch.rand(slope_shape, dtype=torch.float64)).requires_grad_()
-    value, logdet = LearnedSlopeForward.apply(x, a)
+    value, logdet = LearnedAlphaForward.apply(x, a)
     torch.testing.assert_close(value, functional.leaky_softplus(x, a))
     torch.testing.assert_close(logdet, functional.leaky_softplus_log_derivative(x, a).sum(dim=1))
-    assert torch.autograd.gradcheck(LearnedSlopeForward.apply, (x, a))
+    assert torch.autograd.gradcheck(LearnedAlphaForward.apply, (x, a))

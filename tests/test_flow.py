@@ -12,9 +12,9 @@ from lunet.experiments.toy import GaussianMixture2D
 DTYPES = [torch.float32, torch.float64]
 
 
-def make_net(dim=6, blocks=4, dtype=torch.float64, seed=0, **kw):
+def make_net(features=6, blocks=4, dtype=torch.float64, seed=0, **kw):
     torch.manual_seed(seed)
-    net = LUNet(dim, blocks, init_scale=1.0, **kw).to(dtype)
+    net = LUNet(features, blocks, init_scale=1.0, **kw).to(dtype)
     with torch.no_grad():
         for block in net.blocks:
             block.bias.normal_(0.0, 2.0)  # move the kinks into the data
@@ -65,7 +65,7 @@ def test_pre_activations_exercise_both_branches():
 
 @pytest.mark.parametrize("diag", ["raw", "exp"])
 def test_network_logdet_matches_autograd_jacobian(diag):
-    net = make_net(dim=4, blocks=3, diag=diag, seed=5)
+    net = make_net(features=4, blocks=3, diag=diag, seed=5)
     net.standardize(torch.randn(100, 4, dtype=torch.float64) * 2)
     xs = torch.randn(6, 4, dtype=torch.float64) * 4
     for x in xs:
@@ -75,7 +75,7 @@ def test_network_logdet_matches_autograd_jacobian(diag):
 
 
 def test_log_prob_is_change_of_variables():
-    net = make_net(dim=3, blocks=2)
+    net = make_net(features=3, blocks=2)
     x = torch.randn(10, 3, dtype=torch.float64)
     z, logdet = net(x)
     expected = -0.5 * (z**2).sum(1) - 1.5 * math.log(2 * math.pi) + logdet
@@ -119,7 +119,7 @@ def test_density_integrates_to_one_in_2d(fitted_2d_net):
 
 
 def test_sample_shapes_dtype_and_temperature():
-    net = make_net(dim=5, blocks=3, dtype=torch.float32)
+    net = make_net(features=5, blocks=3, dtype=torch.float32)
     with torch.no_grad():
         s = net.sample(64)
         assert s.shape == (64, 5) and s.dtype == torch.float32
@@ -143,8 +143,8 @@ def test_sample_shapes_dtype_and_temperature():
 def test_sample_is_gradient_free_and_rsample_differentiable(conditional):
     """``sample`` records no graph even with autograd on, ``rsample`` keeps it;
     from one seed both draw the same rows."""
-    net = make_net(dim=5, blocks=3)
-    model = ClassConditionalFlow([make_net(dim=5, blocks=3, seed=1), net]) if conditional else net
+    net = make_net(features=5, blocks=3)
+    model = ClassConditionalFlow([make_net(features=5, blocks=3, seed=1), net]) if conditional else net
     args = (6, 1) if conditional else (6,)
     drawn = model.sample(*args, generator=torch.Generator().manual_seed(3))
     assert not drawn.requires_grad and drawn.grad_fn is None
@@ -157,7 +157,7 @@ def test_sample_is_gradient_free_and_rsample_differentiable(conditional):
 
 
 def test_standardize_keeps_likelihood_of_raw_data():
-    net = make_net(dim=3, blocks=2)
+    net = make_net(features=3, blocks=2)
     data = torch.randn(1000, 3, dtype=torch.float64) * torch.tensor([5.0, 0.1, 2.0], dtype=torch.float64) + 7
     x = data[:5]
     before_z, before_ld = net(x)
@@ -222,7 +222,7 @@ def test_mixture_density_and_entropy_are_consistent():
 
 @pytest.mark.parametrize("leading", [(), (5,), (2, 3)], ids=str)
 def test_class_conditional_flow_takes_any_leading_shape(leading):
-    flows = [make_net(dim=3, blocks=2, seed=s) for s in range(3)]
+    flows = [make_net(features=3, blocks=2, seed=s) for s in range(3)]
     prior = torch.tensor([0.2, 0.3, 0.5]).log()
     model = ClassConditionalFlow(flows, prior)
     x = torch.randn(*leading, 3, dtype=torch.float64)

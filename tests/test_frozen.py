@@ -7,10 +7,10 @@ import torch
 from lunet import LUNet
 
 
-def make_net(seed=0, dim=32, blocks=4, learn_alpha=False):
+def make_net(seed=0, features=32, blocks=4, learn_alpha=False):
     torch.manual_seed(seed)
     # moderately conditioned: tolerances near float32 eps
-    net = LUNet(dim, blocks, init_scale=0.3, learn_alpha=learn_alpha)
+    net = LUNet(features, blocks, init_scale=0.3, learn_alpha=learn_alpha)
     with torch.no_grad():
         for block in net.blocks:
             block.bias.normal_(0.0, 0.5)
@@ -237,7 +237,7 @@ def test_float32_agrees_with_float64(passes):
 def test_small_batches_of_a_wide_net_agree_with_the_training_path(batch, two_threads):
     """At width 640 the snapshot's matrices are large enough that a small batch's products
     are split among the threads (``FrozenAffine``): density and sampling must not notice."""
-    net = make_net(dim=640, blocks=3)
+    net = make_net(features=640, blocks=3)
     net.standardize(torch.randn(200, 640) * 2 + 1)
     x = torch.randn(batch, 640) * 2 + 1
     z_ref, ld_ref = net(x)

@@ -20,7 +20,7 @@ def test_the_run_keeps_the_start_with_the_best_validation_nll(tmp_path):
 
     # the starts, taken apart from the grouped flow's best weights, score as reported
     grouped, _ = load_model(run / "starts" / "checkpoint.pt", which="best")
-    assert grouped.groups == 3 and grouped.dim == 6
+    assert grouped.groups == 3 and grouped.features == 6
     val = gmm2d.make_splits(0)["val"]
     flows = grouped.split_groups()
     scored = [-mean_log_prob(f.eval(), val, gmm2d._log_prob_fn, 10000, seed=0) for f in flows]
@@ -29,7 +29,7 @@ def test_the_run_keeps_the_start_with_the_best_validation_nll(tmp_path):
     # the run's model is the best of them, as a plain 2-D flow
     best = min(range(3), key=nlls.__getitem__)
     model, info = load_model(run / "checkpoint.pt")
-    assert model.dim == 2 and model.groups == 1 and info["extra"]["start"] == best
+    assert model.features == 2 and model.groups == 1 and info["extra"]["start"] == best
     x = torch.randn(50, 2)
     torch.testing.assert_close(model.log_prob(x), flows[best].log_prob(x), rtol=0, atol=0)
     test = gmm2d.make_splits(0)["test"]

@@ -49,7 +49,7 @@ def test_training_never_leaves_the_groups():
 def test_the_split_flows_add_up_to_the_grouped_one(learn_alpha):
     flow = _flow(learn_alpha=learn_alpha)
     parts = flow.split_groups()
-    assert [p.dim for p in parts] == [2, 2, 2] and all(p.groups == 1 for p in parts)
+    assert [p.features for p in parts] == [2, 2, 2] and all(p.groups == 1 for p in parts)
     x = torch.randn(7, 6, dtype=torch.float64)
     total = sum(part.log_prob(x[:, 2 * g : 2 * g + 2]) for g, part in enumerate(parts))
     torch.testing.assert_close(total, flow.log_prob(x))
@@ -69,7 +69,7 @@ def test_a_grouped_flow_counts_only_its_groups_parameters():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(dim=6, num_blocks=2, groups=4), "groups must divide dim"),
+    (dict(features=6, num_blocks=2, groups=4), "groups must divide features"),
 ])
 def test_impossible_groupings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):

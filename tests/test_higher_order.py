@@ -74,11 +74,11 @@ def inputs(leading: tuple[int, ...], dtype: torch.dtype, seed: int = 0) -> torch
 def plain_forward(m, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``m(x)`` by plain differentiable ops."""
     if isinstance(m, LULinear):
-        eye = torch.eye(m.dim, dtype=x.dtype)
+        eye = torch.eye(m.features, dtype=x.dtype)
         weight = (m.lu * m.strict_lower_mask + eye) @ (m.lu * m.strict_upper_mask + torch.diag(m.diagonal_u()))
         return x @ weight.t() + m.bias, m.diagonal_u().abs().log().sum().expand(x.shape[:-1])
     if isinstance(m, LeakySoftplus):
-        a = _slopes(m, x)
+        a = _alphas(m, x)
         value = a * x + (1 - a) * torch.nn.functional.softplus(x)
         return value, torch.log(a + (1 - a) * torch.sigmoid(x)).sum(-1)
     if isinstance(m, Standardize):
@@ -95,15 +95,15 @@ def plain_forward(m, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def plain_inverse(m, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``m.inverse(y)`` by plain differentiable ops."""
     if isinstance(m, LULinear):
-        eye = torch.eye(m.dim, dtype=y.dtype)
+        eye = torch.eye(m.features, dtype=y.dtype)
         lower = m.lu * m.strict_lower_mask + eye
         upper = m.lu * m.strict_upper_mask + torch.diag(m.diagonal_u())
-        rows = (y - m.bias).reshape(-1, m.dim)  # the solves take matrices
+        rows = (y - m.bias).reshape(-1, m.features)  # the solves take matrices
         h = torch.linalg.solve_triangular(lower.t(), rows, upper=True, left=False, unitriangular=True)
         x = torch.linalg.solve_triangular(upper.t(), h, upper=False, left=False).reshape(y.shape)
         return x, -plain_forward(m, y)[1]
     if isinstance(m, LeakySoftplus):
-        a = _slopes(m, y)
+        a = _alphas(m, y)
         x = m.inverse(y)[0].detach()
         for _ in range(4):
             x = x - (a * x + (1 - a) * torch.nn.functional.softplus(x) - y) / (a + (1 - a) * torch.sigmoid(x))
@@ -119,7 +119,7 @@ def plain_inverse(m, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return y, logdet
 
 
-def _slopes(m: LeakySoftplus, like: torch.Tensor) -> torch.Tensor:
+def _alphas(m: LeakySoftplus, like: torch.Tensor) -> torch.Tensor:
     a = m.alpha.to(like.dtype)
     return a.repeat_interleave(like.shape[-1] // a.numel()) if a.dim() else a
 

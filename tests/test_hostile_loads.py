@@ -39,10 +39,11 @@ def small_models_only(monkeypatch):
     taking the memory: what a refusal must come before."""
     real = checkpoint.LUNet
 
-    def guarded(dim: int, num_blocks: int, **kwargs: Any):
-        if isinstance(dim, int) and isinstance(num_blocks, int) and num_blocks * dim * dim > GUARD_VALUES:
-            raise AssertionError(f"an LU-Net of width {dim} with {num_blocks} blocks was built")
-        return real(dim, num_blocks, **kwargs)
+    def guarded(features: int, num_blocks: int, **kwargs: Any):
+        whole = isinstance(features, int) and isinstance(num_blocks, int)
+        if whole and num_blocks * features * features > GUARD_VALUES:
+            raise AssertionError(f"an LU-Net of width {features} with {num_blocks} blocks was built")
+        return real(features, num_blocks, **kwargs)
 
     monkeypatch.setattr(checkpoint, "LUNet", guarded)
 
@@ -91,7 +92,7 @@ def machine_of(monkeypatch, num_bytes: int) -> None:
 
 
 def test_a_spec_far_wider_than_its_weights_is_refused_before_building(trained, test_file, tmp_path, capsys):
-    run = crafted(trained, tmp_path / "run", lambda c: c["model_spec"].update(dim=12000))
+    run = crafted(trained, tmp_path / "run", lambda c: c["model_spec"].update(features=12000))
     with pytest.raises(ValueError, match="does not match its model spec.*the file stores 43"):
         load_model(run / "checkpoint.pt")
     assert run_cli("evaluate", run, "--data", test_file) == 2
@@ -208,7 +209,8 @@ DAMAGED_STATES = [
     (lambda c: c.update(format=True), False, "its format entry is True"),
     (lambda c: c.update(format=1.0), False, "its format entry is 1.0"),
     (lambda c: c.update(format=1), False, r"earlier development version of lunet \(format 1\)"),
-    (lambda c: c.update(format=3), False, "its format entry is 3, not 2"),
+    (lambda c: c.update(format=2), False, r"earlier development version of lunet \(format 2\)"),
+    (lambda c: c.update(format=4), False, "its format entry is 4, not 3"),
     (lambda c: c.pop("data"), True, "its record of the training data is None"),
     (lambda c: c.pop("train_config"), True, "its training settings are None"),
     (lambda c: c["train_config"].pop("lr"), True, "its record of the training settings lacks lr"),
@@ -218,7 +220,7 @@ DAMAGED_STATES = [
     (lambda c: c.update(best_val_log_prob=float("nan")), True, "best validation log-likelihood is nan"),
     (lambda c: c.update(best_val_log_prob=float("inf")), True, "best validation log-likelihood is inf"),
 ]
-DAMAGED_IDS = ["format-true", "format-1.0", "format-1-with-checksum", "format-1", "no-data", "no-train-config",
+DAMAGED_IDS = ["format-true", "format-1.0", "format-1", "format-2", "format-4", "no-data", "no-train-config",
                "no-lr", "optimiser-shape", "negative-epoch", "epoch-true", "nan-best", "inf-best"]
 
 
@@ -280,13 +282,13 @@ def test_a_model_spec_that_is_no_dict_is_named_plainly(trained, tmp_path, capsys
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda r: r.update(dim="3"), "dim must be a positive integer, got '3'"),
-    (lambda r: r.update(dim=True), "dim must be a positive integer, got True"),
+    (lambda r: r.update(features="3"), "features must be a positive integer, got '3'"),
+    (lambda r: r.update(features=True), "features must be a positive integer, got True"),
     (lambda r: r.update(val_fraction=True), "val_fraction must lie strictly between 0 and 1, got True"),
     (lambda r: r.update(model="lunet"), "a model spec is a dict"),
     (lambda r: r.pop("data"), "its \"data\" entry is None, not 'vectors'"),
     (lambda r: r.update(bogus=1), "unknown entries bogus"),
-], ids=["dim-text", "dim-true", "val-fraction-true", "model-text", "no-data-entry", "unknown-entry"])
+], ids=["features-text", "features-true", "val-fraction-true", "model-text", "no-data-entry", "unknown-entry"])
 def test_a_damaged_own_data_run_file_is_named_as_one(edit, message, trained, test_file, tmp_path, capsys):
     run = with_run_file(trained, tmp_path / "run", edit)
     for argv in (["evaluate", run, "--data", test_file], ["sample", run, "--out", tmp_path / "s.npy"],

@@ -179,13 +179,13 @@ def test_input_of_another_dtype_or_device_than_the_model_is_named():
     from lunet.baselines.realnvp import RealNVP
 
     modules = [(LULinear(4), 4), (LUNet(4, 2), 4), (RealNVP(mid_channels=4, num_res_blocks=1), 784)]
-    for module, dim in modules:
+    for module, features in modules:
         for call in (module, module.inverse):
             with pytest.raises(TypeError, match=r"dtype torch.float64 but the model's weights are torch.float32"):
-                call(torch.randn(2, dim, dtype=torch.float64))
+                call(torch.randn(2, features, dtype=torch.float64))
             # meta tensors stand in for another device: the check comes before any computation
             with pytest.raises(ValueError, match=r"is on meta but the model is on cpu"):
-                call(torch.empty(2, dim, device="meta"))
+                call(torch.empty(2, features, device="meta"))
 
 
 def test_finite_values_whose_sum_overflows_are_accepted():
@@ -202,7 +202,7 @@ def test_bad_constructor_arguments():
         LULinear(3, diag="log")
     with pytest.raises(ValueError, match="init"):
         LULinear(3, init="zeros")
-    with pytest.raises(ValueError, match="dim"):
+    with pytest.raises(ValueError, match="features"):
         LULinear(0)
     with pytest.raises(ValueError, match="alpha"):
         LeakySoftplus(1.0)

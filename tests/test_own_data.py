@@ -65,7 +65,7 @@ def test_end_to_end_on_a_csv_with_header_and_on_an_npy(tmp_path, capsys):
         printed = capsys.readouterr().out
         assert "270 training and 30 validation rows of width 3" in printed  # the header row is no data row
         info = json.loads((run / "run.json").read_text())
-        assert info["data"] == "vectors" and info["dim"] == D and info["data_file"] == str(data.resolve())
+        assert info["data"] == "vectors" and info["features"] == D and info["data_file"] == str(data.resolve())
         logged = read_metrics(run)
         assert [r["epoch"] for r in logged] == [1, 2, 3]
         assert all({"train_nats_per_dim", "val_nats_per_dim"} <= set(r) for r in logged)
@@ -80,7 +80,7 @@ def test_end_to_end_on_a_csv_with_header_and_on_an_npy(tmp_path, capsys):
         expected = best_nll_per_dim(run, test_rows)
         assert result["nll_nats_per_dim"] == pytest.approx(expected, rel=1e-9)
         assert result["nll_nats_per_vector"] == pytest.approx(D * expected, rel=1e-9)
-        assert (result["num_vectors"], result["dim"], result["data_file"]) == (120, D, str(test_file.resolve()))
+        assert (result["num_vectors"], result["features"], result["data_file"]) == (120, D, str(test_file.resolve()))
         assert f"test NLL {expected:.4f} nats/dim" in printed
 
         samples = tmp_path / f"samples-{kind}.npy"
@@ -116,7 +116,7 @@ def test_python_api_takes_tensors_datasets_and_loaders_alike(tmp_path):
     results = {name: train_vectors(data, tmp_path / name, config=config, model_spec=spec, progress=False)
                for name, data in inputs.items()}
     model, summary = results["tensor"]
-    assert (summary["num_train"], summary["num_val"], summary["dim"], summary["epochs"]) == (225, 25, D, 2)
+    assert (summary["num_train"], summary["num_val"], summary["features"], summary["epochs"]) == (225, 25, D, 2)
     for name in ("dataset", "loader"):
         other, other_summary = results[name]
         assert_same_weights(model.state_dict(), other.state_dict())

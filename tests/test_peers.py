@@ -39,21 +39,21 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST = Protocol(batch_size=64, speed_repeats=1, density_batch=50, sample_cap_s=1.0, measure_memory=False)
 
 
-def _pixels(n: int, dim: int, seed: int = 0) -> torch.Tensor:
+def _pixels(n: int, features: int, seed: int = 0) -> torch.Tensor:
     # smooth-ish images, so that the logits' spread differs between pixels
     g = torch.Generator().manual_seed(seed)
-    base = torch.linspace(0, 255, dim)
-    return (base + 60 * torch.randn(n, dim, generator=g)).round().clamp(0, 255).to(torch.uint8)
+    base = torch.linspace(0, 255, features)
+    return (base + 60 * torch.randn(n, features, generator=g)).round().clamp(0, 255).to(torch.uint8)
 
 
 def test_image_figure_is_lunets_bits_per_dim_with_the_shared_standardisation():
     """The protocol's bits/dim (shared Standardize in front of a flow without its own) equal lunet's
     evaluation of the same flow holding that standardisation itself, and the 256-level term is there."""
-    dim, seed = 12, 5
-    pixels = _pixels(40, dim)
+    features, seed = 12, 5
+    pixels = _pixels(40, features)
     data = images_from_pixels("tiny", pixels[:20], pixels[20:30], pixels[30:])
     torch.manual_seed(0)
-    own = LUNet(dim, 2, init_scale=0.3)
+    own = LUNet(features, 2, init_scale=0.3)
     own.input_standardize.mean.copy_(data.space.standardize.mean)
     own.input_standardize.std.copy_(data.space.standardize.std)
     shared = copy.deepcopy(own)
@@ -65,7 +65,7 @@ def test_image_figure_is_lunets_bits_per_dim_with_the_shared_standardisation():
     ours = data_log_prob(LUNetPeer(shared, "x"), (h, logdet.double()))
     torch.testing.assert_close(ours, lunet_log_p, rtol=0, atol=1e-3)
     mean, sem = data.figure(ours)
-    by_hand = -ours / (dim * LN2) + math.log2(256)
+    by_hand = -ours / (features * LN2) + math.log2(256)
     assert mean == pytest.approx(float(by_hand.mean()), abs=1e-12)
     assert sem == pytest.approx(float(by_hand.std() / math.sqrt(len(by_hand))), rel=1e-9)
     # a flat density on [0, 1)^D scores exactly 8 bits/dim
@@ -80,19 +80,19 @@ def _brute_logdet(fn, rows: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("dim", [1, 3, 5])
-def test_image_preprocessing_jacobian_matches_autograd(dim):
-    space = ImageSpace(dim).fit(_pixels(50, dim, seed=dim))
-    assert not torch.allclose(space.standardize.std, torch.ones(dim))  # its Jacobian is not trivially 0
+@pytest.mark.parametrize("features", [1, 3, 5])
+def test_image_preprocessing_jacobian_matches_autograd(features):
+    space = ImageSpace(features).fit(_pixels(50, features, seed=features))
+    assert not torch.allclose(space.standardize.std, torch.ones(features))  # its Jacobian is not trivially 0
     space.standardize.double()  # float64 for the finite comparison; the map is the same
     g = torch.Generator().manual_seed(1)
-    y = torch.rand(4, dim, generator=g, dtype=torch.float64) * 0.98 + 0.01
+    y = torch.rand(4, features, generator=g, dtype=torch.float64) * 0.98 + 0.01
     y[0, 0] = 1e-7  # near the edges, where the logit is steep
     _, logdet = space.from_dequantised(y)
     torch.testing.assert_close(logdet, _brute_logdet(lambda r: space.from_dequantised(r)[0], y), rtol=1e-9, atol=1e-8)
     # from pixels: dequantise with the given noise, then the same map
-    pixels = _pixels(4, dim, seed=2)
-    noise = torch.rand(4, dim, generator=g)
+    pixels = _pixels(4, features, seed=2)
+    noise = torch.rand(4, features, generator=g)
     space.standardize.float()
     h_pix, ld_pix = space.from_pixels(pixels, noise=noise)
     h_y, ld_y = space.from_dequantised((pixels.float() + noise) / 256)
@@ -132,9 +132,9 @@ def test_vector_preprocessing_jacobian_and_the_truths_kl_is_zero():
 class Sleepy(PeerModel):
     """A Gaussian with a learned mean; a training pass sleeps ``step`` s, an evaluation pass ``evaluation`` s."""
 
-    def __init__(self, dim: int, step: float, evaluation: float, start: float = 0.0):
+    def __init__(self, features: int, step: float, evaluation: float, start: float = 0.0):
         super().__init__()
-        self.mu = nn.Parameter(torch.full((dim,), start))
+        self.mu = nn.Parameter(torch.full((features,), start))
         self.step, self.evaluation = step, evaluation
         self.label = "sleepy"
         self.training_seconds = 0.0  # spent in training passes
@@ -151,9 +151,9 @@ class Sleepy(PeerModel):
         return self.mu + torch.randn(n, self.mu.numel())
 
 
-def _vectors(n=600, dim=2, shift=0.0):
+def _vectors(n=600, features=2, shift=0.0):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, dim, generator=g)
+    x = torch.randn(n, features, generator=g)
     return vectors_from_splits("v", x[: n // 2], x[n // 2 : 3 * n // 4] + shift, x[3 * n // 4 :] + shift)
 
 
@@ -175,7 +175,8 @@ def test_budget_clock_counts_steps_only_and_every_mark_stops_within_a_step():
 
 def test_every_model_gets_the_same_budget_in_one_run(monkeypatch):
     for name, step in (("quick-steps", 0.0), ("slow-steps", 0.02)):
-        monkeypatch.setitem(MODELS, name, ModelEntry(name, lambda dim, data, step=step: Sleepy(dim, step, 0.0), "test"))
+        entry = ModelEntry(name, lambda features, data, step=step: Sleepy(features, step, 0.0), "test")
+        monkeypatch.setitem(MODELS, name, entry)
     doc = run_peers([_vectors()], ["quick-steps", "slow-steps"], {"vectors": [0.2, 0.4]}, FAST, log=lambda _: None)
     models = doc["datasets"]["v"]["models"]
     for model in models.values():
@@ -189,7 +190,7 @@ def test_the_best_validation_weights_are_reported_not_the_last():
     # trained toward the training data (h ~ N(0, 1)) from mu = -6; validation and test sit at h ~ N(-3, 1) in
     # model space, so validation is best half way and worse at the end. Each step sleeps 5 ms, so that the
     # steps the budget allows (about 200, a third of that on a loaded machine) take mu well past -3 at any load.
-    data = _vectors(n=800, dim=1, shift=-3.0)
+    data = _vectors(n=800, features=1, shift=-3.0)
     model = Sleepy(1, step=0.005, evaluation=0.0, start=-6.0)
     result = train_with_budgets(model, data, [0.5, 1.0], Protocol(lr=0.1, batch_size=64, eval_first=0.005))
     vals = [c["val"] for c in result["curve"]]
@@ -205,7 +206,7 @@ def test_the_best_validation_weights_are_reported_not_the_last():
 
 
 def test_warmup_raises_the_rate_for_every_model():
-    data = _vectors(n=400, dim=1)
+    data = _vectors(n=400, features=1)
     moved = {}
     for warmup in (0, 10**9):
         model = Sleepy(1, 0.0, 0.0, start=-3.0)

@@ -31,16 +31,16 @@ def make(config=SMALL, dtype=torch.float64, seed=0, std=0.1):
     return randomize(RealNVP(**config), std=std, seed=seed).to(dtype)
 
 
-def logit_like(n, dim, dtype=torch.float64, seed=1):
+def logit_like(n, features, dtype=torch.float64, seed=1):
     """Batch in the range of logit-space images (roughly [-14, 14])."""
     gen = torch.Generator().manual_seed(seed)
-    return (5 * torch.randn(n, dim, generator=gen, dtype=torch.float64)).clamp(-14, 14).to(dtype)
+    return (5 * torch.randn(n, features, generator=gen, dtype=torch.float64)).clamp(-14, 14).to(dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_shapes_and_dtypes(dtype):
     model = make(dtype=dtype)
-    assert model.dim == 784
+    assert model.features == 784
     x = logit_like(3, 784, dtype)
     z, logdet = model(x)
     assert z.shape == (3, 784) and z.dtype == dtype
@@ -104,7 +104,7 @@ def test_round_trips_with_random_weights(dtype, tol):
 )
 def test_logdet_matches_autograd_jacobian(config):
     model = make(config, dtype=torch.float64, seed=7, std=0.3)
-    xs = logit_like(3, model.dim, seed=8)
+    xs = logit_like(3, model.features, seed=8)
     for x in xs:
         jac = torch.autograd.functional.jacobian(lambda v: model(v.unsqueeze(0))[0].squeeze(0), x)
         sign, expected = torch.linalg.slogdet(jac)

@@ -22,7 +22,7 @@ import torch
 from conftest import one_line_error, run_cli
 from lunet import LUNet
 from lunet.cli import flag
-from lunet.experiments.checkpoint import load_checkpoint, load_model, save_checkpoint
+from lunet.experiments.checkpoint import FORMAT_VERSION, load_checkpoint, load_model, save_checkpoint
 from lunet.experiments.rundir import RunFolder, RunFolderBusy
 from lunet.experiments.train import Trainer
 from lunet.experiments.train_state import TrainingDiverged
@@ -224,10 +224,11 @@ def _trainer(out: Path, epochs: int = 3, lr: float = 2e-2) -> Trainer:
 
     data = make_splits(0)
     torch.manual_seed(0)
-    spec = {"name": "lunet", "dim": 2, "num_blocks": 3}
+    spec = {"name": "lunet", "features": 2, "num_blocks": 3}
     model = LUNet(2, 3).standardize(data["train"])
     config = TrainConfig(epochs=epochs, batch_size=1024, lr=lr, seed=0)
-    return Trainer(model, spec, config, data["train"], data["val"], _log_prob_fn, dim=2, out_dir=out, progress=False)
+    return Trainer(model, spec, config, data["train"], data["val"], _log_prob_fn, features=2, out_dir=out,
+                   progress=False)
 
 
 def test_a_finite_blow_up_counts_as_divergence_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -393,7 +394,7 @@ def test_a_checkpoint_of_an_earlier_format_is_refused_by_name(gmm_run, tmp_path)
     with pytest.raises(ValueError, match=r"earlier development version of lunet \(format 1\).*train the run again"):
         load_model(tmp_path / "old.pt")
     save_checkpoint(contents, tmp_path / "new.pt")
-    assert load_checkpoint(tmp_path / "new.pt")["format"] == 2
+    assert load_checkpoint(tmp_path / "new.pt")["format"] == FORMAT_VERSION
 
 
 def test_the_lock_file_names_its_holder(tmp_path):

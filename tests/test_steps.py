@@ -22,7 +22,7 @@ from lunet.experiments.steps import WARMUP_STEPS
 from lunet.experiments.train import Trainer
 
 DIM = 16
-SPEC = {"name": "lunet", "dim": DIM, "num_blocks": 2}
+SPEC = {"name": "lunet", "features": DIM, "num_blocks": 2}
 # 7 full batches of 64 and a last one of 52 per epoch
 PIXELS = torch.randint(0, 256, (550, DIM), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
 
@@ -76,7 +76,7 @@ def image_trainer(out, epochs=2, captured=False, fail_with=None, **cfg):
     config = TrainConfig(epochs=epochs, batch_size=64, seed=3, grad_clip=5.0, warmup_steps=4, **cfg)
     capture = EagerCapture(fail_with) if captured else None
     trainer = Trainer(LUNet(DIM, 2), SPEC, config, PIXELS[:500], PIXELS[500:],
-                      make_log_prob_fn(ImagePreprocessor(num_dims=DIM)), dim=DIM, out_dir=out, progress=False,
+                      make_log_prob_fn(ImagePreprocessor(num_dims=DIM)), features=DIM, out_dir=out, progress=False,
                       dequantize=True, capture=capture)
     if captured:
         capture.trainer = trainer
@@ -203,14 +203,14 @@ def test_training_data_with_nan_are_refused_before_training(tmp_path):
     data = torch.randn(100, 2)
     data[7, 1] = float("nan")
     with pytest.raises(ValueError, match=r"the training data hold 1 NaN or infinite value\(s\); shape \(100, 2\)"):
-        Trainer(LUNet(2, 1), {"name": "lunet", "dim": 2, "num_blocks": 1}, TrainConfig(epochs=1), data,
-                torch.randn(10, 2), lambda m, b, n: m.log_prob(b), dim=2, out_dir=tmp_path)
+        Trainer(LUNet(2, 1), {"name": "lunet", "features": 2, "num_blocks": 1}, TrainConfig(epochs=1), data,
+                torch.randn(10, 2), lambda m, b, n: m.log_prob(b), features=2, out_dir=tmp_path)
 
 
 def test_an_image_trainer_without_dequantisation_noise_is_refused(tmp_path):
     # without dequantize=True the image loss would draw from the unseeded global generator
     trainer = Trainer(LUNet(DIM, 2), SPEC, TrainConfig(epochs=1, batch_size=64), PIXELS[:500], PIXELS[500:],
-                      make_log_prob_fn(ImagePreprocessor(num_dims=DIM)), dim=DIM, out_dir=tmp_path, progress=False)
+                      make_log_prob_fn(ImagePreprocessor(num_dims=DIM)), features=DIM, out_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="image log-likelihoods need dequantisation noise: give the Trainer "
                                          "dequantize=True"):
         trainer.fit()

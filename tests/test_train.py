@@ -14,7 +14,7 @@ from lunet.experiments.settings import TrainConfig
 from lunet.experiments.train import Trainer, mean_log_prob
 from lunet.experiments.train_state import TrainingDiverged
 
-SPEC = {"name": "lunet", "dim": 2, "num_blocks": 6, "alpha": 0.1, "diag": "exp", "init_scale": 1.0}
+SPEC = {"name": "lunet", "features": 2, "num_blocks": 6, "alpha": 0.1, "diag": "exp", "init_scale": 1.0}
 
 
 class StoppedLog(RunLog):
@@ -35,7 +35,7 @@ def make_trainer(out_dir, epochs, spec=SPEC, log=None, **cfg):
     model = LUNet(**{k: v for k, v in SPEC.items() if k != "name"})
     model.standardize(data["train"])
     config = TrainConfig(epochs=epochs, batch_size=1024, lr=2e-2, seed=0, **cfg)
-    trainer = Trainer(model, spec, config, data["train"], data["val"], _log_prob_fn, dim=2, out_dir=out_dir,
+    trainer = Trainer(model, spec, config, data["train"], data["val"], _log_prob_fn, features=2, out_dir=out_dir,
                       progress=False, log=log)
     return trainer, data
 
@@ -132,13 +132,13 @@ def test_a_compiled_image_training_follows_the_eager_one(tmp_path, monkeypatch):
     compile_ = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **k: compile_(fn, backend="aot_eager", **k))
     pixels = torch.randint(0, 256, (230, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    spec = {"name": "lunet", "dim": 16, "num_blocks": 2}
+    spec = {"name": "lunet", "features": 16, "num_blocks": 2}
     trainers = []
     for name, compiled in (("eager", False), ("compiled", True)):
         torch.manual_seed(0)
         config = TrainConfig(epochs=2, batch_size=64, seed=0, compile=compiled)
         trainers.append(Trainer(LUNet(16, 2), spec, config, pixels[:200], pixels[200:],
-                                make_log_prob_fn(ImagePreprocessor(num_dims=16)), dim=16, out_dir=tmp_path / name,
+                                make_log_prob_fn(ImagePreprocessor(num_dims=16)), features=16, out_dir=tmp_path / name,
                                 dequantize=True, progress=False))
         trainers[-1].fit()
     eager, compiled = trainers

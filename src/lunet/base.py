@@ -30,8 +30,9 @@ class Transform(nn.Module):
 
     Subclasses implement:
 
-    - ``forward_rows(x)``: ``x`` (B, features) -> ``y`` (B, features'), ``log|det dy/dx|`` (B,);
-    - ``inverse_rows(y)``: the inverse, ``x`` (B, features) and ``log|det dx/dy|`` (B,);
+    - ``forward_rows(x)``: ``x`` (B, features) -> ``y`` (B, features'), ``log|det dy/dx|`` (B,),
+      or a 0-dim tensor where it is the same for every row (a linear map's, for instance);
+    - ``inverse_rows(y)``: the inverse, ``x`` (B, features) and ``log|det dx/dy|`` as above;
 
     and set ``features`` (the width of both sides; None for any width, or for a transform that
     changes it). :meth:`reference` names the
@@ -52,19 +53,26 @@ class Transform(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (..., features) -> ``y`` (..., features'), ``log|det dy/dx|`` (...)."""
-        y, logdet = self.forward_rows(self.check_input(x))
-        return y.reshape(*x.shape[:-1], y.shape[-1]), logdet.reshape(x.shape[:-1])
+        rows = self.check_input(x)
+        y, logdet = self.forward_rows(rows)
+        return y.reshape(*x.shape[:-1], y.shape[-1]), per_row(logdet, rows).reshape(x.shape[:-1])
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``y`` (..., features') -> ``x`` (..., features), ``log|det dx/dy|`` (...)."""
-        x, logdet = self.inverse_rows(self.check_input(y))
-        return x.reshape(*y.shape[:-1], x.shape[-1]), logdet.reshape(y.shape[:-1])
+        rows = self.check_input(y)
+        x, logdet = self.inverse_rows(rows)
+        return x.reshape(*y.shape[:-1], x.shape[-1]), per_row(logdet, rows).reshape(y.shape[:-1])
 
     def forward_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError(f"{type(self).__name__} implements no forward_rows")
 
     def inverse_rows(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError(f"{type(self).__name__} implements no inverse_rows")
+
+
+def per_row(logdet: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """A row hook's ``logdet``, (B,) or 0-dim, as (B,) for the B rows of ``rows``."""
+    return logdet.expand(rows.shape[0]) if logdet.dim() == 0 else logdet
 
 
 def _check_width(part: nn.Module, x: torch.Tensor) -> None:
@@ -77,26 +85,45 @@ def compose_forward(parts: Iterable[nn.Module], x: torch.Tensor) -> tuple[torch.
     """Run ``parts`` in order on the rows ``x`` (B, D): each :class:`Transform` through its row hook
     (after a check of the width alone), any other module of the contract through its ``forward``.
     Returns the output and the sum of the log-dets (B,)."""
-    logdet = None
+    rows = x.shape[0]
+    logdet = constant = None
     for part in parts:
         if isinstance(part, Transform):
             _check_width(part, x)
             x, ld = part.forward_rows(x)
         else:
             x, ld = part(x)
-        logdet = ld if logdet is None else logdet + ld  # out of place: a part may return an expanded view
-    return x, logdet
+        logdet, constant = _add(logdet, constant, ld)
+    return x, _total(logdet, constant, rows)
 
 
 def compose_inverse(parts: Iterable[nn.Module], y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the inverses of ``parts`` in reverse order on the rows ``y``, as :func:`compose_forward`
     runs them forward; returns the input and the sum of the log-dets (B,)."""
-    logdet = None
+    rows = y.shape[0]
+    logdet = constant = None
     for part in reversed(list(parts)):
         if isinstance(part, Transform):
             _check_width(part, y)
             y, ld = part.inverse_rows(y)
         else:
             y, ld = part.inverse(y)
-        logdet = ld if logdet is None else logdet + ld
-    return y, logdet
+        logdet, constant = _add(logdet, constant, ld)
+    return y, _total(logdet, constant, rows)
+
+
+def _add(
+    logdet: Optional[torch.Tensor], constant: Optional[torch.Tensor], ld: torch.Tensor
+) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    # Log-dets the same for every row are summed as scalars and spread over the batch once, at
+    # the end: one (B,) addition and its backward per pass instead of one per linear part.
+    # Out of place: a part may return an expanded view.
+    if ld.dim() == 0:
+        return logdet, ld if constant is None else constant + ld
+    return (ld if logdet is None else logdet + ld), constant
+
+
+def _total(logdet: Optional[torch.Tensor], constant: Optional[torch.Tensor], rows: int) -> torch.Tensor:
+    if logdet is None:
+        return constant.expand(rows)
+    return logdet if constant is None else logdet + constant

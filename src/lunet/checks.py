@@ -69,18 +69,18 @@ def plain_backward_wanted(grad: torch.Tensor) -> bool:
 
 
 def check_features(
-    x: object, dim: Optional[int] = None, name: str = "input", check_finite: bool = True,
+    x: object, features: Optional[int] = None, name: str = "input", check_finite: bool = True,
     like: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Validate a tensor of shape ``(..., dim)`` (any leading batch dimensions, ``dim`` features
-    last; any last size when ``dim`` is None) and return it.
+    """Validate a tensor of shape ``(..., features)`` (any leading batch dimensions, ``features`` features
+    last; any last size when ``features`` is None) and return it.
 
     Raises ``TypeError`` for a non-tensor or non-floating dtype, or a dtype
     other than that of ``like`` (a model's parameter), and ``ValueError`` for
     a device other than ``like``'s, a 0-dim tensor, a wrong feature size or
     NaN/inf values.
     """
-    want = f"(..., {dim})" if dim is not None else "(..., features)"
+    want = f"(..., {features})" if features is not None else "(..., features)"
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape {want}, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -90,24 +90,24 @@ def check_features(
         )
     if x.dim() == 0:
         raise ValueError(f"{name} must have shape {want}, got a 0-dim tensor")
-    if dim is not None and x.shape[-1] != dim:
+    if features is not None and x.shape[-1] != features:
         raise ValueError(f"{name} must have shape {want}, got feature size {x.shape[-1]} in {tuple(x.shape)}")
     _check_placement_and_values(x, name, check_finite, like)
     return x
 
 
 def check_batch(
-    x: object, dim: int, name: str = "input", check_finite: bool = True, like: Optional[torch.Tensor] = None
+    x: object, features: int, name: str = "input", check_finite: bool = True, like: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
-    """Validate a batch of vectors of shape ``(B, dim)`` and return it.
+    """Validate a batch of vectors of shape ``(B, features)`` and return it.
 
     Raises as :func:`check_features` does, and ``ValueError`` for a rank other than 2.
     """
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (batch, {dim}), got {type(x).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor of shape (batch, {features}), got {type(x).__name__}")
     if x.dim() != 2 and x.is_floating_point():
-        raise ValueError(f"{name} must have shape (batch, {dim}), got rank {x.dim()} shape {tuple(x.shape)}")
-    return check_features(x, dim, name, check_finite, like)
+        raise ValueError(f"{name} must have shape (batch, {features}), got rank {x.dim()} shape {tuple(x.shape)}")
+    return check_features(x, features, name, check_finite, like)
 
 
 def _check_placement_and_values(x: torch.Tensor, name: str, check_finite: bool, like: Optional[torch.Tensor]) -> None:

@@ -14,10 +14,10 @@ from lunet.frozen import FrozenLUNet, FrozenSequential
 from lunet.latent import flow_placement
 
 
-def standard_normal(dim: int, like: torch.Tensor, temperature: float = 1.0) -> Distribution:
-    """``N(0, temperature^2 I)`` over ``(dim,)`` vectors, on ``like``'s device and dtype; it checks
+def standard_normal(features: int, like: torch.Tensor, temperature: float = 1.0) -> Distribution:
+    """``N(0, temperature^2 I)`` over ``(features,)`` vectors, on ``like``'s device and dtype; it checks
     no values (its callers check theirs)."""
-    loc = torch.zeros(dim, dtype=like.dtype, device=like.device)
+    loc = torch.zeros(features, dtype=like.dtype, device=like.device)
     return Independent(Normal(loc, torch.full_like(loc, temperature), validate_args=False), 1, validate_args=False)
 
 
@@ -30,13 +30,13 @@ class FlowDistribution(Distribution):
 
     Made by :meth:`lunet.LUNet.distribution`; a light object that holds the flow
     (not a copy) and reads its current weights on every call. ``event_shape =
-    (dim,)``, ``batch_shape = ()``. ``log_prob`` takes ``(..., dim)`` and returns
+    (features,)``, ``batch_shape = ()``. ``log_prob`` takes ``(..., features)`` and returns
     ``(...)``, from one forward pass: ``base.log_prob(z) + log|det dz/dx|``;
-    ``sample`` and ``rsample`` return ``sample_shape + (dim,)``.
+    ``sample`` and ``rsample`` return ``sample_shape + (features,)``.
 
     ``flow`` is any transform of the contract (``forward(x) -> (z, log-det)``,
-    ``inverse(z) -> (x, log-det)``) with a ``dim``, a snapshot (``flow.frozen()``)
-    included; ``base`` any distribution with ``event_shape == (dim,)``. The default
+    ``inverse(z) -> (x, log-det)``) with a ``features``, a snapshot (``flow.frozen()``)
+    included; ``base`` any distribution with ``event_shape == (features,)``. The default
     base follows the flow: made in the flow's dtype and on its device as they are at
     each call, so a distribution made before ``flow.double()`` or ``flow.to(device)``
     keeps working. A ``base`` of your own stays as you made it.
@@ -69,9 +69,9 @@ class FlowDistribution(Distribution):
             raise ValueError(
                 "give a temperature or a base distribution, not both: a temperature scales the standard base"
             )
-        elif tuple(base.event_shape) != (flow.dim,) or tuple(base.batch_shape) != ():
+        elif tuple(base.event_shape) != (flow.features,) or tuple(base.batch_shape) != ():
             raise ValueError(
-                f"base must have event_shape ({flow.dim},) and batch_shape (), got "
+                f"base must have event_shape ({flow.features},) and batch_shape (), got "
                 f"{tuple(base.event_shape)} and {tuple(base.batch_shape)}"
             )
         else:
@@ -80,7 +80,7 @@ class FlowDistribution(Distribution):
         self._standard: Optional[tuple[torch.dtype, torch.device, Distribution]] = None
         if _is_snapshot(flow):
             self.has_rsample = False
-        super().__init__(batch_shape=torch.Size(), event_shape=torch.Size([flow.dim]), validate_args=validate_args)
+        super().__init__(batch_shape=torch.Size(), event_shape=torch.Size([flow.features]), validate_args=validate_args)
 
     @property
     def base(self) -> Distribution:
@@ -92,7 +92,7 @@ class FlowDistribution(Distribution):
         made = self._standard
         if made is None or made[0] != dtype or made[1] != device:
             like = torch.empty((), dtype=dtype, device=device)
-            normal = standard_normal(self.flow.dim, like, check_temperature(self.temperature, dtype))
+            normal = standard_normal(self.flow.features, like, check_temperature(self.temperature, dtype))
             made = self._standard = (dtype, device, normal)
         return made[2]
 
@@ -109,7 +109,7 @@ class FlowDistribution(Distribution):
         return contextlib.nullcontext() if self._validate_args else set_value_checks(False)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        """``log p(value)`` in nats, (..., dim) -> (...)."""
+        """``log p(value)`` in nats, (..., features) -> (...)."""
         if self._validate_args and value_checks_enabled():
             self._validate_sample(value)
         with self._checks():
@@ -117,7 +117,7 @@ class FlowDistribution(Distribution):
         return self.base.log_prob(z) + logdet
 
     def rsample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> torch.Tensor:
-        """Draws of shape ``sample_shape + (dim,)``, differentiable in the flow's weights (and the
+        """Draws of shape ``sample_shape + (features,)``, differentiable in the flow's weights (and the
         base's parameters)."""
         if not self.has_rsample:
             raise NotImplementedError(
@@ -127,7 +127,7 @@ class FlowDistribution(Distribution):
         return self._draw(sample_shape)
 
     def sample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> torch.Tensor:
-        """Draws of shape ``sample_shape + (dim,)``, without gradients."""
+        """Draws of shape ``sample_shape + (features,)``, without gradients."""
         with torch.no_grad():
             return self._draw(sample_shape)
 
@@ -139,7 +139,7 @@ class FlowDistribution(Distribution):
             return self.flow.inverse(z)[0]
 
     def __repr__(self) -> str:
-        return f"FlowDistribution(dim={self.flow.dim}, base={self.base})"
+        return f"FlowDistribution(features={self.flow.features}, base={self.base})"
 
 
 class TorchTransform(Transform):

@@ -51,7 +51,7 @@ class LUNet(Composition):
     ``[-bound, bound]``, the identity outside, one spline per feature) in place of each leaky
     softplus: a richer elementwise map with an exact closed-form inverse (``alpha`` is then unused).
 
-    ``forward`` maps data ``x`` (..., dim) to the latent ``z`` (..., dim) and returns
+    ``forward`` maps data ``x`` (..., features) to the latent ``z`` (..., features) and returns
     ``(z, log|det dz/dx|)`` with the log-determinant per row (...). The
     latent prior is a standard normal.
 
@@ -63,7 +63,7 @@ class LUNet(Composition):
     from fixed weights, :meth:`frozen` gives a snapshot that runs one dense
     product per block.
 
-    ``groups > 1`` makes it that many independent flows of width ``dim / groups``
+    ``groups > 1`` makes it that many independent flows of width ``features / groups``
     side by side (each LU layer block diagonal, see :class:`~lunet.LULinear`),
     whose log-densities add up; :meth:`split_groups` takes them apart. Several
     starts of a small flow train this way for the price of one.
@@ -71,7 +71,7 @@ class LUNet(Composition):
 
     def __init__(
         self,
-        dim: int,
+        features: int,
         num_blocks: int,
         alpha: float = 0.1,
         diag: str = "exp",
@@ -84,20 +84,20 @@ class LUNet(Composition):
         bound: float = 5.0,
     ) -> None:
         super().__init__()
-        self.dim = check_positive_int(dim, "dim")
+        features = check_positive_int(features, "features")
         check_positive_int(num_blocks, "num_blocks")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         if activation == "spline" and learn_alpha:
             raise ValueError("learn_alpha applies to the leaky softplus; a spline activation learns its own shape")
         self.activation = activation
-        self.input_standardize = Standardize(dim)
+        self.input_standardize = Standardize(features)
         self.blocks = nn.ModuleList(
-            LULinear(dim, diag=diag, init=init, init_scale=init_scale, groups=groups) for _ in range(num_blocks)
+            LULinear(features, diag=diag, init=init, init_scale=init_scale, groups=groups) for _ in range(num_blocks)
         )
         self.activations = nn.ModuleList(
             (LeakySoftplus(alpha, learn_alpha=learn_alpha, groups=groups) if activation == "leaky_softplus"
-             else MonotoneSpline(dim, bins=bins, bound=bound))
+             else MonotoneSpline(features, bins=bins, bound=bound))
             for _ in range(num_blocks - 1)
         )
 
@@ -113,7 +113,7 @@ class LUNet(Composition):
 
     @property
     def features(self) -> int:
-        return self.dim
+        return self.input_standardize.features
 
     def reference(self) -> torch.Tensor:
         return self.input_std
@@ -124,10 +124,10 @@ class LUNet(Composition):
 
     @torch.no_grad()
     def split_groups(self) -> list["LUNet"]:
-        """The ``groups`` independent flows of width ``w = dim / groups``, each a copy with its own
+        """The ``groups`` independent flows of width ``w = features / groups``, each a copy with its own
         weights; ``sum(f.log_prob(x[..., g * w:(g + 1) * w]))`` over them is ``log_prob(x)``.
         Learned slopes are copied, each group's own, as learned ones."""
-        width = self.dim // self.groups
+        width = self.features // self.groups
         block = self.blocks[0]
         flows = []
         for g in range(self.groups):
@@ -145,12 +145,12 @@ class LUNet(Composition):
 
     @property
     def input_mean(self) -> torch.Tensor:
-        """The standardisation's mean (dim,), a buffer of ``input_standardize``."""
+        """The standardisation's mean (features,), a buffer of ``input_standardize``."""
         return self.input_standardize.mean
 
     @property
     def input_std(self) -> torch.Tensor:
-        """The standardisation's std (dim,), a buffer of ``input_standardize``."""
+        """The standardisation's std (features,), a buffer of ``input_standardize``."""
         return self.input_standardize.std
 
     @property
@@ -166,16 +166,16 @@ class LUNet(Composition):
 
     @torch.no_grad()
     def standardize(self, data: torch.Tensor, min_std: Optional[float] = None) -> "LUNet":
-        """Fix the input standardisation to the mean and std of ``data`` (N, dim), each feature
+        """Fix the input standardisation to the mean and std of ``data`` (N, features), each feature
         by its own spread whatever its scale (see :meth:`Standardize.fit`, which refuses a
         constant feature by name; ``min_std``: an optional floor on every std)."""
-        check_batch(data, self.dim, "data")
+        check_batch(data, self.features, "data")
         self.input_standardize.fit(data, min_std)
         return self
 
     @torch.no_grad()
     def init_gaussian(self, data: torch.Tensor, shift: float = 5.0, ridge: float = 1e-3) -> "LUNet":
-        """Start as the best full-covariance Gaussian of ``data`` (N, dim), N > dim.
+        """Start as the best full-covariance Gaussian of ``data`` (N, features), N > features.
 
         Standardises the input, sets the first block to the whitening map
         ``C^{-1}`` of the Cholesky factor ``C`` of the data's correlation (a
@@ -186,16 +186,16 @@ class LUNet(Composition):
         then starts from the Gaussian fit instead of from scratch.
 
         ``ridge`` is added to the correlation's diagonal, so it is relative to each
-        feature's own spread. Fewer rows than ``dim + 1`` (whose covariance is singular:
+        feature's own spread. Fewer rows than ``features + 1`` (whose covariance is singular:
         held-out rows would lie far off the fit) raise a ValueError; a feature that is
         (nearly) a linear combination of the ones before it, whose conditional spread is
         below the ridge, draws a warning naming it: the ridge, not the data, then sets the
         start's spread across it.
         """
-        check_batch(data, self.dim, "data")
-        if data.shape[0] <= self.dim:
+        check_batch(data, self.features, "data")
+        if data.shape[0] <= self.features:
             raise ValueError(
-                f"init_gaussian needs more rows than dimensions, got {data.shape[0]} rows of {self.dim}: "
+                f"init_gaussian needs more rows than dimensions, got {data.shape[0]} rows of {self.features}: "
                 f"their covariance is singular, and its Gaussian puts held-out rows far off; "
                 f"use standardize() for such data"
             )
@@ -205,9 +205,9 @@ class LUNet(Composition):
         h = ((data - self.input_mean) / self.input_std).double()
         corr = torch.cov(h.T)
         _warn_collinear(corr, ridge)
-        cov = corr + ridge * torch.eye(self.dim, dtype=torch.float64, device=corr.device)
+        cov = corr + ridge * torch.eye(self.features, dtype=torch.float64, device=corr.device)
         chol = torch.linalg.cholesky(cov)
-        eye = torch.eye(self.dim, dtype=torch.float64, device=corr.device)
+        eye = torch.eye(self.features, dtype=torch.float64, device=corr.device)
         white = torch.linalg.solve_triangular(chol, eye, upper=False)  # C^{-1}, lower triangular
         d = torch.diagonal(white).clone()
         unit_lower = white / d  # scale columns: C^{-1} = L diag(d)
@@ -222,7 +222,7 @@ class LUNet(Composition):
         return self
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """``log p(x)`` in nats under the standard normal latent, (..., dim) -> (...)."""
+        """``log p(x)`` in nats under the standard normal latent, (..., features) -> (...)."""
         z, logdet = self.forward(x)
         return standard_normal_log_prob(z) + logdet
 
@@ -232,7 +232,7 @@ class LUNet(Composition):
         temperature: float = 1.0,
         generator: Optional[torch.Generator] = None,
     ) -> torch.Tensor:
-        """Draws of shape ``sample_shape + (dim,)`` (an int ``n`` means ``(n,)``); latent std = ``temperature``.
+        """Draws of shape ``sample_shape + (features,)`` (an int ``n`` means ``(n,)``); latent std = ``temperature``.
 
         Without gradients, as ``torch.distributions``' ``sample``, from the
         current weights; :meth:`rsample` keeps the graph. For many draws from
@@ -247,16 +247,16 @@ class LUNet(Composition):
         generator: Optional[torch.Generator] = None,
     ) -> torch.Tensor:
         """:meth:`sample`, reparameterised: with autograd on, the draws are differentiable
-        in the weights, ``sample_shape + (dim,)``."""
+        in the weights, ``sample_shape + (features,)``."""
         ref = self.input_mean
-        z, shape = latent_draws(sample_shape, self.dim, temperature, ref.dtype, ref.device, generator)
-        return self.inverse_rows(z)[0].view(*shape, self.dim)
+        z, shape = latent_draws(sample_shape, self.features, temperature, ref.dtype, ref.device, generator)
+        return self.inverse_rows(z)[0].view(*shape, self.features)
 
     def distribution(
         self, temperature: float = 1.0, base: Optional[torch.distributions.Distribution] = None,
         validate_args: Optional[bool] = None,
     ) -> FlowDistribution:
-        """This flow as a ``torch.distributions.Distribution`` over ``(dim,)`` vectors, with latent
+        """This flow as a ``torch.distributions.Distribution`` over ``(features,)`` vectors, with latent
         ``N(0, temperature^2 I)`` (in the flow's dtype and on its device at each call) or ``base``;
         it reads the flow's current weights on every call. ``validate_args``: as torch's
         distributions take it (None: torch's global default)."""
@@ -277,7 +277,7 @@ class LUNet(Composition):
         ``split_min_bytes`` tune how small batches' products are split among the
         threads (:class:`~lunet.fast.affine.FrozenAffine`), not the results.
         """
-        return snapshot_of(self.transforms, self.dim, split_below_rows=split_below_rows,
+        return snapshot_of(self.transforms, self.features, split_below_rows=split_below_rows,
                            split_min_bytes=split_min_bytes)
 
 

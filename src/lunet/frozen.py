@@ -82,7 +82,7 @@ class FrozenLUNet:
     input standardisation, the activation's ``1 - a``, the inverse table's node
     spacing) are folded into those matrices: a pass costs one dense product per
     block plus the activations. The same conventions as :class:`~lunet.LUNet`:
-    ``forward`` maps ``x`` (..., dim) to ``(z, log|det dz/dx|)``.
+    ``forward`` maps ``x`` (..., features) to ``(z, log|det dz/dx|)``.
 
     ``flow``: an LU-Net, or a :class:`~lunet.Sequential` or list of parts of the same pattern
     (``[Standardize] LULinear (LeakySoftplus LULinear)*``). ``split_below_rows``
@@ -114,7 +114,7 @@ class FrozenLUNet:
         # Copies of the weights, as plain tensors (and each slope as a number): the plans below
         # are built from them, lazily, and nothing outside can reach them.
         self._blocks = [FrozenBlock.of(p) for p in parts if isinstance(p, LULinear)]
-        self._slopes = [float(p.alpha.detach()) for p in parts if isinstance(p, LeakySoftplus)]
+        self._alphas = [float(p.alpha.detach()) for p in parts if isinstance(p, LeakySoftplus)]
         ref = self._blocks[0].bias
         if isinstance(parts[0], Standardize):
             self._mean, self._std = parts[0].mean.detach().clone(), parts[0].std.detach().clone()
@@ -126,7 +126,7 @@ class FrozenLUNet:
         self.sync_free = self.device.type != "cpu"
 
     @property
-    def dim(self) -> int:
+    def features(self) -> int:
         return self._std.shape[0]
 
     @property
@@ -139,16 +139,16 @@ class FrozenLUNet:
 
     def __repr__(self) -> str:
         return (
-            f"FrozenLUNet(dim={self.dim}, num_blocks={len(self._blocks)}, dtype={self.dtype}, "
+            f"FrozenLUNet(features={self.features}, num_blocks={len(self._blocks)}, dtype={self.dtype}, "
             f"device={self.device}; a snapshot: later changes to the flow are not seen)"
         )
 
     # -- the passes ------------------------------------------------------------
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (..., dim) -> ``z`` (..., dim), ``log|det dz/dx|`` (...)."""
-        check_features(x, self.dim, like=self._std)
-        rows = x.reshape(-1, self.dim)
+        """``x`` (..., features) -> ``z`` (..., features), ``log|det dz/dx|`` (...)."""
+        check_features(x, self.features, like=self._std)
+        rows = x.reshape(-1, self.features)
         z, logdet = self._plain_forward(rows) if under_vmap() else self._forward(rows)
         return z.view(x.shape), logdet.reshape(x.shape[:-1])
 
@@ -156,15 +156,16 @@ class FrozenLUNet:
 
     @torch.no_grad()
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """``log p(x)`` in nats under the standard normal latent, (..., dim) -> (...)."""
+        """``log p(x)`` in nats under the standard normal latent, (..., features) -> (...)."""
         z, logdet = self.forward(x)
         return standard_normal_log_prob(z) + logdet
 
     @torch.no_grad()
     def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``z`` (..., dim) -> ``x`` (..., dim), the inverse of :meth:`forward`, and ``log|det dx/dz|`` (...)."""
-        check_features(z, self.dim, like=self._std)
-        rows = z.reshape(-1, self.dim)
+        """``z`` (..., features) -> ``x`` (..., features), the inverse of :meth:`forward`, and
+        ``log|det dx/dz|`` (...)."""
+        check_features(z, self.features, like=self._std)
+        rows = z.reshape(-1, self.features)
         inverse = self._plain_inverse if under_vmap() else self._inverse
         x, logdet = inverse(rows, with_logdet=True)
         return x.view(z.shape), logdet.reshape(z.shape[:-1])
@@ -176,10 +177,10 @@ class FrozenLUNet:
         temperature: float = 1.0,
         generator: Optional[torch.Generator] = None,
     ) -> torch.Tensor:
-        """Draws of shape ``sample_shape + (dim,)`` (an int ``n`` means ``(n,)``) with latent
+        """Draws of shape ``sample_shape + (features,)`` (an int ``n`` means ``(n,)``) with latent
         standard deviation ``temperature``."""
-        z, shape = latent_draws(sample_shape, self.dim, temperature, self.dtype, self.device, generator)
-        return (self._plain_inverse(z) if under_vmap() else self._inverse(z)).view(*shape, self.dim)
+        z, shape = latent_draws(sample_shape, self.features, temperature, self.dtype, self.device, generator)
+        return (self._plain_inverse(z) if under_vmap() else self._inverse(z)).view(*shape, self.features)
 
     def _plain_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The density pass in plain ops from the unfolded weights (under ``vmap``)."""
@@ -188,8 +189,8 @@ class FrozenLUNet:
         logdet = const.expand(x.shape[0])
         for i, block in enumerate(self._blocks):
             h = block.forward(h)
-            if i < len(self._slopes):
-                a = self._slopes[i]
+            if i < len(self._alphas):
+                a = self._alphas[i]
                 logdet = logdet + leaky_softplus_log_derivative(h, a).sum(dim=-1)
                 h = leaky_softplus(h, a)
         return h, logdet
@@ -200,8 +201,8 @@ class FrozenLUNet:
         logdet = const.expand(z.shape[0])
         h = z
         for i in reversed(range(len(self._blocks))):
-            if i < len(self._slopes):
-                a = self._slopes[i]
+            if i < len(self._alphas):
+                a = self._alphas[i]
                 h = leaky_softplus_inverse(h, a)
                 logdet = logdet - leaky_softplus_log_derivative(h, a).sum(dim=-1)
             h = self._blocks[i].inverse(h)
@@ -219,13 +220,13 @@ class FrozenLUNet:
         after the first writes into the first one's output.
         """
         exact = exact or self.sync_free
-        layers, slopes, const = self._forward_plan()
+        layers, alphas, const = self._forward_plan()
         u = layers[0](x)
-        if not slopes:
+        if not alphas:
             return u, const.expand(x.shape[0])
         q, scratch = torch.empty_like(u), torch.empty_like(u)
         logdet, in_range = None, None
-        for layer, a in zip(layers[1:], slopes):
+        for layer, a in zip(layers[1:], alphas):
             if exact:
                 g, ld = scaled_forward(u.neg_(), a)
                 torch.neg(g, out=q)
@@ -239,15 +240,15 @@ class FrozenLUNet:
         return u, logdet.add_(const)
 
     def _inverse(self, z: torch.Tensor, with_logdet: bool = False):
-        """The sampling pass from the folded matrices of :meth:`_inverse_plan`: ``x`` (B, dim),
+        """The sampling pass from the folded matrices of :meth:`_inverse_plan`: ``x`` (B, features),
         and with ``with_logdet`` also ``log|det dx/dz|`` (B,)."""
-        layers, slopes, tables = self._inverse_plan()
+        layers, alphas, tables = self._inverse_plan()
         h = layers[0](z)
         # the activations' scratch buffers, made once per pass; for a small batch their
         # bookkeeping costs more than the allocations it saves
         work = {} if z.shape[0] >= 64 else None
         logdet = None
-        for layer, a, table in zip(layers[1:], slopes, tables):
+        for layer, a, table in zip(layers[1:], alphas, tables):
             x = solve_scaled(h, a, work, table=table)  # overwrites h, whose buffer then takes the product
             if with_logdet:
                 ld = leaky_softplus_log_derivative(x, a).sum(dim=-1)
@@ -265,8 +266,8 @@ class FrozenLUNet:
 
     # -- the folded matrices -------------------------------------------------------
     def _forward_plan(self) -> tuple[list[FrozenAffine], list[float], torch.Tensor]:
-        """The density pass: layer ``i`` mapping ``h -> h W_i + c_i`` (W_i (dim, dim),
-        c_i (dim,)), the slope of each activation, and the constant part of the log-det (0-dim).
+        """The density pass: layer ``i`` mapping ``h -> h W_i + c_i`` (W_i (features, features),
+        c_i (features,)), the slope of each activation, and the constant part of the log-det (0-dim).
 
         The elementwise scaling in front of each layer is folded into its
         matrix: the input standardisation into the first
@@ -301,7 +302,7 @@ class FrozenLUNet:
         scale = 1.0 / self._std.double()
         shift = -self._mean.double() * scale
         const = -torch.log(self._std.double()).sum()
-        layers, slopes = [], []
+        layers, alphas = [], []
         last = len(self._blocks) - 1
         for i, block in enumerate(self._blocks):
             a_t = block.weight64().t()
@@ -311,32 +312,32 @@ class FrozenLUNet:
             layers.append(FrozenAffine(weight, (sign_out * (block.bias.double() + shift @ a_t)).to(dtype),
                                        **self._split))
             const = const + block.log_abs_det.double()
-            if i < len(self._slopes):
-                a = self._slopes[i]
-                slopes.append(a)
+            if i < len(self._alphas):
+                a = self._alphas[i]
+                alphas.append(a)
                 scale = torch.full_like(scale, 1.0 - a)
                 shift = torch.zeros_like(shift)
-                const = const + self.dim * math.log1p(-a)
-        return layers, slopes, const.to(dtype)
+                const = const + self.features * math.log1p(-a)
+        return layers, alphas, const.to(dtype)
 
     def _build_inverse_plan(self) -> tuple[list[FrozenAffine], list[float], list[tuple]]:
         dtype = self.dtype
-        layers, slopes = [], []
+        layers, alphas = [], []
         for i in reversed(range(len(self._blocks))):
             block = self._blocks[i]
             weight = block.inverse64().t()  # A^{-T}
             shift = -(block.bias.double() @ weight)
             if i > 0:
-                a = self._slopes[i - 1]
-                slopes.append(a)
+                a = self._alphas[i - 1]
+                alphas.append(a)
                 scale = 1.0 / table_step(a)
                 weight, shift = weight * scale, shift * scale
             else:
                 std = self._std.double()
                 weight, shift = weight * std, shift * std + self._mean.double()
             layers.append(FrozenAffine(as_frozen_affine_weight(weight, dtype), shift.to(dtype), **self._split))
-        tables = [cached_inverse_table(a, dtype, self.device) for a in slopes]
-        return layers, slopes, tables
+        tables = [cached_inverse_table(a, dtype, self.device) for a in alphas]
+        return layers, alphas, tables
 
 
 def _foldable_run(parts: list, start: int) -> int:
@@ -348,12 +349,12 @@ def _foldable_run(parts: list, start: int) -> int:
     width = None
     if i < len(parts) and isinstance(parts[i], Standardize):
         width, i = parts[i].features, i + 1
-    if not (i < len(parts) and isinstance(parts[i], LULinear) and width in (None, parts[i].dim)):
+    if not (i < len(parts) and isinstance(parts[i], LULinear) and width in (None, parts[i].features)):
         return start
-    width, i = parts[i].dim, i + 1
+    width, i = parts[i].features, i + 1
     while (
         i + 1 < len(parts) and isinstance(parts[i], LeakySoftplus) and parts[i].alpha.numel() == 1  # one slope to fold
-        and isinstance(parts[i + 1], LULinear) and parts[i + 1].dim == width
+        and isinstance(parts[i + 1], LULinear) and parts[i + 1].features == width
     ):
         i += 2
     return i
@@ -361,7 +362,7 @@ def _foldable_run(parts: list, start: int) -> int:
 
 class FrozenSequential:
     """A snapshot of a composition's ``parts`` (a :class:`~lunet.Sequential`, an LU-Net with
-    spline activations) for fast inference, without autograd; ``dim``: the flow's width, which
+    spline activations) for fast inference, without autograd; ``features``: the flow's width, which
     :meth:`log_prob` and :meth:`sample` need (None where the flow states none).
 
     Every run of ``[Standardize] LULinear (LeakySoftplus LULinear)*`` becomes a
@@ -372,9 +373,9 @@ class FrozenSequential:
     differentiating transforms raise, as for :class:`FrozenLUNet`.
     """
 
-    def __init__(self, parts: Iterable[nn.Module], dim: Optional[int] = None, **tuning: int) -> None:
+    def __init__(self, parts: Iterable[nn.Module], features: Optional[int] = None, **tuning: int) -> None:
         parts = list(parts)
-        self.dim = dim
+        self.features = features
         self.stages: list = []
         i = 0
         while i < len(parts):
@@ -402,7 +403,7 @@ class FrozenSequential:
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         under_vmap()
-        check_features(x, self.dim, like=torch.empty(0, dtype=self.dtype, device=self.device))
+        check_features(x, self.features, like=torch.empty(0, dtype=self.dtype, device=self.device))
         return x.reshape(-1, x.shape[-1])
 
     @torch.no_grad()
@@ -420,13 +421,13 @@ class FrozenSequential:
         return x.reshape(*y.shape[:-1], x.shape[-1]), logdet.reshape(y.shape[:-1])
 
     def _width(self) -> int:
-        if self.dim is None:
-            raise ValueError("this snapshot's Sequential states no dim: log_prob and sample need the flow's width")
-        return self.dim
+        if self.features is None:
+            raise ValueError("this snapshot's Sequential states no features: log_prob and sample need the flow's width")
+        return self.features
 
     @torch.no_grad()
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """``log p(x)`` in nats under the standard normal latent, (..., dim) -> (...)."""
+        """``log p(x)`` in nats under the standard normal latent, (..., features) -> (...)."""
         self._width()
         z, logdet = self.forward(x)
         return standard_normal_log_prob(z) + logdet
@@ -438,7 +439,7 @@ class FrozenSequential:
         temperature: float = 1.0,
         generator: Optional[torch.Generator] = None,
     ) -> torch.Tensor:
-        """Draws of shape ``sample_shape + (dim,)`` (an int ``n`` means ``(n,)``) with latent
+        """Draws of shape ``sample_shape + (features,)`` (an int ``n`` means ``(n,)``) with latent
         standard deviation ``temperature``."""
         width = self._width()
         z, shape = latent_draws(sample_shape, width, temperature, self.dtype, self.device, generator)
@@ -476,7 +477,7 @@ def under_vmap() -> bool:
     return True
 
 
-def snapshot_of(parts: Iterable[nn.Module], dim: Optional[int] = None,
+def snapshot_of(parts: Iterable[nn.Module], features: Optional[int] = None,
                 **tuning: int) -> "FrozenLUNet | FrozenSequential":
     """A snapshot of ``parts``: a :class:`FrozenLUNet` where they fold as one run
     (``[Standardize] LULinear (LeakySoftplus LULinear)*``, one slope per activation), else a
@@ -484,7 +485,7 @@ def snapshot_of(parts: Iterable[nn.Module], dim: Optional[int] = None,
     parts = list(parts)
     if _foldable_run(parts, 0) == len(parts):
         return FrozenLUNet(parts, **tuning)
-    return FrozenSequential(parts, dim, **tuning)
+    return FrozenSequential(parts, features, **tuning)
 
 
 def frozen_or_module(model: object) -> object:

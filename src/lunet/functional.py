@@ -1,9 +1,10 @@
 """The leaky softplus as functions of tensors of any shape: value, derivative, log-derivative
 and the exact inverse.
 
-``f(x) = a x + (1 - a) softplus(x)`` with slope ``SLOPE_MIN <= a < 1``, strictly
-increasing and convex, ``f'(x) = a + (1 - a) sigmoid(x)`` in ``(a, 1)``. Every
-function is elementwise. The inverse reads a start from a table of cubic
+``f(x) = alpha x + (1 - alpha) softplus(x)`` with slope ``ALPHA_MIN <= alpha < 1``,
+strictly increasing and convex, ``f'(x) = alpha + (1 - alpha) sigmoid(x)`` in
+``(alpha, 1)``. Every function is elementwise; the public ones take ``alpha`` by that
+name, the kernels below them call it ``a``, the paper's symbol. The inverse reads a start from a table of cubic
 pieces and takes a number of Newton steps fixed in advance (see
 :func:`inverse_table`), exact to float precision over the accepted slopes.
 """
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from lunet.checks import plain_ops_wanted
-from lunet.limits import SLOPE_MIN
+from lunet.limits import ALPHA_MIN
 
 # The leaky-softplus inverse table covers x in [-TABLE_X, TABLE_X], i.e.
 # y in [-a TABLE_X, TABLE_X], with one cubic per cell; beyond, the asymptotes
@@ -30,8 +31,8 @@ TABLE_X, TABLE_SIZE = 22.0, 4096
 # a = 1e-5): so the node spacing is also at most TABLE_KINK a, which leaves the
 # table of every slope from 2^-10 (about 1e-3) up as it was.
 TABLE_KINK = 4.0
-# The slopes whose inverse is exact, in every float dtype: SLOPE_MIN <= a < 1
-# (lunet.limits). Below SLOPE_MIN the table, whose cells shrink with a there, would outgrow
+# The slopes whose inverse is exact, in every float dtype: ALPHA_MIN <= a < 1
+# (lunet.limits). Below ALPHA_MIN the table, whose cells shrink with a there, would outgrow
 # 90,000 cells (2^-12 apart at 1e-4; 5.8 million at 1e-6); every a < 1 works
 # at the top (1 - a is exact in float64).
 
@@ -74,13 +75,13 @@ def table_step(a: float) -> float:
     exact in any float dtype.
 
     Every inverse passes here first, so this also refuses a slope outside
-    ``[SLOPE_MIN, 1)``, whose inverse would not be exact: a learnable slope that
+    ``[ALPHA_MIN, 1)``, whose inverse would not be exact: a learnable slope that
     has drifted out. The floor gives way by a relative 2^-16 for a learnable
-    slope set to ``SLOPE_MIN`` itself, which float32's sigmoid rounds a few ulps
+    slope set to ``ALPHA_MIN`` itself, which float32's sigmoid rounds a few ulps
     below it (the table is the same there)."""
-    if not SLOPE_MIN * (1 - 2.0**-16) <= a < 1.0:
+    if not ALPHA_MIN * (1 - 2.0**-16) <= a < 1.0:
         raise ValueError(
-            f"alpha must lie in [{SLOPE_MIN:g}, 1), the slopes for which LeakySoftplus's "
+            f"alpha must lie in [{ALPHA_MIN:g}, 1), the slopes for which LeakySoftplus's "
             f"inverse is exact, got {a!r}"
         )
     return 2.0 ** math.floor(math.log2(min((1 + a) * TABLE_X / TABLE_SIZE, TABLE_KINK * a)))
@@ -134,7 +135,7 @@ def inverse_table(a: float, dtype: torch.dtype, device: torch.device) -> tuple[t
     steps = 0
     while error > tol:
         constant = k if steps else min(k * math.exp(2 * k * error), (1 - a) / (8 * a))
-        if constant * error >= 0.5 or steps == 16:  # no certain convergence: never in [SLOPE_MIN, 1)
+        if constant * error >= 0.5 or steps == 16:  # no certain convergence: never in [ALPHA_MIN, 1)
             raise RuntimeError(f"no Newton step count certified for the inverse table of slope {a!r}")
         steps, error = steps + 1, constant * error**2
     return rows.to(dtype=dtype, device=device).contiguous(), h, lo - 1, steps
@@ -164,51 +165,51 @@ def _horner(rows: torch.Tensor, t: torch.Tensor, out: Optional[torch.Tensor] = N
     return torch.addcmul(c0, t, out, out=out)
 
 
-def leaky_softplus(x: torch.Tensor, a: float | torch.Tensor) -> torch.Tensor:
-    """``f(x) = a x + (1 - a) softplus(x)``."""
-    if isinstance(a, float):
+def leaky_softplus(x: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+    """``f(x) = alpha x + (1 - alpha) softplus(x)``."""
+    if isinstance(alpha, float):
         # in place on softplus's output, which its backward does not need
-        return softplus(x).add_(x, alpha=a / (1 - a)).mul_(1 - a)
-    return a * x + (1 - a) * softplus(x)
+        return softplus(x).add_(x, alpha=alpha / (1 - alpha)).mul_(1 - alpha)
+    return alpha * x + (1 - alpha) * softplus(x)
 
 
-def leaky_softplus_derivative(x: torch.Tensor, a: float | torch.Tensor) -> torch.Tensor:
-    """``f'(x) = a + (1 - a) sigmoid(x)``; in place on the sigmoid when no graph is recorded
+def leaky_softplus_derivative(x: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+    """``f'(x) = alpha + (1 - alpha) sigmoid(x)``; in place on the sigmoid when no graph is recorded
     (sigmoid's backward needs its output)."""
     s = torch.sigmoid(x)
-    s = s.mul(1 - a) if torch.is_grad_enabled() else s.mul_(1 - a)
-    return s.add_(a)
+    s = s.mul(1 - alpha) if torch.is_grad_enabled() else s.mul_(1 - alpha)
+    return s.add_(alpha)
 
 
-def leaky_softplus_log_derivative(x: torch.Tensor, a: float | torch.Tensor) -> torch.Tensor:
-    """``log f'(x) = log(a + (1 - a) sigmoid(x))`` elementwise; ``f'`` lies in ``(a, 1)``, so the log
-    has no cancellation."""
-    return torch.log(leaky_softplus_derivative(x, a))
+def leaky_softplus_log_derivative(x: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+    """``log f'(x) = log(alpha + (1 - alpha) sigmoid(x))`` elementwise; ``f'`` lies in ``(alpha, 1)``, so the
+    log has no cancellation."""
+    return torch.log(leaky_softplus_derivative(x, alpha))
 
 
-def leaky_softplus_inverse(y: torch.Tensor, a: float | torch.Tensor) -> torch.Tensor:
-    """``f^{-1}(y)`` elementwise, any shape, exact to float precision, for a slope ``a`` in
-    ``[SLOPE_MIN, 1)`` (a float, or a one-element tensor, e.g. a learnable slope).
+def leaky_softplus_inverse(y: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+    """``f^{-1}(y)`` elementwise, any shape, exact to float precision, for a slope ``alpha`` in
+    ``[ALPHA_MIN, 1)`` (a float, or a one-element tensor, e.g. a learnable slope).
 
-    Derivatives of every order (to ``y`` and a tensor ``a``) follow the implicit-function
-    theorem: ``dx/dy = 1 / f'(x)``, ``dx/da = -(df/da) / f'(x)``, written as differentiable
+    Derivatives of every order (to ``y`` and a tensor ``alpha``) follow the implicit-function
+    theorem: ``dx/dy = 1 / f'(x)``, ``dx/dalpha = -(df/dalpha) / f'(x)``, written as differentiable
     functions of the root ``x`` (see :class:`ImplicitInverse`); they serve backward and
     forward mode and ``torch.func``'s transforms. The root itself is found without autograd.
     """
     if torch.compiler.is_compiling():
-        return _first_order_inverse(y, a, _solve_op)
+        return _first_order_inverse(y, alpha, _solve_op)
     if torch._C._is_tracing():  # torch.jit.trace records ops, not autograd Functions
-        return _first_order_inverse(y, a, solve_plain)
-    a_value = _slope_value(a)
-    slope = a if isinstance(a, torch.Tensor) else None
-    wants_graph = torch.is_grad_enabled() and (y.requires_grad or (slope is not None and slope.requires_grad))
+        return _first_order_inverse(y, alpha, solve_plain)
+    a_value = _alpha_value(alpha)
+    learned = alpha if isinstance(alpha, torch.Tensor) else None
+    wants_graph = torch.is_grad_enabled() and (y.requires_grad or (learned is not None and learned.requires_grad))
     if wants_graph or plain_ops_wanted():
-        return ImplicitInverse.apply(y, slope, a_value)
+        return ImplicitInverse.apply(y, learned, a_value)
     with torch.no_grad():  # reading y records nothing
         return solve(y, a_value)
 
 
-def _slope_value(a: float | torch.Tensor) -> float:
+def _alpha_value(a: float | torch.Tensor) -> float:
     """The slope as a Python float: the exact inverse's table and step count depend on its value."""
     if not isinstance(a, torch.Tensor):
         return float(a)
@@ -314,7 +315,7 @@ def solve(y: torch.Tensor, a: float) -> torch.Tensor:
     when the table is built, that fixes in advance how many steps reach the dtype's
     precision (for a = 0.1: none in float32, one in float64; at most 3 in float32
     and 4 in float64 over the accepted slopes), so no step is spent on checking
-    convergence. A slope outside ``[SLOPE_MIN, 1)`` raises a ValueError.
+    convergence. A slope outside ``[ALPHA_MIN, 1)`` raises a ValueError.
     """
     if y.dim() == 0:  # the table lookup reads rows as wider elements, which needs a dimension
         return solve(y.reshape(1), a).reshape(())

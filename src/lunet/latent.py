@@ -20,15 +20,15 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
 
 
 def latent_draws(
-    sample_shape: object, dim: int, temperature: object, dtype: torch.dtype, device: torch.device,
+    sample_shape: object, features: int, temperature: object, dtype: torch.dtype, device: torch.device,
     generator: Optional[torch.Generator] = None,
 ) -> tuple[torch.Tensor, torch.Size]:
-    """Draws of ``N(0, temperature^2 I)`` as rows ``(prod(sample_shape), dim)``, and ``sample_shape``
+    """Draws of ``N(0, temperature^2 I)`` as rows ``(prod(sample_shape), features)``, and ``sample_shape``
     as a ``torch.Size`` (an int ``n`` means ``(n,)``): the latent side of every flow's ``sample``,
     with both arguments checked."""
     shape = sample_shape_of(sample_shape)
     scale = check_temperature(temperature, dtype)
-    z = torch.randn(shape.numel(), dim, generator=generator, dtype=dtype, device=device)
+    z = torch.randn(shape.numel(), features, generator=generator, dtype=dtype, device=device)
     if scale != 1.0:
         z.mul_(scale)
     return z, shape

@@ -17,9 +17,9 @@ from torch import nn
 
 from lunet.base import Transform
 from lunet.checks import check_positive_int, plain_ops_wanted, value_checks_enabled
-from lunet.fast.activation import FixedSlopeForward, LearnedSlopeForward, scaled_forward
+from lunet.fast.activation import FixedAlphaForward, LearnedAlphaForward, scaled_forward
 from lunet.fast.triangular import BLOCK_LEAF, TriangularAffine
-from lunet.functional import SLOPE_MIN, leaky_softplus, leaky_softplus_inverse, leaky_softplus_log_derivative
+from lunet.functional import ALPHA_MIN, leaky_softplus, leaky_softplus_inverse, leaky_softplus_log_derivative
 
 DIAG_MODES = ("raw", "exp")
 INIT_MODES = ("identity", "random")
@@ -49,7 +49,7 @@ class LULinear(Transform):
     outside them, and the optimiser updates n^2 entries per layer, not 2 n^2.
 
     Args:
-        dim: width ``n``.
+        features: width ``n``.
         diag: ``"raw"`` stores ``U_ii`` directly (the paper's choice, invertible
             while no entry is zero); ``"exp"`` stores ``U_ii = sign_i * exp(s_i)``,
             which can never reach zero.
@@ -71,17 +71,18 @@ class LULinear(Transform):
     """
 
     def __init__(
-        self, dim: int, diag: str = "exp", init: str = "random", init_scale: float = 0.1, block_leaf: int = BLOCK_LEAF,
+        self, features: int, diag: str = "exp", init: str = "random", init_scale: float = 0.1,
+        block_leaf: int = BLOCK_LEAF,
         groups: int = 1,
     ) -> None:
         super().__init__()
-        self.dim = self.features = check_positive_int(dim, "dim")
+        self.features = check_positive_int(features, "features")
         self.groups = check_positive_int(groups, "groups")
-        if dim % groups:
-            raise ValueError(f"groups must divide dim: {groups} groups of dim {dim} are not whole")
+        if features % groups:
+            raise ValueError(f"groups must divide features: {groups} groups of features {features} are not whole")
         # The blocked products skip the masks off their diagonal blocks, which a block-diagonal
         # layer needs everywhere: one masked block then.
-        self.block_leaf = check_positive_int(block_leaf, "block_leaf") if groups == 1 else dim
+        self.block_leaf = check_positive_int(block_leaf, "block_leaf") if groups == 1 else features
         if diag not in DIAG_MODES:
             raise ValueError(f"diag must be one of {DIAG_MODES}, got {diag!r}")
         if init not in INIT_MODES:
@@ -91,14 +92,14 @@ class LULinear(Transform):
         ):
             raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale!r}")
         self.diag_mode = diag
-        self.lu = nn.Parameter(torch.zeros(dim, dim))
+        self.lu = nn.Parameter(torch.zeros(features, features))
         # raw: the diagonal of U itself; exp: log|U_ii|, with the sign in a buffer.
-        self.diag = nn.Parameter(torch.ones(dim) if diag == "raw" else torch.zeros(dim))
-        self.register_buffer("diag_sign", torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim))
+        self.diag = nn.Parameter(torch.ones(features) if diag == "raw" else torch.zeros(features))
+        self.register_buffer("diag_sign", torch.ones(features))
+        self.bias = nn.Parameter(torch.zeros(features))
         # Float masks multiply ~3x faster than torch.tril/triu on CPU, and only
         # on contiguous operands: hence one mask per triangle.
-        width = dim // groups
+        width = features // groups
         in_group = torch.block_diag(*[torch.ones(width, width)] * groups)
         self.register_buffer("strict_lower_mask", in_group.tril(-1), persistent=False)
         self.register_buffer("strict_upper_mask", in_group.triu(1), persistent=False)
@@ -109,7 +110,7 @@ class LULinear(Transform):
                 # Random signs on diag(U): with all signs positive (and neither
                 # parametrisation lets a sign flip during training) every layer
                 # preserves orientation and a 1-D net can only be convex.
-                signs = torch.randint(0, 2, (dim,)).float() * 2 - 1
+                signs = torch.randint(0, 2, (features,)).float() * 2 - 1
                 if diag == "raw":
                     self.diag.mul_(signs)
                 else:
@@ -124,7 +125,7 @@ class LULinear(Transform):
 
     def matrix_l(self) -> torch.Tensor:
         """``L`` as a dense ``(n, n)`` unit lower triangular matrix."""
-        eye = torch.eye(self.dim, dtype=self.lu.dtype, device=self.lu.device)
+        eye = torch.eye(self.features, dtype=self.lu.dtype, device=self.lu.device)
         return self.lu * self.strict_lower_mask + eye
 
     def matrix_u(self) -> torch.Tensor:
@@ -145,7 +146,7 @@ class LULinear(Transform):
         """Trainable parameter count: ``"free"`` = n^2 + n (what is learned),
         ``"stored"`` = 2 n^2 + n (dense L and U plus bias, as the paper counts);
         with groups of width ``w = n / groups``, ``n w + n`` and ``2 n w + n``."""
-        n, w = self.dim, self.dim // self.groups
+        n, w = self.features, self.features // self.groups
         if kind == "free":
             return n * w + n
         if kind == "stored":
@@ -158,7 +159,7 @@ class LULinear(Transform):
         is read; the diagonal is 1), ``upper`` (n, n) gives ``U`` (its upper triangle, diagonal
         included, which must be non-zero), ``bias`` (n,) gives ``b``. Entries outside a group's
         block (``groups > 1``) are dropped. Returns the layer."""
-        n = self.dim
+        n = self.features
         for name, value, shape in (("lower", lower, (n, n)), ("upper", upper, (n, n)), ("bias", bias, (n,))):
             if tuple(value.shape) != shape:
                 raise ValueError(f"{name} must have shape {shape}, got {tuple(value.shape)}")
@@ -193,7 +194,7 @@ class LULinear(Transform):
         return self.lu
 
     def forward_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (B, n) -> ``y = x A^T + b`` (B, n), log|det| (B,), the same for every row."""
+        """``x`` (B, n) -> ``y = x A^T + b`` (B, n), and log|det|, the same for every row (0-dim)."""
         if torch.compiler.is_compiling() or plain_ops_wanted():
             # the compiler fuses the masking into its own products, and torch.func's transforms
             # differentiate and batch plain ops; the blocked kernels' strided views and in-place
@@ -204,21 +205,22 @@ class LULinear(Transform):
                 x, self.lu, self.diagonal_u(), self.bias, self.strict_lower_mask, self.strict_upper_mask,
                 self.block_leaf,
             )
-        return y, self.log_abs_det().expand(x.shape[0])
+        return y, self.log_abs_det()
 
     def inverse_rows(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``y`` (B, n) -> ``x = U^{-1} L^{-1} (y - b)`` (B, n) by two triangular solves,
-        and ``log|det dx/dy| = -sum_i log|U_ii|`` (B,)."""
+        and ``log|det dx/dy| = -sum_i log|U_ii|`` (0-dim, the same for every row)."""
         self.check_invertible()
         x = lu_affine_inverse(y, self.matrix_l(), self.matrix_u(), self.bias)
-        return x, (-self.log_abs_det()).expand(y.shape[0])
+        return x, -self.log_abs_det()
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, diag={self.diag_mode!r}" + (f", groups={self.groups}" if self.groups > 1 else "")
+        groups = f", groups={self.groups}" if self.groups > 1 else ""
+        return f"features={self.features}, diag={self.diag_mode!r}{groups}"
 
 
 class LeakySoftplus(Transform):
-    """Elementwise ``f(x) = a x + (1 - a) softplus(x)``, ``SLOPE_MIN <= a < 1`` (``SLOPE_MIN = 1e-4``).
+    """Elementwise ``f(x) = a x + (1 - a) softplus(x)``, ``ALPHA_MIN <= a < 1`` (``ALPHA_MIN = 1e-4``).
 
     ``f'(x) = a + (1 - a) sigmoid(x)`` lies in ``(a, 1)``, so ``f`` is strictly
     increasing and convex; its inverse (:func:`lunet.functional.leaky_softplus_inverse`)
@@ -228,7 +230,7 @@ class LeakySoftplus(Transform):
     Args:
         alpha: the slope ``a`` for ``x -> -inf``.
         learn_alpha: learn ``a`` (parametrised as ``sigmoid(alpha_logit)``, so it stays in
-            (0, 1); the inverse refuses a slope that has left ``[SLOPE_MIN, 1)``).
+            (0, 1); the inverse refuses a slope that has left ``[ALPHA_MIN, 1)``).
         groups: with ``learn_alpha``, one learned slope for each of this many consecutive
             groups of features (the groups of a grouped :class:`LULinear`), else one for all.
     """
@@ -237,9 +239,9 @@ class LeakySoftplus(Transform):
         super().__init__()
         self.groups = check_positive_int(groups, "groups")
         # the same range and message as functional.table_step, which refuses a learned slope that drifts out
-        if not (isinstance(alpha, (int, float)) and SLOPE_MIN <= float(alpha) < 1.0):
+        if not (isinstance(alpha, (int, float)) and ALPHA_MIN <= float(alpha) < 1.0):
             raise ValueError(
-                f"alpha must lie in [{SLOPE_MIN:g}, 1), the slopes for which LeakySoftplus's "
+                f"alpha must lie in [{ALPHA_MIN:g}, 1), the slopes for which LeakySoftplus's "
                 f"inverse is exact, got {alpha!r}"
             )
         self._fixed_alpha = float(alpha)
@@ -290,9 +292,9 @@ class LeakySoftplus(Transform):
             if not torch.is_grad_enabled():
                 value, logdet = scaled_forward(x, a)
                 return value.mul_(1 - a), logdet.add_(x.shape[1] * math.log1p(-a))
-            return FixedSlopeForward.apply(x, a)
+            return FixedAlphaForward.apply(x, a)
         if torch.is_grad_enabled():
-            return LearnedSlopeForward.apply(x, a)
+            return LearnedAlphaForward.apply(x, a)
         # f'(x) lies in (a, 1): its log has no cancellation.
         return leaky_softplus(x, a), leaky_softplus_log_derivative(x, a).sum(dim=1)
 
@@ -308,6 +310,6 @@ class LeakySoftplus(Transform):
         return x, -leaky_softplus_log_derivative(x, self._alpha(x)).sum(dim=-1)
 
     def extra_repr(self) -> str:
-        slopes = self.alpha.detach().reshape(-1).tolist()
-        shown = f"{slopes[0]:.4g}" if len(slopes) == 1 else "[" + ", ".join(f"{v:.4g}" for v in slopes) + "]"
+        alphas = self.alpha.detach().reshape(-1).tolist()
+        shown = f"{alphas[0]:.4g}" if len(alphas) == 1 else "[" + ", ".join(f"{v:.4g}" for v in alphas) + "]"
         return f"alpha={shown}, learn_alpha={self.learn_alpha}" + (f", groups={self.groups}" if self.groups > 1 else "")

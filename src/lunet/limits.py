@@ -4,8 +4,8 @@ before it loads torch, so that its help answers at once."""
 from __future__ import annotations
 
 # The slopes a of the leaky softplus whose inverse is exact in every float dtype:
-# SLOPE_MIN <= a < 1 (lunet.functional explains the floor).
-SLOPE_MIN = 1e-4
+# ALPHA_MIN <= a < 1 (lunet.functional explains the floor).
+ALPHA_MIN = 1e-4
 
 
 def check_positive_int(value: object, name: str) -> int:

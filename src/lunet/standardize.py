@@ -77,13 +77,13 @@ class Standardize(Transform):
         return self.std
 
     def forward_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (B, features) -> ``(x - mean) / std``, ``-sum_i log std_i`` (B,)."""
+        """``x`` (B, features) -> ``(x - mean) / std``, ``-sum_i log std_i`` (0-dim, the same for every row)."""
         inv_std = 1.0 / self.std
-        return torch.addcmul(-self.mean * inv_std, x, inv_std), (-torch.log(self.std).sum()).expand(x.shape[0])
+        return torch.addcmul(-self.mean * inv_std, x, inv_std), -torch.log(self.std).sum()
 
     def inverse_rows(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``y`` (B, features) -> ``y std + mean``, ``sum_i log std_i`` (B,)."""
-        return torch.addcmul(self.mean, y, self.std), torch.log(self.std).sum().expand(y.shape[0])
+        """``y`` (B, features) -> ``y std + mean``, ``sum_i log std_i`` (0-dim)."""
+        return torch.addcmul(self.mean, y, self.std), torch.log(self.std).sum()
 
     def extra_repr(self) -> str:
         return f"features={self.features}"

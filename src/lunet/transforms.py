@@ -63,7 +63,7 @@ class Composition(Transform):
         """A snapshot for fast inference: runs of LU layers and activations folded as
         :meth:`lunet.LUNet.frozen` folds them, other parts copied (see
         :class:`~lunet.frozen.FrozenSequential`); the tuning as for :meth:`lunet.LUNet.frozen`."""
-        return FrozenSequential(self.transforms, getattr(self, "dim", None), split_below_rows=split_below_rows,
+        return FrozenSequential(self.transforms, None, split_below_rows=split_below_rows,
                                 split_min_bytes=split_min_bytes)
 
 

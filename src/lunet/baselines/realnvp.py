@@ -228,7 +228,7 @@ class Scale(nn.Module):
 class RealNVP(nn.Module):
     """Multiscale RealNVP on ``in_channels x image_size x image_size`` images, flattened.
 
-    ``forward`` maps data ``x`` (B, dim) to the latent ``z`` (B, dim), ``dim = C*H*W``,
+    ``forward`` maps data ``x`` (B, features) to the latent ``z`` (B, features), ``features = C*H*W``,
     and returns ``(z, log|det dz/dx|)`` with the log-determinant per sample (B,). The
     latent prior is a standard normal. See the module docstring for the architecture.
 
@@ -263,7 +263,7 @@ class RealNVP(nn.Module):
                 f"image_size must be divisible by 2**(num_scales-1) = {factor} so that every scale can "
                 f"squeeze 2x2; got image_size={image_size}, num_scales={num_scales}"
             )
-        self.dim = in_channels * image_size * image_size
+        self.features = in_channels * image_size * image_size
 
         scales = []
         # Shapes (C, H, W) of the latent pieces, in the order they are concatenated.
@@ -294,8 +294,8 @@ class RealNVP(nn.Module):
         return self.scales[0].checker[0].net.scale
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (B, dim) -> ``z`` (B, dim), ``log|det dz/dx|`` (B,)."""
-        check_batch(x, self.dim, like=self._ref())
+        """``x`` (B, features) -> ``z`` (B, features), ``log|det dz/dx|`` (B,)."""
+        check_batch(x, self.features, like=self._ref())
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -312,8 +312,9 @@ class RealNVP(nn.Module):
         return torch.cat(pieces, dim=1), logdet
 
     def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``z`` (B, dim) -> ``x`` (B, dim), the exact inverse of :meth:`forward`, and ``log|det dx/dz|`` (B,)."""
-        check_batch(z, self.dim, like=self._ref())
+        """``z`` (B, features) -> ``x`` (B, features), the exact inverse of :meth:`forward`, and
+        ``log|det dx/dz|`` (B,)."""
+        check_batch(z, self.features, like=self._ref())
         return self._inverse(z)
 
     def _inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,17 +327,17 @@ class RealNVP(nn.Module):
             scale = self.scales[k]
             h, ld = scale.inverse(h, None if scale.last else pieces[k])
             logdet = logdet + ld
-        return h.reshape(b, self.dim), logdet
+        return h.reshape(b, self.features), logdet
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """``log p(x)`` in nats under the standard normal latent, (B, dim) -> (B,)."""
+        """``log p(x)`` in nats under the standard normal latent, (B, features) -> (B,)."""
         z, logdet = self.forward(x)
         return standard_normal_log_prob(z) + logdet
 
     def sample(
         self, num_samples: int, temperature: float = 1.0, generator: Optional[torch.Generator] = None
     ) -> torch.Tensor:
-        """Draw ``num_samples`` rows (num_samples, dim); latent std = ``temperature``; without
+        """Draw ``num_samples`` rows (num_samples, features); latent std = ``temperature``; without
         gradients, as ``torch.distributions``' ``sample`` (:meth:`rsample` keeps the graph)."""
         with torch.no_grad():
             return self.rsample(num_samples, temperature, generator)
@@ -349,5 +350,5 @@ class RealNVP(nn.Module):
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature!r}")
         ref = self._ref()
-        z = torch.randn(num_samples, self.dim, generator=generator, dtype=ref.dtype, device=ref.device)
+        z = torch.randn(num_samples, self.features, generator=generator, dtype=ref.dtype, device=ref.device)
         return self._inverse(z * temperature)[0]

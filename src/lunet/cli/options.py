@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from lunet.experiments.rundir import write_text_atomic
-from lunet.limits import SLOPE_MIN
+from lunet.limits import ALPHA_MIN
 
 # Settings whose option is not named after them
 OPTION_NAMES = {"class_label": "--class"}
@@ -48,7 +48,7 @@ NON_NEGATIVE_INT = number(int, lambda v: v >= 0, "a non-negative integer")
 SEED = number(int, lambda v: 0 <= v < 2**63, "an integer in [0, 2^63)")
 POSITIVE_FLOAT = number(float, lambda v: math.isfinite(v) and v > 0, "a positive finite number")
 NON_NEGATIVE_FLOAT = number(float, lambda v: math.isfinite(v) and v >= 0, "a non-negative finite number")
-SLOPE = number(float, lambda v: SLOPE_MIN <= v < 1, f"a number in [{SLOPE_MIN:g}, 1)")
+SLOPE = number(float, lambda v: ALPHA_MIN <= v < 1, f"a number in [{ALPHA_MIN:g}, 1)")
 LAM = number(float, lambda v: 0 < v < 0.5, "a number strictly between 0 and 0.5")
 FRACTION = number(float, lambda v: 0 < v < 1, "a number strictly between 0 and 1")
 

@@ -98,7 +98,7 @@ def _evaluate_vectors(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.run_dir} is a run on own data: name the test file with --data FILE")
     result = evaluate_vectors(args.run, load_vectors(args.data, min_rows=1), device=args.device, name=args.data)
     print(f"{args.data}: test NLL {result['nll_nats_per_dim']:.4f} nats/dim ({result['nll_nats_per_vector']:.4f} nats "
-          f"per vector of width {result['dim']}) on {result['num_vectors']:,} "
+          f"per vector of width {result['features']}) on {result['num_vectors']:,} "
           f"vector{'' if result['num_vectors'] == 1 else 's'}")
     write_json(args.json, {"data_file": str(Path(args.data).resolve()), **result})
     return 0

@@ -38,7 +38,7 @@ from lunet.experiments.settings import (
     paper_lunet_spec,
     vector_lunet_spec,
 )
-from lunet.limits import SLOPE_MIN
+from lunet.limits import ALPHA_MIN
 
 GMM2D, IMAGES, VECTORS = "gmm2d", "images", "vectors"
 KINDS = (GMM2D, IMAGES, VECTORS)
@@ -131,7 +131,7 @@ OPTIONS = (
                                                 help="number of LU blocks {default}"),
            _spec_defaults("num_blocks", "num_blocks"), lunet_model=True),
     Option(("--alpha",), _ALL, "model",
-           dict(type=SLOPE, help=f"leaky-softplus slope a in [{SLOPE_MIN:g}, 1) {{default}}"),
+           dict(type=SLOPE, help=f"leaky-softplus slope a in [{ALPHA_MIN:g}, 1) {{default}}"),
            _spec_defaults("alpha", "alpha"), lunet_model=True),
     Option(("--learn-alpha",), _ALL, "model", dict(action=argparse.BooleanOptionalAction,
                                                      help="learn the slope a of every activation {default}"),
@@ -324,7 +324,7 @@ def _train_vectors(args: argparse.Namespace, config: TrainConfig, group: Any) ->
     )
     if group.is_main:
         print(f"{args.data}: {summary['num_train']:,} training and {summary['num_val']:,} validation rows of width "
-              f"{summary['dim']}; best validation {summary['val_nll_nats_per_dim']:.4f} nats/dim after "
+              f"{summary['features']}; best validation {summary['val_nll_nats_per_dim']:.4f} nats/dim after "
               f"{epochs_text(summary['epochs'])} ({format_seconds(summary['train_seconds'])} training)")
         print(f"run in {args.out}; next: lunet evaluate {args.out} --data TEST_FILE, "
               f"lunet sample {args.out} --num 1000 --out samples.npy")

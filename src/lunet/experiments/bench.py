@@ -362,7 +362,7 @@ def markdown_table(result: dict[str, Any]) -> str:
     return text
 
 
-def run_micro(device: str = "cpu", dim: int = 784, num_blocks: int = 4, repeats: int = 20) -> dict[str, Any]:
+def run_micro(device: str = "cpu", features: int = 784, num_blocks: int = 4, repeats: int = 20) -> dict[str, Any]:
     """LU-Net against the dense-GEMM limit of the same shapes, measured side by side.
 
     - training step at batch 256 vs the same dense GEMMs forward and backward
@@ -387,8 +387,8 @@ def run_micro(device: str = "cpu", dim: int = 784, num_blocks: int = 4, repeats:
     """
     dev = resolve_device(device)
     torch.manual_seed(0)
-    model = build_model({**MODEL_SPECS["lunet"], "dim": dim, "num_blocks": num_blocks}).to(dev)
-    weights = [torch.randn(dim, dim, device=dev, requires_grad=True) for _ in range(2 * num_blocks)]
+    model = build_model({**MODEL_SPECS["lunet"], "features": features, "num_blocks": num_blocks}).to(dev)
+    weights = [torch.randn(features, features, device=dev, requires_grad=True) for _ in range(2 * num_blocks)]
 
     def dense_chain(x: torch.Tensor, backward: bool) -> None:
         h = x
@@ -397,8 +397,8 @@ def run_micro(device: str = "cpu", dim: int = 784, num_blocks: int = 4, repeats:
         if backward:
             h.sum().backward()
 
-    x256 = torch.randn(256, dim, device=dev)
-    x1000 = torch.randn(1000, dim, device=dev)
+    x256 = torch.randn(256, features, device=dev)
+    x1000 = torch.randn(1000, features, device=dev)
     step = training_step(model, x256)
 
     def paired(fn_a: Callable[[], Any], fn_b: Callable[[], Any]) -> tuple[float, float, float]:
@@ -424,7 +424,8 @@ def run_micro(device: str = "cpu", dim: int = 784, num_blocks: int = 4, repeats:
         t_module_density, t_frozen_density, r_module = paired(lambda: model.log_prob(x1000),
                                                               lambda: frozen.log_prob(x1000))
         # the floor of a folded pass: one dense product per block, the activations left out
-        products = [(torch.randn(dim, dim, device=dev).t().contiguous().t(), torch.randn(dim, device=dev))
+        products = [(torch.randn(features, features, device=dev).t().contiguous().t(),
+                     torch.randn(features, device=dev))
                     for _ in range(num_blocks)]
 
         def products_alone() -> None:

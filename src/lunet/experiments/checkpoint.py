@@ -28,7 +28,7 @@ from lunet.experiments.resources import check_model_memory, gigabytes, machine_m
 from lunet.experiments.rundir import stale_temporaries, write_atomic  # noqa: F401 (in rundir, which imports no torch; also imported from here)
 from lunet.flow import LUNet
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # Format 1 (no checksum) is still read; its contents cannot be verified.
 MODEL_NAMES = ("lunet", "realnvp")
 # torch.save stores a file's members uncompressed; a member packed tighter than this was

@@ -122,10 +122,10 @@ def bayes_accuracy(models: list, images: torch.Tensor, labels: torch.Tensor, pre
 class DigitClassifier(nn.Module):
     """A small MLP on pixels in [0, 1], (B, 784) -> logits (B, 10): the judge of sample classes."""
 
-    def __init__(self, dim: int = 784, hidden: int = 512) -> None:
+    def __init__(self, features: int = 784, hidden: int = 512) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, NUM_CLASSES)
+            nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, NUM_CLASSES)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -148,7 +148,7 @@ def train_classifier(
         if path.is_file():
             try:
                 stored = load_checkpoint(path)
-                clf = DigitClassifier(stored["model_spec"]["dim"])
+                clf = DigitClassifier(stored["model_spec"]["features"])
                 clf.load_state_dict(stored["model"])
                 return clf.eval(), float(stored["test_accuracy"])
             except (ValueError, KeyError, RuntimeError):
@@ -156,7 +156,7 @@ def train_classifier(
     clf, acc = _train_classifier(dataset, data_dir, verify, epochs, seed)
     if path is not None:
         try:
-            save_checkpoint({"model_spec": {"name": "digit-classifier", "dim": clf.net[0].in_features},
+            save_checkpoint({"model_spec": {"name": "digit-classifier", "features": clf.net[0].in_features},
                              "model": clf.state_dict(), "test_accuracy": acc}, path)
         except OSError:
             pass  # no writable cache: the judge is trained again next time

@@ -72,7 +72,7 @@ def run(
 def _model_spec(settings: GMM2DSettings) -> dict[str, Any]:
     return {
         "name": "lunet",
-        "dim": 2,
+        "features": 2,
         "num_blocks": settings.num_blocks,
         "alpha": settings.alpha,
         "learn_alpha": settings.learn_alpha,
@@ -98,12 +98,12 @@ def train_starts(
     each start's validation NLL in nats per point.
     """
     k = settings.starts
-    spec = {**_model_spec(settings), "dim": 2 * k, "groups": k}
+    spec = {**_model_spec(settings), "features": 2 * k, "groups": k}
     torch.manual_seed(config.seed)
     grouped = LUNet(**{key: v for key, v in spec.items() if key != "name"})
     grouped.standardize(data["train"].repeat(1, k))
     trainer = Trainer(
-        grouped, spec, config, data["train"].repeat(1, k), data["val"].repeat(1, k), _log_prob_fn, dim=2 * k,
+        grouped, spec, config, data["train"].repeat(1, k), data["val"].repeat(1, k), _log_prob_fn, features=2 * k,
         out_dir=run.starts, unit=NLL_NATS if k == 1 else MEAN_NLL_NATS, progress=progress,
     )
     if resume:

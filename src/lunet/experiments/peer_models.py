@@ -1,13 +1,14 @@
 """The models of the peers benchmark (``lunet.experiments.peers``): LU-Net and zuko's flows.
 
-Each entry of :data:`MODELS` builds, for vectors of width ``dim``, a :class:`PeerModel`: an
-``nn.Module`` with ``log_prob(h)`` (B, dim) -> (B,) nats and ``sample(n)`` -> (n, dim), both
+Each entry of :data:`MODELS` builds, for vectors of width ``features``, a :class:`PeerModel`: an
+``nn.Module`` with ``log_prob(h)`` (B, features) -> (B,) nats and ``sample(n)`` -> (n, features), both
 in the benchmark's model space (the standardised data, see ``peers.py``). Another recipe is
 one more entry::
 
     from lunet.experiments.peer_models import MODELS, ModelEntry, LUNetPeer
 
-    MODELS["lunet-best"] = ModelEntry("lunet-best", lambda dim, data: LUNetPeer(LUNet(dim, 8), "LU-Net 8×784"),
+    MODELS["lunet-best"] = ModelEntry("lunet-best",
+                                      lambda features, data: LUNetPeer(LUNet(features, 8), "LU-Net 8×784"),
                                       "LU-Net, 8 blocks")
 
 zuko is an optional extra (``pip install .[peers]``): it is imported only when one of its
@@ -125,82 +126,84 @@ class ZukoPeer(PeerModel):
         return {"stored": stored, "free": stored - masked}
 
 
-def _hidden(dim: int, large: list[int], small: list[int]) -> list[int]:
-    return large if dim > SMALL_DIM else small
+def _hidden(features: int, large: list[int], small: list[int]) -> list[int]:
+    return large if features > SMALL_DIM else small
 
 
-def build_lunet(dim: int, data: Optional[torch.Tensor] = None) -> PeerModel:
+def build_lunet(features: int, data: Optional[torch.Tensor] = None) -> PeerModel:
     """lunet's recipe for the width: the paper's 4 blocks for images, the own-data default
     (8 blocks, learned slopes) for vectors, the 2-D experiment's 16 blocks for ``dim = 2``."""
-    if dim == 2:
+    if features == 2:
         s = GMM2DSettings()
         net = LUNet(2, s.num_blocks, alpha=s.alpha, diag=s.diag, init_scale=s.init_scale, learn_alpha=s.learn_alpha)
         return LUNetPeer(net, f"LU-Net {s.num_blocks}×2")
-    spec = paper_lunet_spec(dim=dim) if dim > SMALL_DIM else vector_lunet_spec(dim)
+    spec = paper_lunet_spec(features=features) if features > SMALL_DIM else vector_lunet_spec(features)
     spec.pop("name")
     net = LUNet(**spec)
-    which = "paper's " if dim > SMALL_DIM else ""
-    return LUNetPeer(net, f"LU-Net {which}{spec['num_blocks']}×{dim}")
+    which = "paper's " if features > SMALL_DIM else ""
+    return LUNetPeer(net, f"LU-Net {which}{spec['num_blocks']}×{features}")
 
 
-def build_lunet_gaussian(dim: int, data: Optional[torch.Tensor] = None) -> PeerModel:
+def build_lunet_gaussian(features: int, data: Optional[torch.Tensor] = None) -> PeerModel:
     """:func:`build_lunet`, started as lunet starts its image runs (``lunet train``'s default
     ``--data-init gaussian``): at the full-covariance Gaussian fit of the training data
-    (``data`` (N, dim), N > dim; with fewer rows it stays at :func:`build_lunet`'s start)."""
-    model = build_lunet(dim)
-    if data is not None and data.shape[0] > dim:
+    (``data`` (N, features), N > features; with fewer rows it stays at :func:`build_lunet`'s start)."""
+    model = build_lunet(features)
+    if data is not None and data.shape[0] > features:
         model.net.init_gaussian(data.to(next(model.parameters()).dtype))
         model.label += ", Gaussian start"
     return model
 
 
-def build_lunet_spline(dim: int, data: Optional[torch.Tensor] = None) -> PeerModel:
+def build_lunet_spline(features: int, data: Optional[torch.Tensor] = None) -> PeerModel:
     """:func:`build_lunet`'s network with a monotone spline (8 bins on [-5, 5], one per
     feature) in place of each leaky softplus: LU layers and elementwise maps, nothing else."""
-    if dim == 2:
+    if features == 2:
         s = GMM2DSettings()
         net = LUNet(2, s.num_blocks, diag=s.diag, init_scale=s.init_scale, activation="spline")
         return LUNetPeer(net, f"LU-Net {s.num_blocks}×2, splines")
-    spec = paper_lunet_spec(dim=dim) if dim > SMALL_DIM else vector_lunet_spec(dim, learn_alpha=False)
+    spec = (paper_lunet_spec(features=features) if features > SMALL_DIM
+            else vector_lunet_spec(features, learn_alpha=False))
     spec.pop("name")
     net = LUNet(**spec, activation="spline")
-    return LUNetPeer(net, f"LU-Net {spec['num_blocks']}×{dim}, splines")
+    return LUNetPeer(net, f"LU-Net {spec['num_blocks']}×{features}, splines")
 
 
 def _zuko_label(kind: str, transforms: int, hidden: list[int], extra: str = "") -> str:
     return f"zuko {kind} {transforms}×[{', '.join(map(str, hidden))}]{extra}"
 
 
-def build_maf(dim: int, data: Optional[torch.Tensor] = None) -> PeerModel:
+def build_maf(features: int, data: Optional[torch.Tensor] = None) -> PeerModel:
     """zuko's MAF: 5 affine autoregressive transforms, MADE of one hidden layer of 1,024 for
     images, two of 128 for vectors; orders alternate."""
     zuko = require("zuko", "the zuko-maf model")
-    hidden = _hidden(dim, [1024], [128, 128])
-    return ZukoPeer(zuko.flows.MAF(dim, transforms=5, hidden_features=hidden), _zuko_label("MAF", 5, hidden))
+    hidden = _hidden(features, [1024], [128, 128])
+    return ZukoPeer(zuko.flows.MAF(features, transforms=5, hidden_features=hidden), _zuko_label("MAF", 5, hidden))
 
 
-def build_realnvp(dim: int, data: Optional[torch.Tensor] = None) -> PeerModel:
+def build_realnvp(features: int, data: Optional[torch.Tensor] = None) -> PeerModel:
     """zuko's RealNVP: 10 affine couplings on alternating checkered masks, MLP of one hidden
     layer of 1,024 for images, two of 128 for vectors."""
     zuko = require("zuko", "the zuko-realnvp model")
-    hidden = _hidden(dim, [1024], [128, 128])
-    return ZukoPeer(zuko.flows.RealNVP(dim, transforms=10, hidden_features=hidden), _zuko_label("RealNVP", 10, hidden))
+    hidden = _hidden(features, [1024], [128, 128])
+    return ZukoPeer(zuko.flows.RealNVP(features, transforms=10, hidden_features=hidden),
+                    _zuko_label("RealNVP", 10, hidden))
 
 
-def build_nsf(dim: int, data: Optional[torch.Tensor] = None) -> PeerModel:
+def build_nsf(features: int, data: Optional[torch.Tensor] = None) -> PeerModel:
     """zuko's NSF: autoregressive rational-quadratic splines of 8 bins, 3 transforms of one
     hidden layer of 512 for images, 5 of two of 128 for vectors."""
     zuko = require("zuko", "the zuko-nsf model")
-    hidden = _hidden(dim, [512], [128, 128])
-    transforms = 3 if dim > SMALL_DIM else 5
-    flow = zuko.flows.NSF(dim, transforms=transforms, hidden_features=hidden, bins=8)
+    hidden = _hidden(features, [512], [128, 128])
+    transforms = 3 if features > SMALL_DIM else 5
+    flow = zuko.flows.NSF(features, transforms=transforms, hidden_features=hidden, bins=8)
     return ZukoPeer(flow, _zuko_label("NSF", transforms, hidden, ", 8 bins"))
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A model of the benchmark: ``build(dim, data)`` -> :class:`PeerModel`, where ``data`` is
-    the training split in model space (N, dim; images dequantised once, from a fixed seed) for
+    """A model of the benchmark: ``build(features, data)`` -> :class:`PeerModel`, where ``data`` is
+    the training split in model space (N, features; images dequantised once, from a fixed seed) for
     recipes that start from the data (``needs_data``), else None."""
 
     name: str
@@ -235,12 +238,12 @@ def available(name: str) -> bool:
     return True
 
 
-def build(name: str, dim: int, data: Optional[torch.Tensor] = None, seed: int = 0) -> PeerModel:
-    """Model ``name`` for width ``dim``, its weights drawn from ``seed`` (whatever was built before)."""
+def build(name: str, features: int, data: Optional[torch.Tensor] = None, seed: int = 0) -> PeerModel:
+    """Model ``name`` for width ``features``, its weights drawn from ``seed`` (whatever was built before)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     torch.manual_seed(seed)
-    model = MODELS[name].build(dim, data)
+    model = MODELS[name].build(features, data)
     if not isinstance(model, PeerModel):
         raise TypeError(f"the builder of {name!r} returned {type(model).__name__}, not a PeerModel")
     return model

@@ -94,10 +94,10 @@ class ImageSpace:
 
     ``log p(y) = log p_model(h) + logdet`` for the dequantised ``y = (x + u) / 256``."""
 
-    def __init__(self, dim: int, lam: float = DEFAULT_LAM) -> None:
-        self.pre = ImagePreprocessor(lam, dim)
-        self.standardize = Standardize(dim)
-        self.dim = dim
+    def __init__(self, features: int, lam: float = DEFAULT_LAM) -> None:
+        self.pre = ImagePreprocessor(lam, features)
+        self.standardize = Standardize(features)
+        self.features = features
 
     @torch.no_grad()
     def fit(self, pixels: torch.Tensor, seed: int = FIT_SEED, chunk: int = 5000) -> "ImageSpace":
@@ -128,7 +128,7 @@ class ImageSpace:
 
     def figure(self, log_p: torch.Tensor) -> torch.Tensor:
         """``log p(y)`` (N,) nats -> bits/dim (N,), lunet's standard figure (a uniform model scores 8)."""
-        return bits_per_dim(log_p, self.dim)
+        return bits_per_dim(log_p, self.features)
 
 
 class VectorSpace:
@@ -136,9 +136,9 @@ class VectorSpace:
     ``log p(x) = log p_model(h) + logdet``. ``entropy``: the truth's differential entropy in
     nats when known, and then the figure is KL(truth || model) per point, else nats/dim."""
 
-    def __init__(self, dim: int, entropy: Optional[float] = None) -> None:
-        self.standardize = Standardize(dim)
-        self.dim = dim
+    def __init__(self, features: int, entropy: Optional[float] = None) -> None:
+        self.standardize = Standardize(features)
+        self.features = features
         self.entropy = entropy
 
     def fit(self, x: torch.Tensor) -> "VectorSpace":
@@ -156,7 +156,7 @@ class VectorSpace:
         """``log p(x)`` (N,) nats -> KL contributions ``−log p − H`` (nats per point) or nats/dim (N,)."""
         if self.entropy is not None:
             return -log_p - self.entropy
-        return -log_p / self.dim
+        return -log_p / self.features
 
 
 @dataclass
@@ -176,7 +176,7 @@ class PeerData:
     train_logdet: Optional[torch.Tensor] = None  # vectors: log|det| of the standardisation, one number
 
     @property
-    def dim(self) -> int:
+    def features(self) -> int:
         return self.train.shape[1]
 
     def train_batch(self, rows: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -483,19 +483,19 @@ def train_with_budgets(model: PeerModel, data: PeerData, budgets: Sequence[float
 # -- speed and memory -----------------------------------------------------------------------
 
 
-def _memory_probe(name: str, dim: int, batch: int, steps: int, lr: float, grad_clip: Optional[float],
+def _memory_probe(name: str, features: int, batch: int, steps: int, lr: float, grad_clip: Optional[float],
                   device: str) -> float:
     """In a fresh process: peak memory of ``steps`` training steps at ``batch``, MiB (see
     :func:`peak_training_memory_mib`)."""
     dev = torch.device(device)
     torch.manual_seed(0)
-    h = torch.randn(batch, dim)
+    h = torch.randn(batch, features)
     logdet = torch.zeros(batch)
     if dev.type == "cpu":
         with open("/proc/self/clear_refs", "w") as f:  # reset the high-water mark: count from here
             f.write("5")
         before = _proc_status_kib("VmRSS")
-    model = build(name, dim, None).to(dev)
+    model = build(name, features, None).to(dev)
     h, logdet = h.to(dev), logdet.to(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -508,7 +508,7 @@ def _memory_probe(name: str, dim: int, batch: int, steps: int, lr: float, grad_c
     return (_proc_status_kib("VmHWM") - before) / 1024
 
 
-def peak_training_memory_mib(name: str, dim: int, protocol: Protocol) -> float:
+def peak_training_memory_mib(name: str, features: int, protocol: Protocol) -> float:
     """Peak memory of ``protocol.memory_steps`` training steps of model ``name`` at the protocol's batch.
 
     CPU: the peak resident set (VmHWM) of a fresh child process, reset once torch is imported,
@@ -519,7 +519,7 @@ def peak_training_memory_mib(name: str, dim: int, protocol: Protocol) -> float:
         "import importlib, json\n"
         f"importlib.import_module({module!r})\n"
         "from lunet.experiments.peers import _memory_probe\n"
-        f"print(json.dumps(_memory_probe({name!r}, {dim}, {protocol.batch_size}, {protocol.memory_steps}, "
+        f"print(json.dumps(_memory_probe({name!r}, {features}, {protocol.batch_size}, {protocol.memory_steps}, "
         f"{protocol.lr!r}, {protocol.grad_clip!r}, {protocol.device!r})))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -562,7 +562,7 @@ def measure_speed(name: str, model: PeerModel, data: PeerData, protocol: Protoco
     out["peak_train_memory_mib"] = None
     if protocol.measure_memory:
         try:
-            out["peak_train_memory_mib"] = peak_training_memory_mib(name, data.dim, protocol)
+            out["peak_train_memory_mib"] = peak_training_memory_mib(name, data.features, protocol)
         except RuntimeError as exc:
             out["notes"].append(str(exc))
     else:
@@ -771,13 +771,13 @@ def run_peers(
         data = load(item, data_dir, quick) if isinstance(item, str) else item
         data.to(device)
         fam = "images" if data.kind == "images" else "vectors"
-        entry.update({"unit": data.unit, "kind": data.kind, "dim": data.dim, "budgets_s": budgets[fam],
+        entry.update({"unit": data.unit, "kind": data.kind, "features": data.features, "budgets_s": budgets[fam],
                       "info": data.info})
         for mname in todo:
             log(f"{dname}: {mname}")
             start = time.perf_counter()
             start_data = data.train_in_model_space() if MODELS[mname].needs_data else None
-            model = build(mname, data.dim, start_data, seed=protocol.seed)
+            model = build(mname, data.features, start_data, seed=protocol.seed)
             del start_data
             model.to(device)
             result: dict[str, Any] = {"label": model.label}

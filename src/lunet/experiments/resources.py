@@ -53,10 +53,10 @@ def model_elements(spec: dict[str, Any]) -> int:
     PyTorch's "meta" device, which records shapes only. ``ValueError`` for a spec that names no
     valid width or depth."""
     if spec.get("name") == "lunet":
-        dim = check_positive_int(spec.get("dim"), "the model spec's dim")
+        features = check_positive_int(spec.get("features"), "the model spec's features")
         blocks = check_positive_int(spec.get("num_blocks"), "the model spec's num_blocks")
         # per block the LU matrix, its two masks, the diagonal, its signs and the bias; the standardisation
-        return blocks * (3 * dim * dim + 3 * dim) + 2 * dim
+        return blocks * (3 * features * features + 3 * features) + 2 * features
     from lunet.experiments.checkpoint import build_model
 
     with torch.device("meta"):
@@ -67,7 +67,7 @@ def model_elements(spec: dict[str, Any]) -> int:
 def describe_model(spec: dict[str, Any]) -> str:
     """A model as its messages name it: an LU-Net by its width and depth, any other by its spec."""
     if spec.get("name") == "lunet":
-        return f"an LU-Net of width {spec['dim']:,} with {spec['num_blocks']:,} blocks"
+        return f"an LU-Net of width {spec['features']:,} with {spec['num_blocks']:,} blocks"
     return f"the model {spec}"
 
 

@@ -23,7 +23,7 @@ IMAGES, VECTORS, GMM2D = "images", "vectors", "gmm2d"
 KINDS = (IMAGES, VECTORS, GMM2D)
 # Entries that only a run on own data writes in run.json: a damaged file that holds one is
 # reported as a damaged run on own data, not taken for an image run.
-VECTOR_KEYS = ("data", "dim", "val_fraction", "data_file")
+VECTOR_KEYS = ("data", "features", "val_fraction", "data_file")
 NUM_CLASSES = 10
 IMAGE_KINDS = ("unconditional", "class", "per_class")
 IMAGE_DATA_INITS = ("gaussian", "standardize", "none")
@@ -73,14 +73,14 @@ class ImageRunSettings:
 class VectorRunSettings:
     """What a run on own data models."""
 
-    dim: int
+    features: int
     model: dict[str, Any]
     val_fraction: Optional[float] = 0.1  # None: validated on rows given apart (val_data)
     data_init: str = "standardize"
 
     def __post_init__(self) -> None:
         # each field checked for its type too: read back from run.json, "3" is no width and true no fraction
-        check_positive_int(self.dim, "dim")
+        check_positive_int(self.features, "features")
         check_spec(self.model)
         if self.val_fraction is not None and not (
                 isinstance(self.val_fraction, (int, float)) and not isinstance(self.val_fraction, bool)
@@ -88,8 +88,9 @@ class VectorRunSettings:
             raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction!r}")
         if not isinstance(self.data_init, str) or self.data_init not in VECTOR_DATA_INITS:
             raise ValueError(f"data_init must be one of {VECTOR_DATA_INITS}, got {self.data_init!r}")
-        if self.model.get("dim") != self.dim:
-            raise ValueError(f"the model spec's dim {self.model.get('dim')!r} is not the data's width {self.dim}")
+        if self.model.get("features") != self.features:
+            raise ValueError(f"the model spec's features {self.model.get('features')!r} is not the data's width "
+                             f"{self.features}")
 
 
 @dataclass(frozen=True)

@@ -118,16 +118,16 @@ class TrainConfig:
 
 def paper_lunet_spec(num_blocks: int = 4, **kwargs: Any) -> dict[str, Any]:
     """Model spec of the paper's MNIST LU-Net (4 blocks of width 784) or a variant."""
-    spec = {"name": "lunet", "dim": 784, "num_blocks": num_blocks, "alpha": 0.1, "diag": "exp", "init_scale": 0.1}
+    spec = {"name": "lunet", "features": 784, "num_blocks": num_blocks, "alpha": 0.1, "diag": "exp", "init_scale": 0.1}
     spec.update(kwargs)
     return spec
 
 
-def vector_lunet_spec(dim: int, num_blocks: int = 8, **kwargs: Any) -> dict[str, Any]:
-    """Model spec of an LU-Net for own feature vectors of width ``dim`` (``lunet train --data``):
+def vector_lunet_spec(features: int, num_blocks: int = 8, **kwargs: Any) -> dict[str, Any]:
+    """Model spec of an LU-Net for own feature vectors of width ``features`` (``lunet train --data``):
     as for the 2-D mixture, learned slopes and unit-scale starting weights (docs/own-data.md)."""
-    spec = {"name": "lunet", "dim": dim, "num_blocks": num_blocks, "alpha": 0.1, "diag": "exp", "init_scale": 1.0,
-            "learn_alpha": True}
+    spec = {"name": "lunet", "features": features, "num_blocks": num_blocks, "alpha": 0.1, "diag": "exp",
+            "init_scale": 1.0, "learn_alpha": True}
     spec.update(kwargs)
     return spec
 

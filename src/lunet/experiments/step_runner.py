@@ -46,16 +46,16 @@ class _ShardLoss(nn.Module):
     Scaled by ``world / global_rows`` rather than ``1 / shard_rows``: the average over the
     processes is then the mean over the global batch, even when the shards differ in length."""
 
-    def __init__(self, model: nn.Module, log_prob_fn: LogProbFn, dim: int) -> None:
+    def __init__(self, model: nn.Module, log_prob_fn: LogProbFn, features: int) -> None:
         super().__init__()
         self.model = model
         self.log_prob_fn = log_prob_fn
-        self.dim = dim
+        self.features = features
 
     def forward(self, shard: torch.Tensor, noise: Optional[torch.Tensor], global_rows: int, world: int) -> torch.Tensor:
         if shard.shape[0] == 0:  # a last batch with fewer rows than processes: a zero that touches every weight
             return sum((p.sum() * 0 for p in self.model.parameters() if p.requires_grad), torch.zeros(()))
-        return -self.log_prob_fn(self.model, shard, noise).sum() * (world / (global_rows * self.dim))
+        return -self.log_prob_fn(self.model, shard, noise).sum() * (world / (global_rows * self.features))
 
 
 class StepRunner:
@@ -64,7 +64,7 @@ class StepRunner:
     Args:
         model, optimizer: what is trained and how.
         log_prob_fn: ``(model, raw_batch, noise) -> log p`` in nats, (B,).
-        dim: data dimension: the loss is the mean NLL per dimension.
+        features: data dimension: the loss is the mean NLL per dimension.
         train_data: the training rows, where the steps read them (on the GPU for a GPU run).
         config: the run's settings (batch size, clipping, dtype, compile, CUDA graph).
         device: the training device.
@@ -76,14 +76,14 @@ class StepRunner:
     """
 
     def __init__(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, log_prob_fn: LogProbFn, dim: int,
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, log_prob_fn: LogProbFn, features: int,
         train_data: torch.Tensor, config: TrainConfig, device: torch.device, group: Group, dequantize: bool,
         capture: Any = AUTO,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
         self.log_prob_fn = log_prob_fn
-        self.dim = dim
+        self.features = features
         self.train_data = train_data
         self.config = config
         self.device = device
@@ -109,7 +109,7 @@ class StepRunner:
 
     def batch_loss(self, batch: torch.Tensor, noise: Optional[torch.Tensor]) -> torch.Tensor:
         """The training loss of one batch: mean negative log-likelihood in nats per dimension."""
-        return -self.log_prob_fn(self.model, batch, noise).mean() / self.dim
+        return -self.log_prob_fn(self.model, batch, noise).mean() / self.features
 
     def step(self, rows: torch.Tensor, generator: torch.Generator) -> None:
         """One optimisation step on the global batch ``rows``, its noise drawn from ``generator``."""
@@ -152,7 +152,7 @@ class StepRunner:
                        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                        else "broadcast_buffers")
             self._shard_loss = DistributedDataParallel(
-                _ShardLoss(self.model, self.log_prob_fn, self.dim),
+                _ShardLoss(self.model, self.log_prob_fn, self.features),
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 **{no_sync: False},
             )
@@ -185,7 +185,7 @@ class StepRunner:
         """A step on a full batch: through the CUDA graph while there is one, else eager."""
         if self.graphed is None:
             prepare_for_capture(self.optimizer, self.device, self.capture.capturable)
-            noise_like = ((self.config.batch_size, self.dim), self.config.torch_dtype, self.train_data.device)
+            noise_like = ((self.config.batch_size, self.features), self.config.torch_dtype, self.train_data.device)
             self.graphed = GraphedSteps(
                 self.graphed_body, lambda: self.optimizer.zero_grad(set_to_none=True), self.capture,
                 self.config.batch_size, self.train_data.device, noise_like if self.dequantize else None,

@@ -91,7 +91,7 @@ class Trainer:
         model: a flow with trainable parameters.
         model_spec: the spec that rebuilds it (stored in the checkpoint).
         log_prob_fn: ``(model, raw_batch, noise) -> log p`` in nats, (B,).
-        dim: data dimension, for per-dimension losses.
+        features: data dimension, for per-dimension losses.
         out_dir: where ``checkpoint.pt`` and ``metrics.jsonl`` go (a path or a
             :class:`~lunet.experiments.rundir.RunFolder`). Hold the lock of the run
             folder (:meth:`~lunet.experiments.rundir.RunFolder.locked`) around
@@ -122,7 +122,7 @@ class Trainer:
         train_data: torch.Tensor,
         val_data: torch.Tensor,
         log_prob_fn: LogProbFn,
-        dim: int,
+        features: int,
         out_dir: str | Path | RunFolder,
         unit: Unit = NATS_PER_DIM,
         extra: Optional[dict[str, Any]] = None,
@@ -155,7 +155,7 @@ class Trainer:
         self.val_data = val_data
         self.log_prob_fn = log_prob_fn
         self.dequantize = dequantize
-        self.dim = dim
+        self.features = features
         self.folder = as_folder(out_dir)
         self.unit = unit
         self.log = log if log is not None else RunLog(self.folder, unit, progress, writes=self.group.is_main)
@@ -171,7 +171,7 @@ class Trainer:
         data = {"train": data_fingerprint(train_data), "val": data_fingerprint(val_data)}
         self.state = TrainingState(self.model, model_spec, config, data, self.optimizer, self.schedule,
                                    self.generator, self.noise if on_gpu else None, extra or {})
-        self.steps = StepRunner(self.model, self.optimizer, log_prob_fn, dim, self.train_data, config, self.device,
+        self.steps = StepRunner(self.model, self.optimizer, log_prob_fn, features, self.train_data, config, self.device,
                                 self.group, dequantize, capture)
         self._resumed = False
 
@@ -279,14 +279,14 @@ class Trainer:
         if state.epoch % cfg.eval_every and state.epoch != cfg.epochs:
             return None
         val_lp = self._validation_log_prob()
-        problem = divergence(val_lp, state.start_val, state.epoch, self.dim, self.unit)
+        problem = divergence(val_lp, state.start_val, state.epoch, self.features, self.unit)
         if problem is not None:
             raise self._diverged(*problem)
         state.keep_if_best(val_lp)
         row = {
             "epoch": state.epoch,
             f"train_{self.unit.key}": self.unit.convert(train_nll),
-            f"val_{self.unit.key}": self.unit.convert(-val_lp / self.dim),
+            f"val_{self.unit.key}": self.unit.convert(-val_lp / self.features),
             "lr": self.schedule.rate,
             "train_seconds": state.train_seconds,
             "steps": self.steps.mode,
@@ -295,5 +295,5 @@ class Trainer:
         if self.group.is_main:
             save_checkpoint(state.checkpoint(), self.checkpoint_path)
         self.log.redraw(last=state.epoch == cfg.epochs)
-        self.log.report(state.epoch, cfg.epochs, train_nll, -val_lp / self.dim, state.train_seconds)
+        self.log.report(state.epoch, cfg.epochs, train_nll, -val_lp / self.features, state.train_seconds)
         return row

@@ -50,14 +50,14 @@ def data_fingerprint(data: torch.Tensor) -> str:
     return f"{tuple(data.shape)} {data.dtype} sha256:{digest[:16]}"
 
 
-def divergence(val_lp: float, start_val: Optional[float], epoch: int, dim: int,
+def divergence(val_lp: float, start_val: Optional[float], epoch: int, features: int,
                unit: Unit) -> Optional[tuple[str, str]]:
     """What went wrong and the advice, when the validation log-likelihood ``val_lp`` (nats per
     sample) after ``epoch`` is not finite or far below the untrained ``start_val``; else None."""
     if not math.isfinite(val_lp):
         return f"the validation log-likelihood is {val_lp} after epoch {epoch}", "lower {lr}"
     if start_val is not None and math.isfinite(start_val):
-        val_nll, start_nll = -val_lp / dim, -start_val / dim
+        val_nll, start_nll = -val_lp / features, -start_val / features
         if val_nll > start_nll + DIVERGENCE_MARGIN_NATS_PER_DIM:
             return (f"training diverged: after epoch {epoch} the validation NLL is {unit.describe(val_nll)}, "
                     f"worse than the untrained start ({unit.describe(start_nll)}) by more than "

@@ -89,9 +89,11 @@ def _num_val(n: int, val_fraction: float) -> int:
 def _check_enough_rows(name: str, train: torch.Tensor, val: torch.Tensor, data_init: str,
                        val_fraction: Optional[float]) -> None:
     """``ValueError`` giving the minimum when ``train`` has too few rows to learn from."""
-    dim = train.shape[1]
-    need, why = ((dim + 1, f"the Gaussian start needs more rows than the {dim} features") if data_init == "gaussian"
-                 else (MIN_TRAIN_ROWS, "one row has no spread"))
+    features = train.shape[1]
+    if data_init == "gaussian":
+        need, why = features + 1, f"the Gaussian start needs more rows than the {features} features"
+    else:
+        need, why = MIN_TRAIN_ROWS, "one row has no spread"
     have = train.shape[0]
     if have >= need:
         return
@@ -172,7 +174,7 @@ def train_vectors(
             model.init_gaussian(train)
         elif data_init == "standardize":
             model.standardize(train)
-        trainer = Trainer(model, spec, config, train, val, log_prob_fn, dim=train.shape[1], out_dir=run,
+        trainer = Trainer(model, spec, config, train, val, log_prob_fn, features=train.shape[1], out_dir=run,
                           extra={"data": VECTORS}, progress=progress, group=group)
         if resume:
             trainer.resume()
@@ -187,7 +189,7 @@ def train_vectors(
         "val_nll_nats_per_dim": -trainer.state.best_val / train.shape[1],
         "num_train": int(train.shape[0]),
         "num_val": int(val.shape[0]),
-        "dim": int(train.shape[1]),
+        "features": int(train.shape[1]),
     }
     return model.eval(), summary
 
@@ -196,10 +198,10 @@ def _prepare_run(run: RunFolder, settings: VectorRunSettings, overwrite: bool, r
     run.begin(resume, overwrite, [run.checkpoint])
     if resume:
         stored = read_run_file(run)
-        if (stored.dim, stored.model) != (settings.dim, settings.model):
-            raise SettingError("{path} describes another run (width {dim}, model {model}); resume with the run's own "
-                               "data and options or choose another {out}", path=run.run_file, dim=stored.dim,
-                               model=stored.model)
+        if (stored.features, stored.model) != (settings.features, settings.model):
+            raise SettingError("{path} describes another run (width {features}, model {model}); resume with the "
+                               "run's own data and options or choose another {out}", path=run.run_file,
+                               features=stored.features, model=stored.model)
 
 
 def read_run_file(run_dir: str | Path | RunFolder) -> VectorRunSettings:
@@ -223,15 +225,15 @@ def evaluate_vectors(run_dir: str | Path | RunFolder, data: Vectors, device: str
     dimension and per vector, and their spread over the rows; ``name`` names the data in errors."""
     settings, model = load_vector_run(run_dir, device)
     x = as_vectors(data, str(name), min_rows=1)
-    check_width(x, settings.dim, name)
+    check_width(x, settings.features, name)
     check_fits_dtype(x, flow_placement(model)[0], name)
     lp = torch.cat([log_prob_fn(model, chunk).double().cpu() for chunk in x.split(batch_size)])
     return {
-        "nll_nats_per_dim": float(-lp.mean() / settings.dim),
+        "nll_nats_per_dim": float(-lp.mean() / settings.features),
         "nll_nats_per_vector": float(-lp.mean()),
         "nll_nats_per_vector_std": float(lp.std()) if lp.numel() > 1 else 0.0,
         "num_vectors": int(x.shape[0]),
-        "dim": settings.dim,
+        "features": settings.features,
     }
 
 
@@ -242,15 +244,16 @@ def sample_vectors(run_dir: str | Path | RunFolder, num: int, temperature: float
     rows × width at most ``MAX_SAMPLE_VALUES`` (another ``seed`` draws more)."""
     check_temperature(temperature)
     run = as_folder(run_dir)
-    dim = read_run_file(run).dim
-    if num * dim > MAX_SAMPLE_VALUES:
-        raise SettingError("{num} {given:,} samples of width {dim} are {total:,} numbers, more than the {cap:,} one "
-                           "call draws; give {num} at most {most:,} (and another {seed} for more)",
-                           given=num, dim=dim, total=num * dim, cap=MAX_SAMPLE_VALUES, most=MAX_SAMPLE_VALUES // dim)
+    features = read_run_file(run).features
+    if num * features > MAX_SAMPLE_VALUES:
+        raise SettingError("{num} {given:,} samples of width {features} are {total:,} numbers, more than the "
+                           "{cap:,} one call draws; give {num} at most {most:,} (and another {seed} for more)",
+                           given=num, features=features, total=num * features, cap=MAX_SAMPLE_VALUES,
+                           most=MAX_SAMPLE_VALUES // features)
     _, model = load_vector_run(run, device)
     dtype, dev = flow_placement(model)
     gen = torch.Generator().manual_seed(seed)
-    z = temperature * torch.randn(num, model.dim, generator=gen, dtype=torch.float64)
+    z = temperature * torch.randn(num, model.features, generator=gen, dtype=torch.float64)
     # in chunks: a pass over all the rows at once holds several copies of them per block
     return torch.cat([model.inverse(chunk.to(device=dev, dtype=dtype))[0].double().cpu()
                       for chunk in z.split(SAMPLE_CHUNK_ROWS)])

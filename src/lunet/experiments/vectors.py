@@ -77,12 +77,12 @@ def load_vectors(path: str | os.PathLike, min_rows: int = 2) -> torch.Tensor:
     return data
 
 
-def check_width(data: torch.Tensor, dim: int, path: str | os.PathLike) -> None:
-    """``ValueError`` unless each row of ``data`` (N, D) has ``dim`` features, the width the run models."""
+def check_width(data: torch.Tensor, features: int, path: str | os.PathLike) -> None:
+    """``ValueError`` unless each row of ``data`` (N, D) has ``features`` features, the width the run models."""
     width = data.shape[1]
-    if width != dim:
+    if width != features:
         raise ValueError(
-            f"{path} has {width} feature{'' if width == 1 else 's'} per row but the run models {dim}"
+            f"{path} has {width} feature{'' if width == 1 else 's'} per row but the run models {features}"
         )
 
 

@@ -46,7 +46,7 @@ def sigmoid_floor(dtype: torch.dtype) -> float:
     return math.log(torch.finfo(dtype).tiny) + 4.0
 
 
-class FixedSlopeForward(torch.autograd.Function):
+class FixedAlphaForward(torch.autograd.Function):
     """:meth:`LeakySoftplus.forward` for a fixed slope ``a``: ``f(x)`` (B, n) and
     ``sum_i log f'(x_i)`` (B,), with a written-out backward.
 
@@ -78,7 +78,7 @@ class FixedSlopeForward(torch.autograd.Function):
         return g_x.addcmul_(g_value, slope), None
 
 
-class LearnedSlopeForward(torch.autograd.Function):
+class LearnedAlphaForward(torch.autograd.Function):
     """:meth:`LeakySoftplus.forward` for a learned slope ``a`` (a 0-dim tensor, or one slope per
     feature of shape (n,)): ``f(x)`` (B, n) and ``sum_i log f'(x_i)`` (B,), with a written-out
     backward to ``x`` and ``a``.

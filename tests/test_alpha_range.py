@@ -1,6 +1,6 @@
-"""The leaky-softplus slopes a whose inverse is exact, [SLOPE_MIN, 1), and the refusal of all others.
+"""The leaky-softplus slopes a whose inverse is exact, [ALPHA_MIN, 1), and the refusal of all others.
 
-Below SLOPE_MIN the inverse table used to be accepted and wrong (by about 1.0 in
+Below ALPHA_MIN the inverse table used to be accepted and wrong (by about 1.0 in
 x at a = 1e-6, even in float64); a learnable slope that drifts out of the range
 must be refused by the inverse just as a fixed one is by the constructor.
 """
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lunet import LUNet
-from lunet.functional import SLOPE_MIN, cached_inverse_table, inverse_table, newton_step, table_step
+from lunet.functional import ALPHA_MIN, cached_inverse_table, inverse_table, newton_step, table_step
 from lunet.layers import LeakySoftplus
 
 DTYPES = [torch.float32, torch.float64]
@@ -22,8 +22,8 @@ DTYPES = [torch.float32, torch.float64]
 ULPS = 8
 # Both ends of the range and the slopes between whose tables need the most
 # Newton steps (1.3e-4: four in float64; 2.9e-4: three in float32).
-SLOPES = [SLOPE_MIN, 1.3e-4, 2.9e-4, 1e-3, 0.02, 0.1, 0.5, 1 - 1e-9, 1 - 2**-52]
-RANGE_MESSAGE = re.escape(f"alpha must lie in [{SLOPE_MIN:g}, 1)")
+SLOPES = [ALPHA_MIN, 1.3e-4, 2.9e-4, 1e-3, 0.02, 0.1, 0.5, 1 - 1e-9, 1 - 2**-52]
+RANGE_MESSAGE = re.escape(f"alpha must lie in [{ALPHA_MIN:g}, 1)")
 CPU = torch.device("cpu")
 
 
@@ -101,7 +101,7 @@ def test_inverse_matches_the_root_between_table_nodes(alpha, dtype):
 
 
 @pytest.mark.parametrize("learnable", [False, True])
-@pytest.mark.parametrize("alpha", [1e-6, 5e-5, SLOPE_MIN * (1 - 1e-9), 1.0, 1.5, 0.0, -0.1, math.nan])
+@pytest.mark.parametrize("alpha", [1e-6, 5e-5, ALPHA_MIN * (1 - 1e-9), 1.0, 1.5, 0.0, -0.1, math.nan])
 def test_slopes_outside_the_range_are_refused(alpha, learnable):
     with pytest.raises(ValueError, match=RANGE_MESSAGE):
         LeakySoftplus(alpha, learn_alpha=learnable)
@@ -111,7 +111,7 @@ def test_slopes_outside_the_range_are_refused(alpha, learnable):
 
 @pytest.mark.parametrize("logit", [math.log(5e-5 / (1 - 5e-5)), -200.0, 40.0], ids=["below", "zero", "one"])
 def test_a_learnable_slope_that_drifted_out_is_refused_by_the_inverse(logit):
-    """A learnable slope drifted below SLOPE_MIN, underflowed to 0 or rounded up to
+    """A learnable slope drifted below ALPHA_MIN, underflowed to 0 or rounded up to
     1.0 (float32's sigmoid of 40): the inverse raises the constructor's ValueError,
     with and without autograd, in the layer, in the flow and in a frozen snapshot of it."""
     act = LeakySoftplus(0.1, learn_alpha=True)
@@ -119,7 +119,7 @@ def test_a_learnable_slope_that_drifted_out_is_refused_by_the_inverse(logit):
     act.inverse(y)[0]  # in range: fine
     with torch.no_grad():
         act.alpha_logit.fill_(logit)
-    assert not SLOPE_MIN <= float(act.alpha) < 1.0
+    assert not ALPHA_MIN <= float(act.alpha) < 1.0
     with torch.no_grad(), pytest.raises(ValueError, match=RANGE_MESSAGE):
         act.inverse(y)[0]
     with pytest.raises(ValueError, match=RANGE_MESSAGE):
@@ -140,11 +140,11 @@ def test_a_learnable_slope_that_drifted_out_is_refused_by_the_inverse(logit):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_a_learnable_slope_at_the_floor_still_inverts(dtype):
-    """float32's sigmoid puts a learnable slope of SLOPE_MIN a few ulps below it: the
+    """float32's sigmoid puts a learnable slope of ALPHA_MIN a few ulps below it: the
     inverse must still serve it, exactly."""
-    act = LeakySoftplus(SLOPE_MIN, learn_alpha=True).to(dtype)
+    act = LeakySoftplus(ALPHA_MIN, learn_alpha=True).to(dtype)
     if dtype == torch.float32:
-        assert float(act.alpha) < SLOPE_MIN  # the case this test is about
+        assert float(act.alpha) < ALPHA_MIN  # the case this test is about
     x = probe_inputs(dtype)
     with torch.no_grad():
         back = act.inverse(act(x)[0])[0]
