@@ -59,7 +59,7 @@ def evaluate_run(
     accuracy ``argmax_c log p(x|c)`` (uniform class prior).
     """
     settings, models, ckpts = load_run_models(run_dir, device=device)
-    scorers = [frozen_or_module(m) for m in models]
+    snapshots = [frozen_or_module(m) for m in models]
     images, labels = load_dataset(settings.dataset, "test", data_dir=data_dir, verify=verify)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
@@ -69,7 +69,7 @@ def evaluate_run(
     per_class: dict[str, dict[str, float]] = {}
     for draw in range(draws):
         full_all, logit_all = [], []
-        for c, model in zip(settings.classes, scorers):
+        for c, model in zip(settings.classes, snapshots):
             x, _ = class_subset(images, labels, c)
             if x.shape[0] == 0:
                 raise ValueError(
@@ -107,7 +107,7 @@ def evaluate_run(
     if per_class:
         result["per_class"] = per_class
     if settings.kind == "per_class":  # a classifier needs a model of every class
-        result["bayes_classifier_accuracy"] = bayes_accuracy(scorers, images, labels, pre)
+        result["bayes_classifier_accuracy"] = bayes_accuracy(snapshots, images, labels, pre)
     return result
 
 
