@@ -35,7 +35,7 @@ import torch
 
 from lunet import functional
 from lunet.experiments.bench import training_step
-from lunet.experiments.checkpoint import build_model
+from lunet.experiments.models import build_model
 from lunet.experiments.settings import paper_lunet_spec
 from lunet.fast.affine import FrozenAffine, as_frozen_affine_weight
 from lunet.layers import LeakySoftplus

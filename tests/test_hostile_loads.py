@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from conftest import one_line_error, run_cli
-from lunet.experiments import checkpoint
+from lunet.experiments import models
 from lunet.experiments.checkpoint import load_checkpoint, load_model, save_checkpoint
 from lunet.experiments.settings import TrainConfig, vector_lunet_spec
 from lunet.experiments.vector_runs import sample_vectors, train_vectors
@@ -37,7 +37,7 @@ GUARD_VALUES = 10**6  # numbers in the LU matrices of the largest model a test m
 def small_models_only(monkeypatch):
     """Building an LU-Net with more than :data:`GUARD_VALUES` numbers fails the test instead of
     taking the memory: what a refusal must come before."""
-    real = checkpoint.LUNet
+    real = models.LUNet
 
     def guarded(features: int, num_blocks: int, **kwargs: Any):
         whole = isinstance(features, int) and isinstance(num_blocks, int)
@@ -45,7 +45,7 @@ def small_models_only(monkeypatch):
             raise AssertionError(f"an LU-Net of width {features} with {num_blocks} blocks was built")
         return real(features, num_blocks, **kwargs)
 
-    monkeypatch.setattr(checkpoint, "LUNet", guarded)
+    monkeypatch.setattr(models, "LUNet", guarded)
 
 
 @pytest.fixture(scope="module")

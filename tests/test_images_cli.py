@@ -151,7 +151,7 @@ def test_unconditional_run_layout(uncond_run):
     ckpt = load_checkpoint(uncond_run / "checkpoint.pt")
     assert ckpt["epoch"] == 1
     assert ckpt["model_spec"]["num_blocks"] == 2
-    assert ckpt["scheduler"]["last_epoch"] == math.ceil(TRAIN_LIMIT / BATCH)
+    assert ckpt["schedule"]["steps"] == math.ceil(TRAIN_LIMIT / BATCH)
     assert [r["epoch"] for r in read_metrics(uncond_run / "metrics.jsonl")] == [1]
     assert not list(uncond_run.glob("class-*"))
 
@@ -192,7 +192,7 @@ def test_per_class_run_layout(per_class_run):
         assert ckpt["extra"] == {"class_label": c, "dataset": "fashion-mnist"}
     # --limit applies per class, after class filtering: CLASS_LIMIT images -> ceil(CLASS_LIMIT / BATCH) steps each
     for c in (0, 9):
-        steps = load_checkpoint(per_class_run / f"class-{c}" / "checkpoint.pt")["scheduler"]["last_epoch"]
+        steps = load_checkpoint(per_class_run / f"class-{c}" / "checkpoint.pt")["schedule"]["steps"]
         assert steps == math.ceil(CLASS_LIMIT / BATCH)
 
 
@@ -334,7 +334,7 @@ def test_resume_continues_and_refuses_silent_restart(tmp_path, capsys):
     assert train(run, "--resume", "--epochs", "2") == 0
     second = load_checkpoint(run / "checkpoint.pt")
     assert second["epoch"] == 2
-    assert second["scheduler"]["last_epoch"] == 2 * first["scheduler"]["last_epoch"]  # steps continued, not restarted
+    assert second["schedule"]["steps"] == 2 * first["schedule"]["steps"]  # steps continued, not restarted
     assert not torch.equal(second["model"]["blocks.0.lu"], first["model"]["blocks.0.lu"])
     assert [r["epoch"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]
 
@@ -355,7 +355,7 @@ def test_resume_continues_and_refuses_silent_restart(tmp_path, capsys):
     assert train(run, "--overwrite") == 0
     fresh = load_checkpoint(run / "checkpoint.pt")
     assert fresh["epoch"] == 1
-    assert fresh["scheduler"]["last_epoch"] == first["scheduler"]["last_epoch"]
+    assert fresh["schedule"]["steps"] == first["schedule"]["steps"]
     assert [r["epoch"] for r in read_metrics(run / "metrics.jsonl")] == [1]
 
 

@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import read_metrics
 from lunet.cli import main
-from lunet.experiments.checkpoint import build_model, load_checkpoint, load_model
+from lunet.experiments.checkpoint import load_checkpoint, load_model
+from lunet.experiments.models import build_model
 from lunet.experiments.settings import TrainConfig, vector_lunet_spec
 from lunet.experiments.vector_runs import evaluate_vectors, train_vectors
 

@@ -31,7 +31,7 @@ def test_a_resumed_schedule_continues_on_its_own_peak_and_length():
     for _ in range(4):
         first.step()
     state = first.state_dict()
-    assert state["last_epoch"] == 4 and isinstance(state["_last_lr"][0], float)
+    assert state == {"steps": 4}
     gentler = LearningRateSchedule(optimizer(), TrainConfig(lr=0.01), total_steps=20)  # lower, longer
     gentler.load_state_dict(state)
     assert gentler.steps == 4

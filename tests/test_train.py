@@ -10,7 +10,8 @@ from lunet.experiments.checkpoint import load_checkpoint
 from lunet.experiments.gmm2d import _log_prob_fn, make_splits
 from lunet.experiments.run_log import RunLog
 from lunet.experiments.rundir import RunFolder
-from lunet.experiments.settings import TrainConfig
+from lunet.cli.options import flag
+from lunet.experiments.settings import SettingError, TrainConfig
 from lunet.experiments.train import Trainer, mean_log_prob
 from lunet.experiments.train_state import TrainingDiverged
 
@@ -91,8 +92,10 @@ def test_resume_under_other_optimisation_settings_is_refused(tmp_path):
     trainer.fit()
     faster, _ = make_trainer(tmp_path, epochs=3)
     faster.config.lr = 0.1  # another trajectory from here on: refused, by name
-    with pytest.raises(ValueError, match=r"lr 0.02 -> 0.1"):
+    faster.config.batch_size = 512
+    with pytest.raises(SettingError, match=r"batch_size 1024 -> 512, lr 0.02 -> 0.1") as caught:
         faster.resume()
+    assert "(--batch-size 1024 -> 512, --lr 0.02 -> 0.1)" in caught.value.render(flag)  # as the command line says it
     elsewhere, _ = make_trainer(tmp_path, epochs=2, eval_every=2)  # reporting may change
     elsewhere.resume()
     assert elsewhere.state.epoch == 2

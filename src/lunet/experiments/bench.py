@@ -20,7 +20,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from lunet.experiments.checkpoint import build_model, error_line
+from lunet.experiments.checkpoint import error_line
+from lunet.experiments.models import build_model
 from lunet.experiments.settings import paper_lunet_spec
 from lunet.experiments.train import resolve_device
 from lunet.frozen import frozen_or_module

@@ -24,13 +24,12 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import nn
 
+from lunet.experiments.models import MODEL_NAMES, build_model, check_spec, short_repr
 from lunet.experiments.resources import check_model_memory, gigabytes, machine_memory, model_elements
-from lunet.experiments.rundir import stale_temporaries, write_atomic  # noqa: F401 (in rundir, which imports no torch; also imported from here)
-from lunet.flow import LUNet
+from lunet.experiments.rundir import write_atomic
 
 FORMAT_VERSION = 3
-# Format 1 (no checksum) is still read; its contents cannot be verified.
-MODEL_NAMES = ("lunet", "realnvp")
+# Earlier formats were written by development versions only: they are refused by name.
 # torch.save stores a file's members uncompressed; a member packed tighter than this was
 # made by something else, and unpacking it could take far more memory than the file's size
 MAX_INFLATION = 16
@@ -41,45 +40,6 @@ COUNT_FIELDS = ("num_blocks", "num_res_blocks", "num_scales")
 # A built model holds at most this many numbers per number it stores (an LU-Net: each stored
 # LU matrix and two masks of its size); a spec claiming more describes other weights.
 BUILT_PER_STORED = 4
-
-
-def check_spec(spec: Any) -> dict[str, Any]:
-    """Return ``spec`` if it has the form of a model spec: a dict of names to plain values (numbers,
-    strings, booleans, None) whose ``"name"`` is one of :data:`MODEL_NAMES`; ``ValueError`` saying
-    what it is otherwise."""
-    if not isinstance(spec, dict):
-        raise ValueError(f"a model spec is a dict with a 'name' and the model's settings, got a "
-                         f"{type(spec).__name__} ({_short(spec)})")
-    odd = [k for k, v in spec.items()
-           if not isinstance(k, str) or not (v is None or isinstance(v, (bool, int, float, str)))]
-    if odd:
-        raise ValueError(f"the model spec's entry {_short(odd[0])} is not a number, a string or a boolean: "
-                         f"{_short(spec[odd[0]])}")
-    if spec.get("name") not in MODEL_NAMES:
-        raise ValueError(f"unknown model name {_short(spec.get('name'))} in model spec; expected 'lunet' or 'realnvp'")
-    return spec
-
-
-def _short(value: Any, limit: int = 120) -> str:
-    """``repr(value)``, cut to ``limit`` characters: a damaged file's contents in a one-line message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def build_model(spec: dict[str, Any]) -> nn.Module:
-    """Rebuild a model from its spec ``{"name": ..., **kwargs}``."""
-    spec = dict(check_spec(spec))
-    name = spec.pop("name")
-    from lunet.baselines.realnvp import RealNVP  # optional heavy baseline
-
-    model_class = LUNet if name == "lunet" else RealNVP
-    try:
-        return model_class(**spec)
-    except TypeError as exc:
-        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
-        if unexpected is None:
-            raise
-        raise ValueError(f"the model spec's {unexpected.group(1)!r} is no setting of {model_class.__name__}") from None
 
 
 def tensor_bytes(t: torch.Tensor) -> bytes:
@@ -210,7 +170,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                          f"this version reads format {FORMAT_VERSION}: train the run again")
     if type(version) is not int or version != FORMAT_VERSION:
         raise ValueError(f"{path} is not a lunet checkpoint (format {FORMAT_VERSION}): its format entry is "
-                         f"{_short(version)}, not {FORMAT_VERSION}")
+                         f"{short_repr(version)}, not {FORMAT_VERSION}")
     if ckpt.get("checksum") != checksum(ckpt):
         raise ValueError(
             f"checkpoint {path} is corrupt: its contents do not match the checksum written with them "
@@ -278,7 +238,7 @@ def _check_spec_fits(path: Path, spec: Any, state: dict[str, torch.Tensor]) -> N
         if built <= BUILT_PER_STORED * stored:
             return
         mismatch = f"that model holds {built:,} values, the file stores {stored:,}"
-    raise ValueError(f"checkpoint {path} does not match its model spec {_short(spec)}: {mismatch}")
+    raise ValueError(f"checkpoint {path} does not match its model spec {short_repr(spec)}: {mismatch}")
 
 
 def _is_count(value: Any) -> bool:
@@ -305,24 +265,24 @@ def check_training_state(path: str | os.PathLike, ckpt: dict[str, Any],
     data = ckpt.get("data")
     if not (isinstance(data, dict) and set(data) == {"train", "val"}
             and all(isinstance(v, str) for v in data.values())):
-        raise damaged(f"its record of the training data is {_short(data)}")
+        raise damaged(f"its record of the training data is {short_repr(data)}")
     if not isinstance(ckpt.get("train_config"), dict):
-        raise damaged(f"its training settings are {_short(ckpt.get('train_config'))}")
+        raise damaged(f"its training settings are {short_repr(ckpt.get('train_config'))}")
     if not _is_count(ckpt.get("epoch")):
-        raise damaged(f"its epoch is {_short(ckpt.get('epoch'))}, not a count of epochs")
+        raise damaged(f"its epoch is {short_repr(ckpt.get('epoch'))}, not a count of epochs")
     if not _is_number(ckpt.get("best_val_log_prob")):
-        raise damaged(f"its best validation log-likelihood is {_short(ckpt.get('best_val_log_prob'))}, "
+        raise damaged(f"its best validation log-likelihood is {short_repr(ckpt.get('best_val_log_prob'))}, "
                       f"not a finite number")
     start = ckpt.get("start_val_log_prob")
     if start is not None and not _is_number(start, finite=False):
-        raise damaged(f"its starting validation log-likelihood is {_short(start)}, not a number")
+        raise damaged(f"its starting validation log-likelihood is {short_repr(start)}, not a number")
     seconds = ckpt.get("train_seconds", 0.0)
     if not (_is_number(seconds) and seconds >= 0):
-        raise damaged(f"its training time is {_short(seconds)}, not a number of seconds")
+        raise damaged(f"its training time is {short_repr(seconds)}, not a number of seconds")
     if ckpt.get("best_model") is None:
         raise damaged("it holds no best weights")
-    scheduler = ckpt.get("scheduler")
-    if not (isinstance(scheduler, dict) and _is_count(scheduler.get("last_epoch"))):
+    schedule = ckpt.get("schedule")
+    if not (isinstance(schedule, dict) and _is_count(schedule.get("steps"))):
         raise damaged("its learning-rate schedule has no count of steps")
     generator = ckpt.get("generator")
     if not (isinstance(generator, torch.Tensor) and generator.dtype == torch.uint8):
@@ -344,18 +304,19 @@ def _check_optimizer_state(optimizer: Any, parameters: Mapping[str, torch.Tensor
     names = list(parameters)
     for index, stats in optimizer["state"].items():
         if not (_is_count(index) and index < len(names) and isinstance(stats, dict)):
-            raise damaged(f"its optimiser state has an entry {_short(index)} for no parameter")
+            raise damaged(f"its optimiser state has an entry {short_repr(index)} for no parameter")
         param = names[index]
         shape = tuple(parameters[param].shape)
         for name, value in stats.items():
             if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-                raise damaged(f"its optimiser's {_short(name)} for {param} is {_short(value)}, not a tensor of numbers")
+                raise damaged(f"its optimiser's {short_repr(name)} for {param} is {short_repr(value)}, "
+                              "not a tensor of numbers")
             expected = () if name == "step" else shape
             if tuple(value.shape) != expected:
-                raise damaged(f"its optimiser's {_short(name)} for {param} has shape {tuple(value.shape)}, "
+                raise damaged(f"its optimiser's {short_repr(name)} for {param} has shape {tuple(value.shape)}, "
                               f"not {expected}")
             if not bool(torch.isfinite(value).all()):
-                raise damaged(f"its optimiser's {_short(name)} for {param} holds NaN or infinite values")
+                raise damaged(f"its optimiser's {short_repr(name)} for {param} holds NaN or infinite values")
 
 
 def load_model(path: str | os.PathLike, which: str = "best") -> tuple[nn.Module, dict[str, Any]]:

@@ -15,10 +15,10 @@ from typing import Any, Optional
 
 import torch
 
-from lunet.experiments.checkpoint import save_checkpoint, stale_temporaries
+from lunet.experiments.checkpoint import save_checkpoint
 from lunet.experiments.plots import log_density_grid, plot_density_2d, plot_samples_2d
 from lunet.experiments.run_log import Unit
-from lunet.experiments.rundir import RunFolder, as_folder, write_text_atomic
+from lunet.experiments.rundir import RunFolder, as_folder, stale_temporaries, write_text_atomic
 from lunet.experiments.settings import GMM2DSettings, RunExists, TrainConfig
 from lunet.experiments.toy import GaussianMixture2D
 from lunet.experiments.train import Trainer, mean_log_prob, resolve_device

@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from lunet.checks import check_positive_int, check_temperature
-from lunet.experiments.checkpoint import build_model, load_checkpoint, load_model
+from lunet.experiments.checkpoint import load_checkpoint, load_model
 from lunet.experiments.data import CLASS_NAMES, FILES, find_file, load_dataset, train_val_split
 from lunet.experiments.distributed import SINGLE, Group, current
+from lunet.experiments.models import build_model
 from lunet.experiments.preprocess import LN2, ImagePreprocessor
 from lunet.experiments.resources import check_model_memory
 from lunet.experiments.run_log import Unit

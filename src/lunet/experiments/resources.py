@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import torch
 
+from lunet.experiments.models import build_model
 from lunet.limits import check_positive_int
 
 # Bytes in use per byte of a model's own weights and buffers, measured on LU-Nets of width
@@ -57,8 +58,6 @@ def model_elements(spec: dict[str, Any]) -> int:
         blocks = check_positive_int(spec.get("num_blocks"), "the model spec's num_blocks")
         # per block the LU matrix, its two masks, the diagonal, its signs and the bias; the standardisation
         return blocks * (3 * features * features + 3 * features) + 2 * features
-    from lunet.experiments.checkpoint import build_model
-
     with torch.device("meta"):
         model = build_model(spec)
     return sum(t.numel() for t in (*model.parameters(), *model.buffers()))

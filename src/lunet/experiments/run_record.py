@@ -13,8 +13,9 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Optional, Sequence, Union
 
-from lunet.experiments.checkpoint import check_spec, first_sentence
+from lunet.experiments.checkpoint import first_sentence
 from lunet.experiments.data import DATASETS
+from lunet.experiments.models import check_spec
 from lunet.experiments.rundir import RunFolder, UnsafeFile, read_text, write_text_atomic
 from lunet.experiments.settings import DEFAULT_LAM, RECIPES, SettingError, paper_lunet_spec
 from lunet.limits import check_positive_int

@@ -309,9 +309,9 @@ def _holder_description(fd: int) -> str:
 
 
 @contextmanager
-def _locked(folder: str | os.PathLike) -> Iterator[Path]:
+def _locked(run: "RunFolder") -> Iterator[Path]:
     # RunFolder.locked's body; see its docstring.
-    given = check_writable(folder)
+    given = check_writable(run.path)
     folder = given.resolve()
     if folder in _held:
         raise RunFolderBusy("{folder} is locked by this process already: a run folder is locked once, by the "
@@ -319,7 +319,7 @@ def _locked(folder: str | os.PathLike) -> Iterator[Path]:
     try:
         import fcntl
     except ImportError:  # no advisory locks on this platform
-        RunFolder(given).check_files()
+        run.check_files()
         yield folder
         return
     fd = open_regular(given / LOCK_NAME, os.O_RDWR | os.O_CREAT)
@@ -331,7 +331,7 @@ def _locked(folder: str | os.PathLike) -> Iterator[Path]:
         raise RunFolderBusy("{folder} is in use by another training ({holder}); wait for it to finish or choose "
                             "another {out}", folder=folder, holder=holder) from None
     try:
-        RunFolder(given).check_files()  # before anything is written here
+        run.check_files()  # before anything is written here
         record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
                   "command": " ".join(sys.argv)}
         os.ftruncate(fd, 0)
@@ -488,4 +488,4 @@ class RunFolder:
         (Windows) no lock is taken. Taking it checks the folder's files
         (:meth:`check_files`) before anything is written there.
         """
-        return _locked(self.path)
+        return _locked(self)

@@ -87,12 +87,11 @@ class LearningRateSchedule:
                 group["lr"] = rate
 
     def state_dict(self) -> dict[str, Any]:
-        """The schedule's place, with the rates as numbers; the keys are those of torch's
-        ``LambdaLR``, whose state older checkpoints hold."""
-        groups = len(self.optimizer.param_groups)
-        return {"last_epoch": self.steps, "base_lrs": [self.peak] * groups, "_last_lr": [self.rate] * groups}
+        """The schedule's place: the steps taken. The peak and the length are the run's own
+        (a resumed run may lower the peak after a divergence), so they are not stored."""
+        return {"steps": self.steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue at the step ``state`` reached, on this schedule's own peak and length."""
-        self.steps = int(state["last_epoch"])
+        self.steps = int(state["steps"])
         self._apply()

@@ -23,11 +23,11 @@ import torch
 from torch import nn
 
 from lunet.checks import set_value_checks
-from lunet.experiments.checkpoint import load_checkpoint, mark_diverged, save_checkpoint, stale_temporaries
+from lunet.experiments.checkpoint import load_checkpoint, mark_diverged, save_checkpoint
 from lunet.experiments.distributed import SINGLE, Group, current
 from lunet.experiments.preprocess import uniform_noise
 from lunet.experiments.run_log import NATS_PER_DIM, RunLog, Unit
-from lunet.experiments.rundir import RunFolder, as_folder
+from lunet.experiments.rundir import RunFolder, as_folder, stale_temporaries
 from lunet.experiments.schedule import LearningRateSchedule
 from lunet.experiments.settings import NothingToResume, RunExists, SettingError, TrainConfig
 from lunet.experiments.step_runner import AUTO, LogProbFn, StepRunner, check_shared_config

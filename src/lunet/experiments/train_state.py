@@ -127,7 +127,7 @@ class TrainingState:
             "best_val_log_prob": self.best_val,
             "start_val_log_prob": self.start_val,
             "optimizer": portable_optimizer_state(self.optimizer),
-            "scheduler": self.schedule.state_dict(),
+            "schedule": self.schedule.state_dict(),
             "generator": self.order.get_state(),
             "noise_generator": self.noise.get_state() if self.noise is not None else None,
             "epoch": self.epoch,
@@ -169,16 +169,17 @@ class TrainingState:
         changed = {k: (stored[k], v) for k, v in settings.items()
                    if not finished and k not in allowed and k in stored and stored[k] != v}
         if changed:
-            listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
-            raise SettingError("{path} was trained with other settings ({listed}); resume with the run's own "
-                               "options or start a new run in another {out}", path=path, listed=listed)
+            # each setting as a field of the template, so that the command line names it as its flag
+            listed = ", ".join("{%s} %s -> %s" % (k, _literal(old), _literal(new)) for k, (old, new) in changed.items())
+            raise SettingError("{path} was trained with other settings (" + listed + "); resume with the run's own "
+                               "options or start a new run in another {out}", path=path)
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         """Continue from ``ckpt`` (checked by :meth:`check_resumable`), exactly where it stopped;
         the schedule takes this run's peak and length from there."""
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.schedule.load_state_dict(ckpt["scheduler"])
+        self.schedule.load_state_dict(ckpt["schedule"])
         self.order.set_state(ckpt["generator"])
         if self.noise is not None and ckpt.get("noise_generator") is not None:
             self.noise.set_state(ckpt["noise_generator"])
@@ -187,3 +188,8 @@ class TrainingState:
         self.best_state = ckpt["best_model"]
         self.start_val = ckpt.get("start_val_log_prob")
         self.train_seconds = ckpt.get("train_seconds", 0.0)
+
+
+def _literal(value: object) -> str:
+    """``repr(value)`` as literal text of a message template."""
+    return repr(value).replace("{", "{{").replace("}", "}}")

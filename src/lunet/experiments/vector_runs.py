@@ -20,8 +20,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from lunet.checks import check_batch, check_temperature
-from lunet.experiments.checkpoint import build_model, load_model
+from lunet.experiments.checkpoint import load_model
 from lunet.experiments.distributed import Group, current
+from lunet.experiments.models import build_model
 from lunet.experiments.resources import check_model_memory
 from lunet.experiments.run_record import VECTORS, RunRecord, VectorRunSettings, read_run, write_run
 from lunet.experiments.rundir import RunFolder, as_folder
@@ -133,7 +134,7 @@ def train_vectors(
 
     ``data``: a tensor, numpy array, ``Dataset`` or ``DataLoader`` of vectors (gathered
     into memory once). ``val_data`` validates, else a fixed random ``val_fraction`` of
-    the rows does. ``model_spec``: a spec for :func:`~lunet.experiments.checkpoint.build_model`
+    the rows does. ``model_spec``: a spec for :func:`~lunet.experiments.models.build_model`
     (default :func:`~lunet.experiments.settings.vector_lunet_spec`). ``val_fraction``
     defaults to 0.1, or to the run's own when it resumes. ``data_init``:
     start from the training rows' standardisation (default), their full-covariance

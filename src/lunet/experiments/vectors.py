@@ -19,7 +19,8 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from lunet.experiments.checkpoint import first_sentence, load_weights_only, write_atomic
+from lunet.experiments.checkpoint import first_sentence, load_weights_only
+from lunet.experiments.rundir import write_atomic
 
 VECTOR_SUFFIXES = (".npy", ".csv", ".pt")
 NPY_SIGNATURE = b"\x93NUMPY"
