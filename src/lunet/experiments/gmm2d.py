@@ -90,7 +90,7 @@ def train_starts(
     Separated modes trap a 2-D flow in a band that bridges them, and which start is
     trapped depends on its draw. The starts train as the groups of one grouped
     LU-Net on copies of each point (at width 2 a step costs mostly its overhead, so
-    eight starts cost well under twice one), in ``RUN/starts/`` with its own
+    sixteen starts cost well under twice one), in ``RUN/starts/`` with its own
     resumable checkpoint, whose best weights are those with the best mean validation
     NLL; of those, the start with the best validation NLL is the run's model.
 

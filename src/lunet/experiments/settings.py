@@ -143,7 +143,7 @@ class GMM2DSettings:
     init_scale: float = 1.0
     data_seed: int = 0
     # initialisations trained side by side; the best by validation NLL is the run's model
-    starts: int = 8
+    starts: int = 16
 
     def __post_init__(self) -> None:
         check_positive_int(self.starts, "starts")
