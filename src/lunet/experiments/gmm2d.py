@@ -59,13 +59,12 @@ def run(
     run = as_folder(out_dir)
     resolve_device(config.device)
     with run.locked():
-        if overwrite:
-            run.clear()
-        elif run.run_file.exists():
+        if not overwrite and run.run_file.exists():
             if run.checkpoints():
                 raise RunExists("{path} holds an image run or a run on own data; choose another {out}, "
                                 "or {overwrite} to replace it", path=run.path)
             run.run_file.unlink()  # left by an image run that never saved a checkpoint
+        run.begin(resume, overwrite, resumable=[run.starts.checkpoint])
         return _run(run, settings, config, resume, progress)
 
 
@@ -118,9 +117,6 @@ def train_starts(
 
 def _run(run: RunFolder, settings: GMM2DSettings, config: TrainConfig, resume: bool, progress: bool) -> dict[str, Any]:
     start = time.perf_counter()
-    if not resume and run.checkpoints():
-        raise RunExists("{path} already holds a training run; pass {resume} to continue it, {overwrite} to replace "
-                        "it, or choose another {out}", path=run.path)
     data = make_splits(settings.data_seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 2-D batches are too small to gain from threads: 1 is ~20% faster
