@@ -145,7 +145,8 @@ def _layer(module: str) -> int:
 
 def test_the_package_imports_run_one_way_without_a_circle():
     modules = {_module_name(p): p for p in CORE.rglob("*.py") if "__pycache__" not in p.parts}
-    graph = {name: {m for m in _imports(path) if m in modules and m not in ("lunet", name)} for name, path in modules.items()}
+    graph = {name: {m for m in _imports(path) if m in modules and m not in ("lunet", name)}
+             for name, path in modules.items()}
     for name, imported in graph.items():
         upward = sorted(m for m in imported if _layer(m) > _layer(name))
         assert not upward, f"{name} imports {upward} from a higher layer"

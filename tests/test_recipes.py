@@ -46,7 +46,16 @@ def test_a_recipe_run_records_its_name_and_model_and_resumes(tmp_path, fake_mnis
     assert main(argv) == 0
     record = json.loads((run / "run.json").read_text())
     assert record["recipe"] == "best" and record["model"]["activation"] == "spline"
+    assert record["data_init"] == RECIPES["best"].run["data_init"] == "standardize"
     model, _ = load_model(run / "checkpoint.pt")
     assert all(isinstance(a, MonotoneSpline) for a in model.activations)
     assert main([*argv[:-3], "--epochs", "2", "--limit", "300", "--no-progress", "--resume"]) == 0
     assert main([*argv[:10], "--recipe", "paper", *argv[12:], "--resume"]) == 2  # another run's settings
+
+
+def test_a_start_given_with_the_recipe_wins(tmp_path, fake_mnist):
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "mnist", "--data-dir", str(fake_mnist), "--no-verify", "--out", str(run),
+                 "--recipe", "best", "--data-init", "gaussian", "--blocks", "2", "--epochs", "1", "--limit", "900",
+                 "--no-progress"]) == 0
+    assert json.loads((run / "run.json").read_text())["data_init"] == "gaussian"

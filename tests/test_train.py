@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from lunet import LUNet
+from lunet.cli.options import flag
 from lunet.experiments.checkpoint import load_checkpoint
 from lunet.experiments.gmm2d import _log_prob_fn, make_splits
 from lunet.experiments.run_log import RunLog
 from lunet.experiments.rundir import RunFolder
-from lunet.cli.options import flag
 from lunet.experiments.settings import SettingError, TrainConfig
 from lunet.experiments.train import Trainer, mean_log_prob
 from lunet.experiments.train_state import TrainingDiverged

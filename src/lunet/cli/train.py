@@ -347,7 +347,8 @@ def _train_images(args: argparse.Namespace, config: TrainConfig, group: Any) -> 
     settings = images.ImageRunSettings(
         dataset=args.dataset, kind=kind, class_label=args.class_label, model=spec,
         lam=args.lam if args.lam is not None else DEFAULT_LAM,
-        data_init=(args.data_init or "gaussian") if args.model == "lunet" else "none",
+        data_init=(args.data_init or _recipe(args).run.get("data_init", "gaussian")) if args.model == "lunet"
+        else "none",
         recipe=_recipe(args).name,
     )
     results = images.train_image_run(

@@ -151,21 +151,24 @@ class GMM2DSettings:
 
 @dataclass(frozen=True)
 class Recipe:
-    """A named set of settings for an image run: the LU-Net spec entries (``model``) and the
-    :class:`TrainConfig` fields (``train``) it changes from the defaults. Options given with it win."""
+    """A named set of settings for an image run: the LU-Net spec entries (``model``), the
+    :class:`TrainConfig` fields (``train``) and the run settings (``run``: ``data_init``) it
+    changes from the defaults. Options given with it win."""
 
     name: str
     summary: str
     model: dict
     train: dict
+    run: dict
 
 
 # ``lunet train --recipe NAME`` (docs/results.md measures both)
 RECIPES = {
     "paper": Recipe("paper", "the paper's LU-Net (4 blocks of 784, leaky softplus) and lunet's 60-epoch schedule",
-                    {}, {}),
+                    {}, {}, {}),
     "best": Recipe("best", "the paper's widths and depth with a monotone spline per feature as activation, "
-                           "40 epochs", {"activation": "spline"}, {"epochs": 40}),
+                           "a standardised start, 40 epochs",
+                   {"activation": "spline"}, {"epochs": 40}, {"data_init": "standardize"}),
 }
 
 
