@@ -1,5 +1,7 @@
 """Fixtures and helpers shared by several test modules (import the helpers with ``from conftest import ...``)."""
 
+from __future__ import annotations
+
 import gzip
 import json
 from pathlib import Path
@@ -49,6 +51,29 @@ def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
         raw = gzip.compress(raw)
     path.write_bytes(raw)
     return path
+
+
+MIXTURE_SPEC = {"name": "lunet", "features": 2, "num_blocks": 6, "alpha": 0.1, "diag": "exp", "init_scale": 1.0}
+
+
+def mixture_trainer(out_dir: Path, epochs: int, model_spec: dict = MIXTURE_SPEC, spec: dict | None = None,
+                    log=None, **config):
+    """A Trainer of the LU-Net of ``model_spec`` on the 2-D mixture (batch 1,024, lr 2e-2 unless
+    ``config`` says otherwise), seeded; ``spec``: the model spec it records, ``model_spec`` by
+    default. Returns the trainer and the data splits."""
+    from lunet import LUNet
+    from lunet.experiments.gmm2d import _log_prob_fn, make_splits
+    from lunet.experiments.settings import TrainConfig
+    from lunet.experiments.train import Trainer
+
+    data = make_splits(0)
+    torch.manual_seed(0)
+    model = LUNet(**{k: v for k, v in model_spec.items() if k != "name"})
+    model.standardize(data["train"])
+    config = TrainConfig(**{"epochs": epochs, "batch_size": 1024, "lr": 2e-2, "seed": 0, **config})
+    trainer = Trainer(model, spec or model_spec, config, data["train"], data["val"], _log_prob_fn, features=2,
+                      out_dir=out_dir, progress=False, log=log)
+    return trainer, data
 
 
 @pytest.fixture(scope="module")

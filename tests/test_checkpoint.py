@@ -3,24 +3,24 @@
 import pytest
 import torch
 
+from conftest import MIXTURE_SPEC, mixture_trainer
 from lunet.experiments.checkpoint import load_checkpoint, load_model, save_atomic
-from test_train import SPEC, make_trainer
 
 
 def test_checkpoint_round_trip_and_refusals(tmp_path):
-    trainer, data = make_trainer(tmp_path, epochs=2)
+    trainer, data = mixture_trainer(tmp_path, epochs=2)
     trainer.fit()
     model, ckpt = load_model(tmp_path / "checkpoint.pt", which="last")
-    assert ckpt["epoch"] == 2 and ckpt["model_spec"] == SPEC
+    assert ckpt["epoch"] == 2 and ckpt["model_spec"] == MIXTURE_SPEC
     x = data["test"][:100]
     with torch.no_grad():
         assert torch.equal(model.log_prob(x), trainer.model.log_prob(x))
     # a fresh run must not overwrite an existing one
-    again, _ = make_trainer(tmp_path, epochs=2)
+    again, _ = mixture_trainer(tmp_path, epochs=2)
     with pytest.raises(FileExistsError, match="pass resume=True"):
         again.fit()
     # resuming with another model spec is refused by name
-    other, _ = make_trainer(tmp_path, epochs=2, spec=dict(SPEC, num_blocks=7))
+    other, _ = mixture_trainer(tmp_path, epochs=2, spec=dict(MIXTURE_SPEC, num_blocks=7))
     with pytest.raises(ValueError, match="holds model"):
         other.resume()
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")

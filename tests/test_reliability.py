@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import one_line_error, run_cli
+from conftest import mixture_trainer, one_line_error, run_cli
 from lunet import LUNet
 from lunet.cli import flag
 from lunet.experiments.checkpoint import FORMAT_VERSION, load_checkpoint, load_model, save_checkpoint
@@ -219,16 +219,7 @@ def test_nonsense_training_options_are_refused(option, tmp_path, capsys):
 
 
 def _trainer(out: Path, epochs: int = 3, lr: float = 2e-2) -> Trainer:
-    from lunet.experiments.gmm2d import _log_prob_fn, make_splits
-    from lunet.experiments.settings import TrainConfig
-
-    data = make_splits(0)
-    torch.manual_seed(0)
-    spec = {"name": "lunet", "features": 2, "num_blocks": 3}
-    model = LUNet(2, 3).standardize(data["train"])
-    config = TrainConfig(epochs=epochs, batch_size=1024, lr=lr, seed=0)
-    return Trainer(model, spec, config, data["train"], data["val"], _log_prob_fn, features=2, out_dir=out,
-                   progress=False)
+    return mixture_trainer(out, epochs, model_spec={"name": "lunet", "features": 2, "num_blocks": 3}, lr=lr)[0]
 
 
 def test_a_finite_blow_up_counts_as_divergence_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -5,17 +5,16 @@ import json
 import pytest
 import torch
 
+from conftest import mixture_trainer
 from lunet import LUNet
 from lunet.cli.options import flag
 from lunet.experiments.checkpoint import load_checkpoint
-from lunet.experiments.gmm2d import _log_prob_fn, make_splits
+from lunet.experiments.gmm2d import _log_prob_fn
 from lunet.experiments.run_log import RunLog
 from lunet.experiments.rundir import RunFolder
 from lunet.experiments.settings import SettingError, TrainConfig
 from lunet.experiments.train import Trainer, mean_log_prob
 from lunet.experiments.train_state import TrainingDiverged
-
-SPEC = {"name": "lunet", "features": 2, "num_blocks": 6, "alpha": 0.1, "diag": "exp", "init_scale": 1.0}
 
 
 class StoppedLog(RunLog):
@@ -30,19 +29,8 @@ class StoppedLog(RunLog):
             raise KeyboardInterrupt
 
 
-def make_trainer(out_dir, epochs, spec=SPEC, log=None, **cfg):
-    data = make_splits(0)
-    torch.manual_seed(0)
-    model = LUNet(**{k: v for k, v in SPEC.items() if k != "name"})
-    model.standardize(data["train"])
-    config = TrainConfig(epochs=epochs, batch_size=1024, lr=2e-2, seed=0, **cfg)
-    trainer = Trainer(model, spec, config, data["train"], data["val"], _log_prob_fn, features=2, out_dir=out_dir,
-                      progress=False, log=log)
-    return trainer, data
-
-
 def test_training_lowers_nll_substantially(tmp_path):
-    trainer, data = make_trainer(tmp_path, epochs=40, eval_every=10)
+    trainer, data = mixture_trainer(tmp_path, epochs=40, eval_every=10)
     before = -mean_log_prob(trainer.model, data["test"], _log_prob_fn, 10000, seed=0)
     trainer.fit()
     after = -mean_log_prob(trainer.model, data["test"], _log_prob_fn, 10000, seed=0)
@@ -55,13 +43,13 @@ def test_training_lowers_nll_substantially(tmp_path):
 
 
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
-    full, _ = make_trainer(tmp_path / "full", epochs=6, eval_every=2)
+    full, _ = mixture_trainer(tmp_path / "full", epochs=6, eval_every=2)
     full.fit()
     # stopped in epoch 5, after the checkpoint of epoch 4
-    part, _ = make_trainer(tmp_path / "part", epochs=6, eval_every=2, log=StoppedLog(tmp_path / "part", 4))
+    part, _ = mixture_trainer(tmp_path / "part", epochs=6, eval_every=2, log=StoppedLog(tmp_path / "part", 4))
     with pytest.raises(KeyboardInterrupt):
         part.fit()
-    resumed, _ = make_trainer(tmp_path / "part", epochs=6, eval_every=2)
+    resumed, _ = mixture_trainer(tmp_path / "part", epochs=6, eval_every=2)
     resumed.resume()
     assert resumed.state.epoch == 4
     resumed.fit()
@@ -77,32 +65,32 @@ def test_the_curves_are_redrawn_at_most_every_half_minute_and_for_every_row_at_a
     drawn = []  # the epochs of the metrics each drawing showed
     monkeypatch.setattr(plots, "plot_training_curves", lambda metrics, *a: drawn.append(
         [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]))
-    trainer, _ = make_trainer(tmp_path / "whole", epochs=5)
+    trainer, _ = mixture_trainer(tmp_path / "whole", epochs=5)
     trainer.fit()
     assert drawn == [[1], [1, 2, 3, 4, 5]]  # the first epoch, then the last: all within 30 s
     drawn.clear()
-    stopped, _ = make_trainer(tmp_path / "stopped", epochs=5, log=StoppedLog(tmp_path / "stopped", 3))
+    stopped, _ = mixture_trainer(tmp_path / "stopped", epochs=5, log=StoppedLog(tmp_path / "stopped", 3))
     with pytest.raises(KeyboardInterrupt):
         stopped.fit()
     assert drawn == [[1], [1, 2, 3]]
 
 
 def test_resume_under_other_optimisation_settings_is_refused(tmp_path):
-    trainer, _ = make_trainer(tmp_path, epochs=2)
+    trainer, _ = mixture_trainer(tmp_path, epochs=2)
     trainer.fit()
-    faster, _ = make_trainer(tmp_path, epochs=3)
+    faster, _ = mixture_trainer(tmp_path, epochs=3)
     faster.config.lr = 0.1  # another trajectory from here on: refused, by name
     faster.config.batch_size = 512
     with pytest.raises(SettingError, match=r"batch_size 1024 -> 512, lr 0.02 -> 0.1") as caught:
         faster.resume()
     assert "(--batch-size 1024 -> 512, --lr 0.02 -> 0.1)" in caught.value.render(flag)  # as the command line says it
-    elsewhere, _ = make_trainer(tmp_path, epochs=2, eval_every=2)  # reporting may change
+    elsewhere, _ = mixture_trainer(tmp_path, epochs=2, eval_every=2)  # reporting may change
     elsewhere.resume()
     assert elsewhere.state.epoch == 2
 
 
 def test_diverging_loss_stops_with_clear_message(tmp_path):
-    trainer, _ = make_trainer(tmp_path, epochs=3)
+    trainer, _ = mixture_trainer(tmp_path, epochs=3)
     trainer.config.epochs = 1
     trainer.fit()
     with torch.no_grad():
@@ -117,8 +105,8 @@ def test_a_compiled_training_follows_the_eager_one(tmp_path, monkeypatch):
     # the whole-graph tracing and the dynamic last batch, without the C++ code generation (slow)
     compile_ = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **k: compile_(fn, backend="aot_eager", **k))
-    eager, _ = make_trainer(tmp_path / "eager", epochs=2)
-    compiled, _ = make_trainer(tmp_path / "compiled", epochs=2, compile=True)
+    eager, _ = mixture_trainer(tmp_path / "eager", epochs=2)
+    compiled, _ = mixture_trainer(tmp_path / "compiled", epochs=2, compile=True)
     assert compiled.steps.compiled
     eager.fit()
     compiled.fit()
@@ -153,13 +141,13 @@ def test_a_compiled_image_training_follows_the_eager_one(tmp_path, monkeypatch):
 def test_the_loss_compiles_for_cuda_graphs_on_a_gpu_only(tmp_path, monkeypatch):
     modes = []
     monkeypatch.setattr(torch, "compile", lambda fn, **k: modes.append(k.get("mode")) or fn)
-    make_trainer(tmp_path / "cpu", epochs=1, compile=True)
+    mixture_trainer(tmp_path / "cpu", epochs=1, compile=True)
     assert modes == [None]
     if torch.cuda.is_available():
         # the trainer's own CUDA graph captures the compiled loss; without it, torch.compile's graphs replay it
-        make_trainer(tmp_path / "graph", epochs=1, compile=True, device="cuda")
+        mixture_trainer(tmp_path / "graph", epochs=1, compile=True, device="cuda")
         assert modes[-1] is None
-        make_trainer(tmp_path / "gpu", epochs=1, compile=True, device="cuda", cuda_graph=False)
+        mixture_trainer(tmp_path / "gpu", epochs=1, compile=True, device="cuda", cuda_graph=False)
         assert modes[-1] == "reduce-overhead"
 
 
@@ -170,7 +158,7 @@ def test_a_failing_compiler_falls_back_to_eager_training(tmp_path, monkeypatch, 
         return run
 
     monkeypatch.setattr(torch, "compile", broken)
-    trainer, _ = make_trainer(tmp_path, epochs=1, compile=True)
+    trainer, _ = mixture_trainer(tmp_path, epochs=1, compile=True)
     trainer.fit()
     assert not trainer.steps.compiled and trainer.state.epoch == 1
     printed = capsys.readouterr()
