@@ -422,7 +422,7 @@ class FrozenSequential:
 
     def _width(self) -> int:
         if self.features is None:
-            raise ValueError("this snapshot's Sequential states no features: log_prob and sample need the flow's width")
+            raise ValueError("this snapshot's Sequential states no width (features): log_prob and sample need it")
         return self.features
 
     @torch.no_grad()

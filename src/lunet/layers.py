@@ -79,7 +79,7 @@ class LULinear(Transform):
         self.features = check_positive_int(features, "features")
         self.groups = check_positive_int(groups, "groups")
         if features % groups:
-            raise ValueError(f"groups must divide features: {groups} groups of features {features} are not whole")
+            raise ValueError(f"groups must divide features: {groups} groups do not split {features} features evenly")
         # The blocked products skip the masks off their diagonal blocks, which a block-diagonal
         # layer needs everywhere: one masked block then.
         self.block_leaf = check_positive_int(block_leaf, "block_leaf") if groups == 1 else features
