@@ -34,7 +34,7 @@ from lunet.experiments.peers import (
     missing_extras,
     run_peers,
 )
-from lunet.experiments.rundir import read_text, write_text_atomic
+from lunet.experiments.rundir import check_output, read_text, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 # the quick form: one call per timing, a short sampling cap
@@ -111,28 +111,44 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or ROOT / "runs" / ("peers-quick" if args.quick else "peers") / "results.json"
     figures = args.figures or out.parent
     start = time.perf_counter()
-    doc = run_peers(datasets, models, budgets, protocol, out=out, figures=figures, data_dir=args.data_dir,
-                    quick=args.quick, resume=args.resume,
-                    command="python reproduce/peers.py " + shlex.join(sys.argv[1:] if argv is None else argv))
+    try:
+        doc = run_peers(datasets, models, budgets, protocol, out=out, figures=figures, data_dir=args.data_dir,
+                        quick=args.quick, resume=args.resume,
+                        command="python reproduce/peers.py " + shlex.join(sys.argv[1:] if argv is None else argv))
+    except (ValueError, OSError) as exc:  # an output refused, data not found: one line, as lunet's commands say it
+        return _failed(exc)
     print()
     print(markdown_tables(doc))
     print(f"\nwall time {time.perf_counter() - start:.0f} s; wrote {out} and the pictures in {figures}")
     return 0
 
 
+def _failed(exc: BaseException) -> int:
+    """One line on stderr for a failure, the exit status 2."""
+    print(f"reproduce/peers.py: error: {exc}", file=sys.stderr)
+    return 2
+
+
 def _combine(files: list[Path], out: Optional[Path], figures: Optional[Path]) -> int:
     if out is None:
         raise SystemExit("--combine needs --out, the combined results file")
     try:
+        check_output(out, "--out", inputs=[(f, "a results file given to --combine") for f in files])
         docs = [json.loads(read_text(f)) for f in files]
         doc = combine_results(docs, [str(f) for f in files])
     except (OSError, ValueError) as exc:
         raise SystemExit(f"--combine: {exc}") from None
-    write_text_atomic(out, json.dumps(doc, indent=1) + "\n")
     figures = figures or out.parent
-    for dname, d in doc["datasets"].items():
-        side = math.isqrt(d["features"]) if d.get("kind") == "images" else 0
-        draw_figures(doc, dname, figures, (side, side) if side * side == d.get("features") else None)
+    try:
+        for dname, d in doc["datasets"].items():  # every picture checked before any is written
+            for picture in ("curves", "samples") if d.get("kind") == "images" else ("curves",):
+                check_output(figures / f"peers-{dname}-{picture}.png", "--figures")
+        write_text_atomic(out, json.dumps(doc, indent=1) + "\n")
+        for dname, d in doc["datasets"].items():
+            side = math.isqrt(d["features"]) if d.get("kind") == "images" else 0
+            draw_figures(doc, dname, figures, (side, side) if side * side == d.get("features") else None)
+    except (OSError, ValueError) as exc:
+        return _failed(exc)
     print(markdown_tables(doc))
     print(f"\nwrote {out} and the pictures in {figures}")
     return 0

@@ -135,6 +135,11 @@ def test_overwrite_never_removes_through_a_linked_subfolder(sub, data, run, tmp_
     for name in ("checkpoint.pt", "metrics.jsonl", "curves.png"):
         (outside / name).write_text("kept")
     (run / sub).symlink_to(outside, target_is_directory=True)
+    # a run whose record names the sub-folder: a 2-D run (no run.json) has starts/, a per-class run class-K/
+    if sub == "starts":
+        (run / "run.json").unlink()
+    else:
+        (run / "run.json").write_text('{"dataset": "mnist", "kind": "per_class"}')
     assert train(data, run, "--overwrite") == 2
     line = one_line_error(capsys, "train")
     assert str(run / sub) in line and "symbolic link" in line

@@ -12,12 +12,16 @@ def _touch(path):
 def test_checkpoints_lists_the_runs_own_and_each_class_folders_only(tmp_path):
     run = RunFolder(tmp_path)
     assert run.checkpoints() == []
+    run.run_file.write_text('{"kind": "per_class"}')  # the record names the class folders
     own = _touch(run.checkpoint)
     c2 = _touch(run.class_folder(2).checkpoint)
     c0 = _touch(run.class_folder(0).checkpoint)
     _touch(run.class_folder(1).metrics)  # a class folder without a checkpoint
     _touch(tmp_path / "other" / "checkpoint.pt")  # not part of the layout
+    _touch(tmp_path / "class-old" / "checkpoint.pt")  # nor a folder the record names
     assert run.checkpoints() == [own, c0, c2]
+    run.run_file.write_text('{"kind": "unconditional"}')
+    assert run.checkpoints() == [own]
 
 
 def test_clear_removes_what_a_training_wrote_and_nothing_else(tmp_path):
@@ -26,7 +30,9 @@ def test_clear_removes_what_a_training_wrote_and_nothing_else(tmp_path):
                run.class_folder(3).metrics, *(tmp_path / name for name in RESULT_FILES)]
     for path in written:
         _touch(path)
-    kept = [_touch(tmp_path / "notes.txt"), _touch(run.class_folder(3).path / "samples.png")]
+    run.run_file.write_text('{"kind": "per_class"}')
+    kept = [_touch(tmp_path / "notes.txt"), _touch(run.class_folder(3).path / "samples.png"),
+            _touch(tmp_path / "class-old" / "checkpoint.pt"), _touch(tmp_path / "starts" / "metrics.jsonl")]
     run.clear()
     assert not any(p.exists() for p in written)
     assert all(p.exists() for p in kept)

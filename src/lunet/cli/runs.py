@@ -47,17 +47,26 @@ def open_run(args: argparse.Namespace) -> None:
 
 def check_outputs(args: argparse.Namespace) -> None:
     """Fail before the work, not after it, when an output file (``--out``, ``--json``, ``--plot``) cannot
-    be written, or would replace one of the run's own files or a file the command reads."""
+    be written, or would replace one of the run's own files, a file the command reads, a data set's
+    file or a file in any run folder (:func:`~lunet.experiments.rundir.check_output`)."""
     outputs = [(name, getattr(args, name, None)) for name in ("out", "json", "plot")]
     outputs = [(name, path) for name, path in outputs if path]
     if not outputs:
         return
+    from lunet.experiments.data import data_files
+
     run = getattr(args, "run", None)
     inputs = [(getattr(args, "data", None), "the --data file this command reads")]
+    data_dirs = [getattr(args, "data_dir", None)]
     if run is not None:
-        from lunet.experiments.run_record import VECTORS, recorded_data
+        from lunet.experiments.run_record import IMAGES, VECTORS, recorded_data
 
         inputs.append((recorded_data(run, VECTORS), "the run's training data"))
+        found = recorded_data(run, IMAGES)
+        if found is not None:  # the data set's folder, and the folder beside it where ood looks for the other
+            data_dirs += [found, str(Path(found).parent)]
+    for data_dir in dict.fromkeys(data_dirs):
+        inputs += data_files(data_dir)
     for name, path in outputs:
         check_output(path, f"--{name}", run, [(p, what) for p, what in inputs if p])
 

@@ -189,6 +189,18 @@ def find_file(name: str, filename: str, data_dir: Optional[PathLike] = None) -> 
     raise FileNotFoundError(f"{name} file {filename} (or {filename}.gz) not found. Looked in:\n{looked}\n{fix}.")
 
 
+def data_files(data_dir: Optional[PathLike] = None) -> list[tuple[Path, str]]:
+    """Every IDX file of every data set that lies where :func:`search_dirs` looks (with
+    ``data_dir``), plain or gzipped, each with what it is: files that no output may replace."""
+    found = []
+    for name in DATASETS:
+        for directory, _ in search_dirs(name, data_dir):
+            for filename in (f + suffix for pair in FILES.values() for f in pair for suffix in ("", ".gz")):
+                if (directory / filename).is_file():
+                    found.append((directory / filename, f"the {name} data file {filename} that lunet reads"))
+    return found
+
+
 def _verify(path: Path, name: str, filename: str, digest: str) -> None:
     expected = MD5[name][filename]
     if digest == expected:

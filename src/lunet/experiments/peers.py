@@ -39,7 +39,7 @@ import torch
 from lunet.experiments.bench import _proc_status_kib, time_call
 from lunet.experiments.peer_models import MODELS, MissingExtra, PeerModel, available, build, require
 from lunet.experiments.preprocess import ImagePreprocessor, bits_per_dim, logit_transform
-from lunet.experiments.rundir import write_text_atomic
+from lunet.experiments.rundir import check_output, read_text, write_text_atomic
 from lunet.experiments.settings import DEFAULT_LAM
 from lunet.standardize import Standardize
 
@@ -726,6 +726,25 @@ def _write(doc: dict[str, Any], out: Optional[Path]) -> None:
     write_text_atomic(out, json.dumps(doc, indent=1) + "\n")  # a killed run keeps the previous file whole
 
 
+def check_outputs(datasets: Sequence[Union[str, PeerData]], out: Optional[Path], figures: Optional[Union[str, Path]],
+                  data_dir: Optional[str] = None) -> None:
+    """Before anything is measured: ``ValueError`` naming the results file ``out`` or a picture in
+    ``figures`` that cannot be written, or that would replace a data file or a file in a run folder
+    (:func:`~lunet.experiments.rundir.check_output`)."""
+    from lunet.experiments.data import data_files
+
+    inputs = data_files(data_dir)
+    if out is not None:
+        check_output(out, "--out", inputs=inputs)
+    if figures is None:
+        return
+    for item in datasets:
+        name = item if isinstance(item, str) else item.name
+        images = family(name) == "images" if isinstance(item, str) else item.kind == "images"
+        for picture in ("curves", "samples") if images else ("curves",):
+            check_output(Path(figures) / f"peers-{name}-{picture}.png", "--figures", inputs=inputs)
+
+
 def run_peers(
     datasets: Sequence[Union[str, PeerData]],
     models: Sequence[str],
@@ -743,17 +762,22 @@ def run_peers(
 
     ``budgets``: training seconds per family (``"images"``, ``"vectors"``). The results file ``out``
     is rewritten after each (data set, model); with ``resume`` the pairs it already holds, measured
-    under the same protocol and budgets, are kept and not run again. Figures go to ``figures``."""
+    under the same protocol and budgets, are kept and not run again. Figures go to ``figures``.
+    Both are checked before anything is measured (:func:`check_outputs`)."""
     out = Path(out) if out is not None else None
     budgets = {k: sorted(float(b) for b in v) for k, v in budgets.items()}
     for name in models:
         if name not in MODELS:
             raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    check_outputs(datasets, out, figures, data_dir)
     doc: dict[str, Any] = {"schema": SCHEMA, "command": command, "quick": quick, "started": _now(),
                            "machine": machine_info(), "protocol": protocol.as_dict(), "budgets_s": budgets,
                            "datasets": {}}
     if resume and out is not None and out.exists():
-        old = json.loads(out.read_text())
+        try:
+            old = json.loads(read_text(out))
+        except ValueError as exc:
+            raise ValueError(f"{out} is no results file to resume ({exc}); remove it or run without --resume") from None
         same = (old.get("schema"), old.get("protocol"), old.get("budgets_s"), old.get("quick")) == (
             SCHEMA, doc["protocol"], budgets, quick)
         if not same:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from tqdm.auto import tqdm
 
-from lunet.experiments.rundir import RunFolder, append_text, read_metrics, write_text_atomic
+from lunet.experiments.rundir import RunFolder, append_text, read_metrics, remove_file, write_text_atomic
 
 # curves.png is redrawn at most this often (and after the last epoch): drawing it takes
 # about 0.15 s, a third of an epoch where epochs are fast (on a GPU)
@@ -74,7 +74,7 @@ class RunLog:
     def restart(self) -> None:
         """A new run: the rows of an earlier one go."""
         if self.writes:
-            self.folder.metrics.unlink(missing_ok=True)
+            remove_file(self.folder.metrics)
 
     def keep_until(self, epoch: int) -> None:
         """A resumed run: rows logged after its checkpoint (``epoch``) belong to epochs that will be

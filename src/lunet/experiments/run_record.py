@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence, Union
 from lunet.experiments.checkpoint import first_sentence
 from lunet.experiments.data import DATASETS
 from lunet.experiments.models import check_spec
-from lunet.experiments.rundir import RunFolder, UnsafeFile, read_text, write_text_atomic
+from lunet.experiments.rundir import NUM_CLASSES, RunFolder, UnsafeFile, read_text, write_text_atomic
 from lunet.experiments.settings import DEFAULT_LAM, RECIPES, SettingError, paper_lunet_spec
 from lunet.limits import check_positive_int
 
@@ -25,7 +25,6 @@ KINDS = (IMAGES, VECTORS, GMM2D)
 # Entries that only a run on own data writes in run.json: a damaged file that holds one is
 # reported as a damaged run on own data, not taken for an image run.
 VECTOR_KEYS = ("data", "features", "val_fraction", "data_file")
-NUM_CLASSES = 10
 IMAGE_KINDS = ("unconditional", "class", "per_class")
 IMAGE_DATA_INITS = ("gaussian", "standardize", "none")
 VECTOR_DATA_INITS = ("standardize", "gaussian", "none")

@@ -27,7 +27,7 @@ from lunet.experiments.checkpoint import load_checkpoint, mark_diverged, save_ch
 from lunet.experiments.distributed import SINGLE, Group, current
 from lunet.experiments.preprocess import uniform_noise
 from lunet.experiments.run_log import NATS_PER_DIM, RunLog, Unit
-from lunet.experiments.rundir import RunFolder, as_folder, stale_temporaries
+from lunet.experiments.rundir import RunFolder, as_folder, remove_file, stale_temporaries
 from lunet.experiments.schedule import LearningRateSchedule
 from lunet.experiments.settings import NothingToResume, RunExists, SettingError, TrainConfig
 from lunet.experiments.step_runner import AUTO, LogProbFn, StepRunner, check_shared_config
@@ -223,9 +223,9 @@ class Trainer:
 
     def _prepare_folder(self) -> None:
         """Clear what a killed save left; a new run must not overwrite a checkpoint."""
-        self.folder.path.mkdir(parents=True, exist_ok=True)
+        self.folder.make()
         for stale in stale_temporaries(self.checkpoint_path):
-            stale.unlink(missing_ok=True)  # left by a save that was killed; the lock says none is running
+            remove_file(stale)  # left by a save that was killed; the lock says none is running
         if not self._resumed:
             if self.checkpoint_path.exists():
                 raise RunExists("{path} already exists; pass {resume} to continue that run, {overwrite} to "
