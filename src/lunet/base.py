@@ -16,7 +16,7 @@ call their parts' row hooks, so a pass through many parts checks nothing twice.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterable, Mapping, Optional
 
 import torch
 from torch import nn
@@ -36,7 +36,8 @@ class Transform(nn.Module):
 
     and set ``features`` (the width of both sides; None for any width, or for a transform that
     changes it). :meth:`reference` names the
-    tensor whose dtype and device inputs must have (by default none is required).
+    tensor whose dtype and device inputs must have (by default none is required), and
+    :meth:`check_state` refuses stored weights that no trained transform of its kind holds.
     """
 
     features: Optional[int] = None
@@ -45,6 +46,12 @@ class Transform(nn.Module):
         """A tensor of the transform (a weight or buffer) whose dtype and device every input must
         share, or None where any floating input will do."""
         return None
+
+    def check_state(self, state: Mapping[str, torch.Tensor], prefix: str = "") -> None:
+        """``ValueError`` naming the entry when ``state`` (weights as ``state_dict()`` names them,
+        this transform's own after ``prefix``) holds a finite value outside its role (a scale
+        of 0, a sign of 5); by default every finite value is one. Checked before such weights
+        are loaded from a file, whose densities would otherwise be quietly wrong."""
 
     def check_input(self, x: torch.Tensor, name: str = "input") -> torch.Tensor:
         """``x`` checked against the contract (see :func:`lunet.checks.check_features`) as rows (B, features)."""

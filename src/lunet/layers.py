@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Mapping
 
 import torch
 from torch import nn
@@ -188,6 +189,26 @@ class LULinear(Transform):
                 f"LULinear is not invertible: U has {int(bad.sum())} zero or non-finite "
                 f"diagonal entries (first at indices {idx})"
             )
+
+    def check_state(self, state: Mapping[str, torch.Tensor], prefix: str = "") -> None:
+        """``ValueError`` naming the entry unless the signs in ``state`` are exactly +1 or -1 and
+        ``U``'s diagonal is invertible in the weights' dtype: non-zero (``"raw"``), or a log of
+        magnitude whose exponential neither overflows nor vanishes (``"exp"``)."""
+        sign = state.get(prefix + "diag_sign")
+        if sign is not None and not bool((sign.abs() == 1).all()):
+            odd = sign[sign.abs() != 1].reshape(-1)
+            raise ValueError(f"{prefix}diag_sign holds {odd.numel()} entr{'y' if odd.numel() == 1 else 'ies'} other "
+                             f"than +1 and -1 (the first is {float(odd[0]):g}); a sign of U's diagonal is +1 or -1")
+        diag = state.get(prefix + "diag")
+        if diag is None or not diag.is_floating_point():
+            return
+        if self.diag_mode == "raw" and bool((diag == 0).any()):
+            raise ValueError(f"{prefix}diag holds a zero on U's diagonal: the layer would not be invertible")
+        if self.diag_mode == "exp":
+            limit = math.log(torch.finfo(diag.dtype).max)
+            if bool((diag.abs() > limit).any()):
+                raise ValueError(f"{prefix}diag holds a log-magnitude of {float(diag.abs().max()):g} on U's diagonal, "
+                                 f"beyond the ±{limit:.4g} whose exponential {diag.dtype} holds")
 
     # -- the maps ----------------------------------------------------------
     def reference(self) -> torch.Tensor:

@@ -16,6 +16,7 @@ log-dets of shape ``x.shape[:-1]``.
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 import torch
 from torch import nn
@@ -28,6 +29,12 @@ from lunet.checks import check_positive_int
 # bin's rational quadratic well conditioned whatever the raw parameters do.
 MIN_BIN = 1e-3
 MIN_SLOPE = 1e-3
+# The widest and narrowest interval a spline may act on, and the steepest knot slope a stored
+# spline may hold: the inverse squares products of the bound and the slopes, which beyond these
+# could overflow float32 (at a bound of 1e18, they do) and make samples NaN.
+MIN_BOUND = 1e-6
+MAX_BOUND = 1e6
+MAX_SLOPE = 1e6
 
 
 def _knots(raw: torch.Tensor, bound: float) -> torch.Tensor:
@@ -43,8 +50,11 @@ def _knots(raw: torch.Tensor, bound: float) -> torch.Tensor:
 def _bin_index(knots: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """The bin of each entry of ``values`` (..., features) among ``knots`` (features, bins + 1),
     as int64 (..., features) in ``[0, bins)``; entries outside ``[-bound, bound]`` get an end bin."""
-    inner = knots[:, 1:-1]  # (features, bins - 1)
-    return (values.unsqueeze(-1) >= inner).sum(dim=-1)
+    # a binary search per entry: comparing every entry with every knot would hold
+    # rows x features x bins values at once (gigabytes for a wide spline of many bins)
+    inner = knots[:, 1:-1].contiguous()  # (features, bins - 1)
+    by_feature = values.reshape(-1, values.shape[-1]).t().contiguous()
+    return torch.searchsorted(inner, by_feature, right=True).t().reshape(values.shape)
 
 
 def _take(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -68,8 +78,8 @@ class MonotoneSpline(Transform):
     Args:
         features: number of features; each has its own spline.
         bins: bins per spline (``3 * bins - 1`` parameters per feature).
-        bound: the spline acts on ``[-bound, bound]``; slopes at both ends are 1, so the map
-            joins the identity tails with a continuous derivative.
+        bound: the spline acts on ``[-bound, bound]``, ``MIN_BOUND <= bound <= MAX_BOUND``; slopes
+            at both ends are 1, so the map joins the identity tails with a continuous derivative.
 
     Starts as the identity (equal bins, unit slopes). ``log|det|`` is the sum over features
     of ``log`` of the spline's derivative, which lies in ``[MIN_SLOPE, ...)``: never zero.
@@ -79,8 +89,9 @@ class MonotoneSpline(Transform):
         super().__init__()
         self.features = check_positive_int(features, "features")
         self.bins = check_positive_int(bins, "bins")
-        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not (math.isfinite(bound) and bound > 0):
-            raise ValueError(f"bound must be a positive finite number, got {bound!r}")
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not MIN_BOUND <= bound <= MAX_BOUND:
+            raise ValueError(f"bound must lie in [{MIN_BOUND:g}, {MAX_BOUND:g}], where the spline and its inverse "
+                             f"stay finite in float32, got {bound!r}")
         if bins * MIN_BIN >= 1:
             raise ValueError(f"bins must be below {int(1 / MIN_BIN)}, got {bins}")
         self.bound = float(bound)
@@ -108,6 +119,18 @@ class MonotoneSpline(Transform):
 
     def reference(self) -> torch.Tensor:
         return self.widths
+
+    def check_state(self, state: Mapping[str, torch.Tensor], prefix: str = "") -> None:
+        """``ValueError`` naming the entry when the knot slopes in ``state`` (this spline's weights,
+        as ``state_dict()`` names them after ``prefix``) exceed :data:`MAX_SLOPE`; any finite
+        widths and heights make valid bins."""
+        raw = state.get(prefix + "slopes")
+        if raw is None or raw.numel() == 0:
+            return
+        steepest = float(raw.double().max())
+        if MIN_SLOPE + F.softplus(torch.tensor(steepest)).item() > MAX_SLOPE:
+            raise ValueError(f"{prefix}slopes holds a knot slope parameter of {steepest:g}, steeper than the "
+                             f"{MAX_SLOPE:g} at which the spline's inverse stays finite")
 
     def forward_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (B, features) -> ``y`` (B, features), ``log|det dy/dx|`` (B,)."""

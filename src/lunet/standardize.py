@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 
@@ -75,6 +75,19 @@ class Standardize(Transform):
 
     def reference(self) -> torch.Tensor:
         return self.std
+
+    def check_state(self, state: Mapping[str, torch.Tensor], prefix: str = "") -> None:
+        """``ValueError`` unless every spread in ``state`` is positive and its reciprocal finite:
+        the map divides by it and takes its log."""
+        std = state.get(prefix + "std")
+        if std is None or not std.is_floating_point():
+            return
+        bad = ~((std > 0) & torch.isfinite(1.0 / std))
+        if bool(bad.any()):
+            first, count = int(torch.nonzero(bad.reshape(-1))[0]), int(bad.sum())
+            raise ValueError(f"{prefix}std holds {count} spread{'s' if count > 1 else ''} that "
+                             f"{'are' if count > 1 else 'is'} not a positive number to divide by (the first, of "
+                             f"feature {first}, is {float(std.reshape(-1)[first]):g})")
 
     def forward_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (B, features) -> ``(x - mean) / std``, ``-sum_i log std_i`` (0-dim, the same for every row)."""

@@ -7,7 +7,9 @@ a SHA-256 of its contents; a file whose contents no longer match (a flipped
 byte on disk) is reported as corrupt instead of being used. Nothing is unpacked
 that would take far more memory than the file, no model is built whose spec
 does not fit the stored weights or the machine's memory, and weights that are
-not finite are refused.
+not finite, or that no model of the spec holds (a scale of 0, a sign of 5: each
+transform's :meth:`~lunet.base.Transform.check_state` says), are refused. A
+training state is checked against the run that resumes it, entry by entry.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import nn
 
-from lunet.experiments.models import MODEL_NAMES, build_model, check_spec, short_repr
+from lunet.base import Transform
+from lunet.experiments.models import MODEL_NAMES, build_model, check_spec, short_repr, shortened
 from lunet.experiments.resources import check_model_memory, gigabytes, machine_memory, model_elements
 from lunet.experiments.rundir import write_atomic
 
@@ -37,8 +40,9 @@ MAX_INFLATION = 16
 # above the number of stored tensors cannot describe them (and building that many parts
 # could take hours before any shape is compared).
 COUNT_FIELDS = ("num_blocks", "num_res_blocks", "num_scales")
-# A built model holds at most this many numbers per number it stores (an LU-Net: each stored
-# LU matrix and two masks of its size); a spec claiming more describes other weights.
+# A built model holds at most this many numbers per number one set of its weights stores (an
+# LU-Net holds under 3: each stored LU matrix and two masks of its size); a spec claiming more
+# describes other weights.
 BUILT_PER_STORED = 4
 
 
@@ -202,11 +206,13 @@ def _model_states(path: Path, ckpt: dict[str, Any]) -> list[tuple[str, dict[str,
 def _check_weights(path: Path, ckpt: dict[str, Any]) -> None:
     """``ValueError`` naming ``path`` unless its model spec describes the weights it stores (each
     count of parts and the number of values, so that no model far larger than the file is ever
-    built) and every weight is finite."""
+    built), every weight is finite and each transform of the model takes its own weights."""
     spec = ckpt["model_spec"]
-    for where, state in _model_states(path, ckpt):
-        # the classifier that `lunet agreement` caches is the one other model a checkpoint holds
-        if not isinstance(spec, dict) or spec.get("name") in MODEL_NAMES:
+    # the classifier that `lunet agreement` caches is the one other model a checkpoint holds
+    of_a_flow = not isinstance(spec, dict) or spec.get("name") in MODEL_NAMES
+    states = _model_states(path, ckpt)
+    for where, state in states:
+        if of_a_flow:
             _check_spec_fits(path, spec, state)
         for name, tensor in state.items():
             if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
@@ -216,15 +222,38 @@ def _check_weights(path: Path, ckpt: dict[str, Any]) -> None:
                     f"checkpoint {path} holds {count:,} NaN or infinite weight{'s' if count > 1 else ''} (the first "
                     f"in {where} {name}); its densities and samples would be NaN, so it is refused"
                 )
+    if of_a_flow:
+        _check_roles(path, _shapes_only(path, spec), states)
+
+
+def _shapes_only(path: Path, spec: dict[str, Any]) -> nn.Module:
+    """The model of ``spec`` built on PyTorch's "meta" device (its settings and shapes, no memory);
+    ``ValueError`` naming ``path`` when the spec holds a setting the model refuses."""
+    try:
+        with torch.device("meta"):
+            return build_model(spec)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"checkpoint {path} holds a model spec this version cannot build: "
+                         f"{shortened(str(exc))}") from None
+
+
+def _check_roles(path: Path, model: nn.Module, states: list[tuple[str, dict[str, torch.Tensor]]]) -> None:
+    """``ValueError`` naming ``path`` and the entry when a transform of ``model`` refuses its part of
+    a stored set of weights (:meth:`~lunet.base.Transform.check_state`)."""
+    parts = [(f"{name}." if name else "", part) for name, part in model.named_modules() if isinstance(part, Transform)]
+    for where, state in states:
+        for prefix, part in parts:
+            try:
+                part.check_state(state, prefix)
+            except ValueError as exc:
+                raise ValueError(f"checkpoint {path} holds weights that no model of its kind has: {where} "
+                                 f"{shortened(str(exc))}; it was damaged or crafted, so it is refused") from None
 
 
 def _check_spec_fits(path: Path, spec: Any, state: dict[str, torch.Tensor]) -> None:
     """``ValueError`` unless ``spec`` is a model spec whose counts of parts and number of values the
     stored ``state`` can hold, found without building the model."""
-    try:
-        check_spec(spec)
-    except ValueError as exc:
-        raise ValueError(f"checkpoint {path} holds a model spec this version cannot build: {exc}") from None
+    _check_spec_form(path, spec)
     counts = [key for key in COUNT_FIELDS if isinstance(spec.get(key), int) and spec[key] > len(state)]
     if counts:
         mismatch = f"its {counts[0]} is {spec[counts[0]]:,}, but the file stores {len(state):,} tensors"
@@ -241,6 +270,14 @@ def _check_spec_fits(path: Path, spec: Any, state: dict[str, torch.Tensor]) -> N
     raise ValueError(f"checkpoint {path} does not match its model spec {short_repr(spec)}: {mismatch}")
 
 
+def _check_spec_form(path: str | os.PathLike, spec: Any) -> None:
+    """``ValueError`` naming ``path`` unless ``spec`` has the form of a model spec (:func:`check_spec`)."""
+    try:
+        check_spec(spec)
+    except ValueError as exc:
+        raise ValueError(f"checkpoint {path} holds a model spec this version cannot build: {exc}") from None
+
+
 def _is_count(value: Any) -> bool:
     """Whether ``value`` is a non-negative int (``True`` is an int to Python, not to a checkpoint)."""
     return type(value) is int and value >= 0
@@ -251,13 +288,20 @@ def _is_number(value: Any, finite: bool = True) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and (not finite or math.isfinite(value))
 
 
-def check_training_state(path: str | os.PathLike, ckpt: dict[str, Any],
-                         parameters: Mapping[str, torch.Tensor]) -> None:
+def check_training_state(path: str | os.PathLike, ckpt: dict[str, Any], parameters: Mapping[str, torch.Tensor],
+                         optimizer: Optional[torch.optim.Optimizer] = None,
+                         generators: Optional[Mapping[str, Optional[torch.Generator]]] = None,
+                         steps_per_epoch: Optional[int] = None) -> None:
     """``ValueError`` naming ``path`` unless ``ckpt`` (from :func:`load_checkpoint`) holds all that
     resuming a training needs, each entry of the type and shape training writes: the record of the
     data and the settings (which a resumed run is compared against), the epoch, the best and
     starting validation scores, and an optimiser state for exactly ``parameters``, the model's
-    (``named_parameters()`` as a dict)."""
+    (``named_parameters()`` as a dict).
+
+    Given the run that resumes it, each number is checked against its role there too: the
+    optimiser's settings are ``optimizer``'s (its weight decay the stored record's), each
+    generator state named in ``generators`` is one that generator takes, and the schedule has
+    taken ``steps_per_epoch`` steps in each epoch trained."""
 
     def damaged(what: str) -> ValueError:
         return ValueError(f"{path} cannot be resumed: {what}; it was damaged, or not written by `lunet train`")
@@ -284,16 +328,63 @@ def check_training_state(path: str | os.PathLike, ckpt: dict[str, Any],
     schedule = ckpt.get("schedule")
     if not (isinstance(schedule, dict) and _is_count(schedule.get("steps"))):
         raise damaged("its learning-rate schedule has no count of steps")
+    steps = schedule["steps"]
+    if steps_per_epoch is not None and steps != ckpt["epoch"] * steps_per_epoch:
+        epochs = ckpt["epoch"]
+        raise damaged(f"its learning-rate schedule has taken {steps:,} steps, but {epochs:,} epoch"
+                      f"{'' if epochs == 1 else 's'} of {steps_per_epoch:,} steps make {epochs * steps_per_epoch:,}")
     generator = ckpt.get("generator")
     if not (isinstance(generator, torch.Tensor) and generator.dtype == torch.uint8):
         raise damaged("it holds no state of the random generator")
-    _check_optimizer_state(ckpt.get("optimizer"), parameters, damaged)
+    for key, taker in (generators or {}).items():
+        if taker is not None and ckpt.get(key) is not None:
+            _check_generator_state(key, ckpt[key], taker, damaged)
+    _check_optimizer_state(ckpt.get("optimizer"), parameters, damaged, steps)
+    if optimizer is not None:
+        _check_optimizer_settings(ckpt["optimizer"], optimizer, ckpt["train_config"], damaged)
+
+
+def _check_generator_state(key: str, state: Any, taker: torch.Generator, damaged: Callable[[str], ValueError]) -> None:
+    """``state`` must be one that ``taker`` (a generator of the resumed run) takes: tried on a new
+    generator of its device, so that nothing of the run changes before every check has passed."""
+    expected = taker.get_state().numel()
+    if not (isinstance(state, torch.Tensor) and state.dtype == torch.uint8 and state.dim() == 1):
+        held = (f"a {str(state.dtype).removeprefix('torch.')} tensor of shape {tuple(state.shape)}"
+                if isinstance(state, torch.Tensor) else short_repr(state))
+        raise damaged(f"its {key} entry is {held}, not the state of a random generator")
+    if state.numel() != expected:
+        raise damaged(f"its state of the random generator ({key}) has {state.numel():,} bytes, not the "
+                      f"{expected:,} of a generator on {taker.device}")
+    try:
+        torch.Generator(device=taker.device).set_state(state)
+    except RuntimeError as exc:
+        raise damaged(f"its state of the random generator ({key}) is refused by the generator "
+                      f"({first_sentence(exc)})") from None
+
+
+# The optimiser's settings beside its learning rate (which the schedule sets) and its weight decay
+# (the record of the settings holds it): Adam's, as training builds it, in every run.
+ADAM_SETTINGS = ("betas", "eps", "amsgrad", "maximize")
+
+
+def _check_optimizer_settings(stored: dict[str, Any], optimizer: torch.optim.Optimizer, config: dict[str, Any],
+                              damaged: Callable[[str], ValueError]) -> None:
+    """The stored parameter groups must hold ``optimizer``'s settings and the recorded weight decay:
+    loading them would otherwise change how the resumed run steps (``maximize`` would climb the loss)."""
+    expected = {key: optimizer.param_groups[0][key] for key in ADAM_SETTINGS}
+    expected["weight_decay"] = config.get("weight_decay")
+    for group in stored["param_groups"]:
+        for key, value in expected.items():
+            held = group.get(key)
+            if (tuple(held) if isinstance(held, (list, tuple)) else held) != value:
+                raise damaged(f"its optimiser's {key} is {short_repr(held)}, not the run's {value!r}")
 
 
 def _check_optimizer_state(optimizer: Any, parameters: Mapping[str, torch.Tensor],
-                           damaged: Callable[[str], ValueError]) -> None:
+                           damaged: Callable[[str], ValueError], steps: int) -> None:
     """The optimiser state must cover each of ``parameters`` once, in order, with finite
-    statistics of each parameter's own shape (a wrong shape would broadcast or fail steps later)."""
+    statistics of each parameter's own shape (a wrong shape would broadcast or fail steps later):
+    step counts whole and at most the schedule's ``steps``, second moments not negative."""
     if not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
             and isinstance(optimizer.get("param_groups"), list)
             and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in optimizer["param_groups"])):
@@ -317,6 +408,11 @@ def _check_optimizer_state(optimizer: Any, parameters: Mapping[str, torch.Tensor
                               f"not {expected}")
             if not bool(torch.isfinite(value).all()):
                 raise damaged(f"its optimiser's {short_repr(name)} for {param} holds NaN or infinite values")
+            if name == "step" and not (0 <= float(value) <= steps and float(value).is_integer()):
+                raise damaged(f"its optimiser's step count for {param} is {float(value):g}, not a count of the "
+                              f"{steps:,} steps its schedule has taken")
+            if name in ("exp_avg_sq", "max_exp_avg_sq") and bool((value < 0).any()):
+                raise damaged(f"its optimiser's {name} for {param} holds negative values (a mean of squares)")
 
 
 def load_model(path: str | os.PathLike, which: str = "best") -> tuple[nn.Module, dict[str, Any]]:
@@ -341,16 +437,19 @@ def _model_from_state(path: str | os.PathLike, spec: dict[str, Any], state: dict
     # the run's precision: load_state_dict would cast float64 weights into the float32 model quietly
     floating = [t.dtype for t in state.values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
     dtype = torch.float64 if floating and all(d == torch.float64 for d in floating) else torch.float32
+    _check_spec_form(path, spec)  # a checkpoint of another kind of model (the cached classifier's) names none
     check_model_memory(spec, dtype, training=False, subject=f"the model in {path}")  # spec checked on loading
     try:
         model = build_model(spec)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"checkpoint {path} holds a model spec this version cannot build: {exc}") from None
+        raise ValueError(f"checkpoint {path} holds a model spec this version cannot build: "
+                         f"{shortened(str(exc))}") from None
     if dtype == torch.float64:
         model = model.to(dtype)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        raise ValueError(f"checkpoint {path} does not match its model spec {spec}: {detail}") from None
+        raise ValueError(f"checkpoint {path} does not match its model spec {short_repr(spec)}: "
+                         f"{shortened(detail)}") from None
     return model

@@ -34,10 +34,15 @@ def check_spec(spec: Any) -> dict[str, Any]:
     return spec
 
 
+def shortened(text: str, limit: int = 300) -> str:
+    """``text`` cut to ``limit`` characters, the cut marked: a message that quotes a file's
+    contents (or an error that did) stays one readable line, however large the contents."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def short_repr(value: Any, limit: int = 120) -> str:
     """``repr(value)``, cut to ``limit`` characters: a damaged file's contents in a one-line message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return shortened(repr(value), limit)
 
 
 def build_model(spec: dict[str, Any]) -> nn.Module:

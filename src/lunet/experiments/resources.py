@@ -1,7 +1,8 @@
 """What a model will cost in memory, known from its spec before anything is built.
 
 An LU-Net of width D and B blocks holds, per block, an LU matrix of D × D
-and two masks of the same size, so its size follows from the spec alone. A
+and two masks of the same size, and per activation its slope or the tables of a
+spline (3 bins − 1 numbers per feature), so its size follows from the spec alone. A
 spec whose model would not fit in the memory of the machine (or of the GPU it
 trains on) is refused with both figures before a single weight is allocated,
 instead of the process being killed halfway through the allocation.
@@ -57,7 +58,13 @@ def model_elements(spec: dict[str, Any]) -> int:
         features = check_positive_int(spec.get("features"), "the model spec's features")
         blocks = check_positive_int(spec.get("num_blocks"), "the model spec's num_blocks")
         # per block the LU matrix, its two masks, the diagonal, its signs and the bias; the standardisation
-        return blocks * (3 * features * features + 3 * features) + 2 * features
+        elements = blocks * (3 * features * features + 3 * features) + 2 * features
+        if spec.get("activation") == "spline":  # per activation and feature: widths, heights, inner slopes
+            bins = check_positive_int(spec.get("bins", 8), "the model spec's bins")
+            elements += (blocks - 1) * features * (3 * bins - 1)
+        elif spec.get("learn_alpha"):
+            elements += (blocks - 1) * check_positive_int(spec.get("groups", 1), "the model spec's groups")
+        return elements
     with torch.device("meta"):
         model = build_model(spec)
     return sum(t.numel() for t in (*model.parameters(), *model.buffers()))

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from lunet.experiments.checkpoint import check_training_state, tensor_bytes
+from lunet.experiments.models import short_repr
 from lunet.experiments.run_log import Unit
 from lunet.experiments.schedule import LearningRateSchedule
 from lunet.experiments.settings import NamesSettings, SettingError, TrainConfig
@@ -146,7 +147,13 @@ class TrainingState:
         if ckpt["model_spec"] != self.model_spec:
             raise SettingError("checkpoint {path} holds model {stored}, but this run asks for {spec}; use another "
                                "{out} or matching options", path=path, stored=ckpt["model_spec"], spec=self.model_spec)
-        check_training_state(path, ckpt, dict(self.model.named_parameters()))
+        # the batches of an epoch are this run's when the batch size is (else the settings differ
+        # and are refused below, or the run is finished and takes no step)
+        stored = ckpt.get("train_config")
+        same_batches = isinstance(stored, dict) and stored.get("batch_size") == self.config.batch_size
+        check_training_state(path, ckpt, dict(self.model.named_parameters()), self.optimizer,
+                             {"generator": self.order, "noise_generator": self.noise},
+                             self.schedule.total_steps // self.config.epochs if same_batches else None)
         stored_data = ckpt["data"]
         if stored_data != self.data:
             listed = ", ".join(f"{split} {stored_data.get(split)} -> {self.data[split]}"
@@ -191,5 +198,5 @@ class TrainingState:
 
 
 def _literal(value: object) -> str:
-    """``repr(value)`` as literal text of a message template."""
-    return repr(value).replace("{", "{{").replace("}", "}}")
+    """``repr(value)`` (cut short: it may come from the file) as literal text of a message template."""
+    return short_repr(value).replace("{", "{{").replace("}", "}}")
