@@ -228,6 +228,23 @@ def test_a_lock_file_with_another_hard_link_is_refused_and_never_written(data, t
     assert not (out / "checkpoint.pt").exists()
 
 
+def test_metrics_hard_linked_during_training_are_refused_and_never_appended_to(data, tmp_path, monkeypatch,
+                                                                               capsys):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("someone else's file\n")
+    out = tmp_path / "run"
+
+    def link(log, epoch):
+        if epoch == 1:
+            (out / "metrics.jsonl").unlink()
+            os.link(victim, out / "metrics.jsonl")
+
+    on_epoch(monkeypatch, link)
+    assert train(data, out, "--eval-every", "1", epochs=3) == 2
+    assert f"refusing to write {out / 'metrics.jsonl'}: it has 2 hard links" in one_line_error(capsys, "train")
+    assert victim.read_text() == "someone else's file\n"
+
+
 # -- the peers benchmark ------------------------------------------------------------------------
 
 
