@@ -11,6 +11,8 @@ checked to come before the allocation.
 from __future__ import annotations
 
 import json
+import math
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -180,6 +182,88 @@ def test_non_finite_weights_are_refused_on_load(trained, test_file, tmp_path, ca
         assert run_cli(*argv) == 2
         assert "NaN or infinite weight" in one_line_error(capsys, argv[0])
     assert not (tmp_path / "s.npy").exists()
+
+
+@pytest.mark.parametrize("temperature", ["1e36", "1e38", "3e38"])
+def test_samples_that_overflow_inside_the_flow_say_at_which_temperature_it_stays_finite(
+        temperature, trained, tmp_path, capsys):
+    out = tmp_path / "s.npy"
+    assert run_cli("sample", trained, "--out", out, "--temperature", temperature) == 2
+    line = one_line_error(capsys, "sample")
+    shown = re.escape(f"{float(temperature):g}")
+    found = re.search(rf"samples at --temperature {shown} overflow float32 inside the flow "
+                      r"\([\d,]+ of 1,000 rows hold NaN or infinite values\); on the same draws it stays finite at "
+                      r"--temperature (\S+): give a lower --temperature", line)
+    assert found, line
+    assert not out.exists()
+    assert run_cli("sample", trained, "--out", out, "--temperature", found.group(1)) == 0
+    assert np.isfinite(np.load(out)).all()
+
+
+def test_image_samples_that_overflow_say_so_instead_of_blaming_the_input(
+        image_run, tmp_path, capsys):  # noqa: F811 (a fixture)
+    assert run_cli("sample", image_run, "--out", tmp_path / "s.png", "--temperature", "3e38") == 2
+    line = one_line_error(capsys, "sample")
+    assert "samples at --temperature 3e+38 overflow float32 inside the flow" in line
+    assert "stays finite at --temperature" in line and "input holds" not in line
+
+
+def test_a_float64_run_takes_data_beyond_the_range_of_float32(tmp_path):
+    config = TrainConfig(epochs=1, batch_size=64, dtype="float64")
+    rows = make_rows(200, 0)
+    _, scaled = train_vectors(rows * 1e50, tmp_path / "scaled", config, model_spec=SPEC, progress=False)
+    _, plain = train_vectors(rows, tmp_path / "plain", config, model_spec=SPEC, progress=False)
+    # scaling every feature by c shifts each log-density per dimension by log c
+    assert scaled["val_nll_nats_per_dim"] == pytest.approx(plain["val_nll_nats_per_dim"] + math.log(1e50), abs=1e-6)
+
+
+# -- metrics.jsonl: read a line at a time, what is no row of the run dropped and named -------
+
+
+def test_a_line_that_is_not_utf8_neither_stops_a_training_nor_blocks_its_resume(tmp_path, monkeypatch, capsys):
+    from lunet.experiments.run_log import RunLog
+
+    def junk_after_the_first_row(self, epoch):
+        if epoch == 1:
+            with open(self.folder.metrics, "ab") as f:
+                f.write(b"\xff\xfe not text\n")
+
+    monkeypatch.setattr(RunLog, "epoch_begins", junk_after_the_first_row)
+    run = tmp_path / "run"
+    train_vectors(make_rows(200, 0), run, TrainConfig(epochs=2, batch_size=64), model_spec=SPEC, progress=False)
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    monkeypatch.undo()
+    train_vectors(make_rows(200, 0), run, TrainConfig(epochs=3, batch_size=64), model_spec=SPEC, resume=True,
+                  progress=False)
+    assert f"warning: dropped from {run / 'metrics.jsonl'}: line 2, not UTF-8 text" in capsys.readouterr().out
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_rows_that_are_not_the_runs_are_dropped_and_counted_on_resume(trained, tmp_path, capsys):
+    run = Path(shutil.copytree(trained, tmp_path / "run"))
+    metrics = run / "metrics.jsonl"
+    real = metrics.read_bytes()
+    fake = "".join(json.dumps({"epoch": 1, "val_nats_per_dim": -9.0 - i}) + "\n" for i in range(1000))
+    metrics.write_bytes(real + fake.encode() + b"x" * 200_000 + b"\n" + b'{"epoch": 2, "val_nats_per_dim": 0}\n')
+    train_vectors(make_rows(200, 0), run, TrainConfig(epochs=2, batch_size=64), model_spec=SPEC, resume=True,
+                  progress=False)
+    printed = capsys.readouterr().out
+    assert (f"warning: dropped from {metrics}: lines 2, 3, 4, 5, 6 and 995 more, a row of an epoch logged before "
+            f"it; line 1002, longer than 65,536 bytes, far more than a row of metrics") in printed
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2] and rows[0] == json.loads(real)
+
+
+def test_the_rows_read_on_resume_are_bounded_by_the_epochs_trained(tmp_path):
+    from lunet.experiments.rundir import read_metrics
+
+    metrics = tmp_path / "metrics.jsonl"
+    row = json.dumps({"epoch": 1, "pad": "y" * 100}) + "\n"
+    with open(metrics, "w") as f:
+        f.write(row)
+        f.writelines(row.replace('"epoch": 1', f'"epoch": {e}') for e in range(2, 100_002))
+    rows, problems = read_metrics(metrics, last_epoch=3)
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and problems == []
 
 
 @pytest.mark.parametrize("rows, options, minimum", [(2, {}, 3), (1, {}, 3), (4, {"data_init": "gaussian"}, 5),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -45,3 +45,18 @@ def flow_placement(flow: object) -> tuple[torch.dtype, torch.device]:
             return torch.get_default_dtype(), torch.device("cpu")
         return like.dtype, like.device
     return getattr(flow, "dtype", torch.get_default_dtype()), getattr(flow, "device", torch.device("cpu"))
+
+
+def finite_temperature(flow: Any, latent_at: Callable[[float], torch.Tensor], temperature: float) -> Optional[float]:
+    """Where a flow whose samples overflowed at ``temperature`` stays finite: the first of
+    ``temperature / 2``, ``/ 4``, ... at which the latents ``latent_at(t)`` (a few fixed draws at
+    temperature ``t``, float64) fit the flow's dtype and its inverse maps them to finite values;
+    None when no positive temperature does."""
+    dtype, device = flow_placement(flow)
+    t = temperature / 2
+    while t > 0:
+        z = latent_at(t).to(device=device, dtype=dtype)
+        if bool(torch.isfinite(z).all()) and bool(torch.isfinite(flow.inverse(z)[0]).all()):
+            return t
+        t /= 2
+    return None

@@ -36,7 +36,7 @@ from lunet.experiments.settings import SettingError, TrainConfig
 from lunet.experiments.step_runner import LogProbFn, check_shared_config
 from lunet.experiments.train import Trainer, resolve_device
 from lunet.frozen import frozen_or_module
-from lunet.latent import flow_placement
+from lunet.latent import finite_temperature, flow_placement
 
 
 def nats_to_bits_per_dim(nats_per_dim: float) -> float:
@@ -253,16 +253,22 @@ def sample_images(
     check_positive_int(num_samples, "num_samples")
     dtype, device = flow_placement(model)
     eps = torch.randn(num_samples, pre.num_dims, generator=generator, dtype=torch.float64)
-    if prior is None:
-        z = temperature * eps
-    else:
-        mean, chol = prior
-        z = mean + temperature * eps @ chol.T
-    logits = model.inverse(z.to(device=device, dtype=dtype))[0]
-    if not bool(torch.isfinite(logits).all()):
-        raise ValueError(
-            f"samples at temperature {temperature:g} overflow {dtype} inside the network; use a lower temperature"
-        )
+
+    def latent(t: float, draws: torch.Tensor = eps) -> torch.Tensor:
+        return t * draws if prior is None else prior[0] + t * draws @ prior[1].T
+
+    z = latent(temperature).to(device=device, dtype=dtype)
+    finite = torch.isfinite(z).all(dim=1)  # draws beyond the dtype's range: no pass can take them
+    logits = model.inverse(z)[0] if bool(finite.all()) else z
+    finite &= torch.isfinite(logits).all(dim=1)
+    if not bool(finite.all()):
+        few = eps[~finite.cpu()][:16]
+        found = finite_temperature(model, lambda t: latent(t, few), temperature)
+        where = (f"on the same draws it stays finite at {{temperature}} {found:.3g}" if found is not None
+                 else "it is not finite on them at any temperature")
+        raise SettingError(f"samples at {{temperature}} {temperature:g} overflow {str(dtype).removeprefix('torch.')} "
+                           f"inside the flow ({int((~finite).sum())} of {num_samples} images hold NaN or infinite "
+                           f"values); {where}: give a lower {{temperature}}")
     return pre.to_images(logits.double().cpu())
 
 

@@ -78,15 +78,15 @@ class RunLog:
 
     def keep_until(self, epoch: int) -> None:
         """A resumed run: rows logged after its checkpoint (``epoch``) belong to epochs that will be
-        redone; a line cut short by a kill is dropped, with a warning (the checkpoint, not the log,
-        holds the run)."""
+        redone; a line cut short by a kill, or any other line that is no row of this run's epochs,
+        is dropped, with a warning naming it (the checkpoint, not the log, holds the run)."""
         metrics = self.folder.metrics
         if not self.writes or not os.path.lexists(metrics):
             return
-        rows, problems = read_metrics(metrics)
+        rows, problems = read_metrics(metrics, last_epoch=epoch)
         if problems:
             print(f"warning: dropped from {metrics}: {'; '.join(problems)}")
-        write_text_atomic(metrics, "".join(json.dumps(r) + "\n" for r in rows if r["epoch"] <= epoch))
+        write_text_atomic(metrics, "".join(json.dumps(r) + "\n" for r in rows))
 
     def note(self, text: str) -> None:
         """A line on the console, above the progress bar."""

@@ -278,15 +278,21 @@ def remove_file(path: str | os.PathLike) -> None:
         folder.unlink(path.name)
 
 
-def read_text(path: str | os.PathLike) -> str:
-    """The text (UTF-8) of the file at ``path``, a link to it included; :class:`UnsafeFile` naming
-    it, without waiting, when it is a FIFO, a device or a folder."""
+def _open_to_read(path: str | os.PathLike) -> int:
+    """A descriptor of the regular file at ``path``, a link to it included; :class:`UnsafeFile`
+    naming it, without waiting, when it is a FIFO, a device or a folder."""
     fd = os.open(path, os.O_RDONLY | _NONBLOCK | _CLOEXEC)
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
         raise UnsafeFile(f"refusing to read {path}: it is {_kind(mode)}, not a regular file")
-    with open(fd, encoding="utf-8") as f:
+    return fd
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The text (UTF-8) of the file at ``path``, a link to it included; :class:`UnsafeFile` naming
+    it, without waiting, when it is a FIFO, a device or a folder."""
+    with open(_open_to_read(path), encoding="utf-8") as f:
         return f.read()
 
 
@@ -433,28 +439,66 @@ def stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return sorted(path.parent.glob(path.name + ".*.tmp"))
 
 
-def read_metrics(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[str]]:
-    """The rows of a ``metrics.jsonl`` (JSON objects with an ``"epoch"``), and what was wrong with
-    each other line ("line 7, cut short ..."): a line cut short by a stop mid-write, or one that
-    something else wrote, is no row."""
-    text = read_text(path)
-    lines = text.splitlines()
-    rows, problems = [], []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if isinstance(row, dict) and isinstance(row.get("epoch"), int):
-                rows.append(row)
-                continue
-            reason = "not a row of metrics"
-        except ValueError:
-            reason = "not JSON"
-        if number == len(lines) and not text.endswith("\n"):
-            reason = "cut short (the run stopped while writing it)"
-        problems.append(f"line {number}, {reason}")
+# A row of metrics is a few hundred bytes; a longer line is something else, and is not held whole.
+MAX_METRICS_LINE = 1 << 16
+# The lines named in a warning for each kind of damage; the rest are counted.
+NAMED_LINES = 5
+
+
+def read_metrics(path: str | os.PathLike, last_epoch: Optional[int] = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows of a ``metrics.jsonl`` (JSON objects with an ``"epoch"``, in increasing order of
+    epochs), and what was wrong with each other line ("line 7, cut short ..."): a line cut short
+    by a stop mid-write, or one that something else wrote (not UTF-8, not JSON, far too long, a
+    second row of an epoch), is no row. Read a line at a time, none held beyond
+    :data:`MAX_METRICS_LINE` bytes; with ``last_epoch`` (the checkpoint's), rows of later epochs,
+    which a resumed run redoes, are left out, so that no more rows are kept than epochs trained."""
+    rows: list[dict[str, Any]] = []
+    latest = 0  # the epoch of the last row read, kept or not
+    found: dict[str, tuple[list[int], int]] = {}  # each kind of damage: its first lines, and how many
+    with open(_open_to_read(path), "rb") as f:
+        number = 0
+        while True:
+            line = f.readline(MAX_METRICS_LINE + 1)
+            if not line:
+                break
+            number += 1
+            reason = None
+            if len(line) > MAX_METRICS_LINE:
+                reason = f"longer than {MAX_METRICS_LINE:,} bytes, far more than a row of metrics"
+                while line and not line.endswith(b"\n"):  # the rest of it, a piece at a time
+                    line = f.readline(MAX_METRICS_LINE)
+            elif line.strip():
+                row, reason = _metrics_row(line)
+                if row is not None and row["epoch"] <= latest:
+                    reason = "a row of an epoch logged before it"
+                elif row is not None:
+                    latest = row["epoch"]
+                    if last_epoch is None or latest <= last_epoch:
+                        rows.append(row)
+                if reason is not None and not line.endswith(b"\n"):
+                    reason = "cut short (the run stopped while writing it)"
+            if reason is not None:
+                first, count = found.get(reason, ([], 0))
+                found[reason] = (first if len(first) >= NAMED_LINES else first + [number], count + 1)
+    problems = []
+    for reason, (first, count) in sorted(found.items(), key=lambda item: item[1][0][0]):
+        more = f" and {count - len(first):,} more" if count > len(first) else ""
+        problems.append(f"line{'s' if count > 1 else ''} {', '.join(map(str, first))}{more}, {reason}")
     return rows, problems
+
+
+def _metrics_row(line: bytes) -> tuple[Optional[dict[str, Any]], Optional[str]]:
+    """The row of metrics ``line`` holds, or None and why it holds none."""
+    try:
+        row = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+    except ValueError:
+        return None, "not JSON"
+    epoch = row.get("epoch") if isinstance(row, dict) else None
+    if type(epoch) is not int or epoch < 1:
+        return None, "not a row of metrics"
+    return row, None
 
 
 def check_writable(folder: str | os.PathLike) -> Path:
@@ -531,7 +575,8 @@ def check_output(path: str | os.PathLike, option: str, run: Optional["RunFolder"
         if _same_file(path, kept):
             raise ValueError(f"{option} {path} is {what}; writing it would destroy it: choose another file")
     folder = run_folder_around(path)
-    if folder is not None and (path.name in LAYOUT_NAMES or path.name.endswith(".tmp")):
+    temporary = path.name.endswith(".tmp") and any(path.name.startswith(name + ".") for name in LAYOUT_NAMES)
+    if folder is not None and (path.name in LAYOUT_NAMES or temporary):
         raise ValueError(f"{option} {path} is a file of the run in {folder}; writing it would destroy it: "
                          f"choose another file")
     if folder is not None and os.path.lexists(path):

@@ -36,7 +36,7 @@ from lunet.experiments.settings import (
 from lunet.experiments.step_runner import check_shared_config
 from lunet.experiments.train import Trainer, resolve_device
 from lunet.experiments.vectors import check_fits_dtype, check_width
-from lunet.latent import flow_placement
+from lunet.latent import finite_temperature, flow_placement
 
 Vectors = Union[torch.Tensor, np.ndarray, Dataset, DataLoader]
 # Rows a training needs to learn from: a spread (the standardisation's) takes two. The Gaussian
@@ -170,7 +170,9 @@ def train_vectors(
     with group.entered_on_main(run.locked()):
         group.on_main(lambda: _prepare_run(run, settings, overwrite, resume))
         torch.manual_seed(config.seed)
-        model = build_model(spec)
+        # in the run's precision before the start is fitted: a float32 spread of data in the
+        # range of float64 alone would be infinite
+        model = build_model(spec).to(config.torch_dtype)
         if data_init == "gaussian":
             model.init_gaussian(train)
         elif data_init == "standardize":
@@ -254,7 +256,20 @@ def sample_vectors(run_dir: str | Path | RunFolder, num: int, temperature: float
     _, model = load_vector_run(run, device)
     dtype, dev = flow_placement(model)
     gen = torch.Generator().manual_seed(seed)
-    z = temperature * torch.randn(num, model.features, generator=gen, dtype=torch.float64)
+    draws = torch.randn(num, model.features, generator=gen, dtype=torch.float64)
+    z = (temperature * draws).to(dtype)
+    overflowed = ~torch.isfinite(z).all(dim=1)  # draws beyond the dtype's range: no pass can take them
     # in chunks: a pass over all the rows at once holds several copies of them per block
-    return torch.cat([model.inverse(chunk.to(device=dev, dtype=dtype))[0].double().cpu()
-                      for chunk in z.split(SAMPLE_CHUNK_ROWS)])
+    samples = torch.cat([model.inverse(chunk.to(dev))[0].double().cpu() if bool(torch.isfinite(chunk).all())
+                         else chunk.double() for chunk in z.split(SAMPLE_CHUNK_ROWS)])
+    overflowed |= ~torch.isfinite(samples).all(dim=1)
+    if bool(overflowed.any()):
+        few = draws[overflowed][:64]
+        finite = finite_temperature(model, lambda t: t * few, temperature)
+        where = (f"on the same draws it stays finite at {{temperature}} {finite:.3g}" if finite is not None
+                 else "it is not finite on them at any temperature")
+        raise SettingError("samples at {temperature} {given:g} overflow {dtype} inside the flow ({bad:,} of {num:,} "
+                           "rows hold NaN or infinite values); " + where + ": give a lower {temperature}",
+                           given=temperature, dtype=str(dtype).removeprefix("torch."), bad=int(overflowed.sum()),
+                           num=num)
+    return samples
