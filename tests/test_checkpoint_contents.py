@@ -23,8 +23,9 @@ from lunet.experiments.resources import model_elements
 from lunet.experiments.settings import TrainConfig, vector_lunet_spec
 from lunet.experiments.vector_runs import train_vectors
 from lunet.spline import MAX_BOUND
-from test_hostile_loads import CONFIG, SPEC, crafted, machine_of, small_models_only  # noqa: F401
+from test_hostile_loads import CONFIG, SPEC, crafted, machine_of, small_models_only, with_run_file  # noqa: F401
 from test_own_data import make_rows, write_npy
+from test_reliability import image_run  # noqa: F401 (a fixture)
 
 SPLINE_SPEC = vector_lunet_spec(3, num_blocks=2, activation="spline", learn_alpha=False)
 RESUMED = TrainConfig(epochs=2, batch_size=64)
@@ -234,3 +235,24 @@ def test_a_resume_under_other_settings_quotes_the_stored_ones_short(trained, tmp
             as caught:
         train_vectors(make_rows(200, 0), run, RESUMED, model_spec=SPEC, resume=True, progress=False)
     assert len(str(caught.value)) < 800
+
+
+HUGE = "x" * 1_000_000
+
+
+@pytest.mark.parametrize("edit", [lambda r: r.update(features=HUGE), lambda r: r.update(data_init=HUGE),
+                                  lambda r: r.update(data=HUGE), lambda r: r.update({HUGE: 1}),
+                                  lambda r: r.update(data_file=[HUGE])],
+                         ids=["features", "data-init", "data", "unknown-entry", "data-file"])
+def test_a_huge_entry_in_a_run_file_is_quoted_short(edit, trained, test_file, tmp_path, capsys):
+    run = with_run_file(trained, tmp_path / "run", edit)
+    assert run_cli("evaluate", run, "--data", test_file) == 2
+    line = one_line_error(capsys, "evaluate")
+    assert f"{run / 'run.json'} does not describe a run on own data" in line and len(line) < 600
+
+
+def test_a_huge_entry_in_an_image_run_file_is_quoted_short(image_run, tmp_path, capsys):  # noqa: F811
+    run = with_run_file(image_run, tmp_path / "run", lambda r: r.update(dataset=HUGE))
+    assert run_cli("evaluate", run) == 2
+    line = one_line_error(capsys, "evaluate")
+    assert f"{run / 'run.json'}: dataset must be one of" in line and len(line) < 600

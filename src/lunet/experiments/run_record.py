@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence, Union
 
 from lunet.experiments.checkpoint import first_sentence
 from lunet.experiments.data import DATASETS
-from lunet.experiments.models import check_spec
+from lunet.experiments.models import check_spec, short_repr, shortened
 from lunet.experiments.rundir import NUM_CLASSES, RunFolder, UnsafeFile, read_text, write_text_atomic
 from lunet.experiments.settings import DEFAULT_LAM, RECIPES, SettingError, paper_lunet_spec
 from lunet.limits import check_positive_int
@@ -199,7 +199,7 @@ def _read_images(folder: RunFolder) -> RunRecord:
         raise
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(
-            f"{path} is not valid JSON ({exc}); it was not written by `lunet train` or was damaged"
+            f"{path} is not valid JSON ({shortened(str(exc))}); it was not written by `lunet train` or was damaged"
         ) from None
     if not isinstance(entries, dict):
         raise ValueError(f"{path} holds a {type(entries).__name__}, not the settings of a run")
@@ -210,9 +210,9 @@ def _read_images(folder: RunFolder) -> RunRecord:
     try:
         settings = ImageRunSettings(**entries)
     except TypeError as exc:
-        raise ValueError(f"{path} does not describe a run of this version: {exc}") from None
+        raise ValueError(f"{path} does not describe a run of this version: {shortened(str(exc))}") from None
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+        raise ValueError(f"{path}: {shortened(str(exc))}") from None
     return RunRecord(IMAGES, settings, data_dir if isinstance(data_dir, str) else None)
 
 
@@ -228,7 +228,7 @@ def _read_vectors(folder: RunFolder) -> RunRecord:
         raise ValueError(f"{path} does not describe a run on own data: it holds a {type(entries).__name__}")
     if entries.get("data") != VECTORS:
         raise ValueError(f"{path} does not describe a run on own data: its \"data\" entry is "
-                         f"{entries.get('data')!r}, not {VECTORS!r}")
+                         f"{short_repr(entries.get('data'))}, not {VECTORS!r}")
     entries.pop("data")
     known = {f.name for f in fields(VectorRunSettings)} | {"data_file"}
     unknown = sorted(set(entries) - known)
@@ -236,12 +236,12 @@ def _read_vectors(folder: RunFolder) -> RunRecord:
     if unknown or missing:
         listed = "; ".join(part for part in (f"unknown entries {', '.join(unknown)}" if unknown else "",
                                              f"no {', '.join(missing)}" if missing else "") if part)
-        raise ValueError(f"{path} does not describe a run on own data: {listed}")
+        raise ValueError(f"{path} does not describe a run on own data: {shortened(listed)}")
     data_file = entries.pop("data_file", None)
     if data_file is not None and not isinstance(data_file, str):
         raise ValueError(f"{path} does not describe a run on own data (data_file must be a path or null, "
-                         f"got {data_file!r})")
+                         f"got {short_repr(data_file)})")
     try:
         return RunRecord(VECTORS, VectorRunSettings(**entries), data_file)
     except ValueError as exc:
-        raise ValueError(f"{path} does not describe a run on own data ({exc})") from None
+        raise ValueError(f"{path} does not describe a run on own data ({shortened(str(exc))})") from None
