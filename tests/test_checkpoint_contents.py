@@ -256,3 +256,11 @@ def test_a_huge_entry_in_an_image_run_file_is_quoted_short(image_run, tmp_path, 
     assert run_cli("evaluate", run) == 2
     line = one_line_error(capsys, "evaluate")
     assert f"{run / 'run.json'}: dataset must be one of" in line and len(line) < 600
+
+
+def test_a_huge_text_cell_in_a_csv_file_is_quoted_short(trained, tmp_path, capsys):
+    data = tmp_path / "cells.csv"
+    data.write_text("1,2,3\n4," + "x" * 100_000 + ",6\n7,8,9\n")
+    assert run_cli("evaluate", trained, "--data", data) == 2
+    line = one_line_error(capsys, "evaluate")
+    assert f"{data}: line 2, column 2: 'xxx" in line and "is not a number" in line and len(line) < 600

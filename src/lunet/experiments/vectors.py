@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from lunet.experiments.checkpoint import first_sentence, load_weights_only
+from lunet.experiments.models import short_repr
 from lunet.experiments.rundir import write_atomic
 
 VECTOR_SUFFIXES = (".npy", ".csv", ".pt")
@@ -245,7 +246,7 @@ def _read_csv(path: str | os.PathLike) -> tuple[torch.Tensor, list[int]]:
                     except ValueError:
                         hint = "; the file must be comma-separated" if (";" in cell or "\t" in cell) else ""
                         raise ValueError(
-                            f"{path}: line {line}, column {column}: {cell.strip()!r} is not a number{hint}"
+                            f"{path}: line {line}, column {column}: {short_repr(cell.strip())} is not a number{hint}"
                         ) from None
                 rows.append(row)
                 lines.append(line)
