@@ -46,6 +46,13 @@ def test_micro_benchmark_reports_every_figure_beside_its_target():
     assert "| density as one CUDA graph, batch 1,000 | 0.200 ms |" in graphs and "| 0.800 | <= 1.0 |" in graphs
     assert "| sampling, batch 1, as one CUDA graph | 0.100 ms / image (median) | – | – | <= 0.15 ms |" in graphs
     assert "capture failed: E" in micro_table({**r, "captured_inference_error": "E"})
+    # the spline LU-Net beside the paper's, each ratio from its own rounds
+    spline = r["spline"]
+    for key in ("step_vs_lunet", "step_vs_dense", "density_vs_lunet", "module_density_vs_lunet", "sampling_vs_lunet",
+                "sampling_batch1_ms"):
+        assert math.isfinite(spline[key]) and spline[key] > 0, key
+    assert "paper's LU-Net" in table and "<= 1.25" in table
+    assert f"{spline['lunet_density_beside_ms']:.1f} ms" in table
 
 
 def test_lunet_figures_and_table_against_the_paper():

@@ -377,6 +377,12 @@ def run_micro(device: str = "cpu", features: int = 784, num_blocks: int = 4, rep
     - sampling at batch 1,000 vs density, target <= 1.5; sampling at batch 1
       in ms per image, target < 1 (the median of its calls, and the fastest).
 
+    The same network with spline activations (:func:`spline_lunet`) beside it, each ratio again
+    from interleaved rounds (under ``"spline"``): its training step against this step (target
+    <= 1.25) and against the dense products, its snapshot's density and sampling at batch 1,000
+    against this snapshot's (targets <= 1.5), its module's density against this module's, and its
+    batch-1 sampling (target < 1 ms).
+
     On the CPU also the step with its loss through ``torch.compile`` against the
     eager step; on a GPU the training step, the density and the sampling passes
     each captured as one CUDA graph, against their references captured the same way.
@@ -415,6 +421,10 @@ def run_micro(device: str = "cpu", features: int = 784, num_blocks: int = 4, rep
         return statistics.median(ta), statistics.median(tb), ratio
 
     t_step, t_dense_train, r_step = paired(step, lambda: dense_chain(x256, True))
+    spline_model = spline_lunet(features, num_blocks, dev)
+    spline_step = training_step(spline_model, x256)
+    t_spline_step, t_step_beside_spline, r_spline_step = paired(spline_step, step)
+    t_spline_step_dense, t_dense_beside_spline, r_spline_dense = paired(spline_step, lambda: dense_chain(x256, True))
     # on a GPU the trainer replays its steps as CUDA graphs; on the CPU the question is whether compiling pays
     captured = (_captured_rows(model, weights, x256, paired) if dev.type == "cuda"
                 else _compiled_rows(model, x256, paired))
@@ -438,6 +448,15 @@ def run_micro(device: str = "cpu", features: int = 784, num_blocks: int = 4, rep
         t_sample, t_density_beside_sampling, r_sample = paired(lambda: frozen.sample(1000),
                                                                lambda: frozen.log_prob(x1000))
         t_sample1 = time_call(lambda: frozen.sample(1), dev, repeats * 5)
+        spline_model.eval()
+        spline_frozen = spline_model.frozen()
+        t_spline_density, t_density_beside_spline, r_spline_density = paired(
+            lambda: spline_frozen.log_prob(x1000), lambda: frozen.log_prob(x1000))
+        t_spline_module, t_module_beside_spline, r_spline_module = paired(
+            lambda: spline_model.log_prob(x1000), lambda: model.log_prob(x1000))
+        t_spline_sample, t_sample_beside_spline, r_spline_sample = paired(
+            lambda: spline_frozen.sample(1000), lambda: frozen.sample(1000))
+        t_spline_sample1 = time_call(lambda: spline_frozen.sample(1), dev, repeats * 5)
     if dev.type == "cuda":
         captured.update(_captured_inference_rows(frozen, weights, x1000, paired, repeats))
     return {
@@ -461,8 +480,65 @@ def run_micro(device: str = "cpu", features: int = 784, num_blocks: int = 4, rep
         "sampling_vs_density": r_sample,
         "sampling_batch1_ms": t_sample1.median * 1e3,
         "sampling_batch1_fastest_ms": t_sample1.low * 1e3,
+        "spline": {
+            "step_ms": t_spline_step * 1e3,
+            "lunet_step_beside_ms": t_step_beside_spline * 1e3,
+            "step_vs_lunet": r_spline_step,
+            "step_beside_dense_ms": t_spline_step_dense * 1e3,
+            "dense_train_beside_ms": t_dense_beside_spline * 1e3,
+            "step_vs_dense": r_spline_dense,
+            "density_1000_ms": t_spline_density * 1e3,
+            "lunet_density_beside_ms": t_density_beside_spline * 1e3,
+            "density_vs_lunet": r_spline_density,
+            "module_density_1000_ms": t_spline_module * 1e3,
+            "lunet_module_density_beside_ms": t_module_beside_spline * 1e3,
+            "module_density_vs_lunet": r_spline_module,
+            "sampling_1000_ms": t_spline_sample * 1e3,
+            "lunet_sampling_beside_ms": t_sample_beside_spline * 1e3,
+            "sampling_vs_lunet": r_spline_sample,
+            "sampling_batch1_ms": t_spline_sample1.median * 1e3,
+            "sampling_batch1_fastest_ms": t_spline_sample1.low * 1e3,
+            "lunet_sampling_batch1_ms": t_sample1.median * 1e3,
+        },
         **captured,
     }
+
+
+def spline_lunet(features: int, num_blocks: int, device: torch.device, seed: int = 0) -> nn.Module:
+    """The paper's LU-Net with a monotone spline (8 bins on [-5, 5]) in place of each leaky softplus, its
+    splines drawn away from the identity start (seeded), so that bins differ in width as trained ones do."""
+    model = build_model({**MODEL_SPECS["lunet"], "features": features, "num_blocks": num_blocks,
+                         "activation": "spline"}).to(device)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for spline in model.activations:
+            for p in spline.parameters():
+                p.add_(0.5 * torch.randn(p.shape, generator=generator).to(p))
+    return model
+
+
+def spline_table(r: dict[str, Any]) -> str:
+    """The spline LU-Net beside the paper's LU-Net (and the training step beside the dense products),
+    as Markdown with each ratio's target."""
+    s = r["spline"]
+    rows = [
+        ("training step, batch 256", f"{s['step_ms']:.1f} ms", f"{s['lunet_step_beside_ms']:.1f} ms",
+         s["step_vs_lunet"], "<= 1.25"),
+        ("training step against the dense GEMMs fwd+bwd", f"{s['step_beside_dense_ms']:.1f} ms",
+         f"dense {s['dense_train_beside_ms']:.1f} ms", s["step_vs_dense"], "–"),
+        ("snapshot density, batch 1,000", f"{s['density_1000_ms']:.1f} ms", f"{s['lunet_density_beside_ms']:.1f} ms",
+         s["density_vs_lunet"], "<= 1.5"),
+        ("the module's own density, batch 1,000", f"{s['module_density_1000_ms']:.1f} ms",
+         f"{s['lunet_module_density_beside_ms']:.1f} ms", s["module_density_vs_lunet"], "–"),
+        ("snapshot sampling, batch 1,000", f"{s['sampling_1000_ms']:.1f} ms",
+         f"{s['lunet_sampling_beside_ms']:.1f} ms", s["sampling_vs_lunet"], "<= 1.5"),
+        ("snapshot sampling, batch 1 (median; fastest)",
+         f"{s['sampling_batch1_ms']:.3f} ms ({s['sampling_batch1_fastest_ms']:.3f})",
+         f"{s['lunet_sampling_batch1_ms']:.3f} ms", s["sampling_batch1_ms"] / s["lunet_sampling_batch1_ms"], "< 1 ms"),
+    ]
+    lines = ["| figure | spline LU-Net | paper's LU-Net | ratio | target |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | {d:.3f} | {e} |" for a, b, c, d, e in rows]
+    return "\n".join(lines)
 
 
 def micro_table(r: dict[str, Any]) -> str:
@@ -513,4 +589,7 @@ def micro_table(r: dict[str, Any]) -> str:
     if "captured_sampling_batch1_ms" in r:
         lines.append(f"| sampling, batch 1, as one CUDA graph | {r['captured_sampling_batch1_ms']:.3f} ms / image "
                      f"(median) | – | – | <= 0.15 ms |")
-    return "\n".join(lines)
+    text = "\n".join(lines)
+    if "spline" in r:
+        text += "\n\nThe spline LU-Net (activation=\"spline\") beside the paper's LU-Net:\n\n" + spline_table(r)
+    return text
