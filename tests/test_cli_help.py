@@ -27,15 +27,24 @@ def test_version_names_the_package_version(capsys):
 
 
 def _expected():
-    from lunet.experiments.settings import GMM2DSettings, default_train_config, paper_lunet_spec, vector_lunet_spec
+    from lunet.experiments.settings import (
+        VECTOR_STEPS,
+        GMM2DSettings,
+        default_train_config,
+        paper_lunet_spec,
+        vector_lunet_spec,
+    )
 
     small, images, own = default_train_config("gmm2d"), default_train_config("mnist"), default_train_config("vectors")
-    assert images.epochs == own.epochs and len({small.lr, images.lr, own.lr}) == 3  # the texts below group so
+    assert images.lr == own.lr != small.lr  # the texts below group so
+    assert paper_lunet_spec()["num_blocks"] == vector_lunet_spec(1)["num_blocks"] != GMM2DSettings().num_blocks
     return [
-        ("--epochs", f"(default {small.epochs} for gmm2d, {images.epochs} for images and --data)"),
-        ("--lr", f"(default {small.lr:g} for gmm2d, {images.lr:g} for images, {own.lr:g} for --data)"),
-        ("--blocks", f"(default {GMM2DSettings().num_blocks} for gmm2d, {paper_lunet_spec()['num_blocks']} for images, "
-                     f"{vector_lunet_spec(1)['num_blocks']} for --data)"),
+        ("--epochs", f"(default {small.epochs} for gmm2d, {images.epochs} for images, about {VECTOR_STEPS:,} steps' "
+                     f"worth for --data)"),
+        ("--lr", f"(default {small.lr:g} for gmm2d, {images.lr:g} for images and --data)"),
+        ("--blocks", f"(default {GMM2DSettings().num_blocks} for gmm2d, {paper_lunet_spec()['num_blocks']} for images "
+                     f"and --data)"),
+        ("--patience", "(default none for gmm2d and images, 10 for --data)"),
         ("--limit", "per class with --per-class"),
     ]
 

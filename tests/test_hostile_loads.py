@@ -95,7 +95,7 @@ def machine_of(monkeypatch, num_bytes: int) -> None:
 
 def test_a_spec_far_wider_than_its_weights_is_refused_before_building(trained, test_file, tmp_path, capsys):
     run = crafted(trained, tmp_path / "run", lambda c: c["model_spec"].update(features=12000))
-    with pytest.raises(ValueError, match="does not match its model spec.*the file stores 43"):
+    with pytest.raises(ValueError, match="does not match its model spec.*the file stores 111"):
         load_model(run / "checkpoint.pt")
     assert run_cli("evaluate", run, "--data", test_file) == 2
     assert "does not match its model spec" in one_line_error(capsys, "evaluate")
@@ -130,7 +130,7 @@ def test_a_model_too_large_for_the_machine_is_refused_before_training_with_both_
     assert wide.stat().st_size < 5_000_000
     assert run_cli("train", "--data", wide, "--out", tmp_path / "run", "--no-progress") == 2
     line = one_line_error(capsys, "train")
-    assert "an LU-Net of width 20,000 with 8 blocks needs about 153.6 GB of memory to train in float32, " \
+    assert "an LU-Net of width 20,000 with 4 blocks needs about 76.8 GB of memory to train in float32, " \
            "more than the 16.0 GB this machine has" in line
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="needs about .* GB of memory to train"):

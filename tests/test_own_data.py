@@ -16,7 +16,7 @@ from lunet.experiments.settings import TrainConfig, vector_lunet_spec
 from lunet.experiments.vector_runs import evaluate_vectors, train_vectors
 
 D = 3
-FAST = ["--blocks", "2", "--batch-size", "64", "--dtype", "float64", "--no-progress"]
+FAST = ["--blocks", "2", "--batch-size", "64", "--dtype", "float64", "--eval-every", "1", "--no-progress"]
 
 
 def make_rows(n, seed):

@@ -32,8 +32,9 @@ class FullCovarianceGaussian(nn.Module):
 
     @classmethod
     def fit(cls, data: torch.Tensor, ridge: float = 1e-6) -> "FullCovarianceGaussian":
-        """The maximum-likelihood fit to ``data`` (N, D), with ``ridge · mean variance`` added to the
-        covariance's diagonal so that constant features keep it positive definite; float64."""
+        """The maximum-likelihood fit to ``data`` (N, D), with ``ridge`` times each feature's own variance
+        added to the covariance's diagonal (the mean variance for a constant feature), so that the
+        fit does not depend on the features' scales and constant ones keep it positive definite; float64."""
         if not isinstance(data, torch.Tensor) or data.dim() != 2:
             shape = tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__
             raise ValueError(f"data must be a tensor of shape (N, D), got {shape}")
@@ -42,8 +43,9 @@ class FullCovarianceGaussian(nn.Module):
             raise ValueError(f"fitting a Gaussian needs at least 2 rows, got {data.shape[0]}")
         x = data.double()
         cov = torch.cov(x.T).reshape(x.shape[1], x.shape[1])
-        jitter = ridge * float(cov.diagonal().mean().clamp_min(1e-12))
-        cov = cov + jitter * torch.eye(x.shape[1], dtype=x.dtype)
+        var = cov.diagonal()
+        floor = var.mean().clamp_min(1e-12)
+        cov = cov + torch.diag(ridge * torch.where(var > 0, var, floor))
         return cls(x.mean(0), torch.linalg.cholesky(cov))
 
     @property

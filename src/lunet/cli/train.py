@@ -32,6 +32,8 @@ from lunet.cli.options import (
 from lunet.experiments.settings import (
     DEFAULT_LAM,
     RECIPES,
+    VECTOR_EVAL_STEPS,
+    VECTOR_STEPS,
     GMM2DSettings,
     TrainConfig,
     default_train_config,
@@ -85,13 +87,27 @@ class Option:
         return self.kwargs.get("dest", self.names[0][2:].replace("-", "_"))
 
 
+# the defaults of own data that depend on its number of rows, as the help states them
+_VECTOR_DEFAULTS = {"epochs": f"about {VECTOR_STEPS:,} steps' worth",
+                    "eval_every": f"about every {VECTOR_EVAL_STEPS} steps"}
+
+
 def _config_defaults(field: str) -> Callable[[], dict[str, object]]:
-    return lambda: {kind: getattr(default_train_config(kind), field) for kind in KINDS}
+    return lambda: {kind: _VECTOR_DEFAULTS[field] if kind == VECTORS and field in _VECTOR_DEFAULTS
+                    else getattr(default_train_config(kind), field) for kind in KINDS}
+
+
+def _vector_spec_default(key: str) -> object:
+    spec = vector_lunet_spec(1)
+    if key in spec:
+        return spec[key]
+    # a leaky-softplus setting, which own data's default spline does not have
+    return f"{_show(vector_lunet_spec(1, activation='leaky_softplus')[key])} with --activation leaky_softplus"
 
 
 def _spec_defaults(key: str, gmm2d: str) -> Callable[[], dict[str, object]]:
     return lambda: {GMM2D: getattr(GMM2DSettings(), gmm2d), IMAGES: paper_lunet_spec().get(key, False),
-                    VECTORS: vector_lunet_spec(1)[key]}
+                    VECTORS: _vector_spec_default(key)}
 
 
 # The settings of TrainConfig and their options: the learning rate and the rest go from here into
@@ -108,6 +124,8 @@ CONFIG_OPTIONS = {
     "device": dict(help="cpu, cuda or cuda:N {default}"),
     "dtype": dict(choices=["float32", "float64"], help="training precision {default}"),
     "eval_every": dict(type=POSITIVE_INT, help="epochs between validation, log line and checkpoint {default}"),
+    "patience": dict(type=POSITIVE_INT, help="stop once this many validations in a row have not improved on the "
+                                             "best {default}"),
     "compile": dict(action=argparse.BooleanOptionalAction,
                     help="compile the training loss with torch.compile: slower start; faster steps where that pays "
                          "(not for the MNIST model on a CPU: docs/benchmark.md) {default}"),
@@ -143,7 +161,7 @@ OPTIONS = (
            dict(choices=["leaky_softplus", "spline"],
                 help="the elementwise map after every LU block but the last: the paper's leaky softplus, or a "
                      "monotone spline per feature (8 bins on [-5, 5]; no slope) {default}"),
-           lambda: {IMAGES: "leaky_softplus", VECTORS: "leaky_softplus"}, lunet_model=True),
+           lambda: {IMAGES: "leaky_softplus", VECTORS: "spline"}, lunet_model=True),
     Option(("--diag",), _ALL, "model", dict(choices=["raw", "exp"], help="parametrisation of diag(U) {default}"),
            _spec_defaults("diag", "diag"), lunet_model=True),
     Option(("--class",), frozenset({IMAGES}), "images", dict(dest="class_label", type=NON_NEGATIVE_INT,
@@ -153,7 +171,8 @@ OPTIONS = (
     Option(("--data-init",), frozenset({IMAGES, VECTORS}), "images",
            dict(choices=["gaussian", "standardize", "none"],
                 help="LU-Net start: the data's full-covariance Gaussian fit, per-feature standardising, or none "
-                     "(default gaussian for images, standardize for --data)"), lunet_model=True),
+                     "(default gaussian for images; for --data gaussian with at least twice as many training rows "
+                     "as columns, else standardize)"), lunet_model=True),
     Option(("--lam",), frozenset({IMAGES}), "images",
            dict(type=LAM, help=f"logit-transform λ in (0, 0.5) (default {DEFAULT_LAM:g})")),
     Option(("--limit",), frozenset({IMAGES, VECTORS}), "images",
@@ -248,11 +267,16 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
+def given_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The optimisation options given on the command line, by their :class:`TrainConfig` names."""
+    return {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name) is not None}
+
+
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    """The run's kind's optimisation defaults, with the options given."""
-    given = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name) is not None}
+    """The run's kind's optimisation defaults, with the options given (own data: the defaults for
+    its rows are chosen once they are read, :func:`_train_vectors`)."""
     config = default_train_config(args.dataset if args.kind == IMAGES else args.kind)
-    return dataclasses.replace(config, **{**_recipe(args).train, **given})
+    return dataclasses.replace(config, **{**_recipe(args).train, **given_config(args)})
 
 
 def _recipe(args: argparse.Namespace):
@@ -311,21 +335,29 @@ def _train_gmm2d(args: argparse.Namespace) -> int:
 
 def _train_vectors(args: argparse.Namespace, config: TrainConfig, group: Any) -> int:
     from lunet.experiments.run_log import format_seconds
+    from lunet.experiments.vector_report import describe_samples
     from lunet.experiments.vector_runs import train_vectors
     from lunet.experiments.vectors import load_vectors
 
     data = load_vectors(args.data)
     if args.limit is not None:
         data = data[: args.limit]
+    overrides = model_overrides(args)
+    overrides.setdefault("activation", args.activation or "spline")  # the spline unless leaky_softplus is asked
     _, summary = train_vectors(
-        data, args.run, config, model_spec=vector_lunet_spec(data.shape[1], **model_overrides(args)),
-        val_fraction=args.val_fraction, data_init=args.data_init or "standardize", resume=args.resume,
+        data, args.run, {**given_config(args), "device": config.device},
+        model_spec=vector_lunet_spec(data.shape[1], **overrides),
+        val_fraction=args.val_fraction, data_init=args.data_init, resume=args.resume,
         overwrite=args.overwrite, progress=not args.no_progress, data_file=str(Path(args.data).resolve()), group=group,
     )
     if group.is_main:
+        stopped = (f", stopped early (the best at epoch {summary['best_epoch']})" if summary["stopped_early"]
+                   else "")
         print(f"{args.data}: {summary['num_train']:,} training and {summary['num_val']:,} validation rows of width "
               f"{summary['features']}; best validation {summary['val_nll_nats_per_dim']:.4f} nats/dim after "
-              f"{epochs_text(summary['epochs'])} ({format_seconds(summary['train_seconds'])} training)")
+              f"{epochs_text(summary['epochs'])}{stopped} ({format_seconds(summary['train_seconds'])} training)")
+        print(summary["comparison"])
+        print(describe_samples(summary["samples"]) + " (at T = 1; the data beside them in samples.png)")
         print(f"run in {args.out}; next: lunet evaluate {args.out} --data TEST_FILE, "
               f"lunet sample {args.out} --num 1000 --out samples.npy")
     return 0

@@ -317,6 +317,9 @@ def check_training_state(path: str | os.PathLike, ckpt: dict[str, Any], paramete
     if not _is_number(ckpt.get("best_val_log_prob")):
         raise damaged(f"its best validation log-likelihood is {short_repr(ckpt.get('best_val_log_prob'))}, "
                       f"not a finite number")
+    best_epoch = ckpt.get("best_epoch")
+    if best_epoch is not None and not (_is_count(best_epoch) and best_epoch <= ckpt["epoch"]):
+        raise damaged(f"its best epoch is {short_repr(best_epoch)}, not a count of the epochs it trained")
     start = ckpt.get("start_val_log_prob")
     if start is not None and not _is_number(start, finite=False):
         raise damaged(f"its starting validation log-likelihood is {short_repr(start)}, not a number")

@@ -175,3 +175,39 @@ def save_figure(fig: plt.Figure, path: str | Path) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def plot_samples_beside_data(data: torch.Tensor, samples: torch.Tensor, path: str | Path,
+                             names: Optional[Sequence[str]] = None, max_columns: int = 4,
+                             max_points: int = 2000) -> Path:
+    """The training rows beside the model's samples, for the first ``max_columns`` columns: each
+    column's histogram on the diagonal (data and samples overlaid, on the data's range widened
+    by half of it) and pairwise scatter plots off it (data below, samples above). Writes a picture."""
+    k = min(max_columns, data.shape[1])
+    x, s = data[:max_points, :k].double().cpu().numpy(), samples[:max_points, :k].double().cpu().numpy()
+    names = list(names[:k]) if names is not None else [f"column {j}" for j in range(k)]
+    low, high = x.min(0), x.max(0)
+    pad = 0.5 * np.maximum(high - low, 1e-12)
+    fig, axes = plt.subplots(k, k, figsize=(2.6 * k + 0.6, 2.6 * k + 0.4), squeeze=False)
+    for i in range(k):
+        for j in range(k):
+            ax = axes[i, j]
+            if i == j:
+                bins = np.linspace(low[j] - pad[j], high[j] + pad[j], 41)
+                ax.hist(x[:, j], bins=bins, density=True, alpha=0.5, color="tab:blue", label="data")
+                ax.hist(np.clip(s[:, j], bins[0], bins[-1]), bins=bins, density=True, alpha=0.5,
+                        color="tab:orange", label="samples")
+            else:
+                pts, color = (x, "tab:blue") if i > j else (s, "tab:orange")
+                ax.scatter(pts[:, j], pts[:, i], s=1, alpha=0.4, color=color)
+                ax.set_xlim(low[j] - pad[j], high[j] + pad[j])
+                ax.set_ylim(low[i] - pad[i], high[i] + pad[i])
+            if i == k - 1:
+                ax.set_xlabel(names[j])
+            if j == 0:
+                ax.set_ylabel(names[i])
+    axes[0, 0].legend(loc="upper right", fontsize="small")
+    fig.suptitle(f"training data (blue, below the diagonal) beside {s.shape[0]:,} samples (orange, above); "
+                 f"{k} of {data.shape[1]} columns", fontsize="medium")
+    fig.tight_layout()
+    return save_figure(fig, path)

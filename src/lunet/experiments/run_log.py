@@ -67,6 +67,7 @@ class RunLog:
         self.unit = unit
         self.progress = progress and writes
         self.writes = writes
+        self.fields: dict[str, Any] = {}  # figures every row carries (a run's baseline, say)
         self._bar: Optional[tqdm] = None
         self._curves_drawn_at: Optional[float] = None
         self._curves_stale = False  # rows written since curves.png was drawn
@@ -119,7 +120,7 @@ class RunLog:
     def write_row(self, row: dict[str, Any]) -> None:
         """Append ``row`` to ``metrics.jsonl``."""
         if self.writes:
-            append_text(self.folder.metrics, json.dumps(row) + "\n")
+            append_text(self.folder.metrics, json.dumps({**row, **self.fields}) + "\n")
             self._curves_stale = True
 
     def redraw(self, last: bool) -> None:

@@ -86,6 +86,8 @@ class TrainConfig:
     device: str = "cpu"
     dtype: str = "float32"
     eval_every: int = 1  # epochs between validation, log line and checkpoint (the last epoch always)
+    # stop once this many validations in a row have not improved on the best (None: train every epoch)
+    patience: Optional[int] = None
     compile: bool = False  # the training loss through torch.compile (falls back to eager if that fails)
     cuda_graph: bool = True  # on a GPU, full batches replay as one CUDA graph (falls back to eager if capture fails)
 
@@ -96,6 +98,8 @@ class TrainConfig:
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         for name in ("epochs", "batch_size", "eval_every"):
             check_positive_int(getattr(self, name), name)
+        if self.patience is not None:
+            check_positive_int(self.patience, "patience")
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
@@ -123,13 +127,43 @@ def paper_lunet_spec(num_blocks: int = 4, **kwargs: Any) -> dict[str, Any]:
     return spec
 
 
-def vector_lunet_spec(features: int, num_blocks: int = 8, **kwargs: Any) -> dict[str, Any]:
+def vector_lunet_spec(features: int, num_blocks: int = 4, activation: str = "spline", **kwargs: Any) -> dict[str, Any]:
     """Model spec of an LU-Net for own feature vectors of width ``features`` (``lunet train --data``):
-    as for the 2-D mixture, learned slopes and unit-scale starting weights (docs/own-data.md)."""
-    spec = {"name": "lunet", "features": features, "num_blocks": num_blocks, "alpha": 0.1, "diag": "exp",
-            "init_scale": 1.0, "learn_alpha": True}
+    4 blocks with a monotone spline per feature, whose identity tails keep samples near the data
+    (docs/own-data.md); ``activation="leaky_softplus"`` gives learned leaky-softplus slopes instead."""
+    spec: dict[str, Any] = {"name": "lunet", "features": features, "num_blocks": num_blocks, "diag": "exp",
+                            "init_scale": 1.0}
+    if activation == "spline":
+        spec["activation"] = "spline"
+    else:
+        spec.update(alpha=0.1, learn_alpha=True)
     spec.update(kwargs)
     return spec
+
+
+# Own data: optimiser steps a run takes (about; whole epochs), steps between validations, and
+# validations without improvement before it stops, whatever the number of rows
+VECTOR_STEPS = 3000
+VECTOR_EVAL_STEPS = 50
+VECTOR_PATIENCE = 10
+
+
+def vector_train_config(num_rows: int, **changes: Any) -> TrainConfig:
+    """The optimisation defaults of a run on ``num_rows`` training rows of own data, with ``changes``:
+    Adam at 1e-3 on batches of 256 (or all rows), a cosine schedule over about
+    :data:`VECTOR_STEPS` steps, validation every :data:`VECTOR_EVAL_STEPS` steps or every epoch,
+    and a stop after :data:`VECTOR_PATIENCE` validations without improvement."""
+    batch_size = changes.get("batch_size", 256)
+    steps_per_epoch = math.ceil(check_positive_int(num_rows, "num_rows") / batch_size)
+    defaults = {
+        "epochs": max(1, round(VECTOR_STEPS / steps_per_epoch)),
+        "batch_size": batch_size,
+        "lr": 1e-3,
+        "schedule": "cosine",
+        "eval_every": max(1, round(VECTOR_EVAL_STEPS / steps_per_epoch)),
+        "patience": VECTOR_PATIENCE,
+    }
+    return TrainConfig(**{**defaults, **changes})
 
 
 @dataclass
@@ -178,10 +212,10 @@ def default_train_config(dataset: str) -> TrainConfig:
     The 2-D mixture: full-ish batches with a high, cosine-decayed learning rate (see
     docs/gmm2d.md). Images: Adam at 1e-3, cosine schedule over 60 epochs, batch 256,
     gradient norm clipped at 10 (docs/results.md: how these were chosen; a looser clip
-    let a 60-epoch run blow up). Own data (``"vectors"``): 60 epochs of batch 256 at
-    1e-2 (docs/own-data.md)."""
+    let a 60-epoch run blow up). Own data (``"vectors"``): :func:`vector_train_config`, whose
+    epochs depend on the rows; shown here for 25,600 rows (docs/own-data.md)."""
     if dataset == "gmm2d":
         return TrainConfig(epochs=500, batch_size=1024, lr=3e-2, schedule="cosine", seed=0, eval_every=100)
     if dataset == "vectors":
-        return TrainConfig(epochs=60, batch_size=256, lr=1e-2, schedule="cosine")
+        return vector_train_config(25_600)
     return TrainConfig(epochs=60, batch_size=256, lr=1e-3, schedule="cosine", warmup_steps=200, grad_clip=10.0)

@@ -202,6 +202,7 @@ class Trainer:
         self.group.on_main(self._prepare_folder)
         if not self._resumed:
             self.state.start_val = self._validation_log_prob()
+            self.state.keep_if_best(self.state.start_val)  # a start no epoch improves on stays the best
             self._resumed = True  # a later fit() on this trainer continues the run
         cfg, state = self.config, self.state
         if state.epoch > cfg.epochs:
@@ -215,11 +216,22 @@ class Trainer:
                               f"captured after {WARMUP_STEPS} eager steps (--no-cuda-graph: all eager)")
         rows = []
         with self.log.training(cfg.epochs * self.steps_per_epoch, state.epoch * self.steps_per_epoch):
-            while state.epoch < cfg.epochs:
+            while state.epoch < cfg.epochs and not self.stopped_early:
                 row = self._run_epoch()
                 if row is not None:
                     rows.append(row)
+        if self.stopped_early and rows:
+            self.log.note(f"stopped after epoch {state.epoch} of {cfg.epochs}: the last {cfg.patience} validations "
+                          f"did not improve on epoch {state.best_epoch}'s, whose weights are kept as the best")
         return rows
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether the last ``config.patience`` validations have not improved on the best."""
+        cfg, state = self.config, self.state
+        if cfg.patience is None or state.best_epoch is None:
+            return False
+        return state.epoch - state.best_epoch >= cfg.patience * cfg.eval_every
 
     def _prepare_folder(self) -> None:
         """Clear what a killed save left; a new run must not overwrite a checkpoint."""

@@ -28,7 +28,7 @@ from lunet.experiments.steps import portable_optimizer_state
 # Settings that may differ when a run is resumed: where it runs, how often it
 # reports, and its length (a longer run extends it; a cosine schedule is then
 # recomputed over the new length).
-RESUMABLE_CHANGES = ("device", "eval_every", "epochs", "compile", "cuda_graph")
+RESUMABLE_CHANGES = ("device", "eval_every", "epochs", "compile", "cuda_graph", "patience")
 # After a divergence these may change too: the way to continue from the last
 # good checkpoint with a gentler step.
 RESUMABLE_AFTER_DIVERGENCE = ("lr", "grad_clip")
@@ -107,14 +107,16 @@ class TrainingState:
         self.extra = extra
         self.epoch = 0
         self.best_val: Optional[float] = None
+        self.best_epoch: Optional[int] = None
         self.best_state: Optional[dict[str, torch.Tensor]] = None
         self.start_val: Optional[float] = None  # validation log p of the untrained model, nats per sample
         self.train_seconds = 0.0
 
     def keep_if_best(self, val_lp: float) -> None:
-        """Keep the model's weights as the best if ``val_lp`` beats every earlier validation."""
-        if self.best_val is None or val_lp > self.best_val:
+        """Keep the model's weights as the best if ``val_lp`` is finite and beats every earlier validation."""
+        if math.isfinite(val_lp) and (self.best_val is None or val_lp > self.best_val):
             self.best_val = val_lp
+            self.best_epoch = self.epoch
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
     def checkpoint(self) -> dict[str, Any]:
@@ -126,6 +128,7 @@ class TrainingState:
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "best_model": self.best_state,
             "best_val_log_prob": self.best_val,
+            "best_epoch": self.best_epoch,
             "start_val_log_prob": self.start_val,
             "optimizer": portable_optimizer_state(self.optimizer),
             "schedule": self.schedule.state_dict(),
@@ -192,6 +195,7 @@ class TrainingState:
             self.noise.set_state(ckpt["noise_generator"])
         self.epoch = ckpt["epoch"]
         self.best_val = ckpt["best_val_log_prob"]
+        self.best_epoch = ckpt.get("best_epoch")
         self.best_state = ckpt["best_model"]
         self.start_val = ckpt.get("start_val_log_prob")
         self.train_seconds = ckpt.get("train_seconds", 0.0)

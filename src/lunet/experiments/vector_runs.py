@@ -10,9 +10,11 @@ in nats per dimension.
 from __future__ import annotations
 
 import itertools
+import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 import torch
@@ -25,16 +27,17 @@ from lunet.experiments.distributed import Group, current
 from lunet.experiments.models import build_model
 from lunet.experiments.resources import check_model_memory
 from lunet.experiments.run_record import VECTORS, RunRecord, VectorRunSettings, read_run, write_run
-from lunet.experiments.rundir import RunFolder, as_folder
+from lunet.experiments.rundir import RunFolder, as_folder, write_text_atomic
 from lunet.experiments.settings import (
     MAX_SAMPLE_VALUES,
     SettingError,
     TrainConfig,
-    default_train_config,
     vector_lunet_spec,
+    vector_train_config,
 )
 from lunet.experiments.step_runner import check_shared_config
 from lunet.experiments.train import Trainer, resolve_device
+from lunet.experiments.vector_report import Reference, comparison_line, sample_report
 from lunet.experiments.vectors import check_fits_dtype, check_width
 from lunet.latent import finite_temperature, flow_placement
 
@@ -115,14 +118,22 @@ def log_prob_fn(model: nn.Module, batch: torch.Tensor, noise: Optional[torch.Ten
     return model.log_prob(batch.to(device=device, dtype=dtype))
 
 
+def default_data_init(num_rows: int, features: int) -> str:
+    """The start of a run on ``num_rows`` training rows of width ``features``: their full-covariance
+    Gaussian when there are at least twice as many rows as features (the flow then starts where
+    the baseline is, and validation keeps it unless training improves on it), else their
+    standardisation (a covariance of so few rows is too poorly known to start from)."""
+    return "gaussian" if num_rows >= 2 * features else "standardize"
+
+
 def train_vectors(
     data: Vectors,
     out: str | Path,
-    config: Optional[TrainConfig] = None,
+    config: Union[TrainConfig, Mapping[str, Any], None] = None,
     model_spec: Optional[dict[str, Any]] = None,
     val_data: Optional[Vectors] = None,
     val_fraction: Optional[float] = None,
-    data_init: str = "standardize",
+    data_init: Optional[str] = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
@@ -134,13 +145,19 @@ def train_vectors(
 
     ``data``: a tensor, numpy array, ``Dataset`` or ``DataLoader`` of vectors (gathered
     into memory once). ``val_data`` validates, else a fixed random ``val_fraction`` of
-    the rows does. ``model_spec``: a spec for :func:`~lunet.experiments.models.build_model`
-    (default :func:`~lunet.experiments.settings.vector_lunet_spec`). ``val_fraction``
+    the rows does. ``config``: a :class:`TrainConfig`, or the fields to change in the
+    defaults chosen from the number of training rows
+    (:func:`~lunet.experiments.settings.vector_train_config`). ``model_spec``: a spec for
+    :func:`~lunet.experiments.models.build_model` (default
+    :func:`~lunet.experiments.settings.vector_lunet_spec`). ``val_fraction``
     defaults to 0.1, or to the run's own when it resumes. ``data_init``:
-    start from the training rows' standardisation (default), their full-covariance
-    Gaussian, or neither. ``out`` receives ``run.json``, ``checkpoint.pt`` (atomic,
-    every validation), ``metrics.jsonl`` and ``curves.png``; ``resume`` continues the
-    run there. Under ``torchrun`` the processes share the model (see :mod:`lunet.experiments.distributed`).
+    start from the training rows' full-covariance Gaussian, their standardisation, or
+    neither (default: :func:`default_data_init`). ``out`` receives ``run.json``,
+    ``checkpoint.pt`` (atomic, every validation), ``metrics.jsonl`` and ``curves.png``,
+    and at the end ``summary.json`` and ``samples.png`` (the data beside the model's
+    samples); ``resume`` continues the run there. Every run also fits the
+    full-covariance Gaussian to its training rows and reports it beside the flow. Under
+    ``torchrun`` the processes share the model (see :mod:`lunet.experiments.distributed`).
     """
     data = as_vectors(data, min_rows=1)  # too few rows are refused below, with the minimum
     run = as_folder(out)
@@ -153,8 +170,10 @@ def train_vectors(
         train, val = data, as_vectors(val_data, "val_data")
         if val.shape[1] != train.shape[1]:
             raise ValueError(f"val_data has {val.shape[1]} features per row but data has {train.shape[1]}")
-    config = config or default_train_config("vectors")
+    if not isinstance(config, TrainConfig):
+        config = vector_train_config(train.shape[0], **dict(config or {}))
     spec = model_spec or vector_lunet_spec(train.shape[1])
+    data_init = data_init or default_data_init(train.shape[0], train.shape[1])
     settings = VectorRunSettings(train.shape[1], spec, val_fraction if val_data is None else None, data_init)
     if data_file is not None and not isinstance(data_file, str):
         raise ValueError(f"data_file must be a path or null, got {data_file!r}")
@@ -177,24 +196,62 @@ def train_vectors(
             model.init_gaussian(train)
         elif data_init == "standardize":
             model.standardize(train)
+        reference = Reference.fit(train)
+        gaussian_val = reference.nll_per_dim(val)
         trainer = Trainer(model, spec, config, train, val, log_prob_fn, features=train.shape[1], out_dir=run,
-                          extra={"data": VECTORS}, progress=progress, group=group)
+                          extra={"data": VECTORS, "reference": reference.entries()}, progress=progress, group=group)
+        trainer.log.fields["gaussian_val_nats_per_dim"] = gaussian_val
         if resume:
             trainer.resume()
         if group.is_main:  # every check has passed: the folder now holds this run
             write_run(run, RunRecord(VECTORS, settings, data_file))
+        trainer.log.note(f"the full-covariance Gaussian of the training rows: validation NLL {gaussian_val:.4f} "
+                         f"nats/dim; the flow starts from {DATA_INIT_WORDS[data_init]}")
         trainer.fit()
-    if trainer.state.best_state is not None:
-        model.load_state_dict(trainer.state.best_state)
-    summary = {
-        "epochs": trainer.state.epoch,
-        "train_seconds": trainer.state.train_seconds,
-        "val_nll_nats_per_dim": -trainer.state.best_val / train.shape[1],
-        "num_train": int(train.shape[0]),
-        "num_val": int(val.shape[0]),
-        "features": int(train.shape[1]),
-    }
-    return model.eval(), summary
+        if trainer.state.best_state is not None:
+            model.load_state_dict(trainer.state.best_state)
+        model.eval()
+        val_nll = -trainer.state.best_val / train.shape[1]
+        summary = {
+            "epochs": trainer.state.epoch,
+            "best_epoch": trainer.state.best_epoch,
+            "stopped_early": trainer.stopped_early,
+            "train_seconds": trainer.state.train_seconds,
+            "val_nll_nats_per_dim": val_nll,
+            "gaussian_val_nll_nats_per_dim": gaussian_val,
+            "comparison": comparison_line(val_nll, gaussian_val, "validation"),
+            "data_init": data_init,
+            "num_train": int(train.shape[0]),
+            "num_val": int(val.shape[0]),
+            "features": int(train.shape[1]),
+        }
+        if group.is_main:
+            summary["samples"] = _report_samples(run, model, train, reference)
+            write_text_atomic(run.summary, json.dumps(summary, indent=2) + "\n")
+    return model, summary
+
+
+# how a run's start is named on the console
+DATA_INIT_WORDS = {"gaussian": "that Gaussian", "standardize": "the standardised identity",
+                   "none": "random weights"}
+# samples drawn at the end of a run, to report and picture them
+REPORT_SAMPLES = 10_000
+
+
+@torch.no_grad()
+def _report_samples(run: RunFolder, model: nn.Module, train: torch.Tensor, reference: Reference) -> dict[str, Any]:
+    """Draw :data:`REPORT_SAMPLES` samples at T = 1 from the trained ``model``, report how many leave the
+    training range, and picture them beside the data in ``samples.png``."""
+    dtype, device = flow_placement(model)
+    z = torch.randn(REPORT_SAMPLES, model.features, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    samples = torch.cat([model.inverse(chunk.to(device=device, dtype=dtype))[0].double().cpu()
+                         for chunk in z.split(SAMPLE_CHUNK_ROWS)])
+    report = sample_report(samples, reference.low, reference.high)
+    finite = torch.isfinite(samples).all(dim=1)
+    from lunet.experiments.plots import plot_samples_beside_data
+
+    plot_samples_beside_data(train, samples[finite], run.path / "samples.png")
+    return report
 
 
 def _prepare_run(run: RunFolder, settings: VectorRunSettings, overwrite: bool, resume: bool) -> None:
@@ -213,31 +270,53 @@ def read_run_file(run_dir: str | Path | RunFolder) -> VectorRunSettings:
     return read_run(as_folder(run_dir), (VECTORS,)).settings
 
 
-def load_vector_run(run_dir: str | Path | RunFolder, device: str = "cpu") -> tuple[VectorRunSettings, nn.Module]:
-    """The settings and the best model of a run on own data, in eval mode on ``device``."""
+@dataclass
+class VectorRun:
+    """A trained run on own data: its settings, its best model (eval mode) and its
+    :class:`~lunet.experiments.vector_report.Reference` (None for a run made without one)."""
+
+    settings: VectorRunSettings
+    model: nn.Module
+    reference: Optional[Reference]
+
+
+def load_vector_run(run_dir: str | Path | RunFolder, device: str = "cpu") -> VectorRun:
+    """The settings, the best model on ``device`` and the reference of a run on own data."""
     run = as_folder(run_dir)
     settings = read_run_file(run)
-    model, _ = load_model(run.checkpoint, which="best")
-    return settings, model.to(resolve_device(device)).eval()
+    model, ckpt = load_model(run.checkpoint, which="best")
+    extra = ckpt.get("extra") if isinstance(ckpt.get("extra"), dict) else {}
+    reference = Reference.from_entries(extra.get("reference"), settings.features, str(run.checkpoint))
+    return VectorRun(settings, model.to(resolve_device(device)).eval(), reference)
 
 
 @torch.no_grad()
 def evaluate_vectors(run_dir: str | Path | RunFolder, data: Vectors, device: str = "cpu", batch_size: int = 4096,
-                     name: str = "data") -> dict[str, Any]:
+                     name: str = "data", keep_rows: bool = False) -> dict[str, Any]:
     """Test likelihood of ``data`` (N, D) under a run's best model: mean NLL in nats per
-    dimension and per vector, and their spread over the rows; ``name`` names the data in errors."""
-    settings, model = load_vector_run(run_dir, device)
+    dimension and per vector, their spread over the rows, and the run's Gaussian baseline on
+    the same rows; ``name`` names the data in errors. ``keep_rows``: also ``"log_prob"``, each
+    row's ``log p(x)`` in nats, (N,) float64."""
+    loaded = load_vector_run(run_dir, device)
+    features = loaded.settings.features
     x = as_vectors(data, str(name), min_rows=1)
-    check_width(x, settings.features, name)
-    check_fits_dtype(x, flow_placement(model)[0], name)
-    lp = torch.cat([log_prob_fn(model, chunk).double().cpu() for chunk in x.split(batch_size)])
-    return {
-        "nll_nats_per_dim": float(-lp.mean() / settings.features),
+    check_width(x, features, name)
+    check_fits_dtype(x, flow_placement(loaded.model)[0], name)
+    lp = torch.cat([log_prob_fn(loaded.model, chunk).double().cpu() for chunk in x.split(batch_size)])
+    result: dict[str, Any] = {
+        "nll_nats_per_dim": float(-lp.mean() / features),
         "nll_nats_per_vector": float(-lp.mean()),
         "nll_nats_per_vector_std": float(lp.std()) if lp.numel() > 1 else 0.0,
         "num_vectors": int(x.shape[0]),
-        "features": settings.features,
+        "features": features,
     }
+    if loaded.reference is not None:
+        result["gaussian_nll_nats_per_dim"] = loaded.reference.nll_per_dim(x)
+        result["comparison"] = comparison_line(result["nll_nats_per_dim"], result["gaussian_nll_nats_per_dim"],
+                                               "test")
+    if keep_rows:
+        result["log_prob"] = lp
+    return result
 
 
 @torch.no_grad()
@@ -253,7 +332,7 @@ def sample_vectors(run_dir: str | Path | RunFolder, num: int, temperature: float
                            "{cap:,} one call draws; give {num} at most {most:,} (and another {seed} for more)",
                            given=num, features=features, total=num * features, cap=MAX_SAMPLE_VALUES,
                            most=MAX_SAMPLE_VALUES // features)
-    _, model = load_vector_run(run, device)
+    model = load_vector_run(run, device).model
     dtype, dev = flow_placement(model)
     gen = torch.Generator().manual_seed(seed)
     draws = torch.randn(num, model.features, generator=gen, dtype=torch.float64)
