@@ -23,6 +23,14 @@ from lunet.base import compose_forward, compose_inverse
 from lunet.checks import check_features
 from lunet.fast.activation import negated_forward, scaled_forward
 from lunet.fast.affine import SPLIT_BELOW_ROWS, SPLIT_MIN_BYTES, FrozenAffine, as_frozen_affine_weight
+from lunet.fast.spline import (
+    BinGrid,
+    BinTables,
+    spline_forward_fast,
+    spline_forward_plain,
+    spline_inverse_fast,
+    spline_inverse_plain,
+)
 from lunet.functional import (
     cached_inverse_table,
     leaky_softplus,
@@ -33,6 +41,7 @@ from lunet.functional import (
 )
 from lunet.latent import latent_draws, standard_normal_log_prob
 from lunet.layers import LeakySoftplus, LULinear, lu_affine, lu_affine_inverse
+from lunet.spline import MonotoneSpline
 from lunet.standardize import Standardize
 
 
@@ -340,6 +349,53 @@ class FrozenLUNet:
         return layers, alphas, tables
 
 
+class FrozenSpline:
+    """A snapshot's copy of a :class:`~lunet.spline.MonotoneSpline`: its per-bin tables and the uniform
+    lookups of its bins on both sides, made once, so that a pass finds each entry's bin with two
+    reads and one comparison and reads each bin quantity once (:mod:`lunet.fast.spline`).
+
+    ``forward(x)`` maps rows ``(B, features)`` to ``(y, log|det dy/dx|)``, ``inverse(y)`` back;
+    under ``vmap`` and ``torch.compile`` the plain formulas run from the same knot tables.
+    """
+
+    def __init__(self, spline: MonotoneSpline) -> None:
+        self.features, self.bound = spline.features, spline.bound
+        self._knots = spline.tables()  # knots in x and y, slopes: (features, bins + 1) each
+        self._tables = BinTables.of(*self._knots, self.bound)
+        self._x_grid = BinGrid(self._knots[0], self.bound)
+        self._y_grid = BinGrid(self._knots[1], self.bound)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._knots[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._knots[0].device
+
+    def __repr__(self) -> str:
+        return f"FrozenSpline(features={self.features}, bins={self._tables.bins}, bound={self.bound:g})"
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` (B, features) -> ``y`` (B, features), ``log|det dy/dx|`` (B,)."""
+        if under_vmap() or torch.compiler.is_compiling():
+            return spline_forward_plain(x, *self._knots, self.bound)
+        return spline_forward_fast(x, self._tables, self._x_grid)
+
+    __call__ = forward
+
+    @torch.no_grad()
+    def inverse(self, y: torch.Tensor, with_logdet: bool = True):
+        """``y`` (B, features) -> ``x`` (B, features), exact, and ``log|det dx/dy|`` (B,) (without
+        ``with_logdet``, ``x`` alone)."""
+        if under_vmap() or torch.compiler.is_compiling():
+            x, logdet = spline_inverse_plain(y, *self._knots, self.bound)
+        else:
+            x, logdet = spline_inverse_fast(y, self._tables, self._y_grid, with_logdet=with_logdet)
+        return (x, logdet) if with_logdet else x
+
+
 def _foldable_run(parts: list, start: int) -> int:
     """The end (exclusive) of the longest run from ``start`` that a :class:`~lunet.FrozenLUNet`
     can fold: an optional ``Standardize``, then ``LULinear (LeakySoftplus LULinear)*`` of one
@@ -382,6 +438,9 @@ class FrozenSequential:
             end = _foldable_run(parts, i)
             if end > i:
                 self.stages.append(FrozenLUNet(parts[i:end], **tuning))
+            elif isinstance(parts[i], MonotoneSpline):
+                end = i + 1
+                self.stages.append(FrozenSpline(parts[i]))
             else:
                 end = i + 1
                 self.stages.append(copy.deepcopy(parts[i]).requires_grad_(False).eval())
@@ -443,13 +502,24 @@ class FrozenSequential:
         standard deviation ``temperature``."""
         width = self._width()
         z, shape = latent_draws(sample_shape, width, temperature, self.dtype, self.device, generator)
-        return self.inverse(z)[0].view(*shape, width)
+        if under_vmap():
+            return self.inverse(z)[0].view(*shape, width)
+        # the values alone: no stage computes a log-det that sampling would drop
+        h = z
+        for stage in reversed(self.stages):
+            if isinstance(stage, FrozenLUNet):
+                h = stage._inverse(h)
+            elif isinstance(stage, FrozenSpline):
+                h = stage.inverse(h, with_logdet=False)
+            else:
+                h = stage.inverse(h)[0]
+        return h.view(*shape, width)
 
 
 def _stage_placement(stages: list) -> tuple[torch.dtype, torch.device]:
     """The dtype and device of the first stage that holds a floating tensor."""
     for stage in stages:
-        if isinstance(stage, FrozenLUNet):
+        if isinstance(stage, (FrozenLUNet, FrozenSpline)):
             return stage.dtype, stage.device
         like = next((t for t in itertools.chain(stage.parameters(), stage.buffers()) if t.is_floating_point()), None)
         if like is not None:

@@ -5,8 +5,10 @@ spline on ``[-bound, bound]`` (Gregory and Delbourgo's rational quadratics, as
 in neural spline flows) and by the identity outside, so that the tails are
 linear and the map is a bijection of the real line. The inverse solves one
 quadratic per entry in closed form: exact to float precision, with no
-iteration. Every operation is an ordinary differentiable torch op, so higher
-derivatives and ``torch.func`` transforms work as for any torch code.
+iteration. Training passes run :class:`lunet.fast.spline.SplineForward` (a
+written-out backward), passes without autograd its fast no-graph kernels;
+higher derivatives and ``torch.func`` transforms take the plain differentiable
+formulas of :mod:`lunet.fast.spline`.
 
 Conventions as for every lunet transform: inputs ``(..., features)``,
 ``forward(x) -> (y, log|det dy/dx|)``, ``inverse(y) -> (x, log|det dx/dy|)``,
@@ -23,7 +25,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from lunet.base import Transform
-from lunet.checks import check_positive_int
+from lunet.checks import check_positive_int, plain_ops_wanted
+from lunet.fast.spline import (
+    BinTables,
+    SplineForward,
+    spline_forward_fast,
+    spline_forward_plain,
+    spline_inverse_fast,
+    spline_inverse_plain,
+)
 
 # The smallest bin width, height and knot slope, as fractions: they keep every
 # bin's rational quadratic well conditioned whatever the raw parameters do.
@@ -41,35 +51,13 @@ def _knots(raw: torch.Tensor, bound: float) -> torch.Tensor:
     """Knot positions (features, bins + 1) from unnormalised bin sizes (features, bins):
     increasing from ``-bound`` to ``bound`` exactly, every bin at least ``MIN_BIN`` of the span."""
     bins = raw.shape[-1]
-    sizes = MIN_BIN + (1 - MIN_BIN * bins) * torch.softmax(raw, dim=-1)
+    # softmax written out: torch's kernel along a last dimension of a few bins costs more than
+    # these small ops together
+    e = torch.exp(raw - raw.amax(dim=-1, keepdim=True).detach())
+    sizes = MIN_BIN + (1 - MIN_BIN * bins) * (e / e.sum(dim=-1, keepdim=True))
     inner = (2 * bound) * torch.cumsum(sizes, dim=-1)[..., :-1] - bound
     ends = inner.new_full((*inner.shape[:-1], 1), bound)
     return torch.cat([-ends, inner, ends], dim=-1)
-
-
-def _bin_index(knots: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """The bin of each entry of ``values`` (..., features) among ``knots`` (features, bins + 1),
-    as int64 (..., features) in ``[0, bins)``; entries outside ``[-bound, bound]`` get an end bin."""
-    # a binary search per entry: comparing every entry with every knot would hold
-    # rows x features x bins values at once (gigabytes for a wide spline of many bins)
-    inner = knots[:, 1:-1].contiguous()  # (features, bins - 1)
-    by_feature = values.reshape(-1, values.shape[-1]).t().contiguous()
-    return torch.searchsorted(inner, by_feature, right=True).t().reshape(values.shape)
-
-
-def _take(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``table[f, index[..., f]]`` for a per-feature table (features, k) and ``index`` (..., features)."""
-    expanded = table.expand(*index.shape, table.shape[-1])
-    return expanded.gather(-1, index.unsqueeze(-1)).squeeze(-1)
-
-
-def _sum_log_slope(inside, s, t, d0, d1, denominator) -> torch.Tensor:
-    """``sum`` over the last dimension of ``log`` of the spline's derivative at ``t`` in its bin
-    (slope ``s = h / w``, end slopes ``d0``, ``d1``), 0 outside ``[-bound, bound]``: (..., f) -> (...)."""
-    t1 = t * (1 - t)
-    numerator = s * s * (d1 * t * t + 2 * s * t1 + d0 * (1 - t) * (1 - t))
-    log_slope = torch.log(numerator) - 2 * torch.log(denominator)
-    return torch.where(inside, log_slope, torch.zeros_like(log_slope)).sum(dim=-1)
 
 
 class MonotoneSpline(Transform):
@@ -109,14 +97,6 @@ class MonotoneSpline(Transform):
         one = inner.new_ones(self.features, 1)
         return xk, yk, torch.cat([one, inner, one], dim=-1)
 
-    @staticmethod
-    def _pieces(index, xk, yk, dk):
-        """The bin's left knots, widths, heights and end slopes for each entry."""
-        nxt = index + 1
-        x0, x1 = _take(xk, index), _take(xk, nxt)
-        y0, y1 = _take(yk, index), _take(yk, nxt)
-        return x0, x1 - x0, y0, y1 - y0, _take(dk, index), _take(dk, nxt)
-
     def reference(self) -> torch.Tensor:
         return self.widths
 
@@ -135,34 +115,29 @@ class MonotoneSpline(Transform):
     def forward_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (B, features) -> ``y`` (B, features), ``log|det dy/dx|`` (B,)."""
         xk, yk, dk = self._tables(x)
-        inside = (x > -self.bound) & (x < self.bound)
-        xc = x.clamp(-self.bound, self.bound)
-        x0, w, y0, h, d0, d1 = self._pieces(_bin_index(xk, xc), xk, yk, dk)
-        s = h / w
-        t = (xc - x0) / w
-        t1 = t * (1 - t)
-        denominator = s + (d1 + d0 - 2 * s) * t1
-        y_in = y0 + h * (s * t * t + d0 * t1) / denominator
-        return torch.where(inside, y_in, x), _sum_log_slope(inside, s, t, d0, d1, denominator)
+        # torch.func's transforms take plain ops, not the written-out backward; torch.compile fuses
+        # the plain formulas itself
+        if plain_ops_wanted() or torch.compiler.is_compiling():
+            return spline_forward_plain(x, xk, yk, dk, self.bound)
+        if torch.is_grad_enabled():
+            return SplineForward.apply(x, xk, yk, dk, self.bound)
+        return spline_forward_fast(x, BinTables.of(xk, yk, dk, self.bound), knots=xk)
 
     def inverse_rows(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``y`` (B, features) -> ``x`` (B, features), exact (one quadratic per entry),
         and ``log|det dx/dy|`` (B,)."""
         xk, yk, dk = self._tables(y)
-        inside = (y > -self.bound) & (y < self.bound)
-        yc = y.clamp(-self.bound, self.bound)
-        x0, w, y0, h, d0, d1 = self._pieces(_bin_index(yk, yc), xk, yk, dk)
-        s = h / w
-        dy = yc - y0
-        bend = d1 + d0 - 2 * s
-        qa = h * (s - d0) + dy * bend
-        qb = h * d0 - dy * bend
-        qc = -s * dy
-        # the root in [0, 1] in the form without cancellation (qc <= 0 < qb in every bin)
-        disc = (qb * qb - 4 * qa * qc).clamp_min(0)
-        t = (2 * qc) / (-qb - torch.sqrt(disc))
-        denominator = s + bend * t * (1 - t)
-        return torch.where(inside, x0 + t * w, y), -_sum_log_slope(inside, s, t, d0, d1, denominator)
+        if (plain_ops_wanted() or torch.compiler.is_compiling()
+                or (torch.is_grad_enabled() and (y.requires_grad or xk.requires_grad))):
+            return spline_inverse_plain(y, xk, yk, dk, self.bound)
+        x, logdet = spline_inverse_fast(y, BinTables.of(xk, yk, dk, self.bound), knots=yk)
+        return x, logdet
+
+    def tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Detached copies of the knot tables: knots in x and y and the slopes there, each
+        (features, bins + 1), in the spline's dtype."""
+        with torch.no_grad():
+            return tuple(t.clone() for t in self._tables(self.widths))
 
     @torch.no_grad()
     def restricted(self, part: slice) -> "MonotoneSpline":

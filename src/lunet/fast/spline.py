@@ -1,0 +1,448 @@
+"""Passes of the monotone rational-quadratic spline (:class:`lunet.spline.MonotoneSpline`): the plain
+differentiable formulas (the reference, and the fallback for higher derivatives and ``torch.func``),
+the training forward with a written-out backward, and the no-autograd passes that snapshots run from
+tables made once.
+
+Conventions: rows ``(B, n)``; knot tables ``(n, K + 1)`` for ``K`` bins per feature (knots in ``x``
+and ``y`` from ``-bound`` to ``bound``, slopes at the knots); per-bin tables flat ``(n * K,)``,
+feature-major, indexed by ``j = f * K + bin``. Inputs outside ``[-bound, bound]`` pass unchanged
+(log-derivative 0).
+
+The fast passes never expand a table over the batch: each entry's bin is found once, as a flat
+index, and each per-bin quantity is read with one ``index_select``; the backward pass adds the
+per-entry terms into the per-bin gradients with ``index_add_``. Comparisons are counted as sums of
+signs, which this CPU build runs several times faster than comparisons that return booleans.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from lunet.checks import plain_backward_wanted
+
+# Up to this many bins the training pass finds bins by counting knots below each entry (one
+# subtraction and sign per inner knot); beyond it, by binary search.
+MAX_COUNTED_BINS = 16
+
+
+# -- the plain formulas ------------------------------------------------------------------------
+def bin_index(knots: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """The bin of each entry of ``values`` (..., n) among ``knots`` (n, K + 1), as int64 (..., n) in
+    ``[0, K)``; entries outside ``[-bound, bound]`` get an end bin."""
+    # a binary search per entry: comparing every entry with every knot would hold
+    # rows x features x bins values at once (gigabytes for a wide spline of many bins)
+    inner = knots[:, 1:-1].contiguous()  # (n, K - 1)
+    by_feature = values.reshape(-1, values.shape[-1]).t().contiguous()
+    return torch.searchsorted(inner, by_feature, right=True).t().reshape(values.shape)
+
+
+def _take(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[f, index[..., f]]`` for a per-feature table (n, k) and ``index`` (..., n)."""
+    expanded = table.expand(*index.shape, table.shape[-1])
+    return expanded.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+
+
+def _pieces(index, xk, yk, dk):
+    """The bin's left knots, widths, heights and end slopes for each entry."""
+    nxt = index + 1
+    x0, x1 = _take(xk, index), _take(xk, nxt)
+    y0, y1 = _take(yk, index), _take(yk, nxt)
+    return x0, x1 - x0, y0, y1 - y0, _take(dk, index), _take(dk, nxt)
+
+
+def _sum_log_slope(inside, s, t, d0, d1, denominator) -> torch.Tensor:
+    """``sum`` over the last dimension of ``log`` of the spline's derivative at ``t`` in its bin
+    (slope ``s = h / w``, end slopes ``d0``, ``d1``), 0 outside ``[-bound, bound]``: (..., n) -> (...)."""
+    t1 = t * (1 - t)
+    numerator = s * s * (d1 * t * t + 2 * s * t1 + d0 * (1 - t) * (1 - t))
+    log_slope = torch.log(numerator) - 2 * torch.log(denominator)
+    return torch.where(inside, log_slope, torch.zeros_like(log_slope)).sum(dim=-1)
+
+
+def spline_forward_plain(
+    x: torch.Tensor, xk: torch.Tensor, yk: torch.Tensor, dk: torch.Tensor, bound: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The spline of knot tables ``xk``, ``yk``, ``dk`` (n, K + 1) at ``x`` (B, n) in plain differentiable
+    ops: ``y`` (B, n) and ``log|det dy/dx|`` (B,)."""
+    inside = (x > -bound) & (x < bound)
+    xc = x.clamp(-bound, bound)
+    x0, w, y0, h, d0, d1 = _pieces(bin_index(xk, xc), xk, yk, dk)
+    s = h / w
+    t = (xc - x0) / w
+    t1 = t * (1 - t)
+    denominator = s + (d1 + d0 - 2 * s) * t1
+    y_in = y0 + h * (s * t * t + d0 * t1) / denominator
+    return torch.where(inside, y_in, x), _sum_log_slope(inside, s, t, d0, d1, denominator)
+
+
+def spline_inverse_plain(
+    y: torch.Tensor, xk: torch.Tensor, yk: torch.Tensor, dk: torch.Tensor, bound: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of :func:`spline_forward_plain` at ``y`` (B, n), exact (one quadratic per entry):
+    ``x`` (B, n) and ``log|det dx/dy|`` (B,)."""
+    inside = (y > -bound) & (y < bound)
+    yc = y.clamp(-bound, bound)
+    x0, w, y0, h, d0, d1 = _pieces(bin_index(yk, yc), xk, yk, dk)
+    s = h / w
+    dy = yc - y0
+    bend = d1 + d0 - 2 * s
+    qa = h * (s - d0) + dy * bend
+    qb = h * d0 - dy * bend
+    qc = -s * dy
+    # the root in [0, 1] in the form without cancellation (qc <= 0 < qb in every bin)
+    disc = (qb * qb - 4 * qa * qc).clamp_min(0)
+    t = (2 * qc) / (-qb - torch.sqrt(disc))
+    denominator = s + bend * t * (1 - t)
+    return torch.where(inside, x0 + t * w, y), -_sum_log_slope(inside, s, t, d0, d1, denominator)
+
+
+# -- per-bin tables ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BinTables:
+    """A spline's per-bin quantities, each flat (n * K,): left knots ``x0``, ``y0``, widths ``w`` and
+    their inverses ``iw``, heights ``h``, slopes ``s = h / w`` and the end slopes ``d0``, ``d1``; and
+    for the bin search the inner knots in ``x`` and ``y`` as rows (K - 1, n), and ``base`` (n,),
+    ``f * K + (K - 1) / 2`` (see :func:`counted_bins`). ``K`` bins, ``bound`` the interval's end,
+    ``limit`` the largest number of the dtype below it."""
+
+    x0: torch.Tensor
+    w: torch.Tensor
+    iw: torch.Tensor
+    y0: torch.Tensor
+    h: torch.Tensor
+    s: torch.Tensor
+    d0: torch.Tensor
+    d1: torch.Tensor
+    x_rows: torch.Tensor
+    y_rows: torch.Tensor
+    base: torch.Tensor
+    bins: int
+    bound: float
+    limit: float
+
+    @staticmethod
+    def of(xk: torch.Tensor, yk: torch.Tensor, dk: torch.Tensor, bound: float) -> "BinTables":
+        """The tables of knot tables ``xk``, ``yk``, ``dk`` (n, K + 1), in their dtype (no autograd)."""
+        with torch.no_grad():
+            n, k = xk.shape[0], xk.shape[1] - 1
+            w = xk[:, 1:] - xk[:, :-1]
+            h = yk[:, 1:] - yk[:, :-1]
+            base = torch.arange(n, dtype=xk.dtype, device=xk.device).mul_(k).add_((k - 1) / 2)
+            return BinTables(
+                x0=xk[:, :-1].reshape(-1), w=w.reshape(-1), iw=w.reciprocal().reshape(-1),
+                y0=yk[:, :-1].reshape(-1), h=h.reshape(-1), s=(h / w).reshape(-1),
+                d0=dk[:, :-1].reshape(-1), d1=dk[:, 1:].reshape(-1),
+                x_rows=xk[:, 1:-1].t().contiguous(), y_rows=yk[:, 1:-1].t().contiguous(),
+                base=base, bins=k, bound=float(bound), limit=_inner_limit(bound, xk.dtype),
+            )
+
+
+def _inner_limit(bound: float, dtype: torch.dtype) -> float:
+    """The largest number of ``dtype`` below ``bound``: the fast passes clamp to it, so that an entry
+    on the interval's end counts as outside (the identity), as the plain formulas have it."""
+    return float(torch.nextafter(torch.tensor(float(bound), dtype=dtype), torch.tensor(0.0, dtype=dtype)))
+
+
+def counted_bins(v: torch.Tensor, rows: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """The flat bin index ``f * K + bin`` (int64, (B, n)) of each entry of ``v`` (B, n), clamped to
+    the interval, among the inner knots ``rows`` (K - 1, n).
+
+    ``sum_k sign(v - knot_k)`` is ``2 bin - (K - 1)`` (the knots below minus those above), so
+    ``base + sum / 2`` with ``base = f * K + (K - 1) / 2`` is the flat index; an entry on a knot
+    counts half and rounds down to the bin on the knot's left, whose value there is the same.
+    """
+    if rows.shape[0] == 0:
+        return base.expand(v.shape).to(torch.int64)
+    acc = torch.sub(v, rows[0]).sign_()
+    for row in rows[1:]:
+        acc.add_(torch.sub(v, row).sign_())
+    return acc.mul_(0.5).add_(base).to(torch.int64)
+
+
+def _flat_bins(v: torch.Tensor, tables: BinTables, rows: torch.Tensor, knots: Optional[torch.Tensor]) -> torch.Tensor:
+    if tables.bins <= MAX_COUNTED_BINS or knots is None:
+        return counted_bins(v, rows, tables.base)
+    offsets = torch.arange(0, v.shape[1] * tables.bins, tables.bins, device=v.device)
+    return bin_index(knots, v).add_(offsets)
+
+
+class BinGrid:
+    """A uniform lookup of the bins of one side of a spline: ``G`` cells per feature over
+    ``[-bound, bound]``, each holding the flat index of the bin at a quarter cell before its left
+    edge, and the knot after that bin; one comparison with that knot finds the entry's bin.
+
+    ``knots`` (n, K + 1) in the passes' dtype. ``G`` (a power of two) makes every bin at least
+    two cells wide, so that the quarter cell's margin and the rounding of the cell's position
+    leave at most one knot between the cell's stored bin and any entry in the cell.
+    """
+
+    def __init__(self, knots: torch.Tensor, bound: float) -> None:
+        n, k = knots.shape[0], knots.shape[1] - 1
+        k64 = knots.double()
+        narrowest = float((k64[:, 1:] - k64[:, :-1]).min())
+        cells = max(16, 1 << math.ceil(math.log2(4 * bound / narrowest + 3)))
+        self.cells = cells
+        self.bound = float(bound)
+        # a cell's position: p = v * scale + 1 in [1, cells - 1], its cell floor(p) in [1, cells - 2]
+        self.scale = (cells - 2) / (2 * bound)
+        left = (torch.arange(cells, dtype=torch.float64, device=knots.device) - 1.25) / self.scale - bound
+        left = left.clamp(-bound, bound).expand(n, cells).contiguous()
+        inner = k64[:, 1:-1].contiguous()
+        bins = torch.searchsorted(inner, left, right=True)  # (n, cells), bins of the points before each cell
+        flat = bins + torch.arange(n, device=knots.device).unsqueeze(1) * k
+        # stored as flat index + 0.5: adding half the sign of (v - next knot) and truncating gives
+        # the bin or the next one
+        self.start = (flat.to(knots.dtype) + 0.5).reshape(-1)
+        # each bin's right knot (n, K), the last one's beyond every entry
+        following = torch.cat([knots[:, 1:-1], knots.new_full((n, 1), math.inf)], dim=1)
+        self.next_knot = following.reshape(-1).index_select(0, flat.reshape(-1))
+        self.offsets = (torch.arange(n, device=knots.device) * cells).to(torch.int32)
+
+    def bins(self, v: torch.Tensor) -> torch.Tensor:
+        """The flat bin index (int64, (B, n)) of each entry of ``v`` (B, n), clamped to the interval."""
+        cell = torch.mul(v, self.scale).add_(self.bound * self.scale + 1).to(torch.int32).add_(self.offsets)
+        cell = cell.view(-1)
+        step = torch.sub(v.reshape(-1), self.next_knot.index_select(0, cell)).sign_()
+        return step.mul_(0.5).add_(self.start.index_select(0, cell)).to(torch.int64).view(v.shape)
+
+
+def _read(table: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    return table.index_select(0, j.view(-1)).view(j.shape)
+
+
+# -- the forward pass -------------------------------------------------------------------------
+def _forward_parts(x: torch.Tensor, j: torch.Tensor, tables: BinTables, xc: torch.Tensor):
+    """The spline inside at the clamped ``xc`` in bins ``j``: its value, the derivative, and what
+    the backward pass reuses (``t``, ``den``, ``Q``, ``r``, the read tables)."""
+    x0, iw, s = _read(tables.x0, j), _read(tables.iw, j), _read(tables.s, j)
+    d0, d1, y0 = _read(tables.d0, j), _read(tables.d1, j), _read(tables.y0, j)
+    t = torch.sub(xc, x0).mul_(iw)
+    u = torch.rsub(t, 1.0)
+    tt, uu, tu = t * t, u * u, t * u
+    # the rational quadratic in a form of non-negative terms, so without cancellation:
+    # den = s t^2 + s u^2 + (d0 + d1) t u, num = s t^2 + d0 t u, derivative = s^2 Q / den^2
+    den = torch.add(tt, uu).mul_(s).addcmul_(torch.add(d0, d1), tu)
+    r = torch.mul(s, tt).addcmul_(d0, tu).div_(den)
+    h = torch.div(s, iw)
+    value = torch.addcmul(y0, h, r)
+    q = torch.mul(d1, tt).addcmul_(s, tu, value=2).addcmul_(d0, uu)
+    slope = torch.mul(s, s).mul_(q).div_(den * den)
+    return value, slope, (t, den, q, r, s, d0, d1, iw, h)
+
+
+# Rows per block of the no-autograd passes: about this many bytes per (rows, n) buffer, so that a
+# block's dozen buffers stay in the caches, and each pass writes into buffers made once per call
+# (fresh large tensors cost page faults on every operation).
+BLOCK_BYTES = 1 << 18
+
+
+class _Work:
+    """Scratch buffers for blocks of up to ``rows`` rows of width ``n``: ten floating, one int32 and
+    one int64; :meth:`of` gives views of the first ``r`` rows (contiguous)."""
+
+    def __init__(self, rows: int, like: torch.Tensor) -> None:
+        n = like.shape[1]
+        self.f = [like.new_empty(rows, n) for _ in range(10)]
+        self.cell = torch.empty(rows, n, dtype=torch.int32, device=like.device)
+        self.j = torch.empty(rows, n, dtype=torch.int64, device=like.device)
+
+    def of(self, r: int):
+        return [b[:r] for b in self.f], self.cell[:r], self.j[:r]
+
+
+def _gather(table: torch.Tensor, j: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return torch.index_select(table, 0, j.view(-1), out=out.view(-1)).view(out.shape)
+
+
+def _grid_bins(v: torch.Tensor, grid: "BinGrid", b1: torch.Tensor, b2: torch.Tensor, cell: torch.Tensor,
+               j: torch.Tensor) -> torch.Tensor:
+    """:meth:`BinGrid.bins` into the buffers given (``b1``, ``b2`` overwritten), ``j`` returned."""
+    torch.mul(v, grid.scale, out=b1).add_(grid.bound * grid.scale + 1)
+    cell.copy_(b1).add_(grid.offsets)
+    torch.sub(v, _gather(grid.next_knot, cell, b1), out=b1).sign_().mul_(0.5)
+    return j.copy_(_gather(grid.start, cell, b2).add_(b1))
+
+
+def _blocks(v: torch.Tensor, kernel, with_logdet: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``kernel(rows, out, logdet_out, buffers)`` over blocks of rows of ``v`` (B, n)."""
+    v = v.contiguous()
+    b, n = v.shape
+    rows = max(1, min(b, BLOCK_BYTES // max(1, n * v.element_size())))
+    out = torch.empty_like(v)
+    logdet = v.new_empty(b) if with_logdet else None
+    work = _Work(rows, v)
+    for start in range(0, b, rows):
+        stop = min(b, start + rows)
+        kernel(v[start:stop], out[start:stop], None if logdet is None else logdet[start:stop],
+               work.of(stop - start))
+    return out, logdet
+
+
+def _bins_into(v, tables: BinTables, grid: Optional["BinGrid"], rows: torch.Tensor, knots, b1, b2, cell, j):
+    if grid is not None:
+        return _grid_bins(v, grid, b1, b2, cell, j)
+    return j.copy_(_flat_bins(v, tables, rows, knots))
+
+
+def spline_forward_fast(
+    x: torch.Tensor, tables: BinTables, grid: Optional[BinGrid] = None, knots: Optional[torch.Tensor] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``y`` (B, n) and ``log|det dy/dx|`` (B,) at ``x`` (B, n), without autograd; bins from ``grid``
+    where given, else counted (or searched among ``knots`` (n, K + 1) for many bins)."""
+
+    def kernel(x, y, logdet, work):
+        (b0, b1, b2, b3, b4, b5, b6, b7, b8, b9), cell, j = work
+        xc = torch.clamp(x, -tables.limit, tables.limit, out=b0)
+        j = _bins_into(xc, tables, grid, tables.x_rows, knots, b1, b2, cell, j)
+        t = torch.sub(xc, _gather(tables.x0, j, b1), out=b1).mul_(_gather(tables.iw, j, b2))
+        s, d0, d1 = _gather(tables.s, j, b3), _gather(tables.d0, j, b4), _gather(tables.d1, j, b5)
+        tu = torch.neg(t, out=b6).add_(1)  # u for now
+        tt = torch.mul(t, t, out=b7)
+        uu = torch.mul(tu, tu, out=b8)
+        tu.mul_(t)
+        # the rational quadratic in a form of non-negative terms, so without cancellation:
+        # den = s t^2 + s u^2 + (d0 + d1) t u, num = s t^2 + d0 t u, derivative = s^2 Q / den^2
+        den = torch.add(tt, uu, out=b9).mul_(s).addcmul_(torch.add(d0, d1, out=b2), tu)
+        q = torch.mul(d1, tt, out=b2).addcmul_(s, tu, value=2).addcmul_(d0, uu)
+        r = tt.mul_(s).addcmul_(d0, tu).div_(den)
+        torch.addcmul(_gather(tables.y0, j, b4), _gather(tables.h, j, b5), r, out=y)
+        slope = s.mul_(s).mul_(q).div_(den.mul_(den))
+        excess = torch.sub(x, xc, out=b0)
+        y.add_(excess)
+        # outside the interval the spline at the end knot is the end knot with slope 1 up to
+        # rounding: the mask makes those entries exactly the identity's
+        inside = excess.sign_().abs_().neg_().add_(1)
+        torch.sum(slope.log_().mul_(inside), dim=1, out=logdet)
+
+    return _blocks(x, kernel, True)
+
+
+def spline_inverse_fast(
+    y: torch.Tensor, tables: BinTables, grid: Optional[BinGrid] = None, knots: Optional[torch.Tensor] = None,
+    with_logdet: bool = True,
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``x`` (B, n), exact (one quadratic per entry), and ``log|det dx/dy|`` (B,) (None without
+    ``with_logdet``) at ``y`` (B, n), without autograd; bins from ``grid`` where given, else counted
+    among the inner y-knots (or searched among ``knots`` (n, K + 1) for many bins)."""
+
+    def kernel(y, x, logdet, work):
+        (b0, b1, b2, b3, b4, b5, b6, b7, b8, b9), cell, j = work
+        yc = torch.clamp(y, -tables.limit, tables.limit, out=b0)
+        j = _bins_into(yc, tables, grid, tables.y_rows, knots, b1, b2, cell, j)
+        s, d0, d1 = _gather(tables.s, j, b1), _gather(tables.d0, j, b2), _gather(tables.d1, j, b3)
+        dy = torch.sub(yc, _gather(tables.y0, j, b4), out=b4)
+        h = _gather(tables.h, j, b6)
+        dyc = torch.add(d0, d1, out=b5).sub_(s, alpha=2).mul_(dy)
+        # the quadratic qa t^2 + qb t + qc = 0 with qc = -s dy <= 0 < qb, and its root in [0, 1]
+        # in the form without cancellation: t = 2 s dy / (qb + sqrt(qb^2 + 4 qa s dy))
+        qa = torch.sub(s, d0, out=b7).mul_(h).add_(dyc)
+        qb = torch.mul(h, d0, out=b8).sub_(dyc)
+        sdy = dy.mul_(s)
+        disc = qa.mul_(sdy).mul_(4).addcmul_(qb, qb).clamp_min_(0).sqrt_()
+        t = sdy.mul_(2).div_(disc.add_(qb))
+        torch.addcmul(_gather(tables.x0, j, b5), t, _gather(tables.w, j, b6), out=x)
+        excess = torch.sub(y, yc, out=b0)
+        x.add_(excess)
+        if logdet is None:
+            return
+        inside = excess.sign_().abs_().neg_().add_(1)
+        tu = torch.neg(t, out=b5).add_(1)  # u for now
+        tt = torch.mul(t, t, out=b6)
+        uu = torch.mul(tu, tu, out=b7)
+        tu.mul_(t)
+        den = torch.add(tt, uu, out=b8).mul_(s).addcmul_(torch.add(d0, d1, out=b9), tu)
+        q = torch.mul(d1, tt, out=b9).addcmul_(s, tu, value=2).addcmul_(d0, uu)
+        slope = s.mul_(s).mul_(q).div_(den.mul_(den))
+        torch.sum(slope.log_().mul_(inside), dim=1, out=logdet).neg_()
+
+    return _blocks(y, kernel, with_logdet)
+
+
+class SplineForward(torch.autograd.Function):
+    """:meth:`MonotoneSpline.forward_rows`: ``y`` (B, n) and ``log|det dy/dx|`` (B,) at ``x`` (B, n)
+    for knot tables ``xk``, ``yk``, ``dk`` (n, K + 1), with a written-out backward to ``x`` and the
+    tables.
+
+    With ``den``, ``num``, ``Q`` the rational quadratic's denominator, numerator and derivative
+    numerator, the gradient of each entry's ``(y, log y')`` to the bin's ``t, s, d0, d1, h`` is
+    ``A d num + B d Q + C d den`` for three factors per entry (``A = g_y h / den``, ``B = g_L / Q``,
+    ``C = -(A r + 2 g_L / den)``); the chain rule to ``x0, w, y0, h`` and one ``index_add_`` per bin
+    quantity give the tables' gradients. A backward pass that records a graph (Hessians, double
+    backward) or is batched recomputes the plain formulas and differentiates them.
+    """
+
+    @staticmethod
+    def forward(ctx, x, xk, yk, dk, bound: float):
+        tables = BinTables.of(xk, yk, dk, bound)
+        rows = x.contiguous()
+        xc = rows.clamp(-tables.limit, tables.limit)
+        j = _flat_bins(xc, tables, tables.x_rows, xk)
+        value, slope, saved = _forward_parts(rows, j, tables, xc)
+        excess = torch.sub(rows, xc)
+        inside = torch.rsub(excess.sign().abs_(), 1.0)
+        logdet = torch.log(slope).mul_(inside).sum(dim=1)
+        ctx.bound, ctx.bins = bound, tables.bins
+        ctx.save_for_backward(x, xk, yk, dk, j, inside, *saved)
+        return value.add_(excess), logdet
+
+    @staticmethod
+    def backward(ctx, g_value, g_logdet):
+        x, xk, yk, dk, j, inside, t, den, q, r, s, d0, d1, iw, h = ctx.saved_tensors
+        if plain_backward_wanted(g_value):
+            return _plain_backward(ctx, (x, xk, yk, dk), g_value, g_logdet)
+        n, k = xk.shape[0], ctx.bins
+        gy = g_value * inside
+        gl = g_logdet.unsqueeze(1) * inside
+        u = torch.rsub(t, 1.0)
+        tt, uu, tu = t * t, u * u, t * u
+        u_t = torch.sub(u, t)
+        a = torch.mul(gy, h).div_(den)
+        b = torch.div(gl, q)
+        c = torch.mul(a, r).addcdiv_(gl, den, value=2).neg_()
+        # d/dt of num, Q and den: 2 s t + d0 (u - t); 2 (d1 t + s (u - t) - d0 u); (u - t)(d0 + d1 - 2 s)
+        g_t = torch.mul(s, t).mul_(2).addcmul_(d0, u_t).mul_(a)
+        g_t.addcmul_(torch.mul(d1, t).addcmul_(s, u_t).addcmul_(d0, u, value=-1), b, value=2)
+        g_t.addcmul_(torch.add(d0, d1).sub_(s, alpha=2).mul_(u_t), c)
+        g_s = torch.mul(a, tt).addcmul_(b, tu, value=2).addcmul_(c, tt.add_(uu)).addcdiv_(gl, s, value=2)
+        g_d0 = torch.add(a, c).mul_(tu).addcmul_(b, uu)
+        g_d1 = torch.mul(b, t.square()).addcmul_(c, tu)
+        g_xin = g_t.mul_(iw)
+        g_w = torch.mul(t, g_xin).addcmul_(g_s, torch.mul(s, iw))  # the gradient to w, negated
+        g_h = torch.mul(gy, r).addcmul_(g_s, iw)
+        flat = j.view(-1)
+        per_bin = torch.zeros(6, n * k, dtype=x.dtype, device=x.device)
+        for row, part, alpha in ((0, g_xin, -1.0), (1, g_w, -1.0), (2, gy, 1.0), (3, g_h, 1.0), (4, g_d0, 1.0),
+                                 (5, g_d1, 1.0)):
+            per_bin[row].index_add_(0, flat, part.view(-1), alpha=alpha)
+        g_x0, g_w, g_y0, g_h, g_d0, g_d1 = per_bin.view(6, n, k).unbind(0)
+        g_x = None
+        if ctx.needs_input_grad[0]:
+            # outside the interval the map is the identity
+            g_x = g_xin.addcmul_(torch.rsub(inside, 1.0), g_value)
+        return g_x, _knot_grad(g_x0 - g_w, g_w), _knot_grad(g_y0 - g_h, g_h), _knot_grad(g_d0, g_d1), None
+
+
+def _knot_grad(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """The gradient to a knot table (n, K + 1) from those to each bin's left and right knots (n, K)."""
+    out = torch.nn.functional.pad(left, (0, 1))
+    out[:, 1:] += right
+    return out
+
+
+def _plain_backward(ctx, inputs, g_value, g_logdet):
+    """The gradients of :func:`spline_forward_plain` at the saved ``inputs``, as differentiable ops."""
+    create_graph = torch.is_grad_enabled()
+    wanted = [i for i, need in enumerate(ctx.needs_input_grad[:4]) if need]
+    with torch.enable_grad():
+        leaves = [t if t.requires_grad else t.detach().requires_grad_(True) for t in inputs]
+        y, logdet = spline_forward_plain(*leaves, ctx.bound)
+        grads = torch.autograd.grad((y, logdet), [leaves[i] for i in wanted], (g_value, g_logdet),
+                                    create_graph=create_graph, allow_unused=True)
+    out: list[Optional[torch.Tensor]] = [None] * 5
+    for i, g in zip(wanted, grads):
+        out[i] = g
+    return tuple(out)
