@@ -1,6 +1,6 @@
 """The tabular benchmark: lunet's defaults beside the Gaussian and zuko's MAF and NSF, table by table.
 
-    python reproduce/tables.py --out docs/results/tables-cpu.json --figures docs/figures   # about an hour
+    python reproduce/tables.py --out docs/results/tables-cpu.json --figures docs/figures --earlier   # about 40 min
     python reproduce/tables.py --tables iris,wine --budget 10                              # a quick look
 
 Each table (lunet.experiments.tables) is split 80/20 by a fixed seed. lunet trains on the 80 %
@@ -10,6 +10,8 @@ validation rows, standardised as lunet standardises them, and train under the pe
 protocol (Adam 1e-3, batch 256, the best validation weights kept) for the training seconds lunet's
 run took, and again for --budget seconds. Every model is scored on the 20 % test rows (NLL in nats
 per dimension) and draws 10,000 samples at T = 1, counted against the training rows' range.
+Columns of whole numbers that lunet dequantises (`--dequantize auto`) are dequantised for every
+model alike (zuko and the Gaussian train on one fixed draw of the noise), and sampled as whole numbers.
 zuko and scikit-learn come with `pip install .[peers]`.
 """
 
@@ -27,14 +29,18 @@ from typing import Any
 import torch
 
 from lunet.baselines.gaussian import FullCovarianceGaussian
+from lunet.experiments.columns import ColumnRules
 from lunet.experiments.peer_models import build
 from lunet.experiments.peers import Protocol, machine_info, train_with_budgets, vectors_from_splits
 from lunet.experiments.rundir import check_output, write_text_atomic
+from lunet.experiments.settings import TrainConfig, vector_lunet_spec
 from lunet.experiments.tables import TABLES, load_table
 from lunet.experiments.vector_report import sample_report
-from lunet.experiments.vector_runs import evaluate_vectors, sample_vectors, split_rows, train_vectors
+from lunet.experiments.vector_runs import EVAL_NOISE_SEED, evaluate_vectors, sample_vectors, split_rows, train_vectors
 
 NUM_SAMPLES = 10_000
+# lunet's earlier own-data defaults, from their standardised start: 60 epochs of batch 256 at 1e-2
+EARLIER_CONFIG = TrainConfig(epochs=60, batch_size=256, lr=1e-2)
 PEERS = ("zuko-maf", "zuko-nsf")
 
 
@@ -43,16 +49,26 @@ def _row(nll: float, samples: torch.Tensor, table: Any, seconds: float, **more: 
     return {"test_nll_nats_per_dim": nll, "train_seconds": seconds, "samples": report, **more}
 
 
-def run_table(name: str, budget: float, figures: Path | None, log: Any) -> dict[str, Any]:
+def earlier_spec(features: int) -> dict[str, Any]:
+    """The model of lunet's earlier own-data defaults: 8 blocks, learned leaky-softplus slopes."""
+    return vector_lunet_spec(features, num_blocks=8, activation="leaky_softplus")
+
+
+def run_table(name: str, budget: float, figures: Path | None, log: Any, earlier: bool = False) -> dict[str, Any]:
     table = load_table(name)
+    # the columns of whole numbers that lunet dequantises: every model sees them so, the test rows
+    # with the noise lunet's evaluation draws, and samples rounded down as lunet's are
+    rules = ColumnRules.choose(table.train)
+    test = rules.dequantized(table.test, torch.Generator().manual_seed(EVAL_NOISE_SEED))
     result: dict[str, Any] = {"table": name, "info": table.info, "num_train": table.train.shape[0],
-                              "num_test": table.test.shape[0], "features": table.features, "models": {}}
+                              "num_test": table.test.shape[0], "features": table.features,
+                              "dequantised_columns": rules.integer, "models": {}}
     models = result["models"]
-    gaussian = FullCovarianceGaussian.fit(table.train)
+    gaussian = FullCovarianceGaussian.fit(rules.dequantized(table.train, torch.Generator().manual_seed(1)))
     gen = torch.Generator().manual_seed(0)
     draws = gaussian.scale_tril @ torch.randn(table.features, NUM_SAMPLES, generator=gen, dtype=torch.float64)
-    models["gaussian"] = _row(float(-gaussian.log_prob(table.test).mean() / table.features),
-                              (gaussian.mean + draws.T), table, 0.0)
+    models["gaussian"] = _row(float(-gaussian.log_prob(test).mean() / table.features),
+                              rules.to_data(gaussian.mean + draws.T), table, 0.0)
     log(f"{name}: {table.train.shape[0]:,} training rows x {table.features}; Gaussian "
         f"{models['gaussian']['test_nll_nats_per_dim']:.4f}")
     with tempfile.TemporaryDirectory() as folder:
@@ -64,16 +80,24 @@ def run_table(name: str, budget: float, figures: Path | None, log: Any) -> dict[
                                stopped_early=summary["stopped_early"], data_init=summary["data_init"])
         if figures is not None:
             shutil.copyfile(run / "samples.png", figures / f"tables-{name}-samples.png")
+        if earlier:
+            old = Path(folder) / "earlier"
+            _, before = train_vectors(table.train, old, EARLIER_CONFIG, model_spec=earlier_spec(table.features),
+                                      data_init="standardize", progress=False)
+            models["lunet-earlier"] = _row(evaluate_vectors(old, table.test)["nll_nats_per_dim"],
+                                           sample_vectors(old, NUM_SAMPLES), table, before["train_seconds"])
+            log(f"  lunet's earlier defaults {models['lunet-earlier']['test_nll_nats_per_dim']:.4f}")
     lunet_seconds = max(summary["train_seconds"], 1.0)
     log(f"  lunet defaults {nll:.4f} in {lunet_seconds:.1f} s ({summary['epochs']} epochs)")
     train, val = split_rows(table.train, 0.1)  # lunet's own split of the training rows
-    data = vectors_from_splits(name, train.float(), val.float(), table.test.float())
+    train, val = (rules.dequantized(x, torch.Generator().manual_seed(seed)) for x, seed in ((train, 1), (val, 2)))
+    data = vectors_from_splits(name, train.float(), val.float(), test.float())
     protocol = Protocol(measure_memory=False)
     for peer in PEERS:
         model = build(peer, table.features)
         marks = train_with_budgets(model, data, sorted({lunet_seconds, budget}), protocol)["marks"]
         with torch.no_grad():
-            samples = data.space.to_data(model.sample(NUM_SAMPLES)).double()
+            samples = rules.to_data(data.space.to_data(model.sample(NUM_SAMPLES)).double())
         final = marks[-1]
         models[peer] = _row(final["test"], samples, table, final["train_seconds"], label=model.label,
                             at_lunet_seconds=marks[0]["test"])
@@ -108,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", type=Path, help="results JSON")
     parser.add_argument("--figures", type=Path, help="folder for each table's picture of lunet's samples")
+    parser.add_argument("--earlier", action="store_true",
+                        help="also lunet's earlier own-data defaults (8 leaky-softplus blocks, 60 epochs at 1e-2)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.tables.split(",") if n.strip()]
     unknown = [n for n in names if n not in TABLES]
@@ -124,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                            "budget_s": args.budget, "num_samples": NUM_SAMPLES, "tables": []}
     start = time.perf_counter()
     for name in names:
-        doc["tables"].append(run_table(name, args.budget, args.figures, lambda s: print(s, flush=True)))
+        doc["tables"].append(run_table(name, args.budget, args.figures, lambda s: print(s, flush=True),
+                                       args.earlier))
         if args.out is not None:
             write_text_atomic(args.out, json.dumps(doc, indent=2) + "\n")
     print(f"\n{markdown(doc)}\n\n({time.perf_counter() - start:.0f} s)")

@@ -46,10 +46,12 @@ def open_run(args: argparse.Namespace) -> None:
 
 
 def check_outputs(args: argparse.Namespace) -> None:
-    """Fail before the work, not after it, when an output file (``--out``, ``--json``, ``--plot``) cannot
-    be written, or would replace one of the run's own files, a file the command reads, a data set's
-    file or a file in any run folder (:func:`~lunet.experiments.rundir.check_output`)."""
-    outputs = [(name, getattr(args, name, None)) for name in ("out", "json", "plot")]
+    """Fail before the work, not after it, when an output file (``--out``, ``--json``, ``--plot``,
+    ``--per-row``) cannot be written, or would replace one of the run's own files, a file the command
+    reads, a data set's file or a file in any run folder (:func:`~lunet.experiments.rundir.check_output`)."""
+    # (dest, option): evaluate's --per-row is a file, sample's an image count
+    named = (("out", "--out"), ("json", "--json"), ("plot", "--plot"), ("row_scores", "--per-row"))
+    outputs = [(option, getattr(args, dest, None)) for dest, option in named]
     outputs = [(name, path) for name, path in outputs if path]
     if not outputs:
         return
@@ -68,7 +70,7 @@ def check_outputs(args: argparse.Namespace) -> None:
     for data_dir in dict.fromkeys(data_dirs):
         inputs += data_files(data_dir)
     for name, path in outputs:
-        check_output(path, f"--{name}", run, [(p, what) for p, what in inputs if p])
+        check_output(path, name, run, [(p, what) for p, what in inputs if p])
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -78,6 +80,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if read_run(args.run, (IMAGES, VECTORS)).kind == VECTORS:
         return _evaluate_vectors(args)
     refuse_given(args, ("data",), "runs on own data (trained with --data)")
+    if args.row_scores is not None:
+        raise ValueError("--per-row applies to runs on own data (trained with --data)")
     from lunet.experiments.evaluate import evaluate_run
 
     result = evaluate_run(args.run, draws=args.draws, data_dir=args.data_dir, verify=not args.no_verify,
@@ -100,15 +104,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _evaluate_vectors(args: argparse.Namespace) -> int:
     from lunet.experiments.vector_runs import evaluate_vectors
-    from lunet.experiments.vectors import load_vectors
+    from lunet.experiments.vectors import VECTOR_SUFFIXES, load_vectors, save_vectors
 
     refuse_given(args, ("limit", "data_dir", "no_verify"), "image runs, not to a run on own data")
     if args.data is None:
         raise ValueError(f"{args.run_dir} is a run on own data: name the test file with --data FILE")
-    result = evaluate_vectors(args.run, load_vectors(args.data, min_rows=1), device=args.device, name=args.data)
+    if args.row_scores is not None:
+        problem = suffix_problem(args.row_scores, VECTOR_SUFFIXES)
+        if problem:
+            raise ValueError(f"--per-row {problem}")
+    result = evaluate_vectors(args.run, load_vectors(args.data, min_rows=1), device=args.device, name=args.data,
+                              keep_rows=args.row_scores is not None)
     print(f"{args.data}: test NLL {result['nll_nats_per_dim']:.4f} nats/dim ({result['nll_nats_per_vector']:.4f} nats "
           f"per vector of width {result['features']}) on {result['num_vectors']:,} "
           f"vector{'' if result['num_vectors'] == 1 else 's'}")
+    if "comparison" in result:
+        print(f"  {result['comparison']}")
+    rows = result.pop("log_prob", None)
+    if rows is not None:
+        print(f"wrote {save_vectors(rows.unsqueeze(1), args.row_scores, header=['log_prob_nats'])} (log p(x) of each "
+              f"row in nats, in the file's order)")
     write_json(args.json, {"data_file": str(Path(args.data).resolve()), **result})
     return 0
 
@@ -137,7 +152,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _sample_vectors(args: argparse.Namespace) -> int:
-    from lunet.experiments.vector_runs import sample_vectors
+    from lunet.experiments.vector_report import describe_samples, sample_report
+    from lunet.experiments.vector_runs import load_vector_run, sample_vectors
     from lunet.experiments.vectors import VECTOR_SUFFIXES, save_vectors
 
     refuse_given(args, ("data_dir", "no_verify"), "image runs, not to a run on own data")
@@ -147,7 +163,13 @@ def _sample_vectors(args: argparse.Namespace) -> int:
     if problem:
         raise ValueError(f"--out for a run on own data {problem}")
     samples = sample_vectors(args.run, args.num or 1000, args.temperature, args.seed, device=args.device)
-    print(f"wrote {save_vectors(samples, args.out)} ({samples.shape[0]:,} samples of width {samples.shape[1]})")
+    loaded = load_vector_run(args.run)
+    header = loaded.columns.names
+    print(f"wrote {save_vectors(samples, args.out, header=header)} ({samples.shape[0]:,} samples of width "
+          f"{samples.shape[1]})")
+    if loaded.reference is not None:
+        report = sample_report(loaded.columns.to_model(samples), loaded.reference.low, loaded.reference.high)
+        print(f"  {describe_samples(report)}")
     return 0
 
 
@@ -233,6 +255,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("run_dir", type=PATH)
     p.add_argument("--data", type=PATH, metavar="FILE", help="a run on own data: the test file (.npy, .csv or .pt)")
     p.add_argument("--json", type=PATH, help="also write the figures to this JSON file")
+    p.add_argument("--per-row", type=PATH, metavar="FILE", dest="row_scores",
+                   help="a run on own data: also write each row's log p(x) in nats to FILE (.npy, .csv or .pt), "
+                        "for anomaly scores")
     p.add_argument("--draws", type=POSITIVE_INT, default=3, help="dequantisation draws (default 3)")
     p.add_argument("--limit", type=POSITIVE_INT, help="evaluate on the first N test images only, for quick trials")
     add_data_options(p)

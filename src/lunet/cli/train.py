@@ -31,6 +31,7 @@ from lunet.cli.options import (
 )
 from lunet.experiments.settings import (
     DEFAULT_LAM,
+    DEQUANTIZE_CHOICES,
     RECIPES,
     VECTOR_EVAL_STEPS,
     VECTOR_STEPS,
@@ -180,6 +181,13 @@ OPTIONS = (
                                         "validate on the first N/10: for quick trials")),
     Option(("--val-fraction",), frozenset({VECTORS}), "own data (--data)",
            dict(type=FRACTION, help="share of the rows held out for validation, drawn at random once (default 0.1)")),
+    Option(("--drop-constant",), frozenset({VECTORS}), "own data (--data)",
+           dict(action="store_true", help="drop the columns that hold one value in every training row (named and "
+                                          "recorded; samples give them their value back)")),
+    Option(("--dequantize",), frozenset({VECTORS}), "own data (--data)",
+           dict(choices=list(DEQUANTIZE_CHOICES),
+                help="auto: columns of whole numbers (spanning no more integers than there are rows) are modelled "
+                     "as x + U[0, 1) and sampled as whole numbers; none: every column as it is (default auto)")),
     Option(("--data-dir",), frozenset({IMAGES}), "", dict(type=PATH, help=DATA_DIR_HELP)),
     Option(("--no-verify",), frozenset({IMAGES}), "", dict(action="store_true", help=NO_VERIFY_HELP)),
     *(Option((flag(name),), _ALL, "optimisation", dict(kwargs), _config_defaults(name))
@@ -337,7 +345,7 @@ def _train_vectors(args: argparse.Namespace, config: TrainConfig, group: Any) ->
     from lunet.experiments.run_log import format_seconds
     from lunet.experiments.vector_report import describe_samples
     from lunet.experiments.vector_runs import train_vectors
-    from lunet.experiments.vectors import load_vectors
+    from lunet.experiments.vectors import load_vectors, read_header
 
     data = load_vectors(args.data)
     if args.limit is not None:
@@ -346,9 +354,10 @@ def _train_vectors(args: argparse.Namespace, config: TrainConfig, group: Any) ->
     overrides.setdefault("activation", args.activation or "spline")  # the spline unless leaky_softplus is asked
     _, summary = train_vectors(
         data, args.run, {**given_config(args), "device": config.device},
-        model_spec=vector_lunet_spec(data.shape[1], **overrides),
+        model_spec=overrides,
         val_fraction=args.val_fraction, data_init=args.data_init, resume=args.resume,
         overwrite=args.overwrite, progress=not args.no_progress, data_file=str(Path(args.data).resolve()), group=group,
+        drop_constant=args.drop_constant, dequantize=args.dequantize or "auto", names=read_header(args.data),
     )
     if group.is_main:
         stopped = (f", stopped early (the best at epoch {summary['best_epoch']})" if summary["stopped_early"]
@@ -356,6 +365,8 @@ def _train_vectors(args: argparse.Namespace, config: TrainConfig, group: Any) ->
         print(f"{args.data}: {summary['num_train']:,} training and {summary['num_val']:,} validation rows of width "
               f"{summary['features']}; best validation {summary['val_nll_nats_per_dim']:.4f} nats/dim after "
               f"{epochs_text(summary['epochs'])}{stopped} ({format_seconds(summary['train_seconds'])} training)")
+        for line in summary["columns"]:
+            print(line)
         print(summary["comparison"])
         print(describe_samples(summary["samples"]) + " (at T = 1; the data beside them in samples.png)")
         print(f"run in {args.out}; next: lunet evaluate {args.out} --data TEST_FILE, "

@@ -14,6 +14,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Optional, Sequence, Union
 
 from lunet.experiments.checkpoint import first_sentence
+from lunet.experiments.columns import ColumnRules
 from lunet.experiments.data import DATASETS
 from lunet.experiments.models import check_spec, short_repr, shortened
 from lunet.experiments.rundir import NUM_CLASSES, RunFolder, UnsafeFile, read_text, write_text_atomic
@@ -77,6 +78,8 @@ class VectorRunSettings:
     model: dict[str, Any]
     val_fraction: Optional[float] = 0.1  # None: validated on rows given apart (val_data)
     data_init: str = "standardize"
+    # the rules of lunet.experiments.columns.ColumnRules, as entries (None: every column as it is)
+    columns: Optional[dict[str, Any]] = None
 
     def __post_init__(self) -> None:
         # each field checked for its type too: read back from run.json, "3" is no width and true no fraction
@@ -88,6 +91,8 @@ class VectorRunSettings:
             raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction!r}")
         if not isinstance(self.data_init, str) or self.data_init not in VECTOR_DATA_INITS:
             raise ValueError(f"data_init must be one of {VECTOR_DATA_INITS}, got {self.data_init!r}")
+        if self.columns is not None:
+            ColumnRules.from_entries(self.columns, self.features)
         if self.model.get("features") != self.features:
             raise ValueError(f"the model spec's features {self.model.get('features')!r} is not the data's width "
                              f"{self.features}")

@@ -23,7 +23,7 @@ MAX_SAMPLE_VALUES = 100_000_000
 
 
 # Settings given as switches: a Python caller passes ``name=True``
-SWITCHES = ("resume", "overwrite")
+SWITCHES = ("resume", "overwrite", "drop_constant")
 
 
 def python_name(setting: str) -> str:
@@ -141,6 +141,8 @@ def vector_lunet_spec(features: int, num_blocks: int = 4, activation: str = "spl
     return spec
 
 
+# Own data: how columns of whole numbers are treated (lunet.experiments.columns)
+DEQUANTIZE_CHOICES = ("auto", "none")
 # Own data: optimiser steps a run takes (about; whole epochs), steps between validations, and
 # validations without improvement before it stops, whatever the number of rows
 VECTOR_STEPS = 3000

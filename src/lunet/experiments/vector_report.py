@@ -32,10 +32,12 @@ class Reference:
     high: torch.Tensor
 
     @classmethod
-    def fit(cls, train: torch.Tensor) -> "Reference":
-        """From the training rows ``train`` (N, D), N >= 2."""
+    def fit(cls, train: torch.Tensor, fit_rows: Optional[torch.Tensor] = None) -> "Reference":
+        """The range of the training rows ``train`` (N, D), N >= 2, and the Gaussian of ``fit_rows``
+        (default ``train``; the rows dequantised where a run dequantises)."""
         x = train.double()
-        return cls(FullCovarianceGaussian.fit(x), x.min(0).values, x.max(0).values)
+        fitted = x if fit_rows is None else fit_rows.double()
+        return cls(FullCovarianceGaussian.fit(fitted), x.min(0).values, x.max(0).values)
 
     def entries(self) -> dict[str, torch.Tensor]:
         """As a checkpoint holds it: plain tensors."""

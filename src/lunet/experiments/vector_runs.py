@@ -9,6 +9,7 @@ in nats per dimension.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -23,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lunet.checks import check_batch, check_temperature
 from lunet.experiments.checkpoint import load_model
+from lunet.experiments.columns import ColumnRules
 from lunet.experiments.distributed import Group, current
 from lunet.experiments.models import build_model
 from lunet.experiments.resources import check_model_memory
@@ -47,6 +49,7 @@ Vectors = Union[torch.Tensor, np.ndarray, Dataset, DataLoader]
 MIN_TRAIN_ROWS = 2
 SAMPLE_CHUNK_ROWS = 65_536
 SPLIT_SEED = 0  # the validation rows are drawn with this seed, whatever the training seed
+EVAL_NOISE_SEED = 0  # the dequantisation noise of evaluated rows
 
 
 def as_vectors(data: Vectors, name: str = "data", min_rows: int = 2) -> torch.Tensor:
@@ -112,10 +115,30 @@ def _check_enough_rows(name: str, train: torch.Tensor, val: torch.Tensor, data_i
     )
 
 
-def log_prob_fn(model: nn.Module, batch: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``log p(x)`` in nats per row, ``batch`` (B, D) moved to the model's dtype and device."""
+def log_prob_fn(model: nn.Module, batch: torch.Tensor, noise: Optional[torch.Tensor] = None,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``log p(x)`` in nats per row, ``batch`` (B, D) moved to the model's dtype and device; with
+    ``noise`` (B, D) U[0, 1) draws and ``mask`` (D,) the columns to dequantise, ``log p(x + noise · mask)``."""
     dtype, device = flow_placement(model)
-    return model.log_prob(batch.to(device=device, dtype=dtype))
+    batch = batch.to(device=device, dtype=dtype)
+    if noise is not None and mask is not None:
+        batch = batch + noise.to(batch) * mask.to(batch)
+    return model.log_prob(batch)
+
+
+def _check_spread(name: str, train: torch.Tensor, rules: ColumnRules) -> None:
+    """``SettingError`` naming the columns that hold one value over the training rows (and are not
+    dequantised, which gives them a spread): no density has a spread to fit there."""
+    constant = (train == train[0]).all(dim=0) if train.shape[0] else torch.zeros(train.shape[1], dtype=torch.bool)
+    mask = rules.noise_mask()
+    if mask is not None:
+        constant &= ~mask.bool()
+    if bool(constant.any()):
+        kept = rules.kept
+        shown = ", ".join(rules.column_name(kept[j]) for j in constant.nonzero().flatten().tolist()[:8])
+        raise SettingError("{name}: column(s) {shown} hold one value in every training row, so no density has a "
+                           "spread to fit there; give {drop_constant} to drop them (samples then give them their "
+                           "value back), or drop them from the data", name=name, shown=shown)
 
 
 def default_data_init(num_rows: int, features: int) -> str:
@@ -139,6 +162,9 @@ def train_vectors(
     progress: bool = True,
     data_file: Optional[str] = None,
     group: Optional[Group] = None,
+    drop_constant: bool = False,
+    dequantize: str = "auto",
+    names: Optional[list[str]] = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train a flow on feature vectors ``data`` (N, D) by maximum likelihood; returns the
     model with its best validation weights and a summary.
@@ -148,8 +174,8 @@ def train_vectors(
     the rows does. ``config``: a :class:`TrainConfig`, or the fields to change in the
     defaults chosen from the number of training rows
     (:func:`~lunet.experiments.settings.vector_train_config`). ``model_spec``: a spec for
-    :func:`~lunet.experiments.models.build_model` (default
-    :func:`~lunet.experiments.settings.vector_lunet_spec`). ``val_fraction``
+    :func:`~lunet.experiments.models.build_model`, or the entries to change (no ``"name"``) in
+    :func:`~lunet.experiments.settings.vector_lunet_spec`'s, the default. ``val_fraction``
     defaults to 0.1, or to the run's own when it resumes. ``data_init``:
     start from the training rows' full-covariance Gaussian, their standardisation, or
     neither (default: :func:`default_data_init`). ``out`` receives ``run.json``,
@@ -158,6 +184,9 @@ def train_vectors(
     samples); ``resume`` continues the run there. Every run also fits the
     full-covariance Gaussian to its training rows and reports it beside the flow. Under
     ``torchrun`` the processes share the model (see :mod:`lunet.experiments.distributed`).
+    The columns (:class:`~lunet.experiments.columns.ColumnRules`, recorded in ``run.json``):
+    ``drop_constant`` drops those constant over the training rows; ``dequantize="auto"``
+    dequantises those of whole numbers; ``names`` (a CSV's header) heads sample CSVs.
     """
     data = as_vectors(data, min_rows=1)  # too few rows are refused below, with the minimum
     run = as_folder(out)
@@ -170,15 +199,23 @@ def train_vectors(
         train, val = data, as_vectors(val_data, "val_data")
         if val.shape[1] != train.shape[1]:
             raise ValueError(f"val_data has {val.shape[1]} features per row but data has {train.shape[1]}")
-    if not isinstance(config, TrainConfig):
-        config = vector_train_config(train.shape[0], **dict(config or {}))
-    spec = model_spec or vector_lunet_spec(train.shape[1])
-    data_init = data_init or default_data_init(train.shape[0], train.shape[1])
-    settings = VectorRunSettings(train.shape[1], spec, val_fraction if val_data is None else None, data_init)
     if data_file is not None and not isinstance(data_file, str):
         raise ValueError(f"data_file must be a path or null, got {data_file!r}")
     name = data_file or "data"
+    if names is not None and len(names) != data.shape[1]:
+        raise ValueError(f"names lists {len(names)} column names for {data.shape[1]} columns")
+    rules = ColumnRules.choose(train, drop_constant, dequantize, names)
+    train, val = rules.to_model(train), rules.to_model(val)
+    if not isinstance(config, TrainConfig):
+        config = vector_train_config(train.shape[0], **dict(config or {}))
+    if model_spec is None or "name" not in model_spec:  # the entries to change in the defaults
+        model_spec = vector_lunet_spec(train.shape[1], **(model_spec or {}))
+    spec = model_spec
+    data_init = data_init or default_data_init(train.shape[0], train.shape[1])
+    settings = VectorRunSettings(train.shape[1], spec, val_fraction if val_data is None else None, data_init,
+                                 rules.entries())
     _check_enough_rows(name, train, val, data_init, settings.val_fraction)
+    _check_spread(name, train, rules)
     check_fits_dtype(data, config.torch_dtype, name)
     if val_data is not None:
         check_fits_dtype(val, config.torch_dtype, "val_data")
@@ -192,19 +229,25 @@ def train_vectors(
         # in the run's precision before the start is fitted: a float32 spread of data in the
         # range of float64 alone would be infinite
         model = build_model(spec).to(config.torch_dtype)
+        # the start and the baseline see the integer columns dequantised once, from fixed draws
+        fit_rows = rules.dequantized(train, torch.Generator().manual_seed(SPLIT_SEED + 1))
         if data_init == "gaussian":
-            model.init_gaussian(train)
+            model.init_gaussian(fit_rows)
         elif data_init == "standardize":
-            model.standardize(train)
-        reference = Reference.fit(train)
-        gaussian_val = reference.nll_per_dim(val)
-        trainer = Trainer(model, spec, config, train, val, log_prob_fn, features=train.shape[1], out_dir=run,
-                          extra={"data": VECTORS, "reference": reference.entries()}, progress=progress, group=group)
+            model.standardize(fit_rows)
+        reference = Reference.fit(train, fit_rows)
+        gaussian_val = reference.nll_per_dim(rules.dequantized(val, torch.Generator().manual_seed(SPLIT_SEED + 2)))
+        mask = rules.noise_mask()
+        trainer = Trainer(model, spec, config, train, val, functools.partial(log_prob_fn, mask=mask),
+                          features=train.shape[1], out_dir=run, progress=progress, group=group,
+                          extra={"data": VECTORS, "reference": reference.entries()}, dequantize=mask is not None)
         trainer.log.fields["gaussian_val_nats_per_dim"] = gaussian_val
         if resume:
             trainer.resume()
         if group.is_main:  # every check has passed: the folder now holds this run
             write_run(run, RunRecord(VECTORS, settings, data_file))
+        for line in rules.describe():
+            trainer.log.note(line)
         trainer.log.note(f"the full-covariance Gaussian of the training rows: validation NLL {gaussian_val:.4f} "
                          f"nats/dim; the flow starts from {DATA_INIT_WORDS[data_init]}")
         trainer.fit()
@@ -221,12 +264,13 @@ def train_vectors(
             "gaussian_val_nll_nats_per_dim": gaussian_val,
             "comparison": comparison_line(val_nll, gaussian_val, "validation"),
             "data_init": data_init,
+            "columns": rules.describe(),
             "num_train": int(train.shape[0]),
             "num_val": int(val.shape[0]),
             "features": int(train.shape[1]),
         }
         if group.is_main:
-            summary["samples"] = _report_samples(run, model, train, reference)
+            summary["samples"] = _report_samples(run, model, train, reference, rules)
             write_text_atomic(run.summary, json.dumps(summary, indent=2) + "\n")
     return model, summary
 
@@ -239,13 +283,16 @@ REPORT_SAMPLES = 10_000
 
 
 @torch.no_grad()
-def _report_samples(run: RunFolder, model: nn.Module, train: torch.Tensor, reference: Reference) -> dict[str, Any]:
-    """Draw :data:`REPORT_SAMPLES` samples at T = 1 from the trained ``model``, report how many leave the
-    training range, and picture them beside the data in ``samples.png``."""
+def _report_samples(run: RunFolder, model: nn.Module, train: torch.Tensor, reference: Reference,
+                    rules: ColumnRules) -> dict[str, Any]:
+    """Draw :data:`REPORT_SAMPLES` samples at T = 1 from the trained ``model`` (as :func:`sample_vectors`
+    gives them), report how many leave the range of the training rows ``train`` (the flow's columns),
+    and picture them beside the data in ``samples.png``."""
     dtype, device = flow_placement(model)
     z = torch.randn(REPORT_SAMPLES, model.features, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     samples = torch.cat([model.inverse(chunk.to(device=device, dtype=dtype))[0].double().cpu()
                          for chunk in z.split(SAMPLE_CHUNK_ROWS)])
+    samples = rules.to_model(rules.to_data(samples))  # integer columns whole, as sampling gives them
     report = sample_report(samples, reference.low, reference.high)
     finite = torch.isfinite(samples).all(dim=1)
     from lunet.experiments.plots import plot_samples_beside_data
@@ -258,10 +305,11 @@ def _prepare_run(run: RunFolder, settings: VectorRunSettings, overwrite: bool, r
     run.begin(resume, overwrite, [run.checkpoint])
     if resume:
         stored = read_run_file(run)
-        if (stored.features, stored.model) != (settings.features, settings.model):
-            raise SettingError("{path} describes another run (width {features}, model {model}); resume with the "
-                               "run's own data and options or choose another {out}", path=run.run_file,
-                               features=stored.features, model=stored.model)
+        if (stored.features, stored.model, stored.columns) != (settings.features, settings.model, settings.columns):
+            raise SettingError("{path} describes another run (width {features}, model {model}, columns {columns}); "
+                               "resume with the run's own data and options or choose another {out}",
+                               path=run.run_file, features=stored.features, model=stored.model,
+                               columns=stored.columns)
 
 
 def read_run_file(run_dir: str | Path | RunFolder) -> VectorRunSettings:
@@ -278,6 +326,13 @@ class VectorRun:
     settings: VectorRunSettings
     model: nn.Module
     reference: Optional[Reference]
+
+    @property
+    def columns(self) -> ColumnRules:
+        """The run's column rules (every column as it is for a run made without them)."""
+        if self.settings.columns is None:
+            return ColumnRules(self.settings.features)
+        return ColumnRules.from_entries(self.settings.columns, self.settings.features)
 
 
 def load_vector_run(run_dir: str | Path | RunFolder, device: str = "cpu") -> VectorRun:
@@ -298,10 +353,12 @@ def evaluate_vectors(run_dir: str | Path | RunFolder, data: Vectors, device: str
     the same rows; ``name`` names the data in errors. ``keep_rows``: also ``"log_prob"``, each
     row's ``log p(x)`` in nats, (N,) float64."""
     loaded = load_vector_run(run_dir, device)
-    features = loaded.settings.features
+    features, rules = loaded.settings.features, loaded.columns
     x = as_vectors(data, str(name), min_rows=1)
-    check_width(x, features, name)
+    check_width(x, rules.width, name)
     check_fits_dtype(x, flow_placement(loaded.model)[0], name)
+    # integer columns: one fixed draw of the dequantisation noise, the same for the flow and the Gaussian
+    x = rules.dequantized(rules.to_model(x), torch.Generator().manual_seed(EVAL_NOISE_SEED))
     lp = torch.cat([log_prob_fn(loaded.model, chunk).double().cpu() for chunk in x.split(batch_size)])
     result: dict[str, Any] = {
         "nll_nats_per_dim": float(-lp.mean() / features),
@@ -322,8 +379,9 @@ def evaluate_vectors(run_dir: str | Path | RunFolder, data: Vectors, device: str
 @torch.no_grad()
 def sample_vectors(run_dir: str | Path | RunFolder, num: int, temperature: float = 1.0, seed: int = 0,
                    device: str = "cpu") -> torch.Tensor:
-    """``num`` draws (num, D) from a run's best model, latents from N(0, T² I), float64 on the CPU;
-    rows × width at most ``MAX_SAMPLE_VALUES`` (another ``seed`` draws more)."""
+    """``num`` draws (num, D) from a run's best model, latents from N(0, T² I), float64 on the CPU,
+    as rows of the data (integer columns whole numbers, dropped columns their value); rows × width
+    at most ``MAX_SAMPLE_VALUES`` (another ``seed`` draws more)."""
     check_temperature(temperature)
     run = as_folder(run_dir)
     features = read_run_file(run).features
@@ -332,7 +390,8 @@ def sample_vectors(run_dir: str | Path | RunFolder, num: int, temperature: float
                            "{cap:,} one call draws; give {num} at most {most:,} (and another {seed} for more)",
                            given=num, features=features, total=num * features, cap=MAX_SAMPLE_VALUES,
                            most=MAX_SAMPLE_VALUES // features)
-    model = load_vector_run(run, device).model
+    loaded = load_vector_run(run, device)
+    model = loaded.model
     dtype, dev = flow_placement(model)
     gen = torch.Generator().manual_seed(seed)
     draws = torch.randn(num, model.features, generator=gen, dtype=torch.float64)
@@ -351,4 +410,4 @@ def sample_vectors(run_dir: str | Path | RunFolder, num: int, temperature: float
                            "rows hold NaN or infinite values); " + where + ": give a lower {temperature}",
                            given=temperature, dtype=str(dtype).removeprefix("torch."), bad=int(overflowed.sum()),
                            num=num)
-    return samples
+    return loaded.columns.to_data(samples)

@@ -12,9 +12,10 @@ and, for CSV, the line and column. Nothing in a file runs while it is read:
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Optional, Sequence
 
 import numpy as np
 import torch
@@ -105,12 +106,25 @@ def check_fits_dtype(data: torch.Tensor, dtype: torch.dtype, path: str | os.Path
         )
 
 
-def save_vectors(data: torch.Tensor, path: str | os.PathLike) -> Path:
+def read_header(path: str | os.PathLike) -> Optional[list[str]]:
+    """The column names of a ``.csv`` file's header row (as :func:`load_vectors` finds it), else None;
+    call it on a file :func:`load_vectors` has read."""
+    if _suffix(path) != ".csv":
+        return None
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        for cells in csv.reader(f):
+            if len(cells) <= 1 and all(not c.strip() for c in cells):
+                continue
+            return [c.strip() for c in cells] if any(c.strip() and not _is_number(c) for c in cells) else None
+    return None
+
+
+def save_vectors(data: torch.Tensor, path: str | os.PathLike, header: Optional[Sequence[str]] = None) -> Path:
     """Write ``data`` of shape (N, D) to ``path`` as ``.npy``, ``.csv`` or ``.pt``, chosen by the suffix.
 
     ``.npy`` and ``.pt`` keep the tensor's dtype (``.npy`` widens dtypes numpy
-    lacks, such as bfloat16, to float64); ``.csv`` has no header and writes
-    every value as the shortest decimal that reads back as the same float64.
+    lacks, such as bfloat16, to float64); ``.csv`` starts with ``header`` (D names)
+    if given and writes every value as the shortest decimal that reads back as the same float64.
     Parent folders are created, and the file is replaced atomically (a failed
     write leaves any old file as it was). Returns the path written.
     """
@@ -120,6 +134,8 @@ def save_vectors(data: torch.Tensor, path: str | os.PathLike) -> Path:
         raise ValueError(f"cannot save {path}: data of shape {tuple(data.shape)} is not 2-D (N, D)")
     if data.dtype not in _INT_DTYPES and not data.dtype.is_floating_point:
         raise ValueError(f"cannot save {path}: data of dtype {data.dtype} are not real numbers")
+    if header is not None and len(header) != data.shape[1]:
+        raise ValueError(f"cannot save {path}: a header of {len(header)} names for {data.shape[1]} columns")
     data = data.detach().cpu().contiguous()
 
     def write(f: BinaryIO) -> None:
@@ -132,6 +148,10 @@ def save_vectors(data: torch.Tensor, path: str | os.PathLike) -> Path:
                 array = data.to(torch.float64).numpy()
             np.save(f, array, allow_pickle=False)
         else:
+            if header is not None:
+                text = io.StringIO()
+                csv.writer(text, lineterminator="\n").writerow(header)
+                f.write(text.getvalue().encode("utf-8"))
             f.write("".join(",".join(map(repr, row)) + "\n" for row in data.to(torch.float64).tolist()).encode("ascii"))
 
     return write_atomic(path, write)
