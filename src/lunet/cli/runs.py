@@ -152,8 +152,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _sample_vectors(args: argparse.Namespace) -> int:
-    from lunet.experiments.vector_report import describe_samples, sample_report
-    from lunet.experiments.vector_runs import load_vector_run, sample_vectors
+    from lunet.experiments.vector_report import describe_samples
+    from lunet.experiments.vector_runs import load_vector_run
     from lunet.experiments.vectors import VECTOR_SUFFIXES, save_vectors
 
     refuse_given(args, ("data_dir", "no_verify"), "image runs, not to a run on own data")
@@ -162,13 +162,12 @@ def _sample_vectors(args: argparse.Namespace) -> int:
     problem = suffix_problem(args.out, VECTOR_SUFFIXES)
     if problem:
         raise ValueError(f"--out for a run on own data {problem}")
-    samples = sample_vectors(args.run, args.num or 1000, args.temperature, args.seed, device=args.device)
-    loaded = load_vector_run(args.run)
-    header = loaded.columns.names
-    print(f"wrote {save_vectors(samples, args.out, header=header)} ({samples.shape[0]:,} samples of width "
-          f"{samples.shape[1]})")
-    if loaded.reference is not None:
-        report = sample_report(loaded.columns.to_model(samples), loaded.reference.low, loaded.reference.high)
+    loaded = load_vector_run(args.run, device=args.device)
+    samples = loaded.sample(args.num or 1000, args.temperature, args.seed)
+    print(f"wrote {save_vectors(samples, args.out, header=loaded.columns.names)} ({samples.shape[0]:,} samples of "
+          f"width {samples.shape[1]})")
+    report = loaded.sample_report(samples)
+    if report is not None:
         print(f"  {describe_samples(report)}")
     return 0
 

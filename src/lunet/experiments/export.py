@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lunet.experiments.checkpoint import load_checkpoint, save_checkpoint
-from lunet.experiments.run_record import IMAGES, read_run
+from lunet.experiments.run_record import IMAGES, VECTORS, read_run
 from lunet.experiments.rundir import RunFolder, as_folder
 
 
@@ -45,6 +45,9 @@ def export_run(run_dir: str | os.PathLike | RunFolder, out: str | os.PathLike) -
         "best_model": None,
         "exported": True,
     }
+    extra = ckpts[0].get("extra")
+    if record.kind == VECTORS and isinstance(extra, dict) and "reference" in extra:
+        exported["extra"] = {"reference": extra["reference"]}  # the Gaussian baseline and the data's range
     if len(ckpts) == 1:
         exported["model"] = _best_weights(ckpts[0])
     else:

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from lunet.checks import check_batch, check_temperature
-from lunet.experiments.checkpoint import load_model
+from lunet.experiments.checkpoint import first_sentence, load_model
 from lunet.experiments.columns import ColumnRules
 from lunet.experiments.distributed import Group, current
 from lunet.experiments.models import build_model
@@ -321,7 +321,9 @@ def read_run_file(run_dir: str | Path | RunFolder) -> VectorRunSettings:
 @dataclass
 class VectorRun:
     """A trained run on own data: its settings, its best model (eval mode) and its
-    :class:`~lunet.experiments.vector_report.Reference` (None for a run made without one)."""
+    :class:`~lunet.experiments.vector_report.Reference` (None for a run made without one).
+    Its methods score and sample rows as the data are given (every column, whole numbers where
+    the run dequantises)."""
 
     settings: VectorRunSettings
     model: nn.Module
@@ -334,6 +336,79 @@ class VectorRun:
             return ColumnRules(self.settings.features)
         return ColumnRules.from_entries(self.settings.columns, self.settings.features)
 
+    def model_rows(self, data: Vectors, name: str = "data") -> torch.Tensor:
+        """Rows of the data as given (N, width) -> the flow's input (N, features), float64: columns checked,
+        constant ones dropped, integer ones dequantised with one fixed draw (:data:`EVAL_NOISE_SEED`)."""
+        rules = self.columns
+        x = as_vectors(data, str(name), min_rows=1)
+        check_width(x, rules.width, name)
+        check_fits_dtype(x, flow_placement(self.model)[0], name)
+        return rules.dequantized(rules.to_model(x), torch.Generator().manual_seed(EVAL_NOISE_SEED))
+
+    @torch.no_grad()
+    def log_prob(self, data: Vectors, batch_size: int = 4096, name: str = "data") -> torch.Tensor:
+        """``log p(x)`` in nats of each row of ``data`` (N, width), (N,) float64."""
+        x = self.model_rows(data, name)
+        return torch.cat([log_prob_fn(self.model, chunk).double().cpu() for chunk in x.split(batch_size)])
+
+    @torch.no_grad()
+    def sample(self, num: int, temperature: float = 1.0, seed: int = 0) -> torch.Tensor:
+        """``num`` draws (num, width) float64 on the CPU, latents from N(0, T² I) drawn from ``seed``, as
+        rows of the data; rows × width at most ``MAX_SAMPLE_VALUES``. A draw that overflows inside the flow
+        is refused, naming a temperature at which the same draws stay finite."""
+        check_temperature(temperature)
+        features, model = self.settings.features, self.model
+        _check_sample_count(num, features)
+        dtype, dev = flow_placement(model)
+        gen = torch.Generator().manual_seed(seed)
+        draws = torch.randn(num, features, generator=gen, dtype=torch.float64)
+        z = (temperature * draws).to(dtype)
+        overflowed = ~torch.isfinite(z).all(dim=1)  # draws beyond the dtype's range: no pass can take them
+        # in chunks: a pass over all the rows at once holds several copies of them per block
+        samples = torch.cat([model.inverse(chunk.to(dev))[0].double().cpu() if bool(torch.isfinite(chunk).all())
+                             else chunk.double() for chunk in z.split(SAMPLE_CHUNK_ROWS)])
+        overflowed |= ~torch.isfinite(samples).all(dim=1)
+        if bool(overflowed.any()):
+            few = draws[overflowed][:64]
+            finite = finite_temperature(model, lambda t: t * few, temperature)
+            where = (f"on the same draws it stays finite at {{temperature}} {finite:.3g}" if finite is not None
+                     else "it is not finite on them at any temperature")
+            raise SettingError("samples at {temperature} {given:g} overflow {dtype} inside the flow ({bad:,} of "
+                               "{num:,} rows hold NaN or infinite values); " + where + ": give a lower {temperature}",
+                               given=temperature, dtype=str(dtype).removeprefix("torch."), bad=int(overflowed.sum()),
+                               num=num)
+        return self.columns.to_data(samples)
+
+    def sample_report(self, samples: torch.Tensor) -> Optional[dict[str, Any]]:
+        """How far ``samples`` (N, width), as :meth:`sample` gives them, reach beyond the training rows'
+        range (:func:`~lunet.experiments.vector_report.sample_report`); None without a reference."""
+        if self.reference is None:
+            return None
+        return sample_report(self.columns.to_model(samples), self.reference.low, self.reference.high)
+
+    def export(self) -> dict[str, Any]:
+        """The run as one file holds it (``lunet export``; :func:`~lunet.experiments.checkpoint.load_model`
+        reads the model back, :meth:`from_export` the whole)."""
+        extra = {"reference": self.reference.entries()} if self.reference is not None else {}
+        return {"model_spec": self.settings.model, "run": RunRecord(VECTORS, self.settings, None).entries(),
+                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()}, "best_model": None,
+                "extra": extra, "exported": True}
+
+    @classmethod
+    def from_export(cls, path: str | Path, device: str = "cpu") -> "VectorRun":
+        """A run on own data from a file :meth:`export` (or ``lunet export``) wrote."""
+        model, ckpt = load_model(path)
+        entries = ckpt.get("run")
+        if not (isinstance(entries, dict) and entries.get("data") == VECTORS):
+            raise ValueError(f"{path} holds no run on own data (exported from a run trained with --data)")
+        try:
+            settings = VectorRunSettings(**{k: v for k, v in entries.items() if k not in ("data", "data_file")})
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: its run record is damaged: {first_sentence(exc)}") from None
+        extra = ckpt.get("extra") if isinstance(ckpt.get("extra"), dict) else {}
+        reference = Reference.from_entries(extra.get("reference"), settings.features, str(path))
+        return cls(settings, model.to(resolve_device(device)).eval(), reference)
+
 
 def load_vector_run(run_dir: str | Path | RunFolder, device: str = "cpu") -> VectorRun:
     """The settings, the best model on ``device`` and the reference of a run on own data."""
@@ -345,7 +420,6 @@ def load_vector_run(run_dir: str | Path | RunFolder, device: str = "cpu") -> Vec
     return VectorRun(settings, model.to(resolve_device(device)).eval(), reference)
 
 
-@torch.no_grad()
 def evaluate_vectors(run_dir: str | Path | RunFolder, data: Vectors, device: str = "cpu", batch_size: int = 4096,
                      name: str = "data", keep_rows: bool = False) -> dict[str, Any]:
     """Test likelihood of ``data`` (N, D) under a run's best model: mean NLL in nats per
@@ -353,22 +427,17 @@ def evaluate_vectors(run_dir: str | Path | RunFolder, data: Vectors, device: str
     the same rows; ``name`` names the data in errors. ``keep_rows``: also ``"log_prob"``, each
     row's ``log p(x)`` in nats, (N,) float64."""
     loaded = load_vector_run(run_dir, device)
-    features, rules = loaded.settings.features, loaded.columns
-    x = as_vectors(data, str(name), min_rows=1)
-    check_width(x, rules.width, name)
-    check_fits_dtype(x, flow_placement(loaded.model)[0], name)
-    # integer columns: one fixed draw of the dequantisation noise, the same for the flow and the Gaussian
-    x = rules.dequantized(rules.to_model(x), torch.Generator().manual_seed(EVAL_NOISE_SEED))
-    lp = torch.cat([log_prob_fn(loaded.model, chunk).double().cpu() for chunk in x.split(batch_size)])
+    features = loaded.settings.features
+    lp = loaded.log_prob(data, batch_size, name)
     result: dict[str, Any] = {
         "nll_nats_per_dim": float(-lp.mean() / features),
         "nll_nats_per_vector": float(-lp.mean()),
         "nll_nats_per_vector_std": float(lp.std()) if lp.numel() > 1 else 0.0,
-        "num_vectors": int(x.shape[0]),
+        "num_vectors": int(lp.shape[0]),
         "features": features,
     }
     if loaded.reference is not None:
-        result["gaussian_nll_nats_per_dim"] = loaded.reference.nll_per_dim(x)
+        result["gaussian_nll_nats_per_dim"] = loaded.reference.nll_per_dim(loaded.model_rows(data, name))
         result["comparison"] = comparison_line(result["nll_nats_per_dim"], result["gaussian_nll_nats_per_dim"],
                                                "test")
     if keep_rows:
@@ -376,38 +445,20 @@ def evaluate_vectors(run_dir: str | Path | RunFolder, data: Vectors, device: str
     return result
 
 
-@torch.no_grad()
 def sample_vectors(run_dir: str | Path | RunFolder, num: int, temperature: float = 1.0, seed: int = 0,
                    device: str = "cpu") -> torch.Tensor:
-    """``num`` draws (num, D) from a run's best model, latents from N(0, T² I), float64 on the CPU,
-    as rows of the data (integer columns whole numbers, dropped columns their value); rows × width
-    at most ``MAX_SAMPLE_VALUES`` (another ``seed`` draws more)."""
+    """``num`` draws (num, D) from a run's best model (:meth:`VectorRun.sample`): latents from
+    N(0, T² I), float64 on the CPU, as rows of the data (integer columns whole numbers, dropped
+    columns their value); rows × width at most ``MAX_SAMPLE_VALUES`` (another ``seed`` draws more)."""
     check_temperature(temperature)
     run = as_folder(run_dir)
-    features = read_run_file(run).features
+    _check_sample_count(num, read_run_file(run).features)  # before the checkpoint is read
+    return load_vector_run(run, device).sample(num, temperature, seed)
+
+
+def _check_sample_count(num: int, features: int) -> None:
     if num * features > MAX_SAMPLE_VALUES:
         raise SettingError("{num} {given:,} samples of width {features} are {total:,} numbers, more than the "
                            "{cap:,} one call draws; give {num} at most {most:,} (and another {seed} for more)",
                            given=num, features=features, total=num * features, cap=MAX_SAMPLE_VALUES,
                            most=MAX_SAMPLE_VALUES // features)
-    loaded = load_vector_run(run, device)
-    model = loaded.model
-    dtype, dev = flow_placement(model)
-    gen = torch.Generator().manual_seed(seed)
-    draws = torch.randn(num, model.features, generator=gen, dtype=torch.float64)
-    z = (temperature * draws).to(dtype)
-    overflowed = ~torch.isfinite(z).all(dim=1)  # draws beyond the dtype's range: no pass can take them
-    # in chunks: a pass over all the rows at once holds several copies of them per block
-    samples = torch.cat([model.inverse(chunk.to(dev))[0].double().cpu() if bool(torch.isfinite(chunk).all())
-                         else chunk.double() for chunk in z.split(SAMPLE_CHUNK_ROWS)])
-    overflowed |= ~torch.isfinite(samples).all(dim=1)
-    if bool(overflowed.any()):
-        few = draws[overflowed][:64]
-        finite = finite_temperature(model, lambda t: t * few, temperature)
-        where = (f"on the same draws it stays finite at {{temperature}} {finite:.3g}" if finite is not None
-                 else "it is not finite on them at any temperature")
-        raise SettingError("samples at {temperature} {given:g} overflow {dtype} inside the flow ({bad:,} of {num:,} "
-                           "rows hold NaN or infinite values); " + where + ": give a lower {temperature}",
-                           given=temperature, dtype=str(dtype).removeprefix("torch."), bad=int(overflowed.sum()),
-                           num=num)
-    return loaded.columns.to_data(samples)
