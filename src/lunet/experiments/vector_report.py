@@ -102,5 +102,7 @@ def comparison_line(flow_nll: float, gaussian_nll: float, split: str) -> str:
     if flow_nll <= gaussian_nll:
         return (f"{split} NLL {flow_nll:.4f} nats/dim, the full-covariance Gaussian {gaussian_nll:.4f}: "
                 f"the flow is better by {gaussian_nll - flow_nll:.4f}")
+    if f"{flow_nll:.4f}" == f"{gaussian_nll:.4f}":  # a hair apart (a kept Gaussian start): not WORSE "by 0.0000"
+        return f"{split} NLL {flow_nll:.4f} nats/dim, the same as the full-covariance Gaussian's: the flow is no better"
     return (f"{split} NLL {flow_nll:.4f} nats/dim is WORSE than the full-covariance Gaussian's {gaussian_nll:.4f} "
             f"(by {flow_nll - gaussian_nll:.4f}): try fewer blocks (--blocks 2), --data-init gaussian, or more rows")
