@@ -163,6 +163,22 @@ def test_integer_columns_are_found_recorded_and_sampled_as_whole_numbers(tmp_pat
     assert any("'count', 'flag'" in line for line in summary["columns"])
 
 
+def test_a_rows_score_is_its_own_wherever_it_stands(tmp_path):
+    train_vectors(torch.as_tensor(mixed_table(200, 4)), tmp_path / "run", {"epochs": 2}, progress=False)
+    loaded = load_vector_run(tmp_path / "run")
+    assert loaded.columns.integer == [COUNT, FLAG]
+    rows = torch.as_tensor(mixed_table(50, 5))
+    whole_file = loaded.log_prob(rows)
+    alone = torch.cat([loaded.log_prob(rows[i : i + 1]) for i in range(rows.shape[0])])
+    reversed_file = loaded.log_prob(rows.flip(0)).flip(0)
+    assert torch.equal(whole_file, alone) and torch.equal(whole_file, reversed_file)
+    # the noise is U[0, 1)-like and differs between rows and columns
+    noise = loaded.columns.dequantized(rows[:, :]) - rows
+    counts = noise[:, COUNT]
+    assert bool(((counts >= 0) & (counts < 1)).all()) and counts.unique().numel() > 40
+    assert not torch.equal(noise[:, COUNT], noise[:, FLAG]) and bool((noise[:, X] == 0).all())
+
+
 def test_dequantize_none_models_every_column_as_it_is(tmp_path, capsys):
     data = write_csv(tmp_path / "train.csv", mixed_table(200, 4), header=HEADER)
     run = tmp_path / "run"

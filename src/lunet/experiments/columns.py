@@ -78,13 +78,17 @@ class ColumnRules:
         kept = self.kept
         return torch.tensor([1.0 if j in self.integer else 0.0 for j in kept], dtype=torch.float64)
 
-    def dequantized(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """The flow's input rows ``x`` (N, features) with one U[0, 1) draw from ``generator`` added to
-        each integer column."""
+    def dequantized(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """The flow's input rows ``x`` (N, features) with U[0, 1) noise added to each integer column:
+        drawn from ``generator``, or without one a function of the row's own values alone (so that
+        a row scores the same wherever it stands and whatever is scored with it)."""
         mask = self.noise_mask()
         if mask is None:
             return x
-        noise = torch.rand(x.shape, generator=generator, dtype=torch.float64)
+        if generator is None:
+            noise = row_keyed_uniform(x.double())
+        else:
+            noise = torch.rand(x.shape, generator=generator, dtype=torch.float64)
         return x + (noise * mask).to(x.dtype)
 
     def to_data(self, samples: torch.Tensor) -> torch.Tensor:
@@ -148,3 +152,24 @@ class ColumnRules:
             raise ValueError(f"columns keep {rules.features} columns for a flow of width {features}, or name a "
                              f"dropped column as an integer one")
         return rules
+
+
+_MASK31 = (1 << 31) - 1
+
+
+def _mix(z: torch.Tensor) -> torch.Tensor:
+    """A 31-bit integer hash of int64 ``z`` (entries in [0, 2^31)), elementwise: products stay below
+    2^62, so nothing overflows."""
+    z = ((z ^ (z >> 15)) * 0x2C1B3C6D) & _MASK31
+    z = ((z ^ (z >> 12)) * 0x297A2D39) & _MASK31
+    return z ^ (z >> 15)
+
+
+def row_keyed_uniform(x: torch.Tensor) -> torch.Tensor:
+    """Numbers in [0, 1) of ``x``'s shape (N, D) float64, each a hash of its row's values and its
+    column: the same row gives the same numbers wherever it stands."""
+    bits = x.contiguous().view(torch.int64)
+    words = _mix((bits & _MASK31) ^ _mix((bits >> 31) & _MASK31))
+    columns = torch.arange(x.shape[1], dtype=torch.int64)
+    key = _mix((_mix(words + columns * 0x9E3779B) & _MASK31).sum(dim=1, keepdim=True) & _MASK31)
+    return _mix((key + (columns + 1) * 0x3C6EF372) & _MASK31).double() / 2**31

@@ -49,7 +49,6 @@ Vectors = Union[torch.Tensor, np.ndarray, Dataset, DataLoader]
 MIN_TRAIN_ROWS = 2
 SAMPLE_CHUNK_ROWS = 65_536
 SPLIT_SEED = 0  # the validation rows are drawn with this seed, whatever the training seed
-EVAL_NOISE_SEED = 0  # the dequantisation noise of evaluated rows
 
 
 def as_vectors(data: Vectors, name: str = "data", min_rows: int = 2) -> torch.Tensor:
@@ -338,12 +337,12 @@ class VectorRun:
 
     def model_rows(self, data: Vectors, name: str = "data") -> torch.Tensor:
         """Rows of the data as given (N, width) -> the flow's input (N, features), float64: columns checked,
-        constant ones dropped, integer ones dequantised with one fixed draw (:data:`EVAL_NOISE_SEED`)."""
+        constant ones dropped, integer ones dequantised by noise that is a function of each row alone."""
         rules = self.columns
         x = as_vectors(data, str(name), min_rows=1)
         check_width(x, rules.width, name)
         check_fits_dtype(x, flow_placement(self.model)[0], name)
-        return rules.dequantized(rules.to_model(x), torch.Generator().manual_seed(EVAL_NOISE_SEED))
+        return rules.dequantized(rules.to_model(x))
 
     @torch.no_grad()
     def log_prob(self, data: Vectors, batch_size: int = 4096, name: str = "data") -> torch.Tensor:
