@@ -1,0 +1,398 @@
+"""A conditional LU-Net: one flow ``p(x | c)`` for every context ``c``.
+
+The ``L`` and ``U`` of each block are shared by every context; what depends on the context is
+cheap and elementwise. After each LU layer a per-feature log-scale ``s_i(c)`` and shift
+``t_i(c)``, given by one small network of the (embedded) context, act on the features, and the
+leaky softplus ``f`` (fixed slope) follows every block but the last::
+
+    h_i = f(exp(s_i(c)) * (L_i U_i h_{i-1} + b_i) + t_i(c))
+
+So the inverse stays exact (two triangular solves per block, the closed-form elementwise
+inverses) and the log-determinant exact for every context:
+``sum_i (log|det L_i U_i| + sum_j s_ij(c)) + sum log f'``.
+
+Conventions as for every lunet flow: the data side maps to the latent side in ``forward``;
+inputs ``x`` (..., features) and contexts ``c`` (..., context_features) broadcast against each
+other as torch broadcasts, and log-dets have the broadcast leading shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+from torch.distributions import Distribution, constraints
+
+from lunet.checks import (
+    check_batch,
+    check_features,
+    check_positive_int,
+    check_temperature,
+    sample_shape_of,
+    set_value_checks,
+    value_checks_enabled,
+)
+from lunet.latent import LOG_2PI, latent_draws, standard_normal_log_prob
+from lunet.layers import LeakySoftplus, LULinear
+from lunet.standardize import Standardize
+
+
+class ConditionalLUNet(nn.Module):
+    """LU-Net of ``p(x | c)``: shared LU layers, a per-feature affine map of the context after each.
+
+    Args:
+        features: width ``D`` of the data vectors.
+        context_features: width of the context vectors ``c`` (..., context_features); with
+            ``num_classes`` the width of the labels' embedding, with ``embedding`` the width of
+            the embedding network's output.
+        num_blocks: LU layers, each followed by its context's shift and log-scale, and by the
+            leaky softplus but the last.
+        hidden: widths of the context network's hidden layers (an int: two layers of that width).
+        num_classes: contexts are integer class labels of shape (...) in ``[0, num_classes)``,
+            embedded by an ``nn.Embedding(num_classes, context_features)`` learned with the flow.
+        embedding: any ``nn.Module`` mapping raw contexts (..., anything) to
+            (..., context_features), trained with the flow (for images, long series, sets).
+        alpha: the leaky softplus's slope, fixed.
+        diag, init, init_scale: as for :class:`~lunet.LULinear`.
+        max_log_scale: the context's log-scales are ``m * tanh(raw / m)``, so no context
+            scales a feature by more than ``exp(m)`` per block (a smooth bound: training cannot
+            blow a block up).
+
+    The context network's last layer starts at zero, so a new flow is the unconditional LU-Net
+    of its LU layers for every context. Calls: ``flow(x, c)`` is ``forward(x, c)`` and returns
+    ``(z, log|det dz/dx|)``; ``flow(c)`` with one argument returns the distribution ``p(. | c)``
+    (:meth:`distribution`), as zuko's flows do.
+    """
+
+    def __init__(
+        self,
+        features: int,
+        context_features: int,
+        num_blocks: int,
+        hidden: int | Sequence[int] = 64,
+        num_classes: Optional[int] = None,
+        embedding: Optional[nn.Module] = None,
+        alpha: float = 0.1,
+        diag: str = "exp",
+        init: str = "random",
+        init_scale: float = 0.1,
+        max_log_scale: float = 3.0,
+    ) -> None:
+        super().__init__()
+        features = check_positive_int(features, "features")
+        self.context_features = check_positive_int(context_features, "context_features")
+        check_positive_int(num_blocks, "num_blocks")
+        widths = (hidden, hidden) if isinstance(hidden, int) else tuple(hidden)
+        for width in widths:
+            check_positive_int(width, "hidden")
+        if num_classes is not None and embedding is not None:
+            raise ValueError("give num_classes (integer labels, embedded inside) or an embedding network, not both")
+        if embedding is not None and not isinstance(embedding, nn.Module):
+            raise TypeError(f"embedding must be an nn.Module, got {type(embedding).__name__}")
+        if isinstance(max_log_scale, bool) or not isinstance(max_log_scale, numbers.Real) or not (
+            math.isfinite(max_log_scale) and max_log_scale > 0
+        ):
+            raise ValueError(f"max_log_scale must be a positive finite number, got {max_log_scale!r}")
+        self.max_log_scale = float(max_log_scale)
+        self.num_classes = None if num_classes is None else check_positive_int(num_classes, "num_classes")
+        self.label_embedding = None if num_classes is None else nn.Embedding(num_classes, context_features)
+        self.embedding = embedding
+        self.input_standardize = Standardize(features)
+        # fitted by standardize(data, context) for vector contexts; the identity otherwise
+        self.context_standardize = Standardize(context_features)
+        self.blocks = nn.ModuleList(
+            LULinear(features, diag=diag, init=init, init_scale=init_scale) for _ in range(num_blocks)
+        )
+        self.activation = LeakySoftplus(alpha)
+        layers: list[nn.Module] = []
+        width_in = context_features
+        for width in widths:
+            layers += [nn.Linear(width_in, width), nn.SiLU()]  # smooth, so higher derivatives exist
+            width_in = width
+        last = nn.Linear(width_in, num_blocks * 2 * features)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.conditioner = nn.Sequential(*layers, last)
+
+    # -- sizes and placement -------------------------------------------------
+    @property
+    def features(self) -> int:
+        return self.input_standardize.features
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def reference(self) -> torch.Tensor:
+        """The tensor whose dtype and device inputs and vector contexts must share."""
+        return self.input_standardize.std
+
+    def num_parameters(self) -> int:
+        """Trainable parameters: LU layers, the context network and any embedding."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    @torch.no_grad()
+    def standardize(self, data: torch.Tensor, context: Optional[torch.Tensor] = None) -> "ConditionalLUNet":
+        """Fix the input standardisation to the mean and std of ``data`` (N, features), as
+        :meth:`lunet.LUNet.standardize` does (its Jacobian is part of every likelihood); given
+        ``context`` (N, context_features) of vector contexts, also scale the contexts the same way
+        before the context network (no Jacobian: the context is not modelled)."""
+        check_batch(data, self.features, "data")
+        self.input_standardize.fit(data)
+        if context is not None:
+            if self.num_classes is not None or self.embedding is not None:
+                raise ValueError("a context standardisation applies to vector contexts, not to labels or an "
+                                 "embedding network's input")
+            check_batch(context, self.context_features, "context")
+            self.context_standardize.fit(context)
+        return self
+
+    # -- the context ---------------------------------------------------------
+    def embed(self, c: object) -> torch.Tensor:
+        """The context ``c`` checked and embedded: (..., context_features), in the flow's dtype.
+
+        Vector contexts (..., context_features) are standardised (see :meth:`standardize`);
+        labels (...) go through the label embedding, raw contexts through ``embedding``."""
+        ref = self.reference()
+        if self.label_embedding is not None:
+            return self.label_embedding(self._labels(c, ref))
+        if self.embedding is not None:
+            if not isinstance(c, torch.Tensor):
+                raise TypeError(f"context must be a torch.Tensor for the embedding network, got {type(c).__name__}")
+            if c.is_floating_point():
+                check_features(c, None, "context", like=ref)
+            out = self.embedding(c)
+            if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[-1] != self.context_features:
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"the embedding network must return (..., {self.context_features}), got {got} "
+                                 f"from a context of shape {tuple(c.shape)}")
+            return out
+        c = check_features(c, self.context_features, "context", like=ref)
+        return self.context_standardize.forward_rows(c)[0]
+
+    def _labels(self, c: object, ref: torch.Tensor) -> torch.Tensor:
+        if isinstance(c, int) and not isinstance(c, bool):
+            c = torch.tensor(c, device=ref.device)
+        if not isinstance(c, torch.Tensor) or c.is_floating_point() or c.is_complex() or c.dtype == torch.bool:
+            what = f"{c.dtype} tensor" if isinstance(c, torch.Tensor) else type(c).__name__
+            raise TypeError(f"context must be integer class labels of shape (...) in [0, {self.num_classes}), "
+                            f"got a {what}; convert labels with .long()")
+        if c.device != ref.device:
+            raise ValueError(f"context is on {c.device} but the model is on {ref.device}; "
+                             f"move the labels with .to({str(ref.device)!r})")
+        if value_checks_enabled() and c.numel() and bool(((c < 0) | (c >= self.num_classes)).any()):
+            lo, hi = int(c.min()), int(c.max())
+            raise ValueError(f"context labels must lie in [0, {self.num_classes}), got values from {lo} to {hi}")
+        return c
+
+    def context_shape(self, c: object) -> torch.Size:
+        """The leading (batch) shape of the context ``c``: ``c.shape`` for labels, ``c.shape[:-1]`` for
+        vectors, the embedding's output's leading shape for raw contexts (one pass, no gradients)."""
+        if self.label_embedding is not None:
+            return self._labels(c, self.reference()).shape
+        if self.embedding is not None:
+            with torch.no_grad():
+                return self.embed(c).shape[:-1]
+        return check_features(c, self.context_features, "context", like=self.reference()).shape[:-1]
+
+    def _params(self, c: object) -> tuple[torch.Tensor, torch.Tensor]:
+        """The context's log-scales and shifts, each (..., num_blocks, features)."""
+        h = self.embed(c)
+        out = self.conditioner(h).unflatten(-1, (self.num_blocks, 2, self.features))
+        m = self.max_log_scale
+        return m * torch.tanh(out[..., 1, :] / m), out[..., 0, :]
+
+    def _rows(
+        self, x: torch.Tensor, c: object, name: str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Size]:
+        """``x`` and the context's parameters as rows of the broadcast leading shape: x (B, D), log-scales
+        and shifts (B, num_blocks, D), or (1, num_blocks, D) for one context shared by every row."""
+        check_features(x, self.features, name, like=self.reference())
+        log_scale, shift = self._params(c)
+        return _broadcast_rows(x, log_scale, shift, name)
+
+    # -- the maps ------------------------------------------------------------
+    def forward(
+        self, x: torch.Tensor, c: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, torch.Tensor] | "ConditionalFlowDistribution":
+        """``flow(x, c)``: ``x`` (..., features) and ``c`` broadcast to leading shape (...) ->
+        ``z`` (..., features), ``log|det dz/dx|`` (...).
+
+        ``flow(c)``, with one argument: the distribution ``p(. | c)`` (:meth:`distribution`)."""
+        if c is None:
+            return self.distribution(x)
+        rows, log_scale, shift, batch = self._rows(x, c, "input")
+        z, logdet = self.forward_rows(rows, log_scale, shift)
+        return z.view(*batch, self.features), logdet.reshape(batch)
+
+    def inverse(self, z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``z`` (..., features) and ``c`` broadcast to leading shape (...) -> ``x`` (..., features),
+        exact (triangular solves, closed-form elementwise inverses), and ``log|det dx/dz|`` (...)."""
+        rows, log_scale, shift, batch = self._rows(z, c, "input")
+        x, logdet = self.inverse_rows(rows, log_scale, shift)
+        return x.view(*batch, self.features), logdet.reshape(batch)
+
+    def forward_rows(
+        self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checked rows ``x`` (B, D), the context's log-scales and shifts (B or 1, num_blocks, D) ->
+        ``z`` (B, D), ``log|det dz/dx|`` (B,)."""
+        h, logdet = self.input_standardize.forward_rows(x)
+        scale = torch.exp(log_scale)
+        last = self.num_blocks - 1
+        for i, block in enumerate(self.blocks):
+            h, ld = block.forward_rows(h)
+            logdet = logdet + ld
+            h = torch.addcmul(shift[:, i], h, scale[:, i])
+            if i < last:
+                h, ld = self.activation.forward_rows(h)
+                logdet = logdet + ld
+        logdet = logdet + log_scale.sum(dim=(-2, -1))
+        return h, logdet.expand(x.shape[0])
+
+    def inverse_rows(
+        self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inverse of :meth:`forward_rows`: ``x`` (B, D) and ``log|det dx/dz|`` (B,)."""
+        inv_scale = torch.exp(-log_scale)
+        h, logdet = z, -log_scale.sum(dim=(-2, -1))
+        last = self.num_blocks - 1
+        for i in range(last, -1, -1):
+            if i < last:
+                h, ld = self.activation.inverse_rows(h)
+                logdet = logdet + ld
+            h = (h - shift[:, i]) * inv_scale[:, i]
+            h, ld = self.blocks[i].inverse_rows(h)
+            logdet = logdet + ld
+        h, ld = self.input_standardize.inverse_rows(h)
+        return h, (logdet + ld).expand(z.shape[0])
+
+    # -- the density and draws -----------------------------------------------
+    def log_prob(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``log p(x | c)`` in nats under the standard normal latent; ``x`` (..., features) and ``c``
+        broadcast to leading shape (...) -> (...)."""
+        z, logdet = self.forward(x, c)
+        return standard_normal_log_prob(z) + logdet
+
+    def sample(
+        self, sample_shape: int | Sequence[int], c: torch.Tensor, temperature: float = 1.0,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """Draws of ``x ~ p(. | c)``, shape ``sample_shape + context batch shape + (features,)`` (an
+        int ``n`` means ``(n,)``); latent std ``temperature``; no gradients (:meth:`rsample` keeps them)."""
+        with torch.no_grad():
+            return self.rsample(sample_shape, c, temperature, generator)
+
+    def rsample(
+        self, sample_shape: int | Sequence[int], c: torch.Tensor, temperature: float = 1.0,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """:meth:`sample`, reparameterised: differentiable in the weights, the context network, an
+        embedding and a floating context."""
+        log_scale, shift = self._params(c)
+        batch = sample_shape_of(sample_shape) + log_scale.shape[:-2]
+        ref = self.reference()
+        z, _ = latent_draws(batch, self.features, temperature, ref.dtype, ref.device, generator)
+        _, log_scale, shift, _ = _broadcast_rows(z.view(*batch, self.features), log_scale, shift, "draws")
+        return self.inverse_rows(z, log_scale, shift)[0].view(*batch, self.features)
+
+    def distribution(
+        self, c: torch.Tensor, temperature: float = 1.0, validate_args: Optional[bool] = None
+    ) -> "ConditionalFlowDistribution":
+        """``p(. | c)`` as a ``torch.distributions.Distribution``: ``batch_shape`` the context's leading
+        shape, ``event_shape (features,)``, latent ``N(0, temperature^2 I)``; it reads the flow's
+        current weights on every call. ``flow(c)`` is the same."""
+        return ConditionalFlowDistribution(self, c, temperature, validate_args=validate_args)
+
+    def extra_repr(self) -> str:
+        context = (f"num_classes={self.num_classes}" if self.num_classes is not None
+                   else "embedding" if self.embedding is not None else "vectors")
+        return (f"features={self.features}, context_features={self.context_features}, "
+                f"num_blocks={self.num_blocks}, context={context}")
+
+
+def _broadcast_rows(
+    x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, name: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Size]:
+    """``x`` (..., D) and the parameters (..., K, D) broadcast over their leading shapes, as rows."""
+    x_lead, c_lead = x.shape[:-1], log_scale.shape[:-2]
+    try:
+        batch = torch.broadcast_shapes(x_lead, c_lead)
+    except RuntimeError:
+        raise ValueError(f"{name}'s leading shape {tuple(x_lead)} and the context's {tuple(c_lead)} do not "
+                         f"broadcast against each other") from None
+    rows = x.expand(*batch, x.shape[-1]).reshape(-1, x.shape[-1])
+    tail = log_scale.shape[-2:]
+    if c_lead.numel() == 1:
+        # one context for every row: its parameters broadcast in the elementwise ops, uncopied
+        return rows, log_scale.reshape(1, *tail), shift.reshape(1, *tail), batch
+    return (rows, log_scale.expand(*batch, *tail).reshape(-1, *tail), shift.expand(*batch, *tail).reshape(-1, *tail),
+            batch)
+
+
+class ConditionalFlowDistribution(Distribution):
+    """``p(. | c)`` of a :class:`ConditionalLUNet` for a fixed context ``c``: ``flow(c)`` or
+    ``flow.distribution(c)``.
+
+    ``batch_shape`` is the context's leading shape, ``event_shape`` is ``(features,)``.
+    ``log_prob`` takes values (..., features) whose leading shape broadcasts with the batch
+    shape and returns ``log p(x | c)`` (...); ``sample`` and ``rsample`` return ``sample_shape +
+    batch_shape + (features,)``. It holds the flow and the context (not copies) and computes
+    from the current weights on every call. ``validate_args`` as for
+    :class:`~lunet.FlowDistribution`: off, nothing is checked, lunet's value checks included.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(
+        self, flow: ConditionalLUNet, context: torch.Tensor, temperature: float = 1.0,
+        validate_args: Optional[bool] = None,
+    ) -> None:
+        self.flow = flow
+        self.context = context
+        self.temperature = check_temperature(temperature, flow.reference().dtype)
+        super().__init__(batch_shape=flow.context_shape(context), event_shape=torch.Size([flow.features]),
+                         validate_args=validate_args)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        raise NotImplementedError("a flow's mean has no closed form; estimate it from samples")
+
+    @property
+    def variance(self) -> torch.Tensor:
+        raise NotImplementedError("a flow's variance has no closed form; estimate it from samples")
+
+    def _checks(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if self._validate_args else set_value_checks(False)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """``log p(value | c)`` in nats, (..., features) -> (...) broadcast with ``batch_shape``."""
+        if self._validate_args and value_checks_enabled():
+            self._validate_sample(value)
+        with self._checks():
+            z, logdet = self.flow(value, self.context)
+        t = self.temperature
+        if t == 1.0:
+            return standard_normal_log_prob(z) + logdet
+        d = self.flow.features
+        return -0.5 * (torch.linalg.vecdot(z, z) / t**2 + d * LOG_2PI) - d * math.log(t) + logdet
+
+    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> torch.Tensor:
+        """Draws ``sample_shape + batch_shape + (features,)``, differentiable in the flow's weights."""
+        with self._checks():
+            return self.flow.rsample(sample_shape, self.context, self.temperature)
+
+    def sample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> torch.Tensor:
+        """Draws ``sample_shape + batch_shape + (features,)``, without gradients."""
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def __repr__(self) -> str:
+        return (f"ConditionalFlowDistribution(features={self.flow.features}, batch_shape={tuple(self.batch_shape)}, "
+                f"temperature={self.temperature:g})")
