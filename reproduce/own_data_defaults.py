@@ -22,6 +22,7 @@ import torch
 
 from lunet.experiments.rundir import check_output, write_text_atomic
 from lunet.experiments.tables import load_table
+from lunet.experiments.train_state import TrainingDiverged
 from lunet.experiments.vector_runs import evaluate_vectors, train_vectors
 
 # name -> (what changes, train_vectors keyword arguments)
@@ -41,7 +42,10 @@ DEFAULT_TABLES = ("wine", "breast-cancer", "diabetes", "banana", "clusters")
 
 def run(table: Any, options: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
-        _, summary = train_vectors(table.train, Path(folder) / "run", progress=False, **options)
+        try:
+            _, summary = train_vectors(table.train, Path(folder) / "run", progress=False, **options)
+        except TrainingDiverged as exc:
+            return {"diverged": str(exc).split(";")[0]}
         nll = evaluate_vectors(Path(folder) / "run", table.test)["nll_nats_per_dim"]
     return {"test_nll_nats_per_dim": nll, "train_seconds": summary["train_seconds"], "epochs": summary["epochs"],
             "far_outside_fraction": summary["samples"]["far_outside_fraction"]}
@@ -69,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         for variant, (_, options) in VARIANTS.items():
             rows[variant] = run(table, options)
             r = rows[variant]
+            if "diverged" in r:
+                print(f"  {variant:<12} {r['diverged']}", flush=True)
+                continue
             print(f"  {variant:<12} {r['test_nll_nats_per_dim']:.4f}  far {100 * r['far_outside_fraction']:.2f} %  "
                   f"{r['epochs']} epochs, {r['train_seconds']:.1f} s", flush=True)
         if args.out is not None:
@@ -79,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         cells = []
         for n in names:
             r = doc["tables"][n][variant]
+            if "diverged" in r:
+                cells.append("diverged")
+                continue
             far = r["far_outside_fraction"]
             cells.append(f"{r['test_nll_nats_per_dim']:.3f}" + (f" ({100 * far:.1f} % far)" if far else ""))
         print(f"| {what} | " + " | ".join(cells) + " |")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import one_line_error, read_metrics, run_cli
+from conftest import mixture_trainer, one_line_error, read_metrics, run_cli
 from lunet.baselines.gaussian import FullCovarianceGaussian
 from lunet.experiments.checkpoint import load_checkpoint
 from lunet.experiments.run_record import IMAGES, ImageRunSettings, RunRecord, write_run
@@ -409,3 +409,17 @@ def test_per_row_output_is_refused_for_an_image_run(tmp_path, capsys):
     line = one_line_error(capsys, "evaluate")
     assert "--per-row applies to runs on own data" in line
     assert not (tmp_path / "rows.csv").exists()
+
+
+def test_with_early_stopping_a_validation_far_below_the_start_stops_the_run_with_the_best_kept(tmp_path):
+    spec = {"name": "lunet", "features": 2, "num_blocks": 3}
+    trainer = mixture_trainer(tmp_path, 1, model_spec=spec, patience=2)[0]
+    trainer.fit()
+    best = {k: v.clone() for k, v in trainer.state.best_state.items()}
+    with torch.no_grad():
+        trainer.model.blocks[-1].bias.add_(1e4)  # finite, and far worse than the start: no divergence here
+    trainer.config.epochs = 10
+    trainer.fit()
+    assert trainer.stopped_early and trainer.state.epoch == 3 and trainer.state.best_epoch == 1
+    kept = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert "diverged" not in kept and all(torch.equal(kept["best_model"][k], v) for k, v in best.items())

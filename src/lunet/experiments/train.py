@@ -291,7 +291,10 @@ class Trainer:
         if state.epoch % cfg.eval_every and state.epoch != cfg.epochs:
             return None
         val_lp = self._validation_log_prob()
-        problem = divergence(val_lp, state.start_val, state.epoch, self.features, self.unit)
+        # with early stopping a validation that falls far below the start ends the run as any other
+        # that does not improve, the best weights kept; a non-finite one is a divergence either way
+        start = None if cfg.patience is not None else state.start_val
+        problem = divergence(val_lp, start, state.epoch, self.features, self.unit)
         if problem is not None:
             raise self._diverged(*problem)
         state.keep_if_best(val_lp)
