@@ -27,6 +27,8 @@ def test_the_guide_examples_run(tmp_path, monkeypatch):
         exec(compile(block, str(GUIDE), "exec"), namespace)  # noqa: S102 (the guide's own examples)
     assert namespace["samples"].shape == (4, 100, 2) and namespace["checkpoint"]["epoch"] == 2
     assert namespace["hess"].shape == (2, 2) and namespace["per_row"].shape == (5,)
+    torch.testing.assert_close(namespace["back"], namespace["points"][:5], atol=1e-4, rtol=1e-4)
+    assert namespace["dist"].batch_shape == (2,)
     rows = namespace["spline_rows"]
     torch.testing.assert_close(namespace["spline_back"], rows, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(namespace["spline_log_p"], namespace["spline_flow"].log_prob(rows))
