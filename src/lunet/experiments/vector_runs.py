@@ -235,7 +235,7 @@ def train_vectors(
         elif data_init == "standardize":
             model.standardize(fit_rows)
         reference = Reference.fit(train, fit_rows)
-        gaussian_val = reference.nll_per_dim(rules.dequantized(val, torch.Generator().manual_seed(SPLIT_SEED + 2)))
+        gaussian_val = reference.nll_per_dim(rules.dequantized(val))
         mask = rules.noise_mask()
         trainer = Trainer(model, spec, config, train, val, functools.partial(log_prob_fn, mask=mask),
                           features=train.shape[1], out_dir=run, progress=progress, group=group,
@@ -296,7 +296,8 @@ def _report_samples(run: RunFolder, model: nn.Module, train: torch.Tensor, refer
     finite = torch.isfinite(samples).all(dim=1)
     from lunet.experiments.plots import plot_samples_beside_data
 
-    plot_samples_beside_data(train, samples[finite], run.path / "samples.png")
+    names = [rules.names[j] for j in rules.kept] if rules.names else None
+    plot_samples_beside_data(train, samples[finite], run.path / "samples.png", names=names)
     return report
 
 
