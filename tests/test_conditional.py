@@ -10,7 +10,7 @@ import torch
 import torch._dynamo as dynamo
 
 import lunet
-from lunet import ConditionalFlowDistribution, ConditionalLUNet, LUNet
+from lunet import ConditionalFlowDistribution, ConditionalLUNet, FrozenConditionalLUNet, LUNet
 
 D, DC = 3, 2
 
@@ -169,6 +169,33 @@ def test_the_distribution_face():
     torch.testing.assert_close(cold.log_prob(x), expected, rtol=1e-10, atol=1e-10)
     with pytest.raises(ValueError, match="temperature"):
         flow.distribution(c, temperature=-1.0)
+
+
+@pytest.mark.parametrize("kind", ["vectors", "labels"])
+def test_the_snapshot_is_the_flow_until_the_flow_changes(kind):
+    flow = make_flow(num_classes=4) if kind == "labels" else make_flow()
+    c = torch.tensor([0, 3, 1, 2]) if kind == "labels" else randn(4, DC, seed=1)
+    frozen = flow.frozen()
+    assert isinstance(frozen, FrozenConditionalLUNet)
+    x = randn(2, 4, D)
+    for a, b in (*zip(frozen(x, c), flow(x, c)), *zip(frozen.inverse(x, c), flow.inverse(x, c)),
+                 (frozen.log_prob(x, c[0]), flow.log_prob(x, c[0]))):
+        assert not a.requires_grad
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert frozen.sample((5,), c).shape == (5, 4, D) and frozen.sample(3, c[0]).shape == (3, D)
+    dist = frozen(c)
+    assert dist.batch_shape == (4,) and not dist.has_rsample
+    torch.testing.assert_close(dist.log_prob(x), flow.log_prob(x, c), rtol=1e-10, atol=1e-10)
+    assert dist.sample((7,)).shape == (7, 4, D)
+    with pytest.raises(NotImplementedError, match="without autograd"):
+        dist.rsample()
+    with pytest.raises(ValueError, match=r"input must have shape \(\.\.\., 3\)"):
+        frozen.log_prob(randn(4, D + 1), c)
+    before = frozen.log_prob(x, c)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.mul_(1.5)
+    assert torch.equal(frozen.log_prob(x, c), before)
 
 
 def test_the_density_integrates_to_one_for_several_contexts():

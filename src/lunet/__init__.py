@@ -25,6 +25,7 @@ _EXPORTS = {
     "ClassConditionalFlow": "lunet.flow",
     "ConditionalLUNet": "lunet.conditional",
     "ConditionalFlowDistribution": "lunet.conditional",
+    "FrozenConditionalLUNet": "lunet.conditional",
     "standard_normal_log_prob": "lunet.latent",
     "set_value_checks": "lunet.checks",
 }
@@ -33,7 +34,7 @@ __all__ = list(_EXPORTS)
 if TYPE_CHECKING:  # for type checkers and editors: re-exports, listed in __all__ (built from _EXPORTS)
     from lunet.base import Transform  # noqa: F401
     from lunet.checks import set_value_checks  # noqa: F401
-    from lunet.conditional import ConditionalFlowDistribution, ConditionalLUNet  # noqa: F401
+    from lunet.conditional import ConditionalFlowDistribution, ConditionalLUNet, FrozenConditionalLUNet  # noqa: F401
     from lunet.distributions import FlowDistribution, TorchTransform  # noqa: F401
     from lunet.flow import ClassConditionalFlow, LUNet  # noqa: F401
     from lunet.frozen import FrozenLUNet  # noqa: F401

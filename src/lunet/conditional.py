@@ -19,6 +19,7 @@ other as torch broadcasts, and log-dets have the broadcast leading shape.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import numbers
 from typing import Optional, Sequence
@@ -36,6 +37,7 @@ from lunet.checks import (
     set_value_checks,
     value_checks_enabled,
 )
+from lunet.functional import leaky_softplus, leaky_softplus_inverse, leaky_softplus_log_derivative
 from lunet.latent import LOG_2PI, latent_draws, standard_normal_log_prob
 from lunet.layers import LeakySoftplus, LULinear
 from lunet.standardize import Standardize
@@ -308,6 +310,13 @@ class ConditionalLUNet(nn.Module):
         current weights on every call. ``flow(c)`` is the same."""
         return ConditionalFlowDistribution(self, c, temperature, validate_args=validate_args)
 
+    def frozen(self) -> "FrozenConditionalLUNet":
+        """A snapshot for fast inference (density, inverse, sampling; no autograd): every block's
+        ``L U`` and its inverse formed once, one dense product per block and pass, and a copy of the
+        context side in eval mode. Later changes to this flow are not seen: take a new snapshot.
+        Raises ``ValueError`` when a block is not invertible."""
+        return FrozenConditionalLUNet(self)
+
     def extra_repr(self) -> str:
         context = (f"num_classes={self.num_classes}" if self.num_classes is not None
                    else "embedding" if self.embedding is not None else "vectors")
@@ -357,6 +366,7 @@ class ConditionalFlowDistribution(Distribution):
         self.flow = flow
         self.context = context
         self.temperature = check_temperature(temperature, flow.reference().dtype)
+        self.has_rsample = isinstance(flow, nn.Module)
         super().__init__(batch_shape=flow.context_shape(context), event_shape=torch.Size([flow.features]),
                          validate_args=validate_args)
 
@@ -384,15 +394,147 @@ class ConditionalFlowDistribution(Distribution):
         return -0.5 * (torch.linalg.vecdot(z, z) / t**2 + d * LOG_2PI) - d * math.log(t) + logdet
 
     def rsample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> torch.Tensor:
-        """Draws ``sample_shape + batch_shape + (features,)``, differentiable in the flow's weights."""
+        """Draws ``sample_shape + batch_shape + (features,)``, differentiable in the flow's weights
+        (``NotImplementedError`` over a snapshot, which computes without autograd)."""
         with self._checks():
             return self.flow.rsample(sample_shape, self.context, self.temperature)
 
     def sample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> torch.Tensor:
         """Draws ``sample_shape + batch_shape + (features,)``, without gradients."""
-        with torch.no_grad():
-            return self.rsample(sample_shape)
+        with self._checks():
+            return self.flow.sample(sample_shape, self.context, self.temperature)
 
     def __repr__(self) -> str:
         return (f"ConditionalFlowDistribution(features={self.flow.features}, batch_shape={tuple(self.batch_shape)}, "
                 f"temperature={self.temperature:g})")
+
+
+class FrozenConditionalLUNet:
+    """A snapshot of a :class:`ConditionalLUNet` for fast inference, made by
+    :meth:`ConditionalLUNet.frozen`: the same ``forward(x, c)``, ``inverse(z, c)``, ``log_prob``,
+    ``sample`` and ``distribution(c)`` (``flow(c)``), without autograd.
+
+    Every block's dense ``A = L U`` and ``A^{-1}`` (formed in float64 from the triangular factors)
+    are computed once, so each pass costs one dense product per block whatever the contexts; the
+    context side (label embedding, embedding network, context network) is a copy in eval mode.
+    It never reads the flow again: take a new snapshot after training further.
+    """
+
+    def __init__(self, flow: ConditionalLUNet) -> None:
+        with torch.no_grad():
+            for block in flow.blocks:
+                block.check_invertible()
+            self._flow = copy.deepcopy(flow).eval().requires_grad_(False)
+            self.weights, self.inverses, self.biases = [], [], []
+            for block in self._flow.blocks:
+                lower, upper = block.matrix_l().double(), block.matrix_u().double()
+                eye = torch.eye(lower.shape[0], dtype=torch.float64, device=lower.device)
+                l_inv = torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True)
+                inverse = torch.linalg.solve_triangular(upper, l_inv, upper=True)
+                self.weights.append((lower @ upper).to(block.lu.dtype).t().contiguous())  # x A^T = x @ this
+                self.inverses.append(inverse.to(block.lu.dtype).t().contiguous())
+                self.biases.append(block.bias.detach().clone())
+            standardize = self._flow.input_standardize
+            self.mean, self.std = standardize.mean.clone(), standardize.std.clone()
+            self.log_abs_det = sum(block.log_abs_det() for block in self._flow.blocks) - torch.log(self.std).sum()
+        self.alpha = self._flow.activation._fixed_alpha
+        self.features = self._flow.features
+        self.context_features = self._flow.context_features
+        self.num_classes = self._flow.num_classes
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.std.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.std.device
+
+    def reference(self) -> torch.Tensor:
+        """The tensor whose dtype and device inputs and vector contexts must share."""
+        return self.std
+
+    def context_shape(self, c: object) -> torch.Size:
+        """The context's leading (batch) shape, as :meth:`ConditionalLUNet.context_shape`."""
+        return self._flow.context_shape(c)
+
+    def forward_rows(
+        self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`ConditionalLUNet.forward_rows`, from the folded matrices."""
+        h = (x - self.mean) / self.std
+        scale = torch.exp(log_scale)
+        logdet = self.log_abs_det + log_scale.sum(dim=(-2, -1))
+        last = len(self.weights) - 1
+        for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            h = torch.addmm(bias, h, weight).mul_(scale[:, i]).add_(shift[:, i])
+            if i < last:
+                logdet = logdet + leaky_softplus_log_derivative(h, self.alpha).sum(dim=-1)
+                h = leaky_softplus(h, self.alpha)
+        return h, logdet.expand(x.shape[0])
+
+    def inverse_rows(
+        self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`ConditionalLUNet.inverse_rows`, from the folded matrices."""
+        inv_scale = torch.exp(-log_scale)
+        h, logdet = z, -(self.log_abs_det + log_scale.sum(dim=(-2, -1)))
+        last = len(self.weights) - 1
+        for i in range(last, -1, -1):
+            if i < last:
+                h = leaky_softplus_inverse(h, self.alpha)
+                logdet = logdet - leaky_softplus_log_derivative(h, self.alpha).sum(dim=-1)
+            h = ((h - shift[:, i]) * inv_scale[:, i] - self.biases[i]) @ self.inverses[i]
+        return torch.addcmul(self.mean, h, self.std), logdet.expand(z.shape[0])
+
+    def forward(
+        self, x: torch.Tensor, c: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, torch.Tensor] | ConditionalFlowDistribution:
+        """``(z, log|det dz/dx|)`` as :meth:`ConditionalLUNet.forward`; ``snapshot(c)``: the distribution."""
+        if c is None:
+            return self.distribution(x)
+        with torch.no_grad():
+            rows, log_scale, shift, batch = self._flow._rows(x, c, "input")
+            z, logdet = self.forward_rows(rows, log_scale, shift)
+        return z.view(*batch, self.features), logdet.reshape(batch)
+
+    __call__ = forward
+
+    def inverse(self, z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, log|det dx/dz|)`` as :meth:`ConditionalLUNet.inverse`."""
+        with torch.no_grad():
+            rows, log_scale, shift, batch = self._flow._rows(z, c, "input")
+            x, logdet = self.inverse_rows(rows, log_scale, shift)
+        return x.view(*batch, self.features), logdet.reshape(batch)
+
+    def log_prob(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``log p(x | c)`` in nats, as :meth:`ConditionalLUNet.log_prob`."""
+        z, logdet = self.forward(x, c)
+        return standard_normal_log_prob(z) + logdet
+
+    def sample(
+        self, sample_shape: int | Sequence[int], c: torch.Tensor, temperature: float = 1.0,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """Draws ``sample_shape + context batch shape + (features,)``, as :meth:`ConditionalLUNet.sample`."""
+        with torch.no_grad():
+            log_scale, shift = self._flow._params(c)
+            batch = sample_shape_of(sample_shape) + log_scale.shape[:-2]
+            z, _ = latent_draws(batch, self.features, temperature, self.dtype, self.device, generator)
+            _, log_scale, shift, _ = _broadcast_rows(z.view(*batch, self.features), log_scale, shift, "draws")
+            return self.inverse_rows(z, log_scale, shift)[0].view(*batch, self.features)
+
+    def rsample(self, *args: object, **kwargs: object) -> torch.Tensor:
+        """Refused: a snapshot computes without autograd; use :meth:`sample`, or the flow itself."""
+        raise NotImplementedError("a snapshot (flow.frozen()) computes without autograd, so its draws carry no "
+                                  "gradient: use sample(), or the flow itself for rsample()")
+
+    def distribution(
+        self, c: torch.Tensor, temperature: float = 1.0, validate_args: Optional[bool] = None
+    ) -> ConditionalFlowDistribution:
+        """``p(. | c)`` from this snapshot, as :meth:`ConditionalLUNet.distribution` (no ``rsample``)."""
+        return ConditionalFlowDistribution(self, c, temperature, validate_args=validate_args)
+
+    def __repr__(self) -> str:
+        return (f"FrozenConditionalLUNet(features={self.features}, context_features={self.context_features}, "
+                f"num_blocks={len(self.weights)}, a snapshot: later changes to the flow are not seen)")
