@@ -166,3 +166,80 @@ def test_a_spline_lunet_loss_and_its_snapshot_trace_as_one_graph():
     compiled = torch.compile(lambda v: -net.log_prob(v).mean(), backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(x), -net.log_prob(x).mean())
     dynamo.reset()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scratch_buffers_kept_between_calls_leave_every_result_its_own(dtype):
+    spline = _spline(dtype)
+    xk, yk, dk = spline.tables()
+    tables, grid = BinTables.of(xk, yk, dk, spline.bound), BinGrid(xk, spline.bound)
+    # batches of one block, of several blocks and of one row, each twice, in both directions
+    batches = [_inputs(dtype, 20000)[:rows].clone() for rows in (1, 300, 20000, 1, 300)]
+    results = [(x, spline_forward_fast(x, tables, grid), spline_inverse_fast(x, tables, knots=yk)) for x in batches]
+    for x, (y, ld), (xi, ldi) in results:
+        y_ref, ld_ref = spline_forward_plain(x, xk, yk, dk, spline.bound)
+        xi_ref, ldi_ref = spline_inverse_plain(x, xk, yk, dk, spline.bound)
+        torch.testing.assert_close(y, y_ref, **TOL[dtype])
+        torch.testing.assert_close(ld, ld_ref, **TOL[dtype])
+        torch.testing.assert_close(xi, xi_ref, **TOL[dtype])
+        torch.testing.assert_close(ldi, ldi_ref, **TOL[dtype])
+
+
+def test_threads_running_the_passes_at_once_get_their_own_results():
+    from concurrent.futures import ThreadPoolExecutor
+
+    spline = _spline(torch.float64)
+    xk, yk, dk = spline.tables()
+    tables, grid = BinTables.of(xk, yk, dk, spline.bound), BinGrid(xk, spline.bound)
+    inputs = [_inputs(torch.float64, 2000) for _ in range(8)]
+
+    def run(x):
+        return [spline_forward_fast(x, tables, grid)[0] for _ in range(20)]
+
+    with ThreadPoolExecutor(4) as pool:
+        outputs = list(pool.map(run, inputs))
+    for x, ys in zip(inputs, outputs):
+        y_ref, _ = spline_forward_plain(x, xk, yk, dk, spline.bound)
+        for y in ys:
+            torch.testing.assert_close(y, y_ref, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 40])
+def test_the_snapshot_passes_of_a_few_rows_and_many_find_the_same_bins(dtype, rows):
+    # up to SEARCHED_ROWS rows the bins are searched, beyond them looked up in the grid
+    from lunet.fast.spline import SEARCHED_ROWS, SamplingTables, spline_sample_fast
+
+    assert 1 <= SEARCHED_ROWS < 5
+    spline = _spline(dtype)
+    xk, yk, dk = spline.tables()
+    tables = BinTables.of(xk, yk, dk, spline.bound)
+    x = _inputs(dtype, 40)[:rows].clone()
+    x[0, :3] = xk[:3, 2]  # entries on knots
+    y_ref, ld_ref = spline_forward_plain(x, xk, yk, dk, spline.bound)
+    y, ld = spline_forward_fast(x, tables, BinGrid(xk, spline.bound))
+    torch.testing.assert_close(y, y_ref, **TOL[dtype])
+    torch.testing.assert_close(ld, ld_ref, **TOL[dtype])
+    x_ref, _ = spline_inverse_plain(y_ref, xk, yk, dk, spline.bound)
+    y_grid = BinGrid(yk, spline.bound)
+    torch.testing.assert_close(spline_inverse_fast(y_ref, tables, y_grid)[0], x_ref, **TOL[dtype])
+    torch.testing.assert_close(spline_sample_fast(y_ref, tables, SamplingTables.of(tables), y_grid), x_ref,
+                               **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lookup", ["counted", "grid"])
+def test_sampling_from_the_coefficients_gives_the_exact_inverse(dtype, lookup):
+    from lunet.fast.spline import SamplingTables, spline_sample_fast
+
+    spline = _spline(dtype)
+    xk, yk, dk = spline.tables()
+    tables = BinTables.of(xk, yk, dk, spline.bound)
+    x = _inputs(dtype, 3000)
+    y, _ = spline_forward_plain(x, xk, yk, dk, spline.bound)
+    grid = BinGrid(yk, spline.bound) if lookup == "grid" else None
+    x_back = spline_sample_fast(y, tables, SamplingTables.of(tables), grid)
+    x_ref, _ = spline_inverse_plain(y, xk, yk, dk, spline.bound)
+    torch.testing.assert_close(x_back, x_ref, **TOL[dtype])
+    torch.testing.assert_close(x_back, x, **TOL[dtype])
+    assert torch.equal(x_back[2], y[2])  # beyond the interval: the identity, exactly

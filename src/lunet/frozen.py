@@ -26,10 +26,12 @@ from lunet.fast.affine import SPLIT_BELOW_ROWS, SPLIT_MIN_BYTES, FrozenAffine, a
 from lunet.fast.spline import (
     BinGrid,
     BinTables,
+    SamplingTables,
     spline_forward_fast,
     spline_forward_plain,
     spline_inverse_fast,
     spline_inverse_plain,
+    spline_sample_fast,
 )
 from lunet.functional import (
     cached_inverse_table,
@@ -350,8 +352,9 @@ class FrozenLUNet:
 
 
 class FrozenSpline:
-    """A snapshot's copy of a :class:`~lunet.spline.MonotoneSpline`: its per-bin tables and the uniform
-    lookups of its bins on both sides, made once, so that a pass finds each entry's bin with two
+    """A snapshot's copy of a :class:`~lunet.spline.MonotoneSpline`: its per-bin tables, the
+    coefficients of the inverse's quadratic for sampling and the uniform lookups of its bins on both
+    sides, made once, so that a pass finds each entry's bin with two
     reads and one comparison and reads each bin quantity once (:mod:`lunet.fast.spline`).
 
     ``forward(x)`` maps rows ``(B, features)`` to ``(y, log|det dy/dx|)``, ``inverse(y)`` back;
@@ -364,6 +367,7 @@ class FrozenSpline:
         self._tables = BinTables.of(*self._knots, self.bound)
         self._x_grid = BinGrid(self._knots[0], self.bound)
         self._y_grid = BinGrid(self._knots[1], self.bound)
+        self._sampling = SamplingTables.of(self._tables)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -391,8 +395,10 @@ class FrozenSpline:
         ``with_logdet``, ``x`` alone)."""
         if under_vmap() or torch.compiler.is_compiling():
             x, logdet = spline_inverse_plain(y, *self._knots, self.bound)
+        elif with_logdet:
+            x, logdet = spline_inverse_fast(y, self._tables, self._y_grid)
         else:
-            x, logdet = spline_inverse_fast(y, self._tables, self._y_grid, with_logdet=with_logdet)
+            return spline_sample_fast(y, self._tables, self._sampling, self._y_grid)
         return (x, logdet) if with_logdet else x
 
 
