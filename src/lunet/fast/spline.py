@@ -10,8 +10,9 @@ feature-major, indexed by ``j = f * K + bin``. Inputs outside ``[-bound, bound]`
 
 The fast passes never expand a table over the batch: each entry's bin is found once, as a flat
 index, and each per-bin quantity is read with one ``index_select``; the backward pass adds the
-per-entry terms into the per-bin gradients with ``index_add_``. Comparisons are counted as sums of
-signs, which this CPU build runs several times faster than comparisons that return booleans.
+per-entry terms into the per-bin gradients with ``scatter_add_``. Every pass runs over blocks of
+rows into scratch buffers kept between calls. Comparisons are counted as sums of signs, which this
+CPU build runs several times faster than comparisons that return booleans.
 """
 
 from __future__ import annotations
@@ -458,7 +459,7 @@ class SplineForward(torch.autograd.Function):
     ``num``, ``Q`` the rational quadratic's denominator, numerator and derivative numerator, the
     gradient of each entry's ``(y, log y')`` to the bin's ``t, s, d0, d1, h`` is
     ``A d num + B d Q + C d den`` for three factors per entry (``A = g_y h / den``, ``B = g_L / Q``,
-    ``C = -(A r + 2 g_L / den)``); the chain rule to ``x0, w, y0, h`` and one ``index_add_`` per
+    ``C = -(A r + 2 g_L / den)``); the chain rule to ``x0, w, y0, h`` and one ``scatter_add_`` per
     bin quantity and block give the tables' gradients. A backward pass that records a graph
     (Hessians, double backward) or is batched recomputes the plain formulas and differentiates them.
     """
@@ -533,7 +534,7 @@ def _backward_block(x: torch.Tensor, g_value: torch.Tensor, g_logdet: torch.Tens
     g_w = torch.mul(t, g_xin, out=b[5]).addcmul_(g_s, s.mul_(iw))  # the gradient to w, negated
     g_h = torch.mul(gy, r, out=b[10]).addcmul_(g_s, iw)
     flat = j.view(-1)
-    # scatter_add_ runs faster than index_add_ on this CPU build; the first two rows are negated
+    # scatter_add_ runs faster than index_add_ on the CPU; the first two rows are negated
     # once all blocks are in
     for row, part in enumerate((g_xin, g_w, gy, g_h, g_d0, g_d1)):
         per_bin[row].scatter_add_(0, flat, part.view(-1))
