@@ -131,13 +131,15 @@ def _hidden(features: int, large: list[int], small: list[int]) -> list[int]:
 
 
 def build_lunet(features: int, data: Optional[torch.Tensor] = None) -> PeerModel:
-    """lunet's recipe for the width: the paper's 4 blocks for images, the own-data default
-    (8 blocks, learned slopes) for vectors, the 2-D experiment's 16 blocks for ``dim = 2``."""
+    """lunet's recipe for the width: the paper's 4 blocks for images, 8 blocks of learned
+    leaky-softplus slopes for vectors (the model docs/peers.md measured), the 2-D experiment's
+    16 blocks for ``dim = 2``."""
     if features == 2:
         s = GMM2DSettings()
         net = LUNet(2, s.num_blocks, alpha=s.alpha, diag=s.diag, init_scale=s.init_scale, learn_alpha=s.learn_alpha)
         return LUNetPeer(net, f"LU-Net {s.num_blocks}×2")
-    spec = paper_lunet_spec(features=features) if features > SMALL_DIM else vector_lunet_spec(features)
+    spec = (paper_lunet_spec(features=features) if features > SMALL_DIM
+            else vector_lunet_spec(features, num_blocks=8, activation="leaky_softplus"))
     spec.pop("name")
     net = LUNet(**spec)
     which = "paper's " if features > SMALL_DIM else ""
@@ -162,10 +164,10 @@ def build_lunet_spline(features: int, data: Optional[torch.Tensor] = None) -> Pe
         s = GMM2DSettings()
         net = LUNet(2, s.num_blocks, diag=s.diag, init_scale=s.init_scale, activation="spline")
         return LUNetPeer(net, f"LU-Net {s.num_blocks}×2, splines")
-    spec = (paper_lunet_spec(features=features) if features > SMALL_DIM
-            else vector_lunet_spec(features, learn_alpha=False))
+    spec = (paper_lunet_spec(features=features, activation="spline") if features > SMALL_DIM
+            else vector_lunet_spec(features, num_blocks=8, activation="spline"))
     spec.pop("name")
-    net = LUNet(**spec, activation="spline")
+    net = LUNet(**spec)
     return LUNetPeer(net, f"LU-Net {spec['num_blocks']}×{features}, splines")
 
 
@@ -214,7 +216,8 @@ class ModelEntry:
 
 
 MODELS: dict[str, ModelEntry] = {
-    "lunet": ModelEntry("lunet", build_lunet, "LU-Net: the paper's 4 blocks on images; lunet's defaults on vectors"),
+    "lunet": ModelEntry("lunet", build_lunet,
+                        "LU-Net: the paper's 4 blocks on images; 8 blocks of learned slopes on vectors"),
     "lunet-gaussian": ModelEntry("lunet-gaussian", build_lunet_gaussian,
                                  "LU-Net as `lunet` starts it: at the full-covariance Gaussian fit of the data",
                                  needs_data=True),
