@@ -22,7 +22,8 @@ from test_ood import write_blob_data
 
 pytestmark = pytest.mark.slow
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lunet.cli"]
-OWN = ["--epochs", "3", "--batch-size", "50", "--blocks", "2", "--dtype", "float64", "--eval-every", "1", "--no-progress"]
+OWN = ["--epochs", "3", "--batch-size", "50", "--blocks", "2", "--dtype", "float64", "--eval-every", "1",
+       "--no-progress"]
 
 
 def torchrun(*argv: object, timeout: float = 180) -> subprocess.CompletedProcess:
