@@ -18,7 +18,6 @@ other as torch broadcasts, and log-dets have the broadcast leading shape.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import numbers
@@ -26,7 +25,6 @@ from typing import Optional, Sequence
 
 import torch
 from torch import nn
-from torch.distributions import Distribution, constraints
 
 from lunet.checks import (
     check_batch,
@@ -34,9 +32,9 @@ from lunet.checks import (
     check_positive_int,
     check_temperature,
     sample_shape_of,
-    set_value_checks,
     value_checks_enabled,
 )
+from lunet.distributions import FlowDistributionBase
 from lunet.functional import leaky_softplus, leaky_softplus_inverse, leaky_softplus_log_derivative
 from lunet.latent import LOG_2PI, latent_draws, standard_normal_log_prob
 from lunet.layers import LeakySoftplus, LULinear
@@ -343,7 +341,7 @@ def _broadcast_rows(
             batch)
 
 
-class ConditionalFlowDistribution(Distribution):
+class ConditionalFlowDistribution(FlowDistributionBase):
     """``p(. | c)`` of a :class:`ConditionalLUNet` for a fixed context ``c``: ``flow(c)`` or
     ``flow.distribution(c)``.
 
@@ -355,10 +353,6 @@ class ConditionalFlowDistribution(Distribution):
     :class:`~lunet.FlowDistribution`: off, nothing is checked, lunet's value checks included.
     """
 
-    arg_constraints: dict = {}
-    support = constraints.real_vector
-    has_rsample = True
-
     def __init__(
         self, flow: ConditionalLUNet, context: torch.Tensor, temperature: float = 1.0,
         validate_args: Optional[bool] = None,
@@ -369,17 +363,6 @@ class ConditionalFlowDistribution(Distribution):
         self.has_rsample = isinstance(flow, nn.Module)
         super().__init__(batch_shape=flow.context_shape(context), event_shape=torch.Size([flow.features]),
                          validate_args=validate_args)
-
-    @property
-    def mean(self) -> torch.Tensor:
-        raise NotImplementedError("a flow's mean has no closed form; estimate it from samples")
-
-    @property
-    def variance(self) -> torch.Tensor:
-        raise NotImplementedError("a flow's variance has no closed form; estimate it from samples")
-
-    def _checks(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext() if self._validate_args else set_value_checks(False)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """``log p(value | c)`` in nats, (..., features) -> (...) broadcast with ``batch_shape``."""

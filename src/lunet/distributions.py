@@ -25,7 +25,28 @@ def _is_snapshot(flow: object) -> bool:
     return isinstance(flow, (FrozenLUNet, FrozenSequential))
 
 
-class FlowDistribution(Distribution):
+class FlowDistributionBase(Distribution):
+    """What every flow's distribution shares: real vectors as support, no closed-form moments, and
+    lunet's value checks that follow ``validate_args`` (off: nothing is checked)."""
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    @property
+    def mean(self) -> torch.Tensor:
+        raise NotImplementedError("a flow's mean has no closed form; estimate it from samples")
+
+    @property
+    def variance(self) -> torch.Tensor:
+        raise NotImplementedError("a flow's variance has no closed form; estimate it from samples")
+
+    def _checks(self) -> contextlib.AbstractContextManager:
+        """The flow's own value checks: as set globally when validating, none otherwise."""
+        return contextlib.nullcontext() if self._validate_args else set_value_checks(False)
+
+
+class FlowDistribution(FlowDistributionBase):
     """The density of ``x = flow^{-1}(z)``, ``z`` drawn from ``base`` (by default ``N(0, T^2 I)``).
 
     Made by :meth:`lunet.LUNet.distribution`; a light object that holds the flow
@@ -52,10 +73,6 @@ class FlowDistribution(Distribution):
     ``NotImplementedError`` (``has_rsample`` is False) rather than return draws
     without a gradient; ``sample`` works.
     """
-
-    arg_constraints: dict = {}
-    support = constraints.real_vector
-    has_rsample = True
 
     def __init__(
         self, flow: object, temperature: float = 1.0, base: Optional[Distribution] = None,
@@ -95,18 +112,6 @@ class FlowDistribution(Distribution):
             normal = standard_normal(self.flow.features, like, check_temperature(self.temperature, dtype))
             made = self._standard = (dtype, device, normal)
         return made[2]
-
-    @property
-    def mean(self) -> torch.Tensor:
-        raise NotImplementedError("a flow's mean has no closed form; estimate it from samples")
-
-    @property
-    def variance(self) -> torch.Tensor:
-        raise NotImplementedError("a flow's variance has no closed form; estimate it from samples")
-
-    def _checks(self) -> contextlib.AbstractContextManager:
-        """The flow's own value checks: as set globally when validating, none otherwise."""
-        return contextlib.nullcontext() if self._validate_args else set_value_checks(False)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """``log p(value)`` in nats, (..., features) -> (...)."""
