@@ -1,4 +1,4 @@
-"""Own data done right (issue 37): the defaults, the Gaussian baseline beside every run, early
+"""Own data done right: the defaults, the Gaussian baseline beside every run, early
 stopping, the report on samples, per-row log-likelihoods and the messages."""
 
 import json
