@@ -274,6 +274,16 @@ def train_vectors(
     return model, summary
 
 
+@torch.no_grad()
+def _inverse_in_chunks(model: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """``model``'s inverse of latents ``z`` (N, features) in its dtype, float64 on the CPU; a chunk that
+    holds a non-finite latent is passed through as it is, for the caller to find."""
+    device = flow_placement(model)[1]
+    # in chunks: a pass over all the rows at once holds several copies of them per block
+    return torch.cat([model.inverse(chunk.to(device))[0].double().cpu() if bool(torch.isfinite(chunk).all())
+                      else chunk.double() for chunk in z.split(SAMPLE_CHUNK_ROWS)])
+
+
 # how a run's start is named on the console
 DATA_INIT_WORDS = {"gaussian": "that Gaussian", "standardize": "the standardised identity",
                    "none": "random weights"}
@@ -287,10 +297,8 @@ def _report_samples(run: RunFolder, model: nn.Module, train: torch.Tensor, refer
     """Draw :data:`REPORT_SAMPLES` samples at T = 1 from the trained ``model`` (as :func:`sample_vectors`
     gives them), report how many leave the range of the training rows ``train`` (the flow's columns),
     and picture them beside the data in ``samples.png``."""
-    dtype, device = flow_placement(model)
     z = torch.randn(REPORT_SAMPLES, model.features, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    samples = torch.cat([model.inverse(chunk.to(device=device, dtype=dtype))[0].double().cpu()
-                         for chunk in z.split(SAMPLE_CHUNK_ROWS)])
+    samples = _inverse_in_chunks(model, z.to(flow_placement(model)[0]))
     samples = rules.to_model(rules.to_data(samples))  # integer columns whole, as sampling gives them
     report = sample_report(samples, reference.low, reference.high)
     finite = torch.isfinite(samples).all(dim=1)
@@ -345,11 +353,14 @@ class VectorRun:
         check_fits_dtype(x, flow_placement(self.model)[0], name)
         return rules.dequantized(rules.to_model(x))
 
-    @torch.no_grad()
     def log_prob(self, data: Vectors, batch_size: int = 4096, name: str = "data") -> torch.Tensor:
         """``log p(x)`` in nats of each row of ``data`` (N, width), (N,) float64."""
-        x = self.model_rows(data, name)
-        return torch.cat([log_prob_fn(self.model, chunk).double().cpu() for chunk in x.split(batch_size)])
+        return self.rows_log_prob(self.model_rows(data, name), batch_size)
+
+    @torch.no_grad()
+    def rows_log_prob(self, rows: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+        """``log p`` in nats of the flow's input ``rows`` (N, features), as :meth:`model_rows` gives them."""
+        return torch.cat([log_prob_fn(self.model, chunk).double().cpu() for chunk in rows.split(batch_size)])
 
     @torch.no_grad()
     def sample(self, num: int, temperature: float = 1.0, seed: int = 0) -> torch.Tensor:
@@ -359,14 +370,12 @@ class VectorRun:
         check_temperature(temperature)
         features, model = self.settings.features, self.model
         _check_sample_count(num, features)
-        dtype, dev = flow_placement(model)
+        dtype = flow_placement(model)[0]
         gen = torch.Generator().manual_seed(seed)
         draws = torch.randn(num, features, generator=gen, dtype=torch.float64)
         z = (temperature * draws).to(dtype)
         overflowed = ~torch.isfinite(z).all(dim=1)  # draws beyond the dtype's range: no pass can take them
-        # in chunks: a pass over all the rows at once holds several copies of them per block
-        samples = torch.cat([model.inverse(chunk.to(dev))[0].double().cpu() if bool(torch.isfinite(chunk).all())
-                             else chunk.double() for chunk in z.split(SAMPLE_CHUNK_ROWS)])
+        samples = _inverse_in_chunks(model, z)
         overflowed |= ~torch.isfinite(samples).all(dim=1)
         if bool(overflowed.any()):
             few = draws[overflowed][:64]
@@ -405,9 +414,7 @@ class VectorRun:
             settings = VectorRunSettings(**{k: v for k, v in entries.items() if k not in ("data", "data_file")})
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path}: its run record is damaged: {first_sentence(exc)}") from None
-        extra = ckpt.get("extra") if isinstance(ckpt.get("extra"), dict) else {}
-        reference = Reference.from_entries(extra.get("reference"), settings.features, str(path))
-        return cls(settings, model.to(resolve_device(device)).eval(), reference)
+        return cls(settings, model.to(resolve_device(device)).eval(), _reference_of(ckpt, settings, path))
 
 
 def load_vector_run(run_dir: str | Path | RunFolder, device: str = "cpu") -> VectorRun:
@@ -415,9 +422,13 @@ def load_vector_run(run_dir: str | Path | RunFolder, device: str = "cpu") -> Vec
     run = as_folder(run_dir)
     settings = read_run_file(run)
     model, ckpt = load_model(run.checkpoint, which="best")
+    return VectorRun(settings, model.to(resolve_device(device)).eval(), _reference_of(ckpt, settings, run.checkpoint))
+
+
+def _reference_of(ckpt: dict[str, Any], settings: VectorRunSettings, path: str | Path) -> Optional[Reference]:
+    """The reference a checkpoint or export ``ckpt`` (read from ``path``) keeps in its extra, checked."""
     extra = ckpt.get("extra") if isinstance(ckpt.get("extra"), dict) else {}
-    reference = Reference.from_entries(extra.get("reference"), settings.features, str(run.checkpoint))
-    return VectorRun(settings, model.to(resolve_device(device)).eval(), reference)
+    return Reference.from_entries(extra.get("reference"), settings.features, str(path))
 
 
 def evaluate_vectors(run_dir: str | Path | RunFolder, data: Vectors, device: str = "cpu", batch_size: int = 4096,
@@ -428,7 +439,8 @@ def evaluate_vectors(run_dir: str | Path | RunFolder, data: Vectors, device: str
     row's ``log p(x)`` in nats, (N,) float64."""
     loaded = load_vector_run(run_dir, device)
     features = loaded.settings.features
-    lp = loaded.log_prob(data, batch_size, name)
+    rows = loaded.model_rows(data, name)
+    lp = loaded.rows_log_prob(rows, batch_size)
     result: dict[str, Any] = {
         "nll_nats_per_dim": float(-lp.mean() / features),
         "nll_nats_per_vector": float(-lp.mean()),
@@ -437,7 +449,7 @@ def evaluate_vectors(run_dir: str | Path | RunFolder, data: Vectors, device: str
         "features": features,
     }
     if loaded.reference is not None:
-        result["gaussian_nll_nats_per_dim"] = loaded.reference.nll_per_dim(loaded.model_rows(data, name))
+        result["gaussian_nll_nats_per_dim"] = loaded.reference.nll_per_dim(rows)
         result["comparison"] = comparison_line(result["nll_nats_per_dim"], result["gaussian_nll_nats_per_dim"],
                                                "test")
     if keep_rows:
