@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from lunet.experiments.rundir import check_output, write_text_atomic
-from lunet.experiments.tables import load_table
+from lunet.experiments.tables import gaussian_baseline, load_table
 from lunet.experiments.train_state import TrainingDiverged
 from lunet.experiments.vector_runs import evaluate_vectors, train_vectors
 
@@ -97,12 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_gaussian(table: Any) -> float:
     """The test NLL of the full-covariance Gaussian of the training rows (dequantised as lunet does)."""
-    from lunet.baselines.gaussian import FullCovarianceGaussian
-    from lunet.experiments.columns import ColumnRules
-
-    rules = ColumnRules.choose(table.train)
-    fit = FullCovarianceGaussian.fit(rules.dequantized(table.train, torch.Generator().manual_seed(1)))
-    test = rules.dequantized(table.test)
+    _, fit, test = gaussian_baseline(table)
     return float(-fit.log_prob(test).mean() / table.features)
 
 

@@ -28,13 +28,11 @@ from typing import Any
 
 import torch
 
-from lunet.baselines.gaussian import FullCovarianceGaussian
-from lunet.experiments.columns import ColumnRules
 from lunet.experiments.peer_models import build
 from lunet.experiments.peers import Protocol, machine_info, train_with_budgets, vectors_from_splits
 from lunet.experiments.rundir import check_output, write_text_atomic
 from lunet.experiments.settings import TrainConfig, vector_lunet_spec
-from lunet.experiments.tables import TABLES, load_table
+from lunet.experiments.tables import TABLES, gaussian_baseline, load_table
 from lunet.experiments.vector_report import sample_report
 from lunet.experiments.vector_runs import evaluate_vectors, sample_vectors, split_rows, train_vectors
 
@@ -58,13 +56,11 @@ def run_table(name: str, budget: float, figures: Path | None, log: Any, earlier:
     table = load_table(name)
     # the columns of whole numbers that lunet dequantises: every model sees them so, the test rows
     # with the noise lunet's evaluation draws, and samples rounded down as lunet's are
-    rules = ColumnRules.choose(table.train)
-    test = rules.dequantized(table.test)
+    rules, gaussian, test = gaussian_baseline(table)
     result: dict[str, Any] = {"table": name, "info": table.info, "num_train": table.train.shape[0],
                               "num_test": table.test.shape[0], "features": table.features,
                               "dequantised_columns": rules.integer, "models": {}}
     models = result["models"]
-    gaussian = FullCovarianceGaussian.fit(rules.dequantized(table.train, torch.Generator().manual_seed(1)))
     gen = torch.Generator().manual_seed(0)
     draws = gaussian.scale_tril @ torch.randn(table.features, NUM_SAMPLES, generator=gen, dtype=torch.float64)
     models["gaussian"] = _row(float(-gaussian.log_prob(test).mean() / table.features),

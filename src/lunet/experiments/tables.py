@@ -14,9 +14,11 @@ from typing import Any, Callable
 
 import torch
 
+from lunet.baselines.gaussian import FullCovarianceGaussian
+from lunet.experiments.columns import ColumnRules
 from lunet.experiments.peer_models import require
 
-__all__ = ["TABLES", "SYNTHETIC", "Table", "load_table", "split_table"]
+__all__ = ["TABLES", "SYNTHETIC", "Table", "load_table", "split_table", "gaussian_baseline"]
 
 TABLE_SPLIT_SEED = 0
 TEST_FRACTION = 0.2
@@ -127,3 +129,12 @@ def load_table(name: str) -> Table:
     x, info = TABLES[name]()
     table = split_table(name, x, info)
     return drop_constant_columns(table) if name in DROP_CONSTANT else table
+
+
+def gaussian_baseline(table: Table) -> tuple[ColumnRules, FullCovarianceGaussian, torch.Tensor]:
+    """What every model of the benchmark is set beside: the column rules lunet chooses for the
+    training rows, the full-covariance Gaussian of those rows (whole-number columns dequantised by
+    one fixed draw) and the test rows dequantised as lunet's evaluation dequantises them."""
+    rules = ColumnRules.choose(table.train)
+    fit = FullCovarianceGaussian.fit(rules.dequantized(table.train, torch.Generator().manual_seed(1)))
+    return rules, fit, rules.dequantized(table.test)
