@@ -41,7 +41,46 @@ from lunet.layers import LeakySoftplus, LULinear
 from lunet.standardize import Standardize
 
 
-class ConditionalLUNet(nn.Module):
+class _ConditionalDensity:
+    """``log_prob``, ``sample`` and ``distribution`` of a conditional flow and of its snapshot, over
+    their ``forward``, ``inverse_rows``, ``_params`` (the context's log-scales and shifts) and ``reference``."""
+
+    features: int
+
+    def log_prob(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``log p(x | c)`` in nats under the standard normal latent; ``x`` (..., features) and ``c``
+        broadcast to leading shape (...) -> (...)."""
+        z, logdet = self.forward(x, c)
+        return standard_normal_log_prob(z) + logdet
+
+    def sample(
+        self, sample_shape: int | Sequence[int], c: torch.Tensor, temperature: float = 1.0,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """Draws of ``x ~ p(. | c)``, shape ``sample_shape + context batch shape + (features,)`` (an
+        int ``n`` means ``(n,)``); latent std ``temperature``; no gradients (the flow's ``rsample`` keeps them)."""
+        with torch.no_grad():
+            return self._draw(sample_shape, c, temperature, generator)
+
+    def _draw(self, sample_shape: int | Sequence[int], c: torch.Tensor, temperature: float,
+              generator: Optional[torch.Generator]) -> torch.Tensor:
+        log_scale, shift = self._params(c)
+        batch = sample_shape_of(sample_shape) + log_scale.shape[:-2]
+        ref = self.reference()
+        z, _ = latent_draws(batch, self.features, temperature, ref.dtype, ref.device, generator)
+        _, log_scale, shift, _ = _broadcast_rows(z.view(*batch, self.features), log_scale, shift, "draws")
+        return self.inverse_rows(z, log_scale, shift)[0].view(*batch, self.features)
+
+    def distribution(
+        self, c: torch.Tensor, temperature: float = 1.0, validate_args: Optional[bool] = None
+    ) -> "ConditionalFlowDistribution":
+        """``p(. | c)`` as a ``torch.distributions.Distribution``: ``batch_shape`` the context's leading
+        shape, ``event_shape (features,)``, latent ``N(0, temperature^2 I)``; it reads the current
+        weights on every call (a snapshot's: no ``rsample``). ``flow(c)`` is the same."""
+        return ConditionalFlowDistribution(self, c, temperature, validate_args=validate_args)
+
+
+class ConditionalLUNet(_ConditionalDensity, nn.Module):
     """LU-Net of ``p(x | c)``: shared LU layers, a per-feature affine map of the context after each.
 
     Args:
@@ -271,42 +310,14 @@ class ConditionalLUNet(nn.Module):
         h, ld = self.input_standardize.inverse_rows(h)
         return h, (logdet + ld).expand(z.shape[0])
 
-    # -- the density and draws -----------------------------------------------
-    def log_prob(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """``log p(x | c)`` in nats under the standard normal latent; ``x`` (..., features) and ``c``
-        broadcast to leading shape (...) -> (...)."""
-        z, logdet = self.forward(x, c)
-        return standard_normal_log_prob(z) + logdet
-
-    def sample(
-        self, sample_shape: int | Sequence[int], c: torch.Tensor, temperature: float = 1.0,
-        generator: Optional[torch.Generator] = None,
-    ) -> torch.Tensor:
-        """Draws of ``x ~ p(. | c)``, shape ``sample_shape + context batch shape + (features,)`` (an
-        int ``n`` means ``(n,)``); latent std ``temperature``; no gradients (:meth:`rsample` keeps them)."""
-        with torch.no_grad():
-            return self.rsample(sample_shape, c, temperature, generator)
-
+    # -- the density and draws (log_prob, sample, distribution: _ConditionalDensity) -----------
     def rsample(
         self, sample_shape: int | Sequence[int], c: torch.Tensor, temperature: float = 1.0,
         generator: Optional[torch.Generator] = None,
     ) -> torch.Tensor:
         """:meth:`sample`, reparameterised: differentiable in the weights, the context network, an
         embedding and a floating context."""
-        log_scale, shift = self._params(c)
-        batch = sample_shape_of(sample_shape) + log_scale.shape[:-2]
-        ref = self.reference()
-        z, _ = latent_draws(batch, self.features, temperature, ref.dtype, ref.device, generator)
-        _, log_scale, shift, _ = _broadcast_rows(z.view(*batch, self.features), log_scale, shift, "draws")
-        return self.inverse_rows(z, log_scale, shift)[0].view(*batch, self.features)
-
-    def distribution(
-        self, c: torch.Tensor, temperature: float = 1.0, validate_args: Optional[bool] = None
-    ) -> "ConditionalFlowDistribution":
-        """``p(. | c)`` as a ``torch.distributions.Distribution``: ``batch_shape`` the context's leading
-        shape, ``event_shape (features,)``, latent ``N(0, temperature^2 I)``; it reads the flow's
-        current weights on every call. ``flow(c)`` is the same."""
-        return ConditionalFlowDistribution(self, c, temperature, validate_args=validate_args)
+        return self._draw(sample_shape, c, temperature, generator)
 
     def frozen(self) -> "FrozenConditionalLUNet":
         """A snapshot for fast inference (density, inverse, sampling; no autograd): every block's
@@ -392,7 +403,7 @@ class ConditionalFlowDistribution(FlowDistributionBase):
                 f"temperature={self.temperature:g})")
 
 
-class FrozenConditionalLUNet:
+class FrozenConditionalLUNet(_ConditionalDensity):
     """A snapshot of a :class:`ConditionalLUNet` for fast inference, made by
     :meth:`ConditionalLUNet.frozen`: the same ``forward(x, c)``, ``inverse(z, c)``, ``log_prob``,
     ``sample`` and ``distribution(c)`` (``flow(c)``), without autograd.
@@ -490,33 +501,13 @@ class FrozenConditionalLUNet:
             x, logdet = self.inverse_rows(rows, log_scale, shift)
         return x.view(*batch, self.features), logdet.reshape(batch)
 
-    def log_prob(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """``log p(x | c)`` in nats, as :meth:`ConditionalLUNet.log_prob`."""
-        z, logdet = self.forward(x, c)
-        return standard_normal_log_prob(z) + logdet
-
-    def sample(
-        self, sample_shape: int | Sequence[int], c: torch.Tensor, temperature: float = 1.0,
-        generator: Optional[torch.Generator] = None,
-    ) -> torch.Tensor:
-        """Draws ``sample_shape + context batch shape + (features,)``, as :meth:`ConditionalLUNet.sample`."""
-        with torch.no_grad():
-            log_scale, shift = self._flow._params(c)
-            batch = sample_shape_of(sample_shape) + log_scale.shape[:-2]
-            z, _ = latent_draws(batch, self.features, temperature, self.dtype, self.device, generator)
-            _, log_scale, shift, _ = _broadcast_rows(z.view(*batch, self.features), log_scale, shift, "draws")
-            return self.inverse_rows(z, log_scale, shift)[0].view(*batch, self.features)
+    def _params(self, c: object) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._flow._params(c)
 
     def rsample(self, *args: object, **kwargs: object) -> torch.Tensor:
         """Refused: a snapshot computes without autograd; use :meth:`sample`, or the flow itself."""
         raise NotImplementedError("a snapshot (flow.frozen()) computes without autograd, so its draws carry no "
                                   "gradient: use sample(), or the flow itself for rsample()")
-
-    def distribution(
-        self, c: torch.Tensor, temperature: float = 1.0, validate_args: Optional[bool] = None
-    ) -> ConditionalFlowDistribution:
-        """``p(. | c)`` from this snapshot, as :meth:`ConditionalLUNet.distribution` (no ``rsample``)."""
-        return ConditionalFlowDistribution(self, c, temperature, validate_args=validate_args)
 
     def __repr__(self) -> str:
         return (f"FrozenConditionalLUNet(features={self.features}, context_features={self.context_features}, "
