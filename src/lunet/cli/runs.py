@@ -153,7 +153,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def _sample_vectors(args: argparse.Namespace) -> int:
     from lunet.experiments.vector_report import describe_samples
-    from lunet.experiments.vector_runs import load_vector_run
+    from lunet.experiments.vector_runs import check_sample_count, load_vector_run, read_run_file
     from lunet.experiments.vectors import VECTOR_SUFFIXES, save_vectors
 
     refuse_given(args, ("data_dir", "no_verify"), "image runs, not to a run on own data")
@@ -162,8 +162,10 @@ def _sample_vectors(args: argparse.Namespace) -> int:
     problem = suffix_problem(args.out, VECTOR_SUFFIXES)
     if problem:
         raise ValueError(f"--out for a run on own data {problem}")
+    num = args.num or 1000
+    check_sample_count(num, read_run_file(args.run).features)  # before the checkpoint is read
     loaded = load_vector_run(args.run, device=args.device)
-    samples = loaded.sample(args.num or 1000, args.temperature, args.seed)
+    samples = loaded.sample(num, args.temperature, args.seed)
     print(f"wrote {save_vectors(samples, args.out, header=loaded.columns.names)} ({samples.shape[0]:,} samples of "
           f"width {samples.shape[1]})")
     report = loaded.sample_report(samples)

@@ -369,7 +369,7 @@ class VectorRun:
         is refused, naming a temperature at which the same draws stay finite."""
         check_temperature(temperature)
         features, model = self.settings.features, self.model
-        _check_sample_count(num, features)
+        check_sample_count(num, features)
         dtype = flow_placement(model)[0]
         gen = torch.Generator().manual_seed(seed)
         draws = torch.randn(num, features, generator=gen, dtype=torch.float64)
@@ -464,11 +464,12 @@ def sample_vectors(run_dir: str | Path | RunFolder, num: int, temperature: float
     columns their value); rows × width at most ``MAX_SAMPLE_VALUES`` (another ``seed`` draws more)."""
     check_temperature(temperature)
     run = as_folder(run_dir)
-    _check_sample_count(num, read_run_file(run).features)  # before the checkpoint is read
+    check_sample_count(num, read_run_file(run).features)  # before the checkpoint is read
     return load_vector_run(run, device).sample(num, temperature, seed)
 
 
-def _check_sample_count(num: int, features: int) -> None:
+def check_sample_count(num: int, features: int) -> None:
+    """``SettingError`` when ``num`` samples of width ``features`` exceed what one call draws."""
     if num * features > MAX_SAMPLE_VALUES:
         raise SettingError("{num} {given:,} samples of width {features} are {total:,} numbers, more than the "
                            "{cap:,} one call draws; give {num} at most {most:,} (and another {seed} for more)",
