@@ -37,6 +37,7 @@ from lunet.experiments.settings import (
     VECTOR_STEPS,
     GMM2DSettings,
     TrainConfig,
+    budget_changes,
     default_train_config,
     paper_lunet_spec,
     vector_lunet_spec,
@@ -127,6 +128,10 @@ CONFIG_OPTIONS = {
     "eval_every": dict(type=POSITIVE_INT, help="epochs between validation, log line and checkpoint {default}"),
     "patience": dict(type=POSITIVE_INT, help="stop once this many validations in a row have not improved on the "
                                              "best {default}"),
+    "time_budget": dict(type=POSITIVE_FLOAT, metavar="SECONDS",
+                        help="train for this many seconds of training steps (validation not counted): the cosine "
+                             "schedule reaches zero there and the run stops, --epochs becoming a cap that is lifted "
+                             "unless given; a resumed run counts the seconds already trained {default}"),
     "compile": dict(action=argparse.BooleanOptionalAction,
                     help="compile the training loss with torch.compile: slower start; faster steps where that pays "
                          "(not for the MNIST model on a CPU: docs/benchmark.md) {default}"),
@@ -277,7 +282,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 
 def given_config(args: argparse.Namespace) -> dict[str, Any]:
     """The optimisation options given on the command line, by their :class:`TrainConfig` names."""
-    return {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name) is not None}
+    return budget_changes({name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name) is not None})
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:

@@ -301,7 +301,8 @@ def check_training_state(path: str | os.PathLike, ckpt: dict[str, Any], paramete
     Given the run that resumes it, each number is checked against its role there too: the
     optimiser's settings are ``optimizer``'s (its weight decay the stored record's), each
     generator state named in ``generators`` is one that generator takes, and the schedule has
-    taken ``steps_per_epoch`` steps in each epoch trained."""
+    taken ``steps_per_epoch`` steps in each epoch trained, but those a time budget cut short
+    (``skipped_steps``)."""
 
     def damaged(what: str) -> ValueError:
         return ValueError(f"{path} cannot be resumed: {what}; it was damaged, or not written by `lunet train`")
@@ -332,10 +333,15 @@ def check_training_state(path: str | os.PathLike, ckpt: dict[str, Any], paramete
     if not (isinstance(schedule, dict) and _is_count(schedule.get("steps"))):
         raise damaged("its learning-rate schedule has no count of steps")
     steps = schedule["steps"]
-    if steps_per_epoch is not None and steps != ckpt["epoch"] * steps_per_epoch:
+    skipped = ckpt.get("skipped_steps", 0)
+    if not _is_count(skipped):
+        raise damaged(f"its count of steps a time budget left out is {short_repr(skipped)}, not a count")
+    if steps_per_epoch is not None and steps != ckpt["epoch"] * steps_per_epoch - skipped:
         epochs = ckpt["epoch"]
+        left = f" less the {skipped:,} a time budget left out" if skipped else ""
         raise damaged(f"its learning-rate schedule has taken {steps:,} steps, but {epochs:,} epoch"
-                      f"{'' if epochs == 1 else 's'} of {steps_per_epoch:,} steps make {epochs * steps_per_epoch:,}")
+                      f"{'' if epochs == 1 else 's'} of {steps_per_epoch:,} steps{left} make "
+                      f"{epochs * steps_per_epoch - skipped:,}")
     generator = ckpt.get("generator")
     if not (isinstance(generator, torch.Tensor) and generator.dtype == torch.uint8):
         raise damaged("it holds no state of the random generator")

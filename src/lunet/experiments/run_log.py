@@ -95,10 +95,11 @@ class RunLog:
             tqdm.write(text)
 
     @contextlib.contextmanager
-    def training(self, total_steps: int, steps_done: int) -> Iterator[None]:
-        """The progress bar over the run's steps while training; a stop (Ctrl-C, divergence) still
-        leaves curves of every row written."""
-        self._bar = tqdm(total=total_steps, initial=steps_done, desc="training", unit="step",
+    def training(self, total: float, done: float, unit: str = "step") -> Iterator[None]:
+        """The progress bar over the run's steps (or its budget's seconds, ``unit="s"``) while
+        training; a stop (Ctrl-C, divergence) still leaves curves of every row written."""
+        fmt = None if unit == "step" else "{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]"
+        self._bar = tqdm(total=total, initial=done, desc="training", unit=unit, bar_format=fmt,
                          disable=not self.progress, mininterval=1.0)
         try:
             with self._bar:
@@ -112,10 +113,10 @@ class RunLog:
     def epoch_begins(self, epoch: int) -> None:
         """Before epoch ``epoch`` + 1 trains."""
 
-    def advance(self) -> None:
-        """One step done."""
+    def advance(self, amount: float = 1) -> None:
+        """One step done (or ``amount`` more of the bar's unit)."""
         if self._bar is not None:
-            self._bar.update(1)
+            self._bar.update(amount)
 
     def write_row(self, row: dict[str, Any]) -> None:
         """Append ``row`` to ``metrics.jsonl``."""
@@ -131,12 +132,15 @@ class RunLog:
             self.draw_curves()
             self._curves_drawn_at = now
 
-    def report(self, epoch: int, epochs: int, train_nll: float, val_nll: float, train_seconds: float) -> None:
-        """The line of an evaluated epoch, NLLs in nats per dimension."""
-        self.note(f"epoch {epoch}/{epochs}  train {self.unit.describe(train_nll)}  "
+    def report(self, epoch: int, epochs: Optional[int], train_nll: float, val_nll: float,
+               train_seconds: float) -> None:
+        """The line of an evaluated epoch, NLLs in nats per dimension (``epochs``: the run's length,
+        None for a run counted in seconds)."""
+        of = "" if epochs is None else f"/{epochs}"
+        self.note(f"epoch {epoch}{of}  train {self.unit.describe(train_nll)}  "
                   f"val {self.unit.describe(val_nll)}  ({format_seconds(train_seconds)} training)")
         if self._bar is not None:
-            self._bar.set_postfix_str(f"epoch {epoch}/{epochs}, val {self.unit.describe(val_nll)}")
+            self._bar.set_postfix_str(f"epoch {epoch}{of}, val {self.unit.describe(val_nll)}")
 
     def draw_curves(self) -> None:
         """``curves.png`` beside the metrics: train and validation NLL per epoch."""

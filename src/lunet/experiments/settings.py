@@ -88,6 +88,9 @@ class TrainConfig:
     eval_every: int = 1  # epochs between validation, log line and checkpoint (the last epoch always)
     # stop once this many validations in a row have not improved on the best (None: train every epoch)
     patience: Optional[int] = None
+    # seconds of training steps (validation and checkpoints not counted): the run stops there, or after
+    # ``epochs`` if that comes first, and a cosine schedule reaches zero there (None: count epochs only)
+    time_budget: Optional[float] = None
     compile: bool = False  # the training loss through torch.compile (falls back to eager if that fails)
     cuda_graph: bool = True  # on a GPU, full batches replay as one CUDA graph (falls back to eager if capture fails)
 
@@ -100,6 +103,10 @@ class TrainConfig:
             check_positive_int(getattr(self, name), name)
         if self.patience is not None:
             check_positive_int(self.patience, "patience")
+        if self.time_budget is not None and (
+                isinstance(self.time_budget, bool) or not isinstance(self.time_budget, (int, float))
+                or not (math.isfinite(self.time_budget) and self.time_budget > 0)):
+            raise ValueError(f"time_budget must be positive, finite seconds, got {self.time_budget!r}")
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
@@ -145,16 +152,28 @@ def vector_lunet_spec(features: int, num_blocks: int = 4, activation: str = "spl
 DEQUANTIZE_CHOICES = ("auto", "none")
 # Own data: optimiser steps a run takes (about; whole epochs), steps between validations, and
 # validations without improvement before it stops, whatever the number of rows
+# the epochs of a run with a time budget and no --epochs: a cap no budget reaches
+BUDGET_EPOCHS = 1_000_000
 VECTOR_STEPS = 3000
 VECTOR_EVAL_STEPS = 50
 VECTOR_PATIENCE = 10
+
+
+def budget_changes(changes: dict[str, Any]) -> dict[str, Any]:
+    """Settings ``changes`` to a run's defaults, with ``epochs`` lifted to :data:`BUDGET_EPOCHS` when
+    they give a ``time_budget`` and no ``epochs``: the budget, not the defaults' epochs, ends such a run."""
+    if changes.get("time_budget") is not None and "epochs" not in changes:
+        return {**changes, "epochs": BUDGET_EPOCHS}
+    return changes
 
 
 def vector_train_config(num_rows: int, **changes: Any) -> TrainConfig:
     """The optimisation defaults of a run on ``num_rows`` training rows of own data, with ``changes``:
     Adam at 1e-3 on batches of 256 (or all rows), a cosine schedule over about
     :data:`VECTOR_STEPS` steps, validation every :data:`VECTOR_EVAL_STEPS` steps or every epoch,
-    and a stop after :data:`VECTOR_PATIENCE` validations without improvement."""
+    and a stop after :data:`VECTOR_PATIENCE` validations without improvement. A ``time_budget``
+    among the changes ends the run instead (:func:`budget_changes`)."""
+    changes = budget_changes(changes)
     batch_size = changes.get("batch_size", 256)
     steps_per_epoch = math.ceil(check_positive_int(num_rows, "num_rows") / batch_size)
     defaults = {

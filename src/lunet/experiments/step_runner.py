@@ -37,6 +37,10 @@ def check_shared_config(config: TrainConfig, group: Group) -> None:
                            "give at least {world}", size=config.batch_size, world=group.world)
     if config.compile:
         raise SettingError("{compile} trains in one process only; leave it out when several processes share a model")
+    if config.time_budget is not None:
+        # each process would read its own clock and stop at its own step
+        raise SettingError("{time_budget} trains in one process only; give {epochs} when several processes share "
+                           "a model")
 
 
 class _ShardLoss(nn.Module):

@@ -208,22 +208,37 @@ class Trainer:
         if state.epoch > cfg.epochs:
             raise SettingError("{epochs} {given} is below the {done} epochs {path} has already trained; give at "
                                "least {done}", given=cfg.epochs, done=state.epoch, path=self.checkpoint_path)
-        if state.epoch < cfg.epochs:
+        if state.epoch < cfg.epochs and not self.budget_spent:
             if self.steps.compiled:
                 self.log.note("training step compiled with torch.compile: the first steps wait for the compiler")
             if self.steps.capture is not None:
                 self.log.note(f"training steps on {self.device}: each full batch replays one CUDA graph, "
                               f"captured after {WARMUP_STEPS} eager steps (--no-cuda-graph: all eager)")
         rows = []
-        with self.log.training(cfg.epochs * self.steps_per_epoch, state.epoch * self.steps_per_epoch):
-            while state.epoch < cfg.epochs and not self.stopped_early:
+        if cfg.time_budget is None:
+            bar = (cfg.epochs * self.steps_per_epoch, state.epoch * self.steps_per_epoch, "step")
+        else:
+            bar = (cfg.time_budget, min(state.train_seconds, cfg.time_budget), "s")
+        with self.log.training(*bar):
+            while state.epoch < cfg.epochs and not self.stopped_early and not self.budget_spent:
                 row = self._run_epoch()
                 if row is not None:
                     rows.append(row)
         if self.stopped_early and rows:
-            self.log.note(f"stopped after epoch {state.epoch} of {cfg.epochs}: the last {cfg.patience} validations "
+            self.log.note(f"stopped after epoch {state.epoch}{self._of_epochs}: the last {cfg.patience} validations "
                           f"did not improve on epoch {state.best_epoch}'s, whose weights are kept as the best")
         return rows
+
+    @property
+    def budget_spent(self) -> bool:
+        """Whether the run has trained its ``config.time_budget`` seconds (never without a budget)."""
+        budget = self.config.time_budget
+        return budget is not None and self.state.train_seconds >= budget
+
+    @property
+    def _of_epochs(self) -> str:
+        # a budgeted run's epochs are a cap it rarely reaches: its lines name the seconds instead
+        return f" of {self.config.epochs}" if self.config.time_budget is None else ""
 
     @property
     def stopped_early(self) -> bool:
@@ -263,13 +278,27 @@ class Trainer:
             noise = torch.Generator(self.train_data.device).manual_seed(
                 _noise_seed(cfg.seed, "training", self.state.epoch, self.group.rank))
         self.steps.epoch_total.zero_()
+        budget, spent, start = cfg.time_budget, self.state.train_seconds, time.perf_counter()
+        taken, shown = 0, spent
         # the training data were checked once, in __init__: no step waits for a value check
         with set_value_checks(False):
             for step in range(self.steps_per_epoch):
                 self.steps.step(order[step * cfg.batch_size : (step + 1) * cfg.batch_size], noise)
-                self.schedule.step()
-                self.log.advance()
-        mean = float(self.group.all_sum(self.steps.epoch_total)) / n
+                taken += 1
+                if budget is None:
+                    self.schedule.step()
+                    self.log.advance()
+                    continue
+                now = spent + time.perf_counter() - start
+                self.schedule.step(now)
+                self.log.advance(min(now, budget) - min(shown, budget))
+                shown = now
+                if now >= budget:
+                    break
+        # the rest of an epoch the budget cut short is never trained: the checkpoint counts it
+        self.state.skipped_steps += self.steps_per_epoch - taken
+        trained = min(n, taken * cfg.batch_size)
+        mean = float(self.group.all_sum(self.steps.epoch_total)) / trained
         if not math.isfinite(mean):
             raise self._diverged(f"the training loss became {mean} in epoch {self.state.epoch + 1}",
                                  "lower {lr} or add {grad_clip}")
@@ -288,7 +317,8 @@ class Trainer:
         train_nll = self.train_epoch()
         state.train_seconds += time.perf_counter() - start
         state.epoch += 1
-        if state.epoch % cfg.eval_every and state.epoch != cfg.epochs:
+        last = state.epoch == cfg.epochs or self.budget_spent
+        if state.epoch % cfg.eval_every and not last:
             return None
         val_lp = self._validation_log_prob()
         # with early stopping a validation that falls far below the start ends the run as any other
@@ -309,6 +339,7 @@ class Trainer:
         self.log.write_row(row)
         if self.group.is_main:
             save_checkpoint(state.checkpoint(), self.checkpoint_path)
-        self.log.redraw(last=state.epoch == cfg.epochs)
-        self.log.report(state.epoch, cfg.epochs, train_nll, -val_lp / self.features, state.train_seconds)
+        self.log.redraw(last=last)
+        self.log.report(state.epoch, None if cfg.time_budget is not None else cfg.epochs, train_nll,
+                        -val_lp / self.features, state.train_seconds)
         return row

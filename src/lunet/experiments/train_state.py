@@ -28,7 +28,7 @@ from lunet.experiments.steps import portable_optimizer_state
 # Settings that may differ when a run is resumed: where it runs, how often it
 # reports, and its length (a longer run extends it; a cosine schedule is then
 # recomputed over the new length).
-RESUMABLE_CHANGES = ("device", "eval_every", "epochs", "compile", "cuda_graph", "patience")
+RESUMABLE_CHANGES = ("device", "eval_every", "epochs", "time_budget", "compile", "cuda_graph", "patience")
 # After a divergence these may change too: the way to continue from the last
 # good checkpoint with a gentler step.
 RESUMABLE_AFTER_DIVERGENCE = ("lr", "grad_clip")
@@ -111,6 +111,7 @@ class TrainingState:
         self.best_state: Optional[dict[str, torch.Tensor]] = None
         self.start_val: Optional[float] = None  # validation log p of the untrained model, nats per sample
         self.train_seconds = 0.0
+        self.skipped_steps = 0  # steps of epochs a time budget cut short, never taken
 
     def keep_if_best(self, val_lp: float) -> None:
         """Keep the model's weights as the best if ``val_lp`` is finite and beats every earlier validation."""
@@ -136,6 +137,7 @@ class TrainingState:
             "noise_generator": self.noise.get_state() if self.noise is not None else None,
             "epoch": self.epoch,
             "train_seconds": self.train_seconds,
+            "skipped_steps": self.skipped_steps,
             "extra": self.extra,
         }
 
@@ -175,7 +177,9 @@ class TrainingState:
         if missing:  # (the settings that may change were added to the record over time)
             raise ValueError(f"{path} cannot be resumed: its record of the training settings lacks "
                              f"{', '.join(missing)}, so a resumed run could not be compared with it")
-        finished = ckpt["epoch"] >= self.config.epochs  # nothing left to train: no setting can change it
+        # nothing left to train: no setting can change it
+        budget = self.config.time_budget
+        finished = ckpt["epoch"] >= self.config.epochs or (budget is not None and ckpt["train_seconds"] >= budget)
         changed = {k: (stored[k], v) for k, v in settings.items()
                    if not finished and k not in allowed and k in stored and stored[k] != v}
         if changed:
@@ -189,7 +193,7 @@ class TrainingState:
         the schedule takes this run's peak and length from there."""
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.schedule.load_state_dict(ckpt["schedule"])
+        self.schedule.load_state_dict(ckpt["schedule"], ckpt.get("train_seconds", 0.0))
         self.order.set_state(ckpt["generator"])
         if self.noise is not None and ckpt.get("noise_generator") is not None:
             self.noise.set_state(ckpt["noise_generator"])
@@ -199,6 +203,7 @@ class TrainingState:
         self.best_state = ckpt["best_model"]
         self.start_val = ckpt.get("start_val_log_prob")
         self.train_seconds = ckpt.get("train_seconds", 0.0)
+        self.skipped_steps = ckpt.get("skipped_steps", 0)
 
 
 def _literal(value: object) -> str:
