@@ -3,6 +3,7 @@
     python reproduce/peers.py --quick --data-dir ../shared/data          # a few minutes: the pipeline end to end
     python reproduce/peers.py --data-dir ../shared/data \\
         --out docs/results/peers-cpu.json --figures docs/figures           # the full run: hours (docs/peers.md)
+    python reproduce/peers.py --schedule cosine ...                        # the scheduled form: a run per budget
 
 zuko and scikit-learn come with `pip install .[peers]`. The full run refuses to start without
 them; the quick form leaves out what is missing and says so. The results file is rewritten after
@@ -27,6 +28,7 @@ from lunet.experiments.peers import (
     DEFAULT_BUDGETS,
     QUICK_BUDGETS,
     QUICK_DATASETS,
+    SCHEDULES,
     Protocol,
     combine_results,
     draw_figures,
@@ -77,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="initialisation, batch order and noise (default 0)")
     parser.add_argument("--warmup-steps", type=int, default=0,
                         help="the learning rate rises linearly over this many steps, for every model (default 0)")
+    parser.add_argument("--schedule", choices=list(SCHEDULES), default="constant",
+                        help="constant: one run per model at one rate, marked at each budget; cosine: one run per "
+                             "model and budget, the rate falling to zero at the budget (default constant)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sample-cap", type=float, help="seconds a sampling measurement may take, projected "
                                                          "(default 120; quick 5)")
@@ -106,9 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides = dict(QUICK_PROTOCOL) if args.quick else {}
     if args.sample_cap is not None:
         overrides["sample_cap_s"] = args.sample_cap
-    protocol = dataclasses.replace(Protocol(seed=args.seed, device=args.device, warmup_steps=args.warmup_steps),
-                                   **overrides)
-    out = args.out or ROOT / "runs" / ("peers-quick" if args.quick else "peers") / "results.json"
+    protocol = dataclasses.replace(Protocol(seed=args.seed, device=args.device, warmup_steps=args.warmup_steps,
+                                            schedule=args.schedule), **overrides)
+    name = ("peers-quick" if args.quick else "peers") + ("-scheduled" if args.schedule == "cosine" else "")
+    out = args.out or ROOT / "runs" / name / "results.json"
     figures = args.figures or out.parent
     start = time.perf_counter()
     try:

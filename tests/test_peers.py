@@ -2,6 +2,7 @@
 Jacobian, equal budgets with evaluation excluded, best-validation selection, the results file."""
 
 import copy
+import dataclasses
 import importlib.util
 import json
 import math
@@ -336,3 +337,49 @@ def test_a_sample_grid_of_overflowing_draws_says_so_instead_of_failing():
     data = images_from_pixels("tiny", pixels[:20], pixels[20:30], pixels[30:])
     grid = grid_samples(Overflowing(12, step=0.0, evaluation=0.0), data, FAST)
     assert grid["pixels_b64"] is None and "non-finite" in grid["why"]
+
+
+def test_the_scheduled_form_trains_each_budget_from_the_same_start_to_a_rate_of_zero(monkeypatch):
+    import lunet.experiments.peers as peers
+
+    rates: dict[str, list[list[float]]] = {}
+    step = peers.optimise_step
+
+    def recording(model, optimizer, h, logdet, grad_clip):
+        rates.setdefault(model.label, [[]])
+        if model.runs != len(rates[model.label]):
+            rates[model.label].append([])
+        rates[model.label][-1].append(optimizer.param_groups[0]["lr"])
+        return step(model, optimizer, h, logdet, grad_clip)
+
+    built: dict[str, int] = {}
+
+    def sleepy(name, step_s):
+        def make(features, data):
+            built[name] = built.get(name, 0) + 1
+            model = Sleepy(features, step_s, 0.0, start=-2.0)
+            model.label, model.runs = name, built[name]
+            return model
+        return ModelEntry(name, make, "test")
+
+    for name, step_s in (("quick-steps", 0.002), ("slow-steps", 0.02)):
+        monkeypatch.setitem(MODELS, name, sleepy(name, step_s))
+    monkeypatch.setattr(peers, "optimise_step", recording)
+    monkeypatch.setattr(peers, "warm_up", lambda *args: None)  # its step would count as a run's
+    protocol = dataclasses.replace(FAST, schedule="cosine", lr=0.05)
+    doc = run_peers([_vectors()], ["quick-steps", "slow-steps"], {"vectors": [0.2, 0.4]}, protocol, log=lambda _: None)
+    assert validate_results(doc) == [] and "scheduled form" in markdown_tables(doc)
+    for name, model in doc["datasets"]["v"]["models"].items():
+        assert built[name] == 2 and set(model["curves"]) == {"0.2", "0.4"}  # one model per budget
+        # every run starts from the same weights: the same first validation figure
+        assert model["curves"]["0.2"][0]["val"] == model["curves"]["0.4"][0]["val"]
+        for mark, run in zip(model["marks"], rates[name]):
+            assert mark["budget_s"] <= mark["train_seconds"] <= mark["budget_s"] + model["max_step_seconds"]
+            assert run[0] == 0.05 and run == sorted(run, reverse=True)
+            # the last step began within one step of the budget: its rate is near the cosine's zero
+            assert run[-1] < 0.05 * 0.5 * (1 - math.cos(math.pi * model["max_step_seconds"] / mark["budget_s"])) + 1e-9
+
+
+def test_an_unknown_schedule_is_refused():
+    with pytest.raises(ValueError, match="schedule must be one of constant, cosine"):
+        Protocol(schedule="linear")

@@ -9,10 +9,13 @@ the dequantised images (lunet's :func:`~lunet.experiments.preprocess.bits_per_di
 nats/dim of raw vectors, KL(truth || model) in nats for the 2-D mixture.
 
 Training: Adam, one learning rate and batch size, the same gradient clipping,
-the same batch order and noise (one seed); each model trains for the largest
-wall-clock budget, the clock running only during training steps. Validation
-runs at intervals with the clock paused; at each budget mark the test figure of
-the best-validation weights so far is reported. Then parameters, peak training
+the same batch order and noise (one seed), the clock running only during
+training steps. In the constant-rate form each model trains once, for the
+largest wall-clock budget, at one rate; in the scheduled form it trains once
+per budget, from the same start, its rate falling on a cosine to zero at that
+budget's last training second: the best it reaches when it knows its time.
+Validation runs at intervals with the clock paused; at each budget mark the
+test figure of the best-validation weights so far is reported. Then parameters, peak training
 memory, density and sampling speed. Definitions: ``docs/peers.md``.
 """
 
@@ -40,6 +43,7 @@ from lunet.experiments.bench import _proc_status_kib, time_call
 from lunet.experiments.peer_models import MODELS, MissingExtra, PeerModel, available, build, require
 from lunet.experiments.preprocess import ImagePreprocessor, bits_per_dim, logit_transform
 from lunet.experiments.rundir import check_output, read_text, write_text_atomic
+from lunet.experiments.schedule import rate_factor
 from lunet.experiments.settings import DEFAULT_LAM
 from lunet.standardize import Standardize
 
@@ -58,6 +62,11 @@ FIT_SEED, VAL_SEED, TEST_SEED, SPLIT_SEED = 101, 102, 103, 0
 BREAST_CANCER_DROPPED = ("mean concavity", "mean concave points", "concavity error", "concave points error",
                          "worst concavity", "worst concave points")
 LOG = Callable[[str], None]
+SCHEDULES = ("constant", "cosine")
+# how the tables name each form of the benchmark
+FORMS = {"constant": "constant-rate form: one run per model at one rate, marked at each budget",
+         "cosine": "scheduled form: one run per model and budget, the rate falling on a cosine to zero at the "
+                   "budget's last training second"}
 
 
 @dataclass
@@ -69,6 +78,9 @@ class Protocol:
     batch_size: int = 256
     grad_clip: Optional[float] = 10.0
     warmup_steps: int = 0  # the rate rises linearly to ``lr`` over this many steps, for every model alike
+    # "constant": one run to the largest budget at one rate; "cosine": one run per budget, the rate
+    # falling to zero at its last training second (after the warm-up), the same rule for every model
+    schedule: str = "constant"
     seed: int = 0
     eval_first: float = 1 / 6
     eval_growth: float = 0.25
@@ -80,6 +92,10 @@ class Protocol:
     measure_memory: bool = True
     grid_samples: int = 10
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -400,7 +416,8 @@ def warm_up(model: PeerModel, data: PeerData, protocol: Protocol) -> None:
 def train_with_budgets(model: PeerModel, data: PeerData, budgets: Sequence[float], protocol: Protocol,
                        log: Optional[LOG] = None) -> dict[str, Any]:
     """Train ``model`` up to the largest budget (training seconds: steps only, evaluation paused)
-    and report each budget mark. Loads the best-validation weights at the end.
+    and report each budget mark. Loads the best-validation weights at the end. The rate follows
+    ``protocol``'s warm-up and schedule; a cosine reaches zero at the largest budget.
 
     Returns ``{"marks": [...], "curve": [...], "eval_seconds", "max_step_seconds", "diverged"}``:
     a mark per budget with the training and CPU seconds at which it was reached, steps, epochs, the
@@ -447,9 +464,9 @@ def train_with_budgets(model: PeerModel, data: PeerData, budgets: Sequence[float
                 idx = order[position : position + protocol.batch_size]
                 position += idx.numel()
                 h, logdet = data.train_batch(idx, gen)
-                if protocol.warmup_steps:
-                    for group in optimizer.param_groups:
-                        group["lr"] = protocol.lr * min(1.0, (steps + 1) / protocol.warmup_steps)
+                factor = rate_factor(steps, protocol.schedule, protocol.warmup_steps, 0, clock / budgets[-1])
+                for group in optimizer.param_groups:
+                    group["lr"] = protocol.lr * factor
                 loss = optimise_step(model, optimizer, h, logdet, protocol.grad_clip)
                 took = time.perf_counter() - start
                 clock += took
@@ -800,12 +817,8 @@ def run_peers(
         for mname in todo:
             log(f"{dname}: {mname}")
             start = time.perf_counter()
-            start_data = data.train_in_model_space() if MODELS[mname].needs_data else None
-            model = build(mname, data.features, start_data, seed=protocol.seed)
-            del start_data
-            model.to(device)
-            result: dict[str, Any] = {"label": model.label}
-            result.update(train_with_budgets(model, data, budgets[fam], protocol, log))
+            model, trained = _train_model(mname, data, budgets[fam], protocol, log)
+            result: dict[str, Any] = {"label": model.label, **trained}
             result["speed"] = measure_speed(mname, model, data, protocol, log)
             result["label"] = f"{model.label} ({format_params(result['speed']['params'])})"
             if data.kind == "images":
@@ -818,6 +831,35 @@ def run_peers(
     doc["finished"] = _now()
     _write(doc, out)
     return doc
+
+
+def _build_model(name: str, data: PeerData, protocol: Protocol) -> PeerModel:
+    """Model ``name`` at its start for ``data`` (its own initialisation, seeded), on the protocol's device."""
+    start_data = data.train_in_model_space() if MODELS[name].needs_data else None
+    model = build(name, data.features, start_data, seed=protocol.seed)
+    return model.to(torch.device(protocol.device))
+
+
+def _train_model(name: str, data: PeerData, budgets: Sequence[float], protocol: Protocol,
+                 log: LOG) -> tuple[PeerModel, dict[str, Any]]:
+    """Model ``name`` trained under ``protocol`` and its training record (:func:`train_with_budgets`'s).
+    The scheduled form trains one model per budget from the same start; the record joins their marks,
+    keeps each run's curve under ``"curves"`` (by budget) and the largest run's as ``"curve"``, and the
+    model returned is the largest run's."""
+    if protocol.schedule == "constant":
+        model = _build_model(name, data, protocol)
+        return model, train_with_budgets(model, data, budgets, protocol, log)
+    runs = []
+    for budget in sorted(budgets):
+        log(f"  a run of {budget:g} training seconds")
+        model = _build_model(name, data, protocol)
+        runs.append(train_with_budgets(model, data, [budget], protocol, log))
+    stopped = [r["diverged"] for r in runs if r["diverged"]]
+    return model, {"marks": [r["marks"][0] for r in runs], "curve": runs[-1]["curve"],
+                   "curves": {f"{b:g}": r["curve"] for b, r in zip(sorted(budgets), runs)},
+                   "eval_seconds": sum(r["eval_seconds"] for r in runs),
+                   "max_step_seconds": max(r["max_step_seconds"] for r in runs),
+                   "diverged": stopped[0] if stopped else None}
 
 
 # -- tables and pictures --------------------------------------------------------------------
@@ -843,7 +885,8 @@ def markdown_tables(doc: dict[str, Any]) -> str:
             continue
         budgets = d["budgets_s"]
         unit = d["unit"]
-        lines = [f"### {dname} ({unit}, lower is better)", "",
+        form = FORMS[doc["protocol"].get("schedule", "constant")]
+        lines = [f"### {dname} ({unit}, lower is better; {form})", "",
                  "| model | " + " | ".join(f"{b:g} s" for b in budgets) + " |",
                  "|" + " --- |" * (1 + len(budgets))]
         for m in d["models"].values():
