@@ -1,15 +1,20 @@
-"""Gather the evaluation JSONs written by reproduce/images.sh into docs/results.json.
+"""Gather the headline figures of docs/results/*.json into docs/results.json.
 
     python reproduce/collect_results.py
 
-Shape: {"mnist": {"unconditional": {...}, "per_class": {...}}, "fashion-mnist": {...}}, each entry with
-bits_per_dim, paper_bits_per_pixel, epochs, train_seconds (and the class agreement and the
-out-of-distribution detection figures of reproduce/ood.sh where measured).
+Shape: {"mnist": {"unconditional": {...}, "per_class": {...}, "best": {...}}, "fashion-mnist": {...},
+"gmm2d": {...}, "peers": {...}, "tables": {...}}. The image entries (reproduce/images.sh, and
+`--recipe best`) hold bits_per_dim, paper_bits_per_pixel, epochs, train_seconds (and the class
+agreement and the out-of-distribution detection figures of reproduce/ood.sh where measured);
+"gmm2d" the KL over seeds (docs/gmm2d.md); "peers" the test figure of each model at each budget,
+by form of the benchmark (docs/peers.md); "tables" the test NLL of each model on each own table
+(docs/own-data.md). Each entry names the file it came from.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,15 +31,63 @@ def _ood_summary(report: dict) -> dict:
     }
 
 
+RESULTS = ROOT / "docs" / "results"
+# the peers benchmark's results files behind docs/peers.md's tables, by form
+PEERS_FILES = {"constant": ("peers-mnist-cpu.json",),
+               "cosine": ("peers-scheduled-mnist-cpu.json", "peers-scheduled-fashion-mnist-cpu.json")}
+
+
+def _read(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def gmm2d_summary() -> dict | None:
+    """KL(truth || model) of the 2-D demo over seeds: median and maximum, nats."""
+    doc = _read("gmm2d-seeds.json")
+    if doc is None:
+        return None
+    kls = sorted(r["kl_nats"] for r in doc["runs"])
+    return {"from": "docs/results/gmm2d-seeds.json", "seeds": len(kls), "kl_nats_median": statistics.median(kls),
+            "kl_nats_max": kls[-1]}
+
+
+def peers_summary() -> dict:
+    """Per form, data set and model: the test figure at each budget (training seconds) and the parameters."""
+    out: dict = {}
+    for form, names in PEERS_FILES.items():
+        for name in names:
+            doc = _read(name)
+            if doc is None:
+                continue
+            for dname, d in doc["datasets"].items():
+                entry = out.setdefault(form, {}).setdefault(dname, {"unit": d["unit"], "from": [], "models": {}})
+                entry["from"].append(f"docs/results/{name}")
+                for mname, m in d["models"].items():
+                    entry["models"][mname] = {"label": m["label"], "params": m["speed"]["params"],
+                                              "test": {f"{mk['budget_s']:g}": mk["test"] for mk in m["marks"]}}
+    return out
+
+
+def tables_summary() -> dict | None:
+    """Per own table: each model's test NLL in nats/dim (docs/own-data.md's benchmark)."""
+    doc = _read("tables-cpu.json")
+    if doc is None:
+        return None
+    return {"from": "docs/results/tables-cpu.json", "budget_s": doc["budget_s"],
+            "tables": {t["table"]: {m: r["test_nll_nats_per_dim"] for m, r in t["models"].items()}
+                       for t in doc["tables"]}}
+
+
 def main() -> None:
     results: dict = {}
     for dataset in ("mnist", "fashion-mnist"):
-        for kind in ("unconditional", "per_class"):
+        for kind in ("unconditional", "per_class", "best"):
             path = ROOT / "docs" / "results" / f"{dataset}-{kind}.json"
             if not path.exists():
                 continue
             r = json.loads(path.read_text())
-            entry = {k: r[k] for k in KEEP if k in r}
+            entry = {"from": f"docs/results/{path.name}", **{k: r[k] for k in KEEP if k in r}}
             entry["epochs"] = max(r["epochs"])
             agreement = path.with_name(f"{dataset}-{kind}-agreement.json")
             if agreement.exists():
@@ -43,6 +96,9 @@ def main() -> None:
             if ood.exists():
                 entry["ood"] = _ood_summary(json.loads(ood.read_text()))
             results.setdefault(dataset, {})[kind] = entry
+    for key, summary in (("gmm2d", gmm2d_summary()), ("peers", peers_summary()), ("tables", tables_summary())):
+        if summary:
+            results[key] = summary
     out = ROOT / "docs" / "results.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
