@@ -35,7 +35,9 @@ from lunet.checks import (
     value_checks_enabled,
 )
 from lunet.distributions import FlowDistributionBase
-from lunet.functional import leaky_softplus, leaky_softplus_inverse, leaky_softplus_log_derivative
+from lunet.fast.activation import negated_forward, scaled_forward
+from lunet.frozen import FrozenLUNet, under_vmap
+from lunet.functional import leaky_softplus, leaky_softplus_inverse, leaky_softplus_log_derivative, solve_scaled
 from lunet.latent import LOG_2PI, latent_draws, standard_normal_log_prob
 from lunet.layers import LeakySoftplus, LULinear
 from lunet.standardize import Standardize
@@ -431,6 +433,17 @@ class FrozenConditionalLUNet(_ConditionalDensity):
             standardize = self._flow.input_standardize
             self.mean, self.std = standardize.mean.clone(), standardize.std.clone()
             self.log_abs_det = sum(block.log_abs_det() for block in self._flow.blocks) - torch.log(self.std).sum()
+            # the unconditional snapshot of the same LU layers lends its folded matrices: the context's
+            # affine maps sit between its products and its activations
+            flow_parts = [self._flow.input_standardize]
+            for i, block in enumerate(self._flow.blocks):
+                flow_parts += [block] if i == 0 else [self._flow.activation, block]
+            self._shared = FrozenLUNet(flow_parts)
+            # a label's log-scales and shifts are the same at every call: formed once per class
+            self._label_params = None
+            if self._flow.label_embedding is not None:
+                labels = torch.arange(self._flow.num_classes, device=self.std.device)
+                self._label_params = self._flow._params(labels)
         self.alpha = self._flow.activation._fixed_alpha
         self.features = self._flow.features
         self.context_features = self._flow.context_features
@@ -455,7 +468,41 @@ class FrozenConditionalLUNet(_ConditionalDensity):
     def forward_rows(
         self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """As :meth:`ConditionalLUNet.forward_rows`, from the folded matrices."""
+        """As :meth:`ConditionalLUNet.forward_rows`: the unconditional snapshot's folded products
+        (:meth:`~lunet.frozen.FrozenLUNet._forward_plan`, which return negated pre-activations
+        but the last) with the context's affine maps between them and its fused activations."""
+        if under_vmap():
+            return self.plain_forward_rows(x, log_scale, shift)
+        return self._fast_forward_rows(x, log_scale, shift, exact=self._shared.sync_free)
+
+    def _fast_forward_rows(
+        self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, exact: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        layers, alphas, const = self._shared._forward_plan()
+        scale = torch.exp(log_scale)
+        logdet = log_scale.sum(dim=(-2, -1)).add_(const)
+        u = layers[0](x)
+        q, scratch, in_range = torch.empty_like(u), torch.empty_like(u), None
+        for i, (layer, a) in enumerate(zip(layers[1:], alphas)):
+            # u holds -(x A^T + b) of block i: -(pre-activation) = u s - t
+            v = torch.addcmul(shift[:, i].neg(), u, scale[:, i], out=scratch)
+            if exact:
+                g, ld = scaled_forward(v.neg_(), a)
+                torch.neg(g, out=q)
+            else:
+                ld, ok = negated_forward(v, a, out=q, scratch=u)
+                in_range = ok if in_range is None else in_range.logical_and_(ok)
+            logdet = logdet + ld
+            layer(q, out=u)
+        if not exact and in_range is not None and not bool(in_range):
+            return self._fast_forward_rows(x, log_scale, shift, exact=True)
+        last = len(layers) - 1
+        return u.mul_(scale[:, last]).add_(shift[:, last]), logdet.expand(x.shape[0])
+
+    def plain_forward_rows(
+        self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward_rows` in plain ops, block by block (under ``torch.func.vmap``)."""
         h = (x - self.mean) / self.std
         scale = torch.exp(log_scale)
         logdet = self.log_abs_det + log_scale.sum(dim=(-2, -1))
@@ -470,7 +517,30 @@ class FrozenConditionalLUNet(_ConditionalDensity):
     def inverse_rows(
         self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """As :meth:`ConditionalLUNet.inverse_rows`, from the folded matrices."""
+        """As :meth:`ConditionalLUNet.inverse_rows`: the context's affine maps undone before each of
+        the unconditional snapshot's folded inverse products
+        (:meth:`~lunet.frozen.FrozenLUNet._inverse_plan`), and its tabled activation inverses."""
+        if under_vmap():
+            return self.plain_inverse_rows(z, log_scale, shift)
+        layers, alphas, tables = self._shared._inverse_plan()
+        inv_scale = torch.exp(-log_scale)
+        last = len(layers) - 1
+        work = {} if z.shape[0] >= 64 else None  # scratch buffers pay from a moderate batch on
+        h = layers[0]((z - shift[:, last]).mul_(inv_scale[:, last]))
+        logdet = None
+        for k, (layer, a, table) in enumerate(zip(layers[1:], alphas, tables)):
+            x = solve_scaled(h, a, work, table=table)  # overwrites h
+            ld = leaky_softplus_log_derivative(x, a).sum(dim=-1)
+            logdet = ld if logdet is None else logdet.add_(ld)
+            i = last - 1 - k  # the block whose context map is undone next
+            h = layer(x.sub_(shift[:, i]).mul_(inv_scale[:, i]), out=h)
+        const = self._shared._inverse_log_det_constant() - log_scale.sum(dim=(-2, -1))
+        return h, (const if logdet is None else const - logdet).expand(z.shape[0])
+
+    def plain_inverse_rows(
+        self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`inverse_rows` in plain ops, block by block (under ``torch.func.vmap``)."""
         inv_scale = torch.exp(-log_scale)
         h, logdet = z, -(self.log_abs_det + log_scale.sum(dim=(-2, -1)))
         last = len(self.weights) - 1
@@ -488,7 +558,7 @@ class FrozenConditionalLUNet(_ConditionalDensity):
         if c is None:
             return self.distribution(x)
         with torch.no_grad():
-            rows, log_scale, shift, batch = self._flow._rows(x, c, "input")
+            rows, log_scale, shift, batch = self._rows(x, c, "input")
             z, logdet = self.forward_rows(rows, log_scale, shift)
         return z.view(*batch, self.features), logdet.reshape(batch)
 
@@ -497,12 +567,24 @@ class FrozenConditionalLUNet(_ConditionalDensity):
     def inverse(self, z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, log|det dx/dz|)`` as :meth:`ConditionalLUNet.inverse`."""
         with torch.no_grad():
-            rows, log_scale, shift, batch = self._flow._rows(z, c, "input")
+            rows, log_scale, shift, batch = self._rows(z, c, "input")
             x, logdet = self.inverse_rows(rows, log_scale, shift)
         return x.view(*batch, self.features), logdet.reshape(batch)
 
     def _params(self, c: object) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._flow._params(c)
+        if self._label_params is None:
+            return self._flow._params(c)
+        log_scale, shift = self._label_params
+        labels = self._flow._labels(c, self.std)
+        return log_scale[labels], shift[labels]
+
+    def _rows(
+        self, x: torch.Tensor, c: object, name: str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Size]:
+        """As :meth:`ConditionalLUNet._rows`, with the snapshot's parameters of the context."""
+        check_features(x, self.features, name, like=self.std)
+        log_scale, shift = self._params(c)
+        return _broadcast_rows(x, log_scale, shift, name)
 
     def rsample(self, *args: object, **kwargs: object) -> torch.Tensor:
         """Refused: a snapshot computes without autograd; use :meth:`sample`, or the flow itself."""
