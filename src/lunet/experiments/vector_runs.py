@@ -450,10 +450,9 @@ class VectorRun:
             return None
         if context is None:
             raise ValueError("the run models p(x | c): give the contexts, one row per data row (--context FILE)")
-        c = as_vectors(context, str(name), min_rows=1)
+        c = rules.check(as_vectors(context, str(name), min_rows=1), str(name))
         if rows is not None:
             check_rows(c, rows, str(name), str(data_name))
-        rules.check(c, str(name))
         if rules.kind == "vectors":
             check_fits_dtype(c, flow_placement(self.model)[0], name)
         return c, rules
@@ -497,10 +496,10 @@ class VectorRun:
         check_temperature(temperature)
         features, model = self.settings.features, self.model
         given = self.context_rows(context, None, context_name)
+        check_sample_count(num, features, 1 if given is None else given[0].shape[0])
         if given is not None:
             given = (given[0].repeat_interleave(num, dim=0), given[1])
         total = num if given is None else given[0].shape[0]
-        check_sample_count(total, features)
         dtype = flow_placement(model)[0]
         gen = torch.Generator().manual_seed(seed)
         draws = torch.randn(total, features, generator=gen, dtype=torch.float64)
@@ -616,15 +615,18 @@ def sample_vectors(run_dir: str | Path | RunFolder, num: int, temperature: float
     (M · num, D), context by context."""
     check_temperature(temperature)
     run = as_folder(run_dir)
-    rows = context.shape[0] if isinstance(context, (torch.Tensor, np.ndarray)) else 1
-    check_sample_count(num * rows, read_run_file(run).features)  # before the checkpoint is read
+    contexts = context.shape[0] if isinstance(context, (torch.Tensor, np.ndarray)) else 1
+    check_sample_count(num, read_run_file(run).features, contexts)  # before the checkpoint is read
     return load_vector_run(run, device).sample(num, temperature, seed, context, context_name)
 
 
-def check_sample_count(num: int, features: int) -> None:
-    """``SettingError`` when ``num`` samples of width ``features`` exceed what one call draws."""
-    if num * features > MAX_SAMPLE_VALUES:
-        raise SettingError("{num} {given:,} samples of width {features} are {total:,} numbers, more than the "
-                           "{cap:,} one call draws; give {num} at most {most:,} (and another {seed} for more)",
-                           given=num, features=features, total=num * features, cap=MAX_SAMPLE_VALUES,
-                           most=MAX_SAMPLE_VALUES // features)
+def check_sample_count(num: int, features: int, contexts: int = 1) -> None:
+    """``SettingError`` when ``num`` samples of width ``features`` (under each of ``contexts`` context
+    rows) exceed what one call draws."""
+    total = num * contexts * features
+    if total > MAX_SAMPLE_VALUES:
+        under = "" if contexts == 1 else f" under each of {contexts:,} contexts,"
+        raise SettingError("{num} {given:,} samples" + under + " of width {features}" + ("," if under else "")
+                           + " are {total:,} numbers, more than the {cap:,} one call draws; give {num} at most "
+                           "{most:,} (and another {seed} for more)", given=num, features=features, total=total,
+                           cap=MAX_SAMPLE_VALUES, most=MAX_SAMPLE_VALUES // (features * contexts))
