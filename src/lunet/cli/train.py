@@ -39,6 +39,7 @@ from lunet.experiments.settings import (
     VECTOR_STEPS,
     GMM2DSettings,
     TrainConfig,
+    conditional_image_spec,
     default_train_config,
     paper_lunet_spec,
     vector_lunet_spec,
@@ -171,6 +172,9 @@ OPTIONS = (
                                                              help="model one class only (0..9)")),
     Option(("--per-class",), frozenset({IMAGES}), "images",
            dict(action="store_true", help="one model per class (the paper's setting)")),
+    Option(("--conditional",), frozenset({IMAGES}), "images",
+           dict(action="store_true", help="one conditional LU-Net of p(x | class) for every class: the LU layers "
+                                          "shared, the class's shift and log-scale after each (leaky softplus)")),
     Option(("--data-init",), frozenset({IMAGES, VECTORS}), "images",
            dict(choices=["gaussian", "standardize", "none"],
                 help="LU-Net start: the data's full-covariance Gaussian fit, per-feature standardising, or none "
@@ -405,7 +409,14 @@ def _train_images(args: argparse.Namespace, config: TrainConfig, group: Any) -> 
     from lunet.experiments import images
     from lunet.experiments.run_log import format_seconds
 
-    if args.model == "realnvp":
+    if args.conditional:
+        refuse_given(args, ("per_class", "class_label", "learn_alpha", "activation", "recipe"),
+                     "runs without --conditional: a conditional run is one LU-Net with the leaky softplus of a fixed "
+                     "slope for every class")
+        if args.model == "realnvp":
+            raise ValueError("--conditional trains a conditional LU-Net; --model realnvp has no conditional form here")
+        spec = conditional_image_spec(**model_overrides(args))
+    elif args.model == "realnvp":
         spec = {"name": "realnvp"}
     else:
         spec = paper_lunet_spec(**model_overrides(args))
@@ -413,7 +424,8 @@ def _train_images(args: argparse.Namespace, config: TrainConfig, group: Any) -> 
             del spec["learn_alpha"]  # fixed slopes are the paper's model, whose spec does not name them
     if args.per_class and args.class_label is not None:
         raise ValueError("--per-class and --class exclude each other")
-    kind = "per_class" if args.per_class else ("class" if args.class_label is not None else "unconditional")
+    kind = ("per_class" if args.per_class else "conditional" if args.conditional
+            else "class" if args.class_label is not None else "unconditional")
     settings = images.ImageRunSettings(
         dataset=args.dataset, kind=kind, class_label=args.class_label, model=spec,
         lam=args.lam if args.lam is not None else DEFAULT_LAM,

@@ -27,7 +27,8 @@ KINDS = (IMAGES, VECTORS, GMM2D)
 # Entries that only a run on own data writes in run.json: a damaged file that holds one is
 # reported as a damaged run on own data, not taken for an image run.
 VECTOR_KEYS = ("data", "features", "val_fraction", "data_file")
-IMAGE_KINDS = ("unconditional", "class", "per_class")
+# "conditional": one ConditionalLUNet of p(x | class) for every class
+IMAGE_KINDS = ("unconditional", "class", "per_class", "conditional")
 IMAGE_DATA_INITS = ("gaussian", "standardize", "none")
 VECTOR_DATA_INITS = ("standardize", "gaussian", "none")
 
@@ -62,13 +63,23 @@ class ImageRunSettings:
         if self.kind == "class" and not (isinstance(self.class_label, int) and 0 <= self.class_label < NUM_CLASSES):
             raise ValueError(f"--class must be an integer in 0..{NUM_CLASSES - 1}, got {self.class_label!r}")
         check_spec(self.model)
+        if (self.kind == "conditional") != (self.model.get("name") == "conditional_lunet"):
+            raise ValueError(f"a run of kind {self.kind!r} cannot hold the model {self.model.get('name')!r}: a "
+                             f"conditional run holds one conditional_lunet, other runs none")
 
     @property
     def classes(self) -> list[Optional[int]]:
-        """The class of each model in the run (None = all classes)."""
-        if self.kind == "per_class":
+        """The class of each density the run models (None = all classes): one per class for a
+        per-class or conditional run."""
+        if self.kind in ("per_class", "conditional"):
             return list(range(NUM_CLASSES))
         return [self.class_label] if self.kind == "class" else [None]
+
+    @property
+    def model_classes(self) -> list[Optional[int]]:
+        """The class of each model the run trains and stores (None = all classes): a conditional run
+        trains one model for every class."""
+        return [None] if self.kind == "conditional" else self.classes
 
 
 @dataclass
