@@ -330,3 +330,52 @@ def test_bad_inputs_and_contexts_are_refused_clearly():
             ConditionalLUNet(D, DC, 2, **kwargs)
     with pytest.raises(ValueError, match="vector contexts"):
         labelled.standardize(x, c)
+
+
+def test_a_stored_state_is_checked_before_it_is_loaded():
+    flow = make_flow()
+    state = {k: v.clone() for k, v in flow.state_dict().items()}
+    before = {k: v.clone() for k, v in flow.state_dict().items()}
+    for other, match in ((ConditionalLUNet(D, DC + 1, 3, hidden=16), r"context_standardize.mean has shape \(2,\), "
+                          r"this flow's \(3,\) \(features 3, 3 blocks, contexts of width 3\)"),
+                         (ConditionalLUNet(D, DC, 4, hidden=16), "the state lacks blocks.3.lu"),
+                         (ConditionalLUNet(D, DC, 2, hidden=16), "the state holds blocks.2.lu"),
+                         (ConditionalLUNet(D, DC, 3, hidden=16, num_classes=4), "lacks label_embedding.weight")):
+        with pytest.raises(ValueError, match=match):
+            other.to(torch.float64).load_state_dict(state)
+    edits = (("blocks.1.diag_sign", lambda t: t.__setitem__(0, 5.0), "other than \\+1 and -1"),
+             ("input_standardize.std", lambda t: t.__setitem__(2, 0.0), "not a positive number"),
+             ("conditioner.0.weight", lambda t: t.__setitem__((0, 0), float("nan")), "1 NaN or infinite value;"),
+             ("blocks.0.diag", lambda t: t.__setitem__(1, 1e4), "beyond the"))
+    for key, edit, match in edits:
+        damaged = {k: v.clone() for k, v in state.items()}
+        edit(damaged[key])
+        with pytest.raises(ValueError, match=match):
+            flow.load_state_dict(damaged)
+    for key in before:  # nothing was copied from a refused state
+        assert torch.equal(flow.state_dict()[key], before[key]), key
+    flow.load_state_dict(state)  # its own state loads, and a part of it without strict
+    flow.load_state_dict({k: v for k, v in state.items() if k.startswith("blocks.")}, strict=False)
+
+
+def test_a_checkpoint_holding_a_conditional_flow_is_checked(tmp_path):
+    from lunet.experiments.checkpoint import load_model, save_checkpoint
+
+    spec = {"name": "conditional_lunet", "features": D, "context_features": DC, "num_blocks": 3, "hidden": 16,
+            "init_scale": 0.5}
+    flow = make_flow()
+    save_checkpoint({"model_spec": spec, "model": flow.state_dict(), "best_model": None}, tmp_path / "ok.pt")
+    loaded, _ = load_model(tmp_path / "ok.pt")
+    x, c = randn(5, D), randn(5, DC, seed=1)
+    assert isinstance(loaded, ConditionalLUNet) and torch.equal(loaded.log_prob(x, c), flow.log_prob(x, c))
+
+    wide = dict(spec, context_features=DC + 1)
+    save_checkpoint({"model_spec": wide, "model": flow.state_dict(), "best_model": None}, tmp_path / "wide.pt")
+    with pytest.raises(ValueError, match=r"wide.pt does not match its model spec .*context_standardize.mean has "
+                                         r"shape \(2,\), this flow's \(3,\)"):
+        load_model(tmp_path / "wide.pt")
+    state = flow.state_dict()
+    state["blocks.2.diag_sign"][1] = -3.0
+    save_checkpoint({"model_spec": spec, "model": state, "best_model": None}, tmp_path / "sign.pt")
+    with pytest.raises(ValueError, match="sign.pt holds weights that no model of its kind has: model blocks.2.diag_"):
+        load_model(tmp_path / "sign.pt")

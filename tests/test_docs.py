@@ -29,6 +29,7 @@ def test_the_guide_examples_run(tmp_path, monkeypatch):
     assert namespace["hess"].shape == (2, 2) and namespace["per_row"].shape == (5,)
     torch.testing.assert_close(namespace["back"], namespace["points"][:5], atol=1e-4, rtol=1e-4)
     assert namespace["dist"].batch_shape == (2,)
+    assert namespace["under_two"].shape == (200, 2) and namespace["cond_lp"].shape == (5,)
     rows = namespace["spline_rows"]
     torch.testing.assert_close(namespace["spline_back"], rows, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(namespace["spline_log_p"], namespace["spline_flow"].log_prob(rows))

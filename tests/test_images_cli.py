@@ -38,7 +38,7 @@ SMALL = ["--blocks", "2", "--epochs", "1", "--batch-size", str(BATCH), "--no-pro
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EVAL_DRAWS = 3  # evaluate's default --draws
 EVAL_SEED = 1000  # evaluate_run dequantises draw k with seed 1000 + k (lunet/experiments/evaluate.py)
-BAYES_SEED = 7  # bayes_accuracy dequantises with seed 7
+BAYES_SEED = 7  # class_log_probs (the Bayes classifier's scores) dequantises with seed 7
 
 
 def _data_present(name: str) -> bool:

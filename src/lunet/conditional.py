@@ -21,11 +21,12 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
+from lunet.base import Transform
 from lunet.checks import (
     check_batch,
     check_features,
@@ -36,6 +37,7 @@ from lunet.checks import (
 )
 from lunet.distributions import FlowDistributionBase
 from lunet.fast.activation import negated_forward, scaled_forward
+from lunet.flow import LUNet
 from lunet.frozen import FrozenLUNet, under_vmap
 from lunet.functional import leaky_softplus, leaky_softplus_inverse, leaky_softplus_log_derivative, solve_scaled
 from lunet.latent import LOG_2PI, latent_draws, standard_normal_log_prob
@@ -191,6 +193,79 @@ class ConditionalLUNet(_ConditionalDensity, nn.Module):
             check_batch(context, self.context_features, "context")
             self.context_standardize.fit(context)
         return self
+
+    @torch.no_grad()
+    def init_gaussian(self, data: torch.Tensor, context: Optional[torch.Tensor] = None, shift: float = 5.0,
+                      ridge: float = 1e-3) -> "ConditionalLUNet":
+        """Start as the full-covariance Gaussian of ``data`` (N, features), N > features, for every
+        context: the input standardisation and LU layers of :meth:`lunet.LUNet.init_gaussian` (the
+        first block whitens, the others are the identity, the activations start in their nearly
+        linear branch), with the context network still at zero. ``context`` (N, context_features)
+        of vector contexts also fixes the context standardisation, as :meth:`standardize` does."""
+        first = self.blocks[0]
+        start = LUNet(self.features, self.num_blocks, alpha=self.activation._fixed_alpha, diag=first.diag_mode,
+                      init="identity").to(self.reference())
+        start.init_gaussian(data, shift, ridge)
+        self.input_standardize.load_state_dict(start.input_standardize.state_dict())
+        for mine, theirs in zip(self.blocks, start.blocks):
+            mine.load_state_dict(theirs.state_dict())
+        if context is not None:
+            self.standardize(data, context)  # the same input standardisation again, and the contexts'
+        return self
+
+    # -- stored weights ------------------------------------------------------
+    def check_state(self, state: Mapping[str, Any], prefix: str = "", strict: bool = True) -> None:
+        """``ValueError`` in one line naming the entry when ``state`` (weights as ``state_dict()`` names
+        them, this flow's own after ``prefix``) is not a set this flow takes: with ``strict``, an entry
+        missing or one it has no place for; an entry that is no tensor, has another shape, is not
+        floating where the flow's is, or holds NaN or infinite values; or a value that no trained flow
+        holds (each part's :meth:`~lunet.base.Transform.check_state`: a zero or overflowing diagonal of
+        ``U``, a sign other than ±1, a spread that is not positive). :meth:`load_state_dict` checks this
+        before it copies anything, and so do lunet's checkpoint loads. It reads the flow's shapes
+        alone, so a flow built on the "meta" device checks as well."""
+        own = self.state_dict(keep_vars=True)
+        given = {key[len(prefix):]: value for key, value in state.items()
+                 if isinstance(key, str) and key.startswith(prefix)}
+        if strict:
+            missing = [key for key in own if key not in given]
+            unexpected = [key for key in given if key not in own]
+            for keys, verb, has in ((missing, "lacks", "has"), (unexpected, "holds", "has not")):
+                if keys:
+                    shown = ", ".join(prefix + key for key in keys[:3]) + (", ..." if len(keys) > 3 else "")
+                    raise ValueError(f"the state {verb} {shown}, which this flow ({self._describe()}) {has}; "
+                                     f"it was saved from another flow")
+        for key, value in given.items():
+            mine = own.get(key)
+            if mine is None:
+                continue
+            name = prefix + key
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(f"the state's {name} is a {type(value).__name__}, not a tensor")
+            if tuple(value.shape) != tuple(mine.shape):
+                raise ValueError(f"the state's {name} has shape {tuple(value.shape)}, this flow's "
+                                 f"{tuple(mine.shape)} ({self._describe()}); it was saved from another flow")
+            if value.is_floating_point() != mine.is_floating_point():
+                raise ValueError(f"the state's {name} holds {value.dtype} values, this flow's {mine.dtype}")
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                count = int((~torch.isfinite(value)).sum())
+                raise ValueError(f"the state's {name} holds {count:,} NaN or infinite value{'s' if count > 1 else ''}; "
+                                 f"its densities and samples would be NaN")
+        for name, part in self.named_modules():
+            if isinstance(part, Transform):
+                part.check_state(state, f"{prefix}{name}.")
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict`` after :meth:`check_state`: a mismatched or damaged state is
+        refused in one line (``ValueError``) before any weight changes."""
+        self.check_state(state_dict, strict=strict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _describe(self) -> str:
+        context = (f"{self.num_classes} classes" if self.num_classes is not None
+                   else "an embedding network" if self.embedding is not None
+                   else f"contexts of width {self.context_features}")
+        blocks = f"{self.num_blocks} block{'' if self.num_blocks == 1 else 's'}"
+        return f"features {self.features}, {blocks}, {context}"
 
     # -- the context ---------------------------------------------------------
     def embed(self, c: object) -> torch.Tensor:

@@ -58,12 +58,14 @@ def check_outputs(args: argparse.Namespace) -> None:
     from lunet.experiments.data import data_files
 
     run = getattr(args, "run", None)
-    inputs = [(getattr(args, "data", None), "the --data file this command reads")]
+    inputs = [(getattr(args, "data", None), "the --data file this command reads"),
+              (getattr(args, "context", None), "the --context file this command reads")]
     data_dirs = [getattr(args, "data_dir", None)]
     if run is not None:
         from lunet.experiments.run_record import IMAGES, VECTORS, recorded_data
 
         inputs.append((recorded_data(run, VECTORS), "the run's training data"))
+        inputs.append((recorded_data(run, VECTORS, "context_file"), "the run's training contexts"))
         found = recorded_data(run, IMAGES)
         if found is not None:  # the data set's folder, and the folder beside it where ood looks for the other
             data_dirs += [found, str(Path(found).parent)]
@@ -79,7 +81,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if read_run(args.run, (IMAGES, VECTORS)).kind == VECTORS:
         return _evaluate_vectors(args)
-    refuse_given(args, ("data",), "runs on own data (trained with --data)")
+    refuse_given(args, ("data", "context"), "runs on own data (trained with --data)")
     if args.row_scores is not None:
         raise ValueError("--per-row applies to runs on own data (trained with --data)")
     from lunet.experiments.evaluate import evaluate_run
@@ -98,6 +100,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"  class {c}: {r['bits_per_dim']:.4f} bits/dim, paper convention {r['paper_bits_per_pixel']:.4f}")
     if "bayes_classifier_accuracy" in result:
         print(f"  Bayes classifier argmax_c log p(x|c): {100 * result['bayes_classifier_accuracy']:.2f}% test accuracy")
+        print(f"  marginalised over the classes, log p(x) = logsumexp_c log p(x|c) - log 10: "
+              f"{result['bits_per_dim_marginal']:.4f} bits/dim (one dequantisation draw)")
     write_json(args.json, result)
     return 0
 
@@ -113,18 +117,25 @@ def _evaluate_vectors(args: argparse.Namespace) -> int:
         problem = suffix_problem(args.row_scores, VECTOR_SUFFIXES)
         if problem:
             raise ValueError(f"--per-row {problem}")
+    context = None if args.context is None else load_vectors(args.context, min_rows=1)
     result = evaluate_vectors(args.run, load_vectors(args.data, min_rows=1), device=args.device, name=args.data,
-                              keep_rows=args.row_scores is not None)
-    print(f"{args.data}: test NLL {result['nll_nats_per_dim']:.4f} nats/dim ({result['nll_nats_per_vector']:.4f} nats "
-          f"per vector of width {result['features']}) on {result['num_vectors']:,} "
+                              keep_rows=args.row_scores is not None, context=context, context_name=args.context)
+    given = "" if context is None else f" given {args.context}"
+    print(f"{args.data}{given}: test NLL {result['nll_nats_per_dim']:.4f} nats/dim "
+          f"({result['nll_nats_per_vector']:.4f} nats per vector of width {result['features']}) on "
+          f"{result['num_vectors']:,} "
           f"vector{'' if result['num_vectors'] == 1 else 's'}")
     if "comparison" in result:
         print(f"  {result['comparison']}")
     rows = result.pop("log_prob", None)
     if rows is not None:
-        print(f"wrote {save_vectors(rows.unsqueeze(1), args.row_scores, header=['log_prob_nats'])} (log p(x) of each "
+        what = "log p(x)" if context is None else "log p(x | c)"
+        print(f"wrote {save_vectors(rows.unsqueeze(1), args.row_scores, header=['log_prob_nats'])} ({what} of each "
               f"row in nats, in the file's order)")
-    write_json(args.json, {"data_file": str(Path(args.data).resolve()), **result})
+    files = {"data_file": str(Path(args.data).resolve())}
+    if context is not None:
+        files["context_file"] = str(Path(args.context).resolve())
+    write_json(args.json, {**files, **result})
     return 0
 
 
@@ -134,6 +145,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if read_run(args.run, (IMAGES, VECTORS)).kind == VECTORS:
         return _sample_vectors(args)
+    refuse_given(args, ("context",), "runs on own data (trained with --data and --context)")
     problem = suffix_problem(args.out, IMAGE_SUFFIXES)
     if problem:
         raise ValueError(f"--out for an image run {problem}")
@@ -154,7 +166,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def _sample_vectors(args: argparse.Namespace) -> int:
     from lunet.experiments.vector_report import describe_samples
     from lunet.experiments.vector_runs import check_sample_count, load_vector_run, read_run_file
-    from lunet.experiments.vectors import VECTOR_SUFFIXES, save_vectors
+    from lunet.experiments.vectors import VECTOR_SUFFIXES, load_vectors, save_vectors
 
     refuse_given(args, ("data_dir", "no_verify"), "image runs, not to a run on own data")
     if args.prior != "standard" or args.per_row != 10:
@@ -162,12 +174,20 @@ def _sample_vectors(args: argparse.Namespace) -> int:
     problem = suffix_problem(args.out, VECTOR_SUFFIXES)
     if problem:
         raise ValueError(f"--out for a run on own data {problem}")
-    num = args.num or 1000
-    check_sample_count(num, read_run_file(args.run).features)  # before the checkpoint is read
+    settings = read_run_file(args.run)
+    context = None
+    if args.context is not None:
+        context = load_vectors(args.context, min_rows=1)
+    elif settings.context is not None:
+        raise ValueError(f"{args.run_dir} models p(x | c): give the contexts to sample under with --context FILE "
+                         f"(--num samples under each of its rows)")
+    num = args.num or (1000 if context is None else 1)
+    check_sample_count(num, settings.features, 1 if context is None else context.shape[0])  # before the checkpoint
     loaded = load_vector_run(args.run, device=args.device)
-    samples = loaded.sample(num, args.temperature, args.seed)
+    samples = loaded.sample(num, args.temperature, args.seed, context, args.context)
+    under = "" if context is None else f", {num:,} under each of the {context.shape[0]:,} rows of {args.context}"
     print(f"wrote {save_vectors(samples, args.out, header=loaded.columns.names)} ({samples.shape[0]:,} samples of "
-          f"width {samples.shape[1]})")
+          f"width {samples.shape[1]}{under})")
     report = loaded.sample_report(samples)
     if report is not None:
         print(f"  {describe_samples(report)}")
@@ -255,6 +275,8 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="test-set bits/dim of an image run; test NLL of a run on own data")
     p.add_argument("run_dir", type=PATH)
     p.add_argument("--data", type=PATH, metavar="FILE", help="a run on own data: the test file (.npy, .csv or .pt)")
+    p.add_argument("--context", type=PATH, metavar="FILE",
+                   help="a run of p(x | c) on own data: the test rows' contexts, one row per row of --data")
     p.add_argument("--json", type=PATH, help="also write the figures to this JSON file")
     p.add_argument("--per-row", type=PATH, metavar="FILE", dest="row_scores",
                    help="a run on own data: also write each row's log p(x) in nats to FILE (.npy, .csv or .pt), "
@@ -275,7 +297,11 @@ def add_parsers(sub: Any) -> None:
                    help="standard: N(0, T^2 I), the model's own prior; fitted: a Gaussian fitted to training latents")
     p.add_argument("--num", type=bounded(10_000_000),
                    help="samples of an unconditional or single-class run (default 100, at most 10,000), "
-                        f"or of a run on own data (default 1,000; rows × width at most {MAX_SAMPLE_VALUES:,})")
+                        f"or of a run on own data (default 1,000; rows × width at most {MAX_SAMPLE_VALUES:,}); "
+                        "with --context, samples under each context row (default 1)")
+    p.add_argument("--context", type=PATH, metavar="FILE",
+                   help="a run of p(x | c) on own data: the contexts to sample under (.npy, .csv or .pt), one per "
+                        "row; the output holds --num rows for each, context by context")
     p.add_argument("--per-row", type=bounded(1_000), default=10, help="images per row (per class)")
     p.add_argument("--seed", type=SEED, default=0)
     add_data_options(p)

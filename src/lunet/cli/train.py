@@ -28,8 +28,10 @@ from lunet.cli.options import (
     SLOPE,
     epochs_text,
     flag,
+    refuse_given,
 )
 from lunet.experiments.settings import (
+    CONTEXT_KINDS,
     DEFAULT_LAM,
     DEQUANTIZE_CHOICES,
     RECIPES,
@@ -38,6 +40,7 @@ from lunet.experiments.settings import (
     GMM2DSettings,
     TrainConfig,
     budget_changes,
+    conditional_image_spec,
     default_train_config,
     paper_lunet_spec,
     vector_lunet_spec,
@@ -174,6 +177,9 @@ OPTIONS = (
                                                              help="model one class only (0..9)")),
     Option(("--per-class",), frozenset({IMAGES}), "images",
            dict(action="store_true", help="one model per class (the paper's setting)")),
+    Option(("--conditional",), frozenset({IMAGES}), "images",
+           dict(action="store_true", help="one conditional LU-Net of p(x | class) for every class: the LU layers "
+                                          "shared, the class's shift and log-scale after each (leaky softplus)")),
     Option(("--data-init",), frozenset({IMAGES, VECTORS}), "images",
            dict(choices=["gaussian", "standardize", "none"],
                 help="LU-Net start: the data's full-covariance Gaussian fit, per-feature standardising, or none "
@@ -193,6 +199,15 @@ OPTIONS = (
            dict(choices=list(DEQUANTIZE_CHOICES),
                 help="auto: columns of whole numbers (spanning no more integers than there are rows) are modelled "
                      "as x + U[0, 1) and sampled as whole numbers; none: every column as it is (default auto)")),
+    Option(("--context",), frozenset({VECTORS}), "own data (--data)",
+           dict(type=PATH, metavar="FILE",
+                help="model p(x | c): a file (.npy, .csv or .pt) of one context row per row of --data, class labels "
+                     "or vectors; one conditional LU-Net (its activation the leaky softplus) for every context")),
+    Option(("--context-kind",), frozenset({VECTORS}), "own data (--data)",
+           dict(choices=list(CONTEXT_KINDS),
+                help="how --context is read: labels (one column of whole numbers from 0, embedded), vectors "
+                     "(standardised numbers), or auto: labels for one column of whole numbers from 0 to below 256, "
+                     "else vectors (default auto)")),
     Option(("--data-dir",), frozenset({IMAGES}), "", dict(type=PATH, help=DATA_DIR_HELP)),
     Option(("--no-verify",), frozenset({IMAGES}), "", dict(action="store_true", help=NO_VERIFY_HELP)),
     *(Option((flag(name),), _ALL, "optimisation", dict(kwargs), _config_defaults(name))
@@ -353,16 +368,28 @@ def _train_vectors(args: argparse.Namespace, config: TrainConfig, group: Any) ->
     from lunet.experiments.vectors import load_vectors, read_header
 
     data = load_vectors(args.data)
+    context = None
+    if args.context is not None:
+        refuse_given(args, ("activation", "learn_alpha"), "runs without --context: a run of p(x | c) has the leaky "
+                                                          "softplus with a fixed slope as its activation")
+        context = load_vectors(args.context, min_rows=1)
+    elif args.context_kind is not None:
+        raise ValueError("--context-kind says how --context is read: give --context FILE too")
     if args.limit is not None:
         data = data[: args.limit]
+        context = None if context is None else context[: args.limit]
     overrides = model_overrides(args)
-    overrides.setdefault("activation", args.activation or "spline")  # the spline unless leaky_softplus is asked
+    if context is None:
+        overrides.setdefault("activation", args.activation or "spline")  # the spline unless leaky_softplus is asked
     _, summary = train_vectors(
         data, args.run, {**given_config(args), "device": config.device},
         model_spec=overrides,
         val_fraction=args.val_fraction, data_init=args.data_init, resume=args.resume,
         overwrite=args.overwrite, progress=not args.no_progress, data_file=str(Path(args.data).resolve()), group=group,
         drop_constant=args.drop_constant, dequantize=args.dequantize or "auto", names=read_header(args.data),
+        context=context, context_kind=args.context_kind or "auto",
+        context_file=None if context is None else str(Path(args.context).resolve()),
+        context_names=None if context is None else read_header(args.context),
     )
     if group.is_main:
         stopped = (f", stopped early (the best at epoch {summary['best_epoch']})" if summary["stopped_early"]
@@ -370,12 +397,16 @@ def _train_vectors(args: argparse.Namespace, config: TrainConfig, group: Any) ->
         print(f"{args.data}: {summary['num_train']:,} training and {summary['num_val']:,} validation rows of width "
               f"{summary['features']}; best validation {summary['val_nll_nats_per_dim']:.4f} nats/dim after "
               f"{epochs_text(summary['epochs'])}{stopped} ({format_seconds(summary['train_seconds'])} training)")
-        for line in summary["columns"]:
+        for line in summary["columns"] + ([summary["context"]] if summary["context"] else []):
             print(line)
         print(summary["comparison"])
         print(describe_samples(summary["samples"]) + " (at T = 1; the data beside them in samples.png)")
-        print(f"run in {args.out}; next: lunet evaluate {args.out} --data TEST_FILE, "
-              f"lunet sample {args.out} --num 1000 --out samples.npy")
+        if context is None:
+            print(f"run in {args.out}; next: lunet evaluate {args.out} --data TEST_FILE, "
+                  f"lunet sample {args.out} --num 1000 --out samples.npy")
+        else:
+            print(f"run in {args.out}; next: lunet evaluate {args.out} --data TEST_FILE --context TEST_CONTEXTS, "
+                  f"lunet sample {args.out} --context CONTEXTS --num 10 --out samples.npy (10 per context row)")
     return 0
 
 
@@ -383,7 +414,14 @@ def _train_images(args: argparse.Namespace, config: TrainConfig, group: Any) -> 
     from lunet.experiments import images
     from lunet.experiments.run_log import format_seconds
 
-    if args.model == "realnvp":
+    if args.conditional:
+        refuse_given(args, ("per_class", "class_label", "learn_alpha", "activation", "recipe"),
+                     "runs without --conditional: a conditional run is one LU-Net with the leaky softplus of a fixed "
+                     "slope for every class")
+        if args.model == "realnvp":
+            raise ValueError("--conditional trains a conditional LU-Net; --model realnvp has no conditional form here")
+        spec = conditional_image_spec(**model_overrides(args))
+    elif args.model == "realnvp":
         spec = {"name": "realnvp"}
     else:
         spec = paper_lunet_spec(**model_overrides(args))
@@ -391,7 +429,8 @@ def _train_images(args: argparse.Namespace, config: TrainConfig, group: Any) -> 
             del spec["learn_alpha"]  # fixed slopes are the paper's model, whose spec does not name them
     if args.per_class and args.class_label is not None:
         raise ValueError("--per-class and --class exclude each other")
-    kind = "per_class" if args.per_class else ("class" if args.class_label is not None else "unconditional")
+    kind = ("per_class" if args.per_class else "conditional" if args.conditional
+            else "class" if args.class_label is not None else "unconditional")
     settings = images.ImageRunSettings(
         dataset=args.dataset, kind=kind, class_label=args.class_label, model=spec,
         lam=args.lam if args.lam is not None else DEFAULT_LAM,

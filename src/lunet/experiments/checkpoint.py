@@ -457,7 +457,7 @@ def _model_from_state(path: str | os.PathLike, spec: dict[str, Any], state: dict
         model = model.to(dtype)
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:  # ValueError: a flow that checks the state itself
         detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         raise ValueError(f"checkpoint {path} does not match its model spec {short_repr(spec)}: "
                          f"{shortened(detail)}") from None

@@ -32,16 +32,20 @@ class DensityEstimator:
         drop_constant, dequantize: the column rules of :class:`~lunet.experiments.columns.ColumnRules`.
         run_dir: a folder to keep the run in (checkpoint, metrics, pictures); None keeps nothing on disk.
         progress: show a progress bar while fitting.
+        context_kind: how contexts given to :meth:`fit` are read (``"auto"``, ``"labels"``, ``"vectors"``).
 
     After :meth:`fit`: ``flow_`` (the trained :class:`~lunet.LUNet`, eval mode), ``summary_`` (the
     run's summary, with the Gaussian's validation NLL beside the flow's) and ``n_features_in_``.
     Inputs may be numpy arrays or tensors; outputs are numpy arrays (float64).
+
+    ``fit(X, context=C)`` fits ``p(x | c)`` instead, one context row per row of ``X`` (class labels or
+    vectors); :meth:`score_samples`, :meth:`score` and :meth:`sample` then take contexts too.
     """
 
     def __init__(self, config: Union[Mapping[str, Any], Any, None] = None,
                  model_spec: Optional[Mapping[str, Any]] = None, val_fraction: float = 0.1,
                  drop_constant: bool = False, dequantize: str = "auto", run_dir: Optional[str | Path] = None,
-                 progress: bool = False) -> None:
+                 progress: bool = False, context_kind: str = "auto") -> None:
         self.config = config
         self.model_spec = model_spec
         self.val_fraction = val_fraction
@@ -49,17 +53,20 @@ class DensityEstimator:
         self.dequantize = dequantize
         self.run_dir = run_dir
         self.progress = progress
+        self.context_kind = context_kind
         self._run: Optional[VectorRun] = None
 
-    def fit(self, X: Vectors, y: Any = None) -> "DensityEstimator":
-        """Train on the rows ``X`` (N, D); ``y`` is ignored. Returns the estimator."""
+    def fit(self, X: Vectors, y: Any = None, context: Optional[Vectors] = None) -> "DensityEstimator":
+        """Train on the rows ``X`` (N, D), with ``context`` (N, C) one context row per row for
+        ``p(x | c)``; ``y`` is ignored. Returns the estimator."""
         config = self.config if self.config is None or not isinstance(self.config, Mapping) else dict(self.config)
         spec = dict(self.model_spec) if self.model_spec is not None else None
 
         def train(folder: str | Path) -> None:
             _, self.summary_ = train_vectors(X, folder, config, model_spec=spec, val_fraction=self.val_fraction,
                                              progress=self.progress, drop_constant=self.drop_constant,
-                                             dequantize=self.dequantize)
+                                             dequantize=self.dequantize, context=context,
+                                             context_kind=self.context_kind)
             self._run = load_vector_run(folder)
 
         if self.run_dir is not None:
@@ -83,17 +90,20 @@ class DensityEstimator:
     def n_features_in_(self) -> int:
         return self.fitted.columns.width
 
-    def score_samples(self, X: Vectors) -> np.ndarray:
-        """``log p(x)`` in nats of each row of ``X`` (N, D): (N,)."""
-        return self.fitted.log_prob(X, name="X").numpy()
+    def score_samples(self, X: Vectors, context: Optional[Vectors] = None) -> np.ndarray:
+        """``log p(x)`` in nats of each row of ``X`` (N, D): (N,); ``log p(x | c)`` given ``context`` (N, C)."""
+        return self.fitted.log_prob(X, name="X", context=context).numpy()
 
-    def score(self, X: Vectors, y: Any = None) -> float:
-        """The mean ``log p(x)`` per row of ``X``, nats (higher is better, as scikit-learn scores)."""
-        return float(self.score_samples(X).mean())
+    def score(self, X: Vectors, y: Any = None, context: Optional[Vectors] = None) -> float:
+        """The mean ``log p(x)`` (or ``log p(x | c)``) per row of ``X``, nats (higher is better, as
+        scikit-learn scores)."""
+        return float(self.score_samples(X, context).mean())
 
-    def sample(self, n_samples: int = 1, random_state: int = 0, temperature: float = 1.0) -> np.ndarray:
-        """``n_samples`` rows (n_samples, D) drawn from the density (latents from ``random_state``)."""
-        return self.fitted.sample(n_samples, temperature, seed=random_state).numpy()
+    def sample(self, n_samples: int = 1, random_state: int = 0, temperature: float = 1.0,
+               context: Optional[Vectors] = None) -> np.ndarray:
+        """``n_samples`` rows (n_samples, D) drawn from the density (latents from ``random_state``); given
+        ``context`` (M, C), ``n_samples`` under each of its rows, (M · n_samples, D) context by context."""
+        return self.fitted.sample(n_samples, temperature, seed=random_state, context=context).numpy()
 
     def save(self, path: str | Path) -> Path:
         """Write the fitted estimator to one file (atomically); :meth:`load` reads it back."""

@@ -3,6 +3,7 @@ classifier of per-class runs, and whether samples show their class."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -101,22 +102,29 @@ def evaluate_run(
         "epochs": [ck["epoch"] for ck in ckpts],
         "train_seconds": sum(ck.get("train_seconds", 0.0) for ck in ckpts),
         "model": settings.model,
-        "num_parameters_free": models[0].num_parameters("free") * len(models),
-        "num_parameters_stored": models[0].num_parameters("stored") * len(models),
     }
+    if settings.kind == "conditional":  # one model for every class, its weights counted once
+        result["num_parameters_free"] = result["num_parameters_stored"] = models[0].flow.num_parameters()
+    else:
+        result["num_parameters_free"] = models[0].num_parameters("free") * len(models)
+        result["num_parameters_stored"] = models[0].num_parameters("stored") * len(models)
     if per_class:
         result["per_class"] = per_class
-    if settings.kind == "per_class":  # a classifier needs a model of every class
-        result["bayes_classifier_accuracy"] = bayes_accuracy(snapshots, images, labels, pre)
+    if settings.kind in ("per_class", "conditional"):  # a classifier needs a density of every class
+        scores = class_log_probs(snapshots, images, pre)
+        result["bayes_classifier_accuracy"] = float((scores.argmax(1) == labels).double().mean())
+        # log p(x) = logsumexp_c log p(x | c) - log K under a uniform class prior
+        marginal = torch.logsumexp(scores, dim=1) - math.log(scores.shape[1])
+        result["bits_per_dim_marginal"] = float(bits_per_dim(marginal, d).mean())
     return result
 
 
 @torch.no_grad()
-def bayes_accuracy(models: list, images: torch.Tensor, labels: torch.Tensor, pre: ImagePreprocessor) -> float:
-    """Accuracy of ``argmax_c log p(x|c)`` (uniform class prior) over the given test images
-    (one dequantisation draw); ``models``: one flow or snapshot per class."""
-    scores = torch.stack([image_log_probs(m, images, pre, seed=7)[0] for m in models], dim=1)
-    return float((scores.argmax(1) == labels).double().mean())
+def class_log_probs(models: list, images: torch.Tensor, pre: ImagePreprocessor) -> torch.Tensor:
+    """``log p(y | c)`` in nats of each test image under each class's model, (N, K) float64 (one
+    dequantisation draw, the same for every class); ``models``: one flow or snapshot per class."""
+    return torch.stack([image_log_probs(m, images, pre, seed=7)[0] for m in models], dim=1)
+
 
 
 class DigitClassifier(nn.Module):

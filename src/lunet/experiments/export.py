@@ -32,7 +32,7 @@ def export_run(run_dir: str | os.PathLike | RunFolder, out: str | os.PathLike) -
     if record.kind == IMAGES:
         from lunet.experiments.images import model_folder
 
-        paths = [model_folder(run, c, record.settings.kind).checkpoint for c in record.settings.classes]
+        paths = [model_folder(run, c, record.settings.kind).checkpoint for c in record.settings.model_classes]
         missing = [p for p in paths if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"{missing[0]} not found: the run in {run.path} has not saved every model yet")

@@ -61,19 +61,59 @@ def class_subset(
     return images[keep], labels[keep]
 
 
-def make_log_prob_fn(pre: ImagePreprocessor) -> LogProbFn:
+def make_log_prob_fn(pre: ImagePreprocessor, labelled: bool = False) -> LogProbFn:
     """``(model, pixels, noise) -> log p(y)`` in nats per image, dequantised with ``noise``
     (U[0, 1) draws of the pixels' shape, in the model's dtype, on the pixels' device; a
-    ``Trainer`` draws them with ``dequantize=True``)."""
+    ``Trainer`` draws them with ``dequantize=True``). ``labelled``: each row carries its class
+    label after its pixels, and the result is ``log p(y | label)`` of a conditional flow (noise
+    of either width is taken for the pixels)."""
 
     def log_prob(model: nn.Module, pixels: torch.Tensor, noise: Optional[torch.Tensor]) -> torch.Tensor:
         if noise is None:  # else dequantize would draw from the unseeded global generator
             raise ValueError("image log-likelihoods need dequantisation noise: give the Trainer dequantize=True")
         ref = next(model.parameters())
+        labels = None
+        if labelled:
+            pixels, labels = pixels[:, :-1], pixels[:, -1].to(device=ref.device, dtype=torch.int64)
+            noise = noise[:, : pixels.shape[1]]
         logits, logdet = pre.to_model_space(pixels, dtype=ref.dtype, noise=noise)
-        return model.log_prob(logits.to(ref.device)) + logdet.to(ref.device)
+        logits = logits.to(ref.device)
+        lp = model.log_prob(logits) if labels is None else model.log_prob(logits, labels)
+        return lp + logdet.to(ref.device)
 
     return log_prob
+
+
+class LabelledFlow:
+    """A conditional flow under one class label, with the passes of an unconditional flow
+    (``flow(x)``, ``inverse``, ``log_prob``, ``frozen``): what per-class evaluation, sampling and
+    agreement call, so that a conditional run is scored and sampled class by class as a per-class
+    run is. ``flow``: a :class:`~lunet.ConditionalLUNet` or its snapshot. Adapters given one
+    ``shared`` dict (those of one run) share one snapshot of the flow, taken at the first
+    :meth:`frozen`."""
+
+    def __init__(self, flow: Any, label: int, shared: Optional[dict] = None) -> None:
+        self.flow = flow
+        self.label = label
+        self.dtype, self.device = flow_placement(flow)
+        self._shared = {} if shared is None else shared
+
+    def _label(self) -> torch.Tensor:
+        return torch.tensor(self.label, device=self.device)
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.flow(x, self._label())
+
+    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.flow.inverse(z, self._label())
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return self.flow.log_prob(x, self._label())
+
+    def frozen(self) -> "LabelledFlow":
+        if "snapshot" not in self._shared:
+            self._shared["snapshot"] = frozen_or_module(self.flow)
+        return LabelledFlow(self._shared["snapshot"], self.label)
 
 
 def read_run_file(run_dir: str | Path | RunFolder) -> ImageRunSettings:
@@ -116,7 +156,7 @@ def train_image_run(
     images, labels = load_dataset(settings.dataset, "train", data_dir=data_dir, verify=verify)
     record = RunRecord(IMAGES, settings, str(find_file(settings.dataset, FILES["train"][0], data_dir).parent.resolve()))
     (train_x, train_y), (val_x, val_y) = train_val_split(images, labels)
-    resumable = [model_folder(run, c, settings.kind).checkpoint for c in settings.classes]
+    resumable = [model_folder(run, c, settings.kind).checkpoint for c in settings.model_classes]
     with group.entered_on_main(run.locked()):
         group.on_main(lambda: run.begin(resume, overwrite, resumable))
         return _train_models(run, record, config, train_x, train_y, val_x, val_y, resume, progress, limit, group)
@@ -128,24 +168,25 @@ def _train_models(
 ) -> dict[str, Any]:
     settings = record.settings
     pre = ImagePreprocessor(settings.lam, num_dims=train_x.shape[1])
-    log_prob_fn = make_log_prob_fn(pre)
+    labelled = settings.kind == "conditional"
+    log_prob_fn = make_log_prob_fn(pre, labelled)
     # a divergence in one class lets the whole run continue with a gentler step
     after_divergence = resume and group.on_main(lambda: any(
         load_checkpoint(path).get("diverged")
-        for path in (model_folder(run, c, settings.kind).checkpoint for c in settings.classes)
+        for path in (model_folder(run, c, settings.kind).checkpoint for c in settings.model_classes)
         if path.is_file()
     ))
     # a per-class run deals its models out over the processes; any other run's model is shared by them
     classes_dealt = settings.kind == "per_class" and group.shared
     reports = group.is_main or classes_dealt  # a shared model's messages come from process 0 alone
     results = {}
-    for i, c in enumerate(settings.classes):
+    for i, c in enumerate(settings.model_classes):
         if classes_dealt and not group.owns(i):
             continue
-        tx, _ = class_subset(train_x, train_y, c)
-        vx, _ = class_subset(val_x, val_y, c)
+        tx, ty = class_subset(train_x, train_y, c)
+        vx, vy = class_subset(val_x, val_y, c)
         if limit is not None:
-            tx, vx = tx[:limit], vx[: max(1, limit // 10)]
+            tx, vx, ty, vy = tx[:limit], vx[: max(1, limit // 10)], ty[:limit], vy[: max(1, limit // 10)]
         out = model_folder(run, c, settings.kind)
         torch.manual_seed(config.seed)
         model = build_model(settings.model)
@@ -161,6 +202,8 @@ def _train_models(
                 model.init_gaussian(logits)
             else:
                 model.standardize(logits)
+        if labelled:  # each row carries its label after its pixels (as a pixel's byte), for log_prob_fn
+            tx, vx = (torch.cat([x, y.to(x.dtype).unsqueeze(1)], 1) for x, y in ((tx, ty), (vx, vy)))
         model_group = SINGLE if classes_dealt else group
         trainer = Trainer(
             model, settings.model, config, tx, vx, log_prob_fn, features=pre.num_dims, out_dir=out,
@@ -193,15 +236,20 @@ def _train_models(
 def load_run_models(
     run_dir: str | Path | RunFolder, which: str = "best", device: str = "cpu"
 ) -> tuple[ImageRunSettings, list[nn.Module], list[dict]]:
-    """Settings, one model per entry of ``settings.classes`` (in eval mode on ``device``), and their checkpoints."""
+    """Settings, one model per entry of ``settings.classes`` (in eval mode on ``device``), and the
+    checkpoint of each model stored; a conditional run's one model comes as a :class:`LabelledFlow`
+    under each class."""
     run = as_folder(run_dir)
     dev = resolve_device(device)
     settings = read_run_file(run)
     models, ckpts = [], []
-    for c in settings.classes:
+    for c in settings.model_classes:
         model, ckpt = load_model(model_folder(run, c, settings.kind).checkpoint, which=which)
         models.append(model.to(dev).eval())
         ckpts.append(ckpt)
+    if settings.kind == "conditional":
+        shared: dict = {}
+        models = [LabelledFlow(models[0], c, shared) for c in settings.classes]
     return settings, models, ckpts
 
 

@@ -11,9 +11,12 @@ from typing import Any
 
 from torch import nn
 
+from lunet.conditional import ConditionalLUNet
 from lunet.flow import LUNet
 
-MODEL_NAMES = ("lunet", "realnvp")
+# "conditional_lunet": a ConditionalLUNet of p(x | c), whose spec holds context_features and
+# num_classes beside the LU-Net's settings (an embedding network has no spec)
+MODEL_NAMES = ("lunet", "realnvp", "conditional_lunet")
 
 
 def check_spec(spec: Any) -> dict[str, Any]:
@@ -30,7 +33,7 @@ def check_spec(spec: Any) -> dict[str, Any]:
                          f"{short_repr(spec[odd[0]])}")
     if spec.get("name") not in MODEL_NAMES:
         raise ValueError(f"unknown model name {short_repr(spec.get('name'))} in model spec; "
-                         "expected 'lunet' or 'realnvp'")
+                         f"expected one of {', '.join(map(repr, MODEL_NAMES))}")
     return spec
 
 
@@ -51,7 +54,7 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     name = spec.pop("name")
     from lunet.baselines.realnvp import RealNVP  # optional heavy baseline
 
-    model_class = LUNet if name == "lunet" else RealNVP
+    model_class = {"lunet": LUNet, "realnvp": RealNVP, "conditional_lunet": ConditionalLUNet}[name]
     try:
         return model_class(**spec)
     except TypeError as exc:

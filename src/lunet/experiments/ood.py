@@ -171,6 +171,9 @@ def ood_run(
     if against not in DATASETS:
         raise ValueError(f"--against must be one of {DATASETS}, got {against!r}")
     settings, models, _ = load_run_models(run_dir, device=device)
+    if settings.kind == "conditional":
+        raise ValueError("out-of-distribution scores take unconditional, single-class and per-class runs; "
+                         "this run is one conditional LU-Net (trained with --conditional)")
     if against == settings.dataset:
         raise ValueError(f"--against {against} is the run's own data set; choose the other one")
     train_images, train_labels = load_dataset(settings.dataset, "train", data_dir=data_dir, verify=verify)

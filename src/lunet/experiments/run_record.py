@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence, Union
 
 from lunet.experiments.checkpoint import first_sentence
 from lunet.experiments.columns import ColumnRules
+from lunet.experiments.contexts import ContextRules
 from lunet.experiments.data import DATASETS
 from lunet.experiments.models import check_spec, short_repr, shortened
 from lunet.experiments.rundir import NUM_CLASSES, RunFolder, UnsafeFile, read_text, write_text_atomic
@@ -26,7 +27,8 @@ KINDS = (IMAGES, VECTORS, GMM2D)
 # Entries that only a run on own data writes in run.json: a damaged file that holds one is
 # reported as a damaged run on own data, not taken for an image run.
 VECTOR_KEYS = ("data", "features", "val_fraction", "data_file")
-IMAGE_KINDS = ("unconditional", "class", "per_class")
+# "conditional": one ConditionalLUNet of p(x | class) for every class
+IMAGE_KINDS = ("unconditional", "class", "per_class", "conditional")
 IMAGE_DATA_INITS = ("gaussian", "standardize", "none")
 VECTOR_DATA_INITS = ("standardize", "gaussian", "none")
 
@@ -61,13 +63,23 @@ class ImageRunSettings:
         if self.kind == "class" and not (isinstance(self.class_label, int) and 0 <= self.class_label < NUM_CLASSES):
             raise ValueError(f"--class must be an integer in 0..{NUM_CLASSES - 1}, got {self.class_label!r}")
         check_spec(self.model)
+        if (self.kind == "conditional") != (self.model.get("name") == "conditional_lunet"):
+            raise ValueError(f"a run of kind {self.kind!r} cannot hold the model {self.model.get('name')!r}: a "
+                             f"conditional run holds one conditional_lunet, other runs none")
 
     @property
     def classes(self) -> list[Optional[int]]:
-        """The class of each model in the run (None = all classes)."""
-        if self.kind == "per_class":
+        """The class of each density the run models (None = all classes): one per class for a
+        per-class or conditional run."""
+        if self.kind in ("per_class", "conditional"):
             return list(range(NUM_CLASSES))
         return [self.class_label] if self.kind == "class" else [None]
+
+    @property
+    def model_classes(self) -> list[Optional[int]]:
+        """The class of each model the run trains and stores (None = all classes): a conditional run
+        trains one model for every class."""
+        return [None] if self.kind == "conditional" else self.classes
 
 
 @dataclass
@@ -80,6 +92,8 @@ class VectorRunSettings:
     data_init: str = "standardize"
     # the rules of lunet.experiments.columns.ColumnRules, as entries (None: every column as it is)
     columns: Optional[dict[str, Any]] = None
+    # a run of p(x | c): the rules of lunet.experiments.contexts.ContextRules, as entries (None: p(x))
+    context: Optional[dict[str, Any]] = None
 
     def __post_init__(self) -> None:
         # each field checked for its type too: read back from run.json, "3" is no width and true no fraction
@@ -96,6 +110,19 @@ class VectorRunSettings:
         if self.model.get("features") != self.features:
             raise ValueError(f"the model spec's features {self.model.get('features')!r} is not the data's width "
                              f"{self.features}")
+        conditional = self.model.get("name") == "conditional_lunet"
+        if self.context is None and conditional:
+            raise ValueError("the model is conditional but the run records no context")
+        if self.context is not None:
+            rules = ContextRules.from_entries(self.context)
+            if not conditional or self.model.get("num_classes") != rules.num_classes:
+                raise ValueError(f"the run's context ({rules.kind}, num_classes {rules.num_classes}) is not the "
+                                 f"model's ({self.model.get('name')}, num_classes {self.model.get('num_classes')!r})")
+
+    @property
+    def context_rules(self) -> Optional[ContextRules]:
+        """The context's rules of a run of ``p(x | c)``, None for a run of ``p(x)``."""
+        return None if self.context is None else ContextRules.from_entries(self.context)
 
 
 @dataclass(frozen=True)
@@ -107,11 +134,15 @@ class RunRecord:
     kind: str
     settings: Union[ImageRunSettings, VectorRunSettings, None] = None
     data: Optional[str] = None
+    context: Optional[str] = None  # a run of p(x | c) on own data: the file its contexts came from
 
     def entries(self) -> dict[str, Any]:
         """What ``run.json`` holds for the run, but where its data are: what the run is."""
         if self.kind == VECTORS:
-            return {"data": VECTORS, **asdict(self.settings)}
+            entries = {"data": VECTORS, **asdict(self.settings)}
+            if entries["context"] is None:  # a run of p(x) records none, as before contexts were
+                del entries["context"]
+            return entries
         if self.kind == IMAGES:
             return asdict(self.settings)
         return {"dataset": GMM2D}
@@ -170,12 +201,15 @@ def write_run(folder: RunFolder, record: RunRecord) -> None:
             entries["data_dir"] = record.data
     elif record.kind == VECTORS:
         entries["data_file"] = record.data
+        if record.context is not None:
+            entries["context_file"] = record.context
     write_text_atomic(path, json.dumps(entries, indent=2) + "\n")
 
 
-def recorded_data(folder: RunFolder, kind: str) -> Optional[str]:
+def recorded_data(folder: RunFolder, kind: str, key: Optional[str] = None) -> Optional[str]:
     """Where the run of ``kind`` in ``folder`` found its data, if recorded (None for a run of another
-    kind, or a damaged record); :class:`UnsafeFile` when ``run.json`` is no regular file."""
+    kind, or a damaged record); ``key`` another entry naming a file (``"context_file"``);
+    :class:`UnsafeFile` when ``run.json`` is no regular file."""
     try:
         entries = json.loads(read_text(folder.run_file))
     except UnsafeFile:
@@ -184,7 +218,7 @@ def recorded_data(folder: RunFolder, kind: str) -> Optional[str]:
         return None
     if not isinstance(entries, dict) or (kind == VECTORS) != any(key in entries for key in VECTOR_KEYS):
         return None
-    found = entries.get("data_file" if kind == VECTORS else "data_dir")
+    found = entries.get(key or ("data_file" if kind == VECTORS else "data_dir"))
     return found if isinstance(found, str) else None
 
 
@@ -235,18 +269,19 @@ def _read_vectors(folder: RunFolder) -> RunRecord:
         raise ValueError(f"{path} does not describe a run on own data: its \"data\" entry is "
                          f"{short_repr(entries.get('data'))}, not {VECTORS!r}")
     entries.pop("data")
-    known = {f.name for f in fields(VectorRunSettings)} | {"data_file"}
+    known = {f.name for f in fields(VectorRunSettings)} | {"data_file", "context_file"}
     unknown = sorted(set(entries) - known)
     missing = [f.name for f in fields(VectorRunSettings) if f.name not in entries and f.default is MISSING]
     if unknown or missing:
         listed = "; ".join(part for part in (f"unknown entries {', '.join(unknown)}" if unknown else "",
                                              f"no {', '.join(missing)}" if missing else "") if part)
         raise ValueError(f"{path} does not describe a run on own data: {shortened(listed)}")
-    data_file = entries.pop("data_file", None)
-    if data_file is not None and not isinstance(data_file, str):
-        raise ValueError(f"{path} does not describe a run on own data (data_file must be a path or null, "
-                         f"got {short_repr(data_file)})")
+    files = {key: entries.pop(key, None) for key in ("data_file", "context_file")}
+    for key, value in files.items():
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{path} does not describe a run on own data ({key} must be a path or null, "
+                             f"got {short_repr(value)})")
     try:
-        return RunRecord(VECTORS, VectorRunSettings(**entries), data_file)
+        return RunRecord(VECTORS, VectorRunSettings(**entries), files["data_file"], files["context_file"])
     except ValueError as exc:
         raise ValueError(f"{path} does not describe a run on own data ({shortened(str(exc))})") from None

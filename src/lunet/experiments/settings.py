@@ -134,6 +134,17 @@ def paper_lunet_spec(num_blocks: int = 4, **kwargs: Any) -> dict[str, Any]:
     return spec
 
 
+def conditional_image_spec(num_blocks: int = 4, **kwargs: Any) -> dict[str, Any]:
+    """Model spec of one :class:`~lunet.ConditionalLUNet` of ``p(x | class)`` for MNIST-sized images
+    (``lunet train --dataset mnist --conditional``): the paper's LU layers and leaky softplus
+    (:func:`paper_lunet_spec`), the ten classes embedded in ten dimensions, a context network of
+    two hidden layers of 64."""
+    base = paper_lunet_spec(num_blocks, **kwargs)
+    spec: dict[str, Any] = {"name": "conditional_lunet", "context_features": 10, "hidden": 64, "num_classes": 10}
+    spec.update({k: v for k, v in base.items() if k != "name"})
+    return spec
+
+
 def vector_lunet_spec(features: int, num_blocks: int = 4, activation: str = "spline", **kwargs: Any) -> dict[str, Any]:
     """Model spec of an LU-Net for own feature vectors of width ``features`` (``lunet train --data``):
     4 blocks with a monotone spline per feature, whose identity tails keep samples near the data
@@ -148,6 +159,27 @@ def vector_lunet_spec(features: int, num_blocks: int = 4, activation: str = "spl
     return spec
 
 
+def conditional_vector_spec(features: int, context_features: int, num_classes: Optional[int] = None,
+                            num_blocks: int = 4, **kwargs: Any) -> dict[str, Any]:
+    """Model spec of a :class:`~lunet.ConditionalLUNet` of ``p(x | c)`` for own vectors of width
+    ``features`` (``lunet train --data X --context C``): the depth, diagonal and start scale of
+    :func:`vector_lunet_spec`, the leaky softplus (fixed slope) after every block but the last, and
+    a context network of two hidden layers of 64. ``context_features``: the context's width, or for
+    ``num_classes`` labels the width of their learned embedding."""
+    base = vector_lunet_spec(features, num_blocks, activation="leaky_softplus")
+    spec: dict[str, Any] = {"name": "conditional_lunet", "features": features, "context_features": context_features,
+                            "num_blocks": num_blocks, "hidden": 64, "num_classes": num_classes,
+                            "alpha": base["alpha"], "diag": base["diag"], "init_scale": base["init_scale"]}
+    spec.update(kwargs)
+    return spec
+
+
+# Own data with a condition: how the context file is read (lunet.experiments.contexts): "auto" takes
+# one column of whole numbers from 0 to below MAX_AUTO_CLASSES for class labels, anything else for vectors
+CONTEXT_KINDS = ("auto", "labels", "vectors")
+MAX_AUTO_CLASSES = 256
+# the width of the learned embedding of class labels: the number of classes, at most this
+MAX_LABEL_EMBEDDING = 16
 # Own data: how columns of whole numbers are treated (lunet.experiments.columns)
 DEQUANTIZE_CHOICES = ("auto", "none")
 # Own data: optimiser steps a run takes (about; whole epochs), steps between validations, and

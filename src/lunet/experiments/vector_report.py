@@ -5,6 +5,11 @@ in closed form and keeps it, with the training rows' per-column range, in its
 checkpoint (the ``"reference"`` entry of the checkpoint extra). Evaluation then
 sets the flow's NLL beside the Gaussian's on the same rows, and sampling says
 how many samples leave the range of the data.
+
+A run of ``p(x | c)`` sets its flow beside the conditional Gaussian: the
+linear-Gaussian regression of ``x`` on the context (one-hot for class labels),
+``x | c ~ N(mean + (c - mean_c) B, Σ)``, fitted in closed form, whose
+coefficients ``B`` the reference keeps beside the Gaussian of the residuals.
 """
 
 from __future__ import annotations
@@ -25,35 +30,61 @@ FAR_RANGES = 1.0
 
 @dataclass
 class Reference:
-    """The training rows' Gaussian fit and per-column range (``low``, ``high``: (D,) float64)."""
+    """The training rows' Gaussian fit and per-column range (``low``, ``high``: (D,) float64); for a
+    conditional run also the regression coefficients ``coef`` (P, D) on the context's regressors
+    (:meth:`~lunet.experiments.contexts.ContextRules.design`) and their training mean ``design_mean`` (P,)."""
 
     gaussian: FullCovarianceGaussian
     low: torch.Tensor
     high: torch.Tensor
+    coef: Optional[torch.Tensor] = None
+    design_mean: Optional[torch.Tensor] = None
 
     @classmethod
-    def fit(cls, train: torch.Tensor, fit_rows: Optional[torch.Tensor] = None) -> "Reference":
+    def fit(cls, train: torch.Tensor, fit_rows: Optional[torch.Tensor] = None,
+            design: Optional[torch.Tensor] = None) -> "Reference":
         """The range of the training rows ``train`` (N, D), N >= 2, and the Gaussian of ``fit_rows``
-        (default ``train``; the rows dequantised where a run dequantises)."""
+        (default ``train``; the rows dequantised where a run dequantises); given the context's
+        regressors ``design`` (N, P), the Gaussian of the rows given them (a ridge of 10⁻⁶ times each
+        regressor's variance keeps one-hot labels and collinear contexts solvable)."""
         x = train.double()
         fitted = x if fit_rows is None else fit_rows.double()
-        return cls(FullCovarianceGaussian.fit(fitted), x.min(0).values, x.max(0).values)
+        coef = design_mean = None
+        if design is not None:
+            design = design.double()
+            design_mean = design.mean(0)
+            centred = design - design_mean
+            gram = centred.T @ centred
+            ridge = 1e-6 * gram.diagonal().clamp_min(torch.finfo(torch.float64).tiny)
+            coef = torch.linalg.solve(gram + torch.diag(ridge), centred.T @ (fitted - fitted.mean(0)))
+            fitted = fitted - centred @ coef
+        return cls(FullCovarianceGaussian.fit(fitted), x.min(0).values, x.max(0).values, coef, design_mean)
 
     def entries(self) -> dict[str, torch.Tensor]:
         """As a checkpoint holds it: plain tensors."""
-        return {"gaussian_mean": self.gaussian.mean, "gaussian_scale_tril": self.gaussian.scale_tril,
-                "low": self.low, "high": self.high}
+        entries = {"gaussian_mean": self.gaussian.mean, "gaussian_scale_tril": self.gaussian.scale_tril,
+                   "low": self.low, "high": self.high}
+        if self.coef is not None:
+            entries.update(gaussian_coef=self.coef, design_mean=self.design_mean)
+        return entries
 
     @classmethod
-    def from_entries(cls, entries: Any, features: int, source: str) -> Optional["Reference"]:
+    def from_entries(cls, entries: Any, features: int, source: str,
+                     design_width: Optional[int] = None) -> Optional["Reference"]:
         """The reference a checkpoint holds (None for a run made without one); ``ValueError``
-        naming ``source`` when the entries are not a sound Gaussian and range of ``features`` columns."""
+        naming ``source`` when the entries are not a sound Gaussian and range of ``features`` columns,
+        with regression coefficients on ``design_width`` regressors exactly when that is given."""
         if entries is None:
             return None
         keys = ("gaussian_mean", "gaussian_scale_tril", "low", "high")
         shapes = ((features,), (features, features), (features,), (features,))
+        if design_width is not None:
+            keys += ("gaussian_coef", "design_mean")
+            shapes += ((design_width, features), (design_width,))
         if not isinstance(entries, dict) or any(not isinstance(entries.get(k), torch.Tensor) for k in keys):
             raise ValueError(f"{source}: its Gaussian baseline is not a set of tensors {', '.join(keys)}")
+        if design_width is None and "gaussian_coef" in entries:
+            raise ValueError(f"{source}: its Gaussian baseline is conditional, but the run models no context")
         for key, shape in zip(keys, shapes):
             t = entries[key]
             if tuple(t.shape) != shape or not t.is_floating_point() or not bool(torch.isfinite(t).all()):
@@ -65,11 +96,22 @@ class Reference:
         low, high = entries["low"].double(), entries["high"].double()
         if bool((low > high).any()):
             raise ValueError(f"{source}: its record of the data's range has a low above a high")
-        return cls(FullCovarianceGaussian(entries["gaussian_mean"].double(), tril), low, high)
+        coef = entries["gaussian_coef"].double() if design_width is not None else None
+        design_mean = entries["design_mean"].double() if design_width is not None else None
+        return cls(FullCovarianceGaussian(entries["gaussian_mean"].double(), tril), low, high, coef, design_mean)
 
-    def nll_per_dim(self, x: torch.Tensor) -> float:
-        """The Gaussian's mean NLL of rows ``x`` (N, D), nats per dimension."""
-        return float(-self.gaussian.log_prob(x.double()).mean() / x.shape[1])
+    @property
+    def name(self) -> str:
+        """How lines name the baseline: the full-covariance Gaussian, or the conditional one."""
+        return "the full-covariance Gaussian" if self.coef is None else "the conditional Gaussian (linear in c)"
+
+    def nll_per_dim(self, x: torch.Tensor, design: Optional[torch.Tensor] = None) -> float:
+        """The Gaussian's mean NLL of rows ``x`` (N, D), nats per dimension; for a conditional
+        reference given the context's regressors ``design`` (N, P)."""
+        x = x.double()
+        if self.coef is not None:
+            x = x - (design.double() - self.design_mean) @ self.coef
+        return float(-self.gaussian.log_prob(x).mean() / x.shape[1])
 
 
 def sample_report(samples: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> dict[str, Any]:
@@ -97,12 +139,14 @@ def describe_samples(report: dict[str, Any]) -> str:
     return line
 
 
-def comparison_line(flow_nll: float, gaussian_nll: float, split: str) -> str:
-    """The flow's NLL beside the Gaussian's (nats/dim) on ``split``, and what to try when it is worse."""
+def comparison_line(flow_nll: float, gaussian_nll: float, split: str,
+                    baseline: str = "the full-covariance Gaussian") -> str:
+    """The flow's NLL beside the Gaussian's (nats/dim) on ``split``, and what to try when it is worse;
+    ``baseline`` names the Gaussian (:attr:`Reference.name`)."""
     if flow_nll <= gaussian_nll:
-        return (f"{split} NLL {flow_nll:.4f} nats/dim, the full-covariance Gaussian {gaussian_nll:.4f}: "
+        return (f"{split} NLL {flow_nll:.4f} nats/dim, {baseline} {gaussian_nll:.4f}: "
                 f"the flow is better by {gaussian_nll - flow_nll:.4f}")
     if f"{flow_nll:.4f}" == f"{gaussian_nll:.4f}":  # a hair apart (a kept Gaussian start): not WORSE "by 0.0000"
-        return f"{split} NLL {flow_nll:.4f} nats/dim, the same as the full-covariance Gaussian's: the flow is no better"
-    return (f"{split} NLL {flow_nll:.4f} nats/dim is WORSE than the full-covariance Gaussian's {gaussian_nll:.4f} "
+        return f"{split} NLL {flow_nll:.4f} nats/dim, the same as {baseline}'s: the flow is no better"
+    return (f"{split} NLL {flow_nll:.4f} nats/dim is WORSE than {baseline}'s {gaussian_nll:.4f} "
             f"(by {flow_nll - gaussian_nll:.4f}): try fewer blocks (--blocks 2), --data-init gaussian, or more rows")
