@@ -52,7 +52,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", type=int, default=8, help="LU-Net's blocks")
     parser.add_argument("--hidden", type=int, default=64, help="width of LU-Net's two context layers")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--report", action="store_true",
+                        help="run nothing: print the tables of --out and draw its figures into --figures")
+    parser.add_argument("--figures", type=Path, default=None, help="folder of the posterior figures (--report)")
     args = parser.parse_args(argv)
+    if args.report:
+        import json
+
+        from lunet.experiments.sbi_report import draw_posteriors, markdown_tables
+
+        results = json.loads(args.out.read_text())
+        print(markdown_tables(results))
+        if args.figures is not None:
+            args.figures.mkdir(parents=True, exist_ok=True)
+            for path in draw_posteriors(results, args.figures):
+                print(f"wrote {path}")
+        return 0
     try:
         import sbi  # noqa: F401
         import sklearn  # noqa: F401
