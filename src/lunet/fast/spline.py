@@ -106,8 +106,9 @@ def spline_inverse_plain(
 @dataclass(frozen=True)
 class BinTables:
     """A spline's per-bin quantities, each flat (n * K,): left knots ``x0``, ``y0``, widths ``w`` and
-    their inverses ``iw``, heights ``h``, slopes ``s = h / w`` and the end slopes ``d0``, ``d1``; and
-    for the bin search the inner knots in ``x`` and ``y`` as rows (K - 1, n), and ``base`` (n,),
+    their inverses ``iw``, heights ``h``, slopes ``s = h / w``, the end slopes ``d0``, ``d1`` and
+    the same divided by ``s`` (``q0``, ``q1``: see :func:`spline_forward_fast`); and for the bin
+    search the inner knots in ``x`` and ``y`` as rows (K - 1, n), and ``base`` (n,),
     ``f * K + (K - 1) / 2`` (see :func:`counted_bins`). ``K`` bins, ``bound`` the interval's end,
     ``limit`` the largest number of the dtype below it."""
 
@@ -119,6 +120,8 @@ class BinTables:
     s: torch.Tensor
     d0: torch.Tensor
     d1: torch.Tensor
+    q0: torch.Tensor
+    q1: torch.Tensor
     x_rows: torch.Tensor
     y_rows: torch.Tensor
     base: torch.Tensor
@@ -134,13 +137,42 @@ class BinTables:
             w = xk[:, 1:] - xk[:, :-1]
             h = yk[:, 1:] - yk[:, :-1]
             base = torch.arange(n, dtype=xk.dtype, device=xk.device).mul_(k).add_((k - 1) / 2)
+            s = h / w
+            q0, q1 = _slope_ratios(dk, s)
             return BinTables(
                 x0=xk[:, :-1].reshape(-1), w=w.reshape(-1), iw=w.reciprocal().reshape(-1),
-                y0=yk[:, :-1].reshape(-1), h=h.reshape(-1), s=(h / w).reshape(-1),
-                d0=dk[:, :-1].reshape(-1), d1=dk[:, 1:].reshape(-1),
+                y0=yk[:, :-1].reshape(-1), h=h.reshape(-1), s=s.reshape(-1),
+                d0=dk[:, :-1].reshape(-1), d1=dk[:, 1:].reshape(-1), q0=q0.reshape(-1), q1=q1.reshape(-1),
                 x_rows=xk[:, 1:-1].t().contiguous(), y_rows=yk[:, 1:-1].t().contiguous(),
                 base=base, bins=k, bound=float(bound), limit=_inner_limit(bound, xk.dtype),
             )
+
+
+def _slope_ratios(dk: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``d0 / s`` and ``d1 / s`` (n, K) for knot slopes ``dk`` (n, K + 1) and bin slopes ``s``
+    (n, K), the ratios at the interval's two ends moved by an ulp or two where needed so that
+    ``s * ratio`` rounds to exactly 1: there the spline's slope is 1, and the forward pass then
+    gives entries on or beyond the ends a log-derivative of exactly 0 without a mask."""
+    q0, q1 = dk[:, :-1] / s, dk[:, 1:] / s
+    q0[:, 0] = _exact_inverse(s[:, 0], dk[:, 0])
+    q1[:, -1] = _exact_inverse(s[:, -1], dk[:, -1])
+    return q0, q1
+
+
+def _exact_inverse(s: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """``d / s``, and where ``d`` is 1 the nearest number ``q`` to ``1 / s`` with ``s * q`` exactly 1
+    in the dtype (the quotient itself where none lies within a few ulps)."""
+    q = d / s
+    out = q.clone()
+    found = (q * s) == 1
+    up, down = q.clone(), q.clone()
+    for _ in range(4):
+        up, down = torch.nextafter(up, up + 1), torch.nextafter(down, down - 1)
+        for candidate in (up, down):
+            hit = ~found & ((candidate * s) == 1)
+            out = torch.where(hit, candidate, out)
+            found = found | hit
+    return torch.where(d == 1, out, q)
 
 
 def _inner_limit(bound: float, dtype: torch.dtype) -> float:
@@ -346,31 +378,35 @@ def spline_forward_fast(
     """``y`` (B, n) and ``log|det dy/dx|`` (B,) at ``x`` (B, n), without autograd; bins from ``grid``
     where given, else counted (or searched among ``knots`` (n, K + 1) for many bins). ``keep``:
     none, or int64 and floating tensors (B, n) that receive each entry's flat bin and its position
-    ``t`` in the bin (for the backward pass)."""
+    ``t`` in the bin (for the backward pass).
+
+    With ``u = 1 - t``, ``q0 = d0 / s``, ``q1 = d1 / s`` and ``D = 1 + (q0 + q1 - 2) t u`` (the
+    rational quadratic's denominator over ``s``, at least 1/2): ``y = y0 + h t (t + q0 u) / D`` and
+    ``y' = s (q1 t^2 + 2 t u + q0 u^2) / D^2``, sums of non-negative terms, so without
+    cancellation. Entries are clamped to ``[-bound, bound]`` and ``t = (x - x0) / w`` is a
+    quotient, so that an entry on or beyond an end has ``t`` exactly 0 or 1 and (by the end bins'
+    ratios, :func:`_slope_ratios`) a slope of exactly 1: the identity's log-derivative.
+    """
 
     def kernel(x, y, logdet, work, *kept):
-        (b0, b1, b2, b3, b4, b5, b6, b7, b8, b9), cell, j = work
-        xc = torch.clamp(x, -tables.limit, tables.limit, out=b0)
+        (b0, b1, b2, b3, b4, b5, b6, b7, b8, _b9), cell, j = work
+        xc = torch.clamp(x, -tables.bound, tables.bound, out=b0)
         j = _bins_into(xc, tables, grid, tables.x_rows, knots, b1, b2, cell, j)
-        t = torch.sub(xc, _gather(tables.x0, j, b1), out=b1).mul_(_gather(tables.iw, j, b2))
-        s, d0, d1 = _gather(tables.s, j, b3), _gather(tables.d0, j, b4), _gather(tables.d1, j, b5)
-        tu = torch.neg(t, out=b6).add_(1)  # u for now
-        tt = torch.mul(t, t, out=b7)
-        uu = torch.mul(tu, tu, out=b8)
-        tu.mul_(t)
-        # the rational quadratic in a form of non-negative terms, so without cancellation:
-        # den = s t^2 + s u^2 + (d0 + d1) t u, num = s t^2 + d0 t u, derivative = s^2 Q / den^2
-        den = torch.add(tt, uu, out=b9).mul_(s).addcmul_(torch.add(d0, d1, out=b2), tu)
-        q = torch.mul(d1, tt, out=b2).addcmul_(s, tu, value=2).addcmul_(d0, uu)
-        r = tt.mul_(s).addcmul_(d0, tu).div_(den)
-        torch.addcmul(_gather(tables.y0, j, b4), _gather(tables.h, j, b5), r, out=y)
-        slope = s.mul_(s).mul_(q).div_(den.mul_(den))
-        excess = torch.sub(x, xc, out=b0)
-        y.add_(excess)
-        # outside the interval the spline at the end knot is the end knot with slope 1 up to
-        # rounding: the mask makes those entries exactly the identity's
-        inside = excess.sign_().abs_().neg_().add_(1)
-        torch.sum(slope.log_().mul_(inside), dim=1, out=logdet)
+        w = _gather(tables.w, j, b2)
+        t = torch.sub(xc, _gather(tables.x0, j, b1), out=b1).div_(w)
+        h = _gather(tables.h, j, b3)
+        s = torch.div(h, w, out=b2)
+        u = torch.neg(t, out=b4).add_(1)
+        q0, q1 = _gather(tables.q0, j, b5), _gather(tables.q1, j, b6)
+        den = torch.add(q0, q1, out=b7).sub_(2).mul_(torch.mul(t, u, out=b8)).add_(1)
+        num = torch.addcmul(t, q0, u, out=b5)  # t + q0 u
+        # q1 t^2 + 2 t u + q0 u^2 = t (q1 t + u) + u (t + q0 u)
+        slope = torch.addcmul(u, q1, t, out=b6).mul_(t).addcmul_(u, num)
+        r = num.mul_(t).div_(den)
+        torch.addcmul(_gather(tables.y0, j, b8), h, r, out=y)
+        y.add_(torch.sub(x, xc, out=b0))
+        slope.mul_(s).div_(den.mul_(den))
+        torch.sum(slope.log_(), dim=1, out=logdet)
         if kept:
             kept[0].copy_(j)
             kept[1].copy_(t)
