@@ -136,9 +136,9 @@ class BinTables:
             n, k = xk.shape[0], xk.shape[1] - 1
             w = xk[:, 1:] - xk[:, :-1]
             h = yk[:, 1:] - yk[:, :-1]
-            base = torch.arange(n, dtype=xk.dtype, device=xk.device).mul_(k).add_((k - 1) / 2)
             s = h / w
-            q0, q1 = _slope_ratios(dk, s)
+            q0, q1 = _slope_ratios(h, w, dk)
+            base = torch.arange(n, dtype=xk.dtype, device=xk.device).mul_(k).add_((k - 1) / 2)
             return BinTables(
                 x0=xk[:, :-1].reshape(-1), w=w.reshape(-1), iw=w.reciprocal().reshape(-1),
                 y0=yk[:, :-1].reshape(-1), h=h.reshape(-1), s=s.reshape(-1),
@@ -148,31 +148,16 @@ class BinTables:
             )
 
 
-def _slope_ratios(dk: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``d0 / s`` and ``d1 / s`` (n, K) for knot slopes ``dk`` (n, K + 1) and bin slopes ``s``
-    (n, K), the ratios at the interval's two ends moved by an ulp or two where needed so that
-    ``s * ratio`` rounds to exactly 1: there the spline's slope is 1, and the forward pass then
-    gives entries on or beyond the ends a log-derivative of exactly 0 without a mask."""
-    q0, q1 = dk[:, :-1] / s, dk[:, 1:] / s
-    q0[:, 0] = _exact_inverse(s[:, 0], dk[:, 0])
-    q1[:, -1] = _exact_inverse(s[:, -1], dk[:, -1])
+def _slope_ratios(h: torch.Tensor, w: torch.Tensor, dk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``d0 / s`` and ``d1 / s`` (n, K) for heights ``h``, widths ``w`` (n, K) and knot slopes ``dk``
+    (n, K + 1), ``s = h / w``. Where the slope at an end of the interval is 1, the end bin's ratio
+    is ``w / h`` as the forward pass computes it, so that their quotient there is exactly 1: the
+    pass then gives entries on or beyond the ends a log-derivative of exactly 0 without a mask."""
+    inverse = w / h
+    q0, q1 = dk[:, :-1] * inverse, dk[:, 1:] * inverse
+    q0[:, 0] = torch.where(dk[:, 0] == 1, inverse[:, 0], q0[:, 0])
+    q1[:, -1] = torch.where(dk[:, -1] == 1, inverse[:, -1], q1[:, -1])
     return q0, q1
-
-
-def _exact_inverse(s: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """``d / s``, and where ``d`` is 1 the nearest number ``q`` to ``1 / s`` with ``s * q`` exactly 1
-    in the dtype (the quotient itself where none lies within a few ulps)."""
-    q = d / s
-    out = q.clone()
-    found = (q * s) == 1
-    up, down = q.clone(), q.clone()
-    for _ in range(4):
-        up, down = torch.nextafter(up, up + 1), torch.nextafter(down, down - 1)
-        for candidate in (up, down):
-            hit = ~found & ((candidate * s) == 1)
-            out = torch.where(hit, candidate, out)
-            found = found | hit
-    return torch.where(d == 1, out, q)
 
 
 def _inner_limit(bound: float, dtype: torch.dtype) -> float:
@@ -258,16 +243,22 @@ class BinGrid:
         following = torch.cat([knots[:, 1:-1], knots.new_full((n, 1), math.inf)], dim=1)
         self.next_knot = following.reshape(-1).index_select(0, flat.reshape(-1))
         self.offsets = (torch.arange(n, device=knots.device) * cells).to(torch.int32)
+        # the flat cell's position in one op, f * cells folded into the shift, where the dtype keeps
+        # that sum within a sixteenth of a cell (a quarter is the margin)
+        exact = n * cells <= (1 << 20) or knots.dtype == torch.float64
+        self.shift = (torch.arange(n, dtype=torch.float64, device=knots.device).mul_(cells)
+                      .add_(self.bound * self.scale + 1).to(knots.dtype) if exact else None)
         # for a few rows, a binary search costs fewer ops than the lookup
         self.inner = knots[:, 1:-1].contiguous()
         self.bin_offsets = torch.arange(n, device=knots.device) * k
 
     def bins(self, v: torch.Tensor) -> torch.Tensor:
-        """The flat bin index (int64, (B, n)) of each entry of ``v`` (B, n), clamped to the interval."""
-        cell = torch.mul(v, self.scale).add_(self.bound * self.scale + 1).to(torch.int32).add_(self.offsets)
-        cell = cell.view(-1)
-        step = torch.sub(v.reshape(-1), self.next_knot.index_select(0, cell)).sign_()
-        return step.mul_(0.5).add_(self.start.index_select(0, cell)).to(torch.int64).view(v.shape)
+        """The flat bin index (int64, (B, n)) of each entry of ``v`` (B, n), clamped to the interval,
+        by the lookup whatever the number of rows."""
+        v = v.contiguous()
+        cell = torch.empty(v.shape, dtype=torch.int32, device=v.device)
+        j = torch.empty(v.shape, dtype=torch.int64, device=v.device)
+        return _grid_bins(v, self, torch.empty_like(v), torch.empty_like(v), cell, j, searched=0)
 
 
 # -- the no-autograd passes ------------------------------------------------------------------
@@ -329,15 +320,18 @@ SEARCHED_ROWS = 4
 
 
 def _grid_bins(v: torch.Tensor, grid: "BinGrid", b1: torch.Tensor, b2: torch.Tensor, cell: torch.Tensor,
-               j: torch.Tensor) -> torch.Tensor:
+               j: torch.Tensor, searched: int = SEARCHED_ROWS) -> torch.Tensor:
     """:meth:`BinGrid.bins` into the buffers given (``b1``, ``b2`` overwritten), ``j`` returned; up to
-    :data:`SEARCHED_ROWS` rows by binary search among the inner knots (the same bins)."""
-    if v.shape[0] <= SEARCHED_ROWS:
+    ``searched`` rows by binary search among the inner knots (the same bins)."""
+    if v.shape[0] <= searched:
         return j.copy_(torch.searchsorted(grid.inner, v.t().contiguous(), right=True).t()).add_(grid.bin_offsets)
-    torch.mul(v, grid.scale, out=b1).add_(grid.bound * grid.scale + 1)
-    cell.copy_(b1).add_(grid.offsets)
-    torch.sub(v, _gather(grid.next_knot, cell, b1), out=b1).sign_().mul_(0.5)
-    return j.copy_(_gather(grid.start, cell, b2).add_(b1))
+    if grid.shift is not None:
+        cell.copy_(torch.add(grid.shift, v, alpha=grid.scale, out=b1))
+    else:
+        torch.mul(v, grid.scale, out=b1).add_(grid.bound * grid.scale + 1)
+        cell.copy_(b1).add_(grid.offsets)
+    torch.sub(v, _gather(grid.next_knot, cell, b1), out=b1).sign_()
+    return j.copy_(torch.add(_gather(grid.start, cell, b2), b1, alpha=0.5, out=b2))
 
 
 def _blocks(v: torch.Tensor, kernel, with_logdet: bool, extras: tuple = (), block_bytes: int = BLOCK_BYTES,
@@ -385,17 +379,19 @@ def spline_forward_fast(
     ``y' = s (q1 t^2 + 2 t u + q0 u^2) / D^2``, sums of non-negative terms, so without
     cancellation. Entries are clamped to ``[-bound, bound]`` and ``t = (x - x0) / w`` is a
     quotient, so that an entry on or beyond an end has ``t`` exactly 0 or 1 and (by the end bins'
-    ratios, :func:`_slope_ratios`) a slope of exactly 1: the identity's log-derivative.
+    ratios, :func:`_slope_ratios`, over ``w / h``) a slope of exactly 1: the identity's
+    log-derivative.
     """
 
     def kernel(x, y, logdet, work, *kept):
         (b0, b1, b2, b3, b4, b5, b6, b7, b8, _b9), cell, j = work
         xc = torch.clamp(x, -tables.bound, tables.bound, out=b0)
-        j = _bins_into(xc, tables, grid, tables.x_rows, knots, b1, b2, cell, j)
+        # the kept bins and positions are written in place, not copied
+        j = _bins_into(xc, tables, grid, tables.x_rows, knots, b1, b2, cell, kept[0] if kept else j)
         w = _gather(tables.w, j, b2)
-        t = torch.sub(xc, _gather(tables.x0, j, b1), out=b1).div_(w)
+        t = torch.sub(xc, _gather(tables.x0, j, b1), out=kept[1] if kept else b1).div_(w)
         h = _gather(tables.h, j, b3)
-        s = torch.div(h, w, out=b2)
+        s_inverse = torch.div(w, h, out=b2)
         u = torch.neg(t, out=b4).add_(1)
         q0, q1 = _gather(tables.q0, j, b5), _gather(tables.q1, j, b6)
         den = torch.add(q0, q1, out=b7).sub_(2).mul_(torch.mul(t, u, out=b8)).add_(1)
@@ -405,11 +401,8 @@ def spline_forward_fast(
         r = num.mul_(t).div_(den)
         torch.addcmul(_gather(tables.y0, j, b8), h, r, out=y)
         y.add_(torch.sub(x, xc, out=b0))
-        slope.mul_(s).div_(den.mul_(den))
+        slope.div_(den.mul_(den).mul_(s_inverse))
         torch.sum(slope.log_(), dim=1, out=logdet)
-        if kept:
-            kept[0].copy_(j)
-            kept[1].copy_(t)
 
     return _blocks(x, kernel, True, keep)
 
