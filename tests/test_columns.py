@@ -171,7 +171,10 @@ def test_a_rows_score_is_its_own_wherever_it_stands(tmp_path):
     whole_file = loaded.log_prob(rows)
     alone = torch.cat([loaded.log_prob(rows[i : i + 1]) for i in range(rows.shape[0])])
     reversed_file = loaded.log_prob(rows.flip(0)).flip(0)
-    assert torch.equal(whole_file, alone) and torch.equal(whole_file, reversed_file)
+    # the same noise wherever a row stands: equal up to float32 rounding, which may differ between a
+    # product of one row and one of fifty (another draw of the noise moves a score by 0.004 to 2 nats)
+    torch.testing.assert_close(alone, whole_file, rtol=0, atol=1e-4)
+    torch.testing.assert_close(reversed_file, whole_file, rtol=0, atol=1e-4)
     # the noise is U[0, 1)-like and differs between rows and columns
     noise = loaded.columns.dequantized(rows[:, :]) - rows
     counts = noise[:, COUNT]

@@ -243,3 +243,72 @@ def test_sampling_from_the_coefficients_gives_the_exact_inverse(dtype, lookup):
     torch.testing.assert_close(x_back, x_ref, **TOL[dtype])
     torch.testing.assert_close(x_back, x, **TOL[dtype])
     assert torch.equal(x_back[2], y[2])  # beyond the interval: the identity, exactly
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lookup", ["counted", "grid"])
+def test_entries_on_and_beyond_the_ends_get_a_log_derivative_of_exactly_zero(dtype, lookup):
+    # no mask: t is exactly 0 or 1 there and the end bins' slope ratios make the slope exactly 1
+    spline = _spline(dtype, features=50, bins=8, seed=3)
+    xk, yk, dk = spline.tables()
+    tables = BinTables.of(xk, yk, dk, spline.bound)
+    grid = BinGrid(xk, spline.bound) if lookup == "grid" else None
+    ends = torch.tensor([-3.0, 3.0, -7.5, 1e6, -1e6, 3.5], dtype=dtype)
+    x = ends.unsqueeze(1).expand(6, 50).contiguous()
+    y, ld = spline_forward_fast(x, tables, grid)
+    assert torch.equal(ld, torch.zeros_like(ld))
+    torch.testing.assert_close(y, x, atol=4 * torch.finfo(dtype).eps * 3, rtol=0)
+    inverse = tables.w.view(50, 8) / tables.h.view(50, 8)
+    assert torch.equal(tables.q0.view(50, 8)[:, 0], inverse[:, 0])
+    assert torch.equal(tables.q1.view(50, 8)[:, -1], inverse[:, -1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_grid_finds_the_same_bins_with_the_cell_offsets_added_apart(dtype):
+    # wide grids add each feature's cell offset as an integer instead of folding it into the shift
+    spline = _spline(dtype, features=40, bins=8, seed=4)
+    xk, yk, dk = spline.tables()
+    x = _inputs(dtype, 500, 40).clamp(-3, 3)
+    folded = BinGrid(xk, spline.bound)
+    apart = BinGrid(xk, spline.bound)
+    apart.shift = None
+    assert folded.shift is not None
+    expected = torch.searchsorted(xk[:, 1:-1].contiguous(), x.t().contiguous(), right=True).t() + torch.arange(40) * 8
+    torch.testing.assert_close(folded.bins(x), expected)
+    torch.testing.assert_close(apart.bins(x), expected)
+    tables = BinTables.of(xk, yk, dk, spline.bound)
+    torch.testing.assert_close(spline_forward_fast(x, tables, apart), spline_forward_fast(x, tables, folded))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bins", [1, 2, 8])
+def test_the_forward_pass_matches_the_plain_formulas_for_few_bins_and_at_the_ends(dtype, bins):
+    spline = _spline(dtype, features=30, bins=bins, seed=bins)
+    xk, yk, dk = spline.tables()
+    tables = BinTables.of(xk, yk, dk, spline.bound)
+    x = torch.cat([_inputs(dtype, 200, 30), torch.full((2, 30), 3.0, dtype=dtype) * torch.tensor([[1.0], [-1.0]],
+                                                                                                   dtype=dtype)])
+    y, ld = spline_forward_fast(x, tables)
+    y_ref, ld_ref = spline_forward_plain(x, xk, yk, dk, spline.bound)
+    torch.testing.assert_close(y, y_ref, **TOL[dtype])
+    torch.testing.assert_close(ld, ld_ref, **TOL[dtype])
+    assert torch.equal(ld[-2:], torch.zeros(2, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bins", [1, 2, 8])
+def test_the_written_out_backward_gives_the_knot_tables_gradients(dtype, bins):
+    # the tables themselves as leaves: every knot's gradient, the ends' included
+    spline = _spline(dtype, features=9, bins=bins, seed=10 + bins)
+    tables = [t.requires_grad_(True) for t in spline.tables()]
+    x = torch.cat([_inputs(dtype, 120, 9), torch.tensor([[3.0], [-3.0]], dtype=dtype).expand(2, 9)])
+    x.requires_grad_(True)
+    g_y = torch.randn(x.shape, dtype=dtype)
+    g_ld = torch.randn(x.shape[0], dtype=dtype)
+    y, ld = SplineForward.apply(x, *tables, spline.bound)
+    fast = torch.autograd.grad((y * g_y).sum() + (ld * g_ld).sum(), [x] + tables)
+    y_plain, ld_plain = spline_forward_plain(x, *tables, spline.bound)
+    plain = torch.autograd.grad((y_plain * g_y).sum() + (ld_plain * g_ld).sum(), [x] + tables)
+    for name, a, b in zip(["x", "xk", "yk", "dk"], fast, plain):
+        torch.testing.assert_close(a, b, **TOL[dtype], msg=name)
+    torch.testing.assert_close(fast[0][-2:], g_y[-2:])  # on the ends: the identity

@@ -106,8 +106,9 @@ def spline_inverse_plain(
 @dataclass(frozen=True)
 class BinTables:
     """A spline's per-bin quantities, each flat (n * K,): left knots ``x0``, ``y0``, widths ``w`` and
-    their inverses ``iw``, heights ``h``, slopes ``s = h / w`` and the end slopes ``d0``, ``d1``; and
-    for the bin search the inner knots in ``x`` and ``y`` as rows (K - 1, n), and ``base`` (n,),
+    their inverses ``iw``, heights ``h``, slopes ``s = h / w``, the end slopes ``d0``, ``d1`` and
+    the same divided by ``s`` (``q0``, ``q1``: see :func:`spline_forward_fast`); and for the bin
+    search the inner knots in ``x`` and ``y`` as rows (K - 1, n), and ``base`` (n,),
     ``f * K + (K - 1) / 2`` (see :func:`counted_bins`). ``K`` bins, ``bound`` the interval's end,
     ``limit`` the largest number of the dtype below it."""
 
@@ -119,6 +120,8 @@ class BinTables:
     s: torch.Tensor
     d0: torch.Tensor
     d1: torch.Tensor
+    q0: torch.Tensor
+    q1: torch.Tensor
     x_rows: torch.Tensor
     y_rows: torch.Tensor
     base: torch.Tensor
@@ -133,14 +136,28 @@ class BinTables:
             n, k = xk.shape[0], xk.shape[1] - 1
             w = xk[:, 1:] - xk[:, :-1]
             h = yk[:, 1:] - yk[:, :-1]
+            s = h / w
+            q0, q1 = _slope_ratios(h, w, dk)
             base = torch.arange(n, dtype=xk.dtype, device=xk.device).mul_(k).add_((k - 1) / 2)
             return BinTables(
                 x0=xk[:, :-1].reshape(-1), w=w.reshape(-1), iw=w.reciprocal().reshape(-1),
-                y0=yk[:, :-1].reshape(-1), h=h.reshape(-1), s=(h / w).reshape(-1),
-                d0=dk[:, :-1].reshape(-1), d1=dk[:, 1:].reshape(-1),
+                y0=yk[:, :-1].reshape(-1), h=h.reshape(-1), s=s.reshape(-1),
+                d0=dk[:, :-1].reshape(-1), d1=dk[:, 1:].reshape(-1), q0=q0.reshape(-1), q1=q1.reshape(-1),
                 x_rows=xk[:, 1:-1].t().contiguous(), y_rows=yk[:, 1:-1].t().contiguous(),
                 base=base, bins=k, bound=float(bound), limit=_inner_limit(bound, xk.dtype),
             )
+
+
+def _slope_ratios(h: torch.Tensor, w: torch.Tensor, dk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``d0 / s`` and ``d1 / s`` (n, K) for heights ``h``, widths ``w`` (n, K) and knot slopes ``dk``
+    (n, K + 1), ``s = h / w``. Where the slope at an end of the interval is 1, the end bin's ratio
+    is ``w / h`` as the forward pass computes it, so that their quotient there is exactly 1: the
+    pass then gives entries on or beyond the ends a log-derivative of exactly 0 without a mask."""
+    inverse = w / h
+    q0, q1 = dk[:, :-1] * inverse, dk[:, 1:] * inverse
+    q0[:, 0] = torch.where(dk[:, 0] == 1, inverse[:, 0], q0[:, 0])
+    q1[:, -1] = torch.where(dk[:, -1] == 1, inverse[:, -1], q1[:, -1])
+    return q0, q1
 
 
 def _inner_limit(bound: float, dtype: torch.dtype) -> float:
@@ -226,16 +243,22 @@ class BinGrid:
         following = torch.cat([knots[:, 1:-1], knots.new_full((n, 1), math.inf)], dim=1)
         self.next_knot = following.reshape(-1).index_select(0, flat.reshape(-1))
         self.offsets = (torch.arange(n, device=knots.device) * cells).to(torch.int32)
+        # the flat cell's position in one op, f * cells folded into the shift, where the dtype keeps
+        # that sum within a sixteenth of a cell (a quarter is the margin)
+        exact = n * cells <= (1 << 20) or knots.dtype == torch.float64
+        self.shift = (torch.arange(n, dtype=torch.float64, device=knots.device).mul_(cells)
+                      .add_(self.bound * self.scale + 1).to(knots.dtype) if exact else None)
         # for a few rows, a binary search costs fewer ops than the lookup
         self.inner = knots[:, 1:-1].contiguous()
         self.bin_offsets = torch.arange(n, device=knots.device) * k
 
     def bins(self, v: torch.Tensor) -> torch.Tensor:
-        """The flat bin index (int64, (B, n)) of each entry of ``v`` (B, n), clamped to the interval."""
-        cell = torch.mul(v, self.scale).add_(self.bound * self.scale + 1).to(torch.int32).add_(self.offsets)
-        cell = cell.view(-1)
-        step = torch.sub(v.reshape(-1), self.next_knot.index_select(0, cell)).sign_()
-        return step.mul_(0.5).add_(self.start.index_select(0, cell)).to(torch.int64).view(v.shape)
+        """The flat bin index (int64, (B, n)) of each entry of ``v`` (B, n), clamped to the interval,
+        by the lookup whatever the number of rows."""
+        v = v.contiguous()
+        cell = torch.empty(v.shape, dtype=torch.int32, device=v.device)
+        j = torch.empty(v.shape, dtype=torch.int64, device=v.device)
+        return _grid_bins(v, self, torch.empty_like(v), torch.empty_like(v), cell, j, searched=0)
 
 
 # -- the no-autograd passes ------------------------------------------------------------------
@@ -297,15 +320,18 @@ SEARCHED_ROWS = 4
 
 
 def _grid_bins(v: torch.Tensor, grid: "BinGrid", b1: torch.Tensor, b2: torch.Tensor, cell: torch.Tensor,
-               j: torch.Tensor) -> torch.Tensor:
+               j: torch.Tensor, searched: int = SEARCHED_ROWS) -> torch.Tensor:
     """:meth:`BinGrid.bins` into the buffers given (``b1``, ``b2`` overwritten), ``j`` returned; up to
-    :data:`SEARCHED_ROWS` rows by binary search among the inner knots (the same bins)."""
-    if v.shape[0] <= SEARCHED_ROWS:
+    ``searched`` rows by binary search among the inner knots (the same bins)."""
+    if v.shape[0] <= searched:
         return j.copy_(torch.searchsorted(grid.inner, v.t().contiguous(), right=True).t()).add_(grid.bin_offsets)
-    torch.mul(v, grid.scale, out=b1).add_(grid.bound * grid.scale + 1)
-    cell.copy_(b1).add_(grid.offsets)
-    torch.sub(v, _gather(grid.next_knot, cell, b1), out=b1).sign_().mul_(0.5)
-    return j.copy_(_gather(grid.start, cell, b2).add_(b1))
+    if grid.shift is not None:
+        cell.copy_(torch.add(grid.shift, v, alpha=grid.scale, out=b1))
+    else:
+        torch.mul(v, grid.scale, out=b1).add_(grid.bound * grid.scale + 1)
+        cell.copy_(b1).add_(grid.offsets)
+    torch.sub(v, _gather(grid.next_knot, cell, b1), out=b1).sign_()
+    return j.copy_(torch.add(_gather(grid.start, cell, b2), b1, alpha=0.5, out=b2))
 
 
 def _blocks(v: torch.Tensor, kernel, with_logdet: bool, extras: tuple = (), block_bytes: int = BLOCK_BYTES,
@@ -346,34 +372,37 @@ def spline_forward_fast(
     """``y`` (B, n) and ``log|det dy/dx|`` (B,) at ``x`` (B, n), without autograd; bins from ``grid``
     where given, else counted (or searched among ``knots`` (n, K + 1) for many bins). ``keep``:
     none, or int64 and floating tensors (B, n) that receive each entry's flat bin and its position
-    ``t`` in the bin (for the backward pass)."""
+    ``t`` in the bin (for the backward pass).
+
+    With ``u = 1 - t``, ``q0 = d0 / s``, ``q1 = d1 / s`` and ``D = 1 + (q0 + q1 - 2) t u`` (the
+    rational quadratic's denominator over ``s``, at least 1/2): ``y = y0 + h t (t + q0 u) / D`` and
+    ``y' = s (q1 t^2 + 2 t u + q0 u^2) / D^2``, sums of non-negative terms, so without
+    cancellation. Entries are clamped to ``[-bound, bound]`` and ``t = (x - x0) / w`` is a
+    quotient, so that an entry on or beyond an end has ``t`` exactly 0 or 1 and (by the end bins'
+    ratios, :func:`_slope_ratios`, over ``w / h``) a slope of exactly 1: the identity's
+    log-derivative.
+    """
 
     def kernel(x, y, logdet, work, *kept):
-        (b0, b1, b2, b3, b4, b5, b6, b7, b8, b9), cell, j = work
-        xc = torch.clamp(x, -tables.limit, tables.limit, out=b0)
-        j = _bins_into(xc, tables, grid, tables.x_rows, knots, b1, b2, cell, j)
-        t = torch.sub(xc, _gather(tables.x0, j, b1), out=b1).mul_(_gather(tables.iw, j, b2))
-        s, d0, d1 = _gather(tables.s, j, b3), _gather(tables.d0, j, b4), _gather(tables.d1, j, b5)
-        tu = torch.neg(t, out=b6).add_(1)  # u for now
-        tt = torch.mul(t, t, out=b7)
-        uu = torch.mul(tu, tu, out=b8)
-        tu.mul_(t)
-        # the rational quadratic in a form of non-negative terms, so without cancellation:
-        # den = s t^2 + s u^2 + (d0 + d1) t u, num = s t^2 + d0 t u, derivative = s^2 Q / den^2
-        den = torch.add(tt, uu, out=b9).mul_(s).addcmul_(torch.add(d0, d1, out=b2), tu)
-        q = torch.mul(d1, tt, out=b2).addcmul_(s, tu, value=2).addcmul_(d0, uu)
-        r = tt.mul_(s).addcmul_(d0, tu).div_(den)
-        torch.addcmul(_gather(tables.y0, j, b4), _gather(tables.h, j, b5), r, out=y)
-        slope = s.mul_(s).mul_(q).div_(den.mul_(den))
-        excess = torch.sub(x, xc, out=b0)
-        y.add_(excess)
-        # outside the interval the spline at the end knot is the end knot with slope 1 up to
-        # rounding: the mask makes those entries exactly the identity's
-        inside = excess.sign_().abs_().neg_().add_(1)
-        torch.sum(slope.log_().mul_(inside), dim=1, out=logdet)
-        if kept:
-            kept[0].copy_(j)
-            kept[1].copy_(t)
+        (b0, b1, b2, b3, b4, b5, b6, b7, b8, _b9), cell, j = work
+        xc = torch.clamp(x, -tables.bound, tables.bound, out=b0)
+        # the kept bins and positions are written in place, not copied
+        j = _bins_into(xc, tables, grid, tables.x_rows, knots, b1, b2, cell, kept[0] if kept else j)
+        w = _gather(tables.w, j, b2)
+        t = torch.sub(xc, _gather(tables.x0, j, b1), out=kept[1] if kept else b1).div_(w)
+        h = _gather(tables.h, j, b3)
+        s_inverse = torch.div(w, h, out=b2)
+        u = torch.neg(t, out=b4).add_(1)
+        q0, q1 = _gather(tables.q0, j, b5), _gather(tables.q1, j, b6)
+        den = torch.add(q0, q1, out=b7).sub_(2).mul_(torch.mul(t, u, out=b8)).add_(1)
+        num = torch.addcmul(t, q0, u, out=b5)  # t + q0 u
+        # q1 t^2 + 2 t u + q0 u^2 = t (q1 t + u) + u (t + q0 u)
+        slope = torch.addcmul(u, q1, t, out=b6).mul_(t).addcmul_(u, num)
+        r = num.mul_(t).div_(den)
+        torch.addcmul(_gather(tables.y0, j, b8), h, r, out=y)
+        y.add_(torch.sub(x, xc, out=b0))
+        slope.div_(den.mul_(den).mul_(s_inverse))
+        torch.sum(slope.log_(), dim=1, out=logdet)
 
     return _blocks(x, kernel, True, keep)
 
@@ -455,13 +484,15 @@ class SplineForward(torch.autograd.Function):
 
     The forward pass is :func:`spline_forward_fast`, which keeps each entry's bin and position in
     it; the backward pass runs in blocks of rows into scratch buffers, as the no-autograd passes do
-    (fresh per-entry tensors of a whole batch cost more than the arithmetic on them). With ``den``,
-    ``num``, ``Q`` the rational quadratic's denominator, numerator and derivative numerator, the
-    gradient of each entry's ``(y, log y')`` to the bin's ``t, s, d0, d1, h`` is
-    ``A d num + B d Q + C d den`` for three factors per entry (``A = g_y h / den``, ``B = g_L / Q``,
-    ``C = -(A r + 2 g_L / den)``); the chain rule to ``x0, w, y0, h`` and one ``scatter_add_`` per
-    bin quantity and block give the tables' gradients. A backward pass that records a graph
-    (Hessians, double backward) or is batched recomputes the plain formulas and differentiates them.
+    (fresh per-entry tensors of a whole batch cost more than the arithmetic on them). It
+    differentiates the forward pass's form, ``y = y0 + h R`` with ``R = t N / D`` and
+    ``log y' = log s + log P - 2 log D`` (:func:`spline_forward_fast`), per entry to ``t``, ``q0``
+    and ``q1`` (:func:`_backward_block`); each bin's sums of those, of ``g_t t``, ``g_y``, ``g_y R``
+    and ``g_L`` (seven ``scatter_add_`` per block) then give the gradients to the bin's ``x0``,
+    ``w``, ``y0``, ``h``, ``d0`` and ``d1`` by the chain rule through ``t = (x - x0) / w``,
+    ``s = h / w`` and ``q = d / s``, whose factors are the same for every entry of a bin. A backward
+    pass that records a graph (Hessians, double backward) or is batched recomputes the plain
+    formulas and differentiates them.
     """
 
     @staticmethod
@@ -482,63 +513,73 @@ class SplineForward(torch.autograd.Function):
             return _plain_backward(ctx, (x, xk, yk, dk), g_value, g_logdet)
         tables: BinTables = ctx.tables
         n, k = xk.shape[0], tables.bins
-        per_bin = torch.zeros(6, n * k, dtype=x.dtype, device=x.device)
+        sums = torch.zeros(len(PER_BIN_SUMS), n * k, dtype=x.dtype, device=x.device)
 
         def kernel(x, g_x, _, work, g_value, g_logdet, j, t):
-            _backward_block(x, g_value, g_logdet, j, t, tables, per_bin, g_x, work[0])
+            _backward_block(x, g_value, g_logdet, j, t, tables, sums, g_x, work[0])
 
         g_x, _ = _blocks(x, kernel, False, (g_value.contiguous(), g_logdet.contiguous(), j, t),
                          BACKWARD_BLOCK_BYTES, BACKWARD_BUFFERS)
-        per_bin[:2].neg_()
-        g_x0, g_w, g_y0, g_h, g_d0, g_d1 = per_bin.view(6, n, k).unbind(0)
-        return (g_x if ctx.needs_input_grad[0] else None, _knot_grad(g_x0 - g_w, g_w), _knot_grad(g_y0 - g_h, g_h),
-                _knot_grad(g_d0, g_d1), None)
+        g_xk, g_yk, g_dk = _knot_grads(sums.view(-1, n, k), tables, n, k)
+        return g_x if ctx.needs_input_grad[0] else None, g_xk, g_yk, g_dk, None
+
+
+# What the backward pass sums per bin, in this order (rows of its (7, n * K) sums)
+PER_BIN_SUMS = ("g_t", "g_t t", "g_y", "g_y R", "g_q0", "g_q1", "g_L")
 
 
 def _backward_block(x: torch.Tensor, g_value: torch.Tensor, g_logdet: torch.Tensor, j: torch.Tensor,
-                    t: torch.Tensor, tables: BinTables, per_bin: torch.Tensor, g_x: torch.Tensor,
+                    t: torch.Tensor, tables: BinTables, sums: torch.Tensor, g_x: torch.Tensor,
                     buffers: list) -> None:
     """One block's share of :meth:`SplineForward.backward`: rows ``x``, ``g_value``, their bins ``j``
-    and positions ``t`` (r, n), ``g_logdet`` (r,); adds into ``per_bin`` (6, n * K) the gradients to
-    each bin's left knot in ``x``, its width, ``y0``, ``h``, ``d0`` and ``d1``,
-    and writes ``g_x`` (r, n); ``buffers``: twenty (r, n) scratch tensors. The first two rows of
-    ``per_bin`` receive the gradients with their signs flipped."""
+    and positions ``t`` (r, n), ``g_logdet`` (r,); adds into ``sums`` (7, n * K) each bin's sums of
+    :data:`PER_BIN_SUMS` and writes ``g_x`` (r, n); ``buffers``: twenty (r, n) scratch tensors.
+
+    With ``E = g_y h / D``, ``B = g_L / P`` and ``F = E R + 2 g_L / D``:
+    ``g_q0 = B u^2 + t u (E - F)``, ``g_q1 = B t^2 - F t u`` and
+    ``g_t = E (N + t (1 - q0)) + 2 B (q1 t + u - t - q0 u) - F g (u - t)``, ``g = q0 + q1 - 2``.
+    """
     b = buffers
-    s, d0, d1, iw = _gather(tables.s, j, b[0]), _gather(tables.d0, j, b[1]), _gather(tables.d1, j, b[2]), \
-        _gather(tables.iw, j, b[3])
+    q0, q1, w, h = (_gather(tables.q0, j, b[0]), _gather(tables.q1, j, b[1]), _gather(tables.w, j, b[2]),
+                    _gather(tables.h, j, b[3]))
     u = torch.neg(t, out=b[4]).add_(1)
-    tt, uu, tu = torch.mul(t, t, out=b[5]), torch.mul(u, u, out=b[6]), torch.mul(t, u, out=b[7])
-    d01 = torch.add(d0, d1, out=b[9])
-    den = torch.add(tt, uu, out=b[8]).mul_(s).addcmul_(d01, tu)
-    r = torch.mul(s, tt, out=b[10]).addcmul_(d0, tu).div_(den)
-    h = torch.div(s, iw, out=b[11])
-    q = torch.mul(d1, tt, out=b[12]).addcmul_(s, tu, value=2).addcmul_(d0, uu)
+    tu = torch.mul(t, u, out=b[5])
+    g = torch.add(q0, q1, out=b[6]).sub_(2)
+    den = torch.mul(g, tu, out=b[7]).add_(1)
+    num = torch.addcmul(t, q0, u, out=b[8])
+    p = torch.addcmul(u, q1, t, out=b[9]).mul_(t).addcmul_(u, num)
+    r = torch.mul(t, num, out=b[10]).div_(den)
     # outside the interval the map is the identity: no gradient to the tables, 1 to x
-    inside = torch.clamp(x, -tables.limit, tables.limit, out=b[13])
-    inside = torch.sub(x, inside, out=b[13]).sign_().abs_().neg_().add_(1)
-    gy = torch.mul(g_value, inside, out=b[14])
-    gl = torch.mul(inside, g_logdet.unsqueeze(1), out=b[15])
-    u_t = torch.sub(u, t, out=b[16])
-    a = torch.mul(gy, h, out=b[17]).div_(den)
-    bq = torch.div(gl, q, out=b[18])
-    c = torch.mul(a, r, out=b[19]).addcdiv_(gl, den, value=2).neg_()
-    # d/dt of num, Q and den: 2 s t + d0 (u - t); 2 (d1 t + s (u - t) - d0 u); (u - t)(d0 + d1 - 2 s)
-    g_t = torch.mul(s, t, out=b[11]).mul_(2).addcmul_(d0, u_t).mul_(a)  # h is not needed again
-    g_t.addcmul_(torch.mul(d1, t, out=b[12]).addcmul_(s, u_t).addcmul_(d0, u, value=-1), bq, value=2)
-    g_t.addcmul_(d01.sub_(s, alpha=2).mul_(u_t), c)
-    g_s = torch.mul(a, tt, out=b[12]).addcmul_(bq, tu, value=2).addcmul_(c, torch.add(tt, uu, out=b[9]))
-    g_s.addcdiv_(gl, s, value=2)
-    g_d0 = torch.add(a, c, out=b[16]).mul_(tu).addcmul_(bq, uu)
-    g_d1 = torch.mul(bq, tt, out=b[6]).addcmul_(c, tu)
-    g_xin = g_t.mul_(iw)
-    g_w = torch.mul(t, g_xin, out=b[5]).addcmul_(g_s, s.mul_(iw))  # the gradient to w, negated
-    g_h = torch.mul(gy, r, out=b[10]).addcmul_(g_s, iw)
+    inside = torch.clamp(x, -tables.limit, tables.limit, out=b[11])
+    inside = torch.sub(x, inside, out=b[11]).sign_().abs_().neg_().add_(1)
+    gy = torch.mul(g_value, inside, out=b[12])
+    gl = torch.mul(inside, g_logdet.unsqueeze(1), out=b[13])
+    e = torch.mul(gy, h, out=b[3]).div_(den)  # h is not needed again
+    bp = torch.div(gl, p, out=b[14])
+    f = torch.mul(e, r, out=b[15]).addcdiv_(gl, den, value=2)
+    g_q0 = torch.sub(e, f, out=b[16]).mul_(tu).addcmul_(bp, torch.mul(u, u, out=b[17]))
+    g_q1 = torch.mul(t, t, out=b[17]).mul_(bp).addcmul_(f, tu, value=-1)
+    g_t = torch.add(num, t, out=b[18]).addcmul_(q0, t, value=-1).mul_(e)
+    g_t.addcmul_(torch.addcmul(u, q1, t, out=b[19]).sub_(t).addcmul_(q0, u, value=-1), bp, value=2)
+    g_t.addcmul_(torch.sub(u, t, out=b[19]).mul_(g), f, value=-1)
     flat = j.view(-1)
-    # scatter_add_ runs faster than index_add_ on the CPU; the first two rows are negated
-    # once all blocks are in
-    for row, part in enumerate((g_xin, g_w, gy, g_h, g_d0, g_d1)):
-        per_bin[row].scatter_add_(0, flat, part.view(-1))
-    torch.addcmul(g_xin, inside.neg_().add_(1), g_value, out=g_x)
+    parts = (g_t, torch.mul(g_t, t, out=b[5]), gy, r.mul_(gy), g_q0, g_q1, gl)
+    for row, part in enumerate(parts):
+        sums[row].scatter_add_(0, flat, part.view(-1))
+    torch.addcmul(g_t.div_(w), inside.neg_().add_(1), g_value, out=g_x)
+
+
+def _knot_grads(sums: torch.Tensor, tables: BinTables, n: int, k: int) -> tuple[torch.Tensor, ...]:
+    """The gradients to the knot tables ``xk``, ``yk``, ``dk`` (n, K + 1) from the backward pass's
+    per-bin sums (7, n, K) of :data:`PER_BIN_SUMS`."""
+    s_t, s_tt, s_y, s_yr, s_q0, s_q1, s_l = sums.unbind(0)
+    w, s = tables.w.view(n, k), tables.s.view(n, k)
+    q0, q1 = tables.q0.view(n, k), tables.q1.view(n, k)
+    g_s = (s_l - s_q0 * q0 - s_q1 * q1) / s
+    g_h = s_yr + g_s / w
+    g_w = -(s_tt + g_s * s) / w
+    g_x0 = -s_t / w
+    return _knot_grad(g_x0 - g_w, g_w), _knot_grad(s_y - g_h, g_h), _knot_grad(s_q0 / s, s_q1 / s)
 
 
 def _knot_grad(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
