@@ -15,12 +15,14 @@ RUNS=(
   "mnist          per_class      60      1e-3  10"
   "fashion-mnist  unconditional  60      1e-3  10"
   "fashion-mnist  per_class      60      1e-3  10"
+  "mnist          conditional    60      1e-3  10"
 )
 for spec in "${RUNS[@]}"; do
   read -r ds kind epochs lr clip <<< "$spec"
   out=runs/$ds-$kind-${epochs}ep
   extra=()
   if [ "$kind" = per_class ]; then extra=(--per-class); fi
+  if [ "$kind" = conditional ]; then extra=(--conditional); fi
   # --resume continues a run this script started; a new run is started without it
   if [ -n "$(find "$out" -name checkpoint.pt 2>/dev/null | head -n 1)" ]; then extra+=(--resume); fi
   # a run that diverges (the divergence check stops it, keeping the last good checkpoint)
@@ -34,6 +36,8 @@ for spec in "${RUNS[@]}"; do
   $LUNET sample "$out" --data-dir "$DATA" --out "docs/figures/$ds-$kind-samples-T0.7.png" --temperature 0.7
   if [ "$kind" = per_class ]; then
     $LUNET sample "$out" --data-dir "$DATA" --out "docs/figures/$ds-$kind-samples-fitted.png" --prior fitted
+  fi
+  if [ "$kind" != unconditional ]; then
     $LUNET agreement "$out" --data-dir "$DATA" --json "docs/results/$ds-$kind-agreement.json"
   else
     $LUNET interpolate "$out" --data-dir "$DATA" --out "docs/figures/$ds-interpolation.png"
