@@ -595,7 +595,7 @@ def _holder_description(fd: int) -> str:
 
 
 @contextmanager
-def _locked(run: "RunFolder") -> Iterator[Path]:
+def locked_folder(run: "RunFolder") -> Iterator[Path]:
     # RunFolder.locked's body; see its docstring.
     given = check_writable(run.path)
     folder = given.resolve()
@@ -632,7 +632,7 @@ def _locked(run: "RunFolder") -> Iterator[Path]:
             os.close(fd)  # releases the lock
 
 
-def _remove(run: Path, folder: Path, names: Sequence[str]) -> None:
+def remove_names(run: Path, folder: Path, names: Sequence[str]) -> None:
     """Remove the files ``names`` from ``folder``, the run folder ``run`` or one of its sub-folders,
     which is reached from ``run`` without following a link."""
     with suppress(FileNotFoundError), _open_folder(folder, create=False, root=run) as opened:
@@ -752,8 +752,8 @@ class RunFolder:
         meanwhile is not entered."""
         self.check_files()
         for sub in self._model_folders():
-            _remove(self.path, sub.path, (CHECKPOINT_NAME, METRICS_NAME, CURVES_NAME))
-        _remove(self.path, self.path, (RUN_FILE, *RESULT_FILES))
+            remove_names(self.path, sub.path, (CHECKPOINT_NAME, METRICS_NAME, CURVES_NAME))
+        remove_names(self.path, self.path, (RUN_FILE, *RESULT_FILES))
 
     def make(self) -> None:
         """Create the folder if it is missing (inside a run folder held locked, through no link)."""
@@ -788,4 +788,4 @@ class RunFolder:
         (Windows) no lock is taken. Taking it checks the folder's files
         (:meth:`check_files`) before anything is written there.
         """
-        return _locked(self)
+        return locked_folder(self)
