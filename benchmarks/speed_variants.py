@@ -34,9 +34,9 @@ from typing import Callable, Iterable
 import torch
 
 from lunet import functional
-from lunet.experiments.bench import training_step
-from lunet.experiments.models import build_model
-from lunet.experiments.settings import paper_lunet_spec
+from lunet.experiments.benchmarks.measure import training_step
+from lunet.experiments.config.models import build_model
+from lunet.experiments.config.presets import paper_lunet_spec
 from lunet.fast.affine import FrozenAffine, as_frozen_affine_weight
 from lunet.layers import LeakySoftplus
 

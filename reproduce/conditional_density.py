@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from lunet.experiments.plots import log_density_grid, plot_density_2d
-from lunet.experiments.vector_runs import evaluate_vectors, load_vector_run, train_vectors
+from lunet.experiments.runs.vector_run import evaluate_vectors, load_vector_run
+from lunet.experiments.runs.vectors import train_vectors
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTEXTS = (-1.0, -0.5, 0.0, 0.5, 1.0)

@@ -17,8 +17,8 @@ import time
 import torch
 
 from lunet import LUNet
-from lunet.experiments.gmm2d import make_splits
-from lunet.experiments.toy import GaussianMixture2D
+from lunet.experiments.data.mixture2d import GaussianMixture2D
+from lunet.experiments.runs.gmm2d import make_splits
 
 BASE = dict(blocks=12, alpha=0.1, steps=3000, batch=512, lr=1e-2, positive_signs=False, input_scale=1.0,
             learn_alpha=False)

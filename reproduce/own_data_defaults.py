@@ -3,7 +3,7 @@
     python reproduce/own_data_defaults.py --out docs/results/own-data-ablation.json   # about 15 minutes
     python reproduce/own_data_defaults.py --tables wine,banana                        # a few minutes
 
-Each row trains lunet on the training 80 % of each table (lunet.experiments.tables) with the
+Each row trains lunet on the training 80 % of each table (lunet.experiments.benchmarks.tables) with the
 defaults and one change, then prints the test NLL in nats/dim (the 20 % test rows) and the share
 of 10,000 samples at T = 1 that lie more than one range outside the training rows' range. The
 first row is the defaults themselves, the second the full-covariance Gaussian.
@@ -20,10 +20,12 @@ from typing import Any
 
 import torch
 
-from lunet.experiments.rundir import check_output, write_text_atomic
-from lunet.experiments.tables import gaussian_baseline, load_table
-from lunet.experiments.train_state import TrainingDiverged
-from lunet.experiments.vector_runs import evaluate_vectors, train_vectors
+from lunet.experiments.benchmarks.tables import gaussian_baseline, load_table
+from lunet.experiments.files.safe import write_text_atomic
+from lunet.experiments.runs.vector_run import evaluate_vectors
+from lunet.experiments.runs.vectors import train_vectors
+from lunet.experiments.store.folder import check_output
+from lunet.experiments.training.state import TrainingDiverged
 
 # name -> (what changes, train_vectors keyword arguments)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {

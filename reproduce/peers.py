@@ -22,8 +22,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from lunet.experiments.peer_models import MODELS, PEERS_EXTRA
-from lunet.experiments.peers import (
+from lunet.experiments.benchmarks.peers import (
     DATASETS,
     DEFAULT_BUDGETS,
     QUICK_BUDGETS,
@@ -36,7 +35,9 @@ from lunet.experiments.peers import (
     missing_extras,
     run_peers,
 )
-from lunet.experiments.rundir import check_output, read_text, write_text_atomic
+from lunet.experiments.benchmarks.peers.models import MODELS, PEERS_EXTRA
+from lunet.experiments.files.safe import read_text, write_text_atomic
+from lunet.experiments.store.folder import check_output
 
 ROOT = Path(__file__).resolve().parents[1]
 # the quick form: one call per timing, a short sampling cap

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from lunet.experiments.sbi_bench import ESTIMATORS, TASK_NAMES, Protocol, run_benchmark
+from lunet.experiments.sbi.bench import ESTIMATORS, TASK_NAMES, Protocol, run_benchmark
 
 # the quick form: every task and estimator, tiny budgets, two observations, short reference chains
 QUICK = {"observations": 2, "posterior_samples": 1000, "max_epochs": 30, "mcmc_steps": (300, 200),
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         import json
 
-        from lunet.experiments.sbi_report import draw_posteriors, markdown_tables
+        from lunet.experiments.sbi.report import draw_posteriors, markdown_tables
 
         results = json.loads(args.out.read_text())
         print(markdown_tables(results))

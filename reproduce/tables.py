@@ -3,7 +3,7 @@
     python reproduce/tables.py --out docs/results/tables-cpu.json --figures docs/figures --earlier   # about 40 min
     python reproduce/tables.py --tables iris,wine --budget 10                              # a quick look
 
-Each table (lunet.experiments.tables) is split 80/20 by a fixed seed. lunet trains on the 80 %
+Each table (lunet.experiments.benchmarks.tables) is split 80/20 by a fixed seed. lunet trains on the 80 %
 exactly as `lunet train --data` does (its own 10 % validation rows, its defaults, early stopping);
 the full-covariance Gaussian is fitted to the same 80 %. zuko's flows see lunet's training and
 validation rows, standardised as lunet standardises them, and train under the peers benchmark's
@@ -28,13 +28,16 @@ from typing import Any
 
 import torch
 
-from lunet.experiments.peer_models import build
-from lunet.experiments.peers import Protocol, machine_info, train_with_budgets, vectors_from_splits
-from lunet.experiments.rundir import check_output, write_text_atomic
-from lunet.experiments.settings import TrainConfig, vector_lunet_spec
-from lunet.experiments.tables import TABLES, gaussian_baseline, load_table
-from lunet.experiments.vector_report import sample_report
-from lunet.experiments.vector_runs import evaluate_vectors, sample_vectors, split_rows, train_vectors
+from lunet.experiments.benchmarks.peers import Protocol, machine_info, train_with_budgets, vectors_from_splits
+from lunet.experiments.benchmarks.peers.models import build
+from lunet.experiments.benchmarks.tables import TABLES, gaussian_baseline, load_table
+from lunet.experiments.config.presets import vector_lunet_spec
+from lunet.experiments.config.training import TrainConfig
+from lunet.experiments.files.safe import write_text_atomic
+from lunet.experiments.runs.vector_report import sample_report
+from lunet.experiments.runs.vector_run import evaluate_vectors, sample_vectors
+from lunet.experiments.runs.vectors import split_rows, train_vectors
+from lunet.experiments.store.folder import check_output
 
 NUM_SAMPLES = 10_000
 # lunet's earlier own-data defaults, from their standardised start: 60 epochs of batch 256 at 1e-2

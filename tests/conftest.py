@@ -62,9 +62,9 @@ def mixture_trainer(out_dir: Path, epochs: int, model_spec: dict = MIXTURE_SPEC,
     ``config`` says otherwise), seeded; ``spec``: the model spec it records, ``model_spec`` by
     default. Returns the trainer and the data splits."""
     from lunet import LUNet
-    from lunet.experiments.gmm2d import _log_prob_fn, make_splits
-    from lunet.experiments.settings import TrainConfig
-    from lunet.experiments.train import Trainer
+    from lunet.experiments.config.training import TrainConfig
+    from lunet.experiments.runs.gmm2d import _log_prob_fn, make_splits
+    from lunet.experiments.training.trainer import Trainer
 
     data = make_splits(0)
     torch.manual_seed(0)
@@ -100,7 +100,7 @@ def two_threads():
 def interrupt_at(monkeypatch):
     """``interrupt_at(n)``: every training from now on stops as on Ctrl-C when it has trained ``n``
     epochs (``None``: no more stops), through the run log's hook before each epoch."""
-    from lunet.experiments.run_log import RunLog
+    from lunet.experiments.training.log import RunLog
 
     def at(epochs_done):
         def epoch_begins(self, epoch):
@@ -115,7 +115,7 @@ def interrupt_at(monkeypatch):
 @pytest.fixture(scope="session")
 def fake_mnist(tmp_path_factory):
     """Random 28x28 images under the MNIST file names: 5,900 training, 100 test (``--no-verify``)."""
-    from lunet.experiments.data import FILES
+    from lunet.experiments.data.mnist import FILES
 
     root = tmp_path_factory.mktemp("data") / "mnist"
     rng = np.random.default_rng(0)

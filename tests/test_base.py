@@ -118,10 +118,11 @@ def test_set_factors_makes_the_layer_the_given_map_and_refuses_a_singular_u():
 def _imports(path: Path) -> set[str]:
     """The lunet modules a module imports, at its top or inside functions (not for type checking alone)."""
     tree = ast.parse(path.read_text())
-    found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            node.body = []
+            node.body = []  # before the walk below reaches them
+    found = set()
+    for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lunet"):
             found.add(node.module)
         elif isinstance(node, ast.Import):
@@ -134,13 +135,25 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-# lunet's layers, lowest first: a module may import from its own layer and the ones below it
-LAYERS = ("lunet.cli", "lunet.experiments")
+# lunet's layers above the library, lowest first: a module may import from its own layer and the
+# ones below it. The experiment side's sub-packages are layers of their own, in the order their
+# work builds up; the experiment package itself (its lazy DensityEstimator) sits above them.
+LAYERS = tuple(f"lunet.experiments.{part}" for part in (
+    "config", "files", "data", "store", "plots", "training", "runs", "evaluation", "benchmarks", "sbi",
+)) + ("lunet.experiments", "lunet.cli")
 
 
 def _layer(module: str) -> int:
-    """0 for the library (the core, fast/, baselines/), 1 for the experiment side, 2 for the CLI."""
-    return next((len(LAYERS) - i for i, top in enumerate(LAYERS) if module == top or module.startswith(top + ".")), 0)
+    """0 for the library (the core, fast/, baselines/), then 1 + the index of the longest entry of
+    :data:`LAYERS` that is ``module`` or a package holding it."""
+    found = [i for i, top in enumerate(LAYERS) if module == top or module.startswith(top + ".")]
+    return 1 + max(found, key=lambda i: len(LAYERS[i])) if found else 0
+
+
+def test_every_module_of_the_experiment_side_lies_in_one_of_its_layers():
+    experiments = [m for m in map(_module_name, CORE.joinpath("experiments").rglob("*.py"))]
+    stray = sorted(m for m in experiments if LAYERS[_layer(m) - 1] == "lunet.experiments" and m != "lunet.experiments")
+    assert not stray, f"modules outside the experiment side's layers: {stray}"
 
 
 def test_the_package_imports_run_one_way_without_a_circle():

@@ -4,7 +4,9 @@ import math
 
 import torch
 
-from lunet.experiments.bench import PAPER, Timing, bench_model, markdown_table, micro_table, run_micro, time_call
+from lunet.experiments.benchmarks.bench import PAPER, bench_model, markdown_table
+from lunet.experiments.benchmarks.measure import Timing, time_call
+from lunet.experiments.benchmarks.micro import micro_table, run_micro
 
 
 def test_time_call_reports_median_and_range():

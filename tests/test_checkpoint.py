@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import MIXTURE_SPEC, mixture_trainer
-from lunet.experiments.checkpoint import load_checkpoint, load_model, save_atomic
+from lunet.experiments.store.checkpoint import load_checkpoint, load_model, save_atomic
 
 
 def test_checkpoint_round_trip_and_refusals(tmp_path):

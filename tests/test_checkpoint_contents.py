@@ -17,11 +17,12 @@ import pytest
 import torch
 
 from conftest import one_line_error, run_cli
-from lunet.experiments.checkpoint import load_model
-from lunet.experiments.models import build_model
-from lunet.experiments.resources import model_elements
-from lunet.experiments.settings import TrainConfig, vector_lunet_spec
-from lunet.experiments.vector_runs import train_vectors
+from lunet.experiments.config.models import build_model
+from lunet.experiments.config.presets import vector_lunet_spec
+from lunet.experiments.config.resources import model_elements
+from lunet.experiments.config.training import TrainConfig
+from lunet.experiments.runs.vectors import train_vectors
+from lunet.experiments.store.checkpoint import load_model
 from lunet.spline import MAX_BOUND
 from test_hostile_loads import CONFIG, SPEC, crafted, machine_of, small_models_only, with_run_file  # noqa: F401
 from test_own_data import make_rows, write_npy
@@ -104,7 +105,7 @@ def test_the_last_weights_and_every_class_model_are_checked_too(trained, tmp_pat
     sound, damaged = dict(weights), {k: v.clone() for k, v in weights.items()}
     damaged["input_standardize.std"][0] = 0.0
     exported.update(model=None, class_models=[sound, damaged])
-    from lunet.experiments.checkpoint import save_checkpoint
+    from lunet.experiments.store.checkpoint import save_checkpoint
 
     save_checkpoint(exported, per_class / "classes.pt")
     with pytest.raises(ValueError, match=r"has: class_models\[1\] input_standardize\.std"):

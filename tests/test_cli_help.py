@@ -27,13 +27,8 @@ def test_version_names_the_package_version(capsys):
 
 
 def _expected():
-    from lunet.experiments.settings import (
-        VECTOR_STEPS,
-        GMM2DSettings,
-        default_train_config,
-        paper_lunet_spec,
-        vector_lunet_spec,
-    )
+    from lunet.experiments.config.presets import GMM2DSettings, paper_lunet_spec, vector_lunet_spec
+    from lunet.experiments.config.training import VECTOR_STEPS, default_train_config
 
     small, images, own = default_train_config("gmm2d"), default_train_config("mnist"), default_train_config("vectors")
     assert images.lr == own.lr != small.lr  # the texts below group so

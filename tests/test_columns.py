@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from conftest import one_line_error, run_cli
-from lunet.experiments.columns import MAX_LEVELS_PER_ROW, ColumnRules
-from lunet.experiments.vector_runs import load_vector_run, train_vectors
+from lunet.experiments.data.columns import MAX_LEVELS_PER_ROW, ColumnRules
+from lunet.experiments.runs.vector_run import load_vector_run
+from lunet.experiments.runs.vectors import train_vectors
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

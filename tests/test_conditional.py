@@ -359,7 +359,7 @@ def test_a_stored_state_is_checked_before_it_is_loaded():
 
 
 def test_a_checkpoint_holding_a_conditional_flow_is_checked(tmp_path):
-    from lunet.experiments.checkpoint import load_model, save_checkpoint
+    from lunet.experiments.store.checkpoint import load_model, save_checkpoint
 
     spec = {"name": "conditional_lunet", "features": D, "context_features": DC, "num_blocks": 3, "hidden": 16,
             "init_scale": 0.5}

@@ -12,10 +12,10 @@ import torch
 
 from lunet import LUNet
 from lunet.baselines.realnvp import RealNVP
-from lunet.experiments.images import make_log_prob_fn
-from lunet.experiments.preprocess import ImagePreprocessor, dequantize
-from lunet.experiments.settings import TrainConfig
-from lunet.experiments.train import Trainer
+from lunet.experiments.config.training import TrainConfig
+from lunet.experiments.data.preprocess import ImagePreprocessor, dequantize
+from lunet.experiments.runs.images import make_log_prob_fn
+from lunet.experiments.training.trainer import Trainer
 from test_frozen import make_net
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
@@ -162,7 +162,7 @@ def test_a_training_step_captured_as_a_cuda_graph_equals_the_eager_steps():
     import copy
 
     from lunet import set_value_checks
-    from lunet.experiments.bench import captured_step
+    from lunet.experiments.benchmarks.measure import captured_step
 
     net = make_net(features=64).to(CUDA)
     twin = copy.deepcopy(net)
@@ -180,7 +180,7 @@ def test_a_training_step_captured_as_a_cuda_graph_equals_the_eager_steps():
 
 
 def test_micro_bench_on_cuda_reports_the_captured_step_or_why_not():
-    from lunet.experiments.bench import micro_table, run_micro
+    from lunet.experiments.benchmarks.micro import micro_table, run_micro
 
     result = run_micro(device="cuda", features=128, num_blocks=2, repeats=3)
     assert ("captured_step_ms" in result) != ("captured_error" in result)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import idx_bytes, write_idx
-from lunet.experiments import data
-from lunet.experiments.data import (
+from lunet.experiments.data import mnist as data
+from lunet.experiments.data.mnist import (
     DATASETS,
     find_file,
     load_dataset,

@@ -13,10 +13,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lunet import LUNet
-from lunet.experiments.checkpoint import load_checkpoint
-from lunet.experiments.distributed import SINGLE, Group
-from lunet.experiments.settings import TrainConfig
-from lunet.experiments.train import Trainer
+from lunet.experiments.config.training import TrainConfig
+from lunet.experiments.store.checkpoint import load_checkpoint
+from lunet.experiments.training.distributed import SINGLE, Group
+from lunet.experiments.training.trainer import Trainer
 
 DIM = 3
 SPEC = {"name": "lunet", "features": DIM, "num_blocks": 2}
@@ -164,7 +164,8 @@ def _worker_rows(rank: int, world: int, init_file: str, out: str, rows: int) -> 
 def _worker_decisions(rank: int, world: int, init_file: str, folder: str, results: str) -> None:
     import fcntl
 
-    from lunet.experiments.rundir import RunFolder, RunFolderBusy
+    from lunet.experiments.files.lock import RunFolderBusy
+    from lunet.experiments.store.folder import RunFolder
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -199,7 +200,7 @@ def test_every_process_raises_what_rank_0_decided_and_none_waits(tmp_path):
 
 
 def test_a_refused_shared_setting_leaves_the_run_that_overwrite_would_replace(tmp_path):
-    from lunet.experiments.vector_runs import train_vectors
+    from lunet.experiments.runs.vectors import train_vectors
 
     out = tmp_path / "run"
     train_vectors(vectors(), out, TrainConfig(**{**CONFIG, "epochs": 1}), progress=False)

@@ -10,7 +10,7 @@ import torch
 
 from conftest import run_cli
 from lunet.experiments import DensityEstimator
-from lunet.experiments.vector_runs import evaluate_vectors
+from lunet.experiments.runs.vector_run import evaluate_vectors
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lunet import ClassConditionalFlow, LUNet, standard_normal_log_prob
-from lunet.experiments.toy import GaussianMixture2D
+from lunet.experiments.data.mixture2d import GaussianMixture2D
 
 DTYPES = [torch.float32, torch.float64]
 

@@ -5,9 +5,9 @@ import json
 import torch
 
 from lunet.cli import main
-from lunet.experiments import gmm2d
-from lunet.experiments.checkpoint import load_checkpoint, load_model
-from lunet.experiments.train import mean_log_prob
+from lunet.experiments.runs import gmm2d
+from lunet.experiments.store.checkpoint import load_checkpoint, load_model
+from lunet.experiments.training.trainer import mean_log_prob
 
 
 def test_the_run_keeps_the_start_with_the_best_validation_nll(tmp_path):

@@ -22,9 +22,10 @@ import pytest
 
 from conftest import one_line_error, read_metrics, run_cli
 from lunet.cli import main
-from lunet.experiments.checkpoint import load_checkpoint, load_model
-from lunet.experiments.run_log import RunLog
-from lunet.experiments.rundir import RunFolder, UnsafeFile
+from lunet.experiments.files.safe import UnsafeFile
+from lunet.experiments.store.checkpoint import load_checkpoint, load_model
+from lunet.experiments.store.folder import RunFolder
+from lunet.experiments.training.log import RunLog
 from test_own_data import make_rows, write_npy
 
 FAST = ["--blocks", "2", "--batch-size", "64", "--no-progress"]

@@ -23,10 +23,12 @@ import pytest
 import torch
 
 from conftest import one_line_error, run_cli
-from lunet.experiments import models
-from lunet.experiments.checkpoint import load_checkpoint, load_model, save_checkpoint
-from lunet.experiments.settings import TrainConfig, vector_lunet_spec
-from lunet.experiments.vector_runs import sample_vectors, train_vectors
+from lunet.experiments.config import models
+from lunet.experiments.config.presets import vector_lunet_spec
+from lunet.experiments.config.training import TrainConfig
+from lunet.experiments.runs.vector_run import sample_vectors
+from lunet.experiments.runs.vectors import train_vectors
+from lunet.experiments.store.checkpoint import load_checkpoint, load_model, save_checkpoint
 from test_own_data import make_rows, write_npy
 from test_reliability import image_run, image_train  # noqa: F401 (fixtures)
 
@@ -87,7 +89,20 @@ def with_run_file(run: Path, to: Path, edit: Callable[[dict], Any]) -> Path:
 
 def machine_of(monkeypatch, num_bytes: int) -> None:
     """Let the memory checks see a machine of ``num_bytes``, whatever this one has."""
-    monkeypatch.setattr("lunet.experiments.resources.machine_memory", lambda: num_bytes)
+    monkeypatch.setattr("lunet.experiments.config.resources.machine_memory", lambda: num_bytes)
+
+
+def test_a_file_whose_contents_exceed_the_machines_memory_is_refused_unread(trained, monkeypatch):
+    import zipfile
+
+    with zipfile.ZipFile(trained / "checkpoint.pt") as archive:
+        unpacked = sum(info.file_size for info in archive.infolist())
+    monkeypatch.setattr("lunet.experiments.files.loads.machine_memory", lambda: unpacked - 1)
+    with pytest.raises(ValueError, match=r"checkpoint\.pt could not be read as a lunet checkpoint: its contents take "
+                                         r"0\.0 GB, more than the 0\.0 GB of memory this machine has"):
+        load_model(trained / "checkpoint.pt")
+    monkeypatch.setattr("lunet.experiments.files.loads.machine_memory", lambda: unpacked)
+    assert load_model(trained / "checkpoint.pt")[0] is not None
 
 
 # -- resource bombs: refused before anything is built or unpacked -----------------------
@@ -148,10 +163,10 @@ def test_a_model_too_large_for_the_machine_is_refused_before_loading(trained, mo
 
 
 def test_samples_of_a_run_on_own_data_are_bounded_by_rows_times_width(trained, tmp_path, capsys, monkeypatch):
-    from lunet.experiments.settings import MAX_SAMPLE_VALUES
+    from lunet.experiments.config.presets import MAX_SAMPLE_VALUES
 
     assert MAX_SAMPLE_VALUES * 8 <= 1e9 and 10_000_000 * 300 > MAX_SAMPLE_VALUES  # 24 GB at width 300 is refused
-    monkeypatch.setattr("lunet.experiments.vector_runs.MAX_SAMPLE_VALUES", 3_000)
+    monkeypatch.setattr("lunet.experiments.runs.vector_run.MAX_SAMPLE_VALUES", 3_000)
     assert run_cli("sample", trained, "--num", 1001, "--out", tmp_path / "s.npy") == 2
     assert ("--num 1,001 samples of width 3 are 3,003 numbers, more than the 3,000 one call draws; "
             "give --num at most 1,000") in one_line_error(capsys, "sample")
@@ -161,7 +176,7 @@ def test_samples_of_a_run_on_own_data_are_bounded_by_rows_times_width(trained, t
 
 def test_samples_drawn_in_chunks_are_those_of_one_pass(trained, monkeypatch):
     whole = sample_vectors(trained, 50, seed=3)
-    monkeypatch.setattr("lunet.experiments.vector_runs.SAMPLE_CHUNK_ROWS", 7)
+    monkeypatch.setattr("lunet.experiments.runs.vector_run.SAMPLE_CHUNK_ROWS", 7)
     # the same draws; a float32 pass over fewer rows may round differently
     torch.testing.assert_close(sample_vectors(trained, 50, seed=3), whole, rtol=1e-5, atol=1e-5)
 
@@ -223,7 +238,7 @@ def test_a_float64_run_takes_data_beyond_the_range_of_float32(tmp_path):
 
 
 def test_a_line_that_is_not_utf8_neither_stops_a_training_nor_blocks_its_resume(tmp_path, monkeypatch, capsys):
-    from lunet.experiments.run_log import RunLog
+    from lunet.experiments.training.log import RunLog
 
     def junk_after_the_first_row(self, epoch):
         if epoch == 1:
@@ -257,7 +272,7 @@ def test_rows_that_are_not_the_runs_are_dropped_and_counted_on_resume(trained, t
 
 
 def test_the_rows_read_on_resume_are_bounded_by_the_epochs_trained(tmp_path):
-    from lunet.experiments.rundir import read_metrics
+    from lunet.experiments.store.folder import read_metrics
 
     metrics = tmp_path / "metrics.jsonl"
     row = json.dumps({"epoch": 1, "pad": "y" * 100}) + "\n"

@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from conftest import read_metrics, run_cli
-from lunet.experiments.checkpoint import load_checkpoint, load_model
-from lunet.experiments.data import FILES, load_dataset
-from lunet.experiments.evaluate import DigitClassifier, class_agreement
-from lunet.experiments.images import fitted_latent_gaussian, sample_images
-from lunet.experiments.preprocess import ImagePreprocessor, dequantize, logit_transform
+from lunet.experiments.data.mnist import FILES, load_dataset
+from lunet.experiments.data.preprocess import ImagePreprocessor, dequantize, logit_transform
+from lunet.experiments.evaluation.evaluate import DigitClassifier, class_agreement
+from lunet.experiments.runs.images import fitted_latent_gaussian, sample_images
+from lunet.experiments.store.checkpoint import load_checkpoint, load_model
 from lunet.latent import LOG_2PI
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -37,7 +37,7 @@ TEST_LIMIT = 200  # evaluate: first test images
 SMALL = ["--blocks", "2", "--epochs", "1", "--batch-size", str(BATCH), "--no-progress"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EVAL_DRAWS = 3  # evaluate's default --draws
-EVAL_SEED = 1000  # evaluate_run dequantises draw k with seed 1000 + k (lunet/experiments/evaluate.py)
+EVAL_SEED = 1000  # evaluate_run dequantises draw k with seed 1000 + k (lunet/experiments/evaluation/evaluate.py)
 BAYES_SEED = 7  # class_log_probs (the Bayes classifier's scores) dequantises with seed 7
 
 
@@ -498,7 +498,7 @@ def test_export_of_a_per_class_run_loads_as_one_flow_per_class(per_class_run, tm
 
 
 def test_the_judge_is_trained_once_per_data_set_and_then_read_from_the_cache(tmp_path, monkeypatch):
-    from lunet.experiments import evaluate
+    from lunet.experiments.evaluation import evaluate
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     first, acc = evaluate.train_classifier("mnist", data_dir=DATA, epochs=1)

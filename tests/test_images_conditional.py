@@ -11,9 +11,9 @@ import torch
 
 from conftest import one_line_error, read_metrics, run_cli
 from lunet import ConditionalLUNet
-from lunet.experiments.checkpoint import load_model
-from lunet.experiments.data import load_dataset
-from lunet.experiments.images import LabelledFlow, load_run_models
+from lunet.experiments.data.mnist import load_dataset
+from lunet.experiments.runs.images import LabelledFlow, load_run_models
+from lunet.experiments.store.checkpoint import load_model
 from test_images_cli import DATA, PNG_MAGIC, SMALL, TEST_LIMIT, TRAIN_LIMIT, _data_present, full_log_prob
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),

@@ -14,10 +14,10 @@ import torch
 from conftest import write_idx
 from lunet.baselines import FullCovarianceGaussian
 from lunet.cli import main
-from lunet.experiments import data
-from lunet.experiments.evaluate import image_log_probs
-from lunet.experiments.images import load_run_models
-from lunet.experiments.ood import (
+from lunet.experiments.data import mnist as data
+from lunet.experiments.data.preprocess import ImagePreprocessor, bits_per_dim
+from lunet.experiments.evaluation.evaluate import image_log_probs
+from lunet.experiments.evaluation.ood import (
     aupr,
     auroc,
     class_log_prior,
@@ -26,7 +26,7 @@ from lunet.experiments.ood import (
     fpr_at_tpr,
     ood_run,
 )
-from lunet.experiments.preprocess import ImagePreprocessor, bits_per_dim
+from lunet.experiments.runs.images import load_run_models
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

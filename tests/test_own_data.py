@@ -10,10 +10,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import read_metrics
 from lunet.cli import main
-from lunet.experiments.checkpoint import load_checkpoint, load_model
-from lunet.experiments.models import build_model
-from lunet.experiments.settings import TrainConfig, vector_lunet_spec
-from lunet.experiments.vector_runs import evaluate_vectors, train_vectors
+from lunet.experiments.config.models import build_model
+from lunet.experiments.config.presets import vector_lunet_spec
+from lunet.experiments.config.training import TrainConfig
+from lunet.experiments.runs.vector_run import evaluate_vectors
+from lunet.experiments.runs.vectors import train_vectors
+from lunet.experiments.store.checkpoint import load_checkpoint, load_model
 
 D = 3
 FAST = ["--blocks", "2", "--batch-size", "64", "--dtype", "float64", "--eval-every", "1", "--no-progress"]

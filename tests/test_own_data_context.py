@@ -11,8 +11,9 @@ from conftest import read_metrics
 from lunet import ConditionalLUNet
 from lunet.cli import main
 from lunet.experiments import DensityEstimator
-from lunet.experiments.checkpoint import load_checkpoint, load_model
-from lunet.experiments.vector_runs import VectorRun, evaluate_vectors, load_vector_run, train_vectors
+from lunet.experiments.runs.vector_run import VectorRun, evaluate_vectors, load_vector_run
+from lunet.experiments.runs.vectors import train_vectors
+from lunet.experiments.store.checkpoint import load_checkpoint, load_model
 
 FAST = ["--blocks", "2", "--batch-size", "64", "--dtype", "float64", "--no-progress"]
 

@@ -11,12 +11,20 @@ import torch
 
 from conftest import mixture_trainer, one_line_error, read_metrics, run_cli
 from lunet.baselines.gaussian import FullCovarianceGaussian
-from lunet.experiments.checkpoint import load_checkpoint
-from lunet.experiments.run_record import IMAGES, ImageRunSettings, RunRecord, write_run
-from lunet.experiments.rundir import RunFolder
-from lunet.experiments.settings import VECTOR_PATIENCE, vector_lunet_spec, vector_train_config
-from lunet.experiments.vector_report import FAR_RANGES, Reference, comparison_line, describe_samples, sample_report
-from lunet.experiments.vector_runs import evaluate_vectors, load_vector_run, split_rows, train_vectors
+from lunet.experiments.config.presets import vector_lunet_spec
+from lunet.experiments.config.training import VECTOR_PATIENCE, vector_train_config
+from lunet.experiments.runs.vector_report import (
+    FAR_RANGES,
+    Reference,
+    comparison_line,
+    describe_samples,
+    sample_report,
+)
+from lunet.experiments.runs.vector_run import evaluate_vectors, load_vector_run
+from lunet.experiments.runs.vectors import split_rows, train_vectors
+from lunet.experiments.store.checkpoint import load_checkpoint
+from lunet.experiments.store.folder import RunFolder
+from lunet.experiments.store.record import IMAGES, ImageRunSettings, RunRecord, write_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,9 +15,7 @@ import torch
 from torch import nn
 
 from lunet import LUNet
-from lunet.experiments.evaluate import image_log_probs
-from lunet.experiments.peer_models import MODELS, LUNetPeer, MissingExtra, ModelEntry, PeerModel, build
-from lunet.experiments.peers import (
+from lunet.experiments.benchmarks.peers import (
     ImageSpace,
     Protocol,
     combine_results,
@@ -30,8 +28,10 @@ from lunet.experiments.peers import (
     validate_results,
     vectors_from_splits,
 )
-from lunet.experiments.preprocess import LN2
-from lunet.experiments.toy import GaussianMixture2D
+from lunet.experiments.benchmarks.peers.models import MODELS, LUNetPeer, MissingExtra, ModelEntry, PeerModel, build
+from lunet.experiments.data.mixture2d import GaussianMixture2D
+from lunet.experiments.data.preprocess import LN2
+from lunet.experiments.evaluation.evaluate import image_log_probs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -340,7 +340,7 @@ def test_a_sample_grid_of_overflowing_draws_says_so_instead_of_failing():
 
 
 def test_the_scheduled_form_trains_each_budget_from_the_same_start_to_a_rate_of_zero(monkeypatch):
-    import lunet.experiments.peers as peers
+    import lunet.experiments.benchmarks.peers.training as peers
 
     rates: dict[str, list[list[float]]] = {}
     step = peers.optimise_step

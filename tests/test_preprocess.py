@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lunet.experiments.preprocess import (
+from lunet.experiments.data.preprocess import (
     ImagePreprocessor,
     bits_per_dim,
     dequantize,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lunet.baselines.realnvp import PAPER_PARAMETERS, RealNVP
-from lunet.experiments.models import build_model
+from lunet.experiments.config.models import build_model
 from lunet.latent import standard_normal_log_prob
 
 pytestmark = pytest.mark.usefixtures("one_thread")

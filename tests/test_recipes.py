@@ -8,8 +8,9 @@ import pytest
 
 from lunet.cli import main
 from lunet.cli.train import model_overrides, parse, train_config
-from lunet.experiments.checkpoint import load_model
-from lunet.experiments.settings import RECIPES, default_train_config
+from lunet.experiments.config.presets import RECIPES
+from lunet.experiments.config.training import default_train_config
+from lunet.experiments.store.checkpoint import load_model
 from lunet.spline import MonotoneSpline
 
 IMAGES = ["--dataset", "mnist", "--out", "run"]

@@ -22,10 +22,11 @@ import torch
 from conftest import mixture_trainer, one_line_error, run_cli
 from lunet import LUNet
 from lunet.cli import flag
-from lunet.experiments.checkpoint import FORMAT_VERSION, load_checkpoint, load_model, save_checkpoint
-from lunet.experiments.rundir import RunFolder, RunFolderBusy
-from lunet.experiments.train import Trainer
-from lunet.experiments.train_state import TrainingDiverged
+from lunet.experiments.files.lock import RunFolderBusy
+from lunet.experiments.store.checkpoint import FORMAT_VERSION, load_checkpoint, load_model, save_checkpoint
+from lunet.experiments.store.folder import RunFolder
+from lunet.experiments.training.state import TrainingDiverged
+from lunet.experiments.training.trainer import Trainer
 
 GMM = ["train", "--dataset", "gmm2d", "--blocks", "2", "--batch-size", "512", "--no-progress"]
 
@@ -166,7 +167,7 @@ def test_overwrite_with_a_missing_data_dir_or_device_keeps_the_old_run(image_run
 def test_a_second_training_into_a_locked_folder_is_refused_naming_the_holder(tmp_path, capsys):
     out = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from lunet.experiments.rundir import RunFolder\n"
+        [sys.executable, "-c", "import sys, time; from lunet.experiments.store.folder import RunFolder\n"
          f"with RunFolder({str(out)!r}).locked():\n    print('held', flush=True); sys.stdin.readline()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
@@ -188,7 +189,7 @@ def _locked_elsewhere(folder: Path) -> bool:
     """Whether another process is refused the lock on ``folder`` now."""
     probe = subprocess.run(
         [sys.executable, "-c",
-         f"from lunet.experiments.rundir import RunFolder\nwith RunFolder({str(folder)!r}).locked(): pass"],
+         f"from lunet.experiments.store.folder import RunFolder\nwith RunFolder({str(folder)!r}).locked(): pass"],
         capture_output=True, text=True,
     )
     return probe.returncode != 0 and "RunFolderBusy" in probe.stderr
@@ -319,7 +320,7 @@ def test_an_unwritable_out_is_one_line_before_any_work(tmp_path, capsys):
 
 
 def test_an_unforeseen_failure_is_still_one_line(monkeypatch, tmp_path, capsys):
-    from lunet.experiments import gmm2d
+    from lunet.experiments.runs import gmm2d
 
     def broken(*args, **kwargs):
         raise RuntimeError("something nobody foresaw")

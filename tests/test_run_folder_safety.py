@@ -19,9 +19,10 @@ import pytest
 import torch
 
 from conftest import mixture_trainer, one_line_error, run_cli
-from lunet.experiments.checkpoint import load_checkpoint
-from lunet.experiments.run_log import RunLog
-from lunet.experiments.rundir import RunFolder, UnsafeFile
+from lunet.experiments.files.safe import UnsafeFile
+from lunet.experiments.store.checkpoint import load_checkpoint
+from lunet.experiments.store.folder import RunFolder
+from lunet.experiments.training.log import RunLog
 from test_hostile_files import deadline, train
 from test_own_data import make_rows, write_npy
 
@@ -189,8 +190,14 @@ def test_a_stop_signal_during_a_save_waits_until_the_checkpoint_is_written(signu
 
     sent: list[int] = []
     monkeypatch.setattr(torch, "save", save_signalled_midway)
+    # Ctrl-C's handler as a fresh `lunet` process has it, whatever the tests before this one left
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     out = tmp_path / "run"
-    assert train(data, out, "--eval-every", "1", epochs=5) == code
+    try:
+        returned = train(data, out, "--eval-every", "1", epochs=5)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert returned == code, f"SIGINT's handler before the test: {previous!r}"
     assert capsys.readouterr().err.strip().splitlines() == [
         f"lunet train: {said}; the last checkpoint is kept in {out / 'checkpoint.pt'}; "
         f"continue with --resume and the run's own options"]
@@ -258,7 +265,7 @@ def peers_script(monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("trained before checking the outputs")
 
-    monkeypatch.setattr("lunet.experiments.peers.train_with_budgets", no_training)
+    monkeypatch.setattr("lunet.experiments.benchmarks.peers.train_with_budgets", no_training)
     return script
 
 

@@ -1,6 +1,6 @@
 """RunFolder: the one place that knows a run folder's layout."""
 
-from lunet.experiments.rundir import RESULT_FILES, RunFolder
+from lunet.experiments.store.folder import RESULT_FILES, RunFolder
 
 
 def _touch(path):

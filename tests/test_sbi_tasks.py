@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from lunet.experiments.sbi_tasks import TASKS, get_task
+from lunet.experiments.sbi.tasks import TASKS, get_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -100,7 +100,7 @@ def test_the_reference_posterior_matches_importance_sampling_of_the_exact_likeli
     task = get_task(name)
     _, x = task.observations(1)
     if name == "slcp":
-        from lunet.experiments.sbi_mcmc import sign_symmetric_metropolis
+        from lunet.experiments.sbi.mcmc import sign_symmetric_metropolis
 
         # a broad posterior, so that importance sampling of the prior is itself accurate
         x = task.simulate(torch.tensor([[0.5, -1.0, 1.7, -1.6, 0.4]]), _gen(3))
@@ -116,7 +116,7 @@ def test_the_reference_posterior_matches_importance_sampling_of_the_exact_likeli
 
 def test_c2st_known_cases_and_reference_self_check():
     pytest.importorskip("sklearn")
-    from lunet.experiments.c2st import c2st
+    from lunet.experiments.sbi.c2st import c2st
 
     a = torch.randn(1000, 2, generator=_gen(1))
     b = torch.randn(1000, 2, generator=_gen(2))

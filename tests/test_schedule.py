@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from lunet.cli import flag
-from lunet.experiments.schedule import LearningRateSchedule, rate_factor, rate_numbers, rate_tensors
-from lunet.experiments.settings import RunExists, SettingError, TrainConfig
+from lunet.experiments.config.errors import RunExists, SettingError
+from lunet.experiments.config.training import TrainConfig
+from lunet.experiments.training.schedule import LearningRateSchedule, rate_factor, rate_numbers, rate_tensors
 
 
 def optimizer():

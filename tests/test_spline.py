@@ -155,7 +155,7 @@ def test_lunet_train_with_spline_activations_records_them_and_evaluates(tmp_path
     """``--activation spline`` on own data: the spec in the checkpoint names it, the loaded model
     has splines, and its figure is the one ``lunet evaluate`` reports."""
     from lunet.cli import main
-    from lunet.experiments.checkpoint import load_model
+    from lunet.experiments.store.checkpoint import load_model
     from test_own_data import best_nll_per_dim, make_rows, train, write_npy
 
     data, test = (write_npy(tmp_path / "train.npy", make_rows(400, 0)),

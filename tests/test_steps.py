@@ -14,12 +14,12 @@ import torch
 import torch._dynamo as dynamo
 
 from lunet import LUNet
-from lunet.experiments.checkpoint import load_checkpoint
-from lunet.experiments.images import make_log_prob_fn
-from lunet.experiments.preprocess import ImagePreprocessor, dequantize
-from lunet.experiments.settings import TrainConfig
-from lunet.experiments.steps import WARMUP_STEPS
-from lunet.experiments.train import Trainer
+from lunet.experiments.config.training import TrainConfig
+from lunet.experiments.data.preprocess import ImagePreprocessor, dequantize
+from lunet.experiments.runs.images import make_log_prob_fn
+from lunet.experiments.store.checkpoint import load_checkpoint
+from lunet.experiments.training.cuda_graph import WARMUP_STEPS
+from lunet.experiments.training.trainer import Trainer
 
 DIM = 16
 SPEC = {"name": "lunet", "features": DIM, "num_blocks": 2}

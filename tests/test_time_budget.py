@@ -6,13 +6,14 @@ import time
 
 import pytest
 
-import lunet.experiments.train as train_module
+import lunet.experiments.training.trainer as train_module
 from conftest import mixture_trainer, run_cli
-from lunet.experiments.checkpoint import check_training_state, load_checkpoint
-from lunet.experiments.distributed import Group
-from lunet.experiments.schedule import rate_factor
-from lunet.experiments.settings import BUDGET_EPOCHS, SettingError, TrainConfig, vector_train_config
-from lunet.experiments.step_runner import check_shared_config
+from lunet.experiments.config.errors import SettingError
+from lunet.experiments.config.training import BUDGET_EPOCHS, TrainConfig, vector_train_config
+from lunet.experiments.store.checkpoint import check_training_state, load_checkpoint
+from lunet.experiments.training.distributed import Group
+from lunet.experiments.training.schedule import rate_factor
+from lunet.experiments.training.step import check_shared_config
 
 
 class FakeClock:

@@ -17,7 +17,7 @@ import torch
 
 from conftest import read_metrics
 from lunet.cli import main
-from lunet.experiments.checkpoint import load_checkpoint
+from lunet.experiments.store.checkpoint import load_checkpoint
 from test_ood import write_blob_data
 
 pytestmark = pytest.mark.slow

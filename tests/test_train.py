@@ -8,13 +8,14 @@ import torch
 from conftest import mixture_trainer
 from lunet import LUNet
 from lunet.cli.options import flag
-from lunet.experiments.checkpoint import load_checkpoint
-from lunet.experiments.gmm2d import _log_prob_fn
-from lunet.experiments.run_log import RunLog
-from lunet.experiments.rundir import RunFolder
-from lunet.experiments.settings import SettingError, TrainConfig
-from lunet.experiments.train import Trainer, mean_log_prob
-from lunet.experiments.train_state import TrainingDiverged
+from lunet.experiments.config.errors import SettingError
+from lunet.experiments.config.training import TrainConfig
+from lunet.experiments.runs.gmm2d import _log_prob_fn
+from lunet.experiments.store.checkpoint import load_checkpoint
+from lunet.experiments.store.folder import RunFolder
+from lunet.experiments.training.log import RunLog
+from lunet.experiments.training.state import TrainingDiverged
+from lunet.experiments.training.trainer import Trainer, mean_log_prob
 
 
 class StoppedLog(RunLog):
@@ -117,8 +118,8 @@ def test_a_compiled_training_follows_the_eager_one(tmp_path, monkeypatch):
 
 def test_a_compiled_image_training_follows_the_eager_one(tmp_path, monkeypatch):
     # the image loss draws dequantisation noise inside the compiled function; a short last batch too
-    from lunet.experiments.images import make_log_prob_fn
-    from lunet.experiments.preprocess import ImagePreprocessor
+    from lunet.experiments.data.preprocess import ImagePreprocessor
+    from lunet.experiments.runs.images import make_log_prob_fn
 
     compile_ = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **k: compile_(fn, backend="aot_eager", **k))

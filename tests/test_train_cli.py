@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lunet.cli import main
-from lunet.experiments.checkpoint import load_model
+from lunet.experiments.store.checkpoint import load_model
 
 
 def test_cli_help_lists_commands():
@@ -75,7 +75,7 @@ def test_metrics_name_their_unit_and_hold_the_figures_the_console_shows(tmp_path
 @pytest.mark.parametrize("seconds, text", [(0.04, "0.0 s"), (9.96, "10.0 s"), (42.4, "42 s"), (185, "3 min 05 s"),
                                            (3725, "1 h 02 min")])
 def test_durations_read_as_people_write_them(seconds, text):
-    from lunet.experiments.run_log import format_seconds
+    from lunet.experiments.training.log import format_seconds
 
     assert format_seconds(seconds) == text
 

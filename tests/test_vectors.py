@@ -1,4 +1,4 @@
-"""Reading and writing users' data sets of feature vectors (lunet.experiments.vectors)."""
+"""Reading and writing users' data sets of feature vectors (lunet.experiments.data.rows)."""
 
 import os
 import pickle
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lunet.experiments.vectors import VECTOR_SUFFIXES, check_width, load_vectors, save_vectors
+from lunet.experiments.data.rows import VECTOR_SUFFIXES, check_width, load_vectors, save_vectors
 
 # Values whose shortest decimal form is long, tiny, huge or negative: a CSV
 # written with too few digits would not read them back exactly.

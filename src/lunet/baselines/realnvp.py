@@ -1,7 +1,7 @@
 """Multiscale RealNVP (Dinh, Sohl-Dickstein and Bengio, 2017): the baseline of Table 1.
 
 The model takes and returns flattened batches ``(B, C*H*W)`` like :class:`lunet.flow.LUNet`
-and works on the logit-space images of :mod:`lunet.experiments.preprocess` (real values, roughly
+and works on the logit-space images of :mod:`lunet.experiments.data.preprocess` (real values, roughly
 in [-14, 14]); dequantisation and the logit transform happen outside it.
 
 Architecture, per scale ``k < num_scales - 1``:

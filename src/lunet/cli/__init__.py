@@ -20,8 +20,9 @@ from typing import Callable, Optional, Sequence
 from lunet import __version__
 from lunet.cli import bench, runs, train
 from lunet.cli.options import flag
-from lunet.experiments.rundir import RunFolder, RunFolderBusy
-from lunet.experiments.settings import NamesSettings
+from lunet.experiments.config.errors import NamesSettings
+from lunet.experiments.files.lock import RunFolderBusy
+from lunet.experiments.store.folder import RunFolder
 
 __all__ = ["build_parser", "flag", "main", "parse"]
 
@@ -104,7 +105,7 @@ def _is_lost_peer(exc: Exception) -> bool:
     """Whether ``exc`` is a collective operation failing because another process of the run is gone."""
     import torch.distributed as dist
 
-    from lunet.experiments import distributed
+    from lunet.experiments.training import distributed
 
     if not distributed.launched():
         return False

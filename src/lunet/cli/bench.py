@@ -11,7 +11,8 @@ from lunet.cli.runs import check_outputs
 
 def cmd_bench(args: argparse.Namespace) -> int:
     check_outputs(args)
-    from lunet.experiments.bench import markdown_table, micro_table, run_bench, run_micro
+    from lunet.experiments.benchmarks.bench import markdown_table, run_bench
+    from lunet.experiments.benchmarks.micro import micro_table, run_micro
 
     if args.micro:
         result = run_micro(device=args.device)

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from lunet.experiments.rundir import write_text_atomic
+from lunet.experiments.files.safe import write_text_atomic
 from lunet.limits import ALPHA_MIN
 
 # Settings whose option is not named after them

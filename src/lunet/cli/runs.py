@@ -1,6 +1,6 @@
 """The commands on a trained run: ``lunet evaluate | sample | interpolate | agreement | ood | export``.
 
-Each reads the run's record to learn its kind (:mod:`lunet.experiments.run_record`)
+Each reads the run's record to learn its kind (:mod:`lunet.experiments.store.record`)
 and leaves the work to the experiment side; here are the options, the checks of
 the outputs before any work, and what is printed.
 """
@@ -26,8 +26,8 @@ from lunet.cli.options import (
     suffix_problem,
     write_json,
 )
-from lunet.experiments.rundir import RunFolder, check_output
-from lunet.experiments.settings import MAX_SAMPLE_VALUES
+from lunet.experiments.config.presets import MAX_SAMPLE_VALUES
+from lunet.experiments.store.folder import RunFolder, check_output
 
 
 def open_run(args: argparse.Namespace) -> None:
@@ -35,7 +35,7 @@ def open_run(args: argparse.Namespace) -> None:
     found them unless ``--data-dir`` says."""
     args.run = RunFolder(args.run_dir)
     if getattr(args, "data_dir", "") is None:
-        from lunet.experiments.run_record import IMAGES, recorded_data
+        from lunet.experiments.store.record import IMAGES, recorded_data
 
         try:
             found = recorded_data(args.run, IMAGES)
@@ -48,21 +48,21 @@ def open_run(args: argparse.Namespace) -> None:
 def check_outputs(args: argparse.Namespace) -> None:
     """Fail before the work, not after it, when an output file (``--out``, ``--json``, ``--plot``,
     ``--per-row``) cannot be written, or would replace one of the run's own files, a file the command
-    reads, a data set's file or a file in any run folder (:func:`~lunet.experiments.rundir.check_output`)."""
+    reads, a data set's file or a file in any run folder (:func:`~lunet.experiments.store.folder.check_output`)."""
     # (dest, option): evaluate's --per-row is a file, sample's an image count
     named = (("out", "--out"), ("json", "--json"), ("plot", "--plot"), ("row_scores", "--per-row"))
     outputs = [(option, getattr(args, dest, None)) for dest, option in named]
     outputs = [(name, path) for name, path in outputs if path]
     if not outputs:
         return
-    from lunet.experiments.data import data_files
+    from lunet.experiments.data.mnist import data_files
 
     run = getattr(args, "run", None)
     inputs = [(getattr(args, "data", None), "the --data file this command reads"),
               (getattr(args, "context", None), "the --context file this command reads")]
     data_dirs = [getattr(args, "data_dir", None)]
     if run is not None:
-        from lunet.experiments.run_record import IMAGES, VECTORS, recorded_data
+        from lunet.experiments.store.record import IMAGES, VECTORS, recorded_data
 
         inputs.append((recorded_data(run, VECTORS), "the run's training data"))
         inputs.append((recorded_data(run, VECTORS, "context_file"), "the run's training contexts"))
@@ -77,14 +77,14 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     check_outputs(args)
-    from lunet.experiments.run_record import IMAGES, VECTORS, read_run
+    from lunet.experiments.store.record import IMAGES, VECTORS, read_run
 
     if read_run(args.run, (IMAGES, VECTORS)).kind == VECTORS:
         return _evaluate_vectors(args)
     refuse_given(args, ("data", "context"), "runs on own data (trained with --data)")
     if args.row_scores is not None:
         raise ValueError("--per-row applies to runs on own data (trained with --data)")
-    from lunet.experiments.evaluate import evaluate_run
+    from lunet.experiments.evaluation.evaluate import evaluate_run
 
     result = evaluate_run(args.run, draws=args.draws, data_dir=args.data_dir, verify=not args.no_verify,
                           limit=args.limit, device=args.device)
@@ -107,8 +107,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_vectors(args: argparse.Namespace) -> int:
-    from lunet.experiments.vector_runs import evaluate_vectors
-    from lunet.experiments.vectors import VECTOR_SUFFIXES, load_vectors, save_vectors
+    from lunet.experiments.data.rows import VECTOR_SUFFIXES, load_vectors, save_vectors
+    from lunet.experiments.runs.vector_run import evaluate_vectors
 
     refuse_given(args, ("limit", "data_dir", "no_verify"), "image runs, not to a run on own data")
     if args.data is None:
@@ -141,7 +141,7 @@ def _evaluate_vectors(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     check_outputs(args)
-    from lunet.experiments.run_record import IMAGES, VECTORS, read_run
+    from lunet.experiments.store.record import IMAGES, VECTORS, read_run
 
     if read_run(args.run, (IMAGES, VECTORS)).kind == VECTORS:
         return _sample_vectors(args)
@@ -151,8 +151,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError(f"--out for an image run {problem}")
     if args.num is not None and args.num > 10_000:
         raise ValueError(f"--num for an image run is at most 10,000 (one picture), got {args.num:,}")
-    from lunet.experiments.images import sample_grid
     from lunet.experiments.plots import save_image_grid
+    from lunet.experiments.runs.images import sample_grid
 
     settings, imgs, labels = sample_grid(args.run, args.num, args.per_row, args.temperature, args.prior, args.seed,
                                          data_dir=args.data_dir, verify=not args.no_verify, device=args.device)
@@ -164,9 +164,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _sample_vectors(args: argparse.Namespace) -> int:
-    from lunet.experiments.vector_report import describe_samples
-    from lunet.experiments.vector_runs import check_sample_count, load_vector_run, read_run_file
-    from lunet.experiments.vectors import VECTOR_SUFFIXES, load_vectors, save_vectors
+    from lunet.experiments.data.rows import VECTOR_SUFFIXES, load_vectors, save_vectors
+    from lunet.experiments.runs.vector_report import describe_samples
+    from lunet.experiments.runs.vector_run import check_sample_count, load_vector_run, read_run_file
 
     refuse_given(args, ("data_dir", "no_verify"), "image runs, not to a run on own data")
     if args.prior != "standard" or args.per_row != 10:
@@ -196,8 +196,8 @@ def _sample_vectors(args: argparse.Namespace) -> int:
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
     check_outputs(args)
-    from lunet.experiments.images import interpolate
     from lunet.experiments.plots import save_image_grid
+    from lunet.experiments.runs.images import interpolate
 
     try:
         pairs = [(int(a), int(b)) for a, b in (p.split(",") for p in args.pairs)]
@@ -212,8 +212,8 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
 def cmd_agreement(args: argparse.Namespace) -> int:
     check_outputs(args)
-    from lunet.experiments.evaluate import class_agreement, train_classifier
-    from lunet.experiments.images import load_run_models, read_run_file
+    from lunet.experiments.evaluation.evaluate import class_agreement, train_classifier
+    from lunet.experiments.runs.images import load_run_models, read_run_file
 
     settings = read_run_file(args.run)
     if settings.kind == "unconditional":
@@ -236,7 +236,7 @@ def cmd_agreement(args: argparse.Namespace) -> int:
 
 def cmd_ood(args: argparse.Namespace) -> int:
     check_outputs(args)
-    from lunet.experiments.ood import ood_run
+    from lunet.experiments.evaluation.ood import ood_run
 
     # The recorded folder holds the run's own data set; the other one is looked for beside it.
     against_dir = str(Path(args.data_dir).parent) if getattr(args, "data_dir_from_run", False) else args.data_dir
@@ -262,11 +262,11 @@ def cmd_ood(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     check_outputs(args)
-    from lunet.experiments.export import export_run
+    from lunet.experiments.runs.export import export_run
 
     path = export_run(args.run, args.out)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); load it with "
-          f"lunet.experiments.checkpoint.load_model({str(path)!r})")
+          f"lunet.experiments.store.checkpoint.load_model({str(path)!r})")
     return 0
 
 

@@ -30,20 +30,22 @@ from lunet.cli.options import (
     flag,
     refuse_given,
 )
-from lunet.experiments.settings import (
+from lunet.experiments.config.presets import (
     CONTEXT_KINDS,
     DEFAULT_LAM,
     DEQUANTIZE_CHOICES,
     RECIPES,
-    VECTOR_EVAL_STEPS,
-    VECTOR_STEPS,
     GMM2DSettings,
-    TrainConfig,
-    budget_changes,
     conditional_image_spec,
-    default_train_config,
     paper_lunet_spec,
     vector_lunet_spec,
+)
+from lunet.experiments.config.training import (
+    VECTOR_EVAL_STEPS,
+    VECTOR_STEPS,
+    TrainConfig,
+    budget_changes,
+    default_train_config,
 )
 from lunet.limits import ALPHA_MIN
 
@@ -324,7 +326,7 @@ def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from lunet.experiments import distributed
+    from lunet.experiments.training import distributed
 
     if args.kind == GMM2D:
         if distributed.launched():
@@ -345,8 +347,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_gmm2d(args: argparse.Namespace) -> int:
-    from lunet.experiments import gmm2d
-    from lunet.experiments.run_log import format_seconds
+    from lunet.experiments.runs import gmm2d
+    from lunet.experiments.training.log import format_seconds
 
     settings = dataclasses.replace(GMM2DSettings(), **model_overrides(args),
                                    **({"starts": args.starts} if args.starts is not None else {}))
@@ -362,10 +364,10 @@ def _train_gmm2d(args: argparse.Namespace) -> int:
 
 
 def _train_vectors(args: argparse.Namespace, config: TrainConfig, group: Any) -> int:
-    from lunet.experiments.run_log import format_seconds
-    from lunet.experiments.vector_report import describe_samples
-    from lunet.experiments.vector_runs import train_vectors
-    from lunet.experiments.vectors import load_vectors, read_header
+    from lunet.experiments.data.rows import load_vectors, read_header
+    from lunet.experiments.runs.vector_report import describe_samples
+    from lunet.experiments.runs.vectors import train_vectors
+    from lunet.experiments.training.log import format_seconds
 
     data = load_vectors(args.data)
     context = None
@@ -411,8 +413,8 @@ def _train_vectors(args: argparse.Namespace, config: TrainConfig, group: Any) ->
 
 
 def _train_images(args: argparse.Namespace, config: TrainConfig, group: Any) -> int:
-    from lunet.experiments import images
-    from lunet.experiments.run_log import format_seconds
+    from lunet.experiments.runs import images
+    from lunet.experiments.training.log import format_seconds
 
     if args.conditional:
         refuse_given(args, ("per_class", "class_label", "learn_alpha", "activation", "recipe"),

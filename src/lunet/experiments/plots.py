@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from lunet.experiments.rundir import read_metrics, write_atomic  # noqa: E402
+from lunet.experiments.files.safe import write_atomic  # noqa: E402
+from lunet.experiments.store.folder import read_metrics
 
 Box = tuple[float, float, float, float]
 
@@ -139,7 +140,7 @@ def plot_score_histograms(
     """One row per model and one panel per score: histograms of the in- and out-of-distribution
     scores on shared bins (the central 99.8 % of both), the AUROC in each title; writes a PNG.
 
-    ``scores``: ``{model: {score: (in, out)}}``; ``report``: from :func:`lunet.experiments.ood.ood_run`."""
+    ``scores``: ``{model: {score: (in, out)}}``; ``report``: from :func:`lunet.experiments.evaluation.ood.ood_run`."""
     models = list(scores)
     names = list(next(iter(scores.values())))
     fig, axes = plt.subplots(len(models), len(names), figsize=(4.2 * len(names), 3.2 * len(models)), squeeze=False)

@@ -1,0 +1,1 @@
+"""Evaluation of image runs: test likelihood, samples, agreement, out-of-distribution scores."""
