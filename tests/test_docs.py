@@ -1,11 +1,13 @@
-"""The Python examples of docs/guide.md run as written."""
+"""The Python examples of the README and of docs/guide.md run as written."""
 
 import re
 from pathlib import Path
 
 import torch
 
-GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guide.md"
+ROOT = Path(__file__).resolve().parents[1]
+GUIDE = ROOT / "docs" / "guide.md"
+README = ROOT / "README.md"
 
 
 def test_the_guide_examples_run(tmp_path, monkeypatch):
@@ -33,3 +35,18 @@ def test_the_guide_examples_run(tmp_path, monkeypatch):
     rows = namespace["spline_rows"]
     torch.testing.assert_close(namespace["spline_back"], rows, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(namespace["spline_log_p"], namespace["spline_flow"].log_prob(rows))
+
+
+def test_the_readme_examples_run(tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    assert len(blocks) == 2
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 (the README's own examples)
+    assert namespace["samples"].shape == (1000, 2) and namespace["kept"].shape == (1000, 2)
+    torch.testing.assert_close(namespace["x_back"], namespace["x"], atol=1e-3, rtol=1e-3)  # 12 blocks in float32
+    torch.testing.assert_close(namespace["log_p"], namespace["flow"].log_prob(namespace["x"]))
+    est = namespace["est"]
+    assert est.score_samples(namespace["X_test"]).shape == (100,) and est.sample(5).shape == (5, 3)
