@@ -30,13 +30,20 @@ def _signature(name: str, obj: object) -> str:
 
 
 def _public_methods(cls: type) -> list[tuple[str, object]]:
-    own = []
-    for name, member in cls.__dict__.items():
-        if name.startswith("_") or name == "extra_repr":
-            continue
-        if inspect.isfunction(member) or isinstance(member, (property, classmethod, staticmethod)):
-            own.append((name, member))
-    return own
+    """The class's own public methods and properties, and those it takes from lunet's bases that
+    have no section of their own (the density face, say): not those of torch's, nor of a base
+    documented beside it."""
+    own: dict[str, object] = {}
+    documented = {getattr(lunet, name) for name in lunet.__all__}
+    bases = [k for k in cls.__mro__[1:] if k.__module__.startswith("lunet") and k not in documented]
+    for klass in [*reversed(bases), cls]:
+        for name, member in klass.__dict__.items():
+            if name.startswith("_") or name == "extra_repr":
+                continue
+            if inspect.isfunction(member) or isinstance(member, (property, classmethod, staticmethod)):
+                own.pop(name, None)
+                own[name] = member
+    return list(own.items())
 
 
 def render() -> str:

@@ -219,7 +219,7 @@ def test_bad_configuration_raises(kwargs, msg):
 
 
 @pytest.mark.parametrize(
-    "kwargs, msg", [(dict(num_samples=0), "num_samples"), (dict(num_samples=2, temperature=0.0), "temperature")]
+    "kwargs, msg", [(dict(sample_shape=-1), "sample_shape"), (dict(sample_shape=2, temperature=0.0), "temperature")]
 )
 def test_bad_sample_arguments_raise(kwargs, msg):
     with pytest.raises(ValueError, match=msg):

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from lunet.checks import check_batch, check_positive_int
+from lunet.density import ReparameterizedDensity
 from lunet.distributions import FlowDistribution
 from lunet.fast.affine import SPLIT_BELOW_ROWS, SPLIT_MIN_BYTES
 from lunet.frozen import FrozenLUNet, FrozenSequential, snapshot_of
-from lunet.latent import latent_draws, standard_normal_log_prob
 from lunet.layers import LeakySoftplus, LULinear
 from lunet.spline import MonotoneSpline
 from lunet.standardize import Standardize
@@ -42,7 +42,7 @@ def _warn_collinear(corr: torch.Tensor, ridge: float) -> None:
         )
 
 
-class LUNet(Composition):
+class LUNet(ReparameterizedDensity, Composition):
     """``num_blocks`` LU layers, each but the last followed by a leaky softplus: the
     composition of a ``Standardize`` and those parts (as :class:`~lunet.Sequential` composes
     them), with the paper's defaults.
@@ -221,36 +221,11 @@ class LUNet(Composition):
             self.blocks[-1].bias.fill_(-shift)
         return self
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """``log p(x)`` in nats under the standard normal latent, (..., features) -> (...)."""
-        z, logdet = self.forward(x)
-        return standard_normal_log_prob(z) + logdet
+    def _placement(self) -> tuple[torch.dtype, torch.device]:
+        return self.input_mean.dtype, self.input_mean.device
 
-    def sample(
-        self,
-        sample_shape: int | Sequence[int] = (),
-        temperature: float = 1.0,
-        generator: Optional[torch.Generator] = None,
-    ) -> torch.Tensor:
-        """Draws of shape ``sample_shape + (features,)`` (an int ``n`` means ``(n,)``); latent std = ``temperature``.
-
-        Without gradients, as ``torch.distributions``' ``sample``, from the
-        current weights; :meth:`rsample` keeps the graph. For many draws from
-        fixed weights, :meth:`frozen` gives a faster snapshot."""
-        with torch.no_grad():
-            return self.rsample(sample_shape, temperature, generator)
-
-    def rsample(
-        self,
-        sample_shape: int | Sequence[int] = (),
-        temperature: float = 1.0,
-        generator: Optional[torch.Generator] = None,
-    ) -> torch.Tensor:
-        """:meth:`sample`, reparameterised: with autograd on, the draws are differentiable
-        in the weights, ``sample_shape + (features,)``."""
-        ref = self.input_mean
-        z, shape = latent_draws(sample_shape, self.features, temperature, ref.dtype, ref.device, generator)
-        return self.inverse_rows(z)[0].view(*shape, self.features)
+    def _values(self, z: torch.Tensor) -> torch.Tensor:
+        return self.inverse_rows(z)[0]
 
     def distribution(
         self, temperature: float = 1.0, base: Optional[torch.distributions.Distribution] = None,

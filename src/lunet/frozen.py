@@ -14,13 +14,14 @@ import copy
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional
 
 import torch
 from torch import nn
 
 from lunet.base import compose_forward, compose_inverse
 from lunet.checks import check_features
+from lunet.density import Density
 from lunet.fast.activation import negated_forward, scaled_forward
 from lunet.fast.affine import SPLIT_BELOW_ROWS, SPLIT_MIN_BYTES, FrozenAffine, as_frozen_affine_weight
 from lunet.fast.spline import (
@@ -41,7 +42,6 @@ from lunet.functional import (
     solve_scaled,
     table_step,
 )
-from lunet.latent import latent_draws, standard_normal_log_prob
 from lunet.layers import LeakySoftplus, LULinear, lu_affine, lu_affine_inverse
 from lunet.spline import MonotoneSpline
 from lunet.standardize import Standardize
@@ -84,7 +84,7 @@ class FrozenBlock:
         return lu_affine_inverse(y, self.lower, self.upper, self.bias)
 
 
-class FrozenLUNet:
+class FrozenLUNet(Density):
     """The density and sampling passes of an :class:`~lunet.LUNet` with its weights as they were
     when the snapshot was made, without autograd.
 
@@ -110,6 +110,8 @@ class FrozenLUNet:
     through it raise ``RuntimeError``: it computes without autograd, and their
     derivatives would be zero.
     """
+
+    differentiable = False
 
     def __init__(
         self,
@@ -166,12 +168,6 @@ class FrozenLUNet:
     __call__ = forward
 
     @torch.no_grad()
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """``log p(x)`` in nats under the standard normal latent, (..., features) -> (...)."""
-        z, logdet = self.forward(x)
-        return standard_normal_log_prob(z) + logdet
-
-    @torch.no_grad()
     def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``z`` (..., features) -> ``x`` (..., features), the inverse of :meth:`forward`, and
         ``log|det dx/dz|`` (...)."""
@@ -181,17 +177,11 @@ class FrozenLUNet:
         x, logdet = inverse(rows, with_logdet=True)
         return x.view(z.shape), logdet.reshape(z.shape[:-1])
 
-    @torch.no_grad()
-    def sample(
-        self,
-        sample_shape: int | Sequence[int] = (),
-        temperature: float = 1.0,
-        generator: Optional[torch.Generator] = None,
-    ) -> torch.Tensor:
-        """Draws of shape ``sample_shape + (features,)`` (an int ``n`` means ``(n,)``) with latent
-        standard deviation ``temperature``."""
-        z, shape = latent_draws(sample_shape, self.features, temperature, self.dtype, self.device, generator)
-        return (self._plain_inverse(z) if under_vmap() else self._inverse(z)).view(*shape, self.features)
+    def _placement(self) -> tuple[torch.dtype, torch.device]:
+        return self.dtype, self.device
+
+    def _values(self, z: torch.Tensor) -> torch.Tensor:
+        return self._plain_inverse(z) if under_vmap() else self._inverse(z)
 
     def _plain_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The density pass in plain ops from the unfolded weights (under ``vmap``)."""
@@ -422,7 +412,7 @@ def _foldable_run(parts: list, start: int) -> int:
     return i
 
 
-class FrozenSequential:
+class FrozenSequential(Density):
     """A snapshot of a composition's ``parts`` (a :class:`~lunet.Sequential`, an LU-Net with
     spline activations) for fast inference, without autograd; ``features``: the flow's width, which
     :meth:`log_prob` and :meth:`sample` need (None where the flow states none).
@@ -434,6 +424,8 @@ class FrozenSequential:
     ``Sequential`` are not seen. ``vmap`` over it works; ``torch.func``'s
     differentiating transforms raise, as for :class:`FrozenLUNet`.
     """
+
+    differentiable = False
 
     def __init__(self, parts: Iterable[nn.Module], features: Optional[int] = None, **tuning: int) -> None:
         parts = list(parts)
@@ -490,26 +482,12 @@ class FrozenSequential:
             raise ValueError("this snapshot's Sequential states no width (features): log_prob and sample need it")
         return self.features
 
-    @torch.no_grad()
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """``log p(x)`` in nats under the standard normal latent, (..., features) -> (...)."""
-        self._width()
-        z, logdet = self.forward(x)
-        return standard_normal_log_prob(z) + logdet
+    def _placement(self) -> tuple[torch.dtype, torch.device]:
+        return self.dtype, self.device
 
-    @torch.no_grad()
-    def sample(
-        self,
-        sample_shape: int | Sequence[int] = (),
-        temperature: float = 1.0,
-        generator: Optional[torch.Generator] = None,
-    ) -> torch.Tensor:
-        """Draws of shape ``sample_shape + (features,)`` (an int ``n`` means ``(n,)``) with latent
-        standard deviation ``temperature``."""
-        width = self._width()
-        z, shape = latent_draws(sample_shape, width, temperature, self.dtype, self.device, generator)
+    def _values(self, z: torch.Tensor) -> torch.Tensor:
         if under_vmap():
-            return self.inverse(z)[0].view(*shape, width)
+            return self.inverse(z)[0]
         # the values alone: no stage computes a log-det that sampling would drop
         h = z
         for stage in reversed(self.stages):
@@ -519,7 +497,7 @@ class FrozenSequential:
                 h = stage.inverse(h, with_logdet=False)
             else:
                 h = stage.inverse(h)[0]
-        return h.view(*shape, width)
+        return h
 
 
 def _stage_placement(stages: list) -> tuple[torch.dtype, torch.device]:

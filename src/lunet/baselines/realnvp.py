@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lunet.checks import check_batch, check_positive_int
-from lunet.latent import standard_normal_log_prob
+from lunet.density import ReparameterizedDensity
 
 PAPER_PARAMETERS = 5_390_000  # the LU-Net paper's figure for its RealNVP
 
@@ -225,7 +225,7 @@ class Scale(nn.Module):
         return x, logdet
 
 
-class RealNVP(nn.Module):
+class RealNVP(ReparameterizedDensity, nn.Module):
     """Multiscale RealNVP on ``in_channels x image_size x image_size`` images, flattened.
 
     ``forward`` maps data ``x`` (B, features) to the latent ``z`` (B, features), ``features = C*H*W``,
@@ -329,26 +329,9 @@ class RealNVP(nn.Module):
             logdet = logdet + ld
         return h.reshape(b, self.features), logdet
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """``log p(x)`` in nats under the standard normal latent, (B, features) -> (B,)."""
-        z, logdet = self.forward(x)
-        return standard_normal_log_prob(z) + logdet
-
-    def sample(
-        self, num_samples: int, temperature: float = 1.0, generator: Optional[torch.Generator] = None
-    ) -> torch.Tensor:
-        """Draw ``num_samples`` rows (num_samples, features); latent std = ``temperature``; without
-        gradients, as ``torch.distributions``' ``sample`` (:meth:`rsample` keeps the graph)."""
-        with torch.no_grad():
-            return self.rsample(num_samples, temperature, generator)
-
-    def rsample(
-        self, num_samples: int, temperature: float = 1.0, generator: Optional[torch.Generator] = None
-    ) -> torch.Tensor:
-        """:meth:`sample`, reparameterised: differentiable in the weights with autograd on."""
-        check_positive_int(num_samples, "num_samples")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be positive, got {temperature!r}")
+    def _placement(self) -> tuple[torch.dtype, torch.device]:
         ref = self._ref()
-        z = torch.randn(num_samples, self.features, generator=generator, dtype=ref.dtype, device=ref.device)
-        return self._inverse(z * temperature)[0]
+        return ref.dtype, ref.device
+
+    def _values(self, z: torch.Tensor) -> torch.Tensor:
+        return self._inverse(z)[0]
