@@ -23,6 +23,8 @@ from torch import nn
 
 from lunet.checks import check_features
 
+__all__ = ["Transform", "per_row", "compose_forward", "compose_inverse"]
+
 
 class Transform(nn.Module):
     """Base of lunet's invertible transforms: ``forward``/``inverse`` check the input

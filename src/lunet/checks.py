@@ -13,7 +13,8 @@ from typing import Optional
 import torch
 from torch.autograd import forward_ad
 
-from lunet.limits import check_positive_int  # noqa: F401 (one of the checks, kept with them)
+__all__ = ["set_value_checks", "value_checks_enabled", "plain_ops_wanted", "plain_backward_wanted", "check_features",
+           "check_batch", "sample_shape_of", "check_temperature"]
 
 _value_checks = True
 

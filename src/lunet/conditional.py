@@ -30,7 +30,6 @@ from lunet.base import Transform
 from lunet.checks import (
     check_batch,
     check_features,
-    check_positive_int,
     check_temperature,
     sample_shape_of,
     value_checks_enabled,
@@ -42,7 +41,10 @@ from lunet.frozen import FrozenLUNet, under_vmap
 from lunet.functional import leaky_softplus, leaky_softplus_inverse, leaky_softplus_log_derivative, solve_scaled
 from lunet.latent import LOG_2PI, latent_draws, standard_normal_log_prob
 from lunet.layers import LeakySoftplus, LULinear
+from lunet.limits import check_positive_int
 from lunet.standardize import Standardize
+
+__all__ = ["ConditionalLUNet", "ConditionalFlowDistribution", "FrozenConditionalLUNet"]
 
 
 class _ConditionalDensity:

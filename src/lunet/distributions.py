@@ -13,6 +13,8 @@ from lunet.checks import check_temperature, sample_shape_of, set_value_checks, v
 from lunet.frozen import FrozenLUNet, FrozenSequential
 from lunet.latent import flow_placement
 
+__all__ = ["standard_normal", "FlowDistributionBase", "FlowDistribution", "TorchTransform"]
+
 
 def standard_normal(features: int, like: torch.Tensor, temperature: float = 1.0) -> Distribution:
     """``N(0, temperature^2 I)`` over ``(features,)`` vectors, on ``like``'s device and dtype; it checks

@@ -10,15 +10,18 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from lunet.checks import check_batch, check_positive_int
+from lunet.checks import check_batch
 from lunet.density import ReparameterizedDensity
 from lunet.distributions import FlowDistribution
 from lunet.fast.affine import SPLIT_BELOW_ROWS, SPLIT_MIN_BYTES
 from lunet.frozen import FrozenLUNet, FrozenSequential, snapshot_of
 from lunet.layers import LeakySoftplus, LULinear
+from lunet.limits import check_positive_int
 from lunet.spline import MonotoneSpline
 from lunet.standardize import Standardize
 from lunet.transforms import Composition
+
+__all__ = ["ACTIVATIONS", "LUNet", "ClassConditionalFlow"]
 
 ACTIVATIONS = ("leaky_softplus", "spline")
 

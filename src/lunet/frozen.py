@@ -46,6 +46,9 @@ from lunet.layers import LeakySoftplus, LULinear, lu_affine, lu_affine_inverse
 from lunet.spline import MonotoneSpline
 from lunet.standardize import Standardize
 
+__all__ = ["FrozenBlock", "FrozenLUNet", "FrozenSpline", "FrozenSequential", "under_vmap", "snapshot_of",
+           "frozen_or_module"]
+
 
 @dataclass(frozen=True)
 class FrozenBlock:

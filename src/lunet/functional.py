@@ -21,6 +21,10 @@ from torch import nn
 from lunet.checks import plain_ops_wanted
 from lunet.limits import ALPHA_MIN
 
+__all__ = ["TABLE_KINK", "softplus", "table_step", "inverse_table", "leaky_softplus", "leaky_softplus_derivative",
+           "leaky_softplus_log_derivative", "leaky_softplus_inverse", "ImplicitInverse", "solve_plain",
+           "newton_step", "cached_inverse_table", "solve", "solve_scaled", "initial_guess"]
+
 # The leaky-softplus inverse table covers x in [-TABLE_X, TABLE_X], i.e.
 # y in [-a TABLE_X, TABLE_X], with one cubic per cell; beyond, the asymptotes
 # x = y/a and x = y are within (1 - a) e^-TABLE_X / a of the root.

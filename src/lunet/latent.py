@@ -11,6 +11,8 @@ from torch import nn
 
 from lunet.checks import check_temperature, sample_shape_of
 
+__all__ = ["LOG_2PI", "standard_normal_log_prob", "latent_draws", "flow_placement", "finite_temperature"]
+
 LOG_2PI = math.log(2.0 * math.pi)
 
 

@@ -17,10 +17,13 @@ import torch
 from torch import nn
 
 from lunet.base import Transform
-from lunet.checks import check_positive_int, plain_ops_wanted, value_checks_enabled
+from lunet.checks import plain_ops_wanted, value_checks_enabled
 from lunet.fast.activation import FixedAlphaForward, LearnedAlphaForward, scaled_forward
 from lunet.fast.triangular import BLOCK_LEAF, TriangularAffine
 from lunet.functional import ALPHA_MIN, leaky_softplus, leaky_softplus_inverse, leaky_softplus_log_derivative
+from lunet.limits import check_positive_int
+
+__all__ = ["DIAG_MODES", "INIT_MODES", "lu_affine", "lu_affine_inverse", "LULinear", "LeakySoftplus"]
 
 DIAG_MODES = ("raw", "exp")
 INIT_MODES = ("identity", "random")

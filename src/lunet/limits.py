@@ -3,6 +3,8 @@ before it loads torch, so that its help answers at once."""
 
 from __future__ import annotations
 
+__all__ = ["ALPHA_MIN", "check_positive_int"]
+
 # The slopes a of the leaky softplus whose inverse is exact in every float dtype:
 # ALPHA_MIN <= a < 1 (lunet.functional explains the floor).
 ALPHA_MIN = 1e-4

@@ -26,6 +26,8 @@ from torch import nn
 from lunet.conditional import ConditionalLUNet
 from lunet.latent import standard_normal_log_prob
 
+__all__ = ["DEFAULT_BLOCKS", "DEFAULT_HIDDEN", "FlatEmbedding", "LUNetPosteriorEstimator", "build_lunet", "lunet_nn"]
+
 try:
     from sbi.neural_nets.estimators.base import ConditionalDensityEstimator
     from sbi.utils.sbiutils import standardizing_net, z_score_parser

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lunet.base import Transform
-from lunet.checks import check_positive_int, plain_ops_wanted
+from lunet.checks import plain_ops_wanted
 from lunet.fast.spline import (
     BinTables,
     SplineForward,
@@ -34,6 +34,9 @@ from lunet.fast.spline import (
     spline_inverse_fast,
     spline_inverse_plain,
 )
+from lunet.limits import check_positive_int
+
+__all__ = ["MIN_BIN", "MIN_SLOPE", "MIN_BOUND", "MAX_BOUND", "MAX_SLOPE", "MonotoneSpline"]
 
 # The smallest bin width, height and knot slope, as fractions: they keep every
 # bin's rational quadratic well conditioned whatever the raw parameters do.

@@ -9,7 +9,10 @@ from typing import Mapping, Optional
 import torch
 
 from lunet.base import Transform
-from lunet.checks import check_features, check_positive_int
+from lunet.checks import check_features
+from lunet.limits import check_positive_int
+
+__all__ = ["Standardize"]
 
 
 class Standardize(Transform):

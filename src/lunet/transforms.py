@@ -20,6 +20,8 @@ from lunet.base import Transform, compose_forward, compose_inverse
 from lunet.fast.affine import SPLIT_BELOW_ROWS, SPLIT_MIN_BYTES
 from lunet.frozen import FrozenSequential
 
+__all__ = ["Composition", "Sequential", "Inverse"]
+
 
 class Composition(Transform):
     """A transform made of parts run in order (``transforms``, given by a subclass): ``forward``

@@ -8,6 +8,8 @@ from torch.distributions import MultivariateNormal
 
 from lunet.checks import check_batch
 
+__all__ = ["FullCovarianceGaussian"]
+
 
 class FullCovarianceGaussian(nn.Module):
     """``N(mean, scale_tril scale_trilᵀ)`` over vectors of ``D`` features.

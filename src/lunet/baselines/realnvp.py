@@ -44,8 +44,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lunet.checks import check_batch, check_positive_int
+from lunet.checks import check_batch
 from lunet.density import ReparameterizedDensity
+from lunet.limits import check_positive_int
+
+__all__ = ["PAPER_PARAMETERS", "WNConv2d", "ResidualBlock", "CouplingNet", "checkerboard", "CheckerboardCoupling",
+           "ChannelCoupling", "squeeze", "unsqueeze", "Scale", "RealNVP"]
 
 PAPER_PARAMETERS = 5_390_000  # the LU-Net paper's figure for its RealNVP
 

@@ -8,6 +8,8 @@ from typing import Any
 from lunet.cli.options import PATH, write_json
 from lunet.cli.runs import check_outputs
 
+__all__ = ["cmd_bench", "add_parser"]
+
 
 def cmd_bench(args: argparse.Namespace) -> int:
     check_outputs(args)

@@ -12,6 +12,11 @@ from typing import Any, Callable, Optional, Sequence
 from lunet.experiments.files.safe import write_text_atomic
 from lunet.limits import ALPHA_MIN
 
+__all__ = ["OPTION_NAMES", "IMAGE_SUFFIXES", "flag", "number", "bounded", "POSITIVE_INT", "NON_NEGATIVE_INT", "SEED",
+           "POSITIVE_FLOAT", "NON_NEGATIVE_FLOAT", "SLOPE", "LAM", "FRACTION", "PATH", "suffix_problem",
+           "IMAGE_PATH", "add_device_option", "DATA_DIR_HELP", "NO_VERIFY_HELP", "add_data_options",
+           "refuse_given", "epochs_text", "write_json"]
+
 # Settings whose option is not named after them
 OPTION_NAMES = {"class_label": "--class"}
 IMAGE_SUFFIXES = (".png", ".pdf", ".svg")

@@ -29,6 +29,9 @@ from lunet.cli.options import (
 from lunet.experiments.config.presets import MAX_SAMPLE_VALUES
 from lunet.experiments.store.folder import RunFolder, check_output
 
+__all__ = ["open_run", "check_outputs", "cmd_evaluate", "cmd_sample", "cmd_interpolate", "cmd_agreement", "cmd_ood",
+           "cmd_export", "add_parsers"]
+
 
 def open_run(args: argparse.Namespace) -> None:
     """The run folder of a command on a run (``args.run``), and its data from where its training

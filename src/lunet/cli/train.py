@@ -49,6 +49,9 @@ from lunet.experiments.config.training import (
 )
 from lunet.limits import ALPHA_MIN
 
+__all__ = ["KINDS", "IMAGE_DATASETS", "KIND_NAMES", "Option", "CONFIG_OPTIONS", "OPTIONS", "parser_for", "parse",
+           "given_config", "train_config", "model_overrides", "cmd_train"]
+
 GMM2D, IMAGES, VECTORS = "gmm2d", "images", "vectors"
 KINDS = (GMM2D, IMAGES, VECTORS)
 IMAGE_DATASETS = ("mnist", "fashion-mnist")

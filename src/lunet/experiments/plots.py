@@ -15,6 +15,9 @@ import torch  # noqa: E402
 from lunet.experiments.files.safe import write_atomic  # noqa: E402
 from lunet.experiments.store.folder import read_metrics
 
+__all__ = ["log_density_grid", "LOG_DENSITY_RANGE", "plot_density_2d", "plot_samples_2d", "save_image_grid",
+           "plot_training_curves", "plot_score_histograms", "save_figure", "plot_samples_beside_data"]
+
 Box = tuple[float, float, float, float]
 
 

@@ -12,6 +12,9 @@ import torch
 from lunet.checks import plain_backward_wanted
 from lunet.functional import leaky_softplus, softplus
 
+__all__ = ["product_chunk", "sum_log_abs", "sigmoid_floor", "FixedAlphaForward", "LearnedAlphaForward",
+           "leaky_softplus_backward", "scaled_forward", "negated_forward"]
+
 
 def product_chunk(n: int, lo: float, hi: float, dtype: torch.dtype, max_chunk: int = 8) -> int:
     """The largest divisor ``k <= max_chunk`` of ``n`` for which a product of ``k``

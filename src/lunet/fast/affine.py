@@ -8,6 +8,8 @@ from typing import Optional
 
 import torch
 
+__all__ = ["SPLIT_BELOW_ROWS", "SPLIT_MIN_BYTES", "as_frozen_affine_weight", "FrozenAffine"]
+
 # A frozen product of fewer rows than this, on the CPU, whose matrix is larger than
 # one core's L2 cache, splits its output columns among the threads (`FrozenAffine`).
 # `benchmarks/speed_variants.py` times the split against one product on 2 cores

@@ -26,6 +26,11 @@ import torch
 
 from lunet.checks import plain_backward_wanted
 
+__all__ = ["MAX_COUNTED_BINS", "bin_index", "spline_forward_plain", "spline_inverse_plain", "BinTables",
+           "counted_bins", "SamplingTables", "BinGrid", "BLOCK_BYTES", "SCRATCH_SHAPES", "SEARCHED_ROWS",
+           "spline_forward_fast", "spline_inverse_fast", "spline_sample_fast", "BACKWARD_BLOCK_BYTES",
+           "BACKWARD_BUFFERS", "SplineForward", "PER_BIN_SUMS"]
+
 # Up to this many bins the training pass finds bins by counting knots below each entry (one
 # subtraction and sign per inner knot); beyond it, by binary search.
 MAX_COUNTED_BINS = 16

@@ -8,6 +8,8 @@ import torch
 
 from lunet.checks import plain_backward_wanted
 
+__all__ = ["BLOCK_LEAF", "block_depth", "TriangularAffine", "triangular_affine_backward"]
+
 # The training path halves each triangle recursively while the halves are whole
 # and at least this wide, and skips every block that is zero: at width 784
 # (three levels, leaves of 98) that is 9/16 of the dense flops of each product.

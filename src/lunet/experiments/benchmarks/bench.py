@@ -19,6 +19,9 @@ from lunet.experiments.config.presets import paper_lunet_spec
 from lunet.experiments.training.trainer import resolve_device
 from lunet.frozen import frozen_or_module
 
+__all__ = ["TRAIN_IMAGES", "PAPER", "MODEL_SPECS", "memory_steps", "peak_training_memory_mib", "bench_model",
+           "run_bench", "markdown_table"]
+
 TRAIN_IMAGES = 60_000
 
 

@@ -17,6 +17,8 @@ from lunet.experiments.config.errors import error_line
 from lunet.experiments.config.models import build_model
 from lunet.experiments.training.trainer import resolve_device
 
+__all__ = ["run_micro", "spline_lunet", "spline_table", "micro_table"]
+
 
 def _captured_rows(model: nn.Module, weights: list[torch.Tensor], x: torch.Tensor, paired) -> dict[str, Any]:
     """The LU-Net training step and the dense products' Adam step, each captured as a CUDA graph,

@@ -9,6 +9,9 @@ import re
 import string
 from typing import Callable
 
+__all__ = ["SWITCHES", "python_name", "NamesSettings", "SettingError", "RunExists", "NothingToResume",
+           "first_sentence", "error_line"]
+
 # Settings given as switches: a Python caller passes ``name=True``
 SWITCHES = ("resume", "overwrite", "drop_constant")
 

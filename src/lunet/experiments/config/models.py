@@ -14,6 +14,8 @@ from torch import nn
 from lunet.conditional import ConditionalLUNet
 from lunet.flow import LUNet
 
+__all__ = ["MODEL_NAMES", "check_spec", "shortened", "short_repr", "build_model"]
+
 # "conditional_lunet": a ConditionalLUNet of p(x | c), whose spec holds context_features and
 # num_classes beside the LU-Net's settings (an embedding network has no spec)
 MODEL_NAMES = ("lunet", "realnvp", "conditional_lunet")

@@ -11,12 +11,19 @@ from typing import Any, Optional
 
 from lunet.limits import check_positive_int
 
+__all__ = ["DEFAULT_LAM", "MAX_SAMPLE_VALUES", "NUM_CLASSES", "paper_lunet_spec", "conditional_image_spec",
+           "vector_lunet_spec", "conditional_vector_spec", "CONTEXT_KINDS", "MAX_AUTO_CLASSES",
+           "MAX_LABEL_EMBEDDING", "DEQUANTIZE_CHOICES", "GMM2DSettings", "Recipe", "RECIPES"]
+
 # The logit transform's λ: pixels y in [0, 1) are mapped to logit(λ + (1 - 2λ) y).
 DEFAULT_LAM = 1e-6
 
 # The most numbers (rows × width) one call of `lunet sample` draws from a run on own data: 0.8 GB
 # as float64, and as much again for the latents (a cap on rows alone would allow 24 GB at width 300)
 MAX_SAMPLE_VALUES = 100_000_000
+
+# MNIST and Fashion-MNIST have ten classes; a per-class run trains one model each, in class-K/
+NUM_CLASSES = 10
 
 
 def paper_lunet_spec(num_blocks: int = 4, **kwargs: Any) -> dict[str, Any]:

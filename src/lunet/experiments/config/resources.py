@@ -18,6 +18,8 @@ from lunet.experiments.config.machine import gigabytes, machine_memory
 from lunet.experiments.config.models import build_model
 from lunet.limits import check_positive_int
 
+__all__ = ["TRAINING_FACTOR", "INFERENCE_FACTOR", "model_elements", "describe_model", "check_model_memory"]
+
 # Bytes in use per byte of a model's own weights and buffers, measured on LU-Nets of width
 # 2,000 to 2,500. Training adds the gradients, Adam's two moments, the best weights' copy
 # and the factors the forward pass keeps for the backward one (10 to 11.5 matrices per

@@ -14,6 +14,9 @@ from lunet.limits import check_positive_int
 if TYPE_CHECKING:
     import torch
 
+__all__ = ["TrainConfig", "BUDGET_EPOCHS", "VECTOR_STEPS", "VECTOR_EVAL_STEPS", "VECTOR_PATIENCE", "budget_changes",
+           "vector_train_config", "default_train_config"]
+
 
 @dataclass
 class TrainConfig:

@@ -9,6 +9,8 @@ import torch
 
 from lunet.checks import check_batch
 
+__all__ = ["GaussianMixture2D"]
+
 
 def _default_centers() -> list[tuple[float, float]]:
     return [(-1.0, -1.0), (-1.0, 1.0), (1.0, -1.0), (1.0, 1.0)]

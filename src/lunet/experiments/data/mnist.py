@@ -19,6 +19,10 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+__all__ = ["DATASETS", "CLASS_NAMES", "SPLITS", "ENV_VAR", "FILES", "MD5", "SYSTEM_DIRS", "IDX_IMAGES", "IDX_LABELS",
+           "read_idx", "user_cache_dir", "search_dirs", "find_file", "data_files", "load_dataset",
+           "dataset_digest", "train_val_split"]
+
 PathLike = Union[str, os.PathLike]
 
 DATASETS = ("mnist", "fashion-mnist")

@@ -22,8 +22,11 @@ from typing import Optional
 
 import torch
 
-from lunet.checks import check_positive_int
 from lunet.experiments.config.presets import DEFAULT_LAM
+from lunet.limits import check_positive_int
+
+__all__ = ["LN2", "uniform_noise", "dequantize", "logit_transform", "inverse_logit", "bits_per_dim",
+           "paper_bits_per_pixel", "ImagePreprocessor"]
 
 LN2 = math.log(2.0)
 

@@ -25,6 +25,9 @@ from lunet.experiments.config.models import short_repr
 from lunet.experiments.files.loads import load_weights_only
 from lunet.experiments.files.safe import write_atomic
 
+__all__ = ["VECTOR_SUFFIXES", "NPY_SIGNATURE", "NPZ_SIGNATURE", "load_vectors", "check_width", "check_fits_dtype",
+           "read_header", "save_vectors"]
+
 VECTOR_SUFFIXES = (".npy", ".csv", ".pt")
 NPY_SIGNATURE = b"\x93NUMPY"
 NPZ_SIGNATURE = b"PK\x03\x04"  # a zip file: np.load reads an .npz archive, refused below

@@ -10,10 +10,10 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from lunet.experiments.config.presets import NUM_CLASSES
 from lunet.experiments.data.mnist import dataset_digest, load_dataset, user_cache_dir
 from lunet.experiments.data.preprocess import ImagePreprocessor, bits_per_dim, paper_bits_per_pixel
 from lunet.experiments.runs.images import (
-    NUM_CLASSES,
     class_subset,
     fitted_class_priors,
     load_run_models,
@@ -23,6 +23,9 @@ from lunet.experiments.store.checkpoint import load_checkpoint, save_checkpoint
 from lunet.experiments.store.folder import RunFolder
 from lunet.frozen import frozen_or_module
 from lunet.latent import flow_placement
+
+__all__ = ["image_log_probs", "evaluate_run", "class_log_probs", "DigitClassifier", "train_classifier",
+           "class_agreement"]
 
 
 @torch.no_grad()

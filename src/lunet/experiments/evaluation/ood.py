@@ -27,12 +27,17 @@ import torch
 from torch import nn
 
 from lunet.baselines.gaussian import FullCovarianceGaussian
+from lunet.experiments.config.presets import NUM_CLASSES
 from lunet.experiments.data.mnist import DATASETS, load_dataset, train_val_split
 from lunet.experiments.data.preprocess import ImagePreprocessor, bits_per_dim
 from lunet.experiments.evaluation.evaluate import image_log_probs
-from lunet.experiments.runs.images import NUM_CLASSES, class_subset, load_run_models
+from lunet.experiments.runs.images import class_subset, load_run_models
 from lunet.experiments.store.folder import RunFolder
 from lunet.flow import ClassConditionalFlow
+
+__all__ = ["SCORES", "MODELS", "TPR_LEVEL", "SEED", "auroc", "aupr", "fpr_at_tpr", "detection_metrics",
+           "compressed_bits_per_dim", "image_bits_per_dim", "image_scores", "class_log_prior",
+           "fit_gaussian", "ood_run"]
 
 SCORES = {
     "bits_per_dim": "bits/dim",

@@ -14,6 +14,8 @@ from typing import Any
 from lunet.experiments.config.errors import first_sentence
 from lunet.experiments.config.machine import gigabytes, machine_memory
 
+__all__ = ["MAX_INFLATION", "load_weights_only"]
+
 # torch.save stores a file's members uncompressed; a member packed tighter than this was
 # made by something else, and unpacking it could take far more memory than the file's size
 MAX_INFLATION = 16

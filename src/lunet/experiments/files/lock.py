@@ -25,6 +25,8 @@ from lunet.experiments.files.safe import (
     refuse_hard_links,
 )
 
+__all__ = ["LOCK_NAME", "RunFolderBusy", "locked_folder"]
+
 LOCK_NAME = ".lock"
 
 

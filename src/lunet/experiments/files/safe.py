@@ -18,6 +18,11 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, Optional, S
 if TYPE_CHECKING:
     pass
 
+__all__ = ["UnsafeFile", "RunFolderChanged", "check_regular", "check_subfolder", "HeldFolder", "open_folder",
+           "open_regular_in", "refuse_hard_links", "open_regular", "remove_file", "open_to_read",
+           "read_text", "append_text", "signals_deferred", "write_atomic", "write_text_atomic",
+           "stale_temporaries", "check_writable", "check_writable_file", "make_folder", "remove_names"]
+
 
 # Where the platform has them: open no symbolic link as the last part of a path, and
 # open a FIFO without waiting for its other end (so that it can be refused, not hang).

@@ -15,9 +15,9 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 import torch
 
-from lunet.experiments.store.checkpoint import save_checkpoint
 from lunet.experiments.runs.vector_run import VectorRun, Vectors, load_vector_run
 from lunet.experiments.runs.vectors import train_vectors
+from lunet.experiments.store.checkpoint import save_checkpoint
 
 __all__ = ["DensityEstimator"]
 

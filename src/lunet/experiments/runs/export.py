@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from lunet.experiments.store.checkpoint import load_checkpoint, save_checkpoint
-from lunet.experiments.store.record import IMAGES, VECTORS, read_run
 from lunet.experiments.store.folder import RunFolder, as_folder
+from lunet.experiments.store.record import IMAGES, VECTORS, read_run
+
+__all__ = ["export_run"]
 
 
 def _best_weights(ckpt: dict[str, Any]) -> dict[str, Any]:

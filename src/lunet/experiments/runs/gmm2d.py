@@ -15,17 +15,19 @@ from typing import Any, Optional
 
 import torch
 
-from lunet.experiments.store.checkpoint import save_checkpoint
-from lunet.experiments.plots import log_density_grid, plot_density_2d, plot_samples_2d
-from lunet.experiments.training.log import Unit
-from lunet.experiments.store.folder import RunFolder, as_folder
-from lunet.experiments.files.safe import stale_temporaries, write_text_atomic
-from lunet.experiments.config.presets import GMM2DSettings
 from lunet.experiments.config.errors import RunExists
+from lunet.experiments.config.presets import GMM2DSettings
 from lunet.experiments.config.training import TrainConfig
 from lunet.experiments.data.mixture2d import GaussianMixture2D
+from lunet.experiments.files.safe import stale_temporaries, write_text_atomic
+from lunet.experiments.plots import log_density_grid, plot_density_2d, plot_samples_2d
+from lunet.experiments.store.checkpoint import save_checkpoint
+from lunet.experiments.store.folder import RunFolder, as_folder
+from lunet.experiments.training.log import Unit
 from lunet.experiments.training.trainer import Trainer, mean_log_prob, resolve_device
 from lunet.flow import LUNet
+
+__all__ = ["NUM_TRAIN", "NUM_VAL", "NUM_TEST", "NLL_NATS", "MEAN_NLL_NATS", "make_splits", "run", "train_starts"]
 
 NUM_TRAIN = 9000  # as in the paper
 NUM_VAL = 3000

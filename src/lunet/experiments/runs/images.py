@@ -15,29 +15,33 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from lunet.checks import check_positive_int, check_temperature
-from lunet.experiments.store.checkpoint import load_checkpoint, load_model
-from lunet.experiments.data.mnist import CLASS_NAMES, FILES, find_file, load_dataset, train_val_split
-from lunet.experiments.training.distributed import SINGLE, Group, current
+from lunet.checks import check_temperature
+from lunet.experiments.config.errors import SettingError
 from lunet.experiments.config.models import build_model
-from lunet.experiments.data.preprocess import LN2, ImagePreprocessor
 from lunet.experiments.config.resources import check_model_memory
-from lunet.experiments.training.log import Unit
+from lunet.experiments.config.training import TrainConfig
+from lunet.experiments.data.mnist import CLASS_NAMES, FILES, find_file, load_dataset, train_val_split
+from lunet.experiments.data.preprocess import LN2, ImagePreprocessor
+from lunet.experiments.store.checkpoint import load_checkpoint, load_model
+from lunet.experiments.store.folder import RunFolder, as_folder
 from lunet.experiments.store.record import (
     IMAGES,
-    NUM_CLASSES,  # noqa: F401 (evaluate and ood import it from here)
     ImageRunSettings,
     RunRecord,
     read_run,
     write_run,
 )
-from lunet.experiments.store.folder import RunFolder, as_folder
-from lunet.experiments.config.errors import SettingError
-from lunet.experiments.config.training import TrainConfig
+from lunet.experiments.training.distributed import SINGLE, Group, current
+from lunet.experiments.training.log import Unit
 from lunet.experiments.training.step import LogProbFn, check_shared_config
 from lunet.experiments.training.trainer import Trainer, resolve_device
 from lunet.frozen import frozen_or_module
 from lunet.latent import finite_temperature, flow_placement
+from lunet.limits import check_positive_int
+
+__all__ = ["nats_to_bits_per_dim", "BITS_PER_DIM", "model_folder", "class_subset", "make_log_prob_fn", "LabelledFlow",
+           "read_run_file", "train_image_run", "load_run_models", "fitted_latent_gaussian",
+           "fitted_class_priors", "sample_images", "sample_grid", "interpolate"]
 
 
 def nats_to_bits_per_dim(nats_per_dim: float) -> float:

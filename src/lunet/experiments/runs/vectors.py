@@ -15,38 +15,37 @@ sees one tensor of rows, and :func:`log_prob_fn` splits them off.
 """
 
 from __future__ import annotations
+
 import functools
 import itertools
 import json
 import math
-import types
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
-import numpy as np
+
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from lunet.checks import check_batch, check_temperature
-from lunet.experiments.config.errors import first_sentence
-from lunet.experiments.store.checkpoint import load_model
+
+from lunet.experiments.config.errors import SettingError
+from lunet.experiments.config.models import build_model
+from lunet.experiments.config.presets import conditional_vector_spec, vector_lunet_spec
+from lunet.experiments.config.resources import check_model_memory
+from lunet.experiments.config.training import TrainConfig, vector_train_config
 from lunet.experiments.data.columns import ColumnRules
 from lunet.experiments.data.contexts import ContextRules, check_rows
-from lunet.experiments.training.distributed import Group, current
-from lunet.experiments.config.models import build_model
-from lunet.experiments.config.resources import check_model_memory
-from lunet.experiments.store.record import VECTORS, RunRecord, VectorRunSettings, read_run, write_run
-from lunet.experiments.store.folder import RunFolder, as_folder
+from lunet.experiments.data.rows import check_fits_dtype
 from lunet.experiments.files.safe import write_text_atomic
-from lunet.experiments.config.presets import MAX_SAMPLE_VALUES, conditional_vector_spec, vector_lunet_spec
-from lunet.experiments.config.errors import SettingError
-from lunet.experiments.config.training import TrainConfig, vector_train_config
+from lunet.experiments.runs.vector_report import Reference, comparison_line, sample_report
+from lunet.experiments.runs.vector_run import Vectors, as_vectors, inverse_in_chunks, log_prob_fn, read_run_file
+from lunet.experiments.store.folder import RunFolder, as_folder
+from lunet.experiments.store.record import VECTORS, RunRecord, VectorRunSettings, write_run
+from lunet.experiments.training.distributed import Group, current
 from lunet.experiments.training.step import check_shared_config
 from lunet.experiments.training.trainer import Trainer, resolve_device
-from lunet.experiments.runs.vector_report import Reference, comparison_line, sample_report
-from lunet.experiments.data.rows import check_fits_dtype, check_width
-from lunet.latent import finite_temperature, flow_placement
-from lunet.experiments.runs.vector_run import Vectors, as_vectors, inverse_in_chunks, log_prob_fn, read_run_file
+from lunet.latent import flow_placement
+
+__all__ = ["MIN_TRAIN_ROWS", "SPLIT_SEED", "split_rows", "default_data_init", "train_vectors", "DATA_INIT_WORDS",
+           "REPORT_SAMPLES"]
 
 
 # Rows a training needs to learn from: a spread (the standardisation's) takes two. The Gaussian

@@ -21,6 +21,9 @@ import torch
 from lunet.experiments.sbi.c2st import c2st
 from lunet.experiments.sbi.tasks import Task, get_task
 
+__all__ = ["ESTIMATORS", "TASK_NAMES", "MIN_ACCEPTANCE", "FIGURE_DIMS", "Protocol", "density_estimator", "simulations",
+           "references", "check_reference", "train_estimator", "evaluate", "run_benchmark"]
+
 ESTIMATORS = ("lunet", "zuko_nsf", "zuko_maf", "maf")
 TASK_NAMES = ("gaussian_linear", "gaussian_mixture", "two_moons", "slcp")
 # two coordinates of each task drawn in the figure

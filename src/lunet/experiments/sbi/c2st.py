@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+__all__ = ["c2st"]
+
 
 def c2st(reference: torch.Tensor, other: torch.Tensor, seed: int = 1, folds: int = 5,
          early_stopping: bool = True) -> float:

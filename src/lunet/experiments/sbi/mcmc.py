@@ -16,6 +16,8 @@ from typing import Sequence
 
 import torch
 
+__all__ = ["sign_symmetric_metropolis"]
+
 BURN_IN, RUN, ADAPT_EVERY, RESAMPLE_FROM = 2000, 1000, 100, 200_000
 
 

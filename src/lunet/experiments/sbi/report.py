@@ -8,6 +8,8 @@ from typing import Any, Optional, Sequence
 
 from lunet.experiments.sbi.bench import ESTIMATORS, FIGURE_DIMS, TASK_NAMES
 
+__all__ = ["markdown_tables", "draw_posteriors"]
+
 
 def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
     kept = [v for v in values if v is not None and math.isfinite(v)]

@@ -15,6 +15,8 @@ from typing import Callable, Optional
 
 import torch
 
+__all__ = ["Task", "GM_STDS", "SIMULATORS", "LIKELIHOODS", "REFERENCES", "TASKS", "get_task"]
+
 Draw = Callable[[int, torch.Generator], torch.Tensor]
 
 

@@ -30,6 +30,10 @@ from lunet.experiments.config.resources import check_model_memory, model_element
 from lunet.experiments.files.loads import load_weights_only
 from lunet.experiments.files.safe import write_atomic
 
+__all__ = ["FORMAT_VERSION", "COUNT_FIELDS", "BUILT_PER_STORED", "tensor_bytes", "checksum", "save_atomic",
+           "save_checkpoint", "mark_diverged", "load_checkpoint", "check_training_state", "ADAM_SETTINGS",
+           "load_model"]
+
 FORMAT_VERSION = 3
 # Earlier formats were written by development versions only: they are refused by name.
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from lunet.experiments.config.errors import NothingToResume, RunExists
+from lunet.experiments.config.presets import NUM_CLASSES
 from lunet.experiments.files.lock import LOCK_NAME, locked_folder
 from lunet.experiments.files.safe import (
     check_regular,
@@ -20,6 +21,10 @@ from lunet.experiments.files.safe import (
     read_text,
     remove_names,
 )
+
+__all__ = ["CHECKPOINT_NAME", "METRICS_NAME", "CURVES_NAME", "RUN_FILE", "RESULT_FILES", "LAYOUT_NAMES",
+           "MAX_METRICS_LINE", "NAMED_LINES", "read_metrics", "as_folder", "RunFolder", "run_folder_around",
+           "check_output"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -32,8 +37,6 @@ RESULT_FILES = ("summary.json", "density.png", "samples.png")
 # every name a run writes in its folder or in its model folders (class-K/, starts/)
 LAYOUT_NAMES = (LOCK_NAME, CHECKPOINT_NAME, METRICS_NAME, CURVES_NAME, RUN_FILE, *RESULT_FILES)
 
-# a per-class run trains one model per class, each in its folder class-K/
-NUM_CLASSES = 10
 
 # A row of metrics is a few hundred bytes; a longer line is something else, and is not held whole.
 MAX_METRICS_LINE = 1 << 16

@@ -15,13 +15,16 @@ from typing import Any, Optional, Sequence, Union
 
 from lunet.experiments.config.errors import SettingError, first_sentence
 from lunet.experiments.config.models import check_spec, short_repr, shortened
-from lunet.experiments.config.presets import DEFAULT_LAM, RECIPES, paper_lunet_spec
+from lunet.experiments.config.presets import DEFAULT_LAM, NUM_CLASSES, RECIPES, paper_lunet_spec
 from lunet.experiments.data.columns import ColumnRules
 from lunet.experiments.data.contexts import ContextRules
 from lunet.experiments.data.mnist import DATASETS
 from lunet.experiments.files.safe import UnsafeFile, read_text, write_text_atomic
-from lunet.experiments.store.folder import NUM_CLASSES, RunFolder
+from lunet.experiments.store.folder import RunFolder
 from lunet.limits import check_positive_int
+
+__all__ = ["KINDS", "VECTOR_KEYS", "IMAGE_KINDS", "IMAGE_DATA_INITS", "VECTOR_DATA_INITS", "ImageRunSettings",
+           "VectorRunSettings", "RunRecord", "run_kind", "read_run", "write_run", "recorded_data"]
 
 IMAGES, VECTORS, GMM2D = "images", "vectors", "gmm2d"
 KINDS = (IMAGES, VECTORS, GMM2D)

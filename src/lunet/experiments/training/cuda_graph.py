@@ -21,6 +21,9 @@ from lunet.experiments.config.errors import error_line
 from lunet.experiments.data.preprocess import uniform_noise
 from lunet.experiments.training.schedule import rate_numbers, rate_tensors
 
+__all__ = ["WARMUP_STEPS", "CaptureFailed", "CudaGraphCapture", "warmed_capture", "prepare_for_capture",
+           "portable_optimizer_state", "GraphedSteps"]
+
 # Eager steps before the capture: the allocator, the library handles and Adam's
 # state are set up by real steps, so that the capture records only the step itself.
 WARMUP_STEPS = 3

@@ -23,6 +23,8 @@ import torch.distributed as dist
 
 from lunet.experiments.config.errors import NamesSettings
 
+__all__ = ["T", "TIMEOUT", "Group", "SINGLE", "launched", "current", "start", "stop"]
+
 T = TypeVar("T")
 # A peer that died leaves the others waiting in a collective: give up after this long
 # (torchrun normally stops them at once).

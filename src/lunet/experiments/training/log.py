@@ -15,6 +15,8 @@ from tqdm.auto import tqdm
 from lunet.experiments.files.safe import append_text, remove_file, write_text_atomic
 from lunet.experiments.store.folder import RunFolder, read_metrics
 
+__all__ = ["CURVES_EVERY_SECONDS", "Unit", "NATS_PER_DIM", "format_seconds", "RunLog"]
+
 # curves.png is redrawn at most this often (and after the last epoch): drawing it takes
 # about 0.15 s, a third of an epoch where epochs are fast (on a GPU)
 CURVES_EVERY_SECONDS = 30.0

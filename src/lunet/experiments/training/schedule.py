@@ -19,6 +19,8 @@ import torch
 
 from lunet.experiments.config.training import TrainConfig
 
+__all__ = ["rate_factor", "rate_tensors", "rate_numbers", "LearningRateSchedule"]
+
 
 def rate_factor(step: int, kind: str, warmup_steps: int, total_steps: int, progress: Optional[float] = None) -> float:
     """The share of the peak rate at ``step`` (0-based) of a run of ``total_steps``; ``progress``,

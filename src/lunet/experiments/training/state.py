@@ -26,6 +26,9 @@ from lunet.experiments.training.cuda_graph import portable_optimizer_state
 from lunet.experiments.training.log import Unit
 from lunet.experiments.training.schedule import LearningRateSchedule
 
+__all__ = ["RESUMABLE_CHANGES", "RESUMABLE_AFTER_DIVERGENCE", "DIVERGENCE_MARGIN_NATS_PER_DIM", "TrainingDiverged",
+           "data_fingerprint", "divergence", "diverged", "TrainingState"]
+
 # Settings that may differ when a run is resumed: where it runs, how often it
 # reports, and its length (a longer run extends it; a cosine schedule is then
 # recomputed over the new length).

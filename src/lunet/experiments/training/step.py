@@ -21,6 +21,8 @@ from lunet.experiments.data.preprocess import uniform_noise
 from lunet.experiments.training.cuda_graph import CaptureFailed, CudaGraphCapture, GraphedSteps, prepare_for_capture
 from lunet.experiments.training.distributed import Group
 
+__all__ = ["AUTO", "check_shared_config", "StepRunner"]
+
 # (model, batch, noise) -> log p in nats per row, (B,); noise: U[0, 1) draws of the batch's shape
 # for dequantisation (see the Trainer's ``dequantize``), else None
 LogProbFn = Callable[[nn.Module, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]

@@ -36,6 +36,8 @@ from lunet.experiments.training.schedule import LearningRateSchedule
 from lunet.experiments.training.state import TrainingState, data_fingerprint, diverged, divergence
 from lunet.experiments.training.step import AUTO, LogProbFn, StepRunner, check_shared_config
 
+__all__ = ["resolve_device", "mean_log_prob", "Trainer"]
+
 
 def resolve_device(name: str) -> torch.device:
     """``torch.device(name)`` for a device this machine has; ``ValueError`` saying why not otherwise."""

@@ -27,6 +27,10 @@ from torch import nn
 from lunet.experiments.config.presets import GMM2DSettings, paper_lunet_spec, vector_lunet_spec
 from lunet.flow import LUNet
 
+__all__ = ["PEERS_EXTRA", "SMALL_DIM", "MissingExtra", "require", "PeerModel", "LUNetPeer", "ZukoPeer", "build_lunet",
+           "build_lunet_gaussian", "build_lunet_spline", "build_maf", "build_realnvp", "build_nsf",
+           "ModelEntry", "MODELS", "available", "build"]
+
 PEERS_EXTRA = "pip install .[peers]"
 # widths up to this are "vectors" (the 2-D mixture, tabular data): smaller peer networks
 SMALL_DIM = 64

@@ -6,6 +6,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+__all__ = ["SCHEMA", "DATASETS", "DEFAULT_BUDGETS", "QUICK_BUDGETS", "QUICK_DATASETS", "FULL_IMAGE_ROWS",
+           "QUICK_IMAGE_ROWS", "QUICK_GMM2D_TEST", "BREAST_CANCER_DROPPED", "LOG", "SCHEDULES", "FORMS",
+           "Protocol", "family"]
+
 SCHEMA = "lunet-peers/1"
 
 

@@ -10,6 +10,8 @@ import torch
 
 from lunet.experiments.benchmarks.peers.protocol import FORMS
 
+__all__ = ["format_params", "markdown_tables", "draw_figures"]
+
 
 def format_params(n: int) -> str:
     """A parameter count as the tables show it: 2.46M, 4.8k, 950."""

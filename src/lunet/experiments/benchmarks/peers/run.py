@@ -24,6 +24,8 @@ from lunet.experiments.benchmarks.peers.training import train_with_budgets
 from lunet.experiments.files.safe import read_text, write_text_atomic
 from lunet.experiments.store.folder import check_output
 
+__all__ = ["machine_info", "validate_results", "combine_results", "check_outputs", "run_peers", "missing_extras"]
+
 
 def machine_info() -> dict[str, Any]:
     """Where the figures come from: platform, CPU, torch and its threads, package versions."""

@@ -25,6 +25,9 @@ from lunet.experiments.config.presets import DEFAULT_LAM
 from lunet.experiments.data.preprocess import ImagePreprocessor, bits_per_dim, logit_transform
 from lunet.standardize import Standardize
 
+__all__ = ["ImageSpace", "VectorSpace", "PeerData", "images_from_pixels", "vectors_from_splits", "load_images",
+           "load_gmm2d", "load_breast_cancer", "load"]
+
 
 class ImageSpace:
     """Pixels (B, D) 0..255 -> the models' space ``h`` (B, D): uniform dequantisation, lunet's

@@ -18,6 +18,8 @@ from lunet.experiments.benchmarks.peers.report import format_params
 from lunet.experiments.benchmarks.peers.spaces import PeerData
 from lunet.experiments.benchmarks.peers.training import optimise_step
 
+__all__ = ["memory_steps", "peak_training_memory_mib", "measure_speed", "grid_samples"]
+
 
 def memory_steps(name: str, features: int, batch: int, lr: float, grad_clip: Optional[float], device: str,
                  registry: str) -> Callable[[], Callable[[], None]]:

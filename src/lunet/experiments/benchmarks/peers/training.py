@@ -15,6 +15,8 @@ from lunet.experiments.benchmarks.peers.protocol import LOG, Protocol
 from lunet.experiments.benchmarks.peers.spaces import PeerData
 from lunet.experiments.training.schedule import rate_factor
 
+__all__ = ["optimise_step", "data_log_prob", "BestKeeper", "warm_up", "train_with_budgets"]
+
 
 def _divergence(exc: Exception) -> bool:
     # torch.distributions refuses a non-finite latent: "Expected value argument ... within the support"
