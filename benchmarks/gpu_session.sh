@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one go, for a machine that is lent for minutes:
-#   1. the CUDA tests (tests/test_cuda.py);
+#   1. the CUDA tests (tests/properties/test_cuda.py);
 #   2. Table 1 on the GPU (`lunet bench --device cuda`, full mode: epochs measured);
 #   3. the speed ratios on the GPU (`lunet bench --micro --device cuda`);
 #   4. the default `lunet train --dataset mnist --device cuda` (60 epochs, steps replayed
@@ -47,7 +47,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
 
 stage "1. CUDA tests"
-timeout $(cap 90) $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_frozen.py 2>&1 | tail -5
+timeout $(cap 90) $PY -m pytest -q -p no:cacheprovider tests/properties/test_cuda.py tests/test_frozen.py 2>&1 | tail -5
 
 stage "2. Table 1 on the GPU"
 timeout $(cap 120) $LUNET bench --device "$DEVICE" $BENCH_ARGS --json "$R/bench-cuda.json" || echo "stage 2 failed"

@@ -1,4 +1,8 @@
-"""Fixtures and helpers shared by several test modules (import the helpers with ``from conftest import ...``)."""
+"""Fixtures and helpers shared by several test modules (import the helpers with ``from conftest import ...``).
+
+tests/ is laid out as src/lunet/ is (docs/layout.md). Its sub-folders are packages, so that test modules of
+one name in two folders do not clash, and a module takes another's helpers by its name from here
+(``from experiments.runs.test_vectors import make_rows``)."""
 
 from __future__ import annotations
 
@@ -124,3 +128,31 @@ def fake_mnist(tmp_path_factory):
         write_idx(root / images_name, rng.integers(0, 256, (n, 28, 28)))
         write_idx(root / labels_name, rng.integers(0, 10, n))
     return root
+
+
+# -- small runs of the command line, and fixtures of them (module-scoped: one run per test module) --
+
+GMM = ["train", "--dataset", "gmm2d", "--blocks", "2", "--batch-size", "512", "--no-progress"]
+
+
+def gmm_train(out: Path, *extra) -> int:
+    return run_cli(*GMM, "--out", out, *extra)
+
+
+def image_train(out: Path, data: Path, *extra) -> int:
+    return run_cli("train", "--dataset", "mnist", "--data-dir", data, "--no-verify", "--out", out,
+                   "--blocks", "1", "--epochs", "1", "--batch-size", "128", "--no-progress", *extra)
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory, fake_mnist) -> Path:
+    run = tmp_path_factory.mktemp("image") / "run"
+    assert image_train(run, fake_mnist, "--limit", "900") == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def gmm_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("gmm") / "run"
+    assert gmm_train(run, "--epochs", "2", "--eval-every", "1") == 0
+    return run

@@ -1,4 +1,5 @@
-"""LUNet as a whole: exact inverse, exact log-density, sampling, class-conditional wrapper."""
+"""LUNet as a whole (lunet.flow): exact inverse, exact log-density, sampling and its temperatures,
+class-conditional wrapper, grouped flows."""
 
 import math
 import warnings
@@ -211,15 +212,6 @@ def test_class_conditional_flow_bayes_classifier():
         model.log_prob(x, torch.tensor([0, 5, 1]))
 
 
-def test_mixture_density_and_entropy_are_consistent():
-    mix = GaussianMixture2D()
-    x = mix.sample(200000, seed=0).double()
-    mc_entropy = -mix.log_prob(x).mean().item()
-    assert mix.entropy() == pytest.approx(mc_entropy, abs=0.01)
-    # well separated blobs: entropy ~ log 4 + entropy of one blob
-    assert mix.entropy() == pytest.approx(math.log(4) + math.log(2 * math.pi * math.e * 0.04), abs=1e-3)
-
-
 @pytest.mark.parametrize("leading", [(), (5,), (2, 3)], ids=str)
 def test_class_conditional_flow_takes_any_leading_shape(leading):
     flows = [make_net(features=3, blocks=2, seed=s) for s in range(3)]
@@ -261,3 +253,108 @@ def test_init_gaussian_names_a_collinear_feature():
 def test_a_bad_init_scale_is_refused_by_name(init_scale):
     with pytest.raises(ValueError, match="init_scale"):
         LUNet(3, 2, init_scale=init_scale)
+
+
+def test_sampling_with_an_infinite_temperature_is_refused():
+    net = LUNet(3, 2)
+    for bad in (float("inf"), float("nan"), 0.0, -1.0):
+        with pytest.raises(ValueError, match="temperature"):
+            net.sample(4, temperature=bad)
+
+
+def test_temperatures_that_overflow_the_dtype_are_refused():
+    net = LUNet(4, 2)
+    with pytest.raises(ValueError, match="too large for torch.float32"):
+        net.sample(3, temperature=1e39)
+    with pytest.raises(ValueError, match="too large"):
+        net.frozen().sample(3, temperature=1e39)
+    assert torch.isfinite(net.double().sample(3, temperature=1e39)).all()
+
+
+# -- grouped flows: independent flows side by side, taken apart exactly ------------------------
+
+
+def _flow(groups: int = 3, width: int = 2, learn_alpha: bool = False) -> LUNet:
+    torch.manual_seed(0)
+    flow = LUNet(groups * width, 4, init_scale=1.0, groups=groups, learn_alpha=learn_alpha).double()
+    with torch.no_grad():
+        for block in flow.blocks:
+            block.bias.normal_()
+        for act in flow.activations:
+            if learn_alpha:
+                act.alpha_logit.uniform_(-3, 1)  # a different slope in every group
+    flow.standardize(torch.randn(200, groups * width, dtype=torch.float64) * 3 + 1)
+    return flow
+
+
+def test_training_never_leaves_the_groups():
+    flow = _flow()
+    opt = torch.optim.Adam(flow.parameters(), lr=0.1)
+    for _ in range(3):
+        loss = -flow.log_prob(torch.randn(64, 6, dtype=torch.float64)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    off_group = torch.block_diag(*[torch.ones(2, 2)] * 3) == 0
+    for block in flow.blocks:
+        assert torch.all(block.weight()[off_group] == 0)
+
+
+@pytest.mark.parametrize("learn_alpha", [False, True], ids=["fixed-slope", "slope-learned-per-group"])
+def test_the_split_flows_add_up_to_the_grouped_one(learn_alpha):
+    flow = _flow(learn_alpha=learn_alpha)
+    parts = flow.split_groups()
+    assert [p.features for p in parts] == [2, 2, 2] and all(p.groups == 1 for p in parts)
+    x = torch.randn(7, 6, dtype=torch.float64)
+    total = sum(part.log_prob(x[:, 2 * g : 2 * g + 2]) for g, part in enumerate(parts))
+    torch.testing.assert_close(total, flow.log_prob(x))
+    z = torch.randn(5, 6, dtype=torch.float64)
+    for g, part in enumerate(parts):
+        torch.testing.assert_close(part.inverse(z[:, 2 * g : 2 * g + 2])[0], flow.inverse(z)[0][:, 2 * g : 2 * g + 2])
+
+
+def test_the_snapshot_of_a_grouped_flow_agrees():
+    flow = _flow()
+    x = torch.randn(9, 6, dtype=torch.float64)
+    torch.testing.assert_close(flow.frozen().log_prob(x), flow.log_prob(x))
+
+
+def test_a_grouped_flow_counts_only_its_groups_parameters():
+    assert LUNet(6, 2, groups=3).num_parameters() == 3 * LUNet(2, 2).num_parameters()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(features=6, num_blocks=2, groups=4), "groups must divide features"),
+])
+def test_impossible_groupings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LUNet(**kwargs)
+
+
+def test_learned_slopes_are_one_per_group_and_train_apart():
+    flow = _flow(learn_alpha=True)
+    assert all(act.alpha.shape == (3,) for act in flow.activations)
+    x = torch.randn(16, 6, dtype=torch.float64)
+    loss = -flow.log_prob(x).sum()
+    grads = torch.autograd.grad(loss, [act.alpha_logit for act in flow.activations])
+    for grad in grads:  # each group's slope gets its own gradient
+        assert grad.shape == (3,) and len(set(grad.tolist())) == 3
+    y = torch.randn(5, 6, dtype=torch.float64)
+    x_back, ladj = flow.inverse(y)
+    z, ladj_fwd = flow(x_back)
+    torch.testing.assert_close(z, y)
+    torch.testing.assert_close(ladj, -ladj_fwd)
+
+
+def test_a_snapshot_keeps_learned_group_slopes_out_of_its_folding():
+    from lunet.frozen import FrozenLUNet, FrozenSequential
+
+    flow = _flow(learn_alpha=True)
+    with pytest.raises(ValueError, match="FrozenLUNet folds"):
+        FrozenLUNet(flow)
+    snapshot = flow.frozen()  # each block folded alone, the activations with a slope per group copied
+    assert isinstance(snapshot, FrozenSequential)
+    x = torch.randn(20, 6, dtype=torch.float64)
+    torch.testing.assert_close(snapshot.log_prob(x), flow.log_prob(x).detach())
+    z = torch.randn(20, 6, dtype=torch.float64)
+    torch.testing.assert_close(snapshot.inverse(z)[0], flow.inverse(z)[0].detach())

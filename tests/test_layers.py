@@ -277,19 +277,42 @@ def polished_roots(y, alpha):
     return root
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_nan_met_inside_a_pass_stays_nan_instead_of_indexing_out_of_range(dtype):
+    """Inputs are screened, but values that overflow inside a pass reach an activation's
+    inverse as NaN: the table lookup must not read out of range (on a GPU that aborts the device)."""
+    from lunet.layers import LeakySoftplus
+
+    act = LeakySoftplus(0.1)
+    y = torch.tensor([[1.0, float("nan"), -3.0]], dtype=dtype)
+    with torch.no_grad():
+        x = act.inverse_rows(y)[0]
+        expected = act.inverse_rows(y[:, [0, 2]])[0]
+    assert torch.isnan(x[0, 1]) and torch.equal(x[:, [0, 2]], expected)
 
 
+def test_set_factors_makes_the_layer_the_given_map_and_refuses_a_singular_u():
+    torch.manual_seed(1)
+    lower = torch.eye(4) + torch.randn(4, 4).tril(-1)
+    upper = torch.randn(4, 4).triu(1) + torch.diag(torch.tensor([1.5, -0.5, 2.0, -3.0]))
+    bias = torch.randn(4)
+    for diag in ("raw", "exp"):
+        layer = LULinear(4, diag=diag).set_factors(lower, upper, bias)
+        torch.testing.assert_close(layer.matrix_l(), lower)
+        torch.testing.assert_close(layer.matrix_u(), upper)
+        torch.testing.assert_close(layer.bias.detach(), bias)
+    with pytest.raises(ValueError, match="non-zero"):
+        LULinear(4).set_factors(lower, upper.triu(1), bias)
 
 
-
-
-
-
-
-
-
-
-
-
-
-
+def test_a_grouped_layer_maps_each_group_by_its_own_block():
+    torch.manual_seed(1)
+    layer = LULinear(6, groups=3, init_scale=1.0).double()
+    weight = layer.weight()
+    off_group = torch.block_diag(*[torch.ones(2, 2)] * 3).double() == 0
+    assert torch.all(weight[off_group] == 0)
+    x = torch.randn(4, 6, dtype=torch.float64)
+    y, logdet = layer(x)
+    torch.testing.assert_close(y, x @ weight.T + layer.bias)
+    torch.testing.assert_close(logdet, torch.linalg.slogdet(weight)[1].expand(4))
+    torch.testing.assert_close(layer.inverse(y)[0], x)
