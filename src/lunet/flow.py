@@ -312,10 +312,11 @@ class ClassConditionalFlow(nn.Module):
         lp = self.class_log_probs(x)
         return (lp + self.class_log_prior.to(lp.dtype)).argmax(dim=-1)
 
-    def sample(self, num_samples: int, c: int, temperature: float = 1.0, **kwargs) -> torch.Tensor:
-        """``num_samples`` draws from class ``c``'s flow, without gradients."""
-        return self.flows[self._check_class(c)].sample(num_samples, temperature=temperature, **kwargs)
+    def sample(self, sample_shape: int | Sequence[int], c: int, temperature: float = 1.0, **kwargs) -> torch.Tensor:
+        """Draws of shape ``sample_shape + (features,)`` from class ``c``'s flow (an int ``n`` means
+        ``(n,)``), without gradients."""
+        return self.flows[self._check_class(c)].sample(sample_shape, temperature=temperature, **kwargs)
 
-    def rsample(self, num_samples: int, c: int, temperature: float = 1.0, **kwargs) -> torch.Tensor:
+    def rsample(self, sample_shape: int | Sequence[int], c: int, temperature: float = 1.0, **kwargs) -> torch.Tensor:
         """:meth:`sample`, differentiable in class ``c``'s weights."""
-        return self.flows[self._check_class(c)].rsample(num_samples, temperature=temperature, **kwargs)
+        return self.flows[self._check_class(c)].rsample(sample_shape, temperature=temperature, **kwargs)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 from torch.distributions import MultivariateNormal
 
-from lunet.checks import check_batch
+from lunet.checks import check_batch, sample_shape_of
 
 __all__ = ["FullCovarianceGaussian"]
 
@@ -58,6 +60,6 @@ class FullCovarianceGaussian(nn.Module):
         """``log N(x; mean, Σ)`` in nats, (..., D) -> (...), in the buffers' dtype."""
         return self.distribution.log_prob(x.to(self.mean.dtype))
 
-    def sample(self, num_samples: int) -> torch.Tensor:
-        """``num_samples`` draws, (num_samples, D)."""
-        return self.distribution.sample((num_samples,))
+    def sample(self, sample_shape: int | Sequence[int] = ()) -> torch.Tensor:
+        """Draws of shape ``sample_shape + (D,)`` (an int ``n`` means ``(n,)``)."""
+        return self.distribution.sample(sample_shape_of(sample_shape))
