@@ -15,6 +15,18 @@ import pytest
 import torch
 
 
+def random_bias_flow(learn_alpha: bool = False):
+    """A small LU-Net (6 features, 3 blocks) from a fixed seed, its biases drawn away from zero."""
+    from lunet import LUNet
+
+    torch.manual_seed(0)
+    flow = LUNet(6, 3, init="random", init_scale=1.0, learn_alpha=learn_alpha)
+    with torch.no_grad():
+        for block in flow.blocks:
+            block.bias.normal_()
+    return flow
+
+
 def run_cli(*argv: object) -> int:
     """``lunet ARGV`` in this process, every argument as a string; returns the exit code."""
     from lunet.cli import main

@@ -5,20 +5,11 @@ import pytest
 import torch
 
 import lunet
-from lunet import LUNet
-
-
-def _flow(learn_alpha: bool = False) -> LUNet:
-    torch.manual_seed(0)
-    flow = LUNet(6, 3, init="random", init_scale=1.0, learn_alpha=learn_alpha)
-    with torch.no_grad():
-        for block in flow.blocks:
-            block.bias.normal_()
-    return flow
+from conftest import random_bias_flow
 
 
 def test_value_checks_can_be_switched_off_and_come_back():
-    flow = _flow()
+    flow = random_bias_flow()
     bad = torch.full((2, 6), float("nan"))
     with pytest.raises(ValueError, match="NaN"):
         flow.log_prob(bad)
@@ -36,6 +27,6 @@ def test_value_checks_can_be_switched_off_and_come_back():
 
 
 def test_shape_checks_stay_when_value_checks_are_off():
-    flow = _flow()
+    flow = random_bias_flow()
     with lunet.set_value_checks(False), pytest.raises(ValueError, match=r"\(\.\.\., 6\)"):
         flow.log_prob(torch.randn(3, 5))

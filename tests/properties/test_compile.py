@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch._dynamo as dynamo
 
-from lunet import LeakySoftplus, LULinear, LUNet, Sequential
+from conftest import random_bias_flow
+from lunet import LeakySoftplus, LULinear, Sequential
 
 
 @pytest.fixture(autouse=True)
@@ -15,22 +16,13 @@ def fresh_dynamo():
     dynamo.reset()
 
 
-def _flow(learn_alpha: bool = False) -> LUNet:
-    torch.manual_seed(0)
-    flow = LUNet(6, 3, init="random", init_scale=1.0, learn_alpha=learn_alpha)
-    with torch.no_grad():
-        for block in flow.blocks:
-            block.bias.normal_()
-    return flow
-
-
 def _explain(fn, *args):
     return dynamo.explain(fn)(*args)
 
 
 @pytest.mark.parametrize("learn_alpha", [False, True], ids=["fixed-slope", "learned-slope"])
 def test_log_prob_and_the_loss_gradient_trace_as_one_graph(learn_alpha):
-    flow = _flow(learn_alpha)
+    flow = random_bias_flow(learn_alpha)
     x = torch.randn(32, 6)
     explanation = _explain(lambda x: -flow.log_prob(x).mean(), x)
     assert explanation.graph_break_count == 0, explanation.break_reasons
@@ -38,7 +30,7 @@ def test_log_prob_and_the_loss_gradient_trace_as_one_graph(learn_alpha):
 
 
 def test_sample_traces_as_one_graph():
-    flow = _flow()
+    flow = random_bias_flow()
     explanation = _explain(lambda n: flow.sample((n,)), 5)
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
@@ -46,7 +38,7 @@ def test_sample_traces_as_one_graph():
 def test_a_snapshots_passes_off_the_cpu_trace_as_one_graph_and_compute_the_eager_results():
     # off the CPU a snapshot reads nothing back (sync_free, switched on here); its plans and
     # inverse tables are built by a first eager call, which a compiled pass then finds made
-    frozen = _flow().frozen()
+    frozen = random_bias_flow().frozen()
     frozen.sync_free = True
     x = torch.randn(20, 6)
     eager_lp, eager_x = frozen.log_prob(x), frozen.inverse(x)[0]
@@ -67,7 +59,7 @@ def test_a_composition_traces_as_one_graph_both_ways():
 
 
 def test_a_compiled_training_step_matches_the_eager_one():
-    eager, compiled = _flow(), _flow()
+    eager, compiled = random_bias_flow(), random_bias_flow()
     loss_fn = torch.compile(lambda x: -compiled.log_prob(x).mean(), backend="aot_eager", fullgraph=True)
     x = torch.randn(32, 6)
     loss_e = -eager.log_prob(x).mean()
@@ -80,7 +72,7 @@ def test_a_compiled_training_step_matches_the_eager_one():
 
 
 def test_compiled_sampling_inverts_the_compiled_density_pass():
-    flow = _flow()
+    flow = random_bias_flow()
     inverse = torch.compile(flow.inverse, backend="aot_eager", fullgraph=True)
     forward = torch.compile(flow.forward, backend="aot_eager", fullgraph=True)
     z = torch.randn(20, 6)
