@@ -69,7 +69,8 @@ def measure(features: int, rows: int, rounds: int, blocks: int = 4) -> dict[str,
     def before(data: torch.Tensor, plain_pass: Callable) -> Callable[[], object]:
         def run() -> object:
             with torch.no_grad():
-                return plain_pass(*cond._rows(data, labels, "input")[:3])
+                rows, params, _ = cond._rows(data, labels, "input")
+                return plain_pass(rows, *params)
         return run
 
     times = _alternate({

@@ -14,6 +14,10 @@ import lunet
 from lunet import ConditionalFlowDistribution, ConditionalLUNet, FrozenConditionalLUNet, LUNet
 
 D, DC = 3, 2
+# the two activations, as a parameter of the contract tests: the leaky softplus, and splines whose
+# knots the context network gives
+SPLINE = {"activation": "spline", "bins": 6}
+ACTIVATIONS = pytest.mark.parametrize("act", [{}, SPLINE], ids=["leaky_softplus", "spline"])
 
 
 def _perturbed(flow: ConditionalLUNet, seed: int = 1, scale: float = 0.3) -> ConditionalLUNet:
@@ -41,9 +45,10 @@ def randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> tor
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
+@ACTIVATIONS
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-4)], ids=["float64", "float32"])
-def test_the_inverse_is_exact_for_every_context(dtype, tol):
-    flow = make_flow(dtype)
+def test_the_inverse_is_exact_for_every_context(dtype, tol, act):
+    flow = make_flow(dtype, **act)
     x, c = randn(6, D, dtype=dtype), randn(6, DC, seed=1, dtype=dtype)
     z, logdet = flow(x, c)
     assert z.shape == (6, D) and logdet.shape == (6,) and z.dtype == dtype
@@ -57,9 +62,10 @@ def test_the_inverse_is_exact_for_every_context(dtype, tol):
     assert (flow(x, c.flip(0))[0] - z).abs().max() > 1e-3
 
 
+@ACTIVATIONS
 @pytest.mark.parametrize("kind", ["vectors", "labels"])
-def test_the_log_det_is_that_of_the_jacobian_for_each_context(kind):
-    flow = make_flow(num_classes=4) if kind == "labels" else make_flow()
+def test_the_log_det_is_that_of_the_jacobian_for_each_context(kind, act):
+    flow = make_flow(num_classes=4, **act) if kind == "labels" else make_flow(**act)
     contexts = [torch.tensor(k) for k in range(4)] if kind == "labels" else list(randn(3, DC, seed=3))
     x = randn(D, seed=4)
     for c in contexts:
@@ -80,8 +86,9 @@ def test_a_new_flow_is_the_unconditional_lunet_of_its_layers_for_every_context()
         torch.testing.assert_close(flow.log_prob(x, c), plain.log_prob(x), rtol=1e-12, atol=1e-12)
 
 
-def test_inputs_and_contexts_broadcast_as_torch_does():
-    flow = make_flow()
+@ACTIVATIONS
+def test_inputs_and_contexts_broadcast_as_torch_does(act):
+    flow = make_flow(**act)
     x, c = randn(4, D), randn(4, DC, seed=1)
     per_row = torch.stack([flow.log_prob(x[i], c[i]) for i in range(4)])
     torch.testing.assert_close(flow.log_prob(x, c), per_row, rtol=1e-12, atol=1e-12)
@@ -105,8 +112,9 @@ def test_inputs_and_contexts_broadcast_as_torch_does():
     torch.testing.assert_close(back, x[:2, None].expand(2, 4, D), rtol=1e-10, atol=1e-10)
 
 
-def test_integer_labels_are_embedded():
-    flow = make_flow(num_classes=5)
+@ACTIVATIONS
+def test_integer_labels_are_embedded(act):
+    flow = make_flow(num_classes=5, **act)
     x = randn(6, D)
     labels = torch.tensor([0, 1, 2, 3, 4, 1])
     lp = flow.log_prob(x, labels)
@@ -136,8 +144,9 @@ def test_an_embedding_network_for_large_contexts_learns_with_the_flow():
     torch.testing.assert_close(flow.inverse(z, images)[0], x, rtol=1e-10, atol=1e-10)
 
 
-def test_gradients_reach_a_floating_context():
-    flow = make_flow()
+@ACTIVATIONS
+def test_gradients_reach_a_floating_context(act):
+    flow = make_flow(**act)
     c = randn(4, DC, seed=1).requires_grad_()
     flow.log_prob(randn(4, D), c).sum().backward()
     assert c.grad.abs().sum() > 0
@@ -146,8 +155,9 @@ def test_gradients_reach_a_floating_context():
     assert c.grad.abs().sum() > 0
 
 
-def test_the_distribution_face():
-    flow = make_flow()
+@ACTIVATIONS
+def test_the_distribution_face(act):
+    flow = make_flow(**act)
     c = randn(4, DC, seed=1)
     dist = flow(c)
     assert isinstance(dist, torch.distributions.Distribution) and isinstance(dist, ConditionalFlowDistribution)
@@ -172,9 +182,10 @@ def test_the_distribution_face():
         flow.distribution(c, temperature=-1.0)
 
 
+@ACTIVATIONS
 @pytest.mark.parametrize("kind", ["vectors", "labels"])
-def test_the_snapshot_is_the_flow_until_the_flow_changes(kind):
-    flow = make_flow(num_classes=4) if kind == "labels" else make_flow()
+def test_the_snapshot_is_the_flow_until_the_flow_changes(kind, act):
+    flow = make_flow(num_classes=4, **act) if kind == "labels" else make_flow(**act)
     c = torch.tensor([0, 3, 1, 2]) if kind == "labels" else randn(4, DC, seed=1)
     frozen = flow.frozen()
     assert isinstance(frozen, FrozenConditionalLUNet)
@@ -199,9 +210,11 @@ def test_the_snapshot_is_the_flow_until_the_flow_changes(kind):
     assert torch.equal(frozen.log_prob(x, c), before)
 
 
-def test_the_density_integrates_to_one_for_several_contexts():
+@ACTIVATIONS
+def test_the_density_integrates_to_one_for_several_contexts(act):
     torch.manual_seed(0)
-    flow = _perturbed(ConditionalLUNet(2, 1, 2, hidden=8, alpha=0.5, init_scale=0.5).double(), seed=3, scale=0.15)
+    flow = _perturbed(ConditionalLUNet(2, 1, 2, hidden=8, alpha=0.5, init_scale=0.5, **act).double(), seed=3,
+                      scale=0.15)
     side = torch.linspace(-15.0, 15.0, 301, dtype=torch.float64)
     grid = torch.stack(torch.meshgrid(side, side, indexing="ij"), dim=-1).reshape(-1, 1, 2)
     contexts = torch.tensor([[-2.0], [0.0], [1.5]], dtype=torch.float64)
@@ -246,10 +259,72 @@ def test_training_learns_the_condition():
     torch.testing.assert_close(drawn.mean(0), torch.tensor([[-2.0, 1.0], [2.0, -1.0]]), rtol=0, atol=0.25)
 
 
-def test_torch_func_and_higher_derivatives():
+def test_spline_activations_bend_each_coordinate_as_the_context_asks():
+    """x | c for two labels: c = 0 two narrow modes at +-1.5, c = 1 one wide mode at 0. Shifts and scales
+    of a context cannot split one mode into two; splines whose knots the context gives can."""
+    gen = torch.Generator().manual_seed(0)
+
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        c = torch.randint(0, 2, (n,), generator=gen)
+        sign = torch.randint(0, 2, (n,), generator=gen) * 2 - 1
+        wide, narrow = 0.5 * torch.randn(n, generator=gen), 1.5 * sign + 0.25 * torch.randn(n, generator=gen)
+        return torch.where(c == 0, narrow, wide)[:, None], c
+
+    def true_log_prob(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        modes = torch.stack([torch.distributions.Normal(m, 0.25).log_prob(x[:, 0]) for m in (-1.5, 1.5)])
+        return torch.where(c == 0, torch.logsumexp(modes, 0) - math.log(2),
+                           torch.distributions.Normal(0.0, 0.5).log_prob(x[:, 0]))
+
+    x, c = draw(4000)
+    x_test, c_test = draw(4000)
+    nll = {}
+    for name, act in (("leaky_softplus", {}), ("spline", SPLINE | {"bins": 8})):
+        torch.manual_seed(0)
+        flow = ConditionalLUNet(1, 4, 3, hidden=32, num_classes=2, **act).standardize(x)
+        optimizer = torch.optim.Adam(flow.parameters(), lr=1e-2)
+        for step in range(300):
+            batch = torch.randint(0, 4000, (256,), generator=gen)
+            loss = -flow.log_prob(x[batch], c[batch]).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            nll[name] = -flow.log_prob(x_test, c_test).mean().item()
+    truth = -true_log_prob(x_test, c_test).mean().item()
+    assert nll["spline"] < truth + 0.1, (nll, truth)
+    assert nll["leaky_softplus"] > nll["spline"] + 0.3, (nll, truth)
+    with torch.no_grad():  # the last flow trained is the spline's: label 0's draws avoid the gap between its modes
+        draws = flow.sample(4000, torch.tensor([0, 1]))
+    assert (draws[:, 0].abs() < 0.5).double().mean() < 0.02
+    assert (draws[:, 1].abs() < 0.5).double().mean() > 0.5
+
+
+def test_a_new_spline_flow_is_its_lu_layers_alone_for_every_context():
+    torch.manual_seed(3)
+    flow = ConditionalLUNet(D, DC, 3, **SPLINE).double()
+    x = randn(5, D)
+    h, logdet = flow.input_standardize(x)
+    for block in flow.blocks:
+        h, ld = block(h)
+        logdet = logdet + ld
+    for c in randn(3, DC, seed=1):
+        z, got = flow(x, c)
+        torch.testing.assert_close(z, h, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got, logdet, rtol=1e-12, atol=1e-12)
+    # the spline's outputs of the context network: (blocks - 1) x features x (3 bins - 1)
+    assert flow.conditioner[-1].out_features == 3 * 2 * D + 2 * D * (3 * 6 - 1)
+    assert "activation=spline, bins=6" in repr(flow) and "spline activations" in repr(flow.frozen())
+    for kwargs, match in (({"activation": "relu"}, "activation must be one of"), ({**SPLINE, "bins": 0}, "bins"),
+                          ({**SPLINE, "bound": 0.0}, "bound must lie in")):
+        with pytest.raises(ValueError, match=match):
+            ConditionalLUNet(D, DC, 2, **kwargs)
+
+
+@ACTIVATIONS
+def test_torch_func_and_higher_derivatives(act):
     from torch.func import grad, jacrev, vmap
 
-    flow = make_flow()
+    flow = make_flow(**act)
     x, c = randn(5, D), randn(5, DC, seed=1)
     jac = jacrev(lambda v: flow(v, c[0])[0])(x[0])
     torch.testing.assert_close(jac, torch.autograd.functional.jacobian(lambda v: flow(v, c[0])[0], x[0]))
@@ -268,10 +343,11 @@ def test_torch_func_and_higher_derivatives():
     assert all(p.grad is not None for p in flow.conditioner.parameters())
 
 
-def test_log_prob_and_sample_compile_without_graph_breaks():
+@ACTIVATIONS
+def test_log_prob_and_sample_compile_without_graph_breaks(act):
     dynamo.reset()
     try:
-        flow = make_flow(torch.float32)
+        flow = make_flow(torch.float32, **act)
         x, c = randn(8, D, dtype=torch.float32), randn(8, DC, seed=1, dtype=torch.float32)
         explanation = dynamo.explain(lambda x, c: -flow.log_prob(x, c).mean())(x, c)
         assert explanation.graph_break_count == 0, explanation.break_reasons
@@ -426,8 +502,9 @@ def test_float32_at_width_64_is_as_close_to_the_float64_flow_as_the_module_is():
     x = flow.sample(1, c, generator=gen).squeeze(0).detach()
     frozen = flow.frozen()
     with torch.no_grad():
-        rows, log_scale, shift, _ = flow._rows(x, c, "input")
-        want = exact.forward_rows(*exact._rows(x.double(), c.double(), "input")[:3])
+        rows, (log_scale, shift, _), _ = flow._rows(x, c, "input")
+        exact_rows, exact_params, _ = exact._rows(x.double(), c.double(), "input")
+        want = exact.forward_rows(exact_rows, *exact_params)
         passes = {"fast": frozen.forward_rows(rows, log_scale, shift),
                   "plain": frozen.plain_forward_rows(rows, log_scale, shift),
                   "module": flow.forward_rows(rows, log_scale, shift)}
@@ -448,7 +525,7 @@ def test_a_pre_activation_beyond_the_fast_activations_range_is_redone_exactly():
     x = torch.randn(8, 6, generator=torch.Generator().manual_seed(3))
     frozen = flow.frozen()
     with torch.no_grad():
-        rows, log_scale, shift, _ = flow._rows(x, c, "input")
+        rows, (log_scale, shift, _), _ = flow._rows(x, c, "input")
         assert float(shift[:, 0, 0].min()) > 100  # where log sigmoid(-u) leaves the normal numbers
         z, logdet = frozen.forward_rows(rows, log_scale, shift)
         want_z, want_logdet = frozen.plain_forward_rows(rows, log_scale, shift)

@@ -24,11 +24,15 @@ def _pairs(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return theta, x
 
 
-def test_the_builder_trains_inside_sbi_and_its_posterior_beats_the_prior():
+ACTIVATIONS = pytest.mark.parametrize("act", [{}, {"activation": "spline"}], ids=["leaky_softplus", "spline"])
+
+
+@ACTIVATIONS
+def test_the_builder_trains_inside_sbi_and_its_posterior_beats_the_prior(act):
     torch.manual_seed(0)
     theta, x = _pairs(1000)
     prior = torch.distributions.Independent(torch.distributions.Normal(torch.full((3,), 5.0), 0.5), 1)
-    inference = NPE(prior, density_estimator=lunet_nn(num_blocks=3, hidden=32), show_progress_bars=False)
+    inference = NPE(prior, density_estimator=lunet_nn(num_blocks=3, hidden=32, **act), show_progress_bars=False)
     estimator = inference.append_simulations(theta, x).train(max_num_epochs=40)
     assert isinstance(estimator, LUNetPosteriorEstimator)
     posterior = inference.build_posterior()
@@ -43,9 +47,10 @@ def test_the_builder_trains_inside_sbi_and_its_posterior_beats_the_prior():
     assert (draws.median(0).values - theta_o[0]).abs().max() < 0.6
 
 
-def test_shapes_follow_sbi():
+@ACTIVATIONS
+def test_shapes_follow_sbi(act):
     theta, x = _pairs(50)
-    est = build_lunet(theta, x, num_blocks=2, hidden=8)
+    est = build_lunet(theta, x, num_blocks=2, hidden=8, **act)
     assert est.sample((7,), x[:4]).shape == (7, 4, 3)
     assert est.sample((2, 5), x[:1]).shape == (2, 5, 1, 3)
     assert est.log_prob(theta[:4], x[:4]).shape == (1, 4)

@@ -2,14 +2,16 @@
 
 The ``L`` and ``U`` of each block are shared by every context; what depends on the context is
 cheap and elementwise. After each LU layer a per-feature log-scale ``s_i(c)`` and shift
-``t_i(c)``, given by one small network of the (embedded) context, act on the features, and the
-leaky softplus ``f`` (fixed slope) follows every block but the last::
+``t_i(c)``, given by one small network of the (embedded) context, act on the features, and an
+elementwise activation ``f_i`` follows every block but the last::
 
-    h_i = f(exp(s_i(c)) * (L_i U_i h_{i-1} + b_i) + t_i(c))
+    h_i = f_i(exp(s_i(c)) * (L_i U_i h_{i-1} + b_i) + t_i(c))
 
-So the inverse stays exact (two triangular solves per block, the closed-form elementwise
-inverses) and the log-determinant exact for every context:
-``sum_i (log|det L_i U_i| + sum_j s_ij(c)) + sum log f'``.
+``f_i`` is the leaky softplus (fixed slope), or with ``activation="spline"`` a monotone
+rational-quadratic spline per feature whose knots the same context network gives, so that the
+context bends each coordinate as well as moving and scaling it. The inverse stays exact (two
+triangular solves per block, the closed-form elementwise inverses) and the log-determinant exact
+for every context: ``sum_i (log|det L_i U_i| + sum_j s_ij(c)) + sum log f_i'``.
 
 Conventions as for every lunet flow: the data side maps to the latent side in ``forward``;
 inputs ``x`` (..., features) and contexts ``c`` (..., context_features) broadcast against each
@@ -41,15 +43,24 @@ from lunet.frozen import FrozenLUNet, under_vmap
 from lunet.functional import leaky_softplus, leaky_softplus_inverse, leaky_softplus_log_derivative, solve_scaled
 from lunet.latent import LOG_2PI, latent_draws, standard_normal_log_prob
 from lunet.layers import LeakySoftplus, LULinear
+from lunet.fast.spline import spline_forward_plain, spline_inverse_plain
 from lunet.limits import check_positive_int
+from lunet.spline import IDENTITY_SLOPE, check_spline_size, knot_tables
 from lunet.standardize import Standardize
 
-__all__ = ["ConditionalLUNet", "ConditionalFlowDistribution", "FrozenConditionalLUNet"]
+__all__ = ["CONDITIONAL_ACTIVATIONS", "ConditionalLUNet", "ConditionalFlowDistribution", "FrozenConditionalLUNet"]
+
+CONDITIONAL_ACTIVATIONS = ("leaky_softplus", "spline")
+
+# A context's parameters, each with the context's leading shape: log-scales and shifts
+# (..., num_blocks, D), and for spline activations the knot tables (..., num_blocks - 1, 3, D, K + 1)
+# (knots in x, knots in y, slopes there), None for the leaky softplus.
+Params = tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]
 
 
 class _ConditionalDensity:
     """``log_prob``, ``sample`` and ``distribution`` of a conditional flow and of its snapshot, over
-    their ``forward``, ``inverse_rows``, ``_params`` (the context's log-scales and shifts) and ``reference``."""
+    their ``forward``, ``inverse_rows``, ``_params`` (the context's :data:`Params`) and ``reference``."""
 
     features: int
 
@@ -70,12 +81,12 @@ class _ConditionalDensity:
 
     def _draw(self, sample_shape: int | Sequence[int], c: torch.Tensor, temperature: float,
               generator: Optional[torch.Generator]) -> torch.Tensor:
-        log_scale, shift = self._params(c)
-        batch = sample_shape_of(sample_shape) + log_scale.shape[:-2]
+        params = self._params(c)
+        batch = sample_shape_of(sample_shape) + params[0].shape[:-2]
         ref = self.reference()
         z, _ = latent_draws(batch, self.features, temperature, ref.dtype, ref.device, generator)
-        _, log_scale, shift, _ = _broadcast_rows(z.view(*batch, self.features), log_scale, shift, "draws")
-        return self.inverse_rows(z, log_scale, shift)[0].view(*batch, self.features)
+        _, params, _ = _broadcast_rows(z.view(*batch, self.features), params, "draws")
+        return self.inverse_rows(z, *params)[0].view(*batch, self.features)
 
     def distribution(
         self, c: torch.Tensor, temperature: float = 1.0, validate_args: Optional[bool] = None
@@ -87,7 +98,8 @@ class _ConditionalDensity:
 
 
 class ConditionalLUNet(_ConditionalDensity, nn.Module):
-    """LU-Net of ``p(x | c)``: shared LU layers, a per-feature affine map of the context after each.
+    """LU-Net of ``p(x | c)``: shared LU layers, a per-feature affine map of the context after each,
+    and an activation after each but the last (the leaky softplus, or a spline the context shapes).
 
     Args:
         features: width ``D`` of the data vectors.
@@ -95,20 +107,25 @@ class ConditionalLUNet(_ConditionalDensity, nn.Module):
             ``num_classes`` the width of the labels' embedding, with ``embedding`` the width of
             the embedding network's output.
         num_blocks: LU layers, each followed by its context's shift and log-scale, and by the
-            leaky softplus but the last.
+            activation but the last.
         hidden: widths of the context network's hidden layers (an int: two layers of that width).
         num_classes: contexts are integer class labels of shape (...) in ``[0, num_classes)``,
             embedded by an ``nn.Embedding(num_classes, context_features)`` learned with the flow.
         embedding: any ``nn.Module`` mapping raw contexts (..., anything) to
             (..., context_features), trained with the flow (for images, long series, sets).
-        alpha: the leaky softplus's slope, fixed.
+        alpha: the leaky softplus's slope, fixed (unused by splines).
+        activation: ``"leaky_softplus"``, or ``"spline"``: per feature a monotone rational-quadratic
+            spline of ``bins`` bins on ``[-bound, bound]`` (the identity outside, as
+            :class:`~lunet.spline.MonotoneSpline`) whose knots and slopes the context network gives
+            (``3 * bins - 1`` outputs per feature and activation).
         diag, init, init_scale: as for :class:`~lunet.LULinear`.
         max_log_scale: the context's log-scales are ``m * tanh(raw / m)``, so no context
             scales a feature by more than ``exp(m)`` per block (a smooth bound: training cannot
             blow a block up).
 
     The context network's last layer starts at zero, so a new flow is the unconditional LU-Net
-    of its LU layers for every context. Calls: ``flow(x, c)`` is ``forward(x, c)`` and returns
+    of its LU layers for every context (with splines: its LU layers alone, the splines starting
+    as the identity). Calls: ``flow(x, c)`` is ``forward(x, c)`` and returns
     ``(z, log|det dz/dx|)``; ``flow(c)`` with one argument returns the distribution ``p(. | c)``
     (:meth:`distribution`), as zuko's flows do.
     """
@@ -126,6 +143,9 @@ class ConditionalLUNet(_ConditionalDensity, nn.Module):
         init: str = "random",
         init_scale: float = 0.1,
         max_log_scale: float = 3.0,
+        activation: str = "leaky_softplus",
+        bins: int = 8,
+        bound: float = 5.0,
     ) -> None:
         super().__init__()
         features = check_positive_int(features, "features")
@@ -143,6 +163,10 @@ class ConditionalLUNet(_ConditionalDensity, nn.Module):
         ):
             raise ValueError(f"max_log_scale must be a positive finite number, got {max_log_scale!r}")
         self.max_log_scale = float(max_log_scale)
+        if activation not in CONDITIONAL_ACTIVATIONS:
+            raise ValueError(f"activation must be one of {CONDITIONAL_ACTIVATIONS}, got {activation!r}")
+        # the spline's size, None for the leaky softplus
+        self.spline: Optional[tuple[int, float]] = check_spline_size(bins, bound) if activation == "spline" else None
         self.num_classes = None if num_classes is None else check_positive_int(num_classes, "num_classes")
         self.label_embedding = None if num_classes is None else nn.Embedding(num_classes, context_features)
         self.embedding = embedding
@@ -158,7 +182,8 @@ class ConditionalLUNet(_ConditionalDensity, nn.Module):
         for width in widths:
             layers += [nn.Linear(width_in, width), nn.SiLU()]  # smooth, so higher derivatives exist
             width_in = width
-        last = nn.Linear(width_in, num_blocks * 2 * features)
+        spline_width = 0 if self.spline is None else (num_blocks - 1) * features * (3 * self.spline[0] - 1)
+        last = nn.Linear(width_in, num_blocks * 2 * features + spline_width)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         self.conditioner = nn.Sequential(*layers, last)
@@ -205,8 +230,9 @@ class ConditionalLUNet(_ConditionalDensity, nn.Module):
         linear branch), with the context network still at zero. ``context`` (N, context_features)
         of vector contexts also fixes the context standardisation, as :meth:`standardize` does."""
         first = self.blocks[0]
+        spline = {} if self.spline is None else {"activation": "spline", "bins": self.spline[0], "bound": self.spline[1]}
         start = LUNet(self.features, self.num_blocks, alpha=self.activation._fixed_alpha, diag=first.diag_mode,
-                      init="identity").to(self.reference())
+                      init="identity", **spline).to(self.reference())
         start.init_gaussian(data, shift, ridge)
         self.input_standardize.load_state_dict(start.input_standardize.state_dict())
         for mine, theirs in zip(self.blocks, start.blocks):
@@ -267,7 +293,8 @@ class ConditionalLUNet(_ConditionalDensity, nn.Module):
                    else "an embedding network" if self.embedding is not None
                    else f"contexts of width {self.context_features}")
         blocks = f"{self.num_blocks} block{'' if self.num_blocks == 1 else 's'}"
-        return f"features {self.features}, {blocks}, {context}"
+        spline = "" if self.spline is None else f", spline activations of {self.spline[0]} bins"
+        return f"features {self.features}, {blocks}, {context}{spline}"
 
     # -- the context ---------------------------------------------------------
     def embed(self, c: object) -> torch.Tensor:
@@ -317,21 +344,26 @@ class ConditionalLUNet(_ConditionalDensity, nn.Module):
                 return self.embed(c).shape[:-1]
         return check_features(c, self.context_features, "context", like=self.reference()).shape[:-1]
 
-    def _params(self, c: object) -> tuple[torch.Tensor, torch.Tensor]:
-        """The context's log-scales and shifts, each (..., num_blocks, features)."""
-        h = self.embed(c)
-        out = self.conditioner(h).unflatten(-1, (self.num_blocks, 2, self.features))
+    def _params(self, c: object) -> Params:
+        """The context's log-scales and shifts, each (..., num_blocks, features), and spline knot tables
+        (..., num_blocks - 1, 3, features, bins + 1) or None (see :data:`Params`)."""
+        out = self.conditioner(self.embed(c))
+        affine_width = self.num_blocks * 2 * self.features
+        affine = out[..., :affine_width].unflatten(-1, (self.num_blocks, 2, self.features))
         m = self.max_log_scale
-        return m * torch.tanh(out[..., 1, :] / m), out[..., 0, :]
+        log_scale, shift = m * torch.tanh(affine[..., 1, :] / m), affine[..., 0, :]
+        if self.spline is None:
+            return log_scale, shift, None
+        bins, bound = self.spline
+        raw = out[..., affine_width:].unflatten(-1, (self.num_blocks - 1, self.features, 3 * bins - 1))
+        tables = knot_tables(raw[..., :bins], raw[..., bins:2 * bins], raw[..., 2 * bins:] + IDENTITY_SLOPE, bound)
+        return log_scale, shift, torch.stack(tables, dim=-3)
 
-    def _rows(
-        self, x: torch.Tensor, c: object, name: str
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Size]:
-        """``x`` and the context's parameters as rows of the broadcast leading shape: x (B, D), log-scales
-        and shifts (B, num_blocks, D), or (1, num_blocks, D) for one context shared by every row."""
+    def _rows(self, x: torch.Tensor, c: object, name: str) -> tuple[torch.Tensor, Params, torch.Size]:
+        """``x`` and the context's parameters as rows of the broadcast leading shape: x (B, D) and each
+        parameter (B, ...), or (1, ...) for one context shared by every row."""
         check_features(x, self.features, name, like=self.reference())
-        log_scale, shift = self._params(c)
-        return _broadcast_rows(x, log_scale, shift, name)
+        return _broadcast_rows(x, self._params(c), name)
 
     # -- the maps ------------------------------------------------------------
     def forward(
@@ -343,22 +375,23 @@ class ConditionalLUNet(_ConditionalDensity, nn.Module):
         ``flow(c)``, with one argument: the distribution ``p(. | c)`` (:meth:`distribution`)."""
         if c is None:
             return self.distribution(x)
-        rows, log_scale, shift, batch = self._rows(x, c, "input")
-        z, logdet = self.forward_rows(rows, log_scale, shift)
+        rows, params, batch = self._rows(x, c, "input")
+        z, logdet = self.forward_rows(rows, *params)
         return z.view(*batch, self.features), logdet.reshape(batch)
 
     def inverse(self, z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``z`` (..., features) and ``c`` broadcast to leading shape (...) -> ``x`` (..., features),
         exact (triangular solves, closed-form elementwise inverses), and ``log|det dx/dz|`` (...)."""
-        rows, log_scale, shift, batch = self._rows(z, c, "input")
-        x, logdet = self.inverse_rows(rows, log_scale, shift)
+        rows, params, batch = self._rows(z, c, "input")
+        x, logdet = self.inverse_rows(rows, *params)
         return x.view(*batch, self.features), logdet.reshape(batch)
 
     def forward_rows(
-        self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor
+        self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Checked rows ``x`` (B, D), the context's log-scales and shifts (B or 1, num_blocks, D) ->
-        ``z`` (B, D), ``log|det dz/dx|`` (B,)."""
+        """Checked rows ``x`` (B, D), the context's log-scales and shifts (B or 1, num_blocks, D) and
+        spline knot tables (B or 1, num_blocks - 1, 3, D, bins + 1) or None -> ``z`` (B, D),
+        ``log|det dz/dx|`` (B,)."""
         h, logdet = self.input_standardize.forward_rows(x)
         scale = torch.exp(log_scale)
         last = self.num_blocks - 1
@@ -367,13 +400,14 @@ class ConditionalLUNet(_ConditionalDensity, nn.Module):
             logdet = logdet + ld
             h = torch.addcmul(shift[:, i], h, scale[:, i])
             if i < last:
-                h, ld = self.activation.forward_rows(h)
+                h, ld = (self.activation.forward_rows(h) if knots is None
+                         else spline_forward_plain(h, *knots[:, i].unbind(-3), self.spline[1]))
                 logdet = logdet + ld
         logdet = logdet + log_scale.sum(dim=(-2, -1))
         return h, logdet.expand(x.shape[0])
 
     def inverse_rows(
-        self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor
+        self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The inverse of :meth:`forward_rows`: ``x`` (B, D) and ``log|det dx/dz|`` (B,)."""
         inv_scale = torch.exp(-log_scale)
@@ -381,7 +415,8 @@ class ConditionalLUNet(_ConditionalDensity, nn.Module):
         last = self.num_blocks - 1
         for i in range(last, -1, -1):
             if i < last:
-                h, ld = self.activation.inverse_rows(h)
+                h, ld = (self.activation.inverse_rows(h) if knots is None
+                         else spline_inverse_plain(h, *knots[:, i].unbind(-3), self.spline[1]))
                 logdet = logdet + ld
             h = (h - shift[:, i]) * inv_scale[:, i]
             h, ld = self.blocks[i].inverse_rows(h)
@@ -408,27 +443,26 @@ class ConditionalLUNet(_ConditionalDensity, nn.Module):
     def extra_repr(self) -> str:
         context = (f"num_classes={self.num_classes}" if self.num_classes is not None
                    else "embedding" if self.embedding is not None else "vectors")
+        spline = "" if self.spline is None else f", activation=spline, bins={self.spline[0]}, bound={self.spline[1]:g}"
         return (f"features={self.features}, context_features={self.context_features}, "
-                f"num_blocks={self.num_blocks}, context={context}")
+                f"num_blocks={self.num_blocks}, context={context}{spline}")
 
 
-def _broadcast_rows(
-    x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, name: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Size]:
-    """``x`` (..., D) and the parameters (..., K, D) broadcast over their leading shapes, as rows."""
-    x_lead, c_lead = x.shape[:-1], log_scale.shape[:-2]
+def _broadcast_rows(x: torch.Tensor, params: Params, name: str) -> tuple[torch.Tensor, Params, torch.Size]:
+    """``x`` (..., D) and the context's :data:`Params` broadcast over their leading shapes, as rows."""
+    x_lead, c_lead = x.shape[:-1], params[0].shape[:-2]
     try:
         batch = torch.broadcast_shapes(x_lead, c_lead)
     except RuntimeError:
         raise ValueError(f"{name}'s leading shape {tuple(x_lead)} and the context's {tuple(c_lead)} do not "
                          f"broadcast against each other") from None
     rows = x.expand(*batch, x.shape[-1]).reshape(-1, x.shape[-1])
-    tail = log_scale.shape[-2:]
+    n = len(c_lead)
     if c_lead.numel() == 1:
         # one context for every row: its parameters broadcast in the elementwise ops, uncopied
-        return rows, log_scale.reshape(1, *tail), shift.reshape(1, *tail), batch
-    return (rows, log_scale.expand(*batch, *tail).reshape(-1, *tail), shift.expand(*batch, *tail).reshape(-1, *tail),
-            batch)
+        return rows, tuple(None if p is None else p.reshape(1, *p.shape[n:]) for p in params), batch
+    return rows, tuple(None if p is None else p.expand(*batch, *p.shape[n:]).reshape(-1, *p.shape[n:])
+                       for p in params), batch
 
 
 class ConditionalFlowDistribution(FlowDistributionBase):
@@ -511,17 +545,21 @@ class FrozenConditionalLUNet(_ConditionalDensity):
             self.mean, self.std = standardize.mean.clone(), standardize.std.clone()
             self.log_abs_det = sum(block.log_abs_det() for block in self._flow.blocks) - torch.log(self.std).sum()
             # the unconditional snapshot of the same LU layers lends its folded matrices: the context's
-            # affine maps sit between its products and its activations
-            flow_parts = [self._flow.input_standardize]
-            for i, block in enumerate(self._flow.blocks):
-                flow_parts += [block] if i == 0 else [self._flow.activation, block]
-            self._shared = FrozenLUNet(flow_parts)
-            # a label's log-scales and shifts are the same at every call: formed once per class
+            # affine maps sit between its products and its activations (the leaky softplus's; splines
+            # whose knots change with the context take the plain passes)
+            self._shared = None
+            if self._flow.spline is None:
+                flow_parts = [self._flow.input_standardize]
+                for i, block in enumerate(self._flow.blocks):
+                    flow_parts += [block] if i == 0 else [self._flow.activation, block]
+                self._shared = FrozenLUNet(flow_parts)
+            # a label's parameters are the same at every call: formed once per class
             self._label_params = None
             if self._flow.label_embedding is not None:
                 labels = torch.arange(self._flow.num_classes, device=self.std.device)
                 self._label_params = self._flow._params(labels)
         self.alpha = self._flow.activation._fixed_alpha
+        self.spline = self._flow.spline
         self.features = self._flow.features
         self.context_features = self._flow.context_features
         self.num_classes = self._flow.num_classes
@@ -543,13 +581,13 @@ class FrozenConditionalLUNet(_ConditionalDensity):
         return self._flow.context_shape(c)
 
     def forward_rows(
-        self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor
+        self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """As :meth:`ConditionalLUNet.forward_rows`: the unconditional snapshot's folded products
         (:meth:`~lunet.frozen.FrozenLUNet._forward_plan`, which return negated pre-activations
         but the last) with the context's affine maps between them and its fused activations."""
-        if under_vmap():
-            return self.plain_forward_rows(x, log_scale, shift)
+        if under_vmap() or self._shared is None:
+            return self.plain_forward_rows(x, log_scale, shift, knots)
         return self._fast_forward_rows(x, log_scale, shift, exact=self._shared.sync_free)
 
     def _fast_forward_rows(
@@ -577,28 +615,31 @@ class FrozenConditionalLUNet(_ConditionalDensity):
         return u.mul_(scale[:, last]).add_(shift[:, last]), logdet.expand(x.shape[0])
 
     def plain_forward_rows(
-        self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor
+        self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`forward_rows` in plain ops, block by block (under ``torch.func.vmap``)."""
+        """:meth:`forward_rows` in plain ops, block by block (under ``torch.func.vmap``, and for splines)."""
         h = (x - self.mean) / self.std
         scale = torch.exp(log_scale)
         logdet = self.log_abs_det + log_scale.sum(dim=(-2, -1))
         last = len(self.weights) - 1
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             h = torch.addmm(bias, h, weight).mul_(scale[:, i]).add_(shift[:, i])
-            if i < last:
+            if i < last and knots is not None:
+                h, ld = spline_forward_plain(h, *knots[:, i].unbind(-3), self.spline[1])
+                logdet = logdet + ld
+            elif i < last:
                 logdet = logdet + leaky_softplus_log_derivative(h, self.alpha).sum(dim=-1)
                 h = leaky_softplus(h, self.alpha)
         return h, logdet.expand(x.shape[0])
 
     def inverse_rows(
-        self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor
+        self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """As :meth:`ConditionalLUNet.inverse_rows`: the context's affine maps undone before each of
         the unconditional snapshot's folded inverse products
         (:meth:`~lunet.frozen.FrozenLUNet._inverse_plan`), and its tabled activation inverses."""
-        if under_vmap():
-            return self.plain_inverse_rows(z, log_scale, shift)
+        if under_vmap() or self._shared is None:
+            return self.plain_inverse_rows(z, log_scale, shift, knots)
         layers, alphas, tables = self._shared._inverse_plan()
         inv_scale = torch.exp(-log_scale)
         last = len(layers) - 1
@@ -615,14 +656,17 @@ class FrozenConditionalLUNet(_ConditionalDensity):
         return h, (const if logdet is None else const - logdet).expand(z.shape[0])
 
     def plain_inverse_rows(
-        self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor
+        self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`inverse_rows` in plain ops, block by block (under ``torch.func.vmap``)."""
+        """:meth:`inverse_rows` in plain ops, block by block (under ``torch.func.vmap``, and for splines)."""
         inv_scale = torch.exp(-log_scale)
         h, logdet = z, -(self.log_abs_det + log_scale.sum(dim=(-2, -1)))
         last = len(self.weights) - 1
         for i in range(last, -1, -1):
-            if i < last:
+            if i < last and knots is not None:
+                h, ld = spline_inverse_plain(h, *knots[:, i].unbind(-3), self.spline[1])
+                logdet = logdet + ld
+            elif i < last:
                 h = leaky_softplus_inverse(h, self.alpha)
                 logdet = logdet - leaky_softplus_log_derivative(h, self.alpha).sum(dim=-1)
             h = ((h - shift[:, i]) * inv_scale[:, i] - self.biases[i]) @ self.inverses[i]
@@ -635,8 +679,8 @@ class FrozenConditionalLUNet(_ConditionalDensity):
         if c is None:
             return self.distribution(x)
         with torch.no_grad():
-            rows, log_scale, shift, batch = self._rows(x, c, "input")
-            z, logdet = self.forward_rows(rows, log_scale, shift)
+            rows, params, batch = self._rows(x, c, "input")
+            z, logdet = self.forward_rows(rows, *params)
         return z.view(*batch, self.features), logdet.reshape(batch)
 
     __call__ = forward
@@ -644,24 +688,21 @@ class FrozenConditionalLUNet(_ConditionalDensity):
     def inverse(self, z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, log|det dx/dz|)`` as :meth:`ConditionalLUNet.inverse`."""
         with torch.no_grad():
-            rows, log_scale, shift, batch = self._rows(z, c, "input")
-            x, logdet = self.inverse_rows(rows, log_scale, shift)
+            rows, params, batch = self._rows(z, c, "input")
+            x, logdet = self.inverse_rows(rows, *params)
         return x.view(*batch, self.features), logdet.reshape(batch)
 
-    def _params(self, c: object) -> tuple[torch.Tensor, torch.Tensor]:
+    def _params(self, c: object) -> Params:
         if self._label_params is None:
             return self._flow._params(c)
-        log_scale, shift = self._label_params
         labels = self._flow._labels(c, self.std)
-        return log_scale[labels], shift[labels]
+        log_scale, shift, knots = self._label_params
+        return log_scale[labels], shift[labels], None if knots is None else knots[labels]
 
-    def _rows(
-        self, x: torch.Tensor, c: object, name: str
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Size]:
+    def _rows(self, x: torch.Tensor, c: object, name: str) -> tuple[torch.Tensor, Params, torch.Size]:
         """As :meth:`ConditionalLUNet._rows`, with the snapshot's parameters of the context."""
         check_features(x, self.features, name, like=self.std)
-        log_scale, shift = self._params(c)
-        return _broadcast_rows(x, log_scale, shift, name)
+        return _broadcast_rows(x, self._params(c), name)
 
     def rsample(self, *args: object, **kwargs: object) -> torch.Tensor:
         """Refused: a snapshot computes without autograd; use :meth:`sample`, or the flow itself."""
@@ -670,4 +711,5 @@ class FrozenConditionalLUNet(_ConditionalDensity):
 
     def __repr__(self) -> str:
         return (f"FrozenConditionalLUNet(features={self.features}, context_features={self.context_features}, "
-                f"num_blocks={len(self.weights)}, a snapshot: later changes to the flow are not seen)")
+                f"num_blocks={len(self.weights)}{'' if self.spline is None else ', spline activations'}, "
+                f"a snapshot: later changes to the flow are not seen)")

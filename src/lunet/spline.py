@@ -36,7 +36,8 @@ from lunet.fast.spline import (
 )
 from lunet.limits import check_positive_int
 
-__all__ = ["MIN_BIN", "MIN_SLOPE", "MIN_BOUND", "MAX_BOUND", "MAX_SLOPE", "MonotoneSpline"]
+__all__ = ["MIN_BIN", "MIN_SLOPE", "MIN_BOUND", "MAX_BOUND", "MAX_SLOPE", "IDENTITY_SLOPE", "check_spline_size",
+           "knot_tables", "MonotoneSpline"]
 
 # The smallest bin width, height and knot slope, as fractions: they keep every
 # bin's rational quadratic well conditioned whatever the raw parameters do.
@@ -48,6 +49,8 @@ MIN_SLOPE = 1e-3
 MIN_BOUND = 1e-6
 MAX_BOUND = 1e6
 MAX_SLOPE = 1e6
+# the raw knot slope at which a slope is 1 (softplus(s) + MIN_SLOPE == 1): with equal bins, the identity
+IDENTITY_SLOPE = math.log(math.expm1(1 - MIN_SLOPE))
 
 
 def _knots(raw: torch.Tensor, bound: float) -> torch.Tensor:
@@ -61,6 +64,27 @@ def _knots(raw: torch.Tensor, bound: float) -> torch.Tensor:
     inner = (2 * bound) * torch.cumsum(sizes, dim=-1)[..., :-1] - bound
     ends = inner.new_full((*inner.shape[:-1], 1), bound)
     return torch.cat([-ends, inner, ends], dim=-1)
+
+
+def knot_tables(
+    widths: torch.Tensor, heights: torch.Tensor, slopes: torch.Tensor, bound: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Knots in x and y and the slopes there, each (..., n, K + 1), from unnormalised bin widths and
+    heights (..., n, K) and raw inner knot slopes (..., n, K - 1); the end slopes are 1."""
+    inner = MIN_SLOPE + F.softplus(slopes)
+    one = inner.new_ones(*inner.shape[:-1], 1)
+    return _knots(widths, bound), _knots(heights, bound), torch.cat([one, inner, one], dim=-1)
+
+
+def check_spline_size(bins: int, bound: float) -> tuple[int, float]:
+    """``(bins, bound)`` checked: ``ValueError`` naming the setting when a spline could not have them."""
+    bins = check_positive_int(bins, "bins")
+    if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not MIN_BOUND <= bound <= MAX_BOUND:
+        raise ValueError(f"bound must lie in [{MIN_BOUND:g}, {MAX_BOUND:g}], where the spline and its inverse "
+                         f"stay finite in float32, got {bound!r}")
+    if bins * MIN_BIN >= 1:
+        raise ValueError(f"bins must be below {int(1 / MIN_BIN)}, got {bins}")
+    return bins, float(bound)
 
 
 class MonotoneSpline(Transform):
@@ -79,26 +103,15 @@ class MonotoneSpline(Transform):
     def __init__(self, features: int, bins: int = 8, bound: float = 5.0) -> None:
         super().__init__()
         self.features = check_positive_int(features, "features")
-        self.bins = check_positive_int(bins, "bins")
-        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not MIN_BOUND <= bound <= MAX_BOUND:
-            raise ValueError(f"bound must lie in [{MIN_BOUND:g}, {MAX_BOUND:g}], where the spline and its inverse "
-                             f"stay finite in float32, got {bound!r}")
-        if bins * MIN_BIN >= 1:
-            raise ValueError(f"bins must be below {int(1 / MIN_BIN)}, got {bins}")
-        self.bound = float(bound)
+        self.bins, self.bound = check_spline_size(bins, bound)
         self.widths = nn.Parameter(torch.zeros(features, bins))
         self.heights = nn.Parameter(torch.zeros(features, bins))
-        # softplus(s) + MIN_SLOPE == 1 at the start: the identity
-        start = math.log(math.expm1(1 - MIN_SLOPE))
-        self.slopes = nn.Parameter(torch.full((features, bins - 1), start))
+        self.slopes = nn.Parameter(torch.full((features, bins - 1), IDENTITY_SLOPE))
 
     def _tables(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Knots in x and y (features, bins + 1) and slopes at the knots (features, bins + 1)."""
-        xk = _knots(self.widths.to(like.dtype), self.bound)
-        yk = _knots(self.heights.to(like.dtype), self.bound)
-        inner = MIN_SLOPE + F.softplus(self.slopes.to(like.dtype))
-        one = inner.new_ones(self.features, 1)
-        return xk, yk, torch.cat([one, inner, one], dim=-1)
+        return knot_tables(self.widths.to(like.dtype), self.heights.to(like.dtype), self.slopes.to(like.dtype),
+                           self.bound)
 
     def reference(self) -> torch.Tensor:
         return self.widths

@@ -38,8 +38,12 @@ MAX_COUNTED_BINS = 16
 
 # -- the plain formulas ------------------------------------------------------------------------
 def bin_index(knots: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """The bin of each entry of ``values`` (..., n) among ``knots`` (n, K + 1), as int64 (..., n) in
+    """The bin of each entry of ``values`` (..., n) among ``knots`` (n, K + 1), or among a table per
+    row (..., n, K + 1) whose leading shape broadcasts to the values', as int64 (..., n) in
     ``[0, K)``; entries outside ``[-bound, bound]`` get an end bin."""
+    if knots.dim() > 2:
+        inner = knots[..., 1:-1].expand(*values.shape, knots.shape[-1] - 2).contiguous()
+        return torch.searchsorted(inner, values.unsqueeze(-1).contiguous(), right=True).squeeze(-1)
     # a binary search per entry: comparing every entry with every knot would hold
     # rows x features x bins values at once (gigabytes for a wide spline of many bins)
     inner = knots[:, 1:-1].contiguous()  # (n, K - 1)
@@ -48,7 +52,8 @@ def bin_index(knots: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 
 
 def _take(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``table[f, index[..., f]]`` for a per-feature table (n, k) and ``index`` (..., n)."""
+    """``table[..., f, index[..., f]]`` for a per-feature table (n, k), or one per row (..., n, k), and
+    ``index`` (..., n)."""
     expanded = table.expand(*index.shape, table.shape[-1])
     return expanded.gather(-1, index.unsqueeze(-1)).squeeze(-1)
 
@@ -73,8 +78,8 @@ def _sum_log_slope(inside, s, t, d0, d1, denominator) -> torch.Tensor:
 def spline_forward_plain(
     x: torch.Tensor, xk: torch.Tensor, yk: torch.Tensor, dk: torch.Tensor, bound: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The spline of knot tables ``xk``, ``yk``, ``dk`` (n, K + 1) at ``x`` (B, n) in plain differentiable
-    ops: ``y`` (B, n) and ``log|det dy/dx|`` (B,)."""
+    """The spline of knot tables ``xk``, ``yk``, ``dk`` (n, K + 1), or a table per row (B or 1, n, K + 1), at
+    ``x`` (B, n) in plain differentiable ops: ``y`` (B, n) and ``log|det dy/dx|`` (B,)."""
     inside = (x > -bound) & (x < bound)
     xc = x.clamp(-bound, bound)
     x0, w, y0, h, d0, d1 = _pieces(bin_index(xk, xc), xk, yk, dk)

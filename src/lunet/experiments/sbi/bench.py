@@ -24,7 +24,9 @@ from lunet.experiments.sbi.tasks import Task, get_task
 __all__ = ["ESTIMATORS", "TASK_NAMES", "MIN_ACCEPTANCE", "FIGURE_DIMS", "Protocol", "density_estimator", "simulations",
            "references", "check_reference", "train_estimator", "evaluate", "run_benchmark"]
 
-ESTIMATORS = ("lunet", "zuko_nsf", "zuko_maf", "maf")
+# "lunet": the conditional LU-Net with leaky-softplus activations; "lunet_spline": with splines whose
+# knots the context gives (lunet_nn(activation="spline")); the others are sbi's own names
+ESTIMATORS = ("lunet", "lunet_spline", "zuko_nsf", "zuko_maf", "maf")
 TASK_NAMES = ("gaussian_linear", "gaussian_mixture", "two_moons", "slcp")
 # two coordinates of each task drawn in the figure
 # below this share of draws inside a bounded prior's box, an estimator counts as failed on the observation
@@ -50,11 +52,12 @@ class Protocol:
 
 def density_estimator(name: str, protocol: Protocol) -> str | Callable:
     """What ``NPE(density_estimator=...)`` gets for estimator ``name``: sbi's own names as they are,
-    LU-Net's builder for ``"lunet"``."""
-    if name == "lunet":
+    LU-Net's builder for ``"lunet"`` and ``"lunet_spline"``."""
+    if name in ("lunet", "lunet_spline"):
         from lunet.sbi import lunet_nn
 
-        return lunet_nn(num_blocks=protocol.lunet_blocks, hidden=protocol.lunet_hidden)
+        activation = "spline" if name == "lunet_spline" else "leaky_softplus"
+        return lunet_nn(num_blocks=protocol.lunet_blocks, hidden=protocol.lunet_hidden, activation=activation)
     if name not in ESTIMATORS:
         raise ValueError(f"unknown estimator {name!r}; known: {', '.join(ESTIMATORS)}")
     return name
