@@ -38,12 +38,12 @@ from lunet.checks import (
 )
 from lunet.distributions import FlowDistributionBase
 from lunet.fast.activation import negated_forward, scaled_forward
+from lunet.fast.spline import spline_forward_plain, spline_inverse_plain
 from lunet.flow import LUNet
 from lunet.frozen import FrozenLUNet, under_vmap
 from lunet.functional import leaky_softplus, leaky_softplus_inverse, leaky_softplus_log_derivative, solve_scaled
 from lunet.latent import LOG_2PI, latent_draws, standard_normal_log_prob
 from lunet.layers import LeakySoftplus, LULinear
-from lunet.fast.spline import spline_forward_plain, spline_inverse_plain
 from lunet.limits import check_positive_int
 from lunet.spline import IDENTITY_SLOPE, check_spline_size, knot_tables
 from lunet.standardize import Standardize
@@ -230,7 +230,8 @@ class ConditionalLUNet(_ConditionalDensity, nn.Module):
         linear branch), with the context network still at zero. ``context`` (N, context_features)
         of vector contexts also fixes the context standardisation, as :meth:`standardize` does."""
         first = self.blocks[0]
-        spline = {} if self.spline is None else {"activation": "spline", "bins": self.spline[0], "bound": self.spline[1]}
+        spline = ({} if self.spline is None
+                  else {"activation": "spline", "bins": self.spline[0], "bound": self.spline[1]})
         start = LUNet(self.features, self.num_blocks, alpha=self.activation._fixed_alpha, diag=first.diag_mode,
                       init="identity", **spline).to(self.reference())
         start.init_gaussian(data, shift, ridge)
