@@ -1,6 +1,6 @@
 """ConditionalLUNet (lunet.conditional): the flow contract for every context, broadcasting, labels,
-embeddings, the distribution face, training, torch.func and torch.compile, the bad-input messages,
-and the conditional snapshot's fast passes."""
+embeddings, the distribution face, training, torch.func and torch.compile, the bad-input messages
+(the snapshot's own passes: test_frozen_conditional.py)."""
 
 from __future__ import annotations
 
@@ -456,88 +456,3 @@ def test_a_checkpoint_holding_a_conditional_flow_is_checked(tmp_path):
     save_checkpoint({"model_spec": spec, "model": state, "best_model": None}, tmp_path / "sign.pt")
     with pytest.raises(ValueError, match="sign.pt holds weights that no model of its kind has: model blocks.2.diag_"):
         load_model(tmp_path / "sign.pt")
-
-
-# -- the snapshot's fast passes: the unconditional snapshot's folded products with the context's
-# affine maps between them, against the flow and against its own plain passes
-
-
-def _flow(features: int, num_blocks: int, dtype: torch.dtype, num_classes=None, seed: int = 0) -> ConditionalLUNet:
-    torch.manual_seed(seed)
-    flow = ConditionalLUNet(features, 5, num_blocks, hidden=16, num_classes=num_classes, init_scale=0.3).to(dtype)
-    gen = torch.Generator().manual_seed(seed + 1)
-    data = 2 * torch.randn(200, features, generator=gen, dtype=dtype) + 1
-    flow.standardize(data) if num_classes else flow.standardize(data, torch.randn(200, 5, generator=gen, dtype=dtype))
-    with torch.no_grad():  # contexts that matter: the context network's last layer away from zero
-        last = flow.conditioner[-1]
-        last.weight.normal_(0, 0.3, generator=gen)
-        last.bias.normal_(0, 0.3, generator=gen)
-    return flow
-
-
-@pytest.mark.parametrize("num_blocks", [1, 2, 4])
-@pytest.mark.parametrize("labels", [False, True])
-def test_the_fast_passes_are_the_flow_for_mixed_contexts(num_blocks, labels):
-    flow = _flow(12, num_blocks, torch.float64, num_classes=4 if labels else None)
-    gen = torch.Generator().manual_seed(3)
-    c = torch.randint(0, 4, (70,), generator=gen) if labels else torch.randn(70, 5, generator=gen, dtype=torch.float64)
-    x = flow.sample(1, c, generator=gen).squeeze(0).detach()
-    frozen = flow.frozen()
-    with torch.no_grad():
-        for got, want in (*zip(frozen(x, c), flow(x, c)), *zip(frozen.inverse(x, c), flow.inverse(x, c))):
-            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
-        # one context shared by every row, as a distribution's broadcast holds it
-        torch.testing.assert_close(frozen.log_prob(x, c[0]), flow.log_prob(x, c[0]), rtol=1e-9, atol=1e-9)
-        draws = frozen.sample(3, c, generator=torch.Generator().manual_seed(9))
-        again = flow.sample(3, c, generator=torch.Generator().manual_seed(9))
-        torch.testing.assert_close(draws, again, rtol=1e-9, atol=1e-9)
-
-
-def test_float32_at_width_64_is_as_close_to_the_float64_flow_as_the_module_is():
-    flow = _flow(64, 4, torch.float32)
-    exact = _flow(64, 4, torch.float64)
-    exact.load_state_dict({k: v.double() for k, v in flow.state_dict().items()})
-    gen = torch.Generator().manual_seed(4)
-    c = torch.randn(300, 5, generator=gen)
-    x = flow.sample(1, c, generator=gen).squeeze(0).detach()
-    frozen = flow.frozen()
-    with torch.no_grad():
-        rows, (log_scale, shift, _), _ = flow._rows(x, c, "input")
-        exact_rows, exact_params, _ = exact._rows(x.double(), c.double(), "input")
-        want = exact.forward_rows(exact_rows, *exact_params)
-        passes = {"fast": frozen.forward_rows(rows, log_scale, shift),
-                  "plain": frozen.plain_forward_rows(rows, log_scale, shift),
-                  "module": flow.forward_rows(rows, log_scale, shift)}
-        back = frozen.inverse_rows(passes["fast"][0], log_scale, shift)
-    errors = {name: [float((got.double() - ref).abs().max()) for got, ref in zip(out, want)]
-              for name, out in passes.items()}
-    # float32 through four blocks of width 64 keeps a few 1e-4 of the float64 flow; a wrong fold would not
-    assert all(e < 1e-3 for pair in errors.values() for e in pair), errors
-    torch.testing.assert_close(back[0], rows, rtol=1e-3, atol=1e-3)
-    torch.testing.assert_close(back[1], -passes["fast"][1], rtol=1e-3, atol=1e-3)
-
-
-def test_a_pre_activation_beyond_the_fast_activations_range_is_redone_exactly():
-    flow = _flow(6, 3, torch.float32)
-    with torch.no_grad():  # the first block's shift: +120 on feature 0 for every context
-        flow.conditioner[-1].bias[0] = 120.0  # (block, shift | log-scale, feature) flattened
-    c = torch.randn(8, 5, generator=torch.Generator().manual_seed(2))
-    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(3))
-    frozen = flow.frozen()
-    with torch.no_grad():
-        rows, (log_scale, shift, _), _ = flow._rows(x, c, "input")
-        assert float(shift[:, 0, 0].min()) > 100  # where log sigmoid(-u) leaves the normal numbers
-        z, logdet = frozen.forward_rows(rows, log_scale, shift)
-        want_z, want_logdet = frozen.plain_forward_rows(rows, log_scale, shift)
-    assert torch.isfinite(z).all() and torch.isfinite(logdet).all()
-    torch.testing.assert_close(z, want_z, rtol=1e-4, atol=1e-3)
-    torch.testing.assert_close(logdet, want_logdet, rtol=1e-4, atol=1e-3)
-
-
-def test_vmap_over_the_snapshot_takes_its_plain_passes():
-    flow = _flow(5, 3, torch.float64)
-    frozen = flow.frozen()
-    x = torch.randn(4, 5, dtype=torch.float64)
-    c = torch.randn(4, 5, dtype=torch.float64)
-    mapped = torch.func.vmap(lambda xi, ci: frozen.log_prob(xi, ci))(x, c)
-    torch.testing.assert_close(mapped, frozen.log_prob(x, c), rtol=1e-10, atol=1e-10)

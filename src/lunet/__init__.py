@@ -24,8 +24,8 @@ _EXPORTS = {
     "TorchTransform": "lunet.distributions",
     "ClassConditionalFlow": "lunet.flow",
     "ConditionalLUNet": "lunet.conditional",
-    "ConditionalFlowDistribution": "lunet.conditional",
-    "FrozenConditionalLUNet": "lunet.conditional",
+    "ConditionalFlowDistribution": "lunet.conditional_density",
+    "FrozenConditionalLUNet": "lunet.frozen_conditional",
     "standard_normal_log_prob": "lunet.latent",
     "set_value_checks": "lunet.checks",
 }
@@ -34,10 +34,12 @@ __all__ = list(_EXPORTS)
 if TYPE_CHECKING:  # for type checkers and editors: re-exports, listed in __all__ (built from _EXPORTS)
     from lunet.base import Transform  # noqa: F401
     from lunet.checks import set_value_checks  # noqa: F401
-    from lunet.conditional import ConditionalFlowDistribution, ConditionalLUNet, FrozenConditionalLUNet  # noqa: F401
+    from lunet.conditional import ConditionalLUNet  # noqa: F401
+    from lunet.conditional_density import ConditionalFlowDistribution  # noqa: F401
     from lunet.distributions import FlowDistribution, TorchTransform  # noqa: F401
     from lunet.flow import ClassConditionalFlow, LUNet  # noqa: F401
     from lunet.frozen import FrozenLUNet  # noqa: F401
+    from lunet.frozen_conditional import FrozenConditionalLUNet  # noqa: F401
     from lunet.latent import standard_normal_log_prob  # noqa: F401
     from lunet.layers import LeakySoftplus, LULinear  # noqa: F401
     from lunet.spline import MonotoneSpline  # noqa: F401

@@ -17,10 +17,8 @@ Conventions as for every lunet flow: the data side maps to the latent side in ``
 inputs ``x`` (..., features) and contexts ``c`` (..., context_features) broadcast against each
 other as torch broadcasts, and log-dets have the broadcast leading shape.
 """
-
 from __future__ import annotations
 
-import copy
 import math
 import numbers
 from typing import Any, Mapping, Optional, Sequence
@@ -29,75 +27,20 @@ import torch
 from torch import nn
 
 from lunet.base import Transform
-from lunet.checks import (
-    check_batch,
-    check_features,
-    check_temperature,
-    sample_shape_of,
-    value_checks_enabled,
-)
-from lunet.distributions import FlowDistributionBase
-from lunet.fast.activation import negated_forward, scaled_forward
+from lunet.checks import check_batch, check_features, value_checks_enabled
+from lunet.conditional_density import ConditionalDensity, ConditionalFlowDistribution, Params, broadcast_rows
 from lunet.fast.spline import spline_forward_plain, spline_inverse_plain
-from lunet.flow import LUNet
-from lunet.frozen import FrozenLUNet, under_vmap
-from lunet.functional import leaky_softplus, leaky_softplus_inverse, leaky_softplus_log_derivative, solve_scaled
-from lunet.latent import LOG_2PI, latent_draws, standard_normal_log_prob
+from lunet.flow import ACTIVATIONS, LUNet
+from lunet.frozen_conditional import FrozenConditionalLUNet
 from lunet.layers import LeakySoftplus, LULinear
 from lunet.limits import check_positive_int
 from lunet.spline import IDENTITY_SLOPE, check_spline_size, knot_tables
 from lunet.standardize import Standardize
 
-__all__ = ["CONDITIONAL_ACTIVATIONS", "ConditionalLUNet", "ConditionalFlowDistribution", "FrozenConditionalLUNet"]
-
-CONDITIONAL_ACTIVATIONS = ("leaky_softplus", "spline")
-
-# A context's parameters, each with the context's leading shape: log-scales and shifts
-# (..., num_blocks, D), and for spline activations the knot tables (..., num_blocks - 1, 3, D, K + 1)
-# (knots in x, knots in y, slopes there), None for the leaky softplus.
-Params = tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]
+__all__ = ["ConditionalLUNet"]
 
 
-class _ConditionalDensity:
-    """``log_prob``, ``sample`` and ``distribution`` of a conditional flow and of its snapshot, over
-    their ``forward``, ``inverse_rows``, ``_params`` (the context's :data:`Params`) and ``reference``."""
-
-    features: int
-
-    def log_prob(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """``log p(x | c)`` in nats under the standard normal latent; ``x`` (..., features) and ``c``
-        broadcast to leading shape (...) -> (...)."""
-        z, logdet = self.forward(x, c)
-        return standard_normal_log_prob(z) + logdet
-
-    def sample(
-        self, sample_shape: int | Sequence[int], c: torch.Tensor, temperature: float = 1.0,
-        generator: Optional[torch.Generator] = None,
-    ) -> torch.Tensor:
-        """Draws of ``x ~ p(. | c)``, shape ``sample_shape + context batch shape + (features,)`` (an
-        int ``n`` means ``(n,)``); latent std ``temperature``; no gradients (the flow's ``rsample`` keeps them)."""
-        with torch.no_grad():
-            return self._draw(sample_shape, c, temperature, generator)
-
-    def _draw(self, sample_shape: int | Sequence[int], c: torch.Tensor, temperature: float,
-              generator: Optional[torch.Generator]) -> torch.Tensor:
-        params = self._params(c)
-        batch = sample_shape_of(sample_shape) + params[0].shape[:-2]
-        ref = self.reference()
-        z, _ = latent_draws(batch, self.features, temperature, ref.dtype, ref.device, generator)
-        _, params, _ = _broadcast_rows(z.view(*batch, self.features), params, "draws")
-        return self.inverse_rows(z, *params)[0].view(*batch, self.features)
-
-    def distribution(
-        self, c: torch.Tensor, temperature: float = 1.0, validate_args: Optional[bool] = None
-    ) -> "ConditionalFlowDistribution":
-        """``p(. | c)`` as a ``torch.distributions.Distribution``: ``batch_shape`` the context's leading
-        shape, ``event_shape (features,)``, latent ``N(0, temperature^2 I)``; it reads the current
-        weights on every call (a snapshot's: no ``rsample``). ``flow(c)`` is the same."""
-        return ConditionalFlowDistribution(self, c, temperature, validate_args=validate_args)
-
-
-class ConditionalLUNet(_ConditionalDensity, nn.Module):
+class ConditionalLUNet(ConditionalDensity, nn.Module):
     """LU-Net of ``p(x | c)``: shared LU layers, a per-feature affine map of the context after each,
     and an activation after each but the last (the leaky softplus, or a spline the context shapes).
 
@@ -163,8 +106,8 @@ class ConditionalLUNet(_ConditionalDensity, nn.Module):
         ):
             raise ValueError(f"max_log_scale must be a positive finite number, got {max_log_scale!r}")
         self.max_log_scale = float(max_log_scale)
-        if activation not in CONDITIONAL_ACTIVATIONS:
-            raise ValueError(f"activation must be one of {CONDITIONAL_ACTIVATIONS}, got {activation!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         # the spline's size, None for the leaky softplus
         self.spline: Optional[tuple[int, float]] = check_spline_size(bins, bound) if activation == "spline" else None
         self.num_classes = None if num_classes is None else check_positive_int(num_classes, "num_classes")
@@ -353,7 +296,7 @@ class ConditionalLUNet(_ConditionalDensity, nn.Module):
         affine = out[..., :affine_width].unflatten(-1, (self.num_blocks, 2, self.features))
         m = self.max_log_scale
         log_scale, shift = m * torch.tanh(affine[..., 1, :] / m), affine[..., 0, :]
-        if self.spline is None:
+        if self.spline is None or self.num_blocks == 1:  # one block: no activation
             return log_scale, shift, None
         bins, bound = self.spline
         raw = out[..., affine_width:].unflatten(-1, (self.num_blocks - 1, self.features, 3 * bins - 1))
@@ -364,7 +307,7 @@ class ConditionalLUNet(_ConditionalDensity, nn.Module):
         """``x`` and the context's parameters as rows of the broadcast leading shape: x (B, D) and each
         parameter (B, ...), or (1, ...) for one context shared by every row."""
         check_features(x, self.features, name, like=self.reference())
-        return _broadcast_rows(x, self._params(c), name)
+        return broadcast_rows(x, self._params(c), name)
 
     # -- the maps ------------------------------------------------------------
     def forward(
@@ -434,7 +377,7 @@ class ConditionalLUNet(_ConditionalDensity, nn.Module):
         embedding and a floating context."""
         return self._draw(sample_shape, c, temperature, generator)
 
-    def frozen(self) -> "FrozenConditionalLUNet":
+    def frozen(self) -> FrozenConditionalLUNet:
         """A snapshot for fast inference (density, inverse, sampling; no autograd): every block's
         ``L U`` and its inverse formed once, one dense product per block and pass, and a copy of the
         context side in eval mode. Later changes to this flow are not seen: take a new snapshot.
@@ -447,270 +390,3 @@ class ConditionalLUNet(_ConditionalDensity, nn.Module):
         spline = "" if self.spline is None else f", activation=spline, bins={self.spline[0]}, bound={self.spline[1]:g}"
         return (f"features={self.features}, context_features={self.context_features}, "
                 f"num_blocks={self.num_blocks}, context={context}{spline}")
-
-
-def _broadcast_rows(x: torch.Tensor, params: Params, name: str) -> tuple[torch.Tensor, Params, torch.Size]:
-    """``x`` (..., D) and the context's :data:`Params` broadcast over their leading shapes, as rows."""
-    x_lead, c_lead = x.shape[:-1], params[0].shape[:-2]
-    try:
-        batch = torch.broadcast_shapes(x_lead, c_lead)
-    except RuntimeError:
-        raise ValueError(f"{name}'s leading shape {tuple(x_lead)} and the context's {tuple(c_lead)} do not "
-                         f"broadcast against each other") from None
-    rows = x.expand(*batch, x.shape[-1]).reshape(-1, x.shape[-1])
-    n = len(c_lead)
-    if c_lead.numel() == 1:
-        # one context for every row: its parameters broadcast in the elementwise ops, uncopied
-        return rows, tuple(None if p is None else p.reshape(1, *p.shape[n:]) for p in params), batch
-    return rows, tuple(None if p is None else p.expand(*batch, *p.shape[n:]).reshape(-1, *p.shape[n:])
-                       for p in params), batch
-
-
-class ConditionalFlowDistribution(FlowDistributionBase):
-    """``p(. | c)`` of a :class:`ConditionalLUNet` for a fixed context ``c``: ``flow(c)`` or
-    ``flow.distribution(c)``.
-
-    ``batch_shape`` is the context's leading shape, ``event_shape`` is ``(features,)``.
-    ``log_prob`` takes values (..., features) whose leading shape broadcasts with the batch
-    shape and returns ``log p(x | c)`` (...); ``sample`` and ``rsample`` return ``sample_shape +
-    batch_shape + (features,)``. It holds the flow and the context (not copies) and computes
-    from the current weights on every call. ``validate_args`` as for
-    :class:`~lunet.FlowDistribution`: off, nothing is checked, lunet's value checks included.
-    """
-
-    def __init__(
-        self, flow: ConditionalLUNet, context: torch.Tensor, temperature: float = 1.0,
-        validate_args: Optional[bool] = None,
-    ) -> None:
-        self.flow = flow
-        self.context = context
-        self.temperature = check_temperature(temperature, flow.reference().dtype)
-        self.has_rsample = isinstance(flow, nn.Module)
-        super().__init__(batch_shape=flow.context_shape(context), event_shape=torch.Size([flow.features]),
-                         validate_args=validate_args)
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        """``log p(value | c)`` in nats, (..., features) -> (...) broadcast with ``batch_shape``."""
-        if self._validate_args and value_checks_enabled():
-            self._validate_sample(value)
-        with self._checks():
-            z, logdet = self.flow(value, self.context)
-        t = self.temperature
-        if t == 1.0:
-            return standard_normal_log_prob(z) + logdet
-        d = self.flow.features
-        return -0.5 * (torch.linalg.vecdot(z, z) / t**2 + d * LOG_2PI) - d * math.log(t) + logdet
-
-    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> torch.Tensor:
-        """Draws ``sample_shape + batch_shape + (features,)``, differentiable in the flow's weights
-        (``NotImplementedError`` over a snapshot, which computes without autograd)."""
-        with self._checks():
-            return self.flow.rsample(sample_shape, self.context, self.temperature)
-
-    def sample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> torch.Tensor:
-        """Draws ``sample_shape + batch_shape + (features,)``, without gradients."""
-        with self._checks():
-            return self.flow.sample(sample_shape, self.context, self.temperature)
-
-    def __repr__(self) -> str:
-        return (f"ConditionalFlowDistribution(features={self.flow.features}, batch_shape={tuple(self.batch_shape)}, "
-                f"temperature={self.temperature:g})")
-
-
-class FrozenConditionalLUNet(_ConditionalDensity):
-    """A snapshot of a :class:`ConditionalLUNet` for fast inference, made by
-    :meth:`ConditionalLUNet.frozen`: the same ``forward(x, c)``, ``inverse(z, c)``, ``log_prob``,
-    ``sample`` and ``distribution(c)`` (``flow(c)``), without autograd.
-
-    Every block's dense ``A = L U`` and ``A^{-1}`` (formed in float64 from the triangular factors)
-    are computed once, so each pass costs one dense product per block whatever the contexts; the
-    context side (label embedding, embedding network, context network) is a copy in eval mode.
-    It never reads the flow again: take a new snapshot after training further.
-    """
-
-    def __init__(self, flow: ConditionalLUNet) -> None:
-        with torch.no_grad():
-            for block in flow.blocks:
-                block.check_invertible()
-            self._flow = copy.deepcopy(flow).eval().requires_grad_(False)
-            self.weights, self.inverses, self.biases = [], [], []
-            for block in self._flow.blocks:
-                lower, upper = block.matrix_l().double(), block.matrix_u().double()
-                eye = torch.eye(lower.shape[0], dtype=torch.float64, device=lower.device)
-                l_inv = torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True)
-                inverse = torch.linalg.solve_triangular(upper, l_inv, upper=True)
-                self.weights.append((lower @ upper).to(block.lu.dtype).t().contiguous())  # x A^T = x @ this
-                self.inverses.append(inverse.to(block.lu.dtype).t().contiguous())
-                self.biases.append(block.bias.detach().clone())
-            standardize = self._flow.input_standardize
-            self.mean, self.std = standardize.mean.clone(), standardize.std.clone()
-            self.log_abs_det = sum(block.log_abs_det() for block in self._flow.blocks) - torch.log(self.std).sum()
-            # the unconditional snapshot of the same LU layers lends its folded matrices: the context's
-            # affine maps sit between its products and its activations (the leaky softplus's; splines
-            # whose knots change with the context take the plain passes)
-            self._shared = None
-            if self._flow.spline is None:
-                flow_parts = [self._flow.input_standardize]
-                for i, block in enumerate(self._flow.blocks):
-                    flow_parts += [block] if i == 0 else [self._flow.activation, block]
-                self._shared = FrozenLUNet(flow_parts)
-            # a label's parameters are the same at every call: formed once per class
-            self._label_params = None
-            if self._flow.label_embedding is not None:
-                labels = torch.arange(self._flow.num_classes, device=self.std.device)
-                self._label_params = self._flow._params(labels)
-        self.alpha = self._flow.activation._fixed_alpha
-        self.spline = self._flow.spline
-        self.features = self._flow.features
-        self.context_features = self._flow.context_features
-        self.num_classes = self._flow.num_classes
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.std.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.std.device
-
-    def reference(self) -> torch.Tensor:
-        """The tensor whose dtype and device inputs and vector contexts must share."""
-        return self.std
-
-    def context_shape(self, c: object) -> torch.Size:
-        """The context's leading (batch) shape, as :meth:`ConditionalLUNet.context_shape`."""
-        return self._flow.context_shape(c)
-
-    def forward_rows(
-        self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """As :meth:`ConditionalLUNet.forward_rows`: the unconditional snapshot's folded products
-        (:meth:`~lunet.frozen.FrozenLUNet._forward_plan`, which return negated pre-activations
-        but the last) with the context's affine maps between them and its fused activations."""
-        if under_vmap() or self._shared is None:
-            return self.plain_forward_rows(x, log_scale, shift, knots)
-        return self._fast_forward_rows(x, log_scale, shift, exact=self._shared.sync_free)
-
-    def _fast_forward_rows(
-        self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, exact: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        layers, alphas, const = self._shared._forward_plan()
-        scale = torch.exp(log_scale)
-        logdet = log_scale.sum(dim=(-2, -1)).add_(const)
-        u = layers[0](x)
-        q, scratch, in_range = torch.empty_like(u), torch.empty_like(u), None
-        for i, (layer, a) in enumerate(zip(layers[1:], alphas)):
-            # u holds -(x A^T + b) of block i: -(pre-activation) = u s - t
-            v = torch.addcmul(shift[:, i].neg(), u, scale[:, i], out=scratch)
-            if exact:
-                g, ld = scaled_forward(v.neg_(), a)
-                torch.neg(g, out=q)
-            else:
-                ld, ok = negated_forward(v, a, out=q, scratch=u)
-                in_range = ok if in_range is None else in_range.logical_and_(ok)
-            logdet = logdet + ld
-            layer(q, out=u)
-        if not exact and in_range is not None and not bool(in_range):
-            return self._fast_forward_rows(x, log_scale, shift, exact=True)
-        last = len(layers) - 1
-        return u.mul_(scale[:, last]).add_(shift[:, last]), logdet.expand(x.shape[0])
-
-    def plain_forward_rows(
-        self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`forward_rows` in plain ops, block by block (under ``torch.func.vmap``, and for splines)."""
-        h = (x - self.mean) / self.std
-        scale = torch.exp(log_scale)
-        logdet = self.log_abs_det + log_scale.sum(dim=(-2, -1))
-        last = len(self.weights) - 1
-        for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            h = torch.addmm(bias, h, weight).mul_(scale[:, i]).add_(shift[:, i])
-            if i < last and knots is not None:
-                h, ld = spline_forward_plain(h, *knots[:, i].unbind(-3), self.spline[1])
-                logdet = logdet + ld
-            elif i < last:
-                logdet = logdet + leaky_softplus_log_derivative(h, self.alpha).sum(dim=-1)
-                h = leaky_softplus(h, self.alpha)
-        return h, logdet.expand(x.shape[0])
-
-    def inverse_rows(
-        self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """As :meth:`ConditionalLUNet.inverse_rows`: the context's affine maps undone before each of
-        the unconditional snapshot's folded inverse products
-        (:meth:`~lunet.frozen.FrozenLUNet._inverse_plan`), and its tabled activation inverses."""
-        if under_vmap() or self._shared is None:
-            return self.plain_inverse_rows(z, log_scale, shift, knots)
-        layers, alphas, tables = self._shared._inverse_plan()
-        inv_scale = torch.exp(-log_scale)
-        last = len(layers) - 1
-        work = {} if z.shape[0] >= 64 else None  # scratch buffers pay from a moderate batch on
-        h = layers[0]((z - shift[:, last]).mul_(inv_scale[:, last]))
-        logdet = None
-        for k, (layer, a, table) in enumerate(zip(layers[1:], alphas, tables)):
-            x = solve_scaled(h, a, work, table=table)  # overwrites h
-            ld = leaky_softplus_log_derivative(x, a).sum(dim=-1)
-            logdet = ld if logdet is None else logdet.add_(ld)
-            i = last - 1 - k  # the block whose context map is undone next
-            h = layer(x.sub_(shift[:, i]).mul_(inv_scale[:, i]), out=h)
-        const = self._shared._inverse_log_det_constant() - log_scale.sum(dim=(-2, -1))
-        return h, (const if logdet is None else const - logdet).expand(z.shape[0])
-
-    def plain_inverse_rows(
-        self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`inverse_rows` in plain ops, block by block (under ``torch.func.vmap``, and for splines)."""
-        inv_scale = torch.exp(-log_scale)
-        h, logdet = z, -(self.log_abs_det + log_scale.sum(dim=(-2, -1)))
-        last = len(self.weights) - 1
-        for i in range(last, -1, -1):
-            if i < last and knots is not None:
-                h, ld = spline_inverse_plain(h, *knots[:, i].unbind(-3), self.spline[1])
-                logdet = logdet + ld
-            elif i < last:
-                h = leaky_softplus_inverse(h, self.alpha)
-                logdet = logdet - leaky_softplus_log_derivative(h, self.alpha).sum(dim=-1)
-            h = ((h - shift[:, i]) * inv_scale[:, i] - self.biases[i]) @ self.inverses[i]
-        return torch.addcmul(self.mean, h, self.std), logdet.expand(z.shape[0])
-
-    def forward(
-        self, x: torch.Tensor, c: Optional[torch.Tensor] = None
-    ) -> tuple[torch.Tensor, torch.Tensor] | ConditionalFlowDistribution:
-        """``(z, log|det dz/dx|)`` as :meth:`ConditionalLUNet.forward`; ``snapshot(c)``: the distribution."""
-        if c is None:
-            return self.distribution(x)
-        with torch.no_grad():
-            rows, params, batch = self._rows(x, c, "input")
-            z, logdet = self.forward_rows(rows, *params)
-        return z.view(*batch, self.features), logdet.reshape(batch)
-
-    __call__ = forward
-
-    def inverse(self, z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x, log|det dx/dz|)`` as :meth:`ConditionalLUNet.inverse`."""
-        with torch.no_grad():
-            rows, params, batch = self._rows(z, c, "input")
-            x, logdet = self.inverse_rows(rows, *params)
-        return x.view(*batch, self.features), logdet.reshape(batch)
-
-    def _params(self, c: object) -> Params:
-        if self._label_params is None:
-            return self._flow._params(c)
-        labels = self._flow._labels(c, self.std)
-        log_scale, shift, knots = self._label_params
-        return log_scale[labels], shift[labels], None if knots is None else knots[labels]
-
-    def _rows(self, x: torch.Tensor, c: object, name: str) -> tuple[torch.Tensor, Params, torch.Size]:
-        """As :meth:`ConditionalLUNet._rows`, with the snapshot's parameters of the context."""
-        check_features(x, self.features, name, like=self.std)
-        return _broadcast_rows(x, self._params(c), name)
-
-    def rsample(self, *args: object, **kwargs: object) -> torch.Tensor:
-        """Refused: a snapshot computes without autograd; use :meth:`sample`, or the flow itself."""
-        raise NotImplementedError("a snapshot (flow.frozen()) computes without autograd, so its draws carry no "
-                                  "gradient: use sample(), or the flow itself for rsample()")
-
-    def __repr__(self) -> str:
-        return (f"FrozenConditionalLUNet(features={self.features}, context_features={self.context_features}, "
-                f"num_blocks={len(self.weights)}{'' if self.spline is None else ', spline activations'}, "
-                f"a snapshot: later changes to the flow are not seen)")

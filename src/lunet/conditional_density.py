@@ -1,0 +1,133 @@
+"""The density face a conditional flow and its snapshot share: ``log_prob(x, c)``, ``sample(shape, c)``
+and the distribution ``p(. | c)`` for a fixed context, written once over the flow's passes.
+
+A conditional flow provides ``forward(x, c) -> (z, log|det dz/dx|)``, ``inverse_rows``, ``features``,
+``reference()``, ``context_shape(c)`` and ``_params(c)``, the context's :data:`Params`; rows and the
+context's parameters meet through :func:`broadcast_rows`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from lunet.checks import check_temperature, sample_shape_of, value_checks_enabled
+from lunet.distributions import FlowDistributionBase
+from lunet.latent import LOG_2PI, latent_draws, standard_normal_log_prob
+
+__all__ = ["Params", "ConditionalDensity", "broadcast_rows", "ConditionalFlowDistribution"]
+
+# A context's parameters, each with the context's leading shape: log-scales and shifts
+# (..., num_blocks, D), and for spline activations the knot tables (..., num_blocks - 1, 3, D, K + 1)
+# (knots in x, knots in y, slopes there), None for the leaky softplus.
+Params = tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]
+
+
+class ConditionalDensity:
+    """``log_prob``, ``sample`` and ``distribution`` of a conditional flow and of its snapshot, over
+    their ``forward``, ``inverse_rows``, ``_params`` (the context's :data:`Params`) and ``reference``."""
+
+    features: int
+
+    def log_prob(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``log p(x | c)`` in nats under the standard normal latent; ``x`` (..., features) and ``c``
+        broadcast to leading shape (...) -> (...)."""
+        z, logdet = self.forward(x, c)
+        return standard_normal_log_prob(z) + logdet
+
+    def sample(
+        self, sample_shape: int | Sequence[int], c: torch.Tensor, temperature: float = 1.0,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """Draws of ``x ~ p(. | c)``, shape ``sample_shape + context batch shape + (features,)`` (an
+        int ``n`` means ``(n,)``); latent std ``temperature``; no gradients (the flow's ``rsample`` keeps them)."""
+        with torch.no_grad():
+            return self._draw(sample_shape, c, temperature, generator)
+
+    def _draw(self, sample_shape: int | Sequence[int], c: torch.Tensor, temperature: float,
+              generator: Optional[torch.Generator]) -> torch.Tensor:
+        params = self._params(c)
+        batch = sample_shape_of(sample_shape) + params[0].shape[:-2]
+        ref = self.reference()
+        z, _ = latent_draws(batch, self.features, temperature, ref.dtype, ref.device, generator)
+        _, params, _ = broadcast_rows(z.view(*batch, self.features), params, "draws")
+        return self.inverse_rows(z, *params)[0].view(*batch, self.features)
+
+    def distribution(
+        self, c: torch.Tensor, temperature: float = 1.0, validate_args: Optional[bool] = None
+    ) -> "ConditionalFlowDistribution":
+        """``p(. | c)`` as a ``torch.distributions.Distribution``: ``batch_shape`` the context's leading
+        shape, ``event_shape (features,)``, latent ``N(0, temperature^2 I)``; it reads the current
+        weights on every call (a snapshot's: no ``rsample``). ``flow(c)`` is the same."""
+        return ConditionalFlowDistribution(self, c, temperature, validate_args=validate_args)
+
+
+def broadcast_rows(x: torch.Tensor, params: Params, name: str) -> tuple[torch.Tensor, Params, torch.Size]:
+    """``x`` (..., D) and the context's :data:`Params` broadcast over their leading shapes, as rows."""
+    x_lead, c_lead = x.shape[:-1], params[0].shape[:-2]
+    try:
+        batch = torch.broadcast_shapes(x_lead, c_lead)
+    except RuntimeError:
+        raise ValueError(f"{name}'s leading shape {tuple(x_lead)} and the context's {tuple(c_lead)} do not "
+                         f"broadcast against each other") from None
+    rows = x.expand(*batch, x.shape[-1]).reshape(-1, x.shape[-1])
+    n = len(c_lead)
+    if c_lead.numel() == 1:
+        # one context for every row: its parameters broadcast in the elementwise ops, uncopied
+        return rows, tuple(None if p is None else p.reshape(1, *p.shape[n:]) for p in params), batch
+    return rows, tuple(None if p is None else p.expand(*batch, *p.shape[n:]).reshape(-1, *p.shape[n:])
+                       for p in params), batch
+
+
+class ConditionalFlowDistribution(FlowDistributionBase):
+    """``p(. | c)`` of a :class:`~lunet.ConditionalLUNet` or its snapshot for a fixed context ``c``: ``flow(c)`` or
+    ``flow.distribution(c)``.
+
+    ``batch_shape`` is the context's leading shape, ``event_shape`` is ``(features,)``.
+    ``log_prob`` takes values (..., features) whose leading shape broadcasts with the batch
+    shape and returns ``log p(x | c)`` (...); ``sample`` and ``rsample`` return ``sample_shape +
+    batch_shape + (features,)``. It holds the flow and the context (not copies) and computes
+    from the current weights on every call. ``validate_args`` as for
+    :class:`~lunet.FlowDistribution`: off, nothing is checked, lunet's value checks included.
+    """
+
+    def __init__(
+        self, flow: ConditionalDensity, context: torch.Tensor, temperature: float = 1.0,
+        validate_args: Optional[bool] = None,
+    ) -> None:
+        self.flow = flow
+        self.context = context
+        self.temperature = check_temperature(temperature, flow.reference().dtype)
+        self.has_rsample = isinstance(flow, nn.Module)
+        super().__init__(batch_shape=flow.context_shape(context), event_shape=torch.Size([flow.features]),
+                         validate_args=validate_args)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """``log p(value | c)`` in nats, (..., features) -> (...) broadcast with ``batch_shape``."""
+        if self._validate_args and value_checks_enabled():
+            self._validate_sample(value)
+        with self._checks():
+            z, logdet = self.flow(value, self.context)
+        t = self.temperature
+        if t == 1.0:
+            return standard_normal_log_prob(z) + logdet
+        d = self.flow.features
+        return -0.5 * (torch.linalg.vecdot(z, z) / t**2 + d * LOG_2PI) - d * math.log(t) + logdet
+
+    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> torch.Tensor:
+        """Draws ``sample_shape + batch_shape + (features,)``, differentiable in the flow's weights
+        (``NotImplementedError`` over a snapshot, which computes without autograd)."""
+        with self._checks():
+            return self.flow.rsample(sample_shape, self.context, self.temperature)
+
+    def sample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> torch.Tensor:
+        """Draws ``sample_shape + batch_shape + (features,)``, without gradients."""
+        with self._checks():
+            return self.flow.sample(sample_shape, self.context, self.temperature)
+
+    def __repr__(self) -> str:
+        return (f"ConditionalFlowDistribution(features={self.flow.features}, batch_shape={tuple(self.batch_shape)}, "
+                f"temperature={self.temperature:g})")

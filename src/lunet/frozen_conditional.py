@@ -1,0 +1,220 @@
+"""The snapshot of a conditional LU-Net (:meth:`lunet.ConditionalLUNet.frozen`): density, inverse and
+sampling from fixed weights without autograd, one dense product per block whatever the contexts."""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Optional
+
+import torch
+
+from lunet.checks import check_features
+from lunet.conditional_density import ConditionalDensity, ConditionalFlowDistribution, Params, broadcast_rows
+from lunet.fast.activation import negated_forward, scaled_forward
+from lunet.fast.spline import spline_forward_plain, spline_inverse_plain
+from lunet.frozen import FrozenLUNet, under_vmap
+from lunet.functional import leaky_softplus, leaky_softplus_inverse, leaky_softplus_log_derivative, solve_scaled
+
+if TYPE_CHECKING:
+    from lunet.conditional import ConditionalLUNet
+
+__all__ = ["FrozenConditionalLUNet"]
+
+
+class FrozenConditionalLUNet(ConditionalDensity):
+    """A snapshot of a :class:`ConditionalLUNet` for fast inference, made by
+    :meth:`ConditionalLUNet.frozen`: the same ``forward(x, c)``, ``inverse(z, c)``, ``log_prob``,
+    ``sample`` and ``distribution(c)`` (``flow(c)``), without autograd.
+
+    Every block's dense ``A = L U`` and ``A^{-1}`` (formed in float64 from the triangular factors)
+    are computed once, so each pass costs one dense product per block whatever the contexts; the
+    context side (label embedding, embedding network, context network) is a copy in eval mode.
+    It never reads the flow again: take a new snapshot after training further.
+    """
+
+    def __init__(self, flow: ConditionalLUNet) -> None:
+        with torch.no_grad():
+            for block in flow.blocks:
+                block.check_invertible()
+            self._flow = copy.deepcopy(flow).eval().requires_grad_(False)
+            self.weights, self.inverses, self.biases = [], [], []
+            for block in self._flow.blocks:
+                lower, upper = block.matrix_l().double(), block.matrix_u().double()
+                eye = torch.eye(lower.shape[0], dtype=torch.float64, device=lower.device)
+                l_inv = torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True)
+                inverse = torch.linalg.solve_triangular(upper, l_inv, upper=True)
+                self.weights.append((lower @ upper).to(block.lu.dtype).t().contiguous())  # x A^T = x @ this
+                self.inverses.append(inverse.to(block.lu.dtype).t().contiguous())
+                self.biases.append(block.bias.detach().clone())
+            standardize = self._flow.input_standardize
+            self.mean, self.std = standardize.mean.clone(), standardize.std.clone()
+            self.log_abs_det = sum(block.log_abs_det() for block in self._flow.blocks) - torch.log(self.std).sum()
+            # the unconditional snapshot of the same LU layers lends its folded matrices: the context's
+            # affine maps sit between its products and its activations (the leaky softplus's; splines
+            # whose knots change with the context take the plain passes)
+            self._shared = None
+            if self._flow.spline is None:
+                flow_parts = [self._flow.input_standardize]
+                for i, block in enumerate(self._flow.blocks):
+                    flow_parts += [block] if i == 0 else [self._flow.activation, block]
+                self._shared = FrozenLUNet(flow_parts)
+            # a label's parameters are the same at every call: formed once per class
+            self._label_params = None
+            if self._flow.label_embedding is not None:
+                labels = torch.arange(self._flow.num_classes, device=self.std.device)
+                self._label_params = self._flow._params(labels)
+        self.alpha = self._flow.activation._fixed_alpha
+        self.spline = self._flow.spline
+        self.features = self._flow.features
+        self.context_features = self._flow.context_features
+        self.num_classes = self._flow.num_classes
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.std.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.std.device
+
+    def reference(self) -> torch.Tensor:
+        """The tensor whose dtype and device inputs and vector contexts must share."""
+        return self.std
+
+    def context_shape(self, c: object) -> torch.Size:
+        """The context's leading (batch) shape, as :meth:`ConditionalLUNet.context_shape`."""
+        return self._flow.context_shape(c)
+
+    def forward_rows(
+        self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`ConditionalLUNet.forward_rows`: the unconditional snapshot's folded products
+        (:meth:`~lunet.frozen.FrozenLUNet._forward_plan`, which return negated pre-activations
+        but the last) with the context's affine maps between them and its fused activations."""
+        if under_vmap() or self._shared is None:
+            return self.plain_forward_rows(x, log_scale, shift, knots)
+        return self._fast_forward_rows(x, log_scale, shift, exact=self._shared.sync_free)
+
+    def _fast_forward_rows(
+        self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, exact: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        layers, alphas, const = self._shared._forward_plan()
+        scale = torch.exp(log_scale)
+        logdet = log_scale.sum(dim=(-2, -1)).add_(const)
+        u = layers[0](x)
+        q, scratch, in_range = torch.empty_like(u), torch.empty_like(u), None
+        for i, (layer, a) in enumerate(zip(layers[1:], alphas)):
+            # u holds -(x A^T + b) of block i: -(pre-activation) = u s - t
+            v = torch.addcmul(shift[:, i].neg(), u, scale[:, i], out=scratch)
+            if exact:
+                g, ld = scaled_forward(v.neg_(), a)
+                torch.neg(g, out=q)
+            else:
+                ld, ok = negated_forward(v, a, out=q, scratch=u)
+                in_range = ok if in_range is None else in_range.logical_and_(ok)
+            logdet = logdet + ld
+            layer(q, out=u)
+        if not exact and in_range is not None and not bool(in_range):
+            return self._fast_forward_rows(x, log_scale, shift, exact=True)
+        last = len(layers) - 1
+        return u.mul_(scale[:, last]).add_(shift[:, last]), logdet.expand(x.shape[0])
+
+    def plain_forward_rows(
+        self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward_rows` in plain ops, block by block (under ``torch.func.vmap``, and for splines)."""
+        h = (x - self.mean) / self.std
+        scale = torch.exp(log_scale)
+        logdet = self.log_abs_det + log_scale.sum(dim=(-2, -1))
+        last = len(self.weights) - 1
+        for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            h = torch.addmm(bias, h, weight).mul_(scale[:, i]).add_(shift[:, i])
+            if i < last and knots is not None:
+                h, ld = spline_forward_plain(h, *knots[:, i].unbind(-3), self.spline[1])
+                logdet = logdet + ld
+            elif i < last:
+                logdet = logdet + leaky_softplus_log_derivative(h, self.alpha).sum(dim=-1)
+                h = leaky_softplus(h, self.alpha)
+        return h, logdet.expand(x.shape[0])
+
+    def inverse_rows(
+        self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`ConditionalLUNet.inverse_rows`: the context's affine maps undone before each of
+        the unconditional snapshot's folded inverse products
+        (:meth:`~lunet.frozen.FrozenLUNet._inverse_plan`), and its tabled activation inverses."""
+        if under_vmap() or self._shared is None:
+            return self.plain_inverse_rows(z, log_scale, shift, knots)
+        layers, alphas, tables = self._shared._inverse_plan()
+        inv_scale = torch.exp(-log_scale)
+        last = len(layers) - 1
+        work = {} if z.shape[0] >= 64 else None  # scratch buffers pay from a moderate batch on
+        h = layers[0]((z - shift[:, last]).mul_(inv_scale[:, last]))
+        logdet = None
+        for k, (layer, a, table) in enumerate(zip(layers[1:], alphas, tables)):
+            x = solve_scaled(h, a, work, table=table)  # overwrites h
+            ld = leaky_softplus_log_derivative(x, a).sum(dim=-1)
+            logdet = ld if logdet is None else logdet.add_(ld)
+            i = last - 1 - k  # the block whose context map is undone next
+            h = layer(x.sub_(shift[:, i]).mul_(inv_scale[:, i]), out=h)
+        const = self._shared._inverse_log_det_constant() - log_scale.sum(dim=(-2, -1))
+        return h, (const if logdet is None else const - logdet).expand(z.shape[0])
+
+    def plain_inverse_rows(
+        self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`inverse_rows` in plain ops, block by block (under ``torch.func.vmap``, and for splines)."""
+        inv_scale = torch.exp(-log_scale)
+        h, logdet = z, -(self.log_abs_det + log_scale.sum(dim=(-2, -1)))
+        last = len(self.weights) - 1
+        for i in range(last, -1, -1):
+            if i < last and knots is not None:
+                h, ld = spline_inverse_plain(h, *knots[:, i].unbind(-3), self.spline[1])
+                logdet = logdet + ld
+            elif i < last:
+                h = leaky_softplus_inverse(h, self.alpha)
+                logdet = logdet - leaky_softplus_log_derivative(h, self.alpha).sum(dim=-1)
+            h = ((h - shift[:, i]) * inv_scale[:, i] - self.biases[i]) @ self.inverses[i]
+        return torch.addcmul(self.mean, h, self.std), logdet.expand(z.shape[0])
+
+    def forward(
+        self, x: torch.Tensor, c: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, torch.Tensor] | ConditionalFlowDistribution:
+        """``(z, log|det dz/dx|)`` as :meth:`ConditionalLUNet.forward`; ``snapshot(c)``: the distribution."""
+        if c is None:
+            return self.distribution(x)
+        with torch.no_grad():
+            rows, params, batch = self._rows(x, c, "input")
+            z, logdet = self.forward_rows(rows, *params)
+        return z.view(*batch, self.features), logdet.reshape(batch)
+
+    __call__ = forward
+
+    def inverse(self, z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, log|det dx/dz|)`` as :meth:`ConditionalLUNet.inverse`."""
+        with torch.no_grad():
+            rows, params, batch = self._rows(z, c, "input")
+            x, logdet = self.inverse_rows(rows, *params)
+        return x.view(*batch, self.features), logdet.reshape(batch)
+
+    def _params(self, c: object) -> Params:
+        if self._label_params is None:
+            return self._flow._params(c)
+        labels = self._flow._labels(c, self.std)
+        log_scale, shift, knots = self._label_params
+        return log_scale[labels], shift[labels], None if knots is None else knots[labels]
+
+    def _rows(self, x: torch.Tensor, c: object, name: str) -> tuple[torch.Tensor, Params, torch.Size]:
+        """As :meth:`ConditionalLUNet._rows`, with the snapshot's parameters of the context."""
+        check_features(x, self.features, name, like=self.std)
+        return broadcast_rows(x, self._params(c), name)
+
+    def rsample(self, *args: object, **kwargs: object) -> torch.Tensor:
+        """Refused: a snapshot computes without autograd; use :meth:`sample`, or the flow itself."""
+        raise NotImplementedError("a snapshot (flow.frozen()) computes without autograd, so its draws carry no "
+                                  "gradient: use sample(), or the flow itself for rsample()")
+
+    def __repr__(self) -> str:
+        return (f"FrozenConditionalLUNet(features={self.features}, context_features={self.context_features}, "
+                f"num_blocks={len(self.weights)}{'' if self.spline is None else ', spline activations'}, "
+                f"a snapshot: later changes to the flow are not seen)")
