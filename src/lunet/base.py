@@ -16,14 +16,14 @@ call their parts' row hooks, so a pass through many parts checks nothing twice.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import torch
 from torch import nn
 
 from lunet.checks import check_features
 
-__all__ = ["Transform", "per_row", "compose_forward", "compose_inverse"]
+__all__ = ["Transform", "check_module_state", "per_row", "compose_forward", "compose_inverse"]
 
 
 class Transform(nn.Module):
@@ -77,6 +77,47 @@ class Transform(nn.Module):
 
     def inverse_rows(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError(f"{type(self).__name__} implements no inverse_rows")
+
+
+def check_module_state(
+    module: nn.Module, state: Mapping[str, Any], prefix: str = "", strict: bool = True, what: str = ""
+) -> None:
+    """``ValueError`` in one line naming the entry when ``state`` (weights as ``state_dict()`` names
+    them, ``module``'s own after ``prefix``) is not a set ``module`` takes: with ``strict``, an entry
+    missing or one it has no place for; an entry that is no tensor, has another shape, is not
+    floating where the module's is, or holds NaN or infinite values; or a value that no trained
+    transform holds (each :class:`Transform` part's :meth:`~Transform.check_state`). ``what`` describes
+    the module in the messages. It reads shapes alone, so a module on the "meta" device checks as well."""
+    own = module.state_dict(keep_vars=True)
+    given = {key[len(prefix):]: value for key, value in state.items()
+             if isinstance(key, str) and key.startswith(prefix)}
+    if strict:
+        missing = [key for key in own if key not in given]
+        unexpected = [key for key in given if key not in own]
+        for keys, verb, has in ((missing, "lacks", "has"), (unexpected, "holds", "has not")):
+            if keys:
+                shown = ", ".join(prefix + key for key in keys[:3]) + (", ..." if len(keys) > 3 else "")
+                raise ValueError(f"the state {verb} {shown}, which this flow ({what}) {has}; "
+                                 f"it was saved from another flow")
+    for key, value in given.items():
+        mine = own.get(key)
+        if mine is None:
+            continue
+        name = prefix + key
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"the state's {name} is a {type(value).__name__}, not a tensor")
+        if tuple(value.shape) != tuple(mine.shape):
+            raise ValueError(f"the state's {name} has shape {tuple(value.shape)}, this flow's "
+                             f"{tuple(mine.shape)} ({what}); it was saved from another flow")
+        if value.is_floating_point() != mine.is_floating_point():
+            raise ValueError(f"the state's {name} holds {value.dtype} values, this flow's {mine.dtype}")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            count = int((~torch.isfinite(value)).sum())
+            raise ValueError(f"the state's {name} holds {count:,} NaN or infinite value{'s' if count > 1 else ''}; "
+                             f"its densities and samples would be NaN")
+    for name, part in module.named_modules():
+        if isinstance(part, Transform):
+            part.check_state(state, f"{prefix}{name}.")
 
 
 def per_row(logdet: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

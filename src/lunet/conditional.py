@@ -26,9 +26,10 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from lunet.base import Transform
-from lunet.checks import check_batch, check_features, value_checks_enabled
+from lunet.base import check_module_state
+from lunet.checks import check_batch, check_features
 from lunet.conditional_density import ConditionalDensity, ConditionalFlowDistribution, Params, broadcast_rows
+from lunet.context import ContextInput, context_network
 from lunet.fast.spline import spline_forward_plain, spline_inverse_plain
 from lunet.flow import ACTIVATIONS, LUNet
 from lunet.frozen_conditional import FrozenConditionalLUNet
@@ -40,7 +41,7 @@ from lunet.standardize import Standardize
 __all__ = ["ConditionalLUNet"]
 
 
-class ConditionalLUNet(ConditionalDensity, nn.Module):
+class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
     """LU-Net of ``p(x | c)``: shared LU layers, a per-feature affine map of the context after each,
     and an activation after each but the last (the leaky softplus, or a spline the context shapes).
 
@@ -92,15 +93,8 @@ class ConditionalLUNet(ConditionalDensity, nn.Module):
     ) -> None:
         super().__init__()
         features = check_positive_int(features, "features")
-        self.context_features = check_positive_int(context_features, "context_features")
         check_positive_int(num_blocks, "num_blocks")
-        widths = (hidden, hidden) if isinstance(hidden, int) else tuple(hidden)
-        for width in widths:
-            check_positive_int(width, "hidden")
-        if num_classes is not None and embedding is not None:
-            raise ValueError("give num_classes (integer labels, embedded inside) or an embedding network, not both")
-        if embedding is not None and not isinstance(embedding, nn.Module):
-            raise TypeError(f"embedding must be an nn.Module, got {type(embedding).__name__}")
+        self._init_context(context_features, num_classes, embedding)
         if isinstance(max_log_scale, bool) or not isinstance(max_log_scale, numbers.Real) or not (
             math.isfinite(max_log_scale) and max_log_scale > 0
         ):
@@ -110,26 +104,13 @@ class ConditionalLUNet(ConditionalDensity, nn.Module):
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         # the spline's size, None for the leaky softplus
         self.spline: Optional[tuple[int, float]] = check_spline_size(bins, bound) if activation == "spline" else None
-        self.num_classes = None if num_classes is None else check_positive_int(num_classes, "num_classes")
-        self.label_embedding = None if num_classes is None else nn.Embedding(num_classes, context_features)
-        self.embedding = embedding
         self.input_standardize = Standardize(features)
-        # fitted by standardize(data, context) for vector contexts; the identity otherwise
-        self.context_standardize = Standardize(context_features)
         self.blocks = nn.ModuleList(
             LULinear(features, diag=diag, init=init, init_scale=init_scale) for _ in range(num_blocks)
         )
         self.activation = LeakySoftplus(alpha)
-        layers: list[nn.Module] = []
-        width_in = context_features
-        for width in widths:
-            layers += [nn.Linear(width_in, width), nn.SiLU()]  # smooth, so higher derivatives exist
-            width_in = width
         spline_width = 0 if self.spline is None else (num_blocks - 1) * features * (3 * self.spline[0] - 1)
-        last = nn.Linear(width_in, num_blocks * 2 * features + spline_width)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.conditioner = nn.Sequential(*layers, last)
+        self.conditioner = context_network(context_features, hidden, num_blocks * 2 * features + spline_width)
 
     # -- sizes and placement -------------------------------------------------
     @property
@@ -188,43 +169,11 @@ class ConditionalLUNet(ConditionalDensity, nn.Module):
     # -- stored weights ------------------------------------------------------
     def check_state(self, state: Mapping[str, Any], prefix: str = "", strict: bool = True) -> None:
         """``ValueError`` in one line naming the entry when ``state`` (weights as ``state_dict()`` names
-        them, this flow's own after ``prefix``) is not a set this flow takes: with ``strict``, an entry
-        missing or one it has no place for; an entry that is no tensor, has another shape, is not
-        floating where the flow's is, or holds NaN or infinite values; or a value that no trained flow
-        holds (each part's :meth:`~lunet.base.Transform.check_state`: a zero or overflowing diagonal of
-        ``U``, a sign other than ±1, a spread that is not positive). :meth:`load_state_dict` checks this
-        before it copies anything, and so do lunet's checkpoint loads. It reads the flow's shapes
-        alone, so a flow built on the "meta" device checks as well."""
-        own = self.state_dict(keep_vars=True)
-        given = {key[len(prefix):]: value for key, value in state.items()
-                 if isinstance(key, str) and key.startswith(prefix)}
-        if strict:
-            missing = [key for key in own if key not in given]
-            unexpected = [key for key in given if key not in own]
-            for keys, verb, has in ((missing, "lacks", "has"), (unexpected, "holds", "has not")):
-                if keys:
-                    shown = ", ".join(prefix + key for key in keys[:3]) + (", ..." if len(keys) > 3 else "")
-                    raise ValueError(f"the state {verb} {shown}, which this flow ({self._describe()}) {has}; "
-                                     f"it was saved from another flow")
-        for key, value in given.items():
-            mine = own.get(key)
-            if mine is None:
-                continue
-            name = prefix + key
-            if not isinstance(value, torch.Tensor):
-                raise ValueError(f"the state's {name} is a {type(value).__name__}, not a tensor")
-            if tuple(value.shape) != tuple(mine.shape):
-                raise ValueError(f"the state's {name} has shape {tuple(value.shape)}, this flow's "
-                                 f"{tuple(mine.shape)} ({self._describe()}); it was saved from another flow")
-            if value.is_floating_point() != mine.is_floating_point():
-                raise ValueError(f"the state's {name} holds {value.dtype} values, this flow's {mine.dtype}")
-            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                count = int((~torch.isfinite(value)).sum())
-                raise ValueError(f"the state's {name} holds {count:,} NaN or infinite value{'s' if count > 1 else ''}; "
-                                 f"its densities and samples would be NaN")
-        for name, part in self.named_modules():
-            if isinstance(part, Transform):
-                part.check_state(state, f"{prefix}{name}.")
+        them, this flow's own after ``prefix``) is not a set this flow takes
+        (:func:`~lunet.base.check_module_state`: a missing or unexpected entry with ``strict``, another
+        shape or kind, NaN or infinite values, a zero diagonal of ``U``, a sign other than ±1).
+        :meth:`load_state_dict` checks this before it copies anything, and so do lunet's checkpoint loads."""
+        check_module_state(self, state, prefix, strict, what=self._describe())
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         """``nn.Module.load_state_dict`` after :meth:`check_state`: a mismatched or damaged state is
@@ -239,54 +188,6 @@ class ConditionalLUNet(ConditionalDensity, nn.Module):
         blocks = f"{self.num_blocks} block{'' if self.num_blocks == 1 else 's'}"
         spline = "" if self.spline is None else f", spline activations of {self.spline[0]} bins"
         return f"features {self.features}, {blocks}, {context}{spline}"
-
-    # -- the context ---------------------------------------------------------
-    def embed(self, c: object) -> torch.Tensor:
-        """The context ``c`` checked and embedded: (..., context_features), in the flow's dtype.
-
-        Vector contexts (..., context_features) are standardised (see :meth:`standardize`);
-        labels (...) go through the label embedding, raw contexts through ``embedding``."""
-        ref = self.reference()
-        if self.label_embedding is not None:
-            return self.label_embedding(self._labels(c, ref))
-        if self.embedding is not None:
-            if not isinstance(c, torch.Tensor):
-                raise TypeError(f"context must be a torch.Tensor for the embedding network, got {type(c).__name__}")
-            if c.is_floating_point():
-                check_features(c, None, "context", like=ref)
-            out = self.embedding(c)
-            if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[-1] != self.context_features:
-                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                raise ValueError(f"the embedding network must return (..., {self.context_features}), got {got} "
-                                 f"from a context of shape {tuple(c.shape)}")
-            return out
-        c = check_features(c, self.context_features, "context", like=ref)
-        return self.context_standardize.forward_rows(c)[0]
-
-    def _labels(self, c: object, ref: torch.Tensor) -> torch.Tensor:
-        if isinstance(c, int) and not isinstance(c, bool):
-            c = torch.tensor(c, device=ref.device)
-        if not isinstance(c, torch.Tensor) or c.is_floating_point() or c.is_complex() or c.dtype == torch.bool:
-            what = f"{c.dtype} tensor" if isinstance(c, torch.Tensor) else type(c).__name__
-            raise TypeError(f"context must be integer class labels of shape (...) in [0, {self.num_classes}), "
-                            f"got a {what}; convert labels with .long()")
-        if c.device != ref.device:
-            raise ValueError(f"context is on {c.device} but the model is on {ref.device}; "
-                             f"move the labels with .to({str(ref.device)!r})")
-        if value_checks_enabled() and c.numel() and bool(((c < 0) | (c >= self.num_classes)).any()):
-            lo, hi = int(c.min()), int(c.max())
-            raise ValueError(f"context labels must lie in [0, {self.num_classes}), got values from {lo} to {hi}")
-        return c
-
-    def context_shape(self, c: object) -> torch.Size:
-        """The leading (batch) shape of the context ``c``: ``c.shape`` for labels, ``c.shape[:-1]`` for
-        vectors, the embedding's output's leading shape for raw contexts (one pass, no gradients)."""
-        if self.label_embedding is not None:
-            return self._labels(c, self.reference()).shape
-        if self.embedding is not None:
-            with torch.no_grad():
-                return self.embed(c).shape[:-1]
-        return check_features(c, self.context_features, "context", like=self.reference()).shape[:-1]
 
     def _params(self, c: object) -> Params:
         """The context's log-scales and shifts, each (..., num_blocks, features), and spline knot tables

@@ -103,15 +103,12 @@ class FrozenLUNet(Density):
     and ``split_min_bytes`` tune the products (see
     :class:`~lunet.fast.affine.FrozenAffine`), not the results.
 
-    ``sync_free`` (on for a snapshot off the CPU): the density pass reads nothing back
-    to the host, so that it never waits for the device and compiles or captures as one
-    graph; off, it takes a cheaper activation and reads back one flag per batch, whether
-    that activation stayed exact (it redoes the batch if not).
-
-    Under ``torch.func.vmap`` a snapshot runs plain passes from its copy of the weights
-    (the same map, unfolded). ``grad``, ``jacrev``, ``jvp`` and ``jacfwd``
-    through it raise ``RuntimeError``: it computes without autograd, and their
-    derivatives would be zero.
+    ``sync_free`` (on for a snapshot off the CPU): the density pass reads nothing back to the
+    host, so it never waits for the device and compiles or captures as one graph; off, it takes a
+    cheaper activation and reads back one flag per batch, whether that stayed exact (if not, the
+    batch is redone). Under ``torch.func.vmap`` it runs plain passes from its copy of the weights
+    (the same map, unfolded); ``grad``, ``jacrev``, ``jvp`` and ``jacfwd`` raise ``RuntimeError``
+    (no autograd: their derivatives would be zero).
     """
 
     differentiable = False
@@ -154,10 +151,8 @@ class FrozenLUNet(Density):
         return self._std.device
 
     def __repr__(self) -> str:
-        return (
-            f"FrozenLUNet(features={self.features}, num_blocks={len(self._blocks)}, dtype={self.dtype}, "
-            f"device={self.device}; a snapshot: later changes to the flow are not seen)"
-        )
+        return (f"FrozenLUNet(features={self.features}, num_blocks={len(self._blocks)}, dtype={self.dtype}, "
+                f"device={self.device}; a snapshot: later changes to the flow are not seen)")
 
     # -- the passes ------------------------------------------------------------
     @torch.no_grad()

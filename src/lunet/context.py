@@ -1,0 +1,110 @@
+"""The context side of a conditional flow: contexts checked and embedded before the context network.
+
+A context is a vector (..., context_features), standardised by a fixed ``Standardize``; an integer
+class label (...), embedded by a learned ``nn.Embedding``; or anything an embedding network of the
+user's maps to (..., context_features).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from lunet.checks import check_features, value_checks_enabled
+from lunet.limits import check_positive_int
+from lunet.standardize import Standardize
+
+__all__ = ["ContextInput", "context_network"]
+
+
+def context_network(context_features: int, hidden: int | Sequence[int], outputs: int) -> nn.Sequential:
+    """The network of the (embedded) context: hidden layers of widths ``hidden`` (an int: two of that
+    width) with SiLU (smooth, so higher derivatives exist), then a linear layer to ``outputs`` that
+    starts at zero, so a new flow is the same for every context."""
+    widths = (hidden, hidden) if isinstance(hidden, int) else tuple(hidden)
+    layers: list[nn.Module] = []
+    width_in = context_features
+    for width in widths:
+        layers += [nn.Linear(width_in, check_positive_int(width, "hidden")), nn.SiLU()]
+        width_in = width
+    last = nn.Linear(width_in, outputs)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(*layers, last)
+
+
+class ContextInput:
+    """:meth:`embed` and :meth:`context_shape` of a conditional flow, over its ``context_features``,
+    ``num_classes`` with ``label_embedding`` (labels), ``embedding`` (a network of raw contexts),
+    ``context_standardize`` (vectors) and ``reference()`` (the dtype and device contexts must share)."""
+
+    context_features: int
+    num_classes: Optional[int]
+    label_embedding: Optional[nn.Embedding]
+    embedding: Optional[nn.Module]
+    context_standardize: Standardize
+
+    def reference(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _init_context(self, context_features: int, num_classes: Optional[int], embedding: Optional[nn.Module]) -> None:
+        """Checks the context's settings and makes its parts (called by the flow's ``__init__``)."""
+        self.context_features = check_positive_int(context_features, "context_features")
+        if num_classes is not None and embedding is not None:
+            raise ValueError("give num_classes (integer labels, embedded inside) or an embedding network, not both")
+        if embedding is not None and not isinstance(embedding, nn.Module):
+            raise TypeError(f"embedding must be an nn.Module, got {type(embedding).__name__}")
+        self.num_classes = None if num_classes is None else check_positive_int(num_classes, "num_classes")
+        self.label_embedding = None if num_classes is None else nn.Embedding(num_classes, context_features)
+        self.embedding = embedding
+        # fitted by standardize(data, context) for vector contexts; the identity otherwise
+        self.context_standardize = Standardize(context_features)
+
+    def embed(self, c: object) -> torch.Tensor:
+        """The context ``c`` checked and embedded: (..., context_features), in the flow's dtype.
+
+        Vector contexts (..., context_features) are standardised (see :meth:`standardize`);
+        labels (...) go through the label embedding, raw contexts through ``embedding``."""
+        ref = self.reference()
+        if self.label_embedding is not None:
+            return self.label_embedding(self._labels(c, ref))
+        if self.embedding is not None:
+            if not isinstance(c, torch.Tensor):
+                raise TypeError(f"context must be a torch.Tensor for the embedding network, got {type(c).__name__}")
+            if c.is_floating_point():
+                check_features(c, None, "context", like=ref)
+            out = self.embedding(c)
+            if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[-1] != self.context_features:
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"the embedding network must return (..., {self.context_features}), got {got} "
+                                 f"from a context of shape {tuple(c.shape)}")
+            return out
+        c = check_features(c, self.context_features, "context", like=ref)
+        return self.context_standardize.forward_rows(c)[0]
+
+    def _labels(self, c: object, ref: torch.Tensor) -> torch.Tensor:
+        if isinstance(c, int) and not isinstance(c, bool):
+            c = torch.tensor(c, device=ref.device)
+        if not isinstance(c, torch.Tensor) or c.is_floating_point() or c.is_complex() or c.dtype == torch.bool:
+            what = f"{c.dtype} tensor" if isinstance(c, torch.Tensor) else type(c).__name__
+            raise TypeError(f"context must be integer class labels of shape (...) in [0, {self.num_classes}), "
+                            f"got a {what}; convert labels with .long()")
+        if c.device != ref.device:
+            raise ValueError(f"context is on {c.device} but the model is on {ref.device}; "
+                             f"move the labels with .to({str(ref.device)!r})")
+        if value_checks_enabled() and c.numel() and bool(((c < 0) | (c >= self.num_classes)).any()):
+            lo, hi = int(c.min()), int(c.max())
+            raise ValueError(f"context labels must lie in [0, {self.num_classes}), got values from {lo} to {hi}")
+        return c
+
+    def context_shape(self, c: object) -> torch.Size:
+        """The leading (batch) shape of the context ``c``: ``c.shape`` for labels, ``c.shape[:-1]`` for
+        vectors, the embedding's output's leading shape for raw contexts (one pass, no gradients)."""
+        if self.label_embedding is not None:
+            return self._labels(c, self.reference()).shape
+        if self.embedding is not None:
+            with torch.no_grad():
+                return self.embed(c).shape[:-1]
+        return check_features(c, self.context_features, "context", like=self.reference()).shape[:-1]
