@@ -10,9 +10,10 @@ import torch
 from conftest import one_line_error, run_cli
 from experiments.runs.test_vectors import banana, write_npy
 from lunet.cli import main
+from lunet.experiments.config.presets import IMAGES
 from lunet.experiments.runs.vector_run import evaluate_vectors, load_vector_run
 from lunet.experiments.store.folder import RunFolder
-from lunet.experiments.store.record import IMAGES, ImageRunSettings, RunRecord, write_run
+from lunet.experiments.store.record import ImageRunSettings, RunRecord, write_run
 
 FAST = ["--blocks", "2", "--batch-size", "64", "--dtype", "float64", "--no-progress"]
 

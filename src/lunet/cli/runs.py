@@ -38,7 +38,8 @@ def open_run(args: argparse.Namespace) -> None:
     found them unless ``--data-dir`` says."""
     args.run = RunFolder(args.run_dir)
     if getattr(args, "data_dir", "") is None:
-        from lunet.experiments.store.record import IMAGES, recorded_data
+        from lunet.experiments.config.presets import IMAGES
+        from lunet.experiments.store.record import recorded_data
 
         try:
             found = recorded_data(args.run, IMAGES)
@@ -65,7 +66,8 @@ def check_outputs(args: argparse.Namespace) -> None:
               (getattr(args, "context", None), "the --context file this command reads")]
     data_dirs = [getattr(args, "data_dir", None)]
     if run is not None:
-        from lunet.experiments.store.record import IMAGES, VECTORS, recorded_data
+        from lunet.experiments.config.presets import IMAGES, VECTORS
+        from lunet.experiments.store.record import recorded_data
 
         inputs.append((recorded_data(run, VECTORS), "the run's training data"))
         inputs.append((recorded_data(run, VECTORS, "context_file"), "the run's training contexts"))
@@ -80,7 +82,8 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     check_outputs(args)
-    from lunet.experiments.store.record import IMAGES, VECTORS, read_run
+    from lunet.experiments.config.presets import IMAGES, VECTORS
+    from lunet.experiments.store.record import read_run
 
     if read_run(args.run, (IMAGES, VECTORS)).kind == VECTORS:
         return _evaluate_vectors(args)
@@ -144,7 +147,8 @@ def _evaluate_vectors(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     check_outputs(args)
-    from lunet.experiments.store.record import IMAGES, VECTORS, read_run
+    from lunet.experiments.config.presets import IMAGES, VECTORS
+    from lunet.experiments.store.record import read_run
 
     if read_run(args.run, (IMAGES, VECTORS)).kind == VECTORS:
         return _sample_vectors(args)

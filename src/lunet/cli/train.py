@@ -34,7 +34,12 @@ from lunet.experiments.config.presets import (
     CONTEXT_KINDS,
     DEFAULT_LAM,
     DEQUANTIZE_CHOICES,
+    GMM2D,
+    IMAGE_DATASETS,
+    IMAGES,
+    KINDS,
     RECIPES,
+    VECTORS,
     GMM2DSettings,
     conditional_image_spec,
     paper_lunet_spec,
@@ -49,12 +54,9 @@ from lunet.experiments.config.training import (
 )
 from lunet.limits import ALPHA_MIN
 
-__all__ = ["KINDS", "IMAGE_DATASETS", "KIND_NAMES", "Option", "CONFIG_OPTIONS", "OPTIONS", "parser_for", "parse",
+__all__ = ["KIND_NAMES", "Option", "CONFIG_OPTIONS", "OPTIONS", "parser_for", "parse",
            "given_config", "train_config", "model_overrides", "cmd_train"]
 
-GMM2D, IMAGES, VECTORS = "gmm2d", "images", "vectors"
-KINDS = (GMM2D, IMAGES, VECTORS)
-IMAGE_DATASETS = ("mnist", "fashion-mnist")
 # how messages and help texts name each kind
 KIND_NAMES = {GMM2D: "--dataset gmm2d", IMAGES: "image data sets", VECTORS: "--data"}
 _HELP_NAMES = {GMM2D: "gmm2d", IMAGES: "images", VECTORS: "--data"}

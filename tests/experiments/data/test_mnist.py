@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import idx_bytes, write_idx
+from lunet.experiments.config.presets import IMAGE_DATASETS
 from lunet.experiments.data import mnist as data
 from lunet.experiments.data.mnist import (
-    DATASETS,
     find_file,
     load_dataset,
     read_idx,
@@ -244,7 +244,7 @@ def test_train_val_split_small():
 # --- the real files -----------------------------------------------------------------
 
 requires_shared_data = pytest.mark.skipif(
-    not all((SHARED_DATA / name).is_dir() for name in DATASETS),
+    not all((SHARED_DATA / name).is_dir() for name in IMAGE_DATASETS),
     reason=f"shared data folders not found under {SHARED_DATA}",
 )
 
@@ -260,7 +260,7 @@ MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949
 
 
 @requires_shared_data
-@pytest.mark.parametrize("name", DATASETS)
+@pytest.mark.parametrize("name", IMAGE_DATASETS)
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_real_data(name, split):
     x, y = load_dataset(name, split, data_dir=SHARED_DATA)  # verify=True: MD5 checked

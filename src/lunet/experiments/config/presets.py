@@ -11,9 +11,17 @@ from typing import Any, Optional
 
 from lunet.limits import check_positive_int
 
-__all__ = ["DEFAULT_LAM", "MAX_SAMPLE_VALUES", "NUM_CLASSES", "paper_lunet_spec", "conditional_image_spec",
+__all__ = ["GMM2D", "IMAGES", "VECTORS", "KINDS", "IMAGE_DATASETS", "DEFAULT_LAM", "MAX_SAMPLE_VALUES", "NUM_CLASSES",
+           "paper_lunet_spec", "conditional_image_spec",
            "vector_lunet_spec", "conditional_vector_spec", "CONTEXT_KINDS", "MAX_AUTO_CLASSES",
            "MAX_LABEL_EMBEDDING", "DEQUANTIZE_CHOICES", "GMM2DSettings", "Recipe", "RECIPES"]
+
+# The kinds of run, as run.json records them: the 2-D mixture, an image data set, own vectors (--data)
+GMM2D, IMAGES, VECTORS = "gmm2d", "images", "vectors"
+KINDS = (GMM2D, IMAGES, VECTORS)
+
+# The image data sets lunet reads (IDX files, lunet.experiments.data.mnist)
+IMAGE_DATASETS = ("mnist", "fashion-mnist")
 
 # The logit transform's λ: pixels y in [0, 1) are mapped to logit(λ + (1 - 2λ) y).
 DEFAULT_LAM = 1e-6

@@ -19,13 +19,14 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-__all__ = ["DATASETS", "CLASS_NAMES", "SPLITS", "ENV_VAR", "FILES", "MD5", "SYSTEM_DIRS", "IDX_IMAGES", "IDX_LABELS",
+from lunet.experiments.config.presets import IMAGE_DATASETS
+
+__all__ = ["CLASS_NAMES", "SPLITS", "ENV_VAR", "FILES", "MD5", "SYSTEM_DIRS", "IDX_IMAGES", "IDX_LABELS",
            "read_idx", "user_cache_dir", "search_dirs", "find_file", "data_files", "load_dataset",
            "dataset_digest", "train_val_split"]
 
 PathLike = Union[str, os.PathLike]
 
-DATASETS = ("mnist", "fashion-mnist")
 # what each label means, for pictures
 CLASS_NAMES = {
     "mnist": tuple(str(digit) for digit in range(10)),
@@ -153,7 +154,7 @@ def search_dirs(name: str, data_dir: Optional[PathLike] = None) -> list[tuple[Pa
     directory is searched as ``<base>/<name>/`` and as ``<base>/``, so both the
     parent of the data set folders and the folder itself may be given.
     """
-    _check_choice(name, DATASETS, "dataset")
+    _check_choice(name, IMAGE_DATASETS, "dataset")
     bases: list[tuple[Path, str]] = []
     if data_dir is not None:
         bases.append((Path(data_dir).expanduser(), "--data-dir"))
@@ -197,7 +198,7 @@ def data_files(data_dir: Optional[PathLike] = None) -> list[tuple[Path, str]]:
     """Every IDX file of every data set that lies where :func:`search_dirs` looks (with
     ``data_dir``), plain or gzipped, each with what it is: files that no output may replace."""
     found = []
-    for name in DATASETS:
+    for name in IMAGE_DATASETS:
         for directory, _ in search_dirs(name, data_dir):
             for filename in (f + suffix for pair in FILES.values() for f in pair for suffix in ("", ".gz")):
                 if (directory / filename).is_file():
@@ -236,14 +237,14 @@ def load_dataset(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images and labels of one split of an MNIST-like data set.
 
-    ``name`` is one of :data:`DATASETS`, ``split`` ``"train"`` or ``"test"``.
+    ``name`` is one of :data:`IMAGE_DATASETS`, ``split`` ``"train"`` or ``"test"``.
     Returns images as a uint8 tensor (N, rows*cols) flattened row-major, i.e.
     (N, 784) for the standard files, and labels as int64 (N,). Files are found
     as described in :func:`search_dirs`; MD5 sums of the originals are checked
     unless ``verify=False``. Parsed files are cached in-process; every call
     returns fresh tensors that the caller may modify.
     """
-    _check_choice(name, DATASETS, "dataset")
+    _check_choice(name, IMAGE_DATASETS, "dataset")
     _check_choice(split, SPLITS, "split")
     images_file, labels_file = FILES[split]
     images = _load_file(name, images_file, data_dir, verify, ndim=3)

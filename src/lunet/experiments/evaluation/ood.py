@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from lunet.baselines.gaussian import FullCovarianceGaussian
-from lunet.experiments.config.presets import NUM_CLASSES
-from lunet.experiments.data.mnist import DATASETS, load_dataset, train_val_split
+from lunet.experiments.config.presets import IMAGE_DATASETS, NUM_CLASSES
+from lunet.experiments.data.mnist import load_dataset, train_val_split
 from lunet.experiments.data.preprocess import ImagePreprocessor, bits_per_dim
 from lunet.experiments.evaluation.evaluate import image_log_probs
 from lunet.experiments.runs.images import class_subset, load_run_models
@@ -173,8 +173,8 @@ def ood_run(
     and the Gaussian and the typicality reference of its training images). ``limit``
     keeps the first ``limit`` test images of each set.
     """
-    if against not in DATASETS:
-        raise ValueError(f"--against must be one of {DATASETS}, got {against!r}")
+    if against not in IMAGE_DATASETS:
+        raise ValueError(f"--against must be one of {IMAGE_DATASETS}, got {against!r}")
     settings, models, _ = load_run_models(run_dir, device=device)
     if settings.kind == "conditional":
         raise ValueError("out-of-distribution scores take unconditional, single-class and per-class runs; "

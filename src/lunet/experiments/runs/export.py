@@ -13,9 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lunet.experiments.config.presets import IMAGES, VECTORS
 from lunet.experiments.store.checkpoint import load_checkpoint, save_checkpoint
 from lunet.experiments.store.folder import RunFolder, as_folder
-from lunet.experiments.store.record import IMAGES, VECTORS, read_run
+from lunet.experiments.store.record import read_run
 
 __all__ = ["export_run"]
 

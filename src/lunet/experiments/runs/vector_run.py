@@ -18,14 +18,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from lunet.checks import check_batch, check_temperature
 from lunet.experiments.config.errors import SettingError, first_sentence
-from lunet.experiments.config.presets import MAX_SAMPLE_VALUES
+from lunet.experiments.config.presets import MAX_SAMPLE_VALUES, VECTORS
 from lunet.experiments.data.columns import ColumnRules
 from lunet.experiments.data.contexts import ContextRules, check_rows
 from lunet.experiments.data.rows import check_fits_dtype, check_width
 from lunet.experiments.runs.vector_report import Reference, comparison_line, sample_report
 from lunet.experiments.store.checkpoint import load_model
 from lunet.experiments.store.folder import RunFolder, as_folder
-from lunet.experiments.store.record import VECTORS, RunRecord, VectorRunSettings, read_run
+from lunet.experiments.store.record import RunRecord, VectorRunSettings, read_run
 from lunet.experiments.training.trainer import resolve_device
 from lunet.latent import finite_temperature, flow_placement
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from lunet.experiments.config.errors import SettingError
 from lunet.experiments.config.models import build_model
-from lunet.experiments.config.presets import conditional_vector_spec, vector_lunet_spec
+from lunet.experiments.config.presets import VECTORS, conditional_vector_spec, vector_lunet_spec
 from lunet.experiments.config.resources import check_model_memory
 from lunet.experiments.config.training import TrainConfig, vector_train_config
 from lunet.experiments.data.columns import ColumnRules
@@ -38,7 +38,7 @@ from lunet.experiments.files.safe import write_text_atomic
 from lunet.experiments.runs.vector_report import Reference, comparison_line, sample_report
 from lunet.experiments.runs.vector_run import Vectors, as_vectors, inverse_in_chunks, log_prob_fn, read_run_file
 from lunet.experiments.store.folder import RunFolder, as_folder
-from lunet.experiments.store.record import VECTORS, RunRecord, VectorRunSettings, write_run
+from lunet.experiments.store.record import RunRecord, VectorRunSettings, write_run
 from lunet.experiments.training.distributed import Group, current
 from lunet.experiments.training.step import check_shared_config
 from lunet.experiments.training.trainer import Trainer, resolve_device

@@ -15,19 +15,26 @@ from typing import Any, Optional, Sequence, Union
 
 from lunet.experiments.config.errors import SettingError, first_sentence
 from lunet.experiments.config.models import check_spec, short_repr, shortened
-from lunet.experiments.config.presets import DEFAULT_LAM, NUM_CLASSES, RECIPES, paper_lunet_spec
+from lunet.experiments.config.presets import (
+    DEFAULT_LAM,
+    GMM2D,
+    IMAGE_DATASETS,
+    IMAGES,
+    KINDS,
+    NUM_CLASSES,
+    RECIPES,
+    VECTORS,
+    paper_lunet_spec,
+)
 from lunet.experiments.data.columns import ColumnRules
 from lunet.experiments.data.contexts import ContextRules
-from lunet.experiments.data.mnist import DATASETS
 from lunet.experiments.files.safe import UnsafeFile, read_text, write_text_atomic
 from lunet.experiments.store.folder import RunFolder
 from lunet.limits import check_positive_int
 
-__all__ = ["KINDS", "VECTOR_KEYS", "IMAGE_KINDS", "IMAGE_DATA_INITS", "VECTOR_DATA_INITS", "ImageRunSettings",
+__all__ = ["VECTOR_KEYS", "IMAGE_KINDS", "IMAGE_DATA_INITS", "VECTOR_DATA_INITS", "ImageRunSettings",
            "VectorRunSettings", "RunRecord", "run_kind", "read_run", "write_run", "recorded_data"]
 
-IMAGES, VECTORS, GMM2D = "images", "vectors", "gmm2d"
-KINDS = (IMAGES, VECTORS, GMM2D)
 # Entries that only a run on own data writes in run.json: a damaged file that holds one is
 # reported as a damaged run on own data, not taken for an image run.
 VECTOR_KEYS = ("data", "features", "val_fraction", "data_file")
@@ -52,8 +59,8 @@ class ImageRunSettings:
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {tuple(RECIPES)}, got {self.recipe!r}")
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.dataset not in IMAGE_DATASETS:
+            raise ValueError(f"dataset must be one of {IMAGE_DATASETS}, got {self.dataset!r}")
         if self.kind not in IMAGE_KINDS:
             raise ValueError(f"kind must be one of {IMAGE_KINDS}, got {self.kind!r}")
         if isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) or not 0 < self.lam < 0.5:
