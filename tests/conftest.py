@@ -88,7 +88,7 @@ def mixture_trainer(out_dir: Path, epochs: int, model_spec: dict = MIXTURE_SPEC,
     model.standardize(data["train"])
     config = TrainConfig(**{"epochs": epochs, "batch_size": 1024, "lr": 2e-2, "seed": 0, **config})
     trainer = Trainer(model, spec or model_spec, config, data["train"], data["val"], _log_prob_fn, features=2,
-                      out_dir=out_dir, progress=False, log=log)
+                      run_dir=out_dir, progress=False, log=log)
     return trainer, data
 
 

@@ -122,7 +122,7 @@ def _image_trainer(out, epochs, cuda_graph=True, rows=400):
     config = TrainConfig(epochs=epochs, batch_size=64, device="cuda", schedule="constant", grad_clip=10.0,
                          cuda_graph=cuda_graph)
     return Trainer(model, {"name": "lunet", "features": 784, "num_blocks": 2}, config, pixels[:-50], pixels[-50:],
-                   make_log_prob_fn(pre), features=784, out_dir=out, progress=False, dequantize=True)
+                   make_log_prob_fn(pre), features=784, run_dir=out, progress=False, dequantize=True)
 
 
 @pytest.mark.parametrize("cuda_graph", [False, True], ids=["eager", "cuda-graph"])

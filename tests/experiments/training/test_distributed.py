@@ -39,7 +39,7 @@ def make_trainer(out: Path, group: Group, rows: int = 203, **changes) -> Trainer
     torch.manual_seed(1)
     model = LUNet(DIM, 2)
     return Trainer(model, SPEC, TrainConfig(**{**CONFIG, **changes}), data[:rows], data[203:], log_prob,
-                   features=DIM, out_dir=out, progress=False, group=group)
+                   features=DIM, run_dir=out, progress=False, group=group)
 
 
 def _worker(rank: int, world: int, init_file: str, out: str, epochs: int, resume: bool) -> None:

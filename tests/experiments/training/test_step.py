@@ -77,7 +77,7 @@ def image_trainer(out, epochs=2, captured=False, fail_with=None, **cfg):
     config = TrainConfig(epochs=epochs, batch_size=64, seed=3, grad_clip=5.0, warmup_steps=4, **cfg)
     capture = EagerCapture(fail_with) if captured else None
     trainer = Trainer(LUNet(DIM, 2), SPEC, config, PIXELS[:500], PIXELS[500:],
-                      make_log_prob_fn(ImagePreprocessor(num_dims=DIM)), features=DIM, out_dir=out, progress=False,
+                      make_log_prob_fn(ImagePreprocessor(num_dims=DIM)), features=DIM, run_dir=out, progress=False,
                       dequantize=True, capture=capture)
     if captured:
         capture.trainer = trainer
@@ -152,7 +152,7 @@ def test_a_compiled_image_training_follows_the_eager_one(tmp_path, monkeypatch):
         torch.manual_seed(0)
         config = TrainConfig(epochs=2, batch_size=64, seed=0, compile=compiled)
         trainers.append(Trainer(LUNet(16, 2), spec, config, pixels[:200], pixels[200:],
-                                make_log_prob_fn(ImagePreprocessor(num_dims=16)), features=16, out_dir=tmp_path / name,
+                                make_log_prob_fn(ImagePreprocessor(num_dims=16)), features=16, run_dir=tmp_path / name,
                                 dequantize=True, progress=False))
         trainers[-1].fit()
     eager, compiled = trainers

@@ -88,13 +88,13 @@ def test_training_data_with_nan_are_refused_before_training(tmp_path):
     data[7, 1] = float("nan")
     with pytest.raises(ValueError, match=r"the training data hold 1 NaN or infinite value\(s\); shape \(100, 2\)"):
         Trainer(LUNet(2, 1), {"name": "lunet", "features": 2, "num_blocks": 1}, TrainConfig(epochs=1), data,
-                torch.randn(10, 2), lambda m, b, n: m.log_prob(b), features=2, out_dir=tmp_path)
+                torch.randn(10, 2), lambda m, b, n: m.log_prob(b), features=2, run_dir=tmp_path)
 
 
 def test_an_image_trainer_without_dequantisation_noise_is_refused(tmp_path):
     # without dequantize=True the image loss would draw from the unseeded global generator
     trainer = Trainer(LUNet(DIM, 2), SPEC, TrainConfig(epochs=1, batch_size=64), PIXELS[:500], PIXELS[500:],
-                      make_log_prob_fn(ImagePreprocessor(num_dims=DIM)), features=DIM, out_dir=tmp_path, progress=False)
+                      make_log_prob_fn(ImagePreprocessor(num_dims=DIM)), features=DIM, run_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="image log-likelihoods need dequantisation noise: give the Trainer "
                                          "dequantize=True"):
         trainer.fit()

@@ -53,15 +53,15 @@ def make_splits(seed: int) -> dict[str, torch.Tensor]:
 
 
 def run(
-    out_dir: str | Path | RunFolder, settings: GMM2DSettings, config: TrainConfig, resume: bool = False,
+    run_dir: str | Path | RunFolder, settings: GMM2DSettings, config: TrainConfig, resume: bool = False,
     progress: bool = True, overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Train, evaluate and draw; writes checkpoint, pictures and ``summary.json`` in ``out_dir``.
+    """Train, evaluate and draw; writes checkpoint, pictures and ``summary.json`` in ``run_dir``.
 
-    ``overwrite`` replaces a run already in ``out_dir``, once the device and the
+    ``overwrite`` replaces a run already in ``run_dir``, once the device and the
     folder have been checked and the folder is locked for this run.
     """
-    run = as_folder(out_dir)
+    run = as_folder(run_dir)
     resolve_device(config.device)
     with run.locked():
         if not overwrite and run.run_file.exists():
@@ -108,7 +108,7 @@ def train_starts(
     grouped.standardize(data["train"].repeat(1, k))
     trainer = Trainer(
         grouped, spec, config, data["train"].repeat(1, k), data["val"].repeat(1, k), _log_prob_fn, features=2 * k,
-        out_dir=run.starts, unit=NLL_NATS if k == 1 else MEAN_NLL_NATS, progress=progress,
+        run_dir=run.starts, unit=NLL_NATS if k == 1 else MEAN_NLL_NATS, progress=progress,
     )
     if resume:
         trainer.resume()

@@ -211,7 +211,7 @@ def _train_models(
             tx, vx = (torch.cat([x, y.to(x.dtype).unsqueeze(1)], 1) for x, y in ((tx, ty), (vx, vy)))
         model_group = SINGLE if classes_dealt else group
         trainer = Trainer(
-            model, settings.model, config, tx, vx, log_prob_fn, features=pre.num_dims, out_dir=out,
+            model, settings.model, config, tx, vx, log_prob_fn, features=pre.num_dims, run_dir=out,
             unit=BITS_PER_DIM, progress=progress and group.is_main,
             extra={"class_label": c, "dataset": settings.dataset}, group=model_group, dequantize=True,
         )

@@ -114,7 +114,7 @@ def default_data_init(num_rows: int, features: int) -> str:
 
 def train_vectors(
     data: Vectors,
-    out: str | Path,
+    run_dir: str | Path | RunFolder,
     config: Union[TrainConfig, Mapping[str, Any], None] = None,
     model_spec: Optional[dict[str, Any]] = None,
     val_data: Optional[Vectors] = None,
@@ -146,7 +146,7 @@ def train_vectors(
     :func:`~lunet.experiments.config.presets.vector_lunet_spec`'s, the default. ``val_fraction``
     defaults to 0.1, or to the run's own when it resumes. ``data_init``:
     start from the training rows' full-covariance Gaussian, their standardisation, or
-    neither (default: :func:`default_data_init`). ``out`` receives ``run.json``,
+    neither (default: :func:`default_data_init`). ``run_dir`` receives ``run.json``,
     ``checkpoint.pt`` (atomic, every validation), ``metrics.jsonl`` and ``curves.png``,
     and at the end ``summary.json`` and ``samples.png`` (the data beside the model's
     samples); ``resume`` continues the run there. Every run also fits the
@@ -165,7 +165,7 @@ def train_vectors(
     messages and ``run.json``.
     """
     data = as_vectors(data, min_rows=1)  # too few rows are refused below, with the minimum
-    run = as_folder(out)
+    run = as_folder(run_dir)
     if data_file is not None and not isinstance(data_file, str):
         raise ValueError(f"data_file must be a path or null, got {data_file!r}")
     name = data_file or "data"
@@ -241,7 +241,7 @@ def train_vectors(
         # a conditional run's rows carry their contexts as extra columns, which log_prob_fn splits off
         rows = (train, val) if contexts is None else tuple(torch.cat(pair, 1) for pair in zip((train, val), contexts))
         trainer = Trainer(model, spec, config, *rows, functools.partial(log_prob_fn, mask=mask, context=context_rules),
-                          features=train.shape[1], out_dir=run, progress=progress, group=group,
+                          features=train.shape[1], run_dir=run, progress=progress, group=group,
                           extra={"data": VECTORS, "reference": reference.entries()}, dequantize=mask is not None)
         trainer.log.fields["gaussian_val_nats_per_dim"] = gaussian_val
         if resume:

@@ -96,7 +96,7 @@ class Trainer:
         model_spec: the spec that rebuilds it (stored in the checkpoint).
         log_prob_fn: ``(model, raw_batch, noise) -> log p`` in nats, (B,).
         features: data dimension, for per-dimension losses.
-        out_dir: where ``checkpoint.pt`` and ``metrics.jsonl`` go (a path or a
+        run_dir: where ``checkpoint.pt`` and ``metrics.jsonl`` go (a path or a
             :class:`~lunet.experiments.store.folder.RunFolder`). Hold the lock of the run
             folder (:meth:`~lunet.experiments.store.folder.RunFolder.locked`) around
             :meth:`resume` and :meth:`fit`, so that no other training writes there
@@ -112,7 +112,7 @@ class Trainer:
             that a compiled or captured step draws nothing itself.
         capture: how full batches are captured as a CUDA graph (see
             :class:`~lunet.experiments.training.step.StepRunner`).
-        log: the run's log (default: a :class:`~lunet.experiments.training.log.RunLog` in ``out_dir``).
+        log: the run's log (default: a :class:`~lunet.experiments.training.log.RunLog` in ``run_dir``).
 
     The parts are public: :attr:`steps` (the step runner), :attr:`schedule`,
     :attr:`state` (epoch, best weights, ...) and :attr:`log`.
@@ -127,7 +127,7 @@ class Trainer:
         val_data: torch.Tensor,
         log_prob_fn: LogProbFn,
         features: int,
-        out_dir: str | Path | RunFolder,
+        run_dir: str | Path | RunFolder,
         unit: Unit = NATS_PER_DIM,
         extra: Optional[dict[str, Any]] = None,
         progress: bool = True,
@@ -160,7 +160,7 @@ class Trainer:
         self.log_prob_fn = log_prob_fn
         self.dequantize = dequantize
         self.features = features
-        self.folder = as_folder(out_dir)
+        self.folder = as_folder(run_dir)
         self.unit = unit
         self.log = log if log is not None else RunLog(self.folder, unit, progress, writes=self.group.is_main)
         self.steps_per_epoch = math.ceil(train_data.shape[0] / config.batch_size)
@@ -184,7 +184,7 @@ class Trainer:
         return self.folder.checkpoint
 
     def resume(self, after_divergence: bool = False) -> None:
-        """Continue from ``checkpoint.pt`` in ``out_dir``, exactly where it stopped, if the
+        """Continue from ``checkpoint.pt`` in ``run_dir``, exactly where it stopped, if the
         state's rules allow (:meth:`~lunet.experiments.training.state.TrainingState.check_resumable`);
         ``after_divergence``: another model of the same run diverged."""
 
