@@ -25,6 +25,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks reproduce scripts
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(VENV)/bin/lunet bench --quick

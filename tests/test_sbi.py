@@ -24,7 +24,8 @@ def _pairs(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return theta, x
 
 
-ACTIVATIONS = pytest.mark.parametrize("act", [{}, {"activation": "spline"}], ids=["leaky_softplus", "spline"])
+# the default (splines) and the leaky softplus
+ACTIVATIONS = pytest.mark.parametrize("act", [{}, {"activation": "leaky_softplus"}], ids=["spline", "leaky_softplus"])
 
 
 @ACTIVATIONS

@@ -16,14 +16,14 @@ call their parts' row hooks, so a pass through many parts checks nothing twice.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Protocol, cast
 
 import torch
 from torch import nn
 
 from lunet.checks import check_features
 
-__all__ = ["Transform", "check_module_state", "per_row", "compose_forward", "compose_inverse"]
+__all__ = ["Transform", "Invertible", "check_module_state", "per_row", "compose_forward", "compose_inverse"]
 
 
 class Transform(nn.Module):
@@ -42,7 +42,13 @@ class Transform(nn.Module):
     :meth:`check_state` refuses stored weights that no trained transform of its kind holds.
     """
 
-    features: Optional[int] = None
+    if TYPE_CHECKING:
+        # read-only here: a transform of one width stores it (``features: int``), a composition
+        # derives it from its parts
+        @property
+        def features(self) -> Optional[int]: ...
+    else:
+        features = None
 
     def reference(self) -> Optional[torch.Tensor]:
         """A tensor of the transform (a weight or buffer) whose dtype and device every input must
@@ -120,6 +126,14 @@ def check_module_state(
             part.check_state(state, f"{prefix}{name}.")
 
 
+class Invertible(Protocol):
+    """A part of the contract that is no :class:`Transform`: ``part(x)`` and ``part.inverse(y)``."""
+
+    def __call__(self, x: torch.Tensor, /) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def inverse(self, y: torch.Tensor, /) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 def per_row(logdet: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """A row hook's ``logdet``, (B,) or 0-dim, as (B,) for the B rows of ``rows``."""
     return logdet.expand(rows.shape[0]) if logdet.dim() == 0 else logdet
@@ -157,7 +171,8 @@ def compose_inverse(parts: Iterable[nn.Module], y: torch.Tensor) -> tuple[torch.
             _check_width(part, y)
             y, ld = part.inverse_rows(y)
         else:
-            y, ld = part.inverse(y)
+            # a module of the contract; nn.Module declares no inverse
+            y, ld = cast(Invertible, part).inverse(y)
         logdet, constant = _add(logdet, constant, ld)
     return y, _total(logdet, constant, rows)
 
@@ -175,5 +190,6 @@ def _add(
 
 def _total(logdet: Optional[torch.Tensor], constant: Optional[torch.Tensor], rows: int) -> torch.Tensor:
     if logdet is None:
+        assert constant is not None  # every composition has a part
         return constant.expand(rows)
     return logdet if constant is None else logdet + constant

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch.autograd import forward_ad
@@ -135,7 +135,10 @@ def _check_placement_and_values(x: torch.Tensor, name: str, check_finite: bool, 
 def sample_shape_of(sample_shape: object, name: str = "sample_shape") -> torch.Size:
     """``sample_shape`` as a ``torch.Size``: a non-negative int ``n`` means ``(n,)``, as
     ``torch.distributions`` takes a shape; ``ValueError`` for anything else."""
-    dims = (sample_shape,) if isinstance(sample_shape, int) and not isinstance(sample_shape, bool) else sample_shape
+    # anything else goes to torch.Size as given: its TypeError is the check
+    dims: Any = sample_shape
+    if isinstance(sample_shape, int) and not isinstance(sample_shape, bool):
+        dims = (sample_shape,)
     try:
         shape = torch.Size(dims)
     except TypeError:
@@ -150,8 +153,9 @@ def check_temperature(value: object, dtype: Optional[torch.dtype] = None) -> flo
     given the ``dtype`` of the draws, small enough that scaled normal draws stay finite in it."""
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.requires_grad:
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"temperature must be a positive finite number, got {value!r}")
+    value = float(value)
     # normal draws stay below 10 in magnitude; the network may grow them a good deal more
     if dtype is not None and value > torch.finfo(dtype).max / 1e6:
         raise ValueError(f"temperature {value:g} is too large for {dtype}: the draws would overflow")

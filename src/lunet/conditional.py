@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence, cast, overload
 
 import torch
 from torch import nn
@@ -73,6 +73,12 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
     ``(z, log|det dz/dx|)``; ``flow(c)`` with one argument returns the distribution ``p(. | c)``
     (:meth:`distribution`), as zuko's flows do.
     """
+
+    max_log_scale: float
+    input_standardize: Standardize
+    blocks: nn.ModuleList
+    activation: LeakySoftplus
+    conditioner: nn.Sequential
 
     def __init__(
         self,
@@ -153,9 +159,9 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
         first block whitens, the others are the identity, the activations start in their nearly
         linear branch), with the context network still at zero. ``context`` (N, context_features)
         of vector contexts also fixes the context standardisation, as :meth:`standardize` does."""
-        first = self.blocks[0]
-        spline = ({} if self.spline is None
-                  else {"activation": "spline", "bins": self.spline[0], "bound": self.spline[1]})
+        first = cast(LULinear, self.blocks[0])
+        spline: dict[str, Any] = ({} if self.spline is None
+                                  else {"activation": "spline", "bins": self.spline[0], "bound": self.spline[1]})
         start = LUNet(self.features, self.num_blocks, alpha=self.activation._fixed_alpha, diag=first.diag_mode,
                       init="identity", **spline).to(self.reference())
         start.init_gaussian(data, shift, ridge)
@@ -211,6 +217,12 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
         return broadcast_rows(x, self._params(c), name)
 
     # -- the maps ------------------------------------------------------------
+    @overload
+    def forward(self, x: torch.Tensor, c: None = None) -> ConditionalFlowDistribution: ...
+
+    @overload
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
     def forward(
         self, x: torch.Tensor, c: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, torch.Tensor] | "ConditionalFlowDistribution":
@@ -240,13 +252,17 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
         h, logdet = self.input_standardize.forward_rows(x)
         scale = torch.exp(log_scale)
         last = self.num_blocks - 1
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(cast("Iterable[LULinear]", self.blocks)):
             h, ld = block.forward_rows(h)
             logdet = logdet + ld
             h = torch.addcmul(shift[:, i], h, scale[:, i])
             if i < last:
-                h, ld = (self.activation.forward_rows(h) if knots is None
-                         else spline_forward_plain(h, *knots[:, i].unbind(-3), self.spline[1]))
+                if knots is None:
+                    h, ld = self.activation.forward_rows(h)
+                else:
+                    assert self.spline is not None  # knot tables are a spline flow's
+                    xk, yk, dk = knots[:, i].unbind(-3)
+                    h, ld = spline_forward_plain(h, xk, yk, dk, self.spline[1])
                 logdet = logdet + ld
         logdet = logdet + log_scale.sum(dim=(-2, -1))
         return h, logdet.expand(x.shape[0])
@@ -260,11 +276,15 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
         last = self.num_blocks - 1
         for i in range(last, -1, -1):
             if i < last:
-                h, ld = (self.activation.inverse_rows(h) if knots is None
-                         else spline_inverse_plain(h, *knots[:, i].unbind(-3), self.spline[1]))
+                if knots is None:
+                    h, ld = self.activation.inverse_rows(h)
+                else:
+                    assert self.spline is not None  # knot tables are a spline flow's
+                    xk, yk, dk = knots[:, i].unbind(-3)
+                    h, ld = spline_inverse_plain(h, xk, yk, dk, self.spline[1])
                 logdet = logdet + ld
             h = (h - shift[:, i]) * inv_scale[:, i]
-            h, ld = self.blocks[i].inverse_rows(h)
+            h, ld = cast(LULinear, self.blocks[i]).inverse_rows(h)
             logdet = logdet + ld
         h, ld = self.input_standardize.inverse_rows(h)
         return h, (logdet + ld).expand(z.shape[0])

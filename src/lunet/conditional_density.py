@@ -9,7 +9,7 @@ context's parameters meet through :func:`broadcast_rows`.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence, cast, overload
 
 import torch
 from torch import nn
@@ -30,7 +30,37 @@ class ConditionalDensity:
     """``log_prob``, ``sample`` and ``distribution`` of a conditional flow and of its snapshot, over
     their ``forward``, ``inverse_rows``, ``_params`` (the context's :data:`Params`) and ``reference``."""
 
-    features: int
+    if TYPE_CHECKING:
+        # what the flow and its snapshot provide, as each of them defines it
+        @property
+        def features(self) -> int: ...
+
+        @overload
+        def forward(self, x: torch.Tensor, c: None = None) -> ConditionalFlowDistribution: ...
+
+        @overload
+        def forward(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+        def forward(
+            self, x: torch.Tensor, c: Optional[torch.Tensor] = None
+        ) -> tuple[torch.Tensor, torch.Tensor] | ConditionalFlowDistribution: ...
+
+        __call__ = forward
+
+        def inverse_rows(
+            self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None
+        ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+        def rsample(
+            self, sample_shape: int | Sequence[int], c: torch.Tensor, temperature: float = 1.0,
+            generator: Optional[torch.Generator] = None,
+        ) -> torch.Tensor: ...
+
+        def reference(self) -> torch.Tensor: ...
+
+        def context_shape(self, c: object) -> torch.Size: ...
+
+        def _params(self, c: object) -> Params: ...
 
     def log_prob(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """``log p(x | c)`` in nats under the standard normal latent; ``x`` (..., features) and ``c``
@@ -77,9 +107,9 @@ def broadcast_rows(x: torch.Tensor, params: Params, name: str) -> tuple[torch.Te
     n = len(c_lead)
     if c_lead.numel() == 1:
         # one context for every row: its parameters broadcast in the elementwise ops, uncopied
-        return rows, tuple(None if p is None else p.reshape(1, *p.shape[n:]) for p in params), batch
-    return rows, tuple(None if p is None else p.expand(*batch, *p.shape[n:]).reshape(-1, *p.shape[n:])
-                       for p in params), batch
+        return rows, cast(Params, tuple(None if p is None else p.reshape(1, *p.shape[n:]) for p in params)), batch
+    return rows, cast(Params, tuple(None if p is None else p.expand(*batch, *p.shape[n:]).reshape(-1, *p.shape[n:])
+                                    for p in params)), batch
 
 
 class ConditionalFlowDistribution(FlowDistributionBase):
@@ -117,13 +147,13 @@ class ConditionalFlowDistribution(FlowDistributionBase):
         d = self.flow.features
         return -0.5 * (torch.linalg.vecdot(z, z) / t**2 + d * LOG_2PI) - d * math.log(t) + logdet
 
-    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> torch.Tensor:
+    def rsample(self, sample_shape: Sequence[int] = torch.Size()) -> torch.Tensor:
         """Draws ``sample_shape + batch_shape + (features,)``, differentiable in the flow's weights
         (``NotImplementedError`` over a snapshot, which computes without autograd)."""
         with self._checks():
             return self.flow.rsample(sample_shape, self.context, self.temperature)
 
-    def sample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape: Sequence[int] = torch.Size()) -> torch.Tensor:
         """Draws ``sample_shape + batch_shape + (features,)``, without gradients."""
         with self._checks():
             return self.flow.sample(sample_shape, self.context, self.temperature)

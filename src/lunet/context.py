@@ -94,6 +94,7 @@ class ContextInput:
         if c.device != ref.device:
             raise ValueError(f"context is on {c.device} but the model is on {ref.device}; "
                              f"move the labels with .to({str(ref.device)!r})")
+        assert self.num_classes is not None  # reached only with a label embedding, which comes with num_classes
         if value_checks_enabled() and c.numel() and bool(((c < 0) | (c >= self.num_classes)).any()):
             lo, hi = int(c.min()), int(c.max())
             raise ValueError(f"context labels must lie in [0, {self.num_classes}), got values from {lo} to {hi}")

@@ -10,7 +10,7 @@ A flow provides ``forward(x) -> (z, log|det dz/dx|)``, ``features``, and two hoo
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 
@@ -22,8 +22,14 @@ __all__ = ["Density", "ReparameterizedDensity"]
 class Density:
     """``log_prob`` and ``sample`` over a flow's ``forward`` and its ``_values`` hook."""
 
-    features: Optional[int]
     differentiable: bool = True
+
+    if TYPE_CHECKING:
+        # what each flow defines: its width (None where it states none) and its density pass
+        @property
+        def features(self) -> Optional[int]: ...
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def _placement(self) -> tuple[torch.dtype, torch.device]:
         raise NotImplementedError

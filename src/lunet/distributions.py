@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
+from typing import Optional, Protocol, Sequence
 
 import torch
 from torch.distributions import Distribution, Independent, Normal, constraints
 from torch.distributions.transforms import Transform
 
+from lunet.base import Invertible
 from lunet.checks import check_temperature, sample_shape_of, set_value_checks, value_checks_enabled
 from lunet.frozen import FrozenLUNet, FrozenSequential
 from lunet.latent import flow_placement
 
-__all__ = ["standard_normal", "FlowDistributionBase", "FlowDistribution", "TorchTransform"]
+__all__ = ["Flow", "standard_normal", "FlowDistributionBase", "FlowDistribution", "TorchTransform"]
 
 
 def standard_normal(features: int, like: torch.Tensor, temperature: float = 1.0) -> Distribution:
@@ -21,6 +22,13 @@ def standard_normal(features: int, like: torch.Tensor, temperature: float = 1.0)
     no values (its callers check theirs)."""
     loc = torch.zeros(features, dtype=like.dtype, device=like.device)
     return Independent(Normal(loc, torch.full_like(loc, temperature), validate_args=False), 1, validate_args=False)
+
+
+class Flow(Invertible, Protocol):
+    """A flow as :class:`FlowDistribution` takes it: a transform of the contract of known width."""
+
+    @property
+    def features(self) -> int: ...
 
 
 def _is_snapshot(flow: object) -> bool:
@@ -77,7 +85,7 @@ class FlowDistribution(FlowDistributionBase):
     """
 
     def __init__(
-        self, flow: object, temperature: float = 1.0, base: Optional[Distribution] = None,
+        self, flow: Flow, temperature: float = 1.0, base: Optional[Distribution] = None,
         validate_args: Optional[bool] = None,
     ) -> None:
         self.flow = flow
@@ -123,7 +131,7 @@ class FlowDistribution(FlowDistributionBase):
             z, logdet = self.flow(value)
         return self.base.log_prob(z) + logdet
 
-    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> torch.Tensor:
+    def rsample(self, sample_shape: Sequence[int] = torch.Size()) -> torch.Tensor:
         """Draws of shape ``sample_shape + (features,)``, differentiable in the flow's weights (and the
         base's parameters)."""
         if not self.has_rsample:
@@ -133,12 +141,12 @@ class FlowDistribution(FlowDistributionBase):
             )
         return self._draw(sample_shape)
 
-    def sample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape: Sequence[int] = torch.Size()) -> torch.Tensor:
         """Draws of shape ``sample_shape + (features,)``, without gradients."""
         with torch.no_grad():
             return self._draw(sample_shape)
 
-    def _draw(self, sample_shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    def _draw(self, sample_shape: Sequence[int]) -> torch.Tensor:
         shape = sample_shape_of(sample_shape)
         base = self.base
         z = base.rsample(shape) if base.has_rsample else base.sample(shape)
@@ -170,7 +178,7 @@ class TorchTransform(Transform):
     codomain = constraints.real_vector
     bijective = True
 
-    def __init__(self, transform: object, cache_size: int = 0) -> None:
+    def __init__(self, transform: Invertible, cache_size: int = 0) -> None:
         super().__init__(cache_size=cache_size)
         self.transform = transform
         self._last: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
@@ -203,7 +211,8 @@ class TorchTransform(Transform):
             self._last = (z, x, -logdet)
         return z
 
-    def log_abs_det_jacobian(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    # torch names them (x, y); here they are the latent z and the data x
+    def log_abs_det_jacobian(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """``log|det dx/dz|`` (...): with a cache, that of the last pass when it was on these very
         tensors; else from the transform's forward pass on ``x``."""
         last = self._last

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Optional, Sequence
+from typing import Any, Optional, Protocol, Sequence, cast
 
 import torch
 from torch import nn
@@ -123,7 +123,11 @@ class LUNet(ReparameterizedDensity, Composition):
 
     @property
     def groups(self) -> int:
-        return self.blocks[0].groups
+        return cast(LULinear, self.blocks[0]).groups
+
+    def _lu_layers(self) -> list[LULinear]:
+        # the blocks as the LU layers they are; nn.ModuleList types its items as plain modules
+        return cast("list[LULinear]", list(self.blocks))
 
     @torch.no_grad()
     def split_groups(self) -> list["LUNet"]:
@@ -131,17 +135,18 @@ class LUNet(ReparameterizedDensity, Composition):
         weights; ``sum(f.log_prob(x[..., g * w:(g + 1) * w]))`` over them is ``log_prob(x)``.
         Learned slopes are copied, each group's own, as learned ones."""
         width = self.features // self.groups
-        block = self.blocks[0]
+        layers = self._lu_layers()
         flows = []
         for g in range(self.groups):
             part = slice(g * width, (g + 1) * width)
-            flow = LUNet(width, len(self.blocks), diag=block.diag_mode, init="identity").to(self.input_std)
+            flow = LUNet(width, len(layers), diag=layers[0].diag_mode, init="identity").to(self.input_std)
             flow.input_standardize = self.input_standardize.restricted(part)
             flow.activations = nn.ModuleList(
-                act.restricted(part) if isinstance(act, MonotoneSpline) else act.group(g) for act in self.activations
+                act.restricted(part) if isinstance(act, MonotoneSpline) else cast(LeakySoftplus, act).group(g)
+                for act in self.activations
             )
             flow.activation = self.activation
-            for mine, theirs in zip(flow.blocks, self.blocks):
+            for mine, theirs in zip(flow._lu_layers(), layers):
                 mine.set_factors(theirs.matrix_l()[part, part], theirs.matrix_u()[part, part], theirs.bias[part])
             flows.append(flow)
         return flows
@@ -163,7 +168,7 @@ class LUNet(ReparameterizedDensity, Composition):
     def num_parameters(self, kind: str = "free") -> int:
         """Trainable parameters: ``"free"`` (what is learned) or ``"stored"``
         (dense L and U per block, as the paper counts), activations included."""
-        lu = sum(block.num_parameters(kind) for block in self.blocks)
+        lu = sum(block.num_parameters(kind) for block in self._lu_layers())
         rest = sum(p.numel() for a in self.activations for p in a.parameters() if p.requires_grad)
         return lu + rest
 
@@ -214,14 +219,15 @@ class LUNet(ReparameterizedDensity, Composition):
         white = torch.linalg.solve_triangular(chol, eye, upper=False)  # C^{-1}, lower triangular
         d = torch.diagonal(white).clone()
         unit_lower = white / d  # scale columns: C^{-1} = L diag(d)
-        eye = eye.to(self.blocks[0].lu)
-        for block in self.blocks:
+        layers = self._lu_layers()
+        eye = eye.to(layers[0].lu)
+        for block in layers:
             block.set_factors(eye, eye, torch.zeros_like(eye[0]))
-        first = self.blocks[0]
+        first = layers[0]
         first.set_factors(unit_lower.to(eye), torch.diag(d).to(eye), torch.zeros_like(eye[0]))
-        if len(self.blocks) > 1 and self.activation == "leaky_softplus":  # a spline starts as the identity
+        if len(layers) > 1 and self.activation == "leaky_softplus":  # a spline starts as the identity
             first.bias.fill_(shift)
-            self.blocks[-1].bias.fill_(-shift)
+            layers[-1].bias.fill_(-shift)
         return self
 
     def _placement(self) -> tuple[torch.dtype, torch.device]:
@@ -259,6 +265,16 @@ class LUNet(ReparameterizedDensity, Composition):
                            split_min_bytes=split_min_bytes)
 
 
+class _ClassFlow(Protocol):
+    """What :class:`ClassConditionalFlow` asks of each class's model."""
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def sample(self, sample_shape: int | Sequence[int], temperature: float = ..., **kwargs: Any) -> torch.Tensor: ...
+
+    def rsample(self, sample_shape: int | Sequence[int], temperature: float = ..., **kwargs: Any) -> torch.Tensor: ...
+
+
 class ClassConditionalFlow(nn.Module):
     """One flow per class: ``log p(x | c)``, per-class sampling and the Bayes classifier.
 
@@ -266,6 +282,8 @@ class ClassConditionalFlow(nn.Module):
         flows: one model per class, each with ``log_prob`` and ``sample``.
         class_log_prior: ``log p(c)`` of shape (C,); uniform when omitted.
     """
+
+    class_log_prior: torch.Tensor
 
     def __init__(self, flows: Sequence[nn.Module], class_log_prior: Optional[torch.Tensor] = None) -> None:
         super().__init__()
@@ -282,6 +300,10 @@ class ClassConditionalFlow(nn.Module):
     def num_classes(self) -> int:
         return len(self.flows)
 
+    def _flows(self) -> list[_ClassFlow]:
+        # the models as the densities they are; nn.ModuleList types its items as plain modules
+        return cast("list[_ClassFlow]", list(self.flows))
+
     def _check_class(self, c: int) -> int:
         if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < self.num_classes:
             raise ValueError(f"class must be an integer in [0, {self.num_classes}), got {c!r}")
@@ -289,7 +311,7 @@ class ClassConditionalFlow(nn.Module):
 
     def class_log_probs(self, x: torch.Tensor) -> torch.Tensor:
         """``log p(x | c)`` for every class, (..., D) -> (..., C)."""
-        return torch.stack([flow.log_prob(x) for flow in self.flows], dim=-1)
+        return torch.stack([flow.log_prob(x) for flow in self._flows()], dim=-1)
 
     def log_prob(self, x: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``log p(x | c)`` for ``x`` (..., D) and labels ``c`` of the leading shape (...), or the
@@ -315,8 +337,8 @@ class ClassConditionalFlow(nn.Module):
     def sample(self, sample_shape: int | Sequence[int], c: int, temperature: float = 1.0, **kwargs) -> torch.Tensor:
         """Draws of shape ``sample_shape + (features,)`` from class ``c``'s flow (an int ``n`` means
         ``(n,)``), without gradients."""
-        return self.flows[self._check_class(c)].sample(sample_shape, temperature=temperature, **kwargs)
+        return self._flows()[self._check_class(c)].sample(sample_shape, temperature=temperature, **kwargs)
 
     def rsample(self, sample_shape: int | Sequence[int], c: int, temperature: float = 1.0, **kwargs) -> torch.Tensor:
         """:meth:`sample`, differentiable in class ``c``'s weights."""
-        return self.flows[self._check_class(c)].rsample(sample_shape, temperature=temperature, **kwargs)
+        return self._flows()[self._check_class(c)].rsample(sample_shape, temperature=temperature, **kwargs)

@@ -236,6 +236,7 @@ class FrozenLUNet(Density):
             layer(q, out=u)
         if not exact and not bool(in_range):
             return self._forward(x, exact=True)
+        assert logdet is not None  # alphas is not empty
         return u, logdet.add_(const)
 
     def _inverse(self, z: torch.Tensor, with_logdet: bool = False):
@@ -245,7 +246,7 @@ class FrozenLUNet(Density):
         h = layers[0](z)
         # the activations' scratch buffers, made once per pass; for a small batch their
         # bookkeeping costs more than the allocations it saves
-        work = {} if z.shape[0] >= 64 else None
+        work: Optional[dict[str, torch.Tensor]] = {} if z.shape[0] >= 64 else None
         logdet = None
         for layer, a, table in zip(layers[1:], alphas, tables):
             x = solve_scaled(h, a, work, table=table)  # overwrites h, whose buffer then takes the product
@@ -424,6 +425,7 @@ class FrozenSequential(Density):
     """
 
     differentiable = False
+    features: Optional[int]
 
     def __init__(self, parts: Iterable[nn.Module], features: Optional[int] = None, **tuning: int) -> None:
         parts = list(parts)
@@ -432,14 +434,15 @@ class FrozenSequential(Density):
         i = 0
         while i < len(parts):
             end = _foldable_run(parts, i)
+            part = parts[i]
             if end > i:
                 self.stages.append(FrozenLUNet(parts[i:end], **tuning))
-            elif isinstance(parts[i], MonotoneSpline):
+            elif isinstance(part, MonotoneSpline):
                 end = i + 1
-                self.stages.append(FrozenSpline(parts[i]))
+                self.stages.append(FrozenSpline(part))
             else:
                 end = i + 1
-                self.stages.append(copy.deepcopy(parts[i]).requires_grad_(False).eval())
+                self.stages.append(copy.deepcopy(part).requires_grad_(False).eval())
             i = end
 
     def __repr__(self) -> str:

@@ -4,9 +4,10 @@ sampling from fixed weights without autograd, one dense product per block whatev
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Iterable, Optional, cast, overload
 
 import torch
+from torch import nn
 
 from lunet.checks import check_features
 from lunet.conditional_density import ConditionalDensity, ConditionalFlowDistribution, Params, broadcast_rows
@@ -17,6 +18,7 @@ from lunet.functional import leaky_softplus, leaky_softplus_inverse, leaky_softp
 
 if TYPE_CHECKING:
     from lunet.conditional import ConditionalLUNet
+    from lunet.layers import LULinear
 
 __all__ = ["FrozenConditionalLUNet"]
 
@@ -32,13 +34,16 @@ class FrozenConditionalLUNet(ConditionalDensity):
     It never reads the flow again: take a new snapshot after training further.
     """
 
+    features: int
+
     def __init__(self, flow: ConditionalLUNet) -> None:
         with torch.no_grad():
-            for block in flow.blocks:
+            for block in cast("Iterable[LULinear]", flow.blocks):
                 block.check_invertible()
             self._flow = copy.deepcopy(flow).eval().requires_grad_(False)
+            blocks = cast("Iterable[LULinear]", self._flow.blocks)
             self.weights, self.inverses, self.biases = [], [], []
-            for block in self._flow.blocks:
+            for block in blocks:
                 lower, upper = block.matrix_l().double(), block.matrix_u().double()
                 eye = torch.eye(lower.shape[0], dtype=torch.float64, device=lower.device)
                 l_inv = torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True)
@@ -48,19 +53,20 @@ class FrozenConditionalLUNet(ConditionalDensity):
                 self.biases.append(block.bias.detach().clone())
             standardize = self._flow.input_standardize
             self.mean, self.std = standardize.mean.clone(), standardize.std.clone()
-            self.log_abs_det = sum(block.log_abs_det() for block in self._flow.blocks) - torch.log(self.std).sum()
+            self.log_abs_det = sum(block.log_abs_det() for block in blocks) - torch.log(self.std).sum()
             # the unconditional snapshot of the same LU layers lends its folded matrices: the context's
             # affine maps sit between its products and its activations (the leaky softplus's; splines
             # whose knots change with the context take the plain passes)
-            self._shared = None
+            self._shared: Optional[FrozenLUNet] = None
             if self._flow.spline is None:
-                flow_parts = [self._flow.input_standardize]
-                for i, block in enumerate(self._flow.blocks):
+                flow_parts: list[nn.Module] = [self._flow.input_standardize]
+                for i, block in enumerate(blocks):
                     flow_parts += [block] if i == 0 else [self._flow.activation, block]
                 self._shared = FrozenLUNet(flow_parts)
             # a label's parameters are the same at every call: formed once per class
-            self._label_params = None
+            self._label_params: Optional[Params] = None
             if self._flow.label_embedding is not None:
+                assert self._flow.num_classes is not None  # a label embedding comes with its count of classes
                 labels = torch.arange(self._flow.num_classes, device=self.std.device)
                 self._label_params = self._flow._params(labels)
         self.alpha = self._flow.activation._fixed_alpha
@@ -98,6 +104,7 @@ class FrozenConditionalLUNet(ConditionalDensity):
     def _fast_forward_rows(
         self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, exact: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self._shared is not None  # forward_rows takes this path with the folded snapshot alone
         layers, alphas, const = self._shared._forward_plan()
         scale = torch.exp(log_scale)
         logdet = log_scale.sum(dim=(-2, -1)).add_(const)
@@ -130,7 +137,9 @@ class FrozenConditionalLUNet(ConditionalDensity):
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             h = torch.addmm(bias, h, weight).mul_(scale[:, i]).add_(shift[:, i])
             if i < last and knots is not None:
-                h, ld = spline_forward_plain(h, *knots[:, i].unbind(-3), self.spline[1])
+                assert self.spline is not None  # knot tables are a spline flow's
+                xk, yk, dk = knots[:, i].unbind(-3)
+                h, ld = spline_forward_plain(h, xk, yk, dk, self.spline[1])
                 logdet = logdet + ld
             elif i < last:
                 logdet = logdet + leaky_softplus_log_derivative(h, self.alpha).sum(dim=-1)
@@ -148,7 +157,8 @@ class FrozenConditionalLUNet(ConditionalDensity):
         layers, alphas, tables = self._shared._inverse_plan()
         inv_scale = torch.exp(-log_scale)
         last = len(layers) - 1
-        work = {} if z.shape[0] >= 64 else None  # scratch buffers pay from a moderate batch on
+        # scratch buffers pay from a moderate batch on
+        work: Optional[dict[str, torch.Tensor]] = {} if z.shape[0] >= 64 else None
         h = layers[0]((z - shift[:, last]).mul_(inv_scale[:, last]))
         logdet = None
         for k, (layer, a, table) in enumerate(zip(layers[1:], alphas, tables)):
@@ -169,13 +179,21 @@ class FrozenConditionalLUNet(ConditionalDensity):
         last = len(self.weights) - 1
         for i in range(last, -1, -1):
             if i < last and knots is not None:
-                h, ld = spline_inverse_plain(h, *knots[:, i].unbind(-3), self.spline[1])
+                assert self.spline is not None  # knot tables are a spline flow's
+                xk, yk, dk = knots[:, i].unbind(-3)
+                h, ld = spline_inverse_plain(h, xk, yk, dk, self.spline[1])
                 logdet = logdet + ld
             elif i < last:
                 h = leaky_softplus_inverse(h, self.alpha)
                 logdet = logdet - leaky_softplus_log_derivative(h, self.alpha).sum(dim=-1)
             h = ((h - shift[:, i]) * inv_scale[:, i] - self.biases[i]) @ self.inverses[i]
         return torch.addcmul(self.mean, h, self.std), logdet.expand(z.shape[0])
+
+    @overload
+    def forward(self, x: torch.Tensor, c: None = None) -> ConditionalFlowDistribution: ...
+
+    @overload
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def forward(
         self, x: torch.Tensor, c: Optional[torch.Tensor] = None

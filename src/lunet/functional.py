@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional
+from typing import Optional, overload
 
 import torch
 from torch import nn
@@ -145,6 +145,12 @@ def inverse_table(a: float, dtype: torch.dtype, device: torch.device) -> tuple[t
     return rows.to(dtype=dtype, device=device).contiguous(), h, lo - 1, steps
 
 
+@overload
+def _scratch(work: dict, name: str, like: torch.Tensor, dtype: Optional[torch.dtype] = ...) -> torch.Tensor: ...
+@overload
+def _scratch(
+    work: Optional[dict], name: str, like: torch.Tensor, dtype: Optional[torch.dtype] = ...
+) -> Optional[torch.Tensor]: ...
 def _scratch(
     work: Optional[dict], name: str, like: torch.Tensor, dtype: Optional[torch.dtype] = None
 ) -> Optional[torch.Tensor]:
@@ -352,6 +358,7 @@ def solve_scaled(
         y = t * h
     x = initial_guess(t, rows, first, work)
     for _ in range(steps):
+        assert y is not None  # made above where the caller did not hold it
         x = x.sub_(newton_step(x, y, a))
     return x
 

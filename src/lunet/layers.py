@@ -74,6 +74,17 @@ class LULinear(Transform):
     inference from frozen weights is :meth:`lunet.LUNet.frozen`'s job.
     """
 
+    features: int
+    groups: int
+    block_leaf: int
+    diag_mode: str
+    lu: nn.Parameter
+    diag: nn.Parameter
+    bias: nn.Parameter
+    diag_sign: torch.Tensor
+    strict_lower_mask: torch.Tensor
+    strict_upper_mask: torch.Tensor
+
     def __init__(
         self, features: int, diag: str = "exp", init: str = "random", init_scale: float = 0.1,
         block_leaf: int = BLOCK_LEAF,

@@ -5,7 +5,7 @@ One line picks LU-Net for neural posterior estimation, as ``"zuko_nsf"`` picks z
     from sbi.inference import NPE
     from lunet.sbi import lunet_nn
 
-    inference = NPE(prior, density_estimator=lunet_nn(num_blocks=8, hidden=64))
+    inference = NPE(prior, density_estimator=lunet_nn())  # 8 blocks, splines whose knots x gives
     inference.append_simulations(theta, x).train()          # sbi's own loop and stopping rule
     posterior = inference.build_posterior()
     posterior.sample((10_000,), x=x_o), posterior.log_prob(theta, x=x_o)
@@ -18,7 +18,7 @@ The flow alone is in the zuko form: ``estimator.net(x).log_prob(theta)``.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -26,7 +26,8 @@ from torch import nn
 from lunet.conditional import ConditionalLUNet
 from lunet.latent import standard_normal_log_prob
 
-__all__ = ["DEFAULT_BLOCKS", "DEFAULT_HIDDEN", "FlatEmbedding", "LUNetPosteriorEstimator", "build_lunet", "lunet_nn"]
+__all__ = ["DEFAULT_BLOCKS", "DEFAULT_HIDDEN", "DEFAULT_ACTIVATION", "FlatEmbedding", "LUNetPosteriorEstimator",
+           "build_lunet", "lunet_nn"]
 
 try:
     from sbi.neural_nets.estimators.base import ConditionalDensityEstimator
@@ -37,6 +38,9 @@ except ImportError as exc:  # the extra is optional: say how to get it, not wher
 # the size the benchmark chose for simulation-based inference (docs/sbi.md, docs/notes/sbi-size.md)
 DEFAULT_BLOCKS = 8
 DEFAULT_HIDDEN = 64
+# splines whose knots the context gives: NSF's accuracy or better on three of the benchmark's four tasks
+# (docs/sbi.md); "leaky_softplus" trains and samples faster where the posterior is nearly Gaussian
+DEFAULT_ACTIVATION = "spline"
 
 
 class FlatEmbedding(nn.Module):
@@ -117,15 +121,17 @@ def build_lunet(
     z_score_theta: Optional[str] = "independent",
     z_score_x: Optional[str] = "independent",
     embedding_net: Optional[nn.Module] = None,
-    **flow_kwargs: object,
+    activation: str = DEFAULT_ACTIVATION,
+    **flow_kwargs: Any,
 ) -> LUNetPosteriorEstimator:
     """An LU-Net posterior estimator sized and z-scored from example batches ``batch_theta`` (N, D)
     and ``batch_x`` (N, *condition_shape), as sbi's ``build_zuko_nsf`` is.
 
     ``z_score_theta`` and ``z_score_x``: ``"independent"`` (per dimension), ``"structured"`` (one mean
     and std for all) or ``"none"``/``None``. ``embedding_net`` maps (batch, *condition_shape) to
-    (batch, E); the flow's context width is E. ``flow_kwargs`` go to :class:`~lunet.ConditionalLUNet`
-    (``alpha``, ``diag``, ``init``, ``init_scale``, ``max_log_scale``).
+    (batch, E); the flow's context width is E. ``activation``: ``"spline"`` (splines whose knots x
+    gives) or ``"leaky_softplus"``. ``flow_kwargs`` go to :class:`~lunet.ConditionalLUNet` (``bins``,
+    ``bound``, ``alpha``, ``diag``, ``init``, ``init_scale``, ``max_log_scale``).
     """
     if not isinstance(batch_theta, torch.Tensor) or batch_theta.dim() != 2:
         got = tuple(batch_theta.shape) if isinstance(batch_theta, torch.Tensor) else type(batch_theta).__name__
@@ -147,7 +153,8 @@ def build_lunet(
     with torch.no_grad():
         width = embedding(batch_x[:2]).shape[-1]
     features = batch_theta.shape[1]
-    flow = ConditionalLUNet(features, width, num_blocks, hidden=hidden, embedding=embedding, **flow_kwargs)
+    flow = ConditionalLUNet(features, width, num_blocks, hidden=hidden, embedding=embedding, activation=activation,
+                            **flow_kwargs)
     if theta_z:
         flow.input_standardize.fit(batch_theta)
         if theta_structured:  # one mean and std for every dimension, as sbi's "structured"
@@ -163,7 +170,8 @@ def lunet_nn(
     z_score_theta: Optional[str] = "independent",
     z_score_x: Optional[str] = "independent",
     embedding_net: Optional[nn.Module] = None,
-    **flow_kwargs: object,
+    activation: str = DEFAULT_ACTIVATION,
+    **flow_kwargs: Any,
 ) -> Callable[[torch.Tensor, torch.Tensor], LUNetPosteriorEstimator]:
     """The builder sbi takes as ``density_estimator``: ``NPE(prior, density_estimator=lunet_nn(...))``.
 
@@ -171,8 +179,8 @@ def lunet_nn(
     those of :func:`build_lunet`."""
     def build(batch_theta: torch.Tensor, batch_x: torch.Tensor) -> LUNetPosteriorEstimator:
         return build_lunet(batch_theta, batch_x, num_blocks=num_blocks, hidden=hidden, z_score_theta=z_score_theta,
-                           z_score_x=z_score_x, embedding_net=embedding_net, **flow_kwargs)
+                           z_score_x=z_score_x, embedding_net=embedding_net, activation=activation, **flow_kwargs)
 
     # fail at the call that set the sizes, not inside sbi's training
-    ConditionalLUNet(1, 1, num_blocks, hidden=hidden, **flow_kwargs)
+    ConditionalLUNet(1, 1, num_blocks, hidden=hidden, activation=activation, **flow_kwargs)
     return build

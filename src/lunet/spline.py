@@ -100,6 +100,8 @@ class MonotoneSpline(Transform):
     of ``log`` of the spline's derivative, which lies in ``[MIN_SLOPE, ...)``: never zero.
     """
 
+    features: int
+
     def __init__(self, features: int, bins: int = 8, bound: float = 5.0) -> None:
         super().__init__()
         self.features = check_positive_int(features, "features")
@@ -153,7 +155,8 @@ class MonotoneSpline(Transform):
         """Detached copies of the knot tables: knots in x and y and the slopes there, each
         (features, bins + 1), in the spline's dtype."""
         with torch.no_grad():
-            return tuple(t.clone() for t in self._tables(self.widths))
+            xk, yk, dk = self._tables(self.widths)
+            return xk.clone(), yk.clone(), dk.clone()
 
     @torch.no_grad()
     def restricted(self, part: slice) -> "MonotoneSpline":

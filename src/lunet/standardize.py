@@ -22,6 +22,10 @@ class Standardize(Transform):
     saved in ``state_dict``), not parameters; :meth:`fit` sets them from data.
     """
 
+    features: int
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, features: int) -> None:
         super().__init__()
         self.features = check_positive_int(features, "features")

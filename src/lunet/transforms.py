@@ -18,7 +18,7 @@ from torch import nn
 
 from lunet.base import Transform, compose_forward, compose_inverse
 from lunet.fast.affine import SPLIT_BELOW_ROWS, SPLIT_MIN_BYTES
-from lunet.frozen import FrozenSequential
+from lunet.frozen import FrozenLUNet, FrozenSequential
 
 __all__ = ["Composition", "Sequential", "Inverse"]
 
@@ -29,7 +29,7 @@ class Composition(Transform):
     runs their inverses in reverse order. Iterating over it gives the parts."""
 
     @property
-    def transforms(self) -> Sequence[nn.Module]:
+    def transforms(self) -> Sequence[nn.Module] | nn.ModuleList:
         raise NotImplementedError
 
     def __iter__(self) -> Iterator[nn.Module]:
@@ -61,7 +61,7 @@ class Composition(Transform):
 
     def frozen(
         self, split_below_rows: int = SPLIT_BELOW_ROWS, split_min_bytes: int = SPLIT_MIN_BYTES
-    ) -> FrozenSequential:
+    ) -> FrozenLUNet | FrozenSequential:
         """A snapshot for fast inference: runs of LU layers and activations folded as
         :meth:`lunet.LUNet.frozen` folds them, other parts copied (see
         :class:`~lunet.frozen.FrozenSequential`); the tuning as for :meth:`lunet.LUNet.frozen`."""

@@ -24,6 +24,9 @@ class FullCovarianceGaussian(nn.Module):
     mean and factor are buffers, so ``.to()`` and ``state_dict()`` carry them.
     """
 
+    mean: torch.Tensor
+    scale_tril: torch.Tensor
+
     def __init__(self, mean: torch.Tensor, scale_tril: torch.Tensor) -> None:
         super().__init__()
         d = mean.shape[-1]

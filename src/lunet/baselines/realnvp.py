@@ -38,7 +38,7 @@ each sample's log-density does not depend on the rest of its batch.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -106,6 +106,7 @@ class CouplingNet(nn.Module):
         self.blocks = nn.ModuleList(ResidualBlock(mid_channels) for _ in range(num_res_blocks))
         self.out_norm = _norm(mid_channels)
         self.out_conv = nn.Conv2d(mid_channels, 2 * out_channels, 3, padding=1)
+        assert self.out_conv.bias is not None  # made with one
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
         self.scale = nn.Parameter(torch.ones(out_channels, 1, 1))
@@ -127,6 +128,8 @@ def checkerboard(height: int, width: int, parity: int) -> torch.Tensor:
 
 class CheckerboardCoupling(nn.Module):
     """Affine coupling that keeps the pixels where the checkerboard mask is 1."""
+
+    mask: torch.Tensor
 
     def __init__(self, channels: int, size: int, parity: int, mid_channels: int, num_res_blocks: int) -> None:
         super().__init__()
@@ -218,13 +221,14 @@ class Scale(nn.Module):
         x = on
         logdet = on.new_zeros(on.shape[0])
         if not self.last:
+            assert out is not None  # every scale but the last factors out half
             x = torch.cat((on, out), dim=1)
             for coupling in reversed(self.channel):
-                x, ld = coupling.inverse(x)
+                x, ld = cast(ChannelCoupling, coupling).inverse(x)
                 logdet = logdet + ld
             x = unsqueeze(x)
         for coupling in reversed(self.checker):
-            x, ld = coupling.inverse(x)
+            x, ld = cast(CheckerboardCoupling, coupling).inverse(x)
             logdet = logdet + ld
         return x, logdet
 
@@ -246,6 +250,8 @@ class RealNVP(ReparameterizedDensity, nn.Module):
     The defaults give 5,224,307 trainable parameters for 1x28x28, 3.1% below the
     5.39M the LU-Net paper reports for its RealNVP.
     """
+
+    features: int
 
     def __init__(
         self,
@@ -295,7 +301,7 @@ class RealNVP(ReparameterizedDensity, nn.Module):
         )
 
     def _ref(self) -> torch.Tensor:
-        return self.scales[0].checker[0].net.scale
+        return cast(CheckerboardCoupling, cast(Scale, self.scales[0]).checker[0]).net.scale
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (B, features) -> ``z`` (B, features), ``log|det dz/dx|`` (B,)."""
@@ -328,7 +334,7 @@ class RealNVP(ReparameterizedDensity, nn.Module):
         h = pieces[-1]
         logdet = z.new_zeros(b)
         for k in reversed(range(self.num_scales)):
-            scale = self.scales[k]
+            scale = cast(Scale, self.scales[k])
             h, ld = scale.inverse(h, None if scale.last else pieces[k])
             logdet = logdet + ld
         return h.reshape(b, self.features), logdet

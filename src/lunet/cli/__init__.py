@@ -67,7 +67,7 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
-def _stop_on_sigterm() -> Callable[[], None]:
+def _stop_on_sigterm() -> Callable[[], object]:
     """Make SIGTERM raise :class:`Terminated`; returns what puts the previous handler back."""
     try:
         previous = signal.signal(signal.SIGTERM, _terminate)

@@ -55,8 +55,8 @@ def check_outputs(args: argparse.Namespace) -> None:
     reads, a data set's file or a file in any run folder (:func:`~lunet.experiments.store.folder.check_output`)."""
     # (dest, option): evaluate's --per-row is a file, sample's an image count
     named = (("out", "--out"), ("json", "--json"), ("plot", "--plot"), ("row_scores", "--per-row"))
-    outputs = [(option, getattr(args, dest, None)) for dest, option in named]
-    outputs = [(name, path) for name, path in outputs if path]
+    given = [(option, getattr(args, dest, None)) for dest, option in named]
+    outputs = [(name, path) for name, path in given if path]
     if not outputs:
         return
     from lunet.experiments.data.mnist import data_files

@@ -124,7 +124,7 @@ def _spec_defaults(key: str, gmm2d: str) -> Callable[[], dict[str, object]]:
 
 # The settings of TrainConfig and their options: the learning rate and the rest go from here into
 # TrainConfig (train_config), and from there into the training.
-CONFIG_OPTIONS = {
+CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
     "epochs": dict(type=POSITIVE_INT, help="epochs to train {default}"),
     "batch_size": dict(type=POSITIVE_INT, help="training batch size {default}"),
     "lr": dict(type=POSITIVE_FLOAT, help="peak Adam learning rate {default}"),
@@ -278,7 +278,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     kind = VECTORS if chosen.data is not None else GMM2D if chosen.dataset in (None, "gmm2d") else IMAGES
     parser = parser_for([kind])
     args, rest = parser.parse_known_args(argv)
-    others = {}
+    others: dict[frozenset, list[str]] = {}
     for token in rest:
         option = next((o for o in OPTIONS if token.split("=")[0] in o.names
                        or token.startswith("--no-") and "--" + token[5:] in o.names), None)

@@ -63,6 +63,7 @@ def plot_density_2d(
             image = ax.imshow(show(grid), origin="lower", extent=box, cmap="viridis", aspect="equal",
                               vmin=low, vmax=high)
             ax.set_title(f"{name}: {label}", fontsize=10)
+        assert image is not None  # there is a panel: ``top`` took the largest of them
         fig.colorbar(image, ax=list(axes[r, 1:]), shrink=0.85, label=label)
     for ax in axes.flat:
         ax.set_xlim(box[0], box[1])

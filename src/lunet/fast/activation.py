@@ -129,6 +129,7 @@ def leaky_softplus_backward(
     g_x = g_value * slope + g_l * ((1 - a) * s * (1 - s) / slope)
     g_a = None
     if need_a:
+        assert isinstance(a, torch.Tensor)  # a slope with a gradient is a tensor
         per_entry = g_value * (x - softplus(x)) + g_l * ((1 - s) / slope)
         g_a = per_entry.sum(dim=0) if a.dim() == 1 else per_entry.sum()
     return g_x, g_a

@@ -54,11 +54,11 @@ class FrozenAffine:
         self.weight, self.bias = weight.detach(), bias
         self.split_below_rows = split_below_rows
         self._splittable = weight.device.type == "cpu" and weight.numel() * weight.element_size() > split_min_bytes
-        self._split: tuple[int, Optional[torch.Tensor]] = (1, None)
+        self._split: Optional[tuple[int, torch.Tensor]] = None
 
     def _split_weight(self, shares: int) -> torch.Tensor:
         """``W`` cut into ``shares`` equal blocks of output columns: (shares, n_in, n_out / shares)."""
-        if self._split[0] != shares:
+        if self._split is None or self._split[0] != shares:
             w = self.weight
             self._split = (shares, w.t().reshape(shares, w.shape[1] // shares, w.shape[0]).transpose(1, 2))
         return self._split[1]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional, overload
 
 import torch
 
@@ -305,7 +305,7 @@ SCRATCH_SHAPES = 4
 def _scratch(rows: int, like: torch.Tensor, count: int = 10) -> _Work:
     """``count`` buffers for blocks of ``rows`` rows like ``like`` (B, n), kept from an earlier call
     when one had the same shape, dtype and device."""
-    kept: list = getattr(_SCRATCH, "kept", None)
+    kept: Optional[list[tuple[tuple, _Work]]] = getattr(_SCRATCH, "kept", None)
     if kept is None:
         kept = _SCRATCH.kept = []
     key = (rows, like.shape[1], like.dtype, like.device, count)
@@ -344,6 +344,12 @@ def _grid_bins(v: torch.Tensor, grid: "BinGrid", b1: torch.Tensor, b2: torch.Ten
     return j.copy_(torch.add(_gather(grid.start, cell, b2), b1, alpha=0.5, out=b2))
 
 
+@overload
+def _blocks(v: torch.Tensor, kernel, with_logdet: Literal[True], extras: tuple = ..., block_bytes: int = ...,
+            buffers: int = ...) -> tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def _blocks(v: torch.Tensor, kernel, with_logdet: bool, extras: tuple = ..., block_bytes: int = ...,
+            buffers: int = ...) -> tuple[torch.Tensor, Optional[torch.Tensor]]: ...
 def _blocks(v: torch.Tensor, kernel, with_logdet: bool, extras: tuple = (), block_bytes: int = BLOCK_BYTES,
             buffers: int = 10) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """``kernel(rows, out, logdet_out, buffers, *extras)`` over blocks of rows of ``v`` (B, n), each
@@ -417,6 +423,16 @@ def spline_forward_fast(
     return _blocks(x, kernel, True, keep)
 
 
+@overload
+def spline_inverse_fast(
+    y: torch.Tensor, tables: BinTables, grid: Optional[BinGrid] = ..., knots: Optional[torch.Tensor] = ...,
+    with_logdet: Literal[True] = ...,
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def spline_inverse_fast(
+    y: torch.Tensor, tables: BinTables, grid: Optional[BinGrid] = ..., knots: Optional[torch.Tensor] = ...,
+    with_logdet: bool = ...,
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]: ...
 def spline_inverse_fast(
     y: torch.Tensor, tables: BinTables, grid: Optional[BinGrid] = None, knots: Optional[torch.Tensor] = None,
     with_logdet: bool = True,
@@ -517,7 +533,7 @@ class SplineForward(torch.autograd.Function):
         return y, logdet
 
     @staticmethod
-    def backward(ctx, g_value, g_logdet):
+    def backward(ctx, g_value: torch.Tensor, g_logdet: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         x, xk, yk, dk, j, t = ctx.saved_tensors
         if plain_backward_wanted(g_value):
             return _plain_backward(ctx, (x, xk, yk, dk), g_value, g_logdet)
@@ -599,13 +615,15 @@ def _knot_grad(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _plain_backward(ctx, inputs, g_value, g_logdet):
+def _plain_backward(ctx, inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], g_value: torch.Tensor,
+                    g_logdet: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
     """The gradients of :func:`spline_forward_plain` at the saved ``inputs``, as differentiable ops."""
     create_graph = torch.is_grad_enabled()
     wanted = [i for i, need in enumerate(ctx.needs_input_grad[:4]) if need]
     with torch.enable_grad():
         leaves = [t if t.requires_grad else t.detach().requires_grad_(True) for t in inputs]
-        y, logdet = spline_forward_plain(*leaves, ctx.bound)
+        x, xk, yk, dk = leaves
+        y, logdet = spline_forward_plain(x, xk, yk, dk, ctx.bound)
         grads = torch.autograd.grad((y, logdet), [leaves[i] for i in wanted], (g_value, g_logdet),
                                     create_graph=create_graph, allow_unused=True)
     out: list[Optional[torch.Tensor]] = [None] * 5

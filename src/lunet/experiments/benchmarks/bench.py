@@ -12,11 +12,13 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from lunet.density import Density
 from lunet.experiments.benchmarks import measure
 from lunet.experiments.benchmarks.measure import time_call, training_step
 from lunet.experiments.config.models import build_model
 from lunet.experiments.config.presets import paper_lunet_spec
 from lunet.experiments.training.trainer import resolve_device
+from lunet.flow import LUNet
 from lunet.frozen import frozen_or_module
 
 __all__ = ["TRAIN_IMAGES", "PAPER", "MODEL_SPECS", "memory_steps", "peak_training_memory_mib", "bench_model",
@@ -42,7 +44,10 @@ def memory_steps(name: str, batch: int, device: str) -> Callable[[], Callable[[]
     x = torch.randn(batch, 784)
 
     def build() -> Callable[[], None]:
+        from lunet.baselines.realnvp import RealNVP
+
         model = build_model(MODEL_SPECS[name]).to(device)
+        assert isinstance(model, (LUNet, RealNVP))  # the models of MODEL_SPECS
         return training_step(model, x.to(device))
 
     return build
@@ -67,8 +72,11 @@ def bench_model(
     """All Table-1 figures of one model; ``measure_batch_override`` measures the
     batch-256 step and batch-1,000 density/sampling at smaller batches and
     scales per image (labelled in ``notes``)."""
+    from lunet.baselines.realnvp import RealNVP
+
     torch.manual_seed(0)
     model = build_model(MODEL_SPECS[name]).to(device)
+    assert isinstance(model, (LUNet, RealNVP))  # the models of MODEL_SPECS
     override = measure_batch_override or {}
     notes = []
     result: dict[str, Any] = {
@@ -99,6 +107,7 @@ def bench_model(
         result["epoch_s"] = time_call(epoch, device, repeats=1, warmup=0).median
     model.eval()
     inference = frozen_or_module(model)
+    assert isinstance(inference, Density)  # the snapshot of an LU-Net, RealNVP itself
     for label, batch in (("", override.get("density", density_batch)), ("_batch1", 1)):
         x = torch.randn(batch, 784, device=device)
         with torch.no_grad():
@@ -167,7 +176,8 @@ def markdown_table(result: dict[str, Any]) -> str:
             + " | ".join(f"{n} (paper)" for n in names) + " |")
     lines = [head, "|" + " --- |" * (1 + 2 * len(names))]
     for label, ours, key, fmt, scale in rows:
-        paper = [fmt.format(PAPER[n][key] * scale) if key else "–" for n in names]
+        paper = (["–"] * len(names) if key is None or fmt is None or scale is None
+                 else [fmt.format(PAPER[n][key] * scale) for n in names])
         lines.append(f"| {label} | " + " | ".join(ours(result["models"][n]) for n in names) + " | "
                      + " | ".join(paper) + " |")
     text = "\n".join(lines)

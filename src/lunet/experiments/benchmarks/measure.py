@@ -17,15 +17,23 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["Timing", "time_call", "synchronize", "training_step", "captured_step", "proc_status_kib", "memory_probe",
-           "peak_training_memory_mib"]
+__all__ = ["Timing", "Trainable", "time_call", "synchronize", "training_step", "captured_step", "proc_status_kib",
+           "memory_probe", "peak_training_memory_mib"]
 
-StepFactory = Callable[..., Callable[[], Callable[[], None]]]
+StepFactory = Callable[..., Callable[[], Callable[[], object]]]
+
+
+class Trainable(Protocol):
+    """What :func:`training_step` trains: a flow's parameters and its ``log_prob``."""
+
+    def parameters(self) -> Iterator[nn.Parameter]: ...
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -61,7 +69,7 @@ def time_call(fn: Callable[[], Any], device: torch.device, repeats: int, warmup:
     return Timing(statistics.median(times), min(times), max(times), repeats)
 
 
-def training_step(model: nn.Module, batch: torch.Tensor, compiled: bool = False) -> Callable[..., None]:
+def training_step(model: Trainable, batch: torch.Tensor, compiled: bool = False) -> Callable[..., None]:
     """A closure doing one optimisation step (forward, loss, backward, Adam update) on ``batch`` or a given one.
 
     Uses the fused Adam kernel and skips the value checks, as the trainer's steps do;

@@ -9,18 +9,18 @@ import statistics
 from typing import Any, Callable
 
 import torch
-from torch import nn
 
 from lunet.experiments.benchmarks.bench import MODEL_SPECS
 from lunet.experiments.benchmarks.measure import captured_step, time_call, training_step
 from lunet.experiments.config.errors import error_line
 from lunet.experiments.config.models import build_model
 from lunet.experiments.training.trainer import resolve_device
+from lunet.flow import LUNet
 
 __all__ = ["run_micro", "spline_lunet", "spline_table", "micro_table"]
 
 
-def _captured_rows(model: nn.Module, weights: list[torch.Tensor], x: torch.Tensor, paired) -> dict[str, Any]:
+def _captured_rows(model: LUNet, weights: list[torch.Tensor], x: torch.Tensor, paired) -> dict[str, Any]:
     """The LU-Net training step and the dense products' Adam step, each captured as a CUDA graph,
     timed side by side; ``{"captured_error": ...}`` if a capture fails."""
     from lunet.checks import set_value_checks
@@ -86,7 +86,7 @@ def _captured_inference_rows(frozen: Any, weights: list[torch.Tensor], x: torch.
     }
 
 
-def _compiled_rows(model: nn.Module, x: torch.Tensor, paired) -> dict[str, Any]:
+def _compiled_rows(model: LUNet, x: torch.Tensor, paired) -> dict[str, Any]:
     """The training step with its loss through ``torch.compile`` against the eager step, timed side by
     side on copies of ``model``; ``{"compiled_error": ...}`` if compiling fails."""
     eager = training_step(copy.deepcopy(model).train(), x)
@@ -132,6 +132,7 @@ def run_micro(device: str = "cpu", features: int = 784, num_blocks: int = 4, rep
     dev = resolve_device(device)
     torch.manual_seed(0)
     model = build_model({**MODEL_SPECS["lunet"], "features": features, "num_blocks": num_blocks}).to(dev)
+    assert isinstance(model, LUNet)  # MODEL_SPECS["lunet"] builds one
     weights = [torch.randn(features, features, device=dev, requires_grad=True) for _ in range(2 * num_blocks)]
 
     def dense_chain(x: torch.Tensor, backward: bool) -> None:
@@ -241,11 +242,12 @@ def run_micro(device: str = "cpu", features: int = 784, num_blocks: int = 4, rep
     }
 
 
-def spline_lunet(features: int, num_blocks: int, device: torch.device, seed: int = 0) -> nn.Module:
+def spline_lunet(features: int, num_blocks: int, device: torch.device, seed: int = 0) -> LUNet:
     """The paper's LU-Net with a monotone spline (8 bins on [-5, 5]) in place of each leaky softplus, its
     splines drawn away from the identity start (seeded), so that bins differ in width as trained ones do."""
     model = build_model({**MODEL_SPECS["lunet"], "features": features, "num_blocks": num_blocks,
                          "activation": "spline"}).to(device)
+    assert isinstance(model, LUNet)  # MODEL_SPECS["lunet"] builds one
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for spline in model.activations:

@@ -102,16 +102,21 @@ class ContextRules:
         """The regressors of the conditional Gaussian (N, P) float64: labels one-hot (P = num_classes),
         vectors as they are (P = width)."""
         if self.kind == "labels":
+            assert self.num_classes is not None  # labels always number their classes
             return torch.nn.functional.one_hot(context[:, 0].long(), self.num_classes).double()
         return context.double()
 
     @property
     def design_width(self) -> int:
-        return self.num_classes if self.kind == "labels" else self.width
+        if self.kind == "labels":
+            assert self.num_classes is not None  # labels always number their classes
+            return self.num_classes
+        return self.width
 
     def describe(self) -> str:
         """A line for the console on how the contexts are read."""
         if self.kind == "labels":
+            assert self.num_classes is not None  # labels always number their classes
             return (f"contexts: class labels 0..{self.num_classes - 1} (one column of whole numbers), embedded in "
                     f"{self.features} dimensions")
         return f"contexts: vectors of width {self.width}, standardised before the context network"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Protocol, Sequence, cast
 
 import torch
 from torch import nn
@@ -14,6 +14,8 @@ from lunet.experiments.config.presets import NUM_CLASSES
 from lunet.experiments.data.mnist import dataset_digest, load_dataset, user_cache_dir
 from lunet.experiments.data.preprocess import ImagePreprocessor, bits_per_dim, paper_bits_per_pixel
 from lunet.experiments.runs.images import (
+    ImageFlow,
+    LabelledFlow,
     class_subset,
     fitted_class_priors,
     load_run_models,
@@ -21,16 +23,24 @@ from lunet.experiments.runs.images import (
 )
 from lunet.experiments.store.checkpoint import load_checkpoint, save_checkpoint
 from lunet.experiments.store.folder import RunFolder
+from lunet.flow import LUNet
 from lunet.frozen import frozen_or_module
 from lunet.latent import flow_placement
 
-__all__ = ["image_log_probs", "evaluate_run", "class_log_probs", "DigitClassifier", "train_classifier",
-           "class_agreement"]
+__all__ = ["ImageDensity", "image_log_probs", "evaluate_run", "class_log_probs", "DigitClassifier",
+           "train_classifier", "class_agreement"]
+
+
+class ImageDensity(Protocol):
+    """What scores images: a flow of images, its snapshot from :func:`~lunet.frozen.frozen_or_module`,
+    or a :class:`~lunet.experiments.runs.images.LabelledFlow`."""
+
+    def log_prob(self, x: torch.Tensor, /) -> torch.Tensor: ...
 
 
 @torch.no_grad()
 def image_log_probs(
-    model: nn.Module, pixels: torch.Tensor, pre: ImagePreprocessor, seed: int, batch_size: int = 1000
+    model: ImageDensity, pixels: torch.Tensor, pre: ImagePreprocessor, seed: int, batch_size: int = 1000
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image: ``log p(y)`` of the dequantised image and the flow's logit-space ``log p(l)``, nats (N,).
 
@@ -63,7 +73,7 @@ def evaluate_run(
     accuracy ``argmax_c log p(x|c)`` (uniform class prior).
     """
     settings, models, ckpts = load_run_models(run_dir, device=device)
-    snapshots = [frozen_or_module(m) for m in models]
+    snapshots = [cast(ImageDensity, frozen_or_module(m)) for m in models]  # a snapshot scores as its flow does
     images, labels = load_dataset(settings.dataset, "test", data_dir=data_dir, verify=verify)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
@@ -106,11 +116,16 @@ def evaluate_run(
         "train_seconds": sum(ck.get("train_seconds", 0.0) for ck in ckpts),
         "model": settings.model,
     }
+    first = models[0]
     if settings.kind == "conditional":  # one model for every class, its weights counted once
-        result["num_parameters_free"] = result["num_parameters_stored"] = models[0].flow.num_parameters()
+        assert isinstance(first, LabelledFlow)
+        result["num_parameters_free"] = result["num_parameters_stored"] = first.flow.num_parameters()
     else:
-        result["num_parameters_free"] = models[0].num_parameters("free") * len(models)
-        result["num_parameters_stored"] = models[0].num_parameters("stored") * len(models)
+        from lunet.baselines.realnvp import RealNVP
+
+        assert isinstance(first, (LUNet, RealNVP))  # the image models of build_model
+        result["num_parameters_free"] = first.num_parameters("free") * len(models)
+        result["num_parameters_stored"] = first.num_parameters("stored") * len(models)
     if per_class:
         result["per_class"] = per_class
     if settings.kind in ("per_class", "conditional"):  # a classifier needs a density of every class
@@ -123,7 +138,7 @@ def evaluate_run(
 
 
 @torch.no_grad()
-def class_log_probs(models: list, images: torch.Tensor, pre: ImagePreprocessor) -> torch.Tensor:
+def class_log_probs(models: Sequence[ImageDensity], images: torch.Tensor, pre: ImagePreprocessor) -> torch.Tensor:
     """``log p(y | c)`` in nats of each test image under each class's model, (N, K) float64 (one
     dequantisation draw, the same for every class); ``models``: one flow or snapshot per class."""
     return torch.stack([image_log_probs(m, images, pre, seed=7)[0] for m in models], dim=1)
@@ -218,18 +233,20 @@ def class_agreement(
         raise ValueError(
             "class agreement needs a per-class or single-class run (trained with --per-class or --class K)"
         )
-    models = [frozen_or_module(m) for m in models]
+    flows = [cast(ImageFlow, frozen_or_module(m)) for m in models]  # a snapshot keeps the flow's passes
     pre = ImagePreprocessor(settings.lam)
     out: dict[str, Any] = {}
     for prior_name in priors:
         # the fitted prior depends on the model alone: fit once per class
+        fitted: Sequence[Optional[tuple[torch.Tensor, torch.Tensor]]]
         if prior_name == "fitted":
-            fitted = fitted_class_priors(settings, models, pre, data_dir=data_dir, verify=verify)
+            fitted = fitted_class_priors(settings, flows, pre, data_dir=data_dir, verify=verify)
         else:
-            fitted = [None] * len(models)
+            fitted = [None] * len(flows)
         for t in temperatures:
             agree = {}
-            for c, model, prior in zip(settings.classes, models, fitted):
+            for c, model, prior in zip(settings.classes, flows, fitted):
+                assert c is not None  # a run of one or each class: an unconditional one was refused above
                 gen = torch.Generator().manual_seed(seed + c)
                 imgs = sample_images(model, pre, num_samples, temperature=t, prior=prior, generator=gen)
                 with torch.no_grad():

@@ -21,19 +21,22 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import torch
-from torch import nn
 
 from lunet.baselines.gaussian import FullCovarianceGaussian
 from lunet.experiments.config.presets import IMAGE_DATASETS, NUM_CLASSES
 from lunet.experiments.data.mnist import load_dataset, train_val_split
 from lunet.experiments.data.preprocess import ImagePreprocessor, bits_per_dim
-from lunet.experiments.evaluation.evaluate import image_log_probs
+from lunet.experiments.evaluation.evaluate import ImageDensity, image_log_probs
 from lunet.experiments.runs.images import class_subset, load_run_models
 from lunet.experiments.store.folder import RunFolder
 from lunet.flow import ClassConditionalFlow
+
+if TYPE_CHECKING:
+    from lunet.baselines.realnvp import RealNVP
+    from lunet.flow import LUNet
 
 __all__ = ["SCORES", "MODELS", "TPR_LEVEL", "SEED", "auroc", "aupr", "fpr_at_tpr", "detection_metrics",
            "compressed_bits_per_dim", "image_bits_per_dim", "image_scores", "class_log_prior",
@@ -124,7 +127,7 @@ def compressed_bits_per_dim(pixels: torch.Tensor) -> torch.Tensor:
 
 
 def image_bits_per_dim(
-    model: nn.Module, pixels: torch.Tensor, pre: ImagePreprocessor, seed: int = SEED
+    model: ImageDensity, pixels: torch.Tensor, pre: ImagePreprocessor, seed: int = SEED
 ) -> torch.Tensor:
     """Bits/dim of each image under ``model`` (one dequantisation draw), (N, D) -> (N,) float64."""
     return bits_per_dim(image_log_probs(model, pixels, pre, seed=seed)[0], pre.num_dims)
@@ -195,11 +198,12 @@ def ood_run(
     if limit is not None:
         in_images, out_images = in_images[:limit], out_images[:limit]
     pre = ImagePreprocessor(settings.lam, num_dims=in_images.shape[1])
+    flows = cast("list[LUNet | RealNVP]", models)  # only a conditional run's models come as LabelledFlow
     if settings.kind == "per_class":
-        model: nn.Module = ClassConditionalFlow(models, class_log_prior(fit_y)).to(device).eval()
+        model: ImageDensity = ClassConditionalFlow(flows, class_log_prior(fit_y)).to(device).eval()
     else:
-        model = models[0]
-    scored = {"run": model, "gaussian": fit_gaussian(fit_x, pre).to(device)}
+        model = flows[0]
+    scored: dict[str, ImageDensity] = {"run": model, "gaussian": fit_gaussian(fit_x, pre).to(device)}
     scores: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
     report: dict[str, Any] = {
         "dataset": settings.dataset,

@@ -13,7 +13,7 @@ import threading
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, Optional, Sequence, cast
 
 if TYPE_CHECKING:
     pass
@@ -207,9 +207,12 @@ def open_folder(folder: Path, create: bool, root: Optional[Path] = None) -> Iter
     below_root = _parts_below(absolute, Path(os.path.abspath(root)) if root is not None else None)
     if hold is not None:
         hold.check_in_place()
-        base, parts = hold.path, hold.parts_of(absolute)
+        held_parts = hold.parts_of(absolute)
+        assert held_parts is not None  # the hold was picked for holding ``absolute``
+        base, parts = hold.path, held_parts
         fd = os.open(".", os.O_RDONLY | _DIRECTORY | _CLOEXEC, dir_fd=hold.fd)
     elif below_root is not None:
+        assert root is not None  # there are parts below ``root`` only when it is given
         base, parts = Path(root), below_root
         fd = os.open(base, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
     else:
@@ -369,8 +372,8 @@ def signals_deferred() -> Iterator[None]:
         _deferring = False
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        for signum in dict.fromkeys(caught):
-            signal.raise_signal(signum)
+        for number in dict.fromkeys(caught):
+            signal.raise_signal(number)
 
 
 def _new_temporary(folder: _Folder, name: str) -> tuple[str, int]:
@@ -384,7 +387,7 @@ def _new_temporary(folder: _Folder, name: str) -> tuple[str, int]:
             continue
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """``write(f)`` into a temporary file beside ``path``, then rename it over ``path``; returns ``path``.
 
     Parent folders are created. The file gets the permissions of any other new
@@ -408,7 +411,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             try:
                 with f:
                     os.fchmod(fd, _default_file_mode())
-                    write(writes)
+                    write(cast(BinaryIO, writes))  # a proxy of ``f`` that passes everything else on
                     f.flush()
                     os.fsync(f.fileno())
             except Exception as exc:

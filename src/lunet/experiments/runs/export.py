@@ -16,7 +16,7 @@ from typing import Any
 from lunet.experiments.config.presets import IMAGES, VECTORS
 from lunet.experiments.store.checkpoint import load_checkpoint, save_checkpoint
 from lunet.experiments.store.folder import RunFolder, as_folder
-from lunet.experiments.store.record import read_run
+from lunet.experiments.store.record import ImageRunSettings, read_run
 
 __all__ = ["export_run"]
 
@@ -35,7 +35,9 @@ def export_run(run_dir: str | os.PathLike | RunFolder, out: str | os.PathLike) -
     if record.kind == IMAGES:
         from lunet.experiments.runs.images import model_folder
 
-        paths = [model_folder(run, c, record.settings.kind).checkpoint for c in record.settings.model_classes]
+        settings = record.settings
+        assert isinstance(settings, ImageRunSettings)  # the settings of every image run's record
+        paths = [model_folder(run, c, settings.kind).checkpoint for c in settings.model_classes]
         missing = [p for p in paths if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"{missing[0]} not found: the run in {run.path} has not saved every model yet")

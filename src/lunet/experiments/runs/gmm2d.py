@@ -38,7 +38,7 @@ NLL_NATS = Unit("nll_nats", "nats", lambda nats_per_dim: 2 * nats_per_dim)
 MEAN_NLL_NATS = Unit("mean_nll_nats", "nats (mean of the starts)", lambda nats_per_dim: 2 * nats_per_dim)
 
 
-def _log_prob_fn(model: torch.nn.Module, batch: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _log_prob_fn(model: LUNet, batch: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
     return model.log_prob(batch.to(device=model.input_mean.device, dtype=model.input_mean.dtype))
 
 
@@ -88,7 +88,7 @@ def _model_spec(settings: GMM2DSettings) -> dict[str, Any]:
 def train_starts(
     run: RunFolder, settings: GMM2DSettings, config: TrainConfig, data: dict[str, torch.Tensor], resume: bool,
     progress: bool,
-) -> tuple[Trainer, int, LUNet, list[float]]:
+) -> tuple[Trainer[LUNet], int, LUNet, list[float]]:
     """Train ``settings.starts`` initialisations side by side and keep the best by validation NLL.
 
     Separated modes trap a 2-D flow in a band that bridges them, and which start is
@@ -113,6 +113,7 @@ def train_starts(
     if resume:
         trainer.resume()
     trainer.fit()
+    assert trainer.state.best_state is not None  # fit() keeps a finite best validation or raises
     grouped.load_state_dict(trainer.state.best_state)
     starts = [flow.eval() for flow in grouped.split_groups()]
     nlls = [-mean_log_prob(flow, data["val"], _log_prob_fn, 10000, seed=0) for flow in starts]
@@ -147,8 +148,8 @@ def _run(run: RunFolder, settings: GMM2DSettings, config: TrainConfig, resume: b
 
 
 def _report(
-    run: RunFolder, settings: GMM2DSettings, config: TrainConfig, data: dict[str, torch.Tensor], trainer: Trainer,
-    model: LUNet, start_nlls: list[float], start: float,
+    run: RunFolder, settings: GMM2DSettings, config: TrainConfig, data: dict[str, torch.Tensor],
+    trainer: Trainer[LUNet], model: LUNet, start_nlls: list[float], start: float,
 ) -> dict[str, Any]:
     """Test KL, the pictures and ``summary.json`` of the chosen model."""
     out_dir = run.path

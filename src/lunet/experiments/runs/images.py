@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Protocol, Sequence, cast
 
 import torch
 from torch import nn
 
 from lunet.checks import check_temperature
+from lunet.conditional import ConditionalLUNet
+from lunet.conditional_density import ConditionalDensity
+from lunet.density import Density
 from lunet.experiments.config.errors import SettingError
 from lunet.experiments.config.models import build_model
 from lunet.experiments.config.resources import check_model_memory
@@ -35,6 +38,7 @@ from lunet.experiments.training.distributed import SINGLE, Group, current
 from lunet.experiments.training.log import Unit
 from lunet.experiments.training.step import LogProbFn, check_shared_config
 from lunet.experiments.training.trainer import Trainer, resolve_device
+from lunet.flow import LUNet
 from lunet.frozen import frozen_or_module
 from lunet.latent import finite_temperature, flow_placement
 from lunet.limits import check_positive_int
@@ -52,9 +56,21 @@ def nats_to_bits_per_dim(nats_per_dim: float) -> float:
 BITS_PER_DIM = Unit("bits_per_dim", "bits/dim", nats_to_bits_per_dim)
 
 
+class ImageFlow(Protocol):
+    """What sampling and interpolation call of a model: a flow of images, its snapshot from
+    :func:`~lunet.frozen.frozen_or_module`, or a :class:`LabelledFlow`."""
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 def model_folder(run: RunFolder, class_label: Optional[int], kind: str) -> RunFolder:
     """Where the model of ``class_label`` keeps its checkpoint: a class folder in a per-class run, else the run's."""
-    return run.class_folder(class_label) if kind == "per_class" else run
+    if kind != "per_class":
+        return run
+    assert class_label is not None  # each model of a per-class run is of one class
+    return run.class_folder(class_label)
 
 
 def class_subset(
@@ -66,7 +82,7 @@ def class_subset(
     return images[keep], labels[keep]
 
 
-def make_log_prob_fn(pre: ImagePreprocessor, labelled: bool = False) -> LogProbFn:
+def make_log_prob_fn(pre: ImagePreprocessor, labelled: bool = False) -> LogProbFn[nn.Module]:
     """``(model, pixels, noise) -> log p(y)`` in nats per image, dequantised with ``noise``
     (U[0, 1) draws of the pixels' shape, in the model's dtype, on the pixels' device; a
     ``Trainer`` draws them with ``dequantize=True``). ``labelled``: each row carries its class
@@ -83,7 +99,9 @@ def make_log_prob_fn(pre: ImagePreprocessor, labelled: bool = False) -> LogProbF
             noise = noise[:, : pixels.shape[1]]
         logits, logdet = pre.to_model_space(pixels, dtype=ref.dtype, noise=noise)
         logits = logits.to(ref.device)
-        lp = model.log_prob(logits) if labels is None else model.log_prob(logits, labels)
+        # the trained model: a flow of images, or of images given their labels
+        lp = (cast(Density, model).log_prob(logits) if labels is None
+              else cast(ConditionalDensity, model).log_prob(logits, labels))
         return lp + logdet.to(ref.device)
 
     return log_prob
@@ -124,7 +142,9 @@ class LabelledFlow:
 def read_run_file(run_dir: str | Path | RunFolder) -> ImageRunSettings:
     """The settings of the image run in ``run_dir``; ``ValueError`` naming ``run.json`` when it is
     damaged, or saying what the folder holds instead."""
-    return read_run(as_folder(run_dir), (IMAGES,)).settings
+    settings = read_run(as_folder(run_dir), (IMAGES,)).settings
+    assert isinstance(settings, ImageRunSettings)  # read_run names any other kind of run in its error
+    return settings
 
 
 def train_image_run(
@@ -172,6 +192,7 @@ def _train_models(
     val_x: torch.Tensor, val_y: torch.Tensor, resume: bool, progress: bool, limit: Optional[int], group: Group,
 ) -> dict[str, Any]:
     settings = record.settings
+    assert isinstance(settings, ImageRunSettings)  # the record train_image_run made
     pre = ImagePreprocessor(settings.lam, num_dims=train_x.shape[1])
     labelled = settings.kind == "conditional"
     log_prob_fn = make_log_prob_fn(pre, labelled)
@@ -195,7 +216,7 @@ def _train_models(
         out = model_folder(run, c, settings.kind)
         torch.manual_seed(config.seed)
         model = build_model(settings.model)
-        if settings.data_init != "none" and hasattr(model, "standardize"):
+        if settings.data_init != "none" and isinstance(model, (LUNet, ConditionalLUNet)):  # RealNVP has no start
             gen = torch.Generator().manual_seed(config.seed)
             logits = pre.to_model_space(tx, gen)[0]
             if settings.data_init == "gaussian" and tx.shape[0] <= pre.num_dims and reports:
@@ -227,6 +248,7 @@ def _train_models(
             print(f"class {c}: {tx.shape[0]} training images")
         start = time.perf_counter()
         trainer.fit()
+        assert trainer.state.best_val is not None  # fit() keeps a finite best validation or raises
         results["all" if c is None else str(c)] = {
             "epochs": trainer.state.epoch,
             "train_seconds": trainer.state.train_seconds,
@@ -240,27 +262,31 @@ def _train_models(
 
 def load_run_models(
     run_dir: str | Path | RunFolder, which: str = "best", device: str = "cpu"
-) -> tuple[ImageRunSettings, list[nn.Module], list[dict]]:
+) -> tuple[ImageRunSettings, list[nn.Module | LabelledFlow], list[dict]]:
     """Settings, one model per entry of ``settings.classes`` (in eval mode on ``device``), and the
     checkpoint of each model stored; a conditional run's one model comes as a :class:`LabelledFlow`
     under each class."""
     run = as_folder(run_dir)
     dev = resolve_device(device)
     settings = read_run_file(run)
-    models, ckpts = [], []
+    models: list[nn.Module | LabelledFlow] = []
+    ckpts = []
     for c in settings.model_classes:
         model, ckpt = load_model(model_folder(run, c, settings.kind).checkpoint, which=which)
         models.append(model.to(dev).eval())
         ckpts.append(ckpt)
     if settings.kind == "conditional":
         shared: dict = {}
-        models = [LabelledFlow(models[0], c, shared) for c in settings.classes]
+        flow, models = models[0], []
+        for c in settings.classes:
+            assert c is not None  # a conditional run models every class by its label
+            models.append(LabelledFlow(flow, c, shared))
     return settings, models, ckpts
 
 
 @torch.no_grad()
 def fitted_latent_gaussian(
-    model: nn.Module, pixels: torch.Tensor, pre: ImagePreprocessor, seed: int = 0
+    model: ImageFlow, pixels: torch.Tensor, pre: ImagePreprocessor, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (D,) and Cholesky factor (D, D) of the latents of ``pixels`` (the authors' sampling prior);
     ``model``: a flow or a snapshot from :func:`~lunet.frozen.frozen_or_module`."""
@@ -277,7 +303,7 @@ def fitted_latent_gaussian(
 
 
 def fitted_class_priors(
-    settings: ImageRunSettings, models: list[nn.Module], pre: ImagePreprocessor,
+    settings: ImageRunSettings, models: Sequence[ImageFlow], pre: ImagePreprocessor,
     data_dir: Optional[str] = None, verify: bool = True, num_images: int = 5000,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The fitted latent Gaussian of each model of a run, from up to ``num_images``
@@ -292,7 +318,7 @@ def fitted_class_priors(
 
 @torch.no_grad()
 def sample_images(
-    model: nn.Module,
+    model: ImageFlow,
     pre: ImagePreprocessor,
     num_samples: int,
     temperature: float = 1.0,
@@ -342,13 +368,13 @@ def sample_grid(
     if len(models) > 1 and num is not None:
         raise SettingError("{num} is for unconditional and single-class runs; a per-class run draws {per_row} images "
                            "per class")
-    models = [frozen_or_module(m) for m in models]
+    flows = [cast(ImageFlow, frozen_or_module(m)) for m in models]  # a snapshot keeps the flow's passes
     pre = ImagePreprocessor(settings.lam)
-    priors: list = [None] * len(models)
+    priors: list = [None] * len(flows)
     if prior == "fitted":
-        priors = fitted_class_priors(settings, models, pre, data_dir=data_dir, verify=verify)
+        priors = fitted_class_priors(settings, flows, pre, data_dir=data_dir, verify=verify)
     rows, labels = [], []
-    for c, model, fitted in zip(settings.classes, models, priors):
+    for c, model, fitted in zip(settings.classes, flows, priors):
         gen = torch.Generator().manual_seed(seed + (c or 0))
         rows.append(sample_images(model, pre, per_row if len(models) > 1 else (num or 100), temperature, fitted, gen))
         labels.append("all" if c is None else CLASS_NAMES[settings.dataset][c])
@@ -365,7 +391,7 @@ def interpolate(
     settings, models, _ = load_run_models(run_dir, device=device)
     if len(models) != 1:
         raise ValueError("interpolate needs an unconditional or single-class run")
-    model = models[0]
+    model = cast(ImageFlow, models[0])  # a run of one model holds an unconditional flow
     pre = ImagePreprocessor(settings.lam)
     test_x, _ = load_dataset(settings.dataset, "test", data_dir=data_dir, verify=verify)
     bad = [i for pair in pairs for i in pair if not 0 <= i < test_x.shape[0]]

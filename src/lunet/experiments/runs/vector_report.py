@@ -62,9 +62,11 @@ class Reference:
 
     def entries(self) -> dict[str, torch.Tensor]:
         """As a checkpoint holds it: plain tensors."""
-        entries = {"gaussian_mean": self.gaussian.mean, "gaussian_scale_tril": self.gaussian.scale_tril,
-                   "low": self.low, "high": self.high}
+        entries: dict[str, torch.Tensor] = {"gaussian_mean": self.gaussian.mean,
+                                            "gaussian_scale_tril": self.gaussian.scale_tril,
+                                            "low": self.low, "high": self.high}
         if self.coef is not None:
+            assert self.design_mean is not None  # fitted and read together with coef
             entries.update(gaussian_coef=self.coef, design_mean=self.design_mean)
         return entries
 
@@ -76,8 +78,8 @@ class Reference:
         with regression coefficients on ``design_width`` regressors exactly when that is given."""
         if entries is None:
             return None
-        keys = ("gaussian_mean", "gaussian_scale_tril", "low", "high")
-        shapes = ((features,), (features, features), (features,), (features,))
+        keys: tuple[str, ...] = ("gaussian_mean", "gaussian_scale_tril", "low", "high")
+        shapes: tuple[tuple[int, ...], ...] = ((features,), (features, features), (features,), (features,))
         if design_width is not None:
             keys += ("gaussian_coef", "design_mean")
             shapes += ((design_width, features), (design_width,))
@@ -110,6 +112,7 @@ class Reference:
         reference given the context's regressors ``design`` (N, P)."""
         x = x.double()
         if self.coef is not None:
+            assert design is not None and self.design_mean is not None  # a conditional reference needs both
             x = x - (design.double() - self.design_mean) @ self.coef
         return float(-self.gaussian.log_prob(x).mean() / x.shape[1])
 

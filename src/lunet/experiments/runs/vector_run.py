@@ -9,7 +9,7 @@ from __future__ import annotations
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Protocol, Union, cast
 
 import numpy as np
 import torch
@@ -37,6 +37,18 @@ Vectors = Union[torch.Tensor, np.ndarray, Dataset, DataLoader]
 
 
 SAMPLE_CHUNK_ROWS = 65_536
+
+
+class VectorFlow(Protocol):
+    """What a run's flow is called for: a flow of ``p(x)``, or of ``p(x | c)``, whose passes take the
+    contexts after the rows."""
+
+    @property
+    def features(self) -> int: ...
+
+    def log_prob(self, x: torch.Tensor, /, *context: torch.Tensor) -> torch.Tensor: ...
+
+    def inverse(self, z: torch.Tensor, /, *context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def as_vectors(data: Vectors, name: str = "data", min_rows: int = 2) -> torch.Tensor:
@@ -75,15 +87,16 @@ def log_prob_fn(model: nn.Module, batch: torch.Tensor, noise: Optional[torch.Ten
     context after its D features, and the result is ``log p(x | c)`` (noise of either width is
     taken for the first D columns)."""
     dtype, device = flow_placement(model)
+    flow = cast(VectorFlow, model)  # the Trainer passes its flow as a module
     c = None
     if context is not None:
-        width = model.features
+        width = flow.features
         batch, c = batch[:, :width], context.to_model(batch[:, width:], dtype, device)
         noise = None if noise is None else noise[:, :width]
     batch = batch.to(device=device, dtype=dtype)
     if noise is not None and mask is not None:
         batch = batch + noise.to(batch) * mask.to(batch)
-    return model.log_prob(batch) if c is None else model.log_prob(batch, c)
+    return flow.log_prob(batch) if c is None else flow.log_prob(batch, c)
 
 
 @torch.no_grad()
@@ -93,12 +106,13 @@ def inverse_in_chunks(model: nn.Module, z: torch.Tensor, context: Optional[tuple
     holds a non-finite latent is passed through as it is, for the caller to find. ``context``: the
     contexts of the rows (N, width) float64 and their rules, for a conditional flow."""
     dtype, device = flow_placement(model)
+    flow = cast(VectorFlow, model)
 
     def inverse(chunk: torch.Tensor, index: int) -> torch.Tensor:
         if context is None:
-            return model.inverse(chunk.to(device))[0]
+            return flow.inverse(chunk.to(device))[0]
         rows = context[0][index * SAMPLE_CHUNK_ROWS : (index + 1) * SAMPLE_CHUNK_ROWS]
-        return model.inverse(chunk.to(device), context[1].to_model(rows, dtype, device))[0]
+        return flow.inverse(chunk.to(device), context[1].to_model(rows, dtype, device))[0]
 
     # in chunks: a pass over all the rows at once holds several copies of them per block
     return torch.cat([inverse(chunk, i).double().cpu() if bool(torch.isfinite(chunk).all()) else chunk.double()
@@ -108,7 +122,9 @@ def inverse_in_chunks(model: nn.Module, z: torch.Tensor, context: Optional[tuple
 def read_run_file(run_dir: str | Path | RunFolder) -> VectorRunSettings:
     """The settings of the run on own data in ``run_dir``; ``ValueError`` naming ``run.json`` when it
     is something else."""
-    return read_run(as_folder(run_dir), (VECTORS,)).settings
+    settings = read_run(as_folder(run_dir), (VECTORS,)).settings
+    assert isinstance(settings, VectorRunSettings)  # read_run names any other kind of run in its error
+    return settings
 
 
 @dataclass
@@ -207,11 +223,12 @@ class VectorRun:
         overflowed |= ~torch.isfinite(samples).all(dim=1)
         if bool(overflowed.any()):
             few = draws[overflowed][:64]
-            flow = model
+            flow: nn.Module | types.SimpleNamespace = model
             if given is not None:  # the flow under the overflowing rows' contexts
                 c = given[1].to_model(given[0][overflowed][:64], dtype, flow_placement(model)[1])
+                conditional = cast(VectorFlow, model)
                 flow = types.SimpleNamespace(dtype=dtype, device=flow_placement(model)[1],
-                                             inverse=lambda z: model.inverse(z, c))
+                                             inverse=lambda z: conditional.inverse(z, c))
             finite = finite_temperature(flow, lambda t: t * few, temperature)
             where = (f"on the same draws it stays finite at {{temperature}} {finite:.3g}" if finite is not None
                      else "it is not finite on them at any temperature")
@@ -232,6 +249,7 @@ class VectorRun:
                              context: Optional[tuple[torch.Tensor, ContextRules]] = None) -> float:
         """The reference Gaussian's mean NLL (nats/dim) of the flow's input ``rows`` (N, features), given
         their ``context`` (as :meth:`context_rows` gives it) for a conditional run."""
+        assert self.reference is not None  # callers ask only a run that keeps one
         return self.reference.nll_per_dim(rows, None if context is None else context[1].design(context[0]))
 
     def export(self) -> dict[str, Any]:
@@ -267,7 +285,9 @@ def load_vector_run(run_dir: str | Path | RunFolder, device: str = "cpu") -> Vec
 
 def _reference_of(ckpt: dict[str, Any], settings: VectorRunSettings, path: str | Path) -> Optional[Reference]:
     """The reference a checkpoint or export ``ckpt`` (read from ``path``) keeps in its extra, checked."""
-    extra = ckpt.get("extra") if isinstance(ckpt.get("extra"), dict) else {}
+    extra = ckpt.get("extra")
+    if not isinstance(extra, dict):
+        extra = {}
     rules = settings.context_rules
     return Reference.from_entries(extra.get("reference"), settings.features, str(path),
                                   None if rules is None else rules.design_width)

@@ -26,6 +26,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 from torch import nn
 
+from lunet.conditional import ConditionalLUNet
 from lunet.experiments.config.errors import SettingError
 from lunet.experiments.config.models import build_model
 from lunet.experiments.config.presets import VECTORS, conditional_vector_spec, vector_lunet_spec
@@ -42,6 +43,7 @@ from lunet.experiments.store.record import RunRecord, VectorRunSettings, write_r
 from lunet.experiments.training.distributed import Group, current
 from lunet.experiments.training.step import check_shared_config
 from lunet.experiments.training.trainer import Trainer, resolve_device
+from lunet.flow import LUNet
 from lunet.latent import flow_placement
 
 __all__ = ["MIN_TRAIN_ROWS", "SPLIT_SEED", "split_rows", "default_data_init", "train_vectors", "DATA_INIT_WORDS",
@@ -190,6 +192,7 @@ def train_vectors(
         if val.shape[1] != train.shape[1]:
             raise ValueError(f"val_data has {val.shape[1]} features per row but data has {train.shape[1]}")
         if context is not None:
+            assert val_context is not None  # refused above when missing
             contexts = (context, as_vectors(val_context, "val_context"))
             check_rows(contexts[1], val, "val_context", "val_data")
     if names is not None and len(names) != data.shape[1]:
@@ -198,6 +201,7 @@ def train_vectors(
     train, val = rules.to_model(train), rules.to_model(val)
     context_rules = None
     if contexts is not None:
+        assert context is not None  # the contexts are its rows
         if context_names is not None and len(context_names) != context.shape[1]:
             raise ValueError(f"context_names lists {len(context_names)} names for {context.shape[1]} columns")
         context_rules = ContextRules.choose(contexts[0], context_kind, context_names, context_name)
@@ -220,6 +224,7 @@ def train_vectors(
     if val_data is not None:
         check_fits_dtype(val, config.torch_dtype, "val_data")
     if context_rules is not None and context_rules.kind == "vectors":
+        assert context is not None  # the rules were chosen from it
         check_fits_dtype(context, config.torch_dtype, context_name)
     group = current() if group is None else group
     resolve_device(config.device)
@@ -231,15 +236,22 @@ def train_vectors(
         # in the run's precision before the start is fitted: a float32 spread of data in the
         # range of float64 alone would be infinite
         model = build_model(spec).to(config.torch_dtype)
+        assert isinstance(model, (LUNet, ConditionalLUNet))  # what a spec of the data's width builds
+        designs: tuple[Optional[torch.Tensor], Optional[torch.Tensor]] = (None, None)
+        given = None  # the training contexts and their rules
+        if contexts is not None:
+            assert context_rules is not None  # chosen from the contexts
+            designs = (context_rules.design(contexts[0]), context_rules.design(contexts[1]))
+            given = (contexts[0], context_rules)
         # the start and the baseline see the integer columns dequantised once, from fixed draws
         fit_rows = rules.dequantized(train, torch.Generator().manual_seed(SPLIT_SEED + 1))
-        _start(model, data_init, fit_rows, contexts, context_rules)
-        designs = (None, None) if contexts is None else tuple(context_rules.design(c) for c in contexts)
+        _start(model, data_init, fit_rows, given)
         reference = Reference.fit(train, fit_rows, designs[0])
         gaussian_val = reference.nll_per_dim(rules.dequantized(val), designs[1])
         mask = rules.noise_mask()
         # a conditional run's rows carry their contexts as extra columns, which log_prob_fn splits off
-        rows = (train, val) if contexts is None else tuple(torch.cat(pair, 1) for pair in zip((train, val), contexts))
+        rows = (train, val) if contexts is None else (torch.cat([train, contexts[0]], 1),
+                                                      torch.cat([val, contexts[1]], 1))
         trainer = Trainer(model, spec, config, *rows, functools.partial(log_prob_fn, mask=mask, context=context_rules),
                           features=train.shape[1], run_dir=run, progress=progress, group=group,
                           extra={"data": VECTORS, "reference": reference.entries()}, dequantize=mask is not None)
@@ -256,8 +268,9 @@ def train_vectors(
         if trainer.state.best_state is not None:
             model.load_state_dict(trainer.state.best_state)
         model.eval()
+        assert trainer.state.best_val is not None  # fit() keeps a finite best validation or raises
         val_nll = -trainer.state.best_val / train.shape[1]
-        summary = {
+        summary: dict[str, Any] = {
             "epochs": trainer.state.epoch,
             "best_epoch": trainer.state.best_epoch,
             "stopped_early": trainer.stopped_early,
@@ -274,24 +287,30 @@ def train_vectors(
             "features": int(train.shape[1]),
         }
         if group.is_main:
-            given = None if contexts is None else (contexts[0], context_rules)
             summary["samples"] = _report_samples(run, model, train, reference, rules, given)
             write_text_atomic(run.summary, json.dumps(summary, indent=2) + "\n")
     return model, summary
 
 
 @torch.no_grad()
-def _start(model: nn.Module, data_init: str, fit_rows: torch.Tensor,
-           contexts: Optional[tuple[torch.Tensor, torch.Tensor]], context_rules: Optional[ContextRules]) -> None:
+def _start(model: Union[LUNet, ConditionalLUNet], data_init: str, fit_rows: torch.Tensor,
+           given: Optional[tuple[torch.Tensor, ContextRules]]) -> None:
     """Set the flow's start from the training rows ``fit_rows`` (dequantised once) as ``data_init`` says;
-    a conditional flow of vector contexts also standardises its contexts, whatever the start."""
-    vectors = contexts[0] if context_rules is not None and context_rules.kind == "vectors" else None
-    given = () if vectors is None else (vectors,)
+    a conditional flow of vector contexts (``given``: the training contexts and their rules) also
+    standardises its contexts, whatever the start."""
+    if given is None or given[1].kind != "vectors":
+        if data_init == "gaussian":
+            model.init_gaussian(fit_rows)
+        elif data_init == "standardize":
+            model.standardize(fit_rows)
+        return
+    vectors = given[0]
+    assert isinstance(model, ConditionalLUNet)  # the flow of a run with contexts
     if data_init == "gaussian":
-        model.init_gaussian(fit_rows, *given)
+        model.init_gaussian(fit_rows, vectors)
     elif data_init == "standardize":
-        model.standardize(fit_rows, *given)
-    elif vectors is not None:
+        model.standardize(fit_rows, vectors)
+    else:
         model.context_standardize.fit(vectors.to(flow_placement(model)[0]))
 
 
@@ -305,7 +324,7 @@ REPORT_SAMPLES = 10_000
 
 
 @torch.no_grad()
-def _report_samples(run: RunFolder, model: nn.Module, train: torch.Tensor, reference: Reference,
+def _report_samples(run: RunFolder, model: Union[LUNet, ConditionalLUNet], train: torch.Tensor, reference: Reference,
                     rules: ColumnRules, context: Optional[tuple[torch.Tensor, ContextRules]] = None) -> dict[str, Any]:
     """Draw :data:`REPORT_SAMPLES` samples at T = 1 from the trained ``model`` (as :func:`sample_vectors`
     gives them), report how many leave the range of the training rows ``train`` (the flow's columns),

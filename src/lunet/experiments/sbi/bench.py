@@ -219,7 +219,8 @@ def _run_one(task: Task, budget: int, estimator: str, protocol: Protocol, theta_
     try:
         posterior, record = train_estimator(task, budget, estimator, protocol)
     except Exception as exc:  # a peer that fails to train is recorded, not fatal
-        row = {"task": name, "budget": budget, "estimator": estimator, "error": f"{type(exc).__name__}: {exc}"}
+        row: dict[str, Any] = {"task": name, "budget": budget, "estimator": estimator,
+                               "error": f"{type(exc).__name__}: {exc}"}
         log(f"[{name}] {budget} {estimator}: failed ({row['error']})")
         return row
     row = {"task": name, "budget": budget, "estimator": estimator, **record,

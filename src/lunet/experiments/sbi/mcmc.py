@@ -12,16 +12,19 @@ exactly equal mass, which no chain would have to find.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
+
+if TYPE_CHECKING:  # tasks imports this module when its SLCP reference is asked for
+    from lunet.experiments.sbi.tasks import Task
 
 __all__ = ["sign_symmetric_metropolis"]
 
 BURN_IN, RUN, ADAPT_EVERY, RESAMPLE_FROM = 2000, 1000, 100, 200_000
 
 
-def sign_symmetric_metropolis(task: "object", x_o: torch.Tensor, n: int, generator: torch.Generator,
+def sign_symmetric_metropolis(task: Task, x_o: torch.Tensor, n: int, generator: torch.Generator,
                               symmetric: Sequence[int] = (), burn_in: int = BURN_IN, run: int = RUN
                               ) -> torch.Tensor:
     """``n`` posterior draws (n, theta_dim) given ``x_o`` under ``task``'s uniform prior and exact
@@ -44,11 +47,12 @@ def sign_symmetric_metropolis(task: "object", x_o: torch.Tensor, n: int, generat
     theta = start[torch.multinomial(weights, n, replacement=True, generator=generator)]
     log_p = log_target(theta)
     d = theta.shape[1]
-    chol = None
+    chol: Optional[torch.Tensor] = None
     for step in range(burn_in + run):
         if step < burn_in and step % ADAPT_EVERY == 0:
             cov = torch.cov(theta.T) + 1e-10 * torch.eye(d, dtype=theta.dtype)
             chol = torch.linalg.cholesky(cov * (2.38**2 / d))
+        assert chol is not None, "the proposal adapts at the first step of the burn-in: burn_in must be at least 1"
         proposal = fold(theta + torch.randn(n, d, generator=generator, dtype=theta.dtype) @ chol.T)
         log_q = log_target(proposal)
         accept = torch.log(torch.rand(n, generator=generator, dtype=theta.dtype)) < log_q - log_p

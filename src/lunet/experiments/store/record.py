@@ -150,11 +150,13 @@ class RunRecord:
     def entries(self) -> dict[str, Any]:
         """What ``run.json`` holds for the run, but where its data are: what the run is."""
         if self.kind == VECTORS:
+            assert isinstance(self.settings, VectorRunSettings)  # each kind holds its own settings
             entries = {"data": VECTORS, **asdict(self.settings)}
             if entries["context"] is None:  # a run of p(x) records none, as before contexts were
                 del entries["context"]
             return entries
         if self.kind == IMAGES:
+            assert isinstance(self.settings, ImageRunSettings)  # each kind holds its own settings
             return asdict(self.settings)
         return {"dataset": GMM2D}
 

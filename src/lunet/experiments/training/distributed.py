@@ -91,9 +91,9 @@ class Group:
             except NamesSettings as exc:  # travels whole, so that every process names the settings alike
                 outcome = (-1, exc)
             except Exception as exc:  # every process must hear of it, whatever it is
-                kind = next((i for i, cls in enumerate(_RERAISED) if isinstance(exc, cls)),
-                            _RERAISED.index(RuntimeError))
-                outcome = (kind, str(exc) if str(exc) else type(exc).__name__)
+                index = next((i for i, cls in enumerate(_RERAISED) if isinstance(exc, cls)),
+                             _RERAISED.index(RuntimeError))
+                outcome = (index, str(exc) if str(exc) else type(exc).__name__)
         kind, value = self.broadcast(outcome)
         if kind == -1:
             raise value

@@ -9,7 +9,7 @@ the device, which the epoch reads once, at its end.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Generic, Optional, TypeVar
 
 import torch
 from torch import nn
@@ -23,9 +23,11 @@ from lunet.experiments.training.distributed import Group
 
 __all__ = ["AUTO", "check_shared_config", "StepRunner"]
 
+# the model a training run trains, and the model its log-likelihood function takes
+FlowT = TypeVar("FlowT", bound=nn.Module)
 # (model, batch, noise) -> log p in nats per row, (B,); noise: U[0, 1) draws of the batch's shape
 # for dequantisation (see the Trainer's ``dequantize``), else None
-LogProbFn = Callable[[nn.Module, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+LogProbFn = Callable[[FlowT, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 # StepRunner's ``capture`` when none is given: a CUDA graph where the device and settings allow one
 AUTO = "auto"
 
@@ -45,14 +47,14 @@ def check_shared_config(config: TrainConfig, group: Group) -> None:
                            "a model")
 
 
-class _ShardLoss(nn.Module):
+class _ShardLoss(nn.Module, Generic[FlowT]):
     """The loss of one process's shard of a global batch as a module's forward, so that
     ``DistributedDataParallel`` sees the pass whose gradients it averages.
 
     Scaled by ``world / global_rows`` rather than ``1 / shard_rows``: the average over the
     processes is then the mean over the global batch, even when the shards differ in length."""
 
-    def __init__(self, model: nn.Module, log_prob_fn: LogProbFn, features: int) -> None:
+    def __init__(self, model: FlowT, log_prob_fn: LogProbFn[FlowT], features: int) -> None:
         super().__init__()
         self.model = model
         self.log_prob_fn = log_prob_fn
@@ -64,7 +66,7 @@ class _ShardLoss(nn.Module):
         return -self.log_prob_fn(self.model, shard, noise).sum() * (world / (global_rows * self.features))
 
 
-class StepRunner:
+class StepRunner(Generic[FlowT]):
     """Optimisation steps of ``model`` on batches of ``train_data`` (rows given as indices).
 
     Args:
@@ -82,7 +84,7 @@ class StepRunner:
     """
 
     def __init__(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, log_prob_fn: LogProbFn, features: int,
+        self, model: FlowT, optimizer: torch.optim.Optimizer, log_prob_fn: LogProbFn[FlowT], features: int,
         train_data: torch.Tensor, config: TrainConfig, device: torch.device, group: Group, dequantize: bool,
         capture: Any = AUTO,
     ) -> None:
@@ -157,10 +159,11 @@ class StepRunner:
             no_sync = ("forward_sync_buffers"
                        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                        else "broadcast_buffers")
+            sync_off: dict[str, Any] = {no_sync: False}
             self._shard_loss = DistributedDataParallel(
                 _ShardLoss(self.model, self.log_prob_fn, self.features),
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                **{no_sync: False},
+                **sync_off,
             )
         shard = self.train_data[self.group.shard(rows)]
         return self._shard_loss(shard, self._noise_for(shard, generator), rows.numel(), self.group.world)
@@ -185,6 +188,7 @@ class StepRunner:
         """The step that :class:`~lunet.experiments.training.cuda_graph.GraphedSteps` captures: its batch comes
         from the fixed buffers."""
         graphed = self.graphed
+        assert graphed is not None  # runs only within calls of self.graphed
         self._optimise(self._loss_of(self.train_data[graphed.rows], graphed.noise), graphed.rows.numel())
 
     def _full_batch_step(self, rows: torch.Tensor, generator: torch.Generator) -> None:

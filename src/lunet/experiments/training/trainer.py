@@ -17,10 +17,9 @@ import hashlib
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Generic, Optional
 
 import torch
-from torch import nn
 
 from lunet.checks import set_value_checks
 from lunet.experiments.config.errors import NothingToResume, RunExists, SettingError
@@ -34,7 +33,7 @@ from lunet.experiments.training.distributed import SINGLE, Group, current
 from lunet.experiments.training.log import NATS_PER_DIM, RunLog, Unit
 from lunet.experiments.training.schedule import LearningRateSchedule
 from lunet.experiments.training.state import TrainingState, data_fingerprint, diverged, divergence
-from lunet.experiments.training.step import AUTO, LogProbFn, StepRunner, check_shared_config
+from lunet.experiments.training.step import AUTO, FlowT, LogProbFn, StepRunner, check_shared_config
 
 __all__ = ["resolve_device", "mean_log_prob", "Trainer"]
 
@@ -61,7 +60,7 @@ def resolve_device(name: str) -> torch.device:
 
 @torch.no_grad()
 def mean_log_prob(
-    model: nn.Module, data: torch.Tensor, log_prob_fn: LogProbFn, batch_size: int, seed: int, group: Group = SINGLE,
+    model: FlowT, data: torch.Tensor, log_prob_fn: LogProbFn[FlowT], batch_size: int, seed: int, group: Group = SINGLE,
     dequantize: bool = False,
 ) -> float:
     """Mean ``log p`` in nats per sample over ``data``; with ``dequantize`` each batch's noise
@@ -88,7 +87,7 @@ def _noise_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
-class Trainer:
+class Trainer(Generic[FlowT]):
     """Trains ``model`` on ``train_data`` and selects on ``val_data``.
 
     Args:
@@ -120,12 +119,12 @@ class Trainer:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: FlowT,
         model_spec: dict[str, Any],
         config: TrainConfig,
         train_data: torch.Tensor,
         val_data: torch.Tensor,
-        log_prob_fn: LogProbFn,
+        log_prob_fn: LogProbFn[FlowT],
         features: int,
         run_dir: str | Path | RunFolder,
         unit: Unit = NATS_PER_DIM,
@@ -219,6 +218,7 @@ class Trainer:
                 self.log.note(f"training steps on {self.device}: each full batch replays one CUDA graph, "
                               f"captured after {WARMUP_STEPS} eager steps (--no-cuda-graph: all eager)")
         rows = []
+        bar: tuple[float, float, str]
         if cfg.time_budget is None:
             bar = (cfg.epochs * self.steps_per_epoch, state.epoch * self.steps_per_epoch, "step")
         else:
@@ -327,8 +327,8 @@ class Trainer:
         val_lp = self._validation_log_prob()
         # with early stopping a validation that falls far below the start ends the run as any other
         # that does not improve, the best weights kept; a non-finite one is a divergence either way
-        start = None if cfg.patience is not None else state.start_val
-        problem = divergence(val_lp, start, state.epoch, self.features, self.unit)
+        start_val = None if cfg.patience is not None else state.start_val
+        problem = divergence(val_lp, start_val, state.epoch, self.features, self.unit)
         if problem is not None:
             raise self._diverged(*problem)
         state.keep_if_best(val_lp)

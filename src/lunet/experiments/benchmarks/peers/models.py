@@ -134,7 +134,7 @@ def _hidden(features: int, large: list[int], small: list[int]) -> list[int]:
     return large if features > SMALL_DIM else small
 
 
-def build_lunet(features: int, data: Optional[torch.Tensor] = None) -> PeerModel:
+def build_lunet(features: int, data: Optional[torch.Tensor] = None) -> LUNetPeer:
     """lunet's recipe for the width: the paper's 4 blocks for images, 8 blocks of learned
     leaky-softplus slopes for vectors (the model docs/peers.md measured), the 2-D experiment's
     16 blocks for ``dim = 2``."""
@@ -150,7 +150,7 @@ def build_lunet(features: int, data: Optional[torch.Tensor] = None) -> PeerModel
     return LUNetPeer(net, f"LU-Net {which}{spec['num_blocks']}×{features}")
 
 
-def build_lunet_gaussian(features: int, data: Optional[torch.Tensor] = None) -> PeerModel:
+def build_lunet_gaussian(features: int, data: Optional[torch.Tensor] = None) -> LUNetPeer:
     """:func:`build_lunet`, started as lunet starts its image runs (``lunet train``'s default
     ``--data-init gaussian``): at the full-covariance Gaussian fit of the training data
     (``data`` (N, features), N > features; with fewer rows it stays at :func:`build_lunet`'s start)."""
@@ -161,7 +161,7 @@ def build_lunet_gaussian(features: int, data: Optional[torch.Tensor] = None) -> 
     return model
 
 
-def build_lunet_spline(features: int, data: Optional[torch.Tensor] = None) -> PeerModel:
+def build_lunet_spline(features: int, data: Optional[torch.Tensor] = None) -> LUNetPeer:
     """:func:`build_lunet`'s network with a monotone spline (8 bins on [-5, 5], one per
     feature) in place of each leaky softplus: LU layers and elementwise maps, nothing else."""
     if features == 2:

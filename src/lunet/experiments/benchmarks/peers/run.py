@@ -35,7 +35,7 @@ def machine_info() -> dict[str, Any]:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    versions = {}
+    versions: dict[str, Optional[str]] = {}
     for package in ("torch", "zuko", "scikit-learn", "numpy"):
         try:
             versions[package] = importlib.metadata.version(package)

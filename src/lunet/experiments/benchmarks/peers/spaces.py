@@ -123,7 +123,9 @@ class PeerData:
     def train_batch(self, rows: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows of the training split in model space, ``(h, logdet)``; images get fresh noise from ``generator``."""
         if self.kind == "images":
+            assert isinstance(self.space, ImageSpace)  # images come in their own space
             return self.space.from_pixels(self.train[rows], generator)
+        assert self.train_logdet is not None  # vectors always carry their standardisation's
         h = self.train[rows]
         return h, self.train_logdet.expand(h.shape[0])
 
@@ -133,6 +135,7 @@ class PeerData:
         what a recipe that starts from the data is built from."""
         if self.kind != "images":
             return self.train
+        assert isinstance(self.space, ImageSpace)  # images come in their own space
         gen = torch.Generator().manual_seed(FIT_SEED)
         return torch.cat([self.space.from_pixels(self.train[i : i + chunk], gen)[0]
                           for i in range(0, self.train.shape[0], chunk)])
@@ -146,8 +149,8 @@ class PeerData:
 
     def to(self, device: torch.device) -> "PeerData":
         self.train = self.train.to(device)
-        self.val = tuple(t.to(device) for t in self.val)
-        self.test = tuple(t.to(device) for t in self.test)
+        self.val = (self.val[0].to(device), self.val[1].to(device))
+        self.test = (self.test[0].to(device), self.test[1].to(device))
         self.space.standardize.to(device)
         if self.train_logdet is not None:
             self.train_logdet = self.train_logdet.to(device)

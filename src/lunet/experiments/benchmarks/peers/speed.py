@@ -22,14 +22,14 @@ __all__ = ["memory_steps", "peak_training_memory_mib", "measure_speed", "grid_sa
 
 
 def memory_steps(name: str, features: int, batch: int, lr: float, grad_clip: Optional[float], device: str,
-                 registry: str) -> Callable[[], Callable[[], None]]:
+                 registry: str) -> Callable[[], Callable[[], float]]:
     """The steps whose memory :func:`peak_training_memory_mib` measures (a factory of
     :mod:`~lunet.experiments.benchmarks.measure`): the batch made first, then the model, its
     optimiser and its step. ``registry``: the module that registers model ``name``, imported first."""
     importlib.import_module(registry)
     h, logdet = torch.randn(batch, features), torch.zeros(batch)
 
-    def make() -> Callable[[], None]:
+    def make() -> Callable[[], float]:
         model = build(name, features, None).to(device)
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
         on_device = h.to(device), logdet.to(device)

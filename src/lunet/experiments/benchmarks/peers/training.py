@@ -161,7 +161,7 @@ def train_with_budgets(model: PeerModel, data: PeerData, budgets: Sequence[float
                     diverged = f"non-finite loss at step {steps} ({clock:.1f} training seconds)"
             evaluate()
             next_eval = clock + max(first, protocol.eval_growth * clock)
-        mark = {"budget_s": budget, "train_seconds": clock, "process_seconds": cpu, "steps": steps,
+        mark: dict[str, Any] = {"budget_s": budget, "train_seconds": clock, "process_seconds": cpu, "steps": steps,
                 "epochs": rows / n, "val": keeper.val, "best_at_s": keeper.at_seconds,
                 "test": keeper.test[0] if keeper.test else None, "test_sem": keeper.test[1] if keeper.test else None,
                 "evaluations": len(curve)}
