@@ -3,12 +3,13 @@
     python reproduce/collect_results.py
 
 Shape: {"mnist": {"unconditional": {...}, "per_class": {...}, "best": {...}}, "fashion-mnist": {...},
-"gmm2d": {...}, "peers": {...}, "tables": {...}}. The image entries (reproduce/images.sh, and
+"gmm2d": {...}, "peers": {...}, "tables": {...}, "sbi": {...}}. The image entries (reproduce/images.sh, and
 `--recipe best`) hold bits_per_dim, paper_bits_per_pixel, epochs, train_seconds (and the class
 agreement and the out-of-distribution detection figures of reproduce/ood.sh where measured);
 "gmm2d" the KL over seeds (docs/gmm2d.md); "peers" the test figure of each model at each budget,
 by form of the benchmark (docs/peers.md); "tables" the test NLL of each model on each own table
-(docs/own-data.md). Each entry names the file it came from.
+(docs/own-data.md); "sbi" each estimator's mean C2ST and time for 10,000 draws per task and simulation
+budget (docs/sbi.md). Each entry names the file it came from.
 """
 
 from __future__ import annotations
@@ -79,10 +80,26 @@ def tables_summary() -> dict | None:
                        for t in doc["tables"]}}
 
 
+def sbi_summary() -> dict | None:
+    """Per task and simulation budget: each estimator's mean C2ST and seconds for 10,000 draws through sbi."""
+    doc = _read("sbi-cpu.json")
+    if doc is None:
+        return None
+    out: dict = {"from": "docs/results/sbi-cpu.json", "tasks": {}}
+    for run in doc["runs"]:
+        if "c2st_mean" not in run:
+            continue
+        timed = [s for s in run["sample_s"] if s is not None]
+        cell = out["tasks"].setdefault(run["task"], {}).setdefault(str(run["budget"]), {})
+        cell[run["estimator"]] = {"c2st": run["c2st_mean"],
+                                  "sample_10k_s": statistics.mean(timed) if timed else None}
+    return out
+
+
 def main() -> None:
     results: dict = {}
     for dataset in ("mnist", "fashion-mnist"):
-        for kind in ("unconditional", "per_class", "best"):
+        for kind in ("unconditional", "per_class", "conditional", "best"):
             path = ROOT / "docs" / "results" / f"{dataset}-{kind}.json"
             if not path.exists():
                 continue
@@ -96,7 +113,8 @@ def main() -> None:
             if ood.exists():
                 entry["ood"] = _ood_summary(json.loads(ood.read_text()))
             results.setdefault(dataset, {})[kind] = entry
-    for key, summary in (("gmm2d", gmm2d_summary()), ("peers", peers_summary()), ("tables", tables_summary())):
+    for key, summary in (("gmm2d", gmm2d_summary()), ("peers", peers_summary()), ("tables", tables_summary()),
+                         ("sbi", sbi_summary())):
         if summary:
             results[key] = summary
     out = ROOT / "docs" / "results.json"
