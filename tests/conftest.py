@@ -73,13 +73,15 @@ MIXTURE_SPEC = {"name": "lunet", "features": 2, "num_blocks": 6, "alpha": 0.1, "
 
 
 def mixture_trainer(out_dir: Path, epochs: int, model_spec: dict = MIXTURE_SPEC, spec: dict | None = None,
-                    log=None, **config):
+                    log=None, optimizer=None, **config):
     """A Trainer of the LU-Net of ``model_spec`` on the 2-D mixture (batch 1,024, lr 2e-2 unless
     ``config`` says otherwise), seeded; ``spec``: the model spec it records, ``model_spec`` by
-    default. Returns the trainer and the data splits."""
+    default; ``optimizer``: a function of the model giving its optimiser (default: the Trainer's).
+    Returns the trainer and the data splits."""
     from lunet import LUNet
     from lunet.experiments.config.training import TrainConfig
     from lunet.experiments.runs.gmm2d import _log_prob_fn, make_splits
+    from lunet.experiments.training.step import Objective
     from lunet.experiments.training.trainer import Trainer
 
     data = make_splits(0)
@@ -87,8 +89,9 @@ def mixture_trainer(out_dir: Path, epochs: int, model_spec: dict = MIXTURE_SPEC,
     model = LUNet(**{k: v for k, v in model_spec.items() if k != "name"})
     model.standardize(data["train"])
     config = TrainConfig(**{"epochs": epochs, "batch_size": 1024, "lr": 2e-2, "seed": 0, **config})
-    trainer = Trainer(model, spec or model_spec, config, data["train"], data["val"], _log_prob_fn, features=2,
-                      run_dir=out_dir, progress=False, log=log)
+    trainer = Trainer(model, spec or model_spec, config, (data["train"], data["val"]),
+                      Objective(_log_prob_fn, features=2), out_dir, progress=False, log=log,
+                      optimizer=None if optimizer is None else optimizer(model))
     return trainer, data
 
 

@@ -15,6 +15,7 @@ from lunet.baselines.realnvp import RealNVP
 from lunet.experiments.config.training import TrainConfig
 from lunet.experiments.data.preprocess import ImagePreprocessor, dequantize
 from lunet.experiments.runs.images import make_log_prob_fn
+from lunet.experiments.training.step import Objective
 from lunet.experiments.training.trainer import Trainer
 from test_frozen import make_net
 
@@ -121,8 +122,8 @@ def _image_trainer(out, epochs, cuda_graph=True, rows=400):
     model = LUNet(784, 2)
     config = TrainConfig(epochs=epochs, batch_size=64, device="cuda", schedule="constant", grad_clip=10.0,
                          cuda_graph=cuda_graph)
-    return Trainer(model, {"name": "lunet", "features": 784, "num_blocks": 2}, config, pixels[:-50], pixels[-50:],
-                   make_log_prob_fn(pre), features=784, run_dir=out, progress=False, dequantize=True)
+    return Trainer(model, {"name": "lunet", "features": 784, "num_blocks": 2}, config, (pixels[:-50], pixels[-50:]),
+                   Objective(make_log_prob_fn(pre), features=784, dequantize=True), out, progress=False)
 
 
 @pytest.mark.parametrize("cuda_graph", [False, True], ids=["eager", "cuda-graph"])

@@ -16,6 +16,7 @@ from lunet import LUNet
 from lunet.experiments.config.training import TrainConfig
 from lunet.experiments.store.checkpoint import load_checkpoint
 from lunet.experiments.training.distributed import SINGLE, Group
+from lunet.experiments.training.step import Objective
 from lunet.experiments.training.trainer import Trainer
 
 DIM = 3
@@ -38,8 +39,8 @@ def make_trainer(out: Path, group: Group, rows: int = 203, **changes) -> Trainer
     data = vectors()
     torch.manual_seed(1)
     model = LUNet(DIM, 2)
-    return Trainer(model, SPEC, TrainConfig(**{**CONFIG, **changes}), data[:rows], data[203:], log_prob,
-                   features=DIM, run_dir=out, progress=False, group=group)
+    return Trainer(model, SPEC, TrainConfig(**{**CONFIG, **changes}), (data[:rows], data[203:]),
+                   Objective(log_prob, features=DIM), out, progress=False, group=group)
 
 
 def _worker(rank: int, world: int, init_file: str, out: str, epochs: int, resume: bool) -> None:

@@ -19,7 +19,7 @@ from lunet.experiments.config.training import TrainConfig
 from lunet.experiments.data.preprocess import ImagePreprocessor
 from lunet.experiments.runs.images import make_log_prob_fn
 from lunet.experiments.training.distributed import Group
-from lunet.experiments.training.step import check_shared_config
+from lunet.experiments.training.step import Objective, check_shared_config
 from lunet.experiments.training.trainer import Trainer
 
 DIM = 16
@@ -76,9 +76,9 @@ def image_trainer(out, epochs=2, captured=False, fail_with=None, **cfg):
     torch.manual_seed(0)
     config = TrainConfig(epochs=epochs, batch_size=64, seed=3, grad_clip=5.0, warmup_steps=4, **cfg)
     capture = EagerCapture(fail_with) if captured else None
-    trainer = Trainer(LUNet(DIM, 2), SPEC, config, PIXELS[:500], PIXELS[500:],
-                      make_log_prob_fn(ImagePreprocessor(num_dims=DIM)), features=DIM, run_dir=out, progress=False,
-                      dequantize=True, capture=capture)
+    objective = Objective(make_log_prob_fn(ImagePreprocessor(num_dims=DIM)), features=DIM, dequantize=True)
+    trainer = Trainer(LUNet(DIM, 2), SPEC, config, (PIXELS[:500], PIXELS[500:]), objective, out, progress=False,
+                      capture=capture)
     if captured:
         capture.trainer = trainer
     return trainer
@@ -151,9 +151,9 @@ def test_a_compiled_image_training_follows_the_eager_one(tmp_path, monkeypatch):
     for name, compiled in (("eager", False), ("compiled", True)):
         torch.manual_seed(0)
         config = TrainConfig(epochs=2, batch_size=64, seed=0, compile=compiled)
-        trainers.append(Trainer(LUNet(16, 2), spec, config, pixels[:200], pixels[200:],
-                                make_log_prob_fn(ImagePreprocessor(num_dims=16)), features=16, run_dir=tmp_path / name,
-                                dequantize=True, progress=False))
+        objective = Objective(make_log_prob_fn(ImagePreprocessor(num_dims=16)), features=16, dequantize=True)
+        trainers.append(Trainer(LUNet(16, 2), spec, config, (pixels[:200], pixels[200:]), objective, tmp_path / name,
+                                progress=False))
         trainers[-1].fit()
     eager, compiled = trainers
     assert compiled.steps.compiled  # no fallback happened

@@ -24,6 +24,7 @@ from lunet.experiments.store.checkpoint import check_training_state, load_checkp
 from lunet.experiments.store.folder import RunFolder
 from lunet.experiments.training.log import RunLog
 from lunet.experiments.training.state import TrainingDiverged
+from lunet.experiments.training.step import Objective
 from lunet.experiments.training.trainer import Trainer, mean_log_prob
 
 
@@ -83,19 +84,44 @@ def test_resume_under_other_optimisation_settings_is_refused(tmp_path):
     assert elsewhere.state.epoch == 2
 
 
+def test_an_optimizer_of_ones_own_trains_checkpoints_and_resumes_as_the_default_does(tmp_path):
+    def sgd(momentum, weight_decay=0.0):
+        return lambda model: torch.optim.SGD(model.parameters(), lr=1.0, momentum=momentum, weight_decay=weight_decay)
+
+    full, _ = mixture_trainer(tmp_path / "full", epochs=4, eval_every=2, optimizer=sgd(0.9))
+    assert isinstance(full.optimizer, torch.optim.SGD)
+    full.fit()
+    assert full.optimizer.param_groups[0]["lr"] < 2e-2  # the schedule sets its rate from the config
+    part, _ = mixture_trainer(tmp_path / "part", epochs=4, eval_every=2, optimizer=sgd(0.9),
+                              log=StoppedLog(tmp_path / "part", 2))
+    with pytest.raises(KeyboardInterrupt):
+        part.fit()
+    resumed, _ = mixture_trainer(tmp_path / "part", epochs=4, eval_every=2, optimizer=sgd(0.9))
+    resumed.resume()
+    resumed.fit()
+    for key, value in full.model.state_dict().items():  # its momentum came back with the checkpoint
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    other, _ = mixture_trainer(tmp_path / "part", epochs=6, eval_every=2, optimizer=sgd(0.5))
+    with pytest.raises(ValueError, match="its optimiser's momentum is 0.9, not the run's 0.5"):
+        other.resume()
+    with pytest.raises(ValueError, match=r"the optimizer's weight decay 0.1 is not the run's \(0.0\)"):
+        mixture_trainer(tmp_path / "decay", epochs=1, optimizer=sgd(0.9, weight_decay=0.1))
+
+
 def test_training_data_with_nan_are_refused_before_training(tmp_path):
     data = torch.randn(100, 2)
     data[7, 1] = float("nan")
     with pytest.raises(ValueError, match=r"the training data hold 1 NaN or infinite value\(s\); shape \(100, 2\)"):
-        Trainer(LUNet(2, 1), {"name": "lunet", "features": 2, "num_blocks": 1}, TrainConfig(epochs=1), data,
-                torch.randn(10, 2), lambda m, b, n: m.log_prob(b), features=2, run_dir=tmp_path)
+        Trainer(LUNet(2, 1), {"name": "lunet", "features": 2, "num_blocks": 1}, TrainConfig(epochs=1),
+                (data, torch.randn(10, 2)), Objective(lambda m, b, n: m.log_prob(b), features=2), tmp_path)
 
 
 def test_an_image_trainer_without_dequantisation_noise_is_refused(tmp_path):
     # without dequantize=True the image loss would draw from the unseeded global generator
-    trainer = Trainer(LUNet(DIM, 2), SPEC, TrainConfig(epochs=1, batch_size=64), PIXELS[:500], PIXELS[500:],
-                      make_log_prob_fn(ImagePreprocessor(num_dims=DIM)), features=DIM, run_dir=tmp_path, progress=False)
-    with pytest.raises(ValueError, match="image log-likelihoods need dequantisation noise: give the Trainer "
+    trainer = Trainer(LUNet(DIM, 2), SPEC, TrainConfig(epochs=1, batch_size=64), (PIXELS[:500], PIXELS[500:]),
+                      Objective(make_log_prob_fn(ImagePreprocessor(num_dims=DIM)), features=DIM), tmp_path,
+                      progress=False)
+    with pytest.raises(ValueError, match="image log-likelihoods need dequantisation noise: give the Objective "
                                          "dequantize=True"):
         trainer.fit()
 

@@ -24,6 +24,7 @@ from lunet.experiments.plots import log_density_grid, plot_density_2d, plot_samp
 from lunet.experiments.store.checkpoint import save_checkpoint
 from lunet.experiments.store.folder import RunFolder, as_folder
 from lunet.experiments.training.log import Unit
+from lunet.experiments.training.step import Objective
 from lunet.experiments.training.trainer import Trainer, mean_log_prob, resolve_device
 from lunet.flow import LUNet
 
@@ -106,10 +107,9 @@ def train_starts(
     torch.manual_seed(config.seed)
     grouped = LUNet(**{key: v for key, v in spec.items() if key != "name"})
     grouped.standardize(data["train"].repeat(1, k))
-    trainer = Trainer(
-        grouped, spec, config, data["train"].repeat(1, k), data["val"].repeat(1, k), _log_prob_fn, features=2 * k,
-        run_dir=run.starts, unit=NLL_NATS if k == 1 else MEAN_NLL_NATS, progress=progress,
-    )
+    objective = Objective(_log_prob_fn, features=2 * k, unit=NLL_NATS if k == 1 else MEAN_NLL_NATS)
+    trainer = Trainer(grouped, spec, config, (data["train"].repeat(1, k), data["val"].repeat(1, k)), objective,
+                      run.starts, progress=progress)
     if resume:
         trainer.resume()
     trainer.fit()

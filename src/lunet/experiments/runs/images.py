@@ -36,7 +36,7 @@ from lunet.experiments.store.record import (
 )
 from lunet.experiments.training.distributed import SINGLE, Group, current
 from lunet.experiments.training.log import Unit
-from lunet.experiments.training.step import LogProbFn, check_shared_config
+from lunet.experiments.training.step import LogProbFn, Objective, check_shared_config
 from lunet.experiments.training.trainer import Trainer, resolve_device
 from lunet.flow import LUNet
 from lunet.frozen import frozen_or_module
@@ -91,7 +91,7 @@ def make_log_prob_fn(pre: ImagePreprocessor, labelled: bool = False) -> LogProbF
 
     def log_prob(model: nn.Module, pixels: torch.Tensor, noise: Optional[torch.Tensor]) -> torch.Tensor:
         if noise is None:  # else dequantize would draw from the unseeded global generator
-            raise ValueError("image log-likelihoods need dequantisation noise: give the Trainer dequantize=True")
+            raise ValueError("image log-likelihoods need dequantisation noise: give the Objective dequantize=True")
         ref = next(model.parameters())
         labels = None
         if labelled:
@@ -231,11 +231,9 @@ def _train_models(
         if labelled:  # each row carries its label after its pixels (as a pixel's byte), for log_prob_fn
             tx, vx = (torch.cat([x, y.to(x.dtype).unsqueeze(1)], 1) for x, y in ((tx, ty), (vx, vy)))
         model_group = SINGLE if classes_dealt else group
-        trainer = Trainer(
-            model, settings.model, config, tx, vx, log_prob_fn, features=pre.num_dims, run_dir=out,
-            unit=BITS_PER_DIM, progress=progress and group.is_main,
-            extra={"class_label": c, "dataset": settings.dataset}, group=model_group, dequantize=True,
-        )
+        objective = Objective(log_prob_fn, features=pre.num_dims, unit=BITS_PER_DIM, dequantize=True)
+        trainer = Trainer(model, settings.model, config, (tx, vx), objective, out, progress=progress and group.is_main,
+                          group=model_group, extra={"class_label": c, "dataset": settings.dataset})
         # rank 0's disk decides: the other machines of a shared model need not see the run folder
         if resume and model_group.on_main(trainer.checkpoint_path.exists):
             trainer.resume(after_divergence=after_divergence)

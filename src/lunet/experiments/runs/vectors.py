@@ -41,7 +41,7 @@ from lunet.experiments.runs.vector_run import Vectors, as_vectors, inverse_in_ch
 from lunet.experiments.store.folder import RunFolder, as_folder
 from lunet.experiments.store.record import RunRecord, VectorRunSettings, write_run
 from lunet.experiments.training.distributed import Group, current
-from lunet.experiments.training.step import check_shared_config
+from lunet.experiments.training.step import Objective, check_shared_config
 from lunet.experiments.training.trainer import Trainer, resolve_device
 from lunet.flow import LUNet
 from lunet.latent import flow_placement
@@ -252,9 +252,10 @@ def train_vectors(
         # a conditional run's rows carry their contexts as extra columns, which log_prob_fn splits off
         rows = (train, val) if contexts is None else (torch.cat([train, contexts[0]], 1),
                                                       torch.cat([val, contexts[1]], 1))
-        trainer = Trainer(model, spec, config, *rows, functools.partial(log_prob_fn, mask=mask, context=context_rules),
-                          features=train.shape[1], run_dir=run, progress=progress, group=group,
-                          extra={"data": VECTORS, "reference": reference.entries()}, dequantize=mask is not None)
+        objective = Objective(functools.partial(log_prob_fn, mask=mask, context=context_rules), features=train.shape[1],
+                              dequantize=mask is not None)
+        trainer = Trainer(model, spec, config, rows, objective, run, progress=progress, group=group,
+                          extra={"data": VECTORS, "reference": reference.entries()})
         trainer.log.fields["gaussian_val_nats_per_dim"] = gaussian_val
         if resume:
             trainer.resume()

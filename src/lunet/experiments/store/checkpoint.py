@@ -31,7 +31,7 @@ from lunet.experiments.files.loads import load_weights_only
 from lunet.experiments.files.safe import write_atomic
 
 __all__ = ["FORMAT_VERSION", "COUNT_FIELDS", "BUILT_PER_STORED", "tensor_bytes", "checksum", "save_atomic",
-           "save_checkpoint", "mark_diverged", "load_checkpoint", "check_training_state", "ADAM_SETTINGS",
+           "save_checkpoint", "mark_diverged", "load_checkpoint", "check_training_state", "NOT_SETTINGS",
            "load_model"]
 
 FORMAT_VERSION = 3
@@ -319,17 +319,20 @@ def _check_generator_state(key: str, state: Any, taker: torch.Generator, damaged
         raise damaged(f"its state of the random generator ({key}) is refused by the generator "
                       f"({first_sentence(exc)})") from None
 
-# The optimiser's settings beside its learning rate (which the schedule sets) and its weight decay
-# (the record of the settings holds it): Adam's, as training builds it, in every run.
-ADAM_SETTINGS = ("betas", "eps", "amsgrad", "maximize")
+# A parameter group's entries that are no setting of how the optimiser steps: its parameters, the
+# learning rate (the schedule sets it), the weight decay (the record of the settings holds it) and
+# how its kernel runs.
+NOT_SETTINGS = ("params", "lr", "initial_lr", "weight_decay", "foreach", "fused", "capturable", "differentiable")
 
 
 def _check_optimizer_settings(stored: dict[str, Any], optimizer: torch.optim.Optimizer, config: dict[str, Any],
                               damaged: Callable[[str], ValueError]) -> None:
-    """The stored parameter groups must hold ``optimizer``'s settings and the recorded weight decay:
+    """The stored parameter groups must hold ``optimizer``'s settings (Adam's betas, eps, amsgrad and
+    maximize, as every lunet run builds it, or another optimiser's own) and the recorded weight decay:
     loading them would otherwise change how the resumed run steps (``maximize`` would climb the loss)."""
-    expected = {key: optimizer.param_groups[0][key] for key in ADAM_SETTINGS}
-    expected["weight_decay"] = config.get("weight_decay")
+    expected = {key: value for key, value in optimizer.param_groups[0].items() if key not in NOT_SETTINGS}
+    if "weight_decay" in optimizer.param_groups[0]:
+        expected["weight_decay"] = config.get("weight_decay")
     for group in stored["param_groups"]:
         for key, value in expected.items():
             held = group.get(key)

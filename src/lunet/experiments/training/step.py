@@ -9,6 +9,7 @@ the device, which the epoch reads once, at its end.
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any, Callable, Generic, Optional, TypeVar
 
 import torch
@@ -20,14 +21,31 @@ from lunet.experiments.config.training import TrainConfig
 from lunet.experiments.data.preprocess import uniform_noise
 from lunet.experiments.training.cuda_graph import CaptureFailed, CudaGraphCapture, GraphedSteps, prepare_for_capture
 from lunet.experiments.training.distributed import Group
+from lunet.experiments.training.log import NATS_PER_DIM, Unit
 
-__all__ = ["AUTO", "check_shared_config", "StepRunner"]
+__all__ = ["AUTO", "LogProbFn", "Objective", "check_shared_config", "StepRunner"]
 
 # the model a training run trains, and the model its log-likelihood function takes
 FlowT = TypeVar("FlowT", bound=nn.Module)
 # (model, batch, noise) -> log p in nats per row, (B,); noise: U[0, 1) draws of the batch's shape
 # for dequantisation (see the Trainer's ``dequantize``), else None
 LogProbFn = Callable[[FlowT, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Objective(Generic[FlowT]):
+    """What a run minimises and how it reports it: the mean of ``-log_prob_fn(model, batch, noise) /
+    features`` over a batch, in nats per dimension, shown and logged in ``unit``. ``dequantize``: the
+    function takes dequantisation noise, U[0, 1) draws of the batch's shape in the model's dtype on the
+    batch's device, which the training draws from its seeded generators outside the loss (so that a
+    compiled or captured step draws nothing itself); otherwise it gets None."""
+
+    log_prob_fn: LogProbFn[FlowT]
+    features: int
+    unit: Unit = NATS_PER_DIM
+    dequantize: bool = False
+
+
 # StepRunner's ``capture`` when none is given: a CUDA graph where the device and settings allow one
 AUTO = "auto"
 
@@ -71,32 +89,29 @@ class StepRunner(Generic[FlowT]):
 
     Args:
         model, optimizer: what is trained and how.
-        log_prob_fn: ``(model, raw_batch, noise) -> log p`` in nats, (B,).
-        features: data dimension: the loss is the mean NLL per dimension.
+        objective: the loss (:class:`Objective`).
         train_data: the training rows, where the steps read them (on the GPU for a GPU run).
         config: the run's settings (batch size, clipping, dtype, compile, CUDA graph).
         device: the training device.
         group: the processes sharing each batch.
-        dequantize: whether ``log_prob_fn`` takes U[0, 1) noise of the batch's shape.
         capture: a :class:`~lunet.experiments.training.cuda_graph.CudaGraphCapture` (or a stand-in with its
             interface) to replay full batches as a CUDA graph, None for eager steps, or
             :data:`AUTO`: a capture on a GPU with ``config.cuda_graph`` and one process.
     """
 
     def __init__(
-        self, model: FlowT, optimizer: torch.optim.Optimizer, log_prob_fn: LogProbFn[FlowT], features: int,
-        train_data: torch.Tensor, config: TrainConfig, device: torch.device, group: Group, dequantize: bool,
-        capture: Any = AUTO,
+        self, model: FlowT, optimizer: torch.optim.Optimizer, objective: Objective[FlowT], train_data: torch.Tensor,
+        config: TrainConfig, device: torch.device, group: Group, capture: Any = AUTO,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
-        self.log_prob_fn = log_prob_fn
-        self.features = features
+        self.log_prob_fn = objective.log_prob_fn
+        self.features = objective.features
         self.train_data = train_data
         self.config = config
         self.device = device
         self.group = group
-        self.dequantize = dequantize
+        self.dequantize = objective.dequantize
         if capture == AUTO:
             # several processes sharing a model exchange gradients between backward and Adam: eager
             capture = (CudaGraphCapture(device) if device.type == "cuda" and config.cuda_graph and not group.shared

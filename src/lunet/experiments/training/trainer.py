@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Generic, Optional
 
 import torch
+from torch import nn
 
 from lunet.checks import set_value_checks
 from lunet.experiments.config.errors import NothingToResume, RunExists, SettingError
@@ -30,12 +31,12 @@ from lunet.experiments.store.checkpoint import load_checkpoint, mark_diverged, s
 from lunet.experiments.store.folder import RunFolder, as_folder
 from lunet.experiments.training.cuda_graph import WARMUP_STEPS
 from lunet.experiments.training.distributed import SINGLE, Group, current
-from lunet.experiments.training.log import NATS_PER_DIM, RunLog, Unit
+from lunet.experiments.training.log import RunLog
 from lunet.experiments.training.schedule import LearningRateSchedule
 from lunet.experiments.training.state import TrainingState, data_fingerprint, diverged, divergence
-from lunet.experiments.training.step import AUTO, FlowT, LogProbFn, StepRunner, check_shared_config
+from lunet.experiments.training.step import AUTO, FlowT, LogProbFn, Objective, StepRunner, check_shared_config
 
-__all__ = ["resolve_device", "mean_log_prob", "Trainer"]
+__all__ = ["resolve_device", "mean_log_prob", "default_optimizer", "Trainer"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -87,33 +88,40 @@ def _noise_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
+def default_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam at ``config.lr`` with ``config.weight_decay``, as every lunet run trains: the fused kernel,
+    one pass over each parameter instead of ~10."""
+    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
+
+
 class Trainer(Generic[FlowT]):
-    """Trains ``model`` on ``train_data`` and selects on ``val_data``.
+    """Trains ``model`` on the first of ``data = (train, val)`` and selects on the second.
 
     Args:
         model: a flow with trainable parameters.
         model_spec: the spec that rebuilds it (stored in the checkpoint).
-        log_prob_fn: ``(model, raw_batch, noise) -> log p`` in nats, (B,).
-        features: data dimension, for per-dimension losses.
+        config: how it trains (:class:`~lunet.experiments.config.training.TrainConfig`).
+        data: the training and validation rows, as ``objective.log_prob_fn`` takes them.
+        objective: the loss and its unit (:class:`~lunet.experiments.training.step.Objective`).
         run_dir: where ``checkpoint.pt`` and ``metrics.jsonl`` go (a path or a
             :class:`~lunet.experiments.store.folder.RunFolder`). Hold the lock of the run
             folder (:meth:`~lunet.experiments.store.folder.RunFolder.locked`) around
             :meth:`resume` and :meth:`fit`, so that no other training writes there
             meanwhile; the run functions (image runs, own data, the 2-D run) do.
-        unit: how the NLL is reported (metrics keys, console, curves).
+        optimizer: over ``model``'s parameters (default :func:`default_optimizer`); the schedule sets
+            its learning rate from ``config``, the checkpoint keeps its state, and a resume refuses a
+            checkpoint whose optimiser settings differ from this one's.
+        log: the run's log (default: a :class:`~lunet.experiments.training.log.RunLog` in ``run_dir``,
+            with a progress bar unless ``progress`` is off).
         group: the processes training this model together (default: those of the
             initialised ``torch.distributed`` group, else this process alone). Each
             takes its shard of every global batch of ``config.batch_size`` rows;
             rank 0 alone writes files and shows progress.
-        dequantize: whether ``log_prob_fn`` takes dequantisation noise, U[0, 1) draws of
-            the batch's shape in the model's dtype on the batch's device (else it gets
-            None). The trainer draws it from its seeded generators, outside the loss, so
-            that a compiled or captured step draws nothing itself.
         capture: how full batches are captured as a CUDA graph (see
             :class:`~lunet.experiments.training.step.StepRunner`).
-        log: the run's log (default: a :class:`~lunet.experiments.training.log.RunLog` in ``run_dir``).
+        extra: what the kind of run keeps in the checkpoint beside the weights.
 
-    The parts are public: :attr:`steps` (the step runner), :attr:`schedule`,
+    The parts are public: :attr:`optimizer`, :attr:`steps` (the step runner), :attr:`schedule`,
     :attr:`state` (epoch, best weights, ...) and :attr:`log`.
     """
 
@@ -122,19 +130,18 @@ class Trainer(Generic[FlowT]):
         model: FlowT,
         model_spec: dict[str, Any],
         config: TrainConfig,
-        train_data: torch.Tensor,
-        val_data: torch.Tensor,
-        log_prob_fn: LogProbFn[FlowT],
-        features: int,
+        data: tuple[torch.Tensor, torch.Tensor],
+        objective: Objective[FlowT],
         run_dir: str | Path | RunFolder,
-        unit: Unit = NATS_PER_DIM,
-        extra: Optional[dict[str, Any]] = None,
+        *,
+        optimizer: Optional[torch.optim.Optimizer] = None,
+        log: Optional[RunLog] = None,
         progress: bool = True,
         group: Optional[Group] = None,
-        dequantize: bool = False,
         capture: Any = AUTO,
-        log: Optional[RunLog] = None,
+        extra: Optional[dict[str, Any]] = None,
     ) -> None:
+        train_data, val_data = data
         self.config = config
         self.group = current() if group is None else group
         check_shared_config(config, self.group)
@@ -156,26 +163,29 @@ class Trainer(Generic[FlowT]):
         # a step copies nothing to or from the host.
         self.train_data = train_data.to(self.device) if self.device.type == "cuda" else train_data
         self.val_data = val_data
-        self.log_prob_fn = log_prob_fn
-        self.dequantize = dequantize
-        self.features = features
+        self.objective = objective
+        self.log_prob_fn = objective.log_prob_fn
+        self.dequantize = objective.dequantize
+        self.features = objective.features
+        self.unit = objective.unit
         self.folder = as_folder(run_dir)
-        self.unit = unit
-        self.log = log if log is not None else RunLog(self.folder, unit, progress, writes=self.group.is_main)
+        self.log = log if log is not None else RunLog(self.folder, self.unit, progress, writes=self.group.is_main)
         self.steps_per_epoch = math.ceil(train_data.shape[0] / config.batch_size)
-        # The fused kernel makes one pass over each parameter instead of ~10.
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                          fused=True)
+        decay = None if optimizer is None else optimizer.param_groups[0].get("weight_decay", config.weight_decay)
+        if decay is not None and decay != config.weight_decay:
+            raise ValueError(f"the optimizer's weight decay {decay!r} is not the run's ({config.weight_decay!r}), "
+                             f"which its record and checkpoints hold: build it with config.weight_decay")
+        self.optimizer = default_optimizer(self.model, config) if optimizer is None else optimizer
         self.schedule = LearningRateSchedule(self.optimizer, config, self.steps_per_epoch * config.epochs)
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)  # the shuffled orders
         # the dequantisation noise: drawn where the data are
         on_gpu = self.device.type == "cuda"
         self.noise = torch.Generator(device=self.device).manual_seed(config.seed) if on_gpu else self.generator
-        data = {"train": data_fingerprint(train_data), "val": data_fingerprint(val_data)}
-        self.state = TrainingState(self.model, model_spec, config, data, self.optimizer, self.schedule,
+        fingerprints = {"train": data_fingerprint(train_data), "val": data_fingerprint(val_data)}
+        self.state = TrainingState(self.model, model_spec, config, fingerprints, self.optimizer, self.schedule,
                                    self.generator, self.noise if on_gpu else None, extra or {})
-        self.steps = StepRunner(self.model, self.optimizer, log_prob_fn, features, self.train_data, config, self.device,
-                                self.group, dequantize, capture)
+        self.steps = StepRunner(self.model, self.optimizer, objective, self.train_data, config, self.device,
+                                self.group, capture)
         self._resumed = False
 
     @property
