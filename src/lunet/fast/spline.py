@@ -26,7 +26,8 @@ import torch
 from lunet.fast.spline_plain import bin_index
 
 __all__ = ["MAX_COUNTED_BINS", "BinTables", "counted_bins", "SamplingTables", "BinGrid", "BLOCK_BYTES", "gather_into",
-           "run_blocks", "SCRATCH_SHAPES", "SEARCHED_ROWS", "spline_forward_fast", "spline_inverse_fast", "spline_sample_fast"]
+           "run_blocks", "SCRATCH_SHAPES", "SEARCHED_ROWS", "spline_forward_fast", "spline_inverse_fast",
+           "spline_sample_fast"]
 
 # Up to this many bins the training pass finds bins by counting knots below each entry (one
 # subtraction and sign per inner knot); beyond it, by binary search.
