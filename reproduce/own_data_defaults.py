@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from lunet.experiments.benchmarks.tables import gaussian_baseline, load_table
-from lunet.experiments.files.safe import write_text_atomic
+from lunet.experiments.files.atomic import write_text_atomic
 from lunet.experiments.runs.vector_run import evaluate_vectors
 from lunet.experiments.runs.vectors import train_vectors
 from lunet.experiments.store.folder import check_output

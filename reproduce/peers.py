@@ -36,7 +36,8 @@ from lunet.experiments.benchmarks.peers import (
     run_peers,
 )
 from lunet.experiments.benchmarks.peers.models import MODELS, PEERS_EXTRA
-from lunet.experiments.files.safe import read_text, write_text_atomic
+from lunet.experiments.files.atomic import write_text_atomic
+from lunet.experiments.files.safe import read_text
 from lunet.experiments.store.folder import check_output
 
 ROOT = Path(__file__).resolve().parents[1]

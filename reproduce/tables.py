@@ -33,7 +33,7 @@ from lunet.experiments.benchmarks.peers.models import build
 from lunet.experiments.benchmarks.tables import TABLES, gaussian_baseline, load_table
 from lunet.experiments.config.presets import vector_lunet_spec
 from lunet.experiments.config.training import TrainConfig
-from lunet.experiments.files.safe import write_text_atomic
+from lunet.experiments.files.atomic import write_text_atomic
 from lunet.experiments.runs.vector_report import sample_report
 from lunet.experiments.runs.vector_run import evaluate_vectors, sample_vectors
 from lunet.experiments.runs.vectors import split_rows, train_vectors

@@ -344,17 +344,3 @@ def test_learned_slopes_are_one_per_group_and_train_apart():
     z, ladj_fwd = flow(x_back)
     torch.testing.assert_close(z, y)
     torch.testing.assert_close(ladj, -ladj_fwd)
-
-
-def test_a_snapshot_keeps_learned_group_slopes_out_of_its_folding():
-    from lunet.frozen import FrozenLUNet, FrozenSequential
-
-    flow = _flow(learn_alpha=True)
-    with pytest.raises(ValueError, match="FrozenLUNet folds"):
-        FrozenLUNet(flow)
-    snapshot = flow.frozen()  # each block folded alone, the activations with a slope per group copied
-    assert isinstance(snapshot, FrozenSequential)
-    x = torch.randn(20, 6, dtype=torch.float64)
-    torch.testing.assert_close(snapshot.log_prob(x), flow.log_prob(x).detach())
-    z = torch.randn(20, 6, dtype=torch.float64)
-    torch.testing.assert_close(snapshot.inverse(z)[0], flow.inverse(z)[0].detach())

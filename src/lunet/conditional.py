@@ -30,7 +30,7 @@ from lunet.base import check_module_state
 from lunet.checks import check_batch, check_features
 from lunet.conditional_density import ConditionalDensity, ConditionalFlowDistribution, Params, broadcast_rows
 from lunet.context import ContextInput, context_network
-from lunet.fast.spline import spline_forward_plain, spline_inverse_plain
+from lunet.fast.spline_plain import spline_forward_plain, spline_inverse_plain
 from lunet.flow import ACTIVATIONS, LUNet
 from lunet.frozen_conditional import FrozenConditionalLUNet
 from lunet.layers import LeakySoftplus, LULinear

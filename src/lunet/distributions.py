@@ -11,7 +11,8 @@ from torch.distributions.transforms import Transform
 
 from lunet.base import Invertible
 from lunet.checks import check_temperature, sample_shape_of, set_value_checks, value_checks_enabled
-from lunet.frozen import FrozenLUNet, FrozenSequential
+from lunet.frozen import FrozenLUNet
+from lunet.frozen_sequential import FrozenSequential
 from lunet.latent import flow_placement
 
 __all__ = ["Flow", "standard_normal", "FlowDistributionBase", "FlowDistribution", "TorchTransform"]

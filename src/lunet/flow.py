@@ -14,7 +14,8 @@ from lunet.checks import check_batch
 from lunet.density import ReparameterizedDensity
 from lunet.distributions import FlowDistribution
 from lunet.fast.affine import SPLIT_BELOW_ROWS, SPLIT_MIN_BYTES
-from lunet.frozen import FrozenLUNet, FrozenSequential, snapshot_of
+from lunet.frozen import FrozenLUNet
+from lunet.frozen_sequential import FrozenSequential, snapshot_of
 from lunet.layers import LeakySoftplus, LULinear
 from lunet.limits import check_positive_int
 from lunet.spline import MonotoneSpline
@@ -251,7 +252,7 @@ class LUNet(ReparameterizedDensity, Composition):
     ) -> FrozenLUNet | FrozenSequential:
         """A snapshot of this flow for fast inference (density, inverse, sampling; no autograd):
         a :class:`~lunet.FrozenLUNet`, or with spline activations (or slopes learned per group) a
-        :class:`~lunet.frozen.FrozenSequential` with the same passes.
+        :class:`~lunet.frozen_sequential.FrozenSequential` with the same passes.
 
         It holds its own copy of the current weights with every block's ``L U``
         and inverse formed once, so a pass costs one dense product per block.

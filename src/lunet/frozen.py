@@ -1,5 +1,7 @@
-"""Frozen snapshots for fast inference: an LU-Net's density and sampling from folded matrices,
-and a Sequential's, whose LU runs fold the same way.
+"""Frozen snapshots for fast inference: an LU-Net's density and sampling from folded matrices
+(:class:`FrozenLUNet`), the runs of LU layers and activations it folds, and what every snapshot
+shares (:func:`under_vmap`, :func:`frozen_or_module`). A Sequential's snapshot, whose LU runs fold
+the same way, is in :mod:`lunet.frozen_sequential`.
 
 :meth:`lunet.LUNet.frozen` and :meth:`lunet.Sequential.frozen` make them. The snapshot copies the flow's weights
 when it is made and never reads the flow again, so no later change of the flow
@@ -10,8 +12,6 @@ longer the flow's own: take a new snapshot after such changes.
 
 from __future__ import annotations
 
-import copy
-import itertools
 import math
 from dataclasses import dataclass
 from typing import Iterable, Optional
@@ -19,21 +19,10 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
-from lunet.base import compose_forward, compose_inverse
 from lunet.checks import check_features
 from lunet.density import Density
 from lunet.fast.activation import negated_forward, scaled_forward
 from lunet.fast.affine import SPLIT_BELOW_ROWS, SPLIT_MIN_BYTES, FrozenAffine, as_frozen_affine_weight
-from lunet.fast.spline import (
-    BinGrid,
-    BinTables,
-    SamplingTables,
-    spline_forward_fast,
-    spline_forward_plain,
-    spline_inverse_fast,
-    spline_inverse_plain,
-    spline_sample_fast,
-)
 from lunet.functional import (
     cached_inverse_table,
     leaky_softplus,
@@ -43,11 +32,9 @@ from lunet.functional import (
     table_step,
 )
 from lunet.layers import LeakySoftplus, LULinear, lu_affine, lu_affine_inverse
-from lunet.spline import MonotoneSpline
 from lunet.standardize import Standardize
 
-__all__ = ["FrozenBlock", "FrozenLUNet", "FrozenSpline", "FrozenSequential", "under_vmap", "snapshot_of",
-           "frozen_or_module"]
+__all__ = ["foldable_run", "FrozenBlock", "FrozenLUNet", "under_vmap", "frozen_or_module"]
 
 
 @dataclass(frozen=True)
@@ -121,7 +108,7 @@ class FrozenLUNet(Density):
     ) -> None:
         self._split = {"split_below_rows": split_below_rows, "split_min_bytes": split_min_bytes}
         parts = list(flow)
-        if _foldable_run(parts, 0) != len(parts):
+        if foldable_run(parts, 0) != len(parts):
             kinds = ", ".join(type(p).__name__ for p in parts)
             raise ValueError(f"FrozenLUNet folds [Standardize] LULinear (LeakySoftplus LULinear)*, not {kinds}")
         # Copies of the weights, as plain tensors (and each slope as a number): the plans below
@@ -340,58 +327,7 @@ class FrozenLUNet(Density):
         return layers, alphas, tables
 
 
-class FrozenSpline:
-    """A snapshot's copy of a :class:`~lunet.spline.MonotoneSpline`: its per-bin tables, the
-    coefficients of the inverse's quadratic for sampling and the uniform lookups of its bins on both
-    sides, made once, so that a pass finds each entry's bin with two
-    reads and one comparison and reads each bin quantity once (:mod:`lunet.fast.spline`).
-
-    ``forward(x)`` maps rows ``(B, features)`` to ``(y, log|det dy/dx|)``, ``inverse(y)`` back;
-    under ``vmap`` and ``torch.compile`` the plain formulas run from the same knot tables.
-    """
-
-    def __init__(self, spline: MonotoneSpline) -> None:
-        self.features, self.bound = spline.features, spline.bound
-        self._knots = spline.tables()  # knots in x and y, slopes: (features, bins + 1) each
-        self._tables = BinTables.of(*self._knots, self.bound)
-        self._x_grid = BinGrid(self._knots[0], self.bound)
-        self._y_grid = BinGrid(self._knots[1], self.bound)
-        self._sampling = SamplingTables.of(self._tables)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._knots[0].dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self._knots[0].device
-
-    def __repr__(self) -> str:
-        return f"FrozenSpline(features={self.features}, bins={self._tables.bins}, bound={self.bound:g})"
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (B, features) -> ``y`` (B, features), ``log|det dy/dx|`` (B,)."""
-        if under_vmap() or torch.compiler.is_compiling():
-            return spline_forward_plain(x, *self._knots, self.bound)
-        return spline_forward_fast(x, self._tables, self._x_grid)
-
-    __call__ = forward
-
-    @torch.no_grad()
-    def inverse(self, y: torch.Tensor, with_logdet: bool = True):
-        """``y`` (B, features) -> ``x`` (B, features), exact, and ``log|det dx/dy|`` (B,) (without
-        ``with_logdet``, ``x`` alone)."""
-        if under_vmap() or torch.compiler.is_compiling():
-            x, logdet = spline_inverse_plain(y, *self._knots, self.bound)
-        elif with_logdet:
-            x, logdet = spline_inverse_fast(y, self._tables, self._y_grid)
-        else:
-            return spline_sample_fast(y, self._tables, self._sampling, self._y_grid)
-        return (x, logdet) if with_logdet else x
-
-
-def _foldable_run(parts: list, start: int) -> int:
+def foldable_run(parts: list, start: int) -> int:
     """The end (exclusive) of the longest run from ``start`` that a :class:`~lunet.FrozenLUNet`
     can fold: an optional ``Standardize``, then ``LULinear (LeakySoftplus LULinear)*`` of one
     width, each activation with one slope (not one learned per group); ``start`` itself when
@@ -409,107 +345,6 @@ def _foldable_run(parts: list, start: int) -> int:
     ):
         i += 2
     return i
-
-
-class FrozenSequential(Density):
-    """A snapshot of a composition's ``parts`` (a :class:`~lunet.Sequential`, an LU-Net with
-    spline activations) for fast inference, without autograd; ``features``: the flow's width, which
-    :meth:`log_prob` and :meth:`sample` need (None where the flow states none).
-
-    Every run of ``[Standardize] LULinear (LeakySoftplus LULinear)*`` becomes a
-    :class:`~lunet.FrozenLUNet` (one dense product per block, the scalings folded
-    in); every other part is deep-copied and runs its own passes. Like every
-    snapshot it holds its own copy of the weights: later changes to the
-    ``Sequential`` are not seen. ``vmap`` over it works; ``torch.func``'s
-    differentiating transforms raise, as for :class:`FrozenLUNet`.
-    """
-
-    differentiable = False
-    features: Optional[int]
-
-    def __init__(self, parts: Iterable[nn.Module], features: Optional[int] = None, **tuning: int) -> None:
-        parts = list(parts)
-        self.features = features
-        self.stages: list = []
-        i = 0
-        while i < len(parts):
-            end = _foldable_run(parts, i)
-            part = parts[i]
-            if end > i:
-                self.stages.append(FrozenLUNet(parts[i:end], **tuning))
-            elif isinstance(part, MonotoneSpline):
-                end = i + 1
-                self.stages.append(FrozenSpline(part))
-            else:
-                end = i + 1
-                self.stages.append(copy.deepcopy(part).requires_grad_(False).eval())
-            i = end
-
-    def __repr__(self) -> str:
-        kinds = ", ".join(type(s).__name__ for s in self.stages)
-        return f"FrozenSequential({kinds}; a snapshot: later changes to the Sequential are not seen)"
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the first stage that holds floating tensors."""
-        return _stage_placement(self.stages)[0]
-
-    @property
-    def device(self) -> torch.device:
-        """The device of the first stage that holds floating tensors."""
-        return _stage_placement(self.stages)[1]
-
-    def _rows(self, x: torch.Tensor) -> torch.Tensor:
-        under_vmap()
-        check_features(x, self.features, like=torch.empty(0, dtype=self.dtype, device=self.device))
-        return x.reshape(-1, x.shape[-1])
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (..., D) -> ``y``, the sum of the stages' ``log|det|`` (...)."""
-        y, logdet = compose_forward(self.stages, self._rows(x))
-        return y.reshape(*x.shape[:-1], y.shape[-1]), logdet.reshape(x.shape[:-1])
-
-    __call__ = forward
-
-    @torch.no_grad()
-    def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``y`` -> ``x``, the stages' inverses in reverse order, and the sum of their ``log|det|`` (...)."""
-        x, logdet = compose_inverse(self.stages, self._rows(y))
-        return x.reshape(*y.shape[:-1], x.shape[-1]), logdet.reshape(y.shape[:-1])
-
-    def _width(self) -> int:
-        if self.features is None:
-            raise ValueError("this snapshot's Sequential states no width (features): log_prob and sample need it")
-        return self.features
-
-    def _placement(self) -> tuple[torch.dtype, torch.device]:
-        return self.dtype, self.device
-
-    def _values(self, z: torch.Tensor) -> torch.Tensor:
-        if under_vmap():
-            return self.inverse(z)[0]
-        # the values alone: no stage computes a log-det that sampling would drop
-        h = z
-        for stage in reversed(self.stages):
-            if isinstance(stage, FrozenLUNet):
-                h = stage._inverse(h)
-            elif isinstance(stage, FrozenSpline):
-                h = stage.inverse(h, with_logdet=False)
-            else:
-                h = stage.inverse(h)[0]
-        return h
-
-
-def _stage_placement(stages: list) -> tuple[torch.dtype, torch.device]:
-    """The dtype and device of the first stage that holds a floating tensor."""
-    for stage in stages:
-        if isinstance(stage, (FrozenLUNet, FrozenSpline)):
-            return stage.dtype, stage.device
-        like = next((t for t in itertools.chain(stage.parameters(), stage.buffers()) if t.is_floating_point()), None)
-        if like is not None:
-            return like.dtype, like.device
-    return torch.get_default_dtype(), torch.device("cpu")
 
 
 def under_vmap() -> bool:
@@ -530,17 +365,6 @@ def under_vmap() -> bool:
             "through it would give zero derivatives; differentiate the flow itself. vmap over a snapshot works"
         )
     return True
-
-
-def snapshot_of(parts: Iterable[nn.Module], features: Optional[int] = None,
-                **tuning: int) -> "FrozenLUNet | FrozenSequential":
-    """A snapshot of ``parts``: a :class:`FrozenLUNet` where they fold as one run
-    (``[Standardize] LULinear (LeakySoftplus LULinear)*``, one slope per activation), else a
-    :class:`FrozenSequential` that folds what it can; ``tuning`` as :class:`FrozenLUNet` takes it."""
-    parts = list(parts)
-    if _foldable_run(parts, 0) == len(parts):
-        return FrozenLUNet(parts, **tuning)
-    return FrozenSequential(parts, features, **tuning)
 
 
 def frozen_or_module(model: object) -> object:

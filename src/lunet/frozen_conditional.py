@@ -12,7 +12,7 @@ from torch import nn
 from lunet.checks import check_features
 from lunet.conditional_density import ConditionalDensity, ConditionalFlowDistribution, Params, broadcast_rows
 from lunet.fast.activation import negated_forward, scaled_forward
-from lunet.fast.spline import spline_forward_plain, spline_inverse_plain
+from lunet.fast.spline_plain import spline_forward_plain, spline_inverse_plain
 from lunet.frozen import FrozenLUNet, under_vmap
 from lunet.functional import leaky_softplus, leaky_softplus_inverse, leaky_softplus_log_derivative, solve_scaled
 

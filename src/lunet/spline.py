@@ -5,10 +5,10 @@ spline on ``[-bound, bound]`` (Gregory and Delbourgo's rational quadratics, as
 in neural spline flows) and by the identity outside, so that the tails are
 linear and the map is a bijection of the real line. The inverse solves one
 quadratic per entry in closed form: exact to float precision, with no
-iteration. Training passes run :class:`lunet.fast.spline.SplineForward` (a
-written-out backward), passes without autograd its fast no-graph kernels;
-higher derivatives and ``torch.func`` transforms take the plain differentiable
-formulas of :mod:`lunet.fast.spline`.
+iteration. Training passes run :class:`lunet.fast.spline_training.SplineForward` (a
+written-out backward), passes without autograd the fast no-graph kernels of
+:mod:`lunet.fast.spline`; higher derivatives and ``torch.func`` transforms take the
+plain differentiable formulas of :mod:`lunet.fast.spline_plain`.
 
 Conventions as for every lunet transform: inputs ``(..., features)``,
 ``forward(x) -> (y, log|det dy/dx|)``, ``inverse(y) -> (x, log|det dx/dy|)``,
@@ -26,14 +26,9 @@ from torch.nn import functional as F
 
 from lunet.base import Transform
 from lunet.checks import plain_ops_wanted
-from lunet.fast.spline import (
-    BinTables,
-    SplineForward,
-    spline_forward_fast,
-    spline_forward_plain,
-    spline_inverse_fast,
-    spline_inverse_plain,
-)
+from lunet.fast.spline import BinTables, spline_forward_fast, spline_inverse_fast
+from lunet.fast.spline_plain import spline_forward_plain, spline_inverse_plain
+from lunet.fast.spline_training import SplineForward
 from lunet.limits import check_positive_int
 
 __all__ = ["MIN_BIN", "MIN_SLOPE", "MIN_BOUND", "MAX_BOUND", "MAX_SLOPE", "IDENTITY_SLOPE", "check_spline_size",

@@ -18,7 +18,8 @@ from torch import nn
 
 from lunet.base import Transform, compose_forward, compose_inverse
 from lunet.fast.affine import SPLIT_BELOW_ROWS, SPLIT_MIN_BYTES
-from lunet.frozen import FrozenLUNet, FrozenSequential
+from lunet.frozen import FrozenLUNet
+from lunet.frozen_sequential import FrozenSequential
 
 __all__ = ["Composition", "Sequential", "Inverse"]
 
@@ -64,7 +65,7 @@ class Composition(Transform):
     ) -> FrozenLUNet | FrozenSequential:
         """A snapshot for fast inference: runs of LU layers and activations folded as
         :meth:`lunet.LUNet.frozen` folds them, other parts copied (see
-        :class:`~lunet.frozen.FrozenSequential`); the tuning as for :meth:`lunet.LUNet.frozen`."""
+        :class:`~lunet.frozen_sequential.FrozenSequential`); the tuning as for :meth:`lunet.LUNet.frozen`."""
         return FrozenSequential(self.transforms, None, split_below_rows=split_below_rows,
                                 split_min_bytes=split_min_bytes)
 

@@ -1,6 +1,6 @@
-"""The spline's fast passes against its plain formulas: the training forward with its written-out
-backward, the no-autograd passes (counted bins and a snapshot's grid lookup), their inverses,
-in float32 and float64; higher derivatives, torch.func and torch.compile through the spline."""
+"""The spline's no-autograd passes against its plain formulas (lunet.fast.spline): counted bins and a
+snapshot's grid lookup, the forward, inverse and sampling passes, in float32 and float64; their scratch
+buffers between calls and threads; torch.compile through the spline and its snapshot."""
 
 from __future__ import annotations
 
@@ -9,16 +9,8 @@ import torch
 import torch._dynamo as dynamo
 
 from lunet import LUNet
-from lunet.fast.spline import (
-    BinGrid,
-    BinTables,
-    SplineForward,
-    counted_bins,
-    spline_forward_fast,
-    spline_forward_plain,
-    spline_inverse_fast,
-    spline_inverse_plain,
-)
+from lunet.fast.spline import BinGrid, BinTables, counted_bins, spline_forward_fast, spline_inverse_fast
+from lunet.fast.spline_plain import spline_forward_plain, spline_inverse_plain
 from lunet.spline import MonotoneSpline
 
 DTYPES = [torch.float32, torch.float64]
@@ -78,78 +70,6 @@ def test_the_no_autograd_passes_give_the_plain_values_log_dets_and_inverse(dtype
     torch.testing.assert_close(alone, back)
     # outside the interval exactly the identity, with log-derivative 0
     torch.testing.assert_close(y[2], x[2])
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_the_written_out_backward_gives_autograds_gradients(dtype):
-    spline = _spline(dtype)
-    x = _inputs(dtype).requires_grad_(True)
-    g_y = torch.randn(x.shape, dtype=dtype)
-    g_ld = torch.randn(x.shape[0], dtype=dtype)
-    params = list(spline.parameters())
-    xk, yk, dk = spline._tables(x)
-    y, ld = SplineForward.apply(x, xk, yk, dk, spline.bound)
-    fast = torch.autograd.grad((y * g_y).sum() + (ld * g_ld).sum(), [x] + params)
-    y_plain, ld_plain = spline_forward_plain(x, *spline._tables(x), spline.bound)
-    plain = torch.autograd.grad((y_plain * g_y).sum() + (ld_plain * g_ld).sum(), [x] + params)
-    torch.testing.assert_close(y, y_plain, **TOL[dtype])
-    torch.testing.assert_close(ld, ld_plain, **TOL[dtype])
-    for name, a, b in zip(["x", "widths", "heights", "slopes"], fast, plain):
-        torch.testing.assert_close(a, b, **TOL[dtype], msg=name)
-
-
-def test_the_module_takes_the_fast_passes_and_gives_the_plain_figures():
-    spline = _spline(torch.float64)
-    x = _inputs(torch.float64)
-    y, ld = spline.forward_rows(x)  # grad mode: the written-out backward
-    assert "SplineForward" in type(y.grad_fn).__name__
-    y_plain, ld_plain = spline_forward_plain(x, *spline.tables(), spline.bound)
-    torch.testing.assert_close(y, y_plain)
-    torch.testing.assert_close(ld, ld_plain)
-    with torch.no_grad():
-        back, inv_ld = spline.inverse(y)
-    torch.testing.assert_close(back, x)
-    torch.testing.assert_close(inv_ld, -ld)
-
-
-def test_double_backward_and_torch_func_take_the_plain_formulas():
-    spline = _spline(torch.float64, features=3)
-    x = torch.tensor([[0.3, -1.2, 2.0]], dtype=torch.float64, requires_grad=True)
-    (g,) = torch.autograd.grad(spline(x)[1].sum(), x, create_graph=True)
-    (gg,) = torch.autograd.grad(g.sum(), x)
-
-    def plain_logdet(v):
-        return spline_forward_plain(v, *spline._tables(v), spline.bound)[1].sum()
-
-    hessian = torch.autograd.functional.hessian(plain_logdet, x.detach())
-    torch.testing.assert_close(gg, hessian.sum(dim=(0, 1)))
-    jac = torch.func.jacrev(lambda v: spline(v)[0])(x.detach()[0])
-    expected = torch.autograd.functional.jacobian(lambda v: spline_forward_plain(
-        v.unsqueeze(0), *spline.tables(), spline.bound)[0][0], x.detach()[0])
-    torch.testing.assert_close(jac, expected)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_a_spline_lunet_snapshot_matches_the_module(dtype):
-    torch.manual_seed(2)
-    net = LUNet(12, 3, activation="spline", bins=8, bound=3.0, init_scale=0.5).to(dtype)
-    with torch.no_grad():
-        for act in net.activations:
-            for p in act.parameters():
-                p.normal_(0.0, 0.7)
-    net.standardize(torch.randn(200, 12, dtype=dtype) * 2 + 1)
-    frozen = net.frozen()
-    x = torch.randn(257, 12, dtype=dtype) * 2 + 1  # more rows than one block of the fast passes
-    with torch.no_grad():
-        torch.testing.assert_close(frozen.log_prob(x), net.log_prob(x), **TOL[dtype])
-        z, ld = frozen.forward(x)
-        back, inv_ld = frozen.inverse(z)
-    torch.testing.assert_close(back, x, **TOL[dtype])
-    torch.testing.assert_close(inv_ld, -ld, **TOL[dtype])
-    torch.manual_seed(5)
-    drawn = frozen.sample(9)
-    torch.manual_seed(5)
-    torch.testing.assert_close(drawn, net.sample(9), **TOL[dtype])
 
 
 def test_a_spline_lunet_loss_and_its_snapshot_trace_as_one_graph():
@@ -293,22 +213,3 @@ def test_the_forward_pass_matches_the_plain_formulas_for_few_bins_and_at_the_end
     torch.testing.assert_close(y, y_ref, **TOL[dtype])
     torch.testing.assert_close(ld, ld_ref, **TOL[dtype])
     assert torch.equal(ld[-2:], torch.zeros(2, dtype=dtype))
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("bins", [1, 2, 8])
-def test_the_written_out_backward_gives_the_knot_tables_gradients(dtype, bins):
-    # the tables themselves as leaves: every knot's gradient, the ends' included
-    spline = _spline(dtype, features=9, bins=bins, seed=10 + bins)
-    tables = [t.requires_grad_(True) for t in spline.tables()]
-    x = torch.cat([_inputs(dtype, 120, 9), torch.tensor([[3.0], [-3.0]], dtype=dtype).expand(2, 9)])
-    x.requires_grad_(True)
-    g_y = torch.randn(x.shape, dtype=dtype)
-    g_ld = torch.randn(x.shape[0], dtype=dtype)
-    y, ld = SplineForward.apply(x, *tables, spline.bound)
-    fast = torch.autograd.grad((y * g_y).sum() + (ld * g_ld).sum(), [x] + tables)
-    y_plain, ld_plain = spline_forward_plain(x, *tables, spline.bound)
-    plain = torch.autograd.grad((y_plain * g_y).sum() + (ld_plain * g_ld).sum(), [x] + tables)
-    for name, a, b in zip(["x", "xk", "yk", "dk"], fast, plain):
-        torch.testing.assert_close(a, b, **TOL[dtype], msg=name)
-    torch.testing.assert_close(fast[0][-2:], g_y[-2:])  # on the ends: the identity

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from lunet.experiments.files.safe import write_text_atomic
+from lunet.experiments.files.atomic import write_text_atomic
 from lunet.limits import ALPHA_MIN
 
 __all__ = ["OPTION_NAMES", "IMAGE_SUFFIXES", "flag", "number", "bounded", "POSITIVE_INT", "NON_NEGATIVE_INT", "SEED",

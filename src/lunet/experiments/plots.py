@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from lunet.experiments.files.safe import write_atomic  # noqa: E402
+from lunet.experiments.files.atomic import write_atomic  # noqa: E402
 from lunet.experiments.store.folder import read_metrics
 
 __all__ = ["log_density_grid", "LOG_DENSITY_RANGE", "plot_density_2d", "plot_samples_2d", "save_image_grid",

@@ -1,7 +1,7 @@
-"""Passes of the monotone rational-quadratic spline (:class:`lunet.spline.MonotoneSpline`): the plain
-differentiable formulas (the reference, and the fallback for higher derivatives and ``torch.func``),
-the training forward with a written-out backward, and the no-autograd passes that snapshots run from
-tables made once.
+"""The no-autograd passes of the monotone rational-quadratic spline (:class:`lunet.spline.MonotoneSpline`),
+which a module without autograd, the training forward (:mod:`lunet.fast.spline_training`) and the
+snapshots run: per-bin tables made once, the bin lookups, and the forward, inverse and sampling passes.
+The plain formulas they agree with are in :mod:`lunet.fast.spline_plain`.
 
 Conventions: rows ``(B, n)``; knot tables ``(n, K + 1)`` for ``K`` bins per feature (knots in ``x``
 and ``y`` from ``-bound`` to ``bound``, slopes at the knots); per-bin tables flat ``(n * K,)``,
@@ -9,8 +9,7 @@ feature-major, indexed by ``j = f * K + bin``. Inputs outside ``[-bound, bound]`
 (log-derivative 0).
 
 The fast passes never expand a table over the batch: each entry's bin is found once, as a flat
-index, and each per-bin quantity is read with one ``index_select``; the backward pass adds the
-per-entry terms into the per-bin gradients with ``scatter_add_``. Every pass runs over blocks of
+index, and each per-bin quantity is read with one ``index_select``. Every pass runs over blocks of
 rows into scratch buffers kept between calls. Comparisons are counted as sums of signs, which this
 CPU build runs several times faster than comparisons that return booleans.
 """
@@ -24,92 +23,15 @@ from typing import Literal, Optional, overload
 
 import torch
 
-from lunet.checks import plain_backward_wanted
+from lunet.fast.spline_plain import bin_index
 
-__all__ = ["MAX_COUNTED_BINS", "bin_index", "spline_forward_plain", "spline_inverse_plain", "BinTables",
-           "counted_bins", "SamplingTables", "BinGrid", "BLOCK_BYTES", "SCRATCH_SHAPES", "SEARCHED_ROWS",
-           "spline_forward_fast", "spline_inverse_fast", "spline_sample_fast", "BACKWARD_BLOCK_BYTES",
-           "BACKWARD_BUFFERS", "SplineForward", "PER_BIN_SUMS"]
+__all__ = ["MAX_COUNTED_BINS", "BinTables", "counted_bins", "SamplingTables", "BinGrid", "BLOCK_BYTES", "gather_into",
+           "run_blocks", "SCRATCH_SHAPES", "SEARCHED_ROWS", "spline_forward_fast", "spline_inverse_fast",
+           "spline_sample_fast"]
 
 # Up to this many bins the training pass finds bins by counting knots below each entry (one
 # subtraction and sign per inner knot); beyond it, by binary search.
 MAX_COUNTED_BINS = 16
-
-
-# -- the plain formulas ------------------------------------------------------------------------
-def bin_index(knots: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """The bin of each entry of ``values`` (..., n) among ``knots`` (n, K + 1), or among a table per
-    row (..., n, K + 1) whose leading shape broadcasts to the values', as int64 (..., n) in
-    ``[0, K)``; entries outside ``[-bound, bound]`` get an end bin."""
-    if knots.dim() > 2:
-        inner = knots[..., 1:-1].expand(*values.shape, knots.shape[-1] - 2).contiguous()
-        return torch.searchsorted(inner, values.unsqueeze(-1).contiguous(), right=True).squeeze(-1)
-    # a binary search per entry: comparing every entry with every knot would hold
-    # rows x features x bins values at once (gigabytes for a wide spline of many bins)
-    inner = knots[:, 1:-1].contiguous()  # (n, K - 1)
-    by_feature = values.reshape(-1, values.shape[-1]).t().contiguous()
-    return torch.searchsorted(inner, by_feature, right=True).t().reshape(values.shape)
-
-
-def _take(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``table[..., f, index[..., f]]`` for a per-feature table (n, k), or one per row (..., n, k), and
-    ``index`` (..., n)."""
-    expanded = table.expand(*index.shape, table.shape[-1])
-    return expanded.gather(-1, index.unsqueeze(-1)).squeeze(-1)
-
-
-def _pieces(index, xk, yk, dk):
-    """The bin's left knots, widths, heights and end slopes for each entry."""
-    nxt = index + 1
-    x0, x1 = _take(xk, index), _take(xk, nxt)
-    y0, y1 = _take(yk, index), _take(yk, nxt)
-    return x0, x1 - x0, y0, y1 - y0, _take(dk, index), _take(dk, nxt)
-
-
-def _sum_log_slope(inside, s, t, d0, d1, denominator) -> torch.Tensor:
-    """``sum`` over the last dimension of ``log`` of the spline's derivative at ``t`` in its bin
-    (slope ``s = h / w``, end slopes ``d0``, ``d1``), 0 outside ``[-bound, bound]``: (..., n) -> (...)."""
-    t1 = t * (1 - t)
-    numerator = s * s * (d1 * t * t + 2 * s * t1 + d0 * (1 - t) * (1 - t))
-    log_slope = torch.log(numerator) - 2 * torch.log(denominator)
-    return torch.where(inside, log_slope, torch.zeros_like(log_slope)).sum(dim=-1)
-
-
-def spline_forward_plain(
-    x: torch.Tensor, xk: torch.Tensor, yk: torch.Tensor, dk: torch.Tensor, bound: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The spline of knot tables ``xk``, ``yk``, ``dk`` (n, K + 1), or a table per row (B or 1, n, K + 1), at
-    ``x`` (B, n) in plain differentiable ops: ``y`` (B, n) and ``log|det dy/dx|`` (B,)."""
-    inside = (x > -bound) & (x < bound)
-    xc = x.clamp(-bound, bound)
-    x0, w, y0, h, d0, d1 = _pieces(bin_index(xk, xc), xk, yk, dk)
-    s = h / w
-    t = (xc - x0) / w
-    t1 = t * (1 - t)
-    denominator = s + (d1 + d0 - 2 * s) * t1
-    y_in = y0 + h * (s * t * t + d0 * t1) / denominator
-    return torch.where(inside, y_in, x), _sum_log_slope(inside, s, t, d0, d1, denominator)
-
-
-def spline_inverse_plain(
-    y: torch.Tensor, xk: torch.Tensor, yk: torch.Tensor, dk: torch.Tensor, bound: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The inverse of :func:`spline_forward_plain` at ``y`` (B, n), exact (one quadratic per entry):
-    ``x`` (B, n) and ``log|det dx/dy|`` (B,)."""
-    inside = (y > -bound) & (y < bound)
-    yc = y.clamp(-bound, bound)
-    x0, w, y0, h, d0, d1 = _pieces(bin_index(yk, yc), xk, yk, dk)
-    s = h / w
-    dy = yc - y0
-    bend = d1 + d0 - 2 * s
-    qa = h * (s - d0) + dy * bend
-    qb = h * d0 - dy * bend
-    qc = -s * dy
-    # the root in [0, 1] in the form without cancellation (qc <= 0 < qb in every bin)
-    disc = (qb * qb - 4 * qa * qc).clamp_min(0)
-    t = (2 * qc) / (-qb - torch.sqrt(disc))
-    denominator = s + bend * t * (1 - t)
-    return torch.where(inside, x0 + t * w, y), -_sum_log_slope(inside, s, t, d0, d1, denominator)
 
 
 # -- per-bin tables ---------------------------------------------------------------------------
@@ -320,7 +242,7 @@ def _scratch(rows: int, like: torch.Tensor, count: int = 10) -> _Work:
     return work
 
 
-def _gather(table: torch.Tensor, j: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def gather_into(table: torch.Tensor, j: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     torch.index_select(table, 0, j.view(-1), out=out.view(-1))
     return out
 
@@ -340,17 +262,17 @@ def _grid_bins(v: torch.Tensor, grid: "BinGrid", b1: torch.Tensor, b2: torch.Ten
     else:
         torch.mul(v, grid.scale, out=b1).add_(grid.bound * grid.scale + 1)
         cell.copy_(b1).add_(grid.offsets)
-    torch.sub(v, _gather(grid.next_knot, cell, b1), out=b1).sign_()
-    return j.copy_(torch.add(_gather(grid.start, cell, b2), b1, alpha=0.5, out=b2))
+    torch.sub(v, gather_into(grid.next_knot, cell, b1), out=b1).sign_()
+    return j.copy_(torch.add(gather_into(grid.start, cell, b2), b1, alpha=0.5, out=b2))
 
 
 @overload
-def _blocks(v: torch.Tensor, kernel, with_logdet: Literal[True], extras: tuple = ..., block_bytes: int = ...,
+def run_blocks(v: torch.Tensor, kernel, with_logdet: Literal[True], extras: tuple = ..., block_bytes: int = ...,
             buffers: int = ...) -> tuple[torch.Tensor, torch.Tensor]: ...
 @overload
-def _blocks(v: torch.Tensor, kernel, with_logdet: bool, extras: tuple = ..., block_bytes: int = ...,
+def run_blocks(v: torch.Tensor, kernel, with_logdet: bool, extras: tuple = ..., block_bytes: int = ...,
             buffers: int = ...) -> tuple[torch.Tensor, Optional[torch.Tensor]]: ...
-def _blocks(v: torch.Tensor, kernel, with_logdet: bool, extras: tuple = (), block_bytes: int = BLOCK_BYTES,
+def run_blocks(v: torch.Tensor, kernel, with_logdet: bool, extras: tuple = (), block_bytes: int = BLOCK_BYTES,
             buffers: int = 10) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """``kernel(rows, out, logdet_out, buffers, *extras)`` over blocks of rows of ``v`` (B, n), each
     of ``extras`` (B, ...) cut to the block's rows."""
@@ -404,23 +326,23 @@ def spline_forward_fast(
         xc = torch.clamp(x, -tables.bound, tables.bound, out=b0)
         # the kept bins and positions are written in place, not copied
         j = _bins_into(xc, tables, grid, tables.x_rows, knots, b1, b2, cell, kept[0] if kept else j)
-        w = _gather(tables.w, j, b2)
-        t = torch.sub(xc, _gather(tables.x0, j, b1), out=kept[1] if kept else b1).div_(w)
-        h = _gather(tables.h, j, b3)
+        w = gather_into(tables.w, j, b2)
+        t = torch.sub(xc, gather_into(tables.x0, j, b1), out=kept[1] if kept else b1).div_(w)
+        h = gather_into(tables.h, j, b3)
         s_inverse = torch.div(w, h, out=b2)
         u = torch.neg(t, out=b4).add_(1)
-        q0, q1 = _gather(tables.q0, j, b5), _gather(tables.q1, j, b6)
+        q0, q1 = gather_into(tables.q0, j, b5), gather_into(tables.q1, j, b6)
         den = torch.add(q0, q1, out=b7).sub_(2).mul_(torch.mul(t, u, out=b8)).add_(1)
         num = torch.addcmul(t, q0, u, out=b5)  # t + q0 u
         # q1 t^2 + 2 t u + q0 u^2 = t (q1 t + u) + u (t + q0 u)
         slope = torch.addcmul(u, q1, t, out=b6).mul_(t).addcmul_(u, num)
         r = num.mul_(t).div_(den)
-        torch.addcmul(_gather(tables.y0, j, b8), h, r, out=y)
+        torch.addcmul(gather_into(tables.y0, j, b8), h, r, out=y)
         y.add_(torch.sub(x, xc, out=b0))
         slope.div_(den.mul_(den).mul_(s_inverse))
         torch.sum(slope.log_(), dim=1, out=logdet)
 
-    return _blocks(x, kernel, True, keep)
+    return run_blocks(x, kernel, True, keep)
 
 
 @overload
@@ -445,9 +367,9 @@ def spline_inverse_fast(
         (b0, b1, b2, b3, b4, b5, b6, b7, b8, b9), cell, j = work
         yc = torch.clamp(y, -tables.limit, tables.limit, out=b0)
         j = _bins_into(yc, tables, grid, tables.y_rows, knots, b1, b2, cell, j)
-        s, d0, d1 = _gather(tables.s, j, b1), _gather(tables.d0, j, b2), _gather(tables.d1, j, b3)
-        dy = torch.sub(yc, _gather(tables.y0, j, b4), out=b4)
-        h = _gather(tables.h, j, b6)
+        s, d0, d1 = gather_into(tables.s, j, b1), gather_into(tables.d0, j, b2), gather_into(tables.d1, j, b3)
+        dy = torch.sub(yc, gather_into(tables.y0, j, b4), out=b4)
+        h = gather_into(tables.h, j, b6)
         dyc = torch.add(d0, d1, out=b5).sub_(s, alpha=2).mul_(dy)
         # the quadratic qa t^2 + qb t + qc = 0 with qc = -s dy <= 0 < qb, and its root in [0, 1]
         # in the form without cancellation: t = 2 s dy / (qb + sqrt(qb^2 + 4 qa s dy))
@@ -456,7 +378,7 @@ def spline_inverse_fast(
         sdy = dy.mul_(s)
         disc = qa.mul_(sdy).mul_(4).addcmul_(qb, qb).clamp_min_(0).sqrt_()
         t = sdy.mul_(2).div_(disc.add_(qb))
-        torch.addcmul(_gather(tables.x0, j, b5), t, _gather(tables.w, j, b6), out=x)
+        torch.addcmul(gather_into(tables.x0, j, b5), t, gather_into(tables.w, j, b6), out=x)
         excess = torch.sub(y, yc, out=b0)
         x.add_(excess)
         if logdet is None:
@@ -471,7 +393,7 @@ def spline_inverse_fast(
         slope = s.mul_(s).mul_(q).div_(den.mul_(den))
         torch.sum(slope.log_().mul_(inside), dim=1, out=logdet).neg_()
 
-    return _blocks(y, kernel, with_logdet)
+    return run_blocks(y, kernel, with_logdet)
 
 
 def spline_sample_fast(y: torch.Tensor, tables: BinTables, coefficients: SamplingTables,
@@ -484,149 +406,16 @@ def spline_sample_fast(y: torch.Tensor, tables: BinTables, coefficients: Samplin
         (b0, b1, b2, b3, b4, b5, b6, b7, _b8, _b9), cell, j = work
         yc = torch.clamp(y, -tables.limit, tables.limit, out=b0)
         j = _bins_into(yc, tables, grid, tables.y_rows, None, b1, b2, cell, j)
-        dy = torch.sub(yc, _gather(tables.y0, j, b1), out=b1)
-        b2_ = _gather(coefficients.b2, j, b2)
-        qa2 = torch.addcmul(_gather(coefficients.a2, j, b3), dy, b2_, out=b3)
-        qb = torch.addcmul(_gather(coefficients.c, j, b4), dy, b2_, value=-0.5, out=b4)
-        sdy2 = torch.mul(dy, _gather(coefficients.s2, j, b5), out=b5)
+        dy = torch.sub(yc, gather_into(tables.y0, j, b1), out=b1)
+        b2_ = gather_into(coefficients.b2, j, b2)
+        qa2 = torch.addcmul(gather_into(coefficients.a2, j, b3), dy, b2_, out=b3)
+        qb = torch.addcmul(gather_into(coefficients.c, j, b4), dy, b2_, value=-0.5, out=b4)
+        sdy2 = torch.mul(dy, gather_into(coefficients.s2, j, b5), out=b5)
         # the root in [0, 1] without cancellation, as in spline_inverse_fast
         disc = qa2.mul_(sdy2).addcmul_(qb, qb).clamp_min_(0).sqrt_()
         t = sdy2.div_(disc.add_(qb))
-        torch.addcmul(_gather(tables.x0, j, b6), t, _gather(tables.w, j, b7), out=x)
+        torch.addcmul(gather_into(tables.x0, j, b6), t, gather_into(tables.w, j, b7), out=x)
         x.add_(torch.sub(y, yc, out=b0))
 
-    return _blocks(y, kernel, False)[0]
+    return run_blocks(y, kernel, False)[0]
 
-
-# Rows per block of the training pass's backward, which holds some twenty per-entry quantities
-BACKWARD_BLOCK_BYTES = 1 << 17
-BACKWARD_BUFFERS = 20
-
-
-class SplineForward(torch.autograd.Function):
-    """:meth:`MonotoneSpline.forward_rows`: ``y`` (B, n) and ``log|det dy/dx|`` (B,) at ``x`` (B, n)
-    for knot tables ``xk``, ``yk``, ``dk`` (n, K + 1), with a written-out backward to ``x`` and the
-    tables.
-
-    The forward pass is :func:`spline_forward_fast`, which keeps each entry's bin and position in
-    it; the backward pass runs in blocks of rows into scratch buffers, as the no-autograd passes do
-    (fresh per-entry tensors of a whole batch cost more than the arithmetic on them). It
-    differentiates the forward pass's form, ``y = y0 + h R`` with ``R = t N / D`` and
-    ``log y' = log s + log P - 2 log D`` (:func:`spline_forward_fast`), per entry to ``t``, ``q0``
-    and ``q1`` (:func:`_backward_block`); each bin's sums of those, of ``g_t t``, ``g_y``, ``g_y R``
-    and ``g_L`` (seven ``scatter_add_`` per block) then give the gradients to the bin's ``x0``,
-    ``w``, ``y0``, ``h``, ``d0`` and ``d1`` by the chain rule through ``t = (x - x0) / w``,
-    ``s = h / w`` and ``q = d / s``, whose factors are the same for every entry of a bin. A backward
-    pass that records a graph (Hessians, double backward) or is batched recomputes the plain
-    formulas and differentiates them.
-    """
-
-    @staticmethod
-    def forward(ctx, x, xk, yk, dk, bound: float):
-        tables = BinTables.of(xk, yk, dk, bound)
-        rows = x.contiguous()
-        j = torch.empty(rows.shape, dtype=torch.int64, device=rows.device)
-        t = torch.empty_like(rows)
-        y, logdet = spline_forward_fast(rows, tables, knots=xk, keep=(j, t))
-        ctx.bound, ctx.tables = bound, tables
-        ctx.save_for_backward(x, xk, yk, dk, j, t)
-        return y, logdet
-
-    @staticmethod
-    def backward(ctx, g_value: torch.Tensor, g_logdet: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
-        x, xk, yk, dk, j, t = ctx.saved_tensors
-        if plain_backward_wanted(g_value):
-            return _plain_backward(ctx, (x, xk, yk, dk), g_value, g_logdet)
-        tables: BinTables = ctx.tables
-        n, k = xk.shape[0], tables.bins
-        sums = torch.zeros(len(PER_BIN_SUMS), n * k, dtype=x.dtype, device=x.device)
-
-        def kernel(x, g_x, _, work, g_value, g_logdet, j, t):
-            _backward_block(x, g_value, g_logdet, j, t, tables, sums, g_x, work[0])
-
-        g_x, _ = _blocks(x, kernel, False, (g_value.contiguous(), g_logdet.contiguous(), j, t),
-                         BACKWARD_BLOCK_BYTES, BACKWARD_BUFFERS)
-        g_xk, g_yk, g_dk = _knot_grads(sums.view(-1, n, k), tables, n, k)
-        return g_x if ctx.needs_input_grad[0] else None, g_xk, g_yk, g_dk, None
-
-
-# What the backward pass sums per bin, in this order (rows of its (7, n * K) sums)
-PER_BIN_SUMS = ("g_t", "g_t t", "g_y", "g_y R", "g_q0", "g_q1", "g_L")
-
-
-def _backward_block(x: torch.Tensor, g_value: torch.Tensor, g_logdet: torch.Tensor, j: torch.Tensor,
-                    t: torch.Tensor, tables: BinTables, sums: torch.Tensor, g_x: torch.Tensor,
-                    buffers: list) -> None:
-    """One block's share of :meth:`SplineForward.backward`: rows ``x``, ``g_value``, their bins ``j``
-    and positions ``t`` (r, n), ``g_logdet`` (r,); adds into ``sums`` (7, n * K) each bin's sums of
-    :data:`PER_BIN_SUMS` and writes ``g_x`` (r, n); ``buffers``: twenty (r, n) scratch tensors.
-
-    With ``E = g_y h / D``, ``B = g_L / P`` and ``F = E R + 2 g_L / D``:
-    ``g_q0 = B u^2 + t u (E - F)``, ``g_q1 = B t^2 - F t u`` and
-    ``g_t = E (N + t (1 - q0)) + 2 B (q1 t + u - t - q0 u) - F g (u - t)``, ``g = q0 + q1 - 2``.
-    """
-    b = buffers
-    q0, q1, w, h = (_gather(tables.q0, j, b[0]), _gather(tables.q1, j, b[1]), _gather(tables.w, j, b[2]),
-                    _gather(tables.h, j, b[3]))
-    u = torch.neg(t, out=b[4]).add_(1)
-    tu = torch.mul(t, u, out=b[5])
-    g = torch.add(q0, q1, out=b[6]).sub_(2)
-    den = torch.mul(g, tu, out=b[7]).add_(1)
-    num = torch.addcmul(t, q0, u, out=b[8])
-    p = torch.addcmul(u, q1, t, out=b[9]).mul_(t).addcmul_(u, num)
-    r = torch.mul(t, num, out=b[10]).div_(den)
-    # outside the interval the map is the identity: no gradient to the tables, 1 to x
-    inside = torch.clamp(x, -tables.limit, tables.limit, out=b[11])
-    inside = torch.sub(x, inside, out=b[11]).sign_().abs_().neg_().add_(1)
-    gy = torch.mul(g_value, inside, out=b[12])
-    gl = torch.mul(inside, g_logdet.unsqueeze(1), out=b[13])
-    e = torch.mul(gy, h, out=b[3]).div_(den)  # h is not needed again
-    bp = torch.div(gl, p, out=b[14])
-    f = torch.mul(e, r, out=b[15]).addcdiv_(gl, den, value=2)
-    g_q0 = torch.sub(e, f, out=b[16]).mul_(tu).addcmul_(bp, torch.mul(u, u, out=b[17]))
-    g_q1 = torch.mul(t, t, out=b[17]).mul_(bp).addcmul_(f, tu, value=-1)
-    g_t = torch.add(num, t, out=b[18]).addcmul_(q0, t, value=-1).mul_(e)
-    g_t.addcmul_(torch.addcmul(u, q1, t, out=b[19]).sub_(t).addcmul_(q0, u, value=-1), bp, value=2)
-    g_t.addcmul_(torch.sub(u, t, out=b[19]).mul_(g), f, value=-1)
-    flat = j.view(-1)
-    parts = (g_t, torch.mul(g_t, t, out=b[5]), gy, r.mul_(gy), g_q0, g_q1, gl)
-    for row, part in enumerate(parts):
-        sums[row].scatter_add_(0, flat, part.view(-1))
-    torch.addcmul(g_t.div_(w), inside.neg_().add_(1), g_value, out=g_x)
-
-
-def _knot_grads(sums: torch.Tensor, tables: BinTables, n: int, k: int) -> tuple[torch.Tensor, ...]:
-    """The gradients to the knot tables ``xk``, ``yk``, ``dk`` (n, K + 1) from the backward pass's
-    per-bin sums (7, n, K) of :data:`PER_BIN_SUMS`."""
-    s_t, s_tt, s_y, s_yr, s_q0, s_q1, s_l = sums.unbind(0)
-    w, s = tables.w.view(n, k), tables.s.view(n, k)
-    q0, q1 = tables.q0.view(n, k), tables.q1.view(n, k)
-    g_s = (s_l - s_q0 * q0 - s_q1 * q1) / s
-    g_h = s_yr + g_s / w
-    g_w = -(s_tt + g_s * s) / w
-    g_x0 = -s_t / w
-    return _knot_grad(g_x0 - g_w, g_w), _knot_grad(s_y - g_h, g_h), _knot_grad(s_q0 / s, s_q1 / s)
-
-
-def _knot_grad(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """The gradient to a knot table (n, K + 1) from those to each bin's left and right knots (n, K)."""
-    out = torch.nn.functional.pad(left, (0, 1))
-    out[:, 1:] += right
-    return out
-
-
-def _plain_backward(ctx, inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], g_value: torch.Tensor,
-                    g_logdet: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
-    """The gradients of :func:`spline_forward_plain` at the saved ``inputs``, as differentiable ops."""
-    create_graph = torch.is_grad_enabled()
-    wanted = [i for i, need in enumerate(ctx.needs_input_grad[:4]) if need]
-    with torch.enable_grad():
-        leaves = [t if t.requires_grad else t.detach().requires_grad_(True) for t in inputs]
-        x, xk, yk, dk = leaves
-        y, logdet = spline_forward_plain(x, xk, yk, dk, ctx.bound)
-        grads = torch.autograd.grad((y, logdet), [leaves[i] for i in wanted], (g_value, g_logdet),
-                                    create_graph=create_graph, allow_unused=True)
-    out: list[Optional[torch.Tensor]] = [None] * 5
-    for i, g in zip(wanted, grads):
-        out[i] = g
-    return tuple(out)

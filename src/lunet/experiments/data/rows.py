@@ -22,8 +22,8 @@ import torch
 
 from lunet.experiments.config.errors import first_sentence
 from lunet.experiments.config.models import short_repr
+from lunet.experiments.files.atomic import write_atomic
 from lunet.experiments.files.loads import load_weights_only
-from lunet.experiments.files.safe import write_atomic
 
 __all__ = ["VECTOR_SUFFIXES", "NPY_SIGNATURE", "NPZ_SIGNATURE", "load_vectors", "check_width", "check_fits_dtype",
            "read_header", "save_vectors"]

@@ -1,44 +1,30 @@
-"""Safe file input and output: reads, atomic writes and removals that never go through a symbolic
-link or into a FIFO; inside a run folder held locked, paths are reached from the open folder."""
+"""Safe file input and output: reads, appends and removals that never go through a symbolic link
+or into a FIFO; inside a run folder held locked, paths are reached from the open folder (the
+atomic writes, over the same folders, are in :mod:`lunet.experiments.files.atomic`)."""
 
 from __future__ import annotations
 
 import errno
 import os
-import secrets
-import signal
 import stat
 import tempfile
-import threading
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, Optional, Sequence, cast
+from typing import Iterator, Optional, Sequence
 
-if TYPE_CHECKING:
-    pass
-
-__all__ = ["UnsafeFile", "RunFolderChanged", "check_regular", "check_subfolder", "HeldFolder", "open_folder",
+__all__ = ["NOFOLLOW", "CLOEXEC", "UnsafeFile", "RunFolderChanged", "unsafe_file_error", "FolderHandle",
+           "check_regular", "check_subfolder", "HeldFolder", "open_folder",
            "open_regular_in", "refuse_hard_links", "open_regular", "remove_file", "open_to_read",
-           "read_text", "append_text", "signals_deferred", "write_atomic", "write_text_atomic",
-           "stale_temporaries", "check_writable", "check_writable_file", "make_folder", "remove_names"]
+           "read_text", "append_text", "check_writable", "check_writable_file", "make_folder", "remove_names"]
 
 
 # Where the platform has them: open no symbolic link as the last part of a path, and
 # open a FIFO without waiting for its other end (so that it can be refused, not hang).
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-
-
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
-
-
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-
-
+CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
-
-
-_BINARY = getattr(os, "O_BINARY", 0)
 
 
 # Where folders can be opened and names looked up in an open folder (POSIX), a path inside a
@@ -65,7 +51,7 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def _refusal(path: Path, action: str, mode: int) -> UnsafeFile:
+def unsafe_file_error(path: Path, action: str, mode: int) -> UnsafeFile:
     return UnsafeFile(f"refusing to {action} {path}: it is {_kind(mode)}; lunet writes and reads regular files "
                       f"only, never through a link: remove it or choose another path")
 
@@ -79,7 +65,7 @@ def check_regular(path: str | os.PathLike, action: str = "write") -> Path:
     except FileNotFoundError:
         return path
     if not stat.S_ISREG(mode):
-        raise _refusal(path, action, mode)
+        raise unsafe_file_error(path, action, mode)
     return path
 
 
@@ -135,7 +121,7 @@ class HeldFolder:
 held_folders: dict[Path, HeldFolder] = {}
 
 
-class _Folder:
+class FolderHandle:
     """A folder for the names in it: open where the platform allows (a name then means this
     folder's entry, whatever becomes of its path meanwhile), else its path."""
 
@@ -168,7 +154,7 @@ def _subfolder_at(fd: int, name: str, path: Path, create: bool) -> int:
     """The sub-folder ``name`` of the open folder ``fd`` (``path``), opened without following a link
     (:class:`UnsafeFile` naming ``path`` for a link or a file there), created first if ``create``."""
     try:
-        return os.open(name, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC, dir_fd=fd)
+        return os.open(name, os.O_RDONLY | _DIRECTORY | NOFOLLOW | CLOEXEC, dir_fd=fd)
     except FileNotFoundError:
         if not create:
             raise
@@ -193,14 +179,14 @@ def _parts_below(path: Path, base: Optional[Path]) -> Optional[tuple[str, ...]]:
 
 
 @contextmanager
-def open_folder(folder: Path, create: bool, root: Optional[Path] = None) -> Iterator[_Folder]:
+def open_folder(folder: Path, create: bool, root: Optional[Path] = None) -> Iterator[FolderHandle]:
     """``folder``, open (created first if ``create``). Inside a run folder this process holds
     locked (or inside ``root``), it is reached from that folder one part at a time, following
     no link, after checking that the held folder is still the one at its path."""
     if not _AT:
         if create:
             folder.mkdir(parents=True, exist_ok=True)
-        yield _Folder(folder, None)
+        yield FolderHandle(folder, None)
         return
     absolute = Path(os.path.abspath(folder))
     hold = next((h for h in held_folders.values() if h.parts_of(absolute) is not None), None)
@@ -210,35 +196,35 @@ def open_folder(folder: Path, create: bool, root: Optional[Path] = None) -> Iter
         held_parts = hold.parts_of(absolute)
         assert held_parts is not None  # the hold was picked for holding ``absolute``
         base, parts = hold.path, held_parts
-        fd = os.open(".", os.O_RDONLY | _DIRECTORY | _CLOEXEC, dir_fd=hold.fd)
+        fd = os.open(".", os.O_RDONLY | _DIRECTORY | CLOEXEC, dir_fd=hold.fd)
     elif below_root is not None:
         assert root is not None  # there are parts below ``root`` only when it is given
         base, parts = Path(root), below_root
-        fd = os.open(base, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+        fd = os.open(base, os.O_RDONLY | _DIRECTORY | CLOEXEC)
     else:
         if create:
             folder.mkdir(parents=True, exist_ok=True)
         base, parts = folder, ()
-        fd = os.open(folder, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+        fd = os.open(folder, os.O_RDONLY | _DIRECTORY | CLOEXEC)
     try:
         for part in parts:
             base = base / part
             sub = _subfolder_at(fd, part, base, create)
             os.close(fd)
             fd = sub
-        yield _Folder(folder, fd)
+        yield FolderHandle(folder, fd)
     finally:
         os.close(fd)
 
 
-def open_regular_in(folder: _Folder, path: Path, flags: int, action: str) -> int:
+def open_regular_in(folder: FolderHandle, path: Path, flags: int, action: str) -> int:
     """``path``'s file in the open ``folder``, opened with ``flags``: :class:`UnsafeFile` for a link
     or anything but a regular file, also one put there between the check and the opening."""
     mode = folder.mode(path.name)
     if mode is not None and not stat.S_ISREG(mode):
-        raise _refusal(path, action, mode)
+        raise unsafe_file_error(path, action, mode)
     try:
-        fd = folder.open(path.name, flags | _NOFOLLOW | _NONBLOCK | _CLOEXEC)
+        fd = folder.open(path.name, flags | NOFOLLOW | _NONBLOCK | CLOEXEC)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENXIO):  # a link, or a FIFO without a reader, put there after the check
             raise UnsafeFile(f"refusing to {action} {path}: it is not a regular file (it changed while "
@@ -247,7 +233,7 @@ def open_regular_in(folder: _Folder, path: Path, flags: int, action: str) -> int
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise _refusal(path, action, mode)
+        raise unsafe_file_error(path, action, mode)
     return fd
 
 
@@ -280,7 +266,7 @@ def remove_file(path: str | os.PathLike) -> None:
 def open_to_read(path: str | os.PathLike) -> int:
     """A descriptor of the regular file at ``path``, a link to it included; :class:`UnsafeFile`
     naming it, without waiting, when it is a FIFO, a device or a folder."""
-    fd = os.open(path, os.O_RDONLY | _NONBLOCK | _CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | _NONBLOCK | CLOEXEC)
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
@@ -293,11 +279,6 @@ def read_text(path: str | os.PathLike) -> str:
     it, without waiting, when it is a FIFO, a device or a folder."""
     with open(open_to_read(path), encoding="utf-8") as f:
         return f.read()
-
-
-def _write_failure(path: Path, exc: OSError) -> OSError:
-    """``exc`` as the one line a failed write gets: the file, the reason, and that it is unchanged."""
-    return OSError(exc.errno, f"could not write {path}: {exc.strerror or exc}; the file there is unchanged")
 
 
 def append_text(path: str | os.PathLike, text: str) -> None:
@@ -316,126 +297,6 @@ def append_text(path: str | os.PathLike, text: str) -> None:
         raise OSError(exc.errno, f"could not write {path}: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
-
-
-def _default_file_mode() -> int:
-    """The permissions a new file gets under this process's umask (as ``open`` gives)."""
-    try:  # Linux reports the umask without changing it (os.umask would, for every thread)
-        with open("/proc/self/status") as f:
-            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError):
-        umask = os.umask(0)
-        os.umask(umask)
-    return 0o666 & ~umask
-
-
-class _Writes:
-    """A file that remembers the first ``OSError`` of a write: ``torch.save`` reports a full
-    disk as "unexpected pos N vs M", without the reason, which this keeps."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self._f = f
-        self.error: Optional[OSError] = None
-
-    def write(self, data: Any) -> int:
-        try:
-            return self._f.write(data)
-        except OSError as exc:
-            self.error = self.error or exc
-            raise
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._f, name)
-
-
-_deferring = False  # a write of this process holds SIGINT and SIGTERM back now
-
-
-@contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back while the block runs (a file being written), then deliver
-    them to the handlers they had: a stop never cuts a save short, and still stops the command.
-    In a thread other than the main one (where no handler can be set) the block runs as it is."""
-    global _deferring
-    if _deferring or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(signum) not in (None, signal.SIG_IGN):  # None: a handler set outside Python
-            previous[signum] = signal.signal(signum, lambda got, frame: caught.append(got))
-    _deferring = True
-    try:
-        yield
-    finally:
-        _deferring = False
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        for number in dict.fromkeys(caught):
-            signal.raise_signal(number)
-
-
-def _new_temporary(folder: _Folder, name: str) -> tuple[str, int]:
-    """A new file ``NAME.RANDOM.tmp`` in ``folder`` (owner-only until written), never a planted link."""
-    while True:
-        temporary = f"{name}.{secrets.token_hex(4)}.tmp"
-        try:
-            return temporary, folder.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
-                                          | _BINARY, 0o600)
-        except FileExistsError:
-            continue
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
-    """``write(f)`` into a temporary file beside ``path``, then rename it over ``path``; returns ``path``.
-
-    Parent folders are created. The file gets the permissions of any other new
-    file. A failed or interrupted write leaves the old file in place and removes its
-    temporary; a failed write is an ``OSError`` naming ``path`` and the reason (a
-    full disk). SIGINT and SIGTERM wait until the file is written
-    (:func:`signals_deferred`). A symbolic link, FIFO or folder at ``path`` is refused
-    (:class:`UnsafeFile`); one put there after that check is replaced by the
-    rename, never written through. Inside a run folder held locked, the folders on
-    the way are opened from the locked one without following links.
-    """
-    path = Path(path)
-    with signals_deferred(), open_folder(path.parent, create=True) as folder:
-        mode = folder.mode(path.name)
-        if mode is not None and not stat.S_ISREG(mode):
-            raise _refusal(path, "write", mode)
-        temporary, fd = _new_temporary(folder, path.name)
-        try:
-            f = os.fdopen(fd, "wb")
-            writes = _Writes(f)
-            try:
-                with f:
-                    os.fchmod(fd, _default_file_mode())
-                    write(cast(BinaryIO, writes))  # a proxy of ``f`` that passes everything else on
-                    f.flush()
-                    os.fsync(f.fileno())
-            except Exception as exc:
-                failure = writes.error or (exc if isinstance(exc, OSError) else None)
-                if failure is None:
-                    raise
-                raise _write_failure(path, failure) from None
-            folder.replace(temporary, path.name)
-        except BaseException:
-            folder.unlink(temporary)
-            raise
-    return path
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """:func:`write_atomic` of ``text`` (UTF-8)."""
-    return write_atomic(path, lambda f: f.write(text.encode()))
-
-
-def stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Temporary files that an interrupted :func:`write_atomic` of ``path`` left behind
-    (a process killed mid-save cannot remove its own)."""
-    path = Path(path)
-    return sorted(path.parent.glob(path.name + ".*.tmp"))
 
 
 def check_writable(folder: str | os.PathLike) -> Path:

@@ -19,7 +19,7 @@ from lunet.experiments.config.errors import RunExists
 from lunet.experiments.config.presets import GMM2DSettings
 from lunet.experiments.config.training import TrainConfig
 from lunet.experiments.data.mixture2d import GaussianMixture2D
-from lunet.experiments.files.safe import stale_temporaries, write_text_atomic
+from lunet.experiments.files.atomic import stale_temporaries, write_text_atomic
 from lunet.experiments.plots import log_density_grid, plot_density_2d, plot_samples_2d
 from lunet.experiments.store.checkpoint import save_checkpoint
 from lunet.experiments.store.folder import RunFolder, as_folder

@@ -35,7 +35,7 @@ from lunet.experiments.config.training import TrainConfig, vector_train_config
 from lunet.experiments.data.columns import ColumnRules
 from lunet.experiments.data.contexts import ContextRules, check_rows
 from lunet.experiments.data.rows import check_fits_dtype
-from lunet.experiments.files.safe import write_text_atomic
+from lunet.experiments.files.atomic import write_text_atomic
 from lunet.experiments.runs.vector_report import Reference, comparison_line, sample_report
 from lunet.experiments.runs.vector_run import Vectors, as_vectors, inverse_in_chunks, log_prob_fn, read_run_file
 from lunet.experiments.store.folder import RunFolder, as_folder

@@ -169,7 +169,7 @@ def run_benchmark(tasks: Sequence[str], budgets: Sequence[int], estimators: Sequ
                   out: Path, resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every (budget, task, estimator) in that order, the results file ``out`` rewritten after each;
     with ``resume``, the runs ``out`` holds already (same protocol) are kept and not run again."""
-    from lunet.experiments.files.safe import write_text_atomic
+    from lunet.experiments.files.atomic import write_text_atomic
 
     results: dict[str, Any] = {"protocol": _protocol_dict(protocol), "references": {}, "runs": []}
     if resume and out.exists():

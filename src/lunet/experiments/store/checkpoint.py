@@ -27,8 +27,8 @@ from lunet.base import Transform
 from lunet.experiments.config.errors import first_sentence
 from lunet.experiments.config.models import MODEL_NAMES, build_model, check_spec, short_repr, shortened
 from lunet.experiments.config.resources import check_model_memory, model_elements
+from lunet.experiments.files.atomic import write_atomic
 from lunet.experiments.files.loads import load_weights_only
-from lunet.experiments.files.safe import write_atomic
 
 __all__ = ["FORMAT_VERSION", "COUNT_FIELDS", "BUILT_PER_STORED", "tensor_bytes", "checksum", "save_atomic",
            "save_checkpoint", "mark_diverged", "load_checkpoint", "check_training_state", "NOT_SETTINGS",

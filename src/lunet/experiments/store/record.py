@@ -28,7 +28,8 @@ from lunet.experiments.config.presets import (
 )
 from lunet.experiments.data.columns import ColumnRules
 from lunet.experiments.data.contexts import ContextRules
-from lunet.experiments.files.safe import UnsafeFile, read_text, write_text_atomic
+from lunet.experiments.files.atomic import write_text_atomic
+from lunet.experiments.files.safe import UnsafeFile, read_text
 from lunet.experiments.store.folder import RunFolder
 from lunet.limits import check_positive_int
 

@@ -12,7 +12,8 @@ from typing import Any, Callable, Iterator, Optional
 
 from tqdm.auto import tqdm
 
-from lunet.experiments.files.safe import append_text, remove_file, write_text_atomic
+from lunet.experiments.files.atomic import write_text_atomic
+from lunet.experiments.files.safe import append_text, remove_file
 from lunet.experiments.store.folder import RunFolder, read_metrics
 
 __all__ = ["CURVES_EVERY_SECONDS", "Unit", "NATS_PER_DIM", "format_seconds", "RunLog"]

@@ -26,7 +26,8 @@ from lunet.checks import set_value_checks
 from lunet.experiments.config.errors import NothingToResume, RunExists, SettingError
 from lunet.experiments.config.training import TrainConfig
 from lunet.experiments.data.preprocess import uniform_noise
-from lunet.experiments.files.safe import remove_file, stale_temporaries
+from lunet.experiments.files.atomic import stale_temporaries
+from lunet.experiments.files.safe import remove_file
 from lunet.experiments.store.checkpoint import load_checkpoint, mark_diverged, save_checkpoint
 from lunet.experiments.store.folder import RunFolder, as_folder
 from lunet.experiments.training.cuda_graph import WARMUP_STEPS

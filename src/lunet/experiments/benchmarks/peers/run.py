@@ -21,7 +21,8 @@ from lunet.experiments.benchmarks.peers.report import draw_figures, format_param
 from lunet.experiments.benchmarks.peers.spaces import PeerData, load
 from lunet.experiments.benchmarks.peers.speed import grid_samples, measure_speed
 from lunet.experiments.benchmarks.peers.training import train_with_budgets
-from lunet.experiments.files.safe import read_text, write_text_atomic
+from lunet.experiments.files.atomic import write_text_atomic
+from lunet.experiments.files.safe import read_text
 from lunet.experiments.store.folder import check_output
 
 __all__ = ["machine_info", "validate_results", "combine_results", "check_outputs", "run_peers", "missing_extras"]
