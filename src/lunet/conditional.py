@@ -29,13 +29,13 @@ from torch import nn
 from lunet.base import check_module_state
 from lunet.checks import check_batch, check_features
 from lunet.conditional_density import ConditionalDensity, ConditionalFlowDistribution, Params, broadcast_rows
-from lunet.context import ContextInput, context_network
+from lunet.context import ContextInput, context_network, read_params
 from lunet.fast.spline_plain import spline_forward_plain, spline_inverse_plain
 from lunet.flow import ACTIVATIONS, LUNet
 from lunet.frozen_conditional import FrozenConditionalLUNet
 from lunet.layers import LeakySoftplus, LULinear
 from lunet.limits import check_positive_int
-from lunet.spline import IDENTITY_SLOPE, check_spline_size, knot_tables
+from lunet.spline import check_spline_size
 from lunet.standardize import Standardize
 
 __all__ = ["ConditionalLUNet"]
@@ -63,14 +63,12 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
             :class:`~lunet.spline.MonotoneSpline`) whose knots and slopes the context network gives
             (``3 * bins - 1`` outputs per feature and activation).
         diag, init, init_scale: as for :class:`~lunet.LULinear`.
-        max_log_scale: the context's log-scales are ``m * tanh(raw / m)``, so no context
-            scales a feature by more than ``exp(m)`` per block (a smooth bound: training cannot
-            blow a block up).
+        max_log_scale: ``m``: no context scales a feature by more than ``exp(m)`` per block
+            (:func:`~lunet.context.read_params`: a smooth bound, so training cannot blow a block up).
 
-    The context network's last layer starts at zero, so a new flow is the unconditional LU-Net
-    of its LU layers for every context (with splines: its LU layers alone, the splines starting
-    as the identity). Calls: ``flow(x, c)`` is ``forward(x, c)`` and returns
-    ``(z, log|det dz/dx|)``; ``flow(c)`` with one argument returns the distribution ``p(. | c)``
+    The context network's last layer starts at zero, so a new flow is the unconditional LU-Net of its
+    LU layers for every context (with splines: its LU layers alone, the splines the identity).
+    ``flow(x, c)`` is ``forward(x, c)``, ``(z, log|det dz/dx|)``; ``flow(c)`` is ``p(. | c)``
     (:meth:`distribution`), as zuko's flows do.
     """
 
@@ -174,41 +172,26 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
 
     # -- stored weights ------------------------------------------------------
     def check_state(self, state: Mapping[str, Any], prefix: str = "", strict: bool = True) -> None:
-        """``ValueError`` in one line naming the entry when ``state`` (weights as ``state_dict()`` names
-        them, this flow's own after ``prefix``) is not a set this flow takes
-        (:func:`~lunet.base.check_module_state`: a missing or unexpected entry with ``strict``, another
-        shape or kind, NaN or infinite values, a zero diagonal of ``U``, a sign other than ±1).
-        :meth:`load_state_dict` checks this before it copies anything, and so do lunet's checkpoint loads."""
+        """``ValueError`` in one line naming the entry when ``state`` (this flow's weights after ``prefix``)
+        is not a set this flow takes (:func:`~lunet.base.check_module_state`); :meth:`load_state_dict`
+        and lunet's checkpoint loads check this before they copy anything."""
         check_module_state(self, state, prefix, strict, what=self._describe())
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
-        """``nn.Module.load_state_dict`` after :meth:`check_state`: a mismatched or damaged state is
-        refused in one line (``ValueError``) before any weight changes."""
+        """``nn.Module.load_state_dict`` after :meth:`check_state`, so a refused state changes no weight."""
         self.check_state(state_dict, strict=strict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _describe(self) -> str:
-        context = (f"{self.num_classes} classes" if self.num_classes is not None
-                   else "an embedding network" if self.embedding is not None
-                   else f"contexts of width {self.context_features}")
+        context = self.describe_context()
         blocks = f"{self.num_blocks} block{'' if self.num_blocks == 1 else 's'}"
         spline = "" if self.spline is None else f", spline activations of {self.spline[0]} bins"
         return f"features {self.features}, {blocks}, {context}{spline}"
 
     def _params(self, c: object) -> Params:
-        """The context's log-scales and shifts, each (..., num_blocks, features), and spline knot tables
-        (..., num_blocks - 1, 3, features, bins + 1) or None (see :data:`Params`)."""
-        out = self.conditioner(self.embed(c))
-        affine_width = self.num_blocks * 2 * self.features
-        affine = out[..., :affine_width].unflatten(-1, (self.num_blocks, 2, self.features))
-        m = self.max_log_scale
-        log_scale, shift = m * torch.tanh(affine[..., 1, :] / m), affine[..., 0, :]
-        if self.spline is None or self.num_blocks == 1:  # one block: no activation
-            return log_scale, shift, None
-        bins, bound = self.spline
-        raw = out[..., affine_width:].unflatten(-1, (self.num_blocks - 1, self.features, 3 * bins - 1))
-        tables = knot_tables(raw[..., :bins], raw[..., bins:2 * bins], raw[..., 2 * bins:] + IDENTITY_SLOPE, bound)
-        return log_scale, shift, torch.stack(tables, dim=-3)
+        """The context's :data:`Params` (:func:`~lunet.context.read_params` of the context network's output)."""
+        return read_params(self.conditioner(self.embed(c)), self.num_blocks, self.features, self.max_log_scale,
+                           self.spline)
 
     def _rows(self, x: torch.Tensor, c: object, name: str) -> tuple[torch.Tensor, Params, torch.Size]:
         """``x`` and the context's parameters as rows of the broadcast leading shape: x (B, D) and each
@@ -219,7 +202,6 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
     # -- the maps ------------------------------------------------------------
     @overload
     def forward(self, x: torch.Tensor, c: None = None) -> ConditionalFlowDistribution: ...
-
     @overload
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
@@ -299,10 +281,8 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
         return self._draw(sample_shape, c, temperature, generator)
 
     def frozen(self) -> FrozenConditionalLUNet:
-        """A snapshot for fast inference (density, inverse, sampling; no autograd): every block's
-        ``L U`` and its inverse formed once, one dense product per block and pass, and a copy of the
-        context side in eval mode. Later changes to this flow are not seen: take a new snapshot.
-        Raises ``ValueError`` when a block is not invertible."""
+        """A snapshot for fast inference without autograd (:class:`~lunet.FrozenConditionalLUNet`): later
+        changes to this flow are not seen. ``ValueError`` when a block is not invertible."""
         return FrozenConditionalLUNet(self)
 
     def extra_repr(self) -> str:

@@ -13,10 +13,12 @@ import torch
 from torch import nn
 
 from lunet.checks import check_features, value_checks_enabled
+from lunet.conditional_density import Params
 from lunet.limits import check_positive_int
+from lunet.spline import IDENTITY_SLOPE, knot_tables
 from lunet.standardize import Standardize
 
-__all__ = ["ContextInput", "context_network"]
+__all__ = ["ContextInput", "context_network", "read_params"]
 
 
 def context_network(context_features: int, hidden: int | Sequence[int], outputs: int) -> nn.Sequential:
@@ -35,6 +37,24 @@ def context_network(context_features: int, hidden: int | Sequence[int], outputs:
     return nn.Sequential(*layers, last)
 
 
+def read_params(out: torch.Tensor, num_blocks: int, features: int, max_log_scale: float,
+                spline: Optional[tuple[int, float]]) -> Params:
+    """The context network's output (..., outputs) read as a conditional LU-Net's :data:`Params`: per
+    block a shift and a log-scale ``m * tanh(raw / m)`` (``m = max_log_scale``, so no context scales a
+    feature by more than ``exp(m)`` per block), each (..., num_blocks, features); then, for
+    ``spline = (bins, bound)``, each activation's knot tables (..., num_blocks - 1, 3, features, bins + 1)
+    from its widths, heights and knot slopes (zero outputs give the identity), else None."""
+    affine_width = num_blocks * 2 * features
+    affine = out[..., :affine_width].unflatten(-1, (num_blocks, 2, features))
+    log_scale, shift = max_log_scale * torch.tanh(affine[..., 1, :] / max_log_scale), affine[..., 0, :]
+    if spline is None or num_blocks == 1:  # one block: no activation
+        return log_scale, shift, None
+    bins, bound = spline
+    raw = out[..., affine_width:].unflatten(-1, (num_blocks - 1, features, 3 * bins - 1))
+    tables = knot_tables(raw[..., :bins], raw[..., bins:2 * bins], raw[..., 2 * bins:] + IDENTITY_SLOPE, bound)
+    return log_scale, shift, torch.stack(tables, dim=-3)
+
+
 class ContextInput:
     """:meth:`embed` and :meth:`context_shape` of a conditional flow, over its ``context_features``,
     ``num_classes`` with ``label_embedding`` (labels), ``embedding`` (a network of raw contexts),
@@ -48,6 +68,12 @@ class ContextInput:
 
     def reference(self) -> torch.Tensor:
         raise NotImplementedError
+
+    def describe_context(self) -> str:
+        """The kind of context, as messages name it."""
+        return (f"{self.num_classes} classes" if self.num_classes is not None
+                else "an embedding network" if self.embedding is not None
+                else f"contexts of width {self.context_features}")
 
     def _init_context(self, context_features: int, num_classes: Optional[int], embedding: Optional[nn.Module]) -> None:
         """Checks the context's settings and makes its parts (called by the flow's ``__init__``)."""

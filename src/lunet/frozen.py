@@ -86,9 +86,8 @@ class FrozenLUNet(Density):
     ``forward`` maps ``x`` (..., features) to ``(z, log|det dz/dx|)``.
 
     ``flow``: an LU-Net, or a :class:`~lunet.Sequential` or list of parts of the same pattern
-    (``[Standardize] LULinear (LeakySoftplus LULinear)*``). ``split_below_rows``
-    and ``split_min_bytes`` tune the products (see
-    :class:`~lunet.fast.affine.FrozenAffine`), not the results.
+    (``[Standardize] LULinear (LeakySoftplus LULinear)*``). ``split_below_rows`` and
+    ``split_min_bytes`` tune the products (:class:`~lunet.fast.affine.FrozenAffine`), not the results.
 
     ``sync_free`` (on for a snapshot off the CPU): the density pass reads nothing back to the
     host, so it never waits for the device and compiles or captures as one graph; off, it takes a

@@ -37,7 +37,7 @@ from lunet.experiments.training.schedule import LearningRateSchedule
 from lunet.experiments.training.state import TrainingState, data_fingerprint, diverged, divergence
 from lunet.experiments.training.step import AUTO, FlowT, LogProbFn, Objective, StepRunner, check_shared_config
 
-__all__ = ["resolve_device", "mean_log_prob", "default_optimizer", "Trainer"]
+__all__ = ["resolve_device", "mean_log_prob", "default_optimizer", "check_splits", "check_optimizer", "Trainer"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -95,6 +95,27 @@ def default_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Opti
     return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
+def check_splits(train_data: torch.Tensor, val_data: torch.Tensor) -> None:
+    """``ValueError`` unless there is a row to train on and one to validate on, and the training rows
+    are finite (checked once, before training: the steps skip the per-batch checks that would wait
+    for the device)."""
+    if train_data.shape[0] < 1 or val_data.shape[0] < 1:
+        raise ValueError(f"training needs at least one training and one validation example, "
+                         f"got {train_data.shape[0]} and {val_data.shape[0]}")
+    if train_data.is_floating_point() and not bool(torch.isfinite(train_data).all()):
+        bad = int((~torch.isfinite(train_data)).sum())
+        raise ValueError(f"the training data hold {bad} NaN or infinite value(s); shape {tuple(train_data.shape)}")
+
+
+def check_optimizer(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.Optimizer:
+    """``optimizer``, if its weight decay is the run's (which the run's record and checkpoints hold)."""
+    decay = optimizer.param_groups[0].get("weight_decay", config.weight_decay)
+    if decay != config.weight_decay:
+        raise ValueError(f"the optimizer's weight decay {decay!r} is not the run's ({config.weight_decay!r}), "
+                         f"which its record and checkpoints hold: build it with config.weight_decay")
+    return optimizer
+
+
 class Trainer(Generic[FlowT]):
     """Trains ``model`` on the first of ``data = (train, val)`` and selects on the second.
 
@@ -150,33 +171,18 @@ class Trainer(Generic[FlowT]):
         if self.device.type == "cuda":
             # Fixed batch shapes: let cuDNN pick its fastest convolution once.
             torch.backends.cudnn.benchmark = True
-        if train_data.shape[0] < 1 or val_data.shape[0] < 1:
-            raise ValueError(
-                f"training needs at least one training and one validation example, "
-                f"got {train_data.shape[0]} and {val_data.shape[0]}"
-            )
-        if train_data.is_floating_point() and not bool(torch.isfinite(train_data).all()):
-            # checked once here: the steps skip the per-batch checks that would wait for the device
-            bad = int((~torch.isfinite(train_data)).sum())
-            raise ValueError(f"the training data hold {bad} NaN or infinite value(s); shape {tuple(train_data.shape)}")
+        check_splits(train_data, val_data)
         self.model = model.to(device=self.device, dtype=config.torch_dtype)
         # On a GPU the training data live there, and the batches, their noise and their loss stay there:
         # a step copies nothing to or from the host.
         self.train_data = train_data.to(self.device) if self.device.type == "cuda" else train_data
         self.val_data = val_data
         self.objective = objective
-        self.log_prob_fn = objective.log_prob_fn
-        self.dequantize = objective.dequantize
-        self.features = objective.features
-        self.unit = objective.unit
         self.folder = as_folder(run_dir)
-        self.log = log if log is not None else RunLog(self.folder, self.unit, progress, writes=self.group.is_main)
+        self.log = log if log is not None else RunLog(self.folder, objective.unit, progress, writes=self.group.is_main)
         self.steps_per_epoch = math.ceil(train_data.shape[0] / config.batch_size)
-        decay = None if optimizer is None else optimizer.param_groups[0].get("weight_decay", config.weight_decay)
-        if decay is not None and decay != config.weight_decay:
-            raise ValueError(f"the optimizer's weight decay {decay!r} is not the run's ({config.weight_decay!r}), "
-                             f"which its record and checkpoints hold: build it with config.weight_decay")
-        self.optimizer = default_optimizer(self.model, config) if optimizer is None else optimizer
+        self.optimizer = (default_optimizer(self.model, config) if optimizer is None
+                          else check_optimizer(optimizer, config))
         self.schedule = LearningRateSchedule(self.optimizer, config, self.steps_per_epoch * config.epochs)
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)  # the shuffled orders
         # the dequantisation noise: drawn where the data are
@@ -275,8 +281,8 @@ class Trainer(Generic[FlowT]):
             self.log.restart()
 
     def _validation_log_prob(self) -> float:
-        return mean_log_prob(self.model, self.val_data, self.log_prob_fn, 1000, seed=self.config.seed + 1,
-                             group=self.group, dequantize=self.dequantize)
+        return mean_log_prob(self.model, self.val_data, self.objective.log_prob_fn, 1000, seed=self.config.seed + 1,
+                             group=self.group, dequantize=self.objective.dequantize)
 
     def train_epoch(self) -> float:
         """One pass over the training data; returns its mean loss in nats per dimension.
@@ -339,14 +345,15 @@ class Trainer(Generic[FlowT]):
         # with early stopping a validation that falls far below the start ends the run as any other
         # that does not improve, the best weights kept; a non-finite one is a divergence either way
         start_val = None if cfg.patience is not None else state.start_val
-        problem = divergence(val_lp, start_val, state.epoch, self.features, self.unit)
+        features, unit = self.objective.features, self.objective.unit
+        problem = divergence(val_lp, start_val, state.epoch, features, unit)
         if problem is not None:
             raise self._diverged(*problem)
         state.keep_if_best(val_lp)
         row = {
             "epoch": state.epoch,
-            f"train_{self.unit.key}": self.unit.convert(train_nll),
-            f"val_{self.unit.key}": self.unit.convert(-val_lp / self.features),
+            f"train_{unit.key}": unit.convert(train_nll),
+            f"val_{unit.key}": unit.convert(-val_lp / features),
             "lr": self.schedule.rate,
             "train_seconds": state.train_seconds,
             "steps": self.steps.mode,
@@ -356,5 +363,5 @@ class Trainer(Generic[FlowT]):
             save_checkpoint(state.checkpoint(), self.checkpoint_path)
         self.log.redraw(last=last)
         self.log.report(state.epoch, None if cfg.time_budget is not None else cfg.epochs, train_nll,
-                        -val_lp / self.features, state.train_seconds)
+                        -val_lp / features, state.train_seconds)
         return row
