@@ -1,6 +1,6 @@
 """The conditional LU-Net beside the unconditional one of the same width and depth, timed side by side.
 
-    python benchmarks/conditional_speed.py [--rounds 9] [--threads 1] [--out FILE.json]
+    python benchmarks/conditional_speed.py [--rounds 9] [--threads 1] [--activation spline] [--out FILE.json]
 
 For each width (784 with batch 256 and 1,000 rows; 64 with 1,000 rows), 4 blocks of the paper's
 leaky softplus: density (``log_prob``) and sampling through the snapshots, the conditional one
@@ -9,7 +9,8 @@ snapshot's passes as they were written first (the context network run at every c
 passes block by block, as under ``torch.func.vmap``); batch-1 sampling; and a training step at
 batch 256 (Adam, forward and backward) of each module. Rounds alternate the variants, so slow
 drifts of a noisy machine hit all alike; the figures are medians over rounds, in milliseconds,
-with the ratios conditional / unconditional.
+with the ratios conditional / unconditional. ``--activation spline``: both flows with 8-bin splines
+(the unconditional one's shared by every row, the conditional one's knots given by each row's context).
 """
 
 from __future__ import annotations
@@ -53,11 +54,12 @@ def _step(model: torch.nn.Module, loss: Callable[[], torch.Tensor]) -> Callable[
     return step
 
 
-def measure(features: int, rows: int, rounds: int, blocks: int = 4) -> dict[str, float]:
+def measure(features: int, rows: int, rounds: int, blocks: int = 4,
+            activation: str = "leaky_softplus") -> dict[str, float]:
     """Milliseconds per call of every variant at ``features`` wide and ``rows`` rows, and the ratios."""
     torch.manual_seed(0)
-    plain = LUNet(features, blocks, init_scale=0.1)
-    cond = ConditionalLUNet(features, 16, blocks, num_classes=10, init_scale=0.1)
+    plain = LUNet(features, blocks, init_scale=0.1, activation=activation)
+    cond = ConditionalLUNet(features, 16, blocks, num_classes=10, init_scale=0.1, activation=activation)
     with torch.no_grad():  # contexts that matter: the context network away from its zero start
         cond.conditioner[-1].weight.normal_(0, 0.05)
     labels = torch.arange(rows) % 10  # a different context in every row
@@ -93,17 +95,19 @@ def measure(features: int, rows: int, rounds: int, blocks: int = 4) -> dict[str,
               for name in ("density", "sampling", "sampling_batch1", "training_step_256")}
     ratios.update({f"{name}_before_ratio": times[f"conditional_{name}_before"] / times[name]
                    for name in ("density", "sampling")})
-    return {"features": features, "rows": rows, "blocks": blocks, **times, **ratios}
+    return {"features": features, "rows": rows, "blocks": blocks, "activation": activation, **times, **ratios}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--activation", choices=("leaky_softplus", "spline"), default="leaky_softplus")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    results = [measure(784, 1000, args.rounds), measure(784, 256, args.rounds), measure(64, 1000, args.rounds)]
+    results = [measure(features, rows, args.rounds, activation=args.activation)
+               for features, rows in ((784, 1000), (784, 256), (64, 1000))]
     header = ("density", "sampling", "sampling_batch1", "training_step_256")
     print("features rows | " + " | ".join(f"{h}: unconditional, conditional ms (ratio)" for h in header))
     for r in results:
@@ -111,7 +115,8 @@ def main() -> None:
         print(f"{r['features']} {r['rows']} | " + " | ".join(cells)
               + f" | before: density {r['density_before_ratio']:.2f}, sampling {r['sampling_before_ratio']:.2f}")
     if args.out:
-        doc = {"command": f"python benchmarks/conditional_speed.py --rounds {args.rounds} --threads {args.threads}",
+        doc = {"command": f"python benchmarks/conditional_speed.py --rounds {args.rounds} --threads {args.threads} "
+                          f"--activation {args.activation}",
                "torch": torch.__version__, "threads": args.threads, "results": results}
         args.out.write_text(json.dumps(doc, indent=1) + "\n")
 
