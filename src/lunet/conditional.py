@@ -28,9 +28,14 @@ from torch import nn
 
 from lunet.base import check_module_state
 from lunet.checks import check_batch, check_features
-from lunet.conditional_density import ConditionalDensity, ConditionalFlowDistribution, Params, broadcast_rows
+from lunet.conditional_density import (
+    ConditionalDensity,
+    ConditionalFlowDistribution,
+    Params,
+    broadcast_rows,
+    spline_rows,
+)
 from lunet.context import ContextInput, context_network, read_params
-from lunet.fast.spline_plain import spline_forward_plain, spline_inverse_plain
 from lunet.flow import ACTIVATIONS, LUNet
 from lunet.frozen_conditional import FrozenConditionalLUNet
 from lunet.layers import LeakySoftplus, LULinear
@@ -242,9 +247,7 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
                 if knots is None:
                     h, ld = self.activation.forward_rows(h)
                 else:
-                    assert self.spline is not None  # knot tables are a spline flow's
-                    xk, yk, dk = knots[:, i].unbind(-3)
-                    h, ld = spline_forward_plain(h, xk, yk, dk, self.spline[1])
+                    h, ld = spline_rows(h, knots, i, self.spline)
                 logdet = logdet + ld
         logdet = logdet + log_scale.sum(dim=(-2, -1))
         return h, logdet.expand(x.shape[0])
@@ -261,9 +264,7 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
                 if knots is None:
                     h, ld = self.activation.inverse_rows(h)
                 else:
-                    assert self.spline is not None  # knot tables are a spline flow's
-                    xk, yk, dk = knots[:, i].unbind(-3)
-                    h, ld = spline_inverse_plain(h, xk, yk, dk, self.spline[1])
+                    h, ld = spline_rows(h, knots, i, self.spline, inverse=True)
                 logdet = logdet + ld
             h = (h - shift[:, i]) * inv_scale[:, i]
             h, ld = cast(LULinear, self.blocks[i]).inverse_rows(h)

@@ -16,9 +16,10 @@ from torch import nn
 
 from lunet.checks import check_temperature, sample_shape_of, value_checks_enabled
 from lunet.distributions import FlowDistributionBase
+from lunet.fast.spline_plain import spline_forward_plain, spline_inverse_plain
 from lunet.latent import LOG_2PI, latent_draws, standard_normal_log_prob
 
-__all__ = ["Params", "ConditionalDensity", "broadcast_rows", "ConditionalFlowDistribution"]
+__all__ = ["Params", "ConditionalDensity", "broadcast_rows", "spline_rows", "ConditionalFlowDistribution"]
 
 # A context's parameters, each with the context's leading shape: log-scales and shifts
 # (..., num_blocks, D), and for spline activations the knot tables (..., num_blocks - 1, 3, D, K + 1)
@@ -111,6 +112,17 @@ def broadcast_rows(x: torch.Tensor, params: Params, name: str) -> tuple[torch.Te
     return rows, cast(Params, tuple(None if p is None else p.expand(*batch, *p.shape[n:]).reshape(-1, *p.shape[n:])
                                     for p in params)), batch
 
+
+
+def spline_rows(
+    h: torch.Tensor, knots: torch.Tensor, block: int, spline: Optional[tuple[int, float]], inverse: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The spline activation after ``block`` (or its inverse), each row with its own knot tables
+    ``knots`` (B or 1, num_blocks - 1, 3, D, bins + 1) of a flow of spline size ``spline = (bins,
+    bound)``: rows ``h`` (B, D) -> the values (B, D) and ``log|det|`` (B,)."""
+    assert spline is not None  # knot tables are a spline flow's
+    xk, yk, dk = knots[:, block].unbind(-3)
+    return (spline_inverse_plain if inverse else spline_forward_plain)(h, xk, yk, dk, spline[1])
 
 class ConditionalFlowDistribution(FlowDistributionBase):
     """``p(. | c)`` of a :class:`~lunet.ConditionalLUNet` or its snapshot for a fixed context ``c``: ``flow(c)`` or

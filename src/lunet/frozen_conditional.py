@@ -10,9 +10,14 @@ import torch
 from torch import nn
 
 from lunet.checks import check_features
-from lunet.conditional_density import ConditionalDensity, ConditionalFlowDistribution, Params, broadcast_rows
+from lunet.conditional_density import (
+    ConditionalDensity,
+    ConditionalFlowDistribution,
+    Params,
+    broadcast_rows,
+    spline_rows,
+)
 from lunet.fast.activation import negated_forward, scaled_forward
-from lunet.fast.spline_plain import spline_forward_plain, spline_inverse_plain
 from lunet.frozen import FrozenLUNet, under_vmap
 from lunet.functional import leaky_softplus, leaky_softplus_inverse, leaky_softplus_log_derivative, solve_scaled
 
@@ -137,9 +142,7 @@ class FrozenConditionalLUNet(ConditionalDensity):
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             h = torch.addmm(bias, h, weight).mul_(scale[:, i]).add_(shift[:, i])
             if i < last and knots is not None:
-                assert self.spline is not None  # knot tables are a spline flow's
-                xk, yk, dk = knots[:, i].unbind(-3)
-                h, ld = spline_forward_plain(h, xk, yk, dk, self.spline[1])
+                h, ld = spline_rows(h, knots, i, self.spline)
                 logdet = logdet + ld
             elif i < last:
                 logdet = logdet + leaky_softplus_log_derivative(h, self.alpha).sum(dim=-1)
@@ -179,9 +182,7 @@ class FrozenConditionalLUNet(ConditionalDensity):
         last = len(self.weights) - 1
         for i in range(last, -1, -1):
             if i < last and knots is not None:
-                assert self.spline is not None  # knot tables are a spline flow's
-                xk, yk, dk = knots[:, i].unbind(-3)
-                h, ld = spline_inverse_plain(h, xk, yk, dk, self.spline[1])
+                h, ld = spline_rows(h, knots, i, self.spline, inverse=True)
                 logdet = logdet + ld
             elif i < last:
                 h = leaky_softplus_inverse(h, self.alpha)
