@@ -357,9 +357,10 @@ def solve_scaled(
     if steps and y is None:
         y = t * h
     x = initial_guess(t, rows, first, work)
-    for _ in range(steps):
+    if steps:
         assert y is not None  # made above where the caller did not hold it
-        x = x.sub_(newton_step(x, y, a))
+        for _ in range(steps):
+            x = x.sub_(newton_step(x, y, a))
     return x
 
 
