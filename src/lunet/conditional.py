@@ -17,6 +17,7 @@ Conventions as for every lunet flow: the data side maps to the latent side in ``
 inputs ``x`` (..., features) and contexts ``c`` (..., context_features) broadcast against each
 other as torch broadcasts, and log-dets have the broadcast leading shape.
 """
+
 from __future__ import annotations
 
 import math

@@ -103,14 +103,16 @@ def check_reference(task: Task, protocol: Protocol, x_o: torch.Tensor, refs: Seq
     return scores
 
 
-def train_estimator(task: Task, budget: int, estimator: str, protocol: Protocol) -> tuple[Any, dict[str, Any]]:
-    """sbi's NPE trained on the (task, budget)'s simulations: the posterior and the training record."""
+def train_estimator(task: Task, budget: int, estimator: str | Callable,
+                    protocol: Protocol) -> tuple[Any, dict[str, Any]]:
+    """sbi's NPE trained on the (task, budget)'s simulations: the posterior and the training record.
+    ``estimator``: a name of :data:`ESTIMATORS`, or a builder as sbi takes it (``lunet_nn(...)``)."""
     from sbi.inference import NPE
 
     theta, x = simulations(task, budget, protocol.seed)
     torch.manual_seed(protocol.seed)  # the network's start, sbi's validation split and batches
-    inference = NPE(prior=task.prior(), density_estimator=density_estimator(estimator, protocol),
-                    show_progress_bars=False)
+    builder = density_estimator(estimator, protocol) if isinstance(estimator, str) else estimator
+    inference = NPE(prior=task.prior(), density_estimator=builder, show_progress_bars=False)
     inference.append_simulations(theta, x)
     kwargs = {} if protocol.max_epochs is None else {"max_num_epochs": protocol.max_epochs}
     start = time.perf_counter()
