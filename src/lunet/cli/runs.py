@@ -1,15 +1,16 @@
 """The commands on a trained run: ``lunet evaluate | sample | interpolate | agreement | ood | export``.
 
-Each reads the run's record to learn its kind (:mod:`lunet.experiments.store.record`)
-and leaves the work to the experiment side; here are the options, the checks of
-the outputs before any work, and what is printed.
+Each reads the run's record to learn its kind (:mod:`lunet.experiments.store.record`) and
+leaves the work to the experiment side; ``evaluate`` and ``sample`` hand it to the handler of
+that kind (:func:`by_kind`). Here are the options, the checks of the outputs before any work,
+and what is printed.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from lunet.cli.options import (
     IMAGE_PATH,
@@ -26,11 +27,11 @@ from lunet.cli.options import (
     suffix_problem,
     write_json,
 )
-from lunet.experiments.config.presets import MAX_SAMPLE_VALUES
+from lunet.experiments.config.presets import IMAGES, MAX_SAMPLE_VALUES, VECTORS
 from lunet.experiments.store.folder import RunFolder, check_output
 
-__all__ = ["open_run", "check_outputs", "cmd_evaluate", "cmd_sample", "cmd_interpolate", "cmd_agreement", "cmd_ood",
-           "cmd_export", "add_parsers"]
+__all__ = ["open_run", "check_outputs", "by_kind", "cmd_evaluate", "cmd_sample", "cmd_interpolate", "cmd_agreement",
+           "cmd_ood", "cmd_export", "add_parsers"]
 
 
 def open_run(args: argparse.Namespace) -> None:
@@ -80,13 +81,19 @@ def check_outputs(args: argparse.Namespace) -> None:
         check_output(path, name, run, [(p, what) for p, what in inputs if p])
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    check_outputs(args)
-    from lunet.experiments.config.presets import IMAGES, VECTORS
-    from lunet.experiments.store.record import read_run
+def by_kind(handlers: dict[str, Callable[[argparse.Namespace], int]]) -> Callable[[argparse.Namespace], int]:
+    """A command on a run that hands ``args`` to the handler of the kind its run record holds
+    (``handlers``: kind of run -> handler), after the check of its outputs."""
+    def command(args: argparse.Namespace) -> int:
+        check_outputs(args)
+        from lunet.experiments.store.record import read_run
 
-    if read_run(args.run, (IMAGES, VECTORS)).kind == VECTORS:
-        return _evaluate_vectors(args)
+        return handlers[read_run(args.run, tuple(handlers)).kind](args)
+
+    return command
+
+
+def _evaluate_images(args: argparse.Namespace) -> int:
     refuse_given(args, ("data", "context"), "runs on own data (trained with --data)")
     if args.row_scores is not None:
         raise ValueError("--per-row applies to runs on own data (trained with --data)")
@@ -145,13 +152,7 @@ def _evaluate_vectors(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
-    check_outputs(args)
-    from lunet.experiments.config.presets import IMAGES, VECTORS
-    from lunet.experiments.store.record import read_run
-
-    if read_run(args.run, (IMAGES, VECTORS)).kind == VECTORS:
-        return _sample_vectors(args)
+def _sample_images(args: argparse.Namespace) -> int:
     refuse_given(args, ("context",), "runs on own data (trained with --data and --context)")
     problem = suffix_problem(args.out, IMAGE_SUFFIXES)
     if problem:
@@ -199,6 +200,11 @@ def _sample_vectors(args: argparse.Namespace) -> int:
     if report is not None:
         print(f"  {describe_samples(report)}")
     return 0
+
+
+# the kinds of run each command takes, by the kind their record holds
+cmd_evaluate = by_kind({IMAGES: _evaluate_images, VECTORS: _evaluate_vectors})
+cmd_sample = by_kind({IMAGES: _sample_images, VECTORS: _sample_vectors})
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
