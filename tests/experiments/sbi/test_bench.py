@@ -65,3 +65,13 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     with pytest.raises(SystemExit, match="budgets"):
         script.main(["--budgets", "ten", "--out", str(tmp_path / "x.json")])
     assert "sbi" in sys.modules
+
+
+def test_the_variants_script_reads_lunet_nn_arguments():
+    spec = importlib.util.spec_from_file_location("sbi_variants", ROOT / "reproduce" / "sbi_variants.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module._variant("bins=16,num_blocks=12,bound=5.5,activation=leaky_softplus") == {
+        "bins": 16, "num_blocks": 12, "bound": 5.5, "activation": "leaky_softplus"}
+    with pytest.raises(SystemExit, match="key=value pairs"):
+        module._variant("bins")
