@@ -27,24 +27,13 @@ from properties.test_hostile_loads import (
     crafted,
     machine_of,
     small_models_only,  # noqa: F401 (an autouse fixture)
+    test_file_fixture,  # noqa: F401 (the fixture test_file: rows to evaluate)
+    trained_fixture,  # noqa: F401 (the fixture trained: a one-epoch run on own data of width 3)
     with_run_file,
 )
 
 SPLINE_SPEC = vector_lunet_spec(3, num_blocks=2, activation="spline", learn_alpha=False)
 RESUMED = TrainConfig(epochs=2, batch_size=64)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """A one-epoch float32 run on own data of width 3."""
-    run = tmp_path_factory.mktemp("trained") / "run"
-    train_vectors(torch.as_tensor(make_rows(200, 0)), run, CONFIG, model_spec=SPEC, progress=False)
-    return run
-
-
-@pytest.fixture(scope="module")
-def test_file(tmp_path_factory) -> Path:
-    return write_npy(tmp_path_factory.mktemp("test") / "test.npy", make_rows(20, 1))
 
 
 @pytest.fixture(scope="module")

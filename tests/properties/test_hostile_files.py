@@ -38,21 +38,21 @@ def train(data: Path, out: Path, *extra: str, epochs: int = 1) -> int:
     return main(["train", "--data", str(data), "--out", str(out), "--epochs", str(epochs), *FAST, *extra])
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", name="data")
+def data_fixture(tmp_path_factory) -> Path:
     return write_npy(tmp_path_factory.mktemp("data") / "train.npy", make_rows(300, 0))
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, data) -> Path:
+@pytest.fixture(scope="module", name="trained")
+def trained_fixture(tmp_path_factory, data) -> Path:
     """A run on own data, two epochs, one row of metrics each."""
     run = tmp_path_factory.mktemp("trained") / "run"
     assert train(data, run, "--eval-every", "1", epochs=2) == 0
     return run
 
 
-@pytest.fixture
-def run(trained, tmp_path) -> Path:
+@pytest.fixture(name="run")
+def run_fixture(trained, tmp_path) -> Path:
     """A copy of the trained run, to damage."""
     return Path(shutil.copytree(trained, tmp_path / "run"))
 

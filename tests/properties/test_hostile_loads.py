@@ -51,16 +51,16 @@ def small_models_only(monkeypatch):
     monkeypatch.setattr(models, "LUNet", guarded)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", name="trained")
+def trained_fixture(tmp_path_factory) -> Path:
     """A one-epoch float32 run on own data of width 3."""
     run = tmp_path_factory.mktemp("trained") / "run"
     train_vectors(torch.as_tensor(make_rows(200, 0)), run, CONFIG, model_spec=SPEC, progress=False)
     return run
 
 
-@pytest.fixture(scope="module")
-def test_file(tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", name="test_file")
+def test_file_fixture(tmp_path_factory) -> Path:
     return write_npy(tmp_path_factory.mktemp("test") / "test.npy", make_rows(20, 1))
 
 

@@ -19,32 +19,15 @@ import pytest
 import torch
 
 from conftest import mixture_trainer, one_line_error, run_cli
-from experiments.runs.test_vectors import make_rows, write_npy
 from lunet.experiments.files.safe import UnsafeFile
 from lunet.experiments.store.checkpoint import load_checkpoint
 from lunet.experiments.store.folder import RunFolder
 from lunet.experiments.training.log import RunLog
-from properties.test_hostile_files import deadline, train
+
+# the fixtures data, trained (a run on own data, two epochs) and run (a copy of it, to damage)
+from properties.test_hostile_files import data_fixture, deadline, run_fixture, train, trained_fixture  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return write_npy(tmp_path_factory.mktemp("data") / "train.npy", make_rows(300, 0))
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, data) -> Path:
-    run = tmp_path_factory.mktemp("trained") / "run"
-    assert train(data, run, "--eval-every", "1", epochs=2) == 0
-    return run
-
-
-@pytest.fixture
-def run(trained, tmp_path) -> Path:
-    """A copy of a run on own data (two epochs), to damage."""
-    return Path(shutil.copytree(trained, tmp_path / "run"))
 
 
 @pytest.fixture
