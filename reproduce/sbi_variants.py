@@ -30,6 +30,25 @@ def _variant(text: str) -> dict[str, object]:
     return {key.strip(): (ast.literal_eval(value) if value[:1].isdigit() else value) for key, value in pairs}
 
 
+def _cached_references(cache: Path, task, protocol: Protocol, x_o: torch.Tensor) -> list[torch.Tensor]:
+    """The reference draws of ``x_o``'s observations, read from ``cache`` when it holds them, else drawn
+    and kept there; a cache of other draws (another protocol, a damaged file) is refused in one line."""
+    if not cache.exists():
+        refs = references(task, protocol, x_o)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(refs, cache)
+        return refs
+    try:
+        refs = torch.load(cache, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 (any unreadable file is refused the same way)
+        raise SystemExit(f"{cache} is no file of reference draws ({type(exc).__name__}); remove it") from None
+    shape = (protocol.posterior_samples, task.theta_dim)
+    if not (isinstance(refs, list) and len(refs) == len(x_o)
+            and all(isinstance(r, torch.Tensor) and tuple(r.shape) == shape for r in refs)):
+        raise SystemExit(f"{cache} does not hold {len(x_o)} draws of shape {shape} for {task.name}; remove it")
+    return refs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=TASK_NAMES, required=True)
@@ -39,19 +58,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    builders = {}
+    for text in args.variant:  # every variant checked before any work
+        try:
+            builders[text] = lunet_nn(**_variant(text))
+        except (TypeError, ValueError) as exc:
+            raise SystemExit(f"--variant {text}: {exc}") from None
     task, protocol = get_task(args.task), Protocol()
     theta_o, x_o = task.observations(protocol.observations)
     cache = args.cache or Path("runs") / f"sbi-refs-{args.task}.pt"
-    if cache.exists():
-        refs = torch.load(cache, weights_only=True)
-    else:
-        refs = references(task, protocol, x_o)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(refs, cache)
-    for text in args.variant:
-        kwargs = _variant(text)
+    refs = _cached_references(cache, task, protocol, x_o)
+    for text, builder in builders.items():
         start = time.perf_counter()
-        posterior, record = train_estimator(task, args.budget, lunet_nn(**kwargs), protocol)
+        posterior, record = train_estimator(task, args.budget, builder, protocol)
         row = evaluate(task, posterior, protocol, theta_o, x_o, refs)
         timed = [s for s in row["sample_s"] if s is not None]
         print(f"[{args.task}] {args.budget} {text}: C2ST {row['c2st_mean']:.3f}, trained {record['train_s']:.1f} s "

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("sbi")
 pytest.importorskip("sklearn")
@@ -75,3 +76,25 @@ def test_the_variants_script_reads_lunet_nn_arguments():
         "bins": 16, "num_blocks": 12, "bound": 5.5, "activation": "leaky_softplus"}
     with pytest.raises(SystemExit, match="key=value pairs"):
         module._variant("bins")
+
+
+def test_the_variants_script_refuses_a_bad_variant_or_cache_in_one_line(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("sbi_variants", ROOT / "reproduce" / "sbi_variants.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cache = tmp_path / "refs.pt"
+    for argv, match in ((["--variant", "bins=0"], "--variant bins=0: bins must be a positive integer"),
+                        (["--variant", "colour=3"], "--variant colour=3: .*unexpected keyword argument 'colour'")):
+        monkeypatch.setattr(sys, "argv", ["sbi_variants.py", "--task", "two_moons", "--budget", "100", *argv])
+        with pytest.raises(SystemExit, match=match):
+            module.main()
+    from lunet.experiments.sbi.bench import Protocol
+    from lunet.experiments.sbi.tasks import get_task
+
+    task, x_o = get_task("two_moons"), torch.zeros(2, 2)
+    cache.write_text("not a tensor file")
+    with pytest.raises(SystemExit, match="is no file of reference draws"):
+        module._cached_references(cache, task, Protocol(), x_o)
+    torch.save([torch.zeros(3, 2)], cache)
+    with pytest.raises(SystemExit, match=r"does not hold 2 draws of shape \(10000, 2\) for two_moons"):
+        module._cached_references(cache, task, Protocol(), x_o)
