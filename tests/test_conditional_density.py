@@ -8,6 +8,7 @@ import torch
 
 from lunet import ConditionalLUNet
 from lunet.conditional_density import spline_rows
+from lunet.fast.spline_plain import spline_forward_plain, spline_inverse_plain
 
 
 def _spline_flow(seed: int = 0) -> ConditionalLUNet:
@@ -21,27 +22,28 @@ def _spline_flow(seed: int = 0) -> ConditionalLUNet:
 
 @pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
 def test_one_context_for_every_row_takes_the_kernels_and_gives_the_plain_formulas(inverse, monkeypatch):
-    import lunet.conditional_density as module
+    import lunet.spline as spline_module
 
     calls = []
     for name in ("spline_forward_fast", "spline_inverse_fast"):
-        kernel = getattr(module, name)
-        monkeypatch.setattr(module, name, lambda *a, _k=kernel, _n=name, **kw: calls.append(_n) or _k(*a, **kw))
+        kernel = getattr(spline_module, name)
+        monkeypatch.setattr(spline_module, name, lambda *a, _k=kernel, _n=name, **kw: calls.append(_n) or _k(*a, **kw))
     flow = _spline_flow()
     _, _, knots = flow._params(torch.randn(1, 3, dtype=torch.float64))
     h = 3 * torch.randn(500, 6, dtype=torch.float64)  # some beyond the bound of 5: the identity tails
+    xk, yk, dk = (t.detach() for t in knots[0, 1])
+    formulas = (spline_inverse_plain if inverse else spline_forward_plain)(h, xk, yk, dk, flow.spline[1])
     with torch.no_grad():
         fast = spline_rows(h, knots, 1, flow.spline, inverse)
     assert calls == ["spline_inverse_fast" if inverse else "spline_forward_fast"]
-    plain = spline_rows(h.clone().requires_grad_(), knots, 1, flow.spline, inverse)  # autograd: the formulas
-    assert plain[0].requires_grad and not fast[0].requires_grad
-    for got, want in zip(fast, plain):
-        torch.testing.assert_close(got, want.detach(), rtol=1e-10, atol=1e-10)
+    under_autograd = spline_rows(h.clone().requires_grad_(), knots, 1, flow.spline, inverse)
+    assert under_autograd[0].requires_grad and not fast[0].requires_grad
     # the same as each row given the context as its own
     per_row = spline_rows(h, knots.expand(500, *knots.shape[1:]), 1, flow.spline, inverse)
-    assert len(calls) == 1  # neither the formulas under autograd nor a table per row take the kernels
-    for got, want in zip(fast, per_row):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert len(calls) == 1  # neither a pass under autograd nor a table per row takes the no-autograd kernels
+    for out in (fast, under_autograd, per_row):
+        for got, want in zip(out, formulas):
+            torch.testing.assert_close(got.detach(), want, rtol=1e-10, atol=1e-10)
 
 
 def test_sampling_under_one_context_is_the_inverse_of_the_density_pass():

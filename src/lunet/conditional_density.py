@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Optional, Sequence, cast, overload
 import torch
 from torch import nn
 
-from lunet.checks import check_temperature, plain_ops_wanted, sample_shape_of, value_checks_enabled
+from lunet.checks import check_temperature, sample_shape_of, value_checks_enabled
 from lunet.distributions import FlowDistributionBase
-from lunet.fast.spline import BinTables, spline_forward_fast, spline_inverse_fast
 from lunet.fast.spline_plain import spline_forward_plain, spline_inverse_plain
 from lunet.latent import LOG_2PI, latent_draws, standard_normal_log_prob
+from lunet.spline import spline_pass
 
 __all__ = ["Params", "ConditionalDensity", "broadcast_rows", "spline_rows", "ConditionalFlowDistribution"]
 
@@ -122,19 +122,15 @@ def spline_rows(
     ``knots`` (B or 1, num_blocks - 1, 3, D, bins + 1) of a flow of spline size ``spline = (bins,
     bound)``: rows ``h`` (B, D) -> the values (B, D) and ``log|det|`` (B,).
 
-    One context for every row (tables (1, ...)) is an unconditional spline: without autograd (a
-    snapshot's pass, or sampling) it takes that spline's no-autograd kernels; otherwise the plain
-    differentiable formulas."""
+    One context for every row (tables (1, ...)) is an unconditional spline, and takes its passes
+    (:func:`~lunet.spline.spline_pass`: the fast ones where autograd allows); a table per row the
+    plain differentiable formulas."""
     assert spline is not None  # knot tables are a spline flow's
     xk, yk, dk = knots[:, block].unbind(-3)
-    bound = spline[1]
     if xk.shape[0] == 1:
-        xk, yk, dk = xk[0], yk[0], dk[0]
-        if not (plain_ops_wanted() or torch.compiler.is_compiling()
-                or (torch.is_grad_enabled() and (h.requires_grad or xk.requires_grad))):
-            tables = BinTables.of(xk, yk, dk, bound)
-            return spline_inverse_fast(h, tables, knots=yk) if inverse else spline_forward_fast(h, tables, knots=xk)
-    return (spline_inverse_plain if inverse else spline_forward_plain)(h, xk, yk, dk, bound)
+        return spline_pass(h, xk[0], yk[0], dk[0], spline[1], inverse)
+    return (spline_inverse_plain if inverse else spline_forward_plain)(h, xk, yk, dk, spline[1])
+
 
 class ConditionalFlowDistribution(FlowDistributionBase):
     """``p(. | c)`` of a :class:`~lunet.ConditionalLUNet` or its snapshot for a fixed context ``c``: ``flow(c)`` or

@@ -32,7 +32,7 @@ from lunet.fast.spline_training import SplineForward
 from lunet.limits import check_positive_int
 
 __all__ = ["MIN_BIN", "MIN_SLOPE", "MIN_BOUND", "MAX_BOUND", "MAX_SLOPE", "IDENTITY_SLOPE", "check_spline_size",
-           "knot_tables", "MonotoneSpline"]
+           "knot_tables", "spline_pass", "MonotoneSpline"]
 
 # The smallest bin width, height and knot slope, as fractions: they keep every
 # bin's rational quadratic well conditioned whatever the raw parameters do.
@@ -69,6 +69,26 @@ def knot_tables(
     inner = MIN_SLOPE + F.softplus(slopes)
     one = inner.new_ones(*inner.shape[:-1], 1)
     return _knots(widths, bound), _knots(heights, bound), torch.cat([one, inner, one], dim=-1)
+
+
+def spline_pass(
+    values: torch.Tensor, xk: torch.Tensor, yk: torch.Tensor, dk: torch.Tensor, bound: float, inverse: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The spline of knot tables ``xk``, ``yk``, ``dk`` (n, K + 1) at ``values`` (B, n), or its inverse:
+    the outputs (B, n) and ``log|det|`` (B,), by the fastest pass that serves the call. Inside a
+    ``torch.func`` transform, which takes plain ops and not the written-out backward, or under
+    ``torch.compile``, which fuses the plain formulas itself: the plain formulas. A forward pass
+    under autograd: :class:`~lunet.fast.spline_training.SplineForward`. An inverse pass with a
+    gradient wanted: the plain formulas. Otherwise the no-autograd kernels."""
+    if plain_ops_wanted() or torch.compiler.is_compiling():
+        return (spline_inverse_plain if inverse else spline_forward_plain)(values, xk, yk, dk, bound)
+    if inverse:
+        if torch.is_grad_enabled() and (values.requires_grad or xk.requires_grad):
+            return spline_inverse_plain(values, xk, yk, dk, bound)
+        return spline_inverse_fast(values, BinTables.of(xk, yk, dk, bound), knots=yk)
+    if torch.is_grad_enabled():
+        return SplineForward.apply(values, xk, yk, dk, bound)
+    return spline_forward_fast(values, BinTables.of(xk, yk, dk, bound), knots=xk)
 
 
 def check_spline_size(bins: int, bound: float) -> tuple[int, float]:
@@ -127,24 +147,12 @@ class MonotoneSpline(Transform):
 
     def forward_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (B, features) -> ``y`` (B, features), ``log|det dy/dx|`` (B,)."""
-        xk, yk, dk = self._tables(x)
-        # torch.func's transforms take plain ops, not the written-out backward; torch.compile fuses
-        # the plain formulas itself
-        if plain_ops_wanted() or torch.compiler.is_compiling():
-            return spline_forward_plain(x, xk, yk, dk, self.bound)
-        if torch.is_grad_enabled():
-            return SplineForward.apply(x, xk, yk, dk, self.bound)
-        return spline_forward_fast(x, BinTables.of(xk, yk, dk, self.bound), knots=xk)
+        return spline_pass(x, *self._tables(x), self.bound)
 
     def inverse_rows(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``y`` (B, features) -> ``x`` (B, features), exact (one quadratic per entry),
         and ``log|det dx/dy|`` (B,)."""
-        xk, yk, dk = self._tables(y)
-        if (plain_ops_wanted() or torch.compiler.is_compiling()
-                or (torch.is_grad_enabled() and (y.requires_grad or xk.requires_grad))):
-            return spline_inverse_plain(y, xk, yk, dk, self.bound)
-        x, logdet = spline_inverse_fast(y, BinTables.of(xk, yk, dk, self.bound), knots=yk)
-        return x, logdet
+        return spline_pass(y, *self._tables(y), self.bound, inverse=True)
 
     def tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Detached copies of the knot tables: knots in x and y and the slopes there, each
