@@ -26,6 +26,7 @@ import torch
 
 from lunet import ConditionalLUNet, LUNet
 from lunet.checks import set_value_checks
+from lunet.conditional_density import broadcast_rows
 
 
 def _alternate(variants: dict[str, Callable[[], object]], rounds: int, calls: int) -> dict[str, float]:
@@ -71,7 +72,7 @@ def measure(features: int, rows: int, rounds: int, blocks: int = 4,
     def before(data: torch.Tensor, plain_pass: Callable) -> Callable[[], object]:
         def run() -> object:
             with torch.no_grad():
-                rows, params, _ = cond._rows(data, labels, "input")
+                rows, params, _ = broadcast_rows(data, cond._params(labels), "input")
                 return plain_pass(rows, *params)
         return run
 

@@ -1,19 +1,21 @@
 """lunet.conditional_density: the spline activation with each row's own knots (spline_rows), whose
-one-context case takes the unconditional spline's no-autograd kernels, against the plain formulas."""
+one-context case takes the unconditional spline's no-autograd kernels, and class labels, whose rows
+go label by label through the same passes (group_rows), against the plain formulas of a table per row."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch._dynamo as dynamo
 
 from lunet import ConditionalLUNet
-from lunet.conditional_density import spline_rows
+from lunet.conditional_density import broadcast_rows, spline_rows
 from lunet.fast.spline_plain import spline_forward_plain, spline_inverse_plain
 
 
-def _spline_flow(seed: int = 0) -> ConditionalLUNet:
+def _spline_flow(seed: int = 0, **context) -> ConditionalLUNet:
     torch.manual_seed(seed)
-    flow = ConditionalLUNet(6, 3, 3, hidden=16, activation="spline", bins=8, init_scale=0.5).double()
+    flow = ConditionalLUNet(6, 3, 3, hidden=16, activation="spline", bins=8, init_scale=0.5, **context).double()
     with torch.no_grad():  # knots away from the identity, different for each context
         flow.conditioner[-1].weight.normal_(0, 0.5)
         flow.conditioner[-1].bias.normal_(0, 0.5)
@@ -56,3 +58,101 @@ def test_sampling_under_one_context_is_the_inverse_of_the_density_pass():
     torch.testing.assert_close(inverse_logdet, -logdet, rtol=1e-9, atol=1e-9)
     frozen = flow.frozen()
     torch.testing.assert_close(frozen.log_prob(draws, c), flow.log_prob(draws, c), rtol=1e-9, atol=1e-9)
+
+
+def _count_kernels(monkeypatch) -> list[str]:
+    import lunet.spline as spline_module
+
+    calls: list[str] = []
+    for name in ("spline_forward_fast", "spline_inverse_fast"):
+        kernel = getattr(spline_module, name)
+        monkeypatch.setattr(spline_module, name, lambda *a, _k=kernel, _n=name, **kw: calls.append(_n) or _k(*a, **kw))
+    monkeypatch.setattr(spline_module.SplineForward, "apply",
+                        lambda *a, _k=spline_module.SplineForward.apply: calls.append("SplineForward") or _k(*a))
+    return calls
+
+
+def _per_row(flow: ConditionalLUNet, x: torch.Tensor, labels: torch.Tensor, inverse: bool = False):
+    """The passes with each row's own knot tables (the plain formulas), in the batch's order."""
+    rows, params, _ = broadcast_rows(x, flow._params(labels), "input")
+    return (flow.inverse_rows if inverse else flow.forward_rows)(rows, *params)
+
+
+def test_labels_go_label_by_label_and_give_what_each_row_gets_alone(monkeypatch):
+    flow = _spline_flow(2, num_classes=4)
+    gen = torch.Generator().manual_seed(3)
+    labels = torch.tensor([2, 0, 2, 3, 0, 0, 2, 3, 3, 2, 0, 2])  # label 1 absent, the rest shuffled
+    x = 3 * torch.randn(12, 6, generator=gen, dtype=torch.float64)
+    calls = _count_kernels(monkeypatch)
+    with torch.no_grad():
+        z, logdet = flow(x, labels)
+        back, back_logdet = flow.inverse(z, labels)
+        frozen = flow.frozen()
+        snapshot = frozen(x, labels)
+    # 2 spline activations x 3 labels present, each way, for the flow and for its snapshot
+    assert calls == ["spline_forward_fast"] * 6 + ["spline_inverse_fast"] * 6 + ["spline_forward_fast"] * 6
+    want_z, want_logdet = _per_row(flow, x, labels)
+    torch.testing.assert_close(z, want_z, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(logdet, want_logdet, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(back, x, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(back_logdet, -logdet, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(snapshot[0], want_z, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(snapshot[1], want_logdet, rtol=1e-10, atol=1e-10)
+    # draws: the latent in the batch's order, whatever order the passes take
+    draws = flow.sample(2, labels, generator=torch.Generator().manual_seed(9))
+    latent = torch.randn(2, 12, 6, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    torch.testing.assert_close(flow(draws, labels)[0], latent, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(frozen.sample(2, labels, generator=torch.Generator().manual_seed(9)), draws,
+                               rtol=1e-10, atol=1e-10)
+
+
+def test_training_label_by_label_gives_the_per_row_gradients(monkeypatch):
+    flow = _spline_flow(4, num_classes=3)
+    gen = torch.Generator().manual_seed(5)
+    labels = torch.randint(0, 3, (40,), generator=gen)
+    x = (2 * torch.randn(40, 6, generator=gen, dtype=torch.float64)).requires_grad_()
+    calls = _count_kernels(monkeypatch)
+    z, logdet = flow(x, labels)
+    assert calls == ["SplineForward"] * 6  # the written-out backward, for each label present
+    loss = (z.square() * torch.linspace(0.5, 2, 6, dtype=torch.float64)).sum() - logdet.sum()
+    grouped = torch.autograd.grad(loss, [x, *flow.parameters()])
+    want_z, want_logdet = _per_row(flow, x, labels)
+    want = (want_z.square() * torch.linspace(0.5, 2, 6, dtype=torch.float64)).sum() - want_logdet.sum()
+    per_row = torch.autograd.grad(want, [x, *flow.parameters()])
+    names = ["x", *(name for name, _ in flow.named_parameters())]
+    for name, got, ref in zip(names, grouped, per_row):
+        torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-10, msg=lambda m, n=name: f"{n}: {m}")
+    # a draw differentiable in the weights goes label by label too
+    draws = flow.rsample(3, labels[:5], generator=torch.Generator().manual_seed(1))
+    draws.sum().backward()
+    assert flow.label_embedding.weight.grad is not None and flow.blocks[0].lu.grad is not None
+
+
+def test_labels_broadcast_and_an_empty_batch():
+    flow = _spline_flow(6, num_classes=4)
+    x = torch.randn(3, 1, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    labels = torch.tensor([[1, 3, 0, 1]])
+    with torch.no_grad():
+        z, logdet = flow(x, labels)
+        assert z.shape == (3, 4, 6) and logdet.shape == (3, 4)
+        torch.testing.assert_close(logdet[2, 1], flow(x[2, 0], labels[0, 1])[1], rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(z[1, 3], flow(x[1, 0], 1)[0], rtol=1e-10, atol=1e-10)
+        empty = flow.log_prob(torch.zeros(0, 6, dtype=torch.float64), torch.zeros(0, dtype=torch.long))
+        assert empty.shape == (0,)
+        assert flow.sample(0, labels).shape == (0, 1, 4, 6)
+    with pytest.raises(ValueError, match=r"leading shape \(3,\) and the context's \(2,\)"):
+        flow(x[:, 0], torch.tensor([0, 1]))
+
+
+def test_labels_with_splines_compile_without_graph_breaks():
+    dynamo.reset()
+    try:
+        flow = _spline_flow(7, num_classes=4).float()
+        x = torch.randn(8, 6, generator=torch.Generator().manual_seed(2))
+        labels = torch.tensor([0, 1, 1, 3, 2, 0, 3, 3])
+        explanation = dynamo.explain(lambda x, c: -flow.log_prob(x, c).mean())(x, labels)
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+        compiled = torch.compile(lambda x, c: flow.log_prob(x, c), backend="aot_eager", fullgraph=True)
+        torch.testing.assert_close(compiled(x, labels), flow.log_prob(x, labels), rtol=1e-4, atol=1e-4)
+    finally:
+        dynamo.reset()

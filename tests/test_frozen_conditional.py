@@ -53,8 +53,8 @@ def test_float32_at_width_64_is_as_close_to_the_float64_flow_as_the_module_is():
     x = flow.sample(1, c, generator=gen).squeeze(0).detach()
     frozen = flow.frozen()
     with torch.no_grad():
-        rows, (log_scale, shift, _), _ = flow._rows(x, c, "input")
-        exact_rows, exact_params, _ = exact._rows(x.double(), c.double(), "input")
+        rows, (log_scale, shift, _), *_ = flow._rows(x, c, "input")
+        exact_rows, exact_params, *_ = exact._rows(x.double(), c.double(), "input")
         want = exact.forward_rows(exact_rows, *exact_params)
         passes = {"fast": frozen.forward_rows(rows, log_scale, shift),
                   "plain": frozen.plain_forward_rows(rows, log_scale, shift),
@@ -76,7 +76,7 @@ def test_a_pre_activation_beyond_the_fast_activations_range_is_redone_exactly():
     x = torch.randn(8, 6, generator=torch.Generator().manual_seed(3))
     frozen = flow.frozen()
     with torch.no_grad():
-        rows, (log_scale, shift, _), _ = flow._rows(x, c, "input")
+        rows, (log_scale, shift, _), *_ = flow._rows(x, c, "input")
         assert float(shift[:, 0, 0].min()) > 100  # where log sigmoid(-u) leaves the normal numbers
         z, logdet = frozen.forward_rows(rows, log_scale, shift)
         want_z, want_logdet = frozen.plain_forward_rows(rows, log_scale, shift)

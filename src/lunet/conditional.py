@@ -28,14 +28,8 @@ import torch
 from torch import nn
 
 from lunet.base import check_module_state
-from lunet.checks import check_batch, check_features
-from lunet.conditional_density import (
-    ConditionalDensity,
-    ConditionalFlowDistribution,
-    Params,
-    broadcast_rows,
-    spline_rows,
-)
+from lunet.checks import check_batch
+from lunet.conditional_density import ConditionalDensity, ConditionalFlowDistribution, Params, spline_rows
 from lunet.context import ContextInput, context_network, read_params
 from lunet.flow import ACTIVATIONS, LUNet
 from lunet.frozen_conditional import FrozenConditionalLUNet
@@ -199,12 +193,6 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
         return read_params(self.conditioner(self.embed(c)), self.num_blocks, self.features, self.max_log_scale,
                            self.spline)
 
-    def _rows(self, x: torch.Tensor, c: object, name: str) -> tuple[torch.Tensor, Params, torch.Size]:
-        """``x`` and the context's parameters as rows of the broadcast leading shape: x (B, D) and each
-        parameter (B, ...), or (1, ...) for one context shared by every row."""
-        check_features(x, self.features, name, like=self.reference())
-        return broadcast_rows(x, self._params(c), name)
-
     # -- the maps ------------------------------------------------------------
     @overload
     def forward(self, x: torch.Tensor, c: None = None) -> ConditionalFlowDistribution: ...
@@ -220,23 +208,23 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
         ``flow(c)``, with one argument: the distribution ``p(. | c)`` (:meth:`distribution`)."""
         if c is None:
             return self.distribution(x)
-        rows, params, batch = self._rows(x, c, "input")
-        z, logdet = self.forward_rows(rows, *params)
-        return z.view(*batch, self.features), logdet.reshape(batch)
+        plan = self._rows(x, c, "input")
+        return plan.restore(*self.forward_rows(plan.rows, *plan.params, counts=plan.counts))
 
     def inverse(self, z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``z`` (..., features) and ``c`` broadcast to leading shape (...) -> ``x`` (..., features),
         exact (triangular solves, closed-form elementwise inverses), and ``log|det dx/dz|`` (...)."""
-        rows, params, batch = self._rows(z, c, "input")
-        x, logdet = self.inverse_rows(rows, *params)
-        return x.view(*batch, self.features), logdet.reshape(batch)
+        plan = self._rows(z, c, "input")
+        return plan.restore(*self.inverse_rows(plan.rows, *plan.params, counts=plan.counts))
 
     def forward_rows(
-        self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None
+        self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None,
+        counts: Optional[list[int]] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Checked rows ``x`` (B, D), the context's log-scales and shifts (B or 1, num_blocks, D) and
         spline knot tables (B or 1, num_blocks - 1, 3, D, bins + 1) or None -> ``z`` (B, D),
-        ``log|det dz/dx|`` (B,)."""
+        ``log|det dz/dx|`` (B,). With ``counts`` (a :class:`~lunet.conditional_density.RowPlan`'s),
+        knot tables (G, ...), each serving the next ``counts[g]`` rows."""
         h, logdet = self.input_standardize.forward_rows(x)
         scale = torch.exp(log_scale)
         last = self.num_blocks - 1
@@ -248,13 +236,14 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
                 if knots is None:
                     h, ld = self.activation.forward_rows(h)
                 else:
-                    h, ld = spline_rows(h, knots, i, self.spline)
+                    h, ld = spline_rows(h, knots, i, self.spline, counts=counts)
                 logdet = logdet + ld
         logdet = logdet + log_scale.sum(dim=(-2, -1))
         return h, logdet.expand(x.shape[0])
 
     def inverse_rows(
-        self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None
+        self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None,
+        counts: Optional[list[int]] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The inverse of :meth:`forward_rows`: ``x`` (B, D) and ``log|det dx/dz|`` (B,)."""
         inv_scale = torch.exp(-log_scale)
@@ -265,7 +254,7 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
                 if knots is None:
                     h, ld = self.activation.inverse_rows(h)
                 else:
-                    h, ld = spline_rows(h, knots, i, self.spline, inverse=True)
+                    h, ld = spline_rows(h, knots, i, self.spline, inverse=True, counts=counts)
                 logdet = logdet + ld
             h = (h - shift[:, i]) * inv_scale[:, i]
             h, ld = cast(LULinear, self.blocks[i]).inverse_rows(h)

@@ -3,29 +3,54 @@ and the distribution ``p(. | c)`` for a fixed context, written once over the flo
 
 A conditional flow provides ``forward(x, c) -> (z, log|det dz/dx|)``, ``inverse_rows``, ``features``,
 ``reference()``, ``context_shape(c)`` and ``_params(c)``, the context's :data:`Params`; rows and the
-context's parameters meet through :func:`broadcast_rows`.
+context's parameters meet in a :class:`RowPlan`, by :func:`broadcast_rows`, or for class labels with
+spline activations by :func:`group_rows`, which sorts the rows by label so that each label's knots
+serve its rows at once (the fast passes of an unconditional spline, per label).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Optional, Sequence, cast, overload
+from typing import TYPE_CHECKING, Callable, NamedTuple, Optional, Sequence, cast, overload
 
 import torch
 from torch import nn
 
-from lunet.checks import check_temperature, sample_shape_of, value_checks_enabled
+from lunet.checks import check_features, check_temperature, plain_ops_wanted, sample_shape_of, value_checks_enabled
 from lunet.distributions import FlowDistributionBase
 from lunet.fast.spline_plain import spline_forward_plain, spline_inverse_plain
 from lunet.latent import LOG_2PI, latent_draws, standard_normal_log_prob
 from lunet.spline import spline_pass
 
-__all__ = ["Params", "ConditionalDensity", "broadcast_rows", "spline_rows", "ConditionalFlowDistribution"]
+__all__ = ["Params", "RowPlan", "ConditionalDensity", "broadcast_rows", "group_rows", "spline_rows",
+           "ConditionalFlowDistribution"]
 
 # A context's parameters, each with the context's leading shape: log-scales and shifts
 # (..., num_blocks, D), and for spline activations the knot tables (..., num_blocks - 1, 3, D, K + 1)
 # (knots in x, knots in y, slopes there), None for the leaky softplus.
 Params = tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]
+
+
+class RowPlan(NamedTuple):
+    """Inputs and contexts as the passes take them: ``rows`` (B, D); ``params``, the context's
+    :data:`Params` as rows (B, ...), or (1, ...) for one context shared by every row; the broadcast
+    leading shape ``batch``. With ``counts`` (sorted by :func:`group_rows`): the rows sorted by knot
+    table, ``counts[g]`` rows for table ``g`` of the knots (G, ...), and ``order`` (B,) the place
+    of each sorted row in the batch."""
+
+    rows: torch.Tensor
+    params: Params
+    batch: torch.Size
+    counts: Optional[list[int]] = None
+    order: Optional[torch.Tensor] = None
+
+    def restore(self, out: torch.Tensor, logdet: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A pass's rows ``out`` (B, D') and ``logdet`` (B,) back in the batch's order and shape."""
+        if self.order is not None:
+            back = torch.empty_like(self.order)
+            back[self.order] = torch.arange(len(self.order), device=self.order.device)
+            out, logdet = out.index_select(0, back), logdet.index_select(0, back)
+        return out.view(*self.batch, out.shape[-1]), logdet.reshape(self.batch)
 
 
 class ConditionalDensity:
@@ -50,8 +75,14 @@ class ConditionalDensity:
         __call__ = forward
 
         def inverse_rows(
-            self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None
+            self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None,
+            counts: Optional[list[int]] = None,
         ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+        spline: Optional[tuple[int, float]]
+        num_classes: Optional[int]
+
+        def _labels(self, c: object, ref: torch.Tensor) -> torch.Tensor: ...
 
         def rsample(
             self, sample_shape: int | Sequence[int], c: torch.Tensor, temperature: float = 1.0,
@@ -81,12 +112,34 @@ class ConditionalDensity:
 
     def _draw(self, sample_shape: int | Sequence[int], c: torch.Tensor, temperature: float,
               generator: Optional[torch.Generator]) -> torch.Tensor:
-        params = self._params(c)
-        batch = sample_shape_of(sample_shape) + params[0].shape[:-2]
+        labels = self._grouped_labels(c)
+        params = self._params(c) if labels is None else None
+        context_shape = labels.shape if labels is not None else cast(Params, params)[0].shape[:-2]
+        batch = sample_shape_of(sample_shape) + context_shape
         ref = self.reference()
         z, _ = latent_draws(batch, self.features, temperature, ref.dtype, ref.device, generator)
-        _, params, _ = broadcast_rows(z.view(*batch, self.features), params, "draws")
-        return self.inverse_rows(z, *params)[0].view(*batch, self.features)
+        draws = z.view(*batch, self.features)
+        plan = (RowPlan(*broadcast_rows(draws, cast(Params, params), "draws")) if labels is None
+                else group_rows(draws, labels, self._params, "draws"))
+        x, logdet = self.inverse_rows(plan.rows, *plan.params, counts=plan.counts)
+        return plan.restore(x, logdet)[0]
+
+    def _rows(self, x: torch.Tensor, c: object, name: str) -> RowPlan:
+        """``x`` (..., features) checked, and with the context's parameters as the passes take them."""
+        check_features(x, self.features, name, like=self.reference())
+        labels = self._grouped_labels(c)
+        if labels is None:
+            return RowPlan(*broadcast_rows(x, self._params(c), name))
+        return group_rows(x, labels, self._params, name)
+
+    def _grouped_labels(self, c: object) -> Optional[torch.Tensor]:
+        """The labels ``c`` (checked) where the passes go label by label: class labels with spline
+        activations, whose knots every row of a label shares; None where they go row by row
+        (other contexts, the leaky softplus, and inside ``torch.func`` transforms and ``torch.compile``,
+        which take the plain formulas of a table per row without data-dependent shapes)."""
+        if self.spline is None or self.num_classes is None or plain_ops_wanted() or torch.compiler.is_compiling():
+            return None
+        return self._labels(c, self.reference())
 
     def distribution(
         self, c: torch.Tensor, temperature: float = 1.0, validate_args: Optional[bool] = None
@@ -115,18 +168,48 @@ def broadcast_rows(x: torch.Tensor, params: Params, name: str) -> tuple[torch.Te
 
 
 
+def group_rows(x: torch.Tensor, labels: torch.Tensor, params_of: Callable[[torch.Tensor], Params],
+               name: str) -> RowPlan:
+    """``x`` (..., D) and class ``labels`` (...) broadcast over their leading shapes, as rows sorted
+    by label: the :class:`RowPlan` whose knot tables are one per label present, ``params_of(unique
+    labels)``, and whose log-scales and shifts are each row's. One label for every row gives that
+    label's tables (1, ...) unsorted."""
+    try:
+        batch = torch.broadcast_shapes(x.shape[:-1], labels.shape)
+    except RuntimeError:
+        raise ValueError(f"{name}'s leading shape {tuple(x.shape[:-1])} and the context's {tuple(labels.shape)} "
+                         f"do not broadcast against each other") from None
+    rows = x.expand(*batch, x.shape[-1]).reshape(-1, x.shape[-1])
+    flat = labels.expand(batch).reshape(-1)
+    present, group, counts = torch.unique(flat, sorted=True, return_inverse=True, return_counts=True)
+    if present.numel() <= 1:  # one label (tables (1, ...) broadcast over the rows), or no rows
+        return RowPlan(rows, params_of(present), batch)
+    log_scale, shift, knots = params_of(present)
+    order = torch.argsort(group, stable=True)
+    sorted_group = group.index_select(0, order)
+    return RowPlan(rows.index_select(0, order),
+                   (log_scale.index_select(0, sorted_group), shift.index_select(0, sorted_group), knots),
+                   batch, counts.tolist(), order)
+
+
 def spline_rows(
-    h: torch.Tensor, knots: torch.Tensor, block: int, spline: Optional[tuple[int, float]], inverse: bool = False
+    h: torch.Tensor, knots: torch.Tensor, block: int, spline: Optional[tuple[int, float]], inverse: bool = False,
+    counts: Optional[list[int]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The spline activation after ``block`` (or its inverse), each row with its own knot tables
     ``knots`` (B or 1, num_blocks - 1, 3, D, bins + 1) of a flow of spline size ``spline = (bins,
-    bound)``: rows ``h`` (B, D) -> the values (B, D) and ``log|det|`` (B,).
+    bound)``: rows ``h`` (B, D) -> the values (B, D) and ``log|det|`` (B,); with ``counts``, tables
+    (G, ...) of which table ``g`` serves the next ``counts[g]`` rows.
 
     One context for every row (tables (1, ...)) is an unconditional spline, and takes its passes
-    (:func:`~lunet.spline.spline_pass`: the fast ones where autograd allows); a table per row the
-    plain differentiable formulas."""
+    (:func:`~lunet.spline.spline_pass`: the fast ones where autograd allows), as does each group
+    of rows; a table per row the plain differentiable formulas."""
     assert spline is not None  # knot tables are a spline flow's
     xk, yk, dk = knots[:, block].unbind(-3)
+    if counts is not None:
+        parts = [spline_pass(part, xk[g], yk[g], dk[g], spline[1], inverse)
+                 for g, part in enumerate(h.split(counts))]
+        return torch.cat([value for value, _ in parts]), torch.cat([logdet for _, logdet in parts])
     if xk.shape[0] == 1:
         return spline_pass(h, xk[0], yk[0], dk[0], spline[1], inverse)
     return (spline_inverse_plain if inverse else spline_forward_plain)(h, xk, yk, dk, spline[1])

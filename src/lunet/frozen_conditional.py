@@ -9,12 +9,10 @@ from typing import TYPE_CHECKING, Iterable, Optional, cast, overload
 import torch
 from torch import nn
 
-from lunet.checks import check_features
 from lunet.conditional_density import (
     ConditionalDensity,
     ConditionalFlowDistribution,
     Params,
-    broadcast_rows,
     spline_rows,
 )
 from lunet.fast.activation import negated_forward, scaled_forward
@@ -97,13 +95,14 @@ class FrozenConditionalLUNet(ConditionalDensity):
         return self._flow.context_shape(c)
 
     def forward_rows(
-        self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None
+        self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None,
+        counts: Optional[list[int]] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """As :meth:`ConditionalLUNet.forward_rows`: the unconditional snapshot's folded products
         (:meth:`~lunet.frozen.FrozenLUNet._forward_plan`, which return negated pre-activations
         but the last) with the context's affine maps between them and its fused activations."""
         if under_vmap() or self._shared is None:
-            return self.plain_forward_rows(x, log_scale, shift, knots)
+            return self.plain_forward_rows(x, log_scale, shift, knots, counts)
         return self._fast_forward_rows(x, log_scale, shift, exact=self._shared.sync_free)
 
     def _fast_forward_rows(
@@ -132,7 +131,8 @@ class FrozenConditionalLUNet(ConditionalDensity):
         return u.mul_(scale[:, last]).add_(shift[:, last]), logdet.expand(x.shape[0])
 
     def plain_forward_rows(
-        self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None
+        self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None,
+        counts: Optional[list[int]] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward_rows` in plain ops, block by block (under ``torch.func.vmap``, and for splines)."""
         h = (x - self.mean) / self.std
@@ -142,7 +142,7 @@ class FrozenConditionalLUNet(ConditionalDensity):
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             h = torch.addmm(bias, h, weight).mul_(scale[:, i]).add_(shift[:, i])
             if i < last and knots is not None:
-                h, ld = spline_rows(h, knots, i, self.spline)
+                h, ld = spline_rows(h, knots, i, self.spline, counts=counts)
                 logdet = logdet + ld
             elif i < last:
                 logdet = logdet + leaky_softplus_log_derivative(h, self.alpha).sum(dim=-1)
@@ -150,13 +150,14 @@ class FrozenConditionalLUNet(ConditionalDensity):
         return h, logdet.expand(x.shape[0])
 
     def inverse_rows(
-        self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None
+        self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None,
+        counts: Optional[list[int]] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """As :meth:`ConditionalLUNet.inverse_rows`: the context's affine maps undone before each of
         the unconditional snapshot's folded inverse products
         (:meth:`~lunet.frozen.FrozenLUNet._inverse_plan`), and its tabled activation inverses."""
         if under_vmap() or self._shared is None:
-            return self.plain_inverse_rows(z, log_scale, shift, knots)
+            return self.plain_inverse_rows(z, log_scale, shift, knots, counts)
         layers, alphas, tables = self._shared._inverse_plan()
         inv_scale = torch.exp(-log_scale)
         last = len(layers) - 1
@@ -174,7 +175,8 @@ class FrozenConditionalLUNet(ConditionalDensity):
         return h, (const if logdet is None else const - logdet).expand(z.shape[0])
 
     def plain_inverse_rows(
-        self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None
+        self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None,
+        counts: Optional[list[int]] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`inverse_rows` in plain ops, block by block (under ``torch.func.vmap``, and for splines)."""
         inv_scale = torch.exp(-log_scale)
@@ -182,7 +184,7 @@ class FrozenConditionalLUNet(ConditionalDensity):
         last = len(self.weights) - 1
         for i in range(last, -1, -1):
             if i < last and knots is not None:
-                h, ld = spline_rows(h, knots, i, self.spline, inverse=True)
+                h, ld = spline_rows(h, knots, i, self.spline, inverse=True, counts=counts)
                 logdet = logdet + ld
             elif i < last:
                 h = leaky_softplus_inverse(h, self.alpha)
@@ -203,18 +205,16 @@ class FrozenConditionalLUNet(ConditionalDensity):
         if c is None:
             return self.distribution(x)
         with torch.no_grad():
-            rows, params, batch = self._rows(x, c, "input")
-            z, logdet = self.forward_rows(rows, *params)
-        return z.view(*batch, self.features), logdet.reshape(batch)
+            plan = self._rows(x, c, "input")
+            return plan.restore(*self.forward_rows(plan.rows, *plan.params, counts=plan.counts))
 
     __call__ = forward
 
     def inverse(self, z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, log|det dx/dz|)`` as :meth:`ConditionalLUNet.inverse`."""
         with torch.no_grad():
-            rows, params, batch = self._rows(z, c, "input")
-            x, logdet = self.inverse_rows(rows, *params)
-        return x.view(*batch, self.features), logdet.reshape(batch)
+            plan = self._rows(z, c, "input")
+            return plan.restore(*self.inverse_rows(plan.rows, *plan.params, counts=plan.counts))
 
     def _params(self, c: object) -> Params:
         if self._label_params is None:
@@ -223,10 +223,9 @@ class FrozenConditionalLUNet(ConditionalDensity):
         log_scale, shift, knots = self._label_params
         return log_scale[labels], shift[labels], None if knots is None else knots[labels]
 
-    def _rows(self, x: torch.Tensor, c: object, name: str) -> tuple[torch.Tensor, Params, torch.Size]:
-        """As :meth:`ConditionalLUNet._rows`, with the snapshot's parameters of the context."""
-        check_features(x, self.features, name, like=self.std)
-        return broadcast_rows(x, self._params(c), name)
+    def _labels(self, c: object, ref: torch.Tensor) -> torch.Tensor:
+        """The class labels ``c`` checked, as the flow checks them."""
+        return self._flow._labels(c, ref)
 
     def rsample(self, *args: object, **kwargs: object) -> torch.Tensor:
         """Refused: a snapshot computes without autograd; use :meth:`sample`, or the flow itself."""

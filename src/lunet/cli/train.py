@@ -230,12 +230,14 @@ def _train_images(args: argparse.Namespace, config: TrainConfig, group: Any) -> 
     from lunet.experiments.training.log import format_seconds
 
     if args.conditional:
-        refuse_given(args, ("per_class", "class_label", "learn_alpha", "activation", "recipe"),
-                     "runs without --conditional: a conditional run is one LU-Net with the leaky softplus of a fixed "
-                     "slope for every class")
+        refuse_given(args, ("per_class", "class_label", "learn_alpha", "recipe"),
+                     "runs without --conditional: a conditional run is one LU-Net for every class, its activation "
+                     "the leaky softplus of a fixed slope or (--activation spline) splines whose knots the class sets")
         if args.model == "realnvp":
             raise ValueError("--conditional trains a conditional LU-Net; --model realnvp has no conditional form here")
-        spec = conditional_image_spec(**model_overrides(args))
+        overrides = model_overrides(args)
+        overrides.pop("learn_alpha", None)  # a conditional flow's slope is fixed, and a spline has none
+        spec = conditional_image_spec(**overrides)
     elif args.model == "realnvp":
         spec = {"name": "realnvp"}
     else:

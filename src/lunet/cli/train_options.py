@@ -168,7 +168,8 @@ OPTIONS = (
            dict(action="store_true", help="one model per class (the paper's setting)")),
     Option(("--conditional",), frozenset({IMAGES}), "images",
            dict(action="store_true", help="one conditional LU-Net of p(x | class) for every class: the LU layers "
-                                          "shared, the class's shift and log-scale after each (leaky softplus)")),
+                                          "shared, the class's shift and log-scale after each (leaky softplus; "
+                                          "with --activation spline, splines whose knots the class sets)")),
     Option(("--data-init",), frozenset({IMAGES, VECTORS}), "images",
            dict(choices=["gaussian", "standardize", "none"],
                 help="LU-Net start: the data's full-covariance Gaussian fit, per-feature standardising, or none "

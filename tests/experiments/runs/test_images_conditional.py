@@ -70,6 +70,23 @@ def test_samples_one_row_per_class_and_resume(cond_run, tmp_path):
     assert [row["epoch"] for row in read_metrics(cond_run)] == [1, 2]
 
 
+def test_a_conditional_run_with_splines_whose_knots_the_class_sets(tmp_path):
+    run = tmp_path / "spline"
+    assert train(run, "--activation", "spline", "--limit", "300") == 0
+    record = json.loads((run / "run.json").read_text())
+    assert record["model"]["activation"] == "spline" and "learn_alpha" not in record["model"]
+    model, _ = load_model(run / "checkpoint.pt")
+    assert isinstance(model, ConditionalLUNet) and model.spline == (8, 5.0)
+    images, labels = load_dataset("mnist", "test", data_dir=DATA)
+    x = images[:20].reshape(20, -1).double().add(0.5).div(256).to(model.reference().dtype)
+    with torch.no_grad():  # each image under its own label: the inverse gives it back
+        z, _ = model(x, labels[:20])
+        torch.testing.assert_close(model.inverse(z, labels[:20])[0], x, rtol=1e-3, atol=1e-3)
+        # the trained knots differ between classes: the class bends the coordinates, not only shifts them
+        knots = model._params(torch.arange(10))[2]
+    assert float((knots[0] - knots[1]).abs().max()) > 1e-4
+
+
 @pytest.mark.parametrize("extra, fragment", [
     (["--per-class"], "--per-class applies to runs without --conditional"),
     (["--recipe", "best"], "--recipe applies to runs without --conditional"),

@@ -45,7 +45,7 @@ def conditional_image_spec(num_blocks: int = 4, **kwargs: Any) -> dict[str, Any]
     """Model spec of one :class:`~lunet.ConditionalLUNet` of ``p(x | class)`` for MNIST-sized images
     (``lunet train --dataset mnist --conditional``): the paper's LU layers and leaky softplus
     (:func:`paper_lunet_spec`), the ten classes embedded in ten dimensions, a context network of
-    two hidden layers of 64."""
+    two hidden layers of 64; ``activation="spline"``: splines whose knots the class sets instead."""
     base = paper_lunet_spec(num_blocks, **kwargs)
     spec: dict[str, Any] = {"name": "conditional_lunet", "context_features": 10, "hidden": 64, "num_classes": 10}
     spec.update({k: v for k, v in base.items() if k != "name"})
