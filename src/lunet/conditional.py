@@ -29,7 +29,7 @@ from torch import nn
 
 from lunet.base import check_module_state
 from lunet.checks import check_batch
-from lunet.conditional_density import ConditionalDensity, ConditionalFlowDistribution, Params, spline_rows
+from lunet.conditional_density import ConditionalDensity, ConditionalFlowDistribution, Params, RowGroups, spline_rows
 from lunet.context import ContextInput, context_network, read_params
 from lunet.flow import ACTIVATIONS, LUNet
 from lunet.frozen_conditional import FrozenConditionalLUNet
@@ -209,22 +209,22 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
         if c is None:
             return self.distribution(x)
         plan = self._rows(x, c, "input")
-        return plan.restore(*self.forward_rows(plan.rows, *plan.params, counts=plan.counts))
+        return plan.restore(*self.forward_rows(plan.rows, *plan.params, groups=plan.groups))
 
     def inverse(self, z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``z`` (..., features) and ``c`` broadcast to leading shape (...) -> ``x`` (..., features),
         exact (triangular solves, closed-form elementwise inverses), and ``log|det dx/dz|`` (...)."""
         plan = self._rows(z, c, "input")
-        return plan.restore(*self.inverse_rows(plan.rows, *plan.params, counts=plan.counts))
+        return plan.restore(*self.inverse_rows(plan.rows, *plan.params, groups=plan.groups))
 
     def forward_rows(
         self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None,
-        counts: Optional[list[int]] = None,
+        groups: Optional[RowGroups] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Checked rows ``x`` (B, D), the context's log-scales and shifts (B or 1, num_blocks, D) and
         spline knot tables (B or 1, num_blocks - 1, 3, D, bins + 1) or None -> ``z`` (B, D),
-        ``log|det dz/dx|`` (B,). With ``counts`` (a :class:`~lunet.conditional_density.RowPlan`'s),
-        knot tables (G, ...), each serving the next ``counts[g]`` rows."""
+        ``log|det dz/dx|`` (B,). With ``groups`` (a :class:`~lunet.conditional_density.RowPlan`'s),
+        knot tables (G, ...), one per group of the rows, sorted by label."""
         h, logdet = self.input_standardize.forward_rows(x)
         scale = torch.exp(log_scale)
         last = self.num_blocks - 1
@@ -236,14 +236,14 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
                 if knots is None:
                     h, ld = self.activation.forward_rows(h)
                 else:
-                    h, ld = spline_rows(h, knots, i, self.spline, counts=counts)
+                    h, ld = spline_rows(h, knots, i, self.spline, groups=groups)
                 logdet = logdet + ld
         logdet = logdet + log_scale.sum(dim=(-2, -1))
         return h, logdet.expand(x.shape[0])
 
     def inverse_rows(
         self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None,
-        counts: Optional[list[int]] = None,
+        groups: Optional[RowGroups] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The inverse of :meth:`forward_rows`: ``x`` (B, D) and ``log|det dx/dz|`` (B,)."""
         inv_scale = torch.exp(-log_scale)
@@ -254,7 +254,7 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
                 if knots is None:
                     h, ld = self.activation.inverse_rows(h)
                 else:
-                    h, ld = spline_rows(h, knots, i, self.spline, inverse=True, counts=counts)
+                    h, ld = spline_rows(h, knots, i, self.spline, inverse=True, groups=groups)
                 logdet = logdet + ld
             h = (h - shift[:, i]) * inv_scale[:, i]
             h, ld = cast(LULinear, self.blocks[i]).inverse_rows(h)

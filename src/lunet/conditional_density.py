@@ -22,7 +22,8 @@ from lunet.fast.spline_plain import spline_forward_plain, spline_inverse_plain
 from lunet.latent import LOG_2PI, latent_draws, standard_normal_log_prob
 from lunet.spline import spline_pass
 
-__all__ = ["Params", "RowPlan", "ConditionalDensity", "broadcast_rows", "group_rows", "spline_rows",
+__all__ = ["Params", "RowGroups", "RowPlan", "ConditionalDensity", "broadcast_rows", "group_rows", "each_group",
+           "spline_rows",
            "ConditionalFlowDistribution"]
 
 # A context's parameters, each with the context's leading shape: log-scales and shifts
@@ -31,17 +32,24 @@ __all__ = ["Params", "RowPlan", "ConditionalDensity", "broadcast_rows", "group_r
 Params = tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]
 
 
+class RowGroups(NamedTuple):
+    """Rows sorted by class label (:func:`group_rows`): group ``g`` is the next ``counts[g]`` rows,
+    of label ``labels[g]``, whose knot tables are entry ``g`` of the knots (G, ...)."""
+
+    labels: list[int]
+    counts: list[int]
+
+
 class RowPlan(NamedTuple):
     """Inputs and contexts as the passes take them: ``rows`` (B, D); ``params``, the context's
     :data:`Params` as rows (B, ...), or (1, ...) for one context shared by every row; the broadcast
-    leading shape ``batch``. With ``counts`` (sorted by :func:`group_rows`): the rows sorted by knot
-    table, ``counts[g]`` rows for table ``g`` of the knots (G, ...), and ``order`` (B,) the place
-    of each sorted row in the batch."""
+    leading shape ``batch``. With ``groups`` (:func:`group_rows`): the rows sorted by label, the
+    knot tables one per group, and ``order`` (B,) the place of each sorted row in the batch."""
 
     rows: torch.Tensor
     params: Params
     batch: torch.Size
-    counts: Optional[list[int]] = None
+    groups: Optional[RowGroups] = None
     order: Optional[torch.Tensor] = None
 
     def restore(self, out: torch.Tensor, logdet: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +84,7 @@ class ConditionalDensity:
 
         def inverse_rows(
             self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None,
-            counts: Optional[list[int]] = None,
+            groups: Optional[RowGroups] = None,
         ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
         spline: Optional[tuple[int, float]]
@@ -121,7 +129,7 @@ class ConditionalDensity:
         draws = z.view(*batch, self.features)
         plan = (RowPlan(*broadcast_rows(draws, cast(Params, params), "draws")) if labels is None
                 else group_rows(draws, labels, self._params, "draws"))
-        x, logdet = self.inverse_rows(plan.rows, *plan.params, counts=plan.counts)
+        x, logdet = self.inverse_rows(plan.rows, *plan.params, groups=plan.groups)
         return plan.restore(x, logdet)[0]
 
     def _rows(self, x: torch.Tensor, c: object, name: str) -> RowPlan:
@@ -182,34 +190,43 @@ def group_rows(x: torch.Tensor, labels: torch.Tensor, params_of: Callable[[torch
     rows = x.expand(*batch, x.shape[-1]).reshape(-1, x.shape[-1])
     flat = labels.expand(batch).reshape(-1)
     present, group, counts = torch.unique(flat, sorted=True, return_inverse=True, return_counts=True)
-    if present.numel() <= 1:  # one label (tables (1, ...) broadcast over the rows), or no rows
+    if present.numel() == 0:
         return RowPlan(rows, params_of(present), batch)
+    if present.numel() == 1:  # one group as it stands, the label's parameters (1, ...) broadcast over the rows
+        return RowPlan(rows, params_of(present), batch, RowGroups(present.tolist(), [rows.shape[0]]))
     log_scale, shift, knots = params_of(present)
     order = torch.argsort(group, stable=True)
     sorted_group = group.index_select(0, order)
     return RowPlan(rows.index_select(0, order),
                    (log_scale.index_select(0, sorted_group), shift.index_select(0, sorted_group), knots),
-                   batch, counts.tolist(), order)
+                   batch, RowGroups(present.tolist(), counts.tolist()), order)
+
+
+def each_group(
+    h: torch.Tensor, groups: RowGroups, fn: Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fn(g, rows of group g)`` -> (values, log-dets) for every group of the sorted rows ``h``
+    (B, D), joined: (B, D'), (B,)."""
+    parts = [fn(g, part) for g, part in enumerate(h.split(groups.counts))]
+    return torch.cat([value for value, _ in parts]), torch.cat([logdet for _, logdet in parts])
 
 
 def spline_rows(
     h: torch.Tensor, knots: torch.Tensor, block: int, spline: Optional[tuple[int, float]], inverse: bool = False,
-    counts: Optional[list[int]] = None,
+    groups: Optional[RowGroups] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The spline activation after ``block`` (or its inverse), each row with its own knot tables
     ``knots`` (B or 1, num_blocks - 1, 3, D, bins + 1) of a flow of spline size ``spline = (bins,
-    bound)``: rows ``h`` (B, D) -> the values (B, D) and ``log|det|`` (B,); with ``counts``, tables
-    (G, ...) of which table ``g`` serves the next ``counts[g]`` rows.
+    bound)``: rows ``h`` (B, D) -> the values (B, D) and ``log|det|`` (B,); with ``groups``, tables
+    (G, ...) of which table ``g`` serves the rows of group ``g``.
 
     One context for every row (tables (1, ...)) is an unconditional spline, and takes its passes
     (:func:`~lunet.spline.spline_pass`: the fast ones where autograd allows), as does each group
     of rows; a table per row the plain differentiable formulas."""
     assert spline is not None  # knot tables are a spline flow's
     xk, yk, dk = knots[:, block].unbind(-3)
-    if counts is not None:
-        parts = [spline_pass(part, xk[g], yk[g], dk[g], spline[1], inverse)
-                 for g, part in enumerate(h.split(counts))]
-        return torch.cat([value for value, _ in parts]), torch.cat([logdet for _, logdet in parts])
+    if groups is not None:
+        return each_group(h, groups, lambda g, part: spline_pass(part, xk[g], yk[g], dk[g], spline[1], inverse))
     if xk.shape[0] == 1:
         return spline_pass(h, xk[0], yk[0], dk[0], spline[1], inverse)
     return (spline_inverse_plain if inverse else spline_forward_plain)(h, xk, yk, dk, spline[1])

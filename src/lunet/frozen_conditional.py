@@ -13,10 +13,13 @@ from lunet.conditional_density import (
     ConditionalDensity,
     ConditionalFlowDistribution,
     Params,
+    RowGroups,
+    each_group,
     spline_rows,
 )
 from lunet.fast.activation import negated_forward, scaled_forward
 from lunet.frozen import FrozenLUNet, under_vmap
+from lunet.frozen_sequential import FrozenSpline
 from lunet.functional import leaky_softplus, leaky_softplus_inverse, leaky_softplus_log_derivative, solve_scaled
 
 if TYPE_CHECKING:
@@ -72,6 +75,14 @@ class FrozenConditionalLUNet(ConditionalDensity):
                 assert self._flow.num_classes is not None  # a label embedding comes with its count of classes
                 labels = torch.arange(self._flow.num_classes, device=self.std.device)
                 self._label_params = self._flow._params(labels)
+            # with splines, each label's: the unconditional snapshot's spline stages (tables and lookups
+            # made once), [label][block]
+            self._label_splines: Optional[list[list[FrozenSpline]]] = None
+            knots = None if self._label_params is None else self._label_params[2]
+            if knots is not None and self._flow.spline is not None:
+                bound = self._flow.spline[1]
+                self._label_splines = [[FrozenSpline(tuple(t.clone() for t in k.unbind(0)), bound) for k in per_label]
+                                       for per_label in knots]
         self.alpha = self._flow.activation._fixed_alpha
         self.spline = self._flow.spline
         self.features = self._flow.features
@@ -96,13 +107,13 @@ class FrozenConditionalLUNet(ConditionalDensity):
 
     def forward_rows(
         self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None,
-        counts: Optional[list[int]] = None,
+        groups: Optional[RowGroups] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """As :meth:`ConditionalLUNet.forward_rows`: the unconditional snapshot's folded products
         (:meth:`~lunet.frozen.FrozenLUNet._forward_plan`, which return negated pre-activations
         but the last) with the context's affine maps between them and its fused activations."""
         if under_vmap() or self._shared is None:
-            return self.plain_forward_rows(x, log_scale, shift, knots, counts)
+            return self.plain_forward_rows(x, log_scale, shift, knots, groups)
         return self._fast_forward_rows(x, log_scale, shift, exact=self._shared.sync_free)
 
     def _fast_forward_rows(
@@ -132,7 +143,7 @@ class FrozenConditionalLUNet(ConditionalDensity):
 
     def plain_forward_rows(
         self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None,
-        counts: Optional[list[int]] = None,
+        groups: Optional[RowGroups] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward_rows` in plain ops, block by block (under ``torch.func.vmap``, and for splines)."""
         h = (x - self.mean) / self.std
@@ -142,7 +153,7 @@ class FrozenConditionalLUNet(ConditionalDensity):
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             h = torch.addmm(bias, h, weight).mul_(scale[:, i]).add_(shift[:, i])
             if i < last and knots is not None:
-                h, ld = spline_rows(h, knots, i, self.spline, counts=counts)
+                h, ld = self._spline_rows(h, knots, i, groups)
                 logdet = logdet + ld
             elif i < last:
                 logdet = logdet + leaky_softplus_log_derivative(h, self.alpha).sum(dim=-1)
@@ -151,13 +162,13 @@ class FrozenConditionalLUNet(ConditionalDensity):
 
     def inverse_rows(
         self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None,
-        counts: Optional[list[int]] = None,
+        groups: Optional[RowGroups] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """As :meth:`ConditionalLUNet.inverse_rows`: the context's affine maps undone before each of
         the unconditional snapshot's folded inverse products
         (:meth:`~lunet.frozen.FrozenLUNet._inverse_plan`), and its tabled activation inverses."""
         if under_vmap() or self._shared is None:
-            return self.plain_inverse_rows(z, log_scale, shift, knots, counts)
+            return self.plain_inverse_rows(z, log_scale, shift, knots, groups)
         layers, alphas, tables = self._shared._inverse_plan()
         inv_scale = torch.exp(-log_scale)
         last = len(layers) - 1
@@ -176,7 +187,7 @@ class FrozenConditionalLUNet(ConditionalDensity):
 
     def plain_inverse_rows(
         self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None,
-        counts: Optional[list[int]] = None,
+        groups: Optional[RowGroups] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`inverse_rows` in plain ops, block by block (under ``torch.func.vmap``, and for splines)."""
         inv_scale = torch.exp(-log_scale)
@@ -184,13 +195,23 @@ class FrozenConditionalLUNet(ConditionalDensity):
         last = len(self.weights) - 1
         for i in range(last, -1, -1):
             if i < last and knots is not None:
-                h, ld = spline_rows(h, knots, i, self.spline, inverse=True, counts=counts)
+                h, ld = self._spline_rows(h, knots, i, groups, inverse=True)
                 logdet = logdet + ld
             elif i < last:
                 h = leaky_softplus_inverse(h, self.alpha)
                 logdet = logdet - leaky_softplus_log_derivative(h, self.alpha).sum(dim=-1)
             h = ((h - shift[:, i]) * inv_scale[:, i] - self.biases[i]) @ self.inverses[i]
         return torch.addcmul(self.mean, h, self.std), logdet.expand(z.shape[0])
+
+    def _spline_rows(self, h: torch.Tensor, knots: torch.Tensor, block: int, groups: Optional[RowGroups],
+                     inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The spline activation after ``block`` (:func:`~lunet.conditional_density.spline_rows`), with
+        each label's stages made once where the rows come grouped by label."""
+        stages = self._label_splines
+        if groups is None or stages is None or under_vmap():
+            return spline_rows(h, knots, block, self.spline, inverse, groups)
+        return each_group(h, groups, lambda g, part: (stages[groups.labels[g]][block].inverse(part) if inverse
+                                                      else stages[groups.labels[g]][block].forward(part)))
 
     @overload
     def forward(self, x: torch.Tensor, c: None = None) -> ConditionalFlowDistribution: ...
@@ -206,7 +227,7 @@ class FrozenConditionalLUNet(ConditionalDensity):
             return self.distribution(x)
         with torch.no_grad():
             plan = self._rows(x, c, "input")
-            return plan.restore(*self.forward_rows(plan.rows, *plan.params, counts=plan.counts))
+            return plan.restore(*self.forward_rows(plan.rows, *plan.params, groups=plan.groups))
 
     __call__ = forward
 
@@ -214,7 +235,7 @@ class FrozenConditionalLUNet(ConditionalDensity):
         """``(x, log|det dx/dz|)`` as :meth:`ConditionalLUNet.inverse`."""
         with torch.no_grad():
             plan = self._rows(z, c, "input")
-            return plan.restore(*self.inverse_rows(plan.rows, *plan.params, counts=plan.counts))
+            return plan.restore(*self.inverse_rows(plan.rows, *plan.params, groups=plan.groups))
 
     def _params(self, c: object) -> Params:
         if self._label_params is None:
