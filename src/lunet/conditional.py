@@ -227,16 +227,17 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
         knot tables (G, ...), one per group of the rows, sorted by label."""
         h, logdet = self.input_standardize.forward_rows(x)
         scale = torch.exp(log_scale)
+        by_block = None if knots is None else knots.unbind(1)
         last = self.num_blocks - 1
         for i, block in enumerate(cast("Iterable[LULinear]", self.blocks)):
             h, ld = block.forward_rows(h)
             logdet = logdet + ld
             h = torch.addcmul(shift[:, i], h, scale[:, i])
             if i < last:
-                if knots is None:
+                if by_block is None:
                     h, ld = self.activation.forward_rows(h)
                 else:
-                    h, ld = spline_rows(h, knots, i, self.spline, groups=groups)
+                    h, ld = spline_rows(h, by_block[i], self.spline, groups=groups)
                 logdet = logdet + ld
         logdet = logdet + log_scale.sum(dim=(-2, -1))
         return h, logdet.expand(x.shape[0])
@@ -248,13 +249,14 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
         """The inverse of :meth:`forward_rows`: ``x`` (B, D) and ``log|det dx/dz|`` (B,)."""
         inv_scale = torch.exp(-log_scale)
         h, logdet = z, -log_scale.sum(dim=(-2, -1))
+        by_block = None if knots is None else knots.unbind(1)
         last = self.num_blocks - 1
         for i in range(last, -1, -1):
             if i < last:
-                if knots is None:
+                if by_block is None:
                     h, ld = self.activation.inverse_rows(h)
                 else:
-                    h, ld = spline_rows(h, knots, i, self.spline, inverse=True, groups=groups)
+                    h, ld = spline_rows(h, by_block[i], self.spline, inverse=True, groups=groups)
                 logdet = logdet + ld
             h = (h - shift[:, i]) * inv_scale[:, i]
             h, ld = cast(LULinear, self.blocks[i]).inverse_rows(h)

@@ -212,24 +212,31 @@ def each_group(
 
 
 def spline_rows(
-    h: torch.Tensor, knots: torch.Tensor, block: int, spline: Optional[tuple[int, float]], inverse: bool = False,
+    h: torch.Tensor, knots: torch.Tensor, spline: Optional[tuple[int, float]], inverse: bool = False,
     groups: Optional[RowGroups] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The spline activation after ``block`` (or its inverse), each row with its own knot tables
-    ``knots`` (B or 1, num_blocks - 1, 3, D, bins + 1) of a flow of spline size ``spline = (bins,
-    bound)``: rows ``h`` (B, D) -> the values (B, D) and ``log|det|`` (B,); with ``groups``, tables
-    (G, ...) of which table ``g`` serves the rows of group ``g``.
+    """A spline activation (or its inverse) of a flow of spline size ``spline = (bins, bound)``, each
+    row with its own knot tables ``knots`` (B or 1, 3, D, bins + 1) (one block's of the context's
+    :data:`Params`, taken by ``unbind``): rows ``h`` (B, D) -> the values (B, D) and ``log|det|``
+    (B,); with ``groups``, tables (G, ...) of which table ``g`` serves the rows of group ``g``.
 
     One context for every row (tables (1, ...)) is an unconditional spline, and takes its passes
     (:func:`~lunet.spline.spline_pass`: the fast ones where autograd allows), as does each group
-    of rows; a table per row the plain differentiable formulas."""
+    of rows; a table per row the plain differentiable formulas. The tables are split by
+    ``unbind``, whose backward stacks the gradients, where indexing would scatter each into zeros."""
     assert spline is not None  # knot tables are a spline flow's
-    xk, yk, dk = knots[:, block].unbind(-3)
     if groups is not None:
-        return each_group(h, groups, lambda g, part: spline_pass(part, xk[g], yk[g], dk[g], spline[1], inverse))
-    if xk.shape[0] == 1:
-        return spline_pass(h, xk[0], yk[0], dk[0], spline[1], inverse)
-    return (spline_inverse_plain if inverse else spline_forward_plain)(h, xk, yk, dk, spline[1])
+        tables = [_three(table.unbind(0)) for table in knots.unbind(0)]
+        return each_group(h, groups, lambda g, part: spline_pass(part, *tables[g], spline[1], inverse))
+    if knots.shape[0] == 1:
+        return spline_pass(h, *_three(knots[0].unbind(0)), spline[1], inverse)
+    return (spline_inverse_plain if inverse else spline_forward_plain)(h, *_three(knots.unbind(-3)), spline[1])
+
+
+def _three(tables: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Knots in x, in y and the slopes there, from the three tables ``unbind`` gave."""
+    xk, yk, dk = tables
+    return xk, yk, dk
 
 
 class ConditionalFlowDistribution(FlowDistributionBase):

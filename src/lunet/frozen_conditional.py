@@ -153,7 +153,7 @@ class FrozenConditionalLUNet(ConditionalDensity):
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             h = torch.addmm(bias, h, weight).mul_(scale[:, i]).add_(shift[:, i])
             if i < last and knots is not None:
-                h, ld = self._spline_rows(h, knots, i, groups)
+                h, ld = self._spline_rows(h, knots[:, i], i, groups)
                 logdet = logdet + ld
             elif i < last:
                 logdet = logdet + leaky_softplus_log_derivative(h, self.alpha).sum(dim=-1)
@@ -195,7 +195,7 @@ class FrozenConditionalLUNet(ConditionalDensity):
         last = len(self.weights) - 1
         for i in range(last, -1, -1):
             if i < last and knots is not None:
-                h, ld = self._spline_rows(h, knots, i, groups, inverse=True)
+                h, ld = self._spline_rows(h, knots[:, i], i, groups, inverse=True)
                 logdet = logdet + ld
             elif i < last:
                 h = leaky_softplus_inverse(h, self.alpha)
@@ -205,11 +205,12 @@ class FrozenConditionalLUNet(ConditionalDensity):
 
     def _spline_rows(self, h: torch.Tensor, knots: torch.Tensor, block: int, groups: Optional[RowGroups],
                      inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """The spline activation after ``block`` (:func:`~lunet.conditional_density.spline_rows`), with
-        each label's stages made once where the rows come grouped by label."""
+        """The spline activation after ``block``, of knot tables ``knots`` (B, 1 or G, 3, D, bins + 1)
+        (:func:`~lunet.conditional_density.spline_rows`), with each label's stages made once where
+        the rows come grouped by label."""
         stages = self._label_splines
         if groups is None or stages is None or under_vmap():
-            return spline_rows(h, knots, block, self.spline, inverse, groups)
+            return spline_rows(h, knots, self.spline, inverse, groups)
         return each_group(h, groups, lambda g, part: (stages[groups.labels[g]][block].inverse(part) if inverse
                                                       else stages[groups.labels[g]][block].forward(part)))
 
