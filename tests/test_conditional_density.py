@@ -117,7 +117,7 @@ def test_training_label_by_label_gives_the_per_row_gradients(monkeypatch):
     x = (2 * torch.randn(40, 6, generator=gen, dtype=torch.float64)).requires_grad_()
     calls = _count_kernels(monkeypatch)
     z, logdet = flow(x, labels)
-    assert calls == ["SplineForward"] * 6  # the written-out backward, for each label present
+    assert calls == ["SplineForward"] * 2  # the written-out backward, every label at once, per activation
     loss = (z.square() * torch.linspace(0.5, 2, 6, dtype=torch.float64)).sum() - logdet.sum()
     grouped = torch.autograd.grad(loss, [x, *flow.parameters()])
     want_z, want_logdet = _per_row(flow, x, labels)
@@ -126,6 +126,13 @@ def test_training_label_by_label_gives_the_per_row_gradients(monkeypatch):
     names = ["x", *(name for name, _ in flow.named_parameters())]
     for name, got, ref in zip(names, grouped, per_row):
         torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-10, msg=lambda m, n=name: f"{n}: {m}")
+    # second derivatives (the written-out backward gives way to the plain formulas, each row its label's tables)
+    score = torch.autograd.grad(flow(x, labels)[1].sum(), x, create_graph=True)[0]
+    want_score = torch.autograd.grad(_per_row(flow, x, labels)[1].sum(), x, create_graph=True)[0]
+    torch.testing.assert_close(score, want_score, rtol=1e-9, atol=1e-10)
+    penalty = torch.autograd.grad(score.square().sum(), flow.conditioner[-1].weight)[0]
+    want_penalty = torch.autograd.grad(want_score.square().sum(), flow.conditioner[-1].weight)[0]
+    torch.testing.assert_close(penalty, want_penalty, rtol=1e-8, atol=1e-10)
     # a draw differentiable in the weights goes label by label too
     draws = flow.rsample(3, labels[:5], generator=torch.Generator().manual_seed(1))
     draws.sum().backward()
@@ -160,3 +167,22 @@ def test_labels_with_splines_compile_without_graph_breaks():
         torch.testing.assert_close(compiled(x, labels), flow.log_prob(x, labels), rtol=1e-4, atol=1e-4)
     finally:
         dynamo.reset()
+
+
+def test_many_stacked_tables_go_group_by_group(monkeypatch):
+    """Past :data:`~lunet.spline.STACKED_ENTRIES` bins (flat indices beyond float32's integers) each
+    label's tables are a spline of their own: the same values and gradients."""
+    import lunet.spline as spline_module
+
+    flow = _spline_flow(8, num_classes=5)
+    labels = torch.tensor([4, 1, 1, 0, 4, 3, 2, 2, 0])
+    x = torch.randn(9, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    stacked = flow.log_prob(x, labels)
+    stacked_grad = torch.autograd.grad(stacked.sum(), flow.conditioner[-1].weight)[0]
+    monkeypatch.setattr(spline_module, "STACKED_ENTRIES", 8)
+    calls = _count_kernels(monkeypatch)
+    each = flow.log_prob(x, labels)
+    assert calls == ["SplineForward"] * 10  # 2 activations x 5 labels
+    torch.testing.assert_close(each, stacked, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(torch.autograd.grad(each.sum(), flow.conditioner[-1].weight)[0], stacked_grad,
+                               rtol=1e-9, atol=1e-10)

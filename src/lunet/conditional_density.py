@@ -221,13 +221,12 @@ def spline_rows(
     (B,); with ``groups``, tables (G, ...) of which table ``g`` serves the rows of group ``g``.
 
     One context for every row (tables (1, ...)) is an unconditional spline, and takes its passes
-    (:func:`~lunet.spline.spline_pass`: the fast ones where autograd allows), as does each group
-    of rows; a table per row the plain differentiable formulas. The tables are split by
+    (:func:`~lunet.spline.spline_pass`: the fast ones where autograd allows), as do groups of
+    rows, all at once; a table per row the plain differentiable formulas. The tables are split by
     ``unbind``, whose backward stacks the gradients, where indexing would scatter each into zeros."""
     assert spline is not None  # knot tables are a spline flow's
     if groups is not None:
-        tables = [_three(table.unbind(0)) for table in knots.unbind(0)]
-        return each_group(h, groups, lambda g, part: spline_pass(part, *tables[g], spline[1], inverse))
+        return spline_pass(h, *_three(knots.unbind(1)), spline[1], inverse, groups.counts)
     if knots.shape[0] == 1:
         return spline_pass(h, *_three(knots[0].unbind(0)), spline[1], inverse)
     return (spline_inverse_plain if inverse else spline_forward_plain)(h, *_three(knots.unbind(-3)), spline[1])

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Optional, overload
 
 import torch
@@ -78,6 +78,21 @@ class BinTables:
                 x_rows=xk[:, 1:-1].t().contiguous(), y_rows=yk[:, 1:-1].t().contiguous(),
                 base=base, bins=k, bound=float(bound), limit=_inner_limit(bound, xk.dtype),
             )
+
+
+    @staticmethod
+    def stacked(xk: torch.Tensor, yk: torch.Tensor, dk: torch.Tensor, bound: float) -> "BinTables":
+        """The tables of ``G`` splines of ``n`` features each, knot tables (G, n, K + 1), as one
+        spline of ``G * n`` features; :meth:`group` gives the bin search of each."""
+        width = xk.shape[-1]
+        return BinTables.of(xk.reshape(-1, width), yk.reshape(-1, width), dk.reshape(-1, width), bound)
+
+    def group(self, g: int, n: int) -> "BinTables":
+        """The tables of spline ``g`` of :meth:`stacked` tables of ``n`` features each: the inner
+        knots and bases of its features alone, the per-bin tables whole, so that the flat bin
+        index each entry gets addresses the stack."""
+        part = slice(g * n, (g + 1) * n)
+        return replace(self, x_rows=self.x_rows[:, part], y_rows=self.y_rows[:, part], base=self.base[part])
 
 
 def _slope_ratios(h: torch.Tensor, w: torch.Tensor, dk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,7 +33,8 @@ BACKWARD_BUFFERS = 20
 class SplineForward(torch.autograd.Function):
     """:meth:`MonotoneSpline.forward_rows`: ``y`` (B, n) and ``log|det dy/dx|`` (B,) at ``x`` (B, n)
     for knot tables ``xk``, ``yk``, ``dk`` (n, K + 1), with a written-out backward to ``x`` and the
-    tables.
+    tables. With ``counts``, tables (G, n, K + 1) of ``G`` splines, of which spline ``g`` maps the
+    next ``counts[g]`` rows (rows sorted by group): one pass and one backward for all of them.
 
     The forward pass is :func:`spline_forward_fast`, which keeps each entry's bin and position in
     it; the backward pass runs in blocks of rows into scratch buffers, as the no-autograd passes do
@@ -49,13 +50,24 @@ class SplineForward(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, xk, yk, dk, bound: float):
-        tables = BinTables.of(xk, yk, dk, bound)
+    def forward(ctx, x, xk, yk, dk, bound: float, counts: Optional[list[int]] = None):
         rows = x.contiguous()
         j = torch.empty(rows.shape, dtype=torch.int64, device=rows.device)
         t = torch.empty_like(rows)
-        y, logdet = spline_forward_fast(rows, tables, knots=xk, keep=(j, t))
-        ctx.bound, ctx.tables = bound, tables
+        if counts is None:
+            tables = BinTables.of(xk, yk, dk, bound)
+            y, logdet = spline_forward_fast(rows, tables, knots=xk, keep=(j, t))
+        else:
+            # tables (G, n, K + 1), one spline per group of rows: one stack of tables, and each
+            # group's bins found among its own knots as flat indices into the stack
+            tables = BinTables.stacked(xk, yk, dk, bound)
+            outs, start = [], 0
+            for g, count in enumerate(counts):
+                part = slice(start, start + count)
+                outs.append(spline_forward_fast(rows[part], tables.group(g, xk.shape[1]), keep=(j[part], t[part])))
+                start += count
+            y, logdet = torch.cat([value for value, _ in outs]), torch.cat([ld for _, ld in outs])
+        ctx.bound, ctx.tables, ctx.counts = bound, tables, counts
         ctx.save_for_backward(x, xk, yk, dk, j, t)
         return y, logdet
 
@@ -65,7 +77,8 @@ class SplineForward(torch.autograd.Function):
         if plain_backward_wanted(g_value):
             return _plain_backward(ctx, (x, xk, yk, dk), g_value, g_logdet)
         tables: BinTables = ctx.tables
-        n, k = xk.shape[0], tables.bins
+        shape = xk.shape
+        n, k = shape[:-1].numel(), tables.bins
         sums = torch.zeros(len(PER_BIN_SUMS), n * k, dtype=x.dtype, device=x.device)
 
         def kernel(x, g_x, _, work, g_value, g_logdet, j, t):
@@ -73,8 +86,8 @@ class SplineForward(torch.autograd.Function):
 
         g_x, _ = run_blocks(x, kernel, False, (g_value.contiguous(), g_logdet.contiguous(), j, t),
                          BACKWARD_BLOCK_BYTES, BACKWARD_BUFFERS)
-        g_xk, g_yk, g_dk = _knot_grads(sums.view(-1, n, k), tables, n, k)
-        return g_x if ctx.needs_input_grad[0] else None, g_xk, g_yk, g_dk, None
+        g_xk, g_yk, g_dk = (g.view(shape) for g in _knot_grads(sums.view(-1, n, k), tables, n, k))
+        return g_x if ctx.needs_input_grad[0] else None, g_xk, g_yk, g_dk, None, None
 
 
 # What the backward pass sums per bin, in this order (rows of its (7, n * K) sums)
@@ -150,10 +163,14 @@ def _plain_backward(ctx, inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor,
     with torch.enable_grad():
         leaves = [t if t.requires_grad else t.detach().requires_grad_(True) for t in inputs]
         x, xk, yk, dk = leaves
+        if ctx.counts is not None:  # each row its group's tables
+            group = torch.repeat_interleave(torch.arange(len(ctx.counts), device=x.device),
+                                            torch.tensor(ctx.counts, device=x.device))
+            xk, yk, dk = xk[group], yk[group], dk[group]
         y, logdet = spline_forward_plain(x, xk, yk, dk, ctx.bound)
         grads = torch.autograd.grad((y, logdet), [leaves[i] for i in wanted], (g_value, g_logdet),
                                     create_graph=create_graph, allow_unused=True)
-    out: list[Optional[torch.Tensor]] = [None] * 5
+    out: list[Optional[torch.Tensor]] = [None] * 6
     for i, g in zip(wanted, grads):
         out[i] = g
     return tuple(out)
