@@ -2,6 +2,10 @@
 
     python reproduce/own_data_defaults.py --out docs/results/own-data-ablation.json   # about 15 minutes
     python reproduce/own_data_defaults.py --tables wine,banana                        # a few minutes
+    python reproduce/own_data_defaults.py --tables clusters --variants defaults,blocks-16-steps-10k
+
+``--variants`` picks rows by name, among them the longer and deeper runs of :data:`SIZE_VARIANTS`
+that the default set leaves out (docs/notes/own-data-size.md).
 
 Each row trains lunet on the training 80 % of each table (lunet.experiments.benchmarks.tables) with the
 defaults and one change, then prints the test NLL in nats/dim (the 20 % test rows) and the share
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -39,10 +44,28 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "60-epochs": ("60 epochs (the earlier count) instead of about 3,000 steps",
                   {"config": {"epochs": 60, "eval_every": 1}}),
 }
+# longer and deeper runs for tables of thousands of rows, run when named; "steps" sets the epochs
+# that give about that many optimiser steps on the table (batches of 256)
+SIZE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "steps-10k": ("about 10,000 steps instead of 3,000", {"steps": 10_000}),
+    "blocks-8-steps-10k": ("8 blocks, about 10,000 steps", {"steps": 10_000, "model_spec": {"num_blocks": 8}}),
+    "blocks-8-bins-16-steps-10k": ("8 blocks of 16 bins, about 10,000 steps",
+                                   {"steps": 10_000, "model_spec": {"num_blocks": 8, "bins": 16}}),
+    "blocks-8-lr-3e-3-steps-10k": ("8 blocks, Adam at 3e-3, about 10,000 steps",
+                                   {"steps": 10_000, "model_spec": {"num_blocks": 8}, "config": {"lr": 3e-3}}),
+    "blocks-16-steps-10k": ("16 blocks, about 10,000 steps", {"steps": 10_000, "model_spec": {"num_blocks": 16}}),
+    "blocks-16-bins-16-steps-10k": ("16 blocks of 16 bins, about 10,000 steps",
+                                    {"steps": 10_000, "model_spec": {"num_blocks": 16, "bins": 16}}),
+}
 DEFAULT_TABLES = ("wine", "breast-cancer", "diabetes", "banana", "clusters")
 
 
 def run(table: Any, options: dict[str, Any]) -> dict[str, Any]:
+    options = dict(options)
+    steps = options.pop("steps", None)
+    if steps is not None:
+        per_epoch = math.ceil(table.train.shape[0] / 256)
+        options["config"] = {**options.get("config", {}), "epochs": max(1, round(steps / per_epoch))}
     with tempfile.TemporaryDirectory() as folder:
         try:
             _, summary = train_vectors(table.train, Path(folder) / "run", progress=False, **options)
@@ -57,7 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tables", default=",".join(DEFAULT_TABLES))
     parser.add_argument("--out", type=Path, help="results JSON")
+    parser.add_argument("--variants", help=f"rows to run, by name (default: {','.join(VARIANTS)}; also "
+                                           f"{','.join(SIZE_VARIANTS)})")
     args = parser.parse_args(argv)
+    known = {**VARIANTS, **SIZE_VARIANTS}
+    chosen = VARIANTS if args.variants is None else {}
+    for name in [] if args.variants is None else [n for n in args.variants.split(",") if n]:
+        if name not in known:
+            parser.error(f"--variants: no variant {name!r}; known: {', '.join(known)}")
+        chosen[name] = known[name]
     if args.out is not None:
         try:
             check_output(args.out, "--out")
@@ -66,13 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     names = [n for n in args.tables.split(",") if n]
     doc: dict[str, Any] = {"command": " ".join(sys.argv), "threads": 1, "variants": {k: v[0] for k, v in
-                                                                                      VARIANTS.items()}, "tables": {}}
+                                                                                      chosen.items()}, "tables": {}}
     for name in names:
         table = load_table(name)
         gaussian = run_gaussian(table)
         rows = doc["tables"][name] = {"gaussian": gaussian}
         print(f"{name} ({table.train.shape[0]} x {table.features}): Gaussian {gaussian:.4f}", flush=True)
-        for variant, (_, options) in VARIANTS.items():
+        for variant, (_, options) in chosen.items():
             rows[variant] = run(table, options)
             r = rows[variant]
             if "diverged" in r:
@@ -84,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             write_text_atomic(args.out, json.dumps(doc, indent=2) + "\n")
     print("\n| change | " + " | ".join(names) + " |\n| --- |" + " --- |" * len(names))
     print("| full-covariance Gaussian | " + " | ".join(f"{doc['tables'][n]['gaussian']:.3f}" for n in names) + " |")
-    for variant, (what, _) in VARIANTS.items():
+    for variant, (what, _) in chosen.items():
         cells = []
         for n in names:
             r = doc["tables"][n][variant]
