@@ -84,17 +84,17 @@ def test_labels_go_label_by_label_and_give_what_each_row_gets_alone(monkeypatch)
     labels = torch.tensor([2, 0, 2, 3, 0, 0, 2, 3, 3, 2, 0, 2])  # label 1 absent, the rest shuffled
     x = 3 * torch.randn(12, 6, generator=gen, dtype=torch.float64)
     calls = _count_kernels(monkeypatch)
-    from lunet.frozen_sequential import FrozenSpline
+    import lunet.frozen_conditional as frozen_module
 
-    stage = FrozenSpline.forward
-    monkeypatch.setattr(FrozenSpline, "forward", lambda self, v: calls.append("stage") or stage(self, v))
+    kernel = frozen_module.spline_forward_fast
+    monkeypatch.setattr(frozen_module, "spline_forward_fast", lambda *a: calls.append("stacked") or kernel(*a))
     with torch.no_grad():
         z, logdet = flow(x, labels)
         back, back_logdet = flow.inverse(z, labels)
         frozen = flow.frozen()
         snapshot = frozen(x, labels)
-    # 2 spline activations x 3 labels present, each way; the snapshot: each label's stages made once
-    assert calls == ["spline_forward_fast"] * 6 + ["spline_inverse_fast"] * 6 + ["stage"] * 6
+    # 2 spline activations x 3 labels present, each way; the snapshot: each label's tables made once
+    assert calls == ["spline_forward_fast"] * 6 + ["spline_inverse_fast"] * 6 + ["stacked"] * 6
     want_z, want_logdet = _per_row(flow, x, labels)
     torch.testing.assert_close(z, want_z, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(logdet, want_logdet, rtol=1e-10, atol=1e-10)
@@ -169,20 +169,30 @@ def test_labels_with_splines_compile_without_graph_breaks():
         dynamo.reset()
 
 
-def test_many_stacked_tables_go_group_by_group(monkeypatch):
-    """Past :data:`~lunet.spline.STACKED_ENTRIES` bins (flat indices beyond float32's integers) each
-    label's tables are a spline of their own: the same values and gradients."""
-    import lunet.spline as spline_module
+def test_stacked_tables_count_bins_as_exactly_as_one_spline_in_float32():
+    """Flat bin indices beyond float32's half-integers (2^23 entries): each group counts from its own
+    first feature, so the stack's third group, from 2^23 on, maps as that spline alone."""
+    from lunet.spline import knot_tables, spline_pass
 
-    flow = _spline_flow(8, num_classes=5)
-    labels = torch.tensor([4, 1, 1, 0, 4, 3, 2, 2, 0])
-    x = torch.randn(9, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    stacked = flow.log_prob(x, labels)
-    stacked_grad = torch.autograd.grad(stacked.sum(), flow.conditioner[-1].weight)[0]
-    monkeypatch.setattr(spline_module, "STACKED_ENTRIES", 8)
-    calls = _count_kernels(monkeypatch)
-    each = flow.log_prob(x, labels)
-    assert calls == ["SplineForward"] * 10  # 2 activations x 5 labels
-    torch.testing.assert_close(each, stacked, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(torch.autograd.grad(each.sum(), flow.conditioner[-1].weight)[0], stacked_grad,
-                               rtol=1e-9, atol=1e-10)
+    n, bins = 1 << 19, 8
+    gen = torch.Generator().manual_seed(0)
+    xk, yk, dk = knot_tables(torch.randn(3, n, bins, generator=gen), torch.randn(3, n, bins, generator=gen),
+                             torch.randn(3, n, bins - 1, generator=gen), 5.0)
+    v = 4 * torch.rand(3, n, generator=gen) - 2
+    with torch.no_grad():
+        for inverse in (False, True):
+            grouped = spline_pass(v, xk, yk, dk, 5.0, inverse, counts=[1, 1, 1])
+            alone = [spline_pass(v[g:g + 1], xk[g], yk[g], dk[g], 5.0, inverse) for g in range(3)]
+            torch.testing.assert_close(grouped[0], torch.cat([a for a, _ in alone]), rtol=0, atol=0)
+            torch.testing.assert_close(grouped[1], torch.cat([ld for _, ld in alone]), rtol=0, atol=0)
+
+
+def test_batched_gradients_of_the_log_det_alone():
+    """``jacobian(vectorize=True)`` of the log-det alone: a batched gradient reaches the written-out
+    backward through the log-det while the values' gradient is plain zeros."""
+    flow = _spline_flow(9, num_classes=5)
+    labels = torch.tensor([4, 0, 4, 2, 1, 0])
+    x = torch.randn(6, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda v: flow(v, labels)[1], x, vectorize=True)
+    want = torch.autograd.functional.jacobian(lambda v: _per_row(flow, v, labels)[1], x)
+    torch.testing.assert_close(jac, want, rtol=1e-9, atol=1e-10)

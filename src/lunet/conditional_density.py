@@ -5,7 +5,8 @@ A conditional flow provides ``forward(x, c) -> (z, log|det dz/dx|)``, ``inverse_
 ``reference()``, ``context_shape(c)`` and ``_params(c)``, the context's :data:`Params`; rows and the
 context's parameters meet in a :class:`RowPlan`, by :func:`broadcast_rows`, or for class labels with
 spline activations by :func:`group_rows`, which sorts the rows by label so that each label's knots
-serve its rows at once (the fast passes of an unconditional spline, per label).
+serve its rows at once (one pass of the unconditional spline's kernels over the labels' stacked
+tables).
 """
 
 from __future__ import annotations

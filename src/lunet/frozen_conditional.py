@@ -18,8 +18,8 @@ from lunet.conditional_density import (
     spline_rows,
 )
 from lunet.fast.activation import negated_forward, scaled_forward
+from lunet.fast.spline import BinTables, spline_forward_fast, spline_inverse_fast
 from lunet.frozen import FrozenLUNet, under_vmap
-from lunet.frozen_sequential import FrozenSpline
 from lunet.functional import leaky_softplus, leaky_softplus_inverse, leaky_softplus_log_derivative, solve_scaled
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ class FrozenConditionalLUNet(ConditionalDensity):
             self.log_abs_det = sum(block.log_abs_det() for block in blocks) - torch.log(self.std).sum()
             # the unconditional snapshot of the same LU layers lends its folded matrices: the context's
             # affine maps sit between its products and its activations (the leaky softplus's; splines
-            # whose knots change with the context take the plain passes)
+            # whose knots change with the context run block by block)
             self._shared: Optional[FrozenLUNet] = None
             if self._flow.spline is None:
                 flow_parts: list[nn.Module] = [self._flow.input_standardize]
@@ -75,14 +75,14 @@ class FrozenConditionalLUNet(ConditionalDensity):
                 assert self._flow.num_classes is not None  # a label embedding comes with its count of classes
                 labels = torch.arange(self._flow.num_classes, device=self.std.device)
                 self._label_params = self._flow._params(labels)
-            # with splines, each label's: the unconditional snapshot's spline stages (tables and lookups
-            # made once), [label][block]
-            self._label_splines: Optional[list[list[FrozenSpline]]] = None
+            # with splines, each block's per-bin tables of every label, stacked once (a group of rows
+            # of one label reads its label's part)
+            self._label_tables: Optional[list[BinTables]] = None
             knots = None if self._label_params is None else self._label_params[2]
             if knots is not None and self._flow.spline is not None:
                 bound = self._flow.spline[1]
-                self._label_splines = [[FrozenSpline(tuple(t.clone() for t in k.unbind(0)), bound) for k in per_label]
-                                       for per_label in knots]
+                self._label_tables = [BinTables.stacked(knots[:, i, 0], knots[:, i, 1], knots[:, i, 2], bound)
+                                      for i in range(knots.shape[1])]
         self.alpha = self._flow.activation._fixed_alpha
         self.spline = self._flow.spline
         self.features = self._flow.features
@@ -205,14 +205,14 @@ class FrozenConditionalLUNet(ConditionalDensity):
 
     def _spline_rows(self, h: torch.Tensor, knots: torch.Tensor, block: int, groups: Optional[RowGroups],
                      inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """The spline activation after ``block``, of knot tables ``knots`` (B, 1 or G, 3, D, bins + 1)
-        (:func:`~lunet.conditional_density.spline_rows`), with each label's stages made once where
+        """The spline activation after ``block``, of knot tables ``knots`` ((B, 1 or G), 3, D, bins + 1)
+        (:func:`~lunet.conditional_density.spline_rows`), with each label's tables made once where
         the rows come grouped by label."""
-        stages = self._label_splines
-        if groups is None or stages is None or under_vmap():
+        stacked = self._label_tables
+        if groups is None or stacked is None or under_vmap():
             return spline_rows(h, knots, self.spline, inverse, groups)
-        return each_group(h, groups, lambda g, part: (stages[groups.labels[g]][block].inverse(part) if inverse
-                                                      else stages[groups.labels[g]][block].forward(part)))
+        tables, run = stacked[block], (spline_inverse_fast if inverse else spline_forward_fast)
+        return each_group(h, groups, lambda g, part: run(part, tables.group(groups.labels[g], self.features)))
 
     @overload
     def forward(self, x: torch.Tensor, c: None = None) -> ConditionalFlowDistribution: ...

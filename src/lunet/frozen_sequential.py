@@ -46,20 +46,13 @@ class FrozenSpline:
     under ``vmap`` and ``torch.compile`` the plain formulas run from the same knot tables.
     """
 
-    def __init__(self, knots: tuple[torch.Tensor, torch.Tensor, torch.Tensor], bound: float) -> None:
-        """From knot tables ``knots`` (knots in x and y, slopes there: (features, bins + 1) each, as
-        :meth:`MonotoneSpline.tables` gives them) on ``[-bound, bound]``; :meth:`of` a spline module."""
-        self.features, self.bound = knots[0].shape[0], float(bound)
-        self._knots = knots
+    def __init__(self, spline: MonotoneSpline) -> None:
+        self.features, self.bound = spline.features, spline.bound
+        self._knots = spline.tables()  # knots in x and y, slopes: (features, bins + 1) each
         self._tables = BinTables.of(*self._knots, self.bound)
         self._x_grid = BinGrid(self._knots[0], self.bound)
         self._y_grid = BinGrid(self._knots[1], self.bound)
         self._sampling = SamplingTables.of(self._tables)
-
-    @classmethod
-    def of(cls, spline: MonotoneSpline) -> "FrozenSpline":
-        """The snapshot of ``spline``'s current knots."""
-        return cls(spline.tables(), spline.bound)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -122,7 +115,7 @@ class FrozenSequential(Density):
                 self.stages.append(FrozenLUNet(parts[i:end], **tuning))
             elif isinstance(part, MonotoneSpline):
                 end = i + 1
-                self.stages.append(FrozenSpline.of(part))
+                self.stages.append(FrozenSpline(part))
             else:
                 end = i + 1
                 self.stages.append(copy.deepcopy(part).requires_grad_(False).eval())

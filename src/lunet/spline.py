@@ -31,8 +31,7 @@ from lunet.fast.spline_plain import spline_forward_plain, spline_inverse_plain
 from lunet.fast.spline_training import SplineForward
 from lunet.limits import check_positive_int
 
-__all__ = ["MIN_BIN", "MIN_SLOPE", "MIN_BOUND", "MAX_BOUND", "MAX_SLOPE", "IDENTITY_SLOPE", "STACKED_ENTRIES",
-           "check_spline_size",
+__all__ = ["MIN_BIN", "MIN_SLOPE", "MIN_BOUND", "MAX_BOUND", "MAX_SLOPE", "IDENTITY_SLOPE", "check_spline_size",
            "knot_tables", "spline_pass", "MonotoneSpline"]
 
 # The smallest bin width, height and knot slope, as fractions: they keep every
@@ -98,27 +97,21 @@ def spline_pass(
     return spline_forward_fast(values, BinTables.of(xk, yk, dk, bound), knots=xk)
 
 
-# Flat bin indices of stacked tables are counted in the rows' dtype: within float32's integers
-STACKED_ENTRIES = 1 << 24
-
-
 def _grouped_pass(
     values: torch.Tensor, xk: torch.Tensor, yk: torch.Tensor, dk: torch.Tensor, bound: float, inverse: bool,
     counts: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`spline_pass` of ``G`` splines over sorted groups of rows: the tables of all stacked
-    once (:meth:`~lunet.fast.spline.BinTables.stacked`) and each group's rows through the kernels
-    with its own bin search, or under autograd one :class:`SplineForward` for every group; where
-    plain ops are wanted, or an inverse keeps a graph, the plain formulas with each row's tables."""
+    once (:meth:`~lunet.fast.spline.BinTables.stacked`) and each group's rows through the kernels,
+    its bins counted among its own knots, or under autograd one :class:`SplineForward` for every
+    group; where plain ops are wanted, or an inverse keeps a graph, the plain formulas with each
+    row's tables."""
     if plain_ops_wanted() or torch.compiler.is_compiling() or (
             inverse and torch.is_grad_enabled() and (values.requires_grad or xk.requires_grad)):
         group = torch.repeat_interleave(torch.arange(len(counts), device=values.device),
                                         torch.tensor(counts, device=values.device))
         plain = spline_inverse_plain if inverse else spline_forward_plain
         return plain(values, xk[group], yk[group], dk[group], bound)
-    if xk[..., :-1].numel() >= STACKED_ENTRIES:
-        parts = [spline_pass(part, xk[g], yk[g], dk[g], bound, inverse) for g, part in enumerate(values.split(counts))]
-        return torch.cat([v for v, _ in parts]), torch.cat([ld for _, ld in parts])
     if not inverse and torch.is_grad_enabled():
         return SplineForward.apply(values, xk, yk, dk, bound, counts)
     tables = BinTables.stacked(xk, yk, dk, bound)

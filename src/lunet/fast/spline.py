@@ -30,7 +30,8 @@ __all__ = ["MAX_COUNTED_BINS", "BinTables", "counted_bins", "SamplingTables", "B
            "spline_sample_fast"]
 
 # Up to this many bins the training pass finds bins by counting knots below each entry (one
-# subtraction and sign per inner knot); beyond it, by binary search.
+# subtraction and sign per inner knot); beyond it, by binary search (but for stacked tables'
+# groups, whose knots the passes do not take: counted).
 MAX_COUNTED_BINS = 16
 
 
@@ -42,7 +43,8 @@ class BinTables:
     the same divided by ``s`` (``q0``, ``q1``: see :func:`spline_forward_fast`); and for the bin
     search the inner knots in ``x`` and ``y`` as rows (K - 1, n), and ``base`` (n,),
     ``f * K + (K - 1) / 2`` (see :func:`counted_bins`). ``K`` bins, ``bound`` the interval's end,
-    ``limit`` the largest number of the dtype below it."""
+    ``limit`` the largest number of the dtype below it; ``first``, an integer offset added to every
+    flat index found (a :meth:`group`'s, into stacked tables)."""
 
     x0: torch.Tensor
     w: torch.Tensor
@@ -60,6 +62,7 @@ class BinTables:
     bins: int
     bound: float
     limit: float
+    first: int = 0
 
     @staticmethod
     def of(xk: torch.Tensor, yk: torch.Tensor, dk: torch.Tensor, bound: float) -> "BinTables":
@@ -89,10 +92,13 @@ class BinTables:
 
     def group(self, g: int, n: int) -> "BinTables":
         """The tables of spline ``g`` of :meth:`stacked` tables of ``n`` features each: the inner
-        knots and bases of its features alone, the per-bin tables whole, so that the flat bin
-        index each entry gets addresses the stack."""
+        knots of its features alone, the per-bin tables whole, so that the flat bin index each
+        entry gets addresses the stack. Each group counts its bins from its own first feature
+        (bases of ``n`` features) and adds ``g * n * K`` as an integer: the count, in the rows'
+        dtype, stays as exact as an unstacked spline's however many groups there are."""
         part = slice(g * n, (g + 1) * n)
-        return replace(self, x_rows=self.x_rows[:, part], y_rows=self.y_rows[:, part], base=self.base[part])
+        return replace(self, x_rows=self.x_rows[:, part], y_rows=self.y_rows[:, part], base=self.base[:n],
+                       first=self.first + g * n * self.bins)
 
 
 def _slope_ratios(h: torch.Tensor, w: torch.Tensor, dk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -310,12 +316,15 @@ def _bins_into(v, tables: BinTables, grid: Optional["BinGrid"], rows: torch.Tens
     if tables.bins <= MAX_COUNTED_BINS or knots is None:
         # counted_bins into the buffers given
         if rows.shape[0] == 0:
-            return j.copy_(tables.base.expand(v.shape))
-        acc = torch.sub(v, rows[0], out=b1).sign_()
-        for row in rows[1:]:
-            acc.add_(torch.sub(v, row, out=b2).sign_())
-        return j.copy_(acc.mul_(0.5).add_(tables.base))
-    return j.copy_(_flat_bins(v, tables, rows, knots))
+            j.copy_(tables.base.expand(v.shape))
+        else:
+            acc = torch.sub(v, rows[0], out=b1).sign_()
+            for row in rows[1:]:
+                acc.add_(torch.sub(v, row, out=b2).sign_())
+            j.copy_(acc.mul_(0.5).add_(tables.base))
+    else:
+        j.copy_(_flat_bins(v, tables, rows, knots))
+    return j.add_(tables.first) if tables.first else j
 
 
 def spline_forward_fast(

@@ -74,7 +74,7 @@ class SplineForward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_value: torch.Tensor, g_logdet: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         x, xk, yk, dk, j, t = ctx.saved_tensors
-        if plain_backward_wanted(g_value):
+        if plain_backward_wanted(g_value) or plain_backward_wanted(g_logdet):  # either may come batched
             return _plain_backward(ctx, (x, xk, yk, dk), g_value, g_logdet)
         tables: BinTables = ctx.tables
         shape = xk.shape
