@@ -189,6 +189,9 @@ def group_rows(x: torch.Tensor, labels: torch.Tensor, params_of: Callable[[torch
         raise ValueError(f"{name}'s leading shape {tuple(x.shape[:-1])} and the context's {tuple(labels.shape)} "
                          f"do not broadcast against each other") from None
     rows = x.expand(*batch, x.shape[-1]).reshape(-1, x.shape[-1])
+    if labels.numel() == 1 and rows.shape[0]:  # one label for every row: nothing to sort
+        present = labels.reshape(1)
+        return RowPlan(rows, params_of(present), batch, RowGroups(present.tolist(), [rows.shape[0]]))
     flat = labels.expand(batch).reshape(-1)
     present, group, counts = torch.unique(flat, sorted=True, return_inverse=True, return_counts=True)
     if present.numel() == 0:
