@@ -24,8 +24,7 @@ from lunet.latent import LOG_2PI, latent_draws, standard_normal_log_prob
 from lunet.spline import spline_pass
 
 __all__ = ["Params", "RowGroups", "RowPlan", "ConditionalDensity", "broadcast_rows", "group_rows", "each_group",
-           "spline_rows",
-           "ConditionalFlowDistribution"]
+           "spline_rows", "ConditionalFlowDistribution"]
 
 # A context's parameters, each with the context's leading shape: log-scales and shifts
 # (..., num_blocks, D), and for spline activations the knot tables (..., num_blocks - 1, 3, D, K + 1)
@@ -161,12 +160,8 @@ class ConditionalDensity:
 
 def broadcast_rows(x: torch.Tensor, params: Params, name: str) -> tuple[torch.Tensor, Params, torch.Size]:
     """``x`` (..., D) and the context's :data:`Params` broadcast over their leading shapes, as rows."""
-    x_lead, c_lead = x.shape[:-1], params[0].shape[:-2]
-    try:
-        batch = torch.broadcast_shapes(x_lead, c_lead)
-    except RuntimeError:
-        raise ValueError(f"{name}'s leading shape {tuple(x_lead)} and the context's {tuple(c_lead)} do not "
-                         f"broadcast against each other") from None
+    c_lead = params[0].shape[:-2]
+    batch = _batch_shape(x, c_lead, name)
     rows = x.expand(*batch, x.shape[-1]).reshape(-1, x.shape[-1])
     n = len(c_lead)
     if c_lead.numel() == 1:
@@ -176,6 +171,15 @@ def broadcast_rows(x: torch.Tensor, params: Params, name: str) -> tuple[torch.Te
                                     for p in params)), batch
 
 
+def _batch_shape(x: torch.Tensor, context_shape: torch.Size, name: str) -> torch.Size:
+    """The leading shape ``x`` (..., D) and a context of leading shape ``context_shape`` broadcast to;
+    ``ValueError`` naming ``name`` where they do not."""
+    try:
+        return torch.broadcast_shapes(x.shape[:-1], context_shape)
+    except RuntimeError:
+        raise ValueError(f"{name}'s leading shape {tuple(x.shape[:-1])} and the context's {tuple(context_shape)} "
+                         f"do not broadcast against each other") from None
+
 
 def group_rows(x: torch.Tensor, labels: torch.Tensor, params_of: Callable[[torch.Tensor], Params],
                name: str) -> RowPlan:
@@ -183,11 +187,7 @@ def group_rows(x: torch.Tensor, labels: torch.Tensor, params_of: Callable[[torch
     by label: the :class:`RowPlan` whose knot tables are one per label present, ``params_of(unique
     labels)``, and whose log-scales and shifts are each row's. One label for every row gives that
     label's tables (1, ...) unsorted."""
-    try:
-        batch = torch.broadcast_shapes(x.shape[:-1], labels.shape)
-    except RuntimeError:
-        raise ValueError(f"{name}'s leading shape {tuple(x.shape[:-1])} and the context's {tuple(labels.shape)} "
-                         f"do not broadcast against each other") from None
+    batch = _batch_shape(x, labels.shape, name)
     rows = x.expand(*batch, x.shape[-1]).reshape(-1, x.shape[-1])
     if labels.numel() == 1 and rows.shape[0]:  # one label for every row: nothing to sort
         present = labels.reshape(1)
