@@ -2,7 +2,8 @@
 
     python reproduce/collect_results.py
 
-Shape: {"mnist": {"unconditional": {...}, "per_class": {...}, "best": {...}}, "fashion-mnist": {...},
+Shape: {"mnist": {"unconditional": {...}, "per_class": {...}, "conditional": {...}, "conditional-spline": {...},
+"best": {...}}, "fashion-mnist": {...},
 "gmm2d": {...}, "peers": {...}, "tables": {...}, "sbi": {...}}. The image entries (reproduce/images.sh, and
 `--recipe best`) hold bits_per_dim, paper_bits_per_pixel, epochs, train_seconds (and the class
 agreement and the out-of-distribution detection figures of reproduce/ood.sh where measured);
@@ -99,7 +100,7 @@ def sbi_summary() -> dict | None:
 def main() -> None:
     results: dict = {}
     for dataset in ("mnist", "fashion-mnist"):
-        for kind in ("unconditional", "per_class", "conditional", "best"):
+        for kind in ("unconditional", "per_class", "conditional", "conditional-spline", "best"):
             path = ROOT / "docs" / "results" / f"{dataset}-{kind}.json"
             if not path.exists():
                 continue
