@@ -242,8 +242,13 @@ class FrozenConditionalLUNet(ConditionalDensity):
         if self._label_params is None:
             return self._flow._params(c)
         labels = self._flow._labels(c, self.std)
+        flat = labels.reshape(-1)
+
+        def rows(table: torch.Tensor) -> torch.Tensor:  # index_select: several times faster than indexing
+            return table.index_select(0, flat).view(*labels.shape, *table.shape[1:])
+
         log_scale, shift, knots = self._label_params
-        return log_scale[labels], shift[labels], None if knots is None else knots[labels]
+        return rows(log_scale), rows(shift), None if knots is None else rows(knots)
 
     def _labels(self, c: object, ref: torch.Tensor) -> torch.Tensor:
         """The class labels ``c`` checked, as the flow checks them."""
