@@ -36,7 +36,8 @@ def _ood_summary(report: dict) -> dict:
 RESULTS = ROOT / "docs" / "results"
 # the peers benchmark's results files behind docs/peers.md's tables, by form
 PEERS_FILES = {"constant": ("peers-mnist-cpu.json",),
-               "cosine": ("peers-scheduled-mnist-cpu.json", "peers-scheduled-fashion-mnist-cpu.json")}
+               "cosine": ("peers-scheduled-mnist-cpu.json", "peers-scheduled-fashion-mnist-cpu.json",
+                          "peers-scheduled-vectors-cpu.json")}
 
 
 def _read(name: str) -> dict | None:
