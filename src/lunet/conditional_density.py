@@ -23,8 +23,8 @@ from lunet.fast.spline_plain import spline_forward_plain, spline_inverse_plain
 from lunet.latent import LOG_2PI, latent_draws, standard_normal_log_prob
 from lunet.spline import spline_pass
 
-__all__ = ["Params", "RowGroups", "RowPlan", "ConditionalDensity", "broadcast_rows", "group_rows", "each_group",
-           "spline_rows", "ConditionalFlowDistribution"]
+__all__ = ["Params", "RowGroups", "RowPlan", "ConditionalDensity", "broadcast_rows", "group_rows", "spline_rows",
+           "ConditionalFlowDistribution"]
 
 # A context's parameters, each with the context's leading shape: log-scales and shifts
 # (..., num_blocks, D), and for spline activations the knot tables (..., num_blocks - 1, 3, D, K + 1)
@@ -204,15 +204,6 @@ def group_rows(x: torch.Tensor, labels: torch.Tensor, params_of: Callable[[torch
     return RowPlan(rows.index_select(0, order),
                    (log_scale.index_select(0, sorted_group), shift.index_select(0, sorted_group), knots),
                    batch, RowGroups(present.tolist(), counts.tolist()), order)
-
-
-def each_group(
-    h: torch.Tensor, groups: RowGroups, fn: Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``fn(g, rows of group g)`` -> (values, log-dets) for every group of the sorted rows ``h``
-    (B, D), joined: (B, D'), (B,)."""
-    parts = [fn(g, part) for g, part in enumerate(h.split(groups.counts))]
-    return torch.cat([value for value, _ in parts]), torch.cat([logdet for _, logdet in parts])
 
 
 def spline_rows(

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from lunet.base import Transform
 from lunet.checks import plain_ops_wanted
-from lunet.fast.spline import BinTables, spline_forward_fast, spline_inverse_fast
+from lunet.fast.spline import BinTables, each_group, group_of_rows, spline_forward_fast, spline_inverse_fast
 from lunet.fast.spline_plain import spline_forward_plain, spline_inverse_plain
 from lunet.fast.spline_training import SplineForward
 from lunet.limits import check_positive_int
@@ -108,17 +108,14 @@ def _grouped_pass(
     row's tables."""
     if plain_ops_wanted() or torch.compiler.is_compiling() or (
             inverse and torch.is_grad_enabled() and (values.requires_grad or xk.requires_grad)):
-        group = torch.repeat_interleave(torch.arange(len(counts), device=values.device),
-                                        torch.tensor(counts, device=values.device))
+        group = group_of_rows(counts, values.device)
         plain = spline_inverse_plain if inverse else spline_forward_plain
         return plain(values, xk[group], yk[group], dk[group], bound)
     if not inverse and torch.is_grad_enabled():
         return SplineForward.apply(values, xk, yk, dk, bound, counts)
     tables = BinTables.stacked(xk, yk, dk, bound)
-    n = xk.shape[1]
     run = spline_inverse_fast if inverse else spline_forward_fast
-    parts = [run(part, tables.group(g, n)) for g, part in enumerate(values.split(counts))]
-    return torch.cat([v for v, _ in parts]), torch.cat([ld for _, ld in parts])
+    return each_group(values, counts, lambda g, part: run(part, tables.group(g, xk.shape[1])))
 
 
 def check_spline_size(bins: int, bound: float) -> tuple[int, float]:

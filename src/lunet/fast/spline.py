@@ -19,13 +19,14 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, replace
-from typing import Literal, Optional, overload
+from typing import Callable, Literal, Optional, overload
 
 import torch
 
 from lunet.fast.spline_plain import bin_index
 
-__all__ = ["MAX_COUNTED_BINS", "BinTables", "counted_bins", "SamplingTables", "BinGrid", "BLOCK_BYTES", "gather_into",
+__all__ = ["MAX_COUNTED_BINS", "each_group", "group_of_rows", "BinTables",
+           "counted_bins", "SamplingTables", "BinGrid", "BLOCK_BYTES", "gather_into",
            "run_blocks", "SCRATCH_SHAPES", "SEARCHED_ROWS", "spline_forward_fast", "spline_inverse_fast",
            "spline_sample_fast"]
 
@@ -33,6 +34,21 @@ __all__ = ["MAX_COUNTED_BINS", "BinTables", "counted_bins", "SamplingTables", "B
 # subtraction and sign per inner knot); beyond it, by binary search (but for stacked tables'
 # groups, whose knots the passes do not take: counted).
 MAX_COUNTED_BINS = 16
+
+
+# -- rows sorted into groups, each group its own spline ---------------------------------------
+def each_group(
+    h: torch.Tensor, counts: list[int], fn: Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fn(g, rows of group g)`` -> (values, log-dets) for every group of the sorted rows ``h``
+    (B, D), group ``g`` the next ``counts[g]`` rows, joined: (B, D'), (B,)."""
+    parts = [fn(g, part) for g, part in enumerate(h.split(counts))]
+    return torch.cat([value for value, _ in parts]), torch.cat([logdet for _, logdet in parts])
+
+
+def group_of_rows(counts: list[int], device: torch.device) -> torch.Tensor:
+    """The group of each of the sorted rows (int64, (sum(counts),)), group ``g`` the next ``counts[g]``."""
+    return torch.repeat_interleave(torch.arange(len(counts), device=device), torch.tensor(counts, device=device))
 
 
 # -- per-bin tables ---------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from lunet.checks import plain_backward_wanted
-from lunet.fast.spline import BinTables, gather_into, run_blocks, spline_forward_fast
+from lunet.fast.spline import BinTables, gather_into, group_of_rows, run_blocks, spline_forward_fast
 from lunet.fast.spline_plain import spline_forward_plain
 
 __all__ = ["BACKWARD_BLOCK_BYTES", "BACKWARD_BUFFERS", "SplineForward", "PER_BIN_SUMS"]
@@ -164,8 +164,7 @@ def _plain_backward(ctx, inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor,
         leaves = [t if t.requires_grad else t.detach().requires_grad_(True) for t in inputs]
         x, xk, yk, dk = leaves
         if ctx.counts is not None:  # each row its group's tables
-            group = torch.repeat_interleave(torch.arange(len(ctx.counts), device=x.device),
-                                            torch.tensor(ctx.counts, device=x.device))
+            group = group_of_rows(ctx.counts, x.device)
             xk, yk, dk = xk[group], yk[group], dk[group]
         y, logdet = spline_forward_plain(x, xk, yk, dk, ctx.bound)
         grads = torch.autograd.grad((y, logdet), [leaves[i] for i in wanted], (g_value, g_logdet),
