@@ -30,7 +30,7 @@ from torch import nn
 from lunet.base import check_module_state
 from lunet.checks import check_batch
 from lunet.conditional_density import ConditionalDensity, ConditionalFlowDistribution, Params, RowGroups, spline_rows
-from lunet.context import ContextInput, context_network, read_params
+from lunet.context import ContextInput, context_network, label_rows, read_params
 from lunet.flow import ACTIVATIONS, LUNet
 from lunet.frozen_conditional import FrozenConditionalLUNet
 from lunet.layers import LeakySoftplus, LULinear
@@ -189,7 +189,14 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
         return f"features {self.features}, {blocks}, {context}{spline}"
 
     def _params(self, c: object) -> Params:
-        """The context's :data:`Params` (:func:`~lunet.context.read_params` of the context network's output)."""
+        """The context's :data:`Params` (:func:`~lunet.context.read_params` of the context network's output).
+
+        Labels outnumbering the classes take the network once per class and each row its class's
+        parameters (:func:`~lunet.context.label_rows`): the same values, at a fraction of the work."""
+        if self.num_classes is not None:
+            labels = self._labels(c, self.reference())
+            if labels.numel() > self.num_classes:
+                return label_rows(self._params(torch.arange(self.num_classes, device=labels.device)), labels)
         return read_params(self.conditioner(self.embed(c)), self.num_blocks, self.features, self.max_log_scale,
                            self.spline)
 

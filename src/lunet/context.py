@@ -18,7 +18,7 @@ from lunet.limits import check_positive_int
 from lunet.spline import IDENTITY_SLOPE, knot_tables
 from lunet.standardize import Standardize
 
-__all__ = ["ContextInput", "context_network", "read_params"]
+__all__ = ["ContextInput", "context_network", "label_rows", "read_params"]
 
 
 def context_network(context_features: int, hidden: int | Sequence[int], outputs: int) -> nn.Sequential:
@@ -53,6 +53,19 @@ def read_params(out: torch.Tensor, num_blocks: int, features: int, max_log_scale
     raw = out[..., affine_width:].unflatten(-1, (num_blocks - 1, features, 3 * bins - 1))
     tables = knot_tables(raw[..., :bins], raw[..., bins:2 * bins], raw[..., 2 * bins:] + IDENTITY_SLOPE, bound)
     return log_scale, shift, torch.stack(tables, dim=-3)
+
+
+def label_rows(per_class: Params, labels: torch.Tensor) -> Params:
+    """Each label's row of the per-class :data:`Params` ``per_class`` (num_classes, ...): labels (...)
+    -> :data:`Params` (..., ...). ``index_select`` rather than indexing: several times faster, and its
+    backward adds each row's gradient into its class's."""
+    flat = labels.reshape(-1)
+
+    def rows(table: torch.Tensor) -> torch.Tensor:
+        return table.index_select(0, flat).view(*labels.shape, *table.shape[1:])
+
+    log_scale, shift, knots = per_class
+    return rows(log_scale), rows(shift), None if knots is None else rows(knots)
 
 
 class ContextInput:
