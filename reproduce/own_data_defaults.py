@@ -34,11 +34,13 @@ from lunet.experiments.training.state import TrainingDiverged
 
 # name -> (what changes, train_vectors keyword arguments)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "defaults": ("4 blocks, splines, the Gaussian start, about 3,000 steps at 1e-3, early stopping", {}),
+    "defaults": ("4 blocks (8 from 400 rows), splines, the Gaussian start, about 3,000 steps at 1e-3, early stopping",
+                 {}),
     "leaky": ("learned leaky-softplus slopes instead of splines",
               {"model_spec": {"activation": "leaky_softplus"}}),
     "standardize": ("the standardised start instead of the Gaussian", {"data_init": "standardize"}),
-    "blocks-8": ("8 blocks instead of 4", {"model_spec": {"num_blocks": 8}}),
+    "blocks-4": ("4 blocks on every table", {"model_spec": {"num_blocks": 4}}),
+    "blocks-8": ("8 blocks on every table", {"model_spec": {"num_blocks": 8}}),
     "lr-1e-2": ("Adam at 1e-2 instead of 1e-3", {"config": {"lr": 1e-2}}),
     "no-stop": ("no early stopping (the whole schedule, the best weights kept)", {"config": {"patience": None}}),
     "60-epochs": ("60 epochs (the earlier count) instead of about 3,000 steps",
@@ -47,7 +49,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 # longer and deeper runs for tables of thousands of rows, run when named; "steps" sets the epochs
 # that give about that many optimiser steps on the table (batches of 256)
 SIZE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "steps-10k": ("about 10,000 steps instead of 3,000", {"steps": 10_000}),
+    "steps-10k": ("4 blocks, about 10,000 steps", {"steps": 10_000, "model_spec": {"num_blocks": 4}}),
     "blocks-8-steps-10k": ("8 blocks, about 10,000 steps", {"steps": 10_000, "model_spec": {"num_blocks": 8}}),
     "blocks-8-bins-16-steps-10k": ("8 blocks of 16 bins, about 10,000 steps",
                                    {"steps": 10_000, "model_spec": {"num_blocks": 8, "bins": 16}}),

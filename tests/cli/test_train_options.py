@@ -9,7 +9,7 @@ from lunet.cli import main
 
 
 def _expected():
-    from lunet.experiments.config.presets import GMM2DSettings, paper_lunet_spec, vector_lunet_spec
+    from lunet.experiments.config.presets import DEEP_VECTOR_ROWS, GMM2DSettings, paper_lunet_spec, vector_lunet_spec
     from lunet.experiments.config.training import VECTOR_STEPS, default_train_config
 
     small, images, own = default_train_config("gmm2d"), default_train_config("mnist"), default_train_config("vectors")
@@ -19,8 +19,9 @@ def _expected():
         ("--epochs", f"(default {small.epochs} for gmm2d, {images.epochs} for images, about {VECTOR_STEPS:,} steps' "
                      f"worth for --data)"),
         ("--lr", f"(default {small.lr:g} for gmm2d, {images.lr:g} for images and --data)"),
-        ("--blocks", f"(default {GMM2DSettings().num_blocks} for gmm2d, {paper_lunet_spec()['num_blocks']} for images "
-                     f"and --data)"),
+        ("--blocks", f"(default {GMM2DSettings().num_blocks} for gmm2d, {paper_lunet_spec()['num_blocks']} for images, "
+                     f"{vector_lunet_spec(1)['num_blocks']} (8 from {DEEP_VECTOR_ROWS} rows without --context) "
+                     f"for --data)"),
         ("--patience", "(default none for gmm2d and images, 10 for --data)"),
         ("--limit", "per class with --per-class"),
     ]

@@ -23,6 +23,7 @@ from lunet.cli.options import (
 )
 from lunet.experiments.config.presets import (
     CONTEXT_KINDS,
+    DEEP_VECTOR_ROWS,
     DEFAULT_LAM,
     DEQUANTIZE_CHOICES,
     GMM2D,
@@ -33,6 +34,7 @@ from lunet.experiments.config.presets import (
     GMM2DSettings,
     paper_lunet_spec,
     vector_lunet_spec,
+    vector_num_blocks,
 )
 from lunet.experiments.config.training import VECTOR_EVAL_STEPS, VECTOR_STEPS, default_train_config
 from lunet.limits import ALPHA_MIN
@@ -92,6 +94,9 @@ def _config_defaults(field: str) -> Callable[[], dict[str, object]]:
 
 
 def _vector_spec_default(key: str) -> object:
+    if key == "num_blocks":
+        return (f"{vector_num_blocks(0)} ({vector_num_blocks(DEEP_VECTOR_ROWS)} from {DEEP_VECTOR_ROWS} rows without "
+                "--context)")
     spec = vector_lunet_spec(1)
     if key in spec:
         return spec[key]

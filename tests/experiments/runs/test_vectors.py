@@ -14,7 +14,7 @@ from baselines.test_gaussian import closed_form_log_density
 from conftest import read_metrics, run_cli
 from lunet.cli import main
 from lunet.experiments.config.models import build_model
-from lunet.experiments.config.presets import vector_lunet_spec
+from lunet.experiments.config.presets import DEEP_VECTOR_ROWS, vector_lunet_spec, vector_num_blocks
 from lunet.experiments.config.training import VECTOR_PATIENCE, TrainConfig, vector_train_config
 from lunet.experiments.runs.vector_report import describe_samples, sample_report
 from lunet.experiments.runs.vector_run import evaluate_vectors, load_vector_run
@@ -421,3 +421,19 @@ def test_lunet_train_with_spline_activations_records_them_and_evaluates(tmp_path
     assert main(["evaluate", str(tmp_path / "run"), "--data", str(test)]) == 0
     printed = capsys.readouterr().out
     assert f"{best_nll_per_dim(tmp_path / 'run', make_rows(100, 1)):.4f}" in printed
+
+
+def test_the_default_depth_is_chosen_from_the_rows_and_a_resume_keeps_the_runs_own(tmp_path, capsys):
+    assert (vector_num_blocks(DEEP_VECTOR_ROWS - 1), vector_num_blocks(DEEP_VECTOR_ROWS)) == (4, 8)
+    for rows, blocks in ((DEEP_VECTOR_ROWS - 1, 4), (DEEP_VECTOR_ROWS, 8)):  # rows before the validation split
+        data = write_npy(tmp_path / f"rows-{rows}.npy", make_rows(rows, 1))
+        run = tmp_path / f"run-{rows}"
+        assert run_cli("train", "--data", data, "--out", run, "--epochs", "1", "--no-progress") == 0
+        assert load_checkpoint(run / "checkpoint.pt")["model_spec"]["num_blocks"] == blocks
+    # a run that began with a depth of its own (or with the defaults of an earlier version) resumes with it
+    data = make_rows(DEEP_VECTOR_ROWS, 2)
+    run = tmp_path / "three"
+    train_vectors(data, run, {"epochs": 1}, model_spec={"num_blocks": 3}, progress=False)
+    model, summary = train_vectors(data, run, {"epochs": 2}, resume=True, progress=False)
+    assert model.num_blocks == 3 and summary["epochs"] == 2
+    capsys.readouterr()

@@ -12,7 +12,7 @@ from typing import Any, Optional
 from lunet.limits import check_positive_int
 
 __all__ = ["GMM2D", "IMAGES", "VECTORS", "KINDS", "IMAGE_DATASETS", "DEFAULT_LAM", "MAX_SAMPLE_VALUES", "NUM_CLASSES",
-           "paper_lunet_spec", "conditional_image_spec",
+           "paper_lunet_spec", "conditional_image_spec", "DEEP_VECTOR_ROWS", "vector_num_blocks",
            "vector_lunet_spec", "conditional_vector_spec", "CONTEXT_KINDS", "MAX_AUTO_CLASSES",
            "MAX_LABEL_EMBEDDING", "DEQUANTIZE_CHOICES", "GMM2DSettings", "Recipe", "RECIPES"]
 
@@ -52,10 +52,24 @@ def conditional_image_spec(num_blocks: int = 4, **kwargs: Any) -> dict[str, Any]
     return spec
 
 
-def vector_lunet_spec(features: int, num_blocks: int = 4, activation: str = "spline", **kwargs: Any) -> dict[str, Any]:
+# Own data of at least this many rows train 8 blocks rather than 4: more depth wins on every table of the
+# benchmark above it and loses on every one below (docs/own-data.md)
+DEEP_VECTOR_ROWS = 400
+
+
+def vector_num_blocks(rows: int) -> int:
+    """The default depth of an LU-Net for ``rows`` rows of own data (before the validation split):
+    4 blocks, 8 from :data:`DEEP_VECTOR_ROWS` rows."""
+    return 8 if rows >= DEEP_VECTOR_ROWS else 4
+
+
+def vector_lunet_spec(features: int, num_blocks: Optional[int] = None, activation: str = "spline", rows: int = 0,
+                      **kwargs: Any) -> dict[str, Any]:
     """Model spec of an LU-Net for own feature vectors of width ``features`` (``lunet train --data``):
-    4 blocks with a monotone spline per feature, whose identity tails keep samples near the data
-    (docs/own-data.md); ``activation="leaky_softplus"`` gives learned leaky-softplus slopes instead."""
+    blocks with a monotone spline per feature, whose identity tails keep samples near the data
+    (docs/own-data.md), as many as :func:`vector_num_blocks` gives for ``rows`` rows unless
+    ``num_blocks`` says; ``activation="leaky_softplus"`` gives learned leaky-softplus slopes instead."""
+    num_blocks = vector_num_blocks(rows) if num_blocks is None else num_blocks
     spec: dict[str, Any] = {"name": "lunet", "features": features, "num_blocks": num_blocks, "diag": "exp",
                             "init_scale": 1.0}
     if activation == "spline":

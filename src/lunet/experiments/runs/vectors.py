@@ -209,8 +209,12 @@ def train_vectors(
     if not isinstance(config, TrainConfig):
         config = vector_train_config(train.shape[0], **dict(config or {}))
     if model_spec is None or "name" not in model_spec:  # the entries to change in the defaults
+        began = read_run_file(run).model if resume and run.run_file.is_file() else {}
+        if "num_blocks" in began:  # the depth chosen from the rows when the run began (by this rule or an earlier one)
+            model_spec = {"num_blocks": began["num_blocks"], **(model_spec or {})}
         if context_rules is None:
-            model_spec = vector_lunet_spec(train.shape[1], **(model_spec or {}))
+            given_rows = train.shape[0] + (val.shape[0] if val_data is None else 0)
+            model_spec = vector_lunet_spec(train.shape[1], rows=given_rows, **(model_spec or {}))
         else:
             model_spec = conditional_vector_spec(train.shape[1], context_rules.features, context_rules.num_classes,
                                                  **(model_spec or {}))
