@@ -1,6 +1,7 @@
 """The spline's no-autograd passes against its plain formulas (lunet.fast.spline): counted bins and a
-snapshot's grid lookup, the forward, inverse and sampling passes, in float32 and float64; their scratch
-buffers between calls and threads; torch.compile through the spline and its snapshot."""
+snapshot's grid lookup, the forward, inverse and sampling passes, in float32 and float64, by the
+compiled loops and in torch ops; their scratch buffers between calls and threads; torch.compile
+through the spline and its snapshot."""
 
 from __future__ import annotations
 
@@ -9,12 +10,24 @@ import torch
 import torch._dynamo as dynamo
 
 from lunet import LUNet
+from lunet.fast import native
 from lunet.fast.spline import BinGrid, BinTables, counted_bins, spline_forward_fast, spline_inverse_fast
 from lunet.fast.spline_plain import spline_forward_plain, spline_inverse_plain
 from lunet.spline import MonotoneSpline
 
 DTYPES = [torch.float32, torch.float64]
 TOL = {torch.float32: {"atol": 2e-4, "rtol": 2e-4}, torch.float64: {"atol": 1e-10, "rtol": 1e-10}}
+
+
+@pytest.fixture(autouse=True, params=["compiled loops", "torch ops"])
+def passes(request):
+    """Each test twice: the passes by the compiled loops (lunet.fast.native, where they build), and
+    in torch ops. Modules that import this fixture run their tests both ways too."""
+    if request.param == "torch ops":
+        with native.disabled():
+            yield request.param
+    else:
+        yield request.param
 
 
 def _spline(dtype: torch.dtype, features: int = 7, bins: int = 6, bound: float = 3.0, seed: int = 0):

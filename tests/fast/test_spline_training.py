@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fast.test_spline import DTYPES, TOL, _inputs, _spline
+from fast.test_spline import DTYPES, TOL, _inputs, _spline, passes  # noqa: F401 (passes: both ways)
 from lunet.fast.spline_plain import spline_forward_plain
 from lunet.fast.spline_training import SplineForward
 

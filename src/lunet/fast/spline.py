@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Literal, Optional, overload
 
 import torch
 
+from lunet.fast import native
 from lunet.fast.spline_plain import bin_index
 
 __all__ = ["MAX_COUNTED_BINS", "each_group", "group_of_rows", "BinTables",
@@ -79,6 +80,9 @@ class BinTables:
     bound: float
     limit: float
     first: int = 0
+    # bin-major copies (K, n) of per-bin tables for the compiled loops (:func:`bin_major`), made on
+    # first use and shared by the groups of stacked tables
+    major: dict = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
     def of(xk: torch.Tensor, yk: torch.Tensor, dk: torch.Tensor, bound: float) -> "BinTables":
@@ -170,6 +174,7 @@ class SamplingTables:
     b2: torch.Tensor
     c: torch.Tensor
     s2: torch.Tensor
+    major: dict = field(default_factory=dict, compare=False, repr=False)  # as BinTables.major
 
     @staticmethod
     def of(tables: BinTables) -> "SamplingTables":
@@ -179,6 +184,25 @@ class SamplingTables:
             dtype = tables.s.dtype
             return SamplingTables(a2=(2 * h * (s - d0)).to(dtype), b2=(2 * (d0 + d1 - 2 * s)).to(dtype),
                                   c=(h * d0).to(dtype), s2=(2 * s).to(dtype))
+
+
+def bin_major(holder: "BinTables | SamplingTables", tables: BinTables, *names: str) -> list[torch.Tensor]:
+    """``holder``'s per-bin tables ``names`` bin-major, (K, P) contiguous, for the ``n`` features of
+    ``tables`` (a :meth:`BinTables.group`'s own), as the compiled loops read them: ``P`` is ``n``
+    rounded up to :data:`~lunet.fast.native.LANES`, the padding a copy of the last feature's. Kept
+    in ``holder.major`` once made."""
+    n, k = tables.base.shape[0], tables.bins
+    padded = -(-n // native.LANES) * native.LANES
+    out = []
+    for name in names:
+        key = (name, tables.first, n)
+        table = holder.major.get(key)
+        if table is None:
+            start = tables.first // k
+            own = getattr(holder, name).view(-1, k)[start:start + n].t()
+            table = holder.major[key] = torch.cat([own, own[:, -1:].expand(k, padded - n)], dim=1).contiguous()
+        out.append(table)
+    return out
 
 
 class BinGrid:
@@ -361,6 +385,17 @@ def spline_forward_fast(
     log-derivative.
     """
 
+    lib = native.usable(x, tables.x0, *keep[1:])
+    if lib is not None and (not keep or (keep[0].dtype == torch.int64 and keep[0].is_contiguous())):
+        x = x.contiguous()
+        y, logdet = torch.empty_like(x), x.new_empty(x.shape[0])
+        run = lib.lunet_spline_forward_f32 if x.dtype == torch.float32 else lib.lunet_spline_forward_f64
+        major = bin_major(tables, tables, "x0", "w", "y0", "h", "q0", "q1")
+        run(x.shape[0], x.shape[1], tables.bins, major[0].shape[1], tables.first, tables.bound,
+            *map(native.address, (*major, x, y, logdet)),
+            *((native.address(keep[0]), native.address(keep[1])) if keep else (None, None)))
+        return y, logdet
+
     def kernel(x, y, logdet, work, *kept):
         (b0, b1, b2, b3, b4, b5, b6, b7, b8, _b9), cell, j = work
         xc = torch.clamp(x, -tables.bound, tables.bound, out=b0)
@@ -403,6 +438,16 @@ def spline_inverse_fast(
     ``with_logdet``) at ``y`` (B, n), without autograd; bins from ``grid`` where given, else counted
     among the inner y-knots (or searched among ``knots`` (n, K + 1) for many bins)."""
 
+    lib = native.usable(y, tables.x0)
+    if lib is not None:
+        y = y.contiguous()
+        x, logdet = torch.empty_like(y), (y.new_empty(y.shape[0]) if with_logdet else None)
+        run = lib.lunet_spline_inverse_f32 if y.dtype == torch.float32 else lib.lunet_spline_inverse_f64
+        major = bin_major(tables, tables, "x0", "w", "y0", "h", "s", "d0", "d1")
+        run(y.shape[0], y.shape[1], tables.bins, major[0].shape[1], tables.limit,
+            *map(native.address, (*major, y, x, logdet)))
+        return x, logdet
+
     def kernel(y, x, logdet, work):
         (b0, b1, b2, b3, b4, b5, b6, b7, b8, b9), cell, j = work
         yc = torch.clamp(y, -tables.limit, tables.limit, out=b0)
@@ -441,6 +486,16 @@ def spline_sample_fast(y: torch.Tensor, tables: BinTables, coefficients: Samplin
     """``x`` (B, n) at ``y`` (B, n) as :func:`spline_inverse_fast` computes it, without the log-det,
     from the coefficients of the quadratic made once (:class:`SamplingTables`); bins from ``grid``
     where given, else counted among the inner y-knots."""
+
+    lib = native.usable(y, tables.x0, coefficients.a2)
+    if lib is not None:
+        y = y.contiguous()
+        x = torch.empty_like(y)
+        run = lib.lunet_spline_sample_f32 if y.dtype == torch.float32 else lib.lunet_spline_sample_f64
+        major = [*bin_major(tables, tables, "x0", "w", "y0"), *bin_major(coefficients, tables, "a2", "b2", "c", "s2")]
+        run(y.shape[0], y.shape[1], tables.bins, major[0].shape[1], tables.limit,
+            *map(native.address, (*major, y, x)))
+        return x
 
     def kernel(y, x, _, work):
         (b0, b1, b2, b3, b4, b5, b6, b7, _b8, _b9), cell, j = work

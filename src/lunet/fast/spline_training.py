@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 
 from lunet.checks import plain_backward_wanted
+from lunet.fast import native
 from lunet.fast.spline import BinTables, gather_into, group_of_rows, run_blocks, spline_forward_fast
 from lunet.fast.spline_plain import spline_forward_plain
 
@@ -80,11 +81,21 @@ class SplineForward(torch.autograd.Function):
         shape = xk.shape
         n, k = shape[:-1].numel(), tables.bins
         sums = torch.zeros(len(PER_BIN_SUMS), n * k, dtype=x.dtype, device=x.device)
+        g_value, g_logdet = g_value.contiguous(), g_logdet.contiguous()
+        lib = native.usable(x, g_value, g_logdet, t, tables.q0)
+        if lib is not None:
+            g_x = torch.empty_like(x)
+            run = lib.lunet_spline_backward_f32 if x.dtype == torch.float32 else lib.lunet_spline_backward_f64
+            run(x.shape[0], x.shape[1], n * k, tables.limit,
+                *map(native.address, (tables.q0, tables.q1, tables.w, tables.h, x, g_value, g_logdet, j, t, sums,
+                                      g_x)))
+            g_xk, g_yk, g_dk = (g.view(shape) for g in _knot_grads(sums.view(-1, n, k), tables, n, k))
+            return g_x if ctx.needs_input_grad[0] else None, g_xk, g_yk, g_dk, None, None
 
         def kernel(x, g_x, _, work, g_value, g_logdet, j, t):
             _backward_block(x, g_value, g_logdet, j, t, tables, sums, g_x, work[0])
 
-        g_x, _ = run_blocks(x, kernel, False, (g_value.contiguous(), g_logdet.contiguous(), j, t),
+        g_x, _ = run_blocks(x, kernel, False, (g_value, g_logdet, j, t),
                          BACKWARD_BLOCK_BYTES, BACKWARD_BUFFERS)
         g_xk, g_yk, g_dk = (g.view(shape) for g in _knot_grads(sums.view(-1, n, k), tables, n, k))
         return g_x if ctx.needs_input_grad[0] else None, g_xk, g_yk, g_dk, None, None

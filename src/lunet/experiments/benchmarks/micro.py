@@ -15,6 +15,7 @@ from lunet.experiments.benchmarks.measure import captured_step, time_call, train
 from lunet.experiments.config.errors import error_line
 from lunet.experiments.config.models import build_model
 from lunet.experiments.training.trainer import resolve_device
+from lunet.fast import native
 from lunet.flow import LUNet
 
 __all__ = ["run_micro", "spline_lunet", "spline_table", "micro_table"]
@@ -237,6 +238,7 @@ def run_micro(device: str = "cpu", features: int = 784, num_blocks: int = 4, rep
             "sampling_batch1_ms": t_spline_sample1.median * 1e3,
             "sampling_batch1_fastest_ms": t_spline_sample1.low * 1e3,
             "lunet_sampling_batch1_ms": t_sample1.median * 1e3,
+            "passes": native.status() if dev.type == "cpu" else "torch ops (on the GPU)",
         },
         **captured,
     }
@@ -277,6 +279,8 @@ def spline_table(r: dict[str, Any]) -> str:
     ]
     lines = ["| figure | spline LU-Net | paper's LU-Net | ratio | target |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} | {d:.3f} | {e} |" for a, b, c, d, e in rows]
+    if "passes" in s:
+        lines += ["", f"The spline's passes: {s['passes']}."]
     return "\n".join(lines)
 
 
