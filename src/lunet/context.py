@@ -57,12 +57,12 @@ def read_params(out: torch.Tensor, num_blocks: int, features: int, max_log_scale
 
 def label_rows(per_class: Params, labels: torch.Tensor) -> Params:
     """Each label's row of the per-class :data:`Params` ``per_class`` (num_classes, ...): labels (...)
-    -> :data:`Params` (..., ...). ``index_select`` rather than indexing: several times faster, and its
-    backward adds each row's gradient into its class's."""
+    -> :data:`Params` (..., ...). ``index_select`` of contiguous tables rather than indexing: several
+    times faster, and its backward adds each row's gradient into its class's."""
     flat = labels.reshape(-1)
 
     def rows(table: torch.Tensor) -> torch.Tensor:
-        return table.index_select(0, flat).view(*labels.shape, *table.shape[1:])
+        return table.contiguous().index_select(0, flat).view(*labels.shape, *table.shape[1:])
 
     log_scale, shift, knots = per_class
     return rows(log_scale), rows(shift), None if knots is None else rows(knots)
