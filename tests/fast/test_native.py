@@ -164,3 +164,41 @@ def test_only_contiguous_cpu_floats_of_one_dtype_take_the_loops():
     assert native.usable(a.double(), a) is None  # mixed dtypes
     assert native.usable(a.t()[:, :2], a) is None  # not contiguous
     assert native.usable(a.half(), a.half()) is None  # another dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_split_among_threads_give_the_one_threads_figures(dtype, monkeypatch):
+    if native.kernels() is None:
+        pytest.skip(native.status())
+    from lunet.fast.spline_training import SplineForward
+
+    tables, (xk, yk, dk) = _tables(dtype, 21, 6)
+    x = _inputs(dtype, 50, 21, xk)[5:]  # finite rows
+    knots = [k.clone().requires_grad_() for k in (xk, yk, dk)]
+    xg = x.clone().requires_grad_()
+
+    def everything():
+        y, logdet = spline_forward_fast(x, tables)
+        back, back_logdet = spline_inverse_fast(y, tables)
+        drawn = spline_sample_fast(y, tables, SamplingTables.of(tables))
+        value, ld = SplineForward.apply(xg, *knots, 3.0)
+        grads = torch.autograd.grad((value * torch.linspace(0, 1, 21, dtype=dtype)).sum() + ld.sum(), [xg, *knots])
+        return (y, logdet, back, back_logdet, drawn, value, ld), grads
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone, alone_grads = everything()
+        torch.set_num_threads(3)
+        monkeypatch.setattr(native, "SPLIT_ENTRIES", 1)
+        parts = []
+        monkeypatch.setattr(native, "split_rows", lambda rows, f, run, split=native.split_rows:
+                            parts.append(split(rows, f, run)) or parts[-1])
+        split, split_grads = everything()
+    finally:
+        torch.set_num_threads(threads)
+    assert parts and min(parts) == 3  # every pass went in three parts
+    for a, b in zip(alone, split):
+        assert torch.equal(a, b)  # row by row: the same arithmetic whatever the thread
+    for a, b in zip(alone_grads, split_grads):  # the per-bin sums add in another order
+        torch.testing.assert_close(a, b, **EXACT[dtype])

@@ -7,7 +7,8 @@ Where no compiler is found or the build fails, :func:`kernels` returns None and 
 ``LUNET_NATIVE=0`` in the environment, or :func:`disabled` around a block, turns the compiled
 loops off. ``LUNET_CACHE`` names the cache folder (default ``~/.cache/lunet``).
 
-The loops run on the calling thread; ``ctypes`` releases the GIL while they run.
+A call's rows are split among ``torch.get_num_threads()`` threads (the caller's and a pool's) where
+there are enough of them; ``ctypes`` releases the GIL while the loops run.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import subprocess
 import sys
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Optional, cast
+from typing import Callable, Iterator, Optional, cast
 
 import torch
 
-__all__ = ["kernels", "status", "disabled", "usable", "address", "library_path", "SOURCE", "LANES"]
+__all__ = ["kernels", "status", "disabled", "usable", "address", "library_path", "split_rows", "SOURCE", "LANES",
+           "SPLIT_ENTRIES"]
 
 SOURCE = Path(__file__).with_name("spline_kernels.c")
 # features per vector in the loops (spline_kernels.c's LANES): tables are padded to a multiple of it
@@ -184,3 +187,43 @@ def usable(*tensors: torch.Tensor) -> Optional[ctypes.CDLL]:
 def address(t: Optional[torch.Tensor]) -> Optional[int]:
     """The address of ``t``'s first element, None (NULL) for None."""
     return None if t is None else t.data_ptr()
+
+
+# Entries (rows x features) per thread from which a call's rows are split among threads: below it,
+# handing rows to another thread costs more than it saves
+SPLIT_ENTRIES = 1 << 15
+
+_pool: Optional[ThreadPoolExecutor] = None
+_pool_size = 0
+_pool_lock = threading.Lock()
+
+
+def _forget_pool() -> None:
+    """A forked child has none of its parent's pool threads: it makes its own."""
+    global _pool, _pool_size
+    _pool, _pool_size = None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def split_rows(rows: int, features: int, run: Callable[[int, int], None]) -> int:
+    """``run(start, stop)`` over ``rows`` rows of ``features`` entries, in parts of consecutive rows
+    on up to ``torch.get_num_threads()`` threads (this one and a pool's); returns the number of
+    parts. Each part's rows are the caller's to write: parts never share an output row."""
+    parts = max(1, min(torch.get_num_threads(), rows, rows * features // SPLIT_ENTRIES))
+    if parts == 1:
+        run(0, rows)
+        return 1
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size < parts - 1:
+            _pool, _pool_size = ThreadPoolExecutor(max_workers=parts - 1, thread_name_prefix="lunet-loops"), parts - 1
+        pool = _pool
+    bounds = [rows * i // parts for i in range(parts + 1)]
+    others = [pool.submit(run, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+    run(bounds[0], bounds[1])
+    for other in others:
+        other.result()
+    return parts

@@ -189,19 +189,18 @@ class SamplingTables:
 def bin_major(holder: "BinTables | SamplingTables", tables: BinTables, *names: str) -> list[torch.Tensor]:
     """``holder``'s per-bin tables ``names`` bin-major, (K, P) contiguous, for the ``n`` features of
     ``tables`` (a :meth:`BinTables.group`'s own), as the compiled loops read them: ``P`` is ``n``
-    rounded up to :data:`~lunet.fast.native.LANES`, the padding a copy of the last feature's. Kept
-    in ``holder.major`` once made."""
+    rounded up to :data:`~lunet.fast.native.LANES`, the padding a copy of the last feature's. The
+    tables of every group of a stack are made at once, (G, K, P), and kept in ``holder.major``."""
     n, k = tables.base.shape[0], tables.bins
     padded = -(-n // native.LANES) * native.LANES
     out = []
     for name in names:
-        key = (name, tables.first, n)
-        table = holder.major.get(key)
-        if table is None:
-            start = tables.first // k
-            own = getattr(holder, name).view(-1, k)[start:start + n].t()
-            table = holder.major[key] = torch.cat([own, own[:, -1:].expand(k, padded - n)], dim=1).contiguous()
-        out.append(table)
+        every = holder.major.get((name, n))
+        if every is None:
+            own = getattr(holder, name).view(-1, n, k).transpose(1, 2)  # (G, K, n)
+            every = holder.major[(name, n)] = torch.cat(
+                [own, own[:, :, -1:].expand(-1, k, padded - n)], dim=2).contiguous()
+        out.append(every[tables.first // (n * k)])
     return out
 
 
@@ -391,9 +390,13 @@ def spline_forward_fast(
         y, logdet = torch.empty_like(x), x.new_empty(x.shape[0])
         run = lib.lunet_spline_forward_f32 if x.dtype == torch.float32 else lib.lunet_spline_forward_f64
         major = bin_major(tables, tables, "x0", "w", "y0", "h", "q0", "q1")
-        run(x.shape[0], x.shape[1], tables.bins, major[0].shape[1], tables.first, tables.bound,
-            *map(native.address, (*major, x, y, logdet)),
-            *((native.address(keep[0]), native.address(keep[1])) if keep else (None, None)))
+
+        def forward_rows(a: int, b: int) -> None:
+            run(b - a, x.shape[1], tables.bins, major[0].shape[1], tables.first, tables.bound,
+                *map(native.address, (*major, x[a:b], y[a:b], logdet[a:b])),
+                *((native.address(keep[0][a:b]), native.address(keep[1][a:b])) if keep else (None, None)))
+
+        native.split_rows(x.shape[0], x.shape[1], forward_rows)
         return y, logdet
 
     def kernel(x, y, logdet, work, *kept):
@@ -444,8 +447,12 @@ def spline_inverse_fast(
         x, logdet = torch.empty_like(y), (y.new_empty(y.shape[0]) if with_logdet else None)
         run = lib.lunet_spline_inverse_f32 if y.dtype == torch.float32 else lib.lunet_spline_inverse_f64
         major = bin_major(tables, tables, "x0", "w", "y0", "h", "s", "d0", "d1")
-        run(y.shape[0], y.shape[1], tables.bins, major[0].shape[1], tables.limit,
-            *map(native.address, (*major, y, x, logdet)))
+
+        def inverse_rows(a: int, b: int) -> None:
+            run(b - a, y.shape[1], tables.bins, major[0].shape[1], tables.limit,
+                *map(native.address, (*major, y[a:b], x[a:b], None if logdet is None else logdet[a:b])))
+
+        native.split_rows(y.shape[0], y.shape[1], inverse_rows)
         return x, logdet
 
     def kernel(y, x, logdet, work):
@@ -493,8 +500,12 @@ def spline_sample_fast(y: torch.Tensor, tables: BinTables, coefficients: Samplin
         x = torch.empty_like(y)
         run = lib.lunet_spline_sample_f32 if y.dtype == torch.float32 else lib.lunet_spline_sample_f64
         major = [*bin_major(tables, tables, "x0", "w", "y0"), *bin_major(coefficients, tables, "a2", "b2", "c", "s2")]
-        run(y.shape[0], y.shape[1], tables.bins, major[0].shape[1], tables.limit,
-            *map(native.address, (*major, y, x)))
+
+        def sample_rows(a: int, b: int) -> None:
+            run(b - a, y.shape[1], tables.bins, major[0].shape[1], tables.limit,
+                *map(native.address, (*major, y[a:b], x[a:b])))
+
+        native.split_rows(y.shape[0], y.shape[1], sample_rows)
         return x
 
     def kernel(y, x, _, work):

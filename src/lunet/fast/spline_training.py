@@ -86,9 +86,18 @@ class SplineForward(torch.autograd.Function):
         if lib is not None:
             g_x = torch.empty_like(x)
             run = lib.lunet_spline_backward_f32 if x.dtype == torch.float32 else lib.lunet_spline_backward_f64
-            run(x.shape[0], x.shape[1], n * k, tables.limit,
-                *map(native.address, (tables.q0, tables.q1, tables.w, tables.h, x, g_value, g_logdet, j, t, sums,
-                                      g_x)))
+            # each part of the rows adds into its own sums (its first part into sums itself)
+            part_sums: dict[int, torch.Tensor] = {}
+
+            def backward_rows(a: int, b: int) -> None:
+                own = sums if a == 0 else part_sums.setdefault(a, torch.zeros_like(sums))
+                run(b - a, x.shape[1], n * k, tables.limit,
+                    *map(native.address, (tables.q0, tables.q1, tables.w, tables.h, x[a:b], g_value[a:b],
+                                          g_logdet[a:b], j[a:b], t[a:b], own, g_x[a:b])))
+
+            native.split_rows(x.shape[0], x.shape[1], backward_rows)
+            for other in part_sums.values():
+                sums.add_(other)
             g_xk, g_yk, g_dk = (g.view(shape) for g in _knot_grads(sums.view(-1, n, k), tables, n, k))
             return g_x if ctx.needs_input_grad[0] else None, g_xk, g_yk, g_dk, None, None
 
