@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch._dynamo as dynamo
 
+from fast.test_spline import passes  # noqa: F401 (every test by the compiled loops and in torch ops)
 from lunet import ConditionalLUNet
 from lunet.conditional_density import broadcast_rows, spline_rows
 from lunet.fast.spline_plain import spline_forward_plain, spline_inverse_plain
@@ -83,18 +84,25 @@ def test_labels_go_label_by_label_and_give_what_each_row_gets_alone(monkeypatch)
     gen = torch.Generator().manual_seed(3)
     labels = torch.tensor([2, 0, 2, 3, 0, 0, 2, 3, 3, 2, 0, 2])  # label 1 absent, the rest shuffled
     x = 3 * torch.randn(12, 6, generator=gen, dtype=torch.float64)
-    calls = _count_kernels(monkeypatch)
     import lunet.frozen_conditional as frozen_module
+    import lunet.spline as spline_module
 
-    kernel = frozen_module.spline_forward_fast
-    monkeypatch.setattr(frozen_module, "spline_forward_fast", lambda *a: calls.append("stacked") or kernel(*a))
+    calls = []
+    for module, who in ((spline_module, "module"), (frozen_module, "snapshot")):
+        grouped = module.grouped_passes
+        monkeypatch.setattr(module, "grouped_passes", lambda h, tables, counts, splines, inverse=False, *a, _p=grouped,
+                            _w=who: calls.append((_w, counts, splines, inverse)) or _p(h, tables, counts, splines,
+                                                                                     inverse, *a))
     with torch.no_grad():
         z, logdet = flow(x, labels)
         back, back_logdet = flow.inverse(z, labels)
         frozen = flow.frozen()
         snapshot = frozen(x, labels)
-    # 2 spline activations x 3 labels present, each way; the snapshot: each label's tables made once
-    assert calls == ["spline_forward_fast"] * 6 + ["spline_inverse_fast"] * 6 + ["stacked"] * 6
+    # one pass of every label's rows per spline activation (2), each way; the module stacks the tables
+    # of the labels present (0, 2, 3: 4, 5 and 3 rows), the snapshot those of every label, once
+    present = ([4, 5, 3], [0, 1, 2])
+    assert calls == ([("module", *present, False)] * 2 + [("module", *present, True)] * 2
+                     + [("snapshot", [4, 5, 3], [0, 2, 3], False)] * 2)
     want_z, want_logdet = _per_row(flow, x, labels)
     torch.testing.assert_close(z, want_z, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(logdet, want_logdet, rtol=1e-10, atol=1e-10)

@@ -18,7 +18,7 @@ from lunet.conditional_density import (
 )
 from lunet.context import label_rows
 from lunet.fast.activation import negated_forward, scaled_forward
-from lunet.fast.spline import BinTables, each_group, spline_forward_fast, spline_inverse_fast
+from lunet.fast.spline import BinTables, grouped_passes
 from lunet.frozen import FrozenLUNet, under_vmap
 from lunet.functional import leaky_softplus, leaky_softplus_inverse, leaky_softplus_log_derivative, solve_scaled
 
@@ -212,8 +212,7 @@ class FrozenConditionalLUNet(ConditionalDensity):
         stacked = self._label_tables
         if groups is None or stacked is None or under_vmap():
             return spline_rows(h, knots, self.spline, inverse, groups)
-        tables, run = stacked[block], (spline_inverse_fast if inverse else spline_forward_fast)
-        return each_group(h, groups.counts, lambda g, part: run(part, tables.group(groups.labels[g], self.features)))
+        return grouped_passes(h, stacked[block], groups.counts, groups.labels, inverse)
 
     @overload
     def forward(self, x: torch.Tensor, c: None = None) -> ConditionalFlowDistribution: ...

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from lunet.base import Transform
 from lunet.checks import plain_ops_wanted
-from lunet.fast.spline import BinTables, each_group, group_of_rows, spline_forward_fast, spline_inverse_fast
+from lunet.fast.spline import BinTables, group_of_rows, grouped_passes, spline_forward_fast, spline_inverse_fast
 from lunet.fast.spline_plain import spline_forward_plain, spline_inverse_plain
 from lunet.fast.spline_training import SplineForward
 from lunet.limits import check_positive_int
@@ -113,9 +113,7 @@ def _grouped_pass(
         return plain(values, xk[group], yk[group], dk[group], bound)
     if not inverse and torch.is_grad_enabled():
         return SplineForward.apply(values, xk, yk, dk, bound, counts)
-    tables = BinTables.stacked(xk, yk, dk, bound)
-    run = spline_inverse_fast if inverse else spline_forward_fast
-    return each_group(values, counts, lambda g, part: run(part, tables.group(g, xk.shape[1])))
+    return grouped_passes(values, BinTables.stacked(xk, yk, dk, bound), counts, list(range(len(counts))), inverse)
 
 
 def check_spline_size(bins: int, bound: float) -> tuple[int, float]:

@@ -65,11 +65,12 @@ _I64, _P = ctypes.c_int64, ctypes.c_void_p
 
 
 def _signatures(lib: ctypes.CDLL) -> None:
-    # (rows, n, K, P[, first], bound or limit), then the tables, the input and the outputs as addresses
+    # (rows, n, K, P[, first], each row's spline, bound or limit), then the tables, the input and the
+    # outputs as addresses
     for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         for name, integers, addresses in (("forward", 5, 11), ("inverse", 4, 10), ("sample", 4, 9)):
             fn = getattr(lib, f"lunet_spline_{name}_{suffix}")
-            fn.argtypes = [_I64] * integers + [real] + [_P] * addresses
+            fn.argtypes = [_I64] * integers + [_P, real] + [_P] * addresses
             fn.restype = None
         backward = getattr(lib, f"lunet_spline_backward_{suffix}")
         backward.argtypes = [_I64] * 3 + [real] + [_P] * 11

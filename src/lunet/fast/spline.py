@@ -29,7 +29,7 @@ from lunet.fast.spline_plain import bin_index
 __all__ = ["MAX_COUNTED_BINS", "each_group", "group_of_rows", "BinTables",
            "counted_bins", "SamplingTables", "BinGrid", "BLOCK_BYTES", "gather_into",
            "run_blocks", "SCRATCH_SHAPES", "SEARCHED_ROWS", "spline_forward_fast", "spline_inverse_fast",
-           "spline_sample_fast"]
+           "spline_sample_fast", "grouped_passes", "bin_major"]
 
 # Up to this many bins the training pass finds bins by counting knots below each entry (one
 # subtraction and sign per inner knot); beyond it, by binary search (but for stacked tables'
@@ -384,20 +384,8 @@ def spline_forward_fast(
     log-derivative.
     """
 
-    lib = native.usable(x, tables.x0, *keep[1:])
-    if lib is not None and (not keep or (keep[0].dtype == torch.int64 and keep[0].is_contiguous())):
-        x = x.contiguous()
-        y, logdet = torch.empty_like(x), x.new_empty(x.shape[0])
-        run = lib.lunet_spline_forward_f32 if x.dtype == torch.float32 else lib.lunet_spline_forward_f64
-        major = bin_major(tables, tables, "x0", "w", "y0", "h", "q0", "q1")
-
-        def forward_rows(a: int, b: int) -> None:
-            run(b - a, x.shape[1], tables.bins, major[0].shape[1], tables.first, tables.bound,
-                *map(native.address, (*major, x[a:b], y[a:b], logdet[a:b])),
-                *((native.address(keep[0][a:b]), native.address(keep[1][a:b])) if keep else (None, None)))
-
-        native.split_rows(x.shape[0], x.shape[1], forward_rows)
-        return y, logdet
+    if _native_forward_ready(x, tables, keep):
+        return _native_forward(x, tables, keep)
 
     def kernel(x, y, logdet, work, *kept):
         (b0, b1, b2, b3, b4, b5, b6, b7, b8, _b9), cell, j = work
@@ -441,19 +429,8 @@ def spline_inverse_fast(
     ``with_logdet``) at ``y`` (B, n), without autograd; bins from ``grid`` where given, else counted
     among the inner y-knots (or searched among ``knots`` (n, K + 1) for many bins)."""
 
-    lib = native.usable(y, tables.x0)
-    if lib is not None:
-        y = y.contiguous()
-        x, logdet = torch.empty_like(y), (y.new_empty(y.shape[0]) if with_logdet else None)
-        run = lib.lunet_spline_inverse_f32 if y.dtype == torch.float32 else lib.lunet_spline_inverse_f64
-        major = bin_major(tables, tables, "x0", "w", "y0", "h", "s", "d0", "d1")
-
-        def inverse_rows(a: int, b: int) -> None:
-            run(b - a, y.shape[1], tables.bins, major[0].shape[1], tables.limit,
-                *map(native.address, (*major, y[a:b], x[a:b], None if logdet is None else logdet[a:b])))
-
-        native.split_rows(y.shape[0], y.shape[1], inverse_rows)
-        return x, logdet
+    if native.usable(y, tables.x0) is not None:
+        return _native_inverse(y, tables, with_logdet)
 
     def kernel(y, x, logdet, work):
         (b0, b1, b2, b3, b4, b5, b6, b7, b8, b9), cell, j = work
@@ -494,19 +471,8 @@ def spline_sample_fast(y: torch.Tensor, tables: BinTables, coefficients: Samplin
     from the coefficients of the quadratic made once (:class:`SamplingTables`); bins from ``grid``
     where given, else counted among the inner y-knots."""
 
-    lib = native.usable(y, tables.x0, coefficients.a2)
-    if lib is not None:
-        y = y.contiguous()
-        x = torch.empty_like(y)
-        run = lib.lunet_spline_sample_f32 if y.dtype == torch.float32 else lib.lunet_spline_sample_f64
-        major = [*bin_major(tables, tables, "x0", "w", "y0"), *bin_major(coefficients, tables, "a2", "b2", "c", "s2")]
-
-        def sample_rows(a: int, b: int) -> None:
-            run(b - a, y.shape[1], tables.bins, major[0].shape[1], tables.limit,
-                *map(native.address, (*major, y[a:b], x[a:b])))
-
-        native.split_rows(y.shape[0], y.shape[1], sample_rows)
-        return x
+    if native.usable(y, tables.x0, coefficients.a2) is not None:
+        return _native_sample(y, tables, coefficients)
 
     def kernel(y, x, _, work):
         (b0, b1, b2, b3, b4, b5, b6, b7, _b8, _b9), cell, j = work
@@ -525,3 +491,92 @@ def spline_sample_fast(y: torch.Tensor, tables: BinTables, coefficients: Samplin
 
     return run_blocks(y, kernel, False)[0]
 
+
+
+# -- the compiled loops (lunet.fast.native) -----------------------------------------------------
+def _native_forward_ready(x: torch.Tensor, tables: BinTables, keep: tuple) -> bool:
+    return native.usable(x, tables.x0, *keep[1:]) is not None and (
+        not keep or (keep[0].dtype == torch.int64 and keep[0].is_contiguous()))
+
+
+def _native_forward(x: torch.Tensor, tables: BinTables, keep: tuple = (),
+                    splines: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`spline_forward_fast` by the compiled loops; ``splines`` (B,) int64: each row's spline
+    among the stacked ``tables`` (a :meth:`BinTables.group` of the stack's first spline)."""
+    lib = native.kernels()
+    assert lib is not None  # the callers asked native.usable first
+    x = x.contiguous()
+    y, logdet = torch.empty_like(x), x.new_empty(x.shape[0])
+    run = lib.lunet_spline_forward_f32 if x.dtype == torch.float32 else lib.lunet_spline_forward_f64
+    major = bin_major(tables, tables, "x0", "w", "y0", "h", "q0", "q1")
+
+    def rows(a: int, b: int) -> None:
+        run(b - a, x.shape[1], tables.bins, major[0].shape[1], tables.first,
+            native.address(None if splines is None else splines[a:b]), tables.bound,
+            *map(native.address, (*major, x[a:b], y[a:b], logdet[a:b])),
+            *((native.address(keep[0][a:b]), native.address(keep[1][a:b])) if keep else (None, None)))
+
+    native.split_rows(x.shape[0], x.shape[1], rows)
+    return y, logdet
+
+
+def _native_inverse(y: torch.Tensor, tables: BinTables, with_logdet: bool = True,
+                    splines: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """:func:`spline_inverse_fast` by the compiled loops; ``splines`` as for :func:`_native_forward`."""
+    lib = native.kernels()
+    assert lib is not None  # the callers asked native.usable first
+    y = y.contiguous()
+    x, logdet = torch.empty_like(y), (y.new_empty(y.shape[0]) if with_logdet else None)
+    run = lib.lunet_spline_inverse_f32 if y.dtype == torch.float32 else lib.lunet_spline_inverse_f64
+    major = bin_major(tables, tables, "x0", "w", "y0", "h", "s", "d0", "d1")
+
+    def rows(a: int, b: int) -> None:
+        run(b - a, y.shape[1], tables.bins, major[0].shape[1],
+            native.address(None if splines is None else splines[a:b]), tables.limit,
+            *map(native.address, (*major, y[a:b], x[a:b], None if logdet is None else logdet[a:b])))
+
+    native.split_rows(y.shape[0], y.shape[1], rows)
+    return x, logdet
+
+
+def _native_sample(y: torch.Tensor, tables: BinTables, coefficients: SamplingTables) -> torch.Tensor:
+    lib = native.kernels()
+    assert lib is not None  # the callers asked native.usable first
+    y = y.contiguous()
+    x = torch.empty_like(y)
+    run = lib.lunet_spline_sample_f32 if y.dtype == torch.float32 else lib.lunet_spline_sample_f64
+    major = [*bin_major(tables, tables, "x0", "w", "y0"), *bin_major(coefficients, tables, "a2", "b2", "c", "s2")]
+
+    def rows(a: int, b: int) -> None:
+        run(b - a, y.shape[1], tables.bins, major[0].shape[1], None, tables.limit,
+            *map(native.address, (*major, y[a:b], x[a:b])))
+
+    native.split_rows(y.shape[0], y.shape[1], rows)
+    return x
+
+
+def grouped_passes(
+    h: torch.Tensor, stacked: BinTables, counts: list[int], splines: list[int], inverse: bool = False,
+    keep: tuple = (),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``h`` (B, n) sorted into groups, group ``g`` the next ``counts[g]`` rows, each through
+    spline ``splines[g]`` of the ``stacked`` tables (:meth:`BinTables.stacked`, ``n`` features
+    each), forward or (``inverse``) inverse: values (B, n) and log-dets (B,). ``keep`` (forward
+    only): as for :func:`spline_forward_fast`, with flat bins into the stack. The compiled loops
+    take every group in one call; the torch passes go group by group."""
+    n = h.shape[1]
+    first = stacked.group(0, n)
+    ready = (native.usable(h, stacked.x0) is not None) if inverse else _native_forward_ready(h, first, keep)
+    if ready:
+        index = torch.repeat_interleave(torch.tensor(splines, device=h.device), torch.tensor(counts, device=h.device))
+        if inverse:
+            x, logdet = _native_inverse(h, first, splines=index)
+            assert logdet is not None  # asked for
+            return x, logdet
+        return _native_forward(h, first, keep, splines=index)
+    if inverse:
+        return each_group(h, counts, lambda g, part: spline_inverse_fast(part, stacked.group(splines[g], n)))
+    starts = [sum(counts[:g]) for g in range(len(counts))]
+    return each_group(h, counts, lambda g, part: spline_forward_fast(
+        part, stacked.group(splines[g], n),
+        keep=tuple(k[starts[g]:starts[g] + counts[g]] for k in keep)))

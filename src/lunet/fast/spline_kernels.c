@@ -6,15 +6,17 @@
  * Rows are (rows, n), contiguous.
  *
  * The tables come bin-major and padded: table[k * P + f] is bin k of feature f, P (a multiple of
- * eight, at least n) apart, so that bin k's knots of consecutive features are consecutive. A row
- * goes eight (float) or four (double) features at a time, as one vector of the compiler's vector extension (GCC and Clang
- * lower it to the machine's vector instructions, or to pairs of narrower ones): each entry's bin
- * is found by counting the inner knots below it, and its bin's quantities are picked by one
- * bitwise select per inner knot, with no branch and no indexed read.
+ * eight, at least n) apart, so that bin k's knots of consecutive features are consecutive. The
+ * tables of several splines may follow each other, K * P apart: row r then reads spline
+ * splines[r] (splines NULL: spline 0 for every row). A row goes eight (float) or four (double)
+ * features at a time, as one vector of the compiler's vector extension (GCC and Clang lower it to
+ * the machine's vector instructions, or to pairs of narrower ones): each entry's bin is found by
+ * counting the inner knots below it, and its bin's quantities are picked by one bitwise select
+ * per inner knot, with no branch and no indexed read.
  *
- * Each row's log-determinant is a sum of logs of products of slopes taken in double, lanes
- * of four factors (float32, whose slopes cannot under- or overflow such a product) or of one
- * factor (float64).
+ * Each row's log-determinant is a sum of logs of products of slopes taken in double, one product
+ * per lane of four factors (float32, whose slopes cannot under- or overflow such a product) or of
+ * one factor (float64).
  */
 #include <math.h>
 #include <stdint.h>
@@ -86,14 +88,18 @@ LUNET_VECTORS(double)
  * heights h, slope ratios q0, q1. keep_j, keep_t (both or neither NULL): each entry's         \
  * feature-major flat bin first + f * K + bin, and its position t in the bin */              \
 void lunet_spline_forward_##SUFFIX(                                                         \
-    int64_t rows, int64_t n, int64_t K, int64_t P, int64_t first, T bound,                  \
-    const T *restrict x0, const T *restrict w, const T *restrict y0, const T *restrict h,   \
-    const T *restrict q0, const T *restrict q1, const T *restrict x, T *restrict y,         \
+    int64_t rows, int64_t n, int64_t K, int64_t P, int64_t first, const int64_t *splines,   \
+    T bound, const T *restrict x0_, const T *restrict w_, const T *restrict y0_,            \
+    const T *restrict h_, const T *restrict q0_, const T *restrict q1_,                     \
+    const T *restrict x, T *restrict y,                                                     \
     T *restrict logdet, int64_t *restrict keep_j, T *restrict keep_t) {                     \
     const v##T lo = splat_##T(-bound), hi = splat_##T(bound), one = splat_##T(1);           \
     const v##T two = splat_##T(2);                                                          \
     for (int64_t r = 0; r < rows; ++r) {                                                    \
         const T *xr = x + r * n;                                                            \
+        const int64_t sp = splines ? splines[r] : 0, at = sp * K * P;                       \
+        const T *x0 = x0_ + at, *w = w_ + at, *y0 = y0_ + at, *h = h_ + at;                 \
+        const T *q0 = q0_ + at, *q1 = q1_ + at;                                             \
         double acc = 0.0, prod[LANES_##T];                                                      \
         int count = 0;                                                                      \
         for (int64_t l = 0; l < LANES_##T; ++l) prod[l] = 1.0;                                  \
@@ -125,7 +131,7 @@ void lunet_spline_forward_##SUFFIX(                                             
             gather_logs_##T(prod, &count, &acc, s / (den * den * (aw / ah)), m);            \
             if (keep_j) {                                                                   \
                 for (int64_t l = 0; l < m; ++l)                                             \
-                    keep_j[r * n + f0 + l] = first + (f0 + l) * K + bin[l];                 \
+                    keep_j[r * n + f0 + l] = first + (sp * n + f0 + l) * K + bin[l];        \
                 store_##T(keep_t + r * n + f0, t, m);                                       \
             }                                                                               \
         }                                                                                   \
@@ -138,14 +144,17 @@ void lunet_spline_forward_##SUFFIX(                                             
  * x0, w, y0, h, slopes s, knot slopes d0, d1. limit: the largest number of the dtype below   \
  * bound */                                                                                 \
 void lunet_spline_inverse_##SUFFIX(                                                         \
-    int64_t rows, int64_t n, int64_t K, int64_t P, T limit,                                 \
-    const T *restrict x0, const T *restrict w, const T *restrict y0, const T *restrict h,   \
-    const T *restrict s, const T *restrict d0, const T *restrict d1, const T *restrict y,   \
-    T *restrict x, T *restrict logdet) {                                                    \
+    int64_t rows, int64_t n, int64_t K, int64_t P, const int64_t *splines, T limit,         \
+    const T *restrict x0_, const T *restrict w_, const T *restrict y0_,                     \
+    const T *restrict h_, const T *restrict s_, const T *restrict d0_,                      \
+    const T *restrict d1_, const T *restrict y, T *restrict x, T *restrict logdet) {        \
     const v##T lo = splat_##T(-limit), hi = splat_##T(limit), one = splat_##T(1);           \
     const v##T two = splat_##T(2), four = splat_##T(4), zero = splat_##T(0);                \
     for (int64_t r = 0; r < rows; ++r) {                                                    \
         const T *yr = y + r * n;                                                            \
+        const int64_t at = (splines ? splines[r] : 0) * K * P;                              \
+        const T *x0 = x0_ + at, *w = w_ + at, *y0 = y0_ + at, *h = h_ + at;                 \
+        const T *s = s_ + at, *d0 = d0_ + at, *d1 = d1_ + at;                               \
         double acc = 0.0, prod[LANES_##T];                                                      \
         int count = 0;                                                                      \
         for (int64_t l = 0; l < LANES_##T; ++l) prod[l] = 1.0;                                  \
@@ -195,14 +204,17 @@ void lunet_spline_inverse_##SUFFIX(                                             
 /* x = spline^-1(y) without the log-det, from the quadratic's per-bin coefficients, tables   \
  * (K, P): x0, w, y0, a2 = 2 h (s - d0), b2 = 2 (d0 + d1 - 2 s), c = h d0, s2 = 2 s */        \
 void lunet_spline_sample_##SUFFIX(                                                          \
-    int64_t rows, int64_t n, int64_t K, int64_t P, T limit,                                 \
-    const T *restrict x0, const T *restrict w, const T *restrict y0, const T *restrict a2,  \
-    const T *restrict b2, const T *restrict c, const T *restrict s2, const T *restrict y,   \
-    T *restrict x) {                                                                        \
+    int64_t rows, int64_t n, int64_t K, int64_t P, const int64_t *splines, T limit,         \
+    const T *restrict x0_, const T *restrict w_, const T *restrict y0_,                     \
+    const T *restrict a2_, const T *restrict b2_, const T *restrict c_,                     \
+    const T *restrict s2_, const T *restrict y, T *restrict x) {                            \
     const v##T lo = splat_##T(-limit), hi = splat_##T(limit), half = splat_##T(0.5);        \
     const v##T zero = splat_##T(0);                                                         \
     for (int64_t r = 0; r < rows; ++r) {                                                    \
         const T *yr = y + r * n;                                                            \
+        const int64_t at = (splines ? splines[r] : 0) * K * P;                              \
+        const T *x0 = x0_ + at, *w = w_ + at, *y0 = y0_ + at, *a2 = a2_ + at;               \
+        const T *b2 = b2_ + at, *c = c_ + at, *s2 = s2_ + at;                               \
         for (int64_t f0 = 0; f0 < n; f0 += LANES_##T) {                                         \
             int64_t m = n - f0 < LANES_##T ? n - f0 : LANES_##T;                                    \
             v##T vy = m == LANES_##T ? load_##T(yr + f0) : load_part_##T(yr + f0, m);           \

@@ -20,7 +20,7 @@ import torch
 
 from lunet.checks import plain_backward_wanted
 from lunet.fast import native
-from lunet.fast.spline import BinTables, gather_into, group_of_rows, run_blocks, spline_forward_fast
+from lunet.fast.spline import BinTables, gather_into, group_of_rows, grouped_passes, run_blocks, spline_forward_fast
 from lunet.fast.spline_plain import spline_forward_plain
 
 __all__ = ["BACKWARD_BLOCK_BYTES", "BACKWARD_BUFFERS", "SplineForward", "PER_BIN_SUMS"]
@@ -62,12 +62,7 @@ class SplineForward(torch.autograd.Function):
             # tables (G, n, K + 1), one spline per group of rows: one stack of tables, and each
             # group's bins found among its own knots as flat indices into the stack
             tables = BinTables.stacked(xk, yk, dk, bound)
-            outs, start = [], 0
-            for g, count in enumerate(counts):
-                part = slice(start, start + count)
-                outs.append(spline_forward_fast(rows[part], tables.group(g, xk.shape[1]), keep=(j[part], t[part])))
-                start += count
-            y, logdet = torch.cat([value for value, _ in outs]), torch.cat([ld for _, ld in outs])
+            y, logdet = grouped_passes(rows, tables, counts, list(range(len(counts))), keep=(j, t))
         ctx.bound, ctx.tables, ctx.counts = bound, tables, counts
         ctx.save_for_backward(x, xk, yk, dk, j, t)
         return y, logdet
