@@ -1,11 +1,12 @@
-"""The spline's passes as compiled loops (``spline_kernels.c``), one entry at a time: built with the
-system's C compiler on first use, kept in a cache folder, and called through ``ctypes`` on
-contiguous CPU tensors of float32 or float64.
+"""The spline's passes as compiled loops (``spline_kernels.c``, a few features at a time in vector
+registers): built with the system's C compiler on first use, kept in a cache folder, and called
+through ``ctypes`` on contiguous CPU tensors of float32 or float64.
 
 Where no compiler is found or the build fails, :func:`kernels` returns None and the passes of
-:mod:`lunet.fast.spline` run in torch ops as before; :func:`status` says which, and why.
+:mod:`lunet.fast.spline` run in torch ops; :func:`status` says which, and why.
 ``LUNET_NATIVE=0`` in the environment, or :func:`disabled` around a block, turns the compiled
-loops off. ``LUNET_CACHE`` names the cache folder (default ``~/.cache/lunet``).
+loops off. ``LUNET_CACHE`` names the cache folder (default ``~/.cache/lunet``, or a folder in the
+system's temporary one where that cannot be written).
 
 A call's rows are split among ``torch.get_num_threads()`` threads (the caller's and a pool's) where
 there are enough of them; ``ctypes`` releases the GIL while the loops run.
@@ -78,7 +79,19 @@ def _signatures(lib: ctypes.CDLL) -> None:
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("LUNET_CACHE") or Path.home() / ".cache" / "lunet")
+    """``LUNET_CACHE``, else ``~/.cache/lunet`` where it can be written, else a folder in the
+    system's temporary one."""
+    chosen = os.environ.get("LUNET_CACHE")
+    if chosen:
+        return Path(chosen)
+    home = Path.home() / ".cache" / "lunet"
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        if os.access(home, os.W_OK):
+            return home
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir()) / "lunet-cache"
 
 
 def _compiler() -> Optional[str]:
