@@ -3,7 +3,8 @@
     python reproduce/sbi_variants.py --task slcp --budget 10000 --variant bins=16 --variant num_blocks=12
 
 Each ``--variant`` is a set of ``lunet_nn`` arguments (``key=value`` pairs separated by commas; the
-spline activation unless it says ``activation=leaky_softplus``), trained by sbi's NPE on the
+spline activation unless it says ``activation=leaky_softplus``), and of sbi's ``NPE.train`` with a
+``train.`` prefix (``train.learning_rate=1e-3``, ``train.stop_after_epochs=40``), trained by sbi's NPE on the
 benchmark's simulations and scored by C2ST against the benchmark's reference posteriors of the ten
 observations, which are drawn once and kept in ``--cache`` (the SLCP chains take minutes).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import inspect
 import statistics
 import time
 from pathlib import Path
@@ -28,6 +30,12 @@ def _variant(text: str) -> dict[str, object]:
     if any(len(pair) != 2 for pair in pairs):
         raise SystemExit(f"--variant takes key=value pairs separated by commas, got {text!r}")
     return {key.strip(): (ast.literal_eval(value) if value[:1].isdigit() else value) for key, value in pairs}
+
+
+def _npe_train():
+    from sbi.inference import NPE
+
+    return NPE.train
 
 
 def _cached_references(cache: Path, task, protocol: Protocol, x_o: torch.Tensor) -> list[torch.Tensor]:
@@ -60,17 +68,22 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     builders = {}
     for text in args.variant:  # every variant checked before any work
+        pairs = _variant(text)
+        train_args = {key.removeprefix("train."): value for key, value in pairs.items() if key.startswith("train.")}
+        unknown = sorted(set(train_args) - set(inspect.signature(_npe_train()).parameters))
+        if unknown:
+            raise SystemExit(f"--variant {text}: NPE.train takes no {', '.join(unknown)}")
         try:
-            builders[text] = lunet_nn(**_variant(text))
+            builders[text] = (lunet_nn(**{k: v for k, v in pairs.items() if not k.startswith("train.")}), train_args)
         except (TypeError, ValueError) as exc:
             raise SystemExit(f"--variant {text}: {exc}") from None
     task, protocol = get_task(args.task), Protocol()
     theta_o, x_o = task.observations(protocol.observations)
     cache = args.cache or Path("runs") / f"sbi-refs-{args.task}.pt"
     refs = _cached_references(cache, task, protocol, x_o)
-    for text, builder in builders.items():
+    for text, (builder, train_args) in builders.items():
         start = time.perf_counter()
-        posterior, record = train_estimator(task, args.budget, builder, protocol)
+        posterior, record = train_estimator(task, args.budget, builder, protocol, train_args)
         row = evaluate(task, posterior, protocol, theta_o, x_o, refs)
         timed = [s for s in row["sample_s"] if s is not None]
         print(f"[{args.task}] {args.budget} {text}: C2ST {row['c2st_mean']:.3f}, trained {record['train_s']:.1f} s "

@@ -84,7 +84,8 @@ def test_the_variants_script_refuses_a_bad_variant_or_cache_in_one_line(tmp_path
     spec.loader.exec_module(module)
     cache = tmp_path / "refs.pt"
     for argv, match in ((["--variant", "bins=0"], "--variant bins=0: bins must be a positive integer"),
-                        (["--variant", "colour=3"], "--variant colour=3: .*unexpected keyword argument 'colour'")):
+                        (["--variant", "colour=3"], "--variant colour=3: .*unexpected keyword argument 'colour'"),
+                        (["--variant", "train.colour=3"], "--variant train.colour=3: NPE.train takes no colour")):
         monkeypatch.setattr(sys, "argv", ["sbi_variants.py", "--task", "two_moons", "--budget", "100", *argv])
         with pytest.raises(SystemExit, match=match):
             module.main()
@@ -98,3 +99,16 @@ def test_the_variants_script_refuses_a_bad_variant_or_cache_in_one_line(tmp_path
     torch.save([torch.zeros(3, 2)], cache)
     with pytest.raises(SystemExit, match=r"does not hold 2 draws of shape \(10000, 2\) for two_moons"):
         module._cached_references(cache, task, Protocol(), x_o)
+
+
+def test_training_takes_npe_train_arguments():
+    from lunet.experiments.sbi.bench import Protocol, train_estimator
+    from lunet.experiments.sbi.tasks import get_task
+    from lunet.sbi import lunet_nn
+
+    def epochs(most: int) -> int:
+        _, record = train_estimator(get_task("two_moons"), 200, lunet_nn(num_blocks=2), Protocol(),
+                                    {"max_num_epochs": most, "stop_after_epochs": 100})
+        return record["epochs"]
+
+    assert epochs(4) - epochs(2) == 2  # sbi stops at the epochs it was given (its count starts at one more)

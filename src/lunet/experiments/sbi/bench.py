@@ -104,9 +104,10 @@ def check_reference(task: Task, protocol: Protocol, x_o: torch.Tensor, refs: Seq
 
 
 def train_estimator(task: Task, budget: int, estimator: str | Callable,
-                    protocol: Protocol) -> tuple[Any, dict[str, Any]]:
+                    protocol: Protocol, train_args: Optional[dict[str, Any]] = None) -> tuple[Any, dict[str, Any]]:
     """sbi's NPE trained on the (task, budget)'s simulations: the posterior and the training record.
-    ``estimator``: a name of :data:`ESTIMATORS`, or a builder as sbi takes it (``lunet_nn(...)``)."""
+    ``estimator``: a name of :data:`ESTIMATORS`, or a builder as sbi takes it (``lunet_nn(...)``);
+    ``train_args``: arguments of sbi's ``NPE.train`` in place of its defaults (``learning_rate``, ...)."""
     from sbi.inference import NPE
 
     theta, x = simulations(task, budget, protocol.seed)
@@ -115,6 +116,7 @@ def train_estimator(task: Task, budget: int, estimator: str | Callable,
     inference = NPE(prior=task.prior(), density_estimator=builder, show_progress_bars=False)
     inference.append_simulations(theta, x)
     kwargs = {} if protocol.max_epochs is None else {"max_num_epochs": protocol.max_epochs}
+    kwargs.update(train_args or {})
     start = time.perf_counter()
     net = inference.train(**kwargs)
     seconds = time.perf_counter() - start
