@@ -7,8 +7,9 @@ indexed by ``j = f * K + bin``. Inputs outside ``[-bound, bound]`` pass unchange
 ``x`` is the incoming one, and they give none to the tables.
 
 The forward pass is :func:`lunet.fast.spline.spline_forward_fast`, which keeps each entry's bin and
-position; the backward pass runs over blocks of rows into the scratch buffers the no-autograd passes
-keep, and adds the per-entry terms into the per-bin gradients with ``scatter_add_``. A backward pass
+position; the backward pass runs as a compiled loop (:mod:`lunet.fast.native`), or over blocks of
+rows into the scratch buffers the no-autograd passes keep, adding the per-entry terms into the
+per-bin gradients with ``scatter_add_``. A backward pass
 that records a graph or is batched differentiates the plain formulas (:mod:`lunet.fast.spline_plain`).
 """
 
@@ -38,8 +39,9 @@ class SplineForward(torch.autograd.Function):
     next ``counts[g]`` rows (rows sorted by group): one pass and one backward for all of them.
 
     The forward pass is :func:`spline_forward_fast`, which keeps each entry's bin and position in
-    it; the backward pass runs in blocks of rows into scratch buffers, as the no-autograd passes do
-    (fresh per-entry tensors of a whole batch cost more than the arithmetic on them). It
+    it; the backward pass runs as a compiled loop (:mod:`lunet.fast.native`), or else in blocks of
+    rows into scratch buffers, as the no-autograd passes do (fresh per-entry tensors of a whole
+    batch cost more than the arithmetic on them). It
     differentiates the forward pass's form, ``y = y0 + h R`` with ``R = t N / D`` and
     ``log y' = log s + log P - 2 log D`` (:func:`spline_forward_fast`), per entry to ``t``, ``q0``
     and ``q1`` (:func:`_backward_block`); each bin's sums of those, of ``g_t t``, ``g_y``, ``g_y R``
@@ -93,14 +95,11 @@ class SplineForward(torch.autograd.Function):
             native.split_rows(x.shape[0], x.shape[1], backward_rows)
             for other in part_sums.values():
                 sums.add_(other)
-            g_xk, g_yk, g_dk = (g.view(shape) for g in _knot_grads(sums.view(-1, n, k), tables, n, k))
-            return g_x if ctx.needs_input_grad[0] else None, g_xk, g_yk, g_dk, None, None
+        else:
+            def kernel(x, g_x, _, work, g_value, g_logdet, j, t):
+                _backward_block(x, g_value, g_logdet, j, t, tables, sums, g_x, work[0])
 
-        def kernel(x, g_x, _, work, g_value, g_logdet, j, t):
-            _backward_block(x, g_value, g_logdet, j, t, tables, sums, g_x, work[0])
-
-        g_x, _ = run_blocks(x, kernel, False, (g_value, g_logdet, j, t),
-                         BACKWARD_BLOCK_BYTES, BACKWARD_BUFFERS)
+            g_x, _ = run_blocks(x, kernel, False, (g_value, g_logdet, j, t), BACKWARD_BLOCK_BYTES, BACKWARD_BUFFERS)
         g_xk, g_yk, g_dk = (g.view(shape) for g in _knot_grads(sums.view(-1, n, k), tables, n, k))
         return g_x if ctx.needs_input_grad[0] else None, g_xk, g_yk, g_dk, None, None
 
