@@ -8,7 +8,9 @@ and ``y`` from ``-bound`` to ``bound``, slopes at the knots); per-bin tables fla
 feature-major, indexed by ``j = f * K + bin``. Inputs outside ``[-bound, bound]`` pass unchanged
 (log-derivative 0).
 
-The fast passes never expand a table over the batch: each entry's bin is found once, as a flat
+On the CPU the passes run as compiled loops where :mod:`lunet.fast.native` can build them (one
+call for the rows of every group of stacked tables: :func:`grouped_passes`), else in torch ops.
+The torch passes never expand a table over the batch: each entry's bin is found once, as a flat
 index, and each per-bin quantity is read with one ``index_select``. Every pass runs over blocks of
 rows into scratch buffers kept between calls. Comparisons are counted as sums of signs, which this
 CPU build runs several times faster than comparisons that return booleans.
