@@ -54,7 +54,8 @@ def _both(fn):
     return compiled, plain
 
 
-def test_the_loops_build_where_a_compiler_is_found():
+def test_the_loops_build_where_a_compiler_is_found(monkeypatch):
+    monkeypatch.delenv("LUNET_NATIVE", raising=False)
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler on this machine: the spline runs in torch ops")
     assert native.kernels() is not None, native.status()
@@ -127,6 +128,7 @@ def fresh_build(monkeypatch, tmp_path):
     """The library built again, into an empty cache folder, by the compiler the test names."""
     monkeypatch.setattr(native, "_state", {})
     monkeypatch.setenv("LUNET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("LUNET_NATIVE", raising=False)
     return tmp_path
 
 
