@@ -83,6 +83,25 @@ static inline void flush_logs(double *prod, int64_t lanes, int *count, double *a
 LUNET_VECTORS(float)
 LUNET_VECTORS(double)
 
+/* the chunk at f0 of the y side's bins: x0, w, y0 and four more quantities (a1 .. a4 of the
+ * tables t1 .. t4) at each entry's bin, found among the knots y0 below yc (declares them) */
+#define PICK_Y_BIN(T, yc, f0, a1, t1, a2, t2, a3, t3, a4, t4)                              \
+    v##T ax0 = load_##T(x0 + f0), aw = load_##T(w + f0), ay0 = load_##T(y0 + f0);           \
+    v##T a1 = load_##T(t1 + f0), a2 = load_##T(t2 + f0), a3 = load_##T(t3 + f0);             \
+    v##T a4 = load_##T(t4 + f0);                                                            \
+    for (int64_t k = 1; k < K; ++k) {                                                       \
+        const int64_t o = k * P + f0;                                                       \
+        v##T knot = load_##T(y0 + o);                                                       \
+        vmask_##T below = knot < yc;                                                        \
+        ay0 = SELECT(T, below, knot, ay0);                                                  \
+        ax0 = SELECT(T, below, load_##T(x0 + o), ax0);                                      \
+        aw = SELECT(T, below, load_##T(w + o), aw);                                         \
+        a1 = SELECT(T, below, load_##T(t1 + o), a1);                                        \
+        a2 = SELECT(T, below, load_##T(t2 + o), a2);                                        \
+        a3 = SELECT(T, below, load_##T(t3 + o), a3);                                        \
+        a4 = SELECT(T, below, load_##T(t4 + o), a4);                                        \
+    }
+
 #define LUNET_KERNELS(T, SUFFIX)                                                            \
 /* y = spline(x) and log|dy/dx| summed per row. Tables (K, P): left knots x0, widths w, y0,   \
  * heights h, slope ratios q0, q1. keep_j, keep_t (both or neither NULL): each entry's         \
@@ -162,21 +181,7 @@ void lunet_spline_inverse_##SUFFIX(                                             
             int64_t m = n - f0 < LANES_##T ? n - f0 : LANES_##T;                                    \
             v##T vy = m == LANES_##T ? load_##T(yr + f0) : load_part_##T(yr + f0, m);           \
             v##T yc = clamp_##T(vy, lo, hi);                                                \
-            v##T ax0 = load_##T(x0 + f0), aw = load_##T(w + f0), ay0 = load_##T(y0 + f0);   \
-            v##T ah = load_##T(h + f0), sj = load_##T(s + f0), a = load_##T(d0 + f0);       \
-            v##T b = load_##T(d1 + f0);                                                     \
-            for (int64_t k = 1; k < K; ++k) {                                               \
-                const int64_t o = k * P + f0;                                               \
-                v##T knot = load_##T(y0 + o);                                               \
-                vmask_##T below = knot < yc;                                                \
-                ay0 = SELECT(T, below, knot, ay0);                                          \
-                ax0 = SELECT(T, below, load_##T(x0 + o), ax0);                              \
-                aw = SELECT(T, below, load_##T(w + o), aw);                                 \
-                ah = SELECT(T, below, load_##T(h + o), ah);                                 \
-                sj = SELECT(T, below, load_##T(s + o), sj);                                 \
-                a = SELECT(T, below, load_##T(d0 + o), a);                                  \
-                b = SELECT(T, below, load_##T(d1 + o), b);                                  \
-            }                                                                               \
+            PICK_Y_BIN(T, yc, f0, ah, h, sj, s, a, d0, b, d1)                               \
             v##T dy = yc - ay0;                                                             \
             v##T dyc = (a + b - two * sj) * dy;                                             \
             v##T qa = (sj - a) * ah + dyc;                                                  \
@@ -219,21 +224,7 @@ void lunet_spline_sample_##SUFFIX(                                              
             int64_t m = n - f0 < LANES_##T ? n - f0 : LANES_##T;                                    \
             v##T vy = m == LANES_##T ? load_##T(yr + f0) : load_part_##T(yr + f0, m);           \
             v##T yc = clamp_##T(vy, lo, hi);                                                \
-            v##T ax0 = load_##T(x0 + f0), aw = load_##T(w + f0), ay0 = load_##T(y0 + f0);   \
-            v##T aa2 = load_##T(a2 + f0), ab2 = load_##T(b2 + f0), ac = load_##T(c + f0);   \
-            v##T as2 = load_##T(s2 + f0);                                                   \
-            for (int64_t k = 1; k < K; ++k) {                                               \
-                const int64_t o = k * P + f0;                                               \
-                v##T knot = load_##T(y0 + o);                                               \
-                vmask_##T below = knot < yc;                                                \
-                ay0 = SELECT(T, below, knot, ay0);                                          \
-                ax0 = SELECT(T, below, load_##T(x0 + o), ax0);                              \
-                aw = SELECT(T, below, load_##T(w + o), aw);                                 \
-                aa2 = SELECT(T, below, load_##T(a2 + o), aa2);                              \
-                ab2 = SELECT(T, below, load_##T(b2 + o), ab2);                              \
-                ac = SELECT(T, below, load_##T(c + o), ac);                                 \
-                as2 = SELECT(T, below, load_##T(s2 + o), as2);                              \
-            }                                                                               \
+            PICK_Y_BIN(T, yc, f0, aa2, a2, ab2, b2, ac, c, as2, s2)                         \
             v##T dy = yc - ay0;                                                             \
             v##T qa2 = aa2 + dy * ab2;                                                      \
             v##T qb = ac - half * dy * ab2;                                                 \
