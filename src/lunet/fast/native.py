@@ -34,7 +34,8 @@ __all__ = ["kernels", "status", "disabled", "usable", "address", "library_path",
            "SPLIT_ENTRIES"]
 
 SOURCE = Path(__file__).with_name("spline_kernels.c")
-# features per vector in the loops (spline_kernels.c's LANES): tables are padded to a multiple of it
+# the loops' widest vector, eight floats (spline_kernels.c's LANES_float): their tables are padded to a
+# multiple of it
 LANES = 8
 # no fast-math and no fused multiply-adds, so that the loops round as the formulas are written
 _FLAGS = ("-O3", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-Wno-psabi")
