@@ -49,9 +49,11 @@ def each_group(
     return torch.cat([value for value, _ in parts]), torch.cat([logdet for _, logdet in parts])
 
 
-def group_of_rows(counts: list[int], device: torch.device) -> torch.Tensor:
-    """The group of each of the sorted rows (int64, (sum(counts),)), group ``g`` the next ``counts[g]``."""
-    return torch.repeat_interleave(torch.arange(len(counts), device=device), torch.tensor(counts, device=device))
+def group_of_rows(counts: list[int], device: torch.device, names: Optional[list[int]] = None) -> torch.Tensor:
+    """The group of each of the sorted rows (int64, (sum(counts),)), group ``g`` the next ``counts[g]``;
+    with ``names``, ``names[g]`` in place of ``g``."""
+    groups = torch.arange(len(counts), device=device) if names is None else torch.tensor(names, device=device)
+    return torch.repeat_interleave(groups, torch.tensor(counts, device=device))
 
 
 # -- per-bin tables ---------------------------------------------------------------------------
@@ -570,7 +572,7 @@ def grouped_passes(
     first = stacked.group(0, n)
     ready = (native.usable(h, stacked.x0) is not None) if inverse else _native_forward_ready(h, first, keep)
     if ready:
-        index = torch.repeat_interleave(torch.tensor(splines, device=h.device), torch.tensor(counts, device=h.device))
+        index = group_of_rows(counts, h.device, splines)
         if inverse:
             x, logdet = _native_inverse(h, first, splines=index)
             assert logdet is not None  # asked for
@@ -578,7 +580,6 @@ def grouped_passes(
         return _native_forward(h, first, keep, splines=index)
     if inverse:
         return each_group(h, counts, lambda g, part: spline_inverse_fast(part, stacked.group(splines[g], n)))
-    starts = [sum(counts[:g]) for g in range(len(counts))]
+    kept = [k.split(counts) for k in keep]  # each group's views of the kept bins and positions
     return each_group(h, counts, lambda g, part: spline_forward_fast(
-        part, stacked.group(splines[g], n),
-        keep=tuple(k[starts[g]:starts[g] + counts[g]] for k in keep)))
+        part, stacked.group(splines[g], n), keep=tuple(k[g] for k in kept)))
