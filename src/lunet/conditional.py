@@ -196,8 +196,17 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
         if self.num_classes is not None:
             labels = self._labels(c, self.reference())
             if labels.numel() > self.num_classes:
-                return label_rows(self._params(torch.arange(self.num_classes, device=labels.device)), labels)
-        return read_params(self.conditioner(self.embed(c)), self.num_blocks, self.features, self.max_log_scale,
+                return label_rows(self._class_params(), labels)
+        return self._read(self.embed(c))
+
+    def _class_params(self) -> Params:
+        """The :data:`Params` of every class (num_classes, ...), in label order: the context network of
+        each class's embedding (a flow of class labels only)."""
+        assert self.label_embedding is not None  # called for flows of class labels only
+        return self._read(self.label_embedding.weight)
+
+    def _read(self, embedded: torch.Tensor) -> Params:
+        return read_params(self.conditioner(embedded), self.num_blocks, self.features, self.max_log_scale,
                            self.spline)
 
     # -- the maps ------------------------------------------------------------

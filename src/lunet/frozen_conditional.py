@@ -72,10 +72,8 @@ class FrozenConditionalLUNet(ConditionalDensity):
             # a label's parameters are the same at every call: formed once per class
             self._label_params: Optional[Params] = None
             if self._flow.label_embedding is not None:
-                assert self._flow.num_classes is not None  # a label embedding comes with its count of classes
-                labels = torch.arange(self._flow.num_classes, device=self.std.device)
                 self._label_params = cast(Params, tuple(None if p is None else p.contiguous()
-                                                        for p in self._flow._params(labels)))
+                                                        for p in self._flow._class_params()))
             # with splines, each block's per-bin tables of every label, stacked once (a group of rows
             # of one label reads its label's part)
             self._label_tables: Optional[list[BinTables]] = None
