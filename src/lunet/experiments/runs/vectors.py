@@ -179,8 +179,10 @@ def train_vectors(
         check_rows(context, data, context_name, name)
         if val_data is not None and val_context is None:
             raise ValueError("val_data of a conditional run needs its contexts: give val_context too")
+    # a resumed run keeps the validation share and the depth it began with
+    began = read_run_file(run) if resume and run.run_file.is_file() else None
     if val_fraction is None:
-        stored = read_run_file(run).val_fraction if resume and run.run_file.is_file() else None
+        stored = None if began is None else began.val_fraction
         val_fraction = stored if stored is not None else 0.1
     contexts = None  # (train, val) contexts of a conditional run
     if val_data is None:
@@ -209,9 +211,8 @@ def train_vectors(
     if not isinstance(config, TrainConfig):
         config = vector_train_config(train.shape[0], **dict(config or {}))
     if model_spec is None or "name" not in model_spec:  # the entries to change in the defaults
-        began = read_run_file(run).model if resume and run.run_file.is_file() else {}
-        if "num_blocks" in began:  # the depth chosen from the rows when the run began (by this rule or an earlier one)
-            model_spec = {"num_blocks": began["num_blocks"], **(model_spec or {})}
+        if began is not None and "num_blocks" in began.model:  # chosen from the rows (by this rule or an earlier one)
+            model_spec = {"num_blocks": began.model["num_blocks"], **(model_spec or {})}
         if context_rules is None:
             given_rows = train.shape[0] + (val.shape[0] if val_data is None else 0)
             model_spec = vector_lunet_spec(train.shape[1], rows=given_rows, **(model_spec or {}))
