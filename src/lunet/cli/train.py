@@ -15,7 +15,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
-from lunet.cli.options import PATH, epochs_text, refuse_given
+from lunet.cli.options import PATH, epochs_text, flag, refuse_given
 from lunet.cli.train_options import CONFIG_OPTIONS, KIND_NAMES, OPTIONS, default_text
 from lunet.experiments.config.presets import (
     DEFAULT_LAM,
@@ -128,9 +128,16 @@ def _recipe(args: argparse.Namespace):
 
 def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The LU-Net settings given on the command line, by their names in a model spec."""
-    given = {name: getattr(args, name) for name in ("num_blocks", "alpha", "diag", "learn_alpha", "activation")
+    given = {name: getattr(args, name)
+             for name in ("num_blocks", "alpha", "diag", "learn_alpha", "activation", "bins", "bound")
              if getattr(args, name, None) is not None}
     given = {**_recipe(args).model, **given}
+    shape = [flag(name) for name in ("bins", "bound") if name in given]
+    # own data without a context default to the spline (a context run has refused these options already)
+    spline = given.get("activation", "spline" if args.kind == VECTORS else None) == "spline"
+    if shape and not spline:
+        raise ValueError(f"{' and '.join(shape)} shape{'s' if len(shape) == 1 else ''} the spline activation; give "
+                         "--activation spline (or --recipe best) too")
     if given.get("activation") == "leaky_softplus":
         del given["activation"]  # the default: a spec that does not name it, as the paper's
     elif given.get("activation") == "spline":
@@ -185,7 +192,7 @@ def _train_vectors(args: argparse.Namespace, config: TrainConfig, group: Any) ->
     data = load_vectors(args.data)
     context = None
     if args.context is not None:
-        refuse_given(args, ("activation", "learn_alpha"), "runs without --context: a run of p(x | c) has the leaky "
+        refuse_given(args, ("activation", "learn_alpha", "bins", "bound"), "runs without --context: a run of p(x | c) has the leaky "
                                                           "softplus with a fixed slope as its activation")
         context = load_vectors(args.context, min_rows=1)
     elif args.context_kind is not None:

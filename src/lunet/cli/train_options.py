@@ -165,6 +165,12 @@ OPTIONS = (
                 help="the elementwise map after every LU block but the last: the paper's leaky softplus, or a "
                      "monotone spline per feature (8 bins on [-5, 5]; no slope) {default}"),
            lambda: {IMAGES: "leaky_softplus", VECTORS: "spline"}, lunet_model=True),
+    Option(("--bins",), frozenset({IMAGES, VECTORS}), "model",
+           dict(type=POSITIVE_INT, help="bins of each spline, with --activation spline (default 8)"), lunet_model=True),
+    Option(("--spline-bound",), frozenset({IMAGES, VECTORS}), "model",
+           dict(type=POSITIVE_FLOAT, dest="bound", metavar="B",
+                help="each spline spans [-B, B], the identity outside, with --activation spline (default 5)"),
+           lunet_model=True),
     Option(("--diag",), _ALL, "model", dict(choices=["raw", "exp"], help="parametrisation of diag(U) {default}"),
            _spec_defaults("diag", "diag"), lunet_model=True),
     Option(("--class",), frozenset({IMAGES}), "images", dict(dest="class_label", type=NON_NEGATIVE_INT,

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One change at a time to `lunet train --recipe best` on MNIST, every variant under the same budget of
+# training seconds (--time-budget: the cosine schedule laid out over it), evaluated by `lunet evaluate`
+# (docs/results.md, "The best recipe, further"). Each run resumes when rerun.
+#   DATA=../shared/data BUDGET=600 bash reproduce/mnist_ablation.sh [VARIANT ...]
+# VARIANT is one of the names below (default: all of them, in this order).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/data}
+BUDGET=${BUDGET:-600}
+LUNET=${LUNET:-.venv/bin/lunet}
+declare -A CHANGE=(
+  [recipe]=""
+  [bins-16]="--bins 16"
+  [bound-8]="--spline-bound 8"
+  [blocks-6]="--blocks 6"
+  [lr-2e-3]="--lr 2e-3"
+)
+ORDER=(recipe bins-16 bound-8 blocks-6 lr-2e-3)
+VARIANTS=("$@")
+if [ ${#VARIANTS[@]} -eq 0 ]; then VARIANTS=("${ORDER[@]}"); fi
+mkdir -p runs docs/results/mnist-ablation
+for name in "${VARIANTS[@]}"; do
+  if [ -z "${CHANGE[$name]+set}" ]; then echo "unknown variant $name; one of: ${ORDER[*]}" >&2; exit 2; fi
+  out=runs/mnist-ablation-$name-${BUDGET}s
+  extra=()
+  if [ -f "$out/checkpoint.pt" ]; then extra=(--resume); fi
+  # shellcheck disable=SC2086  # the change is a list of options
+  $LUNET train --dataset mnist --data-dir "$DATA" --out "$out" --recipe best --time-budget "$BUDGET" \
+    ${CHANGE[$name]} "${extra[@]}" --no-progress
+  $LUNET evaluate "$out" --data-dir "$DATA" --json "docs/results/mnist-ablation/$name-${BUDGET}s.json"
+done
