@@ -92,3 +92,20 @@ def test_vmap_over_the_snapshot_takes_its_plain_passes():
     c = torch.randn(4, 5, dtype=torch.float64)
     mapped = torch.func.vmap(lambda xi, ci: frozen.log_prob(xi, ci))(x, c)
     torch.testing.assert_close(mapped, frozen.log_prob(x, c), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("activation", ["leaky_softplus", "spline"])
+def test_labels_read_from_the_class_tables_broadcast_as_the_flow_and_take_empty_batches(activation):
+    flow = _flow(6, 3, torch.float64, num_classes=4, activation=activation)
+    frozen = flow.frozen()
+    assert frozen._label_affine is not None  # the passes read each class's tables
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 1, 6, generator=gen, dtype=torch.float64)
+    c = torch.tensor([2, 0, 3, 2])
+    with torch.no_grad():
+        for got, want in (*zip(frozen(x, c), flow(x, c)), *zip(frozen.inverse(x, c), flow.inverse(x, c))):
+            assert got.shape[:2] == (3, 4)
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+        z, logdet = frozen(x[:0, 0], c[:0])
+        assert z.shape == (0, 6) and logdet.shape == (0,)
+    assert frozen.sample((2,), c, generator=gen).shape == (2, 4, 6)

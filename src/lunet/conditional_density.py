@@ -23,8 +23,8 @@ from lunet.fast.spline_plain import spline_forward_plain, spline_inverse_plain
 from lunet.latent import LOG_2PI, latent_draws, standard_normal_log_prob
 from lunet.spline import spline_pass
 
-__all__ = ["Params", "RowGroups", "RowPlan", "ConditionalDensity", "broadcast_rows", "group_rows", "spline_rows",
-           "ConditionalFlowDistribution"]
+__all__ = ["Params", "RowGroups", "RowPlan", "ConditionalDensity", "broadcast_rows", "labelled_rows", "group_rows",
+           "spline_rows", "ConditionalFlowDistribution"]
 
 # A context's parameters, each with the context's leading shape: log-scales and shifts
 # (..., num_blocks, D), and for spline activations the knot tables (..., num_blocks - 1, 3, D, K + 1)
@@ -181,18 +181,23 @@ def _batch_shape(x: torch.Tensor, context_shape: torch.Size, name: str) -> torch
                          f"do not broadcast against each other") from None
 
 
+def labelled_rows(x: torch.Tensor, labels: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Size]:
+    """``x`` (..., D) and class ``labels`` (...) broadcast over their leading shapes: the rows (B, D),
+    each row's label (B,) and the broadcast leading shape."""
+    batch = _batch_shape(x, labels.shape, name)
+    return x.expand(*batch, x.shape[-1]).reshape(-1, x.shape[-1]), labels.expand(batch).reshape(-1), batch
+
+
 def group_rows(x: torch.Tensor, labels: torch.Tensor, params_of: Callable[[torch.Tensor], Params],
                name: str) -> RowPlan:
     """``x`` (..., D) and class ``labels`` (...) broadcast over their leading shapes, as rows sorted
     by label: the :class:`RowPlan` whose knot tables are one per label present, ``params_of(unique
     labels)``, and whose log-scales and shifts are each row's. One label for every row gives that
     label's tables (1, ...) unsorted."""
-    batch = _batch_shape(x, labels.shape, name)
-    rows = x.expand(*batch, x.shape[-1]).reshape(-1, x.shape[-1])
+    rows, flat, batch = labelled_rows(x, labels, name)
     if labels.numel() == 1 and rows.shape[0]:  # one label for every row: nothing to sort
         present = labels.reshape(1)
         return RowPlan(rows, params_of(present), batch, RowGroups(present.tolist(), [rows.shape[0]]))
-    flat = labels.expand(batch).reshape(-1)
     present, group, counts = torch.unique(flat, sorted=True, return_inverse=True, return_counts=True)
     if present.numel() == 0:
         return RowPlan(rows, params_of(present), batch)

@@ -4,16 +4,19 @@ sampling from fixed weights without autograd, one dense product per block whatev
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Iterable, Optional, cast, overload
+from typing import TYPE_CHECKING, Iterable, NamedTuple, Optional, Sequence, cast, overload
 
 import torch
 from torch import nn
 
+from lunet.checks import check_features, plain_ops_wanted, sample_shape_of
 from lunet.conditional_density import (
     ConditionalDensity,
     ConditionalFlowDistribution,
     Params,
     RowGroups,
+    group_rows,
+    labelled_rows,
     spline_rows,
 )
 from lunet.context import label_rows
@@ -21,12 +24,39 @@ from lunet.fast.activation import negated_forward, scaled_forward
 from lunet.fast.spline import BinTables, grouped_passes
 from lunet.frozen import FrozenLUNet, under_vmap
 from lunet.functional import leaky_softplus, leaky_softplus_inverse, leaky_softplus_log_derivative, solve_scaled
+from lunet.latent import latent_draws
 
 if TYPE_CHECKING:
     from lunet.conditional import ConditionalLUNet
     from lunet.layers import LULinear
 
-__all__ = ["FrozenConditionalLUNet"]
+__all__ = ["LabelAffine", "FrozenConditionalLUNet"]
+
+
+class LabelAffine(NamedTuple):
+    """The context maps of every class, formed once: scales ``exp(log_scale)``, their inverses,
+    shifts and negated shifts, each block-major (num_blocks, num_classes, D), so that each block's
+    rows come out contiguous, and each class's sum of log-scales (num_classes,)."""
+
+    scale: torch.Tensor
+    inv_scale: torch.Tensor
+    shift: torch.Tensor
+    neg_shift: torch.Tensor
+    log_scale_sum: torch.Tensor
+
+    @classmethod
+    def of(cls, log_scale: torch.Tensor, shift: torch.Tensor) -> "LabelAffine":
+        """From the classes' log-scales and shifts (num_classes, num_blocks, D)."""
+        def block_major(t: torch.Tensor) -> torch.Tensor:
+            return t.transpose(0, 1).contiguous()
+
+        return cls(block_major(torch.exp(log_scale)), block_major(torch.exp(-log_scale)), block_major(shift),
+                   block_major(-shift), log_scale.sum(dim=(-2, -1)))
+
+    @staticmethod
+    def by_class(table: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """A table's rows of ``labels`` (G,), class-major (G, num_blocks, D)."""
+        return table.index_select(1, labels).transpose(0, 1)
 
 
 class FrozenConditionalLUNet(ConditionalDensity):
@@ -74,6 +104,10 @@ class FrozenConditionalLUNet(ConditionalDensity):
             if self._flow.label_embedding is not None:
                 self._label_params = cast(Params, tuple(None if p is None else p.contiguous()
                                                         for p in self._flow._class_params()))
+            # each class's scales and shifts as the passes read them
+            self._label_affine: Optional[LabelAffine] = None
+            if self._label_params is not None:
+                self._label_affine = LabelAffine.of(self._label_params[0], self._label_params[1])
             # with splines, each block's per-bin tables of every label, stacked once (a group of rows
             # of one label reads its label's part)
             self._label_tables: Optional[list[BinTables]] = None
@@ -113,20 +147,23 @@ class FrozenConditionalLUNet(ConditionalDensity):
         but the last) with the context's affine maps between them and its fused activations."""
         if under_vmap() or self._shared is None:
             return self.plain_forward_rows(x, log_scale, shift, knots, groups)
-        return self._fast_forward_rows(x, log_scale, shift, exact=self._shared.sync_free)
+        return self._fast_forward_rows(x, torch.exp(log_scale).unbind(1), shift.neg().unbind(1),
+                                       log_scale.sum(dim=(-2, -1)), exact=self._shared.sync_free)
 
     def _fast_forward_rows(
-        self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, exact: bool
+        self, x: torch.Tensor, scale: Sequence[torch.Tensor], neg_shift: Sequence[torch.Tensor],
+        log_scale_sum: torch.Tensor, exact: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward_rows` from each block's scales and negated shifts (B or 1, D) and the rows'
+        sums of log-scales (B or 1,)."""
         assert self._shared is not None  # forward_rows takes this path with the folded snapshot alone
         layers, alphas, const = self._shared._forward_plan()
-        scale = torch.exp(log_scale)
-        logdet = log_scale.sum(dim=(-2, -1)).add_(const)
+        logdet = log_scale_sum.add(const)
         u = layers[0](x)
         q, scratch, in_range = torch.empty_like(u), torch.empty_like(u), None
         for i, (layer, a) in enumerate(zip(layers[1:], alphas)):
             # u holds -(x A^T + b) of block i: -(pre-activation) = u s - t
-            v = torch.addcmul(shift[:, i].neg(), u, scale[:, i], out=scratch)
+            v = torch.addcmul(neg_shift[i], u, scale[i], out=scratch)
             if exact:
                 g, ld = scaled_forward(v.neg_(), a)
                 torch.neg(g, out=q)
@@ -136,18 +173,24 @@ class FrozenConditionalLUNet(ConditionalDensity):
             logdet = logdet + ld
             layer(q, out=u)
         if not exact and in_range is not None and not bool(in_range):
-            return self._fast_forward_rows(x, log_scale, shift, exact=True)
+            return self._fast_forward_rows(x, scale, neg_shift, log_scale_sum, exact=True)
         last = len(layers) - 1
-        return u.mul_(scale[:, last]).add_(shift[:, last]), logdet.expand(x.shape[0])
+        return u.mul_(scale[last]).sub_(neg_shift[last]), logdet.expand(x.shape[0])
 
     def plain_forward_rows(
         self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None,
         groups: Optional[RowGroups] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward_rows` in plain ops, block by block (under ``torch.func.vmap``, and for splines)."""
+        return self._scaled_forward_rows(x, torch.exp(log_scale), shift, log_scale.sum(dim=(-2, -1)), knots, groups)
+
+    def _scaled_forward_rows(
+        self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, log_scale_sum: torch.Tensor,
+        knots: Optional[torch.Tensor] = None, groups: Optional[RowGroups] = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`plain_forward_rows` from the scales ``exp(log_scale)`` and the sums of log-scales (B or 1,)."""
         h = (x - self.mean) / self.std
-        scale = torch.exp(log_scale)
-        logdet = self.log_abs_det + log_scale.sum(dim=(-2, -1))
+        logdet = self.log_abs_det + log_scale_sum
         last = len(self.weights) - 1
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             h = torch.addmm(bias, h, weight).mul_(scale[:, i]).add_(shift[:, i])
@@ -168,29 +211,86 @@ class FrozenConditionalLUNet(ConditionalDensity):
         (:meth:`~lunet.frozen.FrozenLUNet._inverse_plan`), and its tabled activation inverses."""
         if under_vmap() or self._shared is None:
             return self.plain_inverse_rows(z, log_scale, shift, knots, groups)
+        return self._fast_inverse_rows(z, torch.exp(-log_scale).unbind(1), shift.unbind(1),
+                                       log_scale.sum(dim=(-2, -1)))
+
+    def _fast_inverse_rows(
+        self, z: torch.Tensor, inv_scale: Sequence[torch.Tensor], shift: Sequence[torch.Tensor],
+        log_scale_sum: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`inverse_rows` from each block's inverse scales and shifts (B or 1, D) and the rows'
+        sums of log-scales (B or 1,)."""
+        assert self._shared is not None  # inverse_rows takes this path with the folded snapshot alone
         layers, alphas, tables = self._shared._inverse_plan()
-        inv_scale = torch.exp(-log_scale)
         last = len(layers) - 1
         # scratch buffers pay from a moderate batch on
         work: Optional[dict[str, torch.Tensor]] = {} if z.shape[0] >= 64 else None
-        h = layers[0]((z - shift[:, last]).mul_(inv_scale[:, last]))
+        h = layers[0]((z - shift[last]).mul_(inv_scale[last]))
         logdet = None
         for k, (layer, a, table) in enumerate(zip(layers[1:], alphas, tables)):
             x = solve_scaled(h, a, work, table=table)  # overwrites h
             ld = leaky_softplus_log_derivative(x, a).sum(dim=-1)
             logdet = ld if logdet is None else logdet.add_(ld)
             i = last - 1 - k  # the block whose context map is undone next
-            h = layer(x.sub_(shift[:, i]).mul_(inv_scale[:, i]), out=h)
-        const = self._shared._inverse_log_det_constant() - log_scale.sum(dim=(-2, -1))
+            h = layer(x.sub_(shift[i]).mul_(inv_scale[i]), out=h)
+        const = self._shared._inverse_log_det_constant() - log_scale_sum
         return h, (const if logdet is None else const - logdet).expand(z.shape[0])
+
+    def _label_pass(self, x: torch.Tensor, labels: torch.Tensor, name: str,
+                    inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The forward (or inverse) pass of ``x`` (..., D) given class ``labels`` (...) checked, each
+        row's scales and shifts read from its class's tables (:class:`LabelAffine`) rather than
+        exponentiated per row; with splines, the rows grouped by label."""
+        affine = self._label_affine
+        assert affine is not None  # taken by flows of class labels alone
+        check_features(x, self.features, name, like=self.std)
+        scales = affine.inv_scale if inverse else affine.scale
+        if self.spline is None:
+            rows, flat, batch = labelled_rows(x, labels, name)
+            # the folded forward adds the shift to the negated pre-activation: it reads the negated shifts
+            shifts = affine.shift if inverse else affine.neg_shift
+            scale, shift, sums = scales.index_select(1, flat), shifts.index_select(1, flat), affine.log_scale_sum[flat]
+            out, logdet = self._fast_pass(rows, scale.unbind(0), shift.unbind(0), sums, inverse)
+            return out.view(*batch, self.features), logdet.view(batch)
+        knots = cast(Params, self._label_params)[2]  # None for one block, which has no activation
+        plan = group_rows(x, labels, lambda present: (affine.by_class(scales, present),
+                                                      affine.by_class(affine.shift, present),
+                                                      None if knots is None else knots[present]), name)
+        groups = plan.groups or RowGroups([], [])  # no groups: an empty batch
+        present = torch.tensor(groups.labels, dtype=torch.long, device=self.std.device)
+        counts = torch.tensor(groups.counts, dtype=torch.long, device=self.std.device)
+        sums = affine.log_scale_sum[present].repeat_interleave(counts)
+        scaled = self._scaled_inverse_rows if inverse else self._scaled_forward_rows
+        return plan.restore(*scaled(plan.rows, *plan.params[:2], sums, plan.params[2], plan.groups))
+
+    def _fast_pass(self, rows: torch.Tensor, scale: Sequence[torch.Tensor], shift: Sequence[torch.Tensor],
+                   sums: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        shared = self._shared
+        assert shared is not None  # the leaky softplus's folded snapshot
+        if inverse:
+            return self._fast_inverse_rows(rows, scale, shift, sums)
+        return self._fast_forward_rows(rows, scale, shift, sums, exact=shared.sync_free)
+
+    def _by_label_tables(self) -> bool:
+        """Whether the passes read each class's tables (:meth:`_label_pass`): class labels without
+        splines, outside ``torch.func`` transforms and ``torch.compile``."""
+        return (self._label_affine is not None and not under_vmap() and not plain_ops_wanted()
+                and not torch.compiler.is_compiling())
 
     def plain_inverse_rows(
         self, z: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None,
         groups: Optional[RowGroups] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`inverse_rows` in plain ops, block by block (under ``torch.func.vmap``, and for splines)."""
-        inv_scale = torch.exp(-log_scale)
-        h, logdet = z, -(self.log_abs_det + log_scale.sum(dim=(-2, -1)))
+        return self._scaled_inverse_rows(z, torch.exp(-log_scale), shift, log_scale.sum(dim=(-2, -1)), knots, groups)
+
+    def _scaled_inverse_rows(
+        self, z: torch.Tensor, inv_scale: torch.Tensor, shift: torch.Tensor, log_scale_sum: torch.Tensor,
+        knots: Optional[torch.Tensor] = None, groups: Optional[RowGroups] = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`plain_inverse_rows` from the inverse scales ``exp(-log_scale)`` and the sums of
+        log-scales (B or 1,)."""
+        h, logdet = z, -(self.log_abs_det + log_scale_sum)
         last = len(self.weights) - 1
         for i in range(last, -1, -1):
             if i < last and knots is not None:
@@ -225,6 +325,8 @@ class FrozenConditionalLUNet(ConditionalDensity):
         if c is None:
             return self.distribution(x)
         with torch.no_grad():
+            if self._by_label_tables():
+                return self._label_pass(x, self._labels(c, self.std), "input", inverse=False)
             plan = self._rows(x, c, "input")
             return plan.restore(*self.forward_rows(plan.rows, *plan.params, groups=plan.groups))
 
@@ -233,8 +335,19 @@ class FrozenConditionalLUNet(ConditionalDensity):
     def inverse(self, z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, log|det dx/dz|)`` as :meth:`ConditionalLUNet.inverse`."""
         with torch.no_grad():
+            if self._by_label_tables():
+                return self._label_pass(z, self._labels(c, self.std), "input", inverse=True)
             plan = self._rows(z, c, "input")
             return plan.restore(*self.inverse_rows(plan.rows, *plan.params, groups=plan.groups))
+
+    def _draw(self, sample_shape: int | Sequence[int], c: torch.Tensor, temperature: float,
+              generator: Optional[torch.Generator]) -> torch.Tensor:
+        if not self._by_label_tables():
+            return super()._draw(sample_shape, c, temperature, generator)
+        labels = self._labels(c, self.std)
+        batch = sample_shape_of(sample_shape) + labels.shape
+        z, _ = latent_draws(batch, self.features, temperature, self.std.dtype, self.std.device, generator)
+        return self._label_pass(z.view(*batch, self.features), labels, "draws", inverse=True)[0]
 
     def _params(self, c: object) -> Params:
         if self._label_params is None:
