@@ -15,8 +15,9 @@ declare -A CHANGE=(
   [bound-8]="--spline-bound 8"
   [blocks-6]="--blocks 6"
   [lr-2e-3]="--lr 2e-3"
+  [input-spline]="--input-spline"
 )
-ORDER=(recipe bins-16 bound-8 blocks-6 lr-2e-3)
+ORDER=(recipe bins-16 bound-8 blocks-6 lr-2e-3 input-spline)
 VARIANTS=("$@")
 if [ ${#VARIANTS[@]} -eq 0 ]; then VARIANTS=("${ORDER[@]}"); fi
 mkdir -p runs docs/results/mnist-ablation

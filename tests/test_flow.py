@@ -274,12 +274,16 @@ def test_temperatures_that_overflow_the_dtype_are_refused():
 # -- grouped flows: independent flows side by side, taken apart exactly ------------------------
 
 
-def _flow(groups: int = 3, width: int = 2, learn_alpha: bool = False) -> LUNet:
+def _flow(groups: int = 3, width: int = 2, learn_alpha: bool = False, input_spline: bool = False) -> LUNet:
     torch.manual_seed(0)
-    flow = LUNet(groups * width, 4, init_scale=1.0, groups=groups, learn_alpha=learn_alpha).double()
+    flow = LUNet(groups * width, 4, init_scale=1.0, groups=groups, learn_alpha=learn_alpha,
+                 input_spline=input_spline).double()
     with torch.no_grad():
         for block in flow.blocks:
             block.bias.normal_()
+        if input_spline:
+            for p in flow.input_spline.parameters():
+                p.normal_()
         for act in flow.activations:
             if learn_alpha:
                 act.alpha_logit.uniform_(-3, 1)  # a different slope in every group
@@ -300,9 +304,10 @@ def test_training_never_leaves_the_groups():
         assert torch.all(block.weight()[off_group] == 0)
 
 
-@pytest.mark.parametrize("learn_alpha", [False, True], ids=["fixed-slope", "slope-learned-per-group"])
-def test_the_split_flows_add_up_to_the_grouped_one(learn_alpha):
-    flow = _flow(learn_alpha=learn_alpha)
+@pytest.mark.parametrize("learn_alpha, input_spline", [(False, False), (True, False), (False, True)],
+                         ids=["fixed-slope", "slope-learned-per-group", "input-spline"])
+def test_the_split_flows_add_up_to_the_grouped_one(learn_alpha, input_spline):
+    flow = _flow(learn_alpha=learn_alpha, input_spline=input_spline)
     parts = flow.split_groups()
     assert [p.features for p in parts] == [2, 2, 2] and all(p.groups == 1 for p in parts)
     x = torch.randn(7, 6, dtype=torch.float64)
@@ -321,6 +326,16 @@ def test_the_snapshot_of_a_grouped_flow_agrees():
 
 def test_a_grouped_flow_counts_only_its_groups_parameters():
     assert LUNet(6, 2, groups=3).num_parameters() == 3 * LUNet(2, 2).num_parameters()
+
+
+def test_the_input_spline_sits_before_the_first_block_and_counts_its_parameters():
+    flow = LUNet(5, 2, activation="spline", bins=4, input_spline=True)
+    kinds = [type(part).__name__ for part in flow.transforms]
+    assert kinds == ["Standardize", "MonotoneSpline", "LULinear", "MonotoneSpline", "LULinear"]
+    plain = LUNet(5, 2, activation="spline", bins=4)
+    assert flow.num_parameters() - plain.num_parameters() == 5 * (3 * 4 - 1)
+    with pytest.raises(TypeError, match="input_spline must be True or False"):
+        LUNet(5, 2, input_spline="yes")
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -54,6 +54,8 @@ class LUNet(ReparameterizedDensity, Composition):
     ``activation="spline"`` puts a :class:`~lunet.spline.MonotoneSpline` (``bins`` bins on
     ``[-bound, bound]``, the identity outside, one spline per feature) in place of each leaky
     softplus: a richer elementwise map with an exact closed-form inverse (``alpha`` is then unused).
+    ``input_spline=True`` adds one such spline per feature after the standardisation, before the
+    first block, which shapes each feature's marginal before the blocks mix them.
 
     ``forward`` maps data ``x`` (..., features) to the latent ``z`` (..., features) and returns
     ``(z, log|det dz/dx|)`` with the log-determinant per row (...). The
@@ -86,6 +88,7 @@ class LUNet(ReparameterizedDensity, Composition):
         activation: str = "leaky_softplus",
         bins: int = 8,
         bound: float = 5.0,
+        input_spline: bool = False,
     ) -> None:
         super().__init__()
         features = check_positive_int(features, "features")
@@ -104,11 +107,18 @@ class LUNet(ReparameterizedDensity, Composition):
              else MonotoneSpline(features, bins=bins, bound=bound))
             for _ in range(num_blocks - 1)
         )
+        if not isinstance(input_spline, bool):
+            raise TypeError(f"input_spline must be True or False, got {input_spline!r}")
+        self.input_spline: Optional[MonotoneSpline] = (MonotoneSpline(features, bins=bins, bound=bound)
+                                                       if input_spline else None)
 
     @property
     def transforms(self) -> list[nn.Module]:
-        """The parts in order: the standardisation, then each block and the activation after it."""
+        """The parts in order: the standardisation, the input spline if any, then each block and the
+        activation after it."""
         parts: list[nn.Module] = [self.input_standardize]
+        if self.input_spline is not None:
+            parts.append(self.input_spline)
         for i, block in enumerate(self.blocks):
             parts.append(block)
             if i < len(self.activations):
@@ -142,6 +152,8 @@ class LUNet(ReparameterizedDensity, Composition):
             part = slice(g * width, (g + 1) * width)
             flow = LUNet(width, len(layers), diag=layers[0].diag_mode, init="identity").to(self.input_std)
             flow.input_standardize = self.input_standardize.restricted(part)
+            if self.input_spline is not None:
+                flow.input_spline = self.input_spline.restricted(part)
             flow.activations = nn.ModuleList(
                 act.restricted(part) if isinstance(act, MonotoneSpline) else cast(LeakySoftplus, act).group(g)
                 for act in self.activations
@@ -170,7 +182,8 @@ class LUNet(ReparameterizedDensity, Composition):
         """Trainable parameters: ``"free"`` (what is learned) or ``"stored"``
         (dense L and U per block, as the paper counts), activations included."""
         lu = sum(block.num_parameters(kind) for block in self._lu_layers())
-        rest = sum(p.numel() for a in self.activations for p in a.parameters() if p.requires_grad)
+        elementwise = [*self.activations, *([] if self.input_spline is None else [self.input_spline])]
+        rest = sum(p.numel() for a in elementwise for p in a.parameters() if p.requires_grad)
         return lu + rest
 
     @torch.no_grad()

@@ -65,6 +65,7 @@ def test_the_spline_size_options_reach_the_spec_and_only_with_splines():
     given = model_overrides(parse([*IMAGES, "--recipe", "best", "--bins", "16", "--spline-bound", "8"]))
     assert (given["bins"], given["bound"]) == (16, 8.0)
     assert model_overrides(parse(["--data", "x.csv", "--out", "run", "--bins", "4"]))["bins"] == 4  # own data: splines
+    assert model_overrides(parse([*IMAGES, "--input-spline", "--bins", "4"])) == {"input_spline": True, "bins": 4}
     for argv, named in (([*IMAGES, "--bins", "16"], "--bins shapes"),
                         ([*IMAGES, "--recipe", "best", "--activation", "leaky_softplus", "--spline-bound", "3"],
                          "--spline-bound shapes"),
@@ -77,11 +78,12 @@ def test_the_spline_size_options_reach_the_spec_and_only_with_splines():
 def test_a_run_with_more_bins_builds_and_resumes_its_splines(tmp_path, fake_mnist):
     run = tmp_path / "run"
     argv = ["train", "--dataset", "mnist", "--data-dir", str(fake_mnist), "--no-verify", "--out", str(run),
-            "--recipe", "best", "--blocks", "2", "--bins", "5", "--spline-bound", "3", "--epochs", "1",
-            "--limit", "300", "--no-progress"]
+            "--recipe", "best", "--blocks", "2", "--bins", "5", "--spline-bound", "3", "--input-spline",
+            "--epochs", "1", "--limit", "300", "--no-progress"]
     assert main(argv) == 0
-    spline = load_model(run / "checkpoint.pt")[0].activations[0]
-    assert isinstance(spline, MonotoneSpline) and (spline.bins, spline.bound) == (5, 3.0)
+    model = load_model(run / "checkpoint.pt")[0]
+    for spline in (model.activations[0], model.input_spline):
+        assert isinstance(spline, MonotoneSpline) and (spline.bins, spline.bound) == (5, 3.0)
     assert main([*argv[:-5], "--epochs", "2", "--limit", "300", "--no-progress", "--resume"]) == 0
     assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 2
 

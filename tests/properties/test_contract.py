@@ -56,6 +56,13 @@ def make_spline_lunet() -> LUNet:
     return _perturbed(net, 9)
 
 
+def make_input_spline_lunet() -> LUNet:
+    torch.manual_seed(3)
+    net = LUNet(D, 3, init_scale=0.5, activation="spline", bins=5, bound=3.0, input_spline=True).double()
+    net.standardize(torch.randn(200, D, dtype=torch.float64) * 2 + 1)
+    return _perturbed(net, 11)
+
+
 def make_standardize() -> Standardize:
     return Standardize(D).double().fit(torch.randn(100, D, dtype=torch.float64) * 3 + 2)
 
@@ -79,6 +86,8 @@ FACTORIES = {
     "MonotoneSpline": lambda: _perturbed(MonotoneSpline(D, bins=5, bound=3.0).double(), 10),
     "LUNet-spline": make_spline_lunet,
     "LUNet-spline-frozen": lambda: make_spline_lunet().frozen(),
+    "LUNet-input-spline": make_input_spline_lunet,
+    "LUNet-input-spline-frozen": lambda: make_input_spline_lunet().frozen(),
     "Inverse-LULinear": lambda: Inverse(_perturbed(LULinear(D).double(), 8)),
     "Inverse-LeakySoftplus": lambda: Inverse(LeakySoftplus(0.1).double()),
     "Inverse-Sequential": lambda: Inverse(make_sequential()),

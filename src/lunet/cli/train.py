@@ -129,15 +129,15 @@ def _recipe(args: argparse.Namespace):
 def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The LU-Net settings given on the command line, by their names in a model spec."""
     given = {name: getattr(args, name)
-             for name in ("num_blocks", "alpha", "diag", "learn_alpha", "activation", "bins", "bound")
+             for name in ("num_blocks", "alpha", "diag", "learn_alpha", "activation", "bins", "bound", "input_spline")
              if getattr(args, name, None) is not None}
     given = {**_recipe(args).model, **given}
     shape = [flag(name) for name in ("bins", "bound") if name in given]
     # own data without a context default to the spline (a context run has refused these options already)
     spline = given.get("activation", "spline" if args.kind == VECTORS else None) == "spline"
-    if shape and not spline:
-        raise ValueError(f"{' and '.join(shape)} shape{'s' if len(shape) == 1 else ''} the spline activation; give "
-                         "--activation spline (or --recipe best) too")
+    if shape and not (spline or given.get("input_spline")):
+        raise ValueError(f"{' and '.join(shape)} shape{'s' if len(shape) == 1 else ''} the splines; give "
+                         "--activation spline (or --recipe best) or --input-spline too")
     if given.get("activation") == "leaky_softplus":
         del given["activation"]  # the default: a spec that does not name it, as the paper's
     elif given.get("activation") == "spline":
@@ -192,8 +192,9 @@ def _train_vectors(args: argparse.Namespace, config: TrainConfig, group: Any) ->
     data = load_vectors(args.data)
     context = None
     if args.context is not None:
-        refuse_given(args, ("activation", "learn_alpha", "bins", "bound"), "runs without --context: a run of p(x | c) has the leaky "
-                                                          "softplus with a fixed slope as its activation")
+        refuse_given(args, ("activation", "learn_alpha", "bins", "bound", "input_spline"),
+                     "runs without --context: a run of p(x | c) has the leaky softplus with a fixed slope as its "
+                     "activation")
         context = load_vectors(args.context, min_rows=1)
     elif args.context_kind is not None:
         raise ValueError("--context-kind says how --context is read: give --context FILE too")
@@ -237,7 +238,7 @@ def _train_images(args: argparse.Namespace, config: TrainConfig, group: Any) -> 
     from lunet.experiments.training.log import format_seconds
 
     if args.conditional:
-        refuse_given(args, ("per_class", "class_label", "learn_alpha", "recipe"),
+        refuse_given(args, ("per_class", "class_label", "learn_alpha", "recipe", "input_spline"),
                      "runs without --conditional: a conditional run is one LU-Net for every class, its activation "
                      "the leaky softplus of a fixed slope or (--activation spline) splines whose knots the class sets")
         if args.model == "realnvp":

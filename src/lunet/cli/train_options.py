@@ -171,6 +171,10 @@ OPTIONS = (
            dict(type=POSITIVE_FLOAT, dest="bound", metavar="B",
                 help="each spline spans [-B, B], the identity outside, with --activation spline (default 5)"),
            lunet_model=True),
+    Option(("--input-spline",), frozenset({IMAGES, VECTORS}), "model",
+           dict(action="store_const", const=True,
+                help="a monotone spline per feature before the first block, of the same size as the activation's "
+                     "splines (--bins, --spline-bound)"), lunet_model=True),
     Option(("--diag",), _ALL, "model", dict(choices=["raw", "exp"], help="parametrisation of diag(U) {default}"),
            _spec_defaults("diag", "diag"), lunet_model=True),
     Option(("--class",), frozenset({IMAGES}), "images", dict(dest="class_label", type=NON_NEGATIVE_INT,
