@@ -21,7 +21,8 @@ from lunet.conditional_density import (
 )
 from lunet.context import label_rows
 from lunet.fast.activation import negated_forward, scaled_forward
-from lunet.fast.spline import BinTables, grouped_passes
+from lunet.fast.spline import grouped_passes
+from lunet.fast.spline_tables import BinTables
 from lunet.frozen import FrozenLUNet, under_vmap
 from lunet.functional import leaky_softplus, leaky_softplus_inverse, leaky_softplus_log_derivative, solve_scaled
 from lunet.latent import latent_draws

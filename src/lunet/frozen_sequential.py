@@ -21,15 +21,9 @@ from torch import nn
 from lunet.base import compose_forward, compose_inverse
 from lunet.checks import check_features
 from lunet.density import Density
-from lunet.fast.spline import (
-    BinGrid,
-    BinTables,
-    SamplingTables,
-    spline_forward_fast,
-    spline_inverse_fast,
-    spline_sample_fast,
-)
+from lunet.fast.spline import spline_forward_fast, spline_inverse_fast, spline_sample_fast
 from lunet.fast.spline_plain import spline_forward_plain, spline_inverse_plain
+from lunet.fast.spline_tables import BinGrid, BinTables, SamplingTables
 from lunet.frozen import FrozenLUNet, foldable_run, under_vmap
 from lunet.spline import MonotoneSpline
 

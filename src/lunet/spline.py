@@ -26,8 +26,9 @@ from torch.nn import functional as F
 
 from lunet.base import Transform
 from lunet.checks import plain_ops_wanted
-from lunet.fast.spline import BinTables, group_of_rows, grouped_passes, spline_forward_fast, spline_inverse_fast
+from lunet.fast.spline import grouped_passes, spline_forward_fast, spline_inverse_fast
 from lunet.fast.spline_plain import spline_forward_plain, spline_inverse_plain
+from lunet.fast.spline_tables import BinTables, group_of_rows
 from lunet.fast.spline_training import SplineForward
 from lunet.limits import check_positive_int
 
@@ -102,7 +103,7 @@ def _grouped_pass(
     counts: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`spline_pass` of ``G`` splines over sorted groups of rows: the tables of all stacked
-    once (:meth:`~lunet.fast.spline.BinTables.stacked`) and each group's rows through the kernels,
+    once (:meth:`~lunet.fast.spline_tables.BinTables.stacked`) and each group's rows through the kernels,
     its bins counted among its own knots, or under autograd one :class:`SplineForward` for every
     group; where plain ops are wanted, or an inverse keeps a graph, the plain formulas with each
     row's tables."""

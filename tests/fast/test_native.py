@@ -11,14 +11,9 @@ import torch
 
 from fast.test_spline import DTYPES, TOL
 from lunet.fast import native
-from lunet.fast.spline import (
-    BinTables,
-    SamplingTables,
-    spline_forward_fast,
-    spline_inverse_fast,
-    spline_sample_fast,
-)
+from lunet.fast.spline import spline_forward_fast, spline_inverse_fast, spline_sample_fast
 from lunet.fast.spline_plain import spline_forward_plain
+from lunet.fast.spline_tables import BinTables, SamplingTables
 from lunet.spline import MonotoneSpline
 
 # the loops sum a row's log-derivatives in double, the torch passes in the rows' dtype

@@ -11,8 +11,9 @@ import torch._dynamo as dynamo
 
 from lunet import LUNet
 from lunet.fast import native
-from lunet.fast.spline import BinGrid, BinTables, counted_bins, spline_forward_fast, spline_inverse_fast
+from lunet.fast.spline import spline_forward_fast, spline_inverse_fast
 from lunet.fast.spline_plain import spline_forward_plain, spline_inverse_plain
+from lunet.fast.spline_tables import BinGrid, BinTables, counted_bins
 from lunet.spline import MonotoneSpline
 
 DTYPES = [torch.float32, torch.float64]
@@ -141,7 +142,8 @@ def test_threads_running_the_passes_at_once_get_their_own_results():
 @pytest.mark.parametrize("rows", [1, 3, 4, 5, 40])
 def test_the_snapshot_passes_of_a_few_rows_and_many_find_the_same_bins(dtype, rows):
     # up to SEARCHED_ROWS rows the bins are searched, beyond them looked up in the grid
-    from lunet.fast.spline import SEARCHED_ROWS, SamplingTables, spline_sample_fast
+    from lunet.fast.spline import spline_sample_fast
+    from lunet.fast.spline_tables import SEARCHED_ROWS, SamplingTables
 
     assert 1 <= SEARCHED_ROWS < 5
     spline = _spline(dtype)
@@ -163,7 +165,8 @@ def test_the_snapshot_passes_of_a_few_rows_and_many_find_the_same_bins(dtype, ro
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("lookup", ["counted", "grid"])
 def test_sampling_from_the_coefficients_gives_the_exact_inverse(dtype, lookup):
-    from lunet.fast.spline import SamplingTables, spline_sample_fast
+    from lunet.fast.spline import spline_sample_fast
+    from lunet.fast.spline_tables import SamplingTables
 
     spline = _spline(dtype)
     xk, yk, dk = spline.tables()

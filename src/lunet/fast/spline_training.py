@@ -21,8 +21,9 @@ import torch
 
 from lunet.checks import plain_backward_wanted
 from lunet.fast import native
-from lunet.fast.spline import BinTables, gather_into, group_of_rows, grouped_passes, run_blocks, spline_forward_fast
+from lunet.fast.spline import grouped_passes, run_blocks, spline_forward_fast
 from lunet.fast.spline_plain import spline_forward_plain
+from lunet.fast.spline_tables import BinTables, gather_into, group_of_rows
 
 __all__ = ["BACKWARD_BLOCK_BYTES", "BACKWARD_BUFFERS", "SplineForward", "PER_BIN_SUMS"]
 
