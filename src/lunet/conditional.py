@@ -29,8 +29,8 @@ from torch import nn
 
 from lunet.base import check_module_state
 from lunet.checks import check_batch
-from lunet.conditional_density import ConditionalDensity, ConditionalFlowDistribution, Params, RowGroups, spline_rows
-from lunet.context import ContextInput, context_network, label_rows, read_params
+from lunet.conditional_density import ConditionalDensity, ConditionalFlowDistribution, RowGroups, spline_rows
+from lunet.context import ContextInput, context_network
 from lunet.flow import ACTIVATIONS, LUNet
 from lunet.frozen_conditional import FrozenConditionalLUNet
 from lunet.layers import LeakySoftplus, LULinear
@@ -187,27 +187,6 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
         blocks = f"{self.num_blocks} block{'' if self.num_blocks == 1 else 's'}"
         spline = "" if self.spline is None else f", spline activations of {self.spline[0]} bins"
         return f"features {self.features}, {blocks}, {context}{spline}"
-
-    def _params(self, c: object) -> Params:
-        """The context's :data:`Params` (:func:`~lunet.context.read_params` of the context network's output).
-
-        Labels outnumbering the classes take the network once per class and each row its class's
-        parameters (:func:`~lunet.context.label_rows`): the same values, at a fraction of the work."""
-        if self.num_classes is not None:
-            labels = self._labels(c, self.reference())
-            if labels.numel() > self.num_classes:
-                return label_rows(self._class_params(), labels)
-        return self._read(self.embed(c))
-
-    def _class_params(self) -> Params:
-        """The :data:`Params` of every class (num_classes, ...), in label order: the context network of
-        each class's embedding (a flow of class labels only)."""
-        assert self.label_embedding is not None  # called for flows of class labels only
-        return self._read(self.label_embedding.weight)
-
-    def _read(self, embedded: torch.Tensor) -> Params:
-        return read_params(self.conditioner(embedded), self.num_blocks, self.features, self.max_log_scale,
-                           self.spline)
 
     # -- the maps ------------------------------------------------------------
     @overload

@@ -7,7 +7,7 @@ user's maps to (..., context_features).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 from torch import nn
@@ -69,15 +69,27 @@ def label_rows(per_class: Params, labels: torch.Tensor) -> Params:
 
 
 class ContextInput:
-    """:meth:`embed` and :meth:`context_shape` of a conditional flow, over its ``context_features``,
-    ``num_classes`` with ``label_embedding`` (labels), ``embedding`` (a network of raw contexts),
-    ``context_standardize`` (vectors) and ``reference()`` (the dtype and device contexts must share)."""
+    """:meth:`embed`, :meth:`context_shape` and the context's :data:`Params` (:meth:`_params`) of a
+    conditional flow, over its ``context_features``, ``num_classes`` with ``label_embedding``
+    (labels), ``embedding`` (a network of raw contexts), ``context_standardize`` (vectors),
+    ``reference()`` (the dtype and device contexts must share), and the ``conditioner`` network
+    whose output :func:`read_params` reads for ``num_blocks`` blocks of ``features``."""
 
     context_features: int
     num_classes: Optional[int]
     label_embedding: Optional[nn.Embedding]
     embedding: Optional[nn.Module]
     context_standardize: Standardize
+    conditioner: nn.Module
+    max_log_scale: float
+    spline: Optional[tuple[int, float]]
+
+    if TYPE_CHECKING:  # the flow's sizes, as it defines them
+        @property
+        def features(self) -> int: ...
+
+        @property
+        def num_blocks(self) -> int: ...
 
     def reference(self) -> torch.Tensor:
         raise NotImplementedError
@@ -148,3 +160,24 @@ class ContextInput:
             with torch.no_grad():
                 return self.embed(c).shape[:-1]
         return check_features(c, self.context_features, "context", like=self.reference()).shape[:-1]
+
+    def _params(self, c: object) -> Params:
+        """The context's :data:`Params` (:func:`~lunet.context.read_params` of the context network's output).
+
+        Labels outnumbering the classes take the network once per class and each row its class's
+        parameters (:func:`~lunet.context.label_rows`): the same values, at a fraction of the work."""
+        if self.num_classes is not None:
+            labels = self._labels(c, self.reference())
+            if labels.numel() > self.num_classes:
+                return label_rows(self._class_params(), labels)
+        return self._read(self.embed(c))
+
+    def _class_params(self) -> Params:
+        """The :data:`Params` of every class (num_classes, ...), in label order: the context network of
+        each class's embedding (a flow of class labels only)."""
+        assert self.label_embedding is not None  # called for flows of class labels only
+        return self._read(self.label_embedding.weight)
+
+    def _read(self, embedded: torch.Tensor) -> Params:
+        return read_params(self.conditioner(embedded), self.num_blocks, self.features, self.max_log_scale,
+                           self.spline)

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from lunet.conditional import ConditionalLUNet
     from lunet.layers import LULinear
 
-__all__ = ["LabelAffine", "FrozenConditionalLUNet"]
+__all__ = ["LabelAffine", "FoldedPasses", "FrozenConditionalLUNet"]
 
 
 class LabelAffine(NamedTuple):
@@ -58,6 +58,67 @@ class LabelAffine(NamedTuple):
     def by_class(table: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """A table's rows of ``labels`` (G,), class-major (G, num_blocks, D)."""
         return table.index_select(1, labels).transpose(0, 1)
+
+
+class FoldedPasses:
+    """The passes of a conditional snapshot with leaky-softplus activations: the unconditional snapshot
+    ``shared`` of the same LU layers lends its folded products (:meth:`~lunet.frozen.FrozenLUNet._forward_plan`,
+    which return negated pre-activations but the last, and :meth:`~lunet.frozen.FrozenLUNet._inverse_plan`),
+    and the context's affine maps sit between them and its fused activations."""
+
+    def __init__(self, shared: FrozenLUNet) -> None:
+        self.shared = shared
+
+    def forward(
+        self, x: torch.Tensor, scale: Sequence[torch.Tensor], neg_shift: Sequence[torch.Tensor],
+        log_scale_sum: torch.Tensor, exact: Optional[bool] = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``x`` (B, D), each block's scales and negated shifts (B or 1, D) and the rows' sums of
+        log-scales (B or 1,) -> ``z`` (B, D), ``log|det dz/dx|`` (B,). ``exact``: the activations'
+        exact formulas rather than the fast ones (which redo the batch exactly where out of range);
+        by default where the snapshot runs free of host syncs."""
+        exact = self.shared.sync_free if exact is None else exact
+        layers, alphas, const = self.shared._forward_plan()
+        logdet = log_scale_sum.add(const)
+        u = layers[0](x)
+        q, scratch, in_range = torch.empty_like(u), torch.empty_like(u), None
+        for i, (layer, a) in enumerate(zip(layers[1:], alphas)):
+            # u holds -(x A^T + b) of block i: -(pre-activation) = u s - t
+            v = torch.addcmul(neg_shift[i], u, scale[i], out=scratch)
+            if exact:
+                g, ld = scaled_forward(v.neg_(), a)
+                torch.neg(g, out=q)
+            else:
+                ld, ok = negated_forward(v, a, out=q, scratch=u)
+                in_range = ok if in_range is None else in_range.logical_and_(ok)
+            logdet = logdet + ld
+            layer(q, out=u)
+        if not exact and in_range is not None and not bool(in_range):
+            return self.forward(x, scale, neg_shift, log_scale_sum, exact=True)
+        last = len(layers) - 1
+        return u.mul_(scale[last]).sub_(neg_shift[last]), logdet.expand(x.shape[0])
+
+    def inverse(
+        self, z: torch.Tensor, inv_scale: Sequence[torch.Tensor], shift: Sequence[torch.Tensor],
+        log_scale_sum: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``z`` (B, D), each block's inverse scales and shifts (B or 1, D) and the rows' sums of
+        log-scales (B or 1,) -> ``x`` (B, D), ``log|det dx/dz|`` (B,): the context's maps undone before
+        each folded inverse product, and the tabled activation inverses."""
+        layers, alphas, tables = self.shared._inverse_plan()
+        last = len(layers) - 1
+        # scratch buffers pay from a moderate batch on
+        work: Optional[dict[str, torch.Tensor]] = {} if z.shape[0] >= 64 else None
+        h = layers[0]((z - shift[last]).mul_(inv_scale[last]))
+        logdet = None
+        for k, (layer, a, table) in enumerate(zip(layers[1:], alphas, tables)):
+            x = solve_scaled(h, a, work, table=table)  # overwrites h
+            ld = leaky_softplus_log_derivative(x, a).sum(dim=-1)
+            logdet = ld if logdet is None else logdet.add_(ld)
+            i = last - 1 - k  # the block whose context map is undone next
+            h = layer(x.sub_(shift[i]).mul_(inv_scale[i]), out=h)
+        const = self.shared._inverse_log_det_constant() - log_scale_sum
+        return h, (const if logdet is None else const - logdet).expand(z.shape[0])
 
 
 class FrozenConditionalLUNet(ConditionalDensity):
@@ -94,12 +155,12 @@ class FrozenConditionalLUNet(ConditionalDensity):
             # the unconditional snapshot of the same LU layers lends its folded matrices: the context's
             # affine maps sit between its products and its activations (the leaky softplus's; splines
             # whose knots change with the context run block by block)
-            self._shared: Optional[FrozenLUNet] = None
+            self._folded: Optional[FoldedPasses] = None
             if self._flow.spline is None:
                 flow_parts: list[nn.Module] = [self._flow.input_standardize]
                 for i, block in enumerate(blocks):
                     flow_parts += [block] if i == 0 else [self._flow.activation, block]
-                self._shared = FrozenLUNet(flow_parts)
+                self._folded = FoldedPasses(FrozenLUNet(flow_parts))
             # a label's parameters are the same at every call: formed once per class
             self._label_params: Optional[Params] = None
             if self._flow.label_embedding is not None:
@@ -146,37 +207,10 @@ class FrozenConditionalLUNet(ConditionalDensity):
         """As :meth:`ConditionalLUNet.forward_rows`: the unconditional snapshot's folded products
         (:meth:`~lunet.frozen.FrozenLUNet._forward_plan`, which return negated pre-activations
         but the last) with the context's affine maps between them and its fused activations."""
-        if under_vmap() or self._shared is None:
+        if under_vmap() or self._folded is None:
             return self.plain_forward_rows(x, log_scale, shift, knots, groups)
-        return self._fast_forward_rows(x, torch.exp(log_scale).unbind(1), shift.neg().unbind(1),
-                                       log_scale.sum(dim=(-2, -1)), exact=self._shared.sync_free)
-
-    def _fast_forward_rows(
-        self, x: torch.Tensor, scale: Sequence[torch.Tensor], neg_shift: Sequence[torch.Tensor],
-        log_scale_sum: torch.Tensor, exact: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`forward_rows` from each block's scales and negated shifts (B or 1, D) and the rows'
-        sums of log-scales (B or 1,)."""
-        assert self._shared is not None  # forward_rows takes this path with the folded snapshot alone
-        layers, alphas, const = self._shared._forward_plan()
-        logdet = log_scale_sum.add(const)
-        u = layers[0](x)
-        q, scratch, in_range = torch.empty_like(u), torch.empty_like(u), None
-        for i, (layer, a) in enumerate(zip(layers[1:], alphas)):
-            # u holds -(x A^T + b) of block i: -(pre-activation) = u s - t
-            v = torch.addcmul(neg_shift[i], u, scale[i], out=scratch)
-            if exact:
-                g, ld = scaled_forward(v.neg_(), a)
-                torch.neg(g, out=q)
-            else:
-                ld, ok = negated_forward(v, a, out=q, scratch=u)
-                in_range = ok if in_range is None else in_range.logical_and_(ok)
-            logdet = logdet + ld
-            layer(q, out=u)
-        if not exact and in_range is not None and not bool(in_range):
-            return self._fast_forward_rows(x, scale, neg_shift, log_scale_sum, exact=True)
-        last = len(layers) - 1
-        return u.mul_(scale[last]).sub_(neg_shift[last]), logdet.expand(x.shape[0])
+        return self._folded.forward(x, torch.exp(log_scale).unbind(1), shift.neg().unbind(1),
+                                    log_scale.sum(dim=(-2, -1)))
 
     def plain_forward_rows(
         self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None,
@@ -210,32 +244,9 @@ class FrozenConditionalLUNet(ConditionalDensity):
         """As :meth:`ConditionalLUNet.inverse_rows`: the context's affine maps undone before each of
         the unconditional snapshot's folded inverse products
         (:meth:`~lunet.frozen.FrozenLUNet._inverse_plan`), and its tabled activation inverses."""
-        if under_vmap() or self._shared is None:
+        if under_vmap() or self._folded is None:
             return self.plain_inverse_rows(z, log_scale, shift, knots, groups)
-        return self._fast_inverse_rows(z, torch.exp(-log_scale).unbind(1), shift.unbind(1),
-                                       log_scale.sum(dim=(-2, -1)))
-
-    def _fast_inverse_rows(
-        self, z: torch.Tensor, inv_scale: Sequence[torch.Tensor], shift: Sequence[torch.Tensor],
-        log_scale_sum: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`inverse_rows` from each block's inverse scales and shifts (B or 1, D) and the rows'
-        sums of log-scales (B or 1,)."""
-        assert self._shared is not None  # inverse_rows takes this path with the folded snapshot alone
-        layers, alphas, tables = self._shared._inverse_plan()
-        last = len(layers) - 1
-        # scratch buffers pay from a moderate batch on
-        work: Optional[dict[str, torch.Tensor]] = {} if z.shape[0] >= 64 else None
-        h = layers[0]((z - shift[last]).mul_(inv_scale[last]))
-        logdet = None
-        for k, (layer, a, table) in enumerate(zip(layers[1:], alphas, tables)):
-            x = solve_scaled(h, a, work, table=table)  # overwrites h
-            ld = leaky_softplus_log_derivative(x, a).sum(dim=-1)
-            logdet = ld if logdet is None else logdet.add_(ld)
-            i = last - 1 - k  # the block whose context map is undone next
-            h = layer(x.sub_(shift[i]).mul_(inv_scale[i]), out=h)
-        const = self._shared._inverse_log_det_constant() - log_scale_sum
-        return h, (const if logdet is None else const - logdet).expand(z.shape[0])
+        return self._folded.inverse(z, torch.exp(-log_scale).unbind(1), shift.unbind(1), log_scale.sum(dim=(-2, -1)))
 
     def _label_pass(self, x: torch.Tensor, labels: torch.Tensor, name: str,
                     inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,12 +257,13 @@ class FrozenConditionalLUNet(ConditionalDensity):
         assert affine is not None  # taken by flows of class labels alone
         check_features(x, self.features, name, like=self.std)
         scales = affine.inv_scale if inverse else affine.scale
-        if self.spline is None:
+        if self._folded is not None:
             rows, flat, batch = labelled_rows(x, labels, name)
             # the folded forward adds the shift to the negated pre-activation: it reads the negated shifts
             shifts = affine.shift if inverse else affine.neg_shift
             scale, shift, sums = scales.index_select(1, flat), shifts.index_select(1, flat), affine.log_scale_sum[flat]
-            out, logdet = self._fast_pass(rows, scale.unbind(0), shift.unbind(0), sums, inverse)
+            passes = self._folded.inverse if inverse else self._folded.forward
+            out, logdet = passes(rows, scale.unbind(0), shift.unbind(0), sums)
             return out.view(*batch, self.features), logdet.view(batch)
         knots = cast(Params, self._label_params)[2]  # None for one block, which has no activation
         plan = group_rows(x, labels, lambda present: (affine.by_class(scales, present),
@@ -264,17 +276,9 @@ class FrozenConditionalLUNet(ConditionalDensity):
         scaled = self._scaled_inverse_rows if inverse else self._scaled_forward_rows
         return plan.restore(*scaled(plan.rows, *plan.params[:2], sums, plan.params[2], plan.groups))
 
-    def _fast_pass(self, rows: torch.Tensor, scale: Sequence[torch.Tensor], shift: Sequence[torch.Tensor],
-                   sums: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        shared = self._shared
-        assert shared is not None  # the leaky softplus's folded snapshot
-        if inverse:
-            return self._fast_inverse_rows(rows, scale, shift, sums)
-        return self._fast_forward_rows(rows, scale, shift, sums, exact=shared.sync_free)
-
     def _by_label_tables(self) -> bool:
-        """Whether the passes read each class's tables (:meth:`_label_pass`): class labels without
-        splines, outside ``torch.func`` transforms and ``torch.compile``."""
+        """Whether the passes read each class's tables (:meth:`_label_pass`): class labels, outside
+        ``torch.func`` transforms and ``torch.compile``."""
         return (self._label_affine is not None and not under_vmap() and not plain_ops_wanted()
                 and not torch.compiler.is_compiling())
 
@@ -323,23 +327,21 @@ class FrozenConditionalLUNet(ConditionalDensity):
         self, x: torch.Tensor, c: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, torch.Tensor] | ConditionalFlowDistribution:
         """``(z, log|det dz/dx|)`` as :meth:`ConditionalLUNet.forward`; ``snapshot(c)``: the distribution."""
-        if c is None:
-            return self.distribution(x)
-        with torch.no_grad():
-            if self._by_label_tables():
-                return self._label_pass(x, self._labels(c, self.std), "input", inverse=False)
-            plan = self._rows(x, c, "input")
-            return plan.restore(*self.forward_rows(plan.rows, *plan.params, groups=plan.groups))
+        return self.distribution(x) if c is None else self._pass(x, c, inverse=False)
 
     __call__ = forward
 
     def inverse(self, z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, log|det dx/dz|)`` as :meth:`ConditionalLUNet.inverse`."""
-        with torch.no_grad():
-            if self._by_label_tables():
-                return self._label_pass(z, self._labels(c, self.std), "input", inverse=True)
-            plan = self._rows(z, c, "input")
-            return plan.restore(*self.inverse_rows(plan.rows, *plan.params, groups=plan.groups))
+        return self._pass(z, c, inverse=True)
+
+    @torch.no_grad()
+    def _pass(self, x: torch.Tensor, c: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._by_label_tables():
+            return self._label_pass(x, self._labels(c, self.std), "input", inverse)
+        plan = self._rows(x, c, "input")
+        rows_pass = self.inverse_rows if inverse else self.forward_rows
+        return plan.restore(*rows_pass(plan.rows, *plan.params, groups=plan.groups))
 
     def _draw(self, sample_shape: int | Sequence[int], c: torch.Tensor, temperature: float,
               generator: Optional[torch.Generator]) -> torch.Tensor:
