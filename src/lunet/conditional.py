@@ -221,13 +221,15 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
         ``log|det dz/dx|`` (B,). With ``groups`` (a :class:`~lunet.conditional_density.RowPlan`'s),
         knot tables (G, ...), one per group of the rows, sorted by label."""
         h, logdet = self.input_standardize.forward_rows(x)
-        scale = torch.exp(log_scale)
+        # each block's part by unbind, whose backward stacks the gradients where indexing would
+        # scatter each into a tensor of zeros
+        scale, shifts = torch.exp(log_scale).unbind(1), shift.unbind(1)
         by_block = None if knots is None else knots.unbind(1)
         last = self.num_blocks - 1
         for i, block in enumerate(cast("Iterable[LULinear]", self.blocks)):
             h, ld = block.forward_rows(h)
             logdet = logdet + ld
-            h = torch.addcmul(shift[:, i], h, scale[:, i])
+            h = torch.addcmul(shifts[i], h, scale[i])
             if i < last:
                 if by_block is None:
                     h, ld = self.activation.forward_rows(h)
@@ -242,7 +244,7 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
         groups: Optional[RowGroups] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The inverse of :meth:`forward_rows`: ``x`` (B, D) and ``log|det dx/dz|`` (B,)."""
-        inv_scale = torch.exp(-log_scale)
+        inv_scale, shifts = torch.exp(-log_scale).unbind(1), shift.unbind(1)
         h, logdet = z, -log_scale.sum(dim=(-2, -1))
         by_block = None if knots is None else knots.unbind(1)
         last = self.num_blocks - 1
@@ -253,7 +255,7 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
                 else:
                     h, ld = spline_rows(h, by_block[i], self.spline, inverse=True, groups=groups)
                 logdet = logdet + ld
-            h = (h - shift[:, i]) * inv_scale[:, i]
+            h = (h - shifts[i]) * inv_scale[i]
             h, ld = cast(LULinear, self.blocks[i]).inverse_rows(h)
             logdet = logdet + ld
         h, ld = self.input_standardize.inverse_rows(h)
