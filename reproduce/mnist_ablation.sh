@@ -14,11 +14,12 @@ declare -A CHANGE=(
   [bins-16]="--bins 16"
   [bins-32]="--bins 32"
   [bound-8]="--spline-bound 8"
+  [bound-4]="--spline-bound 4"
   [blocks-6]="--blocks 6"
   [lr-2e-3]="--lr 2e-3"
   [input-spline]="--input-spline"
 )
-ORDER=(recipe bins-16 bins-32 bound-8 blocks-6 lr-2e-3 input-spline)
+ORDER=(recipe bins-16 bins-32 bound-8 bound-4 blocks-6 lr-2e-3 input-spline)
 VARIANTS=("$@")
 if [ ${#VARIANTS[@]} -eq 0 ]; then VARIANTS=("${ORDER[@]}"); fi
 mkdir -p runs docs/results/mnist-ablation
