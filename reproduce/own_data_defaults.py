@@ -42,6 +42,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "blocks-4": ("4 blocks on every table", {"model_spec": {"num_blocks": 4}}),
     "blocks-8": ("8 blocks on every table", {"model_spec": {"num_blocks": 8}}),
     "lr-1e-2": ("Adam at 1e-2 instead of 1e-3", {"config": {"lr": 1e-2}}),
+    "input-spline": ("a spline per column before the first block", {"model_spec": {"input_spline": True}}),
+    "bins-16": ("16 bins per spline instead of 8", {"model_spec": {"bins": 16}}),
     "no-stop": ("no early stopping (the whole schedule, the best weights kept)", {"config": {"patience": None}}),
     "60-epochs": ("60 epochs (the earlier count) instead of about 3,000 steps",
                   {"config": {"epochs": 60, "eval_every": 1}}),

@@ -109,3 +109,20 @@ def test_labels_read_from_the_class_tables_broadcast_as_the_flow_and_take_empty_
         z, logdet = frozen(x[:0, 0], c[:0])
         assert z.shape == (0, 6) and logdet.shape == (0,)
     assert frozen.sample((2,), c, generator=gen).shape == (2, 4, 6)
+
+
+def test_kept_row_buffers_never_reach_a_passes_output():
+    flow = _flow(6, 3, torch.float64, num_classes=4)
+    frozen = flow.frozen()
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(50, 6, generator=gen, dtype=torch.float64)
+    first_labels, second_labels = torch.randint(0, 4, (50,), generator=gen), torch.randint(0, 4, (50,), generator=gen)
+    z, logdet = frozen(x, first_labels)
+    x_back, _ = frozen.inverse(z, first_labels)
+    kept = (z.clone(), logdet.clone(), x_back.clone())
+    frozen(x, second_labels), frozen.inverse(z, second_labels)  # the same shapes: the same kept buffers
+    for got, want in zip((z, logdet, x_back), kept):
+        assert torch.equal(got, want)
+    with torch.no_grad():
+        torch.testing.assert_close(z, flow(x, first_labels)[0], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(x_back, x, rtol=1e-9, atol=1e-9)

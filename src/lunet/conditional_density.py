@@ -189,11 +189,11 @@ def labelled_rows(x: torch.Tensor, labels: torch.Tensor, name: str) -> tuple[tor
 
 
 def group_rows(x: torch.Tensor, labels: torch.Tensor, params_of: Callable[[torch.Tensor], Params],
-               name: str) -> RowPlan:
+               name: str, per_row: bool = True) -> RowPlan:
     """``x`` (..., D) and class ``labels`` (...) broadcast over their leading shapes, as rows sorted
     by label: the :class:`RowPlan` whose knot tables are one per label present, ``params_of(unique
-    labels)``, and whose log-scales and shifts are each row's. One label for every row gives that
-    label's tables (1, ...) unsorted."""
+    labels)``, and whose log-scales and shifts are each row's (``per_row=False``: one per label
+    present, as the knots). One label for every row gives that label's tables (1, ...) unsorted."""
     rows, flat, batch = labelled_rows(x, labels, name)
     if labels.numel() == 1 and rows.shape[0]:  # one label for every row: nothing to sort
         present = labels.reshape(1)
@@ -205,10 +205,11 @@ def group_rows(x: torch.Tensor, labels: torch.Tensor, params_of: Callable[[torch
         return RowPlan(rows, params_of(present), batch, RowGroups(present.tolist(), [rows.shape[0]]))
     log_scale, shift, knots = params_of(present)
     order = torch.argsort(group, stable=True)
-    sorted_group = group.index_select(0, order)
-    return RowPlan(rows.index_select(0, order),
-                   (log_scale.index_select(0, sorted_group), shift.index_select(0, sorted_group), knots),
-                   batch, RowGroups(present.tolist(), counts.tolist()), order)
+    if per_row:
+        sorted_group = group.index_select(0, order)
+        log_scale, shift = log_scale.index_select(0, sorted_group), shift.index_select(0, sorted_group)
+    return RowPlan(rows.index_select(0, order), (log_scale, shift, knots), batch,
+                   RowGroups(present.tolist(), counts.tolist()), order)
 
 
 def spline_rows(

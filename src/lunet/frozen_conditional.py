@@ -4,6 +4,7 @@ sampling from fixed weights without autograd, one dense product per block whatev
 from __future__ import annotations
 
 import copy
+import threading
 from typing import TYPE_CHECKING, Iterable, NamedTuple, Optional, Sequence, cast, overload
 
 import torch
@@ -31,7 +32,42 @@ if TYPE_CHECKING:
     from lunet.conditional import ConditionalLUNet
     from lunet.layers import LULinear
 
-__all__ = ["LabelAffine", "FoldedPasses", "FrozenConditionalLUNet"]
+__all__ = ["scale_rows", "GATHERED_SHAPES", "gathered", "LabelAffine", "FoldedPasses", "FrozenConditionalLUNet"]
+
+
+def scale_rows(h: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, groups: Optional[RowGroups],
+               inverse: bool = False) -> torch.Tensor:
+    """``h * scale + shift``, in place, or (``inverse``) ``(h - shift) * scale``, a new tensor: rows
+    ``h`` (B, D) and ``scale``, ``shift`` (B or 1, D), or with ``groups`` one per group (G, D), each
+    applied to its group's consecutive rows (where per-row copies of them would cost more than the
+    work)."""
+    if groups is None or scale.shape[0] in (1, h.shape[0]):
+        return (h - shift) * scale if inverse else h.mul_(scale).add_(shift)
+    h = h.clone() if inverse else h
+    for part, s, t in zip(h.split(groups.counts), scale, shift):
+        part.sub_(t).mul_(s) if inverse else part.mul_(s).add_(t)
+    return h
+
+
+# Each thread's buffers for the rows' scales and shifts, kept between calls (a few shapes): a fresh
+# buffer of a large batch costs the allocator's page faults at every call, a kept one nothing. Their
+# contents never outlive a pass.
+_GATHERED = threading.local()
+GATHERED_SHAPES = 8
+
+
+def gathered(table: torch.Tensor, labels: torch.Tensor, slot: int) -> torch.Tensor:
+    """``table`` (num_blocks, num_classes, D) read at ``labels`` (B,): (num_blocks, B, D), written
+    into this thread's kept buffer ``slot`` of that shape (valid until its next use)."""
+    kept: dict = getattr(_GATHERED, "kept", None) or {}
+    key = (slot, table.shape[0], labels.shape[0], table.shape[2], table.dtype, table.device)
+    buffer = kept.get(key)
+    if buffer is None:
+        if len(kept) >= GATHERED_SHAPES:
+            kept.clear()
+        buffer = kept[key] = table.new_empty(table.shape[0], labels.shape[0], table.shape[2])
+        _GATHERED.kept = kept
+    return torch.index_select(table, 1, labels, out=buffer)
 
 
 class LabelAffine(NamedTuple):
@@ -56,8 +92,9 @@ class LabelAffine(NamedTuple):
 
     @staticmethod
     def by_class(table: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """A table's rows of ``labels`` (G,), class-major (G, num_blocks, D)."""
-        return table.index_select(1, labels).transpose(0, 1)
+        """A table's rows of ``labels`` (G,), class-major (G, num_blocks, D), contiguous: the rows' reads
+        from it (``index_select``) take a slow path over a transposed view."""
+        return table.index_select(1, labels).transpose(0, 1).contiguous()
 
 
 class FoldedPasses:
@@ -228,7 +265,7 @@ class FrozenConditionalLUNet(ConditionalDensity):
         logdet = self.log_abs_det + log_scale_sum
         last = len(self.weights) - 1
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            h = torch.addmm(bias, h, weight).mul_(scale[:, i]).add_(shift[:, i])
+            h = scale_rows(torch.addmm(bias, h, weight), scale[:, i], shift[:, i], groups)
             if i < last and knots is not None:
                 h, ld = self._spline_rows(h, knots[:, i], i, groups)
                 logdet = logdet + ld
@@ -261,14 +298,14 @@ class FrozenConditionalLUNet(ConditionalDensity):
             rows, flat, batch = labelled_rows(x, labels, name)
             # the folded forward adds the shift to the negated pre-activation: it reads the negated shifts
             shifts = affine.shift if inverse else affine.neg_shift
-            scale, shift, sums = scales.index_select(1, flat), shifts.index_select(1, flat), affine.log_scale_sum[flat]
+            scale, shift, sums = gathered(scales, flat, 0), gathered(shifts, flat, 1), affine.log_scale_sum[flat]
             passes = self._folded.inverse if inverse else self._folded.forward
             out, logdet = passes(rows, scale.unbind(0), shift.unbind(0), sums)
             return out.view(*batch, self.features), logdet.view(batch)
         knots = cast(Params, self._label_params)[2]  # None for one block, which has no activation
         plan = group_rows(x, labels, lambda present: (affine.by_class(scales, present),
                                                       affine.by_class(affine.shift, present),
-                                                      None if knots is None else knots[present]), name)
+                                                      None if knots is None else knots[present]), name, per_row=False)
         groups = plan.groups or RowGroups([], [])  # no groups: an empty batch
         present = torch.tensor(groups.labels, dtype=torch.long, device=self.std.device)
         counts = torch.tensor(groups.counts, dtype=torch.long, device=self.std.device)
@@ -304,7 +341,7 @@ class FrozenConditionalLUNet(ConditionalDensity):
             elif i < last:
                 h = leaky_softplus_inverse(h, self.alpha)
                 logdet = logdet - leaky_softplus_log_derivative(h, self.alpha).sum(dim=-1)
-            h = ((h - shift[:, i]) * inv_scale[:, i] - self.biases[i]) @ self.inverses[i]
+            h = (scale_rows(h, inv_scale[:, i], shift[:, i], groups, inverse=True) - self.biases[i]) @ self.inverses[i]
         return torch.addcmul(self.mean, h, self.std), logdet.expand(z.shape[0])
 
     def _spline_rows(self, h: torch.Tensor, knots: torch.Tensor, block: int, groups: Optional[RowGroups],
