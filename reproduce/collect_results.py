@@ -3,7 +3,7 @@
     python reproduce/collect_results.py
 
 Shape: {"mnist": {"unconditional": {...}, "per_class": {...}, "conditional": {...}, "conditional-spline": {...},
-"best": {...}}, "fashion-mnist": {...},
+"best": {...}, "best-bins16-input-1800s": {...}}, "fashion-mnist": {...},
 "gmm2d": {...}, "peers": {...}, "tables": {...}, "sbi": {...}}. The image entries (reproduce/images.sh, and
 `--recipe best`) hold bits_per_dim, paper_bits_per_pixel, epochs, train_seconds (and the class
 agreement and the out-of-distribution detection figures of reproduce/ood.sh where measured);
@@ -101,7 +101,8 @@ def sbi_summary() -> dict | None:
 def main() -> None:
     results: dict = {}
     for dataset in ("mnist", "fashion-mnist"):
-        for kind in ("unconditional", "per_class", "conditional", "conditional-spline", "best"):
+        for kind in ("unconditional", "per_class", "conditional", "conditional-spline", "best",
+                     "best-bins16-input-1800s"):
             path = ROOT / "docs" / "results" / f"{dataset}-{kind}.json"
             if not path.exists():
                 continue
