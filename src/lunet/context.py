@@ -1,4 +1,5 @@
-"""The context side of a conditional flow: contexts checked and embedded before the context network.
+"""The context side of a conditional flow: contexts checked and embedded, and the context network's
+output read as each block's parameters.
 
 A context is a vector (..., context_features), standardised by a fixed ``Standardize``; an integer
 class label (...), embedded by a learned ``nn.Embedding``; or anything an embedding network of the
