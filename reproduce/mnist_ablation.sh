@@ -20,8 +20,10 @@ declare -A CHANGE=(
   [input-spline]="--input-spline"
   [bins-16-input-spline]="--bins 16 --input-spline"
   [bins-16-input-spline-bound-4]="--bins 16 --input-spline --spline-bound 4"
+  [bins-16-input-spline-batch-128]="--bins 16 --input-spline --batch-size 128"
 )
-ORDER=(recipe bins-16 bins-32 bound-8 bound-4 blocks-6 lr-2e-3 input-spline bins-16-input-spline bins-16-input-spline-bound-4)
+ORDER=(recipe bins-16 bins-32 bound-8 bound-4 blocks-6 lr-2e-3 input-spline bins-16-input-spline bins-16-input-spline-bound-4
+  bins-16-input-spline-batch-128)
 VARIANTS=("$@")
 if [ ${#VARIANTS[@]} -eq 0 ]; then VARIANTS=("${ORDER[@]}"); fi
 mkdir -p runs docs/results/mnist-ablation
