@@ -21,9 +21,10 @@ declare -A CHANGE=(
   [bins-16-input-spline]="--bins 16 --input-spline"
   [bins-16-input-spline-bound-4]="--bins 16 --input-spline --spline-bound 4"
   [bins-16-input-spline-batch-128]="--bins 16 --input-spline --batch-size 128"
+  [bins-16-input-spline-ema-0.999]="--bins 16 --input-spline --ema 0.999"
 )
 ORDER=(recipe bins-16 bins-32 bound-8 bound-4 blocks-6 lr-2e-3 input-spline bins-16-input-spline bins-16-input-spline-bound-4
-  bins-16-input-spline-batch-128)
+  bins-16-input-spline-batch-128 bins-16-input-spline-ema-0.999)
 VARIANTS=("$@")
 if [ ${#VARIANTS[@]} -eq 0 ]; then VARIANTS=("${ORDER[@]}"); fi
 mkdir -p runs docs/results/mnist-ablation

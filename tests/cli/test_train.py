@@ -4,6 +4,7 @@ the named recipes, and a time budget given on the command line."""
 import json
 
 import pytest
+import torch
 
 from conftest import run_cli
 from lunet.cli import main
@@ -86,6 +87,22 @@ def test_a_run_with_more_bins_builds_and_resumes_its_splines(tmp_path, fake_mnis
         assert isinstance(spline, MonotoneSpline) and (spline.bins, spline.bound) == (5, 3.0)
     assert main([*argv[:-5], "--epochs", "2", "--limit", "300", "--no-progress", "--resume"]) == 0
     assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 2
+
+
+def test_an_image_run_with_ema_keeps_and_resumes_the_average_of_its_weights(tmp_path, fake_mnist, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "--dataset", "mnist", "--data-dir", str(fake_mnist), "--no-verify", "--out", str(run),
+            "--recipe", "best", "--blocks", "2", "--ema", "0.99", "--epochs", "1", "--limit", "300", "--no-progress"]
+    assert main(argv) == 0
+    ckpt = load_checkpoint(run / "checkpoint.pt")
+    assert ckpt["train_config"]["ema"] == 0.99 and ckpt["average_updates"] > 0
+    assert ckpt["best_epoch"] == 1
+    for key, value in ckpt["average_model"].items():
+        assert torch.equal(ckpt["best_model"][key], value), key
+    assert main([*argv[:-5], "--epochs", "2", "--limit", "300", "--no-progress", "--resume"]) == 0
+    assert load_checkpoint(run / "checkpoint.pt")["average_updates"] == 2 * ckpt["average_updates"]
+    assert main([*argv[:-7], "--ema", "1", *argv[-5:]]) == 2
+    assert "--ema: must be a number strictly between 0 and 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

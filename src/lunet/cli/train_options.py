@@ -119,6 +119,9 @@ CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
     "schedule": dict(choices=["cosine", "constant"], help="learning-rate schedule {default}"),
     "warmup_steps": dict(type=NON_NEGATIVE_INT, help="linear warm-up steps {default}"),
     "grad_clip": dict(type=POSITIVE_FLOAT, help="clip the gradient norm to this value {default}"),
+    "ema": dict(type=FRACTION, metavar="DECAY",
+                help="validate, keep and evaluate an exponential moving average of the weights with this decay "
+                     "per step, e.g. 0.999 {default}"),
     "seed": dict(type=SEED, help="seed for initialisation, shuffling and noise {default}"),
     "device": dict(help="cpu, cuda or cuda:N {default}"),
     "dtype": dict(choices=["float32", "float64"], help="training precision {default}"),

@@ -29,6 +29,9 @@ class TrainConfig:
     schedule: str = "cosine"  # "cosine" (to zero over the run, after warm-up) or "constant"
     warmup_steps: int = 0
     grad_clip: Optional[float] = None
+    # validate, keep and evaluate an exponential moving average of the weights with this decay per
+    # step (lunet.experiments.training.average); None: the weights themselves
+    ema: Optional[float] = None
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
@@ -62,6 +65,9 @@ class TrainConfig:
             raise ValueError(f"lr must be positive and finite, got {self.lr}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be non-negative and finite, got {self.weight_decay}")
+        if self.ema is not None and (isinstance(self.ema, bool) or not isinstance(self.ema, (int, float))
+                                     or not 0.0 < self.ema < 1.0):
+            raise ValueError(f"ema must be a decay strictly between 0 and 1 (or left out for none), got {self.ema!r}")
         if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
             raise ValueError(
                 f"grad_clip must be positive and finite (or left out for no clipping), got {self.grad_clip}"

@@ -136,7 +136,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def _model_states(path: Path, ckpt: dict[str, Any]) -> list[tuple[str, dict[str, torch.Tensor]]]:
     """The sets of weights a checkpoint holds, each named by its entry, after checking each is a
     dict of names to tensors."""
-    states: list[tuple[str, Any]] = [(key, ckpt[key]) for key in ("model", "best_model") if ckpt.get(key) is not None]
+    states: list[tuple[str, Any]] = [(key, ckpt[key]) for key in ("model", "best_model", "average_model")
+                                     if ckpt.get(key) is not None]
     class_models = ckpt.get("class_models")
     if class_models is not None:
         if not isinstance(class_models, list):

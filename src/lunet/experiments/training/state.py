@@ -22,17 +22,20 @@ from lunet.experiments.config.errors import NamesSettings, SettingError
 from lunet.experiments.config.models import short_repr
 from lunet.experiments.config.training import TrainConfig
 from lunet.experiments.store.checkpoint import check_training_state, tensor_bytes
+from lunet.experiments.training.average import WeightAverage
 from lunet.experiments.training.cuda_graph import portable_optimizer_state
 from lunet.experiments.training.log import Unit
 from lunet.experiments.training.schedule import LearningRateSchedule
 
-__all__ = ["RESUMABLE_CHANGES", "RESUMABLE_AFTER_DIVERGENCE", "DIVERGENCE_MARGIN_NATS_PER_DIM", "TrainingDiverged",
-           "data_fingerprint", "divergence", "diverged", "TrainingState"]
+__all__ = ["RESUMABLE_CHANGES", "SETTINGS_ADDED_LATER", "RESUMABLE_AFTER_DIVERGENCE", "DIVERGENCE_MARGIN_NATS_PER_DIM",
+           "TrainingDiverged", "data_fingerprint", "divergence", "diverged", "TrainingState"]
 
 # Settings that may differ when a run is resumed: where it runs, how often it
 # reports, and its length (a longer run extends it; a cosine schedule is then
 # recomputed over the new length).
 RESUMABLE_CHANGES = ("device", "eval_every", "epochs", "time_budget", "compile", "cuda_graph", "patience")
+# Settings a run's record may lack because they came later, with the value such a run trained under.
+SETTINGS_ADDED_LATER: dict[str, Any] = {"ema": None}
 # After a divergence these may change too: the way to continue from the last
 # good checkpoint with a gentler step.
 RESUMABLE_AFTER_DIVERGENCE = ("lr", "grad_clip")
@@ -93,12 +96,13 @@ class TrainingState:
         order: the generator of the shuffled orders.
         noise: the generator of the dequantisation noise where it is not ``order`` (on a GPU), else None.
         extra: what the caller records beside (data set, class).
+        average: the weights' average (``config.ema``), whose weights are validated and kept as the best.
     """
 
     def __init__(
         self, model: nn.Module, model_spec: dict[str, Any], config: TrainConfig, data: dict[str, str],
         optimizer: torch.optim.Optimizer, schedule: LearningRateSchedule, order: torch.Generator,
-        noise: Optional[torch.Generator], extra: dict[str, Any],
+        noise: Optional[torch.Generator], extra: dict[str, Any], average: Optional[WeightAverage] = None,
     ) -> None:
         self.model = model
         self.model_spec = model_spec
@@ -109,6 +113,7 @@ class TrainingState:
         self.order = order
         self.noise = noise
         self.extra = extra
+        self.average = average
         self.epoch = 0
         self.best_val: Optional[float] = None
         self.best_epoch: Optional[int] = None
@@ -122,7 +127,8 @@ class TrainingState:
         if math.isfinite(val_lp) and (self.best_val is None or val_lp > self.best_val):
             self.best_val = val_lp
             self.best_epoch = self.epoch
-            self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            self.best_state = (self.average.state_dict() if self.average is not None
+                               else {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()})
 
     def checkpoint(self) -> dict[str, Any]:
         """The checkpoint's contents."""
@@ -143,6 +149,8 @@ class TrainingState:
             "train_seconds": self.train_seconds,
             "skipped_steps": self.skipped_steps,
             "extra": self.extra,
+            "average_model": self.average.state_dict() if self.average is not None else None,
+            "average_updates": self.average.updates if self.average is not None else None,
         }
 
     def check_resumable(self, ckpt: dict[str, Any], path: Path, after_divergence: bool) -> None:
@@ -175,7 +183,7 @@ class TrainingState:
         # The schedule and the batches depend on these: resuming under others would silently train a different run.
         diverged = after_divergence or bool(ckpt.get("diverged"))
         allowed = RESUMABLE_CHANGES + (RESUMABLE_AFTER_DIVERGENCE if diverged else ())
-        stored = ckpt["train_config"]
+        stored = {**SETTINGS_ADDED_LATER, **ckpt["train_config"]}
         settings = dataclasses.asdict(self.config)
         missing = [k for k in settings if k not in stored and k not in RESUMABLE_CHANGES]
         if missing:  # (the settings that may change were added to the record over time)
@@ -191,6 +199,15 @@ class TrainingState:
             listed = ", ".join("{%s} %s -> %s" % (k, _literal(old), _literal(new)) for k, (old, new) in changed.items())
             raise SettingError("{path} was trained with other settings (" + listed + "); resume with the run's own "
                                "options or start a new run in another {out}", path=path)
+        if self.average is not None:
+            updates = ckpt.get("average_updates")
+            if not isinstance(ckpt.get("average_model"), dict) or type(updates) is not int or updates < 0:
+                raise ValueError(f"{path} cannot be resumed: it holds no average of the weights, which this run "
+                                 f"keeps (--ema); it was damaged, or trained without --ema")
+            try:
+                self.average.check(ckpt["average_model"])
+            except ValueError as exc:
+                raise ValueError(f"{path} cannot be resumed: {exc}") from None
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         """Continue from ``ckpt`` (checked by :meth:`check_resumable`), exactly where it stopped;
@@ -208,6 +225,8 @@ class TrainingState:
         self.start_val = ckpt.get("start_val_log_prob")
         self.train_seconds = ckpt.get("train_seconds", 0.0)
         self.skipped_steps = ckpt.get("skipped_steps", 0)
+        if self.average is not None:
+            self.average.load_state_dict(ckpt["average_model"], ckpt["average_updates"])
 
 
 def _literal(value: object) -> str:

@@ -13,11 +13,12 @@ the learning rate (:mod:`~lunet.experiments.training.schedule`), the state and i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
 from pathlib import Path
-from typing import Any, Generic, Optional
+from typing import Any, ContextManager, Generic, Optional
 
 import torch
 from torch import nn
@@ -30,6 +31,7 @@ from lunet.experiments.files.atomic import stale_temporaries
 from lunet.experiments.files.safe import remove_file
 from lunet.experiments.store.checkpoint import load_checkpoint, mark_diverged, save_checkpoint
 from lunet.experiments.store.folder import RunFolder, as_folder
+from lunet.experiments.training.average import WeightAverage
 from lunet.experiments.training.cuda_graph import WARMUP_STEPS
 from lunet.experiments.training.distributed import SINGLE, Group, current
 from lunet.experiments.training.log import RunLog
@@ -189,8 +191,9 @@ class Trainer(Generic[FlowT]):
         on_gpu = self.device.type == "cuda"
         self.noise = torch.Generator(device=self.device).manual_seed(config.seed) if on_gpu else self.generator
         fingerprints = {"train": data_fingerprint(train_data), "val": data_fingerprint(val_data)}
+        self.average = WeightAverage(self.model, config.ema) if config.ema is not None else None
         self.state = TrainingState(self.model, model_spec, config, fingerprints, self.optimizer, self.schedule,
-                                   self.generator, self.noise if on_gpu else None, extra or {})
+                                   self.generator, self.noise if on_gpu else None, extra or {}, self.average)
         self.steps = StepRunner(self.model, self.optimizer, objective, self.train_data, config, self.device,
                                 self.group, capture)
         self._resumed = False
@@ -284,6 +287,10 @@ class Trainer(Generic[FlowT]):
         return mean_log_prob(self.model, self.val_data, self.objective.log_prob_fn, 1000, seed=self.config.seed + 1,
                              group=self.group, dequantize=self.objective.dequantize)
 
+    def _validated_weights(self) -> ContextManager[None]:
+        """The weights validation reads and the best keeps: the average's with ``config.ema``."""
+        return self.average.applied() if self.average is not None else contextlib.nullcontext()
+
     def train_epoch(self) -> float:
         """One pass over the training data; returns its mean loss in nats per dimension.
 
@@ -305,6 +312,8 @@ class Trainer(Generic[FlowT]):
         with set_value_checks(False):
             for step in range(self.steps_per_epoch):
                 self.steps.step(order[step * cfg.batch_size : (step + 1) * cfg.batch_size], noise)
+                if self.average is not None:
+                    self.average.update()
                 taken += 1
                 if budget is None:
                     self.schedule.step()
@@ -341,7 +350,8 @@ class Trainer(Generic[FlowT]):
         last = state.epoch == cfg.epochs or self.budget_spent
         if state.epoch % cfg.eval_every and not last:
             return None
-        val_lp = self._validation_log_prob()
+        with self._validated_weights():
+            val_lp = self._validation_log_prob()
         # with early stopping a validation that falls far below the start ends the run as any other
         # that does not improve, the best weights kept; a non-finite one is a divergence either way
         start_val = None if cfg.patience is not None else state.start_val
