@@ -3,7 +3,7 @@ order alternated, one torch thread; prints the medians over rounds and their rat
 
     python benchmarks/before_after_density.py BEFORE_SRC AFTER_SRC [ROUNDS]
 
-Each child times, for the paper's LU-Net (4 x 784) and the spline one: the snapshot's density and
+Each child times, for the paper's LU-Net (4 x 784) and the spline one: the frozen flow's density and
 sampling at batch 1,000, its sampling at batch 1, the module's density at batch 1,000 and its
 sampling at batch 1 (medians of repeated calls). Pin it to a quiet core (taskset)."""
 import json
@@ -26,12 +26,12 @@ out = {}
 for act in ("leaky_softplus", "spline"):
     torch.manual_seed(0)
     flow = LUNet(784, 4, activation=act) if act == "spline" else LUNet(784, 4)
-    snap = flow.frozen()
+    frozen = flow.frozen()
     x = torch.randn(1000, 784)
     out[act] = {
-        "snapshot density 1000 ms": t(lambda: snap.log_prob(x), 15),
-        "snapshot sampling 1000 ms": t(lambda: snap.sample(1000), 15),
-        "snapshot sampling 1 ms": t(lambda: snap.sample(1), 200),
+        "frozen density 1000 ms": t(lambda: frozen.log_prob(x), 15),
+        "frozen sampling 1000 ms": t(lambda: frozen.sample(1000), 15),
+        "frozen sampling 1 ms": t(lambda: frozen.sample(1), 200),
         "module density 1000 ms": t(lambda: flow.log_prob(x), 10),
         "module sampling 1 ms": t(lambda: flow.sample(1), 100),
     }

@@ -3,9 +3,9 @@
     python benchmarks/conditional_speed.py [--rounds 9] [--threads 1] [--activation spline] [--out FILE.json]
 
 For each width (784 with batch 256 and 1,000 rows; 64 with 1,000 rows), 4 blocks of the paper's
-leaky softplus: density (``log_prob``) and sampling through the snapshots, the conditional one
+leaky softplus: density (``log_prob``) and sampling through the frozen flows, the conditional one
 with a different context in every row (class labels, 10 classes); beside it, "before", the
-snapshot's passes as they were written first (the context network run at every call, plain
+frozen flow's passes as they were written first (the context network run at every call, plain
 passes block by block, as under ``torch.func.vmap``); batch-1 sampling; and a training step at
 batch 256 (Adam, forward and backward) of each module. Rounds alternate the variants, so slow
 drifts of a noisy machine hit all alike; the figures are medians over rounds, in milliseconds,

@@ -9,11 +9,11 @@
    and chains of four products alone, split and not, at widths 512 to 1,024
    and batches 1 to 256: where the split pays.
 3. Density at batch 1,000 with the standardisation, the activations' ``1 - a``
-   and the signs folded into a frozen snapshot's matrices and each activation from
-   one sigmoid, against the module's own pass (no snapshot).
+   and the signs folded into a frozen flow's matrices and each activation from
+   one sigmoid, against the module's own pass (not frozen).
 4. The leaky softplus's training pass (forward and backward) with its written-out
    backward against autograd through the definition; drawing with autograd on
-   by a snapshot's ``sample``, the module's ``sample`` (no graph) and ``rsample``
+   by a frozen flow's ``sample``, the module's ``sample`` (no graph) and ``rsample``
    (differentiable).
 5. The finiteness screen of a batch of 1,000 and of 1: elementwise against one sum.
 6. With ``--compile``: the activation's forward (value and log-det) in eager
@@ -85,7 +85,7 @@ def block_depths(rounds: int) -> dict[int, float]:
 
 
 def small_batches(rounds: int, batches: tuple[int, ...] = (1, 4, 32)) -> dict[str, dict[int, float]]:
-    """Median times (s) of a snapshot's ``sample(b)`` and ``log_prob`` at small batches ``b``:
+    """Median times (s) of a frozen flow's ``sample(b)`` and ``log_prob`` at small batches ``b``:
     with the frozen products split among 2 threads by output columns (the default), as
     one product each on 2 threads, and on 1 thread (where nothing is split)."""
     torch.manual_seed(0)
@@ -145,17 +145,17 @@ def split_bounds(
 
 
 def density_folding(rounds: int) -> dict[str, float]:
-    """Median times (s) of ``log_prob`` at batch 1,000: a snapshot's folded plan with its
-    activations from one sigmoid of the negated pre-activation, and the module's own pass
-    without a snapshot (triangular products, each activation applying its ``1 - a`` itself)."""
+    """Median times (s) of ``log_prob`` at batch 1,000: a frozen flow's folded plan with its
+    activations from one sigmoid of the negated pre-activation, and the module's own pass,
+    not frozen (triangular products, each activation applying its ``1 - a`` itself)."""
     torch.manual_seed(0)
     model = build_model(paper_lunet_spec()).eval()
     frozen = model.frozen()
     x = torch.randn(1000, 784)
 
     variants = {
-        "snapshot, folded, one sigmoid (log_prob)": lambda: frozen.log_prob(x),
-        "module, no snapshot": lambda: model.log_prob(x),
+        "frozen, folded, one sigmoid (log_prob)": lambda: frozen.log_prob(x),
+        "module, not frozen": lambda: model.log_prob(x),
     }
     with torch.no_grad():
         for fn in variants.values():
@@ -198,7 +198,7 @@ def activation_training(rounds: int) -> dict[str, float]:
 
 def sampling_modes(rounds: int) -> dict[str, dict[int, float]]:
     """Median time (s) of drawing 1 and 1,000 images from the paper's network with autograd
-    on: a snapshot's ``sample``, the module's ``sample`` (no graph) and ``rsample``
+    on: a frozen flow's ``sample``, the module's ``sample`` (no graph) and ``rsample``
     (differentiable, the training path)."""
     torch.manual_seed(0)
     model = build_model(paper_lunet_spec())

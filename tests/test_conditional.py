@@ -1,6 +1,6 @@
 """ConditionalLUNet (lunet.conditional): the flow contract for every context, broadcasting, labels,
 embeddings, the distribution face, training, torch.func and torch.compile, the bad-input messages
-(the snapshot's own passes: test_frozen_conditional.py)."""
+(the frozen flow's own passes: test_frozen_conditional.py)."""
 
 from __future__ import annotations
 
@@ -184,7 +184,7 @@ def test_the_distribution_face(act):
 
 @ACTIVATIONS
 @pytest.mark.parametrize("kind", ["vectors", "labels"])
-def test_the_snapshot_is_the_flow_until_the_flow_changes(kind, act):
+def test_the_frozen_flow_is_the_flow_until_the_flow_changes(kind, act):
     flow = make_flow(num_classes=4, **act) if kind == "labels" else make_flow(**act)
     c = torch.tensor([0, 3, 1, 2]) if kind == "labels" else randn(4, DC, seed=1)
     frozen = flow.frozen()

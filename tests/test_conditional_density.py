@@ -88,7 +88,7 @@ def test_labels_go_label_by_label_and_give_what_each_row_gets_alone(monkeypatch)
     import lunet.spline as spline_module
 
     calls = []
-    for module, who in ((spline_module, "module"), (frozen_module, "snapshot")):
+    for module, who in ((spline_module, "module"), (frozen_module, "frozen")):
         grouped = module.grouped_passes
         monkeypatch.setattr(module, "grouped_passes", lambda h, tables, counts, splines, inverse=False, *a, _p=grouped,
                             _w=who: calls.append((_w, counts, splines, inverse)) or _p(h, tables, counts, splines,
@@ -97,19 +97,19 @@ def test_labels_go_label_by_label_and_give_what_each_row_gets_alone(monkeypatch)
         z, logdet = flow(x, labels)
         back, back_logdet = flow.inverse(z, labels)
         frozen = flow.frozen()
-        snapshot = frozen(x, labels)
+        frozen_z, frozen_logdet = frozen(x, labels)
     # one pass of every label's rows per spline activation (2), each way; the module stacks the tables
-    # of the labels present (0, 2, 3: 4, 5 and 3 rows), the snapshot those of every label, once
+    # of the labels present (0, 2, 3: 4, 5 and 3 rows), the frozen flow those of every label, once
     present = ([4, 5, 3], [0, 1, 2])
     assert calls == ([("module", *present, False)] * 2 + [("module", *present, True)] * 2
-                     + [("snapshot", [4, 5, 3], [0, 2, 3], False)] * 2)
+                     + [("frozen", [4, 5, 3], [0, 2, 3], False)] * 2)
     want_z, want_logdet = _per_row(flow, x, labels)
     torch.testing.assert_close(z, want_z, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(logdet, want_logdet, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(back, x, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(back_logdet, -logdet, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(snapshot[0], want_z, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(snapshot[1], want_logdet, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(frozen_z, want_z, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(frozen_logdet, want_logdet, rtol=1e-10, atol=1e-10)
     # draws: the latent in the batch's order, whatever order the passes take
     draws = flow.sample(2, labels, generator=torch.Generator().manual_seed(9))
     latent = torch.randn(2, 12, 6, generator=torch.Generator().manual_seed(9), dtype=torch.float64)

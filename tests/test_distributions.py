@@ -1,5 +1,5 @@
 """The ``torch.distributions`` face, with torch's own conventions: a distribution follows its
-flow's dtype and device, takes a snapshot, validates as ``validate_args`` says (torch's global
+flow's dtype and device, works over a frozen flow, validates as ``validate_args`` says (torch's global
 default when not given), and the ``Transform`` adapter caches exactly as ``cache_size`` says."""
 
 from __future__ import annotations
@@ -54,16 +54,16 @@ def test_a_distribution_made_before_a_move_follows_the_flow(temperature):
     assert dist.sample().dtype == torch.float32
 
 
-# -- a snapshot ------------------------------------------------------------------------------
-def test_a_distribution_over_a_snapshot():
+# -- a frozen flow ---------------------------------------------------------------------------
+def test_a_distribution_over_a_frozen_flow():
     flow = make_flow()
     dist = FlowDistribution(flow.frozen())
     x = torch.randn(2, 3, D)
     torch.testing.assert_close(dist.log_prob(x), flow.log_prob(x), rtol=1e-5, atol=1e-5)
     assert dist.sample((4,)).shape == (4, D) and dist.event_shape == (D,)
-    # a snapshot computes without autograd: no draws that silently carry no gradient
+    # a frozen flow computes without autograd: no draws that silently carry no gradient
     assert not dist.has_rsample
-    with pytest.raises(NotImplementedError, match="snapshot"):
+    with pytest.raises(NotImplementedError, match="frozen flow"):
         dist.rsample((2,))
     assert FlowDistribution(flow.double().frozen()).sample((2,)).dtype == torch.float64
 

@@ -318,7 +318,7 @@ def test_the_split_flows_add_up_to_the_grouped_one(learn_alpha, input_spline):
         torch.testing.assert_close(part.inverse(z[:, 2 * g : 2 * g + 2])[0], flow.inverse(z)[0][:, 2 * g : 2 * g + 2])
 
 
-def test_the_snapshot_of_a_grouped_flow_agrees():
+def test_a_frozen_grouped_flow_agrees():
     flow = _flow()
     x = torch.randn(9, 6, dtype=torch.float64)
     torch.testing.assert_close(flow.frozen().log_prob(x), flow.log_prob(x))

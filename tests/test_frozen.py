@@ -1,4 +1,4 @@
-"""The frozen snapshot agrees with the module's own pass (batch sizes, precisions), and no
+"""The frozen flow agrees with the module's own pass (batch sizes, precisions), and no
 inference result ever comes from weights that are no longer the module's."""
 
 import pytest
@@ -18,8 +18,8 @@ def make_net(seed=0, features=32, blocks=4, learn_alpha=False):
 
 
 @pytest.mark.parametrize("learn_alpha", [False, True], ids=["fixed-slope", "learnable-slope"])
-def test_snapshot_and_module_paths_agree(learn_alpha):
-    """The snapshot's folded pass (standardisation and slopes folded into the matrices)
+def test_frozen_and_module_paths_agree(learn_alpha):
+    """The frozen flow's folded pass (standardisation and slopes folded into the matrices)
     against the module's own pass, with a non-trivial standardisation."""
     net = make_net(learn_alpha=learn_alpha)
     net.standardize(torch.randn(500, 32) * 3 + 1)
@@ -38,7 +38,7 @@ def test_snapshot_and_module_paths_agree(learn_alpha):
     assert torch.allclose(frozen.log_prob(x), net.log_prob(x), rtol=1e-5, atol=1e-4)
     assert torch.allclose(x_frozen, x_solve, rtol=1e-4, atol=1e-4)
     assert torch.allclose(x_frozen, x, rtol=1e-4, atol=1e-4)
-    assert not z_frozen.requires_grad  # a snapshot runs without autograd
+    assert not z_frozen.requires_grad  # a frozen flow runs without autograd
     gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
     assert torch.allclose(frozen.sample(7, generator=gen()), net.sample(7, generator=gen()), rtol=1e-4, atol=1e-4)
 
@@ -83,7 +83,7 @@ def _edit_averaged_model(net):
 
 def _edit_input_standardisation(net):
     with torch.no_grad():
-        net.input_std.mul_(2.0)  # folded into the first matrix of a snapshot
+        net.input_std.mul_(2.0)  # folded into the first matrix of a frozen flow
     return net
 
 
@@ -132,13 +132,13 @@ def test_no_grad_results_follow_every_weight_edit(edit):
 
 
 @pytest.mark.parametrize("edit", list(EDITS.values()), ids=list(EDITS))
-def test_a_snapshot_keeps_its_weights_and_a_new_one_sees_the_edit(edit):
+def test_a_frozen_flow_keeps_its_weights_and_a_new_one_sees_the_edit(edit):
     net = make_net()
     x, z = torch.randn(8, 32), torch.randn(8, 32)
-    snapshot = net.frozen()
-    before = snapshot.log_prob(x), snapshot.inverse(z)[0]
+    frozen = net.frozen()
+    before = frozen.log_prob(x), frozen.inverse(z)[0]
     edited = edit(net)
-    assert torch.equal(snapshot.log_prob(x), before[0]) and torch.equal(snapshot.inverse(z)[0], before[1])
+    assert torch.equal(frozen.log_prob(x), before[0]) and torch.equal(frozen.inverse(z)[0], before[1])
     renewed = edited.frozen()
     with torch.no_grad():
         assert torch.allclose(renewed.log_prob(x), edited.log_prob(x), rtol=1e-5, atol=1e-4)
@@ -146,21 +146,21 @@ def test_a_snapshot_keeps_its_weights_and_a_new_one_sees_the_edit(edit):
     assert not torch.allclose(renewed.log_prob(x), before[0])
 
 
-def test_a_snapshot_follows_the_flows_dtype_and_refuses_other_inputs():
+def test_a_frozen_flow_follows_the_flows_dtype_and_refuses_other_inputs():
     net = make_net().double()
-    snapshot = net.frozen()
-    assert snapshot.dtype == torch.float64 and "snapshot" in repr(snapshot)
+    frozen = net.frozen()
+    assert frozen.dtype == torch.float64 and "a frozen copy" in repr(frozen)
     x = torch.randn(4, 32, dtype=torch.float64)
-    assert torch.allclose(snapshot.log_prob(x), net.log_prob(x), rtol=1e-10, atol=1e-9)
+    assert torch.allclose(frozen.log_prob(x), net.log_prob(x), rtol=1e-10, atol=1e-9)
     with pytest.raises(TypeError, match="dtype"):
-        snapshot.log_prob(x.float())
+        frozen.log_prob(x.float())
     with pytest.raises(ValueError, match="32"):
-        snapshot.inverse(torch.randn(4, 31, dtype=torch.float64))[0]
+        frozen.inverse(torch.randn(4, 31, dtype=torch.float64))[0]
     with pytest.raises(ValueError, match="temperature"):
-        snapshot.sample(3, temperature=float("inf"))
+        frozen.sample(3, temperature=float("inf"))
 
 
-def test_a_non_invertible_flow_gives_no_snapshot():
+def test_a_non_invertible_flow_cannot_be_frozen():
     net = LUNet(8, 2, diag="raw")
     with torch.no_grad():
         net.blocks[1].diag[3] = 0.0
@@ -188,11 +188,11 @@ def _module(net):
     return net
 
 
-def _snapshot(net):
+def _frozen(net):
     return net.frozen()
 
 
-PASSES = pytest.mark.parametrize("passes", [_module, _snapshot], ids=["module", "snapshot"])
+PASSES = pytest.mark.parametrize("passes", [_module, _frozen], ids=["module", "frozen"])
 
 
 @PASSES
@@ -235,7 +235,7 @@ def test_float32_agrees_with_float64(passes):
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_small_batches_of_a_wide_net_agree_with_the_training_path(batch, two_threads):
-    """At width 640 the snapshot's matrices are large enough that a small batch's products
+    """At width 640 the frozen flow's matrices are large enough that a small batch's products
     are split among the threads (``FrozenAffine``): density and sampling must not notice."""
     net = make_net(features=640, blocks=3)
     net.standardize(torch.randn(200, 640) * 2 + 1)
@@ -252,7 +252,7 @@ def test_small_batches_of_a_wide_net_agree_with_the_training_path(batch, two_thr
 
 
 def test_the_density_pass_off_the_cpu_reads_nothing_back_and_agrees(monkeypatch):
-    """A snapshot on a GPU runs its density pass exactly throughout (``sync_free``): no range
+    """A frozen flow on a GPU runs its density pass exactly throughout (``sync_free``): no range
     check read back after the batch. Checked here on the CPU by switching it on."""
     net = make_net()
     x = torch.randn(64, 32)
@@ -260,8 +260,8 @@ def test_the_density_pass_off_the_cpu_reads_nothing_back_and_agrees(monkeypatch)
     assert not fast.sync_free  # the CPU keeps the fast activation
     synced = net.frozen()
     synced.sync_free = True
-    for snapshot in (fast, synced):
-        snapshot._forward(x)  # the folded matrices are made, once, by a first call
+    for frozen in (fast, synced):
+        frozen._forward(x)  # the folded matrices are made, once, by a first call
     reads = []
     for name in ("item", "__bool__", "__float__", "__int__", "tolist"):
         original = getattr(torch.Tensor, name)

@@ -1,5 +1,5 @@
-"""FrozenConditionalLUNet (lunet.frozen_conditional): the snapshot's fast passes, the unconditional
-snapshot's folded products with the context's affine maps between them, against the flow and against
+"""FrozenConditionalLUNet (lunet.frozen_conditional): the frozen flow's fast passes, the frozen
+unconditional flow's folded products with the context's affine maps between them, against the flow and against
 its own plain passes."""
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def test_a_pre_activation_beyond_the_fast_activations_range_is_redone_exactly():
     torch.testing.assert_close(logdet, want_logdet, rtol=1e-4, atol=1e-3)
 
 
-def test_vmap_over_the_snapshot_takes_its_plain_passes():
+def test_vmap_over_the_frozen_flow_takes_its_plain_passes():
     flow = _flow(5, 3, torch.float64)
     frozen = flow.frozen()
     x = torch.randn(4, 5, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""The snapshot of a composition (lunet.frozen_sequential): an LU-Net with spline activations, or with
+"""A frozen composition (lunet.frozen_sequential): an LU-Net with spline activations, or with
 slopes learned per group, gives a FrozenSequential whose density, inverse and sampling agree with the flow's."""
 
 import pytest
@@ -13,7 +13,7 @@ from test_spline import spline_lunet
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_a_spline_lunet_snapshot_matches_the_module(dtype):
+def test_a_frozen_spline_lunet_matches_the_module(dtype):
     torch.manual_seed(2)
     net = LUNet(12, 3, activation="spline", bins=8, bound=3.0, init_scale=0.5).to(dtype)
     with torch.no_grad():
@@ -35,7 +35,7 @@ def test_a_spline_lunet_snapshot_matches_the_module(dtype):
     torch.testing.assert_close(drawn, net.sample(9), **TOL[dtype])
 
 
-def test_a_spline_lunet_snapshot_gives_the_flows_figures():
+def test_a_frozen_spline_lunet_gives_the_flows_figures():
     net = spline_lunet()
     net.standardize(torch.randn(100, 6, dtype=torch.float64) * 2 + 1)
     x = torch.randn(2, 3, 6, dtype=torch.float64)
@@ -47,13 +47,13 @@ def test_a_spline_lunet_snapshot_gives_the_flows_figures():
     torch.testing.assert_close(frozen.sample((2, 2), temperature=0.7), expected, atol=1e-10, rtol=0)
 
 
-def test_a_snapshot_keeps_learned_group_slopes_out_of_its_folding():
+def test_a_frozen_flow_keeps_learned_group_slopes_out_of_its_folding():
     flow = _flow(learn_alpha=True)
     with pytest.raises(ValueError, match="FrozenLUNet folds"):
         FrozenLUNet(flow)
-    snapshot = flow.frozen()  # each block folded alone, the activations with a slope per group copied
-    assert isinstance(snapshot, FrozenSequential)
+    frozen = flow.frozen()  # each block folded alone, the activations with a slope per group copied
+    assert isinstance(frozen, FrozenSequential)
     x = torch.randn(20, 6, dtype=torch.float64)
-    torch.testing.assert_close(snapshot.log_prob(x), flow.log_prob(x).detach())
+    torch.testing.assert_close(frozen.log_prob(x), flow.log_prob(x).detach())
     z = torch.randn(20, 6, dtype=torch.float64)
-    torch.testing.assert_close(snapshot.inverse(z)[0], flow.inverse(z)[0].detach())
+    torch.testing.assert_close(frozen.inverse(z)[0], flow.inverse(z)[0].detach())

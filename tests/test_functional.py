@@ -153,7 +153,7 @@ def test_slopes_outside_the_range_are_refused(alpha, learnable):
 def test_a_learnable_slope_that_drifted_out_is_refused_by_the_inverse(logit):
     """A learnable slope drifted below ALPHA_MIN, underflowed to 0 or rounded up to
     1.0 (float32's sigmoid of 40): the inverse raises the constructor's ValueError,
-    with and without autograd, in the layer, in the flow and in a frozen snapshot of it."""
+    with and without autograd, in the layer, in the flow and in a frozen copy of it."""
     act = LeakySoftplus(0.1, learn_alpha=True)
     y = torch.randn(5, 3)
     act.inverse(y)[0]  # in range: fine

@@ -271,7 +271,7 @@ class ConditionalLUNet(ConditionalDensity, ContextInput, nn.Module):
         return self._draw(sample_shape, c, temperature, generator)
 
     def frozen(self) -> FrozenConditionalLUNet:
-        """A snapshot for fast inference without autograd (:class:`~lunet.FrozenConditionalLUNet`): later
+        """A frozen copy for fast inference without autograd (:class:`~lunet.FrozenConditionalLUNet`): later
         changes to this flow are not seen. ``ValueError`` when a block is not invertible."""
         return FrozenConditionalLUNet(self)
 

@@ -1,4 +1,4 @@
-"""The density face a conditional flow and its snapshot share: ``log_prob(x, c)``, ``sample(shape, c)``
+"""The density face a conditional flow and its frozen copy share: ``log_prob(x, c)``, ``sample(shape, c)``
 and the distribution ``p(. | c)`` for a fixed context, written once over the flow's passes.
 
 A conditional flow provides ``forward(x, c) -> (z, log|det dz/dx|)``, ``inverse_rows``, ``features``,
@@ -62,11 +62,11 @@ class RowPlan(NamedTuple):
 
 
 class ConditionalDensity:
-    """``log_prob``, ``sample`` and ``distribution`` of a conditional flow and of its snapshot, over
+    """``log_prob``, ``sample`` and ``distribution`` of a conditional flow and of its frozen copy, over
     their ``forward``, ``inverse_rows``, ``_params`` (the context's :data:`Params`) and ``reference``."""
 
     if TYPE_CHECKING:
-        # what the flow and its snapshot provide, as each of them defines it
+        # what the flow and its frozen copy provide, as each of them defines it
         @property
         def features(self) -> int: ...
 
@@ -154,7 +154,7 @@ class ConditionalDensity:
     ) -> "ConditionalFlowDistribution":
         """``p(. | c)`` as a ``torch.distributions.Distribution``: ``batch_shape`` the context's leading
         shape, ``event_shape (features,)``, latent ``N(0, temperature^2 I)``; it reads the current
-        weights on every call (a snapshot's: no ``rsample``). ``flow(c)`` is the same."""
+        weights on every call (a frozen flow's: no ``rsample``). ``flow(c)`` is the same."""
         return ConditionalFlowDistribution(self, c, temperature, validate_args=validate_args)
 
 
@@ -240,7 +240,7 @@ def _three(tables: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor
 
 
 class ConditionalFlowDistribution(FlowDistributionBase):
-    """``p(. | c)`` of a :class:`~lunet.ConditionalLUNet` or its snapshot for a fixed context ``c``: ``flow(c)`` or
+    """``p(. | c)`` of a :class:`~lunet.ConditionalLUNet` or its frozen copy for a fixed context ``c``: ``flow(c)`` or
     ``flow.distribution(c)``.
 
     ``batch_shape`` is the context's leading shape, ``event_shape`` is ``(features,)``.
@@ -276,7 +276,7 @@ class ConditionalFlowDistribution(FlowDistributionBase):
 
     def rsample(self, sample_shape: Sequence[int] = torch.Size()) -> torch.Tensor:
         """Draws ``sample_shape + batch_shape + (features,)``, differentiable in the flow's weights
-        (``NotImplementedError`` over a snapshot, which computes without autograd)."""
+        (``NotImplementedError`` over a frozen flow, which computes without autograd)."""
         with self._checks():
             return self.flow.rsample(sample_shape, self.context, self.temperature)
 

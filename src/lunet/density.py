@@ -3,7 +3,7 @@ that keeps autograd, ``rsample``, written once over a flow's own passes.
 
 A flow provides ``forward(x) -> (z, log|det dz/dx|)``, ``features``, and two hooks:
 ``_placement()`` (the dtype and device its draws are made in) and ``_values(z)`` (latent rows
-``(N, features)`` to data rows, the values alone). Snapshots compute without autograd
+``(N, features)`` to data rows, the values alone). Frozen flows compute without autograd
 (``differentiable = False``): their ``log_prob`` runs under ``no_grad`` and they have no
 ``rsample``.
 """

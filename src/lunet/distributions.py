@@ -32,7 +32,7 @@ class Flow(Invertible, Protocol):
     def features(self) -> int: ...
 
 
-def _is_snapshot(flow: object) -> bool:
+def _is_frozen(flow: object) -> bool:
     return isinstance(flow, (FrozenLUNet, FrozenSequential))
 
 
@@ -67,7 +67,7 @@ class FlowDistribution(FlowDistributionBase):
     ``sample`` and ``rsample`` return ``sample_shape + (features,)``.
 
     ``flow`` is any transform of the contract (``forward(x) -> (z, log-det)``,
-    ``inverse(z) -> (x, log-det)``) with a ``features``, a snapshot (``flow.frozen()``)
+    ``inverse(z) -> (x, log-det)``) with a ``features``, a frozen flow (``flow.frozen()``)
     included; ``base`` any distribution with ``event_shape == (features,)``. The default
     base follows the flow: made in the flow's dtype and on its device as they are at
     each call, so a distribution made before ``flow.double()`` or ``flow.to(device)``
@@ -80,7 +80,7 @@ class FlowDistribution(FlowDistributionBase):
     Checks that read values back are skipped inside ``torch.compile`` and ``torch.func``
     transforms, and under ``lunet.set_value_checks(False)``.
 
-    Over a snapshot, which computes without autograd, ``rsample`` raises
+    Over a frozen flow, which computes without autograd, ``rsample`` raises
     ``NotImplementedError`` (``has_rsample`` is False) rather than return draws
     without a gradient; ``sample`` works.
     """
@@ -106,7 +106,7 @@ class FlowDistribution(FlowDistributionBase):
             self.temperature = 1.0
         self._base = base
         self._standard: Optional[tuple[torch.dtype, torch.device, Distribution]] = None
-        if _is_snapshot(flow):
+        if _is_frozen(flow):
             self.has_rsample = False
         super().__init__(batch_shape=torch.Size(), event_shape=torch.Size([flow.features]), validate_args=validate_args)
 
@@ -137,7 +137,7 @@ class FlowDistribution(FlowDistributionBase):
         base's parameters)."""
         if not self.has_rsample:
             raise NotImplementedError(
-                "a snapshot (flow.frozen()) computes without autograd, so its draws carry no gradient: "
+                "a frozen flow (flow.frozen()) computes without autograd, so its draws carry no gradient: "
                 "use sample(), or a distribution of the flow itself for rsample()"
             )
         return self._draw(sample_shape)

@@ -15,7 +15,7 @@ from lunet.density import ReparameterizedDensity
 from lunet.distributions import FlowDistribution
 from lunet.fast.affine import SPLIT_BELOW_ROWS, SPLIT_MIN_BYTES
 from lunet.frozen import FrozenLUNet
-from lunet.frozen_sequential import FrozenSequential, snapshot_of
+from lunet.frozen_sequential import FrozenSequential, frozen_of
 from lunet.layers import LeakySoftplus, LULinear
 from lunet.limits import check_positive_int
 from lunet.spline import MonotoneSpline
@@ -66,7 +66,7 @@ class LUNet(ReparameterizedDensity, Composition):
     part of the log-determinant, so likelihoods stay those of the raw data.
 
     Every call computes from the current weights. For repeated inference
-    from fixed weights, :meth:`frozen` gives a snapshot that runs one dense
+    from fixed weights, :meth:`frozen` gives a frozen copy that runs one dense
     product per block.
 
     ``groups > 1`` makes it that many independent flows of width ``features / groups``
@@ -263,20 +263,20 @@ class LUNet(ReparameterizedDensity, Composition):
     def frozen(
         self, split_below_rows: int = SPLIT_BELOW_ROWS, split_min_bytes: int = SPLIT_MIN_BYTES
     ) -> FrozenLUNet | FrozenSequential:
-        """A snapshot of this flow for fast inference (density, inverse, sampling; no autograd):
+        """A frozen copy of this flow for fast inference (density, inverse, sampling; no autograd):
         a :class:`~lunet.FrozenLUNet`, or with spline activations (or slopes learned per group) a
         :class:`~lunet.frozen_sequential.FrozenSequential` with the same passes.
 
         It holds its own copy of the current weights with every block's ``L U``
         and inverse formed once, so a pass costs one dense product per block.
         Later changes to this flow (training, ``load_state_dict``, ``.data``
-        edits, moves) are not seen by the snapshot: take a new one. Raises
+        edits, moves) are not seen by the frozen copy: call ``frozen()`` again. Raises
         ``ValueError`` when a block is not invertible. ``split_below_rows`` and
         ``split_min_bytes`` tune how small batches' products are split among the
         threads (:class:`~lunet.fast.affine.FrozenAffine`), not the results.
         """
-        return snapshot_of(self.transforms, self.features, split_below_rows=split_below_rows,
-                           split_min_bytes=split_min_bytes)
+        return frozen_of(self.transforms, self.features, split_below_rows=split_below_rows,
+                         split_min_bytes=split_min_bytes)
 
 
 class _ClassFlow(Protocol):

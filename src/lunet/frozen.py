@@ -1,13 +1,13 @@
-"""Frozen snapshots for fast inference: an LU-Net's density and sampling from folded matrices
-(:class:`FrozenLUNet`), the runs of LU layers and activations it folds, and what every snapshot
-shares (:func:`under_vmap`, :func:`frozen_or_module`). A Sequential's snapshot, whose LU runs fold
+"""Frozen flows for fast inference: an LU-Net's density and sampling from folded matrices
+(:class:`FrozenLUNet`), the runs of LU layers and activations it folds, and what every frozen flow
+shares (:func:`under_vmap`, :func:`frozen_or_module`). A frozen Sequential, whose LU runs fold
 the same way, is in :mod:`lunet.frozen_sequential`.
 
-:meth:`lunet.LUNet.frozen` and :meth:`lunet.Sequential.frozen` make them. The snapshot copies the flow's weights
+:meth:`lunet.LUNet.frozen` and :meth:`lunet.Sequential.frozen` make them. A frozen flow copies the flow's weights
 when it is made and never reads the flow again, so no later change of the flow
 (an optimiser step, ``load_state_dict``, an edit through ``.data``, a move to
 another device or dtype) can make it serve results for weights that are no
-longer the flow's own: take a new snapshot after such changes.
+longer the flow's own: call ``frozen()`` again after such changes.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ __all__ = ["foldable_run", "FrozenBlock", "FrozenLUNet", "under_vmap", "frozen_o
 
 @dataclass(frozen=True)
 class FrozenBlock:
-    """A snapshot's copy of one LU layer: ``L`` (n, n) unit lower triangular, ``U`` (n, n) upper
+    """A frozen flow's copy of one LU layer: ``L`` (n, n) unit lower triangular, ``U`` (n, n) upper
     triangular, the bias ``b`` (n,) and ``log|det A|`` (0-dim), in the layer's dtype."""
 
     lower: torch.Tensor
@@ -76,7 +76,7 @@ class FrozenBlock:
 
 class FrozenLUNet(Density):
     """The density and sampling passes of an :class:`~lunet.LUNet` with its weights as they were
-    when the snapshot was made, without autograd.
+    when it was frozen, without autograd.
 
     Each block's ``A = L U`` and its inverse are formed once (in float64, then
     cast to the flow's dtype), and the elementwise scalings around them (the
@@ -89,7 +89,7 @@ class FrozenLUNet(Density):
     (``[Standardize] LULinear (LeakySoftplus LULinear)*``). ``split_below_rows`` and
     ``split_min_bytes`` tune the products (:class:`~lunet.fast.affine.FrozenAffine`), not the results.
 
-    ``sync_free`` (on for a snapshot off the CPU): the density pass reads nothing back to the
+    ``sync_free`` (on for a frozen flow off the CPU): the density pass reads nothing back to the
     host, so it never waits for the device and compiles or captures as one graph; off, it takes a
     cheaper activation and reads back one flag per batch, whether that stayed exact (if not, the
     batch is redone). Under ``torch.func.vmap`` it runs plain passes from its copy of the weights
@@ -138,7 +138,7 @@ class FrozenLUNet(Density):
 
     def __repr__(self) -> str:
         return (f"FrozenLUNet(features={self.features}, num_blocks={len(self._blocks)}, dtype={self.dtype}, "
-                f"device={self.device}; a snapshot: later changes to the flow are not seen)")
+                f"device={self.device}; a frozen copy: later changes to the flow are not seen)")
 
     # -- the passes ------------------------------------------------------------
     @torch.no_grad()
@@ -347,12 +347,12 @@ def foldable_run(parts: list, start: int) -> int:
 
 
 def under_vmap() -> bool:
-    """Whether a snapshot's pass runs inside ``torch.func.vmap``: it then takes its private
+    """Whether a frozen flow's pass runs inside ``torch.func.vmap``: it then takes its private
     replica's plain passes (the same weights, unfolded), as its own write into buffers that
     ``vmap``'s batched tensors cannot fill.
 
     Raises ``RuntimeError`` inside the transforms that differentiate (``grad``, ``jacrev``,
-    ``jvp``, ``jacfwd``): a snapshot computes without autograd, and their derivatives
+    ``jvp``, ``jacfwd``): a frozen flow computes without autograd, and their derivatives
     through it would be zero, not the flow's.
     """
     if not torch._C._are_functorch_transforms_active():
@@ -360,14 +360,14 @@ def under_vmap() -> bool:
     vmap = torch._C._functorch.TransformType.Vmap
     if any(level.key() != vmap for level in torch._C._functorch.get_interpreter_stack() or ()):
         raise RuntimeError(
-            "a snapshot (flow.frozen()) computes without autograd: torch.func's grad, jacrev, jvp and jacfwd "
-            "through it would give zero derivatives; differentiate the flow itself. vmap over a snapshot works"
+            "a frozen flow (flow.frozen()) computes without autograd: torch.func's grad, jacrev, jvp and jacfwd "
+            "through it would give zero derivatives; differentiate the flow itself. vmap over a frozen flow works"
         )
     return True
 
 
 def frozen_or_module(model: object) -> object:
-    """``model.frozen()`` (a fast snapshot of the current weights) where the model offers one,
+    """``model.frozen()`` (a fast frozen copy of the current weights) where the model offers one,
     else the model itself: what density and sampling code that holds the weights fixed calls."""
     frozen = getattr(model, "frozen", None)
     return frozen() if callable(frozen) else model

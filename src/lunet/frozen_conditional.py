@@ -1,4 +1,4 @@
-"""The snapshot of a conditional LU-Net (:meth:`lunet.ConditionalLUNet.frozen`): density, inverse and
+"""A frozen conditional LU-Net (:meth:`lunet.ConditionalLUNet.frozen`): density, inverse and
 sampling from fixed weights without autograd, one dense product per block whatever the contexts."""
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class LabelAffine(NamedTuple):
 
 
 class FoldedPasses:
-    """The passes of a conditional snapshot with leaky-softplus activations: the unconditional snapshot
+    """The passes of a frozen conditional flow with leaky-softplus activations: the frozen unconditional flow
     ``shared`` of the same LU layers lends its folded products (:meth:`~lunet.frozen.FrozenLUNet._forward_plan`,
     which return negated pre-activations but the last, and :meth:`~lunet.frozen.FrozenLUNet._inverse_plan`),
     and the context's affine maps sit between them and its fused activations."""
@@ -113,7 +113,7 @@ class FoldedPasses:
         """Rows ``x`` (B, D), each block's scales and negated shifts (B or 1, D) and the rows' sums of
         log-scales (B or 1,) -> ``z`` (B, D), ``log|det dz/dx|`` (B,). ``exact``: the activations'
         exact formulas rather than the fast ones (which redo the batch exactly where out of range);
-        by default where the snapshot runs free of host syncs."""
+        by default where the frozen flow runs free of host syncs."""
         exact = self.shared.sync_free if exact is None else exact
         layers, alphas, const = self.shared._forward_plan()
         logdet = log_scale_sum.add(const)
@@ -159,14 +159,14 @@ class FoldedPasses:
 
 
 class FrozenConditionalLUNet(ConditionalDensity):
-    """A snapshot of a :class:`ConditionalLUNet` for fast inference, made by
+    """A frozen copy of a :class:`ConditionalLUNet` for fast inference, made by
     :meth:`ConditionalLUNet.frozen`: the same ``forward(x, c)``, ``inverse(z, c)``, ``log_prob``,
     ``sample`` and ``distribution(c)`` (``flow(c)``), without autograd.
 
     Every block's dense ``A = L U`` and ``A^{-1}`` (formed in float64 from the triangular factors)
     are computed once, so each pass costs one dense product per block whatever the contexts; the
     context side (label embedding, embedding network, context network) is a copy in eval mode.
-    It never reads the flow again: take a new snapshot after training further.
+    It never reads the flow again: call ``frozen()`` again after training further.
     """
 
     features: int
@@ -189,7 +189,7 @@ class FrozenConditionalLUNet(ConditionalDensity):
             standardize = self._flow.input_standardize
             self.mean, self.std = standardize.mean.clone(), standardize.std.clone()
             self.log_abs_det = sum(block.log_abs_det() for block in blocks) - torch.log(self.std).sum()
-            # the unconditional snapshot of the same LU layers lends its folded matrices: the context's
+            # the frozen unconditional flow of the same LU layers lends its folded matrices: the context's
             # affine maps sit between its products and its activations (the leaky softplus's; splines
             # whose knots change with the context run block by block)
             self._folded: Optional[FoldedPasses] = None
@@ -241,7 +241,7 @@ class FrozenConditionalLUNet(ConditionalDensity):
         self, x: torch.Tensor, log_scale: torch.Tensor, shift: torch.Tensor, knots: Optional[torch.Tensor] = None,
         groups: Optional[RowGroups] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """As :meth:`ConditionalLUNet.forward_rows`: the unconditional snapshot's folded products
+        """As :meth:`ConditionalLUNet.forward_rows`: the frozen unconditional flow's folded products
         (:meth:`~lunet.frozen.FrozenLUNet._forward_plan`, which return negated pre-activations
         but the last) with the context's affine maps between them and its fused activations."""
         if under_vmap() or self._folded is None:
@@ -279,7 +279,7 @@ class FrozenConditionalLUNet(ConditionalDensity):
         groups: Optional[RowGroups] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """As :meth:`ConditionalLUNet.inverse_rows`: the context's affine maps undone before each of
-        the unconditional snapshot's folded inverse products
+        the frozen unconditional flow's folded inverse products
         (:meth:`~lunet.frozen.FrozenLUNet._inverse_plan`), and its tabled activation inverses."""
         if under_vmap() or self._folded is None:
             return self.plain_inverse_rows(z, log_scale, shift, knots, groups)
@@ -363,7 +363,7 @@ class FrozenConditionalLUNet(ConditionalDensity):
     def forward(
         self, x: torch.Tensor, c: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, torch.Tensor] | ConditionalFlowDistribution:
-        """``(z, log|det dz/dx|)`` as :meth:`ConditionalLUNet.forward`; ``snapshot(c)``: the distribution."""
+        """``(z, log|det dz/dx|)`` as :meth:`ConditionalLUNet.forward`; ``self(c)``: the distribution."""
         return self.distribution(x) if c is None else self._pass(x, c, inverse=False)
 
     __call__ = forward
@@ -399,11 +399,11 @@ class FrozenConditionalLUNet(ConditionalDensity):
         return self._flow._labels(c, ref)
 
     def rsample(self, *args: object, **kwargs: object) -> torch.Tensor:
-        """Refused: a snapshot computes without autograd; use :meth:`sample`, or the flow itself."""
-        raise NotImplementedError("a snapshot (flow.frozen()) computes without autograd, so its draws carry no "
+        """Refused: a frozen flow computes without autograd; use :meth:`sample`, or the flow itself."""
+        raise NotImplementedError("a frozen flow (flow.frozen()) computes without autograd, so its draws carry no "
                                   "gradient: use sample(), or the flow itself for rsample()")
 
     def __repr__(self) -> str:
         return (f"FrozenConditionalLUNet(features={self.features}, context_features={self.context_features}, "
                 f"num_blocks={len(self.weights)}{'' if self.spline is None else ', spline activations'}, "
-                f"a snapshot: later changes to the flow are not seen)")
+                f"a frozen copy: later changes to the flow are not seen)")

@@ -1,12 +1,12 @@
-"""The snapshot of a composition for fast inference: :class:`FrozenSequential` (what
+"""A frozen composition for fast inference: :class:`FrozenSequential` (what
 :meth:`lunet.Sequential.frozen` and an LU-Net with spline activations, or with slopes learned per
 group, give) folds every run of LU layers and activations as a :class:`~lunet.frozen.FrozenLUNet`,
 runs each spline as a :class:`FrozenSpline` from tables made once, and copies the other parts;
-:func:`snapshot_of` makes the one or the other.
+:func:`frozen_of` makes the one or the other.
 
-Conventions as for every snapshot (:mod:`lunet.frozen`): ``forward(x) -> (y, log|det dy/dx|)`` on
-rows ``(..., features)``, without autograd, from copies of the flow's weights made when the snapshot
-is: take a new snapshot after changing the flow.
+Conventions as for every frozen flow (:mod:`lunet.frozen`): ``forward(x) -> (y, log|det dy/dx|)`` on
+rows ``(..., features)``, without autograd, from copies of the flow's weights made when it is frozen:
+call ``frozen()`` again after changing the flow.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from lunet.fast.spline_tables import BinGrid, BinTables, SamplingTables
 from lunet.frozen import FrozenLUNet, foldable_run, under_vmap
 from lunet.spline import MonotoneSpline
 
-__all__ = ["FrozenSpline", "FrozenSequential", "snapshot_of"]
+__all__ = ["FrozenSpline", "FrozenSequential", "frozen_of"]
 
 
 class FrozenSpline:
-    """A snapshot's copy of a :class:`~lunet.spline.MonotoneSpline`: its per-bin tables, the
+    """A frozen flow's copy of a :class:`~lunet.spline.MonotoneSpline`: its per-bin tables, the
     coefficients of the inverse's quadratic for sampling and the uniform lookups of its bins on both
     sides, made once, so that a pass finds each entry's bin with two
     reads and one comparison and reads each bin quantity once (:mod:`lunet.fast.spline`).
@@ -82,14 +82,14 @@ class FrozenSpline:
 
 
 class FrozenSequential(Density):
-    """A snapshot of a composition's ``parts`` (a :class:`~lunet.Sequential`, an LU-Net with
+    """A frozen copy of a composition's ``parts`` (a :class:`~lunet.Sequential`, an LU-Net with
     spline activations) for fast inference, without autograd; ``features``: the flow's width, which
     :meth:`log_prob` and :meth:`sample` need (None where the flow states none).
 
     Every run of ``[Standardize] LULinear (LeakySoftplus LULinear)*`` becomes a
     :class:`~lunet.FrozenLUNet` (one dense product per block, the scalings folded
     in); every other part is deep-copied and runs its own passes. Like every
-    snapshot it holds its own copy of the weights: later changes to the
+    frozen flow it holds its own copy of the weights: later changes to the
     ``Sequential`` are not seen. ``vmap`` over it works; ``torch.func``'s
     differentiating transforms raise, as for :class:`FrozenLUNet`.
     """
@@ -117,7 +117,7 @@ class FrozenSequential(Density):
 
     def __repr__(self) -> str:
         kinds = ", ".join(type(s).__name__ for s in self.stages)
-        return f"FrozenSequential({kinds}; a snapshot: later changes to the Sequential are not seen)"
+        return f"FrozenSequential({kinds}; a frozen copy: later changes to the Sequential are not seen)"
 
     @property
     def dtype(self) -> torch.dtype:
@@ -150,7 +150,7 @@ class FrozenSequential(Density):
 
     def _width(self) -> int:
         if self.features is None:
-            raise ValueError("this snapshot's Sequential states no width (features): log_prob and sample need it")
+            raise ValueError("this frozen Sequential states no width (features): log_prob and sample need it")
         return self.features
 
     def _placement(self) -> tuple[torch.dtype, torch.device]:
@@ -182,9 +182,9 @@ def _stage_placement(stages: list) -> tuple[torch.dtype, torch.device]:
     return torch.get_default_dtype(), torch.device("cpu")
 
 
-def snapshot_of(parts: Iterable[nn.Module], features: Optional[int] = None,
+def frozen_of(parts: Iterable[nn.Module], features: Optional[int] = None,
                 **tuning: int) -> "FrozenLUNet | FrozenSequential":
-    """A snapshot of ``parts``: a :class:`FrozenLUNet` where they fold as one run
+    """A frozen copy of ``parts``: a :class:`FrozenLUNet` where they fold as one run
     (``[Standardize] LULinear (LeakySoftplus LULinear)*``, one slope per activation), else a
     :class:`FrozenSequential` that folds what it can; ``tuning`` as :class:`FrozenLUNet` takes it."""
     parts = list(parts)

@@ -38,7 +38,7 @@ def latent_draws(
 
 def flow_placement(flow: object) -> tuple[torch.dtype, torch.device]:
     """The dtype and device a flow computes in now: its first floating parameter's or buffer's
-    for a module, ``flow.dtype`` and ``flow.device`` for a snapshot; the default dtype on the
+    for a module, ``flow.dtype`` and ``flow.device`` for a frozen flow; the default dtype on the
     CPU for a flow that has neither."""
     if isinstance(flow, nn.Module):
         tensors = itertools.chain(flow.parameters(), flow.buffers())

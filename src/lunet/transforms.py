@@ -63,7 +63,7 @@ class Composition(Transform):
     def frozen(
         self, split_below_rows: int = SPLIT_BELOW_ROWS, split_min_bytes: int = SPLIT_MIN_BYTES
     ) -> FrozenLUNet | FrozenSequential:
-        """A snapshot for fast inference: runs of LU layers and activations folded as
+        """A frozen copy for fast inference: runs of LU layers and activations folded as
         :meth:`lunet.LUNet.frozen` folds them, other parts copied (see
         :class:`~lunet.frozen_sequential.FrozenSequential`); the tuning as for :meth:`lunet.LUNet.frozen`."""
         return FrozenSequential(self.transforms, None, split_below_rows=split_below_rows,

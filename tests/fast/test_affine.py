@@ -1,4 +1,4 @@
-"""Frozen affine maps (lunet.fast.affine): a snapshot's products, split among the threads or not."""
+"""Frozen affine maps (lunet.fast.affine): a frozen flow's products, split among the threads or not."""
 
 import pytest
 import torch

@@ -1,7 +1,7 @@
 """The spline's no-autograd passes against its plain formulas (lunet.fast.spline): counted bins and a
-snapshot's grid lookup, the forward, inverse and sampling passes, in float32 and float64, by the
+frozen flow's grid lookup, the forward, inverse and sampling passes, in float32 and float64, by the
 compiled loops and in torch ops; their scratch buffers between calls and threads; torch.compile
-through the spline and its snapshot."""
+through the spline and its frozen copy."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def test_the_no_autograd_passes_give_the_plain_values_log_dets_and_inverse(dtype
     torch.testing.assert_close(y[2], x[2])
 
 
-def test_a_spline_lunet_loss_and_its_snapshot_trace_as_one_graph():
+def test_a_spline_lunet_loss_and_its_frozen_copy_trace_as_one_graph():
     dynamo.reset()
     torch.manual_seed(0)
     net = LUNet(6, 3, activation="spline", bins=5, bound=3.0)
@@ -140,7 +140,7 @@ def test_threads_running_the_passes_at_once_get_their_own_results():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows", [1, 3, 4, 5, 40])
-def test_the_snapshot_passes_of_a_few_rows_and_many_find_the_same_bins(dtype, rows):
+def test_the_frozen_passes_of_a_few_rows_and_many_find_the_same_bins(dtype, rows):
     # up to SEARCHED_ROWS rows the bins are searched, beyond them looked up in the grid
     from lunet.fast.spline import spline_sample_fast
     from lunet.fast.spline_tables import SEARCHED_ROWS, SamplingTables

@@ -35,8 +35,8 @@ def test_sample_traces_as_one_graph():
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
-def test_a_snapshots_passes_off_the_cpu_trace_as_one_graph_and_compute_the_eager_results():
-    # off the CPU a snapshot reads nothing back (sync_free, switched on here); its plans and
+def test_a_frozen_flows_passes_off_the_cpu_trace_as_one_graph_and_compute_the_eager_results():
+    # off the CPU a frozen flow reads nothing back (sync_free, switched on here); its plans and
     # inverse tables are built by a first eager call, which a compiled pass then finds made
     frozen = random_bias_flow().frozen()
     frozen.sync_free = True

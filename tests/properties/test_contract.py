@@ -182,7 +182,7 @@ def test_log_det_is_that_of_the_jacobian(name):
     torch.testing.assert_close(t.inverse(y)[1], torch.linalg.slogdet(inverse_jacobian)[1], rtol=1e-9, atol=1e-9)
 
 
-def test_the_snapshot_is_the_flow():
+def test_the_frozen_flow_is_the_flow():
     net = make_lunet()
     x = inputs((2, 3))
     z, logdet = net(x)
@@ -282,7 +282,7 @@ def test_a_distribution_over_another_base():
         net.distribution(base=Independent(StudentT(3.0, torch.zeros(D + 1, dtype=torch.float64)), 1))
 
 
-def test_a_sequentials_snapshot_folds_its_lu_runs_and_copies_the_rest():
+def test_a_frozen_sequential_folds_its_lu_runs_and_copies_the_rest():
     from lunet import FrozenLUNet
 
     seq = make_sequential()  # Standardize, LU, activation, the user's coupling, LU
@@ -292,10 +292,10 @@ def test_a_sequentials_snapshot_folds_its_lu_runs_and_copies_the_rest():
     x = inputs((2, 3))
     before = frozen(x)[0]
     with torch.no_grad():
-        seq[3].net.weight.data.mul_(2.0)  # the copied coupling is a snapshot too
+        seq[3].net.weight.data.mul_(2.0)  # the copied coupling is frozen too
         seq[1].lu.data.mul_(0.5)
     assert torch.equal(frozen(x)[0], before)
-    # a whole LU-Net pattern folds into one snapshot pass
+    # a whole LU-Net pattern folds into one frozen pass
     torch.manual_seed(2)
     chain = Sequential(*(_perturbed(m.double(), k) for k, m in enumerate(
         [LULinear(D), LeakySoftplus(0.1), LULinear(D), LeakySoftplus(0.1), LULinear(D)])))
@@ -305,7 +305,7 @@ def test_a_sequentials_snapshot_folds_its_lu_runs_and_copies_the_rest():
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
-def test_a_snapshot_of_a_pattern_it_cannot_fold_is_refused():
+def test_freezing_a_pattern_it_cannot_fold_is_refused():
     from lunet import FrozenLUNet
 
     with pytest.raises(ValueError, match="folds"):

@@ -2,7 +2,7 @@
 
 These tests need a CUDA device; on a machine without one they are skipped as a
 module, with that reason. Every CPU test covers the same code; here only the
-device-specific parts are checked: the snapshot built on the device, results
+device-specific parts are checked: the frozen flow built on the device, results
 that follow device moves and edits there, the activation tables per device,
 and a training step.
 """
@@ -24,11 +24,11 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 CUDA = torch.device("cuda")
 
 
-@pytest.mark.parametrize("snapshot", [False, True], ids=["module", "snapshot"])
-def test_lunet_on_cuda_matches_float64_cpu(snapshot):
+@pytest.mark.parametrize("frozen", [False, True], ids=["module", "frozen"])
+def test_lunet_on_cuda_matches_float64_cpu(frozen):
     ref = make_net(features=64).double()
     net = make_net(features=64).to(CUDA)
-    flow = net.frozen() if snapshot else net
+    flow = net.frozen() if frozen else net
     x = 3 * torch.randn(500, 64, dtype=torch.float64)
     with torch.no_grad():
         lp_ref = ref.log_prob(x)

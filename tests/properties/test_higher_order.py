@@ -319,7 +319,7 @@ def test_jacobians_batched_by_autograd_and_forward_mode():
     torch.testing.assert_close(inverse_tangent, torch.linalg.solve(want, tangent))
 
 
-def test_a_snapshot_maps_under_vmap_and_refuses_derivatives():
+def test_a_frozen_flow_maps_under_vmap_and_refuses_derivatives():
     flow = _lunet().double()
     frozen = flow.frozen()
     x = inputs((5,), torch.float64)
@@ -327,13 +327,13 @@ def test_a_snapshot_maps_under_vmap_and_refuses_derivatives():
     z = flow(x)[0].detach()
     torch.testing.assert_close(vmap(lambda v: frozen.inverse(v)[0])(z), x, rtol=1e-10, atol=1e-10)
     for transform in (grad, jacrev, jacfwd):
-        with pytest.raises(RuntimeError, match="snapshot.*without autograd"):
+        with pytest.raises(RuntimeError, match="frozen flow.*without autograd"):
             transform(frozen.log_prob)(x[0])
     seq = make("Sequential", torch.float64)
     frozen_seq = seq.frozen()
     for got, want in zip(vmap(frozen_seq)(x), seq(x)):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
-    with pytest.raises(RuntimeError, match="snapshot.*without autograd"):
+    with pytest.raises(RuntimeError, match="frozen flow.*without autograd"):
         grad(lambda v: frozen_seq(v)[1])(x[0])
 
 

@@ -1,5 +1,5 @@
 """Fast passes of the leaky softplus: the training passes with written-out backwards (a fixed
-slope, and a learned one), and the frozen snapshot's density passes (scaled, and negated with
+slope, and a learned one), and a frozen flow's density passes (scaled, and negated with
 one sigmoid)."""
 
 from __future__ import annotations

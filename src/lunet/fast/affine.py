@@ -1,4 +1,4 @@
-"""Frozen affine maps ``h -> h W + c``: the products of a frozen snapshot, split among the
+"""Frozen affine maps ``h -> h W + c``: the products of a frozen flow, split among the
 threads when a batch of a few rows would leave all but one core idle."""
 
 from __future__ import annotations

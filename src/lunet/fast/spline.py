@@ -1,6 +1,6 @@
 """The no-autograd passes of the monotone rational-quadratic spline (:class:`lunet.spline.MonotoneSpline`),
 which a module without autograd, the training forward (:mod:`lunet.fast.spline_training`) and the
-snapshots run: per-bin tables made once, the bin lookups, and the forward, inverse and sampling passes.
+frozen flows run: per-bin tables made once, the bin lookups, and the forward, inverse and sampling passes.
 The plain formulas they agree with are in :mod:`lunet.fast.spline_plain`.
 
 Conventions: rows ``(B, n)``; knot tables ``(n, K + 1)`` for ``K`` bins per feature (knots in ``x``

@@ -252,7 +252,7 @@ def gather_into(table: torch.Tensor, j: torch.Tensor, out: torch.Tensor) -> torc
     return out
 
 
-# Up to this many rows the snapshot's passes find bins by binary search
+# Up to this many rows a frozen flow's passes find bins by binary search
 SEARCHED_ROWS = 4
 
 

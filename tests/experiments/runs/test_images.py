@@ -222,7 +222,7 @@ def test_per_class_figures_match_independent_computation(per_class_models, per_c
     x, y = x[:TEST_LIMIT], y[:TEST_LIMIT]
     for c, model in zip(classes, models):  # per-class figures use the first draw only
         full, _ = full_log_prob(model, x[y == c], seed=EVAL_SEED)
-        # evaluation scores with the model's frozen snapshot, this with the module's own
+        # evaluation scores with the model's frozen copy, this with the module's own
         # float32 pass: they differ by rounding, ~1e-6 of a figure near 10 bits/dim
         assert per_class_eval["per_class"][str(c)]["bits_per_dim"] == pytest.approx(
             float(bpd_by_formula(full).mean()), abs=1e-5

@@ -107,7 +107,7 @@ def bench_model(
         result["epoch_s"] = time_call(epoch, device, repeats=1, warmup=0).median
     model.eval()
     inference = frozen_or_module(model)
-    assert isinstance(inference, Density)  # the snapshot of an LU-Net, RealNVP itself
+    assert isinstance(inference, Density)  # a frozen LU-Net, RealNVP itself
     for label, batch in (("", override.get("density", density_batch)), ("_batch1", 1)):
         x = torch.randn(batch, 784, device=device)
         with torch.no_grad():

@@ -1,5 +1,5 @@
 """The micro benchmark (``lunet bench --micro``): LU-Net's hot paths side by side in one process,
-the training step eager, compiled and captured, the snapshot's density and sampling, and the
+the training step eager, compiled and captured, the frozen flow's density and sampling, and the
 spline LU-Net beside the paper's; ratios measured in one run are what it reports."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _captured_rows(model: LUNet, weights: list[torch.Tensor], x: torch.Tensor, p
 
 def _captured_inference_rows(frozen: Any, weights: list[torch.Tensor], x: torch.Tensor, paired,
                              repeats: int) -> dict[str, Any]:
-    """The snapshot's density and sampling passes, each captured as a CUDA graph (value checks off),
+    """The frozen flow's density and sampling passes, each captured as a CUDA graph (value checks off),
     against the dense forward products captured the same way; ``{"captured_inference_error": ...}``
     if a capture fails."""
     from lunet.checks import set_value_checks
@@ -107,18 +107,18 @@ def run_micro(device: str = "cpu", features: int = 784, num_blocks: int = 4, rep
     - training step at batch 256 vs the same dense GEMMs forward and backward
       (2 products per block: ``2 * num_blocks`` weight matrices, input not
       requiring grad), target ratio <= 1.15;
-    - density (the :meth:`~lunet.LUNet.frozen` snapshot's ``log_prob``) at
+    - density (``log_prob`` of the frozen flow from :meth:`~lunet.LUNet.frozen`) at
       batch 1,000 vs ``2 * num_blocks`` dense forward GEMMs, target <= 0.6, and
       its floor: ``num_blocks`` dense products of the same shapes alone against
-      the same reference; the module's own density pass (no snapshot) against
-      the snapshot's;
+      the same reference; the module's own density pass (not frozen) against
+      the frozen flow's;
     - sampling at batch 1,000 vs density, target <= 1.5; sampling at batch 1
       in ms per image, target < 1 (the median of its calls, and the fastest).
 
     The same network with spline activations (:func:`spline_lunet`) beside it, each ratio again
     from interleaved rounds (under ``"spline"``): its training step against this step (target
-    <= 1.25) and against the dense products, its snapshot's density and sampling at batch 1,000
-    against this snapshot's (targets <= 1.5), its module's density against this module's, and its
+    <= 1.25) and against the dense products, its frozen flow's density and sampling at batch 1,000
+    against this frozen flow's (targets <= 1.5), its module's density against this module's, and its
     batch-1 sampling (target < 1 ms).
 
     On the CPU also the step with its loss through ``torch.compile`` against the
@@ -267,13 +267,13 @@ def spline_table(r: dict[str, Any]) -> str:
          s["step_vs_lunet"], "<= 1.25"),
         ("training step against the dense GEMMs fwd+bwd", f"{s['step_beside_dense_ms']:.1f} ms",
          f"dense {s['dense_train_beside_ms']:.1f} ms", s["step_vs_dense"], "–"),
-        ("snapshot density, batch 1,000", f"{s['density_1000_ms']:.1f} ms", f"{s['lunet_density_beside_ms']:.1f} ms",
+        ("frozen density, batch 1,000", f"{s['density_1000_ms']:.1f} ms", f"{s['lunet_density_beside_ms']:.1f} ms",
          s["density_vs_lunet"], "<= 1.5"),
         ("the module's own density, batch 1,000", f"{s['module_density_1000_ms']:.1f} ms",
          f"{s['lunet_module_density_beside_ms']:.1f} ms", s["module_density_vs_lunet"], "–"),
-        ("snapshot sampling, batch 1,000", f"{s['sampling_1000_ms']:.1f} ms",
+        ("frozen sampling, batch 1,000", f"{s['sampling_1000_ms']:.1f} ms",
          f"{s['lunet_sampling_beside_ms']:.1f} ms", s["sampling_vs_lunet"], "<= 1.5"),
-        ("snapshot sampling, batch 1 (median; fastest)",
+        ("frozen sampling, batch 1 (median; fastest)",
          f"{s['sampling_batch1_ms']:.3f} ms ({s['sampling_batch1_fastest_ms']:.3f})",
          f"{s['lunet_sampling_batch1_ms']:.3f} ms", s["sampling_batch1_ms"] / s["lunet_sampling_batch1_ms"], "< 1 ms"),
     ]
@@ -293,8 +293,8 @@ def micro_table(r: dict[str, Any]) -> str:
          f"dense forward GEMMs {r['dense_forward_1000_ms']:.1f} ms", r["density_vs_dense"], "<= 0.6"),
         ("its 4 products alone (the floor)", f"{r['products_1000_ms']:.1f} ms",
          f"dense forward GEMMs {r['dense_forward_beside_products_ms']:.1f} ms", r["products_vs_dense"], "–"),
-        ("density by the module itself (no snapshot)", f"{r['module_density_1000_ms']:.1f} ms",
-         f"snapshot's density {r['frozen_density_beside_module_ms']:.1f} ms", r["module_density_vs_frozen"], "–"),
+        ("density by the module itself (not frozen)", f"{r['module_density_1000_ms']:.1f} ms",
+         f"frozen flow's density {r['frozen_density_beside_module_ms']:.1f} ms", r["module_density_vs_frozen"], "–"),
         ("sampling, batch 1,000", f"{r['sampling_1000_ms']:.1f} ms",
          f"density {r['density_beside_sampling_ms']:.1f} ms", r["sampling_vs_density"], "<= 1.5"),
     ]

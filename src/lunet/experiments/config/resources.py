@@ -23,7 +23,7 @@ __all__ = ["TRAINING_FACTOR", "INFERENCE_FACTOR", "model_elements", "describe_mo
 # Bytes in use per byte of a model's own weights and buffers, measured on LU-Nets of width
 # 2,000 to 2,500. Training adds the gradients, Adam's two moments, the best weights' copy
 # and the factors the forward pass keeps for the backward one (10 to 11.5 matrices per
-# block against the model's 3); inference adds the checkpoint's tensors and a snapshot's
+# block against the model's 3); inference adds the checkpoint's tensors and a frozen flow's
 # float64 products and inverses (12 to 16.5 float32 matrices per block).
 TRAINING_FACTOR = 4
 INFERENCE_FACTOR = 5

@@ -32,7 +32,7 @@ __all__ = ["ImageDensity", "image_log_probs", "evaluate_run", "class_log_probs",
 
 
 class ImageDensity(Protocol):
-    """What scores images: a flow of images, its snapshot from :func:`~lunet.frozen.frozen_or_module`,
+    """What scores images: a flow of images, its frozen copy from :func:`~lunet.frozen.frozen_or_module`,
     or a :class:`~lunet.experiments.runs.images.LabelledFlow`."""
 
     def log_prob(self, x: torch.Tensor, /) -> torch.Tensor: ...
@@ -44,7 +44,7 @@ def image_log_probs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image: ``log p(y)`` of the dequantised image and the flow's logit-space ``log p(l)``, nats (N,).
 
-    ``model``: a flow or a snapshot from :func:`~lunet.frozen.frozen_or_module` (faster).
+    ``model``: a flow or its frozen copy from :func:`~lunet.frozen.frozen_or_module` (faster).
     """
     dtype, device = flow_placement(model)
     gen = torch.Generator().manual_seed(seed)
@@ -73,7 +73,7 @@ def evaluate_run(
     accuracy ``argmax_c log p(x|c)`` (uniform class prior).
     """
     settings, models, ckpts = load_run_models(run_dir, device=device)
-    snapshots = [cast(ImageDensity, frozen_or_module(m)) for m in models]  # a snapshot scores as its flow does
+    frozen_models = [cast(ImageDensity, frozen_or_module(m)) for m in models]  # a frozen flow scores as the flow does
     images, labels = load_dataset(settings.dataset, "test", data_dir=data_dir, verify=verify)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
@@ -83,7 +83,7 @@ def evaluate_run(
     per_class: dict[str, dict[str, float]] = {}
     for draw in range(draws):
         full_all, logit_all = [], []
-        for c, model in zip(settings.classes, snapshots):
+        for c, model in zip(settings.classes, frozen_models):
             x, _ = class_subset(images, labels, c)
             if x.shape[0] == 0:
                 raise ValueError(
@@ -129,7 +129,7 @@ def evaluate_run(
     if per_class:
         result["per_class"] = per_class
     if settings.kind in ("per_class", "conditional"):  # a classifier needs a density of every class
-        scores = class_log_probs(snapshots, images, pre)
+        scores = class_log_probs(frozen_models, images, pre)
         result["bayes_classifier_accuracy"] = float((scores.argmax(1) == labels).double().mean())
         # log p(x) = logsumexp_c log p(x | c) - log K under a uniform class prior
         marginal = torch.logsumexp(scores, dim=1) - math.log(scores.shape[1])
@@ -140,7 +140,7 @@ def evaluate_run(
 @torch.no_grad()
 def class_log_probs(models: Sequence[ImageDensity], images: torch.Tensor, pre: ImagePreprocessor) -> torch.Tensor:
     """``log p(y | c)`` in nats of each test image under each class's model, (N, K) float64 (one
-    dequantisation draw, the same for every class); ``models``: one flow or snapshot per class."""
+    dequantisation draw, the same for every class); ``models``: one flow (or frozen flow) per class."""
     return torch.stack([image_log_probs(m, images, pre, seed=7)[0] for m in models], dim=1)
 
 
@@ -233,7 +233,7 @@ def class_agreement(
         raise ValueError(
             "class agreement needs a per-class or single-class run (trained with --per-class or --class K)"
         )
-    flows = [cast(ImageFlow, frozen_or_module(m)) for m in models]  # a snapshot keeps the flow's passes
+    flows = [cast(ImageFlow, frozen_or_module(m)) for m in models]  # a frozen flow keeps the flow's passes
     pre = ImagePreprocessor(settings.lam)
     out: dict[str, Any] = {}
     for prior_name in priors:

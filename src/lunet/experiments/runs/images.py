@@ -57,7 +57,7 @@ BITS_PER_DIM = Unit("bits_per_dim", "bits/dim", nats_to_bits_per_dim)
 
 
 class ImageFlow(Protocol):
-    """What sampling and interpolation call of a model: a flow of images, its snapshot from
+    """What sampling and interpolation call of a model: a flow of images, its frozen copy from
     :func:`~lunet.frozen.frozen_or_module`, or a :class:`LabelledFlow`."""
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
@@ -111,8 +111,8 @@ class LabelledFlow:
     """A conditional flow under one class label, with the passes of an unconditional flow
     (``flow(x)``, ``inverse``, ``log_prob``, ``frozen``): what per-class evaluation, sampling and
     agreement call, so that a conditional run is scored and sampled class by class as a per-class
-    run is. ``flow``: a :class:`~lunet.ConditionalLUNet` or its snapshot. Adapters given one
-    ``shared`` dict (those of one run) share one snapshot of the flow, taken at the first
+    run is. ``flow``: a :class:`~lunet.ConditionalLUNet` or its frozen copy. Adapters given one
+    ``shared`` dict (those of one run) share one frozen copy of the flow, made at the first
     :meth:`frozen`."""
 
     def __init__(self, flow: Any, label: int, shared: Optional[dict] = None) -> None:
@@ -134,9 +134,9 @@ class LabelledFlow:
         return self.flow.log_prob(x, self._label())
 
     def frozen(self) -> "LabelledFlow":
-        if "snapshot" not in self._shared:
-            self._shared["snapshot"] = frozen_or_module(self.flow)
-        return LabelledFlow(self._shared["snapshot"], self.label)
+        if "frozen" not in self._shared:
+            self._shared["frozen"] = frozen_or_module(self.flow)
+        return LabelledFlow(self._shared["frozen"], self.label)
 
 
 def read_run_file(run_dir: str | Path | RunFolder) -> ImageRunSettings:
@@ -287,7 +287,7 @@ def fitted_latent_gaussian(
     model: ImageFlow, pixels: torch.Tensor, pre: ImagePreprocessor, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (D,) and Cholesky factor (D, D) of the latents of ``pixels`` (the authors' sampling prior);
-    ``model``: a flow or a snapshot from :func:`~lunet.frozen.frozen_or_module`."""
+    ``model``: a flow or its frozen copy from :func:`~lunet.frozen.frozen_or_module`."""
     dtype, device = flow_placement(model)
     gen = torch.Generator().manual_seed(seed)
     zs = []
@@ -324,8 +324,8 @@ def sample_images(
     generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
     """Images (num_samples, D) in [0, 1]: latents from N(0, T² I) or, given ``prior = (mean, chol)``,
-    from the fitted Gaussian with its spread scaled by ``temperature``; ``model``: a flow or a
-    snapshot from :func:`~lunet.frozen.frozen_or_module` (faster for many calls)."""
+    from the fitted Gaussian with its spread scaled by ``temperature``; ``model``: a flow or its
+    frozen copy from :func:`~lunet.frozen.frozen_or_module` (faster for many calls)."""
     check_temperature(temperature)
     check_positive_int(num_samples, "num_samples")
     dtype, device = flow_placement(model)
@@ -366,7 +366,7 @@ def sample_grid(
     if len(models) > 1 and num is not None:
         raise SettingError("{num} is for unconditional and single-class runs; a per-class run draws {per_row} images "
                            "per class")
-    flows = [cast(ImageFlow, frozen_or_module(m)) for m in models]  # a snapshot keeps the flow's passes
+    flows = [cast(ImageFlow, frozen_or_module(m)) for m in models]  # a frozen flow keeps the flow's passes
     pre = ImagePreprocessor(settings.lam)
     priors: list = [None] * len(flows)
     if prior == "fitted":

@@ -92,7 +92,7 @@ class LUNetPeer(PeerModel):
         return self.net.sample(n)
 
     def inference(self) -> Any:
-        # the snapshot is lunet's documented path for density and sampling from fixed weights
+        # the frozen flow is lunet's documented path for density and sampling from fixed weights
         return self.net.frozen()
 
     def num_parameters(self) -> dict[str, int]:
