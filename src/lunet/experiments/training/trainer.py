@@ -146,7 +146,8 @@ class Trainer(Generic[FlowT]):
         extra: what the kind of run keeps in the checkpoint beside the weights.
 
     The parts are public: :attr:`optimizer`, :attr:`steps` (the step runner), :attr:`schedule`,
-    :attr:`state` (epoch, best weights, ...) and :attr:`log`.
+    :attr:`state` (epoch, best weights, ...), :attr:`log` and :attr:`average` (the weights' moving
+    average with ``config.ema``, else None).
     """
 
     def __init__(
