@@ -126,3 +126,23 @@ def test_kept_row_buffers_never_reach_a_passes_output():
     with torch.no_grad():
         torch.testing.assert_close(z, flow(x, first_labels)[0], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(x_back, x, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("activation", ["leaky_softplus", "spline"])
+def test_labels_out_of_range_are_refused_before_any_table_is_read_even_without_value_checks(activation):
+    from lunet.checks import set_value_checks
+
+    frozen = _flow(6, 3, torch.float32, num_classes=4, activation=activation).frozen()
+    x = torch.randn(5, 6)
+    for bad in (torch.tensor([0, 1, 2, 3, 4]), torch.tensor([0, -1, 2, 3, 1])):
+        with pytest.raises(ValueError, match=r"context labels must lie in \[0, 4\)"):
+            frozen.log_prob(x, bad)
+        with set_value_checks(False):  # the reads by index refuse it, before the compiled loops run
+            with pytest.raises((RuntimeError, IndexError), match="out of"):
+                frozen.log_prob(x, bad)
+            with pytest.raises((RuntimeError, IndexError), match="out of"):
+                frozen.sample(2, bad)
+    # labels of any integer dtype, in any layout (one label broadcast over the rows: stride 0)
+    want = frozen.log_prob(x, torch.tensor([0, 1, 2, 3, 2]))
+    torch.testing.assert_close(frozen.log_prob(x, torch.tensor([0, 1, 2, 3, 2], dtype=torch.int32)), want)
+    torch.testing.assert_close(frozen.log_prob(x, torch.tensor(2)), frozen.log_prob(x, torch.full((5,), 2)))

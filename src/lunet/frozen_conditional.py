@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from typing import TYPE_CHECKING, Iterable, NamedTuple, Optional, Sequence, cast, overload
+from typing import TYPE_CHECKING, Iterable, NamedTuple, Optional, Sequence, Union, cast, overload
 
 import torch
 from torch import nn
@@ -21,8 +21,9 @@ from lunet.conditional_density import (
     spline_rows,
 )
 from lunet.context import label_rows
+from lunet.fast import native
 from lunet.fast.activation import negated_forward, scaled_forward
-from lunet.fast.spline import grouped_passes
+from lunet.fast.spline import grouped_passes, labelled_passes
 from lunet.fast.spline_tables import BinTables
 from lunet.frozen import FrozenLUNet, under_vmap
 from lunet.functional import leaky_softplus, leaky_softplus_inverse, leaky_softplus_log_derivative, solve_scaled
@@ -32,21 +33,33 @@ if TYPE_CHECKING:
     from lunet.conditional import ConditionalLUNet
     from lunet.layers import LULinear
 
-__all__ = ["scale_rows", "GATHERED_SHAPES", "gathered", "LabelAffine", "FoldedPasses", "FrozenConditionalLUNet"]
+__all__ = ["scale_rows", "RowLabels", "Rows", "GATHERED_SHAPES", "gathered", "LabelAffine", "per_class_tables",
+           "FoldedPasses", "FrozenConditionalLUNet"]
 
 
-def scale_rows(h: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, groups: Optional[RowGroups],
+def scale_rows(h: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, groups: Optional[Rows],
                inverse: bool = False) -> torch.Tensor:
     """``h * scale + shift``, in place, or (``inverse``) ``(h - shift) * scale``, a new tensor: rows
     ``h`` (B, D) and ``scale``, ``shift`` (B or 1, D), or with ``groups`` one per group (G, D), each
     applied to its group's consecutive rows (where per-row copies of them would cost more than the
-    work)."""
-    if groups is None or scale.shape[0] in (1, h.shape[0]):
+    work); with :class:`RowLabels` the scales and shifts are the rows' own."""
+    if not isinstance(groups, RowGroups) or scale.shape[0] in (1, h.shape[0]):
         return (h - shift) * scale if inverse else h.mul_(scale).add_(shift)
     h = h.clone() if inverse else h
     for part, s, t in zip(h.split(groups.counts), scale, shift):
         part.sub_(t).mul_(s) if inverse else part.mul_(s).add_(t)
     return h
+
+
+class RowLabels(NamedTuple):
+    """Rows in the batch's order, each with its class label (B,) int64 (checked in range): the compiled
+    spline loops read each row's tables by it."""
+
+    labels: torch.Tensor
+
+
+# how the passes' rows come: grouped by label, or each with its label
+Rows = Union[RowGroups, RowLabels]
 
 
 # Each thread's buffers for the rows' scales and shifts, kept between calls (a few shapes): a fresh
@@ -95,6 +108,24 @@ class LabelAffine(NamedTuple):
         """A table's rows of ``labels`` (G,), class-major (G, num_blocks, D), contiguous: the rows' reads
         from it (``index_select``) take a slow path over a transposed view."""
         return table.index_select(1, labels).transpose(0, 1).contiguous()
+
+
+def per_class_tables(
+    flow: ConditionalLUNet,
+) -> tuple[Optional[Params], Optional[LabelAffine], Optional[list[BinTables]]]:
+    """A flow of class labels' parameters of every class (its :data:`Params` (num_classes, ...)), the same
+    as :class:`LabelAffine`, and with splines each block's per-bin tables of every class, stacked (row
+    ``r`` of label ``c`` reads part ``c``); None for each a flow does not have. A label's parameters
+    are the same at every call: a frozen flow forms them once."""
+    if flow.label_embedding is None:
+        return None, None, None
+    params = cast(Params, tuple(None if p is None else p.contiguous() for p in flow._class_params()))
+    knots = params[2]
+    tables = None
+    if knots is not None and flow.spline is not None:
+        tables = [BinTables.stacked(knots[:, i, 0], knots[:, i, 1], knots[:, i, 2], flow.spline[1])
+                  for i in range(knots.shape[1])]
+    return params, LabelAffine.of(params[0], params[1]), tables
 
 
 class FoldedPasses:
@@ -198,23 +229,7 @@ class FrozenConditionalLUNet(ConditionalDensity):
                 for i, block in enumerate(blocks):
                     flow_parts += [block] if i == 0 else [self._flow.activation, block]
                 self._folded = FoldedPasses(FrozenLUNet(flow_parts))
-            # a label's parameters are the same at every call: formed once per class
-            self._label_params: Optional[Params] = None
-            if self._flow.label_embedding is not None:
-                self._label_params = cast(Params, tuple(None if p is None else p.contiguous()
-                                                        for p in self._flow._class_params()))
-            # each class's scales and shifts as the passes read them
-            self._label_affine: Optional[LabelAffine] = None
-            if self._label_params is not None:
-                self._label_affine = LabelAffine.of(self._label_params[0], self._label_params[1])
-            # with splines, each block's per-bin tables of every label, stacked once (a group of rows
-            # of one label reads its label's part)
-            self._label_tables: Optional[list[BinTables]] = None
-            knots = None if self._label_params is None else self._label_params[2]
-            if knots is not None and self._flow.spline is not None:
-                bound = self._flow.spline[1]
-                self._label_tables = [BinTables.stacked(knots[:, i, 0], knots[:, i, 1], knots[:, i, 2], bound)
-                                      for i in range(knots.shape[1])]
+            self._label_params, self._label_affine, self._label_tables = per_class_tables(self._flow)
         self.alpha = self._flow.activation._fixed_alpha
         self.spline = self._flow.spline
         self.features = self._flow.features
@@ -258,16 +273,17 @@ class FrozenConditionalLUNet(ConditionalDensity):
 
     def _scaled_forward_rows(
         self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, log_scale_sum: torch.Tensor,
-        knots: Optional[torch.Tensor] = None, groups: Optional[RowGroups] = None,
+        knots: Optional[torch.Tensor] = None, groups: Optional[Rows] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`plain_forward_rows` from the scales ``exp(log_scale)`` and the sums of log-scales (B or 1,)."""
+        """:meth:`plain_forward_rows` from the scales ``exp(log_scale)`` and the sums of log-scales (B or 1,);
+        ``groups`` may be :class:`RowLabels` (per-row scales and shifts, no knots) for a flow of labels."""
         h = (x - self.mean) / self.std
         logdet = self.log_abs_det + log_scale_sum
         last = len(self.weights) - 1
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             h = scale_rows(torch.addmm(bias, h, weight), scale[:, i], shift[:, i], groups)
-            if i < last and knots is not None:
-                h, ld = self._spline_rows(h, knots[:, i], i, groups)
+            if i < last and (knots is not None or isinstance(groups, RowLabels)):
+                h, ld = self._spline_rows(h, None if knots is None else knots[:, i], i, groups)
                 logdet = logdet + ld
             elif i < last:
                 logdet = logdet + leaky_softplus_log_derivative(h, self.alpha).sum(dim=-1)
@@ -289,18 +305,27 @@ class FrozenConditionalLUNet(ConditionalDensity):
                     inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The forward (or inverse) pass of ``x`` (..., D) given class ``labels`` (...) checked, each
         row's scales and shifts read from its class's tables (:class:`LabelAffine`) rather than
-        exponentiated per row; with splines, the rows grouped by label."""
+        exponentiated per row; with splines, each row's tables read by its label in the compiled loops,
+        else the rows grouped by label."""
         affine = self._label_affine
         assert affine is not None  # taken by flows of class labels alone
         check_features(x, self.features, name, like=self.std)
         scales = affine.inv_scale if inverse else affine.scale
-        if self._folded is not None:
+        stacked = self._label_tables
+        if self._folded is not None or (stacked is not None and native.usable(x, stacked[0].x0) is not None):
             rows, flat, batch = labelled_rows(x, labels, name)
-            # the folded forward adds the shift to the negated pre-activation: it reads the negated shifts
-            shifts = affine.shift if inverse else affine.neg_shift
-            scale, shift, sums = gathered(scales, flat, 0), gathered(shifts, flat, 1), affine.log_scale_sum[flat]
-            passes = self._folded.inverse if inverse else self._folded.forward
-            out, logdet = passes(rows, scale.unbind(0), shift.unbind(0), sums)
+            flat = flat.to(torch.int64).contiguous()  # the compiled loops read one label after another
+            sums = affine.log_scale_sum.index_select(0, flat)  # refuses a label out of range, before any loop
+            if self._folded is not None:
+                # the folded forward adds the shift to the negated pre-activation: it reads the negated shifts
+                shifts = affine.shift if inverse else affine.neg_shift
+                passes = self._folded.inverse if inverse else self._folded.forward
+                out, logdet = passes(rows, gathered(scales, flat, 0).unbind(0), gathered(shifts, flat, 1).unbind(0),
+                                     sums)
+            else:  # splines by the compiled loops, which read each row's tables by its label: no sort into groups
+                scaled = self._scaled_inverse_rows if inverse else self._scaled_forward_rows
+                out, logdet = scaled(rows, gathered(scales, flat, 0).transpose(0, 1),
+                                     gathered(affine.shift, flat, 1).transpose(0, 1), sums, None, RowLabels(flat))
             return out.view(*batch, self.features), logdet.view(batch)
         knots = cast(Params, self._label_params)[2]  # None for one block, which has no activation
         plan = group_rows(x, labels, lambda present: (affine.by_class(scales, present),
@@ -328,15 +353,15 @@ class FrozenConditionalLUNet(ConditionalDensity):
 
     def _scaled_inverse_rows(
         self, z: torch.Tensor, inv_scale: torch.Tensor, shift: torch.Tensor, log_scale_sum: torch.Tensor,
-        knots: Optional[torch.Tensor] = None, groups: Optional[RowGroups] = None,
+        knots: Optional[torch.Tensor] = None, groups: Optional[Rows] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`plain_inverse_rows` from the inverse scales ``exp(-log_scale)`` and the sums of
         log-scales (B or 1,)."""
         h, logdet = z, -(self.log_abs_det + log_scale_sum)
         last = len(self.weights) - 1
         for i in range(last, -1, -1):
-            if i < last and knots is not None:
-                h, ld = self._spline_rows(h, knots[:, i], i, groups, inverse=True)
+            if i < last and (knots is not None or isinstance(groups, RowLabels)):
+                h, ld = self._spline_rows(h, None if knots is None else knots[:, i], i, groups, inverse=True)
                 logdet = logdet + ld
             elif i < last:
                 h = leaky_softplus_inverse(h, self.alpha)
@@ -344,12 +369,17 @@ class FrozenConditionalLUNet(ConditionalDensity):
             h = (scale_rows(h, inv_scale[:, i], shift[:, i], groups, inverse=True) - self.biases[i]) @ self.inverses[i]
         return torch.addcmul(self.mean, h, self.std), logdet.expand(z.shape[0])
 
-    def _spline_rows(self, h: torch.Tensor, knots: torch.Tensor, block: int, groups: Optional[RowGroups],
+    def _spline_rows(self, h: torch.Tensor, knots: Optional[torch.Tensor], block: int, groups: Optional[Rows],
                      inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The spline activation after ``block``, of knot tables ``knots`` ((B, 1 or G), 3, D, bins + 1)
         (:func:`~lunet.conditional_density.spline_rows`), with each label's tables made once where
-        the rows come grouped by label."""
+        the rows come grouped by label; with :class:`RowLabels`, each row through its label's tables by
+        the compiled loops."""
         stacked = self._label_tables
+        if isinstance(groups, RowLabels):
+            assert stacked is not None  # rows come with their labels only to flows of labels and splines
+            return labelled_passes(h, stacked[block], groups.labels, inverse)
+        assert knots is not None  # the tables of a flow of splines
         if groups is None or stacked is None or under_vmap():
             return spline_rows(h, knots, self.spline, inverse, groups)
         return grouped_passes(h, stacked[block], groups.counts, groups.labels, inverse)

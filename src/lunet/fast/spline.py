@@ -38,7 +38,7 @@ from lunet.fast.spline_tables import (
 )
 
 __all__ = ["BLOCK_BYTES", "run_blocks", "SCRATCH_SHAPES", "spline_forward_fast", "spline_inverse_fast",
-           "spline_sample_fast", "grouped_passes"]
+           "spline_sample_fast", "grouped_passes", "labelled_passes"]
 
 # -- the no-autograd passes ------------------------------------------------------------------
 # Rows per block of the no-autograd passes: about this many bytes per (rows, n) buffer, so that a
@@ -328,17 +328,25 @@ def grouped_passes(
     only): as for :func:`spline_forward_fast`, with flat bins into the stack. The compiled loops
     take every group in one call; the torch passes go group by group."""
     n = h.shape[1]
-    first = stacked.group(0, n)
-    ready = (native.usable(h, stacked.x0) is not None) if inverse else _native_forward_ready(h, first, keep)
-    if ready:
-        index = group_of_rows(counts, h.device, splines)
-        if inverse:
-            x, logdet = _native_inverse(h, first, splines=index)
-            assert logdet is not None  # asked for
-            return x, logdet
-        return _native_forward(h, first, keep, splines=index)
+    if (native.usable(h, stacked.x0) is not None) if inverse else _native_forward_ready(h, stacked.group(0, n), keep):
+        return labelled_passes(h, stacked, group_of_rows(counts, h.device, splines), inverse, keep)
     if inverse:
         return each_group(h, counts, lambda g, part: spline_inverse_fast(part, stacked.group(splines[g], n)))
     kept = [k.split(counts) for k in keep]  # each group's views of the kept bins and positions
     return each_group(h, counts, lambda g, part: spline_forward_fast(
         part, stacked.group(splines[g], n), keep=tuple(k[g] for k in kept)))
+
+
+def labelled_passes(
+    h: torch.Tensor, stacked: BinTables, labels: torch.Tensor, inverse: bool = False, keep: tuple = (),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``h`` (B, n) in any order, row ``r`` through spline ``labels[r]`` (int64 (B,), each below the
+    number of ``stacked`` splines) of the ``stacked`` tables, by the compiled loops, which the caller
+    has found usable (``native.usable(h, stacked.x0)``): values (B, n) and log-dets (B,). ``keep`` as
+    for :func:`grouped_passes`."""
+    first = stacked.group(0, h.shape[1])
+    if inverse:
+        x, logdet = _native_inverse(h, first, splines=labels)
+        assert logdet is not None  # asked for
+        return x, logdet
+    return _native_forward(h, first, keep, splines=labels)
