@@ -18,10 +18,10 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from lunet.experiments.config.errors import NamesSettings, SettingError
+from lunet.experiments.config.errors import NamesSettings, NothingToResume, SettingError
 from lunet.experiments.config.models import short_repr
 from lunet.experiments.config.training import TrainConfig
-from lunet.experiments.store.checkpoint import check_training_state, tensor_bytes
+from lunet.experiments.store.checkpoint import check_training_state, load_checkpoint, tensor_bytes
 from lunet.experiments.training.average import WeightAverage
 from lunet.experiments.training.cuda_graph import portable_optimizer_state
 from lunet.experiments.training.log import Unit
@@ -152,6 +152,16 @@ class TrainingState:
             "average_model": self.average.state_dict() if self.average is not None else None,
             "average_updates": self.average.updates if self.average is not None else None,
         }
+
+    def load(self, path: Path, after_divergence: bool) -> dict[str, Any]:
+        """The checkpoint at ``path``, read and checked (:meth:`check_resumable`) for this run to resume;
+        :class:`NothingToResume` if there is none."""
+        if not path.is_file():
+            raise NothingToResume("{resume}: there is no checkpoint to resume in {folder} (no {name}); "
+                                  "leave out {resume} to start a new run", folder=path.parent, name=path.name)
+        ckpt = load_checkpoint(path)
+        self.check_resumable(ckpt, path, after_divergence)
+        return ckpt
 
     def check_resumable(self, ckpt: dict[str, Any], path: Path, after_divergence: bool) -> None:
         """Refuse (``ValueError`` naming what differs) to resume ``ckpt``, read from ``path``, under

@@ -18,18 +18,18 @@ import hashlib
 import math
 import time
 from pathlib import Path
-from typing import Any, ContextManager, Generic, Optional
+from typing import Any, Generic, Optional
 
 import torch
 from torch import nn
 
 from lunet.checks import set_value_checks
-from lunet.experiments.config.errors import NothingToResume, RunExists, SettingError
+from lunet.experiments.config.errors import RunExists, SettingError
 from lunet.experiments.config.training import TrainConfig
 from lunet.experiments.data.preprocess import uniform_noise
 from lunet.experiments.files.atomic import stale_temporaries
 from lunet.experiments.files.safe import remove_file
-from lunet.experiments.store.checkpoint import load_checkpoint, mark_diverged, save_checkpoint
+from lunet.experiments.store.checkpoint import mark_diverged, save_checkpoint
 from lunet.experiments.store.folder import RunFolder, as_folder
 from lunet.experiments.training.average import WeightAverage
 from lunet.experiments.training.cuda_graph import WARMUP_STEPS
@@ -208,16 +208,7 @@ class Trainer(Generic[FlowT]):
         state's rules allow (:meth:`~lunet.experiments.training.state.TrainingState.check_resumable`);
         ``after_divergence``: another model of the same run diverged."""
 
-        def checked() -> dict[str, Any]:
-            if not self.checkpoint_path.is_file():
-                raise NothingToResume("{resume}: there is no checkpoint to resume in {folder} (no {name}); "
-                                      "leave out {resume} to start a new run",
-                                      folder=self.folder.path, name=self.checkpoint_path.name)
-            ckpt = load_checkpoint(self.checkpoint_path)
-            self.state.check_resumable(ckpt, self.checkpoint_path, after_divergence)
-            return ckpt
-
-        self.state.restore(self.group.on_main(checked))
+        self.state.restore(self.group.on_main(lambda: self.state.load(self.checkpoint_path, after_divergence)))
         self._resumed = True
         self.log.keep_until(self.state.epoch)
 
@@ -285,12 +276,10 @@ class Trainer(Generic[FlowT]):
             self.log.restart()
 
     def _validation_log_prob(self) -> float:
-        return mean_log_prob(self.model, self.val_data, self.objective.log_prob_fn, 1000, seed=self.config.seed + 1,
-                             group=self.group, dequantize=self.objective.dequantize)
-
-    def _validated_weights(self) -> ContextManager[None]:
-        """The weights validation reads and the best keeps: the average's with ``config.ema``."""
-        return self.average.applied() if self.average is not None else contextlib.nullcontext()
+        """Mean ``log p`` of the validation rows by the weights validated: the average's with ``config.ema``."""
+        with self.average.applied() if self.average is not None else contextlib.nullcontext():
+            return mean_log_prob(self.model, self.val_data, self.objective.log_prob_fn, 1000,
+                                 seed=self.config.seed + 1, group=self.group, dequantize=self.objective.dequantize)
 
     def train_epoch(self) -> float:
         """One pass over the training data; returns its mean loss in nats per dimension.
@@ -351,8 +340,7 @@ class Trainer(Generic[FlowT]):
         last = state.epoch == cfg.epochs or self.budget_spent
         if state.epoch % cfg.eval_every and not last:
             return None
-        with self._validated_weights():
-            val_lp = self._validation_log_prob()
+        val_lp = self._validation_log_prob()
         # with early stopping a validation that falls far below the start ends the run as any other
         # that does not improve, the best weights kept; a non-finite one is a divergence either way
         start_val = None if cfg.patience is not None else state.start_val
