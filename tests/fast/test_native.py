@@ -5,6 +5,7 @@ compiler, a compiler that fails, a damaged cached library, LUNET_NATIVE=0."""
 from __future__ import annotations
 
 import shutil
+import threading
 
 import pytest
 import torch
@@ -188,6 +189,7 @@ def test_rows_split_among_threads_give_the_one_threads_figures(dtype, monkeypatc
         alone, alone_grads = everything()
         torch.set_num_threads(3)
         monkeypatch.setattr(native, "SPLIT_ENTRIES", 1)
+        monkeypatch.setattr(native, "ROW_THREADS", 8)  # above torch's 3: torch's count caps it
         parts = []
         monkeypatch.setattr(native, "split_rows", lambda rows, f, run, split=native.split_rows:
                             parts.append(split(rows, f, run)) or parts[-1])
@@ -199,3 +201,15 @@ def test_rows_split_among_threads_give_the_one_threads_figures(dtype, monkeypatc
         assert torch.equal(a, b)  # row by row: the same arithmetic whatever the thread
     for a, b in zip(alone_grads, split_grads):  # the per-bin sums add in another order
         torch.testing.assert_close(a, b, **EXACT[dtype])
+
+
+def test_by_default_a_call_keeps_its_rows_on_the_calling_thread():
+    threads = torch.get_num_threads()
+    seen = []
+    try:
+        torch.set_num_threads(3)
+        parts = native.split_rows(4000, 784, lambda a, b: seen.append((a, b, threading.get_ident())))
+    finally:
+        torch.set_num_threads(threads)
+    assert native.ROW_THREADS == 1 and parts == 1
+    assert seen == [(0, 4000, threading.get_ident())]

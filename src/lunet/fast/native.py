@@ -8,8 +8,9 @@ Where no compiler is found or the build fails, :func:`kernels` returns None and 
 loops off. ``LUNET_CACHE`` names the cache folder (default ``~/.cache/lunet``, or a folder in the
 system's temporary one where that cannot be written).
 
-A call's rows are split among ``torch.get_num_threads()`` threads (the caller's and a pool's) where
-there are enough of them; ``ctypes`` releases the GIL while the loops run.
+A call's rows may be split among up to :data:`ROW_THREADS` threads (the caller's and a pool's,
+never more than ``torch.get_num_threads()``) where there are enough of them; ``ctypes`` releases
+the GIL while the loops run. By default they are not split (see :data:`ROW_THREADS`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Callable, Iterator, Optional, cast
 import torch
 
 __all__ = ["kernels", "status", "disabled", "usable", "address", "library_path", "split_rows", "SOURCE", "LANES",
-           "SPLIT_ENTRIES"]
+           "SPLIT_ENTRIES", "ROW_THREADS"]
 
 SOURCE = Path(__file__).with_name("spline_kernels.c")
 # the loops' widest vector, eight floats (spline_kernels.c's LANES_float): their tables are padded to a
@@ -207,6 +208,11 @@ def address(t: Optional[torch.Tensor]) -> Optional[int]:
 # Entries (rows x features) per thread from which a call's rows are split among threads: below it,
 # handing rows to another thread costs more than it saves
 SPLIT_ENTRIES = 1 << 15
+# The most threads a call's rows are split among. One: threads of this module's pool contend with
+# torch's own, which keep spinning on the cores for a while after each of torch's parallel
+# regions (its products), so a split pass waits for a core instead of gaining one; measured slower
+# on two cores in training, density and sampling alike (docs/benchmark.md, "Threads").
+ROW_THREADS = 1
 
 _pool: Optional[ThreadPoolExecutor] = None
 _pool_size = 0
@@ -225,9 +231,10 @@ if hasattr(os, "register_at_fork"):
 
 def split_rows(rows: int, features: int, run: Callable[[int, int], None]) -> int:
     """``run(start, stop)`` over ``rows`` rows of ``features`` entries, in parts of consecutive rows
-    on up to ``torch.get_num_threads()`` threads (this one and a pool's); returns the number of
-    parts. Each part's rows are the caller's to write: parts never share an output row."""
-    parts = max(1, min(torch.get_num_threads(), rows, rows * features // SPLIT_ENTRIES))
+    on up to :data:`ROW_THREADS` threads, at most ``torch.get_num_threads()`` (this one and a pool's);
+    returns the number of parts. Each part's rows are the caller's to write: parts never share an
+    output row."""
+    parts = max(1, min(ROW_THREADS, torch.get_num_threads(), rows, rows * features // SPLIT_ENTRIES))
     if parts == 1:
         run(0, rows)
         return 1
