@@ -3,7 +3,7 @@
     python reproduce/collect_results.py
 
 Shape: {"mnist": {"unconditional": {...}, "per_class": {...}, "conditional": {...}, "conditional-spline": {...},
-"best": {...}, "best-bins16-input-1800s": {...}}, "fashion-mnist": {...},
+"best": {...}, "best-bins16-input-1800s": {...}, "best-bins16-input-batch128-1800s": {...}}, "fashion-mnist": {...},
 "gmm2d": {...}, "peers": {...}, "tables": {...}, "sbi": {...}}. The image entries (reproduce/images.sh, and
 `--recipe best`) hold bits_per_dim, paper_bits_per_pixel, epochs, train_seconds (and the class
 agreement and the out-of-distribution detection figures of reproduce/ood.sh where measured);
@@ -20,6 +20,9 @@ import statistics
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# results written where their script writes them rather than as {dataset}-{kind}.json
+FILES = {("fashion-mnist", "best-bins16-input-batch128-1800s"):
+         "fashion-mnist-ablation/bins-16-input-spline-batch-128-1800s.json"}
 KEEP = ("bits_per_dim", "bits_per_dim_std_over_draws", "paper_bits_per_pixel", "num_test_images", "lam",
         "train_seconds", "bayes_classifier_accuracy", "per_class", "num_parameters_free", "num_parameters_stored")
 
@@ -102,12 +105,12 @@ def main() -> None:
     results: dict = {}
     for dataset in ("mnist", "fashion-mnist"):
         for kind in ("unconditional", "per_class", "conditional", "conditional-spline", "best",
-                     "best-bins16-input-1800s"):
-            path = ROOT / "docs" / "results" / f"{dataset}-{kind}.json"
+                     "best-bins16-input-1800s", "best-bins16-input-batch128-1800s"):
+            path = ROOT / "docs" / "results" / FILES.get((dataset, kind), f"{dataset}-{kind}.json")
             if not path.exists():
                 continue
             r = json.loads(path.read_text())
-            entry = {"from": f"docs/results/{path.name}", **{k: r[k] for k in KEEP if k in r}}
+            entry = {"from": str(path.relative_to(ROOT)), **{k: r[k] for k in KEEP if k in r}}
             entry["epochs"] = max(r["epochs"])
             agreement = path.with_name(f"{dataset}-{kind}-agreement.json")
             if agreement.exists():
