@@ -146,3 +146,6 @@ def test_labels_out_of_range_are_refused_before_any_table_is_read_even_without_v
     want = frozen.log_prob(x, torch.tensor([0, 1, 2, 3, 2]))
     torch.testing.assert_close(frozen.log_prob(x, torch.tensor([0, 1, 2, 3, 2], dtype=torch.int32)), want)
     torch.testing.assert_close(frozen.log_prob(x, torch.tensor(2)), frozen.log_prob(x, torch.full((5,), 2)))
+    transposed = x.t().contiguous().t()  # the same values, not contiguous
+    assert not transposed.is_contiguous()
+    torch.testing.assert_close(frozen.log_prob(transposed, torch.tensor([0, 1, 2, 3, 2])), want)

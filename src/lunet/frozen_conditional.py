@@ -312,7 +312,7 @@ class FrozenConditionalLUNet(ConditionalDensity):
         check_features(x, self.features, name, like=self.std)
         scales = affine.inv_scale if inverse else affine.scale
         stacked = self._label_tables
-        if self._folded is not None or (stacked is not None and native.usable(x, stacked[0].x0) is not None):
+        if self._folded is not None or (stacked is not None and native.usable(stacked[0].x0) is not None):
             rows, flat, batch = labelled_rows(x, labels, name)
             flat = flat.to(torch.int64).contiguous()  # the compiled loops read one label after another
             sums = affine.log_scale_sum.index_select(0, flat)  # refuses a label out of range, before any loop
