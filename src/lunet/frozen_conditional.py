@@ -113,10 +113,10 @@ class LabelAffine(NamedTuple):
 def per_class_tables(
     flow: ConditionalLUNet,
 ) -> tuple[Optional[Params], Optional[LabelAffine], Optional[list[BinTables]]]:
-    """A flow of class labels' parameters of every class (its :data:`Params` (num_classes, ...)), the same
-    as :class:`LabelAffine`, and with splines each block's per-bin tables of every class, stacked (row
-    ``r`` of label ``c`` reads part ``c``); None for each a flow does not have. A label's parameters
-    are the same at every call: a frozen flow forms them once."""
+    """For a flow of class labels: every class's :data:`Params` (num_classes, ...), the same as
+    :class:`LabelAffine`, and with splines each block's per-bin tables of every class, stacked (a row
+    of label ``c`` reads part ``c``); None for what the flow does not have. A label's parameters are
+    the same at every call, so a frozen flow forms them once."""
     if flow.label_embedding is None:
         return None, None, None
     params = cast(Params, tuple(None if p is None else p.contiguous() for p in flow._class_params()))

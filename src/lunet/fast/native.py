@@ -209,9 +209,9 @@ def address(t: Optional[torch.Tensor]) -> Optional[int]:
 # handing rows to another thread costs more than it saves
 SPLIT_ENTRIES = 1 << 15
 # The most threads a call's rows are split among. One: threads of this module's pool contend with
-# torch's own, which keep spinning on the cores for a while after each of torch's parallel
-# regions (its products), so a split pass waits for a core instead of gaining one; measured slower
-# on two cores in training, density and sampling alike (docs/benchmark.md, "Threads").
+# torch's own (most likely its OpenMP workers, which keep spinning for a while after each of
+# torch's parallel regions), so a split pass waits for a core instead of gaining one; measured
+# slower on two cores in training, density and sampling alike (docs/benchmark.md, "Threads").
 ROW_THREADS = 1
 
 _pool: Optional[ThreadPoolExecutor] = None
