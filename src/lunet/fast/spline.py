@@ -342,8 +342,8 @@ def labelled_passes(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows ``h`` (B, n) in any order, row ``r`` through spline ``labels[r]`` (int64 (B,), each below the
     number of ``stacked`` splines) of the ``stacked`` tables, by the compiled loops, which the caller
-    has found usable (``native.usable(h, stacked.x0)``): values (B, n) and log-dets (B,). ``keep`` as
-    for :func:`grouped_passes`."""
+    has found usable for the tables (``native.usable(stacked.x0)``) and rows of their dtype on the
+    CPU (contiguous or not): values (B, n) and log-dets (B,). ``keep`` as for :func:`grouped_passes`."""
     first = stacked.group(0, h.shape[1])
     if inverse:
         x, logdet = _native_inverse(h, first, splines=labels)
