@@ -40,6 +40,19 @@ def test_lunet_recipes_by_width():
     assert build("lunet", 24).label == "LU-Net 8×24"
 
 
+def test_lunet_best_adds_bins_and_an_input_spline():
+    for features in (2, 6, 100):
+        spline, best = build("lunet-spline", features), build("lunet-best", features)
+        assert best.net.input_spline is not None and spline.net.input_spline is None
+        assert {a.bins for a in best.net.activations} == {16} and best.net.input_spline.bins == 16
+        assert len(best.net.activations) == len(spline.net.activations)
+        # the LU layers are the same; the splines have twice the bins and one more of them
+        assert best.num_parameters()["free"] > spline.num_parameters()["free"]
+        x = torch.randn(7, features)
+        assert best.log_prob(x).shape == (7,) and torch.isfinite(best.log_prob(x)).all()
+    assert build("lunet-best", 784).label == "LU-Net 4×784, 16-bin splines, input spline"
+
+
 def test_lunet_gaussian_starts_at_the_gaussian_fit():
     g = torch.Generator().manual_seed(0)
     data = torch.randn(400, 6, generator=g) @ torch.randn(6, 6, generator=g)

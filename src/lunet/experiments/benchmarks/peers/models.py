@@ -7,7 +7,7 @@ one more entry::
 
     from lunet.experiments.benchmarks.peers.models import MODELS, ModelEntry, LUNetPeer
 
-    MODELS["lunet-best"] = ModelEntry("lunet-best",
+    MODELS["lunet-deep"] = ModelEntry("lunet-deep",
                                       lambda features, data: LUNetPeer(LUNet(features, 8), "LU-Net 8×784"),
                                       "LU-Net, 8 blocks")
 
@@ -28,10 +28,12 @@ from lunet.experiments.config.presets import GMM2DSettings, paper_lunet_spec, ve
 from lunet.flow import LUNet
 
 __all__ = ["PEERS_EXTRA", "SMALL_DIM", "MissingExtra", "require", "PeerModel", "LUNetPeer", "ZukoPeer", "build_lunet",
-           "build_lunet_gaussian", "build_lunet_spline", "build_maf", "build_realnvp", "build_nsf",
+           "build_lunet_gaussian", "build_lunet_spline", "build_lunet_best", "build_maf", "build_realnvp", "build_nsf",
            "ModelEntry", "MODELS", "available", "build"]
 
 PEERS_EXTRA = "pip install .[peers]"
+# bins per spline of the "lunet-best" model (the MNIST ablation's best, docs/results.md)
+BEST_BINS = 16
 # widths up to this are "vectors" (the 2-D mixture, tabular data): smaller peer networks
 SMALL_DIM = 64
 
@@ -175,6 +177,21 @@ def build_lunet_spline(features: int, data: Optional[torch.Tensor] = None) -> LU
     return LUNetPeer(net, f"LU-Net {spec['num_blocks']}×{features}, splines")
 
 
+def build_lunet_best(features: int, data: Optional[torch.Tensor] = None) -> LUNetPeer:
+    """:func:`build_lunet_spline`'s network with the spline changes that won the MNIST ablation
+    (docs/results.md): 16 bins per spline, and one more spline per feature before the first block."""
+    changes = {"activation": "spline", "bins": BEST_BINS, "input_spline": True}
+    if features == 2:
+        s = GMM2DSettings()
+        net = LUNet(2, s.num_blocks, diag=s.diag, init_scale=s.init_scale, **changes)
+        return LUNetPeer(net, f"LU-Net {s.num_blocks}×2, {BEST_BINS}-bin splines, input spline")
+    spec = (paper_lunet_spec(features=features, **changes) if features > SMALL_DIM
+            else vector_lunet_spec(features, num_blocks=8, **changes))
+    spec.pop("name")
+    net = LUNet(**spec)
+    return LUNetPeer(net, f"LU-Net {spec['num_blocks']}×{features}, {BEST_BINS}-bin splines, input spline")
+
+
 def _zuko_label(kind: str, transforms: int, hidden: list[int], extra: str = "") -> str:
     return f"zuko {kind} {transforms}×[{', '.join(map(str, hidden))}]{extra}"
 
@@ -227,6 +244,8 @@ MODELS: dict[str, ModelEntry] = {
                                  needs_data=True),
     "lunet-spline": ModelEntry("lunet-spline", build_lunet_spline,
                                "LU-Net with a monotone spline per feature in place of each leaky softplus"),
+    "lunet-best": ModelEntry("lunet-best", build_lunet_best,
+                             f"LU-Net with {BEST_BINS}-bin splines and an input spline (the MNIST ablation's best)"),
     "zuko-maf": ModelEntry("zuko-maf", build_maf, "zuko MAF, 5 transforms", requires="zuko"),
     "zuko-realnvp": ModelEntry("zuko-realnvp", build_realnvp, "zuko RealNVP, 10 couplings", requires="zuko"),
     "zuko-nsf": ModelEntry("zuko-nsf", build_nsf, "zuko NSF, 8 bins", requires="zuko"),
