@@ -18,7 +18,7 @@ __all__ = ["OPTION_NAMES", "IMAGE_SUFFIXES", "flag", "number", "bounded", "POSIT
            "refuse_given", "epochs_text", "write_json"]
 
 # Settings whose option is not named after them
-OPTION_NAMES = {"class_label": "--class", "bound": "--spline-bound", "num_blocks": "--blocks"}
+OPTION_NAMES = {"class_label": "--class", "num_samples": "--num", "bound": "--spline-bound", "num_blocks": "--blocks"}
 IMAGE_SUFFIXES = (".png", ".pdf", ".svg")
 
 

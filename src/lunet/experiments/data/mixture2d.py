@@ -26,12 +26,12 @@ class GaussianMixture2D:
     def _centers(self, like: torch.Tensor) -> torch.Tensor:
         return torch.tensor(self.centers, dtype=like.dtype, device=like.device)
 
-    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
-        """``n`` points (n, 2) in float32, reproducible from ``seed``."""
+    def sample(self, num_samples: int, seed: int = 0) -> torch.Tensor:
+        """``num_samples`` points (num_samples, 2) in float32, reproducible from ``seed``."""
         g = torch.Generator().manual_seed(seed)
         centers = torch.tensor(self.centers, dtype=torch.float64)
-        which = torch.randint(len(self.centers), (n,), generator=g)
-        points = centers[which] + self.std * torch.randn(n, 2, generator=g, dtype=torch.float64)
+        which = torch.randint(len(self.centers), (num_samples,), generator=g)
+        points = centers[which] + self.std * torch.randn(num_samples, 2, generator=g, dtype=torch.float64)
         return points.float()
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:

@@ -350,22 +350,22 @@ def sample_images(
 
 
 def sample_grid(
-    run_dir: str | Path | RunFolder, num: Optional[int] = None, per_row: int = 10, temperature: float = 1.0,
+    run_dir: str | Path | RunFolder, num_samples: Optional[int] = None, per_row: int = 10, temperature: float = 1.0,
     prior: str = "standard", seed: int = 0, data_dir: Optional[str] = None, verify: bool = True, device: str = "cpu",
 ) -> tuple[ImageRunSettings, torch.Tensor, Optional[list[str]]]:
     """Samples of an image run for a picture: the settings, the images (N, 28, 28) in [0, 1], and
     for a per-class run the name of each row's class (else None).
 
-    A one-model run draws ``num`` images (default 100); a per-class run ``per_row`` of each
+    A one-model run draws ``num_samples`` images (default 100); a per-class run ``per_row`` of each
     class, one row per class. Latents come from N(0, T² I) (``prior="standard"``, the model's
     own), or from the Gaussian fitted to the latents of the training images (``"fitted"``,
     the authors' sampling). The draws of class ``c`` come from seed ``seed + c``."""
     if prior not in ("standard", "fitted"):
         raise ValueError(f"prior must be 'standard' or 'fitted', got {prior!r}")
     settings, models, _ = load_run_models(run_dir, device=device)
-    if len(models) > 1 and num is not None:
-        raise SettingError("{num} is for unconditional and single-class runs; a per-class run draws {per_row} images "
-                           "per class")
+    if len(models) > 1 and num_samples is not None:
+        raise SettingError("{num_samples} is for unconditional and single-class runs; a per-class run draws "
+                           "{per_row} images per class")
     flows = [cast(ImageFlow, frozen_or_module(m)) for m in models]  # a frozen flow keeps the flow's passes
     pre = ImagePreprocessor(settings.lam)
     priors: list = [None] * len(flows)
@@ -374,7 +374,8 @@ def sample_grid(
     rows, labels = [], []
     for c, model, fitted in zip(settings.classes, flows, priors):
         gen = torch.Generator().manual_seed(seed + (c or 0))
-        rows.append(sample_images(model, pre, per_row if len(models) > 1 else (num or 100), temperature, fitted, gen))
+        count = per_row if len(models) > 1 else (num_samples or 100)
+        rows.append(sample_images(model, pre, count, temperature, fitted, gen))
         labels.append("all" if c is None else CLASS_NAMES[settings.dataset][c])
     return settings, torch.cat(rows).reshape(-1, 28, 28), labels if len(models) > 1 else None
 

@@ -199,21 +199,22 @@ class VectorRun:
                           for chunk in rows.split(batch_size)])
 
     @torch.no_grad()
-    def sample(self, num: int, temperature: float = 1.0, seed: int = 0,
+    def sample(self, num_samples: int, temperature: float = 1.0, seed: int = 0,
                context: Optional[Vectors] = None, context_name: str = "context") -> torch.Tensor:
-        """``num`` draws (num, width) float64 on the CPU, latents from N(0, T² I) drawn from ``seed``, as
-        rows of the data; rows × width at most ``MAX_SAMPLE_VALUES``. A draw that overflows inside the flow
-        is refused, naming a temperature at which the same draws stay finite.
+        """``num_samples`` draws (num_samples, width) float64 on the CPU, latents from N(0, T² I) drawn from
+        ``seed``, as rows of the data; rows × width at most ``MAX_SAMPLE_VALUES``. A draw that overflows inside
+        the flow is refused, naming a temperature at which the same draws stay finite.
 
-        A run of ``p(x | c)`` takes contexts (M, context width) and draws ``num`` rows under each:
-        (M · num, width), the ``num`` draws of context row ``i`` at rows ``i · num`` to ``(i + 1) · num - 1``."""
+        A run of ``p(x | c)`` takes contexts (M, context width) and draws ``num_samples`` rows under
+        each: (M · num_samples, width), the draws of context row ``i`` at rows ``i · num_samples`` to
+        ``(i + 1) · num_samples - 1``."""
         check_temperature(temperature)
         features, model = self.settings.features, self.model
         given = self.context_rows(context, None, context_name)
-        check_sample_count(num, features, 1 if given is None else given[0].shape[0])
+        check_sample_count(num_samples, features, 1 if given is None else given[0].shape[0])
         if given is not None:
-            given = (given[0].repeat_interleave(num, dim=0), given[1])
-        total = num if given is None else given[0].shape[0]
+            given = (given[0].repeat_interleave(num_samples, dim=0), given[1])
+        total = num_samples if given is None else given[0].shape[0]
         dtype = flow_placement(model)[0]
         gen = torch.Generator().manual_seed(seed)
         draws = torch.randn(total, features, generator=gen, dtype=torch.float64)
@@ -233,9 +234,9 @@ class VectorRun:
             where = (f"on the same draws it stays finite at {{temperature}} {finite:.3g}" if finite is not None
                      else "it is not finite on them at any temperature")
             raise SettingError("samples at {temperature} {given:g} overflow {dtype} inside the flow ({bad:,} of "
-                               "{num:,} rows hold NaN or infinite values); " + where + ": give a lower {temperature}",
+                               "{rows:,} rows hold NaN or infinite values); " + where + ": give a lower {temperature}",
                                given=temperature, dtype=str(dtype).removeprefix("torch."), bad=int(overflowed.sum()),
-                               num=total)
+                               rows=total)
         return self.columns.to_data(samples)
 
     def sample_report(self, samples: torch.Tensor) -> Optional[dict[str, Any]]:
@@ -323,28 +324,28 @@ def evaluate_vectors(run_dir: str | Path | RunFolder, data: Vectors, device: str
     return result
 
 
-def sample_vectors(run_dir: str | Path | RunFolder, num: int, temperature: float = 1.0, seed: int = 0,
+def sample_vectors(run_dir: str | Path | RunFolder, num_samples: int, temperature: float = 1.0, seed: int = 0,
                    device: str = "cpu", context: Optional[Vectors] = None,
                    context_name: str = "context") -> torch.Tensor:
-    """``num`` draws (num, D) from a run's best model (:meth:`VectorRun.sample`): latents from
+    """``num_samples`` draws (num_samples, D) from a run's best model (:meth:`VectorRun.sample`): latents from
     N(0, T² I), float64 on the CPU, as rows of the data (integer columns whole numbers, dropped
     columns their value); rows × width at most ``MAX_SAMPLE_VALUES`` (another ``seed`` draws more).
-    A run of ``p(x | c)`` draws ``num`` rows under each row of ``context`` (M, context width):
-    (M · num, D), context by context."""
+    A run of ``p(x | c)`` draws ``num_samples`` rows under each row of ``context`` (M, context
+    width): (M · num_samples, D), context by context."""
     check_temperature(temperature)
     run = as_folder(run_dir)
     contexts = context.shape[0] if isinstance(context, (torch.Tensor, np.ndarray)) else 1
-    check_sample_count(num, read_run_file(run).features, contexts)  # before the checkpoint is read
-    return load_vector_run(run, device).sample(num, temperature, seed, context, context_name)
+    check_sample_count(num_samples, read_run_file(run).features, contexts)  # before the checkpoint is read
+    return load_vector_run(run, device).sample(num_samples, temperature, seed, context, context_name)
 
 
-def check_sample_count(num: int, features: int, contexts: int = 1) -> None:
-    """``SettingError`` when ``num`` samples of width ``features`` (under each of ``contexts`` context
+def check_sample_count(num_samples: int, features: int, contexts: int = 1) -> None:
+    """``SettingError`` when ``num_samples`` samples of width ``features`` (under each of ``contexts`` context
     rows) exceed what one call draws."""
-    total = num * contexts * features
+    total = num_samples * contexts * features
     if total > MAX_SAMPLE_VALUES:
         under = "" if contexts == 1 else f" under each of {contexts:,} contexts,"
-        raise SettingError("{num} {given:,} samples" + under + " of width {features}" + ("," if under else "")
-                           + " are {total:,} numbers, more than the {cap:,} one call draws; give {num} at most "
-                           "{most:,} (and another {seed} for more)", given=num, features=features, total=total,
+        raise SettingError("{num_samples} {given:,} samples" + under + " of width {features}" + ("," if under else "")
+                           + " are {total:,} numbers, more than the {cap:,} one call draws; give {num_samples} at most "
+                           "{most:,} (and another {seed} for more)", given=num_samples, features=features, total=total,
                            cap=MAX_SAMPLE_VALUES, most=MAX_SAMPLE_VALUES // (features * contexts))

@@ -38,10 +38,10 @@ class Task:
         b = torch.full((self.theta_dim,), self.bound)
         return torch.distributions.Independent(torch.distributions.Uniform(-b, b), 1)
 
-    def sample_prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """``n`` parameter draws (n, theta_dim)."""
+    def sample_prior(self, num_samples: int, generator: torch.Generator) -> torch.Tensor:
+        """``num_samples`` parameter draws (num_samples, theta_dim)."""
         u = torch.randn if self.bound is None else torch.rand
-        draw = u(n, self.theta_dim, generator=generator)
+        draw = u(num_samples, self.theta_dim, generator=generator)
         return draw * math.sqrt(0.1) if self.bound is None else (2 * draw - 1) * self.bound
 
     def in_support(self, theta: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,9 @@
 """The models of the peers benchmark (``lunet.experiments.benchmarks.peers``): LU-Net and zuko's flows.
 
 Each entry of :data:`MODELS` builds, for vectors of width ``features``, a :class:`PeerModel`: an
-``nn.Module`` with ``log_prob(h)`` (B, features) -> (B,) nats and ``sample(n)`` -> (n, features), both
-in the benchmark's model space (the standardised data, see ``peers.py``). Another recipe is
-one more entry::
+``nn.Module`` with ``log_prob(h)`` (B, features) -> (B,) nats and ``sample(num_samples)`` ->
+(num_samples, features), both in the benchmark's model space (the standardised data, see ``peers.py``).
+Another recipe is one more entry::
 
     from lunet.experiments.benchmarks.peers.models import MODELS, ModelEntry, LUNetPeer
 
@@ -52,7 +52,7 @@ def require(module: str, what: str) -> Any:
 
 
 class PeerModel(nn.Module):
-    """A density model of the benchmark: ``log_prob`` (B, D) -> (B,) nats, ``sample(n)`` -> (n, D).
+    """A density model of the benchmark: ``log_prob`` (B, D) -> (B,) nats, ``sample(num_samples)`` -> (num_samples, D).
 
     ``label`` names the architecture (the tables add the parameter count);
     ``sampling_passes`` is how many network evaluations of a density pass one
@@ -65,11 +65,11 @@ class PeerModel(nn.Module):
     def log_prob(self, h: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def sample(self, n: int) -> torch.Tensor:
+    def sample(self, num_samples: int) -> torch.Tensor:
         raise NotImplementedError
 
     def inference(self) -> Any:
-        """What density and sampling are timed on: an object with ``log_prob`` and ``sample(n)``."""
+        """What density and sampling are timed on: an object with ``log_prob`` and ``sample(num_samples)``."""
         return self
 
     def num_parameters(self) -> dict[str, int]:
@@ -90,8 +90,8 @@ class LUNetPeer(PeerModel):
     def log_prob(self, h: torch.Tensor) -> torch.Tensor:
         return self.net.log_prob(h)
 
-    def sample(self, n: int) -> torch.Tensor:
-        return self.net.sample(n)
+    def sample(self, num_samples: int) -> torch.Tensor:
+        return self.net.sample(num_samples)
 
     def inference(self) -> Any:
         # the frozen flow is lunet's documented path for density and sampling from fixed weights
@@ -117,9 +117,9 @@ class ZukoPeer(PeerModel):
     def log_prob(self, h: torch.Tensor) -> torch.Tensor:
         return self.flow().log_prob(h)
 
-    def sample(self, n: int) -> torch.Tensor:
+    def sample(self, num_samples: int) -> torch.Tensor:
         with torch.no_grad():
-            return self.flow().sample((n,))
+            return self.flow().sample((num_samples,))
 
     def num_parameters(self) -> dict[str, int]:
         stored = sum(p.numel() for p in self.parameters() if p.requires_grad)
