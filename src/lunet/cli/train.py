@@ -172,8 +172,8 @@ def _train_gmm2d(args: argparse.Namespace) -> int:
 
     settings = dataclasses.replace(GMM2DSettings(), **model_overrides(args),
                                    **({"starts": args.starts} if args.starts is not None else {}))
-    summary = gmm2d.run(args.run, settings, train_config(args), resume=args.resume, progress=not args.no_progress,
-                        overwrite=args.overwrite)
+    summary = gmm2d.train_gmm2d_run(args.run, settings, train_config(args), resume=args.resume,
+                                    overwrite=args.overwrite, progress=not args.no_progress)
     print(
         f"gmm2d: test NLL {summary['test_nll_nats']:.4f} nats, mixture entropy "
         f"{summary['entropy_nats']:.4f} nats, KL {summary['kl_nats']:.4f} nats "

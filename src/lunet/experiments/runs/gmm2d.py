@@ -28,7 +28,8 @@ from lunet.experiments.training.step import Objective
 from lunet.experiments.training.trainer import Trainer, mean_log_prob, resolve_device
 from lunet.flow import LUNet
 
-__all__ = ["NUM_TRAIN", "NUM_VAL", "NUM_TEST", "NLL_NATS", "MEAN_NLL_NATS", "make_splits", "run", "train_starts"]
+__all__ = ["NUM_TRAIN", "NUM_VAL", "NUM_TEST", "NLL_NATS", "MEAN_NLL_NATS", "make_splits", "train_gmm2d_run",
+           "train_starts"]
 
 NUM_TRAIN = 9000  # as in the paper
 NUM_VAL = 3000
@@ -53,9 +54,9 @@ def make_splits(seed: int) -> dict[str, torch.Tensor]:
     }
 
 
-def run(
-    run_dir: str | Path | RunFolder, settings: GMM2DSettings, config: TrainConfig, resume: bool = False,
-    progress: bool = True, overwrite: bool = False,
+def train_gmm2d_run(
+    run_dir: str | Path | RunFolder, settings: GMM2DSettings, config: TrainConfig, *, resume: bool = False,
+    overwrite: bool = False, progress: bool = True,
 ) -> dict[str, Any]:
     """Train, evaluate and draw; writes checkpoint, pictures and ``summary.json`` in ``run_dir``.
 

@@ -151,12 +151,13 @@ def train_image_run(
     run_dir: str | Path | RunFolder,
     settings: ImageRunSettings,
     config: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
     data_dir: Optional[str] = None,
     verify: bool = True,
-    resume: bool = False,
-    progress: bool = True,
     limit: Optional[int] = None,
-    overwrite: bool = False,
     group: Optional[Group] = None,
 ) -> dict[str, Any]:
     """Train every model of the run; returns ``{"epochs", "train_seconds", "val_bits_per_dim"}`` per model.
