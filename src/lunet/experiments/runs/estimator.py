@@ -63,12 +63,12 @@ class DensityEstimator:
         config = self.config if self.config is None or not isinstance(self.config, Mapping) else dict(self.config)
         spec = dict(self.model_spec) if self.model_spec is not None else None
 
-        def train(folder: str | Path) -> None:
-            _, self.summary_ = train_vectors(X, folder, config, model_spec=spec, val_fraction=self.val_fraction,
+        def train(run_dir: str | Path) -> None:
+            _, self.summary_ = train_vectors(X, run_dir, config, model_spec=spec, val_fraction=self.val_fraction,
                                              progress=self.progress, drop_constant=self.drop_constant,
                                              dequantize=self.dequantize, context=context,
                                              context_kind=self.context_kind)
-            self._run = load_vector_run(folder)
+            self._run = load_vector_run(run_dir)
 
         if self.run_dir is not None:
             train(self.run_dir)

@@ -101,9 +101,9 @@ def _metrics_row(line: bytes) -> tuple[Optional[dict[str, Any]], Optional[str]]:
     return row, None
 
 
-def as_folder(folder: "str | os.PathLike | RunFolder") -> "RunFolder":
-    """``folder`` as a :class:`RunFolder` (itself if it is one already)."""
-    return folder if isinstance(folder, RunFolder) else RunFolder(folder)
+def as_folder(run_dir: "str | os.PathLike | RunFolder") -> "RunFolder":
+    """``run_dir`` as a :class:`RunFolder` (itself if it is one already)."""
+    return run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
 
 
 class RunFolder:

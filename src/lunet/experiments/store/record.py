@@ -162,12 +162,12 @@ class RunRecord:
         return {"dataset": GMM2D}
 
 
-def run_kind(folder: RunFolder) -> Optional[str]:
-    """The kind of the run in ``folder``, None if it holds none; :class:`UnsafeFile` if ``run.json``
-    is a FIFO, a device or a folder. A ``run.json`` that holds an entry of :data:`VECTOR_KEYS`
+def run_kind(run: RunFolder) -> Optional[str]:
+    """The kind of the run in the folder ``run``, None if it holds none; :class:`UnsafeFile` if
+    ``run.json`` is a FIFO, a device or a folder. A ``run.json`` that holds an entry of :data:`VECTOR_KEYS`
     is a run on own data, damaged or not (so that reading it names the damage)."""
     try:
-        record = json.loads(read_text(folder.run_file))
+        record = json.loads(read_text(run.run_file))
     except UnsafeFile:  # refused by its name here rather than taken for some other kind of run
         raise
     except OSError:
@@ -176,34 +176,34 @@ def run_kind(folder: RunFolder) -> Optional[str]:
         return IMAGES
     if isinstance(record, dict) and any(key in record for key in VECTOR_KEYS):
         return VECTORS
-    if folder.run_file.exists():
+    if run.run_file.exists():
         return IMAGES
-    return GMM2D if folder.checkpoint.is_file() else None
+    return GMM2D if run.checkpoint.is_file() else None
 
 
-def read_run(folder: RunFolder, kinds: Sequence[str] = KINDS) -> RunRecord:
-    """The record of the run in ``folder``, which must be of one of ``kinds``; ``ValueError`` (or
+def read_run(run: RunFolder, kinds: Sequence[str] = KINDS) -> RunRecord:
+    """The record of the run in the folder ``run``, which must be of one of ``kinds``; ``ValueError`` (or
     ``FileNotFoundError``) saying what the folder holds instead, or what is wrong with ``run.json``."""
-    kind = run_kind(folder)
+    kind = run_kind(run)
     if kind is None and GMM2D in kinds:
-        raise FileNotFoundError(f"{folder.path} holds no run made by `lunet train` (neither {folder.run_file.name} "
-                                f"nor {folder.checkpoint.name})")
+        raise FileNotFoundError(f"{run.path} holds no run made by `lunet train` (neither {run.run_file.name} "
+                                f"nor {run.checkpoint.name})")
     if kind == GMM2D and kind in kinds:
         return RunRecord(GMM2D)
     # the reader of the kind asked for says what the folder holds instead
     if IMAGES in kinds and (kind == IMAGES or kind not in kinds):
-        return _read_images(folder)
-    return _read_vectors(folder)
+        return _read_images(run)
+    return _read_vectors(run)
 
 
-def write_run(folder: RunFolder, record: RunRecord) -> None:
+def write_run(run: RunFolder, record: RunRecord) -> None:
     """``run.json`` of ``record``. An image run's may not replace the description of another run
     that holds checkpoints; where its data lie may change, what they are may not."""
-    folder.path.mkdir(parents=True, exist_ok=True)
-    path = folder.run_file
+    run.path.mkdir(parents=True, exist_ok=True)
+    path = run.run_file
     entries = record.entries()
     if record.kind == IMAGES:
-        if path.exists() and folder.checkpoints():  # without a checkpoint there is no run to protect
+        if path.exists() and run.checkpoints():  # without a checkpoint there is no run to protect
             existing = json.loads(read_text(path))
             existing.pop("data_dir", None)
             if isinstance(existing, dict):  # an entry left out reads as its default, as _read_images reads it
@@ -220,12 +220,12 @@ def write_run(folder: RunFolder, record: RunRecord) -> None:
     write_text_atomic(path, json.dumps(entries, indent=2) + "\n")
 
 
-def recorded_data(folder: RunFolder, kind: str, key: Optional[str] = None) -> Optional[str]:
-    """Where the run of ``kind`` in ``folder`` found its data, if recorded (None for a run of another
+def recorded_data(run: RunFolder, kind: str, key: Optional[str] = None) -> Optional[str]:
+    """Where the run of ``kind`` in the folder ``run`` found its data, if recorded (None for a run of another
     kind, or a damaged record); ``key`` another entry naming a file (``"context_file"``);
     :class:`UnsafeFile` when ``run.json`` is no regular file."""
     try:
-        entries = json.loads(read_text(folder.run_file))
+        entries = json.loads(read_text(run.run_file))
     except UnsafeFile:
         raise
     except (OSError, ValueError):
@@ -236,12 +236,12 @@ def recorded_data(folder: RunFolder, kind: str, key: Optional[str] = None) -> Op
     return found if isinstance(found, str) else None
 
 
-def _read_images(folder: RunFolder) -> RunRecord:
-    run_dir, path = folder.path, folder.run_file
+def _read_images(run: RunFolder) -> RunRecord:
+    run_dir, path = run.path, run.run_file
     if not path.exists():
-        if folder.checkpoint.is_file() and folder.summary.is_file():
+        if run.checkpoint.is_file() and run.summary.is_file():
             raise ValueError(
-                f"{run_dir} is a 2-D mixture run: its test NLL and KL are in {folder.summary}, its "
+                f"{run_dir} is a 2-D mixture run: its test NLL and KL are in {run.summary}, its "
                 f"pictures in density.png and samples.png; this command takes image runs (MNIST, Fashion-MNIST). "
                 f"`lunet export {run_dir} --out FILE` makes its weights a file to load in Python"
             )
@@ -269,10 +269,10 @@ def _read_images(folder: RunFolder) -> RunRecord:
     return RunRecord(IMAGES, settings, data_dir if isinstance(data_dir, str) else None)
 
 
-def _read_vectors(folder: RunFolder) -> RunRecord:
-    path = folder.run_file
+def _read_vectors(run: RunFolder) -> RunRecord:
+    path = run.run_file
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {folder.path} is not a run directory made by `lunet train`")
+        raise FileNotFoundError(f"{path} not found: {run.path} is not a run directory made by `lunet train`")
     try:
         entries = json.loads(read_text(path))
     except (ValueError, UnicodeDecodeError) as exc:
