@@ -224,9 +224,3 @@ def test_bad_configuration_raises(kwargs, msg):
 def test_bad_sample_arguments_raise(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
         RealNVP(**TINY).sample(**kwargs)
-
-
-def test_a_spec_with_a_setting_the_model_lacks_is_refused_by_name():
-    old_spec = {"name": "realnvp", **{k: v for k, v in TINY.items() if k != "num_res_blocks"}, "num_blocks": 2}
-    with pytest.raises(ValueError, match="'num_blocks' is no setting of RealNVP"):
-        build_model(old_spec)

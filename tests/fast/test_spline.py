@@ -1,7 +1,7 @@
-"""The spline's no-autograd passes against its plain formulas (lunet.fast.spline): counted bins and a
-frozen flow's grid lookup, the forward, inverse and sampling passes, in float32 and float64, by the
-compiled loops and in torch ops; their scratch buffers between calls and threads; torch.compile
-through the spline and its frozen copy."""
+"""The spline's no-autograd passes against its plain formulas (lunet.fast.spline): the forward, inverse
+and sampling passes with bins counted, searched or looked up in a frozen flow's grid, in float32 and
+float64, by the compiled loops and in torch ops; their scratch buffers between calls and threads;
+torch.compile through the spline and its frozen copy. (The lookups themselves: test_spline_tables.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from lunet import LUNet
 from lunet.fast import native
 from lunet.fast.spline import spline_forward_fast, spline_inverse_fast
 from lunet.fast.spline_plain import spline_forward_plain, spline_inverse_plain
-from lunet.fast.spline_tables import BinGrid, BinTables, counted_bins
+from lunet.fast.spline_tables import BinGrid, BinTables
 from lunet.spline import MonotoneSpline
 
 DTYPES = [torch.float32, torch.float64]
@@ -46,18 +46,6 @@ def _inputs(dtype: torch.dtype, rows: int = 300, features: int = 7, bound: float
     x[1] = -bound
     x[2] = 4 * bound
     return x
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_counted_and_grid_bins_are_those_of_the_binary_search(dtype):
-    spline = _spline(dtype)
-    xk, yk, dk = spline.tables()
-    tables = BinTables.of(xk, yk, dk, spline.bound)
-    x = _inputs(dtype).clamp(-3, 3)
-    expected = torch.searchsorted(xk[:, 1:-1].contiguous(), x.t().contiguous(), right=True).t()
-    expected = expected + torch.arange(7) * 6
-    torch.testing.assert_close(counted_bins(x, tables.x_rows, tables.base), expected)
-    torch.testing.assert_close(BinGrid(xk, spline.bound).bins(x), expected)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -197,23 +185,6 @@ def test_entries_on_and_beyond_the_ends_get_a_log_derivative_of_exactly_zero(dty
     inverse = tables.w.view(50, 8) / tables.h.view(50, 8)
     assert torch.equal(tables.q0.view(50, 8)[:, 0], inverse[:, 0])
     assert torch.equal(tables.q1.view(50, 8)[:, -1], inverse[:, -1])
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_the_grid_finds_the_same_bins_with_the_cell_offsets_added_apart(dtype):
-    # wide grids add each feature's cell offset as an integer instead of folding it into the shift
-    spline = _spline(dtype, features=40, bins=8, seed=4)
-    xk, yk, dk = spline.tables()
-    x = _inputs(dtype, 500, 40).clamp(-3, 3)
-    folded = BinGrid(xk, spline.bound)
-    apart = BinGrid(xk, spline.bound)
-    apart.shift = None
-    assert folded.shift is not None
-    expected = torch.searchsorted(xk[:, 1:-1].contiguous(), x.t().contiguous(), right=True).t() + torch.arange(40) * 8
-    torch.testing.assert_close(folded.bins(x), expected)
-    torch.testing.assert_close(apart.bins(x), expected)
-    tables = BinTables.of(xk, yk, dk, spline.bound)
-    torch.testing.assert_close(spline_forward_fast(x, tables, apart), spline_forward_fast(x, tables, folded))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -496,19 +496,3 @@ def test_export_of_a_per_class_run_loads_as_one_flow_per_class(per_class_run, tm
         flow, _ = load_model(per_class_run / f"class-{c}" / "checkpoint.pt", which="best")
         torch.testing.assert_close(model.flows[c].log_prob(x), flow.log_prob(x), rtol=0, atol=0)
 
-
-def test_the_judge_is_trained_once_per_data_set_and_then_read_from_the_cache(tmp_path, monkeypatch):
-    from lunet.experiments.evaluation import evaluate
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    first, acc = evaluate.train_classifier("mnist", data_dir=DATA, epochs=1)
-    assert list((tmp_path / "cache" / "lunet" / "judges").glob("mnist-*-e1-s0.pt"))
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("the cached judge should have been used")
-
-    monkeypatch.setattr(evaluate, "_train_classifier", no_training)
-    second, acc_again = evaluate.train_classifier("mnist", data_dir=DATA, epochs=1)
-    assert acc_again == acc
-    x = torch.rand(4, D)
-    torch.testing.assert_close(second(x), first(x), rtol=0, atol=0)
