@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from lunet.baselines.realnvp import RealNVP
     from lunet.flow import LUNet
 
-__all__ = ["SCORES", "MODELS", "TPR_LEVEL", "SEED", "auroc", "aupr", "fpr_at_tpr", "detection_metrics",
+__all__ = ["SCORES", "SCORED_MODELS", "TPR_LEVEL", "SEED", "auroc", "aupr", "fpr_at_tpr", "detection_metrics",
            "compressed_bits_per_dim", "image_bits_per_dim", "image_scores", "class_log_prior",
            "fit_gaussian", "ood_run"]
 
@@ -47,7 +47,8 @@ SCORES = {
     "complexity": "bits/dim − zlib bits/dim",
     "typicality": "|bits/dim − validation mean|",
 }
-MODELS = {"run": "the run's model", "gaussian": "full-covariance Gaussian"}
+# the models whose scores are compared: the run's and the Gaussian fitted beside it
+SCORED_MODELS = {"run": "the run's model", "gaussian": "full-covariance Gaussian"}
 TPR_LEVEL = 0.95
 SEED = 0  # dequantisation noise of the scored images
 
@@ -220,7 +221,7 @@ def ood_run(
         in_bpd, out_bpd = image_bits_per_dim(m, in_images, pre), image_bits_per_dim(m, out_images, pre)
         scores[name] = image_scores(in_bpd, out_bpd, in_images, out_images, reference)
         report["models"][name] = {
-            "label": MODELS[name],
+            "label": SCORED_MODELS[name],
             "validation_bits_per_dim": reference,
             "metrics": {s: detection_metrics(*pair) for s, pair in scores[name].items()},
         }
