@@ -40,7 +40,9 @@ RESULTS = ROOT / "docs" / "results"
 # the peers benchmark's results files behind docs/peers.md's tables, by form
 PEERS_FILES = {"constant": ("peers-mnist-cpu.json",),
                "cosine": ("peers-scheduled-mnist-cpu.json", "peers-scheduled-fashion-mnist-cpu.json",
-                          "peers-scheduled-vectors-cpu.json")}
+                          "peers-scheduled-vectors-cpu.json"),
+               # the scheduled form again, two threads on a quiet machine (docs/peers.md)
+               "cosine-2-threads-quiet": ("peers-scheduled-mnist-quiet-cpu2.json",)}
 
 
 def _read(name: str) -> dict | None:
