@@ -194,7 +194,7 @@ def test_an_unforeseen_failure_is_still_one_line(monkeypatch, tmp_path, capsys):
     def broken(*args, **kwargs):
         raise RuntimeError("something nobody foresaw")
 
-    monkeypatch.setattr(gmm2d, "run", broken)
+    monkeypatch.setattr(gmm2d, "train_gmm2d_run", broken)
     assert gmm_train(tmp_path / "run", "--epochs", "1") == 2
     assert "something nobody foresaw" in one_line_error(capsys, "train")
 
