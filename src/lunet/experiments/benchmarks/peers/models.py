@@ -180,13 +180,15 @@ def build_lunet_spline(features: int, data: Optional[torch.Tensor] = None) -> LU
 def build_lunet_best(features: int, data: Optional[torch.Tensor] = None) -> LUNetPeer:
     """:func:`build_lunet_spline`'s network with the spline changes that won the MNIST ablation
     (docs/results.md): 16 bins per spline, and one more spline per feature before the first block."""
-    changes = {"activation": "spline", "bins": BEST_BINS, "input_spline": True}
+    changes: dict[str, Any] = {"activation": "spline", "bins": BEST_BINS, "input_spline": True}
     if features == 2:
         s = GMM2DSettings()
         net = LUNet(2, s.num_blocks, diag=s.diag, init_scale=s.init_scale, **changes)
         return LUNetPeer(net, f"LU-Net {s.num_blocks}×2, {BEST_BINS}-bin splines, input spline")
-    spec = (paper_lunet_spec(features=features, **changes) if features > SMALL_DIM
-            else vector_lunet_spec(features, num_blocks=8, **changes))
+    if features > SMALL_DIM:
+        spec = paper_lunet_spec(features=features, **changes)
+    else:
+        spec = vector_lunet_spec(features, num_blocks=8, activation="spline", bins=BEST_BINS, input_spline=True)
     spec.pop("name")
     net = LUNet(**spec)
     return LUNetPeer(net, f"LU-Net {spec['num_blocks']}×{features}, {BEST_BINS}-bin splines, input spline")
