@@ -163,35 +163,31 @@ def build_lunet_gaussian(features: int, data: Optional[torch.Tensor] = None) -> 
     return model
 
 
+def _spline_lunet(features: int, what: str, **splines: Any) -> LUNetPeer:
+    """lunet's network for the width (:func:`build_lunet`'s) with a monotone spline per feature in
+    place of each leaky softplus, of the size ``splines`` gives (the spline's arguments of
+    :class:`~lunet.LUNet`: ``bins``, ``input_spline``); ``what`` ends the label."""
+    if features == 2:
+        s = GMM2DSettings()
+        net = LUNet(2, s.num_blocks, diag=s.diag, init_scale=s.init_scale, activation="spline", **splines)
+    else:
+        spec = (paper_lunet_spec(features=features, activation="spline", **splines) if features > SMALL_DIM
+                else vector_lunet_spec(features, num_blocks=8, activation="spline", **splines))
+        spec.pop("name")
+        net = LUNet(**spec)
+    return LUNetPeer(net, f"LU-Net {net.num_blocks}×{features}, {what}")
+
+
 def build_lunet_spline(features: int, data: Optional[torch.Tensor] = None) -> LUNetPeer:
     """:func:`build_lunet`'s network with a monotone spline (8 bins on [-5, 5], one per
     feature) in place of each leaky softplus: LU layers and elementwise maps, nothing else."""
-    if features == 2:
-        s = GMM2DSettings()
-        net = LUNet(2, s.num_blocks, diag=s.diag, init_scale=s.init_scale, activation="spline")
-        return LUNetPeer(net, f"LU-Net {s.num_blocks}×2, splines")
-    spec = (paper_lunet_spec(features=features, activation="spline") if features > SMALL_DIM
-            else vector_lunet_spec(features, num_blocks=8, activation="spline"))
-    spec.pop("name")
-    net = LUNet(**spec)
-    return LUNetPeer(net, f"LU-Net {spec['num_blocks']}×{features}, splines")
+    return _spline_lunet(features, "splines")
 
 
 def build_lunet_best(features: int, data: Optional[torch.Tensor] = None) -> LUNetPeer:
     """:func:`build_lunet_spline`'s network with the spline changes that won the MNIST ablation
     (docs/results.md): 16 bins per spline, and one more spline per feature before the first block."""
-    changes: dict[str, Any] = {"activation": "spline", "bins": BEST_BINS, "input_spline": True}
-    if features == 2:
-        s = GMM2DSettings()
-        net = LUNet(2, s.num_blocks, diag=s.diag, init_scale=s.init_scale, **changes)
-        return LUNetPeer(net, f"LU-Net {s.num_blocks}×2, {BEST_BINS}-bin splines, input spline")
-    if features > SMALL_DIM:
-        spec = paper_lunet_spec(features=features, **changes)
-    else:
-        spec = vector_lunet_spec(features, num_blocks=8, activation="spline", bins=BEST_BINS, input_spline=True)
-    spec.pop("name")
-    net = LUNet(**spec)
-    return LUNetPeer(net, f"LU-Net {spec['num_blocks']}×{features}, {BEST_BINS}-bin splines, input spline")
+    return _spline_lunet(features, f"{BEST_BINS}-bin splines, input spline", bins=BEST_BINS, input_spline=True)
 
 
 def _zuko_label(kind: str, transforms: int, hidden: list[int], extra: str = "") -> str:
